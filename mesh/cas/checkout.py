@@ -1,0 +1,231 @@
+"""Checkout: write a snapshot out as a directory tree.
+
+Two modes:
+
+* ``copy`` (the default): every file is a new file owned by the caller, who may
+  edit it freely. Each blob is verified as it is copied.
+* ``link``: files are hardlinks to the store's read-only blob files (executables
+  to 0555 copies kept for the purpose). Fast and free of space, and safe only for
+  trees used by a uid that can neither write nor chmod the store's files (the
+  sandbox and container executors): whoever owns the store could chmod a linked
+  file and so change a blob. ``fsck`` detects such damage.
+
+Safety: every path is created relative to an open descriptor of its parent
+directory, with O_EXCL / O_NOFOLLOW / mkdir semantics, so checkout never
+follows a symlink while writing, never replaces or writes through anything it
+finds in its way (a planted symlink, a file) and never writes outside its
+target; it stops with CheckoutConflict instead. Names are validated again by
+decode_node before any is used. The target must be absent or an empty directory.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal
+
+from mesh.cas.digest import Digest
+from mesh.cas.snapshot import DEFAULT_WORKERS, read_node
+from mesh.cas.store import LocalStore
+from mesh.cas.tree import Entry, Kind
+from mesh.errors import CheckoutConflict, SnapshotError
+
+Mode = Literal["copy", "link"]
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: File writes handed to the pool and not yet settled.
+_INFLIGHT = 256
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutStatistics:
+    files: int
+    directories: int
+    symlinks: int
+    bytes: int
+
+
+def checkout(
+    store: LocalStore,
+    root: Digest,
+    target: str | os.PathLike[str],
+    *,
+    mode: Mode = "copy",
+    verify: bool = True,
+    workers: int = DEFAULT_WORKERS,
+) -> CheckoutStatistics:
+    """Write snapshot ``root`` into directory ``target`` (created if absent; must be empty).
+
+    Raises CheckoutConflict if something is in the way, BlobNotFound if the store
+    lacks a blob, DigestMismatch if a blob is damaged (copy mode verifies), and
+    InvalidTree for a hostile directory node. On error the partial tree is left
+    for inspection; nothing outside ``target`` is touched.
+    """
+    if mode not in ("copy", "link"):
+        raise ValueError(f"checkout mode must be 'copy' or 'link', not {mode!r}")
+    path = os.fspath(target)
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise SnapshotError(f"cannot create {path}: {exc.strerror}") from None
+    try:
+        top = os.open(path, _DIR_FLAGS)
+    except OSError as exc:
+        raise CheckoutConflict(f"cannot check out into {path}: {exc.strerror}") from None
+    try:
+        if os.listdir(top):
+            raise CheckoutConflict(f"cannot check out into {path}: the directory is not empty")
+        return _Writer(store, mode, verify, path).run(root, top, workers)
+    finally:
+        os.close(top)
+
+
+class _Handle:
+    """An open directory descriptor shared by the work that still needs it."""
+
+    __slots__ = ("fd", "refs")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.refs = 1
+
+    def release(self) -> None:
+        self.refs -= 1
+        if self.refs == 0:
+            os.close(self.fd)
+
+    def close(self) -> None:
+        """Close now, whatever still refers to it (error clean-up)."""
+        if self.refs > 0:
+            self.refs = 0
+            os.close(self.fd)
+
+
+def _settle(future: Future[None], handle: _Handle) -> None:
+    """Wait for one file write, raise its error, and release its directory."""
+    try:
+        future.result()
+    finally:
+        handle.release()
+
+
+class _Writer:
+    """One checkout: walks the nodes on this thread, writes files on a pool."""
+
+    def __init__(self, store: LocalStore, mode: Mode, verify: bool, target: str) -> None:
+        self.store = store
+        self.mode = mode
+        self.verify = verify
+        self.target = target
+        self.files = self.dirs = self.links = self.bytes = 0
+
+    def run(self, root: Digest, top: int, workers: int) -> CheckoutStatistics:
+        """Depth first over the nodes; each directory's descriptor stays open while
+        a file write or an unvisited subdirectory still needs it, so the number of
+        open descriptors is bounded by the depth plus the writes in flight."""
+        inflight: deque[tuple[Future[None], _Handle]] = deque()
+        root_handle = _Handle(os.dup(top))
+        stack: list[tuple[Digest, _Handle, bytes | None, bytes]] = [(root, root_handle, None, b"")]
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            try:
+                while stack:
+                    digest, parent, name, rel = stack.pop()
+                    if name is None:
+                        here = parent
+                    else:
+                        try:
+                            here = _Handle(self._mkdir(parent.fd, name, rel))
+                        finally:
+                            parent.release()
+                    try:
+                        for entry in read_node(self.store, digest):
+                            child = rel + b"/" + entry.name if rel else entry.name
+                            if entry.kind == Kind.DIRECTORY:
+                                assert entry.digest is not None
+                                here.refs += 1
+                                stack.append((entry.digest, here, entry.name, child))
+                            elif entry.kind == Kind.SYMLINK:
+                                self._symlink(here.fd, entry, child)
+                            else:
+                                here.refs += 1
+                                inflight.append((pool.submit(self._file, here.fd, entry, child), here))
+                                while len(inflight) > _INFLIGHT:
+                                    _settle(*inflight.popleft())
+                    finally:
+                        here.release()
+                while inflight:
+                    _settle(*inflight.popleft())
+            finally:
+                for future, _ in inflight:
+                    future.cancel()
+                pool.shutdown(wait=True)
+                for _, handle in inflight:
+                    handle.close()
+                for _, handle, _, _ in stack:
+                    handle.close()
+        return CheckoutStatistics(self.files, self.dirs, self.links, self.bytes)
+
+    def _where(self, rel: bytes) -> str:
+        return os.path.join(self.target, os.fsdecode(rel))
+
+    def _mkdir(self, dfd: int, name: bytes, rel: bytes) -> int:
+        try:
+            os.mkdir(name, 0o755, dir_fd=dfd)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+        except FileExistsError:
+            raise CheckoutConflict(f"{self._where(rel)} already exists; checkout does not overwrite") from None
+        except OSError as exc:
+            raise self._failed(rel, exc) from None
+        self.dirs += 1
+        return fd
+
+    def _symlink(self, dfd: int, entry: Entry, rel: bytes) -> None:
+        assert entry.target is not None
+        try:
+            os.symlink(entry.target, entry.name, dir_fd=dfd)
+        except FileExistsError:
+            raise CheckoutConflict(f"{self._where(rel)} already exists; checkout does not overwrite") from None
+        except OSError as exc:
+            raise self._failed(rel, exc) from None
+        self.links += 1
+
+    def _file(self, dfd: int, entry: Entry, rel: bytes) -> None:
+        assert entry.digest is not None
+        executable = entry.kind == Kind.EXECUTABLE
+        if self.mode == "link":
+            src_dir, src_name = self.store.link_source(entry.digest, executable=executable)
+            try:
+                os.link(src_name, entry.name, src_dir_fd=src_dir, dst_dir_fd=dfd, follow_symlinks=False)
+                self._count(entry)
+                return
+            except FileExistsError:
+                raise CheckoutConflict(f"{self._where(rel)} already exists; checkout does not overwrite") from None
+            except OSError as exc:
+                if exc.errno != errno.EMLINK:
+                    raise self._failed(rel, exc) from None
+                # Too many links to this blob: fall back to a read-only copy.
+            perm = 0o555 if executable else 0o444
+        else:
+            perm = 0o755 if executable else 0o644
+        try:
+            fd = os.open(entry.name, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, perm, dir_fd=dfd)
+        except FileExistsError:
+            raise CheckoutConflict(f"{self._where(rel)} already exists; checkout does not overwrite") from None
+        except OSError as exc:
+            raise self._failed(rel, exc) from None
+        try:
+            self.store.copy_to(entry.digest, fd, verify=self.verify)
+        finally:
+            os.close(fd)
+        self._count(entry)
+
+    def _count(self, entry: Entry) -> None:
+        self.files += 1
+        self.bytes += entry.size
+
+    def _failed(self, rel: bytes, exc: OSError) -> SnapshotError:
+        return SnapshotError(f"cannot write {self._where(rel)}: {exc.strerror}")

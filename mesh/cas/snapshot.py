@@ -1,0 +1,334 @@
+"""Snapshots: immutable directory trees in the store, and the ways to read them.
+
+``ingest(store, dir)`` turns a directory into a snapshot and returns its id (the
+root node's digest); :mod:`mesh.cas.checkout` turns an id back into files.
+``walk``, ``resolve`` and ``diff`` read snapshots without touching the disk
+beyond the store.
+
+Ingest runs in three phases: walk the tree (one ``lstat`` per entry, the stat
+cache answers for unchanged files), store the files that need it on a small
+thread pool (reads, writes and BLAKE3 all release the GIL, so two cores are
+used), then build the directory nodes bottom-up. The store is synced once before
+the id is returned, so an id that was printed survives a crash.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from mesh.cas.digest import Digest
+from mesh.cas.statcache import StatCache
+from mesh.cas.store import LocalStore
+from mesh.cas.tree import Entry, Kind, check_name, decode_node, encode_node
+from mesh.errors import BlobNotFound, InvalidTree, PathNotFound, SnapshotError, UnsupportedFile
+
+#: Threads that store files during ingest (and write them during checkout).
+DEFAULT_WORKERS = max(2, min(8, 2 * (os.cpu_count() or 1)))
+
+Progress = Callable[[int, int, int, int], None]
+"""Called as progress(files_done, files_total, bytes_done, bytes_total)."""
+
+
+@dataclass(slots=True)
+class _Dir:
+    """A directory met by the walk: its entries, some still waiting for a digest."""
+
+    rel: bytes
+    rows: list[tuple[bytes, Kind, object]]  # value: Digest | bytes (link target) | _Dir | int (pending file)
+
+
+@dataclass(slots=True)
+class _Pending:
+    rel: bytes
+    path: bytes
+    st: os.stat_result
+
+
+_SPECIAL = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _describe(mode: int) -> str:
+    for test, text in _SPECIAL:
+        if test(mode):
+            return text
+    return "not a regular file, directory or symlink"
+
+
+def _walk(root: bytes, cache: StatCache | None, ignore: Callable[[bytes, bool], bool] | None) -> tuple[list[_Dir], list[_Pending]]:
+    """Walk ``root``: directories in post-order, and the files whose content must be stored."""
+    order: list[_Dir] = []
+    pending: list[_Pending] = []
+
+    def visit(rel: bytes, path: bytes) -> _Dir:
+        node = _Dir(rel, [])
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            raise SnapshotError(f"cannot read directory {os.fsdecode(path)}: {exc.strerror}") from None
+        for entry in entries:
+            name = entry.name
+            child_rel = rel + b"/" + name if rel else name
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if ignore is not None and ignore(child_rel, True):
+                        continue
+                    node.rows.append((name, Kind.DIRECTORY, visit(child_rel, entry.path)))
+                    continue
+                if ignore is not None and ignore(child_rel, False):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                mode = st.st_mode
+                if stat.S_ISREG(mode):
+                    kind = Kind.EXECUTABLE if mode & 0o100 else Kind.FILE
+                    cached = cache.lookup(child_rel, st) if cache is not None else None
+                    if cached is not None:
+                        node.rows.append((name, kind, cached))
+                    else:
+                        node.rows.append((name, kind, len(pending)))
+                        pending.append(_Pending(child_rel, entry.path, st))
+                elif stat.S_ISLNK(mode):
+                    node.rows.append((name, Kind.SYMLINK, os.readlink(entry.path)))
+                else:
+                    raise UnsupportedFile(
+                        f"cannot snapshot {os.fsdecode(entry.path)}: it is {_describe(mode)}; "
+                        "remove it or leave it out of the tree"
+                    )
+            except FileNotFoundError:
+                continue  # deleted while we walked: it is simply not in this snapshot
+            except PermissionError as exc:
+                raise SnapshotError(f"cannot read {os.fsdecode(entry.path)}: {exc.strerror}") from None
+        order.append(node)
+        return node
+
+    visit(b"", root)
+    return order, pending
+
+
+def ingest(
+    store: LocalStore,
+    root: str | os.PathLike[str],
+    *,
+    cache: StatCache | None = None,
+    progress: Progress | None = None,
+    ignore: Callable[[bytes, bool], bool] | None = None,
+    workers: int = DEFAULT_WORKERS,
+    sync: bool = True,
+) -> Digest:
+    """Store the directory tree at ``root`` and return its snapshot id.
+
+    Files, executable bits, symlinks (as links, dangling or absolute ones too)
+    and empty directories are kept; ``ignore(relpath, is_dir)`` may leave paths
+    out. Raises UnsupportedFile for FIFOs, sockets and devices (naming the path)
+    and SnapshotError for unreadable paths. ``cache`` (a StatCache) lets unchanged
+    files be skipped; it is saved at the end.
+    """
+    path = os.fsencode(os.path.abspath(os.fspath(root)))
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise SnapshotError(f"cannot snapshot {os.fsdecode(path)}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise SnapshotError(f"cannot snapshot {os.fsdecode(path)}: not a directory")
+
+    order, pending = _walk(path, cache, ignore)
+    digests = _store_files(store, pending, cache, progress, workers)
+
+    root_digest = None
+    made: dict[int, Digest] = {}
+    for node in order:
+        entries = []
+        for name, kind, value in node.rows:
+            if isinstance(value, _Dir):
+                entries.append(Entry(name, kind, made.pop(id(value))))
+            elif isinstance(value, int):
+                entries.append(Entry(name, kind, digests[value]))
+            elif isinstance(value, bytes):
+                entries.append(Entry(name, kind, None, value))
+            else:
+                assert isinstance(value, Digest)
+                entries.append(Entry(name, kind, value))
+        data = encode_node(entries)
+        digest = Digest.of(data)
+        if cache is None or not cache.has_node(digest):
+            store.put(data)
+            if cache is not None:
+                cache.add_node(digest)
+        made[id(node)] = root_digest = digest
+    assert root_digest is not None
+    if sync and (pending or cache is None):
+        store.sync()
+    if cache is not None:
+        cache.save()
+    return root_digest
+
+
+def _store_files(
+    store: LocalStore,
+    pending: list[_Pending],
+    cache: StatCache | None,
+    progress: Progress | None,
+    workers: int,
+) -> list[Digest]:
+    """Put every pending file in the store, in parallel; record each in the cache."""
+    if not pending:
+        return []
+    now_ns = cache.now_ns if cache is not None else (lambda: 0)
+
+    def one(item: _Pending) -> tuple[Digest, int]:
+        started = now_ns()
+        try:
+            return store.put_file(item.path), started
+        except FileNotFoundError:
+            raise SnapshotError(f"{os.fsdecode(item.path)} disappeared while it was being snapshotted") from None
+        except OSError as exc:
+            raise SnapshotError(f"cannot read {os.fsdecode(item.path)}: {exc.strerror}") from None
+
+    total_bytes = sum(p.st.st_size for p in pending)
+    done_bytes = 0
+    results: list[Digest] = []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for i, (digest, started) in enumerate(pool.map(one, pending)):
+            results.append(digest)
+            item = pending[i]
+            if cache is not None:
+                cache.record(item.rel, item.st, digest, started)
+            if progress is not None:
+                done_bytes += digest.size
+                progress(i + 1, len(pending), done_bytes, total_bytes)
+    return results
+
+
+# -- reading snapshots -----------------------------------------------------------
+
+
+def read_node(store: LocalStore, digest: Digest) -> list[Entry]:
+    """The entries of directory node ``digest``. Raises BlobNotFound, DigestMismatch, InvalidTree."""
+    return decode_node(store.get(digest))
+
+
+def root_entry(digest: Digest) -> Entry:
+    """The snapshot root as a directory entry with an empty name."""
+    return Entry(b"", Kind.DIRECTORY, digest)
+
+
+def split_path(path: str | bytes) -> list[bytes]:
+    """Split a path inside a snapshot into validated names ('' and '/' are the root)."""
+    raw = os.fsencode(path)
+    parts = [p for p in raw.split(b"/") if p and p != b"."]
+    try:
+        for p in parts:
+            check_name(p)
+    except InvalidTree as exc:
+        raise PathNotFound(f"invalid path {os.fsdecode(raw)!r}: {exc}") from None
+    return parts
+
+
+def resolve(store: LocalStore, root: Digest, path: str | bytes) -> Entry:
+    """The entry at ``path`` inside snapshot ``root`` (symlinks are not followed).
+
+    Raises PathNotFound if a component is missing or is not a directory.
+    """
+    entry = root_entry(root)
+    walked: list[bytes] = []
+    for name in split_path(path):
+        if entry.kind != Kind.DIRECTORY:
+            raise PathNotFound(f"{os.fsdecode(b'/'.join(walked))} is not a directory in snapshot {root}")
+        assert entry.digest is not None
+        walked.append(name)
+        found = _find(read_node(store, entry.digest), name)
+        if found is None:
+            raise PathNotFound(f"no {os.fsdecode(b'/'.join(walked))} in snapshot {root}")
+        entry = found
+    return entry
+
+
+def _find(entries: list[Entry], name: bytes) -> Entry | None:
+    lo, hi = 0, len(entries)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if entries[mid].name < name:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo < len(entries) and entries[lo].name == name:
+        return entries[lo]
+    return None
+
+
+def walk(store: LocalStore, root: Digest, prefix: bytes = b"") -> Iterator[tuple[bytes, Entry]]:
+    """Yield ``(path, entry)`` for everything below directory node ``root``, depth first, sorted."""
+    for entry in read_node(store, root):
+        path = prefix + b"/" + entry.name if prefix else entry.name
+        yield path, entry
+        if entry.kind == Kind.DIRECTORY:
+            assert entry.digest is not None
+            yield from walk(store, entry.digest, path)
+
+
+def reachable(store: LocalStore, root: Digest) -> Iterator[Digest]:
+    """Every blob digest a snapshot needs: its nodes and its files (with repeats)."""
+    yield root
+    for _, entry in walk(store, root):
+        if entry.digest is not None:
+            yield entry.digest
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One difference between two snapshots. status: A added, D deleted, M modified, T type changed."""
+
+    status: str
+    path: bytes
+    old: Entry | None
+    new: Entry | None
+
+
+def diff(store: LocalStore, a: Digest, b: Digest, prefix: bytes = b"") -> Iterator[Change]:
+    """The changes from snapshot ``a`` to ``b``, sorted by path; equal subtrees are skipped unread."""
+    if a == b:
+        return
+    old = {e.name: e for e in read_node(store, a)}
+    new = {e.name: e for e in read_node(store, b)}
+    for name in sorted(old.keys() | new.keys()):
+        path = prefix + b"/" + name if prefix else name
+        x, y = old.get(name), new.get(name)
+        if x is not None and y is not None and x.same_content(y):
+            continue
+        if x is not None and y is not None and x.kind == y.kind == Kind.DIRECTORY:
+            assert x.digest is not None and y.digest is not None
+            yield from diff(store, x.digest, y.digest, path)
+        elif x is not None and y is not None and Kind.DIRECTORY not in (x.kind, y.kind):
+            yield Change("M" if x.kind == y.kind else "T", path, x, y)
+        else:
+            if x is not None:
+                yield from _all(store, "D", path, x)
+            if y is not None:
+                yield from _all(store, "A", path, y)
+
+
+def _all(store: LocalStore, status: str, path: bytes, entry: Entry) -> Iterator[Change]:
+    """A change for ``entry`` and, for a directory, for everything below it."""
+    yield Change(status, path, entry if status == "D" else None, entry if status == "A" else None)
+    if entry.kind == Kind.DIRECTORY:
+        assert entry.digest is not None
+        for sub, e in walk(store, entry.digest, path):
+            yield Change(status, sub, e if status == "D" else None, e if status == "A" else None)
+
+
+def exists(store: LocalStore, digest: Digest) -> bool:
+    """True if the snapshot's root node is stored and is a directory node."""
+    try:
+        read_node(store, digest)
+    except BlobNotFound:
+        return False
+    return True

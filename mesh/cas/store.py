@@ -1,0 +1,591 @@
+"""The blob store: the Store interface and LocalStore, its on-disk implementation.
+
+Like Buildbarn's BlobAccess, the interface is small (``has``/``find_missing``,
+``open``/``get``, ``put``/``put_file``/``writer``) so that decorators can wrap it:
+a store that fetches missing blobs from peers, one that counts for metrics. Not
+found is its own exception (:class:`~mesh.errors.BlobNotFound`) because those
+decorators branch on it.
+
+LocalStore layout under its root (``$MESH_HOME/cas``)::
+
+    blobs/ab/<64 hex>   one immutable blob, mode 0444, named by its BLAKE3 hash
+    exec/ab/<64 hex>    a 0555 copy of a blob, made on demand for link checkouts
+                        of executable files (the mode lives in the inode)
+    tmp/                named temp files, where O_TMPFILE is not available
+    quarantine/         blobs that fsck found corrupt, moved out of the way
+    pins/<name>         roots that eviction must keep (one digest per file)
+    epoch               changes whenever blobs are removed, so caches of "this
+                        blob is stored" (the stat cache) know to forget
+
+A blob is written to an anonymous temp file in the same filesystem, hashed from
+what was written, and only then linked under its name: a reader never sees a
+partial blob, and a crash leaves nothing but temp files, which opening the store
+removes. Blobs are written without a per-file fsync; :meth:`LocalStore.sync`
+makes a batch durable (one ``syncfs``) before its result is published.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import io
+import os
+import secrets
+import stat
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from mesh.cas.digest import Digest
+from mesh.cas.hasher import MMAP_THRESHOLD, STREAM_CHUNK, StreamHasher, hash_bytes, hash_fd, read_fd
+from mesh.errors import BlobNotFound, DigestMismatch, StoreError, UnsupportedFile
+
+BLOB_MODE = 0o444
+EXEC_MODE = 0o555
+#: A named temp file older than this is stale even if a process of its pid lives.
+STALE_TEMP_SECONDS = 24 * 3600
+_COPY_CHUNK = 1 << 30
+
+
+class Store(Protocol):
+    """What every blob store offers. Implementations raise BlobNotFound for absent blobs."""
+
+    def has(self, digest: Digest) -> bool: ...
+
+    def find_missing(self, digests: Iterable[Digest]) -> list[Digest]: ...
+
+    def open(self, digest: Digest, *, verify: bool = True) -> io.RawIOBase: ...
+
+    def get(self, digest: Digest) -> bytes: ...
+
+    def put(self, data: bytes | bytearray | memoryview) -> Digest: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatistics:
+    """Counters of one LocalStore object since it was opened (for /status and /metrics)."""
+
+    blobs_written: int
+    bytes_written: int
+    blobs_already_present: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBlob:
+    """A blob file as found on disk by :meth:`LocalStore.iter_blobs`."""
+
+    hex: str
+    size: int
+    mtime_ns: int
+    executable_copy: bool
+
+
+class BlobWriter:
+    """Streams one blob into the store, hashing as it writes.
+
+    With an ``expected`` digest, bytes beyond its size are refused at once and a
+    mismatch at :meth:`commit` raises DigestMismatch; nothing is published then.
+    Use as a context manager: leaving it without commit discards the bytes.
+    """
+
+    def __init__(self, store: LocalStore, expected: Digest | None = None) -> None:
+        self._store = store
+        self._expected = expected
+        self._hasher = StreamHasher()
+        self._fd, self._name = store._new_temp()
+        self._done = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes. Raises DigestMismatch when they overflow the expected size."""
+        if self._expected is not None and self._hasher.size + len(data) > self._expected.size:
+            raise DigestMismatch(self._expected, f"more than {self._expected.size} bytes", "upload too long")
+        self._hasher.update(data)
+        _write_all(self._fd, data)
+
+    def commit(self) -> Digest:
+        """Verify against the expected digest (if any) and publish the blob."""
+        if self._expected is not None:
+            digest = self._hasher.verify(self._expected)
+        else:
+            digest = self._hasher.digest()
+        try:
+            self._store._publish(self._fd, self._name, digest, BLOB_MODE)
+        finally:
+            self._close()
+        return digest
+
+    def abort(self) -> None:
+        """Discard what was written."""
+        self._close()
+
+    def _close(self) -> None:
+        if not self._done:
+            self._done = True
+            os.close(self._fd)
+            if self._name is not None:
+                _unlink_quietly(self._name)
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close()
+
+
+class BlobReader(io.RawIOBase):
+    """A read-only stream over one blob that (optionally) verifies as bytes pass.
+
+    When ``verify`` is on, reaching the end checks size and hash and raises
+    DigestMismatch if the stored file was damaged; a blob longer than its digest
+    says fails as soon as the excess is read.
+    """
+
+    def __init__(self, fd: int, digest: Digest, verify: bool) -> None:
+        super().__init__()
+        self._fd = fd
+        self._digest = digest
+        self._hasher = StreamHasher() if verify else None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = os.readv(self._fd, [buffer])
+        if self._hasher is not None:
+            view = memoryview(buffer)[:n]
+            self._hasher.update(view)
+            if n == 0 or self._hasher.size > self._digest.size:
+                self._hasher.verify(self._digest, "stored blob is damaged; run `mesh fsck`")
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
+class LocalStore:
+    """Blobs in a directory on the local disk. See the module docstring for the layout.
+
+    Safe for concurrent use by several threads and processes: every write ends in
+    an atomic link of a complete, verified file, and two writers of the same blob
+    both succeed. Raises StoreError when the directory cannot be used.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+        self._blobs = os.path.join(self.root, "blobs")
+        self._exec = os.path.join(self.root, "exec")
+        self._tmp = os.path.join(self.root, "tmp")
+        self.quarantine_dir = os.path.join(self.root, "quarantine")
+        self._pins = os.path.join(self.root, "pins")
+        try:
+            for path in (self.root, self._tmp, self.quarantine_dir, self._pins):
+                os.makedirs(path, exist_ok=True)
+            for top in (self._blobs, self._exec):
+                _make_shards(top)
+            self._blobs_fd = os.open(self._blobs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._exec_fd = os.open(self._exec, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StoreError(f"cannot use {self.root} as a blob store: {exc.strerror or exc}") from None
+        self._o_tmpfile = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
+        self._written = 0
+        self._bytes_written = 0
+        self._present = 0
+        self.remove_stale_temp_files()
+
+    def __repr__(self) -> str:
+        return f"LocalStore({self.root!r})"
+
+    def close(self) -> None:
+        """Release the directory handles."""
+        for fd in (self._blobs_fd, self._exec_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def __enter__(self) -> LocalStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- paths ---------------------------------------------------------------
+
+    @staticmethod
+    def _rel(hex_: str) -> str:
+        return f"{hex_[:2]}/{hex_}"
+
+    def blob_path(self, digest: Digest) -> str:
+        """Where the blob lives (it may not exist)."""
+        return os.path.join(self._blobs, self._rel(digest.hex))
+
+    # -- reading ---------------------------------------------------------------
+
+    def has(self, digest: Digest) -> bool:
+        """True when the blob is stored with the right size."""
+        try:
+            st = os.stat(self._rel(digest.hex), dir_fd=self._blobs_fd)
+        except FileNotFoundError:
+            return False
+        return st.st_size == digest.size
+
+    def find_missing(self, digests: Iterable[Digest]) -> list[Digest]:
+        """The digests among ``digests`` that the store does not hold (each once, in order)."""
+        seen: set[Digest] = set()
+        missing = []
+        for d in digests:
+            if d not in seen:
+                seen.add(d)
+                if not self.has(d):
+                    missing.append(d)
+        return missing
+
+    def _open_fd(self, digest: Digest) -> int:
+        try:
+            return os.open(self._rel(digest.hex), os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._blobs_fd)
+        except FileNotFoundError:
+            raise BlobNotFound(digest) from None
+
+    def open(self, digest: Digest, *, verify: bool = True) -> BlobReader:
+        """A stream of the blob's bytes. Raises BlobNotFound; DigestMismatch at the end if damaged."""
+        fd = self._open_fd(digest)
+        self._touch(digest.hex)
+        return BlobReader(fd, digest, verify)
+
+    def get(self, digest: Digest) -> bytes:
+        """The whole blob, verified. Raises BlobNotFound or DigestMismatch."""
+        fd = self._open_fd(digest)
+        try:
+            data = read_fd(fd, digest.size)
+        finally:
+            os.close(fd)
+        actual = hash_bytes(data)
+        if actual != digest:
+            raise DigestMismatch(digest, actual, "stored blob is damaged; run `mesh fsck`")
+        return data
+
+    def copy_to(self, digest: Digest, dst_fd: int, *, verify: bool = True) -> None:
+        """Write the blob into ``dst_fd`` (opened read-write at offset 0).
+
+        Large blobs are copied in the kernel, then hashed from the copy, so the
+        check covers exactly the bytes the destination holds.
+        """
+        if digest.size < MMAP_THRESHOLD:
+            data = self.get(digest) if verify else self._read(digest)
+            _write_all(dst_fd, data)
+            return
+        src = self._open_fd(digest)
+        try:
+            _copy_fd(src, dst_fd)
+        finally:
+            os.close(src)
+        if verify:
+            actual = hash_fd(dst_fd)
+            if actual != digest:
+                raise DigestMismatch(digest, actual, "stored blob is damaged; run `mesh fsck`")
+
+    def _read(self, digest: Digest) -> bytes:
+        fd = self._open_fd(digest)
+        try:
+            return read_fd(fd, digest.size)
+        finally:
+            os.close(fd)
+
+    def link_source(self, digest: Digest, *, executable: bool) -> tuple[int, str]:
+        """``(dir_fd, relative name)`` of a read-only file holding the blob, for hardlinking.
+
+        Plain files link to the blob itself (0444); executables to a 0555 copy made
+        on first use and verified as it is made. Raises BlobNotFound.
+        """
+        rel = self._rel(digest.hex)
+        if not executable:
+            if not self.has(digest):
+                raise BlobNotFound(digest)
+            return self._blobs_fd, rel
+        try:
+            os.stat(rel, dir_fd=self._exec_fd)
+        except FileNotFoundError:
+            fd, name = self._new_temp(EXEC_MODE)
+            try:
+                self.copy_to(digest, fd, verify=True)
+                self._publish(fd, name, digest, EXEC_MODE)
+            finally:
+                os.close(fd)
+                if name is not None:
+                    _unlink_quietly(name)
+        return self._exec_fd, rel
+
+    # -- writing -------------------------------------------------------------
+
+    def put(self, data: bytes | bytearray | memoryview) -> Digest:
+        """Store bytes held in memory; returns their digest. Idempotent."""
+        digest = hash_bytes(data)
+        if self._present_already(digest):
+            return digest
+        fd, name = self._new_temp()
+        try:
+            _write_all(fd, data)
+            self._publish(fd, name, digest, BLOB_MODE)
+        finally:
+            os.close(fd)
+            if name is not None:
+                _unlink_quietly(name)
+        return digest
+
+    def put_file(self, path: str | bytes, *, dir_fd: int | None = None) -> Digest:
+        """Store the regular file at ``path`` (never following a symlink); returns its digest.
+
+        Small files are read once and hashed and written from that one buffer; large
+        ones are copied in the kernel and hashed from the copy, so the stored blob
+        is always exactly what its name says even if the source changes meanwhile.
+        Raises UnsupportedFile for anything but a regular file, OSError if unreadable.
+        """
+        src = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        try:
+            st = os.fstat(src)
+            if not stat.S_ISREG(st.st_mode):
+                raise UnsupportedFile(f"{os.fsdecode(path)}: not a regular file")
+            if st.st_size < MMAP_THRESHOLD:
+                return self.put(read_fd(src, st.st_size))
+            fd, name = self._new_temp()
+            try:
+                _copy_fd(src, fd)
+                digest = hash_fd(fd)
+                if not self._present_already(digest):
+                    self._publish(fd, name, digest, BLOB_MODE)
+            finally:
+                os.close(fd)
+                if name is not None:
+                    _unlink_quietly(name)
+            return digest
+        finally:
+            os.close(src)
+
+    def writer(self, expected: Digest | None = None) -> BlobWriter:
+        """A :class:`BlobWriter` for streaming a blob in (uploads, downloads)."""
+        return BlobWriter(self, expected)
+
+    def _present_already(self, digest: Digest) -> bool:
+        if self.has(digest):
+            self._present += 1
+            self._touch(digest.hex)
+            return True
+        return False
+
+    def _new_temp(self, mode: int = BLOB_MODE) -> tuple[int, str | None]:
+        """An open read-write temp file in the store's filesystem: (fd, name or None if anonymous)."""
+        if self._o_tmpfile:
+            try:
+                return os.open(self._tmp, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, mode), None
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+                    raise StoreError(f"cannot create a temp file in {self._tmp}: {exc.strerror}") from None
+                self._o_tmpfile = False
+        name = os.path.join(self._tmp, f"{os.getpid()}-{secrets.token_hex(8)}")
+        try:
+            return os.open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, mode), name
+        except OSError as exc:
+            raise StoreError(f"cannot create a temp file in {self._tmp}: {exc.strerror}") from None
+
+    def _publish(self, fd: int, name: str | None, digest: Digest, mode: int) -> None:
+        """Give the finished temp file its name. An existing blob of that name is kept."""
+        dir_fd = self._exec_fd if mode == EXEC_MODE else self._blobs_fd
+        source = name if name is not None else f"/proc/self/fd/{fd}"
+        try:
+            os.link(source, self._rel(digest.hex), dst_dir_fd=dir_fd, follow_symlinks=True)
+        except FileExistsError:
+            self._present += 1
+            return
+        except OSError as exc:
+            raise StoreError(f"cannot store blob {digest} in {self.root}: {exc.strerror}") from None
+        self._written += 1
+        self._bytes_written += digest.size
+
+    def _touch(self, hex_: str) -> None:
+        """Mark a blob as used now; eviction removes the least recently used first."""
+        try:
+            os.utime(self._rel(hex_), dir_fd=self._blobs_fd)
+        except OSError:
+            pass
+
+    def sync(self) -> None:
+        """Make everything written so far durable: one ``syncfs`` of the store's filesystem."""
+        if _syncfs(self._blobs_fd) != 0:
+            os.sync()
+
+    # -- maintenance -----------------------------------------------------------
+
+    def remove_stale_temp_files(self) -> int:
+        """Delete temp files left by writers that died; returns how many were removed."""
+        removed = 0
+        now = time.time()
+        try:
+            names = os.listdir(self._tmp)
+        except OSError:
+            return 0
+        for entry in names:
+            path = os.path.join(self._tmp, entry)
+            pid_text = entry.split("-", 1)[0]
+            try:
+                age = now - os.lstat(path).st_mtime
+            except OSError:
+                continue
+            if pid_text.isdigit() and _alive(int(pid_text)) and age < STALE_TEMP_SECONDS:
+                continue
+            if _unlink_quietly(path):
+                removed += 1
+        return removed
+
+    def iter_blobs(self) -> Iterator[StoredBlob]:
+        """Every blob file on disk (plain blobs and executable copies), unverified."""
+        for top, executable in ((self._blobs, False), (self._exec, True)):
+            for shard in sorted(os.listdir(top)):
+                with os.scandir(os.path.join(top, shard)) as it:
+                    for entry in it:
+                        try:
+                            st = entry.stat(follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue
+                        yield StoredBlob(entry.name, st.st_size, st.st_mtime_ns, executable)
+
+    def file_of(self, blob: StoredBlob) -> str:
+        """The path of a blob file listed by :meth:`iter_blobs`."""
+        top = self._exec if blob.executable_copy else self._blobs
+        return os.path.join(top, blob.hex[:2], blob.hex)
+
+    def remove(self, blob: StoredBlob, *, quarantine: bool = False, new_epoch: bool = True) -> None:
+        """Delete a blob file (or move it to quarantine/) and, unless told not to, change the epoch."""
+        path = self.file_of(blob)
+        if quarantine:
+            kind = "exec" if blob.executable_copy else "blob"
+            os.replace(path, os.path.join(self.quarantine_dir, f"{blob.hex}.{kind}.{time.time_ns()}"))
+        else:
+            _unlink_quietly(path)
+        if new_epoch:
+            self.new_epoch()
+
+    def epoch(self) -> str:
+        """A token that changes whenever blobs are removed (see the module docstring)."""
+        try:
+            with open(os.path.join(self.root, "epoch"), encoding="ascii") as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            return ""
+
+    def new_epoch(self) -> None:
+        """Start a new epoch: caches that remembered blobs as present must check again."""
+        path = os.path.join(self.root, "epoch")
+        tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}"
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(secrets.token_hex(16))
+        os.replace(tmp, path)
+
+    def usage(self) -> tuple[int, int]:
+        """``(blob files, bytes)`` currently on disk. Scans the store: O(blobs)."""
+        count = total = 0
+        for blob in self.iter_blobs():
+            count += 1
+            total += blob.size
+        return count, total
+
+    def statistics(self) -> StoreStatistics:
+        """Counters of this object's writes."""
+        return StoreStatistics(self._written, self._bytes_written, self._present)
+
+    # -- pins ------------------------------------------------------------------
+
+    def pin(self, name: str, digest: Digest) -> None:
+        """Keep ``digest`` and all it reaches through eviction, under ``name``."""
+        _check_pin_name(name)
+        path = os.path.join(self._pins, name)
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(f"{digest}\n")
+        os.replace(tmp, path)
+
+    def unpin(self, name: str) -> None:
+        """Drop the pin ``name`` (no error if absent)."""
+        _check_pin_name(name)
+        _unlink_quietly(os.path.join(self._pins, name))
+
+    def pins(self) -> dict[str, Digest]:
+        """Every pin: name -> digest. Unreadable pin files are ignored."""
+        result = {}
+        for name in sorted(os.listdir(self._pins)):
+            if ".tmp" in name:
+                continue
+            try:
+                with open(os.path.join(self._pins, name), encoding="ascii") as f:
+                    result[name] = Digest.parse(f.read().strip())
+            except (OSError, ValueError):
+                continue
+        return result
+
+
+def _check_pin_name(name: str) -> None:
+    if not name or "/" in name or "\0" in name or name in (".", "..") or ".tmp" in name:
+        raise StoreError(f"invalid pin name {name!r}: use letters, digits, '-', '_' and '.'")
+
+
+def _make_shards(top: str) -> None:
+    """Create ``top`` and its 256 shard directories (once; checked by the last one)."""
+    if os.path.isdir(os.path.join(top, "ff")):
+        return
+    os.makedirs(top, exist_ok=True)
+    for i in range(256):
+        os.makedirs(os.path.join(top, f"{i:02x}"), exist_ok=True)
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _copy_fd(src: int, dst: int) -> None:
+    """Copy ``src`` from its offset to its end into ``dst``, in the kernel where possible."""
+    try:
+        while os.copy_file_range(src, dst, _COPY_CHUNK):
+            pass
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF):
+            raise
+    while chunk := os.read(src, STREAM_CHUNK):
+        _write_all(dst, chunk)
+
+
+def _unlink_quietly(path: str) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_libc: ctypes.CDLL | None = None
+
+
+def _syncfs(fd: int) -> int:
+    """Call syncfs(2); returns -1 where it is unavailable."""
+    global _libc
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        return int(_libc.syncfs(fd))
+    except (OSError, AttributeError):
+        return -1

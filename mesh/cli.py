@@ -1,0 +1,422 @@
+"""The ``mesh`` command line.
+
+Each subcommand is a small function taking the parsed arguments and returning an
+exit status: 0 ok, 1 failure, 2 usage. Errors are translated here, once: a
+MeshError prints ``mesh: error: <message>`` and exits 1 (UsageError exits 2);
+there are no tracebacks for expected failures. Heavy modules are imported inside
+the commands that need them, so ``mesh --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from mesh import __version__
+from mesh.errors import MeshError, UsageError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from mesh.cas.store import LocalStore
+
+    return LocalStore(args.settings.store_dir)
+
+
+def _digest(text: str) -> Any:
+    from mesh.cas.digest import Digest
+
+    try:
+        return Digest.parse(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _b3sum_name(name: str) -> tuple[str, str]:
+    """b3sum's escaping of a file name: (line prefix, escaped name)."""
+    if "\\" in name or "\n" in name:
+        return "\\", name.replace("\\", "\\\\").replace("\n", "\\n")
+    return "", name
+
+
+def cmd_hash(args: argparse.Namespace) -> int:
+    """Print ``<hex>  <name>`` per file, byte for byte what b3sum prints."""
+    from mesh.cas.hasher import hash_file, hash_stream
+
+    status = EXIT_OK
+    out = sys.stdout
+    for name in args.files or ["-"]:
+        try:
+            digest = hash_stream(sys.stdin.buffer) if name == "-" else hash_file(name)
+        except OSError as exc:
+            print(f"mesh hash: {name}: {exc.strerror} (os error {exc.errno})", file=sys.stderr)
+            status = EXIT_FAILURE
+            continue
+        prefix, shown = _b3sum_name(name)
+        out.write(f"{prefix}{digest.hex}  {shown}\n")
+    out.flush()
+    return status
+
+
+class _ProgressLine:
+    """A self-erasing progress line on stderr, redrawn at most ten times a second."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.last = 0.0
+        self.shown = False
+
+    def __call__(self, done: int, total: int, done_bytes: int, total_bytes: int) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.1 and done != total:
+            return
+        self.last = now
+        self.shown = True
+        sys.stderr.write(
+            f"\r{self.label}: {done}/{total} files, {done_bytes / 1e6:.0f}/{total_bytes / 1e6:.0f} MB\x1b[K"
+        )
+        sys.stderr.flush()
+
+    def clear(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """Ingest a directory into the store and print its snapshot id."""
+    from mesh.cas import gc
+    from mesh.cas.snapshot import ingest
+    from mesh.cas.statcache import StatCache
+
+    settings = args.settings
+    with _store(args) as store:
+        cache = None if args.no_cache else StatCache.for_tree(settings.home, args.dir, store.root, store.epoch())
+        progress = _ProgressLine("snapshot") if sys.stderr.isatty() and not args.quiet else None
+        try:
+            digest = ingest(store, args.dir, cache=cache, progress=progress)
+        finally:
+            if progress is not None:
+                progress.clear()
+        if settings.store_max_bytes is not None:
+            gc.evict(store, settings.store_max_bytes, extra_roots=(digest,))
+    print(digest)
+    return EXIT_OK
+
+
+def cmd_checkout(args: argparse.Namespace) -> int:
+    """Write a snapshot out as a directory."""
+    from mesh.cas.checkout import checkout
+
+    root = _digest(args.id)
+    with _store(args) as store:
+        stats = checkout(store, root, args.dir, mode="link" if args.link else "copy", verify=not args.no_verify)
+    if not args.quiet:
+        print(
+            f"checked out {stats.files} files, {stats.directories} directories, {stats.symlinks} symlinks "
+            f"({stats.bytes} bytes) into {args.dir}",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def _entry_json(path: bytes, entry: Any) -> dict[str, Any]:
+    item: dict[str, Any] = {"path": os.fsdecode(path), "kind": entry.kind.label, "size": entry.size}
+    if entry.digest is not None:
+        item["digest"] = str(entry.digest)
+    else:
+        item["target"] = os.fsdecode(entry.target)
+    return item
+
+
+def _entry_line(path: bytes, entry: Any) -> str:
+    from mesh.cas.tree import Kind
+
+    ref = f"-> {os.fsdecode(entry.target)}" if entry.kind == Kind.SYMLINK else str(entry.digest)
+    suffix = "/" if entry.kind == Kind.DIRECTORY else ""
+    return f"{entry.kind.label:4}  {entry.size:>12}  {os.fsdecode(path)}{suffix}  {ref}"
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    """List a directory of a snapshot (or describe one non-directory entry)."""
+    from mesh.cas.snapshot import read_node, resolve, walk
+    from mesh.cas.tree import Kind
+
+    root = _digest(args.id)
+    with _store(args) as store:
+        entry = resolve(store, root, args.path)
+        rows: list[tuple[bytes, Any]]
+        if entry.kind != Kind.DIRECTORY:
+            rows = [(os.fsencode(args.path.strip("/")), entry)]
+        elif args.recursive:
+            rows = list(walk(store, entry.digest))
+        else:
+            rows = [(e.name, e) for e in read_node(store, entry.digest)]
+    if args.json:
+        json.dump([_entry_json(p, e) for p, e in rows], sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write("".join(_entry_line(p, e) + "\n" for p, e in rows))
+    return EXIT_OK
+
+
+def cmd_cat(args: argparse.Namespace) -> int:
+    """Write one file of a snapshot to stdout, verified."""
+    from mesh.cas.snapshot import resolve
+    from mesh.cas.tree import Kind
+
+    root = _digest(args.id)
+    with _store(args) as store:
+        entry = resolve(store, root, args.path)
+        if entry.kind == Kind.DIRECTORY:
+            raise MeshError(f"{args.path} is a directory in snapshot {root}; use `mesh ls`")
+        if entry.kind == Kind.SYMLINK:
+            raise MeshError(f"{args.path} is a symlink to {os.fsdecode(entry.target)} in snapshot {root}")
+        out = sys.stdout.buffer
+        with store.open(entry.digest, verify=True) as reader:
+            while chunk := reader.read(1 << 20):
+                out.write(chunk)
+        out.flush()
+    return EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Print what changed between two snapshots, one ``STATUS<TAB>path`` line each."""
+    from mesh.cas.snapshot import diff
+
+    a, b = _digest(args.a), _digest(args.b)
+    with _store(args) as store:
+        changes = list(diff(store, a, b))
+    if args.json:
+        rows = [{"status": c.status, "path": os.fsdecode(c.path)} for c in changes]
+        json.dump(rows, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write("".join(f"{c.status}\t{os.fsdecode(c.path)}\n" for c in changes))
+    return EXIT_OK
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    """Re-hash every blob; quarantine damaged ones. Exit 1 if any was damaged."""
+    from mesh.cas.fsck import fsck
+
+    with _store(args) as store:
+        report = fsck(store)
+    if args.json:
+        json.dump(
+            {
+                "checked": report.checked,
+                "bytes": report.bytes,
+                "quarantined": report.quarantined,
+                "repaired": report.repaired,
+                "temp_removed": report.temp_removed,
+                "problems": report.problems,
+                "clean": report.clean,
+            },
+            sys.stdout,
+            indent=1,
+        )
+        sys.stdout.write("\n")
+    else:
+        for line in report.problems:
+            print(line)
+        verdict = "clean" if report.clean else f"{report.quarantined} damaged blobs quarantined"
+        print(f"checked {report.checked} blobs ({report.bytes} bytes): {verdict}")
+    return EXIT_OK if report.clean else EXIT_FAILURE
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    """Evict least recently used, unpinned blobs down to a size cap."""
+    from mesh.cas import gc
+    from mesh.config import parse_size
+
+    cap = parse_size(args.max_size) if args.max_size else args.settings.store_max_bytes
+    if cap is None:
+        raise UsageError("no size cap: pass --max-size SIZE, or set MESH_STORE_MAX or store_max in mesh.toml")
+    with _store(args) as store:
+        report = gc.evict(store, cap)
+    print(
+        f"store: {report.before_bytes} -> {report.after_bytes} bytes, {report.removed} blobs evicted, "
+        f"{report.pinned_bytes} bytes pinned"
+    )
+    return EXIT_OK
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    """Pin a snapshot or blob so that eviction keeps it (and all it reaches)."""
+    digest = _digest(args.id)
+    with _store(args) as store:
+        if not store.has(digest):
+            raise MeshError(f"{digest} is not in the store; snapshot it first")
+        store.pin(args.name, digest)
+    return EXIT_OK
+
+
+def cmd_unpin(args: argparse.Namespace) -> int:
+    """Remove a pin."""
+    with _store(args) as store:
+        store.unpin(args.name)
+    return EXIT_OK
+
+
+def cmd_pins(args: argparse.Namespace) -> int:
+    """List the pins."""
+    with _store(args) as store:
+        for name, digest in store.pins().items():
+            print(f"{name}\t{digest}")
+    return EXIT_OK
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``mesh`` and all its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="mesh",
+        formatter_class=_Formatter,
+        description="mesh: a peer-to-peer, content-addressed build mesh.\n\n"
+        "Files live in a BLAKE3 content-addressed store under $MESH_HOME/cas; a snapshot is an\n"
+        "immutable directory tree in that store, named by its id (b3:<hash>:<size>).",
+        epilog="Exit status: 0 ok, 1 failure, 2 usage error.\n"
+        "Environment: MESH_HOME (default ~/.local/share/mesh), MESH_STORE_MAX (e.g. 50G).",
+    )
+    parser.add_argument("--version", action="version", version=f"mesh {__version__}")
+    parser.add_argument("--home", metavar="DIR", help="mesh's data directory (default: $MESH_HOME or ~/.local/share/mesh)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=description, formatter_class=_Formatter)
+        p.set_defaults(func=fn)
+        return p
+
+    p = add(
+        "hash",
+        cmd_hash,
+        "print BLAKE3 hashes of files, exactly like b3sum",
+        "Print '<hex>  <name>' for each FILE, byte for byte what b3sum prints, so the two can be\n"
+        "cross-checked. With no FILE, or with '-', hash standard input. Exit 1 if a file could\n"
+        "not be read (the others are still hashed).",
+    )
+    p.add_argument("files", nargs="*", metavar="FILE")
+
+    p = add(
+        "snapshot",
+        cmd_snapshot,
+        "store a directory tree and print its snapshot id",
+        "Store DIR in the content-addressed store and print its snapshot id. The id depends only\n"
+        "on names, contents, executable bits and symlink targets: the same tree gives the same id\n"
+        "on any machine. Unchanged files are found by the stat cache and not read again.\n"
+        "FIFOs, sockets and devices are refused with an error naming them.",
+    )
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--no-cache", action="store_true", help="ignore the stat cache and read every file")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress line on stderr")
+
+    p = add(
+        "checkout",
+        cmd_checkout,
+        "write a snapshot out as a directory",
+        "Write snapshot ID into DIR, which must be absent or empty. Checkout never writes through\n"
+        "or replaces anything it finds in its way, and never writes outside DIR.\n\n"
+        "By default files are copies you own and may edit (each blob verified as it is copied).\n"
+        "--link makes read-only hardlinks into the store instead: instant and free of space,\n"
+        "for trees that are only read. Never chmod or edit such files in place: they are the\n"
+        "store's own blobs (`mesh fsck` finds and quarantines any that were changed).",
+    )
+    p.add_argument("id", metavar="ID")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--link", action="store_true", help="hardlink read-only files from the store instead of copying")
+    p.add_argument("--no-verify", action="store_true", help="do not re-hash blobs while copying")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+
+    p = add(
+        "ls",
+        cmd_ls,
+        "list a directory inside a snapshot",
+        "List PATH (default: the root) inside snapshot ID: kind, size, name and digest (or link target).",
+    )
+    p.add_argument("id", metavar="ID")
+    p.add_argument("path", metavar="PATH", nargs="?", default="")
+    p.add_argument("-r", "--recursive", action="store_true", help="list everything below PATH")
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+
+    p = add("cat", cmd_cat, "print a file of a snapshot", "Write file PATH of snapshot ID to stdout (verified).")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("path", metavar="PATH")
+
+    p = add(
+        "diff",
+        cmd_diff,
+        "show what changed between two snapshots",
+        "Print one line per changed path, 'STATUS<TAB>PATH', sorted by path. STATUS is A (added),\n"
+        "D (deleted), M (modified) or T (type changed, e.g. file to symlink).",
+    )
+    p.add_argument("a", metavar="ID")
+    p.add_argument("b", metavar="ID")
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+
+    p = add(
+        "fsck",
+        cmd_fsck,
+        "verify every blob in the store",
+        "Re-hash every blob in the store. Damaged blobs are moved to $MESH_HOME/cas/quarantine and\n"
+        "reported; blobs made writable are made read-only again. Exit 1 if any blob was damaged.",
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    p = add(
+        "gc",
+        cmd_gc,
+        "evict least recently used blobs down to a size cap",
+        "Remove least recently used blobs until the store fits the cap. Blobs reachable from a pin\n"
+        "(see `mesh pin`) are never removed.",
+    )
+    p.add_argument("--max-size", metavar="SIZE", help="the cap, e.g. 20G (default: MESH_STORE_MAX / store_max)")
+
+    p = add("pin", cmd_pin, "keep a snapshot through eviction", "Pin ID under NAME: gc never evicts what it reaches.")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("id", metavar="ID")
+    p = add("unpin", cmd_unpin, "remove a pin", "Remove the pin NAME.")
+    p.add_argument("name", metavar="NAME")
+    add("pins", cmd_pins, "list pins", "List the pins, 'NAME<TAB>ID' per line.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``mesh`` command; returns the exit status."""
+    from mesh.config import Settings
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.settings = Settings.load(home=args.home)
+        return int(args.func(args))
+    except UsageError as exc:
+        print(f"mesh: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except MeshError as exc:
+        print(f"mesh: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except BrokenPipeError:
+        sys.stderr.close()
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("mesh: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        where = f" {exc.filename}:" if exc.filename else ""
+        print(f"mesh: error:{where} {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""The exception tree of mesh.
+
+Every error that mesh raises on purpose derives from :class:`MeshError`, so callers
+(the CLI, the HTTP API) can translate them in one place into an exit code or a
+status with a message a person can act on. Errors from the OS or from libraries are
+translated at the boundary of the module that meets them.
+
+::
+
+    MeshError
+    ├── UsageError                 bad arguments from a person (CLI exit code 2)
+    ├── InvalidDigest (ValueError) a digest's text or fields are malformed
+    ├── CodecError (ValueError)    bytes that are not valid canonical CBOR of the schema
+    │   └── InvalidTree            a directory node that breaks the snapshot rules
+    ├── StoreError                 the content-addressed store failed
+    │   ├── BlobNotFound           the store does not hold the blob (decorators branch on it)
+    │   └── DigestMismatch         bytes do not hash to the digest they claim
+    └── SnapshotError              a tree could not be ingested or checked out
+        ├── UnsupportedFile        ingest met a FIFO, socket or device
+        ├── CheckoutConflict       checkout found something in the way (never written through)
+        └── PathNotFound           a path does not exist inside a snapshot
+"""
+
+from __future__ import annotations
+
+
+class MeshError(Exception):
+    """Base of every error mesh raises on purpose."""
+
+
+class UsageError(MeshError):
+    """A person gave arguments that cannot work; the CLI exits with status 2."""
+
+
+class InvalidDigest(MeshError, ValueError):
+    """A digest's text form or fields are malformed."""
+
+
+class CodecError(MeshError, ValueError):
+    """Bytes are not valid canonical CBOR, exceed a limit, or break the message schema."""
+
+
+class InvalidTree(CodecError):
+    """A directory node breaks the snapshot rules (bad name, order, kind or reference)."""
+
+
+class StoreError(MeshError):
+    """The content-addressed store could not complete an operation."""
+
+
+class BlobNotFound(StoreError):
+    """The store does not hold the requested blob.
+
+    Distinct from other store errors because store decorators branch on it (for
+    example, to fetch the blob from a peer instead).
+    """
+
+    def __init__(self, digest: object) -> None:
+        super().__init__(f"blob {digest} is not in the store")
+        self.digest = digest
+
+
+class DigestMismatch(StoreError):
+    """Bytes do not hash to the digest they were stored or sent under."""
+
+    def __init__(self, expected: object, actual: object, where: str = "") -> None:
+        place = f" ({where})" if where else ""
+        super().__init__(f"content does not match its digest{place}: expected {expected}, got {actual}")
+        self.expected = expected
+        self.actual = actual
+
+
+class SnapshotError(MeshError):
+    """A directory tree could not be ingested, read or checked out."""
+
+
+class UnsupportedFile(SnapshotError):
+    """Ingest met a file that a snapshot cannot hold (FIFO, socket, device)."""
+
+
+class CheckoutConflict(SnapshotError):
+    """Checkout found an existing path where it had to create one.
+
+    Checkout never writes through or replaces what it finds; it stops instead.
+    """
+
+
+class PathNotFound(SnapshotError):
+    """A path named by the user does not exist inside a snapshot."""
