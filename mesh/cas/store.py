@@ -181,10 +181,8 @@ class LocalStore:
         self.quarantine_dir = os.path.join(self.root, "quarantine")
         self._pins = os.path.join(self.root, "pins")
         try:
-            for path in (self.root, self._tmp, self.quarantine_dir, self._pins):
+            for path in (self.root, self._blobs, self._exec, self._tmp, self.quarantine_dir, self._pins):
                 os.makedirs(path, exist_ok=True)
-            for top in (self._blobs, self._exec):
-                _make_shards(top)
             self._blobs_fd = os.open(self._blobs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             self._exec_fd = os.open(self._exec, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
@@ -244,16 +242,17 @@ class LocalStore:
         return missing
 
     def _open_fd(self, digest: Digest) -> int:
+        """Open a blob for reading and mark it used (every read path comes here)."""
         try:
-            return os.open(self._rel(digest.hex), os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._blobs_fd)
+            fd = os.open(self._rel(digest.hex), os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._blobs_fd)
         except FileNotFoundError:
             raise BlobNotFound(digest) from None
+        self._touch(digest.hex)
+        return fd
 
     def open(self, digest: Digest, *, verify: bool = True) -> BlobReader:
         """A stream of the blob's bytes. Raises BlobNotFound; DigestMismatch at the end if damaged."""
-        fd = self._open_fd(digest)
-        self._touch(digest.hex)
-        return BlobReader(fd, digest, verify)
+        return BlobReader(self._open_fd(digest), digest, verify)
 
     def get(self, digest: Digest) -> bytes:
         """The whole blob, verified. Raises BlobNotFound or DigestMismatch."""
@@ -304,6 +303,7 @@ class LocalStore:
         if not executable:
             if not self.has(digest):
                 raise BlobNotFound(digest)
+            self._touch(digest.hex)
             return self._blobs_fd, rel
         try:
             os.stat(rel, dir_fd=self._exec_fd)
@@ -394,8 +394,19 @@ class LocalStore:
         """Give the finished temp file its name. An existing blob of that name is kept."""
         dir_fd = self._exec_fd if mode == EXEC_MODE else self._blobs_fd
         source = name if name is not None else f"/proc/self/fd/{fd}"
+        rel = self._rel(digest.hex)
         try:
-            os.link(source, self._rel(digest.hex), dst_dir_fd=dir_fd, follow_symlinks=True)
+            try:
+                os.link(source, rel, dst_dir_fd=dir_fd, follow_symlinks=True)
+            except FileNotFoundError:
+                if not os.path.exists(source):
+                    raise
+                # First blob of its shard: shard directories are made on demand.
+                try:
+                    os.mkdir(rel[:2], 0o755, dir_fd=dir_fd)
+                except FileExistsError:
+                    pass  # another writer made it first
+                os.link(source, rel, dst_dir_fd=dir_fd, follow_symlinks=True)
         except FileExistsError:
             self._present += 1
             return
@@ -443,6 +454,8 @@ class LocalStore:
         """Every blob file on disk (plain blobs and executable copies), unverified."""
         for top, executable in ((self._blobs, False), (self._exec, True)):
             for shard in sorted(os.listdir(top)):
+                if len(shard) != 2:
+                    continue
                 with os.scandir(os.path.join(top, shard)) as it:
                     for entry in it:
                         try:
@@ -528,15 +541,6 @@ class LocalStore:
 def _check_pin_name(name: str) -> None:
     if not name or "/" in name or "\0" in name or name in (".", "..") or ".tmp" in name:
         raise StoreError(f"invalid pin name {name!r}: use letters, digits, '-', '_' and '.'")
-
-
-def _make_shards(top: str) -> None:
-    """Create ``top`` and its 256 shard directories (once; checked by the last one)."""
-    if os.path.isdir(os.path.join(top, "ff")):
-        return
-    os.makedirs(top, exist_ok=True)
-    for i in range(256):
-        os.makedirs(os.path.join(top, f"{i:02x}"), exist_ok=True)
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:

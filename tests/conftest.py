@@ -1,0 +1,38 @@
+"""Shared fixtures: a fresh store per test, a private MESH_HOME, hypothesis profiles."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from mesh.cas.store import LocalStore
+
+settings.register_profile(
+    "default",
+    deadline=None,
+    max_examples=60,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.register_profile("thorough", parent=settings.get_profile("default"), max_examples=500)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private MESH_HOME, also exported for CLI subprocesses."""
+    h = tmp_path / "home"
+    h.mkdir()
+    monkeypatch.setenv("MESH_HOME", str(h))
+    monkeypatch.delenv("MESH_STORE_MAX", raising=False)
+    return h
+
+
+@pytest.fixture
+def store(home: Path) -> Iterator[LocalStore]:
+    """The LocalStore of the private MESH_HOME."""
+    with LocalStore(home / "cas") as s:
+        yield s

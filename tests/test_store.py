@@ -1,0 +1,244 @@
+"""LocalStore: immutable verified blobs, atomic publication, pins and eviction."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mesh.cas import gc
+from mesh.cas.digest import Digest
+from mesh.cas.fsck import fsck
+from mesh.cas.hasher import MMAP_THRESHOLD
+from mesh.cas.snapshot import ingest
+from mesh.cas.store import LocalStore
+from mesh.errors import BlobNotFound, DigestMismatch, StoreError
+
+
+def damage(store: LocalStore, digest: Digest, data: bytes) -> None:
+    """Overwrite a blob file in place, as a careless process with the owner's rights could."""
+    path = store.blob_path(digest)
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.write(data)
+
+
+def test_put_get_has(store: LocalStore) -> None:
+    d = store.put(b"hello")
+    assert d == Digest.of(b"hello")
+    assert store.has(d)
+    assert store.get(d) == b"hello"
+    assert store.find_missing([d, Digest.of(b"nope"), d, Digest.of(b"nope")]) == [Digest.of(b"nope")]
+    assert stat.S_IMODE(os.stat(store.blob_path(d)).st_mode) == 0o444
+    with pytest.raises(BlobNotFound):
+        store.get(Digest.of(b"absent"))
+    with pytest.raises(BlobNotFound):
+        store.open(Digest.of(b"absent"))
+
+
+def test_sharded_layout(store: LocalStore) -> None:
+    d = store.put(b"layout")
+    assert store.blob_path(d) == os.path.join(store.root, "blobs", d.hex[:2], d.hex)
+
+
+def test_put_is_idempotent(store: LocalStore) -> None:
+    a = store.put(b"same")
+    b = store.put(b"same")
+    assert a == b
+    stats = store.statistics()
+    assert stats.blobs_written == 1 and stats.blobs_already_present == 1
+    assert store.usage() == (1, 4)
+
+
+def test_put_file_small_and_large(store: LocalStore, tmp_path: Path) -> None:
+    for size in (0, 10, MMAP_THRESHOLD - 1, MMAP_THRESHOLD, 3 * MMAP_THRESHOLD + 5):
+        src = tmp_path / f"f{size}"
+        data = os.urandom(size)
+        src.write_bytes(data)
+        d = store.put_file(str(src))
+        assert d == Digest.of(data)
+        assert store.get(d) == data
+
+
+def test_put_file_refuses_symlinks_and_fifos(store: LocalStore, tmp_path: Path) -> None:
+    (tmp_path / "t").write_bytes(b"x")
+    os.symlink("t", tmp_path / "l")
+    with pytest.raises(OSError):
+        store.put_file(str(tmp_path / "l"))
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(Exception, match="not a regular file"):
+        store.put_file(str(tmp_path / "fifo"))
+
+
+def test_writer_verifies_expected_digest(store: LocalStore) -> None:
+    good = b"streamed " * 1000
+    with store.writer(Digest.of(good)) as w:
+        for i in range(0, len(good), 777):
+            w.write(good[i : i + 777])
+        assert w.commit() == Digest.of(good)
+    assert store.get(Digest.of(good)) == good
+
+    wrong = Digest.of(b"something else entirely")
+    with store.writer(Digest(wrong.hash, 5)) as w:
+        w.write(b"12345")
+        with pytest.raises(DigestMismatch):
+            w.commit()
+    assert not store.has(Digest(wrong.hash, 5))
+
+    with store.writer(Digest.of(b"abc")) as w:
+        with pytest.raises(DigestMismatch, match="more than 3 bytes"):
+            w.write(b"abcd")
+    assert os.listdir(os.path.join(store.root, "tmp")) == []
+
+
+def test_verifying_reader_detects_damage(store: LocalStore) -> None:
+    data = os.urandom(200_000)
+    d = store.put(data)
+    with store.open(d) as r:
+        assert r.read() == data
+    damage(store, d, b"\0\0\0")
+    with pytest.raises(DigestMismatch):
+        store.get(d)
+    with pytest.raises(DigestMismatch):
+        with store.open(d) as r:
+            while r.read(65536):
+                pass
+    with store.open(d, verify=False) as r:  # an unverified read is possible, and visibly so
+        assert r.read()[:3] == b"\0\0\0"
+
+
+def test_reader_detects_blob_longer_than_its_digest(store: LocalStore) -> None:
+    d = store.put(b"short")
+    path = store.blob_path(d)
+    os.chmod(path, 0o644)
+    with open(path, "ab") as f:
+        f.write(b" and then some")
+    assert not store.has(d)  # the size no longer matches
+    with pytest.raises(DigestMismatch):
+        with store.open(d) as r:
+            r.read()
+
+
+def test_fsck_quarantines_damaged_blobs_and_repairs_modes(store: LocalStore) -> None:
+    keep = store.put(b"keep me")
+    bad = store.put(b"break me")
+    writable = store.put(b"made writable")
+    damage(store, bad, b"X")
+    os.chmod(store.blob_path(writable), 0o644)
+    epoch = store.epoch()
+    report = fsck(store)
+    assert report.quarantined == 1 and report.repaired == 1 and report.checked == 3
+    assert not report.clean
+    assert any(bad.hex in p for p in report.problems)
+    assert not os.path.exists(store.blob_path(bad))
+    assert any(n.startswith(bad.hex) for n in os.listdir(store.quarantine_dir))
+    assert store.get(keep) == b"keep me"
+    assert stat.S_IMODE(os.stat(store.blob_path(writable)).st_mode) == 0o444
+    assert store.epoch() != epoch
+    assert fsck(store).clean
+
+
+def test_stale_named_temp_files_are_removed_on_open(home: Path) -> None:
+    root = home / "cas"
+    LocalStore(root).close()
+    dead_pid = 2**22 + 12345  # above pid_max's default: no such process
+    stale = root / "tmp" / f"{dead_pid}-deadbeef"
+    stale.write_bytes(b"partial")
+    mine = root / "tmp" / f"{os.getpid()}-cafe"
+    mine.write_bytes(b"in progress")
+    old_but_alive = root / "tmp" / f"{os.getpid()}-old"
+    old_but_alive.write_bytes(b"ancient")
+    long_ago = time.time() - 3 * 24 * 3600
+    os.utime(old_but_alive, (long_ago, long_ago))
+    with LocalStore(root):
+        pass
+    assert not stale.exists()
+    assert mine.exists()  # a live writer's temp file is left alone
+    assert not old_but_alive.exists()
+
+
+def test_named_temp_path_publishes_too(store: LocalStore) -> None:
+    store._o_tmpfile = False  # the fallback for filesystems without O_TMPFILE
+    d = store.put(b"via a named temp file")
+    assert store.get(d) == b"via a named temp file"
+    assert os.listdir(os.path.join(store.root, "tmp")) == []
+
+
+def test_concurrent_puts_of_the_same_blob(store: LocalStore) -> None:
+    data = os.urandom(3 * MMAP_THRESHOLD)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            for _ in range(5):
+                assert store.put(data) == Digest.of(data)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert store.usage() == (1, len(data))
+    assert fsck(store).clean
+
+
+def test_unusable_root_is_a_store_error(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_bytes(b"")
+    with pytest.raises(StoreError, match="cannot use"):
+        LocalStore(f)
+
+
+def test_pins(store: LocalStore) -> None:
+    d = store.put(b"pinned")
+    store.pin("job-1", d)
+    assert store.pins() == {"job-1": d}
+    store.unpin("job-1")
+    assert store.pins() == {}
+    with pytest.raises(StoreError, match="invalid pin name"):
+        store.pin("../escape", d)
+
+
+def _age(store: LocalStore, digest: Digest, seconds_ago: float) -> None:
+    t = time.time() - seconds_ago
+    os.utime(store.blob_path(digest), (t, t))
+
+
+def test_eviction_is_lru_and_never_touches_pinned_snapshots(store: LocalStore, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "big").write_bytes(os.urandom(50_000))
+    (tree / "small").write_bytes(b"s" * 1000)
+    snap = ingest(store, tree)
+    store.pin("result", snap)
+    for blob in store.iter_blobs():
+        os.utime(store.file_of(blob), (0, 0))  # the pinned tree is the oldest of all
+    oldest = store.put(os.urandom(30_000))
+    _age(store, oldest, 3000)
+    middle = store.put(os.urandom(30_000))
+    _age(store, middle, 2000)
+    newest = store.put(os.urandom(30_000))
+    _age(store, newest, 1000)
+    store.get(middle)  # a read makes it recent
+
+    _, total = store.usage()
+    report = gc.evict(store, total - 40_000)
+    assert report.removed == 2
+    assert not store.has(oldest) and not store.has(newest) and store.has(middle)
+    # Everything the pinned snapshot reaches is still there and checks out.
+    from mesh.cas.checkout import checkout
+
+    checkout(store, snap, tmp_path / "out")
+    assert (tmp_path / "out" / "sub" / "big").read_bytes() == (tree / "sub" / "big").read_bytes()
+
+    report = gc.evict(store, 0)  # even a cap of zero keeps what is pinned
+    assert store.has(snap) and not store.has(middle)
+    assert report.pinned_bytes > 0
+    assert fsck(store).clean

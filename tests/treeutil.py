@@ -1,0 +1,74 @@
+"""Build directory trees from a plain description and read them back, for tests.
+
+A description maps a name (bytes) to one of:
+  ("file", content: bytes, executable: bool)
+  ("link", target: bytes)
+  ("dir", {name: ...})
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+Tree = dict[bytes, Any]
+
+
+def build(root: str | os.PathLike[str], tree: Tree, order: Any = sorted) -> None:
+    """Create ``tree`` under the existing directory ``root``, visiting names in ``order``."""
+    base = os.fsencode(os.fspath(root))
+    for name in order(list(tree)):
+        spec = tree[name]
+        path = base + b"/" + name
+        if spec[0] == "file":
+            with open(path, "wb") as f:
+                f.write(spec[1])
+            os.chmod(path, 0o755 if spec[2] else 0o644)
+        elif spec[0] == "link":
+            os.symlink(spec[1], path)
+        else:
+            os.mkdir(path)
+            build(path, spec[1], order)
+
+
+def read(root: str | os.PathLike[str]) -> Tree:
+    """Describe the tree on disk under ``root`` (the inverse of :func:`build`)."""
+    base = os.fsencode(os.fspath(root))
+    out: Tree = {}
+    for name in os.listdir(base):
+        path = base + b"/" + name
+        st = os.lstat(path)
+        if os.path.islink(path):
+            out[name] = ("link", os.readlink(path))
+        elif os.path.isdir(path):
+            out[name] = ("dir", read(path))
+        else:
+            with open(path, "rb") as f:
+                out[name] = ("file", f.read(), bool(st.st_mode & 0o100))
+    return out
+
+
+def count_files(root: str | os.PathLike[str]) -> int:
+    return sum(len(files) for _, _, files in os.walk(root))
+
+
+def mesh(*args: str, input: bytes | None = None, check: bool = False, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run the real ``mesh`` CLI (this interpreter's ``-m mesh``) and capture its output."""
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "mesh", *args],
+        input=input,
+        capture_output=True,
+        check=check,
+        env=full_env,
+        timeout=300,
+    )
+
+
+def b3sum() -> str | None:
+    return shutil.which("b3sum")
