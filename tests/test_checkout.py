@@ -1,0 +1,184 @@
+"""Checkout never follows or writes through what it finds, never leaves its target,
+and never lets a damaged or hostile store object through."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+
+from mesh.cas import checkout as checkout_module
+from mesh.cas.checkout import checkout
+from mesh.cas.digest import Digest
+from mesh.cas.fsck import fsck
+from mesh.cas.snapshot import ingest
+from mesh.cas.store import LocalStore
+from mesh.errors import CheckoutConflict, DigestMismatch, InvalidTree, SnapshotError
+from tests import treeutil
+
+TREE: treeutil.Tree = {
+    b"a.txt": ("file", b"alpha", False),
+    b"bin": ("dir", {b"tool": ("file", b"#!/bin/sh\necho hi\n", True)}),
+    b"d": ("dir", {b"f": ("file", b"inner", False), b"g": ("file", os.urandom(3 << 20), False)}),
+}
+
+
+@pytest.fixture
+def snap(store: LocalStore, tmp_path: Path) -> Digest:
+    src = tmp_path / "src"
+    src.mkdir()
+    treeutil.build(src, TREE)
+    return ingest(store, src)
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    """A file outside every checkout target that an attack would like to overwrite."""
+    v = tmp_path / "victim"
+    v.write_bytes(b"original")
+    return v
+
+
+def test_target_must_be_absent_or_empty(store: LocalStore, snap: Digest, tmp_path: Path, victim: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    os.symlink(victim, out / "a.txt")
+    with pytest.raises(CheckoutConflict, match="not empty"):
+        checkout(store, snap, out)
+    assert victim.read_bytes() == b"original"
+    os.symlink(tmp_path, tmp_path / "target-link")
+    with pytest.raises(CheckoutConflict):
+        checkout(store, snap, tmp_path / "target-link")  # a symlink as the target itself
+
+
+def _planting(monkeypatch: pytest.MonkeyPatch, when_reading: Digest | None, plant: Any) -> None:
+    """Run ``plant()`` when checkout reads a given directory node: a concurrent attacker."""
+    real = checkout_module.read_node
+
+    def read_node(store: LocalStore, digest: Digest) -> Any:
+        if when_reading is None or digest == when_reading:
+            plant()
+        return real(store, digest)
+
+    monkeypatch.setattr(checkout_module, "read_node", read_node)
+
+
+@pytest.mark.parametrize("mode", ["copy", "link"])
+def test_symlink_planted_at_a_file_path_is_not_written_through(
+    store: LocalStore, snap: Digest, tmp_path: Path, victim: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    out = tmp_path / "out"
+    d_node = next(e.digest for e in checkout_module.read_node(store, snap) if e.name == b"d")
+
+    def plant() -> None:
+        if (out / "d").is_dir() and not (out / "d" / "f").is_symlink():
+            os.symlink(victim, out / "d" / "f")
+
+    _planting(monkeypatch, d_node, plant)
+    with pytest.raises(CheckoutConflict, match="d/f already exists"):
+        checkout(store, snap, out, mode=mode)  # type: ignore[arg-type]
+    assert victim.read_bytes() == b"original"
+    assert os.readlink(out / "d" / "f") == str(victim)
+    assert fsck(store).clean
+
+
+def test_symlink_planted_at_a_directory_path_is_not_followed(
+    store: LocalStore, snap: Digest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def plant() -> None:
+        if out.is_dir() and not (out / "d").exists():
+            os.symlink(elsewhere, out / "d")
+
+    _planting(monkeypatch, snap, plant)
+    with pytest.raises(CheckoutConflict, match="d already exists"):
+        checkout(store, snap, out)
+    assert os.listdir(elsewhere) == []
+
+
+def test_directory_swapped_for_a_symlink_after_creation_is_not_entered(
+    store: LocalStore, snap: Digest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The window between mkdir and open: O_NOFOLLOW refuses the swapped-in link."""
+    out = tmp_path / "out"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    real_mkdir = os.mkdir
+
+    def mkdir(path: Any, mode: int = 0o777, *, dir_fd: int | None = None) -> None:
+        real_mkdir(path, mode, dir_fd=dir_fd)
+        if path == b"d":
+            os.rmdir(path, dir_fd=dir_fd)
+            os.symlink(elsewhere, path, dir_fd=dir_fd)
+
+    monkeypatch.setattr(checkout_module.os, "mkdir", mkdir)
+    with pytest.raises(SnapshotError):
+        checkout(store, snap, out)
+    assert os.listdir(elsewhere) == []
+
+
+def _hostile(store: LocalStore, rows: list[list[object]]) -> Digest:
+    return store.put(cbor2.dumps(["tree", 1, rows], canonical=True))
+
+
+@pytest.mark.parametrize("name", [b"..", b"a/b", b"", b"x\0y", b"."])
+def test_hostile_node_names_are_refused_on_checkout(store: LocalStore, tmp_path: Path, name: bytes) -> None:
+    payload = store.put(b"pwned")
+    evil = _hostile(store, [[name, 0, payload.hash, payload.size]])
+    parent = _hostile(store, [[b"sub", 3, evil.hash, evil.size]])
+    out = tmp_path / "deep" / "out"
+    out.parent.mkdir()
+    with pytest.raises(InvalidTree):
+        checkout(store, parent, out)
+    for dirpath, _, filenames in os.walk(tmp_path):
+        if dirpath.startswith(store.root):
+            continue
+        for f in filenames:
+            assert Path(dirpath, f).read_bytes() != b"pwned"
+
+
+def test_damaged_blob_is_detected_by_copy_checkout_and_fsck(store: LocalStore, snap: Digest, tmp_path: Path) -> None:
+    for big in (False, True):
+        data = TREE[b"d"][1][b"g" if big else b"f"][1]
+        path = store.blob_path(Digest.of(data))
+        os.chmod(path, 0o644)
+        with open(path, "r+b") as f:
+            f.write(b"EVIL")
+    with pytest.raises(DigestMismatch):
+        checkout(store, snap, tmp_path / "out")
+    report = fsck(store)
+    assert report.quarantined == 2 and not report.clean
+
+
+def test_link_mode_makes_read_only_hardlinks_and_exec_copies(store: LocalStore, snap: Digest, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    checkout(store, snap, out, mode="link")
+    plain = os.stat(out / "a.txt")
+    assert stat.S_IMODE(plain.st_mode) == 0o444
+    assert plain.st_ino == os.stat(store.blob_path(Digest.of(b"alpha"))).st_ino
+    tool = os.stat(out / "bin" / "tool")
+    assert stat.S_IMODE(tool.st_mode) == 0o555
+    assert tool.st_ino != os.stat(store.blob_path(Digest.of(b"#!/bin/sh\necho hi\n"))).st_ino
+    # Through the link the store's blob is reachable: fsck notices when it is changed.
+    os.chmod(out / "a.txt", 0o644)
+    (out / "a.txt").write_bytes(b"tampered")
+    report = fsck(store)
+    assert report.quarantined == 1
+
+
+def test_copy_mode_files_belong_to_the_user(store: LocalStore, snap: Digest, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    stats = checkout(store, snap, out)
+    assert stats.files == 4 and stats.directories == 2
+    assert stat.S_IMODE(os.stat(out / "a.txt").st_mode) & 0o200
+    assert os.stat(out / "bin" / "tool").st_mode & 0o100
+    (out / "a.txt").write_bytes(b"edited")  # editing a copy never touches the store
+    assert fsck(store).clean
+    assert store.get(Digest.of(b"alpha")) == b"alpha"
