@@ -131,14 +131,14 @@ def _entry_json(path: bytes, entry: Any) -> dict[str, Any]:
     if entry.digest is not None:
         item["digest"] = str(entry.digest)
     else:
-        item["target"] = os.fsdecode(entry.target)
+        item["target"] = os.fsdecode(entry.link)
     return item
 
 
 def _entry_line(path: bytes, entry: Any) -> str:
     from mesh.cas.tree import Kind
 
-    ref = f"-> {os.fsdecode(entry.target)}" if entry.kind == Kind.SYMLINK else str(entry.digest)
+    ref = f"-> {os.fsdecode(entry.link)}" if entry.kind == Kind.SYMLINK else str(entry.digest)
     suffix = "/" if entry.kind == Kind.DIRECTORY else ""
     return f"{entry.kind.label:4}  {entry.size:>12}  {os.fsdecode(path)}{suffix}  {ref}"
 
@@ -155,9 +155,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
         if entry.kind != Kind.DIRECTORY:
             rows = [(os.fsencode(args.path.strip("/")), entry)]
         elif args.recursive:
-            rows = list(walk(store, entry.digest))
+            rows = list(walk(store, entry.blob))
         else:
-            rows = [(e.name, e) for e in read_node(store, entry.digest)]
+            rows = [(e.name, e) for e in read_node(store, entry.blob)]
     if args.json:
         json.dump([_entry_json(p, e) for p, e in rows], sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -177,9 +177,9 @@ def cmd_cat(args: argparse.Namespace) -> int:
         if entry.kind == Kind.DIRECTORY:
             raise MeshError(f"{args.path} is a directory in snapshot {root}; use `mesh ls`")
         if entry.kind == Kind.SYMLINK:
-            raise MeshError(f"{args.path} is a symlink to {os.fsdecode(entry.target)} in snapshot {root}")
+            raise MeshError(f"{args.path} is a symlink to {os.fsdecode(entry.link)} in snapshot {root}")
         out = sys.stdout.buffer
-        with store.open(entry.digest, verify=True) as reader:
+        with store.open(entry.blob, verify=True) as reader:
             while chunk := reader.read(1 << 20):
                 out.write(chunk)
         out.flush()
@@ -289,10 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
         "Environment: MESH_HOME (default ~/.local/share/mesh), MESH_STORE_MAX (e.g. 50G).",
     )
     parser.add_argument("--version", action="version", version=f"mesh {__version__}")
-    parser.add_argument("--home", metavar="DIR", help="mesh's data directory (default: $MESH_HOME or ~/.local/share/mesh)")
+    parser.add_argument(
+        "--home", metavar="DIR", help="mesh's data directory (default: $MESH_HOME or ~/.local/share/mesh)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str, description: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, fn: Callable[[argparse.Namespace], int], help_: str, description: str
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=description, formatter_class=_Formatter)
         p.set_defaults(func=fn)
         return p

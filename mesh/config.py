@@ -58,7 +58,7 @@ class Settings:
         file = _read_toml(os.path.join(resolved_home, "mesh.toml"))
         max_text = store_max or os.environ.get("MESH_STORE_MAX") or file.get("store_max")
         if max_text is not None and not isinstance(max_text, str | int):
-            raise UsageError(f"store_max in {resolved_home}/mesh.toml must be a size like \"50G\"")
+            raise UsageError(f'store_max in {resolved_home}/mesh.toml must be a size like "50G"')
         return cls(home=resolved_home, store_max_bytes=parse_size(str(max_text)) if max_text is not None else None)
 
 

@@ -8,9 +8,9 @@ _unicode_names = st.text(
     alphabet=st.characters(blacklist_characters="/\0", blacklist_categories=("Cs",)), min_size=1, max_size=12
 ).map(lambda s: s.encode("utf-8"))
 _byte_names = st.binary(min_size=1, max_size=12).filter(lambda b: b"/" not in b and b"\0" not in b)
-names = (_unicode_names | _byte_names | st.sampled_from([b"a", b"b", b".hidden", b"-dash", b" sp ", b"\xff\xfe"])).filter(
-    lambda b: b not in (b".", b"..") and len(b) <= 255
-)
+names = (
+    _unicode_names | _byte_names | st.sampled_from([b"a", b"b", b".hidden", b"-dash", b" sp ", b"\xff\xfe"])
+).filter(lambda b: b not in (b".", b"..") and len(b) <= 255)
 
 link_targets = st.sampled_from([b"/etc/passwd", b"../../outside", b"dangling", b"/", b"a/b/c"]) | st.binary(
     min_size=1, max_size=40

@@ -112,7 +112,7 @@ def test_two_concurrent_ingests_agree_and_corrupt_nothing(source: Path, referenc
     cmd = [sys.executable, "-m", "mesh", "snapshot", "--no-cache", str(source)]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
         assert out.decode().strip() == reference_id
     with LocalStore(home / "cas") as store:

@@ -25,7 +25,7 @@ needs_b3sum = pytest.mark.skipif(
 
 
 def make_file(path: Path, size: int, seed: int = 0) -> bytes:
-    data = (blake3.blake3(seed.to_bytes(8, "little")).digest(length=size) if size else b"")
+    data = blake3.blake3(seed.to_bytes(8, "little")).digest(length=size) if size else b""
     path.write_bytes(data)
     return data
 

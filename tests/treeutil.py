@@ -55,7 +55,9 @@ def count_files(root: str | os.PathLike[str]) -> int:
     return sum(len(files) for _, _, files in os.walk(root))
 
 
-def mesh(*args: str, input: bytes | None = None, check: bool = False, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+def mesh(
+    *args: str, input: bytes | None = None, check: bool = False, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
     """Run the real ``mesh`` CLI (this interpreter's ``-m mesh``) and capture its output."""
     full_env = dict(os.environ)
     if env:

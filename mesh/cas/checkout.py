@@ -145,9 +145,8 @@ class _Writer:
                         for entry in read_node(self.store, digest):
                             child = rel + b"/" + entry.name if rel else entry.name
                             if entry.kind == Kind.DIRECTORY:
-                                assert entry.digest is not None
                                 here.refs += 1
-                                stack.append((entry.digest, here, entry.name, child))
+                                stack.append((entry.blob, here, entry.name, child))
                             elif entry.kind == Kind.SYMLINK:
                                 self._symlink(here.fd, entry, child)
                             else:
@@ -184,9 +183,8 @@ class _Writer:
         return fd
 
     def _symlink(self, dfd: int, entry: Entry, rel: bytes) -> None:
-        assert entry.target is not None
         try:
-            os.symlink(entry.target, entry.name, dir_fd=dfd)
+            os.symlink(entry.link, entry.name, dir_fd=dfd)
         except FileExistsError:
             raise CheckoutConflict(f"{self._where(rel)} already exists; checkout does not overwrite") from None
         except OSError as exc:
@@ -194,10 +192,9 @@ class _Writer:
         self.links += 1
 
     def _file(self, dfd: int, entry: Entry, rel: bytes) -> None:
-        assert entry.digest is not None
         executable = entry.kind == Kind.EXECUTABLE
         if self.mode == "link":
-            src_dir, src_name = self.store.link_source(entry.digest, executable=executable)
+            src_dir, src_name = self.store.link_source(entry.blob, executable=executable)
             try:
                 os.link(src_name, entry.name, src_dir_fd=src_dir, dst_dir_fd=dfd, follow_symlinks=False)
                 self._count(entry)
@@ -212,13 +209,15 @@ class _Writer:
         else:
             perm = 0o755 if executable else 0o644
         try:
-            fd = os.open(entry.name, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, perm, dir_fd=dfd)
+            fd = os.open(
+                entry.name, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, perm, dir_fd=dfd
+            )
         except FileExistsError:
             raise CheckoutConflict(f"{self._where(rel)} already exists; checkout does not overwrite") from None
         except OSError as exc:
             raise self._failed(rel, exc) from None
         try:
-            self.store.copy_to(entry.digest, fd, verify=self.verify)
+            self.store.copy_to(entry.blob, fd, verify=self.verify)
         finally:
             os.close(fd)
         self._count(entry)

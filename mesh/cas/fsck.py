@@ -69,7 +69,7 @@ def fsck(store: LocalStore, *, workers: int = 2) -> FsckReport:
     blobs = list(store.iter_blobs())
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = pool.map(lambda b: _check(store, b), blobs)
-        for blob, (problem, fix_mode) in zip(blobs, results):
+        for blob, (problem, fix_mode) in zip(blobs, results, strict=True):
             report.checked += 1
             report.bytes += blob.size
             where = store.file_of(blob)

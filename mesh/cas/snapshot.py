@@ -24,7 +24,7 @@ from mesh.cas.digest import Digest
 from mesh.cas.statcache import StatCache
 from mesh.cas.store import LocalStore
 from mesh.cas.tree import Entry, Kind, check_name, decode_node, encode_node
-from mesh.errors import BlobNotFound, InvalidTree, PathNotFound, SnapshotError, UnsupportedFile
+from mesh.errors import InvalidTree, PathNotFound, SnapshotError, UnsupportedFile
 
 #: Threads that store files during ingest (and write them during checkout).
 DEFAULT_WORKERS = max(2, min(8, 2 * (os.cpu_count() or 1)))
@@ -63,7 +63,9 @@ def _describe(mode: int) -> str:
     return "not a regular file, directory or symlink"
 
 
-def _walk(root: bytes, cache: StatCache | None, ignore: Callable[[bytes, bool], bool] | None) -> tuple[list[_Dir], list[_Pending]]:
+def _walk(
+    root: bytes, cache: StatCache | None, ignore: Callable[[bytes, bool], bool] | None
+) -> tuple[list[_Dir], list[_Pending]]:
     """Walk ``root``: directories in post-order, and the files whose content must be stored."""
     order: list[_Dir] = []
     pending: list[_Pending] = []
@@ -243,9 +245,8 @@ def resolve(store: LocalStore, root: Digest, path: str | bytes) -> Entry:
     for name in split_path(path):
         if entry.kind != Kind.DIRECTORY:
             raise PathNotFound(f"{os.fsdecode(b'/'.join(walked))} is not a directory in snapshot {root}")
-        assert entry.digest is not None
         walked.append(name)
-        found = _find(read_node(store, entry.digest), name)
+        found = _find(read_node(store, entry.blob), name)
         if found is None:
             raise PathNotFound(f"no {os.fsdecode(b'/'.join(walked))} in snapshot {root}")
         entry = found
@@ -271,8 +272,7 @@ def walk(store: LocalStore, root: Digest, prefix: bytes = b"") -> Iterator[tuple
         path = prefix + b"/" + entry.name if prefix else entry.name
         yield path, entry
         if entry.kind == Kind.DIRECTORY:
-            assert entry.digest is not None
-            yield from walk(store, entry.digest, path)
+            yield from walk(store, entry.blob, path)
 
 
 def reachable(store: LocalStore, root: Digest) -> Iterator[Digest]:
@@ -305,8 +305,7 @@ def diff(store: LocalStore, a: Digest, b: Digest, prefix: bytes = b"") -> Iterat
         if x is not None and y is not None and x.same_content(y):
             continue
         if x is not None and y is not None and x.kind == y.kind == Kind.DIRECTORY:
-            assert x.digest is not None and y.digest is not None
-            yield from diff(store, x.digest, y.digest, path)
+            yield from diff(store, x.blob, y.blob, path)
         elif x is not None and y is not None and Kind.DIRECTORY not in (x.kind, y.kind):
             yield Change("M" if x.kind == y.kind else "T", path, x, y)
         else:
@@ -320,15 +319,6 @@ def _all(store: LocalStore, status: str, path: bytes, entry: Entry) -> Iterator[
     """A change for ``entry`` and, for a directory, for everything below it."""
     yield Change(status, path, entry if status == "D" else None, entry if status == "A" else None)
     if entry.kind == Kind.DIRECTORY:
-        assert entry.digest is not None
-        for sub, e in walk(store, entry.digest, path):
+        for sub, e in walk(store, entry.blob, path):
             yield Change(status, sub, e if status == "D" else None, e if status == "A" else None)
 
-
-def exists(store: LocalStore, digest: Digest) -> bool:
-    """True if the snapshot's root node is stored and is a directory node."""
-    try:
-        read_node(store, digest)
-    except BlobNotFound:
-        return False
-    return True

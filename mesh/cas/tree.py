@@ -64,6 +64,20 @@ class Entry:
     target: bytes | None = None
 
     @property
+    def blob(self) -> Digest:
+        """The digest of a file or directory entry (an error for a symlink)."""
+        if self.digest is None:
+            raise InvalidTree(f"entry {self.name!r} is a symlink, not a file or directory")
+        return self.digest
+
+    @property
+    def link(self) -> bytes:
+        """The target of a symlink entry (an error for anything else)."""
+        if self.target is None:
+            raise InvalidTree(f"entry {self.name!r} is not a symlink")
+        return self.target
+
+    @property
     def size(self) -> int:
         """Bytes of the file or child node; length of a symlink's target."""
         if self.digest is not None:
@@ -122,7 +136,7 @@ def decode_node(data: bytes) -> list[Entry]:
         raise InvalidTree("directory node entries must be an array")
     if len(rows) > MAX_ENTRIES:
         raise InvalidTree(f"directory node has {len(rows)} entries, more than {MAX_ENTRIES}")
-    entries = []
+    entries: list[Entry] = []
     previous = b""
     for row in rows:
         if not (isinstance(row, list) and len(row) == 4):
