@@ -144,3 +144,35 @@ def test_store_cap_from_environment_applies_after_snapshot(home: Path, tmp_path:
     assert mesh("ls", latest).returncode == 0  # the snapshot just made is never evicted
     total = sum(p.stat().st_size for p in (home / "cas" / "blobs").rglob("*") if p.is_file())
     assert total <= 150 * 1024
+
+
+def test_progress_line_only_on_a_terminal(home: Path, src: Path) -> None:
+    import pty
+    import subprocess
+    import sys
+
+    plain = mesh("snapshot", "--no-cache", str(src))
+    assert plain.returncode == 0 and plain.stderr == b""
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "mesh", "snapshot", "--no-cache", str(src)],
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            timeout=60,
+        )
+        os.close(slave)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the terminal's other side is closed and drained
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(master)
+    assert proc.returncode == 0
+    assert proc.stdout.decode().strip() == plain.stdout.decode().strip()
+    assert b"snapshot: 3/3 files" in shown

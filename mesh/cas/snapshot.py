@@ -142,6 +142,7 @@ def ingest(
     if not stat.S_ISDIR(st.st_mode):
         raise SnapshotError(f"cannot snapshot {os.fsdecode(path)}: not a directory")
 
+    written_before = store.statistics().blobs_written
     order, pending = _walk(path, cache, ignore)
     digests = _store_files(store, pending, cache, progress, workers)
 
@@ -167,7 +168,7 @@ def ingest(
                 cache.add_node(digest)
         made[id(node)] = root_digest = digest
     assert root_digest is not None
-    if sync and (pending or cache is None):
+    if sync and store.statistics().blobs_written != written_before:
         store.sync()
     if cache is not None:
         cache.save()
@@ -198,7 +199,8 @@ def _store_files(
     total_bytes = sum(p.st.st_size for p in pending)
     done_bytes = 0
     results: list[Digest] = []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    try:
         for i, (digest, started) in enumerate(pool.map(one, pending)):
             results.append(digest)
             item = pending[i]
@@ -207,6 +209,9 @@ def _store_files(
             if progress is not None:
                 done_bytes += digest.size
                 progress(i + 1, len(pending), done_bytes, total_bytes)
+    finally:
+        # On an error (or Ctrl-C) the files not yet started are dropped, not stored.
+        pool.shutdown(wait=True, cancel_futures=True)
     return results
 
 
@@ -321,4 +326,3 @@ def _all(store: LocalStore, status: str, path: bytes, entry: Entry) -> Iterator[
     if entry.kind == Kind.DIRECTORY:
         for sub, e in walk(store, entry.blob, path):
             yield Change(status, sub, e if status == "D" else None, e if status == "A" else None)
-

@@ -32,6 +32,7 @@ import io
 import os
 import secrets
 import stat
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -188,6 +189,7 @@ class LocalStore:
         except OSError as exc:
             raise StoreError(f"cannot use {self.root} as a blob store: {exc.strerror or exc}") from None
         self._o_tmpfile = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
+        self._counters = threading.Lock()
         self._written = 0
         self._bytes_written = 0
         self._present = 0
@@ -370,7 +372,7 @@ class LocalStore:
 
     def _present_already(self, digest: Digest) -> bool:
         if self.has(digest):
-            self._present += 1
+            self._count_present()
             self._touch(digest.hex)
             return True
         return False
@@ -408,12 +410,17 @@ class LocalStore:
                     pass  # another writer made it first
                 os.link(source, rel, dst_dir_fd=dir_fd, follow_symlinks=True)
         except FileExistsError:
-            self._present += 1
+            self._count_present()
             return
         except OSError as exc:
             raise StoreError(f"cannot store blob {digest} in {self.root}: {exc.strerror}") from None
-        self._written += 1
-        self._bytes_written += digest.size
+        with self._counters:
+            self._written += 1
+            self._bytes_written += digest.size
+
+    def _count_present(self) -> None:
+        with self._counters:
+            self._present += 1
 
     def _touch(self, hex_: str) -> None:
         """Mark a blob as used now; eviction removes the least recently used first."""
