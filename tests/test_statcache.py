@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
 
 from mesh.cas import gc
+from mesh.cas.checkout import checkout
 from mesh.cas.snapshot import ingest
 from mesh.cas.statcache import RACY_WINDOW_NS, StatCache
 from mesh.cas.store import LocalStore
+from tests import treeutil
+from tests.strategies import trees
+
+CLOCK_REALTIME_COARSE = getattr(time, "CLOCK_REALTIME_COARSE", 5)  # Linux's number for it
 
 
 class Clock:
@@ -122,8 +130,6 @@ def test_cache_is_dropped_when_the_store_loses_blobs(home: Path, store: LocalSto
     assert ingest(store, src, cache=cache) == snap
     assert cache.statistics().hits == 0
     assert store.has(snap)
-    from mesh.cas.checkout import checkout
-
     checkout(store, snap, tmp_path / "out")
 
 
@@ -137,3 +143,45 @@ def test_damaged_cache_file_only_costs_a_rehash(home: Path, store: LocalStore, t
     cache = cache_for(home, src, store)
     assert ingest(store, src, cache=cache) == snap
     assert cache.statistics().hits == 0
+
+
+def wait_for_coarse_clock_past(root: Path) -> None:
+    """Wait (with a deadline) until the kernel's file-time clock has moved past every
+    ctime in ``root``, so a change made now cannot keep an old timestamp."""
+    newest = max(
+        os.lstat(os.path.join(d, n)).st_ctime_ns for d, dirs, files in os.walk(root) for n in [*dirs, *files, "."]
+    )
+    deadline = time.monotonic() + 5
+    while time.clock_gettime_ns(CLOCK_REALTIME_COARSE) <= newest:
+        assert time.monotonic() < deadline, "the coarse clock did not advance"
+        time.sleep(0.001)
+
+
+@settings(max_examples=40)
+@given(trees, trees)
+def test_cached_snapshot_after_any_change_equals_an_uncached_one(old: treeutil.Tree, new: treeutil.Tree) -> None:
+    """Whatever changes between two snapshots, the stat cache (files and directory nodes)
+    never answers with stale content."""
+    work = Path(tempfile.mkdtemp(prefix="mesh-morph-"))
+    try:
+        src = work / "src"
+        src.mkdir()
+        treeutil.build(src, old)
+        clock = Clock()
+        clock.now += 10 * RACY_WINDOW_NS  # trust everything hashed from here on
+        with LocalStore(work / "cas") as store:
+            home = str(work / "home")
+            first = StatCache.for_tree(home, str(src), store.root, store.epoch())
+            first._now_ns = clock
+            ingest(store, src, cache=first, sync=False)
+            wait_for_coarse_clock_past(src)
+            treeutil.morph(src, old, new)
+            assert treeutil.read(src) == new
+            again = StatCache.for_tree(home, str(src), store.root, store.epoch())
+            again._now_ns = clock
+            cached = ingest(store, src, cache=again, sync=False)
+            assert cached == ingest(store, src, sync=False)
+            checkout(store, cached, work / "out")
+            assert treeutil.read(work / "out") == new
+    finally:
+        shutil.rmtree(work)

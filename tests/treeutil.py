@@ -74,3 +74,33 @@ def mesh(
 
 def b3sum() -> str | None:
     return shutil.which("b3sum")
+
+
+def morph(root: str | os.PathLike[str], old: Tree, new: Tree) -> None:
+    """Change the tree on disk from ``old`` to ``new`` in place, touching only what differs."""
+    base = os.fsencode(os.fspath(root))
+    for name, spec in old.items():
+        path = base + b"/" + name
+        if name not in new or new[name][0] != spec[0]:
+            if spec[0] == "dir":
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+    for name, spec in new.items():
+        path = base + b"/" + name
+        before = old.get(name)
+        if before is not None and before[0] == spec[0]:
+            if spec[0] == "dir":
+                morph(path, before[1], spec[1])
+            elif spec[0] == "link" and before[1] != spec[1]:
+                os.unlink(path)
+                os.symlink(spec[1], path)
+            elif spec[0] == "file":
+                if before[1] != spec[1]:
+                    with open(path, "r+b") as f:  # rewrite in place: same inode
+                        f.write(spec[1])
+                        f.truncate()
+                if before[2] != spec[2]:
+                    os.chmod(path, 0o755 if spec[2] else 0o644)
+        else:
+            build(base, {name: spec})

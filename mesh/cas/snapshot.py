@@ -33,12 +33,17 @@ Progress = Callable[[int, int, int, int], None]
 """Called as progress(files_done, files_total, bytes_done, bytes_total)."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Dir:
     """A directory met by the walk: its entries, some still waiting for a digest."""
 
     rel: bytes
+    st: os.stat_result
+    cached: Digest | None  # the node the stat cache offers, if the directory's own stat is unchanged
     rows: list[tuple[bytes, Kind, object]]  # value: Digest | bytes (link target) | _Dir | int (pending file)
+    changed: bool = False  # a file below it (directly) was not answered by the cache
+    digest: Digest | None = None
+    reused: bool = False
 
 
 @dataclass(slots=True)
@@ -64,17 +69,21 @@ def _describe(mode: int) -> str:
 
 
 def _walk(
-    root: bytes, cache: StatCache | None, ignore: Callable[[bytes, bool], bool] | None
+    root: bytes, root_st: os.stat_result, cache: StatCache | None, ignore: Callable[[bytes, bool], bool] | None
 ) -> tuple[list[_Dir], list[_Pending]]:
-    """Walk ``root``: directories in post-order, and the files whose content must be stored."""
+    """Walk ``root`` (iteratively: any depth): directories in pre-order, and the files to store."""
     order: list[_Dir] = []
     pending: list[_Pending] = []
-
-    def visit(rel: bytes, path: bytes) -> _Dir:
-        node = _Dir(rel, [])
+    top = _Dir(b"", root_st, cache.lookup_dir(b"", root_st) if cache is not None else None, [])
+    stack: list[tuple[_Dir, bytes]] = [(top, root)]
+    while stack:
+        node, path = stack.pop()
+        order.append(node)
+        rel = node.rel
+        rows = node.rows
         try:
             with os.scandir(path) as it:
-                entries = sorted(it, key=lambda e: e.name)
+                entries = list(it)
         except OSError as exc:
             raise SnapshotError(f"cannot read directory {os.fsdecode(path)}: {exc.strerror}") from None
         for entry in entries:
@@ -84,7 +93,10 @@ def _walk(
                 if entry.is_dir(follow_symlinks=False):
                     if ignore is not None and ignore(child_rel, True):
                         continue
-                    node.rows.append((name, Kind.DIRECTORY, visit(child_rel, entry.path)))
+                    st = entry.stat(follow_symlinks=False)
+                    child = _Dir(child_rel, st, cache.lookup_dir(child_rel, st) if cache is not None else None, [])
+                    rows.append((name, Kind.DIRECTORY, child))
+                    stack.append((child, entry.path))
                     continue
                 if ignore is not None and ignore(child_rel, False):
                     continue
@@ -94,12 +106,13 @@ def _walk(
                     kind = Kind.EXECUTABLE if mode & 0o100 else Kind.FILE
                     cached = cache.lookup(child_rel, st) if cache is not None else None
                     if cached is not None:
-                        node.rows.append((name, kind, cached))
+                        rows.append((name, kind, cached))
                     else:
-                        node.rows.append((name, kind, len(pending)))
+                        node.changed = True
+                        rows.append((name, kind, len(pending)))
                         pending.append(_Pending(child_rel, entry.path, st))
                 elif stat.S_ISLNK(mode):
-                    node.rows.append((name, Kind.SYMLINK, os.readlink(entry.path)))
+                    rows.append((name, Kind.SYMLINK, os.readlink(entry.path)))
                 else:
                     raise UnsupportedFile(
                         f"cannot snapshot {os.fsdecode(entry.path)}: it is {_describe(mode)}; "
@@ -109,10 +122,6 @@ def _walk(
                 continue  # deleted while we walked: it is simply not in this snapshot
             except PermissionError as exc:
                 raise SnapshotError(f"cannot read {os.fsdecode(entry.path)}: {exc.strerror}") from None
-        order.append(node)
-        return node
-
-    visit(b"", root)
     return order, pending
 
 
@@ -132,27 +141,33 @@ def ingest(
     and empty directories are kept; ``ignore(relpath, is_dir)`` may leave paths
     out. Raises UnsupportedFile for FIFOs, sockets and devices (naming the path)
     and SnapshotError for unreadable paths. ``cache`` (a StatCache) lets unchanged
-    files be skipped; it is saved at the end.
+    files and directories be skipped; it is saved at the end. A cache remembers
+    directory nodes as ingested with one ``ignore`` rule: use a separate cache
+    (``StatCache.for_tree(..., variant=...)``) per rule.
     """
     path = os.fsencode(os.path.abspath(os.fspath(root)))
     try:
-        st = os.stat(path)
+        root_st = os.stat(path)
     except OSError as exc:
         raise SnapshotError(f"cannot snapshot {os.fsdecode(path)}: {exc.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
+    if not stat.S_ISDIR(root_st.st_mode):
         raise SnapshotError(f"cannot snapshot {os.fsdecode(path)}: not a directory")
 
     written_before = store.statistics().blobs_written
-    order, pending = _walk(path, cache, ignore)
+    listed_at = cache.now_ns() if cache is not None else 0
+    order, pending = _walk(path, root_st, cache, ignore)
     digests = _store_files(store, pending, cache, progress, workers)
 
-    root_digest = None
-    made: dict[int, Digest] = {}
-    for node in order:
+    for node in reversed(order):  # children before their parents
+        if node.cached is not None and not node.changed and _children_reused(node):
+            node.digest, node.reused = node.cached, True
+            continue
+        node.rows.sort(key=lambda row: row[0])
         entries = []
         for name, kind, value in node.rows:
             if isinstance(value, _Dir):
-                entries.append(Entry(name, kind, made.pop(id(value))))
+                assert value.digest is not None
+                entries.append(Entry(name, kind, value.digest))
             elif isinstance(value, int):
                 entries.append(Entry(name, kind, digests[value]))
             elif isinstance(value, bytes):
@@ -160,19 +175,20 @@ def ingest(
             else:
                 assert isinstance(value, Digest)
                 entries.append(Entry(name, kind, value))
-        data = encode_node(entries)
-        digest = Digest.of(data)
-        if cache is None or not cache.has_node(digest):
-            store.put(data)
-            if cache is not None:
-                cache.add_node(digest)
-        made[id(node)] = root_digest = digest
+        node.digest = store.put(encode_node(entries))
+        if cache is not None:
+            cache.record_dir(node.rel, node.st, node.digest, listed_at)
+    root_digest = order[0].digest
     assert root_digest is not None
     if sync and store.statistics().blobs_written != written_before:
         store.sync()
     if cache is not None:
         cache.save()
     return root_digest
+
+
+def _children_reused(node: _Dir) -> bool:
+    return all(value.reused for _, kind, value in node.rows if isinstance(value, _Dir))
 
 
 def _store_files(

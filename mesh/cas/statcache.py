@@ -1,48 +1,71 @@
 """The stat cache: re-snapshotting an unchanged tree only stats it.
 
-For each file of one snapshotted directory it remembers ``(dev, ino, size,
-mtime_ns, ctime_ns, executable bit)`` and the digest the file had, and for the
-tree's directory nodes which ones the store holds. A file whose stat still
-matches is not read again.
+For each file of one snapshotted directory tree it remembers ``(dev, ino, size,
+mtime_ns, ctime_ns, executable bit)`` and the digest the file had; for each
+directory, ``(dev, ino, mtime_ns, ctime_ns)`` and the digest of its node. A file
+whose stat still matches is not read again; a directory whose stat matches and
+whose children are all unchanged keeps its node without re-encoding it (a
+directory's mtime changes whenever an entry is added, removed or renamed).
 
-Racily clean files (git's term): a file changed again within the timestamp
+Racily clean entries (git's term): a file changed again within the timestamp
 granularity of its last hash can keep the same stat. So an entry is trusted only
-if the file's mtime and ctime are older than the moment its hash began by more
-than :data:`RACY_WINDOW_NS`; a file changed that recently is re-hashed (and then
-trusted next time). ctime cannot be set back by a user, so tools that restore
-mtimes do not fool it.
+if the mtime and ctime are older than the moment its hash (or listing) began by
+more than :data:`RACY_WINDOW_NS`; anything changed that recently is looked at
+again (and trusted next time). ctime cannot be set back by a user, so tools that
+restore mtimes do not fool it.
 
 Entries say "this blob is in the store"; the store's epoch changes when blobs
 are removed (eviction, fsck quarantine), and a cache from another epoch is
-dropped as a whole. The cache is a plain optimisation: a lost or damaged cache
-file only costs a full re-hash.
+dropped as a whole. The cache is only an optimisation: a lost or damaged cache
+file costs a full re-hash, nothing else.
+
+On disk it is one canonical CBOR array holding packed columns, so that loading
+50,000 entries is a few large reads rather than 50,000 small decodes::
+
+    ["statcache", 2, epoch, file paths (NUL-joined), file records, dir paths, dir records]
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import blake3
 
 from mesh import codec
-from mesh.cas.digest import HASH_SIZE, Digest
+from mesh.cas.digest import Digest
 from mesh.errors import CodecError
 
-#: An entry is trusted only if the file was last changed this long before its hash began.
+#: An entry is trusted only if its file was last changed this long before its hash began.
 RACY_WINDOW_NS = 2_000_000_000
 _MAGIC = "statcache"
-_VERSION = 1
+_VERSION = 2
+# dev, ino, size, mtime_ns, ctime_ns, executable | hashed_at_ns, hash
+_FILE = struct.Struct("<QQQqqBq32s")
+# dev, ino, mtime_ns, ctime_ns | listed_at_ns, node size, node hash
+_DIR = struct.Struct("<QQqqqQ32s")
 
-# value: (dev, ino, size, mtime_ns, ctime_ns, executable, hash, hashed_at_ns)
-_Row = tuple[int, int, int, int, int, bool, bytes, int]
+_FileKey = tuple[int, ...]
+_DirKey = tuple[int, ...]
+
+
+def file_key(st: os.stat_result) -> _FileKey:
+    """What must be unchanged for a file's cached digest to hold."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, 1 if st.st_mode & 0o100 else 0)
+
+
+def dir_key(st: os.stat_result) -> _DirKey:
+    """What must be unchanged (besides its children) for a directory's cached node to hold."""
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
 
 @dataclass(frozen=True, slots=True)
 class StatCacheStatistics:
-    """How a snapshot used the cache: files answered from it, and files hashed."""
+    """How a snapshot used the cache: files answered from it, files hashed, and why."""
 
     hits: int
     misses: int
@@ -52,31 +75,37 @@ class StatCacheStatistics:
 class StatCache:
     """One directory tree's stat cache, loaded from and saved to one file.
 
-    ``now_ns`` is injectable so that tests can place hashes in time.
+    ``now_ns`` is the clock that stamps hashes; tests inject their own.
     """
 
-    def __init__(self, path: str, epoch: str, *, now_ns: object = time.time_ns) -> None:
+    def __init__(self, path: str, epoch: str, *, now_ns: Callable[[], int] = time.time_ns) -> None:
         self.path = path
         self.epoch = epoch
         self._now_ns = now_ns
-        self._rows: dict[bytes, _Row] = {}
-        self._nodes: set[bytes] = set()
+        self._files: dict[bytes, tuple[_FileKey, int, bytes]] = {}
+        self._dirs: dict[bytes, tuple[_DirKey, int, int, bytes]] = {}
         self._seen: set[bytes] = set()
-        self._seen_nodes: set[bytes] = set()
+        self._seen_dirs: set[bytes] = set()
         self._dirty = False
         self.hits = self.misses = self.racy = 0
 
     @classmethod
-    def for_tree(cls, home: str, root: str, store_root: str, epoch: str) -> StatCache:
-        """Load the cache of directory ``root`` for the store at ``store_root`` (empty if none)."""
-        key = blake3.blake3(os.fsencode(os.path.realpath(root)) + b"\0" + os.fsencode(store_root)).hexdigest()[:32]
+    def for_tree(cls, home: str, root: str, store_root: str, epoch: str, *, variant: bytes = b"") -> StatCache:
+        """Load the cache of directory ``root`` for the store at ``store_root`` (empty if none).
+
+        ``variant`` tells apart caches of one tree ingested under different ignore rules.
+        """
+        parts = [os.fsencode(os.path.realpath(root)), os.fsencode(store_root), variant]
+        key = blake3.blake3(b"\0".join(parts)).hexdigest()[:32]
         cache = cls(os.path.join(home, "statcache", f"{key}.cbor"), epoch)
         cache.load()
         return cache
 
     def now_ns(self) -> int:
         """The clock used to stamp hashes."""
-        return int(self._now_ns())  # type: ignore[operator]
+        return self._now_ns()
+
+    # -- loading and saving ----------------------------------------------------
 
     def load(self) -> None:
         """Read the cache file; a missing, damaged or stale-epoch file leaves the cache empty."""
@@ -86,96 +115,41 @@ class StatCache:
         except OSError:
             return
         try:
-            value = codec.decode(data, max_size=1 << 30, max_depth=4)
-            magic, version, epoch, rows, nodes = value
+            magic, version, epoch, file_paths, file_rows, dir_paths, dir_rows = codec.decode(
+                data, max_size=1 << 30, max_depth=2
+            )
             if magic != _MAGIC or version != _VERSION or epoch != self.epoch:
                 return
-            table = {}
-            for row in rows:
-                path, dev, ino, size, mtime, ctime, executable, hash_, hashed_at = row
-                if not isinstance(hash_, bytes) or len(hash_) != HASH_SIZE:
-                    return
-                table[path] = (dev, ino, size, mtime, ctime, executable, hash_, hashed_at)
-            self._rows = table
-            self._nodes = {n for n in nodes if isinstance(n, bytes)}
-        except (CodecError, ValueError, TypeError):
-            self._rows, self._nodes = {}, set()
-
-    def lookup(self, rel: bytes, st: os.stat_result) -> Digest | None:
-        """The cached digest of file ``rel`` if its stat ``st`` proves it unchanged."""
-        self._seen.add(rel)
-        row = self._rows.get(rel)
-        if row is None:
-            self.misses += 1
-            return None
-        dev, ino, size, mtime, ctime, executable, hash_, hashed_at = row
-        if (
-            dev != st.st_dev
-            or ino != st.st_ino
-            or size != st.st_size
-            or mtime != st.st_mtime_ns
-            or ctime != st.st_ctime_ns
-            or executable != bool(st.st_mode & 0o100)
-        ):
-            self.misses += 1
-            return None
-        if max(mtime, ctime) >= hashed_at - RACY_WINDOW_NS:
-            self.racy += 1
-            self.misses += 1
-            return None
-        self.hits += 1
-        return Digest(hash_, size)
-
-    def record(self, rel: bytes, st: os.stat_result, digest: Digest, hashed_at_ns: int) -> None:
-        """Remember that file ``rel`` with stat ``st`` (taken before hashing) has ``digest``."""
-        self._seen.add(rel)
-        if digest.size != st.st_size:
-            # The file changed while it was read; do not vouch for either version.
-            self._rows.pop(rel, None)
-        else:
-            self._rows[rel] = (
-                st.st_dev,
-                st.st_ino,
-                st.st_size,
-                st.st_mtime_ns,
-                st.st_ctime_ns,
-                bool(st.st_mode & 0o100),
-                digest.hash,
-                hashed_at_ns,
-            )
-        self._dirty = True
-
-    def has_node(self, digest: Digest) -> bool:
-        """True if this directory node was stored by an earlier snapshot of this epoch."""
-        if digest.hash in self._nodes:
-            self._seen_nodes.add(digest.hash)
-            return True
-        return False
-
-    def add_node(self, digest: Digest) -> None:
-        """Remember that the store holds this directory node."""
-        self._seen_nodes.add(digest.hash)
-        if digest.hash not in self._nodes:
-            self._nodes.add(digest.hash)
-            self._dirty = True
-
-    def statistics(self) -> StatCacheStatistics:
-        return StatCacheStatistics(self.hits, self.misses, self.racy)
+            self._files = {
+                path: (row[:6], row[6], row[7])
+                for path, row in zip(_split(file_paths, file_rows, _FILE), _FILE.iter_unpack(file_rows), strict=True)
+            }
+            self._dirs = {
+                path: (row[:4], row[4], row[5], row[6])
+                for path, row in zip(_split(dir_paths, dir_rows, _DIR), _DIR.iter_unpack(dir_rows), strict=True)
+            }
+        except (CodecError, ValueError, TypeError, struct.error):
+            self._files, self._dirs = {}, {}
 
     def save(self) -> None:
-        """Write the cache atomically, keeping only files seen by this snapshot.
+        """Write the cache atomically, keeping only what this snapshot saw.
 
         Does nothing when nothing changed. Errors are ignored: the cache is only an
         optimisation.
         """
-        gone = self._rows.keys() - self._seen
-        if not self._dirty and not gone and self._seen_nodes == self._nodes:
+        gone = self._files.keys() - self._seen
+        gone_dirs = self._dirs.keys() - self._seen_dirs
+        if not self._dirty and not gone and not gone_dirs:
             return
         for rel in gone:
-            del self._rows[rel]
-        self._nodes = set(self._seen_nodes)
-        rows = [[rel, *row] for rel, row in self._rows.items()]
-        data = codec.encode([_MAGIC, _VERSION, self.epoch, rows, sorted(self._nodes)])
+            del self._files[rel]
+        for rel in gone_dirs:
+            del self._dirs[rel]
+        file_rows = b"".join(_FILE.pack(*key, at, h) for key, at, h in self._files.values())
+        dir_rows = b"".join(_DIR.pack(*key, at, size, h) for key, at, size, h in self._dirs.values())
+        data = codec.encode(
+            [_MAGIC, _VERSION, self.epoch, b"\0".join(self._files), file_rows, b"\0".join(self._dirs), dir_rows]
+        )
         tmp = f"{self.path}.{os.getpid()}.{secrets.token_hex(4)}"
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
@@ -188,3 +162,62 @@ class StatCache:
                 os.unlink(tmp)
             except OSError:
                 pass
+
+    # -- files -----------------------------------------------------------------
+
+    def lookup(self, rel: bytes, st: os.stat_result) -> Digest | None:
+        """The cached digest of file ``rel`` if its stat ``st`` proves it unchanged."""
+        self._seen.add(rel)
+        row = self._files.get(rel)
+        if row is None or row[0] != file_key(st):
+            self.misses += 1
+            return None
+        if max(st.st_mtime_ns, st.st_ctime_ns) >= row[1] - RACY_WINDOW_NS:
+            self.racy += 1
+            self.misses += 1
+            return None
+        self.hits += 1
+        return Digest(row[2], st.st_size)
+
+    def record(self, rel: bytes, st: os.stat_result, digest: Digest, hashed_at_ns: int) -> None:
+        """Remember that file ``rel`` with stat ``st`` (taken before hashing) has ``digest``."""
+        self._seen.add(rel)
+        if digest.size != st.st_size:
+            # The file changed while it was read; vouch for neither version.
+            self._files.pop(rel, None)
+        else:
+            self._files[rel] = (file_key(st), hashed_at_ns, digest.hash)
+        self._dirty = True
+
+    # -- directories ---------------------------------------------------------------
+
+    def lookup_dir(self, rel: bytes, st: os.stat_result) -> Digest | None:
+        """The node digest directory ``rel`` had, if its own stat is unchanged and not racy.
+
+        The caller must still check that every child is unchanged before using it.
+        """
+        self._seen_dirs.add(rel)
+        row = self._dirs.get(rel)
+        if row is None or row[0] != dir_key(st) or max(st.st_mtime_ns, st.st_ctime_ns) >= row[1] - RACY_WINDOW_NS:
+            return None
+        return Digest(row[3], row[2])
+
+    def record_dir(self, rel: bytes, st: os.stat_result, digest: Digest, listed_at_ns: int) -> None:
+        """Remember that directory ``rel`` (stat ``st``, listed at ``listed_at_ns``) has node ``digest``."""
+        self._seen_dirs.add(rel)
+        row = (dir_key(st), listed_at_ns, digest.size, digest.hash)
+        if self._dirs.get(rel) != row:
+            self._dirs[rel] = row
+            self._dirty = True
+
+    def statistics(self) -> StatCacheStatistics:
+        return StatCacheStatistics(self.hits, self.misses, self.racy)
+
+
+def _split(paths: bytes, rows: bytes, record: struct.Struct) -> list[bytes]:
+    """The NUL-joined path column, checked against the number of packed records."""
+    if not isinstance(paths, bytes) or not isinstance(rows, bytes) or len(rows) % record.size:
+        raise ValueError("malformed stat cache columns")
+    if not rows:
+        return []
+    return paths.split(b"\0")
