@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,8 +36,8 @@ from mesh.errors import CheckoutConflict, SnapshotError
 
 Mode = Literal["copy", "link"]
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-#: File writes handed to the pool and not yet settled.
-_INFLIGHT = 256
+#: Directories whose files are handed to the pool and not yet settled.
+_INFLIGHT = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,7 @@ class _Writer:
         self.verify = verify
         self.target = target
         self.files = self.dirs = self.links = self.bytes = 0
+        self._counting = threading.Lock()  # files are counted on the pool's threads
 
     def run(self, root: Digest, top: int, workers: int) -> CheckoutStatistics:
         """Depth first over the nodes; each directory's descriptor stays open while
@@ -142,6 +144,7 @@ class _Writer:
                         finally:
                             parent.release()
                     try:
+                        files: list[tuple[Entry, bytes]] = []
                         for entry in read_node(self.store, digest):
                             child = rel + b"/" + entry.name if rel else entry.name
                             if entry.kind == Kind.DIRECTORY:
@@ -150,10 +153,14 @@ class _Writer:
                             elif entry.kind == Kind.SYMLINK:
                                 self._symlink(here.fd, entry, child)
                             else:
-                                here.refs += 1
-                                inflight.append((pool.submit(self._file, here.fd, entry, child), here))
-                                while len(inflight) > _INFLIGHT:
-                                    _settle(*inflight.popleft())
+                                files.append((entry, child))
+                        if files:
+                            # One task per directory: the pool's per-task cost is paid per
+                            # directory, not per file.
+                            here.refs += 1
+                            inflight.append((pool.submit(self._files, here.fd, files), here))
+                            while len(inflight) > _INFLIGHT:
+                                _settle(*inflight.popleft())
                     finally:
                         here.release()
                 while inflight:
@@ -191,12 +198,15 @@ class _Writer:
             raise self._failed(rel, exc) from None
         self.links += 1
 
+    def _files(self, dfd: int, files: list[tuple[Entry, bytes]]) -> None:
+        for entry, rel in files:
+            self._file(dfd, entry, rel)
+
     def _file(self, dfd: int, entry: Entry, rel: bytes) -> None:
         executable = entry.kind == Kind.EXECUTABLE
         if self.mode == "link":
-            src_dir, src_name = self.store.link_source(entry.blob, executable=executable)
             try:
-                os.link(src_name, entry.name, src_dir_fd=src_dir, dst_dir_fd=dfd, follow_symlinks=False)
+                self.store.link_into(entry.blob, executable=executable, dir_fd=dfd, name=entry.name)
                 self._count(entry)
                 return
             except FileExistsError:
@@ -223,8 +233,9 @@ class _Writer:
         self._count(entry)
 
     def _count(self, entry: Entry) -> None:
-        self.files += 1
-        self.bytes += entry.size
+        with self._counting:
+            self.files += 1
+            self.bytes += entry.size
 
     def _failed(self, rel: bytes, exc: OSError) -> SnapshotError:
         return SnapshotError(f"cannot write {self._where(rel)}: {exc.strerror}")

@@ -40,7 +40,8 @@ class _Dir:
     rel: bytes
     st: os.stat_result
     cached: Digest | None  # the node the stat cache offers, if the directory's own stat is unchanged
-    rows: list[tuple[bytes, Kind, object]]  # value: Digest | bytes (link target) | _Dir | int (pending file)
+    # value: (hash, size) from the cache | bytes (link target) | _Dir | int (index of a pending file)
+    rows: list[tuple[bytes, Kind, object]]
     changed: bool = False  # a file below it (directly) was not answered by the cache
     digest: Digest | None = None
     reused: bool = False
@@ -106,7 +107,7 @@ def _walk(
                     kind = Kind.EXECUTABLE if mode & 0o100 else Kind.FILE
                     cached = cache.lookup(child_rel, st) if cache is not None else None
                     if cached is not None:
-                        rows.append((name, kind, cached))
+                        rows.append((name, kind, (cached, st.st_size)))
                     else:
                         node.changed = True
                         rows.append((name, kind, len(pending)))
@@ -173,8 +174,8 @@ def ingest(
             elif isinstance(value, bytes):
                 entries.append(Entry(name, kind, None, value))
             else:
-                assert isinstance(value, Digest)
-                entries.append(Entry(name, kind, value))
+                assert isinstance(value, tuple)
+                entries.append(Entry(name, kind, Digest(*value)))
         node.digest = store.put(encode_node(entries))
         if cache is not None:
             cache.record_dir(node.rel, node.st, node.digest, listed_at)
@@ -191,6 +192,12 @@ def _children_reused(node: _Dir) -> bool:
     return all(value.reused for _, kind, value in node.rows if isinstance(value, _Dir))
 
 
+#: Files handed to a worker thread at once: large enough that the pool's own
+#: per-task cost (a Future, a lock, a wake-up) is paid rarely, small enough to
+#: keep both cores busy until the end.
+_BATCH = 64
+
+
 def _store_files(
     store: LocalStore,
     pending: list[_Pending],
@@ -198,35 +205,39 @@ def _store_files(
     progress: Progress | None,
     workers: int,
 ) -> list[Digest]:
-    """Put every pending file in the store, in parallel; record each in the cache."""
+    """Put every pending file in the store, in parallel batches; record each in the cache."""
     if not pending:
         return []
     now_ns = cache.now_ns if cache is not None else (lambda: 0)
 
-    def one(item: _Pending) -> tuple[Digest, int]:
-        started = now_ns()
-        try:
-            return store.put_file(item.path), started
-        except FileNotFoundError:
-            raise SnapshotError(f"{os.fsdecode(item.path)} disappeared while it was being snapshotted") from None
-        except OSError as exc:
-            raise SnapshotError(f"cannot read {os.fsdecode(item.path)}: {exc.strerror}") from None
+    def batch(start: int) -> list[tuple[Digest, int]]:
+        done = []
+        for item in pending[start : start + _BATCH]:
+            started = now_ns()
+            try:
+                done.append((store.put_file(item.path), started))
+            except FileNotFoundError:
+                raise SnapshotError(f"{os.fsdecode(item.path)} disappeared while it was being snapshotted") from None
+            except OSError as exc:
+                raise SnapshotError(f"cannot read {os.fsdecode(item.path)}: {exc.strerror}") from None
+        return done
 
     total_bytes = sum(p.st.st_size for p in pending)
     done_bytes = 0
     results: list[Digest] = []
     pool = ThreadPoolExecutor(max_workers=max(1, workers))
     try:
-        for i, (digest, started) in enumerate(pool.map(one, pending)):
-            results.append(digest)
-            item = pending[i]
-            if cache is not None:
-                cache.record(item.rel, item.st, digest, started)
-            if progress is not None:
+        for stored in pool.map(batch, range(0, len(pending), _BATCH)):
+            for digest, started in stored:
+                item = pending[len(results)]
+                results.append(digest)
+                if cache is not None:
+                    cache.record(item.rel, item.st, digest, started)
                 done_bytes += digest.size
-                progress(i + 1, len(pending), done_bytes, total_bytes)
+            if progress is not None:
+                progress(len(results), len(pending), done_bytes, total_bytes)
     finally:
-        # On an error (or Ctrl-C) the files not yet started are dropped, not stored.
+        # On an error (or Ctrl-C) the batches not yet started are dropped, not stored.
         pool.shutdown(wait=True, cancel_futures=True)
     return results
 

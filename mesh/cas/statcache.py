@@ -49,16 +49,17 @@ _FILE = struct.Struct("<QQQqqBq32s")
 # dev, ino, mtime_ns, ctime_ns | listed_at_ns, node size, node hash
 _DIR = struct.Struct("<QQqqqQ32s")
 
-_FileKey = tuple[int, ...]
-_DirKey = tuple[int, ...]
+# Rows are kept exactly as struct unpacks them: loading is one C-level pass.
+_FileRow = tuple[int, int, int, int, int, int, int, bytes]
+_DirRow = tuple[int, int, int, int, int, int, bytes]
 
 
-def file_key(st: os.stat_result) -> _FileKey:
+def file_key(st: os.stat_result) -> tuple[int, int, int, int, int, int]:
     """What must be unchanged for a file's cached digest to hold."""
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, 1 if st.st_mode & 0o100 else 0)
 
 
-def dir_key(st: os.stat_result) -> _DirKey:
+def dir_key(st: os.stat_result) -> tuple[int, int, int, int]:
     """What must be unchanged (besides its children) for a directory's cached node to hold."""
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
@@ -82,8 +83,8 @@ class StatCache:
         self.path = path
         self.epoch = epoch
         self._now_ns = now_ns
-        self._files: dict[bytes, tuple[_FileKey, int, bytes]] = {}
-        self._dirs: dict[bytes, tuple[_DirKey, int, int, bytes]] = {}
+        self._files: dict[bytes, _FileRow] = {}
+        self._dirs: dict[bytes, _DirRow] = {}
         self._seen: set[bytes] = set()
         self._seen_dirs: set[bytes] = set()
         self._dirty = False
@@ -120,14 +121,8 @@ class StatCache:
             )
             if magic != _MAGIC or version != _VERSION or epoch != self.epoch:
                 return
-            self._files = {
-                path: (row[:6], row[6], row[7])
-                for path, row in zip(_split(file_paths, file_rows, _FILE), _FILE.iter_unpack(file_rows), strict=True)
-            }
-            self._dirs = {
-                path: (row[:4], row[4], row[5], row[6])
-                for path, row in zip(_split(dir_paths, dir_rows, _DIR), _DIR.iter_unpack(dir_rows), strict=True)
-            }
+            self._files = dict(zip(_split(file_paths, file_rows, _FILE), _FILE.iter_unpack(file_rows), strict=True))
+            self._dirs = dict(zip(_split(dir_paths, dir_rows, _DIR), _DIR.iter_unpack(dir_rows), strict=True))
         except (CodecError, ValueError, TypeError, struct.error):
             self._files, self._dirs = {}, {}
 
@@ -145,8 +140,8 @@ class StatCache:
             del self._files[rel]
         for rel in gone_dirs:
             del self._dirs[rel]
-        file_rows = b"".join(_FILE.pack(*key, at, h) for key, at, h in self._files.values())
-        dir_rows = b"".join(_DIR.pack(*key, at, size, h) for key, at, size, h in self._dirs.values())
+        file_rows = b"".join(_FILE.pack(*row) for row in self._files.values())
+        dir_rows = b"".join(_DIR.pack(*row) for row in self._dirs.values())
         data = codec.encode(
             [_MAGIC, _VERSION, self.epoch, b"\0".join(self._files), file_rows, b"\0".join(self._dirs), dir_rows]
         )
@@ -165,19 +160,32 @@ class StatCache:
 
     # -- files -----------------------------------------------------------------
 
-    def lookup(self, rel: bytes, st: os.stat_result) -> Digest | None:
-        """The cached digest of file ``rel`` if its stat ``st`` proves it unchanged."""
+    def lookup(self, rel: bytes, st: os.stat_result) -> bytes | None:
+        """The cached hash of file ``rel`` (its size is ``st.st_size``) if ``st`` proves it unchanged.
+
+        Returns the raw hash, not a Digest: on the warm path most of them are never
+        needed (their directory's node is reused), and this is the hottest loop.
+        """
         self._seen.add(rel)
         row = self._files.get(rel)
-        if row is None or row[0] != file_key(st):
+        mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
+        if (
+            row is None
+            or row[3] != mtime
+            or row[4] != ctime
+            or row[2] != st.st_size
+            or row[1] != st.st_ino
+            or row[0] != st.st_dev
+            or row[5] != (1 if st.st_mode & 0o100 else 0)
+        ):
             self.misses += 1
             return None
-        if max(st.st_mtime_ns, st.st_ctime_ns) >= row[1] - RACY_WINDOW_NS:
+        if (mtime if mtime > ctime else ctime) >= row[6] - RACY_WINDOW_NS:
             self.racy += 1
             self.misses += 1
             return None
         self.hits += 1
-        return Digest(row[2], st.st_size)
+        return row[7]
 
     def record(self, rel: bytes, st: os.stat_result, digest: Digest, hashed_at_ns: int) -> None:
         """Remember that file ``rel`` with stat ``st`` (taken before hashing) has ``digest``."""
@@ -186,7 +194,7 @@ class StatCache:
             # The file changed while it was read; vouch for neither version.
             self._files.pop(rel, None)
         else:
-            self._files[rel] = (file_key(st), hashed_at_ns, digest.hash)
+            self._files[rel] = (*file_key(st), hashed_at_ns, digest.hash)
         self._dirty = True
 
     # -- directories ---------------------------------------------------------------
@@ -198,14 +206,14 @@ class StatCache:
         """
         self._seen_dirs.add(rel)
         row = self._dirs.get(rel)
-        if row is None or row[0] != dir_key(st) or max(st.st_mtime_ns, st.st_ctime_ns) >= row[1] - RACY_WINDOW_NS:
+        if row is None or row[:4] != dir_key(st) or max(st.st_mtime_ns, st.st_ctime_ns) >= row[4] - RACY_WINDOW_NS:
             return None
-        return Digest(row[3], row[2])
+        return Digest(row[6], row[5])
 
     def record_dir(self, rel: bytes, st: os.stat_result, digest: Digest, listed_at_ns: int) -> None:
         """Remember that directory ``rel`` (stat ``st``, listed at ``listed_at_ns``) has node ``digest``."""
         self._seen_dirs.add(rel)
-        row = (dir_key(st), listed_at_ns, digest.size, digest.hash)
+        row = (*dir_key(st), listed_at_ns, digest.size, digest.hash)
         if self._dirs.get(rel) != row:
             self._dirs[rel] = row
             self._dirty = True

@@ -295,30 +295,35 @@ class LocalStore:
         finally:
             os.close(fd)
 
-    def link_source(self, digest: Digest, *, executable: bool) -> tuple[int, str]:
-        """``(dir_fd, relative name)`` of a read-only file holding the blob, for hardlinking.
+    def link_into(self, digest: Digest, *, executable: bool, dir_fd: int, name: bytes) -> None:
+        """Hardlink a read-only file holding the blob as ``name`` in directory ``dir_fd``.
 
         Plain files link to the blob itself (0444); executables to a 0555 copy made
-        on first use and verified as it is made. Raises BlobNotFound.
+        on first use and verified as it is made. One ``linkat`` in the common case:
+        link checkouts do not refresh the blob's LRU time (whoever uses a linked
+        tree pins it). Raises BlobNotFound, FileExistsError if ``name`` exists, and
+        OSError (EMLINK when the blob has as many links as the filesystem allows).
         """
         rel = self._rel(digest.hex)
-        if not executable:
-            if not self.has(digest):
-                raise BlobNotFound(digest)
-            self._touch(digest.hex)
-            return self._blobs_fd, rel
+        src_fd = self._exec_fd if executable else self._blobs_fd
         try:
-            os.stat(rel, dir_fd=self._exec_fd)
+            os.link(rel, name, src_dir_fd=src_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            return
         except FileNotFoundError:
-            fd, name = self._new_temp(EXEC_MODE)
-            try:
-                self.copy_to(digest, fd, verify=True)
-                self._publish(fd, name, digest, EXEC_MODE)
-            finally:
-                os.close(fd)
-                if name is not None:
-                    _unlink_quietly(name)
-        return self._exec_fd, rel
+            if not self.has(digest):
+                raise BlobNotFound(digest) from None
+            if not executable:
+                raise
+        # The executable copy is made on demand, then linked.
+        fd, tmp_name = self._new_temp(EXEC_MODE)
+        try:
+            self.copy_to(digest, fd, verify=True)
+            self._publish(fd, tmp_name, digest, EXEC_MODE)
+        finally:
+            os.close(fd)
+            if tmp_name is not None:
+                _unlink_quietly(tmp_name)
+        os.link(rel, name, src_dir_fd=src_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
 
     # -- writing -------------------------------------------------------------
 
