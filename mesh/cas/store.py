@@ -26,6 +26,7 @@ makes a batch durable (one ``syncfs``) before its result is published.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import io
@@ -315,14 +316,9 @@ class LocalStore:
             if not executable:
                 raise
         # The executable copy is made on demand, then linked.
-        fd, tmp_name = self._new_temp(EXEC_MODE)
-        try:
+        with self._temp_file(EXEC_MODE) as (fd, tmp_name):
             self.copy_to(digest, fd, verify=True)
             self._publish(fd, tmp_name, digest, EXEC_MODE)
-        finally:
-            os.close(fd)
-            if tmp_name is not None:
-                _unlink_quietly(tmp_name)
         os.link(rel, name, src_dir_fd=src_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
 
     # -- writing -------------------------------------------------------------
@@ -332,14 +328,9 @@ class LocalStore:
         digest = hash_bytes(data)
         if self._present_already(digest):
             return digest
-        fd, name = self._new_temp()
-        try:
+        with self._temp_file() as (fd, name):
             _write_all(fd, data)
             self._publish(fd, name, digest, BLOB_MODE)
-        finally:
-            os.close(fd)
-            if name is not None:
-                _unlink_quietly(name)
         return digest
 
     def put_file(self, path: str | bytes, *, dir_fd: int | None = None) -> Digest:
@@ -357,16 +348,11 @@ class LocalStore:
                 raise UnsupportedFile(f"{os.fsdecode(path)}: not a regular file")
             if st.st_size < MMAP_THRESHOLD:
                 return self.put(read_fd(src, st.st_size))
-            fd, name = self._new_temp()
-            try:
+            with self._temp_file() as (fd, name):
                 _copy_fd(src, fd)
                 digest = hash_fd(fd)
                 if not self._present_already(digest):
                     self._publish(fd, name, digest, BLOB_MODE)
-            finally:
-                os.close(fd)
-                if name is not None:
-                    _unlink_quietly(name)
             return digest
         finally:
             os.close(src)
@@ -396,6 +382,17 @@ class LocalStore:
             return os.open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, mode), name
         except OSError as exc:
             raise StoreError(f"cannot create a temp file in {self._tmp}: {exc.strerror}") from None
+
+    @contextlib.contextmanager
+    def _temp_file(self, mode: int = BLOB_MODE) -> Iterator[tuple[int, str | None]]:
+        """A temp file (see :meth:`_new_temp`) that is closed, and unlinked if named, on exit."""
+        fd, name = self._new_temp(mode)
+        try:
+            yield fd, name
+        finally:
+            os.close(fd)
+            if name is not None:
+                _unlink_quietly(name)
 
     def _publish(self, fd: int, name: str | None, digest: Digest, mode: int) -> None:
         """Give the finished temp file its name. An existing blob of that name is kept."""
