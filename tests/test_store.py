@@ -221,12 +221,12 @@ def test_eviction_is_lru_and_never_touches_pinned_snapshots(store: LocalStore, t
     for blob in store.iter_blobs():
         os.utime(store.file_of(blob), (0, 0))  # the pinned tree is the oldest of all
     oldest = store.put(os.urandom(30_000))
-    _age(store, oldest, 3000)
+    _age(store, oldest, 4 * 3600)
     middle = store.put(os.urandom(30_000))
-    _age(store, middle, 2000)
+    _age(store, middle, 3 * 3600)
     newest = store.put(os.urandom(30_000))
-    _age(store, newest, 1000)
-    store.get(middle)  # a read makes it recent
+    _age(store, newest, 2 * 3600)
+    store.get(middle)  # a read makes it recent (reads older than TOUCH_INTERVAL_S are recorded)
 
     _, total = store.usage()
     report = gc.evict(store, total - 40_000)

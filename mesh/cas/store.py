@@ -45,6 +45,8 @@ from mesh.errors import BlobNotFound, DigestMismatch, StoreError, UnsupportedFil
 
 BLOB_MODE = 0o444
 EXEC_MODE = 0o555
+#: A blob's use is recorded (its mtime set) at most this often; see LocalStore._touch.
+TOUCH_INTERVAL_S = 3600
 #: A named temp file older than this is stale even if a process of its pid lives.
 STALE_TEMP_SECONDS = 24 * 3600
 _COPY_CHUNK = 1 << 30
@@ -227,11 +229,15 @@ class LocalStore:
 
     def has(self, digest: Digest) -> bool:
         """True when the blob is stored with the right size."""
+        return self._stat(digest) is not None
+
+    def _stat(self, digest: Digest) -> os.stat_result | None:
+        """The blob file's stat if it is stored with the right size, else None."""
         try:
             st = os.stat(self._rel(digest.hex), dir_fd=self._blobs_fd)
         except FileNotFoundError:
-            return False
-        return st.st_size == digest.size
+            return None
+        return st if st.st_size == digest.size else None
 
     def find_missing(self, digests: Iterable[Digest]) -> list[Digest]:
         """The digests among ``digests`` that the store does not hold (each once, in order)."""
@@ -250,7 +256,7 @@ class LocalStore:
             fd = os.open(self._rel(digest.hex), os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._blobs_fd)
         except FileNotFoundError:
             raise BlobNotFound(digest) from None
-        self._touch(digest.hex)
+        self._touch(digest.hex, os.fstat(fd))
         return fd
 
     def open(self, digest: Digest, *, verify: bool = True) -> BlobReader:
@@ -362,9 +368,10 @@ class LocalStore:
         return BlobWriter(self, expected)
 
     def _present_already(self, digest: Digest) -> bool:
-        if self.has(digest):
+        st = self._stat(digest)
+        if st is not None:
             self._count_present()
-            self._touch(digest.hex)
+            self._touch(digest.hex, st)
             return True
         return False
 
@@ -424,8 +431,16 @@ class LocalStore:
         with self._counters:
             self._present += 1
 
-    def _touch(self, hex_: str) -> None:
-        """Mark a blob as used now; eviction removes the least recently used first."""
+    def _touch(self, hex_: str, st: os.stat_result) -> None:
+        """Mark a blob (whose stat is ``st``) as used now, for least-recently-used eviction.
+
+        Like the ``relatime`` mount option, the mark is only written when the last
+        one is older than :data:`TOUCH_INTERVAL_S`: a metadata write per read would
+        cost as much as writing the file on some disks, and LRU does not need
+        finer time than that.
+        """
+        if time.time() - st.st_mtime < TOUCH_INTERVAL_S:
+            return
         try:
             os.utime(self._rel(hex_), dir_fd=self._blobs_fd)
         except OSError:
