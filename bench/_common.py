@@ -47,7 +47,8 @@ def use_repo() -> None:
         import blake3  # noqa: F401
         import cbor2  # noqa: F401
     except ImportError:
-        if VENV_PYTHON.exists() and Path(sys.executable).resolve() != VENV_PYTHON.resolve():
+        # Compare prefixes, not executables: the venv's python is a symlink to the base one.
+        if VENV_PYTHON.exists() and Path(sys.prefix).resolve() != VENV_PYTHON.parent.parent.resolve():
             os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), *sys.argv])
         raise
 
@@ -115,28 +116,46 @@ def tree_source(args: argparse.Namespace) -> tuple[str, int]:
 class Scratch:
     """A fresh directory under ``parent``, removed at the end (also on Ctrl-C or SIGTERM).
 
-    :meth:`remove` deletes paths inside it only, so a wrong path can never take
-    anything else with it.
+    :meth:`discard` acts on paths inside it only, so a wrong path can never take anything
+    else with it. ``reserve``: bytes to keep free; below that, discarding deletes the trash.
     """
 
     def __init__(self, parent: str, prefix: str) -> None:
         os.makedirs(parent, exist_ok=True)
         self.root = tempfile.mkdtemp(prefix=prefix, dir=parent)
+        self.reserve = 2 << 30
+        self._trashed = 0
 
     def path(self, *names: str) -> str:
         return os.path.join(self.root, *names)
 
-    def remove(self, path: str) -> None:
-        """``rm -rf path``, for paths inside the scratch directory only."""
+    def _inside(self, path: str) -> None:
         real = os.path.realpath(path)
-        if os.path.commonpath([real, os.path.realpath(self.root)]) != os.path.realpath(self.root):
-            raise ValueError(f"refusing to remove {path}: outside the scratch dir {self.root}")
-        if os.path.lexists(path):
-            subprocess.run(["rm", "-rf", "--one-file-system", "--", path], check=True)
+        top = os.path.realpath(self.root)
+        if real == top or os.path.commonpath([real, top]) != top:
+            raise ValueError(f"refusing to remove {path}: not inside the scratch dir {self.root}")
+
+    def discard(self, path: str) -> None:
+        """Move ``path`` (inside the scratch dir) out of the way, into ``trash/``; deleted at the end.
+
+        Deleting a large tree between runs would leave the next timed run competing with
+        the deletion's background work (ext4 mounted with ``discard`` trims freed blocks
+        asynchronously, for many seconds); a rename costs nothing.
+        """
+        self._inside(path)
+        if not os.path.lexists(path):
+            return
+        trash = self.path("trash")
+        if shutil.disk_usage(self.root).free < self.reserve and os.path.isdir(trash):
+            note("disk space is short: deleting the trash now (the next run may pay for its trims)")
+            subprocess.run(["rm", "-rf", "--one-file-system", "--", trash], check=True)
+        os.makedirs(trash, exist_ok=True)
+        self._trashed += 1
+        os.rename(path, os.path.join(trash, f"{self._trashed:04d}-{os.path.basename(path)}"))
 
     def cleanup(self) -> None:
         if os.path.lexists(self.root):
-            note(f"removing scratch dir {self.root}")
+            note(f"removing scratch dir {self.root} (takes a while)")
             subprocess.run(["rm", "-rf", "--one-file-system", "--", self.root], check=False)
 
 
@@ -151,9 +170,6 @@ def scratch_dir(parent: str, prefix: str) -> Iterator[Scratch]:
     scratch = Scratch(parent, prefix)
     try:
         yield scratch
-    except KeyboardInterrupt:
-        note("interrupted")
-        raise
     finally:
         # A second Ctrl-C must not abandon the clean-up half done.
         old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -163,6 +179,17 @@ def scratch_dir(parent: str, prefix: str) -> Iterator[Scratch]:
         finally:
             signal.signal(signal.SIGINT, old_int)
             signal.signal(signal.SIGTERM, old_term)
+
+
+def run_main(main: Callable[[], int]) -> None:
+    """Run a benchmark's ``main`` and exit with its status; Ctrl-C or SIGTERM exits 130
+    without a traceback (the scratch directory has been removed by then)."""
+    try:
+        status = main()
+    except KeyboardInterrupt:
+        note("interrupted; scratch files removed")
+        status = 130
+    sys.exit(status)
 
 
 def check_space(where: str, need: int) -> None:
@@ -180,43 +207,220 @@ def note(text: str) -> None:
 # -- timing --------------------------------------------------------------------------
 
 
+#: A run is "contended" when other user-space processes (or other guests of the hypervisor,
+#: as steal time) used more than this share of the machine's CPUs during it; such runs are
+#: repeated. Kernel threads (writeback on our behalf) do not count.
+CONTENDED_SHARE = 0.10
+#: Seconds to wait at most for a quiet machine before each run.
+QUIET_LIMIT = 60.0
+
+
 @dataclass
 class Timing:
-    """Wall-clock seconds of every repetition; :attr:`best` is what tables report."""
+    """Wall-clock seconds of every run, whether another process competed for the CPUs
+    during it, and the untimed wait before it. :attr:`best` (what tables report) is the
+    fastest uncontended run (the fastest of all if every run was contended)."""
 
     runs: list[float] = field(default_factory=list)
+    contended: list[bool] = field(default_factory=list)
+    #: Seconds spent before each run waiting for a quiet machine (untimed).
+    waits: list[float] = field(default_factory=list)
+
+    @property
+    def clean_runs(self) -> list[float]:
+        return [t for t, busy in zip(self.runs, self.contended, strict=True) if not busy]
 
     @property
     def best(self) -> float:
-        return min(self.runs)
+        return min(self.clean_runs or self.runs)
+
+    @property
+    def best_contended(self) -> bool:
+        """True when every run was contended (the best is then not trustworthy)."""
+        return not self.clean_runs
 
     def describe(self) -> str:
-        return " ".join(f"{t:.3f}" for t in self.runs)
+        text = " ".join(f"{t:.3f}{'*' if busy else ''}" for t, busy in zip(self.runs, self.contended, strict=True))
+        if any(w >= 2.0 for w in self.waits):
+            text += f"  (untimed waits for a quiet machine before each: {' '.join(f'{w:.0f}' for w in self.waits)} s)"
+        return text
 
 
-def best_of(
-    repeat: int,
-    work: Callable[[], object],
-    *,
-    before: Callable[[], object] | None = None,
-    after: Callable[[], object] | None = None,
-    sync: bool = True,
-) -> Timing:
-    """Time ``work()`` ``repeat`` times. ``before``/``after`` run untimed around each run;
-    with ``sync`` the dirty pages of earlier steps are written out (``sync``) just before
-    the clock starts, so they do not bill the timed run."""
-    timing = Timing()
+def _disk_counters() -> tuple[int, ...]:
+    """(writes completed, I/Os in flight, discards completed) summed over the block devices."""
+    writes = inflight = discards = 0
+    try:
+        with open("/proc/diskstats", encoding="ascii") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) < 14 or fields[2].startswith(("loop", "ram")):
+                    continue
+                writes += int(fields[7])
+                inflight += int(fields[11])
+                if len(fields) >= 15:
+                    discards += int(fields[14])
+    except OSError:
+        pass
+    return writes, inflight, discards
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+_NCPU = os.cpu_count() or 1
+
+
+def _cpu_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs from /proc/stat (idle and iowait are not busy;
+    steal, time the hypervisor gave to other guests, is)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    total = sum(values[:8])  # user nice system idle iowait irq softirq steal
+    return total - values[3] - values[4], total
+
+
+_PF_KTHREAD = 0x00200000
+
+
+def _process_cpu() -> dict[int, tuple[int, str]]:
+    """pid -> (CPU jiffies incl. reaped children, name) of every user-space process but this one."""
+    out = {}
+    me = os.getpid()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == me:
+            continue
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            continue
+        head, _, tail = text.rpartition(")")
+        fields = tail.split()
+        try:
+            if int(fields[6]) & _PF_KTHREAD:
+                continue
+            out[int(pid)] = (sum(int(v) for v in fields[11:15]), head.partition("(")[2])
+        except (IndexError, ValueError):
+            continue
+    return out
+
+
+def _steal() -> int:
+    """Jiffies the hypervisor gave to other guests (all CPUs), from /proc/stat."""
+    with open("/proc/stat", encoding="ascii") as f:
+        return int(f.readline().split()[8])
+
+
+@dataclass
+class _Usage:
+    """A sample of what other processes (and other guests, as steal time) used so far."""
+
+    processes: dict[int, tuple[int, str]]
+    steal: int
+
+    @classmethod
+    def now(cls) -> _Usage:
+        return cls(_process_cpu(), _steal())
+
+    def since(self, start: _Usage) -> tuple[float, str]:
+        """(CPU seconds others used between ``start`` and this sample, who used most)."""
+        used = {p: jiffies - start.processes.get(p, (0, ""))[0] for p, (jiffies, _) in self.processes.items()}
+        top = max(used, key=lambda p: used[p], default=None)
+        who = f"{self.processes[top][1]} (pid {top})" if top is not None and used[top] > 0 else "nobody"
+        steal = self.steal - start.steal
+        if steal > (used[top] if top is not None else 0):
+            who = "the hypervisor (steal time)"
+        return (sum(max(0, u) for u in used.values()) + steal) / _TICK, who
+
+
+def _busiest_process(interval: float = 0.5) -> str:
+    """Who used the most CPU over ``interval`` (for notes)."""
+    start = _Usage.now()
+    time.sleep(interval)
+    return _Usage.now().since(start)[1]
+
+
+def wait_for_quiet_machine(quiet: float = 1.0, limit: float = QUIET_LIMIT, max_busy: float = 0.10) -> float:
+    """Wait until, for ``quiet`` seconds, no block device wrote, trimmed or had I/O in
+    flight and the CPUs were at most ``max_busy`` busy; at most ``limit`` seconds.
+
+    Background writeback and trims of earlier steps, and other processes on this small
+    machine (a test suite someone runs), would otherwise bill the timed run. Returns
+    the time waited.
+    """
+    start = time.monotonic()
+    disk, cpu = _disk_counters(), _cpu_busy()
+    calm_since, cpu_since = start, cpu
+    while True:
+        time.sleep(0.1)
+        now = time.monotonic()
+        current = _disk_counters()
+        if current != disk or current[1] != 0:
+            disk, calm_since, cpu_since = current, now, _cpu_busy()
+        elif now - calm_since >= quiet:
+            busy, total = _cpu_busy()
+            if total > cpu_since[1] and (busy - cpu_since[0]) / (total - cpu_since[1]) <= max_busy:
+                return now - start
+            calm_since, cpu_since = now, (busy, total)
+        if now - start >= limit:
+            note(f"the machine did not go quiet within {limit:.0f} s (busiest: {_busiest_process()}); timing anyway")
+            return time.monotonic() - start
+
+
+@dataclass
+class Contestant:
+    """One thing to time: ``work`` (timed) after ``before`` (untimed: fresh state, warm cache)."""
+
+    name: str
+    work: Callable[[], object]
+    before: Callable[[], object] | None = None
+
+
+def _timed_run(c: Contestant, sync: bool) -> tuple[float, bool, float]:
+    """One run of ``c``: (seconds, contended, untimed wait before it)."""
+    if c.before is not None:
+        c.before()
+    waited = 0.0
+    if sync:
+        os.sync()
+        waited = wait_for_quiet_machine()
+    usage = _Usage.now()
+    start = time.perf_counter()
+    c.work()
+    elapsed = time.perf_counter() - start
+    others, who = _Usage.now().since(usage)
+    contended = others > CONTENDED_SHARE * elapsed * _NCPU and others > 0.05
+    if contended:
+        note(f"{c.name}: others used {others:.2f} CPU-s during this {elapsed:.2f} s run (most: {who}); repeating it")
+    return elapsed, contended, waited
+
+
+def compare(
+    repeat: int, contestants: Sequence[Contestant], *, sync: bool = True, max_tries: int = 3
+) -> dict[str, Timing]:
+    """Time every contestant ``repeat`` times, round-robin (A B C A B C ...), so that slow
+    drifts of the machine hit all of them alike.
+
+    Before each run (untimed): its ``before``, then ``sync`` (dirty pages of earlier steps
+    written out) and a wait for a quiet machine (:func:`wait_for_quiet_machine`). A run
+    during which other processes used the CPUs noticeably is marked contended and
+    repeated, up to ``max_tries`` runs per round.
+    """
+    timings = {c.name: Timing() for c in contestants}
     for _ in range(repeat):
-        if before is not None:
-            before()
-        if sync:
-            os.sync()
-        start = time.perf_counter()
-        work()
-        timing.runs.append(time.perf_counter() - start)
-        if after is not None:
-            after()
-    return timing
+        for c in contestants:
+            t = timings[c.name]
+            for _ in range(max_tries):
+                elapsed, contended, waited = _timed_run(c, sync)
+                t.runs.append(elapsed)
+                t.contended.append(contended)
+                t.waits.append(waited)
+                if not contended:
+                    break
+    return timings
+
+
+def best_of(repeat: int, work: Callable[[], object], *, before: Callable[[], object] | None = None) -> Timing:
+    """Time one thing ``repeat`` times (see :func:`compare`)."""
+    return compare(repeat, [Contestant("run", work, before)])["run"]
 
 
 def run(
@@ -279,18 +483,6 @@ def tree_stats(root: str) -> TreeStats:
     return TreeStats(files, size, dirs, links)
 
 
-def list_files(root: str) -> list[str]:
-    """Every regular file below ``root``, as paths relative to it, sorted."""
-    out = []
-    for top, dirnames, filenames in os.walk(root):
-        for name in filenames:
-            path = os.path.join(top, name)
-            if os.path.isfile(path) and not os.path.islink(path):
-                out.append(os.path.relpath(path, root))
-    out.sort()
-    return out
-
-
 def _pad_size(rng: random.Random) -> int:
     """A file size from a source-tree-like mix: mostly small, a few large."""
     r = rng.random()
@@ -331,7 +523,11 @@ def copy_tree(src: str, dest: str) -> None:
 
 
 def warm_tree(root: str) -> None:
-    """Read every regular file below ``root`` once, so the timed runs hit the page cache."""
+    """Read every regular file below ``root`` once, so the timed runs hit the page cache.
+
+    Done before every timed run, not once: on the project's VMs a DAMON ``pageout`` scheme
+    evicts page-cache pages left idle for about a minute.
+    """
     for top, _, filenames in os.walk(root):
         for name in filenames:
             path = os.path.join(top, name)
@@ -427,10 +623,34 @@ def _fs_type(path: str) -> str:
                     continue
                 mnt = parts[1].replace("\\040", " ")
                 if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
-                    best, kind = mnt, f"{parts[2]} on {parts[0]}, mounted at {mnt}"
+                    options = parts[3] if len(parts) > 3 else "?"
+                    best, kind = mnt, f"{parts[2]} on {parts[0]}, mounted at {mnt} ({options})"
     except OSError:
         pass
     return kind
+
+
+def _damon() -> str:
+    """Whether a DAMON kdamond runs a pageout scheme (it evicts idle page cache), read-only."""
+    base = "/sys/kernel/mm/damon/admin/kdamonds"
+    try:
+        for k in os.listdir(base):
+            if not k.isdigit():
+                continue
+            with open(os.path.join(base, k, "state"), encoding="ascii") as f:
+                if f.read().strip() != "on":
+                    continue
+            for top, _, files in os.walk(os.path.join(base, k, "contexts")):
+                if "action" in files:
+                    with open(os.path.join(top, "action"), encoding="ascii") as f:
+                        if f.read().strip() == "pageout":
+                            return (
+                                "a DAMON pageout scheme is active (idle page cache is evicted; "
+                                "inputs are re-read before each run)"
+                            )
+    except OSError:
+        pass
+    return "no DAMON pageout scheme seen"
 
 
 def machine_lines(scratch: str) -> list[str]:
@@ -443,7 +663,8 @@ def machine_lines(scratch: str) -> list[str]:
         f"- nproc: {_first_line(['nproc'])} (os.cpu_count {os.cpu_count()})",
         f"- CPU: {_cpu_model()}",
         f"- memory: {_mem_total()}; kernel {platform.release()}",
-        f"- scratch: {scratch} ({_fs_type(scratch)})",
+        f"- scratch: {scratch}: {_fs_type(scratch)}",
+        f"- page cache: {_damon()}",
         f"- python {platform.python_version()} ({sys.executable}), blake3 {blake3_version}",
         f"- {_first_line(['b3sum', '--version'])}; {_first_line(['git', '--version'])}; "
         f"{_first_line(['cp', '--version'])}",
@@ -475,30 +696,37 @@ class Row:
     met: str
 
 
-def fmt_time(seconds: float) -> str:
-    return f"{seconds:.3f} s"
+def fmt_time(t: Timing) -> str:
+    """The best time; a ``*`` when every run was contended (not trustworthy)."""
+    return f"{t.best:.3f} s{'*' if t.best_contended else ''}"
 
 
-def fmt_rate(nbytes: int, seconds: float) -> str:
-    return f"{nbytes / seconds / GB:.2f} GB/s"
+def fmt_rate(nbytes: int, t: Timing) -> str:
+    """The throughput of the best run, in GB/s (1e9 bytes); ``*`` as for :func:`fmt_time`."""
+    return f"{nbytes / t.best / GB:.2f} GB/s{'*' if t.best_contended else ''}"
+
+
+def _verdict(ok: bool, *timings: Timing) -> str:
+    met = "yes" if ok else "NO"
+    return met + (" (contended)" if any(t.best_contended for t in timings) else "")
 
 
 def time_row(
     measurement: str,
-    mesh: float,
+    mesh: Timing,
     reference: str,
-    ref: float,
+    ref: Timing,
     *,
     max_ratio: float | None = None,
     target_note: str = "",
 ) -> Row:
-    """A row comparing times: ratio mesh/ref, lower is better; target is a maximum ratio."""
-    ratio = mesh / ref
+    """A row comparing best times: ratio mesh/ref, lower is better; the target is a maximum ratio."""
+    ratio = mesh.best / ref.best
     if max_ratio is None:
         target, met = "info", "info"
     else:
         target = f"<= {max_ratio:.2f}x{target_note}"
-        met = "yes" if ratio <= max_ratio else "NO"
+        met = _verdict(ratio <= max_ratio, mesh, ref)
     return Row(
         measurement,
         fmt_time(mesh),
@@ -513,19 +741,19 @@ def time_row(
 def rate_row(
     measurement: str,
     nbytes: int,
-    mesh: float,
+    mesh: Timing,
     reference: str,
-    ref: float,
+    ref: Timing,
     *,
     min_ratio: float | None = None,
 ) -> Row:
     """A row comparing throughputs over ``nbytes``: ratio mesh/ref, higher is better."""
-    ratio = ref / mesh  # throughput ratio = (n/mesh) / (n/ref)
+    ratio = ref.best / mesh.best  # throughput ratio = (n / mesh time) / (n / ref time)
     if min_ratio is None:
         target, met = "info", "info"
     else:
         target = f">= {min_ratio:.2f}x"
-        met = "yes" if ratio >= min_ratio else "NO"
+        met = _verdict(ratio >= min_ratio, mesh, ref)
     return Row(
         measurement,
         fmt_rate(nbytes, mesh),
@@ -543,7 +771,10 @@ HEADERS = ("measurement", "mesh", "reference", "ref time/throughput", "ratio", "
 def print_table(rows: Sequence[Row]) -> None:
     """A markdown table, columns padded so it also reads well as plain text."""
     cells = [list(HEADERS)] + [
-        [cell.replace("|", "\\|") for cell in (r.measurement, r.mesh, r.reference, r.ref_value, r.ratio, r.target, r.met)]
+        [
+            cell.replace("|", "\\|")
+            for cell in (r.measurement, r.mesh, r.reference, r.ref_value, r.ratio, r.target, r.met)
+        ]
         for r in rows
     ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(HEADERS))]
@@ -560,7 +791,10 @@ def print_table(rows: Sequence[Row]) -> None:
 
 def print_runs(named: Sequence[tuple[str, Timing]]) -> None:
     """Every repetition of every timed thing, for a reader judging the noise."""
-    print("All runs (seconds, in order; tables use the best):\n")
+    print(
+        "All runs (seconds, in order; * = other processes used the CPUs during the run, so it was "
+        "repeated; tables use the best run without *):\n"
+    )
     for name, timing in named:
         print(f"- {name}: {timing.describe()}")
     print(flush=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 from collections import deque
 
 import _common as c
@@ -27,6 +26,7 @@ import blake3  # noqa: E402
 from mesh.cas.hasher import hash_file, hash_tree  # noqa: E402
 
 SAMPLE = 200
+B3SUM = "b3sum FILE (default threads)"
 
 
 def make_random_file(path: str, size: int) -> None:
@@ -47,20 +47,23 @@ def bench_file(scratch: c.Scratch, repeat: int, size: int) -> tuple[list[c.Row],
     c.note(f"writing {size / 1e9:.2f} GB of random data to {path}")
     make_random_file(path, size)
     os.sync()
-    c.note("warming the page cache (reading the file once)")
-    c.warm_file(path)
     env = {**os.environ, "MESH_HOME": scratch.path("mesh-home")}
 
-    c.note("timing mesh hash_file (in process)")
-    t_mesh = c.best_of(repeat, lambda: hash_file(path))
-    c.note("timing cat")
-    t_cat = c.best_of(repeat, lambda: c.run(["cat", path]))
-    c.note("timing b3sum")
-    t_b3 = c.best_of(repeat, lambda: c.run(["b3sum", path]))
-    c.note("timing b3sum --num-threads 1")
-    t_b3_1 = c.best_of(repeat, lambda: c.run(["b3sum", "--num-threads", "1", path]))
-    c.note("timing the mesh hash CLI")
-    t_cli = c.best_of(repeat, lambda: c.run([str(c.MESH_CLI), "hash", path], env=env))
+    def warm() -> None:
+        c.warm_file(path)
+
+    c.note("timing mesh hash_file, cat, b3sum, b3sum --num-threads 1, mesh hash (round-robin)")
+    t = c.compare(
+        repeat,
+        [
+            c.Contestant("mesh hash_file (in process)", lambda: hash_file(path), warm),
+            c.Contestant("cat", lambda: c.run(["cat", path]), warm),
+            c.Contestant("b3sum", lambda: c.run(["b3sum", path]), warm),
+            c.Contestant("b3sum --num-threads 1", lambda: c.run(["b3sum", "--num-threads", "1", path]), warm),
+            c.Contestant("mesh hash CLI", lambda: c.run([str(c.MESH_CLI), "hash", path], env=env), warm),
+        ],
+    )
+    t_mesh, t_b3 = t["mesh hash_file (in process)"], t["b3sum"]
 
     # Same answer from all three (untimed).
     want = hash_file(path).hex
@@ -71,45 +74,47 @@ def bench_file(scratch: c.Scratch, repeat: int, size: int) -> tuple[list[c.Row],
     print(f"hash agrees with b3sum and the CLI: {'yes' if ok else f'NO (mesh {want}, b3sum {b3}, CLI {cli})'}\n")
 
     rows = [
-        c.rate_row("large file: hash_file vs cat", size, t_mesh.best, "cat FILE > /dev/null", t_cat.best, min_ratio=1.0),
-        c.rate_row("large file: hash_file vs b3sum", size, t_mesh.best, "b3sum FILE (default threads)", t_b3.best, min_ratio=1.2),
+        c.rate_row("large file: hash_file vs cat", size, t_mesh, "cat FILE > /dev/null", t["cat"], min_ratio=1.0),
+        c.rate_row("large file: hash_file vs b3sum", size, t_mesh, B3SUM, t_b3, min_ratio=1.2),
         c.rate_row(
             "large file: hash_file vs one core (compute limit ~ cores x ref)",
             size,
-            t_mesh.best,
+            t_mesh,
             "b3sum --num-threads 1 FILE",
-            t_b3_1.best,
+            t["b3sum --num-threads 1"],
         ),
-        c.rate_row("large file: `mesh hash FILE` CLI end to end", size, t_cli.best, "b3sum FILE (default threads)", t_b3.best),
+        c.rate_row("large file: `mesh hash FILE` CLI end to end", size, t["mesh hash CLI"], B3SUM, t_b3),
     ]
-    runs = [
-        ("mesh hash_file", t_mesh),
-        ("cat", t_cat),
-        ("b3sum", t_b3),
-        ("b3sum --num-threads 1", t_b3_1),
-        ("mesh hash CLI", t_cli),
-    ]
+    runs = list(t.items())
     return rows, runs, ok
 
 
-def bench_tree(scratch: c.Scratch, repeat: int, src: str, min_files: int) -> tuple[list[c.Row], list[tuple[str, c.Timing]], bool]:
+def bench_tree(
+    scratch: c.Scratch, repeat: int, src: str, min_files: int
+) -> tuple[list[c.Row], list[tuple[str, c.Timing]], bool]:
     """Part b: a large source tree."""
     tree = scratch.path("tree")
     c.note(f"copying {src} to {tree}")
     c.copy_tree(src, tree)
     added = c.pad_tree(tree, min_files)
     stats = c.tree_stats(tree)
-    os.sync()
-    c.note("warming the page cache (reading the tree once)")
-    c.warm_tree(tree)
+
+    def warm() -> None:
+        c.warm_tree(tree)
 
     def mesh_consume() -> None:
         deque(hash_tree(tree), maxlen=0)
 
-    c.note("timing mesh hash_tree (in process)")
-    t_mesh = c.best_of(repeat, mesh_consume)
-    c.note("timing find | xargs b3sum")
-    t_b3 = c.best_of(repeat, lambda: c.run("find . -type f -print0 | xargs -0 b3sum > /dev/null", cwd=tree))
+    c.note("timing mesh hash_tree and find | xargs b3sum (round-robin)")
+    b3_cmd = "find . -type f -print0 | xargs -0 b3sum > /dev/null"
+    t = c.compare(
+        repeat,
+        [
+            c.Contestant("mesh hash_tree (in process)", mesh_consume, warm),
+            c.Contestant("find | xargs b3sum", lambda: c.run(b3_cmd, cwd=tree), warm),
+        ],
+    )
+    t_mesh, t_b3 = t["mesh hash_tree (in process)"], t["find | xargs b3sum"]
 
     # Cross-check (untimed): every file found, and 200 sampled hashes equal b3sum's.
     found = {rel: digest.hex for rel, digest in hash_tree(tree)}
@@ -129,14 +134,14 @@ def bench_tree(scratch: c.Scratch, repeat: int, src: str, min_files: int) -> tup
     rows = [
         c.time_row(
             f"source tree ({stats.files:,} files, {mesh_bytes / 1e6:,.0f} MB): hash_tree",
-            t_mesh.best,
+            t_mesh,
             "find . -type f -print0 | xargs -0 b3sum",
-            t_b3.best,
+            t_b3,
             max_ratio=1.0,
         )
     ]
     ok = not bad and len(found) == stats.files
-    return rows, [("mesh hash_tree", t_mesh), ("find | xargs b3sum", t_b3)], ok
+    return rows, list(t.items()), ok
 
 
 def parse_b3sum(out: bytes) -> dict[bytes, str]:
@@ -157,16 +162,22 @@ def parse_b3sum(out: bytes) -> dict[bytes, str]:
 
 def main() -> int:
     parser = c.base_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=c.parse_size, default=2 << 30, help="size of the large file (default 2G = 2 GiB)")
+    parser.add_argument(
+        "--size", type=c.parse_size, default=2 << 30, help="size of the large file (default 2G = 2 GiB)"
+    )
     args = parser.parse_args()
     src, min_files = c.tree_source(args)
     with c.scratch_dir(args.work, "mesh-bench-hash-") as scratch:
         src_bytes = c.tree_stats(src).bytes
         c.check_space(scratch.root, args.size + 2 * src_bytes + (1 << 30))
         c.print_header("mesh hash benchmark", scratch.root)
-        print(f"repeat: best of {args.repeat}; page cache warm; GB = 1e9 bytes\n", flush=True)
+        print(
+            f"repeat: best of {args.repeat}; before each run (untimed): inputs re-read into the page cache, "
+            "`sync`, wait until disk and CPUs are idle; GB = 1e9 bytes\n",
+            flush=True,
+        )
         rows_a, runs_a, ok_a = bench_file(scratch, args.repeat, args.size)
-        scratch.remove(scratch.path("big.bin"))
+        scratch.discard(scratch.path("big.bin"))
         rows_b, runs_b, ok = bench_tree(scratch, args.repeat, src, min_files)
         c.print_table(rows_a + rows_b)
         c.print_runs(runs_a + runs_b)
@@ -174,4 +185,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    c.run_main(main)

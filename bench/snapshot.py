@@ -2,8 +2,9 @@
 
 The tree (a copy of the Python stdlib, padded to 30,000 files if smaller, or --tree) is
 copied once into the scratch dir; stores, caches and checkouts live there too, so
-everything is on one filesystem. Rows (best of --repeat, fresh state each time, page
-cache warm, ``sync`` before every timed run):
+everything is on one filesystem. Rows (best of --repeat; before each timed run,
+untimed: fresh state, the run's inputs re-read into the page cache, ``sync``, and a
+wait until disk and CPUs are idle):
 
 - cold snapshot: ``ingest`` into an empty store with an empty StatCache, vs ``cp -r``,
   ``cp -r && sync`` (ingest ends with a syncfs) and ``git add -A`` in a fresh repo (once);
@@ -19,8 +20,8 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
-import sys
 from typing import Any
 
 import _common as c
@@ -69,10 +70,18 @@ def main() -> int:
     ok = True
     with c.scratch_dir(args.work, "mesh-bench-snapshot-") as scratch:
         src_stats = c.tree_stats(src)
-        # tree, git copy (+ its objects), store, a checkout or cp target at a time, slack
-        c.check_space(scratch.root, 6 * src_stats.bytes + (2 << 30))
+        # The tree, its git copy and objects, and (kept in the trash until the end, see
+        # Scratch.discard) ~3 stores, ~7 copies and checkouts; the trash is emptied early if
+        # space runs short, so the hard minimum is smaller.
+        c.check_space(scratch.root, 5 * src_stats.bytes + (2 << 30))
+        scratch.reserve = 2 * src_stats.bytes + (2 << 30)
+        if shutil.disk_usage(scratch.root).free < 14 * src_stats.bytes:
+            c.note("not much disk space: the trash will be emptied between runs (ext4 trims may then bill some runs)")
         c.print_header("mesh snapshot benchmark", scratch.root)
-        print(f"repeat: best of {repeat} (git add -A: once); page cache warm; `sync` before every timed run\n")
+        print(
+            f"repeat: best of {repeat} (git add -A: once); before each timed run (untimed): fresh state, "
+            "inputs re-read into the page cache, `sync`, wait until disk and CPUs are idle\n"
+        )
 
         tree = scratch.path("tree")
         c.note(f"copying {src} to {tree}")
@@ -80,24 +89,51 @@ def main() -> int:
         added = c.pad_tree(tree, min_files)
         stats = c.tree_stats(tree)
         git_tree = scratch.path("git")
-        c.note(f"copying the tree to {git_tree} and running git init there (untimed)")
+        c.note(f"copying the tree to {git_tree} for git (untimed)")
         c.copy_tree(tree, git_tree)
-        c.run(["git", "-c", "init.defaultBranch=main", "init", "-q"], cwd=git_tree, env=GIT_ENV)
         os.sync()
-        c.note("warming the page cache (reading both trees once)")
-        c.warm_tree(tree)
-        c.warm_tree(git_tree)
         print(f"Tree: copy of {src}{f' + {added:,} generated files' if added else ''}: {stats.describe()}.")
 
         store_dir, home = scratch.path("store"), scratch.path("mesh-home")
         dest = scratch.path("dest")
 
+        # Before each timed run (untimed): fresh state (old stores and targets are moved to
+        # the trash, not deleted, see Scratch.discard) and the run's inputs re-read into the
+        # page cache.
         def fresh_store() -> None:
-            scratch.remove(store_dir)
-            scratch.remove(home)
+            scratch.discard(store_dir)
+            scratch.discard(home)
+            c.warm_tree(tree)
 
-        def no_dest() -> None:
-            scratch.remove(dest)
+        def warm_cache_file() -> None:
+            c.warm_tree(home)
+            c.tree_stats(tree)  # directories and inodes too (both warm contestants only stat)
+
+        def fresh_dest() -> None:
+            scratch.discard(dest)
+            c.warm_tree(tree)
+
+        def fresh_checkout() -> None:
+            scratch.discard(dest)
+            c.warm_tree(store_dir)
+
+        def fresh_git_repo() -> None:
+            scratch.discard(os.path.join(git_tree, ".git"))
+            c.run(["git", "-c", "init.defaultBranch=main", "init", "-q"], cwd=git_tree, env=GIT_ENV)
+            c.warm_tree(git_tree)
+
+        def warm_git_index() -> None:
+            c.warm_tree(os.path.join(git_tree, ".git"))
+            c.tree_stats(git_tree)
+
+        def git(*argv: str) -> subprocess.CompletedProcess[bytes]:
+            return c.run(["git", *argv], cwd=git_tree, env=GIT_ENV)
+
+        # -- git add -A, once (slow) ---------------------------------------------------
+        c.note("timing git add -A in a fresh repo (once, ~25 s; once more if another process interfered)")
+        t = c.compare(1, [c.Contestant("git add -A", lambda: git("add", "-A"), fresh_git_repo)], max_tries=2)
+        git("status")  # untimed: the first status after add refreshes the index
+        git_files = c.run(["git", "ls-files", "-z"], cwd=git_tree, env=GIT_ENV, capture=True).stdout.count(b"\0")
 
         waited = c.wait_until_settled(tree)
         print(
@@ -105,47 +141,59 @@ def main() -> int:
             f"{c.SETTLE_SECONDS} s of being hashed (the stat cache re-hashes racily clean files)."
         )
 
-        # -- cold snapshot ------------------------------------------------------------
+        # -- cold snapshot vs copies, round-robin --------------------------------------
         cold_log: list[dict[str, Any]] = []
-        c.note("timing cold snapshots (empty store, empty stat cache)")
-        t_cold = c.best_of(repeat, lambda: snapshot_once(store_dir, home, tree, cold_log), before=fresh_store)
+        cp_sync = f"cp -r -- {shlex.quote(tree)} {shlex.quote(dest)} && sync"
+        c.note("timing cold snapshots (empty store, empty stat cache), cp -r, cp -r && sync (round-robin)")
+        t |= c.compare(
+            repeat,
+            [
+                c.Contestant("mesh cold snapshot", lambda: snapshot_once(store_dir, home, tree, cold_log), fresh_store),
+                c.Contestant("cp -r", lambda: c.run(["cp", "-r", "--", tree, dest]), fresh_dest),
+                c.Contestant("cp -r && sync", lambda: c.run(cp_sync), fresh_dest),
+            ],
+        )
         digest: Digest = cold_log[-1]["digest"]
         # The last cold run's store and cache stay for the warm runs and the checkouts.
 
-        # -- warm re-snapshot ---------------------------------------------------------
+        # -- warm re-snapshot vs git status, round-robin --------------------------------
         warm_log: list[dict[str, Any]] = []
-        c.note("timing warm re-snapshots (unchanged tree, stat cache loaded from its file)")
-        t_warm = c.best_of(repeat, lambda: snapshot_once(store_dir, home, tree, warm_log))
+        c.note("timing warm re-snapshots (unchanged tree, stat cache loaded from its file) and git status")
+        t |= c.compare(
+            repeat,
+            [
+                c.Contestant(
+                    "mesh warm re-snapshot", lambda: snapshot_once(store_dir, home, tree, warm_log), warm_cache_file
+                ),
+                c.Contestant("git status", lambda: git("status"), warm_git_index),
+            ],
+        )
 
-        # -- references for the snapshot ----------------------------------------------
-        c.note("timing cp -r")
-        t_cp = c.best_of(repeat, lambda: c.run(["cp", "-r", "--", tree, dest]), before=no_dest)
-        c.note("timing cp -r && sync")
-        cp_sync = f"cp -r -- {shlex.quote(tree)} {shlex.quote(dest)} && sync"
-        t_cp_sync = c.best_of(repeat, lambda: c.run(cp_sync), before=no_dest)
-        no_dest()
-
-        # -- checkouts ----------------------------------------------------------------
+        # -- checkouts vs copies, round-robin -------------------------------------------
         co_log: list[Any] = []
-        c.note("timing checkout --copy")
-        t_co = c.best_of(repeat, lambda: checkout_once(store_dir, digest, dest, "copy", co_log), before=no_dest)
-        c.note("comparing the copy-mode checkout with the tree (diff -r, untimed)")
+        c.note("timing checkout (copy), checkout (link), cp -al (round-robin)")
+        t |= c.compare(
+            repeat,
+            [
+                c.Contestant(
+                    "mesh checkout copy", lambda: checkout_once(store_dir, digest, dest, "copy", co_log), fresh_checkout
+                ),
+                c.Contestant(
+                    "mesh checkout link", lambda: checkout_once(store_dir, digest, dest, "link", co_log), fresh_checkout
+                ),
+                c.Contestant("cp -al", lambda: c.run(["cp", "-al", "--", tree, dest]), fresh_dest),
+            ],
+        )
+        scratch.discard(dest)
+        c.note("checking out once more (copy, untimed) and comparing with the tree (diff -r)")
+        verify_log: list[Any] = []
+        checkout_once(store_dir, digest, dest, "copy", verify_log)
         copy_equal = _same(tree, dest)
         ok &= copy_equal
         link_log: list[Any] = []
-        c.note("timing checkout --link")
-        t_link = c.best_of(repeat, lambda: checkout_once(store_dir, digest, dest, "link", link_log), before=no_dest)
-        c.note("timing cp -al")
-        t_cpal = c.best_of(repeat, lambda: c.run(["cp", "-al", "--", tree, dest]), before=no_dest)
-        no_dest()
-
-        # -- git ----------------------------------------------------------------------
-        c.note("timing git add -A (once; ~25 s)")
-        t_git_add = c.best_of(1, lambda: c.run(["git", "add", "-A"], cwd=git_tree, env=GIT_ENV))
-        c.run(["git", "status"], cwd=git_tree, env=GIT_ENV)  # untimed: refreshes the index
-        c.note("timing git status")
-        t_git_status = c.best_of(repeat, lambda: c.run(["git", "status"], cwd=git_tree, env=GIT_ENV))
-        git_files = len(c.run(["git", "ls-files", "-z"], cwd=git_tree, env=GIT_ENV, capture=True).stdout.split(b"\0")) - 1
+        scratch.discard(dest)
+        checkout_once(store_dir, digest, dest, "link", link_log)
+        scratch.discard(dest)
 
         # -- report -------------------------------------------------------------------
         warm_digests = {entry["digest"] for entry in warm_log}
@@ -160,7 +208,7 @@ def main() -> int:
         for i, entry in enumerate(warm_log, 1):
             s = entry["cache"]
             print(f"Warm run {i}: StatCache hits {s.hits:,}, misses {s.misses:,} (of which racy {s.racy:,})")
-        co = co_log[-1]
+        co = verify_log[-1]
         print(
             f"Checkout (copy): {co.files:,} files, {co.directories:,} directories, {co.symlinks:,} symlinks, "
             f"{co.bytes:,} bytes; equal to the tree (diff -r --no-dereference): {'yes' if copy_equal else 'NO'}"
@@ -170,46 +218,47 @@ def main() -> int:
         print(f"git: {git_files:,} files in the index after git add -A\n")
 
         rows = [
-            c.time_row("cold snapshot (ingest, empty store; ends with syncfs)", t_cold.best, "cp -r TREE DEST", t_cp.best, max_ratio=1.0),
-            c.time_row("cold snapshot", t_cold.best, "cp -r TREE DEST && sync", t_cp_sync.best),
+            c.time_row(
+                "cold snapshot (ingest, empty store; ends with syncfs)",
+                t["mesh cold snapshot"],
+                "cp -r TREE DEST",
+                t["cp -r"],
+                max_ratio=1.0,
+            ),
+            c.time_row("cold snapshot", t["mesh cold snapshot"], "cp -r TREE DEST && sync", t["cp -r && sync"]),
             c.time_row(
                 "cold snapshot",
-                t_cold.best,
+                t["mesh cold snapshot"],
                 "git add -A (fresh repo, 1 run)",
-                t_git_add.best,
+                t["git add -A"],
                 max_ratio=0.2,
                 target_note=" (mesh >= 5x faster)",
             ),
             c.time_row(
-                "warm re-snapshot (unchanged tree, StatCache loaded)", t_warm.best, "git status", t_git_status.best, max_ratio=1.5
+                "warm re-snapshot (unchanged tree, StatCache loaded)",
+                t["mesh warm re-snapshot"],
+                "git status",
+                t["git status"],
+                max_ratio=1.5,
             ),
-            c.time_row("checkout copy mode (verified)", t_co.best, "cp -r TREE DEST", t_cp.best, max_ratio=1.2),
-            c.time_row("checkout link mode", t_link.best, "cp -al TREE DEST", t_cpal.best, max_ratio=1.5),
+            c.time_row(
+                "checkout copy mode (verified)", t["mesh checkout copy"], "cp -r TREE DEST", t["cp -r"], max_ratio=1.2
+            ),
+            c.time_row("checkout link mode", t["mesh checkout link"], "cp -al TREE DEST", t["cp -al"], max_ratio=1.5),
         ]
         c.print_table(rows)
-        c.print_runs(
-            [
-                ("mesh cold snapshot", t_cold),
-                ("mesh warm re-snapshot", t_warm),
-                ("cp -r", t_cp),
-                ("cp -r && sync", t_cp_sync),
-                ("git add -A", t_git_add),
-                ("git status", t_git_status),
-                ("mesh checkout copy", t_co),
-                ("mesh checkout link", t_link),
-                ("cp -al", t_cpal),
-            ]
-        )
+        c.print_runs(list(t.items()))
     return 0 if ok else 1
 
 
 def _same(a: str, b: str) -> bool:
     """True when ``diff -r --no-dereference a b`` finds no difference (exit 0)."""
-    done = subprocess.run(["diff", "-r", "--no-dereference", "--", a, b], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    cmd = ["diff", "-r", "--no-dereference", "--", a, b]
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if done.returncode != 0:
         c.note(f"diff -r found differences (exit {done.returncode}):\n{done.stdout.decode(errors='replace')[:2000]}")
     return done.returncode == 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    c.run_main(main)
