@@ -1,42 +1,40 @@
 """mesh: a peer-to-peer, content-addressed build mesh.
 
-Public names are re-exported here from the modules that define them.
+Public names are re-exported here from the modules that define them, loaded on
+first use (PEP 562) so that ``import mesh.cli`` stays cheap: the CLI imports only
+what the command it runs needs.
 """
 
-from mesh.cas.digest import Digest
-from mesh.cas.store import LocalStore, Store
-from mesh.errors import (
-    BlobNotFound,
-    CheckoutConflict,
-    CodecError,
-    DigestMismatch,
-    InvalidDigest,
-    InvalidTree,
-    MeshError,
-    PathNotFound,
-    SnapshotError,
-    StoreError,
-    UnsupportedFile,
-    UsageError,
-)
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BlobNotFound",
-    "CheckoutConflict",
-    "CodecError",
-    "Digest",
-    "DigestMismatch",
-    "InvalidDigest",
-    "InvalidTree",
-    "LocalStore",
-    "MeshError",
-    "PathNotFound",
-    "SnapshotError",
-    "Store",
-    "StoreError",
-    "UnsupportedFile",
-    "UsageError",
-    "__version__",
-]
+_EXPORTS = {
+    "Digest": "mesh.cas.digest",
+    "LocalStore": "mesh.cas.store",
+    "Store": "mesh.cas.store",
+    "BlobNotFound": "mesh.errors",
+    "CheckoutConflict": "mesh.errors",
+    "CodecError": "mesh.errors",
+    "DigestMismatch": "mesh.errors",
+    "InvalidDigest": "mesh.errors",
+    "InvalidTree": "mesh.errors",
+    "MeshError": "mesh.errors",
+    "PathNotFound": "mesh.errors",
+    "SnapshotError": "mesh.errors",
+    "StoreError": "mesh.errors",
+    "UnsupportedFile": "mesh.errors",
+    "UsageError": "mesh.errors",
+}
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mesh' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -182,3 +182,23 @@ def test_copy_mode_files_belong_to_the_user(store: LocalStore, snap: Digest, tmp
     (out / "a.txt").write_bytes(b"edited")  # editing a copy never touches the store
     assert fsck(store).clean
     assert store.get(Digest.of(b"alpha")) == b"alpha"
+
+
+def test_reads_never_change_the_times_of_linked_checkouts(store: LocalStore, snap: Digest, tmp_path: Path) -> None:
+    """Link-mode files share the blob's inode: recording a blob's use must not touch it,
+    or every build in a linked tree would see its sources change."""
+    long_ago = 1_000_000_000
+    for blob in store.iter_blobs():
+        os.utime(store.file_of(blob), (long_ago, long_ago))
+    out = tmp_path / "linked"
+    checkout(store, snap, out, mode="link")
+    before = os.stat(out / "a.txt")
+    assert store.get(Digest.of(b"alpha")) == b"alpha"
+    checkout(store, snap, tmp_path / "copy")
+    after = os.stat(out / "a.txt")
+    assert (after.st_mtime_ns, after.st_ctime_ns) == (before.st_mtime_ns, before.st_ctime_ns)
+    # An unlinked blob is still marked as used when read after a long time.
+    unlinked = store.put(b"not linked anywhere")
+    os.utime(store.blob_path(unlinked), (long_ago, long_ago))
+    store.get(unlinked)
+    assert os.stat(store.blob_path(unlinked)).st_mtime > long_ago

@@ -176,3 +176,13 @@ def test_progress_line_only_on_a_terminal(home: Path, src: Path) -> None:
     assert proc.returncode == 0
     assert proc.stdout.decode().strip() == plain.stdout.decode().strip()
     assert b"snapshot: 3/3 files" in shown
+
+
+def test_cli_import_stays_light() -> None:
+    """`mesh --help` and friends must not pay for the store's dependencies up front."""
+    import subprocess
+    import sys
+
+    code = "import sys, mesh.cli; print(sorted(m for m in ('blake3', 'cbor2', 'mesh.cas.store') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+    assert out.stdout.strip() == b"[]"

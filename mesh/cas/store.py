@@ -322,7 +322,7 @@ class LocalStore:
             if not executable:
                 raise
         # The executable copy is made on demand, then linked.
-        with self._temp_file(EXEC_MODE) as (fd, tmp_name):
+        with self._temp_file(EXEC_MODE, digest) as (fd, tmp_name):
             self.copy_to(digest, fd, verify=True)
             self._publish(fd, tmp_name, digest, EXEC_MODE)
         os.link(rel, name, src_dir_fd=src_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
@@ -334,7 +334,7 @@ class LocalStore:
         digest = hash_bytes(data)
         if self._present_already(digest):
             return digest
-        with self._temp_file() as (fd, name):
+        with self._temp_file(near=digest) as (fd, name):
             _write_all(fd, data)
             self._publish(fd, name, digest, BLOB_MODE)
         return digest
@@ -375,14 +375,29 @@ class LocalStore:
             return True
         return False
 
-    def _new_temp(self, mode: int = BLOB_MODE) -> tuple[int, str | None]:
-        """An open read-write temp file in the store's filesystem: (fd, name or None if anonymous)."""
+    def _new_temp(self, mode: int = BLOB_MODE, near: Digest | None = None) -> tuple[int, str | None]:
+        """An open read-write temp file in the store's filesystem: (fd, name or None if anonymous).
+
+        With ``near`` (the digest, when it is known before writing), the anonymous
+        file is made in that blob's shard directory: ext4 allocates an inode near
+        its directory, and spreading them over the shards instead of one ``tmp/``
+        made small-blob writes several times faster on the project's machines.
+        """
         if self._o_tmpfile:
+            where = self._tmp
+            if near is not None:
+                where = os.path.join(self._exec if mode == EXEC_MODE else self._blobs, near.hex[:2])
             try:
-                return os.open(self._tmp, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, mode), None
+                try:
+                    return os.open(where, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, mode), None
+                except FileNotFoundError:
+                    if where == self._tmp:
+                        raise
+                    os.makedirs(where, exist_ok=True)  # shard directories are made on demand
+                    return os.open(where, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, mode), None
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
-                    raise StoreError(f"cannot create a temp file in {self._tmp}: {exc.strerror}") from None
+                    raise StoreError(f"cannot create a temp file in {where}: {exc.strerror}") from None
                 self._o_tmpfile = False
         name = os.path.join(self._tmp, f"{os.getpid()}-{secrets.token_hex(8)}")
         try:
@@ -391,9 +406,9 @@ class LocalStore:
             raise StoreError(f"cannot create a temp file in {self._tmp}: {exc.strerror}") from None
 
     @contextlib.contextmanager
-    def _temp_file(self, mode: int = BLOB_MODE) -> Iterator[tuple[int, str | None]]:
+    def _temp_file(self, mode: int = BLOB_MODE, near: Digest | None = None) -> Iterator[tuple[int, str | None]]:
         """A temp file (see :meth:`_new_temp`) that is closed, and unlinked if named, on exit."""
-        fd, name = self._new_temp(mode)
+        fd, name = self._new_temp(mode, near)
         try:
             yield fd, name
         finally:
@@ -437,9 +452,11 @@ class LocalStore:
         Like the ``relatime`` mount option, the mark is only written when the last
         one is older than :data:`TOUCH_INTERVAL_S`: a metadata write per read would
         cost as much as writing the file on some disks, and LRU does not need
-        finer time than that.
+        finer time than that. A blob with other hard links (a link-mode checkout
+        uses it) is never marked: its times are the checkout's files' times, which
+        builds and stat caches rely on; whoever uses such a tree pins it.
         """
-        if time.time() - st.st_mtime < TOUCH_INTERVAL_S:
+        if st.st_nlink > 1 or time.time() - st.st_mtime < TOUCH_INTERVAL_S:
             return
         try:
             os.utime(self._rel(hex_), dir_fd=self._blobs_fd)
