@@ -92,15 +92,16 @@ class _ProgressLine:
 def cmd_snapshot(args: argparse.Namespace) -> int:
     """Ingest a directory into the store and print its snapshot id."""
     from mesh.cas import gc
-    from mesh.cas.snapshot import ingest
+    from mesh.cas.snapshot import excluding, ingest
     from mesh.cas.statcache import StatCache
 
     settings = args.settings
+    ignore = excluding(args.dir, settings.home)  # never snapshot the store into itself
     with _store(args) as store:
         cache = None if args.no_cache else StatCache.for_tree(settings.home, args.dir, store.root, store.epoch())
         progress = _ProgressLine("snapshot") if sys.stderr.isatty() and not args.quiet else None
         try:
-            digest = ingest(store, args.dir, cache=cache, progress=progress)
+            digest = ingest(store, args.dir, cache=cache, progress=progress, ignore=ignore)
         finally:
             if progress is not None:
                 progress.clear()
@@ -318,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Store DIR in the content-addressed store and print its snapshot id. The id depends only\n"
         "on names, contents, executable bits and symlink targets: the same tree gives the same id\n"
         "on any machine. Unchanged files are found by the stat cache and not read again.\n"
+        "mesh's own data directory ($MESH_HOME) is left out when it lies inside DIR.\n"
         "FIFOs, sockets and devices are refused with an error naming them.",
     )
     p.add_argument("dir", metavar="DIR")

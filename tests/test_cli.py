@@ -186,3 +186,17 @@ def test_cli_import_stays_light() -> None:
     code = "import sys, mesh.cli; print(sorted(m for m in ('blake3', 'cbor2', 'mesh.cas.store') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
     assert out.stdout.strip() == b"[]"
+
+
+def test_snapshot_leaves_out_mesh_home_inside_the_tree(tmp_path: Path) -> None:
+    tree = tmp_path / "user"
+    (tree / "project").mkdir(parents=True)
+    (tree / "project" / "main.c").write_bytes(b"int main;\n")
+    home = tree / ".local" / "share" / "mesh"
+    first = mesh("snapshot", str(tree), env={"MESH_HOME": str(home)})
+    assert first.returncode == 0, first.stderr
+    snap = first.stdout.decode().strip()
+    second = mesh("snapshot", str(tree), env={"MESH_HOME": str(home)})
+    assert second.stdout.decode().strip() == snap  # the store grew, the id did not
+    paths = [e["path"] for e in json.loads(mesh("ls", "-r", "--json", snap, env={"MESH_HOME": str(home)}).stdout)]
+    assert paths == [".local", ".local/share", "project", "project/main.c"]

@@ -118,15 +118,53 @@ def test_ingest_of_a_non_directory_or_missing_path(store: LocalStore, tmp_path: 
         ingest(store, tmp_path / "missing")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads unreadable directories anyway")
-def test_unreadable_directory_is_a_clear_error(store: LocalStore, tmp_path: Path) -> None:
-    (tmp_path / "src" / "secret").mkdir(parents=True)
-    os.chmod(tmp_path / "src" / "secret", 0)
+def _ingest_error_as(uid: int | None, store_dir: Path, src: Path) -> str:
+    """Ingest ``src`` (as ``uid`` if given, in a forked child) and return the error message."""
+    if uid is None:
+        with LocalStore(store_dir) as store:
+            try:
+                ingest(store, src)
+            except SnapshotError as exc:
+                return str(exc)
+        return "no error"
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to an unprivileged uid, then try
+        code = 1
+        try:
+            os.close(read_end)
+            os.setgid(uid)
+            os.setuid(uid)
+            os.write(write_end, _ingest_error_as(None, store_dir, src).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as r:
+        message = r.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, message
+    return message
+
+
+def test_unreadable_directory_is_a_clear_error() -> None:
+    """As root (CI), the ingest runs in a child as uid 65534, for whom the directory is unreadable."""
+    base = Path(tempfile.mkdtemp(prefix="mesh-perm-"))
     try:
-        with pytest.raises(SnapshotError, match="secret"):
-            ingest(store, tmp_path / "src")
+        os.chmod(base, 0o755)
+        (base / "src" / "secret").mkdir(parents=True)
+        (base / "src" / "secret" / "f").write_bytes(b"hidden")
+        (base / "src" / "open").write_bytes(b"visible")
+        os.chmod(base / "src" / "secret", 0)
+        (base / "cas").mkdir()
+        uid = 65534 if os.geteuid() == 0 else None
+        if uid is not None:
+            os.chown(base / "cas", uid, uid)
+        message = _ingest_error_as(uid, base / "cas", base / "src")
+        assert "cannot read directory" in message and "secret" in message and "Permission denied" in message
     finally:
-        os.chmod(tmp_path / "src" / "secret", 0o755)
+        os.chmod(base / "src" / "secret", 0o755)
+        shutil.rmtree(base)
 
 
 def test_ignore_callback_leaves_paths_out(store: LocalStore, tmp_path: Path) -> None:

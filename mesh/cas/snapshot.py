@@ -128,6 +128,19 @@ def _walk(
     return order, pending
 
 
+def excluding(root: str | os.PathLike[str], inside: str | os.PathLike[str]) -> Callable[[bytes, bool], bool] | None:
+    """An ``ignore`` rule leaving out ``inside`` if it lies strictly within ``root``, else None.
+
+    Used to keep mesh's own data directory out of snapshots of a tree that holds it
+    (say, a home directory): storing the store in itself only wastes space.
+    """
+    rel = os.path.relpath(os.path.realpath(inside), os.path.realpath(root))
+    if rel == "." or rel == ".." or rel.startswith("../"):
+        return None
+    skip = os.fsencode(rel)
+    return lambda path, is_dir: path == skip
+
+
 def ingest(
     store: LocalStore,
     root: str | os.PathLike[str],
