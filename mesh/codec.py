@@ -35,12 +35,20 @@ def _refuse_tag(decoder: object, tag: Any) -> Any:
     raise CodecError(f"CBOR tag {getattr(tag, 'tag', '?')} is not allowed in mesh messages")
 
 
-def decode(data: bytes | bytearray | memoryview, *, max_size: int = MAX_MESSAGE, max_depth: int = MAX_DEPTH) -> Any:
+def decode(
+    data: bytes | bytearray | memoryview,
+    *,
+    max_size: int = MAX_MESSAGE,
+    max_depth: int = MAX_DEPTH,
+    check_types: bool = True,
+) -> Any:
     """Decode one CBOR item that must fill ``data`` exactly.
 
     Raises CodecError when the data is larger than ``max_size``, nested deeper than
     ``max_depth``, malformed, truncated, followed by extra bytes, or uses tags,
-    indefinite lengths or duplicate map keys.
+    indefinite lengths or duplicate map keys. ``check_types=False`` skips the walk
+    that refuses values built from semantic tags; only for callers whose own
+    schema check tests the type of every item (the directory-node decoder).
     """
     if len(data) > max_size:
         raise CodecError(f"message of {len(data)} bytes exceeds the limit of {max_size} bytes")
@@ -62,7 +70,8 @@ def decode(data: bytes | bytearray | memoryview, *, max_size: int = MAX_MESSAGE,
     extra = len(data) - stream.tell()
     if extra:
         raise CodecError(f"malformed CBOR: {extra} bytes follow the message")
-    _check_plain(value, max_depth)
+    if check_types:
+        _check_plain(value, max_depth)
     return value
 
 

@@ -91,3 +91,13 @@ def test_node_digest_is_independent_of_this_code() -> None:
     node = cbor2.dumps(["tree", 1, [[b"hello.txt", 0, file_hash, 6]]], canonical=True)
     entries = [Entry(b"hello.txt", Kind.FILE, Digest(file_hash, 6))]
     assert Digest.of(encode_node(entries)) == Digest(blake3.blake3(node).digest(), len(node))
+
+
+def test_tagged_items_inside_a_node_are_refused() -> None:
+    """The node decoder checks every item's type itself (the codec's type walk is skipped)."""
+    import datetime
+
+    stamp = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+    for rows in ([[b"a", 0, H, stamp]], [[b"a", 0, H, 1.0]], [[b"a", True, H, 1]]):
+        with pytest.raises(InvalidTree):
+            decode_node(raw(rows))  # type: ignore[arg-type]

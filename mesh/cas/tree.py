@@ -122,7 +122,8 @@ def encode_node(entries: list[Entry]) -> bytes:
 def decode_node(data: bytes) -> list[Entry]:
     """Parse and validate a directory node; raise InvalidTree (a CodecError) if it is not one."""
     try:
-        value = codec.decode(data, max_size=MAX_NODE_BYTES, max_depth=4)
+        # Every item's type is checked below, so the codec's generic type walk is skipped.
+        value = codec.decode(data, max_size=MAX_NODE_BYTES, max_depth=4, check_types=False)
     except InvalidTree:
         raise
     except CodecError as exc:
