@@ -17,12 +17,12 @@ $(BIN)/python:
 venv: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 
+# Starts a node in the foreground on 127.0.0.1:7474 (Ctrl-C stops it). mDNS stays off
+# here: discovery comes with the mesh and never multicasts from `make up` on these machines.
 up: venv
 	@echo "mesh $$($(BIN)/mesh --version | cut -d' ' -f2) is installed: $(BIN)/mesh"
-	@echo "The node (mesh up) is not built yet; until it is, the store works locally:"
-	@echo "  $(BIN)/mesh snapshot DIR      store a tree, print its id"
-	@echo "  $(BIN)/mesh checkout ID DIR   write it back out"
-	@echo "  $(BIN)/mesh --help            everything else"
+	@echo "starting a node; in another shell: $(BIN)/mesh exec -- make -j8"
+	MESH_MDNS=0 exec $(BIN)/mesh up
 
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

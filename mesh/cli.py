@@ -393,6 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("unpin", cmd_unpin, "remove a pin", "Remove the pin NAME.")
     p.add_argument("name", metavar="NAME")
     add("pins", cmd_pins, "list pins", "List the pins, 'NAME<TAB>ID' per line.")
+
+    from mesh.cli_node import add_parsers
+
+    add_parsers(add)
     return parser
 
 

@@ -89,3 +89,99 @@ def _check_plain(value: Any, depth: int) -> None:
             _check_plain(item, depth - 1)
     elif not isinstance(value, _PLAIN_LEAVES):
         raise CodecError(f"CBOR item of type {type(value).__name__} is not allowed in mesh messages (tags are refused)")
+
+
+_MISSING: Any = object()
+
+
+class Fields:
+    """Typed, checked access to the fields of one decoded CBOR (or JSON) map.
+
+    Every getter names the field and the message in its error, so a client that
+    sent a wrong type learns which field to fix. :meth:`done` refuses fields the
+    schema does not know: a misspelt option must not be silently ignored.
+    """
+
+    def __init__(self, value: Any, what: str) -> None:
+        if not isinstance(value, dict):
+            raise CodecError(f"{what} must be a map, not {_kind(value)}")
+        for key in value:
+            if not isinstance(key, str):
+                raise CodecError(f"{what} has a key of type {_kind(key)}; keys must be strings")
+        self._value: dict[str, Any] = value
+        self._seen: set[str] = set()
+        self.what = what
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._value
+
+    def _get(self, key: str, types: type | tuple[type, ...], default: Any, type_name: str) -> Any:
+        self._seen.add(key)
+        if key not in self._value or self._value[key] is None:
+            if default is _MISSING:
+                raise CodecError(f"{self.what} lacks the required field {key!r}")
+            return default
+        item = self._value[key]
+        if not isinstance(item, types) or (isinstance(item, bool) and bool not in _as_tuple(types)):
+            raise CodecError(f"field {key!r} of {self.what} must be {type_name}, not {_kind(item)}")
+        return item
+
+    def text(self, key: str, default: Any = _MISSING) -> Any:
+        return self._get(key, str, default, "a string")
+
+    def integer(
+        self, key: str, default: Any = _MISSING, *, minimum: int | None = None, maximum: int | None = None
+    ) -> Any:
+        item = self._get(key, int, default, "an integer")
+        if isinstance(item, int) and not isinstance(item, bool):
+            if minimum is not None and item < minimum:
+                raise CodecError(f"field {key!r} of {self.what} must be at least {minimum}, not {item}")
+            if maximum is not None and item > maximum:
+                raise CodecError(f"field {key!r} of {self.what} must be at most {maximum}, not {item}")
+        return item
+
+    def number(self, key: str, default: Any = _MISSING, *, minimum: float = 0.0) -> Any:
+        item = self._get(key, (int, float), default, "a number")
+        if isinstance(item, int | float) and not item >= minimum:  # also refuses NaN
+            raise CodecError(f"field {key!r} of {self.what} must be a number of at least {minimum}, not {item}")
+        return item
+
+    def flag(self, key: str, default: Any = _MISSING) -> Any:
+        return self._get(key, bool, default, "true or false")
+
+    def sequence(self, key: str, default: Any = _MISSING) -> Any:
+        return self._get(key, list, default, "a list")
+
+    def mapping(self, key: str, default: Any = _MISSING) -> Any:
+        return self._get(key, dict, default, "a map")
+
+    def texts(self, key: str, default: Any = _MISSING) -> Any:
+        items = self.sequence(key, default)
+        if isinstance(items, list):
+            for item in items:
+                if not isinstance(item, str):
+                    raise CodecError(f"field {key!r} of {self.what} must be a list of strings, holds {_kind(item)}")
+        return items
+
+    def text_map(self, key: str, default: Any = _MISSING) -> Any:
+        items = self.mapping(key, default)
+        if isinstance(items, dict):
+            for k, v in items.items():
+                if not isinstance(k, str) or not isinstance(v, str):
+                    raise CodecError(f"field {key!r} of {self.what} must map strings to strings")
+        return items
+
+    def done(self) -> None:
+        """Refuse fields that no getter asked for."""
+        unknown = sorted(set(self._value) - self._seen)
+        if unknown:
+            raise CodecError(f"{self.what} has unknown field(s): {', '.join(map(repr, unknown))}")
+
+
+def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "a map", list: "a list", str: "a string", bytes: "bytes", bool: "a boolean", int: "an integer"}
+    return names.get(type(value), "null" if value is None else type(value).__name__)

@@ -10,6 +10,9 @@ setting            environment          mesh.toml                       default
 home               MESH_HOME            (n/a: it locates the file)      $XDG_DATA_HOME/mesh or
                                                                         ~/.local/share/mesh
 store_max_bytes    MESH_STORE_MAX       store_max = "50G"               no cap
+listen             MESH_LISTEN          listen = "127.0.0.1:7474"       127.0.0.1:7474
+slots              MESH_SLOTS           slots = 8                       the number of cores
+node (client)      MESH_NODE            node = "http://host:7474"       http://127.0.0.1:7474
 =================  ===================  ==============================  ==========================
 """
 
@@ -70,3 +73,80 @@ def _read_toml(path: str) -> dict[str, Any]:
         return {}
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise UsageError(f"cannot read {path}: {exc}") from None
+
+
+#: The port a node listens on unless told otherwise, and where clients look for one.
+DEFAULT_PORT = 7474
+DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
+DEFAULT_NODE_URL = f"http://{DEFAULT_LISTEN}"
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` (``[v6]:PORT`` too; ``:PORT`` means all interfaces)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise UsageError(f"listen address {text!r} must look like HOST:PORT, e.g. 127.0.0.1:{DEFAULT_PORT}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port_text)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeConfig:
+    """Settings of a node (``mesh up``): where it keeps things, where it listens, how much it runs."""
+
+    home: str
+    listen: tuple[str, int] = ("127.0.0.1", DEFAULT_PORT)
+    slots: int = 1
+    store_max_bytes: int | None = None
+
+    @property
+    def store_dir(self) -> str:
+        return os.path.join(self.home, "cas")
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        home: str | None = None,
+        listen: str | None = None,
+        slots: int | None = None,
+        store_max: str | None = None,
+    ) -> NodeConfig:
+        """Resolve from flags (the arguments), environment, ``mesh.toml`` and defaults."""
+        base = Settings.load(home=home, store_max=store_max)
+        file = _read_toml(os.path.join(base.home, "mesh.toml"))
+        listen_text = listen or os.environ.get("MESH_LISTEN") or file.get("listen") or DEFAULT_LISTEN
+        slots_value: Any = slots or os.environ.get("MESH_SLOTS") or file.get("slots") or os.cpu_count() or 1
+        try:
+            slot_count = int(slots_value)
+        except (TypeError, ValueError):
+            raise UsageError(f"slots must be a whole number, not {slots_value!r}") from None
+        if slot_count < 1:
+            raise UsageError(f"slots must be at least 1, not {slot_count}")
+        return cls(
+            home=base.home,
+            listen=parse_listen(str(listen_text)),
+            slots=slot_count,
+            store_max_bytes=base.store_max_bytes,
+        )
+
+
+def node_url(flag: str | None = None, *, home: str | None = None) -> tuple[str, bool]:
+    """The node a client talks to, and whether it was named explicitly.
+
+    Explicit: ``--node``, then ``MESH_NODE``, then ``node`` in mesh.toml. Otherwise the
+    default address is where ``mesh up`` with the same settings listens (``MESH_LISTEN``,
+    ``listen`` in mesh.toml, else 127.0.0.1:7474), reached over loopback when it
+    listens on every interface.
+    """
+    file = _read_toml(os.path.join(home, "mesh.toml")) if home else {}
+    explicit = flag or os.environ.get("MESH_NODE") or file.get("node")
+    if explicit:
+        url = str(explicit).rstrip("/")
+        if "://" not in url:
+            url = "http://" + url
+        return url, True
+    host, port = parse_listen(str(os.environ.get("MESH_LISTEN") or file.get("listen") or DEFAULT_LISTEN))
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return (f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"), False

@@ -15,10 +15,19 @@ translated at the boundary of the module that meets them.
     ├── StoreError                 the content-addressed store failed
     │   ├── BlobNotFound           the store does not hold the blob (decorators branch on it)
     │   └── DigestMismatch         bytes do not hash to the digest they claim
-    └── SnapshotError              a tree could not be ingested or checked out
-        ├── UnsupportedFile        ingest met a FIFO, socket or device
-        ├── CheckoutConflict       checkout found something in the way (never written through)
-        └── PathNotFound           a path does not exist inside a snapshot
+    ├── SnapshotError              a tree could not be ingested or checked out
+    │   ├── UnsupportedFile        ingest met a FIFO, socket or device
+    │   ├── CheckoutConflict       checkout found something in the way (never written through)
+    │   ├── PathNotFound           a path does not exist inside a snapshot
+    │   └── TreeChanged            a file changed between hashing and uploading (snapshot again)
+    ├── InvalidJob (ValueError)    a job submission breaks the job rules (names, graph, fields)
+    ├── JobNotFound                no job has the id asked for
+    ├── NodeBusy                   another node already runs on this $MESH_HOME
+    ├── NodeError                  a node answered a client's request with an error
+    │   └── NodeUnreachable        no node answers at the address (connection refused, timeout)
+    └── ExecError                  this node could not run a task (not the task's own failure)
+        ├── UnknownExecutor        the action asks for an executor this node does not have
+        └── SpawnFailed            the command could not be started (not found, not executable)
 """
 
 from __future__ import annotations
@@ -87,3 +96,64 @@ class CheckoutConflict(SnapshotError):
 
 class PathNotFound(SnapshotError):
     """A path named by the user does not exist inside a snapshot."""
+
+
+class TreeChanged(SnapshotError):
+    """A file no longer holds the bytes it was hashed with when it is read to be sent.
+
+    Raised before the changed bytes leave the client, so the node stores nothing
+    wrong; the caller re-plans (re-hashes) the tree and uploads again.
+    """
+
+    def __init__(self, path: str, why: str) -> None:
+        super().__init__(f"{path} changed since the tree was hashed ({why}); snapshot the tree again")
+        self.path = path
+
+
+class InvalidJob(MeshError, ValueError):
+    """A job submission breaks the rules of jobs: names, dependencies, a cycle, a field."""
+
+
+class JobNotFound(MeshError):
+    """No job has the id asked for."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id} on this node")
+        self.job_id = job_id
+
+
+class NodeBusy(MeshError):
+    """Another node already runs on this $MESH_HOME (one node per store and state)."""
+
+
+class ExecError(MeshError):
+    """This node could not run a task; distinct from a task that ran and failed."""
+
+
+class UnknownExecutor(ExecError):
+    """An action names an executor (``docker`` ...) that this node does not offer."""
+
+
+class SpawnFailed(ExecError):
+    """The command could not be started: not found, not executable, or no such cwd.
+
+    ``exit_code`` is what a shell reports for the same failure (127 for a command
+    that is not found, 126 for one that cannot be executed), so the runner can
+    record a result that reads like a shell's.
+    """
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class NodeError(MeshError):
+    """A node refused or failed a client's request; the message is the node's own."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NodeUnreachable(NodeError):
+    """No node answers at the address (refused, timed out, name not found)."""

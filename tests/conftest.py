@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from mesh.cas.store import LocalStore
+from tests.nodeutil import NodeProcess
 
 settings.register_profile(
     "default",
@@ -36,3 +37,13 @@ def store(home: Path) -> Iterator[LocalStore]:
     """The LocalStore of the private MESH_HOME."""
     with LocalStore(home / "cas") as s:
         yield s
+
+
+@pytest.fixture
+def node(home: Path) -> Iterator[NodeProcess]:
+    """A real ``mesh up`` process on a free loopback port, on the test's MESH_HOME (mDNS never runs)."""
+    process = NodeProcess(str(home)).start()
+    try:
+        yield process
+    finally:
+        process.stop(timeout=30)

@@ -221,6 +221,29 @@ def _store_files(
     workers: int,
 ) -> list[Digest]:
     """Put every pending file in the store, in parallel batches; record each in the cache."""
+
+    def put(path: bytes) -> Digest:
+        try:
+            return store.put_file(path)
+        except FileNotFoundError:
+            raise SnapshotError(f"{os.fsdecode(path)} disappeared while it was being snapshotted") from None
+        except OSError as exc:
+            raise SnapshotError(f"cannot read {os.fsdecode(path)}: {exc.strerror}") from None
+
+    return digest_files(pending, put, cache, progress, workers)
+
+
+def digest_files(
+    pending: list[_Pending],
+    digest_of: Callable[[bytes], Digest],
+    cache: StatCache | None,
+    progress: Progress | None,
+    workers: int,
+) -> list[Digest]:
+    """``digest_of(path)`` for every pending file, in parallel batches, in order; record each in the cache.
+
+    Shared by ingest (which stores each file) and mesh.cas.plan (which only hashes).
+    """
     if not pending:
         return []
     now_ns = cache.now_ns if cache is not None else (lambda: 0)
@@ -229,12 +252,7 @@ def _store_files(
         done = []
         for item in pending[start : start + _BATCH]:
             started = now_ns()
-            try:
-                done.append((store.put_file(item.path), started))
-            except FileNotFoundError:
-                raise SnapshotError(f"{os.fsdecode(item.path)} disappeared while it was being snapshotted") from None
-            except OSError as exc:
-                raise SnapshotError(f"cannot read {os.fsdecode(item.path)}: {exc.strerror}") from None
+            done.append((digest_of(item.path), started))
         return done
 
     total_bytes = sum(p.st.st_size for p in pending)
@@ -242,8 +260,8 @@ def _store_files(
     results: list[Digest] = []
     pool = ThreadPoolExecutor(max_workers=max(1, workers))
     try:
-        for stored in pool.map(batch, range(0, len(pending), _BATCH)):
-            for digest, started in stored:
+        for finished in pool.map(batch, range(0, len(pending), _BATCH)):
+            for digest, started in finished:
                 item = pending[len(results)]
                 results.append(digest)
                 if cache is not None:

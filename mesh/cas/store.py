@@ -521,6 +521,30 @@ class LocalStore:
         if new_epoch:
             self.new_epoch()
 
+    def store_id(self) -> str:
+        """A random id of this store, made on first use; equal ids mean one store on one disk.
+
+        A client compares it with a node's to learn that the node shares its store
+        (then it ingests into the store directly instead of uploading).
+        """
+        path = os.path.join(self.root, "id")
+        try:
+            with open(path, encoding="ascii") as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            pass
+        tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}"
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(secrets.token_hex(16))
+        try:
+            os.link(tmp, path)  # the first writer wins; others read its id
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+        with open(path, encoding="ascii") as f:
+            return f.read().strip()
+
     def epoch(self) -> str:
         """A token that changes whenever blobs are removed (see the module docstring)."""
         try:

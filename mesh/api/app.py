@@ -1,0 +1,196 @@
+"""The node's HTTP API as a Starlette app (served by hypercorn on trio; see mesh.node).
+
+| path | what |
+| --- | --- |
+| ``GET /health`` | JSON: ok, node id, version, store id |
+| ``GET /status`` | JSON: node, uptime, slots, queue, recent jobs |
+| ``POST /v1/blobs:missing`` | CBOR ``{"digests": [...]}`` -> ``{"missing": [...]}`` |
+| ``POST /v1/blobs:upload`` | batched upload (see mesh.api.wire) |
+| ``PUT/GET /v1/blobs/{digest}`` | one blob's raw bytes, verified on the way in |
+| ``POST /v1/jobs`` | submit a job (mesh.sched.jobs); ``?follow=1`` streams its events |
+| ``GET /v1/jobs`` | jobs newest first: ``?limit=&before=&state=``; ``next`` pages on |
+| ``GET /v1/jobs/{id}`` | a job with its tasks, states, results |
+| ``POST /v1/jobs/{id}/cancel`` | cancel a job (kills its running tasks) |
+| ``GET /v1/jobs/{id}/events`` | its events from ``?from=N``, live until it finishes |
+
+Handlers only translate between HTTP and the node: validation lives in the
+model (mesh.sched.jobs), errors are mapped in mesh.api.http.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from mesh import codec
+from mesh.api import blobs
+from mesh.api.http import ApiError, error_response, read_message, reply, wants_json
+from mesh.api.wire import EVENTS_CBOR, NDJSON, frame, to_json
+from mesh.errors import MeshError
+from mesh.sched.jobs import JOB_STATES, check_job_id, parse_job
+
+if TYPE_CHECKING:
+    from mesh.node import Node
+
+#: Largest job submission, in bytes.
+MAX_JOB_BODY = 16 << 20
+#: Most jobs one listing returns.
+MAX_PAGE = 1000
+
+
+def _node(request: Request) -> Node:
+    node: Node = request.app.state.node
+    return node
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse(_node(request).health())
+
+
+async def status(request: Request) -> Response:
+    return JSONResponse(_node(request).status())
+
+
+async def submit_job(request: Request) -> Response:
+    node = _node(request)
+    spec = parse_job(await read_message(request, MAX_JOB_BODY))
+    absent = sorted({str(t.input) for t in spec.tasks if t.input is not None and not node.store.has(t.input)})
+    if absent:
+        raise ApiError(400, f"input snapshot {absent[0]} is not on this node; upload its blobs first")
+    job_id = node.scheduler.submit(spec)
+    if request.query_params.get("follow") in ("1", "true"):
+        return _event_stream(request, job_id, 0)
+    return reply(request, node.scheduler.job_status(job_id), status=201)
+
+
+def _int_param(request: Request, name: str, default: int | None, minimum: int, maximum: int) -> int | None:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ApiError(400, f"query parameter {name!r} must be an integer, not {text!r}") from None
+    if not minimum <= value <= maximum:
+        raise ApiError(400, f"query parameter {name!r} must be between {minimum} and {maximum}")
+    return value
+
+
+async def list_jobs(request: Request) -> Response:
+    node = _node(request)
+    limit = _int_param(request, "limit", 50, 1, MAX_PAGE)
+    before = _int_param(request, "before", None, 1, 2**62)
+    state = request.query_params.get("state")
+    if state is not None and state not in JOB_STATES:
+        raise ApiError(400, f"state must be one of {', '.join(JOB_STATES)}, not {state!r}")
+    assert limit is not None
+    rows = node.scheduler.db.jobs(limit=limit, before=before, state=state)
+    jobs = []
+    for row in rows:
+        entry = row.to_wire()
+        if node.scheduler.is_live(row.id):
+            entry["state"] = node.scheduler.job_status(row.id)["state"]
+        jobs.append(entry)
+    next_page = rows[-1].seq if len(rows) == limit else None
+    return reply(request, {"jobs": jobs, "next": next_page})
+
+
+async def get_job(request: Request) -> Response:
+    job_id = check_job_id(request.path_params["job_id"])
+    return reply(request, _node(request).scheduler.job_status(job_id))
+
+
+async def cancel_job(request: Request) -> Response:
+    node = _node(request)
+    job_id = check_job_id(request.path_params["job_id"])
+    node.scheduler.cancel(job_id)
+    return reply(request, node.scheduler.job_status(job_id))
+
+
+async def job_events(request: Request) -> Response:
+    job_id = check_job_id(request.path_params["job_id"])
+    start = _int_param(request, "from", 0, 0, 2**62)
+    assert start is not None
+    _node(request).scheduler.job_status(job_id)  # 404 for an unknown job
+    return _event_stream(request, job_id, start)
+
+
+def _event_stream(request: Request, job_id: str, start: int) -> Response:
+    """The job's events from ``start``: live from its log, or a summary once the log is gone."""
+    scheduler = _node(request).scheduler
+    log = scheduler.events(job_id)
+    as_json = wants_json(request)
+
+    def encode(event: dict[str, Any]) -> bytes:
+        return to_json(event) + b"\n" if as_json else frame(codec.encode(event))
+
+    async def stream() -> AsyncIterator[bytes]:
+        if log is not None:
+            async for event in log.follow(start):
+                yield encode(event)
+            return
+        # The node no longer holds this job's live log: summarise it from the database.
+        status = scheduler.job_status(job_id)
+        seq = 0
+        for task in status["tasks"]:
+            yield encode(
+                {
+                    "seq": seq,
+                    "type": "task_finished",
+                    "task": task["name"],
+                    "state": task["state"],
+                    "reason": task["reason"],
+                    "result": task["result"],
+                    "summary": True,
+                }
+            )
+            seq += 1
+        yield encode({"seq": seq, "type": "job_finished", "job": job_id, "state": status["state"], "summary": True})
+
+    return StreamingResponse(stream(), media_type=NDJSON if as_json else EVENTS_CBOR)
+
+
+async def _on_error(request: Request, exc: Exception) -> Response:
+    return error_response(request, exc)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return reply(request, {"error": f"no such endpoint: {request.method} {request.url.path}"}, status=404)
+
+
+async def _not_allowed(request: Request, exc: Exception) -> Response:
+    return reply(request, {"error": f"{request.method} is not allowed on {request.url.path}"}, status=405)
+
+
+def create_app(node: Node) -> Starlette:
+    """The ASGI app of one node."""
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/status", status, methods=["GET"]),
+        Route("/v1/blobs:missing", blobs.find_missing, methods=["POST"]),
+        Route("/v1/blobs:upload", blobs.upload_batch, methods=["POST"]),
+        Route("/v1/blobs/{digest}", blobs.put_blob, methods=["PUT"]),
+        Route("/v1/blobs/{digest}", blobs.get_blob, methods=["GET"]),
+        Route("/v1/jobs", submit_job, methods=["POST"]),
+        Route("/v1/jobs", list_jobs, methods=["GET"]),
+        Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
+        Route("/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
+        Route("/v1/jobs/{job_id}/events", job_events, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={
+            MeshError: _on_error,
+            ClientDisconnect: _on_error,
+            Exception: _on_error,
+            404: _not_found,
+            405: _not_allowed,
+        },
+    )
+    app.state.node = node
+    return app

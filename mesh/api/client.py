@@ -1,0 +1,190 @@
+"""NodeClient: the synchronous httpx client the CLI (and tests) use to talk to a node.
+
+Sync on purpose: the CLI must start fast and must not import trio or hypercorn.
+Every transport failure and every error status is translated here, once, into
+:class:`~mesh.errors.NodeUnreachable` or :class:`~mesh.errors.NodeError`
+carrying the node's own message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from mesh import codec
+from mesh.api.wire import CBOR, FRAME_HEADER, MAX_FRAME
+from mesh.cas.digest import Digest
+from mesh.errors import CodecError, NodeError, NodeUnreachable
+
+#: Seconds to wait for a connection to a node.
+CONNECT_TIMEOUT = 5.0
+
+
+class NodeClient:
+    """Requests to one node at ``url``. Close it (or use ``with``) to release the connection."""
+
+    def __init__(self, url: str, *, timeout: float = 60.0, transport: httpx.BaseTransport | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(
+            base_url=self.url,
+            timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT),
+            headers={"accept": CBOR, "user-agent": "mesh-cli"},
+            transport=transport,
+            trust_env=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"NodeClient({self.url!r})"
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> NodeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def request(self, method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None) -> Any:
+        """One request with a CBOR body (when given) and a CBOR or JSON answer, decoded."""
+        content = None if body is None else codec.encode(body)
+        headers = {"content-type": CBOR} if content is not None else None
+        try:
+            response = self.http.request(method, path, content=content, headers=headers, params=params)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+        check(response)
+        return decode_response(response)
+
+    def _unreachable(self, exc: httpx.HTTPError) -> NodeError:
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            return NodeUnreachable(f"no mesh node answers at {self.url} ({exc}); start one with `mesh up`")
+        return NodeError(f"talking to the node at {self.url} failed: {exc}")
+
+    # -- the API ----------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", "/health")
+        return result
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", "/status")
+        return result
+
+    def submit(self, job: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", "/v1/jobs", body=job)
+        return result
+
+    def submit_and_follow(self, job: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Submit a job and yield its events as they happen, until it finishes."""
+        yield from self._events("POST", "/v1/jobs", params={"follow": "1"}, content=codec.encode(job))
+
+    def events(self, job_id: str, start: int = 0) -> Iterator[dict[str, Any]]:
+        """A job's events from ``start``, live until it finishes."""
+        yield from self._events("GET", f"/v1/jobs/{job_id}/events", params={"from": str(start)})
+
+    def _events(self, method: str, path: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        headers = {"content-type": CBOR} if "content" in kwargs else None
+        timeout = httpx.Timeout(None, connect=CONNECT_TIMEOUT)
+        try:
+            with self.http.stream(method, path, headers=headers, timeout=timeout, **kwargs) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    check(response)
+                yield from read_frames(response.iter_raw())
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/v1/jobs/{job_id}")
+        return result
+
+    def jobs(self, *, limit: int = 50, before: int | None = None, state: str | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit}
+        if before is not None:
+            params["before"] = before
+        if state is not None:
+            params["state"] = state
+        result: dict[str, Any] = self.request("GET", "/v1/jobs", params=params)
+        return result
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/v1/jobs/{job_id}/cancel")
+        return result
+
+    def find_missing(self, digests: list[Digest]) -> list[Digest]:
+        reply = self.request("POST", "/v1/blobs:missing", body={"digests": [str(d) for d in digests]})
+        return [Digest.parse(t) for t in reply["missing"]]
+
+    def read_blob(self, digest: Digest, *, offset: int = 0) -> Iterator[bytes]:
+        """Stream a blob's bytes from ``offset`` on, verifying the whole blob's hash at the end.
+
+        Raises NodeError when the node lacks it or the bytes do not match.
+        """
+        from mesh.cas.hasher import StreamHasher
+
+        hasher = StreamHasher()
+        seen = 0
+        try:
+            with self.http.stream("GET", f"/v1/blobs/{digest}") as response:
+                if response.status_code >= 400:
+                    response.read()
+                    check(response)
+                for chunk in response.iter_bytes():
+                    hasher.update(chunk)
+                    end = seen + len(chunk)
+                    if end > offset:
+                        yield chunk[max(0, offset - seen) :]
+                    seen = end
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+        if hasher.digest() != digest:
+            raise NodeError(f"the node sent bytes that do not match {digest}")
+
+
+def check(response: httpx.Response) -> None:
+    """Raise NodeError with the node's message for an error status."""
+    if response.status_code < 400:
+        return
+    try:
+        message = decode_response(response).get("error")
+    except (CodecError, AttributeError, ValueError):
+        message = None
+    if not message:
+        message = f"HTTP {response.status_code} {response.reason_phrase}"
+    raise NodeError(str(message), response.status_code)
+
+
+def decode_response(response: httpx.Response) -> Any:
+    if response.headers.get("content-type", "").startswith("application/json"):
+        try:
+            return json.loads(response.content)
+        except ValueError as exc:
+            raise CodecError(f"the node sent malformed JSON: {exc}") from None
+    return codec.decode(response.content)
+
+
+def read_frames(chunks: Iterator[bytes]) -> Iterator[dict[str, Any]]:
+    """Split a stream of length-prefixed CBOR frames into decoded event maps."""
+    buffer = bytearray()
+    for chunk in chunks:
+        buffer += chunk
+        while len(buffer) >= FRAME_HEADER.size:
+            (length,) = FRAME_HEADER.unpack_from(buffer)
+            if length > MAX_FRAME:
+                raise NodeError(f"the node sent an event frame of {length} bytes (limit {MAX_FRAME})")
+            end = FRAME_HEADER.size + length
+            if len(buffer) < end:
+                break
+            event = codec.decode(bytes(buffer[FRAME_HEADER.size : end]))
+            del buffer[:end]
+            if not isinstance(event, dict):
+                raise NodeError("the node sent an event that is not a map")
+            yield event
+    if buffer:
+        raise NodeError("the node's event stream ended in the middle of an event")

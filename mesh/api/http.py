@@ -1,0 +1,113 @@
+"""HTTP plumbing of the API: bounded bodies, content negotiation, errors as messages.
+
+Every failure a request can cause comes back as a status and ``{"error": ...}``
+that says what was wrong: mesh's own exceptions are mapped here, in one place
+(:func:`error_response`), and anything unexpected is logged on the node and
+answered with a 500 that carries no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from mesh import codec
+from mesh.api.wire import CBOR, JSON, to_json
+from mesh.errors import (
+    BlobNotFound,
+    CodecError,
+    DigestMismatch,
+    InvalidDigest,
+    InvalidJob,
+    JobNotFound,
+    MeshError,
+    PathNotFound,
+    SnapshotError,
+)
+
+log = logging.getLogger("mesh.api")
+
+
+class ApiError(MeshError):
+    """A request the API refuses, with the status to answer and a message for a person."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+_STATUS: list[tuple[type[BaseException], int]] = [
+    (ApiError, 0),
+    (JobNotFound, 404),
+    (BlobNotFound, 404),
+    (PathNotFound, 404),
+    (DigestMismatch, 400),
+    (InvalidDigest, 400),
+    (InvalidJob, 400),
+    (CodecError, 400),
+    (SnapshotError, 422),
+]
+
+
+def wants_json(request: Request) -> bool:
+    return request.query_params.get("format") == "json" or JSON in request.headers.get("accept", "")
+
+
+def reply(request: Request, value: Any, *, status: int = 200) -> Response:
+    """Answer with ``value`` as CBOR, or JSON when the client asked for it.
+
+    An error answer to a request that carries a body closes the connection: the
+    body may be unread (refused early), so the client must not reuse it.
+    """
+    if wants_json(request):
+        response = Response(to_json(value), status_code=status, media_type=JSON)
+    else:
+        response = Response(codec.encode(value), status_code=status, media_type=CBOR)
+    if status >= 400 and (request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers):
+        response.headers["connection"] = "close"
+    return response
+
+
+def error_response(request: Request, exc: BaseException) -> Response:
+    """The response for an exception raised while handling ``request``."""
+    if isinstance(exc, ClientDisconnect):
+        return reply(request, {"error": "the client went away before the request body was complete"}, status=400)
+    for kind, status in _STATUS:
+        if isinstance(exc, kind):
+            code = exc.status if isinstance(exc, ApiError) else status
+            return reply(request, {"error": str(exc)}, status=code)
+    log.exception("internal error handling %s %s", request.method, request.url.path, exc_info=exc)
+    message = f"internal error ({type(exc).__name__}); the node logged the details"
+    return reply(request, {"error": message}, status=500)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing (413) one longer than ``limit`` before reading past it."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+        except ValueError:
+            raise ApiError(400, f"bad content-length {declared!r}") from None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
+    return bytes(body)
+
+
+async def read_message(request: Request, limit: int) -> Any:
+    """Decode a CBOR (or, with a JSON content type, JSON) message body within ``limit`` bytes."""
+    body = await read_body(request, limit)
+    if request.headers.get("content-type", "").startswith(JSON):
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise CodecError(f"malformed JSON: {exc}") from None
+    return codec.decode(body)

@@ -1,0 +1,292 @@
+"""The node commands of the ``mesh`` CLI: up, exec, jobs, job, logs, cancel, status.
+
+Split from mesh.cli (the store commands) to keep each module small; mesh.cli
+registers these parsers. Client commands use the sync NodeClient and never
+import trio or hypercorn; only ``mesh up`` and the embedded fallback of
+``mesh exec`` start a node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from mesh.errors import NodeUnreachable, UsageError
+
+Add = Callable[[str, Callable[[argparse.Namespace], int], str, str], argparse.ArgumentParser]
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start a node in the foreground."""
+    import logging
+
+    import trio
+
+    from mesh.config import NodeConfig
+    from mesh.node import Node
+
+    logging.basicConfig(level=logging.INFO, format="mesh: %(message)s", stream=sys.stderr)
+    config = NodeConfig.load(home=args.home, listen=args.listen, slots=args.slots)
+    node = Node(config, grace=args.grace)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(node.run_until_signalled)
+            print(
+                f"mesh node {node.node_id} serving {url} ({config.slots} slots, home {config.home})\n"
+                f"status: {url}/status",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    trio.run(main)
+    print("mesh: node stopped", file=sys.stderr)
+    return 0
+
+
+@contextlib.contextmanager
+def _client(args: argparse.Namespace, *, allow_embedded: bool = False) -> Iterator[Any]:
+    """A NodeClient for ``--node``/MESH_NODE/the default; with ``allow_embedded``, an in-process node
+    when nothing answers at the default address."""
+    from mesh.api.client import NodeClient
+    from mesh.config import NodeConfig, node_url
+
+    url, explicit = node_url(getattr(args, "node", None), home=args.settings.home)
+    client = NodeClient(url)
+    try:
+        if not allow_embedded:
+            yield client
+            return
+        try:
+            client.health()
+        except NodeUnreachable:
+            if explicit:
+                raise
+            client.close()
+            from mesh.embedded import embedded_node
+
+            print("mesh: no node at the default address; running in an in-process node", file=sys.stderr)
+            with embedded_node(NodeConfig.load(home=args.home)) as embedded_url:
+                client = NodeClient(embedded_url)
+                yield client
+            return
+        yield client
+    finally:
+        client.close()
+
+
+def _parse_env(items: list[str]) -> dict[str, str]:
+    env = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--env wants KEY=VALUE, not {item!r}")
+        env[key] = value
+    return env
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    """Run a command on the mesh against a snapshot of a directory."""
+    from mesh import execute
+
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise UsageError("give the command to run after --, e.g. mesh exec -- make -j8")
+    directory = os.path.abspath(args.directory)
+    if not os.path.isdir(directory):
+        raise UsageError(f"-C {args.directory}: not a directory")
+    if args.out is not None and os.path.lexists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out)):
+        raise UsageError(f"--out {args.out} must be absent or an empty directory")
+    request = execute.ExecRequest(
+        argv=argv,
+        directory=directory,
+        env=_parse_env(args.env),
+        timeout=args.timeout,
+        no_cache=args.no_cache,
+        out=args.out,
+    )
+    with _client(args, allow_embedded=True) as client:
+        snapshot = execute.snapshot_for(client, args.settings, directory, progress=sys.stderr.isatty())
+        events = client.submit_and_follow(request.job(snapshot))
+        follower = execute.Follower(client, sys.stdout.buffer, sys.stderr.buffer)
+        try:
+            outcome = follower.run(events)
+        except KeyboardInterrupt:
+            if follower.job_id:
+                client.cancel(follower.job_id)
+                execute.say(f"interrupted: job {follower.job_id} cancelled")
+            return execute.EXIT_CANCELLED
+        note = execute.explain(outcome)
+        if note:
+            execute.say(note)
+        if args.verbose:
+            cached = " (cached)" if outcome.result and outcome.result.get("cached") else ""
+            execute.say(f"job {outcome.job_id} {outcome.state}{cached}")
+        if args.out is not None and outcome.result and outcome.result.get("output"):
+            from mesh.cas.digest import Digest
+
+            execute.checkout_output(client, args.settings, Digest.parse(outcome.result["output"]), args.out)
+        return execute.exit_status(outcome)
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        page = client.jobs(limit=args.limit, before=args.before, state=args.state)
+    if args.json:
+        _print_json(page)
+        return 0
+    for job in page["jobs"]:
+        print(f"{job['id']}  {job['state']:<9}  {_when(job['created_at'])}  {job['label']}")
+    if page.get("next"):
+        print(f"(more: mesh jobs --before {page['next']})", file=sys.stderr)
+    return 0
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.job(args.id)
+    if args.json:
+        _print_json(job)
+        return 0
+    print(f"job {job['id']}  {job['state']}  {job['label']}")
+    print(f"created {_when(job['created_at'])}  finished {_when(job['finished_at'])}")
+    for task in job["tasks"]:
+        result = task.get("result") or {}
+        took = f"{result['finished_at'] - result['started_at']:.3f}s" if result else "-"
+        exit_code = result.get("exit_code", "-") if result else "-"
+        flags = " cached" if result.get("cached") else ""
+        print(
+            f"  {task['name']:<20} {task['state']:<9} exit {exit_code!s:<4} {took:>9}  {result.get('node', '')}{flags}"
+        )
+        if task.get("reason"):
+            print(f"      {task['reason']}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """Print the stdout (to stdout) and stderr (to stderr) of a job's tasks."""
+    from mesh.cas.digest import Digest
+
+    with _client(args) as client:
+        job = client.job(args.id)
+        tasks = [t for t in job["tasks"] if args.task is None or t["name"] == args.task]
+        if args.task is not None and not tasks:
+            raise UsageError(f"job {args.id} has no task {args.task!r}")
+        for task in tasks:
+            result = task.get("result")
+            if not result:
+                continue
+            for stream, sink in (("stdout", sys.stdout.buffer), ("stderr", sys.stderr.buffer)):
+                for chunk in client.read_blob(Digest.parse(result[stream])):
+                    sink.write(chunk)
+                sink.flush()
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.cancel(args.id)
+    print(f"job {job['id']}: {job['state']}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        status = client.status()
+    if args.json:
+        _print_json(status)
+        return 0
+    slots = status["slots"]
+    print(f"node {status['node']}  mesh {status['version']}  up {status['uptime']:.0f}s  {status['url']}")
+    print(
+        f"slots {slots['busy']}/{slots['total']} busy, {status['queue']} queued, {status['running_jobs']} jobs running"
+    )
+    print(f"action cache: {status['cache']['entries']} entries, {status['cache']['hits']} hits since start")
+    for job in status["jobs"]["recent"]:
+        print(f"  {job['id']}  {job['state']:<9}  {_when(job['created_at'])}  {job['label']}")
+    return 0
+
+
+def add_parsers(add: Add) -> None:
+    """Register the node commands on the ``mesh`` parser."""
+    node_help = "the node to talk to (default: $MESH_NODE or http://127.0.0.1:7474)"
+
+    p = add(
+        "up",
+        cmd_up,
+        "start a node in the foreground",
+        "Start a mesh node: it accepts jobs over HTTP, runs their tasks, keeps results, history and\n"
+        "the action cache in $MESH_HOME/state.db and blobs in $MESH_HOME/cas. It listens on\n"
+        "127.0.0.1:7474 unless told otherwise (--listen, MESH_LISTEN, listen in mesh.toml).\n"
+        "One node per $MESH_HOME. SIGINT/SIGTERM stop it: running tasks get --grace seconds to\n"
+        "finish; those still running then are interrupted and run again at the next start.",
+    )
+    p.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (0.0.0.0:PORT for every interface)")
+    p.add_argument("--slots", type=int, metavar="N", help="tasks run at once (default: the number of cores)")
+    p.add_argument("--grace", type=float, default=10.0, metavar="S", help="seconds running tasks get at shutdown")
+
+    p = add(
+        "exec",
+        cmd_exec,
+        "run a command on the mesh against this directory",
+        "Snapshot DIR (default: the current directory; .meshignore patterns and .git are left out),\n"
+        "run CMD on a node against it, and stream its stdout and stderr here as it runs. The exit\n"
+        "status is the command's (124 if it timed out, 130 if cancelled). The same command on the\n"
+        "same tree and env again is answered from the action cache without running.\n\n"
+        "With no node at the default address, the job runs in an in-process node on this store\n"
+        "(a note says so on stderr); a --node that does not answer is an error.\n\n"
+        "The task starts from a clean environment (PATH, LANG=C.UTF-8, TZ=UTC, HOME and TMPDIR of\n"
+        "its own) plus each --env. Its whole workdir becomes the output snapshot; --out writes it.",
+    )
+    p.add_argument("-C", dest="directory", default=".", metavar="DIR", help="the directory to snapshot and run in")
+    p.add_argument("--env", action="append", default=[], metavar="K=V", help="set an environment variable (repeat)")
+    p.add_argument("--timeout", type=float, metavar="S", help="kill the command after S seconds (default 3600)")
+    p.add_argument("--out", metavar="DIR", help="check the output snapshot out into DIR (absent or empty)")
+    p.add_argument("--no-cache", action="store_true", help="run even if the action cache has a result")
+    p.add_argument("--node", metavar="URL", help=node_help)
+    p.add_argument("-v", "--verbose", action="store_true", help="say the job id and whether it was cached")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command and its arguments")
+
+    p = add("jobs", cmd_jobs, "list jobs, newest first", "List the node's jobs: id, state, created, label.")
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N jobs (default 50)")
+    p.add_argument("--before", type=int, metavar="SEQ", help="page on from an earlier listing's 'more' hint")
+    p.add_argument("--state", choices=("running", "succeeded", "failed", "cancelled"), help="only jobs in STATE")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--node", metavar="URL", help=node_help)
+
+    p = add("job", cmd_job, "show a job's tasks", "Show job ID: each task's state, exit code, time, node, reason.")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--node", metavar="URL", help=node_help)
+
+    p = add("logs", cmd_logs, "print a job's output", "Print the stdout and stderr of job ID's finished tasks.")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--task", metavar="NAME", help="only this task")
+    p.add_argument("--node", metavar="URL", help=node_help)
+
+    p = add("cancel", cmd_cancel, "cancel a job", "Cancel job ID: queued tasks are dropped, running ones killed.")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--node", metavar="URL", help=node_help)
+
+    p = add("status", cmd_status, "show a node's status", "Show the node's id, slots, queue, cache and recent jobs.")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--node", metavar="URL", help=node_help)

@@ -1,0 +1,242 @@
+"""Action and ActionResult: what to run, what came of it, and the action-cache key.
+
+An :class:`Action` names everything that determines a task's outcome: argv, the
+environment it adds to the base environment, the working directory inside the
+input snapshot, the input snapshot itself, which outputs to capture, the
+timeout, and the executor (with its image and whether it may use the network).
+Its :meth:`Action.digest` over canonical CBOR is the action-cache key, so two
+actions that would do the same thing share one cached result. Requirements on
+the node (``arch=x86_64``) steer placement only and are not part of the key.
+
+An :class:`ActionResult` is what running it produced: the exit code, stdout and
+stderr as blobs, the output snapshot, timings, the node that ran it and whether
+it was answered from the cache.
+
+Both have one wire form (a CBOR map with digests in their text form), used by
+the API, the job database and the action cache alike.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from mesh import codec
+from mesh.cas.digest import Digest
+from mesh.errors import CodecError, InvalidDigest
+
+EXECUTORS = ("process", "sandbox", "docker")
+
+#: The environment every task starts from; an action's ``env`` is laid over it.
+#: ``HOME`` and ``TMPDIR`` are set by the runner to directories of the task's own.
+BASE_ENV: dict[str, str] = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+    "TZ": "UTC",
+    "SOURCE_DATE_EPOCH": "0",
+}
+
+#: Default timeout of an action, in seconds.
+DEFAULT_TIMEOUT = 3600.0
+#: Hard ceiling on any action's timeout, in seconds (one week).
+MAX_TIMEOUT = 7 * 24 * 3600.0
+#: Largest argv / env a task may carry, in bytes (the kernel's own limit is near 2 MiB).
+MAX_ARGS_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class Action:
+    """What to run. Immutable; build a changed copy with :func:`dataclasses.replace`."""
+
+    argv: tuple[str, ...]
+    input: Digest
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: str = ""
+    outputs: tuple[str, ...] | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    executor: str = "process"
+    image: str | None = None
+    network: bool = False
+    requirements: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.argv or not self.argv[0]:
+            raise CodecError("an action needs a non-empty argv")
+        if sum(len(a) + 1 for a in self.argv) + sum(len(k) + len(v) + 2 for k, v in self.env) > MAX_ARGS_BYTES:
+            raise CodecError(f"argv and env of an action exceed {MAX_ARGS_BYTES} bytes")
+        for arg in self.argv:
+            if "\0" in arg:
+                raise CodecError("argv items must not contain NUL")
+        for key, value in self.env:
+            if not key or "=" in key or "\0" in key or "\0" in value:
+                raise CodecError(f"invalid environment variable name {key!r}")
+        if list(self.env) != sorted(dict(self.env).items()):
+            object.__setattr__(self, "env", tuple(sorted(dict(self.env).items())))
+        object.__setattr__(self, "requirements", tuple(sorted(dict(self.requirements).items())))
+        object.__setattr__(self, "cwd", check_relative(self.cwd, "cwd", allow_root=True))
+        if self.outputs is not None:
+            object.__setattr__(
+                self, "outputs", tuple(sorted({check_relative(p, "output path") for p in self.outputs}))
+            )
+        if not 0 < self.timeout <= MAX_TIMEOUT:
+            raise CodecError(f"timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds, not {self.timeout}")
+        if self.executor not in EXECUTORS:
+            raise CodecError(f"unknown executor {self.executor!r}; choose one of {', '.join(EXECUTORS)}")
+        if self.executor == "docker" and not self.image:
+            raise CodecError("the docker executor needs an image")
+        if self.executor != "docker" and self.image is not None:
+            raise CodecError(f"an image is only meaningful with the docker executor, not {self.executor!r}")
+
+    def to_wire(self, *, with_requirements: bool = True) -> dict[str, Any]:
+        """The CBOR/JSON map of this action (digests in text form)."""
+        wire: dict[str, Any] = {
+            "argv": list(self.argv),
+            "input": str(self.input),
+            "env": dict(self.env),
+            "cwd": self.cwd,
+            "outputs": None if self.outputs is None else list(self.outputs),
+            "timeout": self.timeout,
+            "executor": self.executor,
+            "image": self.image,
+            "network": self.network,
+        }
+        if with_requirements:
+            wire["requirements"] = dict(self.requirements)
+        return wire
+
+    def digest(self) -> Digest:
+        """The action-cache key: BLAKE3 of the canonical CBOR of everything but requirements."""
+        key = self.to_wire(with_requirements=False)
+        key["timeout"] = float(self.timeout)
+        key["v"] = 1
+        return Digest.of(codec.encode(key))
+
+    @classmethod
+    def from_wire(cls, value: Any, what: str = "action") -> Action:
+        """Parse and validate an action map; raises CodecError naming the bad field."""
+        fields = codec.Fields(value, what)
+        action = cls.from_fields(fields)
+        fields.done()
+        return action
+
+    @classmethod
+    def from_fields(cls, fields: codec.Fields, *, input: Digest | None = None) -> Action:
+        """Build an action from the fields of a larger map (a job's task), leaving others alone.
+
+        ``input`` supplies the input snapshot when the map does not (a task whose
+        input is another task's output gets it only when that task has finished).
+        """
+        argv = fields.texts("argv")
+        if input is None:
+            input = parse_digest(fields.text("input"), f"field 'input' of {fields.what}")
+        outputs = fields.texts("outputs", None)
+        return cls(
+            argv=tuple(argv),
+            input=input,
+            env=tuple(fields.text_map("env", {}).items()),
+            cwd=fields.text("cwd", ""),
+            outputs=None if outputs is None else tuple(outputs),
+            timeout=float(fields.number("timeout", DEFAULT_TIMEOUT)),
+            executor=fields.text("executor", "process"),
+            image=fields.text("image", None),
+            network=fields.flag("network", False),
+            requirements=tuple(fields.text_map("requirements", {}).items()),
+        )
+
+    def with_input(self, input: Digest) -> Action:
+        return replace(self, input=input)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActionResult:
+    """What running an action produced.
+
+    ``exit_code`` follows the shell: the process's status, or 128 + N when signal N
+    killed it (137 for SIGKILL). ``timed_out`` says the runner killed it at the
+    timeout; ``error`` says why the runner itself failed the task (an output over
+    its limit, a cwd that is not a directory ...), in words a person can act on.
+    ``output`` is the output snapshot, ``None`` when capture did not happen.
+    """
+
+    exit_code: int
+    stdout: Digest
+    stderr: Digest
+    output: Digest | None
+    started_at: float
+    finished_at: float
+    node: str
+    signal: int | None = None
+    timed_out: bool = False
+    error: str | None = None
+    cached: bool = False
+
+    @property
+    def success(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and self.error is None
+
+    @property
+    def duration(self) -> float:
+        return self.finished_at - self.started_at
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "exit_code": self.exit_code,
+            "signal": self.signal,
+            "timed_out": self.timed_out,
+            "error": self.error,
+            "stdout": str(self.stdout),
+            "stderr": str(self.stderr),
+            "output": None if self.output is None else str(self.output),
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "node": self.node,
+            "cached": self.cached,
+        }
+
+    @classmethod
+    def from_wire(cls, value: Any, what: str = "action result") -> ActionResult:
+        fields = codec.Fields(value, what)
+        output = fields.text("output", None)
+        result = cls(
+            exit_code=fields.integer("exit_code"),
+            signal=fields.integer("signal", None),
+            timed_out=fields.flag("timed_out", False),
+            error=fields.text("error", None),
+            stdout=parse_digest(fields.text("stdout"), f"stdout of {what}"),
+            stderr=parse_digest(fields.text("stderr"), f"stderr of {what}"),
+            output=None if output is None else parse_digest(output, f"output of {what}"),
+            started_at=float(fields.number("started_at")),
+            finished_at=float(fields.number("finished_at")),
+            node=fields.text("node"),
+            cached=fields.flag("cached", False),
+        )
+        fields.done()
+        return result
+
+
+def parse_digest(text: str, what: str) -> Digest:
+    """Digest.parse with the field named in the error, as a CodecError for the API."""
+    try:
+        return Digest.parse(text)
+    except InvalidDigest as exc:
+        raise CodecError(f"{what}: {exc}") from None
+
+
+def check_relative(path: str, what: str, *, allow_root: bool = False) -> str:
+    """Normalise a relative path inside a snapshot; refuse absolute paths and ``..``.
+
+    Returns the path without ``.`` parts or doubled slashes ("" for the root).
+    """
+    if "\0" in path:
+        raise CodecError(f"{what} {path!r} contains NUL")
+    if path.startswith("/"):
+        raise CodecError(f"{what} {path!r} must be relative to the snapshot's root")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise CodecError(f"{what} {path!r} must not contain '..'")
+    normal = posixpath.join(*parts) if parts else ""
+    if not normal and not allow_root:
+        raise CodecError(f"{what} must name a path inside the snapshot, not its root")
+    return normal

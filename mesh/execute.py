@@ -1,0 +1,220 @@
+"""``mesh exec``: run a command on a node as if it ran here.
+
+The tree becomes a snapshot (into the node's store directly when the node
+shares this machine's store, else hashed here and only the blobs the node
+misses uploaded straight from the files), a one-task job is submitted and
+followed, the command's stdout and stderr are written to ours as they come,
+and the exit status is the command's. Output events the node no longer holds
+(it keeps a bounded amount) and cached results are filled in from the
+stdout/stderr blobs, so nothing printed is ever lost.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from mesh.api.client import NodeClient
+from mesh.cas.digest import Digest
+from mesh.config import Settings
+from mesh.errors import MeshError, NodeError
+
+#: Exit status when the task timed out (as GNU timeout(1)) or was cancelled (as after SIGINT).
+EXIT_TIMEOUT = 124
+EXIT_CANCELLED = 130
+
+
+@dataclass(kw_only=True)
+class ExecRequest:
+    """What ``mesh exec`` was asked to do."""
+
+    argv: list[str]
+    directory: str
+    env: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+    no_cache: bool = False
+    out: str | None = None
+    executor: str = "process"
+
+    def job(self, input: Digest) -> dict[str, Any]:
+        task: dict[str, Any] = {"name": "exec", "argv": self.argv, "input": str(input), "env": self.env}
+        if self.timeout is not None:
+            task["timeout"] = self.timeout
+        if self.executor != "process":
+            task["executor"] = self.executor
+        return {"tasks": [task], "label": "mesh exec " + shlex.join(self.argv), "no_cache": self.no_cache}
+
+
+@dataclass
+class ExecOutcome:
+    job_id: str
+    state: str
+    result: dict[str, Any] | None
+    reason: str | None
+
+
+def snapshot_for(client: NodeClient, settings: Settings, directory: str, *, progress: bool) -> Digest:
+    """The snapshot id of ``directory`` with every blob of it present on the node.
+
+    Honours ``.meshignore`` and leaves ``.git`` and ``$MESH_HOME`` out.
+    """
+    from mesh.cas.snapshot import excluding
+    from mesh.cas.statcache import StatCache
+    from mesh.cas.store import LocalStore
+    from mesh.ignore import IgnoreRules
+
+    rules = IgnoreRules.load(directory)
+    home_rule = excluding(directory, settings.home)
+
+    def ignore(rel: bytes, is_dir: bool) -> bool:
+        return rules.matches(rel, is_dir) or (home_rule is not None and home_rule(rel, is_dir))
+
+    node_store = client.health().get("store")
+    with LocalStore(settings.store_dir) as store:
+        if node_store == store.store_id():
+            from mesh.cas.snapshot import ingest
+
+            cache = StatCache.for_tree(settings.home, directory, store.root, store.epoch(), variant=rules.fingerprint)
+            return ingest(store, directory, cache=cache, ignore=ignore)
+    from mesh.api.upload import upload
+    from mesh.cas.plan import plan_cache, plan_tree
+    from mesh.errors import TreeChanged
+
+    for attempt in range(3):
+        cache = plan_cache(settings.home, directory, rules.fingerprint)
+        planned = plan_tree(directory, cache=cache, ignore=ignore)
+        try:
+            upload(client.http, planned, show_progress=None if progress else False)
+        except TreeChanged:
+            if attempt == 2:
+                raise
+            say("files changed while they were uploaded; snapshotting again")
+            continue
+        break
+    root: Digest = planned.root
+    return root
+
+
+class Follower:
+    """Writes a one-task job's output as its events come and learns how the job ended.
+
+    ``job_id`` is known from the first event on, so an interrupted follower can
+    still cancel the job.
+    """
+
+    def __init__(self, client: NodeClient, stdout: IO[bytes], stderr: IO[bytes]) -> None:
+        self.client = client
+        self.sinks = {"stdout": stdout, "stderr": stderr}
+        self.written = {"stdout": 0, "stderr": 0}
+        self.job_id = ""
+
+    def run(self, events: Iterator[dict[str, Any]]) -> ExecOutcome:
+        result: dict[str, Any] | None = None
+        reason: str | None = None
+        for event in events:
+            kind = event.get("type")
+            if kind == "job_submitted":
+                self.job_id = str(event.get("job", ""))
+            elif kind == "output":
+                self._output(event)
+            elif kind == "task_finished":
+                result, reason = event.get("result"), event.get("reason")
+                if isinstance(result, dict):
+                    for stream in ("stdout", "stderr"):
+                        self._fill_in(Digest.parse(str(result[stream])), stream)
+            elif kind == "job_finished":
+                return ExecOutcome(self.job_id or str(event.get("job")), str(event.get("state")), result, reason)
+        raise NodeError("the node ended the job's event stream before the job finished")
+
+    def _output(self, event: dict[str, Any]) -> None:
+        """Write a chunk if it continues the stream exactly (dropped chunks leave a gap for later)."""
+        stream, data = event.get("stream"), event.get("data")
+        if event.get("dropped") or stream not in self.sinks or not isinstance(data, bytes):
+            return
+        if event.get("offset") != self.written[str(stream)]:
+            return
+        self.sinks[str(stream)].write(data)
+        self.sinks[str(stream)].flush()
+        self.written[str(stream)] += len(data)
+
+    def _fill_in(self, digest: Digest, stream: str) -> None:
+        """Write what the events did not carry of a stream (a cached result, dropped chunks)."""
+        if self.written[stream] >= digest.size:
+            return
+        sink = self.sinks[stream]
+        for chunk in self.client.read_blob(digest, offset=self.written[stream]):
+            sink.write(chunk)
+        sink.flush()
+        self.written[stream] = digest.size
+
+
+def exit_status(outcome: ExecOutcome) -> int:
+    """The exit status of ``mesh exec`` for how its task ended."""
+    result = outcome.result
+    if outcome.state == "cancelled":
+        return EXIT_CANCELLED
+    if result is None:
+        return 1
+    if result.get("timed_out"):
+        return EXIT_TIMEOUT
+    code = int(result.get("exit_code", 1))
+    if result.get("error") and code == 0:
+        return 1
+    return code
+
+
+def explain(outcome: ExecOutcome) -> str | None:
+    """A line for stderr when the task did not end by itself, else None."""
+    result = outcome.result
+    if outcome.state == "cancelled":
+        return f"job {outcome.job_id} was cancelled"
+    if result is None:
+        return f"the task could not run: {outcome.reason or 'no reason given'}"
+    if result.get("error"):
+        return str(result["error"])
+    if result.get("timed_out"):
+        return "the command timed out and was killed"
+    return None
+
+
+def checkout_output(client: NodeClient, settings: Settings, output: Digest, target: str) -> None:
+    """Write the output snapshot into ``target``, fetching what the local store misses from the node."""
+    from mesh.cas.checkout import checkout
+    from mesh.cas.snapshot import read_node
+    from mesh.cas.store import LocalStore
+    from mesh.cas.tree import Kind
+
+    with LocalStore(settings.store_dir) as store:
+        pending = [output]
+        while pending:
+            missing = store.find_missing(pending)
+            for digest in missing:
+                with store.writer(expected=digest) as writer:
+                    for chunk in client.read_blob(digest):
+                        writer.write(chunk)
+                    writer.commit()
+            files: list[Digest] = []
+            nodes: list[Digest] = []
+            for node in pending:
+                for entry in read_node(store, node):
+                    if entry.kind == Kind.DIRECTORY:
+                        nodes.append(entry.blob)
+                    elif entry.kind != Kind.SYMLINK:
+                        files.append(entry.blob)
+            for digest in store.find_missing(files):
+                with store.writer(expected=digest) as writer:
+                    for chunk in client.read_blob(digest):
+                        writer.write(chunk)
+                    writer.commit()
+            pending = nodes
+        checkout(store, output, target)
+
+
+def say(message: str) -> None:
+    print(f"mesh: {message}", file=sys.stderr, flush=True)
+
+
+__all__ = ["ExecRequest", "snapshot_for", "Follower", "exit_status", "explain", "checkout_output", "MeshError"]

@@ -1,0 +1,203 @@
+"""Node: one trio nursery that owns the store, the state, the scheduler and the HTTP server.
+
+``await nursery.start(node.run)`` returns the URL the node serves once it really
+serves (the scheduler has resumed unfinished jobs and hypercorn is listening).
+One node per ``$MESH_HOME``: a lock file, held for the node's life, refuses a
+second one with the pid and address of the first. On SIGINT/SIGTERM the node
+stops accepting requests, stops starting tasks, gives running tasks
+``grace`` seconds to finish, then interrupts the rest (they stay ``running``
+in the state database and run again when the node restarts) and returns.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import secrets
+import signal
+import time
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from mesh import __version__
+from mesh.api.app import create_app
+from mesh.cas.store import LocalStore
+from mesh.config import NodeConfig
+from mesh.errors import MeshError, NodeBusy
+from mesh.exec.process import ProcessExecutor
+from mesh.exec.runner import Runner
+from mesh.sched.scheduler import Scheduler
+from mesh.sched.statedb import StateDB, state_path
+
+log = logging.getLogger("mesh.node")
+
+#: Seconds running tasks get to finish after SIGINT/SIGTERM before they are interrupted.
+DEFAULT_GRACE = 10.0
+#: Recent jobs listed by /status.
+STATUS_RECENT_JOBS = 20
+
+
+class Node:
+    """A complete mesh node on one machine. Create, then ``await nursery.start(node.run)``."""
+
+    def __init__(self, config: NodeConfig, *, grace: float = DEFAULT_GRACE) -> None:
+        self.config = config
+        self.grace = grace
+        self.started_at = time.time()
+        self.url = ""
+        self._lock_fd: int | None = None
+        self.node_id = ""
+        self.store: LocalStore
+        self.scheduler: Scheduler
+        self._stop = trio.Event()
+
+    def __repr__(self) -> str:
+        return f"Node(id={self.node_id!r}, home={self.config.home!r}, url={self.url!r})"
+
+    # -- life -------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled or :meth:`stop`; ``task_status.started(url)`` once serving."""
+        os.makedirs(self.config.home, mode=0o700, exist_ok=True)
+        self._lock()
+        try:
+            self._open()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.scheduler.run)
+                http_stop = trio.Event()
+                binds = await nursery.start(self._serve_http, http_stop)
+                self.url = _local_url(binds[0])
+                task_status.started(self.url)
+                await self._stop.wait()
+                http_stop.set()
+                with trio.move_on_after(self.grace):
+                    await self.scheduler.drain()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._close()
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (what SIGINT/SIGTERM do)."""
+        self._stop.set()
+
+    async def run_until_signalled(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        """:meth:`run`, stopping gracefully on SIGINT or SIGTERM."""
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def watch() -> None:
+                    async for signum in signals:
+                        log.warning("received %s: shutting down", signal.Signals(signum).name)
+                        self.stop()
+
+                async def serve(*, task_status: trio.TaskStatus[str]) -> None:
+                    await self.run(task_status=task_status)
+                    nursery.cancel_scope.cancel()  # the watcher too
+
+                nursery.start_soon(watch)
+                task_status.started(await nursery.start(serve))
+
+    async def _serve_http(self, stop: trio.Event, *, task_status: trio.TaskStatus[list[str]]) -> None:
+        config = HypercornConfig()
+        host, port = self.config.listen
+        config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        config.accesslog = None
+        config.errorlog = logging.getLogger("mesh.http")
+        config.graceful_timeout = 1.0
+        config.keep_alive_timeout = 75.0
+        try:
+            await serve(create_app(self), config, shutdown_trigger=stop.wait, task_status=task_status)  # type: ignore[arg-type]
+        except OSError as exc:
+            raise MeshError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+    # -- state --------------------------------------------------------------------
+
+    def _lock(self) -> None:
+        path = os.path.join(self.config.home, "node.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise NodeBusy(
+                f"another mesh node already uses {self.config.home} ({holder}); stop it first,"
+                " or give this one its own home with MESH_HOME or --home"
+            ) from None
+        host, port = self.config.listen
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}, listening on {host}:{port}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _open(self) -> None:
+        home = self.config.home
+        self.node_id = _node_id(home)
+        self.store = LocalStore(self.config.store_dir)
+        self.db = StateDB(state_path(home))
+        runner = Runner(
+            self.store,
+            workroot=os.path.join(home, "work"),
+            node_id=self.node_id,
+            executors={"process": ProcessExecutor()},
+        )
+        runner.remove_leftovers()  # task directories of tasks a crash interrupted
+        self.scheduler = Scheduler(self.db, runner, self.store, node_id=self.node_id, slots=self.config.slots)
+
+    def _close(self) -> None:
+        for closer in (getattr(self, "db", None), getattr(self, "store", None)):
+            if closer is not None:
+                closer.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- what /health and /status say -------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        return {"ok": True, "node": self.node_id, "version": __version__, "store": self.store.store_id()}
+
+    def status(self) -> dict[str, Any]:
+        sched = self.scheduler.statistics()
+        recent = [row.to_wire() for row in self.db.jobs(limit=STATUS_RECENT_JOBS)]
+        for job in recent:
+            if self.scheduler.is_live(str(job["id"])):
+                job["state"] = "running"
+        return {
+            "node": self.node_id,
+            "version": __version__,
+            "url": self.url,
+            "uptime": round(time.time() - self.started_at, 3),
+            "slots": {"total": sched.slots, "busy": sched.busy},
+            "queue": sched.queued,
+            "running_jobs": sched.running_jobs,
+            "tasks_run": sched.tasks_run,
+            "cache": {"hits": sched.cache_hits, "entries": self.db.cache_size()},
+            "jobs": {"counts": self.db.count_jobs(), "recent": recent},
+        }
+
+
+def _node_id(home: str) -> str:
+    """The node's id, made once and kept in ``$MESH_HOME/node.id``."""
+    path = os.path.join(home, "node.id")
+    try:
+        with open(path, encoding="ascii") as f:
+            text = f.read().strip()
+        if text:
+            return text
+    except FileNotFoundError:
+        pass
+    node_id = secrets.token_hex(8)
+    tmp = f"{path}.{os.getpid()}"
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(node_id + "\n")
+    os.replace(tmp, path)
+    return node_id
+
+
+def _local_url(bind: str) -> str:
+    """A URL a client on this machine can use for a bind like ``http://0.0.0.0:7474``."""
+    return bind.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")

@@ -1,0 +1,95 @@
+"""Live events of a job, for whoever follows it (``mesh exec``, ``/v1/jobs/{id}/events``).
+
+Each job that the node runs has a :class:`JobEvents` log: task started, output
+chunks, task finished, job finished, numbered from 0. A follower reads from any
+sequence number and then waits for more, so one that connects late still sees
+everything the log holds. Output is bounded: past :data:`MAX_RETAINED_OUTPUT`
+bytes per job the oldest chunks' data is dropped (the event stays, marked
+``dropped``); a follower that meets one fetches the rest from the stdout/stderr
+blob when the task finishes, which holds every byte.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from typing import Any
+
+import trio
+
+#: Output bytes a job's log keeps for late followers before dropping the oldest.
+MAX_RETAINED_OUTPUT = 32 << 20
+#: Finished jobs whose logs are kept in memory for late followers.
+RETAINED_FINISHED_JOBS = 64
+
+
+class JobEvents:
+    """The append-only event log of one job, with waiting followers."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.closed = False
+        self._grew = trio.Event()
+        self._output_bytes = 0
+        self._oldest_output = 0
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        """Append an event (``type`` = kind, plus ``seq`` and ``time``) and wake followers."""
+        if self.closed:
+            return
+        event = {"seq": len(self.events), "type": kind, "time": time.time(), **fields}
+        self.events.append(event)
+        if kind == "output":
+            self._output_bytes += len(fields["data"])
+            self._shed()
+        if kind == "job_finished":
+            self.closed = True
+        self._grew.set()
+        self._grew = trio.Event()
+
+    def _shed(self) -> None:
+        while self._output_bytes > MAX_RETAINED_OUTPUT and self._oldest_output < len(self.events):
+            event = self.events[self._oldest_output]
+            self._oldest_output += 1
+            if event["type"] == "output" and not event.get("dropped"):
+                self._output_bytes -= len(event["data"])
+                event["data"] = b""
+                event["dropped"] = True
+
+    async def follow(self, start: int = 0) -> AsyncIterator[dict[str, Any]]:
+        """Yield events from ``start`` on, waiting for new ones until the job finishes."""
+        seq = max(0, start)
+        while True:
+            while seq < len(self.events):
+                yield self.events[seq]
+                seq += 1
+            if self.closed:
+                return
+            await self._grew.wait()
+
+
+class EventLogs:
+    """The logs of running jobs and of the last few finished ones."""
+
+    def __init__(self) -> None:
+        self._live: dict[str, JobEvents] = {}
+        self._finished: OrderedDict[str, JobEvents] = OrderedDict()
+
+    def open(self, job_id: str) -> JobEvents:
+        log = self._live.get(job_id)
+        if log is None:
+            log = self._live[job_id] = JobEvents()
+        return log
+
+    def get(self, job_id: str) -> JobEvents | None:
+        return self._live.get(job_id) or self._finished.get(job_id)
+
+    def finish(self, job_id: str) -> None:
+        """Move a job's log to the finished ones, forgetting the oldest beyond the limit."""
+        log = self._live.pop(job_id, None)
+        if log is None:
+            return
+        self._finished[job_id] = log
+        while len(self._finished) > RETAINED_FINISHED_JOBS:
+            self._finished.popitem(last=False)

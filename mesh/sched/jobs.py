@@ -1,0 +1,254 @@
+"""Jobs and tasks: the model, its validation, and the state machine of a task.
+
+A job is a set of named tasks forming a DAG. Each task holds an action; its
+input is a snapshot or the output snapshot of another task (``input_task``),
+``after`` orders it behind other tasks and ``when`` makes it a reaction:
+
+- ``success`` (the default): runs when every task it depends on succeeded;
+- ``failure``: runs when at least one of them failed (a reaction to failure);
+- ``always``: runs when they have all finished, whatever their outcome.
+
+A task whose condition can no longer hold is ``skipped``. A task whose input
+comes from another task depends on it like an ``after`` entry.
+
+Task states::
+
+    waiting ──> queued ──> running ──> succeeded | failed
+       │          │           │
+       └──────────┴───────────┴──> skipped | cancelled
+
+A job is ``running`` until every task is final; then ``failed`` if any task
+failed, ``cancelled`` if it was cancelled, else ``succeeded``.
+
+The wire form of a job submission (CBOR, or JSON on the API)::
+
+    {"tasks": [{"name": str, "argv": [str], "input": "b3:..." | "input_task": name,
+                "env": {str: str}, "cwd": str, "outputs": [str] | null,
+                "timeout": seconds, "executor": "process", "image": str | null,
+                "network": bool, "requirements": {str: str},
+                "after": [name], "when": "success" | "failure" | "always"}, ...],
+     "label": str, "no_cache": bool}
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from mesh import codec
+from mesh.cas.digest import Digest
+from mesh.errors import CodecError, InvalidJob
+from mesh.exec.action import Action, ActionResult, parse_digest
+
+WHEN = ("success", "failure", "always")
+FINAL_TASK_STATES = frozenset({"succeeded", "failed", "skipped", "cancelled"})
+TASK_STATES = ("waiting", "queued", "running", *sorted(FINAL_TASK_STATES))
+JOB_STATES = ("running", "succeeded", "failed", "cancelled")
+
+#: Most tasks one job may hold.
+MAX_TASKS = 10_000
+#: Longest label of a job, in characters.
+MAX_LABEL = 500
+
+_NAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.:+@-]{0,127}")
+
+
+@dataclass(kw_only=True)
+class TaskSpec:
+    """One task as submitted: ``wire`` is its map as sent (name filled in), the rest parsed from it."""
+
+    name: str
+    wire: dict[str, Any]
+    input: Digest | None
+    input_task: str | None
+    after: tuple[str, ...]
+    when: str
+
+    @property
+    def depends_on(self) -> tuple[str, ...]:
+        """Every task that must finish before this one may start."""
+        deps = list(self.after)
+        if self.input_task is not None and self.input_task not in deps:
+            deps.append(self.input_task)
+        return tuple(deps)
+
+    def action(self, input: Digest | None = None) -> Action:
+        """The task's action; ``input`` is required when the input comes from a task."""
+        fields = codec.Fields(self.wire, f"task {self.name!r}")
+        if self.input is not None:
+            input = self.input
+        if input is None:
+            raise InvalidJob(f"task {self.name!r} has no input snapshot yet")
+        return Action.from_fields(fields, input=input)
+
+
+@dataclass(kw_only=True)
+class JobSpec:
+    """A validated job submission."""
+
+    tasks: list[TaskSpec]
+    label: str = ""
+    no_cache: bool = False
+    by_name: dict[str, TaskSpec] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.by_name = {t.name: t for t in self.tasks}
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"tasks": [t.wire for t in self.tasks], "label": self.label, "no_cache": self.no_cache}
+
+
+def parse_job(value: Any) -> JobSpec:
+    """Validate a decoded job submission; raises InvalidJob or CodecError saying what is wrong.
+
+    Checks every task's action (types, paths, executor), that names are unique and
+    well formed, that ``after``/``input_task`` name tasks of this job, and that
+    the graph has no cycle.
+    """
+    fields = codec.Fields(value, "job")
+    raw_tasks = fields.sequence("tasks")
+    label = fields.text("label", "")
+    no_cache = fields.flag("no_cache", False)
+    fields.done()
+    if not raw_tasks:
+        raise InvalidJob("a job needs at least one task")
+    if len(raw_tasks) > MAX_TASKS:
+        raise InvalidJob(f"a job may hold at most {MAX_TASKS} tasks, not {len(raw_tasks)}")
+    if len(label) > MAX_LABEL:
+        raise InvalidJob(f"a job's label may be at most {MAX_LABEL} characters")
+    tasks = [_parse_task(raw, index) for index, raw in enumerate(raw_tasks)]
+    names = [t.name for t in tasks]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise InvalidJob(f"task names must be unique; repeated: {', '.join(duplicates)}")
+    known = set(names)
+    for task in tasks:
+        for dep in task.depends_on:
+            if dep not in known:
+                raise InvalidJob(f"task {task.name!r} depends on {dep!r}, which is not a task of this job")
+            if dep == task.name:
+                raise InvalidJob(f"task {task.name!r} depends on itself")
+        if task.when != "success" and not task.depends_on:
+            raise InvalidJob(f"task {task.name!r} is a {task.when} reaction but depends on no task (set 'after')")
+    cycle = find_cycle({t.name: t.depends_on for t in tasks})
+    if cycle:
+        raise InvalidJob(f"the task graph has a cycle: {' -> '.join(cycle)}")
+    return JobSpec(tasks=tasks, label=label, no_cache=no_cache)
+
+
+def _parse_task(raw: Any, index: int) -> TaskSpec:
+    fields = codec.Fields(raw, f"task #{index + 1}")
+    name = fields.text("name", f"task{index + 1}")
+    if not _NAME.fullmatch(name):
+        raise InvalidJob(
+            f"task name {name!r} is not valid: use up to 128 letters, digits and _ . : + @ -, not starting with -"
+        )
+    fields.what = f"task {name!r}"
+    after = tuple(fields.texts("after", []))
+    when = fields.text("when", "success")
+    if when not in WHEN:
+        raise InvalidJob(f"'when' of task {name!r} must be one of {', '.join(WHEN)}, not {when!r}")
+    input_text = fields.text("input", None)
+    input_task = fields.text("input_task", None)
+    if (input_text is None) == (input_task is None):
+        raise InvalidJob(f"task {name!r} needs exactly one of 'input' (a snapshot id) and 'input_task' (a task name)")
+    input = None if input_text is None else parse_digest(input_text, f"field 'input' of task {name!r}")
+    # Validate the action now (with a placeholder input when it comes from a task).
+    probe = Digest.of(b"") if input is None else input
+    Action.from_fields(fields, input=probe)
+    fields.done()
+    return TaskSpec(name=name, wire={**raw, "name": name}, input=input, input_task=input_task, after=after, when=when)
+
+
+def find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
+    """A cycle of the dependency graph as a list of names (first repeated at the end), or None."""
+    colour: dict[str, int] = {}
+    for start in graph:
+        if colour.get(start):
+            continue
+        stack: list[tuple[str, int]] = [(start, 0)]
+        path: list[str] = []
+        while stack:
+            name, i = stack.pop()
+            if i == 0:
+                colour[name] = 1
+                path.append(name)
+            deps = graph.get(name, ())
+            if i < len(deps):
+                stack.append((name, i + 1))
+                dep = deps[i]
+                if colour.get(dep) == 1:
+                    return path[path.index(dep) :] + [dep]
+                if not colour.get(dep):
+                    stack.append((dep, 0))
+            else:
+                colour[name] = 2
+                path.pop()
+    return None
+
+
+def decide(when: str, dep_states: list[str]) -> str | None:
+    """What a task becomes once its dependencies are in ``dep_states``.
+
+    Returns ``"queued"`` (its condition holds), ``"skipped"`` (it can no longer hold)
+    or None (some dependency is not final yet).
+    """
+    if any(s not in FINAL_TASK_STATES for s in dep_states):
+        return None
+    ok = all(s == "succeeded" for s in dep_states)
+    if when == "success":
+        return "queued" if ok else "skipped"
+    if when == "failure":
+        return "queued" if any(s == "failed" for s in dep_states) else "skipped"
+    return "queued"
+
+
+def job_state(task_states: list[str], cancelled: bool) -> str:
+    """The state of a job given the states of its tasks."""
+    if any(s not in FINAL_TASK_STATES for s in task_states):
+        return "running"
+    if cancelled:
+        return "cancelled"
+    if any(s == "failed" for s in task_states):
+        return "failed"
+    return "succeeded"
+
+
+@dataclass(kw_only=True)
+class TaskRecord:
+    """A task as the node tracks it: its spec, state and result."""
+
+    job: str
+    name: str
+    index: int
+    spec: TaskSpec
+    state: str
+    result: ActionResult | None = None
+    reason: str | None = None
+    attempts: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "argv": self.spec.wire.get("argv"),
+            "after": list(self.spec.after),
+            "when": self.spec.when,
+            "input": None if self.spec.input is None else str(self.spec.input),
+            "input_task": self.spec.input_task,
+            "result": None if self.result is None else self.result.to_wire(),
+            "reason": self.reason,
+            "attempts": self.attempts,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        }
+
+
+def check_job_id(text: str) -> str:
+    """Refuse text that cannot be a job id (they are 20 lowercase hex digits)."""
+    if not re.fullmatch(r"[0-9a-f]{20}", text):
+        raise CodecError(f"{text!r} is not a job id (20 hex digits)")
+    return text

@@ -1,0 +1,386 @@
+"""The local scheduler: accepts jobs, answers from the action cache, runs ready tasks in slots.
+
+The node that accepts a job coordinates it: the job and its tasks are persisted
+before the submission is acknowledged; ready tasks are first looked up in the
+action cache (a hit finishes the task at once, without a slot), the rest wait
+in a FIFO queue for one of ``slots`` slots and run through the :class:`Runner`.
+Every state change is written to the state database before it is announced,
+so a node killed at any moment resumes where it was: finished results are
+kept, queued and interrupted tasks run again (their attempt count says so).
+
+Issue "the mesh" adds offers to peers and work stealing on top of this queue.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from mesh.cas.digest import Digest
+from mesh.errors import CodecError, InvalidJob, JobNotFound, MeshError
+from mesh.exec.action import Action, ActionResult
+from mesh.sched.events import EventLogs, JobEvents
+from mesh.sched.jobs import FINAL_TASK_STATES, JobSpec, TaskRecord, decide, job_state
+from mesh.sched.statedb import JobRow, StateDB
+
+OutputSink = Callable[[str, bytes], Any]
+
+
+class TaskRunner(Protocol):
+    """What the scheduler needs of a runner (mesh.exec.runner.Runner)."""
+
+    @property
+    def executors(self) -> Mapping[str, object]:
+        """The executors this node has, by the name actions use."""
+
+    async def run(self, action: Action, *, on_output: OutputSink | None = None) -> ActionResult: ...
+
+
+class BlobCheck(Protocol):
+    def has(self, digest: Digest) -> bool: ...
+
+
+@dataclass(frozen=True)
+class SchedulerStatistics:
+    slots: int
+    busy: int
+    queued: int
+    running_jobs: int
+    tasks_run: int
+    cache_hits: int
+
+
+@dataclass(eq=False)
+class LiveJob:
+    """A job the node is coordinating: its spec, task records and event log."""
+
+    row: JobRow
+    spec: JobSpec
+    tasks: dict[str, TaskRecord]
+    events: JobEvents
+    scopes: dict[str, trio.CancelScope] = field(default_factory=dict)
+    dependents: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for task in self.spec.tasks:
+            for dep in task.depends_on:
+                self.dependents.setdefault(dep, []).append(task.name)
+
+
+def new_job_id() -> str:
+    """20 hex digits: milliseconds since the epoch, then randomness (sortable, unguessable enough)."""
+    return f"{int(time.time() * 1000):011x}{os.urandom(5).hex()[:9]}"
+
+
+class Scheduler:
+    """Slots, the ready queue and the life of every task of the jobs this node accepted."""
+
+    def __init__(self, db: StateDB, runner: TaskRunner, store: BlobCheck, *, node_id: str, slots: int) -> None:
+        if slots < 1:
+            raise ValueError("a node needs at least one slot")
+        self.db = db
+        self.runner = runner
+        self.store = store
+        self.node_id = node_id
+        self.slots = slots
+        self.logs = EventLogs()
+        self._live: dict[str, LiveJob] = {}
+        self._ready: deque[tuple[str, str]] = deque()
+        self._changed = trio.Event()
+        self._busy = 0
+        self._tasks_run = 0
+        self._cache_hits = 0
+        self._draining = False
+        self._task_done = trio.Event()  # set (and replaced) whenever a running task ends
+
+    # -- service ------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Resume unfinished jobs, then dispatch ready tasks to slots until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._resume()
+            task_status.started()
+            while True:
+                while self._ready and self._busy < self.slots and not self._draining:
+                    job_id, name = self._ready.popleft()
+                    live = self._live.get(job_id)
+                    if live is None or live.tasks[name].state != "queued":
+                        continue  # cancelled while it waited
+                    self._busy += 1
+                    nursery.start_soon(self._run_task, live, live.tasks[name])
+                await self._changed.wait()
+                self._changed = trio.Event()
+
+    async def drain(self) -> None:
+        """Stop starting tasks and wait until the running ones have finished (for shutdown)."""
+        self._draining = True
+        while self._busy:
+            await self._task_done.wait()
+
+    def _wake(self) -> None:
+        self._changed.set()
+
+    def _resume(self) -> None:
+        """Load the jobs a previous run of this node left unfinished and carry on with them."""
+        with self.db.batch():
+            for row in self.db.unfinished_jobs():
+                self._resume_job(row)
+
+    def _resume_job(self, row: JobRow) -> None:
+        spec = self.db.job_spec(row.id)
+        records = self.db.tasks(row.id, spec)
+        live = LiveJob(row, spec, {t.name: t for t in records}, self.logs.open(row.id))
+        self._live[row.id] = live
+        interrupted = [t for t in records if t.state == "running"]
+        for task in interrupted:
+            task.state, task.started_at = "queued", None
+            task.reason = f"interrupted by a node restart (attempt {task.attempts})"
+        self.db.set_task_states(interrupted)
+        if row.cancelled:
+            self._cancel_live(live)
+            return
+        for task in records:
+            if task.state == "queued":
+                self._make_ready(live, task)
+            elif task.state == "waiting":
+                self._reconsider(live, task)
+        self._maybe_finish(live)
+
+    # -- submission -------------------------------------------------------------
+
+    def submit(self, spec: JobSpec) -> str:
+        """Persist a validated job and start what is ready; returns the job id.
+
+        Tasks whose every dependency is met are looked up in the action cache
+        straight away, so a job that is all cache hits is finished on return.
+        """
+        with self.db.batch():  # one commit for the job, its tasks and any cache hits
+            return self._submit(spec)
+
+    def _submit(self, spec: JobSpec) -> str:
+        job_id = new_job_id()
+        initial = {t.name: ("waiting" if t.depends_on else "queued") for t in spec.tasks}
+        row = self.db.add_job(job_id, spec, initial)
+        records = {
+            t.name: TaskRecord(job=job_id, name=t.name, index=i, spec=t, state=initial[t.name])
+            for i, t in enumerate(spec.tasks)
+        }
+        live = LiveJob(row, spec, records, self.logs.open(job_id))
+        self._live[job_id] = live
+        live.events.emit("job_submitted", job=job_id, tasks=[t.name for t in spec.tasks])
+        for task in list(records.values()):
+            if task.state == "queued":
+                self._make_ready(live, task)
+        self._maybe_finish(live)
+        return job_id
+
+    def _make_ready(self, live: LiveJob, task: TaskRecord) -> None:
+        """A task whose dependencies are met: answer it from the cache or queue it for a slot."""
+        try:
+            action = self._action(live, task)
+        except (InvalidJob, CodecError) as exc:
+            self._finish(live, task, "failed", reason=str(exc))
+            return
+        if action.executor not in self.runner.executors:
+            have = ", ".join(sorted(self.runner.executors)) or "none"
+            reason = f"this node has no {action.executor!r} executor (it has: {have})"
+            self._finish(live, task, "failed", reason=reason)
+            return
+        if not live.spec.no_cache:
+            hit = self._cache_lookup(action)
+            if hit is not None:
+                self._cache_hits += 1
+                self._finish(live, task, "succeeded", result=hit)
+                return
+        if task.state != "queued":
+            task.state = "queued"
+            self.db.set_task_state(task)
+        self._ready.append((live.row.id, task.name))
+        self._wake()
+
+    def _action(self, live: LiveJob, task: TaskRecord) -> Action:
+        source = task.spec.input_task
+        if source is None:
+            return task.spec.action()
+        upstream = live.tasks[source]
+        if upstream.result is None or upstream.result.output is None:
+            raise InvalidJob(f"input task {source!r} produced no output snapshot")
+        return task.spec.action(upstream.result.output)
+
+    def _cache_lookup(self, action: Action) -> ActionResult | None:
+        key = str(action.digest())
+        hit = self.db.cached_result(key)
+        if hit is None:
+            return None
+        needed = [hit.stdout, hit.stderr] + ([hit.output] if hit.output is not None else [])
+        if not all(self.store.has(d) for d in needed):
+            self.db.forget_cached(key)  # its blobs were evicted: run it again
+            return None
+        return ActionResult(**{**hit.__dict__, "cached": True})
+
+    # -- running ------------------------------------------------------------------
+
+    async def _run_task(self, live: LiveJob, task: TaskRecord) -> None:
+        """Run one queued task in a slot and record its outcome."""
+        try:
+            task.state, task.started_at, task.reason = "running", time.time(), None
+            task.attempts += 1
+            self.db.set_task_state(task)
+            live.events.emit("task_started", task=task.name, node=self.node_id, attempt=task.attempts)
+
+            offsets = {"stdout": 0, "stderr": 0}
+
+            async def on_output(stream: str, data: bytes) -> None:
+                live.events.emit("output", task=task.name, stream=stream, data=data, offset=offsets[stream])
+                offsets[stream] += len(data)
+
+            result: ActionResult | None = None
+            reason: str | None = None
+            with trio.CancelScope() as scope:
+                live.scopes[task.name] = scope
+                try:
+                    action = self._action(live, task)
+                    result = await self.runner.run(action, on_output=on_output)
+                except MeshError as exc:
+                    reason = str(exc)
+                except OSError as exc:
+                    reason = f"the node could not run the task: {exc}"
+            live.scopes.pop(task.name, None)
+            self._tasks_run += 1
+            if scope.cancelled_caught:
+                if task.state == "running":
+                    self._finish(live, task, "cancelled", reason="cancelled")
+                return
+            if result is None:
+                self._finish(live, task, "failed", reason=reason)
+                return
+            with self.db.batch():
+                if result.success and not live.spec.no_cache:
+                    self.db.cache_result(str(action.digest()), result)
+                self._finish(
+                    live, task, "succeeded" if result.success else "failed", result=result, reason=_why(result)
+                )
+        finally:
+            self._busy -= 1
+            self._task_done.set()
+            self._task_done = trio.Event()
+            self._wake()
+
+    def _finish(
+        self,
+        live: LiveJob,
+        task: TaskRecord,
+        state: str,
+        *,
+        result: ActionResult | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Record a task's final state, announce it, and move its dependents on."""
+        task.state, task.result, task.reason = state, result, reason
+        task.finished_at = time.time()
+        self.db.set_task_state(task)
+        live.events.emit(
+            "task_finished",
+            task=task.name,
+            state=state,
+            reason=reason,
+            result=None if result is None else result.to_wire(),
+        )
+        for name in live.dependents.get(task.name, ()):
+            dependent = live.tasks[name]
+            if dependent.state == "waiting":
+                self._reconsider(live, dependent)
+        self._maybe_finish(live)
+
+    def _reconsider(self, live: LiveJob, task: TaskRecord) -> None:
+        verdict = decide(task.spec.when, [live.tasks[d].state for d in task.spec.depends_on])
+        if verdict == "queued":
+            self._make_ready(live, task)
+        elif verdict == "skipped":
+            self._finish(live, task, "skipped", reason=f"'when: {task.spec.when}' does not hold")
+
+    def _maybe_finish(self, live: LiveJob) -> None:
+        if live.row.id not in self._live:
+            return
+        state = job_state([t.state for t in live.tasks.values()], live.row.cancelled)
+        if state == "running":
+            return
+        self.db.finish_job(live.row.id, state)
+        del self._live[live.row.id]
+        live.events.emit("job_finished", job=live.row.id, state=state)
+        self.logs.finish(live.row.id)
+
+    # -- cancel and queries -------------------------------------------------------
+
+    def cancel(self, job_id: str) -> None:
+        """Cancel a job: unstarted tasks are cancelled, running ones killed. Idempotent."""
+        live = self._live.get(job_id)
+        if live is None:
+            self.db.job(job_id)  # raises JobNotFound for an unknown id; a finished job stays as it is
+            return
+        with self.db.batch():
+            self.db.mark_cancelled(job_id)
+            self._cancel_live(live)
+
+    def _cancel_live(self, live: LiveJob) -> None:
+        live.row = JobRow(**{**live.row.__dict__, "cancelled": True})
+        for task in live.tasks.values():
+            if task.state in ("waiting", "queued"):
+                task.state, task.reason, task.finished_at = "cancelled", "cancelled", time.time()
+                self.db.set_task_state(task)
+                live.events.emit("task_finished", task=task.name, state="cancelled", reason="cancelled", result=None)
+            elif task.state == "running" and task.name in live.scopes:
+                live.scopes[task.name].cancel()  # _run_task records "cancelled" once the runner cleaned up
+        self._maybe_finish(live)
+
+    def job_status(self, job_id: str) -> dict[str, Any]:
+        """The job and its tasks, as the API returns them."""
+        live = self._live.get(job_id)
+        if live is not None:
+            row, tasks = live.row, sorted(live.tasks.values(), key=lambda t: t.index)
+        else:
+            row = self.db.job(job_id)
+            tasks = self.db.tasks(job_id, self.db.job_spec(job_id))
+        status = row.to_wire()
+        status["state"] = job_state([t.state for t in tasks], row.cancelled) if live is not None else row.state
+        status["tasks"] = [t.to_wire() for t in tasks]
+        return status
+
+    def events(self, job_id: str) -> JobEvents | None:
+        """The live (or recently finished) event log of a job, or None when the node has forgotten it."""
+        return self.logs.get(job_id)
+
+    def is_live(self, job_id: str) -> bool:
+        return job_id in self._live
+
+    def statistics(self) -> SchedulerStatistics:
+        queued = sum(1 for j in self._live.values() for t in j.tasks.values() if t.state == "queued")
+        return SchedulerStatistics(
+            slots=self.slots,
+            busy=self._busy,
+            queued=queued,
+            running_jobs=len(self._live),
+            tasks_run=self._tasks_run,
+            cache_hits=self._cache_hits,
+        )
+
+
+def _why(result: ActionResult) -> str | None:
+    if result.error:
+        return result.error
+    if result.timed_out:
+        return "timed out"
+    if result.signal:
+        return f"killed by signal {result.signal}"
+    if result.exit_code:
+        return f"exit code {result.exit_code}"
+    return None
+
+
+__all__ = ["Scheduler", "SchedulerStatistics", "JobNotFound", "FINAL_TASK_STATES"]

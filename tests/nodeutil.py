@@ -1,0 +1,135 @@
+"""Real ``mesh up`` processes for end-to-end tests: start, wait until serving, stop, kill.
+
+A node is started on a free loopback port with its own ``$MESH_HOME``; readiness
+is a ``/health`` answer (polled with a deadline, never a fixed sleep). Its
+stderr goes to a file in the home so a failing test can show it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+MESH = [sys.executable, "-m", "mesh"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], object], *, timeout: float = 30.0, what: str = "condition") -> object:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def node_env(home: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
+    env["MESH_HOME"] = home
+    env.update(extra)
+    return env
+
+
+@dataclass
+class NodeProcess:
+    """One ``mesh up`` process. ``url`` answers once :meth:`start` returns."""
+
+    home: str
+    port: int = 0
+    slots: int = 2
+    grace: float = 5.0
+    extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.home, "node-test.log")
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def start(self, timeout: float = 30.0) -> NodeProcess:
+        os.makedirs(self.home, exist_ok=True)
+        if not self.port:
+            self.port = free_port()
+        argv = MESH + [
+            "up",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--slots",
+            str(self.slots),
+            "--grace",
+            str(self.grace),
+            *self.extra_args,
+        ]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(argv, env=node_env(self.home), stdout=log, stderr=log)
+
+        def healthy() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"mesh up exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                return httpx.get(self.url + "/health", timeout=1.0).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(healthy, timeout=timeout, what=f"node at {self.url}")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Signal the node and wait for it to exit; returns its exit status."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"node did not stop within {timeout}s after {signal.Signals(sig).name}") from None
+
+    def kill(self) -> None:
+        """SIGKILL the node (a crash) and reap it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def mesh(
+        self, *args: str, cwd: str | None = None, timeout: float = 120.0, input: bytes | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run the real ``mesh`` CLI against this node."""
+        return subprocess.run(
+            MESH + list(args),
+            env=node_env(self.home, MESH_NODE=self.url),
+            cwd=cwd,
+            capture_output=True,
+            timeout=timeout,
+            input=input,
+        )

@@ -1,0 +1,296 @@
+"""End to end: the real ``mesh`` CLI against a real ``mesh up`` process on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from mesh.api.client import NodeClient
+from tests.nodeutil import MESH, NodeProcess, free_port, node_env, wait_for
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("alpha\n")
+    (src / "sub" / "b.txt").write_text("beta\n")
+    run = src / "run.sh"
+    run.write_text("#!/bin/sh\necho script ran\n")
+    run.chmod(0o755)
+    return src
+
+
+def test_exit_codes(node: NodeProcess, tree: Path) -> None:
+    assert node.mesh("exec", "-C", str(tree), "--", "true").returncode == 0
+    assert node.mesh("exec", "-C", str(tree), "--", "sh", "-c", "exit 1").returncode == 1
+    assert node.mesh("exec", "-C", str(tree), "--", "sh", "-c", "exit 42").returncode == 42
+    killed = node.mesh("exec", "-C", str(tree), "--", "sh", "-c", "kill -9 $$")
+    assert killed.returncode == 137, killed.stderr
+    missing = node.mesh("exec", "-C", str(tree), "--", "no-such-command-here")
+    assert missing.returncode == 127
+    assert b"no-such-command-here" in missing.stderr
+
+
+def test_streams_keep_their_order_and_stay_apart(node: NodeProcess, tree: Path) -> None:
+    script = "for i in $(seq 1 300); do echo out$i; echo err$i >&2; done"
+    done = node.mesh("exec", "-C", str(tree), "--", "sh", "-c", script)
+    assert done.returncode == 0
+    assert done.stdout.decode().split() == [f"out{i}" for i in range(1, 301)]
+    assert done.stderr.decode().split() == [f"err{i}" for i in range(1, 301)]
+
+
+def test_env_cwd_and_inputs(node: NodeProcess, tree: Path) -> None:
+    script = 'echo "FOO=$FOO"; echo "PWD=$(pwd)"; ls; cat sub/b.txt; ./run.sh; echo "HOME=$HOME"; env | sort'
+    done = node.mesh("exec", "-C", str(tree), "--env", "FOO=bar baz", "--", "sh", "-c", script)
+    out = done.stdout.decode()
+    assert done.returncode == 0, done.stderr
+    assert "FOO=bar baz" in out
+    assert "a.txt" in out and "run.sh" in out and "beta" in out and "script ran" in out
+    pwd = re.search(r"PWD=(.*)", out)
+    assert pwd and pwd.group(1) != str(tree)  # it ran in a copy, not in the user's tree
+    assert f"HOME={os.environ.get('HOME')}\n" not in out
+    assert "LANG=C.UTF-8" in out and "TZ=UTC" in out
+    assert "MESH_NODE" not in out  # the client's environment does not leak into the task
+
+
+def test_timeout_kills_the_command(node: NodeProcess, tree: Path) -> None:
+    started = time.monotonic()
+    done = node.mesh("exec", "-C", str(tree), "--timeout", "1", "--", "sh", "-c", "sleep 60; echo never")
+    assert done.returncode == 124
+    assert b"timed out" in done.stderr
+    assert b"never" not in done.stdout
+    assert time.monotonic() - started < 30
+
+
+def test_out_writes_the_output_snapshot(node: NodeProcess, tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = node.mesh(
+        "exec", "-C", str(tree), "--out", str(out), "--", "sh", "-c", "mkdir build && echo made > build/result"
+    )
+    assert done.returncode == 0, done.stderr
+    assert (out / "build" / "result").read_text() == "made\n"
+    assert (out / "a.txt").read_text() == "alpha\n"
+    assert os.access(out / "a.txt", os.W_OK)  # a copy the user owns
+
+
+def test_cache_hit_then_miss_after_a_change(node: NodeProcess, tree: Path) -> None:
+    command = ["exec", "-v", "-C", str(tree), "--", "sh", "-c", "cat a.txt; echo to-stderr >&2; date +%s%N"]
+    first = node.mesh(*command)
+    second = node.mesh(*command)
+    assert first.returncode == second.returncode == 0
+    assert b"(cached)" not in first.stderr and b"(cached)" in second.stderr
+    assert second.stdout == first.stdout  # the stored output, not a new run (date would differ)
+    assert b"to-stderr" in second.stderr
+    (tree / "a.txt").write_text("changed\n")
+    third = node.mesh(*command)
+    assert b"(cached)" not in third.stderr
+    assert third.stdout.startswith(b"changed\n")
+    uncached = node.mesh("exec", "-v", "--no-cache", "-C", str(tree), "--", "sh", "-c", "cat a.txt; date +%s%N")
+    assert b"(cached)" not in uncached.stderr
+
+
+def test_failures_are_not_cached(node: NodeProcess, tree: Path) -> None:
+    command = ["exec", "-v", "-C", str(tree), "--", "sh", "-c", "exit 3"]
+    assert node.mesh(*command).returncode == 3
+    again = node.mesh(*command)
+    assert again.returncode == 3 and b"(cached)" not in again.stderr
+
+
+def test_meshignore_and_git_are_left_out(node: NodeProcess, tree: Path) -> None:
+    (tree / ".git").mkdir()
+    (tree / ".git" / "HEAD").write_text("ref\n")
+    (tree / "build").mkdir()
+    (tree / "build" / "big.o").write_text("object\n")
+    (tree / "keep.log").write_text("kept\n")
+    (tree / "drop.log").write_text("dropped\n")
+    (tree / ".meshignore").write_text("build/\n*.log\n!keep.log\n")
+    done = node.mesh("exec", "-C", str(tree), "--", "sh", "-c", "find . | sort")
+    listing = done.stdout.decode().split()
+    assert "./keep.log" in listing and "./a.txt" in listing and "./.meshignore" in listing
+    assert not any(p.startswith(("./.git", "./build", "./drop.log")) for p in listing)
+
+
+def test_tasks_cannot_damage_the_store(node: NodeProcess, tree: Path) -> None:
+    vandal = (
+        "chmod -R u+w . && echo vandal > a.txt && rm sub/b.txt && echo new > sub/b.txt"
+        " && chmod 777 run.sh && echo 'echo replaced' > run.sh && mv a.txt moved"
+    )
+    assert node.mesh("exec", "--no-cache", "-C", str(tree), "--", "sh", "-c", vandal).returncode == 0
+    after = node.mesh("exec", "--no-cache", "-C", str(tree), "--", "sh", "-c", "cat a.txt sub/b.txt; ./run.sh")
+    assert after.stdout == b"alpha\nbeta\nscript ran\n"
+    fsck = node.mesh("fsck")
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+def _snapshot(node: NodeProcess, path: Path) -> str:
+    done = node.mesh("snapshot", str(path))
+    assert done.returncode == 0, done.stderr
+    return done.stdout.decode().strip()
+
+
+def test_dag_with_reactions_and_chained_snapshots(node: NodeProcess, tree: Path) -> None:
+    snapshot = _snapshot(node, tree)
+    job = {
+        "label": "dag",
+        "tasks": [
+            {"name": "gen", "argv": ["sh", "-c", "echo generated > gen.txt"], "input": snapshot},
+            {"name": "use", "argv": ["sh", "-c", "cat gen.txt a.txt; exit 1"], "input_task": "gen"},
+            {
+                "name": "on-failure",
+                "argv": ["echo", "it failed"],
+                "input": snapshot,
+                "after": ["use"],
+                "when": "failure",
+            },
+            {"name": "on-success", "argv": ["echo", "it worked"], "input": snapshot, "after": ["use"]},
+            {
+                "name": "cleanup",
+                "argv": ["sh", "-c", "cat gen.txt"],
+                "input_task": "gen",
+                "after": ["use"],
+                "when": "always",
+            },
+        ],
+    }
+    with NodeClient(node.url) as client:
+        job_id = client.submit(job)["id"]
+        wait_for(lambda: client.job(job_id)["state"] != "running", what="the DAG job to finish")
+        status = client.job(job_id)
+        states = {t["name"]: t["state"] for t in status["tasks"]}
+        assert states == {
+            "gen": "succeeded",
+            "use": "failed",
+            "on-failure": "succeeded",
+            "on-success": "skipped",
+            "cleanup": "succeeded",
+        }
+        assert status["state"] == "failed"
+        results = {t["name"]: t["result"] for t in status["tasks"]}
+        use_out = b"".join(client.read_blob(_digest(results["use"]["stdout"])))
+        assert use_out == b"generated\nalpha\n"
+        assert b"".join(client.read_blob(_digest(results["cleanup"]["stdout"]))) == b"generated\n"
+    shown = node.mesh("job", job_id)
+    assert b"on-success" in shown.stdout and b"skipped" in shown.stdout
+    logs = node.mesh("logs", job_id, "--task", "on-failure")
+    assert logs.stdout == b"it failed\n"
+
+
+def _digest(text: str):  # type: ignore[no-untyped-def]
+    from mesh.cas.digest import Digest
+
+    return Digest.parse(text)
+
+
+def test_cancel_kills_the_running_task(node: NodeProcess, tree: Path, tmp_path: Path) -> None:
+    snapshot = _snapshot(node, tree)
+    job = {
+        "tasks": [
+            {"name": "long", "argv": ["sh", "-c", "echo $$; exec sleep 300"], "input": snapshot},
+            {"name": "next", "argv": ["true"], "input": snapshot, "after": ["long"]},
+        ]
+    }
+    with NodeClient(node.url) as client:
+        job_id = client.submit(job)["id"]
+        pid_seen: list[int] = []
+
+        def started() -> bool:
+            for event in client.events(job_id):
+                if event["type"] == "output":
+                    pid_seen.append(int(event["data"].split()[0]))
+                    return True
+            return False
+
+        wait_for(started, what="the long task to print its pid")
+        cancelled = node.mesh("cancel", job_id)
+        assert cancelled.returncode == 0, cancelled.stderr
+        wait_for(lambda: client.job(job_id)["state"] == "cancelled", what="the job to be cancelled")
+        states = {t["name"]: t["state"] for t in client.job(job_id)["tasks"]}
+        assert states == {"long": "cancelled", "next": "cancelled"}
+    wait_for(lambda: not os.path.exists(f"/proc/{pid_seen[0]}"), timeout=10, what="the task's process to die")
+
+
+def test_listing_status_and_json(node: NodeProcess, tree: Path) -> None:
+    for i in range(3):
+        assert node.mesh("exec", "-C", str(tree), "--", "echo", str(i)).returncode == 0
+    jobs = json.loads(node.mesh("jobs", "--json").stdout)
+    assert len(jobs["jobs"]) == 3 and all(j["state"] == "succeeded" for j in jobs["jobs"])
+    first_page = json.loads(node.mesh("jobs", "--json", "--limit", "2").stdout)
+    rest = json.loads(node.mesh("jobs", "--json", "--limit", "2", "--before", str(first_page["next"])).stdout)
+    assert [j["id"] for j in first_page["jobs"] + rest["jobs"]] == [j["id"] for j in jobs["jobs"]]
+    status = json.loads(node.mesh("status", "--json").stdout)
+    assert status["slots"]["total"] == 2 and status["jobs"]["counts"]["succeeded"] == 3
+    assert node.mesh("status").returncode == 0
+
+
+def test_unreachable_node_is_an_error(home: Path, tree: Path) -> None:
+    port = free_port()
+    done = subprocess.run(
+        MESH + ["exec", "--node", f"http://127.0.0.1:{port}", "-C", str(tree), "--", "true"],
+        env=node_env(str(home)),
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert b"no mesh node answers" in done.stderr
+
+
+def test_embedded_node_when_none_runs(home: Path, tree: Path) -> None:
+    port = free_port()  # nothing listens there: the default address for this test
+    env = node_env(str(home), MESH_LISTEN=f"127.0.0.1:{port}")
+    done = subprocess.run(
+        MESH + ["exec", "-C", str(tree), "--", "cat", "a.txt"], env=env, capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"alpha\n"
+    assert b"in-process node" in done.stderr
+    again = subprocess.run(
+        MESH + ["exec", "-v", "-C", str(tree), "--", "cat", "a.txt"], env=env, capture_output=True, timeout=60
+    )
+    assert b"(cached)" in again.stderr  # same store and state as a real node would use
+
+
+def test_second_node_on_one_home_is_refused(node: NodeProcess) -> None:
+    second = NodeProcess(node.home)
+    second.port = free_port()
+    done = subprocess.run(
+        MESH + ["up", "--listen", f"127.0.0.1:{second.port}"], env=node_env(node.home), capture_output=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert b"another mesh node already uses" in done.stderr
+
+
+def test_sigterm_stops_the_node_cleanly(home: Path) -> None:
+    process = NodeProcess(str(home)).start()
+    assert process.stop() == 0
+
+
+def test_remote_node_gets_only_missing_blobs_uploaded(node: NodeProcess, tree: Path, tmp_path: Path) -> None:
+    """A client with its own store uploads the tree from its files; a second run uploads nothing new."""
+    client_home = tmp_path / "client-home"
+    env = node_env(str(client_home), MESH_NODE=node.url)
+
+    def mesh_exec(*argv: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(MESH + ["exec", "-v", "-C", str(tree), "--", *argv], env=env, capture_output=True,
+                              timeout=120)
+
+    first = mesh_exec("sh", "-c", "cat a.txt sub/b.txt; ./run.sh")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == b"alpha\nbeta\nscript ran\n"
+    with NodeClient(node.url) as client:
+        blobs_before = client.status()
+    (tree / "sub" / "c.txt").write_text("gamma\n")
+    second = mesh_exec("cat", "sub/c.txt")
+    assert second.stdout == b"gamma\n", second.stderr
+    out = tmp_path / "out"
+    third = subprocess.run(MESH + ["exec", "-C", str(tree), "--out", str(out), "--", "sh", "-c", "echo r > r.txt"],
+                           env=env, capture_output=True, timeout=120)
+    assert third.returncode == 0, third.stderr
+    assert (out / "r.txt").read_text() == "r\n" and (out / "sub" / "c.txt").read_text() == "gamma\n"
+    assert blobs_before["node"]

@@ -1,0 +1,119 @@
+"""The job model: validation of submissions, the graph rules, the reaction logic."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mesh.cas.digest import Digest
+from mesh.errors import CodecError, InvalidJob
+from mesh.exec.action import Action
+from mesh.sched.jobs import FINAL_TASK_STATES, decide, find_cycle, job_state, parse_job
+
+SNAP = str(Digest.of(b"snapshot"))
+
+
+def task(name: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "argv": ["true"], "input": SNAP, **extra}
+
+
+def test_a_valid_job_round_trips() -> None:
+    job = {
+        "label": "build",
+        "tasks": [
+            task("a", env={"X": "1"}, timeout=5, outputs=["out/"]),
+            {"name": "b", "argv": ["make"], "input_task": "a", "when": "always"},
+        ],
+    }
+    spec = parse_job(job)
+    assert [t.name for t in spec.tasks] == ["a", "b"]
+    assert spec.by_name["b"].depends_on == ("a",)
+    assert parse_job(spec.to_wire()).to_wire() == spec.to_wire()
+    action = spec.by_name["a"].action()
+    assert action.env == (("X", "1"),) and action.outputs == ("out",) and action.timeout == 5.0
+
+
+@pytest.mark.parametrize(
+    ("job", "message"),
+    [
+        ({"tasks": []}, "at least one task"),
+        ({"tasks": [task("a"), task("a")]}, "unique"),
+        ({"tasks": [task("a", after=["ghost"])]}, "'ghost', which is not a task"),
+        ({"tasks": [task("a", after=["b"]), task("b", after=["a"])]}, "cycle"),
+        ({"tasks": [task("a", after=["a"])]}, "itself"),
+        ({"tasks": [task("a", when="sometimes", after=[])]}, "'when'"),
+        ({"tasks": [task("a", when="failure")]}, "depends on no task"),
+        ({"tasks": [{"name": "a", "argv": ["true"]}]}, "exactly one of 'input'"),
+        ({"tasks": [task("a", input_task="b"), task("b")]}, "exactly one of 'input'"),
+        ({"tasks": [task("-bad")]}, "not valid"),
+        ({"tasks": [task("a")], "extra": 1}, "unknown field"),
+        ({"tasks": [task("a", colour="red")]}, "unknown field"),
+        ({"tasks": [task("a", argv="true")]}, "'argv'"),
+        ({"tasks": [task("a", argv=[])]}, "non-empty argv"),
+        ({"tasks": [task("a", timeout="soon")]}, "'timeout'"),
+        ({"tasks": [task("a", timeout=-1)]}, "'timeout'"),
+        ({"tasks": [task("a", env={"A": 1})]}, "'env'"),
+        ({"tasks": [task("a", cwd="../up")]}, "'..'"),
+        ({"tasks": [task("a", outputs=["/etc"])]}, "relative"),
+        ({"tasks": [task("a", executor="vm")]}, "unknown executor"),
+        ({"tasks": [task("a", input="b3:zz")]}, "field 'input'"),
+        ({"tasks": "a"}, "'tasks'"),
+        ([1, 2], "must be a map"),
+    ],
+)
+def test_bad_jobs_are_refused_with_a_reason(job: Any, message: str) -> None:
+    with pytest.raises((InvalidJob, CodecError), match=message.replace("(", r"\(")):
+        parse_job(job)
+
+
+@given(st.dictionaries(st.sampled_from("abcdef"), st.lists(st.sampled_from("abcdef"), max_size=3)))
+def test_find_cycle_agrees_with_a_topological_sort(graph: dict[str, list[str]]) -> None:
+    deps = {name: tuple(d for d in edges if d in graph) for name, edges in graph.items()}
+    cycle = find_cycle(deps)
+    # Kahn's algorithm: the graph is acyclic exactly when every node can be removed.
+    remaining = dict(deps)
+    while True:
+        free = [n for n, ds in remaining.items() if not any(d in remaining for d in ds)]
+        if not free:
+            break
+        for n in free:
+            del remaining[n]
+    assert (cycle is None) == (not remaining)
+    if cycle is not None:
+        assert cycle[0] == cycle[-1]
+        for here, there in zip(cycle, cycle[1:], strict=False):
+            assert there in deps[here]
+
+
+FINAL = sorted(FINAL_TASK_STATES)
+
+
+@given(st.sampled_from(["success", "failure", "always"]), st.lists(st.sampled_from(FINAL + ["running"]), max_size=4))
+def test_reactions(when: str, states: list[str]) -> None:
+    verdict = decide(when, states)
+    if "running" in states:
+        assert verdict is None
+    elif when == "always":
+        assert verdict == "queued"
+    elif when == "success":
+        assert verdict == ("queued" if all(s == "succeeded" for s in states) else "skipped")
+    else:
+        assert verdict == ("queued" if "failed" in states else "skipped")
+
+
+def test_job_state() -> None:
+    assert job_state(["succeeded", "running"], False) == "running"
+    assert job_state(["succeeded", "skipped"], False) == "succeeded"
+    assert job_state(["failed", "succeeded"], False) == "failed"
+    assert job_state(["cancelled", "succeeded"], True) == "cancelled"
+
+
+def test_action_digest_ignores_requirements_and_env_order() -> None:
+    base = Action(argv=("cc",), input=Digest.of(b"x"), env=(("A", "1"), ("B", "2")))
+    same = Action(argv=("cc",), input=Digest.of(b"x"), env=(("B", "2"), ("A", "1")), requirements=(("arch", "x"),))
+    assert base.digest() == same.digest()
+    assert base.digest() != Action(argv=("cc",), input=Digest.of(b"y")).digest()
+    assert base.digest() != Action(argv=("cc", "-O2"), input=Digest.of(b"x")).digest()

@@ -1,0 +1,465 @@
+"""The runner and the process executor, with real processes and a real store.
+
+Every test checks at the end that the workroot is empty: whatever happened, the
+task directory is gone. Waiting is always for a condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from mesh.cas.digest import Digest
+from mesh.cas.fsck import fsck
+from mesh.cas.snapshot import ingest, reachable, walk
+from mesh.cas.store import LocalStore
+from mesh.cas.tree import Kind
+from mesh.errors import BlobNotFound, UnknownExecutor
+from mesh.exec.action import BASE_ENV, Action, ActionResult
+from mesh.exec.process import ProcessExecutor
+from mesh.exec.runner import Limits, Runner, remove_tree
+from tests import treeutil
+
+INPUT: treeutil.Tree = {
+    b"a.txt": ("file", b"alpha\n", False),
+    b"bin": ("dir", {b"tool": ("file", b"#!/bin/sh\necho tool ran\n", True)}),
+    b"d": ("dir", {b"f": ("file", b"inner\n", False), b"big": ("file", os.urandom(300_000), False)}),
+    b"link": ("link", b"a.txt"),
+}
+
+
+@pytest.fixture
+def snap(store: LocalStore, tmp_path: Path) -> Digest:
+    src = tmp_path / "src"
+    src.mkdir()
+    treeutil.build(src, INPUT)
+    return ingest(store, src)
+
+
+@pytest.fixture
+def workroot(tmp_path: Path) -> Iterator[Path]:
+    root = tmp_path / "work"
+    yield root
+    assert not root.exists() or os.listdir(root) == [], "a task directory was left behind"
+
+
+@pytest.fixture
+def runner(store: LocalStore, workroot: Path) -> Runner:
+    return make_runner(store, workroot)
+
+
+def make_runner(store: LocalStore, workroot: Path, limits: Limits | None = None, term_grace: float = 0.5) -> Runner:
+    executor = ProcessExecutor(term_grace=term_grace, drain_grace=0.5)
+    return Runner(
+        store, workroot=workroot, node_id="node-a", executors={"process": executor}, limits=limits or Limits()
+    )
+
+
+def sh(script: str, snap: Digest, **kwargs: object) -> Action:
+    return Action(argv=("sh", "-c", script), input=snap, **kwargs)  # type: ignore[arg-type]
+
+
+class Recorder:
+    """An on_output follower that keeps what it saw, per stream."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+
+    async def __call__(self, stream: str, chunk: bytes) -> None:
+        self.seen[stream] += chunk
+
+    def text(self, stream: str = "stdout") -> str:
+        return self.seen[stream].decode()
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(0.01)
+
+
+def gone(pid: int) -> bool:
+    """True when process ``pid`` has exited (absent, or a zombie nobody reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return data.rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+
+
+def listing(store: LocalStore, root: Digest | None) -> dict[str, object]:
+    """An output snapshot as {path: file bytes | "dir" | ("link", target)}."""
+    assert root is not None
+    out: dict[str, object] = {}
+    for path, entry in walk(store, root):
+        if entry.kind == Kind.DIRECTORY:
+            out[path.decode()] = "dir"
+        elif entry.kind == Kind.SYMLINK:
+            out[path.decode()] = ("link", entry.link.decode())
+        else:
+            out[path.decode()] = store.get(entry.blob)
+    return out
+
+
+# -- exit codes ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("script", "code", "sig"), [("exit 0", 0, None), ("exit 1", 1, None), ("kill -KILL $$", 137, signal.SIGKILL)]
+)
+async def test_exit_codes(runner: Runner, snap: Digest, script: str, code: int, sig: int | None) -> None:
+    result = await runner.run(sh(script, snap))
+    assert (result.exit_code, result.signal, result.timed_out, result.error) == (code, sig, False, None)
+    assert result.success == (code == 0)
+    assert result.node == "node-a" and result.started_at <= result.finished_at and not result.cached
+
+
+async def test_command_not_found_is_a_result_not_an_exception(runner: Runner, snap: Digest) -> None:
+    result = await runner.run(Action(argv=("no-such-command-here",), input=snap))
+    assert result.exit_code == 127 and result.error is not None and "command not found" in result.error
+    result = await runner.run(Action(argv=("./a.txt",), input=snap))  # exists, not executable
+    assert result.exit_code == 126 and result.error is not None and "cannot execute" in result.error
+
+
+async def test_unknown_executor_is_refused(runner: Runner, snap: Digest) -> None:
+    with pytest.raises(UnknownExecutor, match="sandbox"):
+        await runner.run(Action(argv=("true",), input=snap, executor="sandbox"))
+
+
+# -- output streams --------------------------------------------------------------------
+
+
+async def test_streams_are_separate_ordered_and_match_what_followers_saw(
+    runner: Runner, store: LocalStore, snap: Digest
+) -> None:
+    script = (
+        "i=0; while [ $i -lt 3000 ]; do echo out$i; echo err$i >&2; i=$((i+1)); done; "
+        "head -c 400000 d/big; echo done >&2"
+    )
+    recorder = Recorder()
+    result = await runner.run(sh(script, snap), on_output=recorder)
+    assert result.success, result
+    big = treeutil.read(Path(runner.workroot).parent / "src")[b"d"][1][b"big"][1]
+    expected_out = "".join(f"out{i}\n" for i in range(3000)).encode() + big
+    expected_err = "".join(f"err{i}\n" for i in range(3000)).encode() + b"done\n"
+    assert store.get(result.stdout) == expected_out == bytes(recorder.seen["stdout"])
+    assert store.get(result.stderr) == expected_err == bytes(recorder.seen["stderr"])
+
+
+async def test_empty_streams_are_the_empty_blob(runner: Runner, store: LocalStore, snap: Digest) -> None:
+    result = await runner.run(Action(argv=("true",), input=snap))
+    assert result.stdout == result.stderr == Digest.of(b"")
+    assert store.get(result.stdout) == b""
+
+
+async def test_stream_limit_kills_the_task_and_keeps_the_first_bytes(
+    store: LocalStore, workroot: Path, snap: Digest
+) -> None:
+    runner = make_runner(store, workroot, Limits(stream_bytes=10_000))
+    recorder = Recorder()
+    with trio.fail_after(20):
+        result = await runner.run(sh("echo to-stderr >&2; yes 0123456789", snap), on_output=recorder)
+    assert result.error is not None and "stdout passed its limit of 10000 bytes" in result.error
+    assert result.exit_code == 137 and result.signal == signal.SIGKILL and not result.success
+    assert store.get(result.stdout) == bytes(recorder.seen["stdout"]) == b"0123456789\n" * 909 + b"0"
+    assert store.get(result.stderr) == b"to-stderr\n"
+
+
+# -- environment and cwd -----------------------------------------------------------------
+
+
+async def test_environment_home_tmpdir_and_cwd(
+    runner: Runner, store: LocalStore, snap: Digest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MESH_TEST_LEAK", "the node's own environment")
+    action = sh(
+        'env; echo "PWD=$(pwd)"; touch "$HOME/h" "$TMPDIR/t"; cat f',
+        snap,
+        env=(("FOO", "bar baz"), ("LANG", "C")),
+        cwd="d",
+    )
+    result = await runner.run(action)
+    assert result.success, result
+    lines = store.get(result.stdout).decode().splitlines()
+    assert lines[-1] == "inner"
+    env = dict(line.split("=", 1) for line in lines[:-1] if "=" in line)
+    assert "MESH_TEST_LEAK" not in env
+    assert env["FOO"] == "bar baz" and env["LANG"] == "C"  # the action's env is laid over the base
+    for key in ("PATH", "LC_ALL", "TZ", "SOURCE_DATE_EPOCH"):
+        assert env[key] == BASE_ENV[key]
+    task_dir = os.path.dirname(env["HOME"])
+    assert os.path.dirname(task_dir) == str(runner.workroot)
+    assert env["TMPDIR"] == os.path.join(task_dir, "tmp") and env["HOME"] == os.path.join(task_dir, "home")
+    assert env["PWD"] == os.path.join(task_dir, "work", "d")
+
+
+@pytest.mark.parametrize(("cwd", "why"), [("nope", "does not exist"), ("a.txt", "not a directory")])
+async def test_a_cwd_that_is_not_a_directory_is_a_clear_error(runner: Runner, snap: Digest, cwd: str, why: str) -> None:
+    result = await runner.run(Action(argv=("true",), input=snap, cwd=cwd))
+    assert result.error is not None and why in result.error and cwd in result.error
+    assert result.exit_code == 127 and result.output is None and not result.success
+
+
+# -- killing -------------------------------------------------------------------------
+
+
+async def test_timeout_kills_the_process_group_with_a_grandchild(runner: Runner, snap: Digest) -> None:
+    recorder = Recorder()
+    script = "sh -c 'sleep 1000 & echo $!; wait' & echo $!; wait"
+    with trio.fail_after(20):
+        result = await runner.run(sh(script, snap, timeout=1.5), on_output=recorder)
+    assert result.timed_out and result.exit_code == 137 and result.signal == signal.SIGKILL
+    pids = [int(p) for p in recorder.text().split()]
+    assert len(pids) == 2  # the child shell and the grandchild sleep
+    await wait_for(lambda: all(gone(pid) for pid in pids))
+
+
+async def test_cancellation_kills_the_group_even_when_it_ignores_sigterm(
+    store: LocalStore, workroot: Path, snap: Digest
+) -> None:
+    runner = make_runner(store, workroot, term_grace=0.3)
+    recorder = Recorder()
+    script = "trap '' TERM; sleep 1000 & echo $!; echo $$; wait; wait"
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+
+            async def run() -> None:
+                await runner.run(sh(script, snap), on_output=recorder)
+                raise AssertionError("the run should have been cancelled")
+
+            nursery.start_soon(run)
+            await wait_for(lambda: recorder.text().count("\n") == 2)
+            nursery.cancel_scope.cancel()
+    pids = [int(p) for p in recorder.text().split()]
+    await wait_for(lambda: all(gone(pid) for pid in pids))
+
+
+async def test_a_background_child_holding_the_pipe_does_not_hang_the_task(runner: Runner, snap: Digest) -> None:
+    recorder = Recorder()
+    with trio.fail_after(20):
+        result = await runner.run(sh("sleep 1000 & echo $!; echo main done", snap), on_output=recorder)
+    assert result.success and recorder.text().endswith("main done\n")
+    pid = int(recorder.text().split()[0])
+    await wait_for(lambda: gone(pid))
+
+
+async def test_a_process_that_left_the_group_cannot_hold_the_task_past_the_drain_grace(
+    runner: Runner, snap: Digest
+) -> None:
+    recorder = Recorder()
+    try:
+        with trio.fail_after(20):
+            result = await runner.run(sh("setsid sleep 1000 & echo $!", snap), on_output=recorder)
+        assert result.success and recorder.text().strip().isdigit()
+    finally:
+        os.kill(int(recorder.text()), signal.SIGKILL)  # it escaped the group: ours to clean up
+
+
+async def test_a_slow_follower_loses_no_output(runner: Runner, store: LocalStore, snap: Digest) -> None:
+    seen = bytearray()
+
+    async def slow(stream: str, chunk: bytes) -> None:
+        await trio.sleep(0.7)  # slower than the drain grace (0.5 s) in total
+        seen.extend(chunk)
+
+    result = await runner.run(sh("echo one; echo two >&2", snap), on_output=slow)
+    assert store.get(result.stdout) == b"one\n" and store.get(result.stderr) == b"two\n"
+    assert sorted(seen.splitlines()) == [b"one", b"two"]
+
+
+async def test_a_failing_follower_kills_the_task_and_propagates(runner: Runner, snap: Digest) -> None:
+    class FollowerGone(Exception):
+        pass
+
+    async def follower(stream: str, chunk: bytes) -> None:
+        raise FollowerGone
+
+    with trio.fail_after(20), pytest.raises(FollowerGone):
+        await runner.run(sh("echo hi; exec sleep 1000", snap), on_output=follower)
+
+
+async def test_tasks_run_concurrently_without_sharing_pipes(runner: Runner, store: LocalStore, snap: Digest) -> None:
+    results: dict[int, ActionResult] = {}
+
+    async def one(i: int) -> None:
+        # Each task leaves a background child behind: if a pipe leaked into another
+        # task's process, that task would wait for it.
+        results[i] = await runner.run(sh(f"sleep 1000 & echo task{i}", snap))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for i in range(6):
+                nursery.start_soon(one, i)
+    assert {i: store.get(r.stdout) for i, r in results.items()} == {i: f"task{i}\n".encode() for i in range(6)}
+
+
+# -- outputs ---------------------------------------------------------------------------
+
+
+MAKE_OUTPUTS = (
+    "mkdir -p out/sub x/y && echo a > out/a && echo b > out/sub/b && echo c > c.txt && echo junk > junk "
+    "&& echo z > x/y/z && echo other > x/other && ln -s /etc sneaky && ln -s c.txt c.link"
+)
+
+
+async def test_declared_outputs_keep_just_those_paths(runner: Runner, store: LocalStore, snap: Digest) -> None:
+    outputs = ("out", "c.txt", "missing", "x/y/z", "x/nope/deeper", "sneaky/passwd", "c.link", "out/sub/b")
+    result = await runner.run(sh(MAKE_OUTPUTS, snap, outputs=outputs))
+    assert result.success, result
+    assert listing(store, result.output) == {
+        "c.link": ("link", "c.txt"),
+        "c.txt": b"c\n",
+        "out": "dir",
+        "out/a": b"a\n",
+        "out/sub": "dir",
+        "out/sub/b": b"b\n",
+        "x": "dir",
+        "x/y": "dir",
+        "x/y/z": b"z\n",
+    }
+
+
+async def test_no_declared_output_present_is_the_empty_snapshot(
+    runner: Runner, store: LocalStore, snap: Digest
+) -> None:
+    result = await runner.run(sh("true", snap, outputs=("missing", "a.txt/below")))
+    assert result.success and listing(store, result.output) == {}
+
+
+async def test_whole_workdir_is_captured_without_outputs(runner: Runner, store: LocalStore, snap: Digest) -> None:
+    result = await runner.run(sh(MAKE_OUTPUTS + " && rm a.txt", snap))
+    assert result.success, result
+    found = listing(store, result.output)
+    assert "a.txt" not in found and found["d/f"] == b"inner\n" and found["bin/tool"] == b"#!/bin/sh\necho tool ran\n"
+    assert found["junk"] == b"junk\n" and found["x/other"] == b"other\n" and found["sneaky"] == ("link", "/etc")
+
+
+async def test_output_limit(store: LocalStore, workroot: Path, snap: Digest) -> None:
+    runner = make_runner(store, workroot, Limits(output_bytes=1000))
+    result = await runner.run(sh("head -c 600 d/big > o1; head -c 600 d/big > o2", snap, outputs=("o1", "o2")))
+    assert result.output is None and result.error is not None and "limit of 1000 bytes" in result.error
+    assert result.exit_code == 0 and not result.success
+    result = await runner.run(sh("head -c 600 d/big > o1", snap, outputs=("o1",)))
+    assert result.success and result.output is not None
+    result = await runner.run(sh("true", snap))  # the whole workdir is over the limit too
+    assert result.output is None and result.error is not None
+
+
+# -- the store is safe from the task -----------------------------------------------------
+
+
+async def test_a_task_cannot_change_the_store_through_its_inputs(
+    runner: Runner, store: LocalStore, snap: Digest
+) -> None:
+    vandal = (
+        "chmod -R u+w . && echo evil > a.txt && echo evil >> bin/tool && chmod 000 d/f && "
+        "rm d/big && echo replaced > d/big.new && mv d/big.new d/big && rm -rf bin && "
+        "for f in $(find . -type f); do : > $f; done"
+    )
+    result = await runner.run(sh(vandal, snap))
+    assert result.success, result
+    report = fsck(store)
+    assert report.clean and report.problems == [], report.problems
+    for digest in reachable(store, snap):
+        store.get(digest)  # verifies
+    again = await runner.run(sh("cat a.txt bin/tool d/f; wc -c < d/big", snap))
+    assert store.get(again.stdout) == b"alpha\n#!/bin/sh\necho tool ran\ninner\n300000\n"
+
+
+FLAT: treeutil.Tree = {
+    b"a.txt": ("file", b"alpha\n", False),
+    b"run.sh": ("file", b"#!/bin/sh\necho ran\n", True),
+    b"link": ("link", b"a.txt"),
+}
+
+
+async def test_a_small_flat_input_is_checked_out_the_same(runner: Runner, store: LocalStore, tmp_path: Path) -> None:
+    src = tmp_path / "flat"
+    src.mkdir()
+    treeutil.build(src, FLAT)
+    flat = ingest(store, src)
+    result = await runner.run(sh("./run.sh && cat link && test -x run.sh && test ! -x a.txt && test -L link", flat))
+    assert result.success and store.get(result.stdout) == b"ran\nalpha\n"
+    assert listing(store, result.output) == {
+        "a.txt": b"alpha\n",
+        "run.sh": b"#!/bin/sh\necho ran\n",
+        "link": ("link", "a.txt"),
+    }
+    vandal = await runner.run(sh("chmod u+w a.txt run.sh && echo evil > a.txt && echo evil >> run.sh", flat))
+    assert vandal.success and fsck(store).problems == []
+    assert listing(store, flat)["a.txt"] == b"alpha\n"
+
+
+# -- the task directory is always removed -------------------------------------------------
+
+
+async def test_read_only_directories_left_by_the_task_are_removed(runner: Runner, snap: Digest) -> None:
+    script = (
+        "mkdir -p ro/sub && touch ro/sub/f && chmod 500 ro/sub && chmod 000 ro && "
+        'mkdir "$HOME/locked" && chmod 0 "$HOME/locked" "$HOME" "$TMPDIR" && chmod 500 d . && exit 3'
+    )
+    result = await runner.run(sh(script, snap, outputs=("a.txt",)))
+    assert result.exit_code == 3
+    # the workroot fixture checks that nothing is left
+
+
+async def test_workroot_is_empty_after_errors(runner: Runner, snap: Digest, store: LocalStore) -> None:
+    missing = Digest.of(b"not a snapshot in this store")
+    with pytest.raises(BlobNotFound):
+        await runner.run(Action(argv=("true",), input=missing))
+    await runner.run(Action(argv=("no-such-command-here",), input=snap))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
+def test_remove_tree_as_an_unprivileged_owner() -> None:
+    """remove_tree as a non-root owner: permission bits really stop a plain rmtree here."""
+    nobody = 65534
+    top = tempfile.mkdtemp(prefix="mesh-rm-")
+    os.chown(top, nobody, nobody)
+    target = os.path.join(top, "task")
+    pid = os.fork()
+    if pid == 0:  # the child becomes nobody, builds a hostile tree and removes it
+        code = 1
+        try:
+            os.setgid(nobody)
+            os.setuid(nobody)
+            os.makedirs(os.path.join(target, "a", "b", "c"))
+            for d in ("a/b/c", "a/b", "a"):
+                with open(os.path.join(target, d, "f"), "w") as f:
+                    f.write("x")
+            os.symlink("/", os.path.join(target, "a", "root-link"))
+            os.chmod(os.path.join(target, "a", "b", "c"), 0)
+            os.chmod(os.path.join(target, "a", "b"), stat.S_IRUSR | stat.S_IXUSR)
+            os.chmod(os.path.join(target, "a"), 0)
+            remove_tree(target)
+            code = 0 if not os.path.lexists(target) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    try:
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert os.listdir(top) == []
+    finally:
+        remove_tree(top)
+
+
+def test_remove_leftovers(store: LocalStore, workroot: Path) -> None:
+    runner = make_runner(store, workroot)
+    (workroot / "task-left").mkdir()
+    (workroot / "task-left" / "x").mkdir(mode=0)
+    assert runner.remove_leftovers() == 1
+
+
+def test_limits_repr_and_validation() -> None:
+    assert "stream_bytes" in repr(Limits())
+    with pytest.raises(ValueError):
+        Limits(stream_bytes=-1)
