@@ -24,9 +24,10 @@ import errno
 import os
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from mesh.cas.digest import Digest
 from mesh.cas.snapshot import DEFAULT_WORKERS, read_node
@@ -106,6 +107,31 @@ class _Handle:
             os.close(self.fd)
 
 
+class _Inline:
+    """The pool's stand-in for ``workers <= 1``: runs each task at once on the calling thread.
+
+    A small tree (a task's input, say) costs less written inline than a pool's start-up.
+    """
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> Future[None]:
+        future: Future[None] = Future()
+        try:
+            fn(*args)
+            future.set_result(None)
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
 def _settle(future: Future[None], handle: _Handle) -> None:
     """Wait for one file write, raise its error, and release its directory."""
     try:
@@ -132,7 +158,7 @@ class _Writer:
         inflight: deque[tuple[Future[None], _Handle]] = deque()
         root_handle = _Handle(os.dup(top))
         stack: list[tuple[Digest, _Handle, bytes | None, bytes]] = [(root, root_handle, None, b"")]
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        with ThreadPoolExecutor(max_workers=workers) if workers > 1 else _Inline() as pool:
             try:
                 while stack:
                     digest, parent, name, rel = stack.pop()

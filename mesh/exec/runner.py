@@ -46,7 +46,7 @@ from mesh.cas.checkout import Mode, checkout
 from mesh.cas.digest import Digest
 from mesh.cas.snapshot import ingest, read_node, resolve
 from mesh.cas.store import BlobWriter, LocalStore
-from mesh.cas.tree import Entry, Kind, encode_node
+from mesh.cas.tree import Kind, encode_node
 from mesh.errors import PathNotFound, SnapshotError, SpawnFailed, UnknownExecutor
 from mesh.exec.action import BASE_ENV, Action, ActionResult
 from mesh.exec.process import Command, Executor, ExitStatus
@@ -56,9 +56,9 @@ OutputFollower = Callable[[str, bytes], Awaitable[None]]
 """``await on_output(stream, chunk)``: live output for whoever follows the task."""
 
 #: Inputs up to these sizes (root node blob, entries, file bytes) and without
-#: subdirectories are checked out on the event loop without checkout's thread
-#: pool: for the tiny inputs of small tasks, the pool and the thread hop cost
-#: more than the copying (measured: 1.2-1.35x the rate of trivial tasks).
+#: subdirectories are checked out on the event loop: for the tiny inputs of
+#: small tasks the thread hop costs more than the copying (measured: 1.2-1.35x
+#: the rate of trivial tasks).
 SMALL_INPUT_NODE_BYTES = 4096
 SMALL_INPUT_ENTRIES = 16
 SMALL_INPUT_BYTES = 256 << 10
@@ -171,11 +171,10 @@ class Runner:
         streams = _Streams(self.store, self.limits.stream_bytes, on_output)
         try:
             mode = executor.checkout_mode
-            small = self._small_input(action, mode)
-            if small is not None:  # a few syscalls: cheaper here than a thread hop
-                prepared = self._prepare(action, mode, small)
+            if self._is_small(action, mode):  # a few syscalls: cheaper here than a thread hop
+                prepared = self._prepare(action, mode)
             else:
-                prepared = await trio.to_thread.run_sync(self._prepare, action, mode, None)
+                prepared = await trio.to_thread.run_sync(self._prepare, action, mode)
             if isinstance(prepared, str):
                 return self._result(ExitStatus(NOT_STARTED), streams.commit(self._empty), None, started_at, prepared)
             task = prepared
@@ -230,22 +229,20 @@ class Runner:
 
     # -- blocking filesystem work (on a worker thread, but see _small_input) ------
 
-    def _small_input(self, action: Action, mode: Mode) -> list[Entry] | None:
-        """The root entries of a small, flat input to be copied, else None (see SMALL_INPUT_*)."""
+    def _is_small(self, action: Action, mode: Mode) -> bool:
+        """Whether the input is a small, flat tree to copy on the event loop (see SMALL_INPUT_*)."""
         if mode != "copy" or action.input.size > SMALL_INPUT_NODE_BYTES:
-            return None
+            return False
         entries = read_node(self.store, action.input)
         if len(entries) > SMALL_INPUT_ENTRIES or sum(e.size for e in entries) > SMALL_INPUT_BYTES:
-            return None
-        if any(e.kind == Kind.DIRECTORY for e in entries):
-            return None
-        return entries
+            return False
+        return not any(e.kind == Kind.DIRECTORY for e in entries)
 
-    def _prepare(self, action: Action, mode: Mode, small: list[Entry] | None) -> _TaskDir | str:
+    def _prepare(self, action: Action, mode: Mode) -> _TaskDir | str:
         """Make the task directory and check the input out; or say why the task cannot start.
 
-        ``small`` (the root entries of a small flat input, in copy mode) is written
-        here directly: checkout's thread pool costs more than such a tree.
+        The checkout runs on the calling thread (``workers=1``): a task's input is
+        written by one thread, so the store's pool stays free for other tasks.
         """
         error = _check_cwd(self.store, action)
         if error is not None:
@@ -258,10 +255,7 @@ class Runner:
         try:
             os.mkdir(task.home, 0o700)
             os.mkdir(task.tmp, 0o700)
-            if small is not None:
-                _copy_flat(self.store, small, task.work)
-            else:
-                checkout(self.store, action.input, task.work, mode=mode, workers=1)
+            checkout(self.store, action.input, task.work, mode=mode, workers=1)
         except BaseException:
             remove_tree(root)
             raise
@@ -276,31 +270,6 @@ class Runner:
             return output, error
         finally:
             remove_tree(task.root)
-
-
-def _copy_flat(store: LocalStore, entries: list[Entry], target: str) -> None:
-    """Copy-mode checkout of a root node without directories into ``target`` (made here).
-
-    The same rules as :func:`~mesh.cas.checkout.checkout`: names come validated
-    from decode_node, files are created with O_EXCL|O_NOFOLLOW relative to the new
-    directory, and blobs are verified as they are copied.
-    """
-    os.mkdir(target, 0o755)
-    dir_fd = os.open(target, _DIR_FLAGS)
-    try:
-        for entry in entries:
-            if entry.kind == Kind.SYMLINK:
-                os.symlink(entry.link, entry.name, dir_fd=dir_fd)
-                continue
-            perm = 0o755 if entry.kind == Kind.EXECUTABLE else 0o644
-            flags = os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
-            fd = os.open(entry.name, flags, perm, dir_fd=dir_fd)
-            try:
-                store.copy_to(entry.blob, fd, verify=True)
-            finally:
-                os.close(fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _environment(action: Action, task: _TaskDir) -> dict[str, str]:
