@@ -27,7 +27,10 @@ def embedded_node(config: NodeConfig) -> Iterator[str]:
     """
     import trio
 
+    from mesh.api.client import restore_async_backends
     from mesh.node import Node
+
+    restore_async_backends()
 
     node = Node(replace(config, listen=("127.0.0.1", 0)), grace=_GRACE)
     ready = threading.Event()

@@ -72,7 +72,7 @@ def snapshot_for(client: NodeClient, settings: Settings, directory: str, *, prog
     def ignore(rel: bytes, is_dir: bool) -> bool:
         return rules.matches(rel, is_dir) or (home_rule is not None and home_rule(rel, is_dir))
 
-    node_store = client.health().get("store")
+    node_store = client.health(cached=True).get("store")
     with LocalStore(settings.store_dir) as store:
         if node_store == store.store_id():
             from mesh.cas.snapshot import ingest

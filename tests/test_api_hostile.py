@@ -488,9 +488,11 @@ def test_an_internal_error_is_a_500_without_a_traceback(node: NodeProcess, snaps
     with _client(node) as client:
         events = list(client.submit_and_follow({"tasks": [task(input=snapshot)], "no_cache": True}))
     job_id = events[-1]["job"]
+    assert node.stop() == 0  # a restarted node has to read the job from the database
     with sqlite3.connect(home / "state.db", timeout=30) as db:
         db.execute("UPDATE jobs SET spec = ? WHERE id = ?", (b"\xff\x00", job_id))
     db.close()
+    node.start()
     for accept in (CBOR, JSON):
         response = send(node, "GET", f"/v1/jobs/{job_id}", accept=accept)
         assert response.status_code == 500, response.content

@@ -294,3 +294,16 @@ def test_remote_node_gets_only_missing_blobs_uploaded(node: NodeProcess, tree: P
     assert third.returncode == 0, third.stderr
     assert (out / "r.txt").read_text() == "r\n" and (out / "sub" / "c.txt").read_text() == "gamma\n"
     assert blobs_before["node"]
+
+
+def test_the_client_side_imports_neither_trio_nor_the_server() -> None:
+    """mesh exec's start-up is most of a cache hit's time: the client must stay light."""
+    code = (
+        "import sys, mesh.cli, mesh.cli_node, mesh.execute, mesh.api.client as c\n"
+        "mesh.cli.build_parser(); c.NodeClient('http://127.0.0.1:1').close()\n"
+        "heavy = sorted(m for m in ('trio', 'anyio', 'hypercorn', 'starlette', 'h2') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    done = subprocess.run([MESH[0], "-c", code], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == b""

@@ -198,7 +198,7 @@ async def test_environment_home_tmpdir_and_cwd(
         assert env[key] == BASE_ENV[key]
     task_dir = os.path.dirname(env["HOME"])
     assert os.path.dirname(task_dir) == str(runner.workroot)
-    assert env["TMPDIR"] == os.path.join(task_dir, "tmp") and env["HOME"] == os.path.join(task_dir, "home")
+    assert env["TMPDIR"] == os.path.join(task_dir, "tmp") and env["HOME"] == os.path.join(task_dir, "tmp")
     assert env["PWD"] == os.path.join(task_dir, "work", "d")
 
 

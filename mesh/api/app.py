@@ -131,8 +131,8 @@ def _event_stream(request: Request, job_id: str, start: int) -> Response:
 
     async def stream() -> AsyncIterator[bytes]:
         if log is not None:
-            async for event in log.follow(start):
-                yield encode(event)
+            async for batch in log.follow(start):
+                yield b"".join(encode(event) for event in batch)
             return
         # The node no longer holds this job's live log: summarise it from the database.
         status = scheduler.job_status(job_id)

@@ -258,9 +258,12 @@ def digest_files(
     total_bytes = sum(p.st.st_size for p in pending)
     done_bytes = 0
     results: list[Digest] = []
-    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    starts = range(0, len(pending), _BATCH)
+    # One batch, or one worker: a pool would only add its start-up (a task's outputs, say).
+    inline = workers <= 1 or len(starts) == 1
+    pool = None if inline else ThreadPoolExecutor(max_workers=workers)
     try:
-        for finished in pool.map(batch, range(0, len(pending), _BATCH)):
+        for finished in map(batch, starts) if pool is None else pool.map(batch, starts):
             for digest, started in finished:
                 item = pending[len(results)]
                 results.append(digest)
@@ -271,7 +274,8 @@ def digest_files(
                 progress(len(results), len(pending), done_bytes, total_bytes)
     finally:
         # On an error (or Ctrl-C) the batches not yet started are dropped, not stored.
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return results
 
 

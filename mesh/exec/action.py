@@ -77,9 +77,7 @@ class Action:
         object.__setattr__(self, "requirements", tuple(sorted(dict(self.requirements).items())))
         object.__setattr__(self, "cwd", check_relative(self.cwd, "cwd", allow_root=True))
         if self.outputs is not None:
-            object.__setattr__(
-                self, "outputs", tuple(sorted({check_relative(p, "output path") for p in self.outputs}))
-            )
+            object.__setattr__(self, "outputs", tuple(sorted({check_relative(p, "output path") for p in self.outputs})))
         if not 0 < self.timeout <= MAX_TIMEOUT:
             raise CodecError(f"timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds, not {self.timeout}")
         if self.executor not in EXECUTORS:

@@ -5,8 +5,8 @@ workroot::
 
     task-XXXXXXXX/
         work/   the input snapshot, checked out in the executor's mode
-        home/   HOME of the task
-        tmp/    TMPDIR of the task
+        tmp/    HOME and TMPDIR of the task (one directory: each costs a
+                mkdir and a removal, and those are slow on some disks)
         out/    declared outputs, gathered here to be snapshotted (made only if one exists)
 
 then runs the command through the executor with ``env = BASE_ENV + HOME +
@@ -250,10 +250,9 @@ class Runner:
         root = tempfile.mkdtemp(prefix=_TASK_PREFIX, dir=self.workroot)  # 0700
         join = os.path.join
         task = _TaskDir(
-            root, work=join(root, "work"), home=join(root, "home"), tmp=join(root, "tmp"), out=join(root, "out")
+            root, work=join(root, "work"), home=join(root, "tmp"), tmp=join(root, "tmp"), out=join(root, "out")
         )
         try:
-            os.mkdir(task.home, 0o700)
             os.mkdir(task.tmp, 0o700)
             checkout(self.store, action.input, task.work, mode=mode, workers=1)
         except BaseException:

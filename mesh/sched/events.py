@@ -57,16 +57,19 @@ class JobEvents:
                 event["data"] = b""
                 event["dropped"] = True
 
-    async def follow(self, start: int = 0) -> AsyncIterator[dict[str, Any]]:
-        """Yield events from ``start`` on, waiting for new ones until the job finishes."""
+    async def follow(self, start: int = 0) -> AsyncIterator[list[dict[str, Any]]]:
+        """Yield the events from ``start`` on, in batches of those already there, waiting for
+        new ones until the job finishes. (Batches let a follower send them in one write.)"""
         seq = max(0, start)
         while True:
-            while seq < len(self.events):
-                yield self.events[seq]
-                seq += 1
-            if self.closed:
+            if seq < len(self.events):
+                batch = self.events[seq:]
+                seq += len(batch)
+                yield batch
+            if self.closed and seq >= len(self.events):
                 return
-            await self._grew.wait()
+            if seq >= len(self.events):
+                await self._grew.wait()
 
 
 class EventLogs:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import trio
@@ -30,6 +30,8 @@ from mesh.sched.jobs import FINAL_TASK_STATES, JobSpec, TaskRecord, decide, job_
 from mesh.sched.statedb import JobRow, StateDB
 
 OutputSink = Callable[[str, bytes], Any]
+#: Finished jobs kept in memory, so status requests right after the end need no database read.
+RECENT_JOBS = 256
 
 
 class TaskRunner(Protocol):
@@ -67,7 +69,10 @@ class LiveJob:
     scopes: dict[str, trio.CancelScope] = field(default_factory=dict)
     dependents: dict[str, list[str]] = field(default_factory=dict)
 
+    open_tasks: int = 0  # tasks not yet in a final state: the job ends when it reaches 0
+
     def __post_init__(self) -> None:
+        self.open_tasks = sum(1 for t in self.tasks.values() if t.state not in FINAL_TASK_STATES)
         for task in self.spec.tasks:
             for dep in task.depends_on:
                 self.dependents.setdefault(dep, []).append(task.name)
@@ -91,6 +96,7 @@ class Scheduler:
         self.slots = slots
         self.logs = EventLogs()
         self._live: dict[str, LiveJob] = {}
+        self._recent: OrderedDict[str, LiveJob] = OrderedDict()  # finished: answers status without SQLite
         self._ready: deque[tuple[str, str]] = deque()
         self._changed = trio.Event()
         self._busy = 0
@@ -222,7 +228,7 @@ class Scheduler:
         if not all(self.store.has(d) for d in needed):
             self.db.forget_cached(key)  # its blobs were evicted: run it again
             return None
-        return ActionResult(**{**hit.__dict__, "cached": True})
+        return replace(hit, cached=True)
 
     # -- running ------------------------------------------------------------------
 
@@ -282,6 +288,8 @@ class Scheduler:
         reason: str | None = None,
     ) -> None:
         """Record a task's final state, announce it, and move its dependents on."""
+        if task.state not in FINAL_TASK_STATES:
+            live.open_tasks -= 1
         task.state, task.result, task.reason = state, result, reason
         task.finished_at = time.time()
         self.db.set_task_state(task)
@@ -306,13 +314,15 @@ class Scheduler:
             self._finish(live, task, "skipped", reason=f"'when: {task.spec.when}' does not hold")
 
     def _maybe_finish(self, live: LiveJob) -> None:
-        if live.row.id not in self._live:
+        if live.open_tasks or live.row.id not in self._live:
             return
         state = job_state([t.state for t in live.tasks.values()], live.row.cancelled)
-        if state == "running":
-            return
-        self.db.finish_job(live.row.id, state)
+        finished_at = self.db.finish_job(live.row.id, state)
         del self._live[live.row.id]
+        live.row = replace(live.row, state=state, finished_at=finished_at)
+        self._recent[live.row.id] = live
+        while len(self._recent) > RECENT_JOBS:
+            self._recent.popitem(last=False)
         live.events.emit("job_finished", job=live.row.id, state=state)
         self.logs.finish(live.row.id)
 
@@ -329,9 +339,10 @@ class Scheduler:
             self._cancel_live(live)
 
     def _cancel_live(self, live: LiveJob) -> None:
-        live.row = JobRow(**{**live.row.__dict__, "cancelled": True})
+        live.row = replace(live.row, cancelled=True)
         for task in live.tasks.values():
             if task.state in ("waiting", "queued"):
+                live.open_tasks -= 1
                 task.state, task.reason, task.finished_at = "cancelled", "cancelled", time.time()
                 self.db.set_task_state(task)
                 live.events.emit("task_finished", task=task.name, state="cancelled", reason="cancelled", result=None)
@@ -341,14 +352,14 @@ class Scheduler:
 
     def job_status(self, job_id: str) -> dict[str, Any]:
         """The job and its tasks, as the API returns them."""
-        live = self._live.get(job_id)
+        live = self._live.get(job_id) or self._recent.get(job_id)
         if live is not None:
             row, tasks = live.row, sorted(live.tasks.values(), key=lambda t: t.index)
         else:
             row = self.db.job(job_id)
             tasks = self.db.tasks(job_id, self.db.job_spec(job_id))
         status = row.to_wire()
-        status["state"] = job_state([t.state for t in tasks], row.cancelled) if live is not None else row.state
+        status["state"] = job_state([t.state for t in tasks], row.cancelled) if row.state == "running" else row.state
         status["tasks"] = [t.to_wire() for t in tasks]
         return status
 

@@ -189,8 +189,11 @@ class StateDB:
     def count_jobs(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())
 
-    def finish_job(self, job_id: str, state: str) -> None:
-        self._db.execute("UPDATE jobs SET state = ?, finished_at = ? WHERE id = ?", (state, time.time(), job_id))
+    def finish_job(self, job_id: str, state: str) -> float:
+        """Record a job's final state; returns the time it finished."""
+        now = time.time()
+        self._db.execute("UPDATE jobs SET state = ?, finished_at = ? WHERE id = ?", (state, now, job_id))
+        return now
 
     def mark_cancelled(self, job_id: str) -> None:
         self._db.execute("UPDATE jobs SET cancelled = 1 WHERE id = ?", (job_id,))
