@@ -48,6 +48,7 @@ test: test-deps
 bench: venv system-deps
 	$(BIN)/python bench/hash.py
 	$(BIN)/python bench/snapshot.py
+	$(BIN)/python bench/throughput.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -307,3 +307,17 @@ def test_the_client_side_imports_neither_trio_nor_the_server() -> None:
     done = subprocess.run([MESH[0], "-c", code], capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == b""
+
+
+def test_task_cwd_inside_the_snapshot(node: NodeProcess, tree: Path) -> None:
+    snapshot = _snapshot(node, tree)
+    job = {"tasks": [{"name": "in-sub", "argv": ["sh", "-c", "pwd; cat b.txt"], "input": snapshot, "cwd": "sub"},
+                     {"name": "no-dir", "argv": ["true"], "input": snapshot, "cwd": "a.txt"}]}
+    with NodeClient(node.url) as client:
+        job_id = client.submit(job)["id"]
+        wait_for(lambda: client.job(job_id)["state"] != "running", what="the job to finish")
+        tasks = {t["name"]: t for t in client.job(job_id)["tasks"]}
+        out = b"".join(client.read_blob(_digest(tasks["in-sub"]["result"]["stdout"]))).decode()
+    assert out.endswith("/work/sub\nbeta\n")
+    assert tasks["no-dir"]["state"] == "failed"
+    assert "is not a directory" in tasks["no-dir"]["reason"]

@@ -229,6 +229,7 @@ class TaskRecord:
     attempts: int = 0
     started_at: float | None = None
     finished_at: float | None = None
+    action: Action | None = None  # built when the task became ready (not stored: rebuilt from the spec)
 
     def to_wire(self) -> dict[str, Any]:
         return {

@@ -198,6 +198,7 @@ class Scheduler:
             reason = f"this node has no {action.executor!r} executor (it has: {have})"
             self._finish(live, task, "failed", reason=reason)
             return
+        task.action = action
         if not live.spec.no_cache:
             hit = self._cache_lookup(action)
             if hit is not None:
@@ -251,7 +252,7 @@ class Scheduler:
             with trio.CancelScope() as scope:
                 live.scopes[task.name] = scope
                 try:
-                    action = self._action(live, task)
+                    action = task.action or self._action(live, task)
                     result = await self.runner.run(action, on_output=on_output)
                 except MeshError as exc:
                     reason = str(exc)
