@@ -1,0 +1,150 @@
+"""Membership: the table of known nodes, merged from gossip, with a failure detector.
+
+Gossip-style heartbeats (van Renesse et al., "A gossip-style failure detection
+service"): every node counts a heartbeat up once per gossip round and pushes its
+table to a few peers; a receiver keeps, for each node, the entry with the
+highest version ``(incarnation, heartbeat)`` and notes *when* that version last
+grew. Nothing needs a direct connection to a node to know it is alive: hearing
+its heartbeat grow through any peer is enough, so one seed reaches the mesh.
+
+``incarnation`` is fixed at a node's start (its start time in milliseconds), so
+a restarted node outranks every entry of its previous life and rejoins at once.
+
+Timings (with the 1 s gossip round of mesh.sched.gossip): a node whose version
+has not grown for :data:`SUSPECT_AFTER` seconds is ``suspect`` (still listed,
+no longer given new work), after :data:`DEAD_AFTER` seconds ``dead`` (out of
+placement, shown as dead by ``/status``), and after :data:`FORGET_AFTER`
+seconds it is forgotten. Any newer version makes it ``alive`` again.
+
+Pure: the clock is passed in, nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from mesh import codec
+from mesh.errors import CodecError
+
+SUSPECT_AFTER = 3.0
+DEAD_AFTER = 8.0
+FORGET_AFTER = 60.0
+#: Most members one gossip message may list.
+MAX_MEMBERS = 1000
+
+
+@dataclass(frozen=True, kw_only=True)
+class Member:
+    """One node as gossip describes it."""
+
+    node: str
+    url: str
+    incarnation: int
+    heartbeat: int = 0
+    capabilities: Mapping[str, str] = field(default_factory=dict)
+    load: Mapping[str, int] = field(default_factory=dict)  # slots, busy, queued
+
+    @property
+    def version(self) -> tuple[int, int]:
+        return (self.incarnation, self.heartbeat)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "url": self.url,
+            "incarnation": self.incarnation,
+            "heartbeat": self.heartbeat,
+            "capabilities": dict(self.capabilities),
+            "load": dict(self.load),
+        }
+
+    @classmethod
+    def from_wire(cls, value: Any) -> Member:
+        fields = codec.Fields(value, "gossip member")
+        load = fields.mapping("load", {})
+        if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in load.items()):
+            raise CodecError("field 'load' of a gossip member must map names to integers")
+        member = cls(
+            node=fields.text("node"),
+            url=fields.text("url"),
+            incarnation=fields.integer("incarnation", minimum=0),
+            heartbeat=fields.integer("heartbeat", 0, minimum=0),
+            capabilities=fields.text_map("capabilities", {}),
+            load=load,
+        )
+        fields.done()
+        return member
+
+
+@dataclass(frozen=True)
+class PeerState:
+    """A member plus what this node concluded about it."""
+
+    member: Member
+    state: str  # alive | suspect | dead
+    changed_at: float  # when its version last grew (this node's clock)
+
+
+class PeerTable:
+    """The members this node knows, itself excluded. Feed it gossip; ask who is alive."""
+
+    def __init__(self, self_id: str) -> None:
+        self.self_id = self_id
+        self._peers: dict[str, PeerState] = {}
+
+    def merge(self, members: Iterable[Member], now: float) -> list[str]:
+        """Take in what a gossip message said; returns the ids that joined or came back."""
+        back = []
+        for member in members:
+            if member.node == self.self_id:
+                continue
+            known = self._peers.get(member.node)
+            if known is not None and member.version <= known.member.version:
+                continue
+            if known is None or known.state != "alive":
+                back.append(member.node)
+            self._peers[member.node] = PeerState(member, "alive", now)
+        return back
+
+    def tick(self, now: float) -> list[str]:
+        """Age the table: alive -> suspect -> dead -> forgotten. Returns the ids that just died."""
+        died = []
+        for node, peer in list(self._peers.items()):
+            silent = now - peer.changed_at
+            if silent > FORGET_AFTER:
+                del self._peers[node]
+            elif silent > DEAD_AFTER and peer.state != "dead":
+                self._peers[node] = replace(peer, state="dead")
+                died.append(node)
+            elif SUSPECT_AFTER < silent <= DEAD_AFTER and peer.state == "alive":
+                self._peers[node] = replace(peer, state="suspect")
+        return died
+
+    def peers(self) -> list[PeerState]:
+        """Every known peer, by id."""
+        return [self._peers[n] for n in sorted(self._peers)]
+
+    def alive(self) -> list[Member]:
+        """The peers that may be given work."""
+        return [p.member for p in self.peers() if p.state == "alive"]
+
+    def get(self, node: str) -> PeerState | None:
+        return self._peers.get(node)
+
+    def message(self, me: Member) -> dict[str, Any]:
+        """The gossip this node sends: itself and every peer not dead, as the wire map."""
+        members = [me] + [p.member for p in self.peers() if p.state != "dead"]
+        return {"from": me.node, "members": [m.to_wire() for m in members[:MAX_MEMBERS]]}
+
+
+def parse_message(value: Any) -> tuple[str, list[Member]]:
+    """Validate a gossip message: (sender id, members). Raises CodecError."""
+    fields = codec.Fields(value, "gossip message")
+    sender = fields.text("from")
+    raw = fields.sequence("members")
+    fields.done()
+    if len(raw) > MAX_MEMBERS:
+        raise CodecError(f"a gossip message may list at most {MAX_MEMBERS} members")
+    return sender, [Member.from_wire(item) for item in raw]
