@@ -24,7 +24,7 @@ from mesh.cas.tree import Kind
 from mesh.errors import BlobNotFound, UnknownExecutor
 from mesh.exec.action import BASE_ENV, Action, ActionResult
 from mesh.exec.process import ProcessExecutor
-from mesh.exec.runner import Limits, Runner, remove_tree
+from mesh.exec.runner import Limits, Runner, RunnerStatistics, remove_tree
 from tests import treeutil
 
 INPUT: treeutil.Tree = {
@@ -241,6 +241,30 @@ async def test_cancellation_kills_the_group_even_when_it_ignores_sigterm(
             nursery.cancel_scope.cancel()
     pids = [int(p) for p in recorder.text().split()]
     await wait_for(lambda: all(gone(pid) for pid in pids))
+
+
+async def test_output_is_live_and_cancellation_reaches_a_silent_task_at_once(
+    store: LocalStore, workroot: Path, snap: Digest
+) -> None:
+    # The task's thread is blocked waiting for a process that prints nothing more: the
+    # cancellation must wake it at once (not after the 30 s grace), and the group gets SIGTERM.
+    runner = make_runner(store, workroot, term_grace=30)
+    recorder = Recorder()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+
+            async def run() -> None:
+                await runner.run(sh("echo $$; exec sleep 1000", snap), on_output=recorder)
+                raise AssertionError("the run should have been cancelled")
+
+            nursery.start_soon(run)
+            await wait_for(lambda: recorder.text().endswith("\n"))  # seen while the task runs
+            nursery.cancel_scope.cancel()
+            cancelled_at = trio.current_time()
+    assert trio.current_time() - cancelled_at < 5
+    assert runner.statistics() == RunnerStatistics(running=0, finished=1)
+    pid = int(recorder.text())
+    await wait_for(lambda: gone(pid))
 
 
 async def test_a_background_child_holding_the_pipe_does_not_hang_the_task(runner: Runner, snap: Digest) -> None:

@@ -7,25 +7,34 @@ the checkout mode they need: ``process`` runs the task as the node's own user,
 who could chmod and rewrite a hardlinked blob, so its inputs are copies;
 ``sandbox`` and ``docker`` (issue 5) run under a uid that cannot, and may link.
 
+An executor runs on a worker thread, with blocking calls: the runner does a
+task's whole life (prepare, run, capture, remove) in one hop to a thread, since
+per-task overhead (thread hops, trio tasks and wakeups, GIL contention between
+them) is what limits how many small tasks a node runs per second. It learns of
+a cancellation through a :class:`Cancel` it can poll with its own descriptors.
+
 The process executor starts argv in its own session and process group
-(``start_new_session``), stdin ``/dev/null``, stdout and stderr on two pipes
-that are read concurrently, chunk by chunk, and handed to a callback as they
-come. The group, not just the main process, is the unit of killing:
+(``start_new_session``), stdin ``/dev/null``, stdout and stderr on two pipes.
+One ``poll`` loop watches both pipes, the leader's exit (a pidfd, which does not
+reap) and the cancellation, and hands output to a callback chunk by chunk as it
+comes. The group, not just the main process, is the unit of killing:
 
 * at the timeout the group gets SIGKILL and the status says ``timed_out``;
-* when the caller's ``stop`` event is set (an output limit), the group gets SIGKILL;
+* when the output callback returns False (an output limit), the group gets SIGKILL;
 * when the run is cancelled (or the output callback raises), the group gets
   SIGTERM, a short grace, then SIGKILL, like trio's ``run_process`` deliver_cancel,
-  and the exception propagates;
+  and :class:`RunCancelled` (the callback's exception) propagates;
 * when the main process exits by itself, whatever is left of its group gets
   SIGKILL, so no process outlives its task, and the pipes are drained to their end
-  (with a bounded grace, in case a process that left the group holds one open).
+  (with a bounded grace, in case a process that left the group holds one open:
+  then only what is already in the pipes is read).
 
-The group is signalled only while its leader is an unreaped zombie or alive (the
-exit is watched through a pidfd, without reaping), so its id can never have been
-reused by an unrelated group. A task that makes a new session or process group
-of its own escapes the kill; the sandbox executor's pid namespace closes that gap.
-Needs Linux 5.3 or later (``pidfd_open``).
+The group is signalled only while its leader is an unreaped zombie or alive (its
+exit is watched through the pidfd; only the thread that runs the command reaps
+and signals), so its id can never have been reused by an unrelated group. A task
+that makes a new session or process group of its own escapes the kill; the
+sandbox executor's pid namespace closes that gap. Needs Linux 5.3 or later
+(``pidfd_open``).
 """
 
 from __future__ import annotations
@@ -33,27 +42,45 @@ from __future__ import annotations
 import errno
 import math
 import os
+import select
 import signal
 import subprocess
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-import trio
-
 from mesh.cas.checkout import Mode
 from mesh.errors import SpawnFailed
+from mesh.exec.hop import RunCancelled
 
-OutputCallback = Callable[[str, bytes], Awaitable[None]]
-"""``await on_output(stream, chunk)`` with stream ``"stdout"`` or ``"stderr"``."""
+__all__ = ["Cancel", "Command", "Executor", "ExitStatus", "OutputSink", "ProcessExecutor", "RunCancelled"]
+
+OutputSink = Callable[[str, bytes], bool]
+"""``on_output(stream, chunk)`` with stream ``"stdout"`` or ``"stderr"``: False asks to kill the command."""
 
 #: Bytes asked of a pipe per read: the default pipe capacity on Linux.
 READ_CHUNK = 1 << 16
 #: Seconds between SIGTERM and SIGKILL when a run is cancelled.
 TERM_GRACE = 2.0
 #: Seconds the pipes may stay open after the process group is gone (held by a
-#: process that left the group); reading stops then and the output is cut there.
+#: process that left the group); waiting stops then and the output is cut there.
 DRAIN_GRACE = 2.0
+#: Seconds of the longest single poll (its timeout is an int of milliseconds).
+_LONGEST_POLL = 86400.0
+
+
+class Cancel(Protocol):
+    """Tells an executor's thread that its run was cancelled (:class:`mesh.exec.hop.Hop` is one)."""
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the run was cancelled."""
+        ...
+
+    def fileno(self) -> int:
+        """A descriptor that becomes readable when the run is cancelled."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,12 +134,13 @@ class Executor(Protocol):
         can neither write nor chmod the store's files, then ``link`` may be used."""
         ...
 
-    async def run(self, command: Command, on_output: OutputCallback, *, stop: trio.Event | None = None) -> ExitStatus:
-        """Run ``command`` to its end, passing its output to ``on_output`` as it comes.
+    def run(self, command: Command, on_output: OutputSink, cancel: Cancel) -> ExitStatus:
+        """Run ``command`` to its end on the calling (worker) thread, passing its output to ``on_output``.
 
         Kills everything the command started at the timeout (then ``timed_out``)
-        and when ``stop`` is set. If cancelled, or if ``on_output`` raises, kills
-        it and re-raises. Raises SpawnFailed when the command cannot be started.
+        and when ``on_output`` returns False. When ``cancel`` fires, kills it and
+        raises RunCancelled; if ``on_output`` raises, kills it and re-raises.
+        Raises SpawnFailed when the command cannot be started.
         """
         ...
 
@@ -121,7 +149,7 @@ class ProcessExecutor:
     """The ``process`` executor: a subprocess of the node's user in its own process group.
 
     ``term_grace`` is the time between SIGTERM and SIGKILL on cancellation and
-    ``drain_grace`` how long pipes held open by an escaped process are still read.
+    ``drain_grace`` how long pipes held open by an escaped process are still waited for.
     """
 
     name = "process"
@@ -134,101 +162,84 @@ class ProcessExecutor:
     def __repr__(self) -> str:
         return f"ProcessExecutor(term_grace={self.term_grace}, drain_grace={self.drain_grace})"
 
-    async def run(self, command: Command, on_output: OutputCallback, *, stop: trio.Event | None = None) -> ExitStatus:
+    def run(self, command: Command, on_output: OutputSink, cancel: Cancel) -> ExitStatus:
         """See :meth:`Executor.run`."""
-        # Popen returns once the child has exec'd, which takes a millisecond or more on
-        # a busy machine: on a worker thread, as trio's run_process does, so concurrent
-        # tasks spawn in parallel (measured: ~1.9x the tasks/s of spawning on the event
-        # loop with 4 tasks at a time, the same with one).
-        child = await trio.to_thread.run_sync(_Child.spawn, command)
+        if cancel.cancelled:
+            raise RunCancelled
+        child = _Child.spawn(command)
         try:
-            return await self._supervise(child, command.timeout, on_output, stop)
-        except BaseExceptionGroup as group:
-            # The nursery inside wraps a single failure (the callback's, a Cancelled):
-            # callers get it as itself.
-            raise _single(group) from None
+            return self._supervise(child, command.timeout, on_output, cancel)
+        except BaseException:
+            # Cancelled, or the callback failed: the group gets a chance to stop cleanly.
+            self._terminate(child)
+            raise
         finally:
             child.close()
 
-    async def _supervise(
-        self, child: _Child, timeout: float, on_output: OutputCallback, stop: trio.Event | None
-    ) -> ExitStatus:
-        """Pump both pipes while waiting for the leader; kill, reap and drain as the module says."""
-        async with trio.open_nursery() as nursery:
-            for pipe in child.pipes:
-                nursery.start_soon(pipe.pump, on_output)
-            watch = trio.CancelScope()
-            if stop is not None:
-                nursery.start_soon(_kill_on, stop, child, watch)
+    def _supervise(self, child: _Child, timeout: float, on_output: OutputSink, cancel: Cancel) -> ExitStatus:
+        """Read both pipes while waiting for the leader; kill, reap and drain as the module says."""
+        poller = select.poll()
+        pipes = dict(child.pipes)  # the pipes not at their end yet
+        for fd in pipes:
+            poller.register(fd, select.POLLIN)
+        poller.register(child.pidfd, select.POLLIN)
+        cancel_fd = cancel.fileno()
+        poller.register(cancel_fd, select.POLLIN)
+        # While the leader runs: its timeout; once it is reaped: the end of the drain grace.
+        deadline = time.monotonic() + timeout
+        returncode: int | None = None
+        timed_out = killed = False
+        while returncode is None or pipes:
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                if returncode is not None:  # pipes held open past the drain grace
+                    self._sweep(pipes, on_output)
+                    break
+                timed_out = True
+                child.signal_group(signal.SIGKILL)
+                deadline = math.inf
+                continue
+            for fd, _ in poller.poll(None if wait == math.inf else math.ceil(min(wait, _LONGEST_POLL) * 1000)):
+                if fd == child.pidfd:
+                    poller.unregister(fd)
+                    child.signal_group(signal.SIGKILL)  # what is left of the group
+                    returncode = child.reap()
+                    deadline = time.monotonic() + self.drain_grace
+                elif fd == cancel_fd:
+                    raise RunCancelled
+                else:
+                    chunk = os.read(fd, READ_CHUNK)
+                    if not chunk:
+                        poller.unregister(fd)
+                        del pipes[fd]
+                    elif not on_output(pipes[fd], chunk) and not killed:
+                        killed = True
+                        child.signal_group(signal.SIGKILL)
+        assert returncode is not None
+        return ExitStatus.from_returncode(returncode, timed_out=timed_out)
+
+    @staticmethod
+    def _sweep(pipes: dict[int, str], on_output: OutputSink) -> None:
+        """Pass on what is in the pipes already, without waiting for more (a slow ``on_output``
+        makes the drain grace run out, but never loses output that had come)."""
+        for fd, stream in pipes.items():
+            os.set_blocking(fd, False)
             try:
-                with trio.move_on_after(timeout) as deadline:
-                    await child.exited()
-                if deadline.cancelled_caught:
-                    child.signal_group(signal.SIGKILL)
-                    await child.exited()
-            except BaseException:
-                # Cancelled, or a pump's callback failed (the nursery cancelled us).
-                with trio.CancelScope(shield=True):
-                    await self._terminate(child)
-                raise
-            watch.cancel()
-            child.signal_group(signal.SIGKILL)  # what is left of the group
-            returncode = child.reap()
-            # The group is gone, so the pipes reach their end at once unless a process
-            # that left the group holds one: stop waiting for more after the grace then.
-            # (Only the waits are bounded: a slow on_output never loses output.)
-            for pipe in child.pipes:
-                pipe.stop_waiting_at(trio.current_time() + self.drain_grace)
-        return ExitStatus.from_returncode(returncode, timed_out=deadline.cancelled_caught)
+                chunk = os.read(fd, READ_CHUNK)
+            except BlockingIOError:
+                continue
+            if chunk:
+                on_output(stream, chunk)
 
-    async def _terminate(self, child: _Child) -> None:
+    def _terminate(self, child: _Child) -> None:
         """SIGTERM the group, wait up to the grace for the leader, SIGKILL the rest, reap."""
+        if child.reaped:
+            return
         child.signal_group(signal.SIGTERM)
-        with trio.move_on_after(self.term_grace):
-            await child.exited()
+        child.wait(self.term_grace)
         child.signal_group(signal.SIGKILL)
-        await child.exited()
+        child.wait(None)
         child.reap()
-
-
-def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one exception inside nested single-member groups, or the group itself."""
-    inner: BaseException = group
-    while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
-        inner = inner.exceptions[0]
-    return inner
-
-
-async def _kill_on(stop: trio.Event, child: _Child, scope: trio.CancelScope) -> None:
-    """SIGKILL the group when ``stop`` is set (until ``scope`` is cancelled)."""
-    with scope:
-        await stop.wait()
-        child.signal_group(signal.SIGKILL)
-
-
-class _Pipe:
-    """The read end of one output pipe, pumped chunk by chunk into ``on_output``."""
-
-    def __init__(self, name: str, fd: int) -> None:
-        self.name = name
-        self.stream = trio.lowlevel.FdStream(fd)
-        self._deadline = math.inf
-        self._wait = trio.CancelScope()
-
-    async def pump(self, on_output: OutputCallback) -> None:
-        """Pass every chunk to ``on_output`` until the end of the pipe or the wait deadline."""
-        while True:
-            self._wait = trio.CancelScope(deadline=self._deadline)
-            with self._wait:
-                chunk = await self.stream.receive_some(READ_CHUNK)
-            if self._wait.cancelled_caught or not chunk:
-                return
-            await on_output(self.name, chunk)
-
-    def stop_waiting_at(self, deadline: float) -> None:
-        """Give up waiting for more bytes at ``deadline`` (trio time)."""
-        self._deadline = deadline
-        self._wait.deadline = deadline
 
 
 class _Child:
@@ -242,8 +253,8 @@ class _Child:
         self.popen = popen
         self.pid = popen.pid
         self.reaped = False
-        self.pidfd: int | None = os.pidfd_open(self.pid)  # first: if it fails, the caller owns the fds
-        self.pipes = (_Pipe("stdout", stdout_fd), _Pipe("stderr", stderr_fd))
+        self.pidfd = os.pidfd_open(self.pid)  # first: if it fails, the caller owns the fds
+        self.pipes = {stdout_fd: "stdout", stderr_fd: "stderr"}
 
     @classmethod
     def spawn(cls, command: Command) -> _Child:
@@ -277,10 +288,11 @@ class _Child:
             os.close(err_r)
             raise
 
-    async def exited(self) -> None:
-        """Return once the leader has exited; it stays an unreaped zombie until :meth:`reap`."""
-        if self.pidfd is not None:
-            await trio.lowlevel.wait_readable(self.pidfd)
+    def wait(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` seconds (None: no limit) for the leader to exit, without reaping it."""
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        return bool(poller.poll(None if timeout is None else math.ceil(timeout * 1000)))
 
     def signal_group(self, sig: int) -> None:
         """Send ``sig`` to the whole process group, unless the leader is reaped already."""
@@ -292,17 +304,10 @@ class _Child:
             pass
 
     def reap(self) -> int:
-        """Collect the exited leader's status (Popen's returncode). Call after :meth:`exited`."""
+        """Collect the exited leader's status (Popen's returncode). Call once it has exited."""
         returncode = self.popen.wait()
         self.reaped = True
-        self._close_pidfd()
         return returncode
-
-    def _close_pidfd(self) -> None:
-        if self.pidfd is not None:
-            trio.lowlevel.notify_closing(self.pidfd)
-            os.close(self.pidfd)
-            self.pidfd = None
 
     def close(self) -> None:
         """Release the pipes and the pidfd; SIGKILL and reap the group if still unreaped."""
@@ -310,9 +315,9 @@ class _Child:
             self.signal_group(signal.SIGKILL)
             self.popen.wait()  # prompt after SIGKILL
             self.reaped = True
-        self._close_pidfd()
-        for pipe in self.pipes:
-            pipe.stream.close()
+        os.close(self.pidfd)
+        for fd in self.pipes:
+            os.close(fd)
 
 
 def _kill_and_reap(popen: subprocess.Popen[bytes]) -> None:
