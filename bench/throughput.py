@@ -545,6 +545,8 @@ def main() -> int:
         with running_node(home, scratch.path("node.log"), slots) as node:
             assert node.process is not None
             exclude = {node.process.pid}
+            # The node made its mesh key in this home; the NodeClients of this process sign with it.
+            os.environ["MESH_HOME"] = home
 
             m_a = (
                 f"trivial tasks through the node ({n_tasks} one-task jobs, {CLIENT_THREADS} client threads, "

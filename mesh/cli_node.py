@@ -32,7 +32,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from mesh.node import Node
 
     logging.basicConfig(level=logging.INFO, format="mesh: %(message)s", stream=sys.stderr)
-    config = NodeConfig.load(home=args.home, listen=args.listen, slots=args.slots)
+    config = NodeConfig.load(home=args.home, listen=args.listen, slots=args.slots, key_file=args.key_file)
     node = Node(config, grace=args.grace)
 
     async def main() -> None:
@@ -148,6 +148,16 @@ def _print_json(value: Any) -> None:
     sys.stdout.write("\n")
 
 
+def cmd_key(args: argparse.Namespace) -> int:
+    """Print the mesh key (made now if this home has none yet) or its public id."""
+    from mesh.api.auth import load_key
+
+    key = load_key(args.settings.home, create=True)
+    assert key is not None
+    print(key.text() if args.action == "show" else key.mesh_id)
+    return 0
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     with _client(args) as client:
         page = client.jobs(limit=args.limit, before=args.before, state=args.state)
@@ -243,6 +253,19 @@ def add_parsers(add: Add) -> None:
     p.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (0.0.0.0:PORT for every interface)")
     p.add_argument("--slots", type=int, metavar="N", help="tasks run at once (default: the number of cores)")
     p.add_argument("--grace", type=float, default=10.0, metavar="S", help="seconds running tasks get at shutdown")
+    p.add_argument(
+        "--key-file", metavar="FILE", help="the mesh key (default: MESH_KEY, else $MESH_HOME/mesh.key, made if absent)"
+    )
+
+    p = add(
+        "key",
+        cmd_key,
+        "show the mesh key",
+        "Every node and client of one mesh shares a key; requests that cause work or write data are\n"
+        "signed with it, and nodes refuse the rest (401). `mesh up` makes $MESH_HOME/mesh.key on its\n"
+        "first start. Copy the key to other machines with MESH_KEY=<key> or into their mesh.key.",
+    )
+    p.add_argument("action", choices=("show", "id"), help="show: the key (secret); id: its public fingerprint")
 
     p = add(
         "exec",

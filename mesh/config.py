@@ -13,6 +13,7 @@ store_max_bytes    MESH_STORE_MAX       store_max = "50G"               no cap
 listen             MESH_LISTEN          listen = "127.0.0.1:7474"       127.0.0.1:7474
 slots              MESH_SLOTS           slots = 8                       the number of cores
 node (client)      MESH_NODE            node = "http://host:7474"       http://127.0.0.1:7474
+mesh key           MESH_KEY (hex)       (--key-file FILE)               $MESH_HOME/mesh.key
 =================  ===================  ==============================  ==========================
 """
 
@@ -103,6 +104,7 @@ class NodeConfig:
     listen: tuple[str, int] = ("127.0.0.1", DEFAULT_PORT)
     slots: int = 1
     store_max_bytes: int | None = None
+    key_file: str | None = None  # None: MESH_KEY, else $MESH_HOME/mesh.key (made on first start)
 
     @property
     def store_dir(self) -> str:
@@ -116,6 +118,7 @@ class NodeConfig:
         listen: str | None = None,
         slots: int | None = None,
         store_max: str | None = None,
+        key_file: str | None = None,
     ) -> NodeConfig:
         """Resolve from flags (the arguments), environment, ``mesh.toml`` and defaults."""
         base = Settings.load(home=home, store_max=store_max)
@@ -133,6 +136,7 @@ class NodeConfig:
             listen=parse_listen(str(listen_text)),
             slots=slot_count,
             store_max_bytes=base.store_max_bytes,
+            key_file=key_file,
         )
 
 

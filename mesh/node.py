@@ -25,6 +25,7 @@ from hypercorn.trio import serve
 
 from mesh import __version__
 from mesh.api.app import create_app
+from mesh.api.auth import MeshKey, Verifier, load_key
 from mesh.cas.store import LocalStore
 from mesh.config import NodeConfig
 from mesh.errors import MeshError, NodeBusy
@@ -52,6 +53,7 @@ class Node:
         self._lock_fd: int | None = None
         self.node_id = ""
         self.store: LocalStore
+        self.key: MeshKey
         self.scheduler: Scheduler
         self._stop = trio.Event()
 
@@ -136,6 +138,10 @@ class Node:
     def _open(self) -> None:
         home = self.config.home
         self.node_id = _node_id(home)
+        key = load_key(home, key_file=self.config.key_file, create=True)
+        assert key is not None  # create=True makes one
+        self.key = key
+        self.verifier = Verifier(key)
         self.store = LocalStore(self.config.store_dir)
         self.db = StateDB(state_path(home))
         runner = Runner(
@@ -158,7 +164,13 @@ class Node:
     # -- what /health and /status say -------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        return {"ok": True, "node": self.node_id, "version": __version__, "store": self.store.store_id()}
+        return {
+            "ok": True,
+            "node": self.node_id,
+            "version": __version__,
+            "mesh": self.key.mesh_id,
+            "store": self.store.store_id(),
+        }
 
     def status(self) -> dict[str, Any]:
         sched = self.scheduler.statistics()
@@ -169,6 +181,7 @@ class Node:
         return {
             "node": self.node_id,
             "version": __version__,
+            "mesh": self.key.mesh_id,
             "url": self.url,
             "uptime": round(time.time() - self.started_at, 3),
             "slots": {"total": sched.slots, "busy": sched.busy},

@@ -23,7 +23,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh import codec
-from mesh.api.client import NodeClient
+from mesh.api.auth import load_key
+from mesh.api.client import MeshAuth, NodeClient
 from mesh.api.wire import RECORD_HEADER
 from mesh.cas.digest import Digest
 from mesh.cas.snapshot import ingest
@@ -50,8 +51,10 @@ def snapshot(home: Path, tmp_path: Path) -> str:
 
 
 def _http(node: NodeProcess) -> httpx.Client:
-    """A plain-HTTP client (verify=False skips building a TLS context: 80 ms per client)."""
-    return httpx.Client(base_url=node.url, timeout=60, trust_env=False, verify=False)
+    """A plain-HTTP client signing with the node's mesh key (verify=False: no TLS context to build)."""
+    key = load_key(node.home)
+    assert key is not None
+    return httpx.Client(base_url=node.url, timeout=60, trust_env=False, verify=False, auth=MeshAuth(key))
 
 
 def _client(node: NodeProcess) -> NodeClient:

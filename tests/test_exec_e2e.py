@@ -274,7 +274,12 @@ def test_sigterm_stops_the_node_cleanly(home: Path) -> None:
 def test_remote_node_gets_only_missing_blobs_uploaded(node: NodeProcess, tree: Path, tmp_path: Path) -> None:
     """A client with its own store uploads the tree from its files; a second run uploads nothing new."""
     client_home = tmp_path / "client-home"
-    env = node_env(str(client_home), MESH_NODE=node.url)
+    unkeyed = subprocess.run(MESH + ["exec", "-C", str(tree), "--", "true"],
+                             env=node_env(str(client_home), MESH_NODE=node.url), capture_output=True, timeout=120)
+    assert unkeyed.returncode == 1
+    assert b"unsigned request" in unkeyed.stderr and b"mesh key show" in unkeyed.stderr
+    key = node.mesh("key", "show").stdout.decode().strip()
+    env = node_env(str(client_home), MESH_NODE=node.url, MESH_KEY=key)
 
     def mesh_exec(*argv: str) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(MESH + ["exec", "-v", "-C", str(tree), "--", *argv], env=env, capture_output=True,

@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from mesh import codec
 from mesh.api import blobs
-from mesh.api.http import ApiError, error_response, read_message, reply, wants_json
+from mesh.api.http import ApiError, authenticate, error_response, read_body, read_message, reply, wants_json
 from mesh.api.wire import EVENTS_CBOR, NDJSON, frame, to_json
 from mesh.errors import MeshError
 from mesh.sched.jobs import JOB_STATES, check_job_id, parse_job
@@ -89,6 +89,7 @@ async def list_jobs(request: Request) -> Response:
     if state is not None and state not in JOB_STATES:
         raise ApiError(400, f"state must be one of {', '.join(JOB_STATES)}, not {state!r}")
     assert limit is not None
+    authenticate(request, await read_body(request, 0))
     rows = node.scheduler.db.jobs(limit=limit, before=before, state=state)
     jobs = []
     for row in rows:
@@ -102,12 +103,14 @@ async def list_jobs(request: Request) -> Response:
 
 async def get_job(request: Request) -> Response:
     job_id = check_job_id(request.path_params["job_id"])
+    authenticate(request, await read_body(request, 0))
     return reply(request, _node(request).scheduler.job_status(job_id))
 
 
 async def cancel_job(request: Request) -> Response:
     node = _node(request)
     job_id = check_job_id(request.path_params["job_id"])
+    authenticate(request, await read_body(request, 0))
     node.scheduler.cancel(job_id)
     return reply(request, node.scheduler.job_status(job_id))
 
@@ -116,6 +119,7 @@ async def job_events(request: Request) -> Response:
     job_id = check_job_id(request.path_params["job_id"])
     start = _int_param(request, "from", 0, 0, 2**62)
     assert start is not None
+    authenticate(request, await read_body(request, 0))
     _node(request).scheduler.job_status(job_id)  # 404 for an unknown job
     return _event_stream(request, job_id, start)
 

@@ -37,6 +37,8 @@ KEY_BYTES = 32
 MAX_SKEW = 60
 #: The body marker of uploads whose bytes are checked against their digests.
 CONTENT_ADDRESSED = "content-addressed"
+#: Paths (prefixes) whose PUT/POST bodies are signed as content-addressed.
+UPLOAD_PATHS = ("/v1/blobs/", "/v1/blobs:upload")
 HEADERS = ("x-mesh-time", "x-mesh-nonce", "x-mesh-body", "x-mesh-signature")
 _ID_CONTEXT = b"mesh id v1"
 

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from mesh import codec
-from mesh.api.http import ApiError, read_body, reply
+from mesh.api.http import ApiError, authenticate, read_body, read_message, reply
 from mesh.api.wire import RECORD_HEADER
 from mesh.cas.digest import Digest
 from mesh.cas.store import BlobWriter, LocalStore
@@ -41,7 +41,7 @@ def _digest_param(text: str) -> Digest:
 
 async def find_missing(request: Request) -> Response:
     store: LocalStore = request.app.state.node.store
-    body = codec.Fields(codec.decode(await read_body(request, 2 << 20)), "find-missing request")
+    body = codec.Fields(await read_message(request, 2 << 20), "find-missing request")
     texts = body.texts("digests")
     body.done()
     if len(texts) > MAX_MISSING_QUERY:
@@ -52,6 +52,7 @@ async def find_missing(request: Request) -> Response:
 
 async def put_blob(request: Request) -> Response:
     """``PUT /v1/blobs/{digest}``: store the body if it hashes to the digest."""
+    authenticate(request, None, content_addressed=True)
     store: LocalStore = request.app.state.node.store
     digest = _digest_param(request.path_params["digest"])
     if store.has(digest):
@@ -67,6 +68,7 @@ async def put_blob(request: Request) -> Response:
 
 async def get_blob(request: Request) -> Response:
     """``GET /v1/blobs/{digest}``: the blob's bytes, streamed (404 when absent)."""
+    authenticate(request, await read_body(request, 0))
     store: LocalStore = request.app.state.node.store
     digest = _digest_param(request.path_params["digest"])
     reader = store.open(digest, verify=True)  # BlobNotFound -> 404
@@ -156,6 +158,7 @@ class _Records:
 
 async def upload_batch(request: Request) -> Response:
     """``POST /v1/blobs:upload``: many blobs in one streamed body (see mesh.api.wire)."""
+    authenticate(request, None, content_addressed=True)
     records = _Records(request.app.state.node.store)
     try:
         async for chunk in request.stream():

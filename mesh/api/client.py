@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 from mesh import codec
+from mesh.api.auth import CONTENT_ADDRESSED, UPLOAD_PATHS, MeshKey, load_key, sign
 from mesh.api.wire import CBOR, FRAME_HEADER, MAX_FRAME
 from mesh.cas.digest import Digest
 from mesh.errors import CodecError, NodeError, NodeUnreachable
@@ -64,13 +65,56 @@ import httpx  # noqa: E402
 CONNECT_TIMEOUT = 5.0
 
 
-class NodeClient:
-    """Requests to one node at ``url``. Close it (or use ``with``) to release the connection."""
+class MeshAuth(httpx.Auth):
+    """The signing layer of every request (see mesh.api.auth): client -> auth -> transport.
 
-    def __init__(self, url: str, *, timeout: float = 60.0, transport: httpx.BaseTransport | None = None) -> None:
+    Blob uploads are signed as content-addressed (their bytes are verified against
+    their digests), so a streamed upload is never read twice; every other body is
+    small and signed by its digest.
+    """
+
+    def __init__(self, key: MeshKey) -> None:
+        self.key = key
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        target = request.url.raw_path.decode("ascii")
+        if request.method in ("PUT", "POST") and target.startswith(UPLOAD_PATHS):
+            body: bytes | str = CONTENT_ADDRESSED
+        else:
+            body = request.read()
+        request.headers.update(sign(self.key, request.method, target, body))
+        yield request
+
+
+def default_key() -> MeshKey | None:
+    """The mesh key this client would use: MESH_KEY, else $MESH_HOME/mesh.key (None if neither)."""
+    from mesh.config import Settings
+
+    return load_key(Settings.load().home)
+
+
+class NodeClient:
+    """Requests to one node at ``url``, signed with ``key`` (default: :func:`default_key`).
+
+    Close it (or use ``with``) to release the connection. Without a key requests go
+    unsigned, and a node answers those that need one with 401 and what to do.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key: MeshKey | None | str = "default",
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
+        if key == "default":
+            key = default_key()
+        self.key = key if isinstance(key, MeshKey) else None
         self.http = httpx.Client(
             base_url=self.url,
+            auth=MeshAuth(self.key) if self.key is not None else None,
             timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT),
             headers={"accept": CBOR, "user-agent": "mesh-cli"},
             transport=transport,

@@ -16,6 +16,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from mesh import codec
+from mesh.api.auth import AuthError
 from mesh.api.wire import CBOR, JSON, to_json
 from mesh.errors import (
     BlobNotFound,
@@ -42,6 +43,7 @@ class ApiError(MeshError):
 
 _STATUS: list[tuple[type[BaseException], int]] = [
     (ApiError, 0),
+    (AuthError, 401),
     (JobNotFound, 404),
     (BlobNotFound, 404),
     (PathNotFound, 404),
@@ -102,9 +104,32 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def authenticate(request: Request, body: bytes | None, *, content_addressed: bool = False) -> None:
+    """Refuse (401) a request not signed with the mesh key, stale or replayed (mesh.api.auth).
+
+    ``body``: the bytes the request carried (b"" for none); None with
+    ``content_addressed`` for blob uploads, whose bytes are verified by digest.
+    """
+    scope = request.scope
+    target = (scope.get("raw_path") or scope["path"].encode()).decode("ascii", "replace")
+    if scope.get("query_string"):
+        target += "?" + scope["query_string"].decode("ascii", "replace")
+    try:
+        request.app.state.node.verifier.check(
+            request.method, target, request.headers, body, content_addressed=content_addressed
+        )
+    except AuthError as exc:
+        raise AuthError(
+            f"{exc} (a client needs this mesh's key: run `mesh key show` on a node and set MESH_KEY, "
+            "or copy it to $MESH_HOME/mesh.key)"
+        ) from None
+
+
 async def read_message(request: Request, limit: int) -> Any:
-    """Decode a CBOR (or, with a JSON content type, JSON) message body within ``limit`` bytes."""
+    """Authenticate and decode a CBOR (or, with a JSON content type, JSON) message body of at
+    most ``limit`` bytes."""
     body = await read_body(request, limit)
+    authenticate(request, body)
     if request.headers.get("content-type", "").startswith(JSON):
         try:
             return json.loads(body)

@@ -1,0 +1,96 @@
+"""A real node refuses requests not signed with its mesh key, and changes nothing for them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mesh import codec
+from mesh.api.auth import MeshKey, load_key, sign
+from mesh.api.client import MeshAuth, NodeClient
+from mesh.cas.snapshot import ingest
+from mesh.cas.store import LocalStore
+from tests.nodeutil import NodeProcess
+
+
+@pytest.fixture
+def job(home: Path, tmp_path: Path) -> bytes:
+    src = tmp_path / "input"
+    src.mkdir()
+    (src / "f").write_text("x\n")
+    with LocalStore(home / "cas") as store:
+        snapshot = str(ingest(store, src))
+    return codec.encode({"tasks": [{"name": "t", "argv": ["true"], "input": snapshot}], "no_cache": True})
+
+
+def job_count(node: NodeProcess) -> int:
+    with NodeClient(node.url, key=load_key(node.home)) as client:
+        return len(client.jobs()["jobs"])
+
+
+def post(node: NodeProcess, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    return httpx.post(
+        node.url + "/v1/jobs", content=body, headers={"content-type": "application/cbor", **headers}, trust_env=False
+    )
+
+
+def test_health_and_status_stay_open(node: NodeProcess) -> None:
+    for path in ("/health", "/status"):
+        response = httpx.get(node.url + path, trust_env=False)
+        assert response.status_code == 200
+    key = load_key(node.home)
+    assert key is not None and httpx.get(node.url + "/health", trust_env=False).json()["mesh"] == key.mesh_id
+    assert os.stat(os.path.join(node.home, "mesh.key")).st_mode & 0o077 == 0
+
+
+def test_unsigned_forged_replayed_and_stale_requests_are_refused(node: NodeProcess, job: bytes) -> None:
+    key = load_key(node.home)
+    assert key is not None
+    before = job_count(node)
+
+    unsigned = post(node, job, {})
+    assert unsigned.status_code == 401 and "unsigned request" in codec.decode(unsigned.content)["error"]
+
+    forged = post(node, job, sign(MeshKey.generate(), "POST", "/v1/jobs", job))
+    assert forged.status_code == 401 and "bad signature" in codec.decode(forged.content)["error"]
+
+    tampered = post(node, job + b"", sign(key, "POST", "/v1/jobs", b"another body"))
+    assert tampered.status_code == 401 and "body digest" in codec.decode(tampered.content)["error"]
+
+    stale = post(node, job, sign(key, "POST", "/v1/jobs", job, now=1_000_000))
+    assert stale.status_code == 401 and "stale" in codec.decode(stale.content)["error"]
+
+    assert job_count(node) == before  # nothing above caused work
+
+    headers = sign(key, "POST", "/v1/jobs", job)
+    assert post(node, job, headers).status_code == 201
+    replayed = post(node, job, headers)
+    assert replayed.status_code == 401 and "replayed" in codec.decode(replayed.content)["error"]
+    assert job_count(node) == before + 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/v1/jobs", None),
+        ("GET", "/v1/jobs/0123456789abcdef0123", None),
+        ("POST", "/v1/jobs/0123456789abcdef0123/cancel", None),
+        ("GET", "/v1/jobs/0123456789abcdef0123/events", None),
+        ("POST", "/v1/blobs:missing", codec.encode({"digests": []})),
+        ("PUT", "/v1/blobs/b3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262:0", b""),
+        ("POST", "/v1/blobs:upload", b""),
+        ("GET", "/v1/blobs/b3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262:0", None),
+    ],
+)
+def test_every_data_endpoint_needs_the_key(node: NodeProcess, method: str, path: str, body: bytes | None) -> None:
+    unsigned = httpx.request(method, node.url + path, content=body, trust_env=False)
+    assert unsigned.status_code == 401, (method, path, unsigned.content)
+    other = httpx.request(method, node.url + path, content=body, trust_env=False, auth=MeshAuth(MeshKey.generate()))
+    assert other.status_code == 401, (method, path, other.content)
+    key = load_key(node.home)
+    assert key is not None
+    signed = httpx.request(method, node.url + path, content=body, trust_env=False, auth=MeshAuth(key))
+    assert signed.status_code != 401, (method, path, signed.content)
