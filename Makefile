@@ -7,8 +7,9 @@ PYTHON ?= python3
 # costs every `mesh` command ~20 ms of start-up.
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# System packages the tests use; installed with apt-get when missing and we are root.
-SYSTEM_PACKAGES := b3sum
+# System packages the tests use, as COMMAND:PACKAGE; installed with apt-get when the
+# command is missing and we are root. ip (iproute2): the network namespaces of the mesh tests.
+SYSTEM_PACKAGES := b3sum:b3sum ip:iproute2
 
 .PHONY: up test venv test-deps system-deps bench clean
 
@@ -28,7 +29,7 @@ up: venv
 	MESH_MDNS=0 exec $(BIN)/mesh up
 
 system-deps:
-	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing system packages:$$missing"; \

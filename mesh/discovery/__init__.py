@@ -1,0 +1,1 @@
+"""Finding peers: mDNS/zeroconf on a LAN (:mod:`mesh.discovery.mdns`), static seeds elsewhere."""
