@@ -82,6 +82,7 @@ def mesh_env(home: str, **extra: str) -> dict[str, str]:
     """The environment for mesh processes: no MESH_* of ours, this MESH_HOME, ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
     env["MESH_HOME"] = home
+    env["MESH_MDNS"] = "0"  # benchmarks never multicast on the machine's real interfaces
     env.update(extra)
     return env
 

@@ -32,7 +32,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     from mesh.node import Node
 
     logging.basicConfig(level=logging.INFO, format="mesh: %(message)s", stream=sys.stderr)
-    config = NodeConfig.load(home=args.home, listen=args.listen, slots=args.slots, key_file=args.key_file)
+    config = NodeConfig.load(
+        home=args.home,
+        listen=args.listen,
+        slots=args.slots,
+        key_file=args.key_file,
+        peers=args.peer,
+        labels=args.label,
+        mdns=False if args.no_mdns else None,
+        advertise=args.advertise,
+    )
     node = Node(config, grace=args.grace)
 
     async def main() -> None:
@@ -158,6 +167,28 @@ def cmd_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_peers(args: argparse.Namespace) -> int:
+    """List the node's peers: state, load, last heard, labels."""
+    with _client(args) as client:
+        status = client.status()
+    peers = status.get("peers", [])
+    if args.json:
+        _print_json(peers)
+        return 0
+    if not peers:
+        print("no peers known", file=sys.stderr)
+    for peer in peers:
+        load = peer.get("load", {})
+        labels = ",".join(
+            f"{k[6:]}={v}" for k, v in sorted(peer.get("capabilities", {}).items()) if k.startswith("label.")
+        )
+        print(
+            f"{peer['node']}  {peer['state']:<7}  {peer['url']:<28}  slots {load.get('busy', 0)}/{load.get('slots', 0)}"
+            f"  queued {load.get('queued', 0):<4}  heard {peer['last_heard']:.1f}s ago  {labels}"
+        )
+    return 0
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     with _client(args) as client:
         page = client.jobs(limit=args.limit, before=args.before, state=args.state)
@@ -245,8 +276,12 @@ def add_parsers(add: Add) -> None:
         cmd_up,
         "start a node in the foreground",
         "Start a mesh node: it accepts jobs over HTTP, runs their tasks, keeps results, history and\n"
-        "the action cache in $MESH_HOME/state.db and blobs in $MESH_HOME/cas. It listens on\n"
-        "127.0.0.1:7474 unless told otherwise (--listen, MESH_LISTEN, listen in mesh.toml).\n"
+        "the action cache in $MESH_HOME/state.db and blobs in $MESH_HOME/cas. It listens on every\n"
+        "interface, port 7474, unless told otherwise (--listen, MESH_LISTEN, listen in mesh.toml):\n"
+        "requests that cause work are signed with the mesh key ($MESH_HOME/mesh.key, made on the\n"
+        "first start; `mesh key show`). Nodes of one mesh find each other on the LAN by mDNS\n"
+        "(--no-mdns or MESH_MDNS=0 turns it off) and through --peer seeds, and gossip their\n"
+        "capabilities and load every second.\n"
         "One node per $MESH_HOME. SIGINT/SIGTERM stop it: running tasks get --grace seconds to\n"
         "finish; those still running then are interrupted and run again at the next start.",
     )
@@ -256,6 +291,10 @@ def add_parsers(add: Add) -> None:
     p.add_argument(
         "--key-file", metavar="FILE", help="the mesh key (default: MESH_KEY, else $MESH_HOME/mesh.key, made if absent)"
     )
+    p.add_argument("--peer", action="append", metavar="HOST:PORT", help="a peer to gossip with (repeat; MESH_PEERS)")
+    p.add_argument("--label", action="append", metavar="K=V", help="a label placement can require as label.K=V")
+    p.add_argument("--no-mdns", action="store_true", help="do not announce or look for peers by mDNS")
+    p.add_argument("--advertise", metavar="URL", help="the URL peers reach this node at (default: from --listen)")
 
     p = add(
         "key",
@@ -288,6 +327,10 @@ def add_parsers(add: Add) -> None:
     p.add_argument("--node", metavar="URL", help=node_help)
     p.add_argument("-v", "--verbose", action="store_true", help="say the job id and whether it was cached")
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command and its arguments")
+
+    p = add("peers", cmd_peers, "list a node's peers", "List the peers a node knows: state, load, last heard.")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--node", metavar="URL", help=node_help)
 
     p = add("jobs", cmd_jobs, "list jobs, newest first", "List the node's jobs: id, state, created, label.")
     p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N jobs (default 50)")

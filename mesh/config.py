@@ -10,7 +10,12 @@ setting            environment          mesh.toml                       default
 home               MESH_HOME            (n/a: it locates the file)      $XDG_DATA_HOME/mesh or
                                                                         ~/.local/share/mesh
 store_max_bytes    MESH_STORE_MAX       store_max = "50G"               no cap
-listen             MESH_LISTEN          listen = "127.0.0.1:7474"       127.0.0.1:7474
+listen             MESH_LISTEN          listen = "0.0.0.0:7474"         0.0.0.0:7474 (requests are signed)
+advertise          MESH_ADVERTISE       advertise = "http://h:7474"     this host's first LAN address
+peers (seeds)      MESH_PEERS (a,b)     peers = ["host:7474"]           none
+labels             (--label k=v)        labels = {gpu = "1"}            none
+mdns               MESH_MDNS=0 turns    mdns = false                    on
+                   it off
 slots              MESH_SLOTS           slots = 8                       the number of cores
 node (client)      MESH_NODE            node = "http://host:7474"       http://127.0.0.1:7474
 mesh key           MESH_KEY (hex)       (--key-file FILE)               $MESH_HOME/mesh.key
@@ -83,8 +88,8 @@ def _read_toml(path: str) -> dict[str, Any]:
 
 #: The port a node listens on unless told otherwise, and where clients look for one.
 DEFAULT_PORT = 7474
-DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
-DEFAULT_NODE_URL = f"http://{DEFAULT_LISTEN}"
+DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
+DEFAULT_NODE_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -105,6 +110,10 @@ class NodeConfig:
     slots: int = 1
     store_max_bytes: int | None = None
     key_file: str | None = None  # None: MESH_KEY, else $MESH_HOME/mesh.key (made on first start)
+    seeds: tuple[str, ...] = ()  # peer URLs to gossip with until they are known members
+    labels: tuple[tuple[str, str], ...] = ()
+    mdns: bool = True
+    advertise: str | None = None  # the URL peers reach this node at (None: derived from listen)
 
     @property
     def store_dir(self) -> str:
@@ -119,6 +128,10 @@ class NodeConfig:
         slots: int | None = None,
         store_max: str | None = None,
         key_file: str | None = None,
+        peers: list[str] | None = None,
+        labels: list[str] | None = None,
+        mdns: bool | None = None,
+        advertise: str | None = None,
     ) -> NodeConfig:
         """Resolve from flags (the arguments), environment, ``mesh.toml`` and defaults."""
         base = Settings.load(home=home, store_max=store_max)
@@ -137,7 +150,55 @@ class NodeConfig:
             slots=slot_count,
             store_max_bytes=base.store_max_bytes,
             key_file=key_file,
+            seeds=tuple(_peer_url(p) for p in _peers(peers, file)),
+            labels=tuple(sorted(_labels(labels, file).items())),
+            mdns=_mdns(mdns, file),
+            advertise=advertise or os.environ.get("MESH_ADVERTISE") or file.get("advertise"),
         )
+
+
+def _peers(flags: list[str] | None, file: dict[str, Any]) -> list[str]:
+    if flags:
+        return flags
+    env = os.environ.get("MESH_PEERS")
+    if env:
+        return [p for p in env.split(",") if p.strip()]
+    value = file.get("peers", [])
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise UsageError('peers in mesh.toml must be a list like ["host:7474"]')
+    return value
+
+
+def _peer_url(text: str) -> str:
+    """``HOST:PORT`` (or a URL) of a seed peer, as a URL."""
+    text = text.strip().rstrip("/")
+    if "://" in text:
+        return text
+    host, port = parse_listen(text)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _labels(flags: list[str] | None, file: dict[str, Any]) -> dict[str, str]:
+    labels = {}
+    table = file.get("labels", {})
+    if not isinstance(table, dict):
+        raise UsageError('labels in mesh.toml must be a table like {gpu = "1"}')
+    labels.update({str(k): str(v) for k, v in table.items()})
+    for item in flags or []:
+        key, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_.-]+", key):
+            raise UsageError(f"--label wants KEY=VALUE (letters, digits, _ . - in KEY), not {item!r}")
+        labels[key] = value
+    return labels
+
+
+def _mdns(flag: bool | None, file: dict[str, Any]) -> bool:
+    if flag is not None:
+        return flag
+    env = os.environ.get("MESH_MDNS")
+    if env is not None:
+        return env.strip().lower() not in ("0", "false", "no", "off", "")
+    return bool(file.get("mdns", True))
 
 
 def node_url(flag: str | None = None, *, home: str | None = None) -> tuple[str, bool]:

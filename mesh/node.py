@@ -31,6 +31,7 @@ from mesh.config import NodeConfig
 from mesh.errors import MeshError, NodeBusy
 from mesh.exec.process import ProcessExecutor
 from mesh.exec.runner import Runner
+from mesh.peering import Peering, advertised_url
 from mesh.sched.scheduler import Scheduler
 from mesh.sched.statedb import StateDB, state_path
 
@@ -55,6 +56,7 @@ class Node:
         self.store: LocalStore
         self.key: MeshKey
         self.scheduler: Scheduler
+        self.peering: Peering
         self._stop = trio.Event()
 
     def __repr__(self) -> str:
@@ -73,6 +75,8 @@ class Node:
                 http_stop = trio.Event()
                 binds = await nursery.start(self._serve_http, http_stop)
                 self.url = _local_url(binds[0])
+                port = int(binds[0].rsplit(":", 1)[1])
+                await nursery.start(self.peering.run, advertised_url(self.config, port))
                 task_status.started(self.url)
                 await self._stop.wait()
                 http_stop.set()
@@ -152,6 +156,13 @@ class Node:
         )
         runner.remove_leftovers()  # task directories of tasks a crash interrupted
         self.scheduler = Scheduler(self.db, runner, self.store, node_id=self.node_id, slots=self.config.slots)
+        self.peering = Peering(
+            self.config, node_id=self.node_id, key=key, executors=sorted(runner.executors), load=self._load
+        )
+
+    def _load(self) -> dict[str, int]:
+        stats = self.scheduler.statistics()
+        return {"slots": stats.slots, "busy": stats.busy, "queued": stats.queued}
 
     def _close(self) -> None:
         for closer in (getattr(self, "db", None), getattr(self, "store", None)):
@@ -189,6 +200,9 @@ class Node:
             "running_jobs": sched.running_jobs,
             "tasks_run": sched.tasks_run,
             "cache": {"hits": sched.cache_hits, "entries": self.db.cache_size()},
+            "capabilities": self.peering.capabilities,
+            "peers": self.peering.status(),
+            "gossip": {"rounds": self.peering.gossip.rounds, "mdns": self.config.mdns},
             "jobs": {"counts": self.db.count_jobs(), "recent": recent},
         }
 

@@ -44,6 +44,7 @@ def wait_for(condition: Callable[[], object], *, timeout: float = 30.0, what: st
 def node_env(home: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
     env["MESH_HOME"] = home
+    env["MESH_MDNS"] = "0"  # never multicast on the machine's real interfaces (tests/netns.py for mDNS)
     env.update(extra)
     return env
 

@@ -12,6 +12,7 @@
 | ``GET /v1/jobs/{id}`` | a job with its tasks, states, results |
 | ``POST /v1/jobs/{id}/cancel`` | cancel a job (kills its running tasks) |
 | ``GET /v1/jobs/{id}/events`` | its events from ``?from=N``, live until it finishes |
+| ``POST /v1/gossip`` | a peer's membership table in, ours out (mesh.sched.gossip) |
 
 Handlers only translate between HTTP and the node: validation lives in the
 model (mesh.sched.jobs), errors are mapped in mesh.api.http.
@@ -159,6 +160,12 @@ def _event_stream(request: Request, job_id: str, start: int) -> Response:
     return StreamingResponse(stream(), media_type=NDJSON if as_json else EVENTS_CBOR)
 
 
+async def gossip(request: Request) -> Response:
+    """``POST /v1/gossip``: merge a peer's table, answer with ours (mesh.sched.gossip)."""
+    message = await read_message(request, 4 << 20)
+    return reply(request, _node(request).peering.gossip.receive(message))
+
+
 async def _on_error(request: Request, exc: Exception) -> Response:
     return error_response(request, exc)
 
@@ -185,6 +192,7 @@ def create_app(node: Node) -> Starlette:
         Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
         Route("/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
         Route("/v1/jobs/{job_id}/events", job_events, methods=["GET"]),
+        Route("/v1/gossip", gossip, methods=["POST"]),
     ]
     app = Starlette(
         routes=routes,

@@ -1,0 +1,106 @@
+"""Gossip: every round, push this node's table to a few peers and merge their answers.
+
+Push-pull over ``POST /v1/gossip`` (signed): the sender's table goes in the body,
+the receiver merges it and answers with its own, which the sender merges. Each
+round (:data:`ROUND`, 1 s) the node counts its heartbeat up, picks up to
+:data:`FANOUT` targets at random among the live peers, plus every *candidate*
+not yet known as a member (``--peer`` seeds, mDNS finds, the URLs of peers that
+died), then ages its table (mesh.sched.membership has the failure detector's
+timings). A node therefore learns peers of peers from a single seed, and a peer
+that comes back is found again through its seed or its mDNS record.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from mesh.errors import CodecError, MeshError
+from mesh.sched.membership import Member, PeerTable, parse_message
+
+log = logging.getLogger("mesh.gossip")
+
+ROUND = 1.0
+FANOUT = 3
+
+
+class Gossip:
+    """The gossip service of one node. ``me()`` describes this node as it is now."""
+
+    def __init__(
+        self,
+        table: PeerTable,
+        me: Callable[[int], Member],
+        send: Callable[[str, dict[str, Any]], Any],
+        *,
+        seeds: list[str] | None = None,
+        round_seconds: float = ROUND,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.table = table
+        self._me = me
+        self._send = send
+        self.round_seconds = round_seconds
+        self._clock = clock
+        self.heartbeat = 0
+        self.candidates: set[str] = {s.rstrip("/") for s in seeds or ()}
+        self.rounds = 0
+
+    def me(self) -> Member:
+        return self._me(self.heartbeat)
+
+    def add_candidate(self, url: str) -> None:
+        """A URL that may be a peer (mDNS found it, or it is a seed); tried every round until known."""
+        self.candidates.add(url.rstrip("/"))
+
+    def receive(self, message: Any) -> dict[str, Any]:
+        """Merge a peer's pushed table; returns ours (the answer of ``/v1/gossip``). Raises CodecError."""
+        _, members = parse_message(message)
+        self._merge(members)
+        return self.table.message(self.me())
+
+    def _merge(self, members: list[Member]) -> None:
+        for node in self.table.merge(members, self._clock()):
+            peer = self.table.get(node)
+            log.info("peer %s at %s is alive", node, peer.member.url if peer else "?")
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Gossip every round until cancelled."""
+        task_status.started()
+        while True:
+            await self.round()
+            await trio.sleep(self.round_seconds)
+
+    async def round(self) -> None:
+        """One round: heartbeat, push to the chosen targets (concurrently), age the table."""
+        self.heartbeat += 1
+        self.rounds += 1
+        message = self.table.message(self.me())
+        async with trio.open_nursery() as nursery:
+            for url in self._targets():
+                nursery.start_soon(self._push, url, message)
+        for node in self.table.tick(self._clock()):
+            peer = self.table.get(node)
+            log.warning("peer %s stopped answering: dead", node)
+            if peer is not None:
+                self.add_candidate(peer.member.url)  # try it again: it may come back
+
+    def _targets(self) -> list[str]:
+        alive = [m.url for m in self.table.alive()]
+        chosen = random.sample(alive, min(FANOUT, len(alive)))
+        known = {p.member.url for p in self.table.peers() if p.state != "dead"}
+        return chosen + sorted(self.candidates - known - set(chosen) - {self.me().url})
+
+    async def _push(self, url: str, message: dict[str, Any]) -> None:
+        try:
+            reply = await self._send(url, message)
+            _, members = parse_message(reply)
+        except (MeshError, CodecError) as exc:
+            log.debug("gossip to %s failed: %s", url, exc)
+            return
+        self._merge(members)

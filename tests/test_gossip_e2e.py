@@ -1,0 +1,116 @@
+"""Several real nodes on loopback, joined by --peer seeds: membership, failure detection, rejoin."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mesh.sched.membership import DEAD_AFTER
+from tests.nodeutil import MESH, NodeProcess, free_port, node_env, wait_for
+
+
+def peers_of(node: NodeProcess) -> dict[str, dict[str, object]]:
+    status = httpx.get(node.url + "/status", timeout=5, trust_env=False).json()
+    return {p["node"]: p for p in status["peers"]}
+
+
+def node_id(node: NodeProcess) -> str:
+    return str(httpx.get(node.url + "/health", timeout=5, trust_env=False).json()["node"])
+
+
+@pytest.fixture
+def trio_of_nodes(tmp_path: Path) -> Iterator[list[NodeProcess]]:
+    """Three nodes sharing one mesh key, seeded as a chain: a <- b <- c (c knows only b)."""
+    ports = [free_port() for _ in range(3)]
+    nodes: list[NodeProcess] = []
+    key = None
+    try:
+        for i, port in enumerate(ports):
+            home = tmp_path / f"node{i}"
+            home.mkdir()
+            if key is not None:
+                (home / "mesh.key").write_text(key)
+            extra = ["--peer", f"127.0.0.1:{ports[i - 1]}"] if i else []
+            if i == 2:
+                extra += ["--label", "special=1"]
+            nodes.append(NodeProcess(str(home), port=port, extra_args=extra).start())
+            key = (home / "mesh.key").read_text()
+        yield nodes
+    finally:
+        for node in nodes:
+            node.kill()
+
+
+def test_peers_of_peers_from_one_seed_and_status(trio_of_nodes: list[NodeProcess]) -> None:
+    a, b, c = trio_of_nodes
+    ids = [node_id(n) for n in trio_of_nodes]
+    for node, me in zip(trio_of_nodes, ids, strict=True):
+        expected = set(ids) - {me}
+        wait_for(
+            lambda node=node, expected=expected: (
+                set(peers_of(node)) == expected and all(p["state"] == "alive" for p in peers_of(node).values())
+            ),
+            timeout=15,
+            what=f"{node.url} to know both others",
+        )
+    seen_c = peers_of(a)[ids[2]]
+    assert seen_c["capabilities"]["label.special"] == "1"  # type: ignore[index]
+    assert seen_c["load"]["slots"] == 2  # type: ignore[index]
+    listing = a.mesh("peers")
+    assert listing.returncode == 0 and ids[2].encode() in listing.stdout and b"special=1" in listing.stdout
+
+
+def test_a_dead_peer_leaves_and_a_restarted_one_rejoins(trio_of_nodes: list[NodeProcess]) -> None:
+    a, b, c = trio_of_nodes
+    ids = [node_id(n) for n in trio_of_nodes]
+    wait_for(
+        lambda: len(peers_of(a)) == 2 and all(p["state"] == "alive" for p in peers_of(a).values()),
+        timeout=15,
+        what="a full mesh",
+    )
+    c.kill()
+    killed_at = time.monotonic()
+    wait_for(
+        lambda: peers_of(a)[ids[2]]["state"] == "dead",
+        timeout=DEAD_AFTER + 10,
+        what="the killed node to be declared dead",
+    )
+    assert time.monotonic() - killed_at <= DEAD_AFTER + 5
+    assert peers_of(b)[ids[2]]["state"] in ("suspect", "dead")
+    c.start()
+    wait_for(lambda: peers_of(a)[ids[2]]["state"] == "alive", timeout=15, what="the restarted node to rejoin")
+
+
+def test_a_node_of_another_mesh_is_not_a_peer(trio_of_nodes: list[NodeProcess], tmp_path: Path) -> None:
+    a = trio_of_nodes[0]
+    outsider = NodeProcess(str(tmp_path / "outsider"), extra_args=["--peer", a.url.removeprefix("http://")]).start()
+    try:
+        outsider_id = node_id(outsider)
+        ids = {node_id(n) for n in trio_of_nodes}
+        wait_for(lambda: len(peers_of(a)) == 2, timeout=15, what="the mesh to form")
+        # Let the outsider gossip to its seed for several rounds; neither side may accept the other.
+        rounds = httpx.get(outsider.url + "/status", trust_env=False).json()["gossip"]["rounds"]
+        wait_for(
+            lambda: httpx.get(outsider.url + "/status", trust_env=False).json()["gossip"]["rounds"] >= rounds + 4,
+            timeout=15,
+            what="four more gossip rounds of the outsider",
+        )
+        assert outsider_id not in peers_of(a)
+        assert not set(peers_of(outsider)) & ids
+    finally:
+        outsider.kill()
+
+
+def test_bad_peer_flags_are_usage_errors(tmp_path: Path) -> None:
+    done = subprocess.run(
+        MESH + ["up", "--peer", "nonsense", "--listen", f"127.0.0.1:{free_port()}"],
+        env=node_env(str(tmp_path / "h")),
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and b"HOST:PORT" in done.stderr

@@ -1,0 +1,84 @@
+"""Real `mesh up` nodes in network namespaces on a private bridge find each other by mDNS alone.
+
+No seeds: discovery is real multicast between the namespaces (tests/netns.py builds and
+always removes them). Needs root; elsewhere it is skipped with the reason printed, and
+tests/test_gossip_e2e.py covers the same membership over loopback with --peer seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.netns import Lan, unavailable_reason
+from tests.nodeutil import node_env, wait_for
+
+PORT = 7474
+
+
+@pytest.fixture
+def lan() -> Iterator[Lan]:
+    reason = unavailable_reason()
+    if reason is not None:
+        print(f"skipping the namespace mesh test: {reason}", file=sys.stderr)
+        pytest.skip(reason)
+    with Lan(3) as built:
+        yield built
+
+
+def peers_seen(lan: Lan, i: int, home: Path) -> dict[str, str]:
+    """node id -> state, as node i's own /status says (asked from inside its namespace)."""
+    done = lan.run(
+        i,
+        [sys.executable, "-m", "mesh", "peers", "--json", "--node", f"http://127.0.0.1:{PORT}"],
+        env=node_env(str(home)),
+        timeout=30,
+    )
+    if done.returncode != 0:
+        return {}
+    return {p["node"]: p["state"] for p in json.loads(done.stdout)}
+
+
+def test_three_namespaced_nodes_find_each_other_by_mdns(lan: Lan, tmp_path: Path) -> None:
+    homes = [tmp_path / f"node{i}" for i in range(3)]
+    key = None
+    nodes = []
+    for i, home in enumerate(homes):
+        home.mkdir()
+        if key is not None:
+            (home / "mesh.key").write_text(key)
+        else:
+            from mesh.api.auth import MeshKey
+
+            key = MeshKey.generate().text()
+            (home / "mesh.key").write_text(key)
+        os.chmod(home / "mesh.key", 0o600)
+        env = node_env(str(home), MESH_MDNS="1")  # inside a namespace the test made: allowed
+        nodes.append(lan.spawn(i, [sys.executable, "-m", "mesh", "up", "--slots", "1"], env=env))
+    started = time.monotonic()
+    ids: list[str] = []
+    health = f"import urllib.request as u; print(u.urlopen('http://127.0.0.1:{PORT}/health').read().decode())"
+    for i in range(3):
+
+        def answered(i: int = i) -> bool:
+            done = lan.run(i, [sys.executable, "-c", health])
+            if done.returncode == 0:
+                ids.append(json.loads(done.stdout)["node"])
+            return done.returncode == 0
+
+        wait_for(answered, timeout=30, what=f"node {i} to serve")
+    for i, home in enumerate(homes):
+        others = set(ids) - {ids[i]}
+        wait_for(
+            lambda i=i, home=home, others=others: peers_seen(lan, i, home) == dict.fromkeys(others, "alive"),
+            timeout=max(1.0, 30 - (time.monotonic() - started)),
+            what=f"node {i} to find the other two by mDNS",
+        )
+    for node in nodes:
+        assert node.stop() == 0
