@@ -24,7 +24,8 @@ translated at the boundary of the module that meets them.
     ├── JobNotFound                no job has the id asked for
     ├── NodeBusy                   another node already runs on this $MESH_HOME
     ├── NodeError                  a node answered a client's request with an error
-    │   └── NodeUnreachable        no node answers at the address (connection refused, timeout)
+    │   ├── NodeUnreachable        no node answers at the address (connection refused, timeout)
+    │   └── PeerDeclined           a peer has no room for an offered task (offer it elsewhere)
     └── ExecError                  this node could not run a task (not the task's own failure)
         ├── UnknownExecutor        the action asks for an executor this node does not have
         └── SpawnFailed            the command could not be started (not found, not executable)
@@ -157,3 +158,7 @@ class NodeError(MeshError):
 
 class NodeUnreachable(NodeError):
     """No node answers at the address (refused, timed out, name not found)."""
+
+
+class PeerDeclined(NodeError):
+    """A peer declined an offered task: it has no free slot (the coordinator offers it elsewhere)."""

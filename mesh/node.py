@@ -155,9 +155,17 @@ class Node:
             executors={"process": ProcessExecutor()},
         )
         runner.remove_leftovers()  # task directories of tasks a crash interrupted
-        self.scheduler = Scheduler(self.db, runner, self.store, node_id=self.node_id, slots=self.config.slots)
         self.peering = Peering(
             self.config, node_id=self.node_id, key=key, executors=sorted(runner.executors), load=self._load
+        )
+        self.scheduler = Scheduler(
+            self.db,
+            runner,
+            self.store,
+            node_id=self.node_id,
+            slots=self.config.slots,
+            capabilities=self.peering.capabilities,
+            remote=self.peering,
         )
 
     def _load(self) -> dict[str, int]:

@@ -20,10 +20,18 @@ import trio
 
 from mesh import __version__
 from mesh.api.auth import MeshKey
-from mesh.api.peer import PeerClient
+from mesh.api.peer import PeerClient, TaskOffers
+from mesh.cas.digest import Digest
+from mesh.cas.snapshot import read_node
+from mesh.cas.store import LocalStore
+from mesh.cas.tree import Kind
 from mesh.config import NodeConfig
+from mesh.errors import BlobNotFound, NodeError
+from mesh.exec.action import Action, ActionResult
 from mesh.sched.gossip import Gossip
 from mesh.sched.membership import Member, PeerTable
+from mesh.sched.placement import NodeView
+from mesh.sched.scheduler import OutputSink
 
 log = logging.getLogger("mesh.peering")
 
@@ -90,6 +98,7 @@ class Peering:
         self.url = ""
         self._load = load
         self.client: PeerClient | None = None
+        self.offers: TaskOffers | None = None
         self.gossip = Gossip(self.table, self._me, self._send, seeds=list(config.seeds))
 
     def _me(self, heartbeat: int) -> Member:
@@ -106,10 +115,64 @@ class Peering:
         assert self.client is not None
         return await self.client.gossip(url, message)
 
+    # -- running tasks on peers, moving blobs (the scheduler's Remote) -----------------
+
+    def candidates(self) -> list[NodeView]:
+        """The live peers as placement sees them (``node`` is the peer's URL)."""
+        return [
+            NodeView(
+                node=m.url,
+                capabilities=m.capabilities,
+                slots=int(m.load.get("slots", 0)),
+                busy=int(m.load.get("busy", 0)),
+                queued=int(m.load.get("queued", 0)),
+            )
+            for m in self.table.alive()
+        ]
+
+    async def run_on(self, url: str, task_key: str, action: Action, on_output: OutputSink) -> ActionResult:
+        """Run a task on the peer at ``url`` (see mesh.api.peer.TaskOffers)."""
+        assert self.offers is not None, "peering is not running"
+        return await self.offers.run(url, task_key, action, on_output)
+
+    async def fetch_tree(self, source: str, root: Digest, store: LocalStore) -> None:
+        """Copy what ``store`` lacks of snapshot ``root`` from the node at ``source``, verified."""
+        assert self.offers is not None, "peering is not running"
+        pending = [root]
+        while pending:
+            for digest in store.find_missing(pending):
+                if not await self.offers.fetch(source, digest, store):
+                    raise BlobNotFound(digest)
+            files: list[Digest] = []
+            below: list[Digest] = []
+            for node in pending:
+                for entry in read_node(store, node):
+                    if entry.kind == Kind.DIRECTORY:
+                        below.append(entry.blob)
+                    elif entry.kind != Kind.SYMLINK:
+                        files.append(entry.blob)
+            for digest in store.find_missing(files):
+                if not await self.offers.fetch(source, digest, store):
+                    raise BlobNotFound(digest)
+            pending = below
+
+    async def fetch_from_peers(self, digest: Digest, store: LocalStore) -> bool:
+        """Copy a blob from whichever live peer has it; False when none does."""
+        if self.offers is None:
+            return False
+        for member in self.table.alive():
+            try:
+                if await self.offers.fetch(member.url, digest, store):
+                    return True
+            except NodeError as exc:
+                log.info("fetching %s from %s failed: %s", digest, member.url, exc)
+        return False
+
     async def run(self, url: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Gossip (and discover, if enabled) as the node at ``url`` until cancelled."""
         self.url = url
         self.client = PeerClient(self.key)
+        self.offers = TaskOffers(self.client, lambda: self.url)
         try:
             async with trio.open_nursery() as nursery:
                 if self.config.mdns:

@@ -10,6 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mesh.api.client import NodeClient
+from mesh.cas.digest import Digest
 from mesh.sched.membership import DEAD_AFTER
 from tests.nodeutil import MESH, NodeProcess, free_port, node_env, wait_for
 
@@ -114,3 +116,77 @@ def test_bad_peer_flags_are_usage_errors(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 2 and b"HOST:PORT" in done.stderr
+
+
+def _snapshot(node: NodeProcess, tmp_path: Path) -> str:
+    src = tmp_path / "input"
+    src.mkdir(exist_ok=True)
+    (src / "data.txt").write_text("shared input\n")
+    done = node.mesh("snapshot", str(src))
+    assert done.returncode == 0, done.stderr
+    return done.stdout.decode().strip()
+
+
+def _client(node: NodeProcess) -> NodeClient:
+    from mesh.api.auth import load_key
+
+    return NodeClient(node.url, key=load_key(node.home))
+
+
+def _mesh_formed(nodes: list[NodeProcess]) -> None:
+    for node in nodes:
+        wait_for(lambda node=node: len(peers_of(node)) == len(nodes) - 1
+                 and all(p["state"] == "alive" for p in peers_of(node).values()),
+                 timeout=15, what=f"{node.url} to know every other node")
+
+
+def test_a_job_spreads_over_the_mesh_and_requirements_hold(trio_of_nodes: list[NodeProcess], tmp_path: Path) -> None:
+    a, b, c = trio_of_nodes
+    _mesh_formed(trio_of_nodes)
+    snapshot = _snapshot(a, tmp_path)
+    tasks = [{"name": f"t{i}", "argv": ["sh", "-c", f"sleep 0.3; cat data.txt; echo {i}"], "input": snapshot}
+             for i in range(30)]
+    tasks.append({"name": "special", "argv": ["cat", "data.txt"], "input": snapshot,
+                  "requirements": {"label.special": "1"}})
+    tasks.append({"name": "impossible", "argv": ["true"], "input": snapshot, "requirements": {"label.gpu": "1"}})
+    with _client(a) as client:
+        job_id = client.submit({"tasks": tasks, "no_cache": True})["id"]
+        wait_for(lambda: client.job(job_id)["state"] != "running", timeout=120, what="the job to finish")
+        status = {t["name"]: t for t in client.job(job_id)["tasks"]}
+        ran_on = {t["result"]["node"] for name, t in status.items() if name.startswith("t") and t["result"]}
+        assert all(status[f"t{i}"]["state"] == "succeeded" for i in range(30)), status
+        assert ran_on == {node_id(n) for n in trio_of_nodes}  # every node took part
+        out = b"".join(client.read_blob(Digest.parse(status["t7"]["result"]["stdout"])))
+        assert out == b"shared input\n7\n"  # the coordinator serves outputs made elsewhere
+    assert status["special"]["state"] == "succeeded" and status["special"]["result"]["node"] == node_id(c)
+    assert status["impossible"]["state"] == "failed"
+    assert "label.gpu=1" in status["impossible"]["reason"]
+
+
+def test_a_task_whose_peer_dies_completes_elsewhere(trio_of_nodes: list[NodeProcess], tmp_path: Path) -> None:
+    """Three long tasks on a coordinator with two slots: one runs on a peer. Kill that peer:
+    the task runs again elsewhere and the job succeeds."""
+    a, b, c = trio_of_nodes
+    _mesh_formed(trio_of_nodes)
+    snapshot = _snapshot(a, tmp_path)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    script = f'echo "$MESH_TASK_DIR" > {marks}/$1.$$; sleep 5; echo done'
+    tasks = [{"name": f"long{i}", "argv": ["sh", "-c", script, "sh", f"long{i}"], "input": snapshot}
+             for i in range(3)]
+    with _client(a) as client:
+        job_id = client.submit({"tasks": tasks, "no_cache": True})["id"]
+        wait_for(lambda: len(list(marks.iterdir())) >= 3, timeout=30, what="the three tasks to start")
+        homes = {str(n.home): n for n in (b, c)}
+        remote = [(m.name.split(".")[0], m.read_text()) for m in marks.iterdir()
+                  if any(m.read_text().startswith(h) for h in homes)]
+        assert remote, "no task was placed on a peer"
+        name, task_dir = remote[0]
+        victim = next(n for h, n in homes.items() if task_dir.startswith(h))
+        victim_id = node_id(victim)
+        victim.kill()
+        wait_for(lambda: client.job(job_id)["state"] != "running", timeout=90, what="the job to finish")
+        status = {t["name"]: t for t in client.job(job_id)["tasks"]}
+    summary = {n: (t["state"], t["reason"], t["attempts"]) for n, t in status.items()}
+    assert all(t["state"] == "succeeded" for t in status.values()), summary
+    assert status[name]["attempts"] >= 2 and status[name]["result"]["node"] != victim_id

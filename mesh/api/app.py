@@ -33,7 +33,7 @@ from mesh.api import blobs
 from mesh.api.http import ApiError, authenticate, error_response, read_body, read_message, reply, wants_json
 from mesh.api.wire import EVENTS_CBOR, NDJSON, frame, to_json
 from mesh.errors import MeshError
-from mesh.sched.jobs import JOB_STATES, check_job_id, parse_job
+from mesh.sched.jobs import JOB_STATES, JobSpec, check_job_id, parse_job
 
 if TYPE_CHECKING:
     from mesh.node import Node
@@ -60,6 +60,8 @@ async def status(request: Request) -> Response:
 async def submit_job(request: Request) -> Response:
     node = _node(request)
     spec = parse_job(await read_message(request, MAX_JOB_BODY))
+    if request.query_params.get("offer") == "1":
+        await _accept_offer(request, spec)
     absent = sorted({str(t.input) for t in spec.tasks if t.input is not None and not node.store.has(t.input)})
     if absent:
         raise ApiError(400, f"input snapshot {absent[0]} is not on this node; upload its blobs first")
@@ -67,6 +69,22 @@ async def submit_job(request: Request) -> Response:
     if request.query_params.get("follow") in ("1", "true"):
         return _event_stream(request, job_id, 0)
     return reply(request, node.scheduler.job_status(job_id), status=201)
+
+
+async def _accept_offer(request: Request, spec: JobSpec) -> None:
+    """A peer offers a task (mesh.api.peer.TaskOffers): take it only with a free slot, after
+    fetching the input's missing blobs from the offering node (``source``)."""
+    node = _node(request)
+    if not spec.pinned or len(spec.tasks) != 1:
+        raise ApiError(400, "an offer is a pinned job of one task")
+    if node.scheduler.statistics().busy >= node.scheduler.slots:
+        raise ApiError(409, "no free slot: offer the task to another node")
+    source = request.query_params.get("source", "")
+    if not source.startswith(("http://", "https://")):
+        raise ApiError(400, "an offer names the offering node's URL in 'source'")
+    task = spec.tasks[0]
+    if task.input is not None and not node.store.has(task.input):
+        await node.peering.fetch_tree(source, task.input, node.store)
 
 
 def _int_param(request: Request, name: str, default: int | None, minimum: int, maximum: int) -> int | None:

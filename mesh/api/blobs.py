@@ -16,7 +16,7 @@ from starlette.responses import Response, StreamingResponse
 
 from mesh import codec
 from mesh.api.http import ApiError, authenticate, read_body, read_message, reply
-from mesh.api.wire import RECORD_HEADER
+from mesh.api.wire import PEER_HEADER, RECORD_HEADER
 from mesh.cas.digest import Digest
 from mesh.cas.store import BlobWriter, LocalStore
 from mesh.errors import CodecError, DigestMismatch, InvalidDigest
@@ -69,8 +69,13 @@ async def put_blob(request: Request) -> Response:
 async def get_blob(request: Request) -> Response:
     """``GET /v1/blobs/{digest}``: the blob's bytes, streamed (404 when absent)."""
     authenticate(request, await read_body(request, 0))
-    store: LocalStore = request.app.state.node.store
+    node = request.app.state.node
+    store: LocalStore = node.store
     digest = _digest_param(request.path_params["digest"])
+    if not store.has(digest) and not request.headers.get(PEER_HEADER):
+        # Outputs of tasks that ran on peers. A peer's own request never fans out again,
+        # or two nodes that both lack a blob would ask each other for ever.
+        await node.peering.fetch_from_peers(digest, store)
     reader = store.open(digest, verify=True)  # BlobNotFound -> 404
 
     async def chunks() -> AsyncIterator[bytes]:

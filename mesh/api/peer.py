@@ -8,6 +8,7 @@ translated here, once, into :class:`~mesh.errors.NodeUnreachable` and
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -15,8 +16,11 @@ import httpx
 from mesh import codec
 from mesh.api.auth import MeshKey
 from mesh.api.client import MeshAuth, check, decode_response
-from mesh.api.wire import CBOR
-from mesh.errors import NodeError, NodeUnreachable
+from mesh.api.wire import CBOR, FRAME_HEADER, MAX_FRAME, PEER_HEADER
+from mesh.cas.digest import Digest
+from mesh.cas.store import LocalStore
+from mesh.errors import ExecError, NodeError, NodeUnreachable, PeerDeclined
+from mesh.exec.action import Action, ActionResult
 
 #: Seconds a gossip exchange may take before the peer counts as not answering.
 GOSSIP_TIMEOUT = 2.0
@@ -28,7 +32,7 @@ class PeerClient:
     def __init__(self, key: MeshKey, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.http = httpx.AsyncClient(
             auth=MeshAuth(key),
-            headers={"accept": CBOR, "user-agent": "mesh-node"},
+            headers={"accept": CBOR, "user-agent": "mesh-node", PEER_HEADER: "1"},
             timeout=httpx.Timeout(GOSSIP_TIMEOUT),
             trust_env=False,
             verify=False,  # peers speak plain http on the LAN; requests are signed instead
@@ -56,3 +60,99 @@ class PeerClient:
     async def gossip(self, base_url: str, message: dict[str, Any]) -> Any:
         """Push our table to a peer; its answer is its own table (push-pull)."""
         return await self.request("POST", base_url.rstrip("/") + "/v1/gossip", body=message)
+
+
+async def read_frames_async(chunks: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
+    """Split an async stream of length-prefixed CBOR frames into event maps (see mesh.api.wire)."""
+    buffer = bytearray()
+    async for chunk in chunks:
+        buffer += chunk
+        while len(buffer) >= FRAME_HEADER.size:
+            (length,) = FRAME_HEADER.unpack_from(buffer)
+            if length > MAX_FRAME:
+                raise NodeError(f"a peer sent an event frame of {length} bytes (limit {MAX_FRAME})")
+            end = FRAME_HEADER.size + length
+            if len(buffer) < end:
+                break
+            event = codec.decode(bytes(buffer[FRAME_HEADER.size : end]))
+            del buffer[:end]
+            if not isinstance(event, dict):
+                raise NodeError("a peer sent an event that is not a map")
+            yield event
+    if buffer:
+        raise NodeError("a peer's event stream ended in the middle of an event")
+
+
+class TaskOffers:
+    """Running a task on a peer: offer it as a pinned one-task job and follow its events.
+
+    The peer fetches the input's missing blobs from ``source`` (this node) before it
+    accepts; it answers 409 when it has no free slot (PeerDeclined). A stream that
+    ends before the job does means the peer was lost (NodeError): the coordinator
+    places the task again.
+    """
+
+    def __init__(self, client: PeerClient, source: Callable[[], str]) -> None:
+        self.client = client
+        self.source = source
+
+    async def run(
+        self, url: str, task_key: str, action: Action, on_output: Callable[[str, bytes], Awaitable[None]]
+    ) -> ActionResult:
+        job = {
+            "tasks": [{"name": "offered", **action.to_wire()}],
+            "label": f"offered {task_key}",
+            "pinned": True,
+        }
+        target = f"{url.rstrip('/')}/v1/jobs?follow=1&offer=1&source={self.source()}"
+        result: ActionResult | None = None
+        reason: str | None = None
+        try:
+            async with self.client.http.stream(
+                "POST",
+                target,
+                content=codec.encode(job),
+                headers={"content-type": CBOR},
+                timeout=httpx.Timeout(None, connect=GOSSIP_TIMEOUT),
+            ) as response:
+                if response.status_code == 409:
+                    raise PeerDeclined(f"peer {url} has no free slot")
+                if response.status_code >= 400:
+                    await response.aread()
+                    check(response)
+                async for event in read_frames_async(response.aiter_raw()):
+                    kind = event.get("type")
+                    if kind == "output" and isinstance(event.get("data"), bytes):
+                        await on_output(str(event.get("stream")), event["data"])
+                    elif kind == "task_finished":
+                        wire = event.get("result")
+                        result = None if wire is None else ActionResult.from_wire(wire)
+                        reason = event.get("reason")
+                    elif kind == "job_finished":
+                        if result is None:
+                            raise ExecError(f"on peer {url}: {reason or 'the task did not run'}")
+                        return result
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            raise PeerDeclined(f"peer {url} does not answer") from None  # the task never started there
+        except httpx.HTTPError as exc:
+            raise NodeUnreachable(f"peer {url} was lost while running the task ({type(exc).__name__})") from None
+        raise NodeError(f"peer {url} ended the task's event stream before the task finished")
+
+    async def fetch(self, url: str, digest: Digest, store: LocalStore) -> bool:
+        """Copy one blob from the peer at ``url`` into ``store``, verified. False if it lacks it."""
+        try:
+            async with self.client.http.stream(
+                "GET", f"{url.rstrip('/')}/v1/blobs/{digest}", timeout=httpx.Timeout(60, connect=GOSSIP_TIMEOUT)
+            ) as response:
+                if response.status_code == 404:
+                    return False
+                if response.status_code >= 400:
+                    await response.aread()
+                    check(response)
+                with store.writer(expected=digest) as writer:
+                    async for chunk in response.aiter_bytes():
+                        writer.write(chunk)
+                    writer.commit()
+        except httpx.HTTPError as exc:
+            raise NodeUnreachable(f"peer {url} was lost while sending {digest} ({type(exc).__name__})") from None
+        return True

@@ -22,6 +22,8 @@ JSON = "application/json"
 EVENTS_CBOR = "application/x-mesh-events+cbor"
 NDJSON = "application/x-ndjson"
 
+#: Set on every request a node makes to a peer: such requests never fan out to further peers.
+PEER_HEADER = "x-mesh-peer"
 FRAME_HEADER = struct.Struct(">I")
 RECORD_HEADER = struct.Struct(">H")
 #: Largest event frame a client accepts.

@@ -27,7 +27,10 @@ The wire form of a job submission (CBOR, or JSON on the API)::
                 "timeout": seconds, "executor": "process", "image": str | null,
                 "network": bool, "requirements": {str: str},
                 "after": [name], "when": "success" | "failure" | "always"}, ...],
-     "label": str, "no_cache": bool}
+     "label": str, "no_cache": bool, "pinned": bool}
+
+``pinned`` keeps every task on the node that accepted the job: a coordinator offering
+a task to a peer sends it as a pinned one-task job, so the peer never passes it on.
 """
 
 from __future__ import annotations
@@ -90,13 +93,17 @@ class JobSpec:
     tasks: list[TaskSpec]
     label: str = ""
     no_cache: bool = False
+    pinned: bool = False  # run every task on the node that accepted the job (a task a peer offered it)
     by_name: dict[str, TaskSpec] = field(init=False)
 
     def __post_init__(self) -> None:
         self.by_name = {t.name: t for t in self.tasks}
 
     def to_wire(self) -> dict[str, Any]:
-        return {"tasks": [t.wire for t in self.tasks], "label": self.label, "no_cache": self.no_cache}
+        wire: dict[str, Any] = {"tasks": [t.wire for t in self.tasks], "label": self.label, "no_cache": self.no_cache}
+        if self.pinned:
+            wire["pinned"] = True
+        return wire
 
 
 def parse_job(value: Any) -> JobSpec:
@@ -110,6 +117,7 @@ def parse_job(value: Any) -> JobSpec:
     raw_tasks = fields.sequence("tasks")
     label = fields.text("label", "")
     no_cache = fields.flag("no_cache", False)
+    pinned = fields.flag("pinned", False)
     fields.done()
     if not raw_tasks:
         raise InvalidJob("a job needs at least one task")
@@ -134,7 +142,7 @@ def parse_job(value: Any) -> JobSpec:
     cycle = find_cycle({t.name: t.depends_on for t in tasks})
     if cycle:
         raise InvalidJob(f"the task graph has a cycle: {' -> '.join(cycle)}")
-    return JobSpec(tasks=tasks, label=label, no_cache=no_cache)
+    return JobSpec(tasks=tasks, label=label, no_cache=no_cache, pinned=pinned)
 
 
 def _parse_task(raw: Any, index: int) -> TaskSpec:

@@ -13,6 +13,7 @@ Issue "the mesh" adds offers to peers and work stealing on top of this queue.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import OrderedDict, deque
@@ -23,13 +24,20 @@ from typing import Any, Protocol
 import trio
 
 from mesh.cas.digest import Digest
-from mesh.errors import CodecError, InvalidJob, JobNotFound, MeshError
+from mesh.errors import CodecError, InvalidJob, JobNotFound, MeshError, NodeError, PeerDeclined
 from mesh.exec.action import Action, ActionResult
 from mesh.sched.events import EventLogs, JobEvents
 from mesh.sched.jobs import FINAL_TASK_STATES, JobSpec, TaskRecord, decide, job_state
+from mesh.sched.placement import NodeView, Unplaceable, rank
 from mesh.sched.statedb import JobRow, StateDB
 
 OutputSink = Callable[[str, bytes], Any]
+#: Times a task is started (here or on peers) before a lost peer fails it instead of retrying.
+MAX_ATTEMPTS = 3
+#: Seconds a peer that declined an offer is not offered another.
+DECLINE_COOLDOWN = 1.0
+#: Seconds a peer lost mid-task gets no offers (longer than gossip takes to declare it dead).
+LOST_COOLDOWN = 10.0
 #: Finished jobs kept in memory, so status requests right after the end need no database read.
 RECENT_JOBS = 256
 
@@ -42,6 +50,20 @@ class TaskRunner(Protocol):
         """The executors this node has, by the name actions use."""
 
     async def run(self, action: Action, *, on_output: OutputSink | None = None) -> ActionResult: ...
+
+
+class Remote(Protocol):
+    """Running tasks on peers (mesh.peering): who may take one, and running it there."""
+
+    def candidates(self) -> list[NodeView]:
+        """The live peers, with their capabilities and load as last heard."""
+
+    async def run_on(self, url: str, task_key: str, action: Action, on_output: OutputSink) -> ActionResult:
+        """Offer the task to the peer at ``url`` and follow it to its result.
+
+        Raises PeerDeclined when the peer has no room, NodeError/NodeUnreachable when it
+        is lost; both leave the task to be placed again.
+        """
 
 
 class BlobCheck(Protocol):
@@ -86,7 +108,17 @@ def new_job_id() -> str:
 class Scheduler:
     """Slots, the ready queue and the life of every task of the jobs this node accepted."""
 
-    def __init__(self, db: StateDB, runner: TaskRunner, store: BlobCheck, *, node_id: str, slots: int) -> None:
+    def __init__(
+        self,
+        db: StateDB,
+        runner: TaskRunner,
+        store: BlobCheck,
+        *,
+        node_id: str,
+        slots: int,
+        capabilities: Mapping[str, str] | None = None,
+        remote: Remote | None = None,
+    ) -> None:
         if slots < 1:
             raise ValueError("a node needs at least one slot")
         self.db = db
@@ -102,6 +134,10 @@ class Scheduler:
         self._busy = 0
         self._tasks_run = 0
         self._cache_hits = 0
+        self.capabilities = dict(capabilities or {})
+        self.remote = remote
+        self._offered: dict[str, int] = {}  # peer url -> tasks offered and not yet finished
+        self._declined: dict[str, float] = {}  # peer url -> until when it gets no offers
         self._draining = False
         self._task_done = trio.Event()  # set (and replaced) whenever a running task ends
 
@@ -113,14 +149,29 @@ class Scheduler:
             self._resume()
             task_status.started()
             while True:
-                while self._ready and self._busy < self.slots and not self._draining:
-                    job_id, name = self._ready.popleft()
+                while self._ready and not self._draining:
+                    job_id, name = self._ready[0]
                     live = self._live.get(job_id)
                     if live is None or live.tasks[name].state != "queued":
-                        continue  # cancelled while it waited
-                    self._busy += 1
-                    nursery.start_soon(self._run_task, live, live.tasks[name])
-                await self._changed.wait()
+                        self._ready.popleft()  # cancelled while it waited
+                        continue
+                    task = live.tasks[name]
+                    try:
+                        placed, where = self._place(task, pinned=live.spec.pinned)
+                    except Unplaceable as exc:
+                        self._ready.popleft()
+                        self._finish(live, task, "failed", reason=str(exc))
+                        continue
+                    if not placed:
+                        break  # nowhere has room: wait for a slot here or news of a peer
+                    self._ready.popleft()
+                    if where is None:
+                        self._busy += 1
+                    else:
+                        self._offered[where] = self._offered.get(where, 0) + 1
+                    nursery.start_soon(self._run_task, live, task, where)
+                with trio.move_on_after(DECLINE_COOLDOWN if self._ready and self.remote else math.inf):
+                    await self._changed.wait()
                 self._changed = trio.Event()
 
     async def drain(self) -> None:
@@ -233,13 +284,40 @@ class Scheduler:
 
     # -- running ------------------------------------------------------------------
 
-    async def _run_task(self, live: LiveJob, task: TaskRecord) -> None:
-        """Run one queued task in a slot and record its outcome."""
+    def _place(self, task: TaskRecord, *, pinned: bool = False) -> tuple[bool, str | None]:
+        """Where the task runs: (True, None) here, (True, URL) on that peer, (False, None) when
+        nowhere has room now.
+
+        Raises Unplaceable when no live node meets its requirements.
+        """
+        requirements = dict(task.action.requirements) if task.action else {}
+        views = [
+            NodeView(
+                node=self.node_id,
+                capabilities=self.capabilities,
+                slots=self.slots,
+                busy=self._busy,
+                queued=len(self._ready),
+            )
+        ]
+        now = time.monotonic()
+        for peer in self.remote.candidates() if self.remote and not pinned else []:
+            url = peer.node  # candidates() name peers by URL
+            if self._declined.get(url, 0) > now:
+                continue
+            views.append(replace(peer, busy=peer.busy + self._offered.get(url, 0)))
+        best = rank(requirements, views)[0]
+        if best.free <= 0:
+            return False, None
+        return True, None if best.node == self.node_id else best.node
+
+    async def _run_task(self, live: LiveJob, task: TaskRecord, where: str | None = None) -> None:
+        """Run one queued task in a slot here (``where`` None) or on the peer at ``where``."""
         try:
             task.state, task.started_at, task.reason = "running", time.time(), None
             task.attempts += 1
             self.db.set_task_state(task)
-            live.events.emit("task_started", task=task.name, node=self.node_id, attempt=task.attempts)
+            live.events.emit("task_started", task=task.name, node=where or self.node_id, attempt=task.attempts)
 
             offsets = {"stdout": 0, "stderr": 0}
 
@@ -253,7 +331,24 @@ class Scheduler:
                 live.scopes[task.name] = scope
                 try:
                     action = task.action or self._action(live, task)
-                    result = await self.runner.run(action, on_output=on_output)
+                    if where is None:
+                        result = await self.runner.run(action, on_output=on_output)
+                    else:
+                        assert self.remote is not None
+                        key = f"{live.row.id}/{task.name}/{task.attempts}"
+                        result = await self.remote.run_on(where, key, action, on_output)
+                except PeerDeclined:
+                    self._declined[where or ""] = time.monotonic() + DECLINE_COOLDOWN
+                    task.attempts -= 1
+                    self._requeue(live, task, None)
+                    return
+                except NodeError as exc:
+                    if where is not None:
+                        self._declined[where] = time.monotonic() + LOST_COOLDOWN
+                    if where is not None and task.attempts < MAX_ATTEMPTS:
+                        self._requeue(live, task, f"peer {where} was lost ({exc}); placing it again")
+                        return
+                    reason = str(exc)
                 except MeshError as exc:
                     reason = str(exc)
                 except OSError as exc:
@@ -274,10 +369,21 @@ class Scheduler:
                     live, task, "succeeded" if result.success else "failed", result=result, reason=_why(result)
                 )
         finally:
-            self._busy -= 1
+            if where is None:
+                self._busy -= 1
+            else:
+                self._offered[where] -= 1
             self._task_done.set()
             self._task_done = trio.Event()
             self._wake()
+
+    def _requeue(self, live: LiveJob, task: TaskRecord, reason: str | None) -> None:
+        """Put a task that did not run to the end back at the head of the queue."""
+        task.state, task.reason, task.started_at = "queued", reason, None
+        self.db.set_task_state(task)
+        if reason:
+            live.events.emit("task_requeued", task=task.name, reason=reason)
+        self._ready.appendleft((live.row.id, task.name))
 
     def _finish(
         self,
