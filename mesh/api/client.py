@@ -262,22 +262,45 @@ def decode_response(response: httpx.Response) -> Any:
     return codec.decode(response.content)
 
 
-def read_frames(chunks: Iterator[bytes]) -> Iterator[dict[str, Any]]:
-    """Split a stream of length-prefixed CBOR frames into decoded event maps."""
-    buffer = bytearray()
-    for chunk in chunks:
+class FrameSplitter:
+    """Splits a byte stream of length-prefixed CBOR frames (mesh.api.wire) into event maps.
+
+    Feed it chunks as they arrive; :meth:`end` checks nothing is left half-sent.
+    Shared by the sync client and the async peer client.
+    """
+
+    def __init__(self, who: str = "the node") -> None:
+        self.who = who
+        self._buffer = bytearray()
+
+    def feed(self, chunk: bytes) -> list[dict[str, Any]]:
+        buffer = self._buffer
         buffer += chunk
-        while len(buffer) >= FRAME_HEADER.size:
-            (length,) = FRAME_HEADER.unpack_from(buffer)
+        events = []
+        start = 0
+        while len(buffer) - start >= FRAME_HEADER.size:
+            (length,) = FRAME_HEADER.unpack_from(buffer, start)
             if length > MAX_FRAME:
-                raise NodeError(f"the node sent an event frame of {length} bytes (limit {MAX_FRAME})")
-            end = FRAME_HEADER.size + length
+                raise NodeError(f"{self.who} sent an event frame of {length} bytes (limit {MAX_FRAME})")
+            end = start + FRAME_HEADER.size + length
             if len(buffer) < end:
                 break
-            event = codec.decode(bytes(buffer[FRAME_HEADER.size : end]))
-            del buffer[:end]
+            event = codec.decode(bytes(buffer[start + FRAME_HEADER.size : end]))
             if not isinstance(event, dict):
-                raise NodeError("the node sent an event that is not a map")
-            yield event
-    if buffer:
-        raise NodeError("the node's event stream ended in the middle of an event")
+                raise NodeError(f"{self.who} sent an event that is not a map")
+            events.append(event)
+            start = end
+        del buffer[:start]
+        return events
+
+    def end(self) -> None:
+        if self._buffer:
+            raise NodeError(f"{self.who}'s event stream ended in the middle of an event")
+
+
+def read_frames(chunks: Iterator[bytes]) -> Iterator[dict[str, Any]]:
+    """Split a stream of length-prefixed CBOR frames into decoded event maps."""
+    splitter = FrameSplitter()
+    for chunk in chunks:
+        yield from splitter.feed(chunk)
+    splitter.end()

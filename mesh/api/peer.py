@@ -15,8 +15,8 @@ import httpx
 
 from mesh import codec
 from mesh.api.auth import MeshKey
-from mesh.api.client import MeshAuth, check, decode_response
-from mesh.api.wire import CBOR, FRAME_HEADER, MAX_FRAME, PEER_HEADER
+from mesh.api.client import FrameSplitter, MeshAuth, check, decode_response
+from mesh.api.wire import CBOR, PEER_HEADER
 from mesh.cas.digest import Digest
 from mesh.cas.store import LocalStore
 from mesh.errors import ExecError, NodeError, NodeUnreachable, PeerDeclined
@@ -64,23 +64,11 @@ class PeerClient:
 
 async def read_frames_async(chunks: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
     """Split an async stream of length-prefixed CBOR frames into event maps (see mesh.api.wire)."""
-    buffer = bytearray()
+    splitter = FrameSplitter("a peer")
     async for chunk in chunks:
-        buffer += chunk
-        while len(buffer) >= FRAME_HEADER.size:
-            (length,) = FRAME_HEADER.unpack_from(buffer)
-            if length > MAX_FRAME:
-                raise NodeError(f"a peer sent an event frame of {length} bytes (limit {MAX_FRAME})")
-            end = FRAME_HEADER.size + length
-            if len(buffer) < end:
-                break
-            event = codec.decode(bytes(buffer[FRAME_HEADER.size : end]))
-            del buffer[:end]
-            if not isinstance(event, dict):
-                raise NodeError("a peer sent an event that is not a map")
+        for event in splitter.feed(chunk):
             yield event
-    if buffer:
-        raise NodeError("a peer's event stream ended in the middle of an event")
+    splitter.end()
 
 
 class TaskOffers:
