@@ -26,7 +26,7 @@ from mesh.cas.snapshot import read_node
 from mesh.cas.store import LocalStore
 from mesh.cas.tree import Kind
 from mesh.config import NodeConfig
-from mesh.errors import BlobNotFound, NodeError
+from mesh.errors import BlobNotFound, MeshError, NodeError
 from mesh.exec.action import Action, ActionResult
 from mesh.sched.gossip import Gossip
 from mesh.sched.membership import Member, PeerTable
@@ -77,6 +77,30 @@ def advertised_url(config: NodeConfig, bound_port: int) -> str:
     return f"http://[{host}]:{bound_port}" if ":" in host else f"http://{host}:{bound_port}"
 
 
+#: Seconds a locality answer is reused for tasks with the same input.
+LOCALITY_TTL = 5.0
+#: Most file blobs of an input a locality probe asks peers about.
+LOCALITY_MAX_FILES = 10_000
+
+
+def _file_blobs(store: LocalStore, root: Digest) -> list[Digest]:
+    """The distinct file blobs of a snapshot this store holds the tree of (at most LOCALITY_MAX_FILES)."""
+    found: dict[Digest, None] = {}
+    pending = [root]
+    while pending and len(found) < LOCALITY_MAX_FILES:
+        node = pending.pop()
+        try:
+            entries = read_node(store, node)
+        except MeshError:
+            continue  # a part of the tree this node lacks: the probe covers what it can see
+        for entry in entries:
+            if entry.kind == Kind.DIRECTORY:
+                pending.append(entry.blob)
+            elif entry.kind != Kind.SYMLINK:
+                found[entry.blob] = None
+    return list(found)[:LOCALITY_MAX_FILES]
+
+
 class Peering:
     """Peers of one node: table, gossip, discovery. ``load()`` reports this node's load."""
 
@@ -99,6 +123,7 @@ class Peering:
         self._load = load
         self.client: PeerClient | None = None
         self.offers: TaskOffers | None = None
+        self._locality: dict[Digest, tuple[float, dict[str, int]]] = {}
         self.gossip = Gossip(self.table, self._me, self._send, seeds=list(config.seeds))
 
     def _me(self, heartbeat: int) -> Member:
@@ -134,6 +159,37 @@ class Peering:
         """Run a task on the peer at ``url`` (see mesh.api.peer.TaskOffers)."""
         assert self.offers is not None, "peering is not running"
         return await self.offers.run(url, task_key, action, on_output)
+
+    async def locality(self, root: Digest, store: LocalStore) -> dict[str, int]:
+        """How many bytes of snapshot ``root``'s files each live peer (by URL) and this node (by
+        id) already hold: one find-missing request per peer, concurrently, cached a few seconds."""
+        now = time.monotonic()
+        cached = self._locality.get(root)
+        if cached is not None and now - cached[0] < LOCALITY_TTL:
+            return cached[1]
+        files = _file_blobs(store, root)
+        total = sum(d.size for d in files)
+        found = {self.node_id: total - sum(d.size for d in store.find_missing(files))}
+        if files and self.client is not None:
+            client = self.client
+
+            async def ask(url: str) -> None:
+                try:
+                    reply = await client.request(
+                        "POST", url + "/v1/blobs:missing", body={"digests": [str(d) for d in files]}
+                    )
+                    missing = sum(Digest.parse(t).size for t in reply["missing"])
+                except (MeshError, KeyError, TypeError, ValueError):
+                    return  # a peer that cannot say holds nothing, as far as placement knows
+                found[url] = total - missing
+
+            async with trio.open_nursery() as nursery:
+                for member in self.table.alive():
+                    nursery.start_soon(ask, member.url)
+        self._locality[root] = (now, found)
+        if len(self._locality) > 1000:
+            self._locality.clear()
+        return found
 
     async def fetch_tree(self, source: str, root: Digest, store: LocalStore) -> None:
         """Copy what ``store`` lacks of snapshot ``root`` from the node at ``source``, verified."""

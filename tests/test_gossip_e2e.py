@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -190,3 +191,27 @@ def test_a_task_whose_peer_dies_completes_elsewhere(trio_of_nodes: list[NodeProc
     summary = {n: (t["state"], t["reason"], t["attempts"]) for n, t in status.items()}
     assert all(t["state"] == "succeeded" for t in status.values()), summary
     assert status[name]["attempts"] >= 2 and status[name]["result"]["node"] != victim_id
+
+
+@pytest.mark.slow
+def test_a_task_goes_where_its_big_input_already_is(trio_of_nodes: list[NodeProcess], tmp_path: Path) -> None:
+    """200 MB of input on b (and not on a): a task submitted to a, with a free slot on both, runs on b."""
+    a, b, c = trio_of_nodes
+    _mesh_formed(trio_of_nodes)
+    big = tmp_path / "big"
+    big.mkdir()
+    with open(big / "data.bin", "wb") as f:
+        for _ in range(200):
+            f.write(os.urandom(1 << 20))
+    made = b.mesh("snapshot", str(big))  # into b's store only
+    assert made.returncode == 0, made.stderr
+    snapshot = made.stdout.decode().strip()
+    with _client(a) as client:
+        job_id = client.submit({"tasks": [{"name": "use", "argv": ["wc", "-c", "data.bin"], "input": snapshot}],
+                                "no_cache": True})["id"]
+        wait_for(lambda: client.job(job_id)["state"] != "running", timeout=60, what="the job to finish")
+        [task] = client.job(job_id)["tasks"]
+        assert task["state"] == "succeeded", task
+        assert task["result"]["node"] == node_id(b)
+        out = b"".join(client.read_blob(Digest.parse(task["result"]["stdout"])))
+    assert out == b"209715200 data.bin\n"

@@ -32,6 +32,7 @@ from mesh import codec
 from mesh.api import blobs
 from mesh.api.http import ApiError, authenticate, error_response, read_body, read_message, reply, wants_json
 from mesh.api.wire import EVENTS_CBOR, NDJSON, frame, to_json
+from mesh.cas.digest import Digest
 from mesh.errors import MeshError
 from mesh.sched.jobs import JOB_STATES, JobSpec, check_job_id, parse_job
 
@@ -63,6 +64,9 @@ async def submit_job(request: Request) -> Response:
     if request.query_params.get("offer") == "1":
         await _accept_offer(request, spec)
     absent = sorted({str(t.input) for t in spec.tasks if t.input is not None and not node.store.has(t.input)})
+    for text in list(absent):  # an input a peer holds (made there, say): its root node is enough here
+        if await node.peering.fetch_from_peers(Digest.parse(text), node.store):
+            absent.remove(text)
     if absent:
         raise ApiError(400, f"input snapshot {absent[0]} is not on this node; upload its blobs first")
     job_id = node.scheduler.submit(spec)

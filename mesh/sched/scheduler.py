@@ -58,6 +58,9 @@ class Remote(Protocol):
     def candidates(self) -> list[NodeView]:
         """The live peers, with their capabilities and load as last heard."""
 
+    async def locality(self, root: Digest, store: Any) -> dict[str, int]:
+        """Bytes of snapshot ``root`` each peer (by URL) and this node (by id) already hold."""
+
     async def run_on(self, url: str, task_key: str, action: Action, on_output: OutputSink) -> ActionResult:
         """Offer the task to the peer at ``url`` and follow it to its result.
 
@@ -156,8 +159,14 @@ class Scheduler:
                         self._ready.popleft()  # cancelled while it waited
                         continue
                     task = live.tasks[name]
+                    local: dict[str, int] = {}
+                    if self.remote is not None and not live.spec.pinned and task.action is not None:
+                        if self.remote.candidates():
+                            local = await self.remote.locality(task.action.input, self.store)
+                            if not self._ready or self._ready[0] != (job_id, name) or task.state != "queued":
+                                continue  # the queue changed while we asked
                     try:
-                        placed, where = self._place(task, pinned=live.spec.pinned)
+                        placed, where = self._place(task, pinned=live.spec.pinned, local=local)
                     except Unplaceable as exc:
                         self._ready.popleft()
                         self._finish(live, task, "failed", reason=str(exc))
@@ -284,7 +293,9 @@ class Scheduler:
 
     # -- running ------------------------------------------------------------------
 
-    def _place(self, task: TaskRecord, *, pinned: bool = False) -> tuple[bool, str | None]:
+    def _place(
+        self, task: TaskRecord, *, pinned: bool = False, local: dict[str, int] | None = None
+    ) -> tuple[bool, str | None]:
         """Where the task runs: (True, None) here, (True, URL) on that peer, (False, None) when
         nowhere has room now.
 
@@ -306,7 +317,7 @@ class Scheduler:
             if self._declined.get(url, 0) > now:
                 continue
             views.append(replace(peer, busy=peer.busy + self._offered.get(url, 0)))
-        best = rank(requirements, views)[0]
+        best = rank(requirements, views, local)[0]
         if best.free <= 0:
             return False, None
         return True, None if best.node == self.node_id else best.node
