@@ -90,14 +90,14 @@ def _client(args: argparse.Namespace, *, allow_embedded: bool = False) -> Iterat
         client.close()
 
 
-def _parse_env(items: list[str]) -> dict[str, str]:
-    env = {}
+def _parse_pairs(items: list[str], flag: str) -> dict[str, str]:
+    pairs = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise UsageError(f"--env wants KEY=VALUE, not {item!r}")
-        env[key] = value
-    return env
+            raise UsageError(f"{flag} wants KEY=VALUE, not {item!r}")
+        pairs[key] = value
+    return pairs
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
@@ -117,10 +117,11 @@ def cmd_exec(args: argparse.Namespace) -> int:
     request = execute.ExecRequest(
         argv=argv,
         directory=directory,
-        env=_parse_env(args.env),
+        env=_parse_pairs(args.env, "--env"),
         timeout=args.timeout,
         no_cache=args.no_cache,
         out=args.out,
+        requirements=_parse_pairs(args.require, "--require"),
     )
     with _client(args, allow_embedded=True) as client:
         snapshot = execute.snapshot_for(client, args.settings, directory, progress=sys.stderr.isatty())
@@ -322,6 +323,13 @@ def add_parsers(add: Add) -> None:
     p.add_argument("-C", dest="directory", default=".", metavar="DIR", help="the directory to snapshot and run in")
     p.add_argument("--env", action="append", default=[], metavar="K=V", help="set an environment variable (repeat)")
     p.add_argument("--timeout", type=float, metavar="S", help="kill the command after S seconds (default 3600)")
+    p.add_argument(
+        "--require",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="run only on a node that has this capability (arch=x86_64, label.gpu=1; repeat)",
+    )
     p.add_argument("--out", metavar="DIR", help="check the output snapshot out into DIR (absent or empty)")
     p.add_argument("--no-cache", action="store_true", help="run even if the action cache has a result")
     p.add_argument("--node", metavar="URL", help=node_help)

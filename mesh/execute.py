@@ -38,9 +38,12 @@ class ExecRequest:
     no_cache: bool = False
     out: str | None = None
     executor: str = "process"
+    requirements: dict[str, str] = field(default_factory=dict)
 
     def job(self, input: Digest) -> dict[str, Any]:
         task: dict[str, Any] = {"name": "exec", "argv": self.argv, "input": str(input), "env": self.env}
+        if self.requirements:
+            task["requirements"] = self.requirements
         if self.timeout is not None:
             task["timeout"] = self.timeout
         if self.executor != "process":

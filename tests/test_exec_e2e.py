@@ -326,3 +326,11 @@ def test_task_cwd_inside_the_snapshot(node: NodeProcess, tree: Path) -> None:
     assert out.endswith("/work/sub\nbeta\n")
     assert tasks["no-dir"]["state"] == "failed"
     assert "is not a directory" in tasks["no-dir"]["reason"]
+
+
+def test_exec_require(node: NodeProcess, tree: Path) -> None:
+    ok = node.mesh("exec", "--require", "executor.process=1", "-C", str(tree), "--", "true")
+    assert ok.returncode == 0, ok.stderr
+    missing = node.mesh("exec", "--require", "label.gpu=1", "-C", str(tree), "--", "true")
+    assert missing.returncode == 1
+    assert b"no node meets the requirements label.gpu=1" in missing.stderr

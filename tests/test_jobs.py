@@ -111,9 +111,11 @@ def test_job_state() -> None:
     assert job_state(["cancelled", "succeeded"], True) == "cancelled"
 
 
-def test_action_digest_ignores_requirements_and_env_order() -> None:
+def test_action_digest_ignores_env_order_and_keys_on_requirements() -> None:
     base = Action(argv=("cc",), input=Digest.of(b"x"), env=(("A", "1"), ("B", "2")))
-    same = Action(argv=("cc",), input=Digest.of(b"x"), env=(("B", "2"), ("A", "1")), requirements=(("arch", "x"),))
+    same = Action(argv=("cc",), input=Digest.of(b"x"), env=(("B", "2"), ("A", "1")))
     assert base.digest() == same.digest()
+    gpu = Action(argv=("cc",), input=Digest.of(b"x"), env=(("A", "1"), ("B", "2")), requirements=(("label.gpu", "1"),))
+    assert gpu.digest() != base.digest()
     assert base.digest() != Action(argv=("cc",), input=Digest.of(b"y")).digest()
     assert base.digest() != Action(argv=("cc", "-O2"), input=Digest.of(b"x")).digest()

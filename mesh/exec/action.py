@@ -6,7 +6,7 @@ input snapshot, the input snapshot itself, which outputs to capture, the
 timeout, and the executor (with its image and whether it may use the network).
 Its :meth:`Action.digest` over canonical CBOR is the action-cache key, so two
 actions that would do the same thing share one cached result. Requirements on
-the node (``arch=x86_64``) steer placement only and are not part of the key.
+the node (``arch=x86_64``) steer placement, and are part of the key when given.
 
 An :class:`ActionResult` is what running it produced: the exit code, stdout and
 stderr as blobs, the output snapshot, timings, the node that ran it and whether
@@ -19,7 +19,7 @@ the API, the job database and the action cache alike.
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mesh import codec
@@ -59,7 +59,7 @@ class Action:
     executor: str = "process"
     image: str | None = None
     network: bool = False
-    requirements: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    requirements: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.argv or not self.argv[0]:
@@ -105,8 +105,12 @@ class Action:
         return wire
 
     def digest(self) -> Digest:
-        """The action-cache key: BLAKE3 of the canonical CBOR of everything but requirements."""
-        key = self.to_wire(with_requirements=False)
+        """The action-cache key: BLAKE3 of the canonical CBOR of the action.
+
+        Requirements are part of it when there are any (as Bazel keys on the platform):
+        a result made on any node must not answer an action that asked for a GPU node.
+        """
+        key = self.to_wire(with_requirements=bool(self.requirements))
         key["timeout"] = float(self.timeout)
         key["v"] = 1
         return Digest.of(codec.encode(key))
