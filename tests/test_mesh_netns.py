@@ -60,7 +60,8 @@ def test_three_namespaced_nodes_find_each_other_by_mdns(lan: Lan, tmp_path: Path
             (home / "mesh.key").write_text(key)
         os.chmod(home / "mesh.key", 0o600)
         env = node_env(str(home), MESH_MDNS="1")  # inside a namespace the test made: allowed
-        nodes.append(lan.spawn(i, [sys.executable, "-m", "mesh", "up", "--slots", "1"], env=env))
+        labels = ["--label", "special=1"] if i == 2 else []
+        nodes.append(lan.spawn(i, [sys.executable, "-m", "mesh", "up", "--slots", "2", *labels], env=env))
     started = time.monotonic()
     ids: list[str] = []
     health = f"import urllib.request as u; print(u.urlopen('http://127.0.0.1:{PORT}/health').read().decode())"
@@ -80,5 +81,40 @@ def test_three_namespaced_nodes_find_each_other_by_mdns(lan: Lan, tmp_path: Path
             timeout=max(1.0, 30 - (time.monotonic() - started)),
             what=f"node {i} to find the other two by mDNS",
         )
+    # A job of 30 tasks submitted to node 0 runs on all three; a label-only task runs on node 2
+    # alone; an unmeetable requirement fails with a reason.
+    src = tmp_path / "input"
+    src.mkdir()
+    (src / "data.txt").write_text("in the namespaces\n")
+    made = lan.run(0, [sys.executable, "-m", "mesh", "snapshot", str(src)], env=node_env(str(homes[0])))
+    assert made.returncode == 0, made.stderr
+    done = lan.run(0, [sys.executable, "-c", SUBMIT, made.stdout.strip(), str(PORT)], env=node_env(str(homes[0])),
+                   timeout=180)
+    assert done.returncode == 0, done.stderr
+    tasks = json.loads(done.stdout)
+    ran_on = {t["result"]["node"] for t in tasks if t["name"].startswith("t")}
+    assert all(t["state"] == "succeeded" for t in tasks if t["name"].startswith("t")), tasks
+    assert ran_on == set(ids)
+    by_name = {t["name"]: t for t in tasks}
+    assert by_name["special"]["result"]["node"] == ids[2]
+    assert by_name["impossible"]["state"] == "failed" and "label.gpu=1" in by_name["impossible"]["reason"]
     for node in nodes:
         assert node.stop() == 0
+
+
+SUBMIT = """
+import json, sys, time
+from mesh.api.client import NodeClient
+snapshot, port = sys.argv[1], sys.argv[2]
+tasks = [{"name": f"t{i}", "argv": ["sh", "-c", "sleep 0.3; cat data.txt"], "input": snapshot, "env": {"I": str(i)}}
+         for i in range(30)]
+tasks.append({"name": "special", "argv": ["true"], "input": snapshot, "requirements": {"label.special": "1"}})
+tasks.append({"name": "impossible", "argv": ["true"], "input": snapshot, "requirements": {"label.gpu": "1"}})
+with NodeClient(f"http://127.0.0.1:{port}") as client:
+    job = client.submit({"tasks": tasks, "no_cache": True})["id"]
+    deadline = time.monotonic() + 150
+    while client.job(job)["state"] == "running":
+        assert time.monotonic() < deadline, "the job did not finish"
+        time.sleep(0.1)
+    print(json.dumps(client.job(job)["tasks"]))
+"""
