@@ -124,6 +124,9 @@ class Peering:
         self.client: PeerClient | None = None
         self.offers: TaskOffers | None = None
         self._locality: dict[Digest, tuple[float, dict[str, int]]] = {}
+        #: Snapshots whose root node is stored here but maybe not all the rest (being fetched,
+        #: a fetch that failed, or only the root taken from a peer to accept a job).
+        self.partial: set[Digest] = set()
         self.gossip = Gossip(self.table, self._me, self._send, seeds=list(config.seeds))
 
     def _me(self, heartbeat: int) -> Member:
@@ -191,14 +194,23 @@ class Peering:
             self._locality.clear()
         return found
 
-    async def fetch_tree(self, source: str, root: Digest, store: LocalStore) -> None:
-        """Copy what ``store`` lacks of snapshot ``root`` from the node at ``source``, verified."""
+    def is_complete(self, root: Digest, store: LocalStore) -> bool:
+        """Whether the store holds all of snapshot ``root`` as far as this node knows: its root,
+        and no fetch of it is under way or was cut short (see :meth:`fetch_tree`)."""
+        return store.has(root) and root not in self.partial
+
+    async def fetch_tree(self, source: str | None, root: Digest, store: LocalStore) -> None:
+        """Copy what ``store`` lacks of snapshot ``root``, verified, from the node at ``source``
+        (None: from whichever live peer has each blob).
+
+        While it runs (and if it fails) ``root`` is in :attr:`partial`, so a concurrent
+        caller that finds the root node stored does not take the tree for complete.
+        """
         assert self.offers is not None, "peering is not running"
+        self.partial.add(root)
         pending = [root]
         while pending:
-            for digest in store.find_missing(pending):
-                if not await self.offers.fetch(source, digest, store):
-                    raise BlobNotFound(digest)
+            await self._fetch_all(source, store.find_missing(pending), store)
             files: list[Digest] = []
             below: list[Digest] = []
             for node in pending:
@@ -207,10 +219,19 @@ class Peering:
                         below.append(entry.blob)
                     elif entry.kind != Kind.SYMLINK:
                         files.append(entry.blob)
-            for digest in store.find_missing(files):
-                if not await self.offers.fetch(source, digest, store):
-                    raise BlobNotFound(digest)
+            await self._fetch_all(source, store.find_missing(files), store)
             pending = below
+        self.partial.discard(root)
+
+    async def _fetch_all(self, source: str | None, digests: list[Digest], store: LocalStore) -> None:
+        assert self.offers is not None
+        for digest in digests:
+            if source is not None:
+                found = await self.offers.fetch(source, digest, store)
+            else:
+                found = await self.fetch_from_peers(digest, store)
+            if not found and not store.has(digest):  # a concurrent fetch may have stored it meanwhile
+                raise BlobNotFound(digest)
 
     async def fetch_from_peers(self, digest: Digest, store: LocalStore) -> bool:
         """Copy a blob from whichever live peer has it; False when none does."""

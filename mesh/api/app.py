@@ -65,7 +65,9 @@ async def submit_job(request: Request) -> Response:
         await _accept_offer(request, spec)
     absent = sorted({str(t.input) for t in spec.tasks if t.input is not None and not node.store.has(t.input)})
     for text in list(absent):  # an input a peer holds (made there, say): its root node is enough here
-        if await node.peering.fetch_from_peers(Digest.parse(text), node.store):
+        root = Digest.parse(text)
+        if await node.peering.fetch_from_peers(root, node.store):
+            node.peering.partial.add(root)  # the rest is fetched if the task runs here
             absent.remove(text)
     if absent:
         raise ApiError(400, f"input snapshot {absent[0]} is not on this node; upload its blobs first")
@@ -87,7 +89,7 @@ async def _accept_offer(request: Request, spec: JobSpec) -> None:
     if not source.startswith(("http://", "https://")):
         raise ApiError(400, "an offer names the offering node's URL in 'source'")
     task = spec.tasks[0]
-    if task.input is not None and not node.store.has(task.input):
+    if task.input is not None and not node.peering.is_complete(task.input, node.store):
         await node.peering.fetch_tree(source, task.input, node.store)
 
 

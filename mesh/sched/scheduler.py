@@ -35,7 +35,10 @@ OutputSink = Callable[[str, bytes], Any]
 #: Times a task is started (here or on peers) before a lost peer fails it instead of retrying.
 MAX_ATTEMPTS = 3
 #: Seconds a peer that declined an offer is not offered another.
-DECLINE_COOLDOWN = 1.0
+DECLINE_COOLDOWN = 0.25
+#: Seconds after our last offer to a peer (or its end) during which our count of its busy slots
+#: is trusted over the gossiped one.
+OWN_COUNT_WINDOW = 2.0
 #: Seconds a peer lost mid-task gets no offers (longer than gossip takes to declare it dead).
 LOST_COOLDOWN = 10.0
 #: Finished jobs kept in memory, so status requests right after the end need no database read.
@@ -57,6 +60,12 @@ class Remote(Protocol):
 
     def candidates(self) -> list[NodeView]:
         """The live peers, with their capabilities and load as last heard."""
+
+    def is_complete(self, root: Digest, store: Any) -> bool:
+        """Whether ``store`` holds all of snapshot ``root`` (no fetch of it under way or cut short)."""
+
+    async def fetch_tree(self, source: str | None, root: Digest, store: Any) -> None:
+        """Fetch what ``store`` lacks of snapshot ``root`` from peers."""
 
     async def locality(self, root: Digest, store: Any) -> dict[str, int]:
         """Bytes of snapshot ``root`` each peer (by URL) and this node (by id) already hold."""
@@ -141,6 +150,7 @@ class Scheduler:
         self.remote = remote
         self._offered: dict[str, int] = {}  # peer url -> tasks offered and not yet finished
         self._declined: dict[str, float] = {}  # peer url -> until when it gets no offers
+        self._offer_changed: dict[str, float] = {}  # peer url -> when an offer to it started or ended
         self._draining = False
         self._task_done = trio.Event()  # set (and replaced) whenever a running task ends
 
@@ -178,6 +188,7 @@ class Scheduler:
                         self._busy += 1
                     else:
                         self._offered[where] = self._offered.get(where, 0) + 1
+                        self._offer_changed[where] = time.monotonic()
                     nursery.start_soon(self._run_task, live, task, where)
                 with trio.move_on_after(DECLINE_COOLDOWN if self._ready and self.remote else math.inf):
                     await self._changed.wait()
@@ -316,7 +327,12 @@ class Scheduler:
             url = peer.node  # candidates() name peers by URL
             if self._declined.get(url, 0) > now:
                 continue
-            views.append(replace(peer, busy=peer.busy + self._offered.get(url, 0)))
+            # Gossip reports a peer's load up to a round late. While we are feeding it tasks
+            # our own count of them is the fresher figure (a peer that other coordinators
+            # filled declines, and is skipped for DECLINE_COOLDOWN).
+            ours = self._offered.get(url, 0)
+            recent = now - self._offer_changed.get(url, -math.inf) < OWN_COUNT_WINDOW
+            views.append(replace(peer, busy=ours if recent else max(peer.busy, ours)))
         best = rank(requirements, views, local)[0]
         if best.free <= 0:
             return False, None
@@ -343,6 +359,8 @@ class Scheduler:
                 try:
                     action = task.action or self._action(live, task)
                     if where is None:
+                        if self.remote is not None and not self.remote.is_complete(action.input, self.store):
+                            await self.remote.fetch_tree(None, action.input, self.store)
                         result = await self.runner.run(action, on_output=on_output)
                     else:
                         assert self.remote is not None
@@ -384,6 +402,7 @@ class Scheduler:
                 self._busy -= 1
             else:
                 self._offered[where] -= 1
+                self._offer_changed[where] = time.monotonic()
             self._task_done.set()
             self._task_done = trio.Event()
             self._wake()
