@@ -182,6 +182,9 @@ class Node:
 
     # -- what /health and /status say -------------------------------------------------
 
+    def uptime(self) -> float:
+        return time.time() - self.started_at
+
     def health(self) -> dict[str, Any]:
         return {
             "ok": True,
@@ -202,7 +205,7 @@ class Node:
             "version": __version__,
             "mesh": self.key.mesh_id,
             "url": self.url,
-            "uptime": round(time.time() - self.started_at, 3),
+            "uptime": round(self.uptime(), 3),
             "slots": {"total": sched.slots, "busy": sched.busy},
             "queue": sched.queued,
             "running_jobs": sched.running_jobs,

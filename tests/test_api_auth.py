@@ -94,3 +94,24 @@ def test_every_data_endpoint_needs_the_key(node: NodeProcess, method: str, path:
     assert key is not None
     signed = httpx.request(method, node.url + path, content=body, trust_env=False, auth=MeshAuth(key))
     assert signed.status_code != 401, (method, path, signed.content)
+
+
+def test_metrics_are_open_and_in_prometheus_text_format(node: NodeProcess, job: bytes) -> None:
+    key = load_key(node.home)
+    assert key is not None
+    with NodeClient(node.url, key=key) as client:
+        for _ in client.submit_and_follow(codec.decode(job)):
+            pass
+    response = httpx.get(node.url + "/metrics", trust_env=False)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for line in response.text.splitlines():
+        if line.startswith("#"):
+            assert line.startswith(("# HELP mesh_", "# TYPE mesh_"))
+            continue
+        name, value = line.rsplit(" ", 1)
+        samples[name] = float(value)
+    assert samples["mesh_slots"] == 2
+    assert samples["mesh_tasks_run_total"] == 1
+    assert samples['mesh_jobs{state="succeeded"}'] == 1
+    assert samples['mesh_peers{state="alive"}'] == 0

@@ -3,7 +3,8 @@
 | path | what |
 | --- | --- |
 | ``GET /health`` | JSON: ok, node id, version, store id |
-| ``GET /status`` | JSON: node, uptime, slots, queue, recent jobs |
+| ``GET /status`` | JSON: node, uptime, slots, queue, recent jobs, peers |
+| ``GET /metrics`` | Prometheus text: slots, queue, jobs, cache, store, peers |
 | ``POST /v1/blobs:missing`` | CBOR ``{"digests": [...]}`` -> ``{"missing": [...]}`` |
 | ``POST /v1/blobs:upload`` | batched upload (see mesh.api.wire) |
 | ``PUT/GET /v1/blobs/{digest}`` | one blob's raw bytes, verified on the way in |
@@ -31,6 +32,7 @@ from starlette.routing import Route
 from mesh import codec
 from mesh.api import blobs
 from mesh.api.http import ApiError, authenticate, error_response, read_body, read_message, reply, wants_json
+from mesh.api.metrics import metrics
 from mesh.api.wire import EVENTS_CBOR, NDJSON, frame, to_json
 from mesh.cas.digest import Digest
 from mesh.errors import MeshError
@@ -207,6 +209,7 @@ def create_app(node: Node) -> Starlette:
     routes = [
         Route("/health", health, methods=["GET"]),
         Route("/status", status, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/blobs:missing", blobs.find_missing, methods=["POST"]),
         Route("/v1/blobs:upload", blobs.upload_batch, methods=["POST"]),
         Route("/v1/blobs/{digest}", blobs.put_blob, methods=["PUT"]),
