@@ -115,3 +115,14 @@ def test_metrics_are_open_and_in_prometheus_text_format(node: NodeProcess, job: 
     assert samples["mesh_tasks_run_total"] == 1
     assert samples['mesh_jobs{state="succeeded"}'] == 1
     assert samples['mesh_peers{state="alive"}'] == 0
+
+
+def test_the_dashboard_is_served_and_status_has_what_it_shows(node: NodeProcess) -> None:
+    page = httpx.get(node.url + "/", trust_env=False)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert b"<title>mesh node</title>" in page.content and b'fetch("/status"' in page.content
+    status = httpx.get(node.url + "/status", trust_env=False).json()
+    for field in ("node", "version", "mesh", "uptime", "slots", "queue", "running_jobs", "cache", "peers", "jobs"):
+        assert field in status, field
+    assert {"busy", "total"} <= set(status["slots"]) and {"entries", "hits"} <= set(status["cache"])
+    assert "recent" in status["jobs"]

@@ -2,6 +2,7 @@
 
 | path | what |
 | --- | --- |
+| ``GET /`` | the dashboard (mesh/web/index.html, reads /status) |
 | ``GET /health`` | JSON: ok, node id, version, store id |
 | ``GET /status`` | JSON: node, uptime, slots, queue, recent jobs, peers |
 | ``GET /metrics`` | Prometheus text: slots, queue, jobs, cache, store, peers |
@@ -22,11 +23,12 @@ model (mesh.sched.jobs), errors are mapped in mesh.api.http.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from mesh import codec
@@ -50,6 +52,14 @@ MAX_PAGE = 1000
 def _node(request: Request) -> Node:
     node: Node = request.app.state.node
     return node
+
+
+_DASHBOARD = Path(__file__).resolve().parent.parent / "web" / "index.html"
+
+
+async def dashboard(request: Request) -> Response:
+    """``GET /``: the status dashboard (a static page that reads /status)."""
+    return HTMLResponse(_DASHBOARD.read_bytes())
 
 
 async def health(request: Request) -> Response:
@@ -207,6 +217,7 @@ async def _not_allowed(request: Request, exc: Exception) -> Response:
 def create_app(node: Node) -> Starlette:
     """The ASGI app of one node."""
     routes = [
+        Route("/", dashboard, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/status", status, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
