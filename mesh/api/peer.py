@@ -15,6 +15,7 @@ import httpx
 
 from mesh import codec
 from mesh.api.auth import MeshKey
+from mesh.api.blobget import get_blob
 from mesh.api.client import FrameSplitter, MeshAuth, check, decode_response
 from mesh.api.wire import CBOR, PEER_HEADER
 from mesh.cas.digest import Digest
@@ -128,19 +129,6 @@ class TaskOffers:
 
     async def fetch(self, url: str, digest: Digest, store: LocalStore) -> bool:
         """Copy one blob from the peer at ``url`` into ``store``, verified. False if it lacks it."""
-        try:
-            async with self.client.http.stream(
-                "GET", f"{url.rstrip('/')}/v1/blobs/{digest}", timeout=httpx.Timeout(60, connect=GOSSIP_TIMEOUT)
-            ) as response:
-                if response.status_code == 404:
-                    return False
-                if response.status_code >= 400:
-                    await response.aread()
-                    check(response)
-                with store.writer(expected=digest) as writer:
-                    async for chunk in response.aiter_bytes():
-                        writer.write(chunk)
-                    writer.commit()
-        except httpx.HTTPError as exc:
-            raise NodeUnreachable(f"peer {url} was lost while sending {digest} ({type(exc).__name__})") from None
-        return True
+        auth = self.client.http.auth
+        assert isinstance(auth, MeshAuth)
+        return await get_blob(auth.key, url, digest, store)
