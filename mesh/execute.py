@@ -186,9 +186,8 @@ def explain(outcome: ExecOutcome) -> str | None:
 def checkout_output(client: NodeClient, settings: Settings, output: Digest, target: str) -> None:
     """Write the output snapshot into ``target``, fetching what the local store misses from the node."""
     from mesh.cas.checkout import checkout
-    from mesh.cas.snapshot import read_node
+    from mesh.cas.snapshot import children
     from mesh.cas.store import LocalStore
-    from mesh.cas.tree import Kind
 
     with LocalStore(settings.store_dir) as store:
         pending = [output]
@@ -199,14 +198,7 @@ def checkout_output(client: NodeClient, settings: Settings, output: Digest, targ
                     for chunk in client.read_blob(digest):
                         writer.write(chunk)
                     writer.commit()
-            files: list[Digest] = []
-            nodes: list[Digest] = []
-            for node in pending:
-                for entry in read_node(store, node):
-                    if entry.kind == Kind.DIRECTORY:
-                        nodes.append(entry.blob)
-                    elif entry.kind != Kind.SYMLINK:
-                        files.append(entry.blob)
+            files, nodes = children(store, pending)
             for digest in store.find_missing(files):
                 with store.writer(expected=digest) as writer:
                     for chunk in client.read_blob(digest):

@@ -22,7 +22,7 @@ from mesh import __version__
 from mesh.api.auth import MeshKey
 from mesh.api.peer import PeerClient, TaskOffers
 from mesh.cas.digest import Digest
-from mesh.cas.snapshot import read_node
+from mesh.cas.snapshot import children, read_node
 from mesh.cas.store import LocalStore
 from mesh.cas.tree import Kind
 from mesh.config import NodeConfig
@@ -211,14 +211,7 @@ class Peering:
         pending = [root]
         while pending:
             await self._fetch_all(source, store.find_missing(pending), store)
-            files: list[Digest] = []
-            below: list[Digest] = []
-            for node in pending:
-                for entry in read_node(store, node):
-                    if entry.kind == Kind.DIRECTORY:
-                        below.append(entry.blob)
-                    elif entry.kind != Kind.SYMLINK:
-                        files.append(entry.blob)
+            files, below = children(store, pending)
             await self._fetch_all(source, store.find_missing(files), store)
             pending = below
         self.partial.discard(root)

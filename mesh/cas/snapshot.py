@@ -344,6 +344,23 @@ def walk(store: LocalStore, root: Digest, prefix: bytes = b"") -> Iterator[tuple
             yield from walk(store, entry.blob, path)
 
 
+def children(store: LocalStore, nodes: list[Digest]) -> tuple[list[Digest], list[Digest]]:
+    """The file blobs and the directory nodes directly below ``nodes`` (which must be stored).
+
+    For copying a snapshot level by level from another node: fetch a level's nodes,
+    then ask this for the files to fetch and the next level.
+    """
+    files: list[Digest] = []
+    below: list[Digest] = []
+    for node in nodes:
+        for entry in read_node(store, node):
+            if entry.kind == Kind.DIRECTORY:
+                below.append(entry.blob)
+            elif entry.kind != Kind.SYMLINK:
+                files.append(entry.blob)
+    return files, below
+
+
 def reachable(store: LocalStore, root: Digest) -> Iterator[Digest]:
     """Every blob digest a snapshot needs: its nodes and its files (with repeats)."""
     yield root
