@@ -197,9 +197,6 @@ class Node:
     def status(self) -> dict[str, Any]:
         sched = self.scheduler.statistics()
         recent = [row.to_wire() for row in self.db.jobs(limit=STATUS_RECENT_JOBS)]
-        for job in recent:
-            if self.scheduler.is_live(str(job["id"])):
-                job["state"] = "running"
         return {
             "node": self.node_id,
             "version": __version__,

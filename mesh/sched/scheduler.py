@@ -496,16 +496,12 @@ class Scheduler:
             row = self.db.job(job_id)
             tasks = self.db.tasks(job_id, self.db.job_spec(job_id))
         status = row.to_wire()
-        status["state"] = job_state([t.state for t in tasks], row.cancelled) if row.state == "running" else row.state
         status["tasks"] = [t.to_wire() for t in tasks]
         return status
 
     def events(self, job_id: str) -> JobEvents | None:
         """The live (or recently finished) event log of a job, or None when the node has forgotten it."""
         return self.logs.get(job_id)
-
-    def is_live(self, job_id: str) -> bool:
-        return job_id in self._live
 
     def statistics(self) -> SchedulerStatistics:
         queued = sum(1 for j in self._live.values() for t in j.tasks.values() if t.state == "queued")
