@@ -65,6 +65,16 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def require_namespaces(what: str) -> None:
+    """Skip the calling pytest test, printing why, where namespaces cannot be built here."""
+    reason = unavailable_reason()
+    if reason is not None:
+        import pytest  # only tests call this; the harness itself also serves scripts
+
+        print(f"skipping {what}: {reason}", file=sys.stderr)
+        pytest.skip(reason)
+
+
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
     if check and result.returncode != 0:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from mesh.discovery.mdns import MdnsDiscovery, Peer, PeerChange, _Gone, _Seen, peer_from_record
-from tests.netns import Lan, unavailable_reason
+from tests.netns import Lan, require_namespaces
 
 REPO = Path(__file__).resolve().parent.parent
 MESH_A = "a" * 16
@@ -122,10 +122,7 @@ def test_constructor_rejects_unusable_values() -> None:
 
 @pytest.fixture
 def lan() -> Iterator[Lan]:
-    reason = unavailable_reason()
-    if reason is not None:
-        print(f"skipping mDNS namespace test: {reason}", file=sys.stderr)
-        pytest.skip(reason)
+    require_namespaces("the mDNS namespace test")
     with Lan(4) as built:
         yield built
 

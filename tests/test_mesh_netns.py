@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns import Lan, unavailable_reason
+from tests.netns import Lan, require_namespaces
 from tests.nodeutil import node_env, wait_for
 
 PORT = 7474
@@ -24,10 +24,7 @@ PORT = 7474
 
 @pytest.fixture
 def lan() -> Iterator[Lan]:
-    reason = unavailable_reason()
-    if reason is not None:
-        print(f"skipping the namespace mesh test: {reason}", file=sys.stderr)
-        pytest.skip(reason)
+    require_namespaces("the namespace mesh test")
     with Lan(3) as built:
         yield built
 
