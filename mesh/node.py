@@ -207,6 +207,7 @@ class Node:
             "queue": sched.queued,
             "running_jobs": sched.running_jobs,
             "tasks_run": sched.tasks_run,
+            "stealing": {"stolen": sched.tasks_stolen, "given": sched.tasks_given},
             "cache": {"hits": sched.cache_hits, "entries": self.db.cache_size()},
             "capabilities": self.peering.capabilities,
             "peers": self.peering.status(),

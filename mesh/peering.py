@@ -163,6 +163,15 @@ class Peering:
         assert self.offers is not None, "peering is not running"
         return await self.offers.run(url, task_key, action, on_output)
 
+    async def steal(self, url: str, slots: int) -> int:
+        """Ask the peer at ``url`` to offer this node up to ``slots`` queued tasks (work stealing)."""
+        assert self.client is not None, "peering is not running"
+        reply = await self.client.request("POST", url + "/v1/steal", body={"thief": self.url, "slots": slots})
+        given = reply.get("given") if isinstance(reply, dict) else None
+        if not isinstance(given, int) or given < 0:
+            raise NodeError(f"peer {url} answered a steal request with {reply!r}")
+        return given
+
     async def locality(self, root: Digest, store: LocalStore) -> dict[str, int]:
         """How many bytes of snapshot ``root``'s files each live peer (by URL) and this node (by
         id) already hold: one find-missing request per peer, concurrently, cached a few seconds."""

@@ -159,7 +159,8 @@ def test_a_job_spreads_over_the_mesh_and_requirements_hold(trio_of_nodes: list[N
         assert ran_on == {node_id(n) for n in trio_of_nodes}  # every node took part
         out = b"".join(client.read_blob(Digest.parse(status["t7"]["result"]["stdout"])))
         assert out == b"shared input\n7\n"  # the coordinator serves outputs made elsewhere
-    assert status["special"]["state"] == "succeeded" and status["special"]["result"]["node"] == node_id(c)
+    assert status["special"]["state"] == "succeeded", (status["special"]["reason"], status["special"]["result"])
+    assert status["special"]["result"]["node"] == node_id(c)
     assert status["impossible"]["state"] == "failed"
     assert "label.gpu=1" in status["impossible"]["reason"]
 
@@ -215,3 +216,37 @@ def test_a_task_goes_where_its_big_input_already_is(trio_of_nodes: list[NodeProc
         assert task["result"]["node"] == node_id(b)
         out = b"".join(client.read_blob(Digest.parse(task["result"]["stdout"])))
     assert out == b"209715200 data.bin\n"
+
+
+def test_an_idle_node_steals_queued_tasks_from_a_busy_peer(tmp_path: Path) -> None:
+    """a and b, one slot each. b is busy with a job of its own while a queues a job of six
+    tasks (b looks full to a, so a keeps them). When b's own task ends, b asks a for queued
+    tasks at once and runs them: both count it, and the results say b ran some."""
+    a = NodeProcess(str(tmp_path / "a"), port=free_port(), slots=1)
+    b = NodeProcess(str(tmp_path / "b"), slots=1, extra_args=["--peer", f"127.0.0.1:{a.port}"])
+    try:
+        a.start()
+        os.makedirs(b.home)
+        (Path(b.home) / "mesh.key").write_text((Path(a.home) / "mesh.key").read_text())
+        b.start()
+        _mesh_formed([a, b])
+        snapshot = _snapshot(a, tmp_path)
+        b_id = node_id(b)
+        with _client(b) as on_b, _client(a) as on_a:
+            own = on_b.submit({"tasks": [{"name": "own", "argv": ["sleep", "2"], "input": snapshot}],
+                               "no_cache": True, "pinned": True})["id"]
+            wait_for(lambda: peers_of(a)[b_id]["load"]["busy"] == 1, timeout=10, what="a to hear that b is busy")
+            tasks = [{"name": f"t{i}", "argv": ["sh", "-c", f"sleep 0.5; echo {i}"], "input": snapshot}
+                     for i in range(6)]
+            job_id = on_a.submit({"tasks": tasks, "no_cache": True})["id"]
+            wait_for(lambda: on_a.job(job_id)["state"] != "running", timeout=60, what="a's job to finish")
+            status = on_a.job(job_id)
+            assert on_b.job(own)["state"] == "succeeded"
+        assert status["state"] == "succeeded", status
+        assert b_id in {t["result"]["node"] for t in status["tasks"]}
+        stealing_b = httpx.get(b.url + "/status", timeout=5, trust_env=False).json()["stealing"]
+        stealing_a = httpx.get(a.url + "/status", timeout=5, trust_env=False).json()["stealing"]
+        assert stealing_b["stolen"] >= 1 and stealing_a["given"] >= 1, (stealing_a, stealing_b)
+    finally:
+        a.kill()
+        b.kill()

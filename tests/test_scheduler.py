@@ -9,8 +9,10 @@ from typing import Any
 import trio
 
 from mesh.cas.digest import Digest
+from mesh.errors import PeerDeclined
 from mesh.exec.action import Action, ActionResult
 from mesh.sched.jobs import parse_job
+from mesh.sched.placement import NodeView
 from mesh.sched.scheduler import Scheduler
 from mesh.sched.statedb import StateDB
 
@@ -166,4 +168,138 @@ async def test_a_restarted_scheduler_resumes_interrupted_work(tmp_path: Path) ->
         tasks = {x["name"]: x for x in status["tasks"]}
         assert [argv[-1] for argv in fresh.ran] == ["b", "c"]  # a's result was kept, b ran again
         assert tasks["b"]["attempts"] == 2 and tasks["a"]["attempts"] == 1
+        nursery.cancel_scope.cancel()
+
+
+class FakeRemote:
+    """Peers as a scheduler sees them: fixed views; run_on and steal record their calls."""
+
+    def __init__(self, *peers: NodeView, give: int = 0) -> None:
+        self.peers = list(peers)
+        self.give = give
+        self.ran_on: list[tuple[str, tuple[str, ...]]] = []
+        self.steals: list[tuple[str, int]] = []
+        self.release = trio.Event()
+
+    def candidates(self) -> list[NodeView]:
+        return self.peers
+
+    def is_complete(self, root: Digest, store: Any) -> bool:
+        return True
+
+    async def fetch_tree(self, source: str | None, root: Digest, store: Any) -> None:
+        raise AssertionError("nothing is fetched here")
+
+    async def locality(self, root: Digest, store: Any) -> dict[str, int]:
+        return {}
+
+    async def run_on(self, url: str, task_key: str, action: Action, on_output: Any) -> ActionResult:
+        self.ran_on.append((url, action.argv))
+        await self.release.wait()
+        now = time.time()
+        return ActionResult(
+            exit_code=0, stdout=EMPTY, stderr=EMPTY, output=None, started_at=now, finished_at=now, node=url
+        )
+
+    async def steal(self, url: str, slots: int) -> int:
+        self.steals.append((url, slots))
+        return min(self.give, slots)
+
+
+THIEF = "http://thief:1"
+
+
+async def test_a_peer_that_asks_is_given_queued_tasks_it_can_run(tmp_path: Path) -> None:
+    # The thief looks full (gossip is late), so placement alone would never use it.
+    caps = {"executor.process": "1", "label.a": "1"}
+    remote = FakeRemote(NodeView(node=THIEF, capabilities=caps, slots=2, busy=2))
+    runner = FakeRunner()
+    db = StateDB(str(tmp_path / "state.db"))
+    mine = {"label.b": "1"}
+    scheduler = Scheduler(db, runner, AllPresent(), node_id="n", slots=1, capabilities=mine, remote=remote)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(scheduler.run)
+        runner.hold = True
+        wants_b = t("needs-b", ["ok", "b"], requirements={"label.b": "1"})
+        first = scheduler.submit(job(t("t0", ["ok", "0"]), wants_b, *(t(f"t{i}", ["ok", str(i)]) for i in (1, 2, 3))))
+        pinned = scheduler.submit(parse_job({"tasks": [t("p", ["ok", "p"])], "pinned": True}))
+        with trio.fail_after(5):
+            while runner.running < 1:
+                await trio.sleep(0.001)
+        assert scheduler.statistics().queued == 5
+
+        assert scheduler.give("http://stranger:1", 3) == 0  # not a live peer
+        assert scheduler.give(THIEF, 2) == 2  # the two oldest it can run: not needs-b
+        with trio.fail_after(5):
+            while len(remote.ran_on) < 2:
+                await trio.sleep(0.001)
+        assert sorted(argv for _, argv in remote.ran_on) == [("ok", "1"), ("ok", "2")]
+        assert {url for url, _ in remote.ran_on} == {THIEF}
+        assert scheduler.give(THIEF, 5) == 1  # t3; never needs-b (label.b), never the pinned job
+        assert scheduler.statistics().tasks_given == 3
+        with trio.fail_after(5):
+            while len(remote.ran_on) < 3:
+                await trio.sleep(0.001)
+        log = scheduler.events(first)
+        assert log is not None
+        events = [e for e in log.events if e["type"] == "task_started"]
+        assert {e["task"] for e in events if e.get("stolen")} == {"t1", "t2", "t3"}
+
+        remote.release.set()
+        runner.hold = False
+        runner.release.set()
+        status = await wait_state(scheduler, first, "succeeded")
+        where = {task["name"]: task["result"]["node"] for task in status["tasks"]}
+        assert where == {"t0": "fake", "needs-b": "fake", "t1": THIEF, "t2": THIEF, "t3": THIEF}
+        await wait_state(scheduler, pinned, "succeeded")
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_idle_node_steals_from_the_peer_with_the_longest_queue(tmp_path: Path) -> None:
+    remote = FakeRemote(
+        NodeView(node="http://short:1", slots=1, busy=1, queued=2),
+        NodeView(node="http://long:1", slots=1, busy=1, queued=9),
+        NodeView(node="http://idle:1", slots=1, busy=0, queued=0),
+        give=2,
+    )
+    scheduler = Scheduler(
+        StateDB(str(tmp_path / "state.db")), FakeRunner(), AllPresent(), node_id="n", slots=3, remote=remote
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(scheduler.run)
+        with trio.fail_after(5):
+            while not remote.steals:
+                await trio.sleep(0.001)
+        assert remote.steals[0] == ("http://long:1", 3)
+        assert scheduler.statistics().tasks_stolen == 2
+        # The two promised offers hold their slots: the next look asks for the one left.
+        with trio.fail_after(5):
+            while len(remote.steals) < 2:
+                await trio.sleep(0.001)
+        assert remote.steals[1] == ("http://long:1", 1)
+        scheduler.offer_arrived()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_task_only_a_declining_peer_can_run_waits_for_it(tmp_path: Path) -> None:
+    """A peer that declined an offer gets none for a moment, but a task that only it can run
+    waits for it instead of failing as unplaceable."""
+
+    class DecliningOnce(FakeRemote):
+        async def run_on(self, url: str, task_key: str, action: Action, on_output: Any) -> ActionResult:
+            if not self.ran_on:
+                self.ran_on.append(("declined", action.argv))
+                raise PeerDeclined("no free slot")
+            self.release.set()
+            return await super().run_on(url, task_key, action, on_output)
+
+    remote = DecliningOnce(NodeView(node=THIEF, capabilities={"executor.process": "1", "label.gpu": "1"}, slots=1))
+    db = StateDB(str(tmp_path / "state.db"))
+    scheduler = Scheduler(db, FakeRunner(), AllPresent(), node_id="n", slots=1, remote=remote)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(scheduler.run)
+        job_id = scheduler.submit(job(t("gpu", ["ok", "g"], requirements={"label.gpu": "1"})))
+        status = await wait_state(scheduler, job_id, "succeeded")
+        assert status["tasks"][0]["result"]["node"] == THIEF
+        assert remote.ran_on[0][0] == "declined"
         nursery.cancel_scope.cancel()

@@ -15,6 +15,7 @@
 | ``POST /v1/jobs/{id}/cancel`` | cancel a job (kills its running tasks) |
 | ``GET /v1/jobs/{id}/events`` | its events from ``?from=N``, live until it finishes |
 | ``POST /v1/gossip`` | a peer's membership table in, ours out (mesh.sched.gossip) |
+| ``POST /v1/steal`` | an idle peer asks for queued tasks (mesh.sched.scheduler: work stealing) |
 
 Handlers only translate between HTTP and the node: validation lives in the
 model (mesh.sched.jobs), errors are mapped in mesh.api.http.
@@ -103,6 +104,7 @@ async def _accept_offer(request: Request, spec: JobSpec) -> None:
     task = spec.tasks[0]
     if task.input is not None and not node.peering.is_complete(task.input, node.store):
         await node.peering.fetch_tree(source, task.input, node.store)
+    node.scheduler.offer_arrived()  # submitted next: the task is in the queue from now on
 
 
 def _int_param(request: Request, name: str, default: int | None, minimum: int, maximum: int) -> int | None:
@@ -197,6 +199,17 @@ async def gossip(request: Request) -> Response:
     return reply(request, _node(request).peering.gossip.receive(message))
 
 
+async def steal(request: Request) -> Response:
+    """``POST /v1/steal``: a peer with free slots, ``{"thief": URL, "slots": N}``, asks for
+    queued tasks; they are offered to it at once; answers ``{"given": n}``."""
+    fields = codec.Fields(await read_message(request, 4096), "a steal request")
+    thief, slots = fields.text("thief"), fields.integer("slots")
+    fields.done()
+    if not 1 <= slots <= 4096:
+        raise ApiError(400, f"'slots' must be between 1 and 4096, not {slots}")
+    return reply(request, {"given": _node(request).scheduler.give(thief, slots)})
+
+
 async def _on_error(request: Request, exc: Exception) -> Response:
     return error_response(request, exc)
 
@@ -226,6 +239,7 @@ def create_app(node: Node) -> Starlette:
         Route("/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
         Route("/v1/jobs/{job_id}/events", job_events, methods=["GET"]),
         Route("/v1/gossip", gossip, methods=["POST"]),
+        Route("/v1/steal", steal, methods=["POST"]),
     ]
     app = Starlette(
         routes=routes,

@@ -50,6 +50,18 @@ def exposition(node: Node) -> str:
     )
     out.metric("mesh_tasks_run_total", "counter", "Tasks run since the node started.", [({}, sched.tasks_run)])
     out.metric(
+        "mesh_tasks_stolen_total",
+        "counter",
+        "Queued tasks this node took from peers (work stealing).",
+        [({}, sched.tasks_stolen)],
+    )
+    out.metric(
+        "mesh_tasks_given_total",
+        "counter",
+        "Queued tasks of this node that idle peers took.",
+        [({}, sched.tasks_given)],
+    )
+    out.metric(
         "mesh_cache_hits_total", "counter", "Action-cache hits since the node started.", [({}, sched.cache_hits)]
     )
     out.metric(

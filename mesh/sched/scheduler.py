@@ -8,7 +8,16 @@ Every state change is written to the state database before it is announced,
 so a node killed at any moment resumes where it was: finished results are
 kept, queued and interrupted tasks run again (their attempt count says so).
 
-Issue "the mesh" adds offers to peers and work stealing on top of this queue.
+With peers (mesh.peering), a ready task goes to the best node placement finds
+(mesh.sched.placement): this node, or a peer offered the task. A task no node
+has room for waits in the queue. Two things move it on: this node's own slots
+and offers ending, and **work stealing**: a node with free slots and nothing
+queued of its own asks the peer whose gossiped queue is longest to hand over
+queued, not yet started tasks (``POST /v1/steal``). The victim picks the ones
+whose requirements the thief meets and offers them to it at once through the
+ordinary offer path, so the job's coordinator keeps its record, its events and
+the failover of every task it gave away. An idle node thus gets work as soon as
+it is idle, not a gossip round later, when its peers learn of its free slots.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from mesh.errors import CodecError, InvalidJob, JobNotFound, MeshError, NodeErro
 from mesh.exec.action import Action, ActionResult
 from mesh.sched.events import EventLogs, JobEvents
 from mesh.sched.jobs import FINAL_TASK_STATES, JobSpec, TaskRecord, decide, job_state
-from mesh.sched.placement import NodeView, Unplaceable, rank
+from mesh.sched.placement import NodeView, Unplaceable, rank, unmet
 from mesh.sched.statedb import JobRow, StateDB
 
 OutputSink = Callable[[str, bytes], Any]
@@ -43,6 +52,12 @@ OWN_COUNT_WINDOW = 2.0
 LOST_COOLDOWN = 10.0
 #: Finished jobs kept in memory, so status requests right after the end need no database read.
 RECENT_JOBS = 256
+#: Seconds between an idle node's looks for a peer with queued tasks to steal from.
+STEAL_INTERVAL = 0.2
+#: Seconds a peer that had nothing to give is not asked again.
+STEAL_BACKOFF = 1.0
+#: Seconds the slots promised to a victim's offers stay reserved while the offers arrive.
+STEAL_HOLD = 2.0
 
 
 class TaskRunner(Protocol):
@@ -77,6 +92,10 @@ class Remote(Protocol):
         is lost; both leave the task to be placed again.
         """
 
+    async def steal(self, url: str, slots: int) -> int:
+        """Ask the peer at ``url`` to offer this node up to ``slots`` of its queued tasks;
+        returns how many it is offering. Raises NodeError when the peer cannot be asked."""
+
 
 class BlobCheck(Protocol):
     def has(self, digest: Digest) -> bool: ...
@@ -90,6 +109,8 @@ class SchedulerStatistics:
     running_jobs: int
     tasks_run: int
     cache_hits: int
+    tasks_stolen: int = 0
+    tasks_given: int = 0
 
 
 @dataclass(eq=False)
@@ -147,19 +168,29 @@ class Scheduler:
         self._tasks_run = 0
         self._cache_hits = 0
         self.capabilities = dict(capabilities or {})
+        self.capabilities.update({f"executor.{name}": "1" for name in runner.executors})
         self.remote = remote
         self._offered: dict[str, int] = {}  # peer url -> tasks offered and not yet finished
         self._declined: dict[str, float] = {}  # peer url -> until when it gets no offers
         self._offer_changed: dict[str, float] = {}  # peer url -> when an offer to it started or ended
         self._draining = False
         self._task_done = trio.Event()  # set (and replaced) whenever a running task ends
+        self._nursery: trio.Nursery | None = None
+        self._promised = 0  # offers stolen tasks are on their way here as
+        self._promised_until = 0.0  # ... until this time (monotonic), when the promise lapses
+        self._steal_backoff: dict[str, float] = {}  # victim url -> until when it is not asked
+        self._tasks_stolen = 0  # tasks this node took from peers' queues
+        self._tasks_given = 0  # tasks of this node's queue that peers took
 
     # -- service ------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Resume unfinished jobs, then dispatch ready tasks to slots until cancelled."""
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             self._resume()
+            if self.remote is not None:
+                nursery.start_soon(self._steal_loop)
             task_status.started()
             while True:
                 while self._ready and not self._draining:
@@ -264,7 +295,7 @@ class Scheduler:
         except (InvalidJob, CodecError) as exc:
             self._finish(live, task, "failed", reason=str(exc))
             return
-        if action.executor not in self.runner.executors:
+        if action.executor not in self.runner.executors and (self.remote is None or live.spec.pinned):
             have = ", ".join(sorted(self.runner.executors)) or "none"
             reason = f"this node has no {action.executor!r} executor (it has: {have})"
             self._finish(live, task, "failed", reason=reason)
@@ -312,7 +343,7 @@ class Scheduler:
 
         Raises Unplaceable when no live node meets its requirements.
         """
-        requirements = dict(task.action.requirements) if task.action else {}
+        requirements = requirements_of(task.action) if task.action else {}
         views = [
             NodeView(
                 node=self.node_id,
@@ -326,6 +357,8 @@ class Scheduler:
         for peer in self.remote.candidates() if self.remote and not pinned else []:
             url = peer.node  # candidates() name peers by URL
             if self._declined.get(url, 0) > now:
+                # Not offered anything for now, but still a node the task may wait for.
+                views.append(replace(peer, busy=max(peer.slots, peer.busy)))
                 continue
             # Gossip reports a peer's load up to a round late. While we are feeding it tasks
             # our own count of them is the fresher figure (a peer that other coordinators
@@ -338,13 +371,94 @@ class Scheduler:
             return False, None
         return True, None if best.node == self.node_id else best.node
 
-    async def _run_task(self, live: LiveJob, task: TaskRecord, where: str | None = None) -> None:
-        """Run one queued task in a slot here (``where`` None) or on the peer at ``where``."""
+    # -- work stealing -------------------------------------------------------------
+
+    def give(self, thief: str, slots: int) -> int:
+        """A peer (the live peer at URL ``thief``) with ``slots`` free slots asks for queued
+        tasks: offer it up to that many whose requirements it meets, oldest first; returns
+        how many. Pinned jobs, and everything while draining, stay here."""
+        if self._draining or self._nursery is None or self.remote is None or slots < 1:
+            return 0
+        view = next((p for p in self.remote.candidates() if p.node == thief), None)
+        if view is None:
+            return 0  # not a live peer as far as this node knows
+        given: list[tuple[LiveJob, TaskRecord]] = []
+        kept: deque[tuple[str, str]] = deque()
+        for key in self._ready:
+            live = self._live.get(key[0])
+            task = None if live is None else live.tasks[key[1]]
+            if live is None or task is None or task.state != "queued":
+                continue  # cancelled while it waited
+            if (
+                len(given) < slots
+                and not live.spec.pinned
+                and task.action is not None
+                and not unmet(requirements_of(task.action), view.capabilities)
+            ):
+                given.append((live, task))
+            else:
+                kept.append(key)
+        if not given:
+            return 0
+        self._ready = kept
+        self._offered[thief] = self._offered.get(thief, 0) + len(given)
+        self._offer_changed[thief] = time.monotonic()
+        self._tasks_given += len(given)
+        for live, task in given:
+            self._nursery.start_soon(self._run_task, live, task, thief, True)
+        return len(given)
+
+    def _room_to_steal(self) -> int:
+        """Slots free here that nothing queued or promised will take."""
+        if time.monotonic() > self._promised_until:
+            self._promised = 0
+        return self.slots - self._busy - len(self._ready) - self._promised
+
+    async def _steal_loop(self) -> None:
+        """While this node has free slots and an empty queue, take queued tasks from the peer
+        with the longest queue (as gossip says), one peer at a time."""
+        assert self.remote is not None
+        while True:
+            with trio.move_on_after(STEAL_INTERVAL):
+                await self._task_done.wait()
+            room = self._room_to_steal()
+            if room <= 0 or self._draining:
+                continue
+            now = time.monotonic()
+            victims = sorted(
+                (p for p in self.remote.candidates() if p.queued > 0 and self._steal_backoff.get(p.node, 0) <= now),
+                key=lambda p: (-p.queued, p.node),
+            )
+            for victim in victims:
+                try:
+                    got = await self.remote.steal(victim.node, room)
+                except MeshError:
+                    got = 0
+                if got <= 0:
+                    self._steal_backoff[victim.node] = time.monotonic() + STEAL_BACKOFF
+                    continue
+                self._tasks_stolen += got
+                self._promised += got
+                self._promised_until = time.monotonic() + STEAL_HOLD
+                break
+
+    def offer_arrived(self) -> None:
+        """An offered task was accepted here: one promised slot is taken by it."""
+        self._promised = max(0, self._promised - 1)
+
+    async def _run_task(
+        self, live: LiveJob, task: TaskRecord, where: str | None = None, stolen: bool = False
+    ) -> None:
+        """Run one queued task in a slot here (``where`` None) or on the peer at ``where``
+        (``stolen``: that peer asked for it)."""
         try:
             task.state, task.started_at, task.reason = "running", time.time(), None
             task.attempts += 1
             self.db.set_task_state(task)
-            live.events.emit("task_started", task=task.name, node=where or self.node_id, attempt=task.attempts)
+            extra = {"stolen": True} if stolen else {}
+            live.events.emit(
+                "task_started", task=task.name, node=where or self.node_id, attempt=task.attempts, **extra
+            )
 
             offsets = {"stdout": 0, "stderr": 0}
 
@@ -512,7 +626,16 @@ class Scheduler:
             running_jobs=len(self._live),
             tasks_run=self._tasks_run,
             cache_hits=self._cache_hits,
+            tasks_stolen=self._tasks_stolen,
+            tasks_given=self._tasks_given,
         )
+
+
+def requirements_of(action: Action) -> dict[str, str]:
+    """What a node must offer to run ``action``: its own requirements and its executor."""
+    requirements = dict(action.requirements)
+    requirements[f"executor.{action.executor}"] = "1"
+    return requirements
 
 
 def _why(result: ActionResult) -> str | None:
