@@ -325,6 +325,18 @@ def test_unknown_fields(node: NodeProcess, snapshot: str) -> None:
     ])
 
 
+def test_bad_steal_requests(node: NodeProcess, snapshot: str) -> None:
+    check_refused(node, snapshot, [
+        Case("slots a string", "POST", "/v1/steal", 400, "field 'slots' of a steal request must be an integer",
+             body=codec.encode({"thief": "http://127.0.0.1:1", "slots": "all"})),
+        Case("no thief", "POST", "/v1/steal", 400, "'thief'", body=codec.encode({"slots": 1})),
+        Case("zero slots", "POST", "/v1/steal", 400, "'slots' must be between 1 and 4096",
+             body=codec.encode({"thief": "http://127.0.0.1:1", "slots": 0})),
+        Case("unknown field", "POST", "/v1/steal", 400, "unknown field(s): 'greedy'",
+             body=codec.encode({"thief": "http://127.0.0.1:1", "slots": 1, "greedy": True})),
+    ])
+
+
 def test_bad_task_graphs(node: NodeProcess, snapshot: str) -> None:
     check_refused(node, snapshot, [
         job_case("two-task cycle", "the task graph has a cycle: a -> b -> a",
