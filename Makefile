@@ -9,7 +9,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # System packages the tests use, as COMMAND:PACKAGE; installed with apt-get when the
 # command is missing and we are root. ip (iproute2): the network namespaces of the mesh tests.
-SYSTEM_PACKAGES := b3sum:b3sum ip:iproute2
+# bwrap: the sandbox executor. podman, runc, busybox (busybox-static installs /bin/busybox):
+# the docker executor's tests, which start a private `podman system service` with a test image
+# made from busybox for the session and stop it afterwards (tests/podmanutil.py).
+SYSTEM_PACKAGES := b3sum:b3sum ip:iproute2 bwrap:bubblewrap podman:podman runc:runc busybox:busybox-static
 
 .PHONY: up test venv test-deps system-deps bench clean
 
@@ -50,6 +53,8 @@ bench: venv system-deps
 	$(BIN)/python bench/hash.py
 	$(BIN)/python bench/snapshot.py
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/mesh.py
+	$(BIN)/python bench/exec.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

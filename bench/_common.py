@@ -38,10 +38,16 @@ SETTLE_SECONDS = 2.5
 def use_repo() -> None:
     """Make ``import mesh`` work: the repo root on sys.path, and the project's venv python.
 
+    The repo root goes first, also when the venv's editable install put it at the end:
+    ``bench/`` (the script's own directory, first on sys.path) holds ``mesh.py``, which
+    would otherwise be imported as ``mesh``.
+
     When run by a python that lacks mesh's dependencies (e.g. ``python bench/hash.py`` with a
     system python), re-execute the same command with ``.venv/bin/python``.
     """
-    if str(REPO_ROOT) not in sys.path:
+    if sys.path[:1] != [str(REPO_ROOT)]:
+        if str(REPO_ROOT) in sys.path:
+            sys.path.remove(str(REPO_ROOT))
         sys.path.insert(0, str(REPO_ROOT))
     try:
         import blake3  # noqa: F401

@@ -28,7 +28,8 @@ translated at the boundary of the module that meets them.
     │   └── PeerDeclined           a peer has no room for an offered task (offer it elsewhere)
     └── ExecError                  this node could not run a task (not the task's own failure)
         ├── UnknownExecutor        the action asks for an executor this node does not have
-        └── SpawnFailed            the command could not be started (not found, not executable)
+        ├── SpawnFailed            the command could not be started (not found, not executable)
+        └── DockerError            the Docker engine is unreachable or failed a request
 """
 
 from __future__ import annotations
@@ -146,6 +147,23 @@ class SpawnFailed(ExecError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class DockerError(ExecError):
+    """The Docker engine (or Podman serving its API) cannot be reached or failed a request.
+
+    A failure of this node's engine, not of the task: the runner raises it instead of
+    recording a result. What the *task* asked for that cannot work (an image that
+    cannot be pulled, a command not in the image) is a SpawnFailed instead.
+    ``status`` is the HTTP status of the engine's answer, None when there was none;
+    ``reason`` the engine's own words (the message without what mesh asked), for a
+    message of the caller's.
+    """
+
+    def __init__(self, message: str, status: int | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = message if reason is None else reason
 
 
 class NodeError(MeshError):

@@ -1,4 +1,4 @@
-"""Shared fixtures: a fresh store per test, a private MESH_HOME, hypothesis profiles."""
+"""Shared fixtures: a fresh store per test, a private MESH_HOME, hypothesis profiles, a Podman service."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from mesh.cas.store import LocalStore
+from tests import podmanutil
 from tests.nodeutil import NodeProcess
 
 settings.register_profile(
@@ -47,3 +48,15 @@ def node(home: Path) -> Iterator[NodeProcess]:
         yield process
     finally:
         process.stop(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def docker_host() -> Iterator[str]:
+    """The DOCKER_HOST of a private Podman service with the test image (tests.podmanutil), for the session.
+
+    Skips (saying why) where podman cannot run and we are not root; fails as root,
+    where ``make test`` installs what it needs. Stopped and removed at the end.
+    """
+    podmanutil.require_podman("the docker executor tests")
+    with podmanutil.podman_service() as host:  # in /tmp: short paths for podman's sockets
+        yield host

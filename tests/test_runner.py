@@ -37,10 +37,7 @@ INPUT: treeutil.Tree = {
 
 @pytest.fixture
 def snap(store: LocalStore, tmp_path: Path) -> Digest:
-    src = tmp_path / "src"
-    src.mkdir()
-    treeutil.build(src, INPUT)
-    return ingest(store, src)
+    return treeutil.stored(store, tmp_path, INPUT)
 
 
 @pytest.fixture

@@ -104,3 +104,13 @@ def morph(root: str | os.PathLike[str], old: Tree, new: Tree) -> None:
                     os.chmod(path, 0o755 if spec[2] else 0o644)
         else:
             build(base, {name: spec})
+
+
+def stored(store: Any, scratch: str | os.PathLike[str], tree: Tree) -> Any:
+    """Build ``tree`` in a new directory ``src`` under ``scratch`` and snapshot it into ``store``."""
+    from mesh.cas.snapshot import ingest
+
+    src = os.path.join(scratch, "src")
+    os.mkdir(src)
+    build(src, tree)
+    return ingest(store, src)

@@ -29,6 +29,10 @@ comes. The group, not just the main process, is the unit of killing:
   (with a bounded grace, in case a process that left the group holds one open:
   then only what is already in the pipes is read).
 
+Starting the child is one replaceable step (``_spawn``): the sandbox executor
+(:mod:`mesh.exec.sandbox`) starts bubblewrap around the command there and reuses
+the supervision unchanged.
+
 The group is signalled only while its leader is an unreaped zombie or alive (its
 exit is watched through the pidfd; only the thread that runs the command reaps
 and signals), so its id can never have been reused by an unrelated group. A task
@@ -46,15 +50,15 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Self
 
 from mesh.cas.checkout import Mode
-from mesh.errors import SpawnFailed
+from mesh.errors import ExecError, SpawnFailed
 from mesh.exec.hop import RunCancelled
 
-__all__ = ["Cancel", "Command", "Executor", "ExitStatus", "OutputSink", "ProcessExecutor", "RunCancelled"]
+__all__ = ["Cancel", "Command", "Executor", "ExitStatus", "NoCancel", "OutputSink", "ProcessExecutor", "RunCancelled"]
 
 OutputSink = Callable[[str, bytes], bool]
 """``on_output(stream, chunk)`` with stream ``"stdout"`` or ``"stderr"``: False asks to kill the command."""
@@ -81,6 +85,25 @@ class Cancel(Protocol):
     def fileno(self) -> int:
         """A descriptor that becomes readable when the run is cancelled."""
         ...
+
+
+class NoCancel:
+    """A :class:`Cancel` that never fires: for running an executor outside the runner
+    (a trial run, a benchmark). A context manager that owns its descriptor."""
+
+    cancelled = False
+
+    def __init__(self) -> None:
+        self._fd = os.eventfd(0, os.EFD_CLOEXEC)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def __enter__(self) -> NoCancel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self._fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +167,11 @@ class Executor(Protocol):
         """
         ...
 
+    # An executor may also have ``prepare(command: Command) -> None``, which the
+    # runner calls on the worker thread after the checkout and before ``run``
+    # (the sandbox hands the task's directories to the uid the task runs as). It is
+    # not part of the Protocol because most executors need nothing of the kind.
+
 
 class ProcessExecutor:
     """The ``process`` executor: a subprocess of the node's user in its own process group.
@@ -166,7 +194,7 @@ class ProcessExecutor:
         """See :meth:`Executor.run`."""
         if cancel.cancelled:
             raise RunCancelled
-        child = _Child.spawn(command)
+        child = self._spawn(command)
         try:
             return self._supervise(child, command.timeout, on_output, cancel)
         except BaseException:
@@ -175,6 +203,18 @@ class ProcessExecutor:
             raise
         finally:
             child.close()
+
+    def _spawn(self, command: Command) -> _Child:
+        """Start the command itself in ``workdir/cwd``. Raises SpawnFailed.
+
+        The one step a wrapping executor replaces (the sandbox starts bubblewrap,
+        which runs the command); the supervision below is the same for every child.
+        """
+        cwd = os.path.join(command.workdir, command.cwd) if command.cwd else command.workdir
+        try:
+            return _Child.start(command.argv, cwd=cwd, env=command.env)
+        except OSError as exc:
+            raise _spawn_failed(command.argv[0], cwd, exc) from None
 
     def _supervise(self, child: _Child, timeout: float, on_output: OutputSink, cancel: Cancel) -> ExitStatus:
         """Read both pipes while waiting for the leader; kill, reap and drain as the module says."""
@@ -257,35 +297,51 @@ class _Child:
         self.pipes = {stdout_fd: "stdout", stderr_fd: "stderr"}
 
     @classmethod
-    def spawn(cls, command: Command) -> _Child:
-        """Start the command (blocking until it has exec'd). Raises SpawnFailed."""
-        cwd = os.path.join(command.workdir, command.cwd) if command.cwd else command.workdir
+    def start(
+        cls,
+        argv: Sequence[str],
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        pass_fds: Sequence[int] = (),
+        umask: int = -1,
+    ) -> Self:
+        """Start ``argv`` in its own session (blocking until it has exec'd), stdin /dev/null.
+
+        ``pass_fds`` stay open in the child (all others are closed); ``umask`` -1 keeps
+        the node's. Raises the OSError of a failed start (ExecError if the started
+        process cannot be watched), having released everything.
+        """
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
             popen = subprocess.Popen(
-                command.argv,
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=out_w,
                 stderr=err_w,
                 cwd=cwd,
-                env=dict(command.env),
+                env=dict(env),
                 start_new_session=True,
                 close_fds=True,
+                pass_fds=tuple(pass_fds),
+                umask=umask,
             )
-        except OSError as exc:
+        except OSError:
             os.close(out_r)
             os.close(err_r)
-            raise _spawn_failed(command.argv[0], cwd, exc) from None
+            raise
         finally:
             os.close(out_w)
             os.close(err_w)
         try:
             return cls(popen, out_r, err_r)
-        except BaseException:
+        except BaseException as exc:
             _kill_and_reap(popen)
             os.close(out_r)
             os.close(err_r)
+            if isinstance(exc, OSError):  # pidfd_open: not the command's fault
+                raise ExecError(f"cannot watch the started process: {exc.strerror or exc}") from None
             raise
 
     def wait(self, timeout: float | None) -> bool:

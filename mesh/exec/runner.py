@@ -9,6 +9,8 @@ workroot::
                 mkdir and a removal, and those are slow on some disks)
         out/    declared outputs, gathered here to be snapshotted (made only if one exists)
 
+lets the executor prepare them if it has a ``prepare(command)`` hook (the
+sandbox gives the directories, not the files, to the uid its task runs as),
 then runs the command through the executor with ``env = BASE_ENV + HOME +
 TMPDIR + action.env`` in ``work/<action.cwd>``, writes stdout and stderr into
 the CAS as they come (and passes them to a follower), snapshots the outputs,
@@ -196,6 +198,9 @@ class Runner:
                 network=action.network,
                 image=action.image,
             )
+            prepare = getattr(executor, "prepare", None)
+            if prepare is not None:  # e.g. the sandbox hands the directories to its task's uid
+                prepare(command)
             try:
                 status = executor.run(command, streams.write, line)
             except SpawnFailed as exc:
