@@ -41,6 +41,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         labels=args.label,
         mdns=False if args.no_mdns else None,
         advertise=args.advertise,
+        executors=None if args.executors is None else [e.strip() for e in args.executors.split(",") if e.strip()],
     )
     node = Node(config, grace=args.grace)
 
@@ -114,7 +115,14 @@ def cmd_exec(args: argparse.Namespace) -> int:
         raise UsageError(f"-C {args.directory}: not a directory")
     if args.out is not None and os.path.lexists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out)):
         raise UsageError(f"--out {args.out} must be absent or an empty directory")
+    if args.image is not None and args.executor not in (None, "docker"):
+        raise UsageError(f"--image runs the command in a container: it needs --executor docker, not {args.executor}")
+    if args.executor == "docker" and not args.image:
+        raise UsageError("--executor docker needs --image NAME (an image the node holds or can pull)")
     request = execute.ExecRequest(
+        executor=args.executor,
+        image=args.image,
+        network=args.network,
         argv=argv,
         directory=directory,
         env=_parse_pairs(args.env, "--env"),
@@ -296,6 +304,11 @@ def add_parsers(add: Add) -> None:
     p.add_argument("--label", action="append", metavar="K=V", help="a label placement can require as label.K=V")
     p.add_argument("--no-mdns", action="store_true", help="do not announce or look for peers by mDNS")
     p.add_argument("--advertise", metavar="URL", help="the URL peers reach this node at (default: from --listen)")
+    p.add_argument(
+        "--executors",
+        metavar="LIST",
+        help="the executors to offer, of process,sandbox,docker (default: each that works here; MESH_EXECUTORS)",
+    )
 
     p = add(
         "key",
@@ -318,7 +331,11 @@ def add_parsers(add: Add) -> None:
         "With no node at the default address, the job runs in an in-process node on this store\n"
         "(a note says so on stderr); a --node that does not answer is an error.\n\n"
         "The task starts from a clean environment (PATH, LANG=C.UTF-8, TZ=UTC, HOME and TMPDIR of\n"
-        "its own) plus each --env. Its whole workdir becomes the output snapshot; --out writes it.",
+        "its own) plus each --env. Its whole workdir becomes the output snapshot; --out writes it.\n\n"
+        "Executors: sandbox (bubblewrap: the host read-only, only the workdir writable, no network,\n"
+        "an unprivileged uid; the default on nodes where bubblewrap works), process (a plain\n"
+        "subprocess of the node's user; the default elsewhere), docker (a container of --image\n"
+        "through the Docker Engine API at DOCKER_HOST, which Podman serves too).",
     )
     p.add_argument("-C", dest="directory", default=".", metavar="DIR", help="the directory to snapshot and run in")
     p.add_argument("--env", action="append", default=[], metavar="K=V", help="set an environment variable (repeat)")
@@ -330,6 +347,13 @@ def add_parsers(add: Add) -> None:
         metavar="K=V",
         help="run only on a node that has this capability (arch=x86_64, label.gpu=1; repeat)",
     )
+    p.add_argument(
+        "--executor",
+        choices=("process", "sandbox", "docker"),
+        help="how to isolate the command (default: docker with --image, else the node's default)",
+    )
+    p.add_argument("--image", metavar="NAME", help="run in a container of this image (implies --executor docker)")
+    p.add_argument("--network", action="store_true", help="let the command use the network (off by default)")
     p.add_argument("--out", metavar="DIR", help="check the output snapshot out into DIR (absent or empty)")
     p.add_argument("--no-cache", action="store_true", help="run even if the action cache has a result")
     p.add_argument("--node", metavar="URL", help=node_help)

@@ -17,6 +17,10 @@ labels             (--label k=v)        labels = {gpu = "1"}            none
 mdns               MESH_MDNS=0 turns    mdns = false                    on
                    it off
 slots              MESH_SLOTS           slots = 8                       the number of cores
+executors          MESH_EXECUTORS       executors = ["process"]         every one that works here:
+                   (process,sandbox)                                    process; sandbox where
+                                                                        bubblewrap works; docker
+                                                                        while DOCKER_HOST answers
 node (client)      MESH_NODE            node = "http://host:7474"       http://127.0.0.1:7474
 mesh key           MESH_KEY (hex)       (--key-file FILE)               $MESH_HOME/mesh.key
 =================  ===================  ==============================  ==========================
@@ -114,6 +118,11 @@ class NodeConfig:
     labels: tuple[tuple[str, str], ...] = ()
     mdns: bool = True
     advertise: str | None = None  # the URL peers reach this node at (None: derived from listen)
+    executors: tuple[str, ...] = ("process", "sandbox", "docker")  # offered where they work here
+
+    @property
+    def docker(self) -> bool:
+        return "docker" in self.executors
 
     @property
     def store_dir(self) -> str:
@@ -132,6 +141,7 @@ class NodeConfig:
         labels: list[str] | None = None,
         mdns: bool | None = None,
         advertise: str | None = None,
+        executors: list[str] | None = None,
     ) -> NodeConfig:
         """Resolve from flags (the arguments), environment, ``mesh.toml`` and defaults."""
         base = Settings.load(home=home, store_max=store_max)
@@ -154,6 +164,7 @@ class NodeConfig:
             labels=tuple(sorted(_labels(labels, file).items())),
             mdns=_mdns(mdns, file),
             advertise=advertise or os.environ.get("MESH_ADVERTISE") or file.get("advertise"),
+            executors=_executors(executors, file),
         )
 
 
@@ -190,6 +201,23 @@ def _labels(flags: list[str] | None, file: dict[str, Any]) -> dict[str, str]:
             raise UsageError(f"--label wants KEY=VALUE (letters, digits, _ . - in KEY), not {item!r}")
         labels[key] = value
     return labels
+
+
+EXECUTORS = ("process", "sandbox", "docker")
+
+
+def _executors(flags: list[str] | None, file: dict[str, Any]) -> tuple[str, ...]:
+    """The executors a node may offer: ``--executors``, MESH_EXECUTORS (a,b), ``executors``, else all."""
+    value: Any = flags
+    if not value:
+        env = os.environ.get("MESH_EXECUTORS")
+        value = [e.strip() for e in env.split(",") if e.strip()] if env else file.get("executors", list(EXECUTORS))
+    if not isinstance(value, list) or not value or not all(isinstance(e, str) for e in value):
+        raise UsageError('executors must be a non-empty list like ["process", "sandbox"]')
+    unknown = sorted(set(value) - set(EXECUTORS))
+    if unknown:
+        raise UsageError(f"unknown executor(s) {', '.join(unknown)}: choose from {', '.join(EXECUTORS)}")
+    return tuple(e for e in EXECUTORS if e in value)
 
 
 def _mdns(flag: bool | None, file: dict[str, Any]) -> bool:

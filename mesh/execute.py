@@ -37,7 +37,9 @@ class ExecRequest:
     timeout: float | None = None
     no_cache: bool = False
     out: str | None = None
-    executor: str = "process"
+    executor: str | None = None  # None: docker with an image, else the node's default
+    image: str | None = None
+    network: bool = False
     requirements: dict[str, str] = field(default_factory=dict)
 
     def job(self, input: Digest) -> dict[str, Any]:
@@ -46,8 +48,12 @@ class ExecRequest:
             task["requirements"] = self.requirements
         if self.timeout is not None:
             task["timeout"] = self.timeout
-        if self.executor != "process":
+        if self.executor is not None:
             task["executor"] = self.executor
+        if self.image is not None:
+            task["image"] = self.image
+        if self.network:
+            task["network"] = True
         return {"tasks": [task], "label": "mesh exec " + shlex.join(self.argv), "no_cache": self.no_cache}
 
 

@@ -17,7 +17,7 @@ import os
 import secrets
 import signal
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -29,11 +29,14 @@ from mesh.api.auth import MeshKey, Verifier, load_key
 from mesh.cas.store import LocalStore
 from mesh.config import NodeConfig
 from mesh.errors import MeshError, NodeBusy
-from mesh.exec.process import ProcessExecutor
+from mesh.exec.process import Executor, ProcessExecutor
 from mesh.exec.runner import Runner
-from mesh.peering import Peering, advertised_url
+from mesh.peering import Peering, advertised_url, capabilities
 from mesh.sched.scheduler import Scheduler
 from mesh.sched.statedb import StateDB, state_path
+
+if TYPE_CHECKING:
+    from mesh.exec.engine import DockerStatus
 
 log = logging.getLogger("mesh.node")
 
@@ -41,6 +44,8 @@ log = logging.getLogger("mesh.node")
 DEFAULT_GRACE = 10.0
 #: Recent jobs listed by /status.
 STATUS_RECENT_JOBS = 20
+#: Seconds between looks at the Docker engine (is it there, which images does it hold).
+DOCKER_REFRESH = 30.0
 
 
 class Node:
@@ -57,6 +62,8 @@ class Node:
         self.key: MeshKey
         self.scheduler: Scheduler
         self.peering: Peering
+        self.runner: Runner
+        self.docker: DockerStatus | None = None
         self._stop = trio.Event()
 
     def __repr__(self) -> str:
@@ -71,6 +78,7 @@ class Node:
         try:
             self._open()
             async with trio.open_nursery() as nursery:
+                await nursery.start(self._watch_docker)
                 await nursery.start(self.scheduler.run)
                 http_stop = trio.Event()
                 binds = await nursery.start(self._serve_http, http_stop)
@@ -148,11 +156,11 @@ class Node:
         self.verifier = Verifier(key)
         self.store = LocalStore(self.config.store_dir)
         self.db = StateDB(state_path(home))
-        runner = Runner(
+        self.runner = runner = Runner(
             self.store,
             workroot=os.path.join(home, "work"),
             node_id=self.node_id,
-            executors={"process": ProcessExecutor()},
+            executors=self._local_executors(),
         )
         runner.remove_leftovers()  # task directories of tasks a crash interrupted
         self.peering = Peering(
@@ -167,6 +175,78 @@ class Node:
             capabilities=self.peering.capabilities,
             remote=self.peering,
         )
+
+    def _local_executors(self) -> dict[str, Executor]:
+        """The executors of this node that need no service: process, and sandbox where it works."""
+        executors: dict[str, Executor] = {}
+        if "process" in self.config.executors:
+            executors["process"] = ProcessExecutor()
+        if "sandbox" in self.config.executors:
+            from mesh.exec.sandbox import SandboxExecutor, sandbox_unavailable
+
+            why_not = sandbox_unavailable()
+            if why_not is None:
+                hide = [self.config.key_file] if self.config.key_file else []
+                executors["sandbox"] = SandboxExecutor(home=self.config.home, hide=hide)
+            else:
+                log.warning("no sandbox executor: %s", why_not)
+        if not executors and not self.config.docker:
+            raise MeshError("this node would have no executor: allow process, sandbox or docker")
+        return executors
+
+    @property
+    def default_executor(self) -> str:
+        """The executor of a task that names none: sandbox where this node has it, else process."""
+        have = self.runner.executors
+        return next((name for name in ("sandbox", "process") if name in have), "process")
+
+    async def _watch_docker(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Offer the ``docker`` executor while a Docker engine answers at DOCKER_HOST, and
+        advertise the images it holds; looked at on start and every DOCKER_REFRESH seconds.
+
+        On start, the containers a previous run of this node left behind are removed.
+        """
+        from mesh.exec.docker import DockerExecutor
+
+        if not self.config.docker:
+            task_status.started()
+            return
+        try:
+            executor = DockerExecutor(owner=f"mesh-{self.node_id}")
+        except MeshError as exc:  # a DOCKER_HOST that is not a local unix socket
+            log.warning("no docker executor: %s", exc)
+            task_status.started()
+            return
+        first = True
+        while True:
+            state = await executor.status()
+            if state.available and first:
+                try:
+                    removed = await executor.remove_leftovers()
+                except MeshError as exc:
+                    log.warning("could not remove the containers a previous run left: %s", exc)
+                else:
+                    if removed:
+                        log.warning("removed %d container(s) a previous run of this node left", removed)
+            had = "docker" in self.runner.executors
+            if state.available:
+                self.runner.executors["docker"] = executor
+            else:
+                self.runner.executors.pop("docker", None)
+                if had or first:
+                    log.info("no docker executor: %s", state.reason)
+            self.docker = state
+            self._advertise(state.images)
+            if first:
+                task_status.started()
+                first = False
+            await trio.sleep(DOCKER_REFRESH)
+
+    def _advertise(self, images: tuple[str, ...] = ()) -> None:
+        """Recompute this node's capabilities (executors, labels, images) for gossip and placement."""
+        caps = capabilities(sorted(self.runner.executors), dict(self.config.labels), images)
+        self.peering.capabilities = caps
+        self.scheduler.capabilities = caps
 
     def _load(self) -> dict[str, int]:
         stats = self.scheduler.statistics()

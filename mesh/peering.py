@@ -13,7 +13,7 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import trio
@@ -36,8 +36,12 @@ from mesh.sched.scheduler import OutputSink
 log = logging.getLogger("mesh.peering")
 
 
-def capabilities(executors: list[str], labels: Mapping[str, str]) -> dict[str, str]:
-    """What this node offers, as the flat ``key=value`` map placement matches requirements on."""
+def capabilities(executors: list[str], labels: Mapping[str, str], images: Iterable[str] = ()) -> dict[str, str]:
+    """What this node offers, as the flat ``key=value`` map placement matches requirements on.
+
+    ``images``: the container images its Docker engine holds, as ``image.NAME:TAG=1``
+    (and ``image.NAME=1`` for a ``latest`` tag, which is what a bare name means).
+    """
     caps = {
         "os": platform.system().lower(),
         "arch": platform.machine(),
@@ -45,7 +49,13 @@ def capabilities(executors: list[str], labels: Mapping[str, str]) -> dict[str, s
         "memory": str(_memory_bytes()),
     }
     caps.update({f"executor.{name}": "1" for name in executors})
+    if "docker" in executors:
+        caps["docker"] = "1"  # the short form: a container engine answers here
     caps.update({f"label.{k}": v for k, v in labels.items()})
+    for image in images:
+        caps[f"image.{image}"] = "1"
+        if image.endswith(":latest"):
+            caps[f"image.{image.removesuffix(':latest')}"] = "1"
     return caps
 
 

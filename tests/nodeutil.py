@@ -58,6 +58,7 @@ class NodeProcess:
     slots: int = 2
     grace: float = 5.0
     extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # more environment for the node (DOCKER_HOST, say)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -90,7 +91,7 @@ class NodeProcess:
             *self.extra_args,
         ]
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(argv, env=node_env(self.home), stdout=log, stderr=log)
+            self.process = subprocess.Popen(argv, env=node_env(self.home, **self.env), stdout=log, stderr=log)
 
         def healthy() -> bool:
             assert self.process is not None

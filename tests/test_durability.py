@@ -3,7 +3,10 @@
 Real ``mesh up`` processes on one ``$MESH_HOME``: 50 jobs in flight, SIGKILL,
 restart on the same home and port, and every job completes exactly once in the
 listing with the right output; SIGTERM with a short grace exits 0 and the
-interrupted task runs again after the restart.
+interrupted task runs again after the restart. Tasks that leave marks for the test in its
+temporary directory, or report their host pid, run with the process executor (the sandbox
+hides the host's /tmp and has a pid namespace of its own); the 50 jobs run in the node's
+default executor.
 """
 
 from __future__ import annotations
@@ -168,7 +171,8 @@ def test_sigterm_with_a_running_task_and_short_grace(home: Path, tmp_path: Path)
     node.start()
     try:
         with client_for(node) as client:
-            job_id = client.submit({"tasks": [{"name": "slow", "argv": ["sh", "-c", script], "input": snapshot}]})["id"]
+            task = {"name": "slow", "argv": ["sh", "-c", script], "input": snapshot, "executor": "process"}
+            job_id = client.submit({"tasks": [task]})["id"]
             wait_for(lambda: (marks / "first").exists(), timeout=30, what="the first attempt to start")
             assert client.job(job_id)["tasks"][0]["state"] == "running"
         pid = int((marks / "first").read_text())
@@ -202,7 +206,7 @@ def test_sigterm_within_grace_lets_the_running_task_finish(home: Path, tmp_path:
     marks.mkdir()
     first = f"touch {marks}/started; sleep 1; echo first > out.txt; echo first"
     job = {"tasks": [
-        {"name": "first", "argv": ["sh", "-c", first], "input": snapshot},
+        {"name": "first", "argv": ["sh", "-c", first], "input": snapshot, "executor": "process"},
         {"name": "second", "argv": ["sh", "-c", "cat out.txt; echo second"], "input_task": "first"},
     ]}
     node = NodeProcess(str(home), slots=1, grace=20)
@@ -244,7 +248,8 @@ def test_sigkill_with_a_task_still_writing_then_restart(home: Path, tmp_path: Pa
     pid = None
     try:
         with client_for(node) as client:
-            job_id = client.submit({"tasks": [{"name": "busy", "argv": ["sh", "-c", script], "input": snapshot}]})["id"]
+            task = {"name": "busy", "argv": ["sh", "-c", script], "input": snapshot, "executor": "process"}
+            job_id = client.submit({"tasks": [task]})["id"]
             wait_for(lambda: (marks / "first").exists(), timeout=30, what="the first attempt to start")
         pid = int((marks / "first").read_text())
         node.kill()

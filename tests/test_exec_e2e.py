@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from mesh.api.client import NodeClient
@@ -118,15 +119,46 @@ def test_meshignore_and_git_are_left_out(node: NodeProcess, tree: Path) -> None:
 
 
 def test_tasks_cannot_damage_the_store(node: NodeProcess, tree: Path) -> None:
+    """The process executor's task owns its copies: it may change them, never the store."""
     vandal = (
         "chmod -R u+w . && echo vandal > a.txt && rm sub/b.txt && echo new > sub/b.txt"
         " && chmod 777 run.sh && echo 'echo replaced' > run.sh && mv a.txt moved"
     )
-    assert node.mesh("exec", "--no-cache", "-C", str(tree), "--", "sh", "-c", vandal).returncode == 0
-    after = node.mesh("exec", "--no-cache", "-C", str(tree), "--", "sh", "-c", "cat a.txt sub/b.txt; ./run.sh")
+    process = ("--executor", "process", "--no-cache", "-C", str(tree), "--")
+    assert node.mesh("exec", *process, "sh", "-c", vandal).returncode == 0
+    after = node.mesh("exec", *process, "sh", "-c", "cat a.txt sub/b.txt; ./run.sh")
     assert after.stdout == b"alpha\nbeta\nscript ran\n"
     fsck = node.mesh("fsck")
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+def test_sandboxed_tasks_cannot_change_their_linked_inputs(node: NodeProcess, tree: Path) -> None:
+    """The sandbox links inputs from the store and runs tasks as a uid that owns none of them:
+    each attempt on an input file fails, and replacing one (the directory is the task's) leaves
+    the store's blob alone."""
+    from mesh.exec.sandbox import sandbox_unavailable
+
+    why_not = sandbox_unavailable()
+    if why_not is not None:
+        pytest.skip(f"no sandbox here: {why_not}")
+    sandbox = ("--executor", "sandbox", "--no-cache", "-C", str(tree), "--")
+    attempts = {
+        "chmod": "chmod u+w a.txt",
+        "rewrite": "echo vandal > a.txt",
+        "append": "echo vandal >> sub/b.txt",
+        "truncate": ": > run.sh",
+    }
+    for what, script in attempts.items():
+        done = node.mesh("exec", *sandbox, "sh", "-c", script)
+        assert done.returncode != 0, (what, done.stderr)
+        assert b"Operation not permitted" in done.stderr or b"Permission denied" in done.stderr, (what, done.stderr)
+    replaced = node.mesh("exec", *sandbox, "sh", "-c", "rm a.txt && echo mine > a.txt && cat a.txt")
+    assert replaced.returncode == 0 and replaced.stdout == b"mine\n", replaced.stderr
+    after = node.mesh("exec", *sandbox, "sh", "-c", "cat a.txt sub/b.txt; ./run.sh")
+    assert after.stdout == b"alpha\nbeta\nscript ran\n", after.stderr
+    fsck = node.mesh("fsck")
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert httpx.get(node.url + "/health", timeout=5, trust_env=False).json()["ok"] is True
 
 
 def _snapshot(node: NodeProcess, path: Path) -> str:
@@ -188,32 +220,46 @@ def _digest(text: str):  # type: ignore[no-untyped-def]
     return Digest.parse(text)
 
 
+def _processes_with(argv: list[str]) -> list[int]:
+    """Host pids whose command line is ``argv`` (seen from any pid namespace)."""
+    wanted = ("\0".join(argv) + "\0").encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if f.read() == wanted:
+                        found.append(int(entry))
+            except OSError:
+                continue  # gone meanwhile
+    return found
+
+
 def test_cancel_kills_the_running_task(node: NodeProcess, tree: Path, tmp_path: Path) -> None:
+    """With the node's default executor (the sandbox where bubblewrap works): the task is
+    found on the host by its unique command line, whatever pid namespace it runs in."""
     snapshot = _snapshot(node, tree)
+    sleeper = ["sleep", f"{300 + os.getpid() % 1000}.{time.time_ns() % 10**6}"]
     job = {
         "tasks": [
-            {"name": "long", "argv": ["sh", "-c", "echo $$; exec sleep 300"], "input": snapshot},
+            {"name": "long", "argv": ["sh", "-c", 'echo started; exec "$@"', "sh", *sleeper], "input": snapshot},
             {"name": "next", "argv": ["true"], "input": snapshot, "after": ["long"]},
         ]
     }
     with NodeClient(node.url) as client:
         job_id = client.submit(job)["id"]
-        pid_seen: list[int] = []
 
         def started() -> bool:
-            for event in client.events(job_id):
-                if event["type"] == "output":
-                    pid_seen.append(int(event["data"].split()[0]))
-                    return True
-            return False
+            return any(event["type"] == "output" for event in client.events(job_id))
 
-        wait_for(started, what="the long task to print its pid")
+        wait_for(started, what="the long task to start")
+        assert wait_for(lambda: _processes_with(sleeper), what="the task's process to show on the host")
         cancelled = node.mesh("cancel", job_id)
         assert cancelled.returncode == 0, cancelled.stderr
         wait_for(lambda: client.job(job_id)["state"] == "cancelled", what="the job to be cancelled")
         states = {t["name"]: t["state"] for t in client.job(job_id)["tasks"]}
         assert states == {"long": "cancelled", "next": "cancelled"}
-    wait_for(lambda: not os.path.exists(f"/proc/{pid_seen[0]}"), timeout=10, what="the task's process to die")
+    wait_for(lambda: not _processes_with(sleeper), timeout=10, what="the task's process to die")
 
 
 def test_listing_status_and_json(node: NodeProcess, tree: Path) -> None:
@@ -333,4 +379,4 @@ def test_exec_require(node: NodeProcess, tree: Path) -> None:
     assert ok.returncode == 0, ok.stderr
     missing = node.mesh("exec", "--require", "label.gpu=1", "-C", str(tree), "--", "true")
     assert missing.returncode == 1
-    assert b"no node meets the requirements label.gpu=1" in missing.stderr
+    assert b"no node meets the requirements" in missing.stderr and b"lacks label.gpu=1" in missing.stderr

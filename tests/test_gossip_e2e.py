@@ -174,8 +174,8 @@ def test_a_task_whose_peer_dies_completes_elsewhere(trio_of_nodes: list[NodeProc
     marks = tmp_path / "marks"
     marks.mkdir()
     script = f'echo "$MESH_TASK_DIR" > {marks}/$1.$$; sleep 5; echo done'
-    tasks = [{"name": f"long{i}", "argv": ["sh", "-c", script, "sh", f"long{i}"], "input": snapshot}
-             for i in range(3)]
+    tasks = [{"name": f"long{i}", "argv": ["sh", "-c", script, "sh", f"long{i}"], "input": snapshot,
+              "executor": "process"} for i in range(3)]
     with _client(a) as client:
         job_id = client.submit({"tasks": tasks, "no_cache": True})["id"]
         wait_for(lambda: len(list(marks.iterdir())) >= 3, timeout=30, what="the three tasks to start")

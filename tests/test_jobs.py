@@ -119,3 +119,19 @@ def test_action_digest_ignores_env_order_and_keys_on_requirements() -> None:
     assert gpu.digest() != base.digest()
     assert base.digest() != Action(argv=("cc",), input=Digest.of(b"y")).digest()
     assert base.digest() != Action(argv=("cc", "-O2"), input=Digest.of(b"x")).digest()
+
+
+def test_a_task_without_an_executor_gets_the_nodes_default_or_docker_with_an_image() -> None:
+    raw = {"tasks": [
+        {"name": "plain", "argv": ["true"], "input": str(SNAP)},
+        {"name": "boxed", "argv": ["true"], "input": str(SNAP), "image": "busybox"},
+        {"name": "chosen", "argv": ["true"], "input": str(SNAP), "executor": "process"},
+    ]}
+    spec = parse_job(raw, default_executor="sandbox")
+    executors = {t.name: t.action().executor for t in spec.tasks}
+    assert executors == {"plain": "sandbox", "boxed": "docker", "chosen": "process"}
+    # The choice is part of the stored task, so a node reading it back runs the same action.
+    again = parse_job(spec.to_wire(), default_executor="process")
+    assert [t.action().digest() for t in again.tasks] == [t.action().digest() for t in spec.tasks]
+    with pytest.raises(CodecError, match="only meaningful with the docker executor"):
+        parse_job({"tasks": [{"argv": ["true"], "input": str(SNAP), "image": "x", "executor": "sandbox"}]})

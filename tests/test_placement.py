@@ -85,3 +85,13 @@ def test_ranking_properties(nodes: list[NodeView], requirements: dict[str, str],
         assert first.local_bytes >= second.local_bytes
     # The ranking does not depend on the order the nodes were listed in.
     assert rank(requirements, list(reversed(nodes)), local) == ranked
+
+
+def test_capabilities_name_executors_labels_and_images() -> None:
+    from mesh.peering import capabilities
+
+    caps = capabilities(["docker", "process"], {"gpu": "1"}, ["localhost/tools:latest", "base:1.2"])
+    assert caps["executor.docker"] == caps["docker"] == caps["executor.process"] == caps["label.gpu"] == "1"
+    # A bare image name means its latest tag.
+    assert caps["image.localhost/tools:latest"] == caps["image.localhost/tools"] == caps["image.base:1.2"] == "1"
+    assert "image.base" not in caps and "executor.sandbox" not in caps

@@ -303,3 +303,25 @@ async def test_a_task_only_a_declining_peer_can_run_waits_for_it(tmp_path: Path)
         assert status["tasks"][0]["result"]["node"] == THIEF
         assert remote.ran_on[0][0] == "declined"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_container_task_goes_to_a_node_holding_its_image(tmp_path: Path) -> None:
+    docker = {"executor.docker": "1"}
+    holder = NodeView(node="http://holder:1", capabilities={**docker, "image.tools": "1"}, slots=1)
+    other = NodeView(node="http://other:1", capabilities=docker, slots=4)
+    remote = FakeRemote(other, holder)
+    remote.release.set()
+    db = StateDB(str(tmp_path / "state.db"))
+    scheduler = Scheduler(db, FakeRunner(), AllPresent(), node_id="n", slots=1, remote=remote)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(scheduler.run)
+        box = {"executor": "docker"}
+        job_id = scheduler.submit(job(t("held", ["ok", "1"], image="tools", **box),
+                                      t("anywhere", ["ok", "2"], image="fresh", **box),
+                                      t("nowhere", ["ok", "3"], executor="sandbox")))
+        status = await wait_state(scheduler, job_id, "failed")
+        tasks = {task["name"]: task for task in status["tasks"]}
+        assert tasks["held"]["result"]["node"] == "http://holder:1"  # though "other" has more room
+        assert tasks["anywhere"]["state"] == "succeeded"  # no node holds it: any docker node pulls it
+        assert "executor.sandbox=1" in tasks["nowhere"]["reason"]
+        nursery.cancel_scope.cancel()

@@ -73,7 +73,7 @@ async def status(request: Request) -> Response:
 
 async def submit_job(request: Request) -> Response:
     node = _node(request)
-    spec = parse_job(await read_message(request, MAX_JOB_BODY))
+    spec = parse_job(await read_message(request, MAX_JOB_BODY), default_executor=node.default_executor)
     if request.query_params.get("offer") == "1":
         await _accept_offer(request, spec)
     absent = sorted({str(t.input) for t in spec.tasks if t.input is not None and not node.store.has(t.input)})

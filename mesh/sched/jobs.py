@@ -106,12 +106,15 @@ class JobSpec:
         return wire
 
 
-def parse_job(value: Any) -> JobSpec:
+def parse_job(value: Any, *, default_executor: str = "process") -> JobSpec:
     """Validate a decoded job submission; raises InvalidJob or CodecError saying what is wrong.
 
     Checks every task's action (types, paths, executor), that names are unique and
     well formed, that ``after``/``input_task`` name tasks of this job, and that
-    the graph has no cycle.
+    the graph has no cycle. A task that names no executor gets ``docker`` when it
+    names an image, else ``default_executor`` (the accepting node's default:
+    ``sandbox`` where bubblewrap works); the choice is written into the task, so
+    it is part of the action and its cache key from then on.
     """
     fields = codec.Fields(value, "job")
     raw_tasks = fields.sequence("tasks")
@@ -125,7 +128,7 @@ def parse_job(value: Any) -> JobSpec:
         raise InvalidJob(f"a job may hold at most {MAX_TASKS} tasks, not {len(raw_tasks)}")
     if len(label) > MAX_LABEL:
         raise InvalidJob(f"a job's label may be at most {MAX_LABEL} characters")
-    tasks = [_parse_task(raw, index) for index, raw in enumerate(raw_tasks)]
+    tasks = [_parse_task(raw, index, default_executor) for index, raw in enumerate(raw_tasks)]
     names = [t.name for t in tasks]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -145,7 +148,9 @@ def parse_job(value: Any) -> JobSpec:
     return JobSpec(tasks=tasks, label=label, no_cache=no_cache, pinned=pinned)
 
 
-def _parse_task(raw: Any, index: int) -> TaskSpec:
+def _parse_task(raw: Any, index: int, default_executor: str) -> TaskSpec:
+    if isinstance(raw, dict) and "executor" not in raw:
+        raw = {**raw, "executor": "docker" if raw.get("image") else default_executor}
     fields = codec.Fields(raw, f"task #{index + 1}")
     name = fields.text("name", f"task{index + 1}")
     if not _NAME.fullmatch(name):

@@ -343,7 +343,6 @@ class Scheduler:
 
         Raises Unplaceable when no live node meets its requirements.
         """
-        requirements = requirements_of(task.action) if task.action else {}
         views = [
             NodeView(
                 node=self.node_id,
@@ -366,6 +365,10 @@ class Scheduler:
             ours = self._offered.get(url, 0)
             recent = now - self._offer_changed.get(url, -math.inf) < OWN_COUNT_WINDOW
             views.append(replace(peer, busy=ours if recent else max(peer.busy, ours)))
+        requirements = requirements_of(task.action) if task.action else {}
+        image = image_key(task.action) if task.action else None
+        if image is not None and any(v.capabilities.get(image) == "1" for v in views):
+            requirements[image] = "1"  # where some node holds the image, only those run it
         best = rank(requirements, views, local)[0]
         if best.free <= 0:
             return False, None
@@ -394,6 +397,7 @@ class Scheduler:
                 and not live.spec.pinned
                 and task.action is not None
                 and not unmet(requirements_of(task.action), view.capabilities)
+                and view.capabilities.get(image_key(task.action) or "", "1") == "1"
             ):
                 given.append((live, task))
             else:
@@ -446,9 +450,7 @@ class Scheduler:
         """An offered task was accepted here: one promised slot is taken by it."""
         self._promised = max(0, self._promised - 1)
 
-    async def _run_task(
-        self, live: LiveJob, task: TaskRecord, where: str | None = None, stolen: bool = False
-    ) -> None:
+    async def _run_task(self, live: LiveJob, task: TaskRecord, where: str | None = None, stolen: bool = False) -> None:
         """Run one queued task in a slot here (``where`` None) or on the peer at ``where``
         (``stolen``: that peer asked for it)."""
         try:
@@ -456,9 +458,7 @@ class Scheduler:
             task.attempts += 1
             self.db.set_task_state(task)
             extra = {"stolen": True} if stolen else {}
-            live.events.emit(
-                "task_started", task=task.name, node=where or self.node_id, attempt=task.attempts, **extra
-            )
+            live.events.emit("task_started", task=task.name, node=where or self.node_id, attempt=task.attempts, **extra)
 
             offsets = {"stdout": 0, "stderr": 0}
 
@@ -629,6 +629,11 @@ class Scheduler:
             tasks_stolen=self._tasks_stolen,
             tasks_given=self._tasks_given,
         )
+
+
+def image_key(action: Action) -> str | None:
+    """The capability of a node that holds ``action``'s container image (mesh.peering.capabilities)."""
+    return None if action.image is None else f"image.{action.image}"
 
 
 def requirements_of(action: Action) -> dict[str, str]:
