@@ -5,7 +5,8 @@ serves every part. The input of every task is a tiny tree (one small file) snaps
 into the node's store with ``mesh snapshot`` on the same MESH_HOME.
 
 a. Trivial tasks per second through the whole path (HTTP submit, schedule, run, record).
-   N tasks ``argv ["true"]``, each with its own ``TASK`` env var (a fresh nonce per round), so
+   N tasks ``argv ["true"]`` in the ``process`` executor (the isolation a bare subprocess.run has;
+   bench/exec.py measures the others), each with its own ``TASK`` env var (a fresh nonce per round), so
    none is an action-cache hit: one-task jobs sent by 4 client threads, each on its own
    kept-alive connection, each job with ``POST /v1/jobs?follow=1`` and its events read until
    ``job_finished`` (4 jobs in flight against the node's slots). Reference: a bare
@@ -248,7 +249,10 @@ def run_rounds(
 
 
 def task_job(snapshot: str, indices: range, nonce: str) -> dict[str, Any]:
-    tasks = [{"name": f"t{i}", "argv": ["true"], "input": snapshot, "env": {"TASK": f"{nonce}-{i}"}} for i in indices]
+    tasks = [
+        {"name": f"t{i}", "argv": ["true"], "input": snapshot, "env": {"TASK": f"{nonce}-{i}"}, "executor": "process"}
+        for i in indices
+    ]
     return {"tasks": tasks, "label": "bench throughput a"}
 
 

@@ -33,6 +33,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from mesh.discovery.seeds import seeds
 from mesh.errors import UsageError
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -160,33 +161,12 @@ class NodeConfig:
             slots=slot_count,
             store_max_bytes=base.store_max_bytes,
             key_file=key_file,
-            seeds=tuple(_peer_url(p) for p in _peers(peers, file)),
+            seeds=seeds(peers, file.get("peers")),
             labels=tuple(sorted(_labels(labels, file).items())),
             mdns=_mdns(mdns, file),
             advertise=advertise or os.environ.get("MESH_ADVERTISE") or file.get("advertise"),
             executors=_executors(executors, file),
         )
-
-
-def _peers(flags: list[str] | None, file: dict[str, Any]) -> list[str]:
-    if flags:
-        return flags
-    env = os.environ.get("MESH_PEERS")
-    if env:
-        return [p for p in env.split(",") if p.strip()]
-    value = file.get("peers", [])
-    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
-        raise UsageError('peers in mesh.toml must be a list like ["host:7474"]')
-    return value
-
-
-def _peer_url(text: str) -> str:
-    """``HOST:PORT`` (or a URL) of a seed peer, as a URL."""
-    text = text.strip().rstrip("/")
-    if "://" in text:
-        return text
-    host, port = parse_listen(text)
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _labels(flags: list[str] | None, file: dict[str, Any]) -> dict[str, str]:

@@ -28,6 +28,7 @@ from mesh.cas.tree import Kind
 from mesh.config import NodeConfig
 from mesh.errors import BlobNotFound, MeshError, NodeError
 from mesh.exec.action import Action, ActionResult
+from mesh.peerstore import PeerStore
 from mesh.sched.gossip import Gossip
 from mesh.sched.membership import Member, PeerTable
 from mesh.sched.placement import NodeView
@@ -193,15 +194,11 @@ class Peering:
         total = sum(d.size for d in files)
         found = {self.node_id: total - sum(d.size for d in store.find_missing(files))}
         if files and self.client is not None:
-            client = self.client
 
             async def ask(url: str) -> None:
                 try:
-                    reply = await client.request(
-                        "POST", url + "/v1/blobs:missing", body={"digests": [str(d) for d in files]}
-                    )
-                    missing = sum(Digest.parse(t).size for t in reply["missing"])
-                except (MeshError, KeyError, TypeError, ValueError):
+                    missing = sum(d.size for d in await self.missing_on(url, files))
+                except MeshError:
                     return  # a peer that cannot say holds nothing, as far as placement knows
                 found[url] = total - missing
 
@@ -220,42 +217,48 @@ class Peering:
 
     async def fetch_tree(self, source: str | None, root: Digest, store: LocalStore) -> None:
         """Copy what ``store`` lacks of snapshot ``root``, verified, from the node at ``source``
-        (None: from whichever live peer has each blob).
+        (None: from whichever live peer has each blob), a level of the tree at a time.
 
         While it runs (and if it fails) ``root`` is in :attr:`partial`, so a concurrent
         caller that finds the root node stored does not take the tree for complete.
         """
-        assert self.offers is not None, "peering is not running"
+        blobs = self.peer_store(store)
         self.partial.add(root)
         pending = [root]
         while pending:
-            await self._fetch_all(source, store.find_missing(pending), store)
+            await self._fetch_all(blobs, source, pending)
             files, below = children(store, pending)
-            await self._fetch_all(source, store.find_missing(files), store)
+            await self._fetch_all(blobs, source, files)
             pending = below
         self.partial.discard(root)
 
-    async def _fetch_all(self, source: str | None, digests: list[Digest], store: LocalStore) -> None:
-        assert self.offers is not None
-        for digest in digests:
-            if source is not None:
-                found = await self.offers.fetch(source, digest, store)
-            else:
-                found = await self.fetch_from_peers(digest, store)
-            if not found and not store.has(digest):  # a concurrent fetch may have stored it meanwhile
-                raise BlobNotFound(digest)
+    @staticmethod
+    async def _fetch_all(blobs: PeerStore, source: str | None, digests: list[Digest]) -> None:
+        lost = await blobs.fetch_many(digests, source=source)
+        if lost:
+            raise BlobNotFound(lost[0])
 
     async def fetch_from_peers(self, digest: Digest, store: LocalStore) -> bool:
         """Copy a blob from whichever live peer has it; False when none does."""
         if self.offers is None:
             return False
-        for member in self.table.alive():
-            try:
-                if await self.offers.fetch(member.url, digest, store):
-                    return True
-            except NodeError as exc:
-                log.info("fetching %s from %s failed: %s", digest, member.url, exc)
-        return False
+        return await self.peer_store(store).fetch(digest)
+
+    def peer_store(self, store: LocalStore) -> PeerStore:
+        """``store`` with the live peers behind it (mesh.peerstore)."""
+        assert self.offers is not None, "peering is not running"
+        return PeerStore(store, lambda: [m.url for m in self.table.alive()], self.missing_on, self.offers.fetch)
+
+    async def missing_on(self, url: str, digests: list[Digest]) -> list[Digest]:
+        """Which of ``digests`` the peer at ``url`` lacks (``POST /v1/blobs:missing``)."""
+        assert self.client is not None, "peering is not running"
+        reply = await self.client.request(
+            "POST", url + "/v1/blobs:missing", body={"digests": [str(d) for d in digests]}
+        )
+        try:
+            return [Digest.parse(text) for text in reply["missing"]]
+        except (MeshError, KeyError, TypeError, ValueError) as exc:
+            raise NodeError(f"peer {url} answered find-missing with {str(reply)[:200]!r}: {exc}") from None
 
     async def run(self, url: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Gossip (and discover, if enabled) as the node at ``url`` until cancelled."""

@@ -1,0 +1,28 @@
+"""Seeds: --peer, MESH_PEERS and mesh.toml, in that order; bad ones are usage errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from mesh.discovery.seeds import seed_url, seeds
+from mesh.errors import UsageError
+
+
+def test_forms_of_a_seed() -> None:
+    assert seed_url("10.0.0.2:7474") == "http://10.0.0.2:7474"
+    assert seed_url("[fd00::2]:7474") == "http://[fd00::2]:7474"
+    assert seed_url(" http://box:8000/ ") == "http://box:8000"
+    for bad in ("nonsense", "host:", ":7474", "host:port", "host:70000", "ftp://x"):
+        with pytest.raises(UsageError, match="HOST:PORT"):
+            seed_url(bad)
+
+
+def test_precedence_and_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESH_PEERS", "a:1,b:2")
+    assert seeds(["c:3", "c:3"], ["d:4"]) == ("http://c:3",)
+    assert seeds(None, ["d:4"]) == ("http://a:1", "http://b:2")
+    monkeypatch.delenv("MESH_PEERS")
+    assert seeds(None, ["d:4"]) == ("http://d:4",)
+    assert seeds(None, None) == ()
+    with pytest.raises(UsageError, match="list like"):
+        seeds(None, "d:4")
