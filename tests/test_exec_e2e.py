@@ -161,6 +161,33 @@ def test_sandboxed_tasks_cannot_change_their_linked_inputs(node: NodeProcess, tr
     assert httpx.get(node.url + "/health", timeout=5, trust_env=False).json()["ok"] is True
 
 
+def test_a_sandboxed_task_cannot_reach_the_nodes_key_store_or_api(node: NodeProcess, tree: Path) -> None:
+    """Escape attempts through a real node (tests/test_sandbox.py has each in detail): the mesh
+    key, the store and the node's own API are out of reach, and the node stays healthy."""
+    from mesh.exec.sandbox import sandbox_unavailable
+
+    why_not = sandbox_unavailable()
+    if why_not is not None:
+        pytest.skip(f"no sandbox here: {why_not}")
+    port = node.url.rsplit(":", 1)[1]
+    # The home is hidden (an empty read-only directory) or, below the host's /tmp, absent.
+    hidden = (b"No such file or directory", b"nonexistent", b"Read-only file system")
+    attempts = {
+        "read the key": (f"cat {node.home}/mesh.key", hidden),
+        "write the store": (f"echo x > {node.home}/cas/planted", hidden),
+        "call the node": (f"exec 3<>/dev/tcp/127.0.0.1/{port}", (b"Connection refused",)),
+    }
+    for what, (script, words) in attempts.items():
+        shell = "bash" if "/dev/tcp" in script else "sh"
+        done = node.mesh("exec", "--executor", "sandbox", "--no-cache", "-C", str(tree), "--", shell, "-c", script)
+        assert done.returncode != 0, (what, done.stdout, done.stderr)
+        assert any(w in done.stderr for w in words), (what, done.stderr)
+    assert not (Path(node.home) / "cas" / "planted").exists()
+    assert httpx.get(node.url + "/health", timeout=5, trust_env=False).json()["ok"] is True
+    fsck = node.mesh("fsck")
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
 def _snapshot(node: NodeProcess, path: Path) -> str:
     done = node.mesh("snapshot", str(path))
     assert done.returncode == 0, done.stderr
