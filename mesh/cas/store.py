@@ -1,5 +1,6 @@
 """The blob store: the Store interface and LocalStore, its on-disk implementation.
 
+Streaming one blob in or out (BlobWriter, BlobReader) lives in mesh.cas.blobio.
 Like Buildbarn's BlobAccess, the interface is small (``has``/``find_missing``,
 ``open``/``get``, ``put``/``put_file``/``writer``) so that decorators can wrap it:
 a store that fetches missing blobs from peers, one that counts for metrics. Not
@@ -39,17 +40,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from mesh.cas.blobio import BLOB_MODE, BlobReader, BlobWriter, copy_fd, unlink_quietly, write_all
 from mesh.cas.digest import Digest
-from mesh.cas.hasher import MMAP_THRESHOLD, STREAM_CHUNK, StreamHasher, hash_bytes, hash_fd, read_fd
+from mesh.cas.hasher import MMAP_THRESHOLD, hash_bytes, hash_fd, read_fd
 from mesh.errors import BlobNotFound, DigestMismatch, StoreError, UnsupportedFile
 
-BLOB_MODE = 0o444
 EXEC_MODE = 0o555
 #: A blob's use is recorded (its mtime set) at most this often; see LocalStore._touch.
 TOUCH_INTERVAL_S = 3600
 #: A named temp file older than this is stale even if a process of its pid lives.
 STALE_TEMP_SECONDS = 24 * 3600
-_COPY_CHUNK = 1 << 30
 
 
 class Store(Protocol):
@@ -83,90 +83,6 @@ class StoredBlob:
     size: int
     mtime_ns: int
     executable_copy: bool
-
-
-class BlobWriter:
-    """Streams one blob into the store, hashing as it writes.
-
-    With an ``expected`` digest, bytes beyond its size are refused at once and a
-    mismatch at :meth:`commit` raises DigestMismatch; nothing is published then.
-    Use as a context manager: leaving it without commit discards the bytes.
-    """
-
-    def __init__(self, store: LocalStore, expected: Digest | None = None) -> None:
-        self._store = store
-        self._expected = expected
-        self._hasher = StreamHasher()
-        self._fd, self._name = store._new_temp()
-        self._done = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Append bytes. Raises DigestMismatch when they overflow the expected size."""
-        if self._expected is not None and self._hasher.size + len(data) > self._expected.size:
-            raise DigestMismatch(self._expected, f"more than {self._expected.size} bytes", "upload too long")
-        self._hasher.update(data)
-        _write_all(self._fd, data)
-
-    def commit(self) -> Digest:
-        """Verify against the expected digest (if any) and publish the blob."""
-        if self._expected is not None:
-            digest = self._hasher.verify(self._expected)
-        else:
-            digest = self._hasher.digest()
-        try:
-            self._store._publish(self._fd, self._name, digest, BLOB_MODE)
-        finally:
-            self._close()
-        return digest
-
-    def abort(self) -> None:
-        """Discard what was written."""
-        self._close()
-
-    def _close(self) -> None:
-        if not self._done:
-            self._done = True
-            os.close(self._fd)
-            if self._name is not None:
-                _unlink_quietly(self._name)
-
-    def __enter__(self) -> BlobWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._close()
-
-
-class BlobReader(io.RawIOBase):
-    """A read-only stream over one blob that (optionally) verifies as bytes pass.
-
-    When ``verify`` is on, reaching the end checks size and hash and raises
-    DigestMismatch if the stored file was damaged; a blob longer than its digest
-    says fails as soon as the excess is read.
-    """
-
-    def __init__(self, fd: int, digest: Digest, verify: bool) -> None:
-        super().__init__()
-        self._fd = fd
-        self._digest = digest
-        self._hasher = StreamHasher() if verify else None
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        n = os.readv(self._fd, [buffer])
-        if self._hasher is not None:
-            view = memoryview(buffer)[:n]
-            self._hasher.update(view)
-            if n == 0 or self._hasher.size > self._digest.size:
-                self._hasher.verify(self._digest, "stored blob is damaged; run `mesh fsck`")
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            os.close(self._fd)
-        super().close()
 
 
 class LocalStore:
@@ -283,11 +199,11 @@ class LocalStore:
         """
         if digest.size < MMAP_THRESHOLD:
             data = self.get(digest) if verify else self._read(digest)
-            _write_all(dst_fd, data)
+            write_all(dst_fd, data)
             return
         src = self._open_fd(digest)
         try:
-            _copy_fd(src, dst_fd)
+            copy_fd(src, dst_fd)
         finally:
             os.close(src)
         if verify:
@@ -335,7 +251,7 @@ class LocalStore:
         if self._present_already(digest):
             return digest
         with self._temp_file(near=digest) as (fd, name):
-            _write_all(fd, data)
+            write_all(fd, data)
             self._publish(fd, name, digest, BLOB_MODE)
         return digest
 
@@ -355,7 +271,7 @@ class LocalStore:
             if st.st_size < MMAP_THRESHOLD:
                 return self.put(read_fd(src, st.st_size))
             with self._temp_file() as (fd, name):
-                _copy_fd(src, fd)
+                copy_fd(src, fd)
                 digest = hash_fd(fd)
                 if not self._present_already(digest):
                     self._publish(fd, name, digest, BLOB_MODE)
@@ -414,7 +330,7 @@ class LocalStore:
         finally:
             os.close(fd)
             if name is not None:
-                _unlink_quietly(name)
+                unlink_quietly(name)
 
     def _publish(self, fd: int, name: str | None, digest: Digest, mode: int) -> None:
         """Give the finished temp file its name. An existing blob of that name is kept."""
@@ -487,7 +403,7 @@ class LocalStore:
                 continue
             if pid_text.isdigit() and _alive(int(pid_text)) and age < STALE_TEMP_SECONDS:
                 continue
-            if _unlink_quietly(path):
+            if unlink_quietly(path):
                 removed += 1
         return removed
 
@@ -517,7 +433,7 @@ class LocalStore:
             kind = "exec" if blob.executable_copy else "blob"
             os.replace(path, os.path.join(self.quarantine_dir, f"{blob.hex}.{kind}.{time.time_ns()}"))
         else:
-            _unlink_quietly(path)
+            unlink_quietly(path)
         if new_epoch:
             self.new_epoch()
 
@@ -587,7 +503,7 @@ class LocalStore:
     def unpin(self, name: str) -> None:
         """Drop the pin ``name`` (no error if absent)."""
         _check_pin_name(name)
-        _unlink_quietly(os.path.join(self._pins, name))
+        unlink_quietly(os.path.join(self._pins, name))
 
     def pins(self) -> dict[str, Digest]:
         """Every pin: name -> digest. Unreadable pin files are ignored."""
@@ -606,34 +522,6 @@ class LocalStore:
 def _check_pin_name(name: str) -> None:
     if not name or "/" in name or "\0" in name or name in (".", "..") or ".tmp" in name:
         raise StoreError(f"invalid pin name {name!r}: use letters, digits, '-', '_' and '.'")
-
-
-def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _copy_fd(src: int, dst: int) -> None:
-    """Copy ``src`` from its offset to its end into ``dst``, in the kernel where possible."""
-    try:
-        while os.copy_file_range(src, dst, _COPY_CHUNK):
-            pass
-        return
-    except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF):
-            raise
-    while chunk := os.read(src, STREAM_CHUNK):
-        _write_all(dst, chunk)
-
-
-def _unlink_quietly(path: str) -> bool:
-    try:
-        os.unlink(path)
-        return True
-    except FileNotFoundError:
-        return False
 
 
 def _alive(pid: int) -> bool:

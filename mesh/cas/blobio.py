@@ -1,0 +1,136 @@
+"""Streaming one blob into the store (BlobWriter) and out of it (BlobReader), verified.
+
+Split from mesh.cas.store, which owns the layout: a writer asks its store for a
+temp file and hands the bytes back to it to publish under their name.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+from typing import TYPE_CHECKING
+
+from mesh.cas.digest import Digest
+from mesh.cas.hasher import STREAM_CHUNK, StreamHasher
+from mesh.errors import DigestMismatch
+
+if TYPE_CHECKING:
+    from mesh.cas.store import LocalStore
+
+#: The mode of every stored blob: read-only for everyone, so checkouts may hardlink it.
+BLOB_MODE = 0o444
+#: Bytes per copy_file_range call.
+_COPY_CHUNK = 1 << 30
+
+
+class BlobWriter:
+    """Streams one blob into the store, hashing as it writes.
+
+    With an ``expected`` digest, bytes beyond its size are refused at once and a
+    mismatch at :meth:`commit` raises DigestMismatch; nothing is published then.
+    Use as a context manager: leaving it without commit discards the bytes.
+    """
+
+    def __init__(self, store: LocalStore, expected: Digest | None = None) -> None:
+        self._store = store
+        self._expected = expected
+        self._hasher = StreamHasher()
+        self._fd, self._name = store._new_temp()
+        self._done = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes. Raises DigestMismatch when they overflow the expected size."""
+        if self._expected is not None and self._hasher.size + len(data) > self._expected.size:
+            raise DigestMismatch(self._expected, f"more than {self._expected.size} bytes", "upload too long")
+        self._hasher.update(data)
+        write_all(self._fd, data)
+
+    def commit(self) -> Digest:
+        """Verify against the expected digest (if any) and publish the blob."""
+        if self._expected is not None:
+            digest = self._hasher.verify(self._expected)
+        else:
+            digest = self._hasher.digest()
+        try:
+            self._store._publish(self._fd, self._name, digest, BLOB_MODE)
+        finally:
+            self._close()
+        return digest
+
+    def abort(self) -> None:
+        """Discard what was written."""
+        self._close()
+
+    def _close(self) -> None:
+        if not self._done:
+            self._done = True
+            os.close(self._fd)
+            if self._name is not None:
+                unlink_quietly(self._name)
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close()
+
+
+class BlobReader(io.RawIOBase):
+    """A read-only stream over one blob that (optionally) verifies as bytes pass.
+
+    When ``verify`` is on, reaching the end checks size and hash and raises
+    DigestMismatch if the stored file was damaged; a blob longer than its digest
+    says fails as soon as the excess is read.
+    """
+
+    def __init__(self, fd: int, digest: Digest, verify: bool) -> None:
+        super().__init__()
+        self._fd = fd
+        self._digest = digest
+        self._hasher = StreamHasher() if verify else None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = os.readv(self._fd, [buffer])
+        if self._hasher is not None:
+            view = memoryview(buffer)[:n]
+            self._hasher.update(view)
+            if n == 0 or self._hasher.size > self._digest.size:
+                self._hasher.verify(self._digest, "stored blob is damaged; run `mesh fsck`")
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def copy_fd(src: int, dst: int) -> None:
+    """Copy ``src`` from its offset to its end into ``dst``, in the kernel where possible."""
+    try:
+        while os.copy_file_range(src, dst, _COPY_CHUNK):
+            pass
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF):
+            raise
+    while chunk := os.read(src, STREAM_CHUNK):
+        write_all(dst, chunk)
+
+
+def unlink_quietly(path: str) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
