@@ -6,11 +6,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from mesh.cas.digest import Digest
 from mesh.errors import PeerDeclined
 from mesh.exec.action import Action, ActionResult
+from mesh.sched import scheduler as scheduler_module
 from mesh.sched.jobs import parse_job
 from mesh.sched.placement import NodeView
 from mesh.sched.scheduler import Scheduler
@@ -209,7 +211,9 @@ class FakeRemote:
 THIEF = "http://thief:1"
 
 
-async def test_a_peer_that_asks_is_given_queued_tasks_it_can_run(tmp_path: Path) -> None:
+async def test_a_peer_that_asks_is_given_queued_tasks_it_can_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The thief looks full (gossip is late), so placement alone would never use it.
     caps = {"executor.process": "1", "label.a": "1"}
     remote = FakeRemote(NodeView(node=THIEF, capabilities=caps, slots=2, busy=2))
@@ -235,6 +239,9 @@ async def test_a_peer_that_asks_is_given_queued_tasks_it_can_run(tmp_path: Path)
                 await trio.sleep(0.001)
         assert sorted(argv for _, argv in remote.ran_on) == [("ok", "1"), ("ok", "2")]
         assert {url for url, _ in remote.ran_on} == {THIEF}
+        # Offers to the thief under way: this node feeds it itself, so it gives nothing more now.
+        assert scheduler.give(THIEF, 5) == 0
+        monkeypatch.setattr(scheduler_module, "OWN_COUNT_WINDOW", 0.0)
         assert scheduler.give(THIEF, 5) == 1  # t3; never needs-b (label.b), never the pinned job
         assert scheduler.statistics().tasks_given == 3
         with trio.fail_after(5):
@@ -316,9 +323,13 @@ async def test_a_container_task_goes_to_a_node_holding_its_image(tmp_path: Path)
     async with trio.open_nursery() as nursery:
         await nursery.start(scheduler.run)
         box = {"executor": "docker"}
-        job_id = scheduler.submit(job(t("held", ["ok", "1"], image="tools", **box),
-                                      t("anywhere", ["ok", "2"], image="fresh", **box),
-                                      t("nowhere", ["ok", "3"], executor="sandbox")))
+        job_id = scheduler.submit(
+            job(
+                t("held", ["ok", "1"], image="tools", **box),
+                t("anywhere", ["ok", "2"], image="fresh", **box),
+                t("nowhere", ["ok", "3"], executor="sandbox"),
+            )
+        )
         status = await wait_state(scheduler, job_id, "failed")
         tasks = {task["name"]: task for task in status["tasks"]}
         assert tasks["held"]["result"]["node"] == "http://holder:1"  # though "other" has more room

@@ -379,12 +379,18 @@ class Scheduler:
     def give(self, thief: str, slots: int) -> int:
         """A peer (the live peer at URL ``thief``) with ``slots`` free slots asks for queued
         tasks: offer it up to that many whose requirements it meets, oldest first; returns
-        how many. Pinned jobs, and everything while draining, stay here."""
+        how many. Pinned jobs, and everything while draining, stay here; so does everything
+        while this node is feeding the thief itself (an offer to it started or ended within
+        OWN_COUNT_WINDOW)."""
         if self._draining or self._nursery is None or self.remote is None or slots < 1:
             return 0
         view = next((p for p in self.remote.candidates() if p.node == thief), None)
         if view is None:
             return 0  # not a live peer as far as this node knows
+        if time.monotonic() - self._offer_changed.get(thief, -math.inf) < OWN_COUNT_WINDOW:
+            # This node is feeding the thief already and hears of its free slots first-hand (an
+            # offer ending): its own dispatch fills them, and giving too would overbook the thief.
+            return 0
         given: list[tuple[LiveJob, TaskRecord]] = []
         kept: deque[tuple[str, str]] = deque()
         for key in self._ready:
