@@ -101,6 +101,22 @@ def _parse_pairs(items: list[str], flag: str) -> dict[str, str]:
     return pairs
 
 
+def _limit(name: str, text: str) -> int:
+    """``--limit NAME=VALUE``: a known limit, a whole number (sizes may say 512M, 2G)."""
+    from mesh.config import parse_size
+    from mesh.exec.action import LIMIT_NAMES
+
+    if name not in LIMIT_NAMES:
+        raise UsageError(f"--limit {name}: choose from {', '.join(LIMIT_NAMES)}")
+    try:
+        value = parse_size(text)
+    except UsageError:
+        raise UsageError(f"--limit {name}={text}: give a whole number (sizes may say 512M, 2G)") from None
+    if value < 1:
+        raise UsageError(f"--limit {name} must be at least 1")
+    return value
+
+
 def cmd_exec(args: argparse.Namespace) -> int:
     """Run a command on the mesh against a snapshot of a directory."""
     from mesh import execute
@@ -119,8 +135,12 @@ def cmd_exec(args: argparse.Namespace) -> int:
         raise UsageError(f"--image runs the command in a container: it needs --executor docker, not {args.executor}")
     if args.executor == "docker" and not args.image:
         raise UsageError("--executor docker needs --image NAME (an image the node holds or can pull)")
+    limits = {name: _limit(name, text) for name, text in _parse_pairs(args.limit, "--limit").items()}
+    if limits and args.executor not in (None, "sandbox"):
+        raise UsageError(f"--limit applies to the sandbox executor, not {args.executor}")
     request = execute.ExecRequest(
-        executor=args.executor,
+        limits=limits,
+        executor="sandbox" if limits and args.executor is None else args.executor,
         image=args.image,
         network=args.network,
         argv=argv,
@@ -354,6 +374,13 @@ def add_parsers(add: Add) -> None:
     )
     p.add_argument("--image", metavar="NAME", help="run in a container of this image (implies --executor docker)")
     p.add_argument("--network", action="store_true", help="let the command use the network (off by default)")
+    p.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="a sandbox rlimit below the node's: address_space=2G, processes=256, file_size=1G, open_files=1024",
+    )
     p.add_argument("--out", metavar="DIR", help="check the output snapshot out into DIR (absent or empty)")
     p.add_argument("--no-cache", action="store_true", help="run even if the action cache has a result")
     p.add_argument("--node", metavar="URL", help=node_help)

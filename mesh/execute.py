@@ -41,6 +41,7 @@ class ExecRequest:
     image: str | None = None
     network: bool = False
     requirements: dict[str, str] = field(default_factory=dict)
+    limits: dict[str, int] = field(default_factory=dict)
 
     def job(self, input: Digest) -> dict[str, Any]:
         task: dict[str, Any] = {"name": "exec", "argv": self.argv, "input": str(input), "env": self.env}
@@ -54,6 +55,8 @@ class ExecRequest:
             task["image"] = self.image
         if self.network:
             task["network"] = True
+        if self.limits:
+            task["limits"] = self.limits
         return {"tasks": [task], "label": "mesh exec " + shlex.join(self.argv), "no_cache": self.no_cache}
 
 

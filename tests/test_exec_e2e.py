@@ -188,6 +188,23 @@ def test_a_sandboxed_task_cannot_reach_the_nodes_key_store_or_api(node: NodeProc
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
 
 
+def test_exec_with_limits(node: NodeProcess, tree: Path) -> None:
+    from mesh.exec.sandbox import sandbox_unavailable
+
+    why_not = sandbox_unavailable()
+    if why_not is not None:
+        pytest.skip(f"no sandbox here: {why_not}")
+    done = node.mesh("exec", "--limit", "processes=40", "--limit", "file_size=1M", "-C", str(tree), "--",
+                     "bash", "-c", "ulimit -u; ulimit -f")
+    assert (done.returncode, done.stdout) == (0, b"40\n1024\n"), done.stderr  # bash counts 1 KiB blocks
+    too_many = node.mesh("exec", "--limit", "processes=100000000", "-C", str(tree), "--", "true")
+    assert too_many.returncode == 126 and b"more than this node allows" in too_many.stderr, too_many.stderr
+    for bad, words in ((["--limit", "memory=1"], b"choose from"), (["--limit", "processes=lots"], b"whole number"),
+                       (["--executor", "process", "--limit", "processes=9"], b"sandbox executor")):
+        refused = node.mesh("exec", *bad, "-C", str(tree), "--", "true")
+        assert refused.returncode == 2 and words in refused.stderr, (bad, refused.stderr)
+
+
 def _snapshot(node: NodeProcess, path: Path) -> str:
     done = node.mesh("snapshot", str(path))
     assert done.returncode == 0, done.stderr

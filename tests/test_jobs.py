@@ -122,11 +122,13 @@ def test_action_digest_ignores_env_order_and_keys_on_requirements() -> None:
 
 
 def test_a_task_without_an_executor_gets_the_nodes_default_or_docker_with_an_image() -> None:
-    raw = {"tasks": [
-        {"name": "plain", "argv": ["true"], "input": str(SNAP)},
-        {"name": "boxed", "argv": ["true"], "input": str(SNAP), "image": "busybox"},
-        {"name": "chosen", "argv": ["true"], "input": str(SNAP), "executor": "process"},
-    ]}
+    raw = {
+        "tasks": [
+            {"name": "plain", "argv": ["true"], "input": str(SNAP)},
+            {"name": "boxed", "argv": ["true"], "input": str(SNAP), "image": "busybox"},
+            {"name": "chosen", "argv": ["true"], "input": str(SNAP), "executor": "process"},
+        ]
+    }
     spec = parse_job(raw, default_executor="sandbox")
     executors = {t.name: t.action().executor for t in spec.tasks}
     assert executors == {"plain": "sandbox", "boxed": "docker", "chosen": "process"}
@@ -135,3 +137,23 @@ def test_a_task_without_an_executor_gets_the_nodes_default_or_docker_with_an_ima
     assert [t.action().digest() for t in again.tasks] == [t.action().digest() for t in spec.tasks]
     with pytest.raises(CodecError, match="only meaningful with the docker executor"):
         parse_job({"tasks": [{"argv": ["true"], "input": str(SNAP), "image": "x", "executor": "sandbox"}]})
+
+
+def test_limits_of_an_action() -> None:
+    action = Action(
+        argv=("true",), input=Digest.of(b"x"), executor="sandbox", limits=(("processes", 9), ("file_size", 5))
+    )
+    assert action.limits == (("file_size", 5), ("processes", 9))
+    assert action.to_wire()["limits"] == {"file_size": 5, "processes": 9}
+    plain = Action(argv=("true",), input=Digest.of(b"x"), executor="sandbox")
+    assert "limits" not in plain.to_wire() and plain.digest() != action.digest()
+    bad = [
+        ({"executor": "sandbox", "limits": {"memory": 1}}, "unknown limit 'memory'"),
+        ({"executor": "sandbox", "limits": {"processes": 0}}, "at least 1"),
+        ({"executor": "sandbox", "limits": {"processes": "9"}}, "whole number"),
+        ({"executor": "sandbox", "limits": {"processes": True}}, "whole number"),
+        ({"executor": "process", "limits": {"processes": 9}}, "apply to the sandbox executor"),
+    ]
+    for extra, message in bad:
+        with pytest.raises(CodecError, match=message):
+            parse_job({"tasks": [{"argv": ["true"], "input": SNAP, **extra}]})

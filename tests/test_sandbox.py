@@ -422,6 +422,20 @@ async def test_the_limits_are_set_soft_and_hard(node: Node) -> None:
     assert found["Max address space"] == [str(3 << 30)] * 2
 
 
+async def test_an_action_may_lower_its_limits_but_not_raise_them(node: Node) -> None:
+    limits = SandboxLimits(address_space=3 << 30, processes=77, file_size=5 << 20, open_files=123)
+    runner, _ = make_runner(node.store, node.home, node.other_key, limits=limits)
+    lower = (("file_size", 1 << 20), ("open_files", 50))
+    result, out = await run_sh(node, "cat /proc/self/limits", runner=runner, limits=lower)
+    assert result.success, out
+    found = {line[:26].strip(): line[26:].split()[:2] for line in out.splitlines()[1:]}
+    assert found["Max open files"] == ["50", "50"] and found["Max file size"] == [str(1 << 20)] * 2
+    assert found["Max processes"] == ["77", "77"]  # the node's, where the action says nothing
+    result, out = await run_sh(node, "true", runner=runner, limits=(("processes", 78),))
+    assert result.exit_code == 126 and out == ""
+    assert result.error is not None and "processes=78, more than this node allows (77)" in result.error
+
+
 async def test_a_fork_bomb_stops_at_the_process_limit(node: Node) -> None:
     runner, _ = make_runner(node.store, node.home, node.other_key, limits=SandboxLimits(processes=24))
     bomb = (

@@ -44,6 +44,9 @@ DEFAULT_TIMEOUT = 3600.0
 MAX_TIMEOUT = 7 * 24 * 3600.0
 #: Largest argv / env a task may carry, in bytes (the kernel's own limit is near 2 MiB).
 MAX_ARGS_BYTES = 1 << 20
+#: Resource limits an action may set for itself (the sandbox executor's rlimits: address
+#: space and file size in bytes, processes, open files), each at most what the node allows.
+LIMIT_NAMES = ("address_space", "processes", "file_size", "open_files")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +63,7 @@ class Action:
     image: str | None = None
     network: bool = False
     requirements: tuple[tuple[str, str], ...] = ()
+    limits: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.argv or not self.argv[0]:
@@ -86,6 +90,14 @@ class Action:
             raise CodecError("the docker executor needs an image")
         if self.executor != "docker" and self.image is not None:
             raise CodecError(f"an image is only meaningful with the docker executor, not {self.executor!r}")
+        for name, value in self.limits:
+            if name not in LIMIT_NAMES:
+                raise CodecError(f"unknown limit {name!r}; choose from {', '.join(LIMIT_NAMES)}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise CodecError(f"limit {name!r} must be a whole number of at least 1, not {value!r}")
+        if self.limits and self.executor != "sandbox":
+            raise CodecError(f"limits apply to the sandbox executor, not {self.executor!r}")
+        object.__setattr__(self, "limits", tuple(sorted(dict(self.limits).items())))
 
     def to_wire(self, *, with_requirements: bool = True) -> dict[str, Any]:
         """The CBOR/JSON map of this action (digests in text form)."""
@@ -102,6 +114,8 @@ class Action:
         }
         if with_requirements:
             wire["requirements"] = dict(self.requirements)
+        if self.limits:  # only when set, so that the keys of actions without limits stay as they were
+            wire["limits"] = dict(self.limits)
         return wire
 
     def digest(self) -> Digest:
@@ -145,6 +159,7 @@ class Action:
             image=fields.text("image", None),
             network=fields.flag("network", False),
             requirements=tuple(fields.text_map("requirements", {}).items()),
+            limits=tuple(fields.mapping("limits", {}).items()),
         )
 
     def with_input(self, input: Digest) -> Action:

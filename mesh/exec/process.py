@@ -141,6 +141,7 @@ class Command:
     timeout: float
     network: bool = False
     image: str | None = None
+    limits: tuple[tuple[str, int], ...] = ()  # the action's own resource limits (the sandbox applies them)
 
 
 class Executor(Protocol):

@@ -197,6 +197,7 @@ class Runner:
                 timeout=action.timeout,
                 network=action.network,
                 image=action.image,
+                limits=action.limits,
             )
             prepare = getattr(executor, "prepare", None)
             if prepare is not None:  # e.g. the sandbox hands the directories to its task's uid

@@ -159,7 +159,9 @@ class SandboxLimits:
     * ``open_files`` (RLIMIT_NOFILE; default 4096).
 
     The executor lowers each to the node's own hard limit when that is lower: the
-    task cannot be given more than the node has.
+    task cannot be given more than the node has. An action may set its own
+    (``limits`` in the task: any of these names with a whole number), each at most
+    the executor's; asking for more fails the task with a reason.
     """
 
     address_space: int | None = 16 << 30
@@ -399,8 +401,23 @@ class SandboxExecutor(ProcessExecutor):
             raise failure
         return status
 
+    def limits_for(self, command: Command) -> SandboxLimits:
+        """The node's limits with the action's own laid over them; an action may ask for less
+        than the node allows, never more (SpawnFailed, exit 126, saying which)."""
+        asked = dict(command.limits)
+        for name, value in asked.items():
+            allowed = getattr(self.limits, name)
+            if allowed is not None and value > allowed:
+                raise SpawnFailed(
+                    f"the action asks for the limit {name}={value}, more than this node allows ({allowed}); "
+                    "ask for less, or give the node's sandbox higher limits",
+                    126,
+                )
+        return replace(self.limits, **asked) if asked else self.limits
+
     def _spawn(self, command: Command) -> _Bwrap:
         """Start bwrap; set the rlimits on the sandbox's first process while it waits; let it go."""
+        limits = self.limits_for(command)
         info_r, info_w = os.pipe2(os.O_CLOEXEC)
         block_r, block_w = os.pipe2(os.O_CLOEXEC)
         try:
@@ -424,7 +441,7 @@ class SandboxExecutor(ProcessExecutor):
                 os.close(info_r)
             if pid is not None:
                 child.sandbox = os.pidfd_open(pid)
-                for rlimit, value in self.limits.rlimits():
+                for rlimit, value in limits.rlimits():
                     resource.prlimit(pid, rlimit, (value, value))
         except BaseException as exc:
             child.close()  # kills bwrap, and with it the sandbox, before it was let go
