@@ -118,6 +118,15 @@ def test_meshignore_and_git_are_left_out(node: NodeProcess, tree: Path) -> None:
     assert not any(p.startswith(("./.git", "./build", "./drop.log")) for p in listing)
 
 
+def require_sandbox() -> None:
+    """Skip, saying why, where the sandbox executor cannot run (never in CI: root, bubblewrap)."""
+    from mesh.exec.sandbox import sandbox_unavailable
+
+    why_not = sandbox_unavailable()
+    if why_not is not None:
+        pytest.skip(reason=f"no sandbox here: {why_not}")
+
+
 def test_tasks_cannot_damage_the_store(node: NodeProcess, tree: Path) -> None:
     """The process executor's task owns its copies: it may change them, never the store."""
     vandal = (
@@ -136,11 +145,7 @@ def test_sandboxed_tasks_cannot_change_their_linked_inputs(node: NodeProcess, tr
     """The sandbox links inputs from the store and runs tasks as a uid that owns none of them:
     each attempt on an input file fails, and replacing one (the directory is the task's) leaves
     the store's blob alone."""
-    from mesh.exec.sandbox import sandbox_unavailable
-
-    why_not = sandbox_unavailable()
-    if why_not is not None:
-        pytest.skip(f"no sandbox here: {why_not}")
+    require_sandbox()
     sandbox = ("--executor", "sandbox", "--no-cache", "-C", str(tree), "--")
     attempts = {
         "chmod": "chmod u+w a.txt",
@@ -164,11 +169,7 @@ def test_sandboxed_tasks_cannot_change_their_linked_inputs(node: NodeProcess, tr
 def test_a_sandboxed_task_cannot_reach_the_nodes_key_store_or_api(node: NodeProcess, tree: Path) -> None:
     """Escape attempts through a real node (tests/test_sandbox.py has each in detail): the mesh
     key, the store and the node's own API are out of reach, and the node stays healthy."""
-    from mesh.exec.sandbox import sandbox_unavailable
-
-    why_not = sandbox_unavailable()
-    if why_not is not None:
-        pytest.skip(f"no sandbox here: {why_not}")
+    require_sandbox()
     port = node.url.rsplit(":", 1)[1]
     # The home is hidden (an empty read-only directory) or, below the host's /tmp, absent.
     hidden = (b"No such file or directory", b"nonexistent", b"Read-only file system")
@@ -189,11 +190,7 @@ def test_a_sandboxed_task_cannot_reach_the_nodes_key_store_or_api(node: NodeProc
 
 
 def test_exec_with_limits(node: NodeProcess, tree: Path) -> None:
-    from mesh.exec.sandbox import sandbox_unavailable
-
-    why_not = sandbox_unavailable()
-    if why_not is not None:
-        pytest.skip(f"no sandbox here: {why_not}")
+    require_sandbox()
     done = node.mesh("exec", "--limit", "processes=40", "--limit", "file_size=1M", "-C", str(tree), "--",
                      "bash", "-c", "ulimit -u; ulimit -f")
     assert (done.returncode, done.stdout) == (0, b"40\n1024\n"), done.stderr  # bash counts 1 KiB blocks

@@ -55,7 +55,7 @@ def executor_for(name: str, request: pytest.FixtureRequest, home: Path) -> Execu
 
         why_not = sandbox_unavailable()
         if why_not is not None:
-            pytest.skip(f"the sandbox cannot run here: {why_not}")
+            pytest.skip(reason=f"the sandbox cannot run here: {why_not}")
         return SandboxExecutor(home=home)
     from mesh.exec.docker import DockerExecutor
 
