@@ -217,10 +217,11 @@ class Node:
             log.warning("no docker executor: %s", exc)
             task_status.started()
             return
-        first = True
+        first, cleaned = True, False
         while True:
             state = await executor.status()
-            if state.available and first:
+            if state.available and not cleaned:  # the first time the engine answers
+                cleaned = True
                 try:
                     removed = await executor.remove_leftovers()
                 except MeshError as exc:
@@ -290,6 +291,13 @@ class Node:
             "stealing": {"stolen": sched.tasks_stolen, "given": sched.tasks_given},
             "cache": {"hits": sched.cache_hits, "entries": self.db.cache_size()},
             "capabilities": self.peering.capabilities,
+            "executors": {
+                "default": self.default_executor,
+                "offered": sorted(self.runner.executors),
+                "docker": None
+                if self.docker is None
+                else {"available": self.docker.available, "reason": self.docker.reason, "images": self.docker.images},
+            },
             "peers": self.peering.status(),
             "gossip": {"rounds": self.peering.gossip.rounds, "mdns": self.config.mdns},
             "jobs": {"counts": self.db.count_jobs(), "recent": recent},

@@ -110,8 +110,11 @@ def test_mesh_exec_in_a_container_through_a_node(docker_host: str, home: Path, t
     treeutil.build(tree, INPUT)
     node = NodeProcess(str(home), env={"DOCKER_HOST": docker_host}).start()
     try:
-        caps = httpx.get(node.url + "/status", timeout=5, trust_env=False).json()["capabilities"]
+        status = httpx.get(node.url + "/status", timeout=5, trust_env=False).json()
+        caps = status["capabilities"]
         assert caps["executor.docker"] == "1" and caps[f"image.{IMAGE}"] == "1", caps
+        assert status["executors"]["docker"]["available"] is True and "docker" in status["executors"]["offered"]
+        assert IMAGE in status["executors"]["docker"]["images"]
         done = node.mesh("exec", "--image", IMAGE, "-C", str(tree), "--", "sh", "-c", "cat a.txt; echo e >&2; exit 4")
         assert (done.returncode, done.stdout, done.stderr) == (4, b"alpha\n", b"e\n")
         missing = node.mesh("exec", "--image", "localhost/no-such-image:1", "-C", str(tree), "--", "true")
