@@ -3,24 +3,29 @@
 Layers as in httpx: this module builds the requests, :class:`~mesh.api.client.MeshAuth`
 signs them, the transport does the I/O. Transport failures and error statuses are
 translated here, once, into :class:`~mesh.errors.NodeUnreachable` and
-:class:`~mesh.errors.NodeError`.
+:class:`~mesh.errors.NodeError`. The two hot paths between nodes skip httpx for a
+lean h11 client with the same signing: task offers (mesh.api.offerpost) and blob
+fetches (mesh.api.blobget).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from mesh import codec
 from mesh.api.auth import MeshKey
 from mesh.api.blobget import get_blob
-from mesh.api.client import FrameSplitter, MeshAuth, check, decode_response
+from mesh.api.client import MeshAuth, check, decode_response
+from mesh.api.offerpost import post_offer
 from mesh.api.wire import CBOR, PEER_HEADER
 from mesh.cas.digest import Digest
 from mesh.cas.store import LocalStore
-from mesh.errors import ExecError, NodeError, NodeUnreachable, PeerDeclined
+from mesh.errors import ExecError, NodeError, NodeUnreachable
 from mesh.exec.action import Action, ActionResult
 
 #: Seconds a gossip exchange may take before the peer counts as not answering.
@@ -63,15 +68,6 @@ class PeerClient:
         return await self.request("POST", base_url.rstrip("/") + "/v1/gossip", body=message)
 
 
-async def read_frames_async(chunks: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
-    """Split an async stream of length-prefixed CBOR frames into event maps (see mesh.api.wire)."""
-    splitter = FrameSplitter("a peer")
-    async for chunk in chunks:
-        for event in splitter.feed(chunk):
-            yield event
-    splitter.end()
-
-
 class TaskOffers:
     """Running a task on a peer: offer it as a pinned one-task job and follow its events.
 
@@ -93,38 +89,24 @@ class TaskOffers:
             "label": f"offered {task_key}",
             "pinned": True,
         }
-        target = f"{url.rstrip('/')}/v1/jobs?follow=1&offer=1&source={self.source()}"
+        target = f"/v1/jobs?follow=1&offer=1&source={quote(self.source(), safe=':/')}"
         result: ActionResult | None = None
         reason: str | None = None
-        try:
-            async with self.client.http.stream(
-                "POST",
-                target,
-                content=codec.encode(job),
-                headers={"content-type": CBOR},
-                timeout=httpx.Timeout(None, connect=GOSSIP_TIMEOUT),
-            ) as response:
-                if response.status_code == 409:
-                    raise PeerDeclined(f"peer {url} has no free slot")
-                if response.status_code >= 400:
-                    await response.aread()
-                    check(response)
-                async for event in read_frames_async(response.aiter_raw()):
-                    kind = event.get("type")
-                    if kind == "output" and isinstance(event.get("data"), bytes):
-                        await on_output(str(event.get("stream")), event["data"])
-                    elif kind == "task_finished":
-                        wire = event.get("result")
-                        result = None if wire is None else ActionResult.from_wire(wire)
-                        reason = event.get("reason")
-                    elif kind == "job_finished":
-                        if result is None:
-                            raise ExecError(f"on peer {url}: {reason or 'the task did not run'}")
-                        return result
-        except (httpx.ConnectError, httpx.ConnectTimeout):
-            raise PeerDeclined(f"peer {url} does not answer") from None  # the task never started there
-        except httpx.HTTPError as exc:
-            raise NodeUnreachable(f"peer {url} was lost while running the task ({type(exc).__name__})") from None
+        auth = self.client.http.auth
+        assert isinstance(auth, MeshAuth)
+        async with contextlib.aclosing(post_offer(auth.key, url, target, codec.encode(job))) as events:
+            async for event in events:
+                kind = event.get("type")
+                if kind == "output" and isinstance(event.get("data"), bytes):
+                    await on_output(str(event.get("stream")), event["data"])
+                elif kind == "task_finished":
+                    wire = event.get("result")
+                    result = None if wire is None else ActionResult.from_wire(wire)
+                    reason = event.get("reason")
+                elif kind == "job_finished":
+                    if result is None:
+                        raise ExecError(f"on peer {url}: {reason or 'the task did not run'}")
+                    return result
         raise NodeError(f"peer {url} ended the task's event stream before the task finished")
 
     async def fetch(self, url: str, digest: Digest, store: LocalStore) -> bool:
