@@ -124,7 +124,10 @@ def test_the_dashboard_is_served_and_status_has_what_it_shows(node: NodeProcess)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert b"<title>mesh node</title>" in page.content and b'fetch("/status"' in page.content
     status = httpx.get(node.url + "/status", trust_env=False).json()
-    for field in ("node", "version", "mesh", "uptime", "slots", "queue", "running_jobs", "cache", "peers", "jobs"):
+    fields = ("node", "version", "mesh", "uptime", "slots", "queue", "running_jobs", "cache", "peers", "jobs")
+    for field in (*fields, "executors", "stealing"):
         assert field in status, field
     assert {"busy", "total"} <= set(status["slots"]) and {"entries", "hits"} <= set(status["cache"])
+    assert {"default", "offered"} <= set(status["executors"]) and {"stolen", "given"} <= set(status["stealing"])
+    assert b"s.executors.offered" in page.content and b"s.stealing.stolen" in page.content
     assert "recent" in status["jobs"]
