@@ -189,7 +189,7 @@ EXECUTORS = ("process", "sandbox", "docker")
 def _executors(flags: list[str] | None, file: dict[str, Any]) -> tuple[str, ...]:
     """The executors a node may offer: ``--executors``, MESH_EXECUTORS (a,b), ``executors``, else all."""
     value: Any = flags
-    if not value:
+    if value is None:
         env = os.environ.get("MESH_EXECUTORS")
         value = [e.strip() for e in env.split(",") if e.strip()] if env else file.get("executors", list(EXECUTORS))
     if not isinstance(value, list) or not value or not all(isinstance(e, str) for e in value):

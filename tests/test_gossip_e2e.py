@@ -119,6 +119,17 @@ def test_bad_peer_flags_are_usage_errors(tmp_path: Path) -> None:
     assert done.returncode == 2 and b"HOST:PORT" in done.stderr
 
 
+def test_bad_executor_lists_are_usage_errors(tmp_path: Path) -> None:
+    for value, words in (("teleport", b"unknown executor(s) teleport"), (",", b"non-empty list")):
+        done = subprocess.run(
+            MESH + ["up", "--executors", value, "--listen", f"127.0.0.1:{free_port()}"],
+            env=node_env(str(tmp_path / "h")),
+            capture_output=True,
+            timeout=60,
+        )
+        assert done.returncode == 2 and words in done.stderr, (value, done.stderr)
+
+
 def _snapshot(node: NodeProcess, tmp_path: Path) -> str:
     src = tmp_path / "input"
     src.mkdir(exist_ok=True)
