@@ -62,6 +62,7 @@ from mesh.api.auth import key_path, load_key  # noqa: E402
 from mesh.api.client import NodeClient  # noqa: E402
 from mesh.cas.digest import Digest  # noqa: E402
 from mesh.cas.hasher import StreamHasher  # noqa: E402
+from tests.nodeutil import NodeProcess, free_port, node_env  # noqa: E402
 
 
 class Series(tp.Series):
@@ -81,74 +82,30 @@ MIB = 1 << 20
 
 
 @dataclass
-class Node:
-    """One ``mesh up`` on 127.0.0.1 with mDNS off, seeded with ``peers`` (URLs' host:port)."""
+class Node(NodeProcess):
+    """One ``mesh up`` of a benchmark mesh (tests.nodeutil's NodeProcess: 127.0.0.1, mDNS off),
+    by name, seeded with ``peers`` (host:port)."""
 
-    name: str
-    home: str
-    slots: int
+    name: str = ""
     peers: list[str] = field(default_factory=list)
-    port: int = 0
-    process: subprocess.Popen[bytes] | None = None
-    spawned_at: float = 0.0
     node_id: str = ""
+    log_name: str = "node-bench.log"
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def addr(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> str:
-        return os.path.join(self.home, "node-bench.log")
-
-    def log(self) -> str:
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
-
-    def spawn(self) -> None:
-        os.makedirs(self.home, exist_ok=True)
-        if not self.port:
-            self.port = tp.free_port()
-        argv = [str(c.MESH_CLI), "up", "--listen", self.addr, "--slots", str(self.slots), "--grace", "5"]
-        for p in self.peers:
-            argv += ["--peer", p]
-        log = open(self.log_path, "ab")  # noqa: SIM115 (the child keeps it)
-        self.spawned_at = time.perf_counter()
-        self.process = subprocess.Popen(argv, env=tp.mesh_env(self.home), stdout=log, stderr=log)
-        log.close()
-
-    def healthy(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise BenchFailure(
-                f"node {self.name}: mesh up exited with {self.process.returncode}:\n{self.log()[-2000:]}"
-            )
-        try:
-            r = httpx.get(self.url + "/health", timeout=1.0, trust_env=False)
-        except httpx.HTTPError:
-            return False
-        if r.status_code != 200:
-            return False
-        if not self.node_id:
-            self.node_id = str(r.json().get("node", "")) if "json" in r.headers.get("content-type", "") else ""
-        return True
+    def __post_init__(self) -> None:
+        self.extra_args = [arg for peer in self.peers for arg in ("--peer", peer)]
 
     def wait_healthy(self, timeout: float = 30.0) -> float:
         """Seconds from spawn to the first /health answer."""
-        wait_for(self.healthy, timeout, f"node {self.name} at {self.url}")
+        try:
+            wait_for(self.answers, timeout, f"node {self.name} at {self.url}")
+        except AssertionError as exc:  # the node exited
+            raise BenchFailure(f"node {self.name}: {exc}") from None
         return time.perf_counter() - self.spawned_at
 
     def client(self) -> NodeClient:
         return NodeClient(self.url, key=load_key(self.home))
 
-    def stop(self) -> None:
+    def stop(self) -> None:  # type: ignore[override]
         if self.process is None or self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGTERM)
@@ -156,8 +113,7 @@ class Node:
             self.process.wait(15)
         except subprocess.TimeoutExpired:
             c.note(f"node {self.name} did not stop within 15 s of SIGTERM; killing it")
-            self.process.kill()
-            self.process.wait()
+            self.kill()
 
 
 def wait_for(cond: Callable[[], object], timeout: float, what: str, delay: float = 0.01) -> object:
@@ -193,7 +149,7 @@ def mesh_of(root: str, specs: list[tuple[str, int]], *, meshed: bool = True) -> 
     nodes: list[Node] = []
     try:
         for name, slots in specs:
-            node = Node(name, os.path.join(root, name), slots, peers=[n.addr for n in nodes])
+            node = Node(home=os.path.join(root, name), slots=slots, name=name, peers=[n.addr for n in nodes])
             if nodes:
                 os.makedirs(node.home, exist_ok=True)
                 shutil.copyfile(key_path(nodes[0].home), key_path(node.home))
@@ -380,7 +336,7 @@ def bench_blobs(root: str, size: int, rounds: int, quiet: float) -> tuple[dict[s
 
 
 def snapshot_in(home: str, tree: str) -> str:
-    return c.run([str(c.MESH_CLI), "snapshot", tree], env=tp.mesh_env(home), capture=True).stdout.decode().strip()
+    return c.run([str(c.MESH_CLI), "snapshot", tree], env=node_env(home), capture=True).stdout.decode().strip()
 
 
 def sleep_job(snapshot: str, n: int, seconds: float, nonce: str) -> dict[str, Any]:
@@ -473,7 +429,7 @@ def bench_sched(
 def join_round(root: str, tree: str, n: int = 40, secs: float = 0.5) -> dict[str, float]:
     with mesh_of(root, [("A", 2), ("B", 2)]) as (a, b):
         snap = snapshot_in(a.home, tree)
-        cnode = Node("C", os.path.join(root, "C"), 2, peers=[a.addr])
+        cnode = Node(home=os.path.join(root, "C"), slots=2, name="C", peers=[a.addr])
         os.makedirs(cnode.home)
         shutil.copyfile(key_path(a.home), key_path(cnode.home))
         # The input sits on every node beforehand: concurrent offers to a peer that lacks it can
@@ -481,7 +437,7 @@ def join_round(root: str, tree: str, n: int = 40, secs: float = 0.5) -> dict[str
         for other in (b, cnode):
             if snapshot_in(other.home, tree) != snap:
                 raise BenchFailure("c: the same tree snapshotted on B or C gave another id")
-        cnode.port = tp.free_port()
+        cnode.port = free_port()
         marks: dict[str, float] = {}
         errors: list[BaseException] = []
         with a.client() as ca:

@@ -36,7 +36,6 @@ import contextlib
 import importlib.metadata
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import threading
@@ -49,10 +48,10 @@ import _common as c
 
 c.use_repo()
 
-import httpx  # noqa: E402
 
 from mesh import codec  # noqa: E402
 from mesh.api.client import NodeClient  # noqa: E402
+from tests.nodeutil import NodeProcess, node_env  # noqa: E402
 
 #: Client threads of part a (one-task jobs), and threads / tasks per job of its info row.
 CLIENT_THREADS = 4
@@ -73,81 +72,27 @@ class BenchFailure(Exception):
 # -- the node ----------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def mesh_env(home: str, **extra: str) -> dict[str, str]:
-    """The environment for mesh processes: no MESH_* of ours, this MESH_HOME, ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
-    env["MESH_HOME"] = home
-    env["MESH_MDNS"] = "0"  # benchmarks never multicast on the machine's real interfaces
-    env.update(extra)
-    return env
-
-
-@dataclass
-class NodeProcess:
-    """One ``mesh up`` on a free loopback port (the approach of tests/nodeutil.py)."""
-
-    home: str
-    log_path: str
-    slots: int
-    port: int = 0
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
-
-    def start(self, timeout: float = 30.0) -> None:
-        self.port = free_port()
-        argv = [str(c.MESH_CLI), "up", "--listen", f"127.0.0.1:{self.port}", "--slots", str(self.slots), "--grace", "5"]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(argv, env=mesh_env(self.home), stdout=log, stderr=log)
-        deadline = time.monotonic() + timeout
-        delay = 0.01
-        while True:
-            if self.process.poll() is not None:
-                raise BenchFailure(f"mesh up exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1.0, trust_env=False).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise BenchFailure(f"the node did not answer /health within {timeout:.0f} s:\n{self.log()}")
-            time.sleep(delay)
-            delay = min(delay * 2, 0.2)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+#: The environment of mesh processes: no MESH_* of ours, this MESH_HOME, mDNS off.
+mesh_env = node_env
 
 
 @contextlib.contextmanager
-def running_node(home: str, log_path: str, slots: int) -> Iterator[NodeProcess]:
-    node = NodeProcess(home, log_path, slots)
+def running_node(home: str, slots: int) -> Iterator[NodeProcess]:
+    """A real ``mesh up`` on a free loopback port (tests.nodeutil), stopped afterwards."""
+    node = NodeProcess(home, slots=slots, log_name="node-bench.log")
     try:
-        node.start()
+        try:
+            node.start()
+        except AssertionError as exc:
+            raise BenchFailure(str(exc)) from None
         yield node
     finally:
-        node.stop()
+        if node.process is not None and node.process.poll() is None:
+            node.process.send_signal(signal.SIGTERM)
+            try:
+                node.process.wait(30)
+            except subprocess.TimeoutExpired:
+                node.kill()
 
 
 # -- rounds, contention, medians ----------------------------------------------------------
@@ -547,7 +492,7 @@ def main() -> int:
             "median of the rounds not marked *, spread (min-max) in brackets\n",
             flush=True,
         )
-        with running_node(home, scratch.path("node.log"), slots) as node:
+        with running_node(home, slots) as node:
             assert node.process is not None
             exclude = {node.process.pid}
             # The node made its mesh key in this home; the NodeClients of this process sign with it.

@@ -51,7 +51,11 @@ def node_env(home: str, **extra: str) -> dict[str, str]:
 
 @dataclass
 class NodeProcess:
-    """One ``mesh up`` process. ``url`` answers once :meth:`start` returns."""
+    """One ``mesh up`` process. ``url`` answers once :meth:`start` returns.
+
+    Also used by the benchmarks (bench/throughput.py, bench/mesh.py), which time
+    :meth:`spawn` to the first :meth:`answers` themselves.
+    """
 
     home: str
     port: int = 0
@@ -60,14 +64,20 @@ class NodeProcess:
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # more environment for the node (DOCKER_HOST, say)
     process: subprocess.Popen[bytes] | None = None
+    log_name: str = "node-test.log"
+    spawned_at: float = 0.0  # time.perf_counter() at spawn
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
     def log_path(self) -> str:
-        return os.path.join(self.home, "node-test.log")
+        return os.path.join(self.home, self.log_name)
 
     def log(self) -> str:
         try:
@@ -76,14 +86,15 @@ class NodeProcess:
         except FileNotFoundError:
             return ""
 
-    def start(self, timeout: float = 30.0) -> NodeProcess:
+    def spawn(self) -> NodeProcess:
+        """Start ``mesh up`` (on a free port unless one is set) without waiting for it."""
         os.makedirs(self.home, exist_ok=True)
         if not self.port:
             self.port = free_port()
         argv = MESH + [
             "up",
             "--listen",
-            f"127.0.0.1:{self.port}",
+            self.addr,
             "--slots",
             str(self.slots),
             "--grace",
@@ -91,18 +102,24 @@ class NodeProcess:
             *self.extra_args,
         ]
         with open(self.log_path, "ab") as log:
+            self.spawned_at = time.perf_counter()
             self.process = subprocess.Popen(argv, env=node_env(self.home, **self.env), stdout=log, stderr=log)
+        return self
 
-        def healthy() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"mesh up exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                return httpx.get(self.url + "/health", timeout=1.0).status_code == 200
-            except httpx.HTTPError:
-                return False
+    def answers(self) -> bool:
+        """Whether ``/health`` answers now; AssertionError (with the log) if the node has exited."""
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"mesh up exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+        try:
+            return httpx.get(self.url + "/health", timeout=1.0, trust_env=False).status_code == 200
+        except httpx.HTTPError:
+            return False
 
-        wait_for(healthy, timeout=timeout, what=f"node at {self.url}")
+    def start(self, timeout: float = 30.0) -> NodeProcess:
+        """:meth:`spawn`, then wait until the node serves."""
+        self.spawn()
+        wait_for(self.answers, timeout=timeout, what=f"node at {self.url}")
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
