@@ -62,6 +62,7 @@ from mesh.api.auth import key_path, load_key  # noqa: E402
 from mesh.api.client import NodeClient  # noqa: E402
 from mesh.cas.digest import Digest  # noqa: E402
 from mesh.cas.hasher import StreamHasher  # noqa: E402
+from tests import nodeutil  # noqa: E402
 from tests.nodeutil import NodeProcess, free_port, node_env  # noqa: E402
 
 
@@ -117,15 +118,9 @@ class Node(NodeProcess):
 
 
 def wait_for(cond: Callable[[], object], timeout: float, what: str, delay: float = 0.01) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchFailure(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.05)
+    """tests.nodeutil's wait_for, polling at least every 0.05 s (part c times these waits),
+    failing the part (BenchFailure) at the timeout."""
+    return nodeutil.wait_for(cond, timeout=timeout, what=what, delay=delay, longest=0.05, error=BenchFailure)
 
 
 def node_id_of(node: Node) -> str:

@@ -27,18 +27,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(condition: Callable[[], object], *, timeout: float = 30.0, what: str = "condition") -> object:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+def wait_for(
+    condition: Callable[[], object],
+    *,
+    timeout: float = 30.0,
+    what: str = "condition",
+    delay: float = 0.005,
+    longest: float = 0.1,
+    error: type[Exception] = AssertionError,
+) -> object:
+    """Poll ``condition`` until it returns something truthy, from every ``delay`` seconds up to
+    every ``longest``; raise ``error`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    delay = 0.005
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise error(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(delay)
-        delay = min(delay * 2, 0.1)
+        delay = min(delay * 2, longest)
 
 
 def node_env(home: str, **extra: str) -> dict[str, str]:
