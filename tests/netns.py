@@ -41,6 +41,8 @@ import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 
+from tests.nodeutil import pid_alive
+
 PREFIX = "mt"
 _NAME = re.compile(rf"^{PREFIX}(\d+)-(\d+)(?:b|v\d+|-n\d+)$")
 _seq = itertools.count()
@@ -82,16 +84,6 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return result
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _netns_names() -> list[str]:
     return [line.split()[0] for line in _ip("netns", "list").stdout.splitlines() if line.strip()]
 
@@ -119,13 +111,13 @@ def cleanup_stale() -> list[str]:
     removed: list[str] = []
     for ns in _netns_names():
         m = _NAME.match(ns)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             _kill_netns_processes(ns)
             _ip("netns", "del", ns, check=False)
             removed.append(ns)
     for link in _link_names():
         m = _NAME.match(link)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             _ip("link", "del", link, check=False)
             removed.append(link)
     return removed

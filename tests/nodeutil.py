@@ -49,6 +49,34 @@ def wait_for(
         delay = min(delay * 2, longest)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def host_processes(marker: str) -> list[int]:
+    """Host pids of live processes whose command line contains ``marker`` (seen from any pid
+    namespace: a sandboxed task's processes too)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue  # gone meanwhile
+        if marker.encode() in cmdline:
+            found.append(int(entry))
+    return found
+
+
 def node_env(home: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
     env["MESH_HOME"] = home

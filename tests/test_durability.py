@@ -24,7 +24,7 @@ from mesh.api.client import NodeClient
 from mesh.cas.digest import Digest
 from mesh.cas.snapshot import ingest, resolve
 from mesh.cas.store import LocalStore
-from tests.nodeutil import NodeProcess, wait_for
+from tests.nodeutil import NodeProcess, pid_alive, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -146,14 +146,6 @@ def test_sigkill_mid_run_then_restart_finishes_every_job_once(home: Path, tmp_pa
         node.kill()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_sigterm_with_a_running_task_and_short_grace(home: Path, tmp_path: Path) -> None:
     """The node exits 0 once the grace runs out, the task is killed, and it runs again after a restart.
 
@@ -182,7 +174,7 @@ def test_sigterm_with_a_running_task_and_short_grace(home: Path, tmp_path: Path)
         assert time.monotonic() - started < 20
         assert "received SIGTERM" in node.log()
         # the interrupted task's process (group) was killed, not left behind
-        wait_for(lambda: not _pid_alive(pid), timeout=10, what=f"the interrupted task (pid {pid}) to be gone")
+        wait_for(lambda: not pid_alive(pid), timeout=10, what=f"the interrupted task (pid {pid}) to be gone")
 
         node.start()
         with client_for(node) as client:
@@ -255,7 +247,7 @@ def test_sigkill_with_a_task_still_writing_then_restart(home: Path, tmp_path: Pa
         node.kill()
 
         node.start()
-        wait_for(lambda: not _pid_alive(pid), timeout=10, what=f"the first attempt (pid {pid}) to be gone")
+        wait_for(lambda: not pid_alive(pid), timeout=10, what=f"the first attempt (pid {pid}) to be gone")
         with client_for(node) as client:
             wait_for(lambda: client.job(job_id)["state"] != "running", timeout=30, what="the job to finish")
             [task] = client.job(job_id)["tasks"]
@@ -263,5 +255,5 @@ def test_sigkill_with_a_task_still_writing_then_restart(home: Path, tmp_path: Pa
         assert node.stop() == 0
     finally:
         node.kill()
-        if pid is not None and _pid_alive(pid):
+        if pid is not None and pid_alive(pid):
             os.killpg(pid, signal.SIGKILL)  # the orphaned first attempt (its own process group)

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from mesh.api.client import NodeClient
-from tests.nodeutil import MESH, NodeProcess, free_port, node_env, wait_for
+from tests.nodeutil import MESH, NodeProcess, free_port, host_processes, node_env, wait_for
 
 
 @pytest.fixture
@@ -261,24 +261,9 @@ def _digest(text: str):  # type: ignore[no-untyped-def]
     return Digest.parse(text)
 
 
-def _processes_with(argv: list[str]) -> list[int]:
-    """Host pids whose command line is ``argv`` (seen from any pid namespace)."""
-    wanted = ("\0".join(argv) + "\0").encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if f.read() == wanted:
-                        found.append(int(entry))
-            except OSError:
-                continue  # gone meanwhile
-    return found
-
-
 def test_cancel_kills_the_running_task(node: NodeProcess, tree: Path, tmp_path: Path) -> None:
     """With the node's default executor (the sandbox where bubblewrap works): the task is
-    found on the host by its unique command line, whatever pid namespace it runs in."""
+    found on the host by a unique argument, whatever pid namespace it runs in."""
     snapshot = _snapshot(node, tree)
     sleeper = ["sleep", f"{300 + os.getpid() % 1000}.{time.time_ns() % 10**6}"]
     job = {
@@ -294,13 +279,13 @@ def test_cancel_kills_the_running_task(node: NodeProcess, tree: Path, tmp_path: 
             return any(event["type"] == "output" for event in client.events(job_id))
 
         wait_for(started, what="the long task to start")
-        assert wait_for(lambda: _processes_with(sleeper), what="the task's process to show on the host")
+        assert wait_for(lambda: host_processes(sleeper[1]), what="the task's process to show on the host")
         cancelled = node.mesh("cancel", job_id)
         assert cancelled.returncode == 0, cancelled.stderr
         wait_for(lambda: client.job(job_id)["state"] == "cancelled", what="the job to be cancelled")
         states = {t["name"]: t["state"] for t in client.job(job_id)["tasks"]}
         assert states == {"long": "cancelled", "next": "cancelled"}
-    wait_for(lambda: not _processes_with(sleeper), timeout=10, what="the task's process to die")
+    wait_for(lambda: not host_processes(sleeper[1]), timeout=10, what="the task's process to die")
 
 
 def test_listing_status_and_json(node: NodeProcess, tree: Path) -> None:
