@@ -41,7 +41,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         labels=args.label,
         mdns=False if args.no_mdns else None,
         advertise=args.advertise,
-        executors=None if args.executors is None else [e.strip() for e in args.executors.split(",") if e.strip()],
+        executors=None if args.executors is None else args.executors.split(","),
     )
     node = Node(config, grace=args.grace)
 

@@ -187,11 +187,16 @@ EXECUTORS = ("process", "sandbox", "docker")
 
 
 def _executors(flags: list[str] | None, file: dict[str, Any]) -> tuple[str, ...]:
-    """The executors a node may offer: ``--executors``, MESH_EXECUTORS (a,b), ``executors``, else all."""
+    """The executors a node may offer: ``--executors``, MESH_EXECUTORS (a,b), ``executors``, else all.
+
+    Names are stripped and empty ones dropped, so ``"process, sandbox"`` and ``"process,"`` work.
+    """
     value: Any = flags
     if value is None:
         env = os.environ.get("MESH_EXECUTORS")
-        value = [e.strip() for e in env.split(",") if e.strip()] if env else file.get("executors", list(EXECUTORS))
+        value = env.split(",") if env else file.get("executors", list(EXECUTORS))
+    if isinstance(value, list) and all(isinstance(e, str) for e in value):
+        value = [e.strip() for e in value if e.strip()]
     if not isinstance(value, list) or not value or not all(isinstance(e, str) for e in value):
         raise UsageError('executors must be a non-empty list like ["process", "sandbox"]')
     unknown = sorted(set(value) - set(EXECUTORS))

@@ -1,6 +1,8 @@
-"""Seeds: --peer, MESH_PEERS and mesh.toml, in that order; bad ones are usage errors."""
+"""Seeds (--peer, MESH_PEERS, mesh.toml) and executor lists of a node config; bad ones are usage errors."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 
@@ -26,3 +28,17 @@ def test_precedence_and_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:
     assert seeds(None, None) == ()
     with pytest.raises(UsageError, match="list like"):
         seeds(None, "d:4")
+
+
+def test_executor_lists(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    from mesh.config import NodeConfig
+
+    monkeypatch.setenv("MESH_HOME", str(tmp_path))
+    monkeypatch.delenv("MESH_EXECUTORS", raising=False)
+    assert NodeConfig.load().executors == ("process", "sandbox", "docker")
+    assert NodeConfig.load(executors=[" sandbox", "process ", ""]).executors == ("process", "sandbox")
+    monkeypatch.setenv("MESH_EXECUTORS", "docker, process")
+    assert NodeConfig.load().executors == ("process", "docker")
+    for bad, words in ((["", " "], "non-empty list"), (["teleport"], "unknown executor")):
+        with pytest.raises(UsageError, match=words):
+            NodeConfig.load(executors=bad)
