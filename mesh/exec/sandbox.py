@@ -423,13 +423,11 @@ class SandboxExecutor(ProcessExecutor):
         try:
             argv = self.command_line(command, info_fd=info_w, block_fd=block_r)
             child = _Bwrap.start(argv, cwd="/", env=command.env, pass_fds=(info_w, block_r), umask=UMASK)
-        except OSError as exc:
+        except BaseException as exc:
             os.close(info_r)
             os.close(block_w)
-            raise ExecError(f"cannot start bubblewrap ({self._bwrap}): {exc.strerror or exc}") from None
-        except BaseException:
-            os.close(info_r)
-            os.close(block_w)
+            if isinstance(exc, OSError):
+                raise ExecError(f"cannot start bubblewrap ({self._bwrap}): {exc.strerror or exc}") from None
             raise
         finally:
             os.close(info_w)
