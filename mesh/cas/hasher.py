@@ -26,6 +26,7 @@ from typing import BinaryIO
 import blake3
 
 from mesh.cas.digest import Digest
+from mesh.cas.forkmap import fork_map
 from mesh.errors import DigestMismatch
 
 #: Files at least this large are hashed through mmap on all cores.
@@ -33,6 +34,8 @@ MMAP_THRESHOLD = 1 << 20
 #: Read size for streams whose length is unknown (stdin, sockets).
 STREAM_CHUNK = 1 << 20
 _AUTO = blake3.blake3.AUTO
+#: What large inputs are hashed with: every core, unless :func:`single_threaded` said not to.
+_threads = _AUTO
 
 EMPTY = Digest(blake3.blake3(b"").digest(), 0)
 
@@ -47,7 +50,7 @@ class StreamHasher:
     __slots__ = ("_hasher", "size")
 
     def __init__(self) -> None:
-        self._hasher = blake3.blake3(max_threads=_AUTO)
+        self._hasher = blake3.blake3(max_threads=_threads)
         self.size = 0
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
@@ -67,10 +70,21 @@ class StreamHasher:
         return actual
 
 
+def single_threaded() -> None:
+    """Hash on the calling thread only, from now on, in this process.
+
+    For worker processes forked by :mod:`mesh.cas.forkmap`: BLAKE3's thread pool
+    (rayon's) does not survive a fork, and a child that handed it work would wait
+    forever. The workers themselves use the other cores.
+    """
+    global _threads
+    _threads = 1
+
+
 def hash_bytes(data: bytes | bytearray | memoryview) -> Digest:
     """The digest of bytes in memory (multi-threaded when they are large)."""
     if len(data) >= MMAP_THRESHOLD:
-        h = blake3.blake3(max_threads=_AUTO)
+        h = blake3.blake3(max_threads=_threads)
         h.update(data)
         return Digest(h.digest(), len(data))
     return Digest(blake3.blake3(data).digest(), len(data))
@@ -103,7 +117,7 @@ def hash_fd(fd: int, size: int | None = None) -> Digest:
     if size < MMAP_THRESHOLD:
         return hash_bytes(read_fd(fd, size))
     with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mapped:
-        h = blake3.blake3(max_threads=_AUTO)
+        h = blake3.blake3(max_threads=_threads)
         h.update(mapped)
         return Digest(h.digest(), len(mapped))
 
@@ -139,13 +153,31 @@ def hash_stream(stream: BinaryIO) -> Digest:
     return h.digest()
 
 
-def hash_tree(root: str | bytes) -> Iterator[tuple[bytes, Digest]]:
+#: Files hashed per item of work that :func:`hash_tree` hands to a worker process.
+_TREE_BATCH = 64
+
+
+def hash_tree(root: str | bytes, *, workers: int | None = None) -> Iterator[tuple[bytes, Digest]]:
     """Yield ``(relative path, digest)`` for every regular file below ``root``.
 
     Symlinks are not followed and other special files are skipped; paths are bytes
-    (relative, ``/``-separated) so that any name the filesystem holds survives.
+    (relative, ``/``-separated) so that any name the filesystem holds survives. The
+    order is a depth-first walk with each directory's entries sorted by name.
+
+    The tree is listed first, then hashed by ``workers`` processes (default: one per
+    core; see :mod:`mesh.cas.forkmap`), since the per-file work of a source tree is
+    mostly Python holding the GIL.
     """
-    base = os.fsencode(root)
+    files = list(_regular_files(os.fsencode(root)))
+    batches = [files[i : i + _TREE_BATCH] for i in range(0, len(files), _TREE_BATCH)]
+    count = workers if workers is not None else os.cpu_count() or 1
+    for batch, digests in zip(batches, fork_map(_hash_batch, batches, count, child_init=single_threaded), strict=True):
+        for (name, _), digest in zip(batch, digests, strict=True):
+            yield name, digest
+
+
+def _regular_files(base: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """``(relative path, path)`` of every regular file below ``base``, depth first, sorted."""
     stack: list[bytes] = [b""]
     while stack:
         rel = stack.pop()
@@ -157,8 +189,16 @@ def hash_tree(root: str | bytes) -> Iterator[tuple[bytes, Digest]]:
             if entry.is_dir(follow_symlinks=False):
                 stack.append(name)
             elif entry.is_file(follow_symlinks=False):
-                fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-                try:
-                    yield name, hash_fd(fd, entry.stat(follow_symlinks=False).st_size)
-                finally:
-                    os.close(fd)
+                yield name, entry.path
+
+
+def _hash_batch(batch: list[tuple[bytes, bytes]]) -> list[Digest]:
+    """The digests of a batch of regular files, opened without following symlinks."""
+    digests = []
+    for _, path in batch:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            digests.append(hash_fd(fd))
+        finally:
+            os.close(fd)
+    return digests

@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from mesh.cas.digest import Digest
 from mesh.cas.hasher import MMAP_THRESHOLD, StreamHasher, hash_bytes, read_fd
-from mesh.cas.snapshot import DEFAULT_WORKERS, Progress, _Dir, _Pending, _walk, digest_files
+from mesh.cas.snapshot import DEFAULT_WORKERS, Progress, digest_files
 from mesh.cas.statcache import StatCache
 from mesh.cas.tree import Entry, Kind, encode_node
+from mesh.cas.walk import DirNode, Ignore, PendingFile, walk_tree
 from mesh.errors import SnapshotError, UnsupportedFile
 
 #: The epoch of every plan cache: plans never depend on a store's contents.
@@ -71,9 +73,14 @@ class Plan:
         return sum(d.size for d in self.digests())
 
 
-def plan_cache(home: str, root: str | os.PathLike[str], variant: bytes = b"") -> StatCache:
-    """The stat cache for planning the tree at ``root`` (``variant``: the ignore rules' fingerprint)."""
-    return StatCache.for_tree(home, os.fspath(root), _PLAN_STORE, PLAN_EPOCH, variant=variant)
+def plan_cache(
+    home: str, root: str | os.PathLike[str], variant: bytes = b"", *, now_ns: Callable[[], int] = time.time_ns
+) -> StatCache:
+    """The stat cache for planning the tree at ``root`` (``variant``: the ignore rules' fingerprint).
+
+    ``now_ns`` is the cache's clock (tests move it forward to leave no entry racily clean).
+    """
+    return StatCache.for_tree(home, os.fspath(root), _PLAN_STORE, PLAN_EPOCH, variant=variant, now_ns=now_ns)
 
 
 def plan_tree(
@@ -81,7 +88,7 @@ def plan_tree(
     *,
     cache: StatCache | None = None,
     progress: Progress | None = None,
-    ignore: Callable[[bytes, bool], bool] | None = None,
+    ignore: Ignore | None = None,
     workers: int = DEFAULT_WORKERS,
 ) -> Plan:
     """Walk and hash the tree at ``root``; the result's ``root`` is the id ingest would give.
@@ -100,7 +107,9 @@ def plan_tree(
         raise SnapshotError(f"cannot snapshot {os.fsdecode(path)}: not a directory")
 
     listed_at = cache.now_ns() if cache is not None else 0
-    order, pending = _walk(path, root_st, cache, ignore)
+    # One process: a plan needs every node back from the walk, and sending them back
+    # from worker processes costs what the workers save (measured on the stdlib).
+    order, pending = walk_tree(path, root_st, cache, ignore)
     digests = _hash_files(pending, cache, progress, workers)
 
     files: dict[Digest, FileSource] = {}
@@ -109,7 +118,7 @@ def plan_tree(
         node.rows.sort(key=lambda row: row[0])
         entries = []
         for name, kind, value in node.rows:
-            if isinstance(value, _Dir):
+            if isinstance(value, DirNode):
                 assert value.digest is not None  # children are done before their parents
                 entries.append(Entry(name, kind, value.digest))
             elif isinstance(value, bytes):
@@ -144,7 +153,7 @@ def _absolute(root: bytes, rel: bytes) -> bytes:
 
 
 def _hash_files(
-    pending: list[_Pending], cache: StatCache | None, progress: Progress | None, workers: int
+    pending: list[PendingFile], cache: StatCache | None, progress: Progress | None, workers: int
 ) -> list[Digest]:
     """Hash every pending file, in parallel batches; record each in the cache."""
     return digest_files(pending, _hash_file, cache, progress, workers)

@@ -5,11 +5,12 @@ root node's digest); :mod:`mesh.cas.checkout` turns an id back into files.
 ``walk``, ``resolve`` and ``diff`` read snapshots without touching the disk
 beyond the store.
 
-Ingest runs in three phases: walk the tree (one ``lstat`` per entry, the stat
-cache answers for unchanged files), store the files that need it on a small
-thread pool (reads, writes and BLAKE3 all release the GIL, so two cores are
-used), then build the directory nodes bottom-up. The store is synced once before
-the id is returned, so an id that was printed survives a crash.
+Ingest runs in three phases: walk the tree (:mod:`mesh.cas.walk`: one ``lstat``
+per entry, the stat cache answers for unchanged files, large warm trees are
+walked by worker processes), store the files that need it on a small thread
+pool (reads, writes and BLAKE3 all release the GIL, so two cores are used),
+then build the directory nodes bottom-up. The store is synced once before the
+id is returned, so an id that was printed survives a crash.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from mesh.cas.digest import Digest
 from mesh.cas.statcache import StatCache
 from mesh.cas.store import LocalStore
 from mesh.cas.tree import Entry, Kind, check_name, decode_node, encode_node
-from mesh.errors import InvalidTree, PathNotFound, SnapshotError, UnsupportedFile
+from mesh.cas.walk import DirNode, Ignore, PendingFile, children_reused, walk_tree
+from mesh.errors import InvalidTree, PathNotFound, SnapshotError
 
 #: Threads that store files during ingest (and write them during checkout).
 #: One per core: more threads only contend for the GIL (measured: 4 on 2 cores was
@@ -35,100 +37,7 @@ Progress = Callable[[int, int, int, int], None]
 """Called as progress(files_done, files_total, bytes_done, bytes_total)."""
 
 
-@dataclass(slots=True, eq=False)
-class _Dir:
-    """A directory met by the walk: its entries, some still waiting for a digest."""
-
-    rel: bytes
-    st: os.stat_result
-    cached: Digest | None  # the node the stat cache offers, if the directory's own stat is unchanged
-    # value: (hash, size) from the cache | bytes (link target) | _Dir | int (index of a pending file)
-    rows: list[tuple[bytes, Kind, object]]
-    changed: bool = False  # a file below it (directly) was not answered by the cache
-    digest: Digest | None = None
-    reused: bool = False
-
-
-@dataclass(slots=True)
-class _Pending:
-    rel: bytes
-    path: bytes
-    st: os.stat_result
-
-
-_SPECIAL = (
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-)
-
-
-def _describe(mode: int) -> str:
-    for test, text in _SPECIAL:
-        if test(mode):
-            return text
-    return "not a regular file, directory or symlink"
-
-
-def _walk(
-    root: bytes, root_st: os.stat_result, cache: StatCache | None, ignore: Callable[[bytes, bool], bool] | None
-) -> tuple[list[_Dir], list[_Pending]]:
-    """Walk ``root`` (iteratively: any depth): directories in pre-order, and the files to store."""
-    order: list[_Dir] = []
-    pending: list[_Pending] = []
-    top = _Dir(b"", root_st, cache.lookup_dir(b"", root_st) if cache is not None else None, [])
-    stack: list[tuple[_Dir, bytes]] = [(top, root)]
-    while stack:
-        node, path = stack.pop()
-        order.append(node)
-        rel = node.rel
-        rows = node.rows
-        try:
-            with os.scandir(path) as it:
-                entries = list(it)
-        except OSError as exc:
-            raise SnapshotError(f"cannot read directory {os.fsdecode(path)}: {exc.strerror}") from None
-        for entry in entries:
-            name = entry.name
-            child_rel = rel + b"/" + name if rel else name
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    if ignore is not None and ignore(child_rel, True):
-                        continue
-                    st = entry.stat(follow_symlinks=False)
-                    child = _Dir(child_rel, st, cache.lookup_dir(child_rel, st) if cache is not None else None, [])
-                    rows.append((name, Kind.DIRECTORY, child))
-                    stack.append((child, entry.path))
-                    continue
-                if ignore is not None and ignore(child_rel, False):
-                    continue
-                st = entry.stat(follow_symlinks=False)
-                mode = st.st_mode
-                if stat.S_ISREG(mode):
-                    kind = Kind.EXECUTABLE if mode & 0o100 else Kind.FILE
-                    cached = cache.lookup(child_rel, st) if cache is not None else None
-                    if cached is not None:
-                        rows.append((name, kind, (cached, st.st_size)))
-                    else:
-                        node.changed = True
-                        rows.append((name, kind, len(pending)))
-                        pending.append(_Pending(child_rel, entry.path, st))
-                elif stat.S_ISLNK(mode):
-                    rows.append((name, Kind.SYMLINK, os.readlink(entry.path)))
-                else:
-                    raise UnsupportedFile(
-                        f"cannot snapshot {os.fsdecode(entry.path)}: it is {_describe(mode)}; "
-                        "remove it or leave it out of the tree"
-                    )
-            except FileNotFoundError:
-                continue  # deleted while we walked: it is simply not in this snapshot
-            except PermissionError as exc:
-                raise SnapshotError(f"cannot read {os.fsdecode(entry.path)}: {exc.strerror}") from None
-    return order, pending
-
-
-def excluding(root: str | os.PathLike[str], inside: str | os.PathLike[str]) -> Callable[[bytes, bool], bool] | None:
+def excluding(root: str | os.PathLike[str], inside: str | os.PathLike[str]) -> Ignore | None:
     """An ``ignore`` rule leaving out ``inside`` if it lies strictly within ``root``, else None.
 
     Used to keep mesh's own data directory out of snapshots of a tree that holds it
@@ -147,7 +56,7 @@ def ingest(
     *,
     cache: StatCache | None = None,
     progress: Progress | None = None,
-    ignore: Callable[[bytes, bool], bool] | None = None,
+    ignore: Ignore | None = None,
     workers: int = DEFAULT_WORKERS,
     sync: bool = True,
 ) -> Digest:
@@ -171,19 +80,21 @@ def ingest(
 
     written_before = store.statistics().blobs_written
     listed_at = cache.now_ns() if cache is not None else 0
-    order, pending = _walk(path, root_st, cache, ignore)
+    order, pending = walk_tree(path, root_st, cache, ignore, workers=workers)
     digests = _store_files(store, pending, cache, progress, workers)
 
     for node in reversed(order):  # children before their parents
-        if node.cached is not None and not node.changed and _children_reused(node):
+        if node.cached is not None and not node.changed and children_reused(node):
             node.digest, node.reused = node.cached, True
             continue
         node.rows.sort(key=lambda row: row[0])
         entries = []
         for name, kind, value in node.rows:
-            if isinstance(value, _Dir):
+            if isinstance(value, DirNode):
                 assert value.digest is not None
                 entries.append(Entry(name, kind, value.digest))
+            elif isinstance(value, Digest):  # a subdirectory a walker found unchanged
+                entries.append(Entry(name, kind, value))
             elif isinstance(value, int):
                 entries.append(Entry(name, kind, digests[value]))
             elif isinstance(value, bytes):
@@ -203,10 +114,6 @@ def ingest(
     return root_digest
 
 
-def _children_reused(node: _Dir) -> bool:
-    return all(value.reused for _, kind, value in node.rows if isinstance(value, _Dir))
-
-
 #: Files handed to a worker thread at once: large enough that the pool's own
 #: per-task cost (a Future, a lock, a wake-up) is paid rarely, small enough to
 #: keep both cores busy until the end.
@@ -215,7 +122,7 @@ _BATCH = 64
 
 def _store_files(
     store: LocalStore,
-    pending: list[_Pending],
+    pending: list[PendingFile],
     cache: StatCache | None,
     progress: Progress | None,
     workers: int,
@@ -234,7 +141,7 @@ def _store_files(
 
 
 def digest_files(
-    pending: list[_Pending],
+    pending: list[PendingFile],
     digest_of: Callable[[bytes], Digest],
     cache: StatCache | None,
     progress: Progress | None,

@@ -65,6 +65,21 @@ def dir_key(st: os.stat_result) -> tuple[int, int, int, int]:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheUsage:
+    """What one walk used of a cache: the entries it saw and its counts.
+
+    A worker process walking part of a tree hands this back, so that the cache in
+    the parent keeps the entries the worker saw and counts its hits.
+    """
+
+    files: set[bytes]
+    dirs: set[bytes]
+    hits: int
+    misses: int
+    racy: int
+
+
+@dataclass(frozen=True, slots=True)
 class StatCacheStatistics:
     """How a snapshot used the cache: files answered from it, files hashed, and why."""
 
@@ -91,20 +106,48 @@ class StatCache:
         self.hits = self.misses = self.racy = 0
 
     @classmethod
-    def for_tree(cls, home: str, root: str, store_root: str, epoch: str, *, variant: bytes = b"") -> StatCache:
+    def for_tree(
+        cls,
+        home: str,
+        root: str,
+        store_root: str,
+        epoch: str,
+        *,
+        variant: bytes = b"",
+        now_ns: Callable[[], int] = time.time_ns,
+    ) -> StatCache:
         """Load the cache of directory ``root`` for the store at ``store_root`` (empty if none).
 
         ``variant`` tells apart caches of one tree ingested under different ignore rules.
         """
         parts = [os.fsencode(os.path.realpath(root)), os.fsencode(store_root), variant]
         key = blake3.blake3(b"\0".join(parts)).hexdigest()[:32]
-        cache = cls(os.path.join(home, "statcache", f"{key}.cbor"), epoch)
+        cache = cls(os.path.join(home, "statcache", f"{key}.cbor"), epoch, now_ns=now_ns)
         cache.load()
         return cache
 
     def now_ns(self) -> int:
         """The clock used to stamp hashes."""
         return self._now_ns()
+
+    def __len__(self) -> int:
+        """The number of files the cache knows."""
+        return len(self._files)
+
+    def take_usage(self) -> CacheUsage:
+        """What was used since the last call (or since loading), and start counting afresh."""
+        usage = CacheUsage(self._seen, self._seen_dirs, self.hits, self.misses, self.racy)
+        self._seen, self._seen_dirs = set(), set()
+        self.hits = self.misses = self.racy = 0
+        return usage
+
+    def add_usage(self, usage: CacheUsage) -> None:
+        """Count what another process's walk of part of this tree used (see take_usage)."""
+        self._seen |= usage.files
+        self._seen_dirs |= usage.dirs
+        self.hits += usage.hits
+        self.misses += usage.misses
+        self.racy += usage.racy
 
     # -- loading and saving ----------------------------------------------------
 

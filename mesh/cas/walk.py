@@ -1,0 +1,229 @@
+"""The walk of a directory tree that ingest and planning start with.
+
+One ``lstat`` per entry: the stat cache answers for unchanged files and
+directories, the rest are listed as pending files to hash or store. On a warm
+re-snapshot this walk is nearly all of the work, and it is Python's per-entry loop
+(holding the GIL) more than system calls, so :func:`walk_tree` spreads large trees
+over forked processes (:mod:`mesh.cas.forkmap`): the top levels are listed here
+until there are enough subtrees to share out, the workers walk those, and each
+hands back only what the caller must still look at (directories whose cached node
+cannot be reused) plus which cache entries it used.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+from mesh.cas.digest import Digest
+from mesh.cas.forkmap import fork_map
+from mesh.cas.statcache import CacheUsage, StatCache
+from mesh.cas.tree import Kind
+from mesh.errors import SnapshotError, UnsupportedFile
+
+Ignore = Callable[[bytes, bool], bool]
+"""``ignore(relative path, is_dir)``: True leaves the path out of the snapshot."""
+
+#: A walk shares out at least this many subtrees (when the tree has them), so that
+#: workers taking them one at a time end at about the same moment.
+SUBTREES = 64
+#: Trees whose previous snapshot had fewer files than this are walked in this process:
+#: forking would cost more than it saves.
+PARALLEL_MIN_FILES = 4000
+
+
+@dataclass(slots=True, eq=False)
+class DirNode:
+    """A directory met by the walk: its entries, some still waiting for a digest."""
+
+    rel: bytes
+    st: os.stat_result
+    cached: Digest | None  # the node the stat cache offers, if the directory's own stat is unchanged
+    # value: (hash, size) from the cache | bytes (link target) | DirNode | int (index of a pending file)
+    # | Digest (a subdirectory whose cached node a worker process found reusable)
+    rows: list[tuple[bytes, Kind, object]]
+    changed: bool = False  # a file below it (directly) was not answered by the cache
+    digest: Digest | None = None
+    reused: bool = False
+
+
+@dataclass(slots=True)
+class PendingFile:
+    rel: bytes
+    path: bytes
+    st: os.stat_result
+
+
+_SPECIAL = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _describe(mode: int) -> str:
+    for test, text in _SPECIAL:
+        if test(mode):
+            return text
+    return "not a regular file, directory or symlink"
+
+
+def walk_serial(
+    root: bytes, root_st: os.stat_result, cache: StatCache | None, ignore: Ignore | None
+) -> tuple[list[DirNode], list[PendingFile]]:
+    """Walk ``root`` (iteratively: any depth): directories in pre-order, and the files to store."""
+    top = DirNode(b"", root_st, cache.lookup_dir(b"", root_st) if cache is not None else None, [])
+    return _walk_from(top, root, cache, ignore)
+
+
+def _walk_from(
+    top: DirNode, path: bytes, cache: StatCache | None, ignore: Ignore | None
+) -> tuple[list[DirNode], list[PendingFile]]:
+    """Walk the directory ``top`` found at ``path`` and everything below it."""
+    order: list[DirNode] = []
+    pending: list[PendingFile] = []
+    stack: list[tuple[DirNode, bytes]] = [(top, path)]
+    while stack:
+        node, path = stack.pop()
+        order.append(node)
+        _list_dir(node, path, cache, ignore, pending, stack)
+    return order, pending
+
+
+def _list_dir(
+    node: DirNode,
+    path: bytes,
+    cache: StatCache | None,
+    ignore: Ignore | None,
+    pending: list[PendingFile],
+    subdirs: list[tuple[DirNode, bytes]],
+) -> None:
+    """Fill ``node.rows`` from the directory at ``path``: one ``lstat`` per entry.
+
+    Files the cache cannot vouch for are appended to ``pending``, subdirectories (not
+    yet listed) to ``subdirs``.
+    """
+    rel = node.rel
+    rows = node.rows
+    try:
+        with os.scandir(path) as it:
+            entries = list(it)
+    except OSError as exc:
+        raise SnapshotError(f"cannot read directory {os.fsdecode(path)}: {exc.strerror}") from None
+    for entry in entries:
+        name = entry.name
+        child_rel = rel + b"/" + name if rel else name
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                if ignore is not None and ignore(child_rel, True):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                child = DirNode(child_rel, st, cache.lookup_dir(child_rel, st) if cache is not None else None, [])
+                rows.append((name, Kind.DIRECTORY, child))
+                subdirs.append((child, entry.path))
+                continue
+            if ignore is not None and ignore(child_rel, False):
+                continue
+            st = entry.stat(follow_symlinks=False)
+            mode = st.st_mode
+            if stat.S_ISREG(mode):
+                kind = Kind.EXECUTABLE if mode & 0o100 else Kind.FILE
+                cached = cache.lookup(child_rel, st) if cache is not None else None
+                if cached is not None:
+                    rows.append((name, kind, (cached, st.st_size)))
+                else:
+                    node.changed = True
+                    rows.append((name, kind, len(pending)))
+                    pending.append(PendingFile(child_rel, entry.path, st))
+            elif stat.S_ISLNK(mode):
+                rows.append((name, Kind.SYMLINK, os.readlink(entry.path)))
+            else:
+                raise UnsupportedFile(
+                    f"cannot snapshot {os.fsdecode(entry.path)}: it is {_describe(mode)}; "
+                    "remove it or leave it out of the tree"
+                )
+        except FileNotFoundError:
+            continue  # deleted while we walked: it is simply not in this snapshot
+        except PermissionError as exc:
+            raise SnapshotError(f"cannot read {os.fsdecode(entry.path)}: {exc.strerror}") from None
+
+
+def walk_tree(
+    root: bytes,
+    root_st: os.stat_result,
+    cache: StatCache | None,
+    ignore: Ignore | None,
+    *,
+    workers: int = 1,
+) -> tuple[list[DirNode], list[PendingFile]]:
+    """Walk ``root``: its directories (parents before children) and the files to look at.
+
+    With a warm ``cache`` of a large tree and ``workers`` > 1 the walk runs in worker
+    processes, and a subdirectory whose cached node is reusable (its stat and every
+    entry below it unchanged) may come back as a row holding just its Digest, its
+    nodes left out of the result. Callers that need every node walk with one worker.
+    """
+    top = DirNode(b"", root_st, cache.lookup_dir(b"", root_st) if cache is not None else None, [])
+    if workers <= 1 or cache is None or len(cache) < PARALLEL_MIN_FILES:
+        return _walk_from(top, root, cache, ignore)
+    order: list[DirNode] = []
+    pending: list[PendingFile] = []
+    level: list[tuple[DirNode, bytes]] = [(top, root)]
+    while level and len(level) < SUBTREES:  # breadth first: parents stay before children
+        below: list[tuple[DirNode, bytes]] = []
+        for node, path in level:
+            order.append(node)
+            _list_dir(node, path, cache, ignore, pending, below)
+        level = below
+    if not level:
+        return order, pending
+    results = fork_map(partial(_walk_subtree, cache=cache, ignore=ignore), level, workers)
+    where = {id(value): (node, i) for node in order for i, (_, _, value) in enumerate(node.rows)}
+    for (subtree, _), (sub_order, sub_pending, reused, usage) in zip(level, results, strict=True):
+        cache.add_usage(usage)
+        parent, i = where[id(subtree)]
+        name, kind, _ = parent.rows[i]
+        if reused is not None:
+            parent.rows[i] = (name, kind, reused)
+            continue
+        parent.rows[i] = (name, kind, sub_order[0])
+        if sub_pending:
+            offset = len(pending)
+            for node in sub_order:
+                node.rows = [(n, k, v + offset if type(v) is int else v) for n, k, v in node.rows]
+            pending.extend(sub_pending)
+        order.extend(sub_order)
+    return order, pending
+
+
+def _walk_subtree(
+    item: tuple[DirNode, bytes], *, cache: StatCache, ignore: Ignore | None
+) -> tuple[list[DirNode], list[PendingFile], Digest | None, CacheUsage]:
+    """In a worker: walk one subtree; return its nodes (pruned), pending files, and cache usage.
+
+    The third value is the subtree's cached node when the whole subtree is reusable;
+    the nodes are then left out.
+    """
+    before = cache.take_usage()  # count this subtree apart from what was used before it
+    top, path = item
+    order, pending = _walk_from(top, path, cache, ignore)
+    usage = cache.take_usage()
+    cache.add_usage(before)
+    for node in reversed(order):  # children before their parents
+        if node.cached is not None and not node.changed and children_reused(node):
+            node.digest, node.reused = node.cached, True
+    if top.reused:
+        return [], [], top.digest, usage
+    kept = [node for node in order if not node.reused]
+    for node in kept:  # send a reused subdirectory as its digest, not as its whole subtree
+        node.rows = [(n, k, v.digest if isinstance(v, DirNode) and v.reused else v) for n, k, v in node.rows]
+    return kept, pending, None, usage
+
+
+def children_reused(node: DirNode) -> bool:
+    """Whether every subdirectory of ``node`` kept its cached node (Digest rows already did)."""
+    return all(value.reused for _, kind, value in node.rows if isinstance(value, DirNode))
