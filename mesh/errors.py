@@ -36,7 +36,23 @@ from __future__ import annotations
 
 
 class MeshError(Exception):
-    """Base of every error mesh raises on purpose."""
+    """Base of every error mesh raises on purpose.
+
+    Errors cross process boundaries (the workers of mesh.cas.forkmap send theirs back
+    pickled), so each one pickles as its message and attributes, whatever arguments
+    its own ``__init__`` takes.
+    """
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), str(self), self.__dict__))
+
+
+def _rebuild(cls: type[MeshError], message: str, state: dict[str, object]) -> MeshError:
+    """Unpickle a MeshError without calling its class's ``__init__`` (see MeshError)."""
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
 
 
 class UsageError(MeshError):

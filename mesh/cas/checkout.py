@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from mesh.cas.digest import Digest
+from mesh.cas.forkmap import can_fork, fork_map
+from mesh.cas.hasher import single_threaded
 from mesh.cas.snapshot import DEFAULT_WORKERS, read_node
 from mesh.cas.store import LocalStore
 from mesh.cas.tree import Entry, Kind
@@ -39,6 +41,9 @@ Mode = Literal["copy", "link"]
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Directories whose files are handed to the pool and not yet settled.
 _INFLIGHT = 64
+#: A checkout in worker processes shares out at least this many subtrees (when the
+#: tree has them), so that the workers end at about the same moment.
+SUBTREES = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +86,10 @@ def checkout(
     try:
         if os.listdir(top):
             raise CheckoutConflict(f"cannot check out into {path}: the directory is not empty")
-        return _Writer(store, mode, verify, path).run(root, top, workers)
+        writer = _Writer(store, mode, verify, path)
+        if workers > 1 and can_fork():
+            return writer.run_forked(root, top, workers)
+        return writer.run(root, top, workers)
     finally:
         os.close(top)
 
@@ -151,13 +159,18 @@ class _Writer:
         self.files = self.dirs = self.links = self.bytes = 0
         self._counting = threading.Lock()  # files are counted on the pool's threads
 
-    def run(self, root: Digest, top: int, workers: int) -> CheckoutStatistics:
+    def run(
+        self, root: Digest, top: int, workers: int, name: bytes | None = None, rel: bytes = b""
+    ) -> CheckoutStatistics:
         """Depth first over the nodes; each directory's descriptor stays open while
         a file write or an unvisited subdirectory still needs it, so the number of
-        open descriptors is bounded by the depth plus the writes in flight."""
+        open descriptors is bounded by the depth plus the writes in flight.
+
+        ``root`` is written into directory ``top``, or into a new directory ``name``
+        made in ``top`` (``rel`` is its path within the whole checkout, for messages).
+        """
         inflight: deque[tuple[Future[None], _Handle]] = deque()
-        root_handle = _Handle(os.dup(top))
-        stack: list[tuple[Digest, _Handle, bytes | None, bytes]] = [(root, root_handle, None, b"")]
+        stack: list[tuple[Digest, _Handle, bytes | None, bytes]] = [(root, _Handle(os.dup(top)), name, rel)]
         with ThreadPoolExecutor(max_workers=workers) if workers > 1 else _Inline() as pool:
             try:
                 while stack:
@@ -200,6 +213,48 @@ class _Writer:
                 for _, handle, _, _ in stack:
                     handle.close()
         return CheckoutStatistics(self.files, self.dirs, self.links, self.bytes)
+
+    def run_forked(self, root: Digest, top: int, workers: int) -> CheckoutStatistics:
+        """Write the tree with ``workers`` processes (see :mod:`mesh.cas.forkmap`).
+
+        The top levels are written here, breadth first, until there are enough
+        subtrees to share out; each worker then writes whole subtrees with
+        :meth:`run`. Making inodes is most of a checkout's cost, and the kernel makes
+        them on every core at once (measured: two processes hardlink the stdlib's
+        files in half the time of one), which threads sharing one GIL do not reach.
+        """
+        opened: list[_Handle] = [_Handle(os.dup(top))]
+        try:
+            level: list[tuple[Digest, _Handle, bytes]] = [(root, opened[0], b"")]
+            while level and len(level) < SUBTREES:
+                below: list[tuple[Digest, _Handle, bytes]] = []
+                for digest, here, rel in level:
+                    for entry in read_node(self.store, digest):
+                        child = rel + b"/" + entry.name if rel else entry.name
+                        if entry.kind == Kind.DIRECTORY:
+                            handle = _Handle(self._mkdir(here.fd, entry.name, child))
+                            opened.append(handle)
+                            below.append((entry.blob, handle, child))
+                        elif entry.kind == Kind.SYMLINK:
+                            self._symlink(here.fd, entry, child)
+                        else:
+                            self._file(here.fd, entry, child)
+                level = below
+            done = fork_map(self._subtree, level, workers, child_init=single_threaded)
+        finally:
+            for handle in opened:
+                handle.close()
+        for stats in done:
+            self.files += stats.files
+            self.dirs += stats.directories
+            self.links += stats.symlinks
+            self.bytes += stats.bytes
+        return CheckoutStatistics(self.files, self.dirs, self.links, self.bytes)
+
+    def _subtree(self, item: tuple[Digest, _Handle, bytes]) -> CheckoutStatistics:
+        """In a worker: write the contents of one directory the parent made."""
+        digest, here, rel = item
+        return _Writer(self.store, self.mode, self.verify, self.target).run(digest, here.fd, 1, None, rel)
 
     def _where(self, rel: bytes) -> str:
         return os.path.join(self.target, os.fsdecode(rel))

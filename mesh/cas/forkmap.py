@@ -202,7 +202,10 @@ def _collect(out: int) -> dict[int, tuple[bool, object]]:
         os.close(out)
     if not data:
         raise RuntimeError("fork_map: a worker process died without handing back its results")
-    done: dict[int, tuple[bool, object]] = pickle.loads(data)
+    try:
+        done: dict[int, tuple[bool, object]] = pickle.loads(data)
+    except Exception as exc:  # noqa: BLE001 - say what failed, not pickle's internals
+        raise RuntimeError(f"fork_map: a worker's results could not be read back: {exc}") from None
     failed = done.pop(-1, None)
     if failed is not None:
         assert isinstance(failed[1], BaseException)
