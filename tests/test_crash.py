@@ -18,6 +18,7 @@ from mesh.cas.digest import Digest
 from mesh.cas.fsck import fsck
 from mesh.cas.store import LocalStore
 from tests import treeutil
+from tests.nodeutil import host_processes, wait_for
 
 # An ingest that uses named temp files (the fallback where O_TMPFILE is missing),
 # so that a kill can leave temp files behind for the next open to remove.
@@ -102,6 +103,8 @@ def test_sigkill_at_a_random_moment_leaves_the_store_consistent(
         cmd = [sys.executable, "-c", NAMED_TEMP_INGEST, str(cas), str(source)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     kill_when(proc, cas, target)
+    # The ingest stores files with a forked worker (mesh.cas.forkmap); it dies with it.
+    wait_for(lambda: not host_processes(str(source)), timeout=10, what="the ingest's workers to die with it")
     check_consistent(cas, source, reference_id, tmp_path)
 
 

@@ -32,6 +32,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _INDEX = struct.Struct("<I")
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 #: Indices are put in the queue this many bytes at a time: at most PIPE_BUF, so that
 #: each write is atomic and the queue always holds whole indices.
 _QUEUE_CHUNK = 4096
@@ -48,6 +49,7 @@ def fork_map(
     workers: int,
     *,
     child_init: Callable[[], None] | None = None,
+    on_done: Callable[[int], None] | None = None,
 ) -> list[R]:
     """``[fn(item) for item in items]``, computed by ``workers`` processes.
 
@@ -56,15 +58,25 @@ def fork_map(
     exception of the first such item (in item order) is raised here, after every
     worker has stopped. ``child_init`` runs first in each child (for example to stop
     a library from using a thread pool that did not survive the fork).
+    ``on_done(index)`` is called in this process as items finish (for a progress
+    line): workers announce each finished index on a pipe that this process reads
+    between items of its own.
     """
     n = len(items)
     workers = min(workers, n)
     if workers <= 1 or not can_fork():
-        return [fn(item) for item in items]
+        results = []
+        for i, item in enumerate(items):
+            results.append(fn(item))
+            if on_done is not None:
+                on_done(i)
+        return results
 
     queue_r, queue_w = os.pipe()
     queue = _Queue(queue_r, queue_w, n)
+    finished = _Finished(on_done)
     children: list[tuple[int, int]] = []
+    me = os.getpid()
     try:
         queue.top_up()
         for _ in range(workers - 1):
@@ -75,10 +87,12 @@ def fork_map(
                 os.close(out)
                 break  # work with the workers we have
             if pid == 0:  # pragma: no cover - runs in the child, which never returns
-                _child(fn, items, queue, out, child_init)
+                _child(fn, items, queue, finished, out, child_init, me)
             children.append((pid, out))
+        finished.close_writer()
         done: dict[int, tuple[bool, object]] = {}
-        _work(fn, items, queue, done)
+        _work(fn, items, queue, done, finished.here)
+        finished.wait_for_workers()
         while children:
             pid, out = children.pop()
             _wait(pid)
@@ -92,6 +106,7 @@ def fork_map(
             _wait(pid)
             os.close(out)
         queue.close()
+        finished.close()
     failed = [i for i, (ok, _) in done.items() if not ok]
     if failed:
         error = done[min(failed)][1]
@@ -147,7 +162,63 @@ class _Queue:
         os.close(self.read_fd)
 
 
-def _work(fn: Callable[[T], R], items: Sequence[T], queue: _Queue, done: dict[int, tuple[bool, object]]) -> None:
+class _Finished:
+    """The pipe on which workers announce each item they finish (only with ``on_done``)."""
+
+    def __init__(self, on_done: Callable[[int], None] | None) -> None:
+        self.on_done = on_done
+        self.read_fd = self.write_fd = -1
+        if on_done is not None:
+            self.read_fd, self.write_fd = os.pipe()
+            os.set_blocking(self.read_fd, False)
+
+    def here(self, i: int) -> None:
+        """In the parent: item ``i`` is done here; report it, and what workers finished meanwhile."""
+        if self.on_done is not None:
+            self.on_done(i)
+            self._read()
+
+    def there(self, i: int) -> None:
+        """In a worker: announce item ``i`` (four bytes: one atomic write)."""
+        if self.write_fd >= 0:
+            os.write(self.write_fd, _INDEX.pack(i))
+
+    def wait_for_workers(self) -> None:
+        """In the parent: report announcements until every worker has closed the pipe (exited)."""
+        if self.read_fd >= 0:
+            os.set_blocking(self.read_fd, True)
+            while self._read():
+                pass
+
+    def _read(self) -> bool:
+        try:
+            data = os.read(self.read_fd, 4096)
+        except BlockingIOError:
+            return True
+        assert self.on_done is not None
+        for (i,) in _INDEX.iter_unpack(data):
+            self.on_done(i)
+        return bool(data)
+
+    def close_writer(self) -> None:
+        if self.write_fd >= 0:
+            os.close(self.write_fd)
+            self.write_fd = -1
+
+    def close(self) -> None:
+        self.close_writer()
+        if self.read_fd >= 0:
+            os.close(self.read_fd)
+            self.read_fd = -1
+
+
+def _work(
+    fn: Callable[[T], R],
+    items: Sequence[T],
+    queue: _Queue,
+    done: dict[int, tuple[bool, object]],
+    report: Callable[[int], None],
+) -> None:
     """Take indices from the queue until it is empty; record each result or exception.
 
     Each read asks for exactly one index; reads of a pipe are serialised by the
@@ -164,20 +235,28 @@ def _work(fn: Callable[[T], R], items: Sequence[T], queue: _Queue, done: dict[in
             done[i] = (False, exc)
             queue.drain()
             return
+        report(i)
 
 
 def _child(
-    fn: Callable[[T], R], items: Sequence[T], queue: _Queue, out: int, child_init: Callable[[], None] | None
+    fn: Callable[[T], R],
+    items: Sequence[T],
+    queue: _Queue,
+    finished: _Finished,
+    out: int,
+    child_init: Callable[[], None] | None,
+    parent: int,
 ) -> None:  # pragma: no cover - covered through fork_map, in the child
     code = 0
     try:
+        _die_with_parent(parent)
         queue.close_writer()  # only the parent writes; its close must be the queue's end
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # the parent handles Ctrl-C and kills us
         done: dict[int, tuple[bool, object]] = {}
         try:
             if child_init is not None:
                 child_init()
-            _work(fn, items, queue, done)
+            _work(fn, items, queue, done, finished.there)
         except BaseException as exc:  # noqa: BLE001 - reported as the error of the items not done
             done[-1] = (False, exc)
         try:
@@ -191,6 +270,20 @@ def _child(
         code = 1
     finally:
         os._exit(code)
+
+
+def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the child
+    """Have the kernel SIGKILL this worker if its parent dies (PR_SET_PDEATHSIG).
+
+    A killed ingest must not leave workers writing into the store behind it. Checked
+    once more afterwards: the parent may have died before the request was made.
+    """
+    import ctypes  # here, not at import: only workers pay for it
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _collect(out: int) -> dict[int, tuple[bool, object]]:

@@ -20,10 +20,13 @@ import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 from mesh.cas.digest import Digest
+from mesh.cas.forkmap import can_fork, fork_map
+from mesh.cas.hasher import hash_bytes, single_threaded
 from mesh.cas.statcache import StatCache
-from mesh.cas.store import LocalStore
+from mesh.cas.store import LocalStore, StoreStatistics
 from mesh.cas.tree import Entry, Kind, check_name, decode_node, encode_node
 from mesh.cas.walk import DirNode, Ignore, PendingFile, children_reused, walk_tree
 from mesh.errors import InvalidTree, PathNotFound, SnapshotError
@@ -83,6 +86,7 @@ def ingest(
     order, pending = walk_tree(path, root_st, cache, ignore, workers=workers)
     digests = _store_files(store, pending, cache, progress, workers)
 
+    nodes: list[bytes] = []  # the directory nodes to store, once all are known
     for node in reversed(order):  # children before their parents
         if node.cached is not None and not node.changed and children_reused(node):
             node.digest, node.reused = node.cached, True
@@ -102,9 +106,12 @@ def ingest(
             else:
                 assert isinstance(value, tuple)
                 entries.append(Entry(name, kind, Digest(*value)))
-        node.digest = store.put(encode_node(entries))
+        data = encode_node(entries)
+        node.digest = hash_bytes(data)
+        nodes.append(data)
         if cache is not None:
             cache.record_dir(node.rel, node.st, node.digest, listed_at)
+    _store_nodes(store, nodes, workers)
     root_digest = order[0].digest
     assert root_digest is not None
     if sync and store.statistics().blobs_written != written_before:
@@ -114,10 +121,13 @@ def ingest(
     return root_digest
 
 
-#: Files handed to a worker thread at once: large enough that the pool's own
-#: per-task cost (a Future, a lock, a wake-up) is paid rarely, small enough to
-#: keep both cores busy until the end.
+#: Files handed to a worker thread (or process) at once: large enough that the
+#: pool's own per-task cost (a Future, a lock, a wake-up) is paid rarely, small
+#: enough to keep both cores busy until the end.
 _BATCH = 64
+#: Ingests that store at least this many files (or directory nodes) do it with worker
+#: processes where forking is safe (see mesh.cas.forkmap); fewer cost less in process.
+FORK_MIN_BLOBS = 512
 
 
 def _store_files(
@@ -137,7 +147,90 @@ def _store_files(
         except OSError as exc:
             raise SnapshotError(f"cannot read {os.fsdecode(path)}: {exc.strerror}") from None
 
+    if workers > 1 and len(pending) >= FORK_MIN_BLOBS and can_fork():
+        return _store_forked(store, pending, put, cache, progress, workers)
     return digest_files(pending, put, cache, progress, workers)
+
+
+def _store_nodes(store: LocalStore, nodes: list[bytes], workers: int) -> None:
+    """Put the encoded directory nodes in the store (in worker processes when there are many)."""
+    if workers > 1 and len(nodes) >= FORK_MIN_BLOBS and can_fork():
+        batches = [nodes[i : i + _BATCH] for i in range(0, len(nodes), _BATCH)]
+        _count_workers_writes(store, fork_map(partial(_put_batch, store), batches, workers))
+    else:
+        for data in nodes:
+            store.put(data)
+
+
+def _put_batch(store: LocalStore, batch: list[bytes]) -> tuple[int, StoreStatistics]:
+    before = store.statistics()
+    for data in batch:
+        store.put(data)
+    return os.getpid(), _since(before, store.statistics())
+
+
+def _store_forked(
+    store: LocalStore,
+    pending: list[PendingFile],
+    put: Callable[[bytes], Digest],
+    cache: StatCache | None,
+    progress: Progress | None,
+    workers: int,
+) -> list[Digest]:
+    """Put every pending file in the store with worker processes; record each in the cache.
+
+    Creating the blob files is most of a cold ingest (the kernel's work), and the
+    kernel does it on every core at once for processes, which threads sharing one
+    GIL did not reach. The workers' writes are added to ``store``'s counters.
+    """
+    now_ns = cache.now_ns if cache is not None else (lambda: 0)
+    starts = range(0, len(pending), _BATCH)
+
+    def batch(start: int) -> tuple[list[tuple[Digest, int]], tuple[int, StoreStatistics]]:
+        before = store.statistics()
+        done = []
+        for item in pending[start : start + _BATCH]:
+            started = now_ns()
+            done.append((put(item.path), started))
+        return done, (os.getpid(), _since(before, store.statistics()))
+
+    on_done = None
+    if progress is not None:
+        total_bytes = sum(p.st.st_size for p in pending)
+        counted = [0, 0]
+
+        def on_done(i: int) -> None:
+            chunk = pending[starts[i] : starts[i] + _BATCH]
+            counted[0] += len(chunk)
+            counted[1] += sum(p.st.st_size for p in chunk)
+            progress(counted[0], len(pending), counted[1], total_bytes)
+
+    results = fork_map(batch, starts, workers, child_init=single_threaded, on_done=on_done)
+    _count_workers_writes(store, [writes for _, writes in results])
+    digests: list[Digest] = []
+    for done, _ in results:
+        for digest, started in done:
+            item = pending[len(digests)]
+            digests.append(digest)
+            if cache is not None:
+                cache.record(item.rel, item.st, digest, started)
+    return digests
+
+
+def _since(before: StoreStatistics, after: StoreStatistics) -> StoreStatistics:
+    return StoreStatistics(
+        after.blobs_written - before.blobs_written,
+        after.bytes_written - before.bytes_written,
+        after.blobs_already_present - before.blobs_already_present,
+    )
+
+
+def _count_workers_writes(store: LocalStore, writes: list[tuple[int, StoreStatistics]]) -> None:
+    """Add to ``store``'s counters the writes that worker processes (not this one) made."""
+    me = os.getpid()
+    for pid, counts in writes:
+        if pid != me:
+            store.count_writes(counts)
 
 
 def digest_files(

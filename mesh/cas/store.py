@@ -489,6 +489,13 @@ class LocalStore:
         """Counters of this object's writes."""
         return StoreStatistics(self._written, self._bytes_written, self._present)
 
+    def count_writes(self, counts: StoreStatistics) -> None:
+        """Add writes made on this object's behalf by other processes (ingest's workers)."""
+        with self._counters:
+            self._written += counts.blobs_written
+            self._bytes_written += counts.bytes_written
+            self._present += counts.blobs_already_present
+
     # -- pins ------------------------------------------------------------------
 
     def pin(self, name: str, digest: Digest) -> None:
@@ -525,13 +532,23 @@ def _check_pin_name(name: str) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` may still write: it exists and is not a zombie.
+
+    A killed ingest's worker (mesh.cas.forkmap) stays a zombie until init reaps it,
+    and a zombie writes nothing.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc to ask: assume it lives
+    return state not in (b"Z", b"X")
 
 
 _libc: ctypes.CDLL | None = None
