@@ -117,7 +117,24 @@ def fork_map(
     return [done[i][1] for i in range(n)]  # type: ignore[misc]
 
 
-class _Queue:
+class _Pipe:
+    """A pipe between the parent and its workers; either end may already be closed (-1)."""
+
+    read_fd = write_fd = -1
+
+    def close_writer(self) -> None:
+        if self.write_fd >= 0:
+            os.close(self.write_fd)
+            self.write_fd = -1
+
+    def close(self) -> None:
+        self.close_writer()
+        if self.read_fd >= 0:
+            os.close(self.read_fd)
+            self.read_fd = -1
+
+
+class _Queue(_Pipe):
     """The shared queue of item indices: a pipe that every worker reads.
 
     The parent writes the indices bit by bit (without blocking, so a queue larger than
@@ -152,22 +169,12 @@ class _Queue:
         while os.read(self.read_fd, 65536):
             pass
 
-    def close_writer(self) -> None:
-        if self.write_fd >= 0:
-            os.close(self.write_fd)
-            self.write_fd = -1
 
-    def close(self) -> None:
-        self.close_writer()
-        os.close(self.read_fd)
-
-
-class _Finished:
+class _Finished(_Pipe):
     """The pipe on which workers announce each item they finish (only with ``on_done``)."""
 
     def __init__(self, on_done: Callable[[int], None] | None) -> None:
         self.on_done = on_done
-        self.read_fd = self.write_fd = -1
         if on_done is not None:
             self.read_fd, self.write_fd = os.pipe()
             os.set_blocking(self.read_fd, False)
@@ -199,17 +206,6 @@ class _Finished:
         for (i,) in _INDEX.iter_unpack(data):
             self.on_done(i)
         return bool(data)
-
-    def close_writer(self) -> None:
-        if self.write_fd >= 0:
-            os.close(self.write_fd)
-            self.write_fd = -1
-
-    def close(self) -> None:
-        self.close_writer()
-        if self.read_fd >= 0:
-            os.close(self.read_fd)
-            self.read_fd = -1
 
 
 def _work(
