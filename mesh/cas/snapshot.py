@@ -25,6 +25,7 @@ from functools import partial
 from mesh.cas.digest import Digest
 from mesh.cas.forkmap import can_fork, fork_map
 from mesh.cas.hasher import hash_bytes, single_threaded
+from mesh.cas.nogc import gc_paused
 from mesh.cas.statcache import StatCache
 from mesh.cas.store import LocalStore, StoreStatistics
 from mesh.cas.tree import Entry, Kind, check_name, decode_node, encode_node
@@ -73,6 +74,19 @@ def ingest(
     directory nodes as ingested with one ``ignore`` rule: use a separate cache
     (``StatCache.for_tree(..., variant=...)``) per rule.
     """
+    with gc_paused():
+        return _ingest(store, root, cache, progress, ignore, workers, sync)
+
+
+def _ingest(
+    store: LocalStore,
+    root: str | os.PathLike[str],
+    cache: StatCache | None,
+    progress: Progress | None,
+    ignore: Ignore | None,
+    workers: int,
+    sync: bool,
+) -> Digest:
     path = os.fsencode(os.path.abspath(os.fspath(root)))
     try:
         root_st = os.stat(path)

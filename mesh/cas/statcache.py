@@ -38,6 +38,7 @@ import blake3
 
 from mesh import codec
 from mesh.cas.digest import Digest
+from mesh.cas.nogc import gc_paused
 from mesh.errors import CodecError
 
 #: An entry is trusted only if its file was last changed this long before its hash began.
@@ -164,8 +165,9 @@ class StatCache:
             )
             if magic != _MAGIC or version != _VERSION or epoch != self.epoch:
                 return
-            self._files = dict(zip(_split(file_paths, file_rows, _FILE), _FILE.iter_unpack(file_rows), strict=True))
-            self._dirs = dict(zip(_split(dir_paths, dir_rows, _DIR), _DIR.iter_unpack(dir_rows), strict=True))
+            with gc_paused():  # 50,000 records and their keys: no cycles among them
+                self._files = dict(zip(_split(file_paths, file_rows, _FILE), _FILE.iter_unpack(file_rows), strict=True))
+                self._dirs = dict(zip(_split(dir_paths, dir_rows, _DIR), _DIR.iter_unpack(dir_rows), strict=True))
         except (CodecError, ValueError, TypeError, struct.error):
             self._files, self._dirs = {}, {}
 
