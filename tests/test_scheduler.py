@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from mesh.cas.digest import Digest
 from mesh.errors import PeerDeclined
@@ -335,4 +336,46 @@ async def test_a_container_task_goes_to_a_node_holding_its_image(tmp_path: Path)
         assert tasks["held"]["result"]["node"] == "http://holder:1"  # though "other" has more room
         assert tasks["anywhere"]["state"] == "succeeded"  # no node holds it: any docker node pulls it
         assert "executor.sandbox=1" in tasks["nowhere"]["reason"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_long_queue_gives_a_peer_one_task_beyond_its_free_slots(tmp_path: Path) -> None:
+    """While more tasks wait than twice the mesh's slots, a peer is offered PREFETCH more than
+    its free slots (to start as its slots free); with a short queue, only its free slots."""
+    peer = NodeView(node="http://peer:1", capabilities={"executor.process": "1"}, slots=2)
+    for tasks, offered in ((12, 2 + scheduler_module.PREFETCH), (4, 2)):
+        remote = FakeRemote(peer)
+        runner = FakeRunner()
+        runner.hold = True
+        db = StateDB(str(tmp_path / f"state-{tasks}.db"))
+        scheduler = Scheduler(db, runner, AllPresent(), node_id="n", slots=1, remote=remote)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(scheduler.run)
+            scheduler.submit(job(*(t(f"t{i}", ["ok", str(i)]) for i in range(tasks))))
+            with trio.fail_after(5):
+                while runner.running < 1 or len(remote.ran_on) < offered:
+                    await trio.sleep(0.001)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(remote.ran_on) == offered and runner.running == 1, tasks
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_offer_is_taken_with_a_free_slot_or_room_in_the_prefetch(tmp_path: Path) -> None:
+    runner = FakeRunner()
+    runner.hold = True
+    scheduler = Scheduler(StateDB(str(tmp_path / "state.db")), runner, AllPresent(), node_id="n", slots=1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(scheduler.run)
+        assert scheduler.takes_offer()
+        offers = []
+        for i in range(1 + scheduler_module.PREFETCH):
+            offers.append(scheduler.submit(parse_job({"tasks": [t("p", ["ok", str(i)])], "pinned": True})))
+            await trio.testing.wait_all_tasks_blocked()
+        assert runner.running == 1
+        assert not scheduler.takes_offer()  # the slot is busy and the prefetch is full
+        runner.hold = False
+        runner.release.set()
+        for job_id in offers:
+            await wait_state(scheduler, job_id, "succeeded")
+        assert scheduler.takes_offer()
         nursery.cancel_scope.cancel()

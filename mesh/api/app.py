@@ -96,7 +96,7 @@ async def _accept_offer(request: Request, spec: JobSpec) -> None:
     node = _node(request)
     if not spec.pinned or len(spec.tasks) != 1:
         raise ApiError(400, "an offer is a pinned job of one task")
-    if node.scheduler.statistics().busy >= node.scheduler.slots:
+    if not node.scheduler.takes_offer():
         raise ApiError(409, "no free slot: offer the task to another node")
     source = request.query_params.get("source", "")
     if not source.startswith(("http://", "https://")):
