@@ -52,6 +52,8 @@ class DirNode:
 
 @dataclass(slots=True)
 class PendingFile:
+    """A file the stat cache could not vouch for: it must be read (hashed or stored)."""
+
     rel: bytes
     path: bytes
     st: os.stat_result
@@ -70,14 +72,6 @@ def _describe(mode: int) -> str:
         if test(mode):
             return text
     return "not a regular file, directory or symlink"
-
-
-def walk_serial(
-    root: bytes, root_st: os.stat_result, cache: StatCache | None, ignore: Ignore | None
-) -> tuple[list[DirNode], list[PendingFile]]:
-    """Walk ``root`` (iteratively: any depth): directories in pre-order, and the files to store."""
-    top = DirNode(b"", root_st, cache.lookup_dir(b"", root_st) if cache is not None else None, [])
-    return _walk_from(top, root, cache, ignore)
 
 
 def _walk_from(
