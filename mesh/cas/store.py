@@ -112,6 +112,10 @@ class LocalStore:
         self._written = 0
         self._bytes_written = 0
         self._present = 0
+        # Named temp files carry the pid of the process that opened the store, also when a
+        # worker it forked writes them (mesh.cas.forkmap): workers die with their parent, so
+        # its files are stale as soon as it is gone, even while a killed worker still exits.
+        self._owner = os.getpid()
         self.remove_stale_temp_files()
 
     def __repr__(self) -> str:
@@ -315,7 +319,7 @@ class LocalStore:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
                     raise StoreError(f"cannot create a temp file in {where}: {exc.strerror}") from None
                 self._o_tmpfile = False
-        name = os.path.join(self._tmp, f"{os.getpid()}-{secrets.token_hex(8)}")
+        name = os.path.join(self._tmp, f"{self._owner}-{secrets.token_hex(8)}")
         try:
             return os.open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, mode), name
         except OSError as exc:
