@@ -90,6 +90,9 @@ def advertised_url(config: NodeConfig, bound_port: int) -> str:
 
 #: Seconds a locality answer is reused for tasks with the same input.
 LOCALITY_TTL = 5.0
+#: Inputs smaller than this are not asked about: a peer fetches them in less time than
+#: asking every peer takes (a round trip that would hold up the job's first placement).
+LOCALITY_MIN_BYTES = 1 << 20
 #: Most file blobs of an input a locality probe asks peers about.
 LOCALITY_MAX_FILES = 10_000
 
@@ -185,7 +188,8 @@ class Peering:
 
     async def locality(self, root: Digest, store: LocalStore) -> dict[str, int]:
         """How many bytes of snapshot ``root``'s files each live peer (by URL) and this node (by
-        id) already hold: one find-missing request per peer, concurrently, cached a few seconds."""
+        id) already hold: one find-missing request per peer, concurrently, cached a few seconds.
+        Peers are not asked about inputs under LOCALITY_MIN_BYTES."""
         now = time.monotonic()
         cached = self._locality.get(root)
         if cached is not None and now - cached[0] < LOCALITY_TTL:
@@ -193,7 +197,7 @@ class Peering:
         files = _file_blobs(store, root)
         total = sum(d.size for d in files)
         found = {self.node_id: total - sum(d.size for d in store.find_missing(files))}
-        if files and self.client is not None:
+        if total >= LOCALITY_MIN_BYTES and self.client is not None:
 
             async def ask(url: str) -> None:
                 try:
