@@ -1,4 +1,5 @@
-"""Ingest that stores files and nodes with worker processes stores what one process stores.
+"""Ingest that stores files and nodes with worker processes stores what one process stores,
+and planning that hashes with them gives the same id.
 
 Workers only fork in a process that runs one thread (mesh.cas.forkmap), so the test
 runs its script in a fresh interpreter, with the threshold lowered so that a small
@@ -55,6 +56,12 @@ with LocalStore(base + "/forked") as store:
     cache = StatCache.for_tree(base + "/home", tree, store.root, store.epoch(), now_ns=lambda: 1 << 62)
     assert ingest(store, tree, cache=cache, workers=2) == forked
     assert cache.statistics().misses == 0 and store.statistics().blobs_written == 0
+# Planning (mesh exec's hashing, no store) shares the forked path.
+from mesh.cas.plan import plan_tree
+calls.clear()
+plan = plan_tree(tree, progress=progress, workers=2)
+assert plan.root == forked, (plan.root, forked)
+assert calls and calls[-1][0] == calls[-1][1] == 12 * 40, calls[-1:]
 print(forked_stats.blobs_written, forked_stats.blobs_already_present)
 """
 

@@ -156,7 +156,7 @@ def _hash_files(
     pending: list[PendingFile], cache: StatCache | None, progress: Progress | None, workers: int
 ) -> list[Digest]:
     """Hash every pending file, in parallel batches; record each in the cache."""
-    return digest_files(pending, _hash_file, cache, progress, workers)
+    return digest_files(pending, _hash_file, cache, progress, workers, processes=True)
 
 
 def _hash_file(path: bytes) -> Digest:

@@ -161,9 +161,7 @@ def _store_files(
         except OSError as exc:
             raise SnapshotError(f"cannot read {os.fsdecode(path)}: {exc.strerror}") from None
 
-    if workers > 1 and len(pending) >= FORK_MIN_BLOBS and can_fork():
-        return _store_forked(store, pending, put, cache, progress, workers)
-    return digest_files(pending, put, cache, progress, workers)
+    return digest_files(pending, put, cache, progress, workers, processes=True, store=store)
 
 
 def _store_nodes(store: LocalStore, nodes: list[bytes], workers: int) -> None:
@@ -183,29 +181,31 @@ def _put_batch(store: LocalStore, batch: list[bytes]) -> tuple[int, StoreStatist
     return os.getpid(), _since(before, store.statistics())
 
 
-def _store_forked(
-    store: LocalStore,
+def _digest_forked(
     pending: list[PendingFile],
-    put: Callable[[bytes], Digest],
+    digest_of: Callable[[bytes], Digest],
     cache: StatCache | None,
     progress: Progress | None,
     workers: int,
+    store: LocalStore | None,
 ) -> list[Digest]:
-    """Put every pending file in the store with worker processes; record each in the cache.
+    """``digest_of`` every pending file with worker processes; record each in the cache.
 
-    Creating the blob files is most of a cold ingest (the kernel's work), and the
-    kernel does it on every core at once for processes, which threads sharing one
-    GIL did not reach. The workers' writes are added to ``store``'s counters.
+    The per-file work is Python holding the GIL plus the kernel's (making blob files on
+    ingest), and both run on every core at once for processes, which threads sharing one
+    GIL did not reach. Writes the workers make into ``store`` are added to its counters.
     """
     now_ns = cache.now_ns if cache is not None else (lambda: 0)
     starts = range(0, len(pending), _BATCH)
 
-    def batch(start: int) -> tuple[list[tuple[Digest, int]], tuple[int, StoreStatistics]]:
-        before = store.statistics()
+    def batch(start: int) -> tuple[list[tuple[Digest, int]], tuple[int, StoreStatistics] | None]:
+        before = store.statistics() if store is not None else None
         done = []
         for item in pending[start : start + _BATCH]:
             started = now_ns()
-            done.append((put(item.path), started))
+            done.append((digest_of(item.path), started))
+        if store is None or before is None:
+            return done, None
         return done, (os.getpid(), _since(before, store.statistics()))
 
     on_done = None
@@ -220,7 +220,8 @@ def _store_forked(
             progress(counted[0], len(pending), counted[1], total_bytes)
 
     results = fork_map(batch, starts, workers, child_init=single_threaded, on_done=on_done)
-    _count_workers_writes(store, [writes for _, writes in results])
+    if store is not None:
+        _count_workers_writes(store, [writes for _, writes in results if writes is not None])
     digests: list[Digest] = []
     for done, _ in results:
         for digest, started in done:
@@ -253,13 +254,20 @@ def digest_files(
     cache: StatCache | None,
     progress: Progress | None,
     workers: int,
+    *,
+    processes: bool = False,
+    store: LocalStore | None = None,
 ) -> list[Digest]:
     """``digest_of(path)`` for every pending file, in parallel batches, in order; record each in the cache.
 
     Shared by ingest (which stores each file) and mesh.cas.plan (which only hashes).
+    ``processes``: many files are done by forked workers where that is safe (see
+    :func:`_digest_forked`); ``store`` is the store ``digest_of`` writes to, if any.
     """
     if not pending:
         return []
+    if processes and workers > 1 and len(pending) >= FORK_MIN_BLOBS and can_fork():
+        return _digest_forked(pending, digest_of, cache, progress, workers, store)
     now_ns = cache.now_ns if cache is not None else (lambda: 0)
 
     def batch(start: int) -> list[tuple[Digest, int]]:
