@@ -21,8 +21,6 @@ written once at the end, so a child never blocks on a reader who is busy working
 from __future__ import annotations
 
 import os
-import pickle
-import signal
 import struct
 import threading
 from collections.abc import Callable, Sequence
@@ -71,6 +69,8 @@ def fork_map(
             if on_done is not None:
                 on_done(i)
         return results
+
+    import signal  # here, not at import: the CLI's quick paths never fork and need not load it
 
     queue_r, queue_w = os.pipe()
     queue = _Queue(queue_r, queue_w, n)
@@ -243,6 +243,9 @@ def _child(
     child_init: Callable[[], None] | None,
     parent: int,
 ) -> None:  # pragma: no cover - covered through fork_map, in the child
+    import pickle
+    import signal
+
     code = 0
     try:
         _die_with_parent(parent)
@@ -275,6 +278,7 @@ def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the chi
     once more afterwards: the parent may have died before the request was made.
     """
     import ctypes  # here, not at import: only workers pay for it
+    import signal
 
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -284,6 +288,8 @@ def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the chi
 
 def _collect(out: int) -> dict[int, tuple[bool, object]]:
     """Read back what a child wrote to its memory file."""
+    import pickle  # here, not at import, like signal in fork_map
+
     try:
         size = os.fstat(out).st_size
         data = os.pread(out, size, 0) if size else b""
