@@ -29,7 +29,7 @@ from mesh.cas.nogc import gc_paused
 from mesh.cas.statcache import StatCache
 from mesh.cas.store import LocalStore, StoreStatistics
 from mesh.cas.tree import Entry, Kind, check_name, decode_node, encode_node
-from mesh.cas.walk import DirNode, Ignore, PendingFile, children_reused, walk_tree
+from mesh.cas.walk import DirNode, Ignore, PendingFile, reusable, walk_tree
 from mesh.errors import InvalidTree, PathNotFound, SnapshotError
 
 #: Threads that store files during ingest (and write them during checkout).
@@ -102,7 +102,7 @@ def _ingest(
 
     nodes: list[bytes] = []  # the directory nodes to store, once all are known
     for node in reversed(order):  # children before their parents
-        if node.cached is not None and not node.changed and children_reused(node):
+        if reusable(node):
             node.digest, node.reused = node.cached, True
             continue
         node.rows.sort(key=lambda row: row[0])

@@ -208,7 +208,7 @@ def _walk_subtree(
     usage = cache.take_usage()
     cache.add_usage(before)
     for node in reversed(order):  # children before their parents
-        if node.cached is not None and not node.changed and children_reused(node):
+        if reusable(node):
             node.digest, node.reused = node.cached, True
     if top.reused:
         return [], [], top.digest, usage
@@ -218,6 +218,12 @@ def _walk_subtree(
     return kept, pending, None, usage
 
 
-def children_reused(node: DirNode) -> bool:
-    """Whether every subdirectory of ``node`` kept its cached node (Digest rows already did)."""
-    return all(value.reused for _, kind, value in node.rows if isinstance(value, DirNode))
+def reusable(node: DirNode) -> bool:
+    """Whether the node the stat cache offers for ``node`` still holds: the directory's own
+    stat is unchanged, no file in it needs reading, and every subdirectory kept its node
+    (rows that are already a Digest did). Its subdirectories must be decided first."""
+    return (
+        node.cached is not None
+        and not node.changed
+        and all(value.reused for _, _, value in node.rows if isinstance(value, DirNode))
+    )
