@@ -550,6 +550,8 @@ def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             state = f.read().rsplit(b")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return not os.path.isdir("/proc/self")  # gone since the kill(0), if there is a /proc
     except (OSError, IndexError):
         return True  # no /proc to ask: assume it lives
     return state not in (b"Z", b"X")
