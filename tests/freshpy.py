@@ -1,8 +1,9 @@
-"""Run a test script in a fresh interpreter.
+"""Control over how many threads a test runs beside: a fresh interpreter, or one more thread.
 
-Code that forks (mesh.cas.forkmap) only does so in a process running one thread,
-and a pytest process may hold threads other tests left (trio's thread cache, say);
-tests of the forking paths therefore run their script in a new interpreter.
+Code that forks (mesh.cas.forkmap) or pauses the collector (mesh.cas.nogc) only does
+so in a process running one thread, and a pytest process may hold threads other tests
+left (trio's thread cache, say): tests of those paths run their script in a new
+interpreter, and tests of the fallback run with one more thread alive.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,3 +33,16 @@ def run_fresh(source: str, tmp_path: Path) -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+@contextmanager
+def another_thread() -> Iterator[None]:
+    """Run the block while a second thread of this process is alive (so nothing may fork)."""
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:
+        yield
+    finally:
+        release.set()
+        other.join()

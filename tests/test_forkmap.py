@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import textwrap
-import threading
 from pathlib import Path
 
 import pytest
 
 from mesh.cas.forkmap import fork_map
-from tests.freshpy import run_fresh
+from tests.freshpy import another_thread, run_fresh
 
 
 def run_script(body: str, tmp_path: Path) -> str:
@@ -133,14 +132,8 @@ print("ok")
 
 
 def test_runs_in_process_while_other_threads_exist() -> None:
-    release = threading.Event()
-    other = threading.Thread(target=release.wait)
-    other.start()
-    try:
+    with another_thread():
         pids = fork_map(lambda _: os.getpid(), list(range(20)), 4)
-    finally:
-        release.set()
-        other.join()
     assert set(pids) == {os.getpid()}
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import gc
 import textwrap
-import threading
 from pathlib import Path
 
 from mesh.cas.nogc import gc_paused
-from tests.freshpy import run_fresh
+from tests.freshpy import another_thread, run_fresh
 
 
 def test_paused_inside_and_back_on_after_even_on_error(tmp_path: Path) -> None:
@@ -37,12 +36,5 @@ def test_paused_inside_and_back_on_after_even_on_error(tmp_path: Path) -> None:
 
 
 def test_left_alone_while_other_threads_run() -> None:
-    release = threading.Event()
-    other = threading.Thread(target=release.wait)
-    other.start()
-    try:
-        with gc_paused():
-            assert gc.isenabled()
-    finally:
-        release.set()
-        other.join()
+    with another_thread(), gc_paused():
+        assert gc.isenabled()
