@@ -31,6 +31,7 @@ from mesh.config import NodeConfig
 from mesh.errors import MeshError, NodeBusy
 from mesh.exec.process import Executor, ProcessExecutor
 from mesh.exec.runner import Runner
+from mesh.exec.workpool import KEEP_DIRS, WorkdirPool
 from mesh.peering import Peering, advertised_url, capabilities
 from mesh.sched.scheduler import Scheduler
 from mesh.sched.statedb import StateDB, state_path
@@ -161,6 +162,7 @@ class Node:
             workroot=os.path.join(home, "work"),
             node_id=self.node_id,
             executors=self._local_executors(),
+            workdirs=WorkdirPool(dirs=max(KEEP_DIRS, 2 * self.config.slots)),
         )
         runner.remove_leftovers()  # task directories of tasks a crash interrupted
         self.peering = Peering(
@@ -254,7 +256,7 @@ class Node:
         return {"slots": stats.slots, "busy": stats.busy, "queued": stats.queued}
 
     def _close(self) -> None:
-        for closer in (getattr(self, "db", None), getattr(self, "store", None)):
+        for closer in (getattr(self, "runner", None), getattr(self, "db", None), getattr(self, "store", None)):
             if closer is not None:
                 closer.close()
         if self._lock_fd is not None:

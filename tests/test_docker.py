@@ -24,6 +24,7 @@ from mesh.exec.engine import Demux, Engine, socket_path, valid_reference
 from mesh.exec.runner import Limits, Runner
 from tests import treeutil
 from tests.podmanutil import IMAGE
+from tests.runnerutil import check_workroot
 from tests.test_runner import Recorder, listing, wait_for
 
 INPUT: treeutil.Tree = {
@@ -52,7 +53,8 @@ async def engine(docker_host: str) -> AsyncIterator[Engine]:
 def workroot(tmp_path: Path) -> Iterator[Path]:
     root = tmp_path / "work"
     yield root
-    assert not root.exists() or os.listdir(root) == [], "a task directory was left behind"
+    check_workroot(root, _RUNNERS)
+    _RUNNERS.clear()
 
 
 def make_executor(docker_host: str, **kwargs: object) -> DockerExecutor:
@@ -61,8 +63,14 @@ def make_executor(docker_host: str, **kwargs: object) -> DockerExecutor:
     return DockerExecutor(docker_host, drain_grace=2.0, cleanup_timeout=15.0, **options)  # type: ignore[arg-type]
 
 
+#: Runners made by the current test (make_runner), checked by the workroot fixture.
+_RUNNERS: list[Runner] = []
+
+
 def make_runner(store: LocalStore, workroot: Path, executor: DockerExecutor, limits: Limits | None = None) -> Runner:
-    return Runner(store, workroot=workroot, node_id="node-a", executors={"docker": executor}, limits=limits or Limits())
+    made = Runner(store, workroot=workroot, node_id="node-a", executors={"docker": executor}, limits=limits or Limits())
+    _RUNNERS.append(made)
+    return made
 
 
 @pytest.fixture

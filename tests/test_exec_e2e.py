@@ -343,6 +343,21 @@ def test_sigterm_stops_the_node_cleanly(home: Path) -> None:
     assert process.stop() == 0
 
 
+def test_task_directories_are_reused_and_removed_at_shutdown(home: Path, tree: Path) -> None:
+    """A second task with the same input runs in the first one's directory (no checkout),
+    which /metrics counts; a node that stops leaves no task directory behind."""
+    node = NodeProcess(str(home)).start()
+    process = ("--executor", "process", "--no-cache", "-C", str(tree), "--")
+    for _ in range(2):
+        assert node.mesh("exec", *process, "cat", "a.txt").stdout == b"alpha\n"
+    metrics = httpx.get(node.url + "/metrics", trust_env=False).text
+    assert "mesh_task_dirs_reused_total 1\n" in metrics, metrics
+    assert "mesh_task_dirs_idle 1\n" in metrics
+    assert len(os.listdir(home / "work")) == 1
+    assert node.stop() == 0
+    assert os.listdir(home / "work") == []
+
+
 def test_remote_node_gets_only_missing_blobs_uploaded(node: NodeProcess, tree: Path, tmp_path: Path) -> None:
     """A client with its own store uploads the tree from its files; a second run uploads nothing new."""
     client_home = tmp_path / "client-home"

@@ -97,7 +97,8 @@ async def test_every_executor_gives_the_process_executors_results(
         assert results[executor_name] == results["process"], what
         if what == "outputs and both streams":
             assert results["process"][0] == 3 and results["process"][4] == b"out\n"
-    for name in runners:
+    for name, runner in runners.items():
+        runner.close()  # the directories kept for reuse go too
         assert os.listdir(tmp_path / ("w1" if name == "process" else "w2")) == []
 
 

@@ -1,7 +1,8 @@
 """The runner and the process executor, with real processes and a real store.
 
-Every test checks at the end that the workroot is empty: whatever happened, the
-task directory is gone. Waiting is always for a condition with a deadline.
+Every test checks at the end that the workroot holds no task directory but those its
+runner keeps for reuse (mesh.exec.workpool): whatever happened, every other task
+directory is gone. Waiting is always for a condition with a deadline.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from mesh.errors import BlobNotFound, UnknownExecutor
 from mesh.exec.action import BASE_ENV, Action, ActionResult
 from mesh.exec.process import ProcessExecutor
 from mesh.exec.runner import Limits, Runner, RunnerStatistics, remove_tree
+from mesh.exec.workpool import PoolStatistics, WorkdirPool
 from tests import treeutil
+from tests.runnerutil import check_workroot
 
 INPUT: treeutil.Tree = {
     b"a.txt": ("file", b"alpha\n", False),
@@ -40,11 +43,16 @@ def snap(store: LocalStore, tmp_path: Path) -> Digest:
     return treeutil.stored(store, tmp_path, INPUT)
 
 
+#: Runners made by the current test (make_runner), closed by the workroot fixture.
+_RUNNERS: list[Runner] = []
+
+
 @pytest.fixture
 def workroot(tmp_path: Path) -> Iterator[Path]:
     root = tmp_path / "work"
     yield root
-    assert not root.exists() or os.listdir(root) == [], "a task directory was left behind"
+    check_workroot(root, _RUNNERS)
+    _RUNNERS.clear()
 
 
 @pytest.fixture
@@ -52,11 +60,24 @@ def runner(store: LocalStore, workroot: Path) -> Runner:
     return make_runner(store, workroot)
 
 
-def make_runner(store: LocalStore, workroot: Path, limits: Limits | None = None, term_grace: float = 0.5) -> Runner:
+def make_runner(
+    store: LocalStore,
+    workroot: Path,
+    limits: Limits | None = None,
+    term_grace: float = 0.5,
+    workdirs: WorkdirPool | None = None,
+) -> Runner:
     executor = ProcessExecutor(term_grace=term_grace, drain_grace=0.5)
-    return Runner(
-        store, workroot=workroot, node_id="node-a", executors={"process": executor}, limits=limits or Limits()
+    made = Runner(
+        store,
+        workroot=workroot,
+        node_id="node-a",
+        executors={"process": executor},
+        limits=limits or Limits(),
+        workdirs=workdirs,
     )
+    _RUNNERS.append(made)
+    return made
 
 
 def sh(script: str, snap: Digest, **kwargs: object) -> Action:
@@ -259,7 +280,8 @@ async def test_output_is_live_and_cancellation_reaches_a_silent_task_at_once(
             nursery.cancel_scope.cancel()
             cancelled_at = trio.current_time()
     assert trio.current_time() - cancelled_at < 5
-    assert runner.statistics() == RunnerStatistics(running=0, finished=1)
+    # a cancelled task's directory is removed, never kept
+    assert runner.statistics() == RunnerStatistics(running=0, finished=1, workdirs=PoolStatistics(0, 0, 0, 0))
     pid = int(recorder.text())
     await wait_for(lambda: gone(pid))
 

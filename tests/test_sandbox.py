@@ -37,6 +37,7 @@ from mesh.exec.runner import Limits, Runner, remove_tree
 from mesh.exec.sandbox import NOBODY, NOGROUP, SandboxExecutor, SandboxLimits, sandbox_unavailable
 from tests import treeutil
 from tests.nodeutil import host_processes
+from tests.runnerutil import check_workroot
 from tests.test_runner import INPUT, Recorder, listing, wait_for
 
 UNAVAILABLE = sandbox_unavailable()
@@ -63,7 +64,11 @@ class Node:
         assert report.clean and report.problems == [], report.problems
         for digest in reachable(self.store, self.snap):
             self.store.get(digest)  # verifies
-        assert os.listdir(self.runner.workroot) == [], "a task directory was left behind"
+        check_workroot(Path(self.runner.workroot), _RUNNERS)
+
+
+#: Runners made by the current test (make_runner), checked when its node fixture ends.
+_RUNNERS: list[Runner] = []
 
 
 def make_runner(
@@ -76,6 +81,7 @@ def make_runner(
     runner = Runner(
         store, workroot=home / "work", node_id="node-s", executors=executors, limits=Limits(stream_bytes=stream_bytes)
     )
+    _RUNNERS.append(runner)
     return runner, sandbox
 
 
@@ -102,7 +108,8 @@ def node(tmp_path: Path) -> Iterator[Node]:
             snap = ingest(store, src)
             runner, sandbox = make_runner(store, home, other_key)
             yield Node(top, home, key, other_key, store, runner, sandbox, snap)
-            assert os.listdir(runner.workroot) == [], "a task directory was left behind"
+            check_workroot(Path(runner.workroot), _RUNNERS)
+            _RUNNERS.clear()
     finally:
         remove_tree(str(top))
 

@@ -70,6 +70,14 @@ def exposition(node: Node) -> str:
         "Jobs in the state database, by state.",
         [({"state": state}, count) for state, count in sorted(node.db.count_jobs().items())],
     )
+    workdirs = node.runner.workdirs.statistics()
+    out.metric(
+        "mesh_task_dirs_reused_total",
+        "counter",
+        "Tasks that ran in a task directory kept from an earlier task with the same input (no checkout).",
+        [({}, workdirs.reused)],
+    )
+    out.metric("mesh_task_dirs_idle", "gauge", "Task directories kept for reuse now.", [({}, workdirs.idle)])
     out.metric("mesh_store_blobs_written_total", "counter", "Blobs written to the store.", [({}, store.blobs_written)])
     out.metric("mesh_store_bytes_written_total", "counter", "Bytes written to the store.", [({}, store.bytes_written)])
     peers = node.peering.table.peers()

@@ -14,8 +14,11 @@ sandbox gives the directories, not the files, to the uid its task runs as),
 then runs the command through the executor with ``env = BASE_ENV + HOME +
 TMPDIR + action.env`` in ``work/<action.cwd>``, writes stdout and stderr into
 the CAS as they come (and passes them to a follower), snapshots the outputs,
-and removes the whole task directory: always, also when the task made parts of
-it read-only, when it failed, and when the run was cancelled.
+and removes the whole task directory: also when the task made parts of it
+read-only, when it failed, and when the run was cancelled. The one exception:
+a copy-mode checkout the task left intact (what it added aside) is kept for the
+next task with the same input, which then skips the checkout
+(:mod:`mesh.exec.workpool`); ``close()`` removes those.
 
 What the *task* did wrong ends in the result's ``error`` (a cwd that is not a
 directory, a command that cannot be started, an output over its limit);
@@ -48,9 +51,9 @@ import stat
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from mesh.cas.checkout import Mode, checkout
+from mesh.cas.checkout import checkout
 from mesh.cas.digest import Digest
 from mesh.cas.snapshot import ingest, resolve
 from mesh.cas.store import BlobWriter, LocalStore
@@ -60,6 +63,7 @@ from mesh.exec import hop
 from mesh.exec.action import BASE_ENV, Action, ActionResult
 from mesh.exec.process import Command, Executor, ExitStatus
 from mesh.exec.reaper import MARKER, kill_task_processes
+from mesh.exec.workpool import Manifest, PoolStatistics, Verdict, WorkdirPool
 
 OutputFollower = Callable[[str, bytes], Awaitable[None]]
 """``await on_output(stream, chunk)``: live output for whoever follows the task."""
@@ -96,6 +100,7 @@ class RunnerStatistics:
 
     running: int
     finished: int
+    workdirs: PoolStatistics  # task directories kept and reused (mesh.exec.workpool)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,12 +112,27 @@ class _TaskDir:
     home: str
     tmp: str
     out: str
+    manifest: Manifest | None = None  # set when the directory may be kept for reuse
+
+    @classmethod
+    def at(cls, root: str, manifest: Manifest | None = None) -> _TaskDir:
+        join = os.path.join
+        return cls(
+            root,
+            join(root, "work"),
+            home=join(root, "tmp"),
+            tmp=join(root, "tmp"),
+            out=join(root, "out"),
+            manifest=manifest,
+        )
 
 
 class Runner:
     """Runs actions on this node. Owns its workroot: every ``task-*`` in it is a task's.
 
-    ``executors`` maps an action's executor name to the executor that serves it.
+    ``executors`` maps an action's executor name to the executor that serves it;
+    ``workdirs`` keeps finished tasks' directories for the next task with the same
+    input (:mod:`mesh.exec.workpool`; ``WorkdirPool(dirs=0)`` keeps none).
     """
 
     def __init__(
@@ -123,12 +143,14 @@ class Runner:
         node_id: str,
         executors: Mapping[str, Executor],
         limits: Limits = DEFAULT_LIMITS,
+        workdirs: WorkdirPool | None = None,
     ) -> None:
         self.store = store
         self.workroot = os.path.abspath(os.fspath(workroot))
         self.node_id = node_id
         self.executors = dict(executors)
         self.limits = limits
+        self.workdirs = WorkdirPool() if workdirs is None else workdirs
         os.makedirs(self.workroot, mode=0o700, exist_ok=True)
         self._empty = store.put(b"")
         self._running = 0
@@ -139,7 +161,12 @@ class Runner:
 
     def statistics(self) -> RunnerStatistics:
         """Tasks running now and finished so far (whatever their outcome)."""
-        return RunnerStatistics(self._running, self._finished)
+        return RunnerStatistics(self._running, self._finished, self.workdirs.statistics())
+
+    def close(self) -> None:
+        """Remove the task directories kept for reuse (blocking); call when no task runs."""
+        for root in self.workdirs.drain():
+            remove_tree(root)
 
     def remove_leftovers(self) -> int:
         """Remove task directories left by a node that died mid-task; returns how many.
@@ -182,8 +209,9 @@ class Runner:
         forward = None if follower is None else functools.partial(line.call, follower)
         streams = _Streams(self.store, self.limits.stream_bytes, forward)
         task: _TaskDir | None = None
+        keep: Verdict | None = None
         try:
-            prepared = self._prepare(action, executor.checkout_mode)
+            prepared = self._prepare(action, executor)
             if isinstance(prepared, str):
                 return self._result(ExitStatus(NOT_STARTED), streams.commit(self._empty), None, started_at, prepared)
             task = prepared
@@ -208,16 +236,60 @@ class Runner:
                 digests = streams.commit(self._empty)
                 return self._result(ExitStatus(exc.exit_code), digests, None, started_at, str(exc))
             digests = streams.commit(self._empty)
-            output, capture_error = capture_outputs(
-                self.store, task.work, task.out, action.outputs, self.limits.output_bytes
-            )
+            keep, output, capture_error = self._capture(action, task)
             if self.store.statistics().blobs_written != written_before:
                 self.store.sync()
             return self._result(status, digests, output, started_at, streams.error or capture_error)
         finally:
             streams.abort()
             if task is not None:
-                remove_tree(task.root)
+                if keep is None or not self._keep(task, keep):
+                    remove_tree(task.root)
+
+    def _capture(self, action: Action, task: _TaskDir) -> tuple[Verdict | None, Digest | None, str | None]:
+        """Snapshot the outputs; also whether the task directory may be kept (a Verdict) or not (None).
+
+        A whole-workdir capture of a checkout the task left intact is the input
+        snapshot itself, and is not walked twice.
+        """
+        manifest = task.manifest
+        limit = self.limits.output_bytes
+        if manifest is None:
+            return None, *capture_outputs(self.store, task.work, task.out, action.outputs, limit)
+        if action.outputs is None:
+            verdict = manifest.verify(task.work)
+            if verdict is not None and not verdict.extras and manifest.bytes <= limit:
+                return verdict, action.input, None
+            return verdict, *capture_outputs(self.store, task.work, task.out, None, limit)
+        output, error = capture_outputs(self.store, task.work, task.out, action.outputs, limit)
+        return manifest.verify(task.work), output, error
+
+    def _keep(self, task: _TaskDir, verdict: Verdict) -> bool:
+        """Put the task directory back in the pool, its checkout as it was made; False if it cannot be.
+
+        Removes what the task added to the workdir, the staged outputs and what it left in
+        its HOME / TMPDIR, and checks that nothing else of the directory changed.
+        """
+        base = os.fsencode(task.work)
+        try:
+            for rel in verdict.extras:
+                path = os.fsdecode(base + b"/" + rel)
+                if stat.S_ISDIR(os.lstat(path).st_mode):
+                    remove_tree(path)
+                else:
+                    os.unlink(path)
+            remove_tree(task.out)
+            home = os.lstat(task.tmp)
+            if not _private_dir(home) or os.listdir(task.tmp):
+                remove_tree(task.tmp)
+                os.mkdir(task.tmp, 0o700)
+            if not _private_dir(os.lstat(task.root)) or sorted(os.listdir(task.root)) != ["tmp", "work"]:
+                return False
+        except OSError:
+            return False
+        for root in self.workdirs.keep(task.root, verdict.manifest):
+            remove_tree(root)
+        return True
 
     def _result(
         self,
@@ -242,27 +314,37 @@ class Runner:
 
     # -- blocking filesystem work (on the task's worker thread) -------------------
 
-    def _prepare(self, action: Action, mode: Mode) -> _TaskDir | str:
-        """Make the task directory and check the input out; or say why the task cannot start.
+    def _prepare(self, action: Action, executor: Executor) -> _TaskDir | str:
+        """A task directory with the input checked out; or why the task cannot start.
 
-        The checkout runs on the calling thread (``workers=1``): a task's input is
-        written by one thread, so the store's pool stays free for other tasks.
+        A directory kept from an earlier task with the same input is taken when there
+        is one. The checkout runs on the calling thread (``workers=1``): a task's input
+        is written by one thread, so the store's pool stays free for other tasks.
         """
         error = _check_cwd(self.store, action)
         if error is not None:
             return error
-        root = tempfile.mkdtemp(prefix=_TASK_PREFIX, dir=self.workroot)  # 0700
-        join = os.path.join
-        task = _TaskDir(
-            root, work=join(root, "work"), home=join(root, "tmp"), tmp=join(root, "tmp"), out=join(root, "out")
-        )
+        mode = executor.checkout_mode
+        reusable = mode == "copy" and not hasattr(executor, "prepare")
+        if reusable:
+            kept = self.workdirs.take(action.input)
+            if kept is not None:
+                return _TaskDir.at(*kept)
+        task = _TaskDir.at(tempfile.mkdtemp(prefix=_TASK_PREFIX, dir=self.workroot))  # 0700
         try:
             os.mkdir(task.tmp, 0o700)
-            checkout(self.store, action.input, task.work, mode=mode, workers=1)
+            checked_out = checkout(self.store, action.input, task.work, mode=mode, workers=1)
+            if reusable and self.workdirs.fits(checked_out.bytes):
+                task = replace(task, manifest=Manifest.record(self.store, action.input, task.work))
         except BaseException:
-            remove_tree(root)
+            remove_tree(task.root)
             raise
         return task
+
+
+def _private_dir(st: os.stat_result) -> bool:
+    """A directory of the node's user, mode 0700: what a task directory and its HOME are made as."""
+    return stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.geteuid()
 
 
 def _environment(action: Action, task: _TaskDir) -> dict[str, str]:

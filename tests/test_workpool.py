@@ -1,0 +1,168 @@
+"""Task directories kept for reuse (mesh.exec.workpool): a reused checkout is exactly a fresh one.
+
+Runs real tasks through a Runner with the process executor. Each test that changes
+the workdir checks both sides: the directory is not kept (or is repaired), and the next
+task with the same input sees the snapshot's tree and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from mesh.cas.digest import Digest
+from mesh.cas.fsck import fsck
+from mesh.cas.store import LocalStore
+from mesh.exec.runner import Runner
+from mesh.exec.workpool import Manifest, WorkdirPool
+from tests.test_runner import INPUT, listing, make_runner, runner, sh, snap, workroot  # noqa: F401 (fixtures)
+
+#: What a task sees of its input: every path with its mode and content (files hashed by cat).
+SHOW = "find . -exec ls -ld {} + | awk '{print $1, $NF}' | sort; cat a.txt d/f bin/tool; ls -A \"$HOME\""
+
+
+async def show(runner: Runner, snap: Digest) -> bytes:  # noqa: F811
+    result = await runner.run(sh(SHOW, snap))
+    assert result.exit_code == 0, runner.store.get(result.stderr)
+    return runner.store.get(result.stdout)
+
+
+async def test_a_task_that_changes_nothing_leaves_its_directory_to_the_next(runner: Runner, snap: Digest) -> None:  # noqa: F811
+    first = await runner.run(sh("true", snap))
+    assert first.output == snap  # the intact workdir is the input itself, not walked twice
+    assert runner.workdirs.statistics().idle == 1
+    second = await runner.run(sh("cat a.txt", snap))
+    assert runner.store.get(second.stdout) == b"alpha\n"
+    assert second.output == snap
+    stats = runner.workdirs.statistics()
+    assert (stats.reused, stats.kept, stats.idle) == (1, 2, 1)
+
+
+async def test_what_a_reused_directory_shows_a_task_is_what_a_fresh_one_shows(
+    store: LocalStore,
+    snap: Digest,  # noqa: F811
+    workroot: Path,  # noqa: F811
+) -> None:
+    fresh = make_runner(store, workroot, workdirs=WorkdirPool(dirs=0))
+    pooled = make_runner(store, workroot)
+    expected = await show(fresh, snap)
+    assert await show(pooled, snap) == expected
+    assert await show(pooled, snap) == expected
+    assert pooled.workdirs.statistics().reused == 1
+    assert fresh.workdirs.statistics().kept == 0
+
+
+CHANGES = {
+    "rewrite a file, same size": "printf 'ALPHA\\n' > a.txt",
+    "append to a file": "echo more >> d/f",
+    "chmod a file": "chmod 600 a.txt",
+    "make a file executable": "chmod +x a.txt",
+    "chmod a directory": "chmod 700 d",
+    "delete a file": "rm d/f",
+    "replace a file by a symlink": "rm a.txt && ln -s d/f a.txt",
+    "retarget the symlink": "rm link && ln -s d/f link",
+    "hardlink an input elsewhere": "ln d/big ../tmp/big-again",
+    "touch a file": "touch a.txt",
+    "replace a directory by a file": "rm -r bin && echo x > bin",
+    "rename within a directory": "mv d/f d/g && mv d/g d/f",
+}
+
+
+@pytest.mark.parametrize("change", CHANGES.values(), ids=CHANGES.keys())
+async def test_a_changed_checkout_is_not_kept_and_the_next_task_sees_the_snapshot(
+    store: LocalStore,
+    snap: Digest,  # noqa: F811
+    workroot: Path,  # noqa: F811
+    change: str,
+) -> None:
+    runner = make_runner(store, workroot)  # noqa: F811
+    expected = await show(make_runner(store, workroot, workdirs=WorkdirPool(dirs=0)), snap)
+    await show(runner, snap)  # a kept directory to change
+    assert runner.workdirs.statistics().idle == 1
+    result = await runner.run(sh(change, snap))
+    assert result.exit_code == 0, store.get(result.stderr)
+    stats = runner.workdirs.statistics()
+    assert (stats.reused, stats.idle) == (1, 0), "a changed checkout must not be kept"
+    assert await show(runner, snap) == expected
+    report = fsck(store)
+    assert report.clean, report.problems
+
+
+async def test_what_a_task_adds_is_removed_and_the_directory_kept(runner: Runner, snap: Digest) -> None:  # noqa: F811
+    script = (
+        "mkdir -p out/deep && echo o > out/deep/o && chmod 500 out/deep out && echo n > d/new && "
+        'ln -s nowhere dangling && echo h > "$HOME/h" && mkdir "$TMPDIR/t"'
+    )
+    result = await runner.run(sh(script, snap))
+    assert result.exit_code == 0, runner.store.get(result.stderr)
+    captured = listing(runner.store, result.output)
+    assert captured["out/deep/o"] == b"o\n" and captured["d/new"] == b"n\n"
+    assert runner.workdirs.statistics().idle == 1
+    after = await runner.run(sh('ls -A . d; ls -A "$HOME" | wc -l', snap))
+    assert runner.store.get(after.stdout) == b".:\na.txt\nbin\nd\nlink\n\nd:\nbig\nf\n0\n"
+    assert runner.workdirs.statistics().reused == 1
+
+
+async def test_declared_outputs_leave_the_checkout_intact(runner: Runner, snap: Digest) -> None:  # noqa: F811
+    result = await runner.run(sh("mkdir o && cat a.txt > o/copy", snap, outputs=("o",)))
+    assert listing(runner.store, result.output) == {"o": "dir", "o/copy": b"alpha\n"}
+    assert runner.workdirs.statistics().idle == 1
+    again = await runner.run(sh("ls -A", snap, outputs=("o",)))
+    assert runner.store.get(again.stdout) == b"a.txt\nbin\nd\nlink\n"
+    assert runner.workdirs.statistics().reused == 1
+
+
+async def test_the_pool_keeps_at_most_its_directories_and_bytes(
+    store: LocalStore,
+    tmp_path: Path,
+    workroot: Path,  # noqa: F811
+) -> None:
+    from tests import treeutil
+
+    snaps = []
+    for i in range(3):
+        scratch = tmp_path / f"s{i}"
+        scratch.mkdir()
+        snaps.append(treeutil.stored(store, scratch, {b"f": ("file", b"x" * (i + 1), False)}))
+    runner = make_runner(store, workroot, workdirs=WorkdirPool(dirs=2, max_bytes=1 << 20))  # noqa: F811
+    for s in snaps:
+        await runner.run(sh("true", s))
+    stats = runner.workdirs.statistics()
+    assert (stats.idle, stats.kept, stats.evicted) == (2, 3, 1)
+    assert len(os.listdir(workroot)) == 2  # the evicted directory is gone
+    await runner.run(sh("true", snaps[0]))  # evicted: checked out afresh
+    assert runner.workdirs.statistics().reused == 0
+    big = make_runner(store, workroot, workdirs=WorkdirPool(max_bytes=1000))
+    await big.run(sh("true", snaps[2]))  # 3 bytes: kept
+    assert big.workdirs.statistics().idle == 1
+    bigger = make_runner(store, workroot, workdirs=WorkdirPool(max_bytes=100_000))
+    scratch = tmp_path / "large"
+    scratch.mkdir()
+    large = treeutil.stored(store, scratch, {b"f": ("file", os.urandom(200_000), False)})
+    await bigger.run(sh("true", large))
+    assert bigger.workdirs.statistics().idle == 0  # over the byte limit: never kept
+
+
+async def test_a_racily_clean_file_is_read_again(store: LocalStore, snap: Digest, tmp_path: Path) -> None:  # noqa: F811
+    from mesh.cas.checkout import checkout
+
+    work = tmp_path / "w"
+    checkout(store, snap, work)
+    manifest = Manifest.record(store, snap, str(work))
+    assert manifest.verify(str(work)) is not None
+    # A rewrite that the file's stat cannot show (as within one timestamp tick): the
+    # record is brought up to date, as if nothing had changed.
+    (work / "a.txt").write_bytes(b"ALPHA\n")
+    st = os.lstat(work / "a.txt")
+    entries = dict(manifest.entries)
+    old = entries[b"a.txt"]
+    entries[b"a.txt"] = replace(old, record=(*old.record[:4], st.st_size, st.st_nlink, st.st_mtime_ns, st.st_ctime_ns))
+    hidden = replace(manifest, entries=entries)
+    assert hidden.verify(str(work)) is None, "a recent change must be found by reading the file"
+    # Only once the change is older than the racy window may the stat alone be trusted.
+    later = replace(hidden, checked_at_ns=time.time_ns() + 3_000_000_000)
+    assert later.verify(str(work)) is not None
