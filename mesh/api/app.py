@@ -39,6 +39,7 @@ from mesh.api.metrics import metrics
 from mesh.api.wire import EVENTS_CBOR, NDJSON, frame, to_json
 from mesh.cas.digest import Digest
 from mesh.errors import MeshError
+from mesh.sched.events import PACE
 from mesh.sched.jobs import JOB_STATES, JobSpec, check_job_id, parse_job
 
 if TYPE_CHECKING:
@@ -169,7 +170,7 @@ def _event_stream(request: Request, job_id: str, start: int) -> Response:
 
     async def stream() -> AsyncIterator[bytes]:
         if log is not None:
-            async for batch in log.follow(start):
+            async for batch in log.follow(start, pace=PACE):
                 yield b"".join(encode(event) for event in batch)
             return
         # The node no longer holds this job's live log: summarise it from the database.

@@ -11,6 +11,7 @@ blob when the task finishes, which holds every byte.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -22,6 +23,8 @@ import trio
 MAX_RETAINED_OUTPUT = 32 << 20
 #: Finished jobs whose logs are kept in memory for late followers.
 RETAINED_FINISHED_JOBS = 64
+#: Seconds a follower lets pass between two batches while events come fast (see follow).
+PACE = 0.01
 
 
 class JobEvents:
@@ -31,6 +34,7 @@ class JobEvents:
         self.events: list[dict[str, Any]] = []
         self.closed = False
         self._grew = trio.Event()
+        self._closing = trio.Event()
         self._output_bytes = 0
         self._oldest_output = 0
 
@@ -45,6 +49,7 @@ class JobEvents:
             self._shed()
         if kind == "job_finished":
             self.closed = True
+            self._closing.set()
         self._grew.set()
         self._grew = trio.Event()
 
@@ -57,14 +62,27 @@ class JobEvents:
                 event["data"] = b""
                 event["dropped"] = True
 
-    async def follow(self, start: int = 0) -> AsyncIterator[list[dict[str, Any]]]:
+    async def follow(self, start: int = 0, *, pace: float = 0.0) -> AsyncIterator[list[dict[str, Any]]]:
         """Yield the events from ``start`` on, in batches of those already there, waiting for
-        new ones until the job finishes. (Batches let a follower send them in one write.)"""
+        new ones until the job finishes. (Batches let a follower send them in one write.)
+
+        ``pace`` > 0 gathers events that come fast: a batch comes at once when the last one
+        is ``pace`` seconds old or more, else when it is that old, or when the job finishes.
+        A busy job's stream then costs a write per ``pace`` rather than one per event (a
+        write to a socket costs 0.1-0.25 ms on the machines measured), and a quiet one
+        loses no time; the end of a job is never held back.
+        """
         seq = max(0, start)
+        last = -math.inf
         while True:
             if seq < len(self.events):
+                hold = last + pace - trio.current_time()
+                if hold > 0 and not self.closed:
+                    with trio.move_on_after(hold):
+                        await self._closing.wait()
                 batch = self.events[seq:]
                 seq += len(batch)
+                last = trio.current_time()
                 yield batch
             if self.closed and seq >= len(self.events):
                 return
