@@ -233,7 +233,7 @@ def test_an_idle_node_steals_queued_tasks_from_a_busy_peer(tmp_path: Path) -> No
     """a and b, one slot each. b is busy with a job of its own while a queues a job of four
     tasks (b looks full to a, so a keeps them). When b's own task ends, b asks a for queued
     tasks at once and runs them: both count it, and the results say b ran some. (With more
-    than twice the mesh's slots queued, a would rather hand b one task to hold until its slot
+    than twice the mesh's slots queued, a would rather hand b tasks to hold until its slot
     frees: mesh.sched.scheduler.PREFETCH.)"""
     a = NodeProcess(str(tmp_path / "a"), port=free_port(), slots=1)
     b = NodeProcess(str(tmp_path / "b"), slots=1, extra_args=["--peer", f"127.0.0.1:{a.port}"])

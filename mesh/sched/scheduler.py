@@ -63,10 +63,11 @@ STEAL_HOLD = 2.0
 #: remote task waits for its predecessor's result to reach the coordinator and a new
 #: offer to come back: 12-16 ms median between tasks in a peer's slot, 4-7 ms with it,
 #: against 3-4 ms in a local slot (bench/mesh.py part b). Only while the queue is long:
-#: near the end of a job a task held by a busy peer would wait while another node idles
-#: (measured: 2 or 4 held tasks per peer, or holding until the queue is shorter than the
-#: mesh's slots, all gave longer makespans than this).
-PREFETCH = 1
+#: near the end of a job a task held by a busy peer would wait while another node idles.
+#: Measured (bench/mesh.py part b, 3 x 4 slots, medians of 5 rounds, alternating): with
+#: 1 held task 2.216-2.218 s, with 2 2.199-2.200 s; 4 was no better than 2. (Before task
+#: directories were reused, when a peer's tasks cost it more CPU, 2 and 4 were slower than 1.)
+PREFETCH = 2
 
 
 class TaskRunner(Protocol):
