@@ -124,10 +124,14 @@ class Action:
         Requirements are part of it when there are any (as Bazel keys on the platform):
         a result made on any node must not answer an action that asked for a GPU node.
         """
-        key = self.to_wire(with_requirements=bool(self.requirements))
-        key["timeout"] = float(self.timeout)
-        key["v"] = 1
-        return Digest.of(codec.encode(key))
+        known: Digest | None = self.__dict__.get("_digest")
+        if known is None:
+            key = self.to_wire(with_requirements=bool(self.requirements))
+            key["timeout"] = float(self.timeout)
+            key["v"] = 1
+            known = Digest.of(codec.encode(key))
+            object.__setattr__(self, "_digest", known)  # an Action never changes: computed once
+        return known
 
     @classmethod
     def from_wire(cls, value: Any, what: str = "action") -> Action:
