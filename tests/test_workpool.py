@@ -92,6 +92,19 @@ async def test_a_changed_checkout_is_not_kept_and_the_next_task_sees_the_snapsho
     assert report.clean, report.problems
 
 
+async def test_an_input_the_store_lost_meanwhile_is_stored_again_by_the_capture(
+    runner: Runner,  # noqa: F811
+    snap: Digest,  # noqa: F811
+) -> None:
+    await runner.run(sh("true", snap))  # a kept checkout of snap
+    [root_blob] = [b for b in runner.store.iter_blobs() if b.hex == snap.hash.hex()]
+    runner.store.remove(root_blob)  # as an eviction would (it starts a new epoch)
+    assert not runner.store.has(snap)
+    result = await runner.run(sh("true", snap))
+    assert runner.workdirs.statistics().reused == 1
+    assert result.output == snap and runner.store.has(snap), "the output must be in the store"
+
+
 async def test_what_a_task_adds_is_removed_and_the_directory_kept(runner: Runner, snap: Digest) -> None:  # noqa: F811
     script = (
         "mkdir -p out/deep && echo o > out/deep/o && chmod 500 out/deep out && echo n > d/new && "
@@ -152,7 +165,7 @@ async def test_a_racily_clean_file_is_read_again(store: LocalStore, snap: Digest
 
     work = tmp_path / "w"
     checkout(store, snap, work)
-    manifest = Manifest.record(store, snap, str(work))
+    manifest = Manifest.record(store, snap, str(work), epoch=store.epoch())
     assert manifest.verify(str(work)) is not None
     # A rewrite that the file's stat cannot show (as within one timestamp tick): the
     # record is brought up to date, as if nothing had changed.

@@ -250,7 +250,8 @@ class Runner:
         """Snapshot the outputs; also whether the task directory may be kept (a Verdict) or not (None).
 
         A whole-workdir capture of a checkout the task left intact is the input
-        snapshot itself, and is not walked twice.
+        snapshot itself, and is not walked twice, unless the store removed blobs since
+        the snapshot was last known to be whole in it (then the walk stores them again).
         """
         manifest = task.manifest
         limit = self.limits.output_bytes
@@ -258,9 +259,15 @@ class Runner:
             return None, *capture_outputs(self.store, task.work, task.out, action.outputs, limit)
         if action.outputs is None:
             verdict = manifest.verify(task.work)
-            if verdict is not None and not verdict.extras and manifest.bytes <= limit:
+            if verdict is None:
+                return None, *capture_outputs(self.store, task.work, task.out, None, limit)
+            epoch = self.store.epoch()
+            if not verdict.extras and manifest.bytes <= limit and epoch == manifest.epoch:
                 return verdict, action.input, None
-            return verdict, *capture_outputs(self.store, task.work, task.out, None, limit)
+            output, error = capture_outputs(self.store, task.work, task.out, None, limit)
+            if output == action.input:  # walked and stored afresh: the input is whole in the store again
+                verdict = replace(verdict, manifest=replace(verdict.manifest, epoch=epoch))
+            return verdict, output, error
         output, error = capture_outputs(self.store, task.work, task.out, action.outputs, limit)
         return manifest.verify(task.work), output, error
 
@@ -333,9 +340,11 @@ class Runner:
         task = _TaskDir.at(tempfile.mkdtemp(prefix=_TASK_PREFIX, dir=self.workroot))  # 0700
         try:
             os.mkdir(task.tmp, 0o700)
+            epoch = self.store.epoch() if reusable else ""
             checked_out = checkout(self.store, action.input, task.work, mode=mode, workers=1)
             if reusable and self.workdirs.fits(checked_out.bytes):
-                task = replace(task, manifest=Manifest.record(self.store, action.input, task.work))
+                manifest = Manifest.record(self.store, action.input, task.work, epoch=epoch)
+                task = replace(task, manifest=manifest)
         except BaseException:
             remove_tree(task.root)
             raise

@@ -78,17 +78,21 @@ class Manifest:
 
     ``entries`` maps paths relative to the workdir (``b""`` is the workdir itself) to
     what was recorded; ``checked_at_ns`` is the moment the stats were last known to
-    describe the snapshot; ``bytes`` the total size of its files.
+    describe the snapshot; ``bytes`` the total size of its files; ``epoch`` the store's
+    epoch when the snapshot was last known to be whole in the store (blobs removed
+    since then, by eviction or fsck, may be among the snapshot's).
     """
 
     input: Digest
     entries: dict[bytes, _Entry]
     checked_at_ns: int
     bytes: int
+    epoch: str
 
     @classmethod
-    def record(cls, store: LocalStore, root: Digest, workdir: str) -> Manifest:
-        """Stat every entry of a fresh checkout of ``root`` at ``workdir``.
+    def record(cls, store: LocalStore, root: Digest, workdir: str, *, epoch: str) -> Manifest:
+        """Stat every entry of a fresh checkout of ``root`` at ``workdir``; ``epoch`` is the
+        store's epoch read before the checkout (which read every blob of the snapshot).
 
         Raises OSError if the workdir does not have the snapshot's entries (it was
         changed since the checkout), and what reading the snapshot's nodes raises.
@@ -113,7 +117,7 @@ class Manifest:
                 else:
                     entries[path] = _Entry(_file_record(st), entry.kind, digest=entry.blob)
                     total += st.st_size
-        return cls(root, entries, started, total)
+        return cls(root, entries, started, total, epoch)
 
     def verify(self, workdir: str) -> Verdict | None:
         """Whether the checkout at ``workdir`` is intact: a Verdict naming the extras, or None.
