@@ -11,8 +11,10 @@ default executor.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -224,6 +226,13 @@ def test_sigterm_within_grace_lets_the_running_task_finish(home: Path, tmp_path:
         node.kill()
 
 
+def _task_state(home: Path, job_id: str) -> str | None:
+    """The state.db row of the job's (one) task, read beside the running node (WAL allows it)."""
+    with contextlib.closing(sqlite3.connect(f"file:{home / 'state.db'}?mode=ro", uri=True, timeout=5)) as db:
+        row = db.execute("SELECT state FROM tasks WHERE job = ?", (job_id,)).fetchone()
+    return None if row is None else str(row[0])
+
+
 def test_sigkill_with_a_task_still_writing_then_restart(home: Path, tmp_path: Path) -> None:
     """After a SIGKILL the interrupted attempt must not keep running, nor keep the node from
     restarting; the job then completes on its second attempt."""
@@ -243,6 +252,9 @@ def test_sigkill_with_a_task_still_writing_then_restart(home: Path, tmp_path: Pa
             task = {"name": "busy", "argv": ["sh", "-c", script], "input": snapshot, "executor": "process"}
             job_id = client.submit({"tasks": [task]})["id"]
             wait_for(lambda: (marks / "first").exists(), timeout=30, what="the first attempt to start")
+        # The start is committed within MARK_DELAY (mesh.sched.statedb): the kill comes after it,
+        # so that the restart counts a second attempt.
+        wait_for(lambda: _task_state(home, job_id) == "running", timeout=10, what="the start to be committed")
         pid = int((marks / "first").read_text())
         node.kill()
 

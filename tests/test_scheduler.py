@@ -158,7 +158,7 @@ async def test_a_restarted_scheduler_resumes_interrupted_work(tmp_path: Path) ->
             job(t("a", ["ok", "a"]), t("b", ["hang", "b"], after=["a"]), t("c", ["ok", "c"], after=["b"]))
         )
         with trio.fail_after(5):
-            while scheduler.job_status(job_id)["tasks"][1]["state"] != "running":
+            while scheduler.job_status(job_id)["tasks"][1]["state"] != "running" or scheduler.db.marks_waiting:
                 await trio.sleep(0.001)
         nursery.cancel_scope.cancel()  # the node dies: b stays "running" in the database
 
@@ -172,6 +172,53 @@ async def test_a_restarted_scheduler_resumes_interrupted_work(tmp_path: Path) ->
         assert [argv[-1] for argv in fresh.ran] == ["b", "c"]  # a's result was kept, b ran again
         assert tasks["b"]["attempts"] == 2 and tasks["a"]["attempts"] == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_a_task_that_started_just_before_a_crash_runs_again(tmp_path: Path) -> None:
+    """A running mark younger than MARK_DELAY may be lost with the node: the task then resumes
+    as queued, with the attempt not counted, and runs again like an interrupted one."""
+    path = str(tmp_path / "state.db")
+    scheduler = Scheduler(StateDB(path), FakeRunner(), AllPresent(), node_id="n", slots=1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(scheduler.run)
+        job_id = scheduler.submit(job(t("a", ["hang", "a"])))
+        with trio.fail_after(5):
+            while scheduler.job_status(job_id)["tasks"][0]["state"] != "running":
+                await trio.sleep(0.001)
+        assert scheduler.db.marks_waiting
+        nursery.cancel_scope.cancel()  # dies within MARK_DELAY: the mark was never committed
+    fresh = FakeRunner()
+    fresh.release.set()
+    resumed = Scheduler(StateDB(path), fresh, AllPresent(), node_id="n", slots=1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(resumed.run)
+        status = await wait_state(resumed, job_id, "succeeded")
+        assert fresh.ran == [("hang", "a")]
+        assert status["tasks"][0]["attempts"] == 1
+        nursery.cancel_scope.cancel()
+
+
+def test_running_marks_are_written_by_the_next_commit_or_a_flush(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.db")
+    db = StateDB(path)
+    spec = job(t("a", ["ok", "a"]), t("b", ["ok", "b"]), t("c", ["ok", "c"]))
+    db.add_job("j", spec, {"a": "queued", "b": "queued", "c": "queued"})
+    a, b, c = db.tasks("j", spec)
+    for task in (a, b, c):
+        task.state, task.attempts = "running", 1
+        db.mark_running(task)
+    c.state = "succeeded"
+    db.set_task_state(c)  # a later write of the same task replaces its mark
+    assert [x.state for x in StateDB(path).tasks("j", spec)] == ["queued", "queued", "succeeded"]
+    with db.batch():
+        db.finish_job("j", "running")  # any commit takes the marks along
+    assert [x.state for x in StateDB(path).tasks("j", spec)] == ["running", "running", "succeeded"]
+    b.attempts = 2  # b started again
+    db.mark_running(b)
+    assert db.marks_waiting
+    db.flush()  # what the scheduler does when no other commit came within MARK_DELAY
+    assert not db.marks_waiting
+    assert [x.attempts for x in StateDB(path).tasks("j", spec)] == [1, 2, 1]
 
 
 class FakeRemote:

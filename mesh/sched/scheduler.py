@@ -52,6 +52,8 @@ OWN_COUNT_WINDOW = 2.0
 LOST_COOLDOWN = 10.0
 #: Finished jobs kept in memory, so status requests right after the end need no database read.
 RECENT_JOBS = 256
+#: Seconds a task's running mark may wait for another commit to take it along (StateDB.mark_running).
+MARK_DELAY = 0.1
 #: Seconds between an idle node's looks for a peer with queued tasks to steal from.
 STEAL_INTERVAL = 0.2
 #: Seconds a peer that had nothing to give is not asked again.
@@ -185,6 +187,7 @@ class Scheduler:
         self._offer_changed: dict[str, float] = {}  # peer url -> when an offer to it started or ended
         self._draining = False
         self._task_done = trio.Event()  # set (and replaced) whenever a running task ends
+        self._marked = trio.Event()  # set (and replaced) when a task's running mark waits for a commit
         self._nursery: trio.Nursery | None = None
         self._promised = 0  # offers stolen tasks are on their way here as
         self._promised_until = 0.0  # ... until this time (monotonic), when the promise lapses
@@ -199,6 +202,7 @@ class Scheduler:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self._resume()
+            nursery.start_soon(self._flush_marks)
             if self.remote is not None:
                 nursery.start_soon(self._steal_loop)
             task_status.started()
@@ -243,6 +247,15 @@ class Scheduler:
 
     def _wake(self) -> None:
         self._changed.set()
+
+    async def _flush_marks(self) -> None:
+        """Commit the running marks (StateDB.mark_running) that no other commit took along
+        within MARK_DELAY seconds of being made."""
+        while True:
+            await self._marked.wait()
+            self._marked = trio.Event()
+            await trio.sleep(MARK_DELAY)
+            self.db.flush()
 
     def _resume(self) -> None:
         """Load the jobs a previous run of this node left unfinished and carry on with them."""
@@ -475,7 +488,8 @@ class Scheduler:
         try:
             task.state, task.started_at, task.reason = "running", time.time(), None
             task.attempts += 1
-            self.db.set_task_state(task)
+            self.db.mark_running(task)  # committed with the next commit, or by _flush_marks
+            self._marked.set()
             extra = {"stolen": True} if stolen else {}
             live.events.emit("task_started", task=task.name, node=where or self.node_id, attempt=task.attempts, **extra)
 
