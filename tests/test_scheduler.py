@@ -148,6 +148,19 @@ async def test_cancel_kills_running_and_drops_waiting(tmp_path: Path) -> None:
         nursery.cancel_scope.cancel()
 
 
+async def run_restarted(path: str, job_id: str) -> tuple[dict[str, Any], list[tuple[str, ...]]]:
+    """Restart a scheduler on the database at ``path`` (tasks run at once); wait until the job
+    succeeds. Returns its status and the argv of every task the restarted one ran."""
+    fresh = FakeRunner()
+    fresh.release.set()
+    resumed = Scheduler(StateDB(path), fresh, AllPresent(), node_id="n", slots=1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(resumed.run)
+        status = await wait_state(resumed, job_id, "succeeded")
+        nursery.cancel_scope.cancel()
+    return status, fresh.ran
+
+
 async def test_a_restarted_scheduler_resumes_interrupted_work(tmp_path: Path) -> None:
     path = str(tmp_path / "state.db")
     runner = FakeRunner()
@@ -162,16 +175,10 @@ async def test_a_restarted_scheduler_resumes_interrupted_work(tmp_path: Path) ->
                 await trio.sleep(0.001)
         nursery.cancel_scope.cancel()  # the node dies: b stays "running" in the database
 
-    fresh = FakeRunner()
-    fresh.release.set()
-    resumed = Scheduler(StateDB(path), fresh, AllPresent(), node_id="n", slots=1)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(resumed.run)
-        status = await wait_state(resumed, job_id, "succeeded")
-        tasks = {x["name"]: x for x in status["tasks"]}
-        assert [argv[-1] for argv in fresh.ran] == ["b", "c"]  # a's result was kept, b ran again
-        assert tasks["b"]["attempts"] == 2 and tasks["a"]["attempts"] == 1
-        nursery.cancel_scope.cancel()
+    status, ran = await run_restarted(path, job_id)
+    tasks = {x["name"]: x for x in status["tasks"]}
+    assert [argv[-1] for argv in ran] == ["b", "c"]  # a's result was kept, b ran again
+    assert tasks["b"]["attempts"] == 2 and tasks["a"]["attempts"] == 1
 
 
 async def test_a_task_that_started_just_before_a_crash_runs_again(tmp_path: Path) -> None:
@@ -187,15 +194,9 @@ async def test_a_task_that_started_just_before_a_crash_runs_again(tmp_path: Path
                 await trio.sleep(0.001)
         assert scheduler.db.marks_waiting
         nursery.cancel_scope.cancel()  # dies within MARK_DELAY: the mark was never committed
-    fresh = FakeRunner()
-    fresh.release.set()
-    resumed = Scheduler(StateDB(path), fresh, AllPresent(), node_id="n", slots=1)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(resumed.run)
-        status = await wait_state(resumed, job_id, "succeeded")
-        assert fresh.ran == [("hang", "a")]
-        assert status["tasks"][0]["attempts"] == 1
-        nursery.cancel_scope.cancel()
+    status, ran = await run_restarted(path, job_id)
+    assert ran == [("hang", "a")]
+    assert status["tasks"][0]["attempts"] == 1
 
 
 def test_running_marks_are_written_by_the_next_commit_or_a_flush(tmp_path: Path) -> None:
