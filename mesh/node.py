@@ -269,13 +269,18 @@ class Node:
         return time.time() - self.started_at
 
     def health(self) -> dict[str, Any]:
-        return {
-            "ok": True,
-            "node": self.node_id,
-            "version": __version__,
-            "mesh": self.key.mesh_id,
-            "store": self.store.store_id(),
-        }
+        """What ``/health`` says. ``ok`` is False (and ``/health`` answers 503) when the node's
+        store cannot be read, say because its home was removed under it: it cannot work then."""
+        answer: dict[str, Any] = {"ok": True, "node": self.node_id, "version": __version__, "mesh": self.key.mesh_id}
+        try:
+            answer["store"] = self.store.store_id()
+        except OSError as exc:
+            answer["ok"] = False
+            answer["error"] = (
+                f"this node's store at {self.store.root} cannot be read ({exc.strerror or exc}); "
+                f"was {self.config.home} moved or removed? Restart the node"
+            )
+        return answer
 
     def status(self) -> dict[str, Any]:
         sched = self.scheduler.statistics()

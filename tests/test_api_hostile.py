@@ -515,3 +515,20 @@ def test_an_internal_error_is_a_500_without_a_traceback(node: NodeProcess, snaps
         assert "internal error" in message and "the node logged the details" in message
     assert "Traceback" in node.log()  # ... which is where the details belong
     assert_still_serving(node, snapshot)
+
+
+def test_a_node_whose_store_vanished_says_so_on_health(node: NodeProcess, home: Path) -> None:
+    """Its home moved away under it: /health answers 503 naming the store, not a 500, and the
+    node keeps answering; with the home back, it is healthy again."""
+    assert httpx.get(node.url + "/health", trust_env=False).json()["ok"] is True
+    aside = home.parent / "moved-away"
+    (home / "cas").rename(aside)
+    try:
+        response = httpx.get(node.url + "/health", trust_env=False)
+        assert response.status_code == 503, response.text
+        answer = response.json()
+        assert answer["ok"] is False and "store" in answer["error"] and "cannot be read" in answer["error"]
+        assert httpx.get(node.url + "/status", trust_env=False).status_code == 200
+    finally:
+        aside.rename(home / "cas")
+    assert httpx.get(node.url + "/health", trust_env=False).status_code == 200

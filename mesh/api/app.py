@@ -65,7 +65,8 @@ async def dashboard(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
-    return JSONResponse(_node(request).health())
+    answer = _node(request).health()
+    return JSONResponse(answer, status_code=200 if answer["ok"] else 503)
 
 
 async def status(request: Request) -> Response:
