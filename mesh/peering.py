@@ -277,6 +277,7 @@ class Peering:
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True):
+                await self.offers.aclose()
                 await self.client.aclose()
 
     async def _discover(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

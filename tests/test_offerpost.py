@@ -1,4 +1,5 @@
-"""The lean offer client against a real node: events as they come, refusals with the node's words."""
+"""The lean offer client against a real node: events as they come, refusals with the node's words,
+connections kept for the next offer and replaced when the peer closed them."""
 
 from __future__ import annotations
 
@@ -10,22 +11,30 @@ import trio
 
 from mesh import codec
 from mesh.api.auth import MeshKey, load_key
-from mesh.api.offerpost import post_offer
+from mesh.api.offerpost import OfferConnections
 from mesh.errors import NodeError, PeerDeclined
 from tests.nodeutil import NodeProcess, free_port
 
 
-async def events_of(url: str, key: MeshKey, job: dict[str, Any]) -> list[dict[str, Any]]:
+async def events_of(
+    url: str, key: MeshKey, job: dict[str, Any], connections: OfferConnections | None = None
+) -> list[dict[str, Any]]:
     target = "/v1/jobs?follow=1&offer=1&source=http://127.0.0.1:1"
-    async with contextlib.aclosing(post_offer(key, url, target, codec.encode(job))) as events:
+    pool = connections or OfferConnections()
+    async with contextlib.aclosing(pool.post(key, url, target, codec.encode(job))) as events:
         return [event async for event in events]
 
 
-async def test_an_offer_streams_its_events_and_a_bad_one_is_refused_with_the_reason(node: NodeProcess) -> None:
+def offered(node: NodeProcess, script: str = "echo hi") -> tuple[dict[str, Any], MeshKey]:
     snapshot = node.mesh("snapshot", str(node.home)).stdout.decode().strip()  # any tree the node holds
-    task = {"name": "offered", "argv": ["sh", "-c", "echo hi"], "input": snapshot, "executor": "process"}
+    task = {"name": "offered", "argv": ["sh", "-c", script], "input": snapshot, "executor": "process"}
     key = load_key(node.home)
     assert key is not None
+    return task, key
+
+
+async def test_an_offer_streams_its_events_and_a_bad_one_is_refused_with_the_reason(node: NodeProcess) -> None:
+    task, key = offered(node)
     with trio.fail_after(30):
         events = await events_of(node.url, key, {"tasks": [task], "pinned": True})
     kinds = [e["type"] for e in events]
@@ -33,6 +42,29 @@ async def test_an_offer_streams_its_events_and_a_bad_one_is_refused_with_the_rea
     assert b"".join(e["data"] for e in events if e["type"] == "output") == b"hi\n"
     with pytest.raises(NodeError, match="an offer is a pinned job of one task"):
         await events_of(node.url, key, {"tasks": [task]})
+
+
+async def test_offers_reuse_a_connection_and_replace_one_the_peer_closed(node: NodeProcess) -> None:
+    task, key = offered(node)
+    pool = OfferConnections()
+    peer = ("127.0.0.1", node.port)
+    with trio.fail_after(60):
+        await events_of(node.url, key, {"tasks": [task], "pinned": True}, pool)
+        [first] = pool._kept[peer]
+        await events_of(node.url, key, {"tasks": [dict(task, env={"N": "2"})], "pinned": True}, pool)
+        assert pool._kept[peer] == [first], "the second offer went over the kept connection"
+        with pytest.raises(NodeError):  # a refusal: its connection is not kept
+            await events_of(node.url, key, {"tasks": [task]}, pool)
+        assert pool._kept[peer] == []
+        await events_of(node.url, key, {"tasks": [dict(task, env={"N": "3"})], "pinned": True}, pool)
+        [second] = pool._kept[peer]
+        assert node.stop() == 0  # the kept connection dies with the node's server ...
+        node.start()
+        events = await events_of(node.url, key, {"tasks": [dict(task, env={"N": "4"})], "pinned": True}, pool)
+        assert events[-1]["type"] == "job_finished" and events[-1]["state"] == "succeeded"  # ... sent again
+        [third] = pool._kept[peer]
+        assert third is not second
+    await pool.aclose()
 
 
 async def test_a_peer_that_does_not_answer_declines() -> None:

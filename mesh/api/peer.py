@@ -21,7 +21,7 @@ from mesh import codec
 from mesh.api.auth import MeshKey
 from mesh.api.blobget import get_blob
 from mesh.api.client import MeshAuth, check, decode_response
-from mesh.api.offerpost import post_offer
+from mesh.api.offerpost import OfferConnections
 from mesh.api.wire import CBOR, PEER_HEADER
 from mesh.cas.digest import Digest
 from mesh.cas.store import LocalStore
@@ -80,6 +80,11 @@ class TaskOffers:
     def __init__(self, client: PeerClient, source: Callable[[], str]) -> None:
         self.client = client
         self.source = source
+        self.connections = OfferConnections()
+
+    async def aclose(self) -> None:
+        """Close the connections kept for offers."""
+        await self.connections.aclose()
 
     async def run(
         self, url: str, task_key: str, action: Action, on_output: Callable[[str, bytes], Awaitable[None]]
@@ -94,7 +99,7 @@ class TaskOffers:
         reason: str | None = None
         auth = self.client.http.auth
         assert isinstance(auth, MeshAuth)
-        async with contextlib.aclosing(post_offer(auth.key, url, target, codec.encode(job))) as events:
+        async with contextlib.aclosing(self.connections.post(auth.key, url, target, codec.encode(job))) as events:
             async for event in events:
                 kind = event.get("type")
                 if kind == "output" and isinstance(event.get("data"), bytes):
