@@ -11,14 +11,19 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from mesh.cas.checkout import checkout
 from mesh.cas.digest import Digest
 from mesh.cas.fsck import fsck
 from mesh.cas.store import LocalStore
-from mesh.exec.runner import Runner
+from mesh.exec.runner import Runner, remove_tree
 from mesh.exec.workpool import Manifest, WorkdirPool
+from tests import strategies, treeutil
 from tests.test_runner import INPUT, listing, make_runner, runner, sh, snap, workroot  # noqa: F401 (fixtures)
 
 #: What a task sees of its input: every path with its mode and content (files hashed by cat).
@@ -134,8 +139,6 @@ async def test_the_pool_keeps_at_most_its_directories_and_bytes(
     tmp_path: Path,
     workroot: Path,  # noqa: F811
 ) -> None:
-    from tests import treeutil
-
     snaps = []
     for i in range(3):
         scratch = tmp_path / f"s{i}"
@@ -161,8 +164,6 @@ async def test_the_pool_keeps_at_most_its_directories_and_bytes(
 
 
 async def test_a_racily_clean_file_is_read_again(store: LocalStore, snap: Digest, tmp_path: Path) -> None:  # noqa: F811
-    from mesh.cas.checkout import checkout
-
     work = tmp_path / "w"
     checkout(store, snap, work)
     manifest = Manifest.record(store, snap, str(work), epoch=store.epoch())
@@ -179,3 +180,124 @@ async def test_a_racily_clean_file_is_read_again(store: LocalStore, snap: Digest
     # Only once the change is older than the racy window may the stat alone be trusted.
     later = replace(hidden, checked_at_ns=time.time_ns() + 3_000_000_000)
     assert later.verify(str(work)) is not None
+
+
+def _intact(old: treeutil.Tree, new: treeutil.Tree) -> bool:
+    """Whether every entry of ``old`` is in ``new`` as it was (``new`` may add entries)."""
+    for name, spec in old.items():
+        after = new.get(name)
+        if after is None or after[0] != spec[0]:
+            return False
+        if spec[0] == "dir" and not _intact(spec[1], after[1]):
+            return False
+        if spec[0] != "dir" and after != spec:
+            return False
+    return True
+
+
+def _added(old: treeutil.Tree, new: treeutil.Tree, prefix: bytes = b"") -> set[bytes]:
+    """The paths ``new`` adds to ``old`` (an added directory as itself, not its contents)."""
+    out = set()
+    for name, spec in new.items():
+        path = prefix + b"/" + name if prefix else name
+        before = old.get(name)
+        if before is None or before[0] != spec[0]:
+            out.add(path)
+        elif spec[0] == "dir":
+            out |= _added(before[1], spec[1], path)
+    return out
+
+
+def _entries(tree: treeutil.Tree, prefix: tuple[bytes, ...] = ()) -> list[tuple[bytes, ...]]:
+    """Every path of ``tree`` as a tuple of names."""
+    out = []
+    for name, spec in tree.items():
+        out.append((*prefix, name))
+        if spec[0] == "dir":
+            out += _entries(spec[1], (*prefix, name))
+    return out
+
+
+def _one_change(tree: treeutil.Tree, path: tuple[bytes, ...], change: str) -> treeutil.Tree:
+    """A copy of ``tree`` with one change at ``path``."""
+    copy = copy_tree(tree)
+    *parents, name = path
+    here = copy
+    for part in parents:
+        here = here[part][1]
+    spec = here[name]
+    if change == "remove":
+        del here[name]
+    elif change == "retype":
+        here[name] = ("dir", {}) if spec[0] != "dir" else ("file", b"was a directory", False)
+    elif spec[0] == "file":
+        kind, data, executable = spec
+        here[name] = (kind, data, not executable) if change == "mode" else (kind, data[::-1] + b"!", executable)
+    elif spec[0] == "link":
+        here[name] = ("link", spec[1] + b"-moved")
+    else:
+        spec[1][b"added"] = ("file", b"new", False)
+    return copy
+
+
+def copy_tree(tree: treeutil.Tree) -> treeutil.Tree:
+    return {k: ("dir", copy_tree(v[1])) if v[0] == "dir" else v for k, v in tree.items()}
+
+
+@st.composite
+def changed_trees(draw: st.DrawFn) -> tuple[treeutil.Tree, treeutil.Tree]:
+    """(snapshot, what a task left): any other tree, the snapshot plus additions, or one change."""
+    old = draw(strategies.trees)
+    other = draw(strategies.trees)
+    how = draw(st.sampled_from(["other", "added", "one change", "one change"]))
+    if how == "other":
+        return old, other
+    added = {**old, **{k: v for k, v in other.items() if k not in old}}
+    change = draw(st.sampled_from(["remove", "retype", "mode", "content"]))
+    paths = _entries(old)
+    if change in ("mode", "content"):  # these change files (others a link's target, a directory's entries)
+        paths = [p for p in paths if _spec(old, p)[0] == "file"] or paths
+    if how == "added" or not paths:
+        return old, added
+    return old, _one_change(old, draw(st.sampled_from(paths)), change)
+
+
+def _spec(tree: treeutil.Tree, path: tuple[bytes, ...]) -> Any:
+    *parents, name = path
+    for part in parents:
+        tree = tree[part][1]
+    return tree[name]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(trees=changed_trees())
+def test_a_checkout_is_kept_exactly_when_it_still_holds_the_snapshot(
+    tmp_path_factory: pytest.TempPathFactory, trees: tuple[treeutil.Tree, treeutil.Tree]
+) -> None:
+    """Any tree, changed in place into any other (another tree, one with entries added, one
+    with one change): the manifest accepts the checkout exactly when every entry of the
+    snapshot is as it was, names what was added, and with that removed the directory reads
+    back as the snapshot."""
+    old, new = trees
+    scratch = tmp_path_factory.mktemp("pool")
+    with LocalStore(scratch / "cas") as store:
+        snap = treeutil.stored(store, scratch, old)
+        work = scratch / "work"
+        checkout(store, snap, work)
+        manifest = Manifest.record(store, snap, str(work), epoch=store.epoch())
+        treeutil.morph(work, old, new)
+        verdict = manifest.verify(str(work))
+        if not _intact(old, new):
+            assert verdict is None
+            return
+        assert verdict is not None
+        assert set(verdict.extras) == _added(old, new)
+        for rel in verdict.extras:
+            path = os.path.join(work, os.fsdecode(rel))
+            if os.path.isdir(path) and not os.path.islink(path):
+                remove_tree(path)
+            else:
+                os.unlink(path)
+        assert treeutil.read(work) == old
+        again = verdict.manifest.verify(str(work))
+        assert again is not None and again.extras == []
