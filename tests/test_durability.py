@@ -85,7 +85,11 @@ def test_sigkill_mid_run_then_restart_finishes_every_job_once(home: Path, tmp_pa
 
             def some_done_some_running() -> bool:
                 status = client.status()
-                return status["tasks_run"] >= 3 and status["slots"]["busy"] >= 1
+                if status["tasks_run"] < 3 or status["slots"]["busy"] < 1:
+                    return False
+                # A start is committed within MARK_DELAY (mesh.sched.statedb); the kill must come after
+                # one, or the interrupted task resumes as queued and its first attempt is not counted.
+                return "running" in _task_states(home)
 
             wait_for(some_done_some_running, timeout=30, what="tasks to finish and others to run")
         node.kill()
@@ -199,10 +203,12 @@ def test_sigterm_within_grace_lets_the_running_task_finish(home: Path, tmp_path:
     marks = tmp_path / "marks"
     marks.mkdir()
     first = f"touch {marks}/started; sleep 1; echo first > out.txt; echo first"
-    job = {"tasks": [
-        {"name": "first", "argv": ["sh", "-c", first], "input": snapshot, "executor": "process"},
-        {"name": "second", "argv": ["sh", "-c", "cat out.txt; echo second"], "input_task": "first"},
-    ]}
+    job = {
+        "tasks": [
+            {"name": "first", "argv": ["sh", "-c", first], "input": snapshot, "executor": "process"},
+            {"name": "second", "argv": ["sh", "-c", "cat out.txt; echo second"], "input_task": "first"},
+        ]
+    }
     node = NodeProcess(str(home), slots=1, grace=20)
     node.start()
     try:
@@ -226,11 +232,12 @@ def test_sigterm_within_grace_lets_the_running_task_finish(home: Path, tmp_path:
         node.kill()
 
 
-def _task_state(home: Path, job_id: str) -> str | None:
-    """The state.db row of the job's (one) task, read beside the running node (WAL allows it)."""
+def _task_states(home: Path, job_id: str | None = None) -> list[str]:
+    """The states of the tasks (of one job, or of all) as state.db holds them, read beside the
+    running node (WAL allows it)."""
+    query, args = ("SELECT state FROM tasks WHERE job = ?", (job_id,)) if job_id else ("SELECT state FROM tasks", ())
     with contextlib.closing(sqlite3.connect(f"file:{home / 'state.db'}?mode=ro", uri=True, timeout=5)) as db:
-        row = db.execute("SELECT state FROM tasks WHERE job = ?", (job_id,)).fetchone()
-    return None if row is None else str(row[0])
+        return [str(row[0]) for row in db.execute(query, args)]
 
 
 def test_sigkill_with_a_task_still_writing_then_restart(home: Path, tmp_path: Path) -> None:
@@ -254,7 +261,7 @@ def test_sigkill_with_a_task_still_writing_then_restart(home: Path, tmp_path: Pa
             wait_for(lambda: (marks / "first").exists(), timeout=30, what="the first attempt to start")
         # The start is committed within MARK_DELAY (mesh.sched.statedb): the kill comes after it,
         # so that the restart counts a second attempt.
-        wait_for(lambda: _task_state(home, job_id) == "running", timeout=10, what="the start to be committed")
+        wait_for(lambda: _task_states(home, job_id) == ["running"], timeout=10, what="the start to be committed")
         pid = int((marks / "first").read_text())
         node.kill()
 
