@@ -78,7 +78,8 @@ async def submit_job(request: Request) -> Response:
     spec = parse_job(await read_message(request, MAX_JOB_BODY), default_executor=node.default_executor)
     if request.query_params.get("offer") == "1":
         await _accept_offer(request, spec)
-    absent = sorted({str(t.input) for t in spec.tasks if t.input is not None and not node.store.has(t.input)})
+    inputs = {t.input for t in spec.tasks if t.input is not None}  # often one for the whole job
+    absent = sorted(str(d) for d in inputs if not node.store.has(d))
     for text in list(absent):  # an input a peer holds (made there, say): its root node is enough here
         root = Digest.parse(text)
         if await node.peering.fetch_from_peers(root, node.store):

@@ -36,6 +36,7 @@ a task to a peer sends it as a pinned one-task job, so the peer never passes it 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +68,7 @@ class TaskSpec:
     input_task: str | None
     after: tuple[str, ...]
     when: str
+    parsed: Action | None = field(default=None, repr=False, compare=False)  # the action, when ``input`` is set
 
     @property
     def depends_on(self) -> tuple[str, ...]:
@@ -78,6 +80,8 @@ class TaskSpec:
 
     def action(self, input: Digest | None = None) -> Action:
         """The task's action; ``input`` is required when the input comes from a task."""
+        if self.input is not None and self.parsed is not None:
+            return self.parsed  # parsed once, when the job was validated
         fields = codec.Fields(self.wire, f"task {self.name!r}")
         if self.input is not None:
             input = self.input
@@ -130,7 +134,7 @@ def parse_job(value: Any, *, default_executor: str = "process") -> JobSpec:
         raise InvalidJob(f"a job's label may be at most {MAX_LABEL} characters")
     tasks = [_parse_task(raw, index, default_executor) for index, raw in enumerate(raw_tasks)]
     names = [t.name for t in tasks]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    duplicates = sorted(n for n, count in Counter(names).items() if count > 1)
     if duplicates:
         raise InvalidJob(f"task names must be unique; repeated: {', '.join(duplicates)}")
     known = set(names)
@@ -169,9 +173,17 @@ def _parse_task(raw: Any, index: int, default_executor: str) -> TaskSpec:
     input = None if input_text is None else parse_digest(input_text, f"field 'input' of task {name!r}")
     # Validate the action now (with a placeholder input when it comes from a task).
     probe = Digest.of(b"") if input is None else input
-    Action.from_fields(fields, input=probe)
+    action = Action.from_fields(fields, input=probe)
     fields.done()
-    return TaskSpec(name=name, wire={**raw, "name": name}, input=input, input_task=input_task, after=after, when=when)
+    return TaskSpec(
+        name=name,
+        wire={**raw, "name": name},
+        input=input,
+        input_task=input_task,
+        after=after,
+        when=when,
+        parsed=action if input is not None else None,
+    )
 
 
 def find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
