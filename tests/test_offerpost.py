@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+import h11
 import pytest
 import trio
 
 from mesh import codec
+from mesh.api import offerpost
 from mesh.api.auth import MeshKey, load_key
 from mesh.api.offerpost import OfferConnections
 from mesh.errors import NodeError, PeerDeclined
@@ -70,3 +72,26 @@ async def test_offers_reuse_a_connection_and_replace_one_the_peer_closed(node: N
 async def test_a_peer_that_does_not_answer_declines() -> None:
     with pytest.raises(PeerDeclined, match="does not answer"):
         await events_of(f"http://127.0.0.1:{free_port()}", MeshKey.generate(), {"tasks": []})
+
+
+async def test_connections_kept_too_long_are_closed_for_every_peer() -> None:
+    """A peer that went away is never offered to again: its kept connections must not hold
+    their descriptors for the node's lifetime (they are swept once IDLE_LIMIT has passed)."""
+    pool = OfferConnections()
+    ends = []
+    for peer in (("10.0.0.1", 1), ("10.0.0.2", 1)):
+        a, b = trio.socket.socketpair()
+        ends.append(b)
+        kept = offerpost._Kept(trio.SocketStream(a), h11.Connection(our_role=h11.CLIENT))
+        kept.since -= offerpost.IDLE_LIMIT + 1
+        pool._kept[peer] = [kept]
+    a, b = trio.socket.socketpair()
+    ends.append(b)
+    pool._kept[("10.0.0.3", 1)] = [offerpost._Kept(trio.SocketStream(a), h11.Connection(our_role=h11.CLIENT))]
+    pool._sweep()
+    assert list(pool._kept) == [("10.0.0.3", 1)] and pool.kept() == 1
+    assert [await end.recv(1) for end in ends[:2]] == [b"", b""]  # the swept ones are closed
+    await pool.aclose()
+    assert await ends[2].recv(1) == b""
+    for end in ends:
+        end.close()

@@ -19,6 +19,7 @@ offer is sent once more on a new connection (the peer never saw it).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -69,6 +70,11 @@ class OfferConnections:
 
     def __init__(self) -> None:
         self._kept: dict[tuple[str, int], list[_Kept]] = {}
+        self._swept = -math.inf
+
+    def kept(self) -> int:
+        """How many connections are kept now."""
+        return sum(len(conns) for conns in self._kept.values())
 
     async def aclose(self) -> None:
         kept, self._kept = self._kept, {}
@@ -89,6 +95,7 @@ class OfferConnections:
             (PEER_HEADER, "1"),
             *sign(key, "POST", path, body).items(),
         ]
+        self._sweep()
         kept = self._take((host, port))
         if kept is not None:
             try:
@@ -111,6 +118,23 @@ class OfferConnections:
         ) as events:
             async for event in events:
                 yield event
+
+    def _sweep(self) -> None:
+        """Close what waited longer than IDLE_LIMIT, for every peer (looked at once per IDLE_LIMIT):
+        connections to a peer that went away are never taken again, and would hold their descriptors."""
+        now = trio.current_time()
+        if now - self._swept < IDLE_LIMIT:
+            return
+        self._swept = now
+        for peer, conns in list(self._kept.items()):
+            fresh = [conn for conn in conns if now - conn.since <= IDLE_LIMIT]
+            for conn in conns:
+                if now - conn.since > IDLE_LIMIT:
+                    conn.stream.socket.close()
+            if fresh:
+                self._kept[peer] = fresh
+            else:
+                del self._kept[peer]
 
     def _take(self, peer: tuple[str, int]) -> _Kept | None:
         conns = self._kept.get(peer)
