@@ -96,28 +96,26 @@ class OfferConnections:
             *sign(key, "POST", path, body).items(),
         ]
         self._sweep()
-        kept = self._take((host, port))
-        if kept is not None:
+        peer = (host, port)
+        conn = self._take(peer)
+        reused = conn is not None
+        while True:
+            if conn is None:
+                try:
+                    with trio.fail_after(CONNECT_TIMEOUT):
+                        stream = await trio.open_tcp_stream(host, port)
+                except (OSError, trio.TooSlowError):
+                    raise PeerDeclined(f"peer {base_url} does not answer") from None
+                conn = _Kept(stream, h11.Connection(our_role=h11.CLIENT))
             try:
                 async with contextlib.aclosing(
-                    self._exchange(kept, (host, port), path, headers, body, base_url, reused=True)
+                    self._exchange(conn, peer, path, headers, body, base_url, reused=reused)
                 ) as events:
                     async for event in events:
                         yield event
                 return
-            except _ClosedBeforeAnswer:
-                pass  # closed while kept: the peer never saw this request
-        try:
-            with trio.fail_after(CONNECT_TIMEOUT):
-                stream = await trio.open_tcp_stream(host, port)
-        except (OSError, trio.TooSlowError):
-            raise PeerDeclined(f"peer {base_url} does not answer") from None
-        fresh = _Kept(stream, h11.Connection(our_role=h11.CLIENT))
-        async with contextlib.aclosing(
-            self._exchange(fresh, (host, port), path, headers, body, base_url, reused=False)
-        ) as events:
-            async for event in events:
-                yield event
+            except _ClosedBeforeAnswer:  # closed while kept: the peer never saw this request
+                conn, reused = None, False
 
     def _sweep(self) -> None:
         """Close what waited longer than IDLE_LIMIT, for every peer (looked at once per IDLE_LIMIT):
@@ -127,9 +125,11 @@ class OfferConnections:
             return
         self._swept = now
         for peer, conns in list(self._kept.items()):
-            fresh = [conn for conn in conns if now - conn.since <= IDLE_LIMIT]
+            fresh = []
             for conn in conns:
-                if now - conn.since > IDLE_LIMIT:
+                if now - conn.since <= IDLE_LIMIT:
+                    fresh.append(conn)
+                else:
                     conn.stream.socket.close()
             if fresh:
                 self._kept[peer] = fresh
