@@ -208,11 +208,11 @@ def _added(old: treeutil.Tree, new: treeutil.Tree, prefix: bytes = b"") -> set[b
     return out
 
 
-def _entries(tree: treeutil.Tree, prefix: tuple[bytes, ...] = ()) -> list[tuple[bytes, ...]]:
-    """Every path of ``tree`` as a tuple of names."""
+def _entries(tree: treeutil.Tree, prefix: tuple[bytes, ...] = ()) -> list[tuple[tuple[bytes, ...], Any]]:
+    """Every entry of ``tree``: its path as a tuple of names, and its description."""
     out = []
     for name, spec in tree.items():
-        out.append((*prefix, name))
+        out.append(((*prefix, name), spec))
         if spec[0] == "dir":
             out += _entries(spec[1], (*prefix, name))
     return out
@@ -254,19 +254,13 @@ def changed_trees(draw: st.DrawFn) -> tuple[treeutil.Tree, treeutil.Tree]:
         return old, other
     added = {**old, **{k: v for k, v in other.items() if k not in old}}
     change = draw(st.sampled_from(["remove", "retype", "mode", "content"]))
-    paths = _entries(old)
+    entries = _entries(old)
+    paths = [path for path, _ in entries]
     if change in ("mode", "content"):  # these change files (others a link's target, a directory's entries)
-        paths = [p for p in paths if _spec(old, p)[0] == "file"] or paths
+        paths = [path for path, spec in entries if spec[0] == "file"] or paths
     if how == "added" or not paths:
         return old, added
     return old, _one_change(old, draw(st.sampled_from(paths)), change)
-
-
-def _spec(tree: treeutil.Tree, path: tuple[bytes, ...]) -> Any:
-    *parents, name = path
-    for part in parents:
-        tree = tree[part][1]
-    return tree[name]
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
