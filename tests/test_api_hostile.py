@@ -61,9 +61,17 @@ def _client(node: NodeProcess) -> NodeClient:
     return NodeClient(node.url, timeout=60, transport=httpx.HTTPTransport(verify=False))
 
 
-def send(node: NodeProcess, method: str, path: str, *, body: bytes | None = None, content_type: str = CBOR,
-         accept: str = CBOR, params: dict[str, str] | None = None, client: httpx.Client | None = None,
-         ) -> httpx.Response:
+def send(
+    node: NodeProcess,
+    method: str,
+    path: str,
+    *,
+    body: bytes | None = None,
+    content_type: str = CBOR,
+    accept: str = CBOR,
+    params: dict[str, str] | None = None,
+    client: httpx.Client | None = None,
+) -> httpx.Response:
     """One request on a fresh connection (or on ``client``); no body ever carries a traceback."""
     headers = {"accept": accept}
     if body is not None:
@@ -97,8 +105,17 @@ def assert_still_serving(node: NodeProcess, snapshot: str) -> None:
     health = send(node, "GET", "/health")
     assert health.status_code == 200 and health.json()["ok"] is True, health.content
     nonce = secrets.token_hex(4)
-    job = {"tasks": [{"name": "ping", "argv": ["sh", "-c", 'cat hello.txt; echo "pong $NONCE"'],
-                      "env": {"NONCE": nonce}, "input": snapshot}], "no_cache": True}
+    job = {
+        "tasks": [
+            {
+                "name": "ping",
+                "argv": ["sh", "-c", 'cat hello.txt; echo "pong $NONCE"'],
+                "env": {"NONCE": nonce},
+                "input": snapshot,
+            }
+        ],
+        "no_cache": True,
+    }
     with _client(node) as client:
         events = list(client.submit_and_follow(job))
         assert events[-1]["type"] == "job_finished" and events[-1]["state"] == "succeeded", (events, node.log())
@@ -126,8 +143,15 @@ def check_refused(node: NodeProcess, snapshot: str, cases: list[Case]) -> None:
     for case in cases:
         body = case.body(snapshot) if callable(case.body) else case.body
         for accept in (CBOR, JSON):
-            response = send(node, case.method, case.path, body=body, content_type=case.content_type,
-                            accept=accept, params=case.params)
+            response = send(
+                node,
+                case.method,
+                case.path,
+                body=body,
+                content_type=case.content_type,
+                accept=accept,
+                params=case.params,
+            )
             context = f"{case.what}: {case.method} {case.path} -> {response.status_code} {response.content[:500]!r}"
             assert response.status_code == case.status, f"{context}\nnode log:\n{node.log()[-4000:]}"
             message = error_message(response, accept)
@@ -142,8 +166,7 @@ def task(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in base.items() if v is not None}
 
 
-def job(*tasks: dict[str, Any], encode: Callable[[Any], bytes] = codec.encode,
-        **fields: Any) -> Callable[[str], bytes]:
+def job(*tasks: dict[str, Any], encode: Callable[[Any], bytes] = codec.encode, **fields: Any) -> Callable[[str], bytes]:
     """A job body for a snapshot id, encoded as CBOR (or with ``encode``)."""
 
     def build(snapshot: str) -> bytes:
@@ -161,7 +184,11 @@ def job_case(what: str, says: str, *tasks: dict[str, Any], status: int = 400, **
 
 _keys = st.text(max_size=8).filter(lambda k: k not in ("tasks", "digests"))
 cbor_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**64) + 1, 2**64 - 1) | st.floats() | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**64) + 1, 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=20)
     | st.binary(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_keys, inner, max_size=4),
     max_leaves=12,
@@ -180,8 +207,11 @@ def test_random_bodies_are_refused_with_4xx(node: NodeProcess, snapshot: str) ->
     """Hypothesis' bodies, each on a fresh connection; then random bytes on one keep-alive connection."""
 
     @settings(max_examples=60, deadline=None)
-    @given(body=hostile_bodies, path=st.sampled_from(["/v1/jobs", "/v1/blobs:missing"]),
-           content_type=st.sampled_from([CBOR, CBOR, JSON]))
+    @given(
+        body=hostile_bodies,
+        path=st.sampled_from(["/v1/jobs", "/v1/blobs:missing"]),
+        content_type=st.sampled_from([CBOR, CBOR, JSON]),
+    )
     def post(body: bytes, path: str, content_type: str) -> None:
         response = send(node, "POST", path, body=body, content_type=content_type)
         assert 400 <= response.status_code < 500, (body, response.status_code, response.content, node.log()[-3000:])
@@ -208,42 +238,95 @@ def _header(major: int, length: int) -> bytes:
 def test_bodies_the_decoder_refuses(node: NodeProcess, snapshot: str) -> None:
     deep_arrays = b"\x81" * 10_000 + b"\x00"
     deep_maps = b"\xa1\x61k" * 10_000 + b"\x00"
-    check_refused(node, snapshot, [
-        Case("10,000 nested arrays", "POST", "/v1/jobs", 400, "nesting depth", body=deep_arrays),
-        Case("10,000 nested maps", "POST", "/v1/jobs", 400, "nesting depth", body=deep_maps),
-        Case("nested arrays to find-missing", "POST", "/v1/blobs:missing", 400, "nesting depth", body=deep_arrays),
-        Case("10,000 nested JSON arrays", "POST", "/v1/jobs", 400, "malformed JSON",
-             body=b"[" * 10_000 + b"]" * 10_000, content_type=JSON),
-        Case("byte string claiming 2**60 bytes", "POST", "/v1/jobs", 400, "premature end",
-             body=_header(2, 2**60) + b"abc"),
-        Case("text string claiming 2**60 bytes", "POST", "/v1/jobs", 400, "malformed CBOR",
-             body=_header(3, 2**60) + b"abc"),
-        Case("array claiming 2**60 items", "POST", "/v1/jobs", 400, "malformed CBOR", body=_header(4, 2**60)),
-        Case("map claiming 2**60 pairs", "POST", "/v1/blobs:missing", 400, "malformed CBOR",
-             body=_header(5, 2**60)),
-        Case("empty body", "POST", "/v1/jobs", 400, "empty message", body=b""),
-        Case("trailing bytes", "POST", "/v1/jobs", 400, "follow the message",
-             body=lambda snap: job(task())(snap) + b"\x00"),
-        Case("indefinite-length array", "POST", "/v1/jobs", 400, "indefinite", body=b"\x9f\x01\xff"),
-        Case("a tag (datetime)", "POST", "/v1/jobs", 400, "tags are refused",
-             body=b"\xc1\x1a\x00\x00\x00\x00"),
-        Case("duplicate map keys", "POST", "/v1/jobs", 400, "malformed CBOR",
-             body=b"\xa2\x65tasks\x80\x65tasks\x80"),
-        Case("top level not a map", "POST", "/v1/jobs", 400, "job must be a map", body=codec.encode([1, 2])),
-        Case("integer map keys", "POST", "/v1/jobs", 400, "keys must be strings", body=codec.encode({1: 2})),
-        Case("malformed JSON", "POST", "/v1/jobs", 400, "malformed JSON", body=b"{tasks: [", content_type=JSON),
-        Case("JSON that is not UTF-8", "POST", "/v1/jobs", 400, "malformed JSON", body=b"\xff\xfe{}",
-             content_type=JSON),
-    ])
+    check_refused(
+        node,
+        snapshot,
+        [
+            Case("10,000 nested arrays", "POST", "/v1/jobs", 400, "nesting depth", body=deep_arrays),
+            Case("10,000 nested maps", "POST", "/v1/jobs", 400, "nesting depth", body=deep_maps),
+            Case("nested arrays to find-missing", "POST", "/v1/blobs:missing", 400, "nesting depth", body=deep_arrays),
+            Case(
+                "10,000 nested JSON arrays",
+                "POST",
+                "/v1/jobs",
+                400,
+                "malformed JSON",
+                body=b"[" * 10_000 + b"]" * 10_000,
+                content_type=JSON,
+            ),
+            Case(
+                "byte string claiming 2**60 bytes",
+                "POST",
+                "/v1/jobs",
+                400,
+                "premature end",
+                body=_header(2, 2**60) + b"abc",
+            ),
+            Case(
+                "text string claiming 2**60 bytes",
+                "POST",
+                "/v1/jobs",
+                400,
+                "malformed CBOR",
+                body=_header(3, 2**60) + b"abc",
+            ),
+            Case("array claiming 2**60 items", "POST", "/v1/jobs", 400, "malformed CBOR", body=_header(4, 2**60)),
+            Case(
+                "map claiming 2**60 pairs", "POST", "/v1/blobs:missing", 400, "malformed CBOR", body=_header(5, 2**60)
+            ),
+            Case("empty body", "POST", "/v1/jobs", 400, "empty message", body=b""),
+            Case(
+                "trailing bytes",
+                "POST",
+                "/v1/jobs",
+                400,
+                "follow the message",
+                body=lambda snap: job(task())(snap) + b"\x00",
+            ),
+            Case("indefinite-length array", "POST", "/v1/jobs", 400, "indefinite", body=b"\x9f\x01\xff"),
+            Case("a tag (datetime)", "POST", "/v1/jobs", 400, "tags are refused", body=b"\xc1\x1a\x00\x00\x00\x00"),
+            Case(
+                "duplicate map keys", "POST", "/v1/jobs", 400, "malformed CBOR", body=b"\xa2\x65tasks\x80\x65tasks\x80"
+            ),
+            Case("top level not a map", "POST", "/v1/jobs", 400, "job must be a map", body=codec.encode([1, 2])),
+            Case("integer map keys", "POST", "/v1/jobs", 400, "keys must be strings", body=codec.encode({1: 2})),
+            Case("malformed JSON", "POST", "/v1/jobs", 400, "malformed JSON", body=b"{tasks: [", content_type=JSON),
+            Case(
+                "JSON that is not UTF-8",
+                "POST",
+                "/v1/jobs",
+                400,
+                "malformed JSON",
+                body=b"\xff\xfe{}",
+                content_type=JSON,
+            ),
+        ],
+    )
 
 
 def test_bodies_over_the_size_limit_get_413(node: NodeProcess, snapshot: str) -> None:
-    check_refused(node, snapshot, [
-        Case("job body one byte over the limit", "POST", "/v1/jobs", 413, "exceeds the limit",
-             body=b"\xa0" * (JOB_LIMIT + 1)),
-        Case("find-missing body over its limit", "POST", "/v1/blobs:missing", 413, "exceeds the limit",
-             body=b"\xa0" * (MISSING_LIMIT + 1)),
-    ])
+    check_refused(
+        node,
+        snapshot,
+        [
+            Case(
+                "job body one byte over the limit",
+                "POST",
+                "/v1/jobs",
+                413,
+                "exceeds the limit",
+                body=b"\xa0" * (JOB_LIMIT + 1),
+            ),
+            Case(
+                "find-missing body over its limit",
+                "POST",
+                "/v1/blobs:missing",
+                413,
+                "exceeds the limit",
+                body=b"\xa0" * (MISSING_LIMIT + 1),
+            ),
+        ],
+    )
 
     def chunks(total: int) -> Any:
         for _ in range(total // (1 << 16)):
@@ -289,104 +372,204 @@ def test_a_refused_body_does_not_break_the_next_request_on_the_connection(node: 
 
 
 def test_jobs_with_wrong_types(node: NodeProcess, snapshot: str) -> None:
-    check_refused(node, snapshot, [
-        job_case("argv not a list", "field 'argv' of task 't' must be a list", task(argv="echo hi")),
-        job_case("argv holding an integer", "must be a list of strings", task(argv=["echo", 1])),
-        job_case("timeout a string", "field 'timeout' of task 't' must be a number", task(timeout="10")),
-        job_case("env values ints", "field 'env' of task 't' must map strings to strings", task(env={"A": 1})),
-        job_case("env a list", "field 'env' of task 't' must be a map", task(env=["A=1"])),
-        Case("tasks not a list", "POST", "/v1/jobs", 400, "field 'tasks' of job must be a list",
-             body=codec.encode({"tasks": "all of them"})),
-        job_case("name an integer", "field 'name' of task #1 must be a string", task(name=5)),
-        job_case("network a string", "field 'network' of task 't' must be true or false", task(network="yes")),
-        job_case("no_cache an integer", "field 'no_cache' of job must be true or false", task(), no_cache=1),
-        job_case("negative timeout", "must be a number of at least", task(timeout=-1)),
-        job_case("NaN timeout", "must be a number of at least", task(timeout=float("nan"))),
-        job_case("infinite timeout", "timeout must be more than 0", task(timeout=float("inf"))),
-        job_case("empty argv", "non-empty argv", task(argv=[])),
-        job_case("NUL in argv", "must not contain NUL", task(argv=["echo", "a\0b"])),
-        job_case("bad env name", "invalid environment variable name", task(env={"A=B": "1"})),
-        job_case("unknown executor", "unknown executor", task(executor="teleport")),
-        job_case("bad 'when'", "'when' of task 't' must be one of", task(when="never")),
-        job_case("invalid task name", "is not valid", task(name="-rf")),
-        job_case("label too long", "label may be at most", task(), label="x" * 501),
-        Case("wrong types as JSON", "POST", "/v1/jobs", 400, "field 'timeout' of task 't' must be a number",
-             body=job(task(timeout="10"), encode=lambda v: json.dumps(v).encode()), content_type=JSON),
-    ])
+    check_refused(
+        node,
+        snapshot,
+        [
+            job_case("argv not a list", "field 'argv' of task 't' must be a list", task(argv="echo hi")),
+            job_case("argv holding an integer", "must be a list of strings", task(argv=["echo", 1])),
+            job_case("timeout a string", "field 'timeout' of task 't' must be a number", task(timeout="10")),
+            job_case("env values ints", "field 'env' of task 't' must map strings to strings", task(env={"A": 1})),
+            job_case("env a list", "field 'env' of task 't' must be a map", task(env=["A=1"])),
+            Case(
+                "tasks not a list",
+                "POST",
+                "/v1/jobs",
+                400,
+                "field 'tasks' of job must be a list",
+                body=codec.encode({"tasks": "all of them"}),
+            ),
+            job_case("name an integer", "field 'name' of task #1 must be a string", task(name=5)),
+            job_case("network a string", "field 'network' of task 't' must be true or false", task(network="yes")),
+            job_case("no_cache an integer", "field 'no_cache' of job must be true or false", task(), no_cache=1),
+            job_case("negative timeout", "must be a number of at least", task(timeout=-1)),
+            job_case("NaN timeout", "must be a number of at least", task(timeout=float("nan"))),
+            job_case("infinite timeout", "timeout must be more than 0", task(timeout=float("inf"))),
+            job_case("empty argv", "non-empty argv", task(argv=[])),
+            job_case("NUL in argv", "must not contain NUL", task(argv=["echo", "a\0b"])),
+            job_case("bad env name", "invalid environment variable name", task(env={"A=B": "1"})),
+            job_case("unknown executor", "unknown executor", task(executor="teleport")),
+            job_case("bad 'when'", "'when' of task 't' must be one of", task(when="never")),
+            job_case("invalid task name", "is not valid", task(name="-rf")),
+            job_case("label too long", "label may be at most", task(), label="x" * 501),
+            Case(
+                "wrong types as JSON",
+                "POST",
+                "/v1/jobs",
+                400,
+                "field 'timeout' of task 't' must be a number",
+                body=job(task(timeout="10"), encode=lambda v: json.dumps(v).encode()),
+                content_type=JSON,
+            ),
+        ],
+    )
 
 
 def test_unknown_fields(node: NodeProcess, snapshot: str) -> None:
-    check_refused(node, snapshot, [
-        job_case("unknown field in the job", "job has unknown field(s): 'priority'", task(), priority=9),
-        job_case("unknown field in a task", "task 't' has unknown field(s): 'colour'", task(colour="blue")),
-        job_case("misspelt field in a task", "'timout'", task(timout=5)),
-        Case("unknown field in find-missing", "POST", "/v1/blobs:missing", 400,
-             "find-missing request has unknown field(s): 'x'", body=codec.encode({"digests": [], "x": 1})),
-    ])
+    check_refused(
+        node,
+        snapshot,
+        [
+            job_case("unknown field in the job", "job has unknown field(s): 'priority'", task(), priority=9),
+            job_case("unknown field in a task", "task 't' has unknown field(s): 'colour'", task(colour="blue")),
+            job_case("misspelt field in a task", "'timout'", task(timout=5)),
+            Case(
+                "unknown field in find-missing",
+                "POST",
+                "/v1/blobs:missing",
+                400,
+                "find-missing request has unknown field(s): 'x'",
+                body=codec.encode({"digests": [], "x": 1}),
+            ),
+        ],
+    )
 
 
 def test_bad_steal_requests(node: NodeProcess, snapshot: str) -> None:
-    check_refused(node, snapshot, [
-        Case("slots a string", "POST", "/v1/steal", 400, "field 'slots' of a steal request must be an integer",
-             body=codec.encode({"thief": "http://127.0.0.1:1", "slots": "all"})),
-        Case("no thief", "POST", "/v1/steal", 400, "'thief'", body=codec.encode({"slots": 1})),
-        Case("zero slots", "POST", "/v1/steal", 400, "'slots' must be between 1 and 4096",
-             body=codec.encode({"thief": "http://127.0.0.1:1", "slots": 0})),
-        Case("unknown field", "POST", "/v1/steal", 400, "unknown field(s): 'greedy'",
-             body=codec.encode({"thief": "http://127.0.0.1:1", "slots": 1, "greedy": True})),
-    ])
+    check_refused(
+        node,
+        snapshot,
+        [
+            Case(
+                "slots a string",
+                "POST",
+                "/v1/steal",
+                400,
+                "field 'slots' of a steal request must be an integer",
+                body=codec.encode({"thief": "http://127.0.0.1:1", "slots": "all"}),
+            ),
+            Case("no thief", "POST", "/v1/steal", 400, "'thief'", body=codec.encode({"slots": 1})),
+            Case(
+                "zero slots",
+                "POST",
+                "/v1/steal",
+                400,
+                "'slots' must be between 1 and 4096",
+                body=codec.encode({"thief": "http://127.0.0.1:1", "slots": 0}),
+            ),
+            Case(
+                "unknown field",
+                "POST",
+                "/v1/steal",
+                400,
+                "unknown field(s): 'greedy'",
+                body=codec.encode({"thief": "http://127.0.0.1:1", "slots": 1, "greedy": True}),
+            ),
+        ],
+    )
 
 
 def test_bad_task_graphs(node: NodeProcess, snapshot: str) -> None:
-    check_refused(node, snapshot, [
-        job_case("two-task cycle", "the task graph has a cycle: a -> b -> a",
-                 task(name="a", after=["b"]), task(name="b", after=["a"])),
-        job_case("cycle through input_task", "the task graph has a cycle",
-                 task(name="a", after=["c"]), task(name="b", input=None, input_task="a"),
-                 task(name="c", after=["b"])),
-        job_case("self dependency", "depends on itself", task(name="a", after=["a"])),
-        job_case("unknown task in after", "task 'a' depends on 'ghost', which is not a task of this job",
-                 task(name="a", after=["ghost"])),
-        job_case("unknown input_task", "task 'b' depends on 'ghost', which is not a task of this job",
-                 task(name="a"), task(name="b", input=None, input_task="ghost")),
-        job_case("duplicate task names", "task names must be unique; repeated: a", task(name="a"), task(name="a")),
-        job_case("empty task list", "a job needs at least one task"),
-        job_case("both input and input_task", "needs exactly one of 'input'",
-                 task(name="a"), task(name="b", input_task="a")),
-        job_case("neither input nor input_task", "needs exactly one of 'input'", task(input=None)),
-        job_case("reaction without dependencies", "depends on no task", task(when="failure")),
-        Case("bad job with ?follow=1", "POST", "/v1/jobs", 400, "the task graph has a cycle",
-             body=job(task(name="a", after=["b"]), task(name="b", after=["a"])), params={"follow": "1"}),
-    ])
+    check_refused(
+        node,
+        snapshot,
+        [
+            job_case(
+                "two-task cycle",
+                "the task graph has a cycle: a -> b -> a",
+                task(name="a", after=["b"]),
+                task(name="b", after=["a"]),
+            ),
+            job_case(
+                "cycle through input_task",
+                "the task graph has a cycle",
+                task(name="a", after=["c"]),
+                task(name="b", input=None, input_task="a"),
+                task(name="c", after=["b"]),
+            ),
+            job_case("self dependency", "depends on itself", task(name="a", after=["a"])),
+            job_case(
+                "unknown task in after",
+                "task 'a' depends on 'ghost', which is not a task of this job",
+                task(name="a", after=["ghost"]),
+            ),
+            job_case(
+                "unknown input_task",
+                "task 'b' depends on 'ghost', which is not a task of this job",
+                task(name="a"),
+                task(name="b", input=None, input_task="ghost"),
+            ),
+            job_case("duplicate task names", "task names must be unique; repeated: a", task(name="a"), task(name="a")),
+            job_case("empty task list", "a job needs at least one task"),
+            job_case(
+                "both input and input_task",
+                "needs exactly one of 'input'",
+                task(name="a"),
+                task(name="b", input_task="a"),
+            ),
+            job_case("neither input nor input_task", "needs exactly one of 'input'", task(input=None)),
+            job_case("reaction without dependencies", "depends on no task", task(when="failure")),
+            Case(
+                "bad job with ?follow=1",
+                "POST",
+                "/v1/jobs",
+                400,
+                "the task graph has a cycle",
+                body=job(task(name="a", after=["b"]), task(name="b", after=["a"])),
+                params={"follow": "1"},
+            ),
+        ],
+    )
 
 
 def test_hostile_paths(node: NodeProcess, snapshot: str) -> None:
-    check_refused(node, snapshot, [
-        job_case("cwd ../x", "cwd '../x' must not contain '..'", task(cwd="../x")),
-        job_case("cwd climbing out through a subdir", "must not contain '..'", task(cwd="a/../../x")),
-        job_case("cwd /etc", "cwd '/etc' must be relative to the snapshot's root", task(cwd="/etc")),
-        job_case("cwd with NUL", "contains NUL", task(cwd="a\0b")),
-        job_case("output ../x", "output path '../x' must not contain '..'", task(outputs=["../x"])),
-        job_case("output /etc", "output path '/etc' must be relative to the snapshot's root",
-                 task(outputs=["/etc"])),
-        job_case("output the root", "not its root", task(outputs=["."])),
-        job_case("outputs not a list", "field 'outputs' of task 't' must be a list", task(outputs="out")),
-    ])
+    check_refused(
+        node,
+        snapshot,
+        [
+            job_case("cwd ../x", "cwd '../x' must not contain '..'", task(cwd="../x")),
+            job_case("cwd climbing out through a subdir", "must not contain '..'", task(cwd="a/../../x")),
+            job_case("cwd /etc", "cwd '/etc' must be relative to the snapshot's root", task(cwd="/etc")),
+            job_case("cwd with NUL", "contains NUL", task(cwd="a\0b")),
+            job_case("output ../x", "output path '../x' must not contain '..'", task(outputs=["../x"])),
+            job_case(
+                "output /etc", "output path '/etc' must be relative to the snapshot's root", task(outputs=["/etc"])
+            ),
+            job_case("output the root", "not its root", task(outputs=["."])),
+            job_case("outputs not a list", "field 'outputs' of task 't' must be a list", task(outputs="out")),
+        ],
+    )
 
 
 def test_bad_digests(node: NodeProcess, snapshot: str) -> None:
     zero = "b3:" + "0" * 64
-    check_refused(node, snapshot, [
-        job_case("input not a digest", "field 'input' of task 't': not a digest", task(input="b3:zz")),
-        job_case("input in another hash", "not a digest", task(input="sha256:" + "0" * 64)),
-        job_case("input with a negative size", "not a digest", task(input=zero + ":-1")),
-        Case("find-missing with a bad digest", "POST", "/v1/blobs:missing", 400, "not a digest",
-             body=codec.encode({"digests": ["b3:zz"]})),
-        Case("GET a bad digest", "GET", "/v1/blobs/b3:nothex", 400, "not a digest"),
-        Case("PUT a bad digest", "PUT", "/v1/blobs/garbage", 400, "not a digest", body=b"x"),
-        Case("PUT a size over the node's limit", "PUT", f"/v1/blobs/{zero}:{2**62}", 413,
-             "exceeds the node's limit", body=b"x"),
-    ])
+    check_refused(
+        node,
+        snapshot,
+        [
+            job_case("input not a digest", "field 'input' of task 't': not a digest", task(input="b3:zz")),
+            job_case("input in another hash", "not a digest", task(input="sha256:" + "0" * 64)),
+            job_case("input with a negative size", "not a digest", task(input=zero + ":-1")),
+            Case(
+                "find-missing with a bad digest",
+                "POST",
+                "/v1/blobs:missing",
+                400,
+                "not a digest",
+                body=codec.encode({"digests": ["b3:zz"]}),
+            ),
+            Case("GET a bad digest", "GET", "/v1/blobs/b3:nothex", 400, "not a digest"),
+            Case("PUT a bad digest", "PUT", "/v1/blobs/garbage", 400, "not a digest", body=b"x"),
+            Case(
+                "PUT a size over the node's limit",
+                "PUT",
+                f"/v1/blobs/{zero}:{2**62}",
+                413,
+                "exceeds the node's limit",
+                body=b"x",
+            ),
+        ],
+    )
 
 
 # -- blob uploads that do not match ------------------------------------------------
@@ -403,13 +586,23 @@ def _blob_absent(node: NodeProcess, digest: Digest) -> None:
 def test_put_blob_that_does_not_match_its_digest(node: NodeProcess, snapshot: str) -> None:
     data = secrets.token_bytes(1000)
     digest = Digest.of(data)
-    check_refused(node, snapshot, [
-        Case("same size, other bytes", "PUT", f"/v1/blobs/{digest}", 400, "does not match its digest",
-             body=bytes([data[0] ^ 1]) + data[1:]),
-        Case("too short", "PUT", f"/v1/blobs/{digest}", 400, "does not match its digest", body=data[:-1]),
-        Case("too long", "PUT", f"/v1/blobs/{digest}", 400, "does not match its digest", body=data + b"!"),
-        Case("empty", "PUT", f"/v1/blobs/{digest}", 400, "does not match its digest", body=b""),
-    ])
+    check_refused(
+        node,
+        snapshot,
+        [
+            Case(
+                "same size, other bytes",
+                "PUT",
+                f"/v1/blobs/{digest}",
+                400,
+                "does not match its digest",
+                body=bytes([data[0] ^ 1]) + data[1:],
+            ),
+            Case("too short", "PUT", f"/v1/blobs/{digest}", 400, "does not match its digest", body=data[:-1]),
+            Case("too long", "PUT", f"/v1/blobs/{digest}", 400, "does not match its digest", body=data + b"!"),
+            Case("empty", "PUT", f"/v1/blobs/{digest}", 400, "does not match its digest", body=b""),
+        ],
+    )
     _blob_absent(node, digest)
     # The right bytes are then accepted, and read back intact.
     response = send(node, "PUT", f"/v1/blobs/{digest}", body=data)
@@ -427,20 +620,60 @@ def test_batched_upload_with_a_bad_record(node: NodeProcess, snapshot: str) -> N
     good, bad = secrets.token_bytes(300), secrets.token_bytes(300)
     good_digest, bad_digest = Digest.of(good), Digest.of(bad)
     wrong = bytes([bad[0] ^ 0xFF]) + bad[1:]
-    check_refused(node, snapshot, [
-        Case("a record whose bytes do not match", "POST", "/v1/blobs:upload", 400, "does not match its digest",
-             body=_record(str(good_digest), good) + _record(str(bad_digest), wrong)),
-        Case("a record with a bad digest", "POST", "/v1/blobs:upload", 400, "not a digest",
-             body=_record("b3:garbage", b"")),
-        Case("a record header too long to be a digest", "POST", "/v1/blobs:upload", 400, "is not a digest",
-             body=b"\xff\xff" + b"x" * 1000),
-        Case("a record cut short", "POST", "/v1/blobs:upload", 400, "upload ended inside the blob",
-             body=_record(str(bad_digest), bad[:100])),
-        Case("stray bytes after the last record", "POST", "/v1/blobs:upload", 400,
-             "upload ended inside a record header", body=_record(str(good_digest), good) + b"\x00"),
-        Case("a record claiming 2**62 bytes", "POST", "/v1/blobs:upload", 413, "exceeds the node's limit",
-             body=_record(f"b3:{'0' * 64}:{2**62}", b"x")),
-    ])
+    check_refused(
+        node,
+        snapshot,
+        [
+            Case(
+                "a record whose bytes do not match",
+                "POST",
+                "/v1/blobs:upload",
+                400,
+                "does not match its digest",
+                body=_record(str(good_digest), good) + _record(str(bad_digest), wrong),
+            ),
+            Case(
+                "a record with a bad digest",
+                "POST",
+                "/v1/blobs:upload",
+                400,
+                "not a digest",
+                body=_record("b3:garbage", b""),
+            ),
+            Case(
+                "a record header too long to be a digest",
+                "POST",
+                "/v1/blobs:upload",
+                400,
+                "is not a digest",
+                body=b"\xff\xff" + b"x" * 1000,
+            ),
+            Case(
+                "a record cut short",
+                "POST",
+                "/v1/blobs:upload",
+                400,
+                "upload ended inside the blob",
+                body=_record(str(bad_digest), bad[:100]),
+            ),
+            Case(
+                "stray bytes after the last record",
+                "POST",
+                "/v1/blobs:upload",
+                400,
+                "upload ended inside a record header",
+                body=_record(str(good_digest), good) + b"\x00",
+            ),
+            Case(
+                "a record claiming 2**62 bytes",
+                "POST",
+                "/v1/blobs:upload",
+                413,
+                "exceeds the node's limit",
+                body=_record(f"b3:{'0' * 64}:{2**62}", b"x"),
+            ),
+        ],
+    )
     _blob_absent(node, bad_digest)
     # A whole, valid batch still works.
     response = send(node, "POST", "/v1/blobs:upload", body=_record(str(bad_digest), bad))
@@ -456,42 +689,74 @@ def test_job_ids(node: NodeProcess, snapshot: str) -> None:
     for method, suffix in (("GET", ""), ("POST", "/cancel"), ("GET", "/events")):
         cases += [
             Case(f"unknown job id {suffix}", method, f"/v1/jobs/{unknown}{suffix}", 404, f"no job {unknown}"),
-            Case(f"malformed job id {suffix}", method, f"/v1/jobs/not-a-job{suffix}", 400,
-                 "'not-a-job' is not a job id"),
-            Case(f"upper-case job id {suffix}", method, f"/v1/jobs/{unknown.upper()}{suffix}", 400,
-                 "is not a job id"),
+            Case(
+                f"malformed job id {suffix}", method, f"/v1/jobs/not-a-job{suffix}", 400, "'not-a-job' is not a job id"
+            ),
+            Case(f"upper-case job id {suffix}", method, f"/v1/jobs/{unknown.upper()}{suffix}", 400, "is not a job id"),
             Case(f"job id too long {suffix}", method, f"/v1/jobs/{unknown}0{suffix}", 400, "is not a job id"),
         ]
     check_refused(node, snapshot, cases)
 
 
 def test_unknown_endpoints_and_wrong_methods(node: NodeProcess, snapshot: str) -> None:
-    check_refused(node, snapshot, [
-        Case("unknown endpoint", "GET", "/v1/nothing", 404, "no such endpoint: GET /v1/nothing"),
-        Case("unknown version", "POST", "/v2/jobs", 404, "no such endpoint", body=b"\xa0"),
-        Case("DELETE a collection", "DELETE", "/v1/jobs", 405, "DELETE is not allowed on /v1/jobs"),
-        Case("POST /health", "POST", "/health", 405, "POST is not allowed on /health", body=b"\xa0"),
-        Case("GET the upload endpoint", "GET", "/v1/blobs:upload", 405, "GET is not allowed"),
-        Case("PUT a job", "PUT", "/v1/jobs/0123456789abcdef0123", 405, "PUT is not allowed", body=b"\xa0"),
-    ])
+    check_refused(
+        node,
+        snapshot,
+        [
+            Case("unknown endpoint", "GET", "/v1/nothing", 404, "no such endpoint: GET /v1/nothing"),
+            Case("unknown version", "POST", "/v2/jobs", 404, "no such endpoint", body=b"\xa0"),
+            Case("DELETE a collection", "DELETE", "/v1/jobs", 405, "DELETE is not allowed on /v1/jobs"),
+            Case("POST /health", "POST", "/health", 405, "POST is not allowed on /health", body=b"\xa0"),
+            Case("GET the upload endpoint", "GET", "/v1/blobs:upload", 405, "GET is not allowed"),
+            Case("PUT a job", "PUT", "/v1/jobs/0123456789abcdef0123", 405, "PUT is not allowed", body=b"\xa0"),
+        ],
+    )
 
 
 def test_bad_query_parameters(node: NodeProcess, snapshot: str) -> None:
     unknown = "0123456789abcdef0123"
-    check_refused(node, snapshot, [
-        Case("limit=abc", "GET", "/v1/jobs", 400, "query parameter 'limit' must be an integer, not 'abc'",
-             params={"limit": "abc"}),
-        Case("limit=0", "GET", "/v1/jobs", 400, "'limit' must be between 1 and", params={"limit": "0"}),
-        Case("limit too large", "GET", "/v1/jobs", 400, "'limit' must be between 1 and",
-             params={"limit": "100000000"}),
-        Case("before=x", "GET", "/v1/jobs", 400, "'before' must be an integer", params={"before": "x"}),
-        Case("before huge", "GET", "/v1/jobs", 400, "'before' must be between", params={"before": str(2**80)}),
-        Case("state=bogus", "GET", "/v1/jobs", 400, "state must be one of", params={"state": "bogus"}),
-        Case("events from=-1", "GET", f"/v1/jobs/{unknown}/events", 400, "'from' must be between",
-             params={"from": "-1"}),
-        Case("events from=x", "GET", f"/v1/jobs/{unknown}/events", 400, "'from' must be an integer",
-             params={"from": "x"}),
-    ])
+    check_refused(
+        node,
+        snapshot,
+        [
+            Case(
+                "limit=abc",
+                "GET",
+                "/v1/jobs",
+                400,
+                "query parameter 'limit' must be an integer, not 'abc'",
+                params={"limit": "abc"},
+            ),
+            Case("limit=0", "GET", "/v1/jobs", 400, "'limit' must be between 1 and", params={"limit": "0"}),
+            Case(
+                "limit too large",
+                "GET",
+                "/v1/jobs",
+                400,
+                "'limit' must be between 1 and",
+                params={"limit": "100000000"},
+            ),
+            Case("before=x", "GET", "/v1/jobs", 400, "'before' must be an integer", params={"before": "x"}),
+            Case("before huge", "GET", "/v1/jobs", 400, "'before' must be between", params={"before": str(2**80)}),
+            Case("state=bogus", "GET", "/v1/jobs", 400, "state must be one of", params={"state": "bogus"}),
+            Case(
+                "events from=-1",
+                "GET",
+                f"/v1/jobs/{unknown}/events",
+                400,
+                "'from' must be between",
+                params={"from": "-1"},
+            ),
+            Case(
+                "events from=x",
+                "GET",
+                f"/v1/jobs/{unknown}/events",
+                400,
+                "'from' must be an integer",
+                params={"from": "x"},
+            ),
+        ],
+    )
 
 
 # -- a 500 says so, without a traceback ---------------------------------------------

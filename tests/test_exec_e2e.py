@@ -191,13 +191,27 @@ def test_a_sandboxed_task_cannot_reach_the_nodes_key_store_or_api(node: NodeProc
 
 def test_exec_with_limits(node: NodeProcess, tree: Path) -> None:
     require_sandbox()
-    done = node.mesh("exec", "--limit", "processes=40", "--limit", "file_size=1M", "-C", str(tree), "--",
-                     "bash", "-c", "ulimit -u; ulimit -f")
+    done = node.mesh(
+        "exec",
+        "--limit",
+        "processes=40",
+        "--limit",
+        "file_size=1M",
+        "-C",
+        str(tree),
+        "--",
+        "bash",
+        "-c",
+        "ulimit -u; ulimit -f",
+    )
     assert (done.returncode, done.stdout) == (0, b"40\n1024\n"), done.stderr  # bash counts 1 KiB blocks
     too_many = node.mesh("exec", "--limit", "processes=100000000", "-C", str(tree), "--", "true")
     assert too_many.returncode == 126 and b"more than this node allows" in too_many.stderr, too_many.stderr
-    for bad, words in ((["--limit", "memory=1"], b"choose from"), (["--limit", "processes=lots"], b"whole number"),
-                       (["--executor", "process", "--limit", "processes=9"], b"sandbox executor")):
+    for bad, words in (
+        (["--limit", "memory=1"], b"choose from"),
+        (["--limit", "processes=lots"], b"whole number"),
+        (["--executor", "process", "--limit", "processes=9"], b"sandbox executor"),
+    ):
         refused = node.mesh("exec", *bad, "-C", str(tree), "--", "true")
         assert refused.returncode == 2 and words in refused.stderr, (bad, refused.stderr)
 
@@ -361,16 +375,21 @@ def test_task_directories_are_reused_and_removed_at_shutdown(home: Path, tree: P
 def test_remote_node_gets_only_missing_blobs_uploaded(node: NodeProcess, tree: Path, tmp_path: Path) -> None:
     """A client with its own store uploads the tree from its files; a second run uploads nothing new."""
     client_home = tmp_path / "client-home"
-    unkeyed = subprocess.run(MESH + ["exec", "-C", str(tree), "--", "true"],
-                             env=node_env(str(client_home), MESH_NODE=node.url), capture_output=True, timeout=120)
+    unkeyed = subprocess.run(
+        MESH + ["exec", "-C", str(tree), "--", "true"],
+        env=node_env(str(client_home), MESH_NODE=node.url),
+        capture_output=True,
+        timeout=120,
+    )
     assert unkeyed.returncode == 1
     assert b"unsigned request" in unkeyed.stderr and b"mesh key show" in unkeyed.stderr
     key = node.mesh("key", "show").stdout.decode().strip()
     env = node_env(str(client_home), MESH_NODE=node.url, MESH_KEY=key)
 
     def mesh_exec(*argv: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(MESH + ["exec", "-v", "-C", str(tree), "--", *argv], env=env, capture_output=True,
-                              timeout=120)
+        return subprocess.run(
+            MESH + ["exec", "-v", "-C", str(tree), "--", *argv], env=env, capture_output=True, timeout=120
+        )
 
     first = mesh_exec("sh", "-c", "cat a.txt sub/b.txt; ./run.sh")
     assert first.returncode == 0, first.stderr
@@ -381,8 +400,12 @@ def test_remote_node_gets_only_missing_blobs_uploaded(node: NodeProcess, tree: P
     second = mesh_exec("cat", "sub/c.txt")
     assert second.stdout == b"gamma\n", second.stderr
     out = tmp_path / "out"
-    third = subprocess.run(MESH + ["exec", "-C", str(tree), "--out", str(out), "--", "sh", "-c", "echo r > r.txt"],
-                           env=env, capture_output=True, timeout=120)
+    third = subprocess.run(
+        MESH + ["exec", "-C", str(tree), "--out", str(out), "--", "sh", "-c", "echo r > r.txt"],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
     assert third.returncode == 0, third.stderr
     assert (out / "r.txt").read_text() == "r\n" and (out / "sub" / "c.txt").read_text() == "gamma\n"
     assert blobs_before["node"]
@@ -403,8 +426,12 @@ def test_the_client_side_imports_neither_trio_nor_the_server() -> None:
 
 def test_task_cwd_inside_the_snapshot(node: NodeProcess, tree: Path) -> None:
     snapshot = _snapshot(node, tree)
-    job = {"tasks": [{"name": "in-sub", "argv": ["sh", "-c", "pwd; cat b.txt"], "input": snapshot, "cwd": "sub"},
-                     {"name": "no-dir", "argv": ["true"], "input": snapshot, "cwd": "a.txt"}]}
+    job = {
+        "tasks": [
+            {"name": "in-sub", "argv": ["sh", "-c", "pwd; cat b.txt"], "input": snapshot, "cwd": "sub"},
+            {"name": "no-dir", "argv": ["true"], "input": snapshot, "cwd": "a.txt"},
+        ]
+    }
     with NodeClient(node.url) as client:
         job_id = client.submit(job)["id"]
         wait_for(lambda: client.job(job_id)["state"] != "running", what="the job to finish")

@@ -147,19 +147,26 @@ def _client(node: NodeProcess) -> NodeClient:
 
 def _mesh_formed(nodes: list[NodeProcess]) -> None:
     for node in nodes:
-        wait_for(lambda node=node: len(peers_of(node)) == len(nodes) - 1
-                 and all(p["state"] == "alive" for p in peers_of(node).values()),
-                 timeout=15, what=f"{node.url} to know every other node")
+        wait_for(
+            lambda node=node: (
+                len(peers_of(node)) == len(nodes) - 1 and all(p["state"] == "alive" for p in peers_of(node).values())
+            ),
+            timeout=15,
+            what=f"{node.url} to know every other node",
+        )
 
 
 def test_a_job_spreads_over_the_mesh_and_requirements_hold(trio_of_nodes: list[NodeProcess], tmp_path: Path) -> None:
     a, b, c = trio_of_nodes
     _mesh_formed(trio_of_nodes)
     snapshot = _snapshot(a, tmp_path)
-    tasks = [{"name": f"t{i}", "argv": ["sh", "-c", f"sleep 0.3; cat data.txt; echo {i}"], "input": snapshot}
-             for i in range(30)]
-    tasks.append({"name": "special", "argv": ["cat", "data.txt"], "input": snapshot,
-                  "requirements": {"label.special": "1"}})
+    tasks = [
+        {"name": f"t{i}", "argv": ["sh", "-c", f"sleep 0.3; cat data.txt; echo {i}"], "input": snapshot}
+        for i in range(30)
+    ]
+    tasks.append(
+        {"name": "special", "argv": ["cat", "data.txt"], "input": snapshot, "requirements": {"label.special": "1"}}
+    )
     tasks.append({"name": "impossible", "argv": ["true"], "input": snapshot, "requirements": {"label.gpu": "1"}})
     with _client(a) as client:
         job_id = client.submit({"tasks": tasks, "no_cache": True})["id"]
@@ -185,14 +192,19 @@ def test_a_task_whose_peer_dies_completes_elsewhere(trio_of_nodes: list[NodeProc
     marks = tmp_path / "marks"
     marks.mkdir()
     script = f'echo "$MESH_TASK_DIR" > {marks}/$1.$$; sleep 5; echo done'
-    tasks = [{"name": f"long{i}", "argv": ["sh", "-c", script, "sh", f"long{i}"], "input": snapshot,
-              "executor": "process"} for i in range(3)]
+    tasks = [
+        {"name": f"long{i}", "argv": ["sh", "-c", script, "sh", f"long{i}"], "input": snapshot, "executor": "process"}
+        for i in range(3)
+    ]
     with _client(a) as client:
         job_id = client.submit({"tasks": tasks, "no_cache": True})["id"]
         wait_for(lambda: len(list(marks.iterdir())) >= 3, timeout=30, what="the three tasks to start")
         homes = {str(n.home): n for n in (b, c)}
-        remote = [(m.name.split(".")[0], m.read_text()) for m in marks.iterdir()
-                  if any(m.read_text().startswith(h) for h in homes)]
+        remote = [
+            (m.name.split(".")[0], m.read_text())
+            for m in marks.iterdir()
+            if any(m.read_text().startswith(h) for h in homes)
+        ]
         assert remote, "no task was placed on a peer"
         name, task_dir = remote[0]
         victim = next(n for h, n in homes.items() if task_dir.startswith(h))
@@ -219,8 +231,9 @@ def test_a_task_goes_where_its_big_input_already_is(trio_of_nodes: list[NodeProc
     assert made.returncode == 0, made.stderr
     snapshot = made.stdout.decode().strip()
     with _client(a) as client:
-        job_id = client.submit({"tasks": [{"name": "use", "argv": ["wc", "-c", "data.bin"], "input": snapshot}],
-                                "no_cache": True})["id"]
+        job_id = client.submit(
+            {"tasks": [{"name": "use", "argv": ["wc", "-c", "data.bin"], "input": snapshot}], "no_cache": True}
+        )["id"]
         wait_for(lambda: client.job(job_id)["state"] != "running", timeout=60, what="the job to finish")
         [task] = client.job(job_id)["tasks"]
         assert task["state"] == "succeeded", task
@@ -246,11 +259,15 @@ def test_an_idle_node_steals_queued_tasks_from_a_busy_peer(tmp_path: Path) -> No
         snapshot = _snapshot(a, tmp_path)
         b_id = node_id(b)
         with _client(b) as on_b, _client(a) as on_a:
-            own = on_b.submit({"tasks": [{"name": "own", "argv": ["sleep", "2"], "input": snapshot}],
-                               "no_cache": True, "pinned": True})["id"]
+            own = on_b.submit(
+                {
+                    "tasks": [{"name": "own", "argv": ["sleep", "2"], "input": snapshot}],
+                    "no_cache": True,
+                    "pinned": True,
+                }
+            )["id"]
             wait_for(lambda: peers_of(a)[b_id]["load"]["busy"] == 1, timeout=10, what="a to hear that b is busy")
-            tasks = [{"name": f"t{i}", "argv": ["sh", "-c", f"sleep 1; echo {i}"], "input": snapshot}
-                     for i in range(4)]
+            tasks = [{"name": f"t{i}", "argv": ["sh", "-c", f"sleep 1; echo {i}"], "input": snapshot} for i in range(4)]
             job_id = on_a.submit({"tasks": tasks, "no_cache": True})["id"]
             wait_for(lambda: on_a.job(job_id)["state"] != "running", timeout=60, what="a's job to finish")
             status = on_a.job(job_id)

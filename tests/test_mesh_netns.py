@@ -85,8 +85,9 @@ def test_three_namespaced_nodes_find_each_other_by_mdns(lan: Lan, tmp_path: Path
     (src / "data.txt").write_text("in the namespaces\n")
     made = lan.run(0, [sys.executable, "-m", "mesh", "snapshot", str(src)], env=node_env(str(homes[0])))
     assert made.returncode == 0, made.stderr
-    done = lan.run(0, [sys.executable, "-c", SUBMIT, made.stdout.strip(), str(PORT)], env=node_env(str(homes[0])),
-                   timeout=180)
+    done = lan.run(
+        0, [sys.executable, "-c", SUBMIT, made.stdout.strip(), str(PORT)], env=node_env(str(homes[0])), timeout=180
+    )
     assert done.returncode == 0, done.stderr
     tasks = json.loads(done.stdout)
     ran_on = {t["result"]["node"] for t in tasks if t["name"].startswith("t")}
