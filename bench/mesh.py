@@ -553,7 +553,9 @@ def main() -> int:
     logs_with_tracebacks: list[str] = []
 
     with c.scratch_dir(args.work, "mesh-bench-mesh-") as scratch:
-        c.check_space(scratch.root, 3 * size + (1 << 30))
+        # Part a keeps, per round, a blob in A's store, its copy in B's and the raw stream's
+        # stored copy; plus the blob's file and the warm-up round.
+        c.check_space(scratch.root, (3 * rounds + 4) * size + (1 << 30))
         c.print_header("mesh: blob exchange, scheduling over peers, joining", scratch.root)
         print(tp.versions() + "\n")
         tree = scratch.path("tree")
