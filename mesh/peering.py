@@ -251,7 +251,11 @@ class Peering:
     def peer_store(self, store: LocalStore) -> PeerStore:
         """``store`` with the live peers behind it (mesh.peerstore)."""
         assert self.offers is not None, "peering is not running"
-        return PeerStore(store, lambda: [m.url for m in self.table.alive()], self.missing_on, self.offers.fetch)
+
+        def alive() -> list[str]:
+            return [m.url for m in self.table.alive()]
+
+        return PeerStore(store, alive, self.missing_on, self.offers.fetch, self.offers.fetch_many)
 
     async def missing_on(self, url: str, digests: list[Digest]) -> list[Digest]:
         """Which of ``digests`` the peer at ``url`` lacks (``POST /v1/blobs:missing``)."""

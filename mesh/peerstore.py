@@ -8,11 +8,14 @@ store's writer checks the digest before anything becomes visible).
 Finding a holder: every live peer is asked at once (``POST /v1/blobs:missing``,
 signed); the first answer that has a blob claims it, and once every wanted blob
 has a holder the questions still out are cancelled, so one slow or dead peer never
-delays a fetch the others can serve. A blob is then copied from its holder with the
-lean GET of :mod:`mesh.api.blobget`; if that fails (the peer vanished, it lost the
-blob meanwhile), the other peers that said they had it are tried in turn, then
-every peer that has not answered. A peer's own request is never passed on (see
-mesh.api.blobs), so two nodes that lack a blob cannot ask each other for ever.
+delays a fetch the others can serve. Small blobs are then copied from their holders
+in batches (one request for up to BATCH_COUNT of them: a tree of many small files
+would otherwise cost a round trip per file). Every other blob, and any a batch did
+not bring, is copied with the lean GET of :mod:`mesh.api.blobget`; if that fails
+(the peer vanished, it lost the blob meanwhile), the other peers that said they had
+it are tried in turn, then every peer that has not answered. A peer's own request
+is never passed on (see mesh.api.blobs), so two nodes that lack a blob cannot ask
+each other for ever.
 """
 
 from __future__ import annotations
@@ -38,16 +41,32 @@ Ask = Callable[[str, list[Digest]], Any]
 """``await ask(url, digests)``: the digests of ``digests`` the peer at ``url`` lacks."""
 Copy = Callable[[str, Digest, LocalStore], Any]
 """``await copy(url, digest, store)``: copy one blob in, verified; False if the peer lacks it."""
+CopyMany = Callable[[str, list[Digest], LocalStore], Any]
+"""``await copy_many(url, digests, store)``: copy many blobs in one request; returns those that came."""
+
+#: Blobs up to this size are copied in batches (one request per holder and BATCH_COUNT
+#: blobs); larger ones each take their own pipelined GET.
+BATCH_BLOB_MAX = 1 << 20
+#: Blobs per batched request (the API's limit).
+BATCH_COUNT = 10_000
 
 
 class PeerStore:
     """``local`` plus the live peers ``peers()`` (their URLs), reached through ``ask`` and ``copy``."""
 
-    def __init__(self, local: LocalStore, peers: Callable[[], list[str]], ask: Ask, copy: Copy) -> None:
+    def __init__(
+        self,
+        local: LocalStore,
+        peers: Callable[[], list[str]],
+        ask: Ask,
+        copy: Copy,
+        copy_many: CopyMany | None = None,
+    ) -> None:
         self.local = local
         self.peers = peers
         self._ask = ask
         self._copy = copy
+        self._copy_many = copy_many
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.local, name)  # has, find_missing, open, get, put, writer ...
@@ -76,11 +95,29 @@ class PeerStore:
             peers = self.peers()
             holders = await self.locate(wanted, peers)
             others = peers
+        if self._copy_many is not None:
+            await self._copy_batches(wanted, holders)
+            wanted = self.local.find_missing(wanted)  # what the batches did not bring
         lost = []
         for digest in wanted:
             if not await self._copy_from(digest, holders.get(digest, []), others):
                 lost.append(digest)
         return lost
+
+    async def _copy_batches(self, wanted: list[Digest], holders: dict[Digest, list[str]]) -> None:
+        """Copy the small ones of ``wanted`` from their first holder, many per request. A batch
+        that fails is logged and left to the one-blob-at-a-time path, with its fallbacks."""
+        assert self._copy_many is not None
+        groups: dict[str, list[Digest]] = {}
+        for digest in wanted:
+            if digest.size <= BATCH_BLOB_MAX and holders.get(digest):
+                groups.setdefault(holders[digest][0], []).append(digest)
+        for url, group in groups.items():
+            for start in range(0, len(group), BATCH_COUNT):
+                try:
+                    await self._copy_many(url, group[start : start + BATCH_COUNT], self.local)
+                except MeshError as exc:
+                    log.info("a batched fetch from %s failed (%s); fetching those blobs one by one", url, exc)
 
     async def locate(self, digests: list[Digest], peers: list[str]) -> dict[Digest, list[str]]:
         """Which peers hold each of ``digests``, as far as the first answers tell: asks every peer

@@ -82,6 +82,7 @@ def test_unsigned_forged_replayed_and_stale_requests_are_refused(node: NodeProce
         ("POST", "/v1/blobs:missing", codec.encode({"digests": []})),
         ("PUT", "/v1/blobs/b3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262:0", b""),
         ("POST", "/v1/blobs:upload", b""),
+        ("POST", "/v1/blobs:download", codec.encode({"digests": []})),
         ("POST", "/v1/steal", codec.encode({"thief": "http://127.0.0.1:1", "slots": 1})),
         ("POST", "/v1/gossip", codec.encode({})),
         ("GET", "/v1/blobs/b3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262:0", None),

@@ -1,5 +1,7 @@
-"""The lean blob GET between nodes: a real node's blob arrives whole and verified; a peer that
-sends too little, wrong bytes, a wrong length, an error or nothing at all stores nothing."""
+"""The lean blob downloads between nodes. One blob (GET): a real node's blob arrives whole and
+verified; a peer that sends too little, wrong bytes, a wrong length, an error or nothing at all
+stores nothing. Many (POST /v1/blobs:download): what the node holds arrives, what it lacks is
+left out, and a bad answer keeps the blobs that came whole before it."""
 
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ import trio
 
 from mesh.api import blobget
 from mesh.api.auth import MeshKey, load_key
-from mesh.api.blobget import get_blob
+from mesh.api.blobget import get_blob, get_blobs
 from mesh.api.client import NodeClient
+from mesh.api.records import record_header
 from mesh.cas.digest import Digest
 from mesh.cas.store import LocalStore
 from mesh.errors import DigestMismatch, NodeError, NodeUnreachable
@@ -36,18 +39,22 @@ def local(tmp_path: Path) -> Iterator[LocalStore]:
         yield s
 
 
+def put(node: NodeProcess, key: MeshKey, data: bytes) -> Digest:
+    digest = Digest.of(data)
+    with NodeClient(node.url, key=key) as client:
+        headers = {"content-type": "application/octet-stream"}
+        answer = client.http.put(f"/v1/blobs/{digest}", content=data, headers=headers)
+        assert answer.status_code in (200, 201), answer.text
+    return digest
+
+
 async def test_blobs_come_whole_from_a_real_node_and_an_absent_one_is_false(
     node: NodeProcess, local: LocalStore
 ) -> None:
     key = load_key(node.home)
     assert key is not None
     for data in (DATA, SMALL, b""):
-        digest = Digest.of(data)
-        with NodeClient(node.url, key=key) as client:
-            put = client.http.put(
-                f"/v1/blobs/{digest}", content=data, headers={"content-type": "application/octet-stream"}
-            )
-            assert put.status_code in (200, 201), put.text
+        digest = put(node, key, data)
         with trio.fail_after(30):
             assert await get_blob(key, node.url, digest, local) is True
         with local.open(digest) as reader:  # verifies as it reads
@@ -122,3 +129,58 @@ async def test_a_peer_that_stops_sending_is_given_up_after_the_idle_timeout(
             with pytest.raises(NodeUnreachable, match="TooSlowError"):
                 await get_blob(KEY, url, DIGEST, local)
     assert stored_nothing(local, DIGEST)
+
+
+# -- batched downloads ---------------------------------------------------------------------
+
+
+async def test_a_batch_brings_what_the_node_holds_and_leaves_out_what_it_lacks(
+    node: NodeProcess, local: LocalStore
+) -> None:
+    key = load_key(node.home)
+    assert key is not None
+    blobs = [os.urandom(n) for n in (0, 1, 1000, 70_000, 3 << 20)]  # spans several answer chunks
+    digests = [put(node, key, data) for data in blobs]
+    absent = Digest.of(b"nobody has this")
+    asked = [digests[0], absent, *digests[1:]]
+    with trio.fail_after(30):
+        assert await get_blobs(key, node.url, asked, local) == digests
+        assert await get_blobs(key, node.url, [], local) == []
+    for digest, data in zip(digests, blobs, strict=True):
+        with local.open(digest) as reader:  # verifies as it reads
+            assert reader.read() == data
+    assert not local.has(absent)
+    with trio.fail_after(30), pytest.raises(NodeError, match="HTTP 413"):
+        await get_blobs(key, node.url, [absent] * 10_001, local)
+
+
+def records(*items: tuple[Digest, bytes]) -> bytes:
+    return b"".join(record_header(digest) + data for digest, data in items)
+
+
+def answer_of(body: bytes) -> bytes:
+    return head("200 OK", len(body)) + body
+
+
+async def test_a_bad_batch_is_refused_and_keeps_the_blobs_that_came_whole(tmp_path: Path) -> None:
+    first, second = os.urandom(3000), os.urandom(3000)
+    d1, d2 = Digest.of(first), Digest.of(second)
+    other = Digest.of(b"not asked for")
+    wrong = bytes([second[0] ^ 1]) + second[1:]
+    cases = [
+        (answer_of(records((d1, first), (d2, wrong))), NodeError, "does not match"),
+        (answer_of(records((d1, first), (d2, second[:100]))), NodeError, "ended inside the blob"),
+        (answer_of(records((d1, first), (other, b"not asked for"))), NodeError, "not asked for"),
+        (answer_of(records((d1, first), (d1, first))), NodeError, "not asked for"),
+        (answer_of(records((d1, first)) + b"\xff\xff" + b"x" * 10), NodeError, "not a digest"),
+        (head("200 OK", 10_000) + records((d1, first)), NodeUnreachable, "lost during a batched download"),
+        (head("500 Internal Server Error", 4) + b"boom", NodeError, "HTTP 500 b'boom'"),
+    ]
+    for i, (answer, error, match) in enumerate(cases):
+        with LocalStore(tmp_path / f"store{i}") as local:
+            with trio.fail_after(30):
+                async with fake_peer(answer) as url:
+                    with pytest.raises(error, match=match):
+                        await get_blobs(KEY, url, [d1, d2], local)
+            assert local.has(d1) == (i != len(cases) - 1), match  # kept, unless refused before any record
+            assert stored_nothing(local, d2), match

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import trio
 
+from mesh import peerstore
 from mesh.cas.digest import Digest
 from mesh.cas.store import LocalStore
 from mesh.errors import NodeUnreachable
@@ -24,6 +26,7 @@ class Peers:
         self.asked: list[str] = []
         self.answered: list[str] = []
         self.copied: list[tuple[str, Digest]] = []
+        self.batches: list[tuple[str, list[Digest]]] = []
 
     async def ask(self, url: str, digests: list[Digest]) -> list[Digest]:
         self.asked.append(url)
@@ -40,6 +43,15 @@ class Peers:
             return False
         store.put(data)
         return True
+
+    async def copy_many(self, url: str, digests: list[Digest], store: LocalStore) -> list[Digest]:
+        self.batches.append((url, list(digests)))
+        if url in self.broken:
+            raise NodeUnreachable(f"peer {url} was lost")
+        came = [d for d in digests if d in self.blobs[url]]
+        for digest in came:
+            store.put(self.blobs[url][digest])
+        return came
 
 
 def blob(text: str) -> tuple[Digest, bytes]:
@@ -81,3 +93,25 @@ async def test_a_source_is_the_only_peer_asked(store: LocalStore) -> None:
     blobs = PeerStore(store, lambda: ["other", "source"], peers.ask, peers.copy)
     assert await blobs.fetch(a, source="source")
     assert peers.asked == [] and peers.copied == [("source", a)]
+
+
+async def test_small_blobs_come_in_one_batch_per_holder_and_a_failed_batch_falls_back(
+    store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(peerstore, "BATCH_BLOB_MAX", 10)
+    (a, a_bytes), (b, b_bytes), (c, c_bytes) = blob("alpha"), blob("beta"), blob("gamma")
+    large, large_bytes = blob("more than ten bytes")
+    peers = Peers({"p": {a: a_bytes, b: b_bytes, large: large_bytes}, "q": {c: c_bytes}}, delay={"q": 0.05})
+    blobs = PeerStore(store, lambda: ["p", "q"], peers.ask, peers.copy, peers.copy_many)
+    assert await blobs.fetch_many([a, b, c, large]) == []
+    assert sorted(peers.batches) == [("p", [a, b]), ("q", [c])]  # one request per holder
+    assert peers.copied == [("p", large)]  # too large for a batch: its own GET
+    assert [store.get(d) for d in (a, b, c, large)] == [a_bytes, b_bytes, c_bytes, large_bytes]
+
+    (d, d_bytes), (e, e_bytes) = blob("delta"), blob("eps")
+    peers = Peers({"p": {d: d_bytes}, "q": {d: d_bytes, e: e_bytes}}, delay={"q": 0.05})
+    peers.broken.add("p")  # claims d first, then loses its batch and its GET
+    blobs = PeerStore(store, lambda: ["p", "q"], peers.ask, peers.copy, peers.copy_many)
+    assert await blobs.fetch_many([d, e]) == []
+    assert ("p", [d]) in peers.batches and peers.copied == [("p", d), ("q", d)]
+    assert store.get(d) == d_bytes and store.get(e) == e_bytes

@@ -234,6 +234,7 @@ def create_app(node: Node) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/blobs:missing", blobs.find_missing, methods=["POST"]),
         Route("/v1/blobs:upload", blobs.upload_batch, methods=["POST"]),
+        Route("/v1/blobs:download", blobs.download_batch, methods=["POST"]),
         Route("/v1/blobs/{digest}", blobs.put_blob, methods=["PUT"]),
         Route("/v1/blobs/{digest}", blobs.get_blob, methods=["GET"]),
         Route("/v1/jobs", submit_job, methods=["POST"]),

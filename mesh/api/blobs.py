@@ -1,4 +1,4 @@
-"""HTTP handlers of the blob API: find-missing, upload (single and batched), download.
+"""HTTP handlers of the blob API: find-missing, upload and download (single and batched).
 
 Every byte that arrives is hashed as it is written (the store's BlobWriter) and
 nothing is published unless it matches the digest it was sent under; a
@@ -16,9 +16,10 @@ from starlette.responses import Response, StreamingResponse
 
 from mesh import codec
 from mesh.api.http import ApiError, authenticate, read_body, read_message, reply
-from mesh.api.wire import PEER_HEADER, RECORD_HEADER
+from mesh.api.records import RecordError, RecordReader, write_records
+from mesh.api.wire import PEER_HEADER
 from mesh.cas.digest import Digest
-from mesh.cas.store import BlobWriter, LocalStore
+from mesh.cas.store import LocalStore
 from mesh.errors import CodecError, DigestMismatch, InvalidDigest
 from mesh.exec.action import parse_digest
 
@@ -39,14 +40,19 @@ def _digest_param(text: str) -> Digest:
     return digest
 
 
-async def find_missing(request: Request) -> Response:
-    store: LocalStore = request.app.state.node.store
-    body = codec.Fields(await read_message(request, 2 << 20), "find-missing request")
+async def _digest_list(request: Request, what: str) -> list[Digest]:
+    """The ``digests`` of a signed ``{"digests": [...]}`` request (at most MAX_MISSING_QUERY)."""
+    body = codec.Fields(await read_message(request, 2 << 20), what)
     texts = body.texts("digests")
     body.done()
     if len(texts) > MAX_MISSING_QUERY:
-        raise ApiError(413, f"ask about at most {MAX_MISSING_QUERY} digests per request, not {len(texts)}")
-    digests = [parse_digest(t, "digests") for t in texts]
+        raise ApiError(413, f"name at most {MAX_MISSING_QUERY} digests per request, not {len(texts)}")
+    return [parse_digest(t, "digests") for t in texts]
+
+
+async def find_missing(request: Request) -> Response:
+    store: LocalStore = request.app.state.node.store
+    digests = await _digest_list(request, "find-missing request")
     return reply(request, {"missing": [str(d) for d in store.find_missing(digests)]})
 
 
@@ -95,89 +101,35 @@ async def get_blob(request: Request) -> Response:
     )
 
 
-class _Records:
-    """Incremental parser of a batched upload: (u16 length, digest text, raw bytes) records."""
-
-    def __init__(self, store: LocalStore) -> None:
-        self.store = store
-        self.buffer = bytearray()
-        self.writer: BlobWriter | None = None
-        self.digest: Digest | None = None
-        self.remaining = 0
-        self.stored = 0
-        self.present = 0
-
-    def feed(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            if self.writer is not None or (self.digest is not None and self.remaining):
-                take = view[: self.remaining]
-                if self.writer is not None:
-                    self.writer.write(take)
-                self.remaining -= len(take)
-                view = view[len(take) :]
-                if not self.remaining:
-                    self._end_record()
-                continue
-            self.buffer += view
-            view = memoryview(b"")
-            rest = self._start_record()
-            if rest is not None:
-                view = memoryview(rest)
-
-    def _start_record(self) -> bytes | None:
-        if len(self.buffer) < RECORD_HEADER.size:
-            return None
-        (length,) = RECORD_HEADER.unpack_from(self.buffer)
-        if length > 200:
-            raise ApiError(400, f"upload record header of {length} bytes is not a digest")
-        if len(self.buffer) < RECORD_HEADER.size + length:
-            return None
-        text = bytes(self.buffer[RECORD_HEADER.size : RECORD_HEADER.size + length]).decode("ascii", "replace")
-        rest = bytes(self.buffer[RECORD_HEADER.size + length :])
-        self.buffer.clear()
-        self.digest = _digest_param(text)
-        self.remaining = self.digest.size
-        if self.store.has(self.digest):
-            self.present += 1
-        else:
-            self.writer = self.store.writer(expected=self.digest)
-        if not self.remaining:
-            self._end_record()
-        return rest
-
-    def _end_record(self) -> None:
-        if self.writer is not None:
-            try:
-                self.writer.commit()
-            finally:
-                self.writer.abort()
-            self.stored += 1
-        self.writer, self.digest = None, None
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.abort()
-            raise ApiError(400, f"upload ended inside the blob {self.digest} ({self.remaining} bytes short)")
-        if self.buffer:
-            raise ApiError(400, f"upload ended inside a record header ({len(self.buffer)} stray bytes)")
+def _within_limit(digest: Digest) -> None:
+    if digest.size > MAX_BLOB:
+        raise ApiError(413, f"blob of {digest.size} bytes exceeds the node's limit of {MAX_BLOB} bytes")
 
 
 async def upload_batch(request: Request) -> Response:
-    """``POST /v1/blobs:upload``: many blobs in one streamed body (see mesh.api.wire)."""
+    """``POST /v1/blobs:upload``: many blobs in one streamed body (see mesh.api.records)."""
     authenticate(request, None, content_addressed=True)
-    records = _Records(request.app.state.node.store)
+    records = RecordReader(request.app.state.node.store, _within_limit, "upload")
     try:
         async for chunk in request.stream():
             records.feed(chunk)
         records.close()
-    except DigestMismatch as exc:
+    except (RecordError, DigestMismatch) as exc:
         raise ApiError(400, f"upload refused: {exc}") from None
     finally:
-        if records.writer is not None:
-            records.writer.abort()
+        records.abort()
     result: dict[str, Any] = {"stored": records.stored, "present": records.present}
     return reply(request, result)
 
 
-__all__ = ["find_missing", "put_blob", "get_blob", "upload_batch", "CodecError"]
+async def download_batch(request: Request) -> Response:
+    """``POST /v1/blobs:download``: the records of the asked-for blobs this node holds, in the
+    order asked, in one streamed answer (blobs it lacks are left out). For nodes fetching a
+    tree of many small files from a peer: one request instead of one per file."""
+    digests = await _digest_list(request, "download request")
+    store: LocalStore = request.app.state.node.store
+    # A plain iterator: Starlette reads it on a worker thread, so the file reads stay off the loop.
+    return StreamingResponse(write_records(store, digests), media_type="application/octet-stream")
+
+
+__all__ = ["find_missing", "put_blob", "get_blob", "upload_batch", "download_batch", "CodecError"]

@@ -19,7 +19,7 @@ import httpx
 
 from mesh import codec
 from mesh.api.auth import MeshKey
-from mesh.api.blobget import get_blob
+from mesh.api.blobget import get_blob, get_blobs
 from mesh.api.client import MeshAuth, check, decode_response
 from mesh.api.offerpost import OfferConnections
 from mesh.api.wire import CBOR, PEER_HEADER
@@ -97,9 +97,7 @@ class TaskOffers:
         target = f"/v1/jobs?follow=1&offer=1&source={quote(self.source(), safe=':/')}"
         result: ActionResult | None = None
         reason: str | None = None
-        auth = self.client.http.auth
-        assert isinstance(auth, MeshAuth)
-        async with contextlib.aclosing(self.connections.post(auth.key, url, target, codec.encode(job))) as events:
+        async with contextlib.aclosing(self.connections.post(self._key(), url, target, codec.encode(job))) as events:
             async for event in events:
                 kind = event.get("type")
                 if kind == "output" and isinstance(event.get("data"), bytes):
@@ -116,6 +114,13 @@ class TaskOffers:
 
     async def fetch(self, url: str, digest: Digest, store: LocalStore) -> bool:
         """Copy one blob from the peer at ``url`` into ``store``, verified. False if it lacks it."""
+        return await get_blob(self._key(), url, digest, store)
+
+    async def fetch_many(self, url: str, digests: list[Digest], store: LocalStore) -> list[Digest]:
+        """Copy many blobs from the peer at ``url`` in one request; returns those that arrived."""
+        return await get_blobs(self._key(), url, digests, store)
+
+    def _key(self) -> MeshKey:
         auth = self.client.http.auth
         assert isinstance(auth, MeshAuth)
-        return await get_blob(auth.key, url, digest, store)
+        return auth.key

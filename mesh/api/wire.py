@@ -6,9 +6,10 @@
 - Event streams (``/v1/jobs/{id}/events``, ``POST /v1/jobs?follow=1``) are a
   sequence of frames, each a 4-byte big-endian length then one CBOR event map;
   as JSON, one event per line.
-- Batched blob uploads (``POST /v1/blobs:upload``) are a sequence of records,
-  each a 2-byte big-endian length, the digest's text form, then exactly the
-  digest's size in raw bytes.
+- Batched blob uploads (``POST /v1/blobs:upload``) and the answers to batched
+  downloads (``POST /v1/blobs:download``) are a sequence of records, each a
+  2-byte big-endian length, the digest's text form, then exactly the digest's
+  size in raw bytes (mesh.api.records).
 """
 
 from __future__ import annotations

@@ -1,0 +1,147 @@
+"""Blob records (mesh.api.wire): many blobs in one stream, read into a store or written out.
+
+A record is a 2-byte big-endian length, the digest's text form, then exactly the
+digest's size in raw bytes. Batched uploads (``POST /v1/blobs:upload``) and batched
+downloads between nodes (``POST /v1/blobs:download``) both carry them, so that a
+tree of many small files moves in one request rather than one per file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from mesh.api.wire import RECORD_HEADER
+from mesh.cas.blobio import BlobWriter
+from mesh.cas.digest import Digest
+from mesh.cas.store import LocalStore
+from mesh.errors import BlobNotFound, CodecError, InvalidDigest
+
+#: Longest digest text a record header may announce (the text form is ~80 bytes).
+MAX_DIGEST_TEXT = 200
+#: Bytes a record writer gathers before handing them on (small blobs share a write).
+OUT_CHUNK = 1 << 20
+
+
+class RecordError(CodecError):
+    """A record stream broke the format, or named a blob it should not have."""
+
+
+class RecordReader:
+    """Incremental parser of a record stream that stores each blob, verified.
+
+    ``accept(digest)`` may refuse a record's digest (raise RecordError): a node
+    only takes what it asked for. Blobs the store holds already are read past.
+    A digest mismatch raises DigestMismatch (from the store's writer) and
+    nothing of that blob is kept.
+    """
+
+    def __init__(self, store: LocalStore, accept: Callable[[Digest], None], what: str = "the stream") -> None:
+        self.store = store
+        self.accept = accept
+        self.what = what  # for messages: "upload", "the answer of peer ..."
+        self.buffer = bytearray()
+        self.writer: BlobWriter | None = None
+        self.digest: Digest | None = None
+        self.remaining = 0
+        self.stored = 0
+        self.present = 0
+        #: Every digest whose record ended here, in order.
+        self.received: list[Digest] = []
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            if self.digest is not None:
+                take = view[: self.remaining]
+                if self.writer is not None:
+                    self.writer.write(take)
+                self.remaining -= len(take)
+                view = view[len(take) :]
+                if not self.remaining:
+                    self._end_record()
+                continue
+            self.buffer += view
+            view = memoryview(b"")
+            rest = self._start_record()
+            if rest is not None:
+                view = memoryview(rest)
+
+    def _start_record(self) -> bytes | None:
+        if len(self.buffer) < RECORD_HEADER.size:
+            return None
+        (length,) = RECORD_HEADER.unpack_from(self.buffer)
+        if length > MAX_DIGEST_TEXT:
+            raise RecordError(f"{self.what} record header of {length} bytes is not a digest")
+        if len(self.buffer) < RECORD_HEADER.size + length:
+            return None
+        text = bytes(self.buffer[RECORD_HEADER.size : RECORD_HEADER.size + length]).decode("ascii", "replace")
+        rest = bytes(self.buffer[RECORD_HEADER.size + length :])
+        self.buffer.clear()
+        try:
+            digest = Digest.parse(text)
+        except InvalidDigest as exc:
+            raise RecordError(str(exc)) from None
+        self.accept(digest)
+        self.digest, self.remaining = digest, digest.size
+        if self.store.has(digest):
+            self.present += 1
+        else:
+            self.writer = self.store.writer(expected=digest)
+        if not self.remaining:
+            self._end_record()
+        return rest
+
+    def _end_record(self) -> None:
+        assert self.digest is not None
+        if self.writer is not None:
+            try:
+                self.writer.commit()
+            finally:
+                self.writer.abort()
+            self.stored += 1
+        self.received.append(self.digest)
+        self.writer, self.digest = None, None
+
+    def close(self) -> None:
+        """The stream ended: it must end between records. Drops a blob cut short."""
+        self.abort()
+        if self.digest is not None:
+            raise RecordError(f"{self.what} ended inside the blob {self.digest} ({self.remaining} bytes short)")
+        if self.buffer:
+            raise RecordError(f"{self.what} ended inside a record header ({len(self.buffer)} stray bytes)")
+
+    def abort(self) -> None:
+        """Discard the blob being written, if any."""
+        if self.writer is not None:
+            self.writer.abort()
+            self.writer = None
+
+
+def record_header(digest: Digest) -> bytes:
+    """A record's header: the length of the digest's text, then the text."""
+    text = str(digest).encode("ascii")
+    return RECORD_HEADER.pack(len(text)) + text
+
+
+def write_records(store: LocalStore, digests: list[Digest]) -> Iterator[bytes]:
+    """The records of those of ``digests`` the store holds, in order, as pieces of about
+    OUT_CHUNK bytes (a blob the store lacks, or loses meanwhile, is left out: the receiver
+    sees which arrived). Not verified here: the receiver hashes every blob."""
+    out = bytearray()
+    for digest in digests:
+        try:
+            reader = store.open(digest, verify=False)
+        except BlobNotFound:
+            continue
+        with reader:
+            out += record_header(digest)
+            while True:
+                data = reader.read(OUT_CHUNK)
+                if not data:
+                    break
+                out += data
+                if len(out) >= OUT_CHUNK:
+                    yield bytes(out)
+                    out.clear()
+    if out:
+        yield bytes(out)
