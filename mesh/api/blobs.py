@@ -35,9 +35,14 @@ def _digest_param(text: str) -> Digest:
         digest = Digest.parse(text)
     except InvalidDigest as exc:
         raise ApiError(400, str(exc)) from None
+    _within_limit(digest)
+    return digest
+
+
+def _within_limit(digest: Digest) -> None:
+    """Refuse (413) a blob larger than the node takes."""
     if digest.size > MAX_BLOB:
         raise ApiError(413, f"blob of {digest.size} bytes exceeds the node's limit of {MAX_BLOB} bytes")
-    return digest
 
 
 async def _digest_list(request: Request, what: str) -> list[Digest]:
@@ -99,11 +104,6 @@ async def get_blob(request: Request) -> Response:
     return StreamingResponse(
         chunks(), media_type="application/octet-stream", headers={"content-length": str(digest.size)}
     )
-
-
-def _within_limit(digest: Digest) -> None:
-    if digest.size > MAX_BLOB:
-        raise ApiError(413, f"blob of {digest.size} bytes exceeds the node's limit of {MAX_BLOB} bytes")
 
 
 async def upload_batch(request: Request) -> Response:

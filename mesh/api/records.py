@@ -38,7 +38,7 @@ class RecordReader:
     def __init__(self, store: LocalStore, accept: Callable[[Digest], None], what: str = "the stream") -> None:
         self.store = store
         self.accept = accept
-        self.what = what  # for messages: "upload", "the answer of peer ..."
+        self.what = what  # what the stream is, for messages: "upload", "the answer"
         self.buffer = bytearray()
         self.writer: BlobWriter | None = None
         self.digest: Digest | None = None
@@ -94,10 +94,7 @@ class RecordReader:
     def _end_record(self) -> None:
         assert self.digest is not None
         if self.writer is not None:
-            try:
-                self.writer.commit()
-            finally:
-                self.writer.abort()
+            self.writer.commit()  # closes the writer, published or not
             self.stored += 1
         self.received.append(self.digest)
         self.writer, self.digest = None, None
