@@ -3,7 +3,8 @@
 Every error that mesh raises on purpose derives from :class:`MeshError`, so callers
 (the CLI, the HTTP API) can translate them in one place into an exit code or a
 status with a message a person can act on. Errors from the OS or from libraries are
-translated at the boundary of the module that meets them.
+translated at the boundary of the module that meets them. Where trio's nurseries wrap
+errors in exception groups, :func:`unwrap` finds the error again at that boundary.
 
 ::
 
@@ -33,6 +34,8 @@ translated at the boundary of the module that meets them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 
 class MeshError(Exception):
@@ -196,3 +199,21 @@ class NodeUnreachable(NodeError):
 
 class PeerDeclined(NodeError):
     """A peer declined an offered task: it has no free slot (the coordinator offers it elsewhere)."""
+
+
+def unwrap(error: BaseException, *, expected: Iterable[type[BaseException]] = (MeshError,)) -> BaseException:
+    """The first error inside ``error`` when it is an exception group whose every leaf is one of
+    ``expected``; otherwise ``error`` itself.
+
+    trio's nurseries wrap what their tasks raise in an exception group, one level per nursery,
+    so a MeshError raised while a node starts reaches the CLI inside several; the boundary that
+    translates errors unwraps it once, and a group holding anything unexpected stays whole.
+    """
+    kinds = tuple(expected)
+    if not isinstance(error, BaseExceptionGroup) or error.split(kinds)[1] is not None:
+        return error
+    leaf: BaseException = error
+    while isinstance(leaf, BaseExceptionGroup):
+        first: BaseException = leaf.exceptions[0]
+        leaf = first
+    return leaf

@@ -3,7 +3,9 @@
 ``await nursery.start(node.run)`` returns the URL the node serves once it really
 serves (the scheduler has resumed unfinished jobs and hypercorn is listening).
 One node per ``$MESH_HOME``: a lock file, held for the node's life, refuses a
-second one with the pid and address of the first. On SIGINT/SIGTERM the node
+second one with the pid and address of the first. The HTTP port is bound next,
+before anything starts, so a node that cannot serve resumes no job (mesh.api.server
+serves it: HTTP/1.1 only, a failing connection ends alone). On SIGINT/SIGTERM the node
 stops accepting requests, stops starting tasks, gives running tasks
 ``grace`` seconds to finish, then interrupts the rest (they stay ``running``
 in the state database and run again when the node restarts) and returns.
@@ -16,16 +18,17 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 
 from mesh import __version__
 from mesh.api.app import create_app
 from mesh.api.auth import MeshKey, Verifier, load_key
+from mesh.api.server import listen, serve
 from mesh.cas.store import LocalStore
 from mesh.config import NodeConfig
 from mesh.errors import MeshError, NodeBusy
@@ -58,6 +61,7 @@ class Node:
         self.started_at = time.time()
         self.url = ""
         self._lock_fd: int | None = None
+        self._sockets: list[socket.socket] = []
         self.node_id = ""
         self.store: LocalStore
         self.key: MeshKey
@@ -77,12 +81,14 @@ class Node:
         os.makedirs(self.config.home, mode=0o700, exist_ok=True)
         self._lock()
         try:
+            self._listen()
             self._open()
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._watch_docker)
                 await nursery.start(self.scheduler.run)
                 http_stop = trio.Event()
-                binds = await nursery.start(self._serve_http, http_stop)
+                app = create_app(self)
+                binds = await nursery.start(partial(serve, app, self._sockets, shutdown_trigger=http_stop.wait))
                 self.url = _local_url(binds[0])
                 port = int(binds[0].rsplit(":", 1)[1])
                 await nursery.start(self.peering.run, advertised_url(self.config, port))
@@ -116,18 +122,16 @@ class Node:
                 nursery.start_soon(watch)
                 task_status.started(await nursery.start(serve))
 
-    async def _serve_http(self, stop: trio.Event, *, task_status: trio.TaskStatus[list[str]]) -> None:
-        config = HypercornConfig()
+    def _listen(self) -> None:
+        """Bind the HTTP port first, before anything starts: a node that cannot serve resumes no job."""
         host, port = self.config.listen
-        config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-        config.accesslog = None
-        config.errorlog = logging.getLogger("mesh.http")
-        config.graceful_timeout = 1.0
-        config.keep_alive_timeout = 75.0
         try:
-            await serve(create_app(self), config, shutdown_trigger=stop.wait, task_status=task_status)  # type: ignore[arg-type]
+            self._sockets = listen(host, port)
         except OSError as exc:
-            raise MeshError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            raise MeshError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}; stop what uses that address,"
+                " or give this node another one with --listen HOST:PORT (or MESH_LISTEN)"
+            ) from None
 
     # -- state --------------------------------------------------------------------
 
@@ -259,6 +263,8 @@ class Node:
         for closer in (getattr(self, "runner", None), getattr(self, "db", None), getattr(self, "store", None)):
             if closer is not None:
                 closer.close()
+        for sock in self._sockets:  # serve closes them; not if the node failed before serving
+            sock.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -1,0 +1,175 @@
+"""The node's HTTP server: hypercorn's HTTP/1.1 protocol on trio, each connection on its own.
+
+``hypercorn.trio.serve`` cannot be configured to do two things a node needs (checked
+against hypercorn 0.18.0, whose Config has a setting for neither), so this module runs
+hypercorn's per-connection server itself:
+
+- **HTTP/1.1 only.** On plain TCP, hypercorn switches a connection to HTTP/2 when a
+  request asks ``Upgrade: h2c`` (it answers 101 before it parses ``HTTP2-Settings``) or
+  begins with the HTTP/2 preface ``PRI * HTTP/2.0``. Every client of a node speaks
+  HTTP/1.1 (NodeClient's httpx, the lean h11 paths of mesh.api.offerpost and
+  mesh.api.blobget, browsers on a plain ``http://`` URL), so HTTP/2 would only add a
+  second protocol stack to attack: an unsigned ``HTTP2-Settings: AAAA`` (3 bytes, not a
+  whole setting) made h2 raise in the upgrade and ended the node. Here ``Upgrade: h2c``
+  is ignored, as RFC 9110 §7.8 allows, and the request is answered in HTTP/1.1; a
+  request of another major version (the preface) is answered 505 HTTP Version Not
+  Supported (RFC 9110 §15.6.6, what Go's net/http answers when it has no HTTP/2) and
+  its connection closed.
+- **One connection's failure ends that connection only.** hypercorn serves every
+  connection in one nursery, so whatever one connection raises cancels all the others
+  and ends the server. Here each connection catches what it raises, logs one line
+  (the traceback at debug level) and closes; the node keeps serving.
+
+The rest is hypercorn's, unchanged: h11 parsing and its limits (400 for a malformed
+request, 431 for a header block over 16 KiB), keep-alive and idle timeouts, and the
+graceful close of connections at shutdown. There are no ASGI lifespan events: the node
+starts and stops its parts itself (mesh.node), and its app has no lifespan handlers.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import cast
+
+import h11
+import trio
+from hypercorn.app_wrappers import ASGIWrapper
+from hypercorn.config import Config
+from hypercorn.events import Closed
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.trio.task_group import TaskGroup
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ASGIFramework, ConnectionState
+from hypercorn.utils import parse_socket_addr, repr_socket_addr
+from starlette.types import ASGIApp
+
+from mesh.errors import unwrap
+
+log = logging.getLogger("mesh.http")
+
+#: Seconds an idle keep-alive connection stays open (clients reuse theirs between requests).
+KEEP_ALIVE = 75.0
+#: Seconds open connections get to finish their request once the node stops serving.
+GRACEFUL = 1.0
+#: What a client that speaks another HTTP version than 1.x reads in the 505 it gets.
+_VERSION_REFUSED = b"this node speaks HTTP/1.1 only\n"
+
+
+def _config() -> Config:
+    config = Config()
+    config.accesslog = None
+    config.errorlog = log
+    config.graceful_timeout = GRACEFUL
+    config.keep_alive_timeout = KEEP_ALIVE
+    return config
+
+
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on ``host:port`` (port 0: any free one), bound now, with hypercorn's
+    socket options; OSError if the address is taken or not this machine's. The caller owns them
+    until it hands them to :func:`serve`."""
+    config = _config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    sockets = config.create_sockets().insecure_sockets
+    for sock in sockets:
+        sock.listen(config.backlog)
+    return sockets
+
+
+async def serve(
+    app: ASGIApp,
+    sockets: list[socket.socket],
+    *,
+    shutdown_trigger: Callable[[], Awaitable[object]],
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` on ``sockets`` (from :func:`listen`) until ``shutdown_trigger`` returns, then
+    stop accepting, give open connections GRACEFUL seconds and return. ``task_status.started``
+    gets the URLs served (``http://host:port``) once connections are accepted. Closes the sockets.
+    """
+    config = _config()
+    context = WorkerContext(None)
+    asgi = cast(ASGIFramework, app)  # the same ASGI 3 callable; Starlette and hypercorn spell its types apart
+    handler = partial(_Connection, ASGIWrapper(asgi), config, context, {})
+    listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
+    urls = [f"http://{repr_socket_addr(sock.family, sock.getsockname())}" for sock in sockets]
+    async with trio.open_nursery() as connections:
+        async with trio.open_nursery() as accepting:
+            await accepting.start(partial(trio.serve_listeners, handler, listeners, handler_nursery=connections))
+            task_status.started(urls)
+            await shutdown_trigger()
+            accepting.cancel_scope.cancel()  # closes the listeners
+        await context.terminated.set()  # idle connections close; busy ones close after their answer
+        connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+
+
+class _Connection(TCPServer):
+    """One client connection, spoken in HTTP/1.1 only; what it raises ends it alone.
+
+    hypercorn's TCPServer.run without its TLS branch (a node serves plain TCP), with
+    :class:`_HTTP11Protocol` in place of the wrapper that can switch to HTTP/2, and the guard.
+    """
+
+    async def run(self) -> None:
+        sock = self.stream.socket
+        peer = "an unknown peer"
+        try:
+            address = sock.getpeername()
+            peer = repr_socket_addr(sock.family, address)
+            client = parse_socket_addr(sock.family, address)
+            server = parse_socket_addr(sock.family, sock.getsockname())
+            async with TaskGroup() as task_group:
+                self._task_group = task_group
+                # TCPServer calls only initiate() and handle() of its protocol, which H11Protocol has.
+                self.protocol = _HTTP11Protocol(  # type: ignore[assignment]
+                    self.app,
+                    self.config,
+                    self.context,
+                    task_group,
+                    ConnectionState(self.state),
+                    False,
+                    client,
+                    server,
+                    self.protocol_send,
+                )
+                await self.protocol.initiate()
+                await self.idle_task.restart(task_group, self._idle_timeout)
+                await self._read_data()
+        except* OSError:
+            pass  # the client went away (what TCPServer.run ignores too)
+        except* Exception as group:
+            error = unwrap(group, expected=(Exception,))
+            log.warning("closed the connection from %s after an error: %s: %s", peer, type(error).__name__, error)
+            log.debug("the error that closed the connection from %s", peer, exc_info=group)
+        finally:
+            await self._close()
+
+
+class _HTTP11Protocol(H11Protocol):
+    """hypercorn's HTTP/1.1 protocol, never switching to another: ``Upgrade: h2c`` is ignored,
+    and a request of HTTP/2 or later gets a 505 and the connection closes."""
+
+    _refused = False
+
+    async def _check_protocol(self, event: h11.Request) -> None:
+        if event.http_version.startswith(b"1."):
+            return
+        self._refused = True
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(_VERSION_REFUSED)).encode()),
+            (b"connection", b"close"),
+            *self.config.response_headers("h11"),
+        ]
+        await self._send_h11_event(h11.Response(status_code=505, headers=headers))
+        await self._send_h11_event(h11.Data(data=_VERSION_REFUSED))
+        await self._send_h11_event(h11.EndOfMessage())
+        await self.send(Closed())
+
+    async def _create_stream(self, request: h11.Request) -> None:
+        if not self._refused:  # a refused request reaches no app; the next event ends the loop
+            await super()._create_stream(request)
