@@ -2,8 +2,13 @@
 
 Each subcommand is a small function taking the parsed arguments and returning an
 exit status: 0 ok, 1 failure, 2 usage. Errors are translated here, once: a
-MeshError prints ``mesh: error: <message>`` and exits 1 (UsageError exits 2);
-there are no tracebacks for expected failures. Heavy modules are imported inside
+MeshError or an OSError prints one line, ``mesh: error: <message>``, and exits 1;
+a UsageError (arguments or settings that cannot work, wherever they were given)
+exits 2. A file that cannot be read is a failure, not a usage error: an unreadable
+or malformed ``mesh.toml`` or mesh key (ConfigError), like a port or a home already
+in use, exits 1. Errors that trio wrapped in exception groups (``mesh up``, the
+in-process node) are unwrapped first when every one of them is of those kinds;
+anything else is a bug and keeps its traceback. Heavy modules are imported inside
 the commands that need them, so ``mesh --help`` starts fast.
 """
 
@@ -18,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from mesh import __version__
-from mesh.errors import MeshError, UsageError
+from mesh.errors import MeshError, UsageError, unwrap
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -407,8 +412,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.settings = Settings.load(home=args.home)
-        return int(args.func(args))
+        try:
+            args.settings = Settings.load(home=args.home)
+            return int(args.func(args))
+        except BaseExceptionGroup as group:
+            error = unwrap(group, expected=(MeshError, OSError))
+            if error is group:
+                raise
+            raise error from None
     except UsageError as exc:
         print(f"mesh: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

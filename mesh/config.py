@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mesh.discovery.seeds import seeds
-from mesh.errors import UsageError
+from mesh.errors import ConfigError, UsageError
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -76,19 +76,23 @@ class Settings:
 
 
 def _read_toml(path: str) -> dict[str, Any]:
+    """The settings in ``path`` ({} when there is no such file); ConfigError if it cannot be read or parsed."""
+    fix = "fix or remove it (every setting has a default)"
     try:
         f = open(path, "rb")
     except FileNotFoundError:
         return {}
     except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read {path}: {exc.strerror}; {fix}") from None
     import tomllib  # only when there is a file: the CLI's start-up time matters
 
     with f:
         try:
             return tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise UsageError(f"cannot read {path}: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}; {fix}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path} is not valid TOML ({exc}); {fix}") from None
 
 
 #: The port a node listens on unless told otherwise, and where clients look for one.

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 
 from mesh.config import NodeConfig
-from mesh.errors import MeshError
+from mesh.errors import MeshError, unwrap
 
 #: Seconds the embedded node waits for its tasks when the CLI is done (they are finished by then).
 _GRACE = 2.0
@@ -55,7 +55,7 @@ def embedded_node(config: NodeConfig) -> Iterator[str]:
     ready.wait()
     if "error" in box:
         thread.join()
-        error = box["error"]
+        error = unwrap(box["error"])  # type: ignore[arg-type]
         if isinstance(error, MeshError):
             raise error
         raise MeshError(f"the in-process node failed to start: {error}")

@@ -10,6 +10,7 @@ errors in exception groups, :func:`unwrap` finds the error again at that boundar
 
     MeshError
     ├── UsageError                 bad arguments from a person (CLI exit code 2)
+    ├── ConfigError                mesh.toml or the mesh key is unreadable or malformed (CLI exit code 1)
     ├── InvalidDigest (ValueError) a digest's text or fields are malformed
     ├── CodecError (ValueError)    bytes that are not valid canonical CBOR of the schema
     │   └── InvalidTree            a directory node that breaks the snapshot rules
@@ -60,6 +61,14 @@ def _rebuild(cls: type[MeshError], message: str, state: dict[str, object]) -> Me
 
 class UsageError(MeshError):
     """A person gave arguments that cannot work; the CLI exits with status 2."""
+
+
+class ConfigError(MeshError):
+    """A file mesh reads its settings from (``mesh.toml``, the mesh key) cannot be read or does
+    not hold what it should; the CLI exits with status 1, as for other failures to start.
+
+    Distinct from UsageError (status 2): the command was right, the file it reads is not.
+    """
 
 
 class InvalidDigest(MeshError, ValueError):

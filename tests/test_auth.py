@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mesh.api.auth import CONTENT_ADDRESSED, AuthError, MeshKey, Verifier, load_key, sign
-from mesh.errors import UsageError
+from mesh.errors import ConfigError
 
 KEY = MeshKey(bytes(range(32)))
 
@@ -97,7 +97,7 @@ def test_key_file_is_made_once_private_and_stable(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("MESH_KEY", KEY.text())
     assert load_key(home) == KEY
     monkeypatch.setenv("MESH_KEY", "zz")
-    with pytest.raises(UsageError, match="not hex"):
+    with pytest.raises(ConfigError, match="MESH_KEY holds no mesh key .*not hex"):
         load_key(home)
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import blake3
 
-from mesh.errors import MeshError, UsageError
+from mesh.errors import ConfigError, MeshError, UsageError
 
 KEY_BYTES = 32
 #: Seconds a signed request stays valid either side of the node's clock.
@@ -93,20 +93,24 @@ def load_key(home: str, *, key_file: str | None = None, create: bool = False) ->
     """The mesh key: ``MESH_KEY``, else ``key_file``, else ``$MESH_HOME/mesh.key``.
 
     With ``create`` (``mesh up``), a missing key file is made (0600) with a new key.
-    Returns None when there is no key and ``create`` is false.
+    Returns None when there is no key and ``create`` is false. ConfigError, naming where
+    the key came from, if it cannot be read or is not a key, or if ``key_file`` is absent.
     """
     env = os.environ.get("MESH_KEY")
     if env:
-        return MeshKey.parse(env)
+        return _parse_key(env, "MESH_KEY", "set it to")
     path = key_file or key_path(home)
     try:
-        with open(path, encoding="ascii") as f:
-            return MeshKey.parse(f.read())
+        with open(path, encoding="ascii", errors="replace") as f:
+            return _parse_key(f.read(), f"the mesh key file {path}", "put in it")
     except FileNotFoundError:
         if key_file is not None:
-            raise UsageError(f"--key-file {key_file} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read the mesh key {path}: {exc}") from None
+            raise ConfigError(
+                f"--key-file {key_file} does not exist; give the file that holds your mesh's key,"
+                " or leave --key-file out to use $MESH_HOME/mesh.key"
+            ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the mesh key file {path}: {exc.strerror}; make it a readable file") from None
     if not create:
         return None
     key = MeshKey.generate()
@@ -122,6 +126,16 @@ def load_key(home: str, *, key_file: str | None = None, create: bool = False) ->
         return load_key(home, key_file=key_file)
     os.unlink(tmp)
     return key
+
+
+def _parse_key(text: str, source: str, fix: str) -> MeshKey:
+    """The key in ``text`` read from ``source``; ConfigError saying where it came from if it is none."""
+    try:
+        return MeshKey.parse(text)
+    except UsageError as exc:
+        raise ConfigError(
+            f"{source} holds no mesh key ({exc}); {fix} your mesh's key (`mesh key show` on one of its nodes prints it)"
+        ) from None
 
 
 def _message(method: str, target: str, timestamp: str, nonce: str, body: str) -> bytes:
