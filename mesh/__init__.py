@@ -16,6 +16,7 @@ _EXPORTS = {
     "Digest": "mesh.cas.digest",
     "LocalStore": "mesh.cas.store",
     "Store": "mesh.cas.store",
+    "BlobDamaged": "mesh.errors",
     "BlobNotFound": "mesh.errors",
     "CheckoutConflict": "mesh.errors",
     "CodecError": "mesh.errors",

@@ -14,6 +14,8 @@ translated at the boundary of the module that meets them.
     │   └── InvalidTree            a directory node that breaks the snapshot rules
     ├── StoreError                 the content-addressed store failed
     │   ├── BlobNotFound           the store does not hold the blob (decorators branch on it)
+    │   │   └── BlobDamaged        ... because its file was damaged on disk: now in quarantine
+    │   │                          (also a DigestMismatch)
     │   └── DigestMismatch         bytes do not hash to the digest they claim
     ├── SnapshotError              a tree could not be ingested or checked out
     │   ├── UnsupportedFile        ingest met a FIFO, socket or device
@@ -94,6 +96,25 @@ class DigestMismatch(StoreError):
         place = f" ({where})" if where else ""
         super().__init__(f"content does not match its digest{place}: expected {expected}, got {actual}")
         self.expected = expected
+        self.actual = actual
+
+
+class BlobDamaged(BlobNotFound, DigestMismatch):
+    """A stored blob's file no longer hashes to its name: it was changed on disk.
+
+    The store finds out when it reads the blob (every read verifies) and moves
+    the file to quarantine at once, as ``mesh fsck`` does, so it no longer holds
+    the blob: this is a BlobNotFound (decorators fetch it again from a peer, the
+    API answers 404 and a client uploads it again) as well as a DigestMismatch.
+    """
+
+    def __init__(self, digest: object, actual: object, store: str) -> None:
+        StoreError.__init__(
+            self,
+            f"blob {digest} in the store at {store} was damaged on disk (its file hashes to {actual}); "
+            "it was moved to quarantine: upload or fetch it again",
+        )
+        self.digest = self.expected = digest
         self.actual = actual
 
 

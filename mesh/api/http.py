@@ -45,7 +45,7 @@ _STATUS: list[tuple[type[BaseException], int]] = [
     (ApiError, 0),
     (AuthError, 401),
     (JobNotFound, 404),
-    (BlobNotFound, 404),
+    (BlobNotFound, 404),  # BlobDamaged too: the store quarantined it, and holds it no more
     (PathNotFound, 404),
     (DigestMismatch, 400),
     (InvalidDigest, 400),

@@ -184,8 +184,8 @@ class Runner:
     async def run(self, action: Action, *, on_output: OutputFollower | None = None) -> ActionResult:
         """Run ``action`` and return its result; its output streams go live to ``on_output``.
 
-        Raises UnknownExecutor for an executor this node lacks, BlobNotFound or
-        DigestMismatch when the input snapshot is not (intact) in the store, and
+        Raises UnknownExecutor for an executor this node lacks, BlobNotFound when the
+        input snapshot is not in the store (BlobDamaged, quarantined, if not intact), and
         whatever ``on_output`` raises (the task is killed then). Cancellation kills
         the task. In every case the task directory is gone when this returns.
         """
