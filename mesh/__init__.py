@@ -27,6 +27,7 @@ _EXPORTS = {
     "PathNotFound": "mesh.errors",
     "SnapshotError": "mesh.errors",
     "StoreError": "mesh.errors",
+    "StoreFull": "mesh.errors",
     "UnsupportedFile": "mesh.errors",
     "UsageError": "mesh.errors",
 }

@@ -11,7 +11,7 @@ import pickle
 import textwrap
 from pathlib import Path
 
-from mesh.errors import BlobDamaged, BlobNotFound, DigestMismatch, SnapshotError
+from mesh.errors import BlobDamaged, BlobNotFound, DigestMismatch, SnapshotError, StoreFull
 from tests.freshpy import run_fresh
 
 SETUP = """
@@ -89,6 +89,7 @@ def test_mesh_errors_survive_pickling_with_their_attributes() -> None:
         DigestMismatch("b3:aa:1", "b3:bb:1", "a/b"),
         BlobNotFound("b3:cc:2"),
         BlobDamaged("b3:dd:3", "b3:ee:3", "/store"),
+        StoreFull("/store", 4096),
         SnapshotError("no room"),
     ):
         copy = pickle.loads(pickle.dumps(error))

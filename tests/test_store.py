@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
@@ -17,7 +18,7 @@ from mesh.cas.fsck import fsck
 from mesh.cas.hasher import MMAP_THRESHOLD
 from mesh.cas.snapshot import ingest
 from mesh.cas.store import LocalStore
-from mesh.errors import BlobDamaged, BlobNotFound, DigestMismatch, StoreError
+from mesh.errors import BlobDamaged, BlobNotFound, DigestMismatch, StoreError, StoreFull
 
 
 def damage(store: LocalStore, digest: Digest, data: bytes) -> None:
@@ -319,3 +320,40 @@ def test_eviction_is_lru_and_never_touches_pinned_snapshots(store: LocalStore, t
     assert store.has(snap) and not store.has(middle)
     assert report.pinned_bytes > 0
     assert fsck(store).clean
+
+
+def test_a_full_disk_is_store_full_on_every_write_path(small_fs: Path, tmp_path: Path) -> None:
+    """ENOSPC met by put, put_file and a writer (or foreseen from a known size) is StoreFull,
+    naming the store and its free space; nothing partial is left, and fsck is clean."""
+    with LocalStore(small_fs / "cas") as store:
+        big = tmp_path / "big"
+        big.write_bytes(os.urandom(12 << 20))
+        writes = {
+            "put, large": lambda: store.put(os.urandom(12 << 20)),
+            "put_file, large": lambda: store.put_file(str(big)),
+            "writer, announced": lambda: store.writer(Digest.of(big.read_bytes())),
+        }
+        for what, write in writes.items():
+            with pytest.raises(StoreFull, match="has no room for 12.0 MiB") as caught:
+                write()
+            assert store.root in str(caught.value) and "free on its filesystem" in str(caught.value), what
+        with store.writer() as writer:  # no size announced: it meets ENOSPC as it writes
+            with pytest.raises(StoreFull, match="its filesystem is full") as caught:
+                for _ in range(12):
+                    writer.write(os.urandom(1 << 20))
+        assert caught.value.store == store.root and caught.value.free is not None
+        stored = 0
+        with pytest.raises(StoreFull):  # small blobs, until there is no room for one more
+            while True:
+                store.put(os.urandom(256 << 10))
+                stored += 1
+        assert stored >= 20
+        assert os.listdir(os.path.join(store.root, "tmp")) == []
+        report = fsck(store)
+        assert report.clean and report.checked == stored
+
+
+def test_a_full_quota_is_store_full_too(store: LocalStore) -> None:
+    full = store.full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert isinstance(full, StoreFull) and "quota" in str(full) and store.root in str(full)
+    assert store.full(OSError(errno.EACCES, "Permission denied")) is None

@@ -2,9 +2,11 @@
 
 Every byte that arrives is hashed as it is written (the store's BlobWriter) and
 nothing is published unless it matches the digest it was sent under; a
-mismatch is a 400 naming the digest. A full disk is a 507 that names the store
-and its free space (StoreFull), answered before the body is read when the size
-the upload announces does not fit.
+mismatch is a 400 naming the digest. An upload names each blob's digest, which
+carries its size, so a blob larger than the node takes (MAX_BLOB, its store cap
+MESH_STORE_MAX) is refused with 413, and one larger than the free space of the
+store's filesystem with 507 (StoreFull, naming the store and its free space),
+before any of its bytes is read; a disk that fills up meanwhile is a 507 too.
 
 Downloads stream the stored file through the store's verifying reader, which
 hashes the bytes as they are sent and raises on the read that would complete a
@@ -20,7 +22,7 @@ mmap) then sent 0.94-1.26 GB/s, with the first byte ~30 ms later.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -58,6 +60,22 @@ def _within_limit(digest: Digest) -> None:
         raise ApiError(413, f"blob of {digest.size} bytes exceeds the node's limit of {MAX_BLOB} bytes")
 
 
+def _upload_limit(request: Request) -> Callable[[Digest], None]:
+    """The check of each blob an upload names, made before any of its bytes is read: 413
+    past MAX_BLOB or the node's store cap. (The free space is the store's own check, as it
+    opens the blob's writer: StoreFull, 507.)"""
+    cap = request.app.state.node.config.store_max_bytes
+
+    def check(digest: Digest) -> None:
+        _within_limit(digest)
+        if cap is not None and digest.size > cap:
+            raise ApiError(
+                413, f"blob of {digest.size} bytes exceeds this node's store cap (MESH_STORE_MAX) of {cap} bytes"
+            )
+
+    return check
+
+
 async def _digest_list(request: Request, what: str) -> list[Digest]:
     """The ``digests`` of a signed ``{"digests": [...]}`` request (at most MAX_MISSING_QUERY)."""
     body = codec.Fields(await read_message(request, 2 << 20), what)
@@ -79,6 +97,7 @@ async def put_blob(request: Request) -> Response:
     authenticate(request, None, content_addressed=True)
     store: LocalStore = request.app.state.node.store
     digest = _digest_param(request.path_params["digest"])
+    _upload_limit(request)(digest)
     if store.has(digest):
         async for _ in request.stream():
             pass
@@ -132,7 +151,7 @@ class BlobStream(StreamingResponse):
 async def upload_batch(request: Request) -> Response:
     """``POST /v1/blobs:upload``: many blobs in one streamed body (see mesh.api.records)."""
     authenticate(request, None, content_addressed=True)
-    records = RecordReader(request.app.state.node.store, _within_limit, "upload")
+    records = RecordReader(request.app.state.node.store, _upload_limit(request), "upload")
     try:
         async for chunk in request.stream():
             records.feed(chunk)

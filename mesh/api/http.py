@@ -28,6 +28,7 @@ from mesh.errors import (
     MeshError,
     PathNotFound,
     SnapshotError,
+    StoreFull,
 )
 
 log = logging.getLogger("mesh.api")
@@ -52,6 +53,7 @@ _STATUS: list[tuple[type[BaseException], int]] = [
     (InvalidJob, 400),
     (CodecError, 400),
     (SnapshotError, 422),
+    (StoreFull, 507),  # Insufficient Storage: the message names the store and its free space
 ]
 
 

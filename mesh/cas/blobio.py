@@ -49,7 +49,8 @@ class BlobWriter:
         if self._expected is not None and self._hasher.size + len(data) > self._expected.size:
             raise DigestMismatch(self._expected, f"more than {self._expected.size} bytes", "upload too long")
         self._hasher.update(data)
-        write_all(self._fd, data)
+        with self._store.writing:
+            write_all(self._fd, data)
 
     def commit(self) -> Digest:
         """Verify against the expected digest (if any) and publish the blob."""

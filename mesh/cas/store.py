@@ -27,7 +27,9 @@ makes a batch durable (one ``syncfs``) before its result is published.
 Every read verifies: a blob whose file no longer hashes to its name (changed on
 disk) is moved to ``quarantine/`` as soon as a read finds out, and the read
 raises :class:`~mesh.errors.BlobDamaged` instead of handing out the bytes that
-complete it.
+complete it. A full disk (ENOSPC, EDQUOT) met by any write into the store is
+translated here, once (:attr:`LocalStore.writing`), into
+:class:`~mesh.errors.StoreFull`, naming the store and the space left.
 """
 
 from __future__ import annotations
@@ -49,13 +51,15 @@ from typing import Protocol
 from mesh.cas.blobio import BLOB_MODE, BlobReader, BlobWriter, copy_fd, unlink_quietly, write_all
 from mesh.cas.digest import Digest
 from mesh.cas.hasher import MMAP_THRESHOLD, hash_bytes, hash_fd, read_fd
-from mesh.errors import BlobDamaged, BlobNotFound, StoreError, UnsupportedFile
+from mesh.errors import BlobDamaged, BlobNotFound, StoreError, StoreFull, UnsupportedFile
 
 EXEC_MODE = 0o555
 #: A blob's use is recorded (its mtime set) at most this often; see LocalStore._touch.
 TOUCH_INTERVAL_S = 3600
 #: A named temp file older than this is stale even if a process of its pid lives.
 STALE_TEMP_SECONDS = 24 * 3600
+#: The errors of a write that found no room: the filesystem is full, or its owner's quota is.
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 
 log = logging.getLogger("mesh.store")
 
@@ -124,6 +128,8 @@ class LocalStore:
         # worker it forked writes them (mesh.cas.forkmap): workers die with their parent, so
         # its files are stale as soon as it is gone, even while a killed worker still exits.
         self._owner = os.getpid()
+        #: ``with store.writing:`` around a write into the store turns a full disk into StoreFull.
+        self.writing = _Writing(self)
         self.remove_stale_temp_files()
 
     def __repr__(self) -> str:
@@ -293,7 +299,7 @@ class LocalStore:
             if not executable:
                 raise
         # The executable copy is made on demand, then linked.
-        with self._temp_file(EXEC_MODE, digest) as (fd, tmp_name):
+        with self._temp_file(EXEC_MODE, digest) as (fd, tmp_name), self.writing:
             self.copy_to(digest, fd, verify=True)
             self._publish(fd, tmp_name, digest, EXEC_MODE)
         os.link(rel, name, src_dir_fd=src_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
@@ -305,7 +311,9 @@ class LocalStore:
         digest = hash_bytes(data)
         if self._present_already(digest):
             return digest
-        with self._temp_file(near=digest) as (fd, name):
+        if digest.size >= MMAP_THRESHOLD:
+            self.check_room(digest.size)
+        with self._temp_file(near=digest) as (fd, name), self.writing:
             write_all(fd, data)
             self._publish(fd, name, digest, BLOB_MODE)
         return digest
@@ -325,8 +333,10 @@ class LocalStore:
                 raise UnsupportedFile(f"{os.fsdecode(path)}: not a regular file")
             if st.st_size < MMAP_THRESHOLD:
                 return self.put(read_fd(src, st.st_size))
+            self.check_room(st.st_size)  # before copying, not when the copy has filled the disk
             with self._temp_file() as (fd, name):
-                copy_fd(src, fd)
+                with self.writing:
+                    copy_fd(src, fd)
                 digest = hash_fd(fd)
                 if not self._present_already(digest):
                     self._publish(fd, name, digest, BLOB_MODE)
@@ -335,7 +345,13 @@ class LocalStore:
             os.close(src)
 
     def writer(self, expected: Digest | None = None) -> BlobWriter:
-        """A :class:`BlobWriter` for streaming a blob in (uploads, downloads)."""
+        """A :class:`BlobWriter` for streaming a blob in (uploads, downloads).
+
+        With ``expected``, whose size is known before a byte arrives, raises StoreFull
+        at once if it cannot fit in the free space (:meth:`check_room`).
+        """
+        if expected is not None:
+            self.check_room(expected.size)
         return BlobWriter(self, expected)
 
     def _present_already(self, digest: Digest) -> bool:
@@ -368,13 +384,15 @@ class LocalStore:
                     return os.open(where, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, mode), None
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
-                    raise StoreError(f"cannot create a temp file in {where}: {exc.strerror}") from None
+                    raise self.full(exc) or StoreError(
+                        f"cannot create a temp file in {where}: {exc.strerror}"
+                    ) from None
                 self._o_tmpfile = False
         name = os.path.join(self._tmp, f"{self._owner}-{secrets.token_hex(8)}")
         try:
             return os.open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, mode), name
         except OSError as exc:
-            raise StoreError(f"cannot create a temp file in {self._tmp}: {exc.strerror}") from None
+            raise self.full(exc) or StoreError(f"cannot create a temp file in {self._tmp}: {exc.strerror}") from None
 
     @contextlib.contextmanager
     def _temp_file(self, mode: int = BLOB_MODE, near: Digest | None = None) -> Iterator[tuple[int, str | None]]:
@@ -408,7 +426,7 @@ class LocalStore:
             self._count_present()
             return
         except OSError as exc:
-            raise StoreError(f"cannot store blob {digest} in {self.root}: {exc.strerror}") from None
+            raise self.full(exc) or StoreError(f"cannot store blob {digest} in {self.root}: {exc.strerror}") from None
         with self._counters:
             self._written += 1
             self._bytes_written += digest.size
@@ -433,6 +451,31 @@ class LocalStore:
             os.utime(self._rel(hex_), dir_fd=self._blobs_fd)
         except OSError:
             pass
+
+    def full(self, exc: OSError) -> StoreFull | None:
+        """The StoreFull that ``exc`` means if it is a full disk or quota, else None."""
+        if exc.errno not in _NO_ROOM:
+            return None
+        return StoreFull(self.root, self.free_bytes(), quota=exc.errno == errno.EDQUOT)
+
+    def check_room(self, size: int) -> None:
+        """Raise StoreFull if a blob of ``size`` bytes cannot fit in the free space.
+
+        Called before a write whose size is known (uploads, large files): a write that
+        is bound to fail would first take all the free space, and other writers on the
+        disk (the node's state database) would fail meanwhile. One ``statvfs``: ~0.6 us.
+        """
+        free = self.free_bytes()
+        if free is not None and size > free:
+            raise StoreFull(self.root, free, needed=size)
+
+    def free_bytes(self) -> int | None:
+        """Bytes an unprivileged writer may still put on the store's filesystem (None if unknown)."""
+        try:
+            st = os.statvfs(self._blobs_fd)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
 
     def sync(self) -> None:
         """Make everything written so far durable: one ``syncfs`` of the store's filesystem."""
@@ -507,7 +550,8 @@ class LocalStore:
             os.replace(path, moved)
         except FileNotFoundError:
             return None
-        self.new_epoch()
+        with self.writing:
+            self.new_epoch()
         return moved
 
     def store_id(self) -> str:
@@ -638,3 +682,25 @@ def _syncfs(fd: int) -> int:
         return int(_libc.syncfs(fd))
     except (OSError, AttributeError):
         return -1
+
+
+class _Writing:
+    """``with store.writing:``: a write into the store that meets a full disk raises StoreFull.
+
+    One place that knows what a full disk looks like (ENOSPC, EDQUOT), so that every
+    write path (put, put_file, BlobWriter, executable copies) answers the same way.
+    """
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: LocalStore) -> None:
+        self._store = store
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, OSError):
+            full = self._store.full(exc)
+            if full is not None:
+                raise full from None
