@@ -16,6 +16,7 @@ _EXPORTS = {
     "Digest": "mesh.cas.digest",
     "LocalStore": "mesh.cas.store",
     "Store": "mesh.cas.store",
+    "BlobDamaged": "mesh.errors",
     "BlobNotFound": "mesh.errors",
     "CheckoutConflict": "mesh.errors",
     "CodecError": "mesh.errors",
@@ -26,6 +27,7 @@ _EXPORTS = {
     "PathNotFound": "mesh.errors",
     "SnapshotError": "mesh.errors",
     "StoreError": "mesh.errors",
+    "StoreFull": "mesh.errors",
     "UnsupportedFile": "mesh.errors",
     "UsageError": "mesh.errors",
 }

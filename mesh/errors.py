@@ -16,7 +16,10 @@ errors in exception groups, :func:`unwrap` finds the error again at that boundar
     │   └── InvalidTree            a directory node that breaks the snapshot rules
     ├── StoreError                 the content-addressed store failed
     │   ├── BlobNotFound           the store does not hold the blob (decorators branch on it)
-    │   └── DigestMismatch         bytes do not hash to the digest they claim
+    │   │   └── BlobDamaged        ... because its file was damaged on disk: now in quarantine
+    │   │                          (also a DigestMismatch)
+    │   ├── DigestMismatch         bytes do not hash to the digest they claim
+    │   └── StoreFull              the store's filesystem is full (ENOSPC, EDQUOT); HTTP 507
     ├── SnapshotError              a tree could not be ingested or checked out
     │   ├── UnsupportedFile        ingest met a FIFO, socket or device
     │   ├── CheckoutConflict       checkout found something in the way (never written through)
@@ -107,6 +110,61 @@ class DigestMismatch(StoreError):
         super().__init__(f"content does not match its digest{place}: expected {expected}, got {actual}")
         self.expected = expected
         self.actual = actual
+
+
+class BlobDamaged(BlobNotFound, DigestMismatch):
+    """A stored blob's file no longer hashes to its name: it was changed on disk.
+
+    The store finds out when it reads the blob (every read verifies) and moves
+    the file to quarantine at once, as ``mesh fsck`` does, so it no longer holds
+    the blob: this is a BlobNotFound (decorators fetch it again from a peer, the
+    API answers 404 and a client uploads it again) as well as a DigestMismatch.
+    """
+
+    def __init__(self, digest: object, actual: object, store: str) -> None:
+        StoreError.__init__(
+            self,
+            f"blob {digest} in the store at {store} was damaged on disk (its file hashes to {actual}); "
+            "it was moved to quarantine: upload or fetch it again",
+        )
+        self.digest = self.expected = digest
+        self.actual = actual
+
+
+class StoreFull(StoreError):
+    """The store's filesystem has no room (ENOSPC, or EDQUOT: the owner's quota).
+
+    Raised by the store where it meets the error, whatever was being written
+    (nothing partial is left behind: a blob becomes visible only when complete),
+    or before writing, for a blob of ``needed`` bytes that cannot fit. ``free`` is
+    the bytes left to unprivileged writers then (None if unknown).
+    """
+
+    def __init__(self, store: str, free: int | None, *, needed: int | None = None, quota: bool = False) -> None:
+        left = "an unknown amount" if free is None else _size(free)
+        if needed is not None:
+            why = f"no room for {_size(needed)}: {left} free on its filesystem"
+        elif quota:
+            why = f"no room: its owner's disk quota is used up ({left} free on its filesystem)"
+        else:
+            why = f"no room: its filesystem is full ({left} free)"
+        super().__init__(
+            f"the store at {store} has {why}; free space there, or run `mesh gc --max-size SIZE` on its node"
+        )
+        self.store = store
+        self.free = free
+
+
+def _size(n: int) -> str:
+    """``n`` bytes for people: 512 bytes, 3.1 MiB."""
+    if n < 1024:
+        return f"{n} bytes"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            break
+    return f"{value:.1f} {unit}"
 
 
 class SnapshotError(MeshError):

@@ -204,13 +204,13 @@ def checkout_output(client: NodeClient, settings: Settings, output: Digest, targ
             missing = store.find_missing(pending)
             for digest in missing:
                 with store.writer(expected=digest) as writer:
-                    for chunk in client.read_blob(digest):
+                    for chunk in client.stream_blob(digest):  # the writer verifies
                         writer.write(chunk)
                     writer.commit()
             files, nodes = children(store, pending)
             for digest in store.find_missing(files):
                 with store.writer(expected=digest) as writer:
-                    for chunk in client.read_blob(digest):
+                    for chunk in client.stream_blob(digest):  # the writer verifies
                         writer.write(chunk)
                     writer.commit()
             pending = nodes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,9 @@ from hypothesis import HealthCheck, settings
 from mesh.cas.store import LocalStore
 from tests import podmanutil
 from tests.nodeutil import NodeProcess
+
+#: The size of the ``small_fs`` fixture's filesystem.
+SMALL_FS_BYTES = 8 << 20
 
 settings.register_profile(
     "default",
@@ -48,6 +52,20 @@ def node(home: Path) -> Iterator[NodeProcess]:
         yield process
     finally:
         process.stop(timeout=30)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """An empty 8 MiB tmpfs (a disk to fill), unmounted at the end whatever happened."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SMALL_FS_BYTES},mode=0700", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=True)
 
 
 @pytest.fixture(scope="session")

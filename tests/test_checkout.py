@@ -17,7 +17,7 @@ from mesh.cas.digest import Digest
 from mesh.cas.fsck import fsck
 from mesh.cas.snapshot import ingest
 from mesh.cas.store import LocalStore
-from mesh.errors import CheckoutConflict, DigestMismatch, InvalidTree, SnapshotError
+from mesh.errors import BlobDamaged, CheckoutConflict, InvalidTree, SnapshotError
 from tests import treeutil
 
 TREE: treeutil.Tree = {
@@ -151,10 +151,14 @@ def test_damaged_blob_is_detected_by_copy_checkout_and_fsck(store: LocalStore, s
         os.chmod(path, 0o644)
         with open(path, "r+b") as f:
             f.write(b"EVIL")
-    with pytest.raises(DigestMismatch):
+    with pytest.raises(BlobDamaged):  # a DigestMismatch; the blob it met is quarantined
         checkout(store, snap, tmp_path / "out")
-    report = fsck(store)
-    assert report.quarantined == 2 and not report.clean
+    for dirpath, _, filenames in os.walk(tmp_path / "out"):  # no file keeps the damaged bytes
+        for name in filenames:
+            assert b"EVIL" not in Path(dirpath, name).read_bytes()
+    fsck(store)  # quarantines what checkout did not meet
+    assert len(os.listdir(store.quarantine_dir)) == 2
+    assert fsck(store).clean
 
 
 def test_link_mode_makes_read_only_hardlinks_and_exec_copies(store: LocalStore, snap: Digest, tmp_path: Path) -> None:

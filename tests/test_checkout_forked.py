@@ -11,7 +11,7 @@ import pickle
 import textwrap
 from pathlib import Path
 
-from mesh.errors import BlobNotFound, DigestMismatch, SnapshotError
+from mesh.errors import BlobDamaged, BlobNotFound, DigestMismatch, SnapshotError, StoreFull
 from tests.freshpy import run_fresh
 
 SETUP = """
@@ -81,10 +81,16 @@ def test_a_damaged_blob_met_by_a_worker_is_reported(tmp_path: Path) -> None:
         """,
         tmp_path,
     )
-    assert out.split() == ["DigestMismatch", "True"]
+    assert out.split() == ["BlobDamaged", "True"]  # a DigestMismatch, raised in a worker
 
 
 def test_mesh_errors_survive_pickling_with_their_attributes() -> None:
-    for error in (DigestMismatch("b3:aa:1", "b3:bb:1", "a/b"), BlobNotFound("b3:cc:2"), SnapshotError("no room")):
+    for error in (
+        DigestMismatch("b3:aa:1", "b3:bb:1", "a/b"),
+        BlobNotFound("b3:cc:2"),
+        BlobDamaged("b3:dd:3", "b3:ee:3", "/store"),
+        StoreFull("/store", 4096),
+        SnapshotError("no room"),
+    ):
         copy = pickle.loads(pickle.dumps(error))
         assert type(copy) is type(error) and str(copy) == str(error) and copy.__dict__ == error.__dict__

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import stat
 import threading
@@ -16,7 +18,7 @@ from mesh.cas.fsck import fsck
 from mesh.cas.hasher import MMAP_THRESHOLD
 from mesh.cas.snapshot import ingest
 from mesh.cas.store import LocalStore
-from mesh.errors import BlobNotFound, DigestMismatch, StoreError
+from mesh.errors import BlobDamaged, BlobNotFound, DigestMismatch, StoreError, StoreFull
 
 
 def damage(store: LocalStore, digest: Digest, data: bytes) -> None:
@@ -95,32 +97,108 @@ def test_writer_verifies_expected_digest(store: LocalStore) -> None:
     assert os.listdir(os.path.join(store.root, "tmp")) == []
 
 
-def test_verifying_reader_detects_damage(store: LocalStore) -> None:
-    data = os.urandom(200_000)
+def _read_all(store: LocalStore, digest: Digest, **kwargs: bool) -> bytes:
+    """The blob through ``store.open``, read in pieces; what was handed out before any error is kept
+    in ``_read_all.seen``."""
+    _read_all.seen = b""  # type: ignore[attr-defined]
+    with store.open(digest, **kwargs) as r:
+        while chunk := r.read(65536):
+            _read_all.seen += chunk  # type: ignore[attr-defined]
+    return _read_all.seen  # type: ignore[attr-defined]
+
+
+def _copied(store: LocalStore, digest: Digest) -> bytes:
+    fd = os.open(store.root + "/../copy", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        store.copy_to(digest, fd)
+    finally:
+        os.close(fd)
+    return b"copied"
+
+
+READS = {
+    "get": lambda store, d: store.get(d),
+    "open": _read_all,
+    "open, check_first": lambda store, d: _read_all(store, d, check_first=True),
+    "copy_to": _copied,
+}
+
+
+@pytest.mark.parametrize("size", [100, MMAP_THRESHOLD + 200_000], ids=["small", "large"])
+@pytest.mark.parametrize("how", ["same size", "shorter", "longer"])
+@pytest.mark.parametrize("read", list(READS))
+def test_a_read_that_finds_a_blob_damaged_quarantines_it(store: LocalStore, read: str, how: str, size: int) -> None:
+    """Every read path verifies: a blob whose file was changed on disk raises BlobDamaged (a
+    BlobNotFound and a DigestMismatch), the file goes to quarantine as fsck would move it (fsck
+    is clean afterwards), and the blob can be stored again."""
+    data = os.urandom(size)
     d = store.put(data)
-    with store.open(d) as r:
-        assert r.read() == data
-    damage(store, d, b"\0\0\0")
-    with pytest.raises(DigestMismatch):
-        store.get(d)
-    with pytest.raises(DigestMismatch):
-        with store.open(d) as r:
-            while r.read(65536):
-                pass
-    with store.open(d, verify=False) as r:  # an unverified read is possible, and visibly so
-        assert r.read()[:3] == b"\0\0\0"
-
-
-def test_reader_detects_blob_longer_than_its_digest(store: LocalStore) -> None:
-    d = store.put(b"short")
+    other = store.put(b"an intact neighbour")
+    assert READS[read](store, d)
     path = store.blob_path(d)
-    os.chmod(path, 0o644)
-    with open(path, "ab") as f:
-        f.write(b" and then some")
-    assert not store.has(d)  # the size no longer matches
-    with pytest.raises(DigestMismatch):
-        with store.open(d) as r:
-            r.read()
+    os.chmod(path, 0o644)  # as someone with the owner's rights on the disk could
+    with open(path, "r+b") as f:
+        if how == "same size":
+            f.seek(size // 2)
+            f.write(b"\0\1\2")
+        elif how == "shorter":
+            f.truncate(size - 1)
+        else:
+            f.seek(0, os.SEEK_END)
+            f.write(b"!")
+    epoch = store.epoch()
+    with pytest.raises(BlobDamaged) as caught:
+        READS[read](store, d)
+    assert isinstance(caught.value, BlobNotFound) and isinstance(caught.value, DigestMismatch)
+    assert "damaged" in str(caught.value) and "quarantine" in str(caught.value)
+    assert not os.path.exists(path) and not store.has(d)
+    assert [n for n in os.listdir(store.quarantine_dir) if n.startswith(d.hex)]
+    assert store.epoch() != epoch  # stat caches forget that the blob was stored
+    with pytest.raises(BlobNotFound):
+        store.get(d)
+    report = fsck(store)
+    assert report.clean and report.checked == 1, report.problems  # the neighbour alone
+    assert store.get(other) == b"an intact neighbour"
+    assert store.put(data) == d and store.get(d) == data  # stored again, whole
+
+
+@pytest.mark.parametrize("size", [100, MMAP_THRESHOLD + 200_000], ids=["small", "large"])
+def test_a_damaged_blob_never_hands_out_its_last_piece(store: LocalStore, size: int) -> None:
+    """The streaming reader raises on the read that would complete a damaged blob, so whoever
+    passes the pieces on has not passed on the whole; check_first raises before the first piece."""
+    data = os.urandom(size)
+    d = store.put(data)
+    damage(store, d, b"\xff")  # the first byte: found only when the whole was hashed
+    with pytest.raises(BlobDamaged):
+        _read_all(store, d)
+    assert len(_read_all.seen) < size  # type: ignore[attr-defined]
+    store.put(data)
+    damage(store, d, b"\xff")
+    with pytest.raises(BlobDamaged):
+        _read_all(store, d, check_first=True)
+    assert _read_all.seen == b""  # type: ignore[attr-defined]
+
+
+def test_a_damaged_blob_is_not_quarantined_twice_nor_its_good_replacement(store: LocalStore) -> None:
+    """Two readers find the same damaged file: one moves it; the other finds it gone, or a good
+    copy stored meanwhile under the name, and leaves that alone."""
+    data = os.urandom(MMAP_THRESHOLD + 10)
+    d = store.put(data)
+    damage(store, d, b"\0")
+    first, second = store.open(d), store.open(d)
+    with pytest.raises(BlobDamaged):
+        _read_all_from(first)
+    assert store.put(data) == d  # a good copy comes back under the name
+    with pytest.raises(BlobDamaged):
+        _read_all_from(second)
+    assert store.get(d) == data
+    assert len([n for n in os.listdir(store.quarantine_dir) if n.startswith(d.hex)]) == 1
+
+
+def _read_all_from(reader: io.RawIOBase) -> None:
+    with reader:
+        while reader.read(65536):
+            pass
 
 
 def test_fsck_quarantines_damaged_blobs_and_repairs_modes(store: LocalStore) -> None:
@@ -242,3 +320,40 @@ def test_eviction_is_lru_and_never_touches_pinned_snapshots(store: LocalStore, t
     assert store.has(snap) and not store.has(middle)
     assert report.pinned_bytes > 0
     assert fsck(store).clean
+
+
+def test_a_full_disk_is_store_full_on_every_write_path(small_fs: Path, tmp_path: Path) -> None:
+    """ENOSPC met by put, put_file and a writer (or foreseen from a known size) is StoreFull,
+    naming the store and its free space; nothing partial is left, and fsck is clean."""
+    with LocalStore(small_fs / "cas") as store:
+        big = tmp_path / "big"
+        big.write_bytes(os.urandom(12 << 20))
+        writes = {
+            "put, large": lambda: store.put(os.urandom(12 << 20)),
+            "put_file, large": lambda: store.put_file(str(big)),
+            "writer, announced": lambda: store.writer(Digest.of(big.read_bytes())),
+        }
+        for what, write in writes.items():
+            with pytest.raises(StoreFull, match="has no room for 12.0 MiB") as caught:
+                write()
+            assert store.root in str(caught.value) and "free on its filesystem" in str(caught.value), what
+        with store.writer() as writer:  # no size announced: it meets ENOSPC as it writes
+            with pytest.raises(StoreFull, match="its filesystem is full") as caught:
+                for _ in range(12):
+                    writer.write(os.urandom(1 << 20))
+        assert caught.value.store == store.root and caught.value.free is not None
+        stored = 0
+        with pytest.raises(StoreFull):  # small blobs, until there is no room for one more
+            while True:
+                store.put(os.urandom(256 << 10))
+                stored += 1
+        assert stored >= 20
+        assert os.listdir(os.path.join(store.root, "tmp")) == []
+        report = fsck(store)
+        assert report.clean and report.checked == stored
+
+
+def test_a_full_quota_is_store_full_too(store: LocalStore) -> None:
+    full = store.full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert isinstance(full, StoreFull) and "quota" in str(full) and store.root in str(full)
+    assert store.full(OSError(errno.EACCES, "Permission denied")) is None

@@ -2,17 +2,32 @@
 
 Every byte that arrives is hashed as it is written (the store's BlobWriter) and
 nothing is published unless it matches the digest it was sent under; a
-mismatch is a 400 naming the digest. Downloads stream the stored file; the
-client verifies what it receives (blobs are named by their hash).
+mismatch is a 400 naming the digest. An upload names each blob's digest, which
+carries its size, so a blob larger than the node takes (MAX_BLOB, its store cap
+MESH_STORE_MAX) is refused with 413, and one larger than the free space of the
+store's filesystem with 507 (StoreFull, naming the store and its free space),
+before any of its bytes is read; a disk that fills up meanwhile is a 507 too.
+
+Downloads stream the stored file through the store's verifying reader, which
+hashes the bytes as they are sent and raises on the read that would complete a
+damaged blob (quarantining it): the response then stops short of its
+Content-Length and the connection is closed, so no client takes it for a
+success (:class:`BlobStream`). Hashing as we send, rather than hashing the file
+first, reads it once and leaves no time between the check and the sending;
+measured on 2 cores, a node fetching a 256 MiB blob from another over loopback
+(mesh.api.blobget, into its store; medians of 9-11 rounds, two runs): unverified
+1.13-1.25 GB/s, hashed as sent 0.90-1.00 GB/s, hashed first (all cores, through
+mmap) then sent 0.94-1.26 GB/s, with the first byte ~30 ms later.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Send
 
 from mesh import codec
 from mesh.api.http import ApiError, authenticate, read_body, read_message, reply
@@ -20,7 +35,7 @@ from mesh.api.records import RecordError, RecordReader, write_records
 from mesh.api.wire import PEER_HEADER
 from mesh.cas.digest import Digest
 from mesh.cas.store import LocalStore
-from mesh.errors import CodecError, DigestMismatch, InvalidDigest
+from mesh.errors import BlobDamaged, CodecError, DigestMismatch, InvalidDigest
 from mesh.exec.action import parse_digest
 
 #: Most digests one find-missing request may ask about.
@@ -45,6 +60,22 @@ def _within_limit(digest: Digest) -> None:
         raise ApiError(413, f"blob of {digest.size} bytes exceeds the node's limit of {MAX_BLOB} bytes")
 
 
+def _upload_limit(request: Request) -> Callable[[Digest], None]:
+    """The check of each blob an upload names, made before any of its bytes is read: 413
+    past MAX_BLOB or the node's store cap. (The free space is the store's own check, as it
+    opens the blob's writer: StoreFull, 507.)"""
+    cap = request.app.state.node.config.store_max_bytes
+
+    def check(digest: Digest) -> None:
+        _within_limit(digest)
+        if cap is not None and digest.size > cap:
+            raise ApiError(
+                413, f"blob of {digest.size} bytes exceeds this node's store cap (MESH_STORE_MAX) of {cap} bytes"
+            )
+
+    return check
+
+
 async def _digest_list(request: Request, what: str) -> list[Digest]:
     """The ``digests`` of a signed ``{"digests": [...]}`` request (at most MAX_MISSING_QUERY)."""
     body = codec.Fields(await read_message(request, 2 << 20), what)
@@ -66,6 +97,7 @@ async def put_blob(request: Request) -> Response:
     authenticate(request, None, content_addressed=True)
     store: LocalStore = request.app.state.node.store
     digest = _digest_param(request.path_params["digest"])
+    _upload_limit(request)(digest)
     if store.has(digest):
         async for _ in request.stream():
             pass
@@ -87,29 +119,39 @@ async def get_blob(request: Request) -> Response:
         # Outputs of tasks that ran on peers. A peer's own request never fans out again,
         # or two nodes that both lack a blob would ask each other for ever.
         await node.peering.fetch_from_peers(digest, store)
-    # Not verified here: every receiver hashes what it gets (blobs are named by their hash),
-    # so a second pass on this side would only halve the rate.
-    reader = store.open(digest, verify=False)  # BlobNotFound -> 404
+    reader = store.open(digest)  # BlobNotFound (and BlobDamaged, for a file of the wrong size) -> 404
 
     async def chunks() -> AsyncIterator[bytes]:
-        try:
-            while True:
-                data = reader.read(_CHUNK)
-                if not data:
-                    return
+        with reader:
+            while data := reader.read(_CHUNK):  # BlobDamaged instead of the last piece of a damaged blob
                 yield data
-        finally:
-            reader.close()
 
-    return StreamingResponse(
-        chunks(), media_type="application/octet-stream", headers={"content-length": str(digest.size)}
-    )
+    return BlobStream(chunks(), media_type="application/octet-stream", headers={"content-length": str(digest.size)})
+
+
+class BlobStream(StreamingResponse):
+    """A streamed answer that a damaged blob (BlobDamaged from its body) leaves unfinished.
+
+    The head went out already, so the failure cannot be a status: the answer ends
+    without its last bytes and without its end, and the server closes the
+    connection (hypercorn does when an HTTP/1.1 answer is left short of its
+    Content-Length). The store logged and quarantined the blob.
+    """
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        try:
+            async for chunk in self.body_iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except BlobDamaged:
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def upload_batch(request: Request) -> Response:
     """``POST /v1/blobs:upload``: many blobs in one streamed body (see mesh.api.records)."""
     authenticate(request, None, content_addressed=True)
-    records = RecordReader(request.app.state.node.store, _within_limit, "upload")
+    records = RecordReader(request.app.state.node.store, _upload_limit(request), "upload")
     try:
         async for chunk in request.stream():
             records.feed(chunk)
@@ -129,7 +171,7 @@ async def download_batch(request: Request) -> Response:
     digests = await _digest_list(request, "download request")
     store: LocalStore = request.app.state.node.store
     # A plain iterator: Starlette reads it on a worker thread, so the file reads stay off the loop.
-    return StreamingResponse(write_records(store, digests), media_type="application/octet-stream")
+    return BlobStream(write_records(store, digests), media_type="application/octet-stream")
 
 
 __all__ = ["find_missing", "put_blob", "get_blob", "upload_batch", "download_batch", "CodecError"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from collections.abc import Generator, Iterator
 from typing import Any
 
@@ -63,6 +64,9 @@ import httpx  # noqa: E402
 
 #: Seconds to wait for a connection to a node.
 CONNECT_TIMEOUT = 5.0
+#: Bytes of a blob read_blob holds in memory until it is verified; more wait in a temp file.
+SPOOL_MEMORY = 16 << 20
+SPOOL_CHUNK = 1 << 20
 
 
 class MeshAuth(httpx.Auth):
@@ -214,15 +218,16 @@ class NodeClient:
         reply = self.request("POST", "/v1/blobs:missing", body={"digests": [str(d) for d in digests]})
         return [Digest.parse(t) for t in reply["missing"]]
 
-    def read_blob(self, digest: Digest, *, offset: int = 0) -> Iterator[bytes]:
-        """Stream a blob's bytes from ``offset`` on, verifying the whole blob's hash at the end.
+    def stream_blob(self, digest: Digest) -> Iterator[bytes]:
+        """A blob's bytes as they arrive, for a consumer that verifies them itself (the store's
+        writer): the hash of the whole is checked only after the last piece.
 
-        Raises NodeError when the node lacks it or the bytes do not match.
+        Raises NodeError when the node lacks it, when the bytes do not match, and when the
+        node cuts the answer short (it does for a blob it finds damaged as it sends it).
         """
         from mesh.cas.hasher import StreamHasher
 
         hasher = StreamHasher()
-        seen = 0
         try:
             with self.http.stream("GET", f"/v1/blobs/{digest}") as response:
                 if response.status_code >= 400:
@@ -230,14 +235,25 @@ class NodeClient:
                     check(response)
                 for chunk in response.iter_bytes():
                     hasher.update(chunk)
-                    end = seen + len(chunk)
-                    if end > offset:
-                        yield chunk[max(0, offset - seen) :]
-                    seen = end
+                    yield chunk
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from None
         if hasher.digest() != digest:
             raise NodeError(f"the node sent bytes that do not match {digest}")
+
+    def read_blob(self, digest: Digest, *, offset: int = 0) -> Iterator[bytes]:
+        """A blob's bytes from ``offset`` on, verified: nothing is yielded before the whole blob
+        arrived and hashed to ``digest`` (it waits in memory, or in a temp file past
+        :data:`SPOOL_MEMORY`), so a caller that writes them out never writes unverified bytes.
+
+        Raises NodeError as :meth:`stream_blob` does.
+        """
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY) as spool:
+            for chunk in self.stream_blob(digest):
+                spool.write(chunk)
+            spool.seek(offset)
+            while chunk := spool.read(SPOOL_CHUNK):
+                yield chunk
 
 
 def check(response: httpx.Response) -> None:

@@ -28,6 +28,7 @@ from mesh.errors import (
     MeshError,
     PathNotFound,
     SnapshotError,
+    StoreFull,
 )
 
 log = logging.getLogger("mesh.api")
@@ -45,13 +46,14 @@ _STATUS: list[tuple[type[BaseException], int]] = [
     (ApiError, 0),
     (AuthError, 401),
     (JobNotFound, 404),
-    (BlobNotFound, 404),
+    (BlobNotFound, 404),  # BlobDamaged too: the store quarantined it, and holds it no more
     (PathNotFound, 404),
     (DigestMismatch, 400),
     (InvalidDigest, 400),
     (InvalidJob, 400),
     (CodecError, 400),
     (SnapshotError, 422),
+    (StoreFull, 507),  # Insufficient Storage: the message names the store and its free space
 ]
 
 

@@ -14,7 +14,7 @@ from mesh.api.wire import RECORD_HEADER
 from mesh.cas.blobio import BlobWriter
 from mesh.cas.digest import Digest
 from mesh.cas.store import LocalStore
-from mesh.errors import BlobNotFound, CodecError, InvalidDigest
+from mesh.errors import BlobDamaged, BlobNotFound, CodecError, InvalidDigest
 
 #: Longest digest text a record header may announce (the text form is ~80 bytes).
 MAX_DIGEST_TEXT = 200
@@ -123,22 +123,32 @@ def record_header(digest: Digest) -> bytes:
 def write_records(store: LocalStore, digests: list[Digest]) -> Iterator[bytes]:
     """The records of those of ``digests`` the store holds, in order, as pieces of about
     OUT_CHUNK bytes (a blob the store lacks, or loses meanwhile, is left out: the receiver
-    sees which arrived). Not verified here: the receiver hashes every blob."""
+    sees which arrived).
+
+    Every blob is verified as it is read (the store's reader). A damaged one (the store
+    quarantines it) is left out too while none of its record has been handed on, which is
+    the rule for blobs below OUT_CHUNK; if part of it has, BlobDamaged is raised instead of
+    the bytes that would complete it, and the answer must end unfinished (BlobStream).
+    """
     out = bytearray()
     for digest in digests:
         try:
-            reader = store.open(digest, verify=False)
-        except BlobNotFound:
+            reader = store.open(digest)
+        except BlobNotFound:  # BlobDamaged too: a file of the wrong size
             continue
-        with reader:
-            out += record_header(digest)
-            while True:
-                data = reader.read(OUT_CHUNK)
-                if not data:
-                    break
-                out += data
-                if len(out) >= OUT_CHUNK:
-                    yield bytes(out)
-                    out.clear()
+        start = len(out)  # where this record begins in ``out``, while none of it has been handed on
+        out += record_header(digest)
+        try:
+            with reader:
+                while data := reader.read(OUT_CHUNK):  # the read that completes a blob verifies it
+                    out += data
+                    if len(out) >= OUT_CHUNK:
+                        yield bytes(out)
+                        out.clear()
+                        start = -1
+        except BlobDamaged:
+            if start < 0:
+                raise
+            del out[start:]
     if out:
         yield bytes(out)

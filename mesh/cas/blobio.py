@@ -49,7 +49,8 @@ class BlobWriter:
         if self._expected is not None and self._hasher.size + len(data) > self._expected.size:
             raise DigestMismatch(self._expected, f"more than {self._expected.size} bytes", "upload too long")
         self._hasher.update(data)
-        write_all(self._fd, data)
+        with self._store.writing:
+            write_all(self._fd, data)
 
     def commit(self) -> Digest:
         """Verify against the expected digest (if any) and publish the blob."""
@@ -82,29 +83,32 @@ class BlobWriter:
 
 
 class BlobReader(io.RawIOBase):
-    """A read-only stream over one blob that (optionally) verifies as bytes pass.
+    """A read-only stream over one stored blob that verifies as bytes pass.
 
-    When ``verify`` is on, reaching the end checks size and hash and raises
-    DigestMismatch if the stored file was damaged; a blob longer than its digest
-    says fails as soon as the excess is read.
+    The read that reaches the digest's size (or passes it, or ends short of it)
+    checks size and hash before it returns: if the file was damaged it raises
+    BlobDamaged instead, having quarantined the file (:meth:`LocalStore.damaged`),
+    so whoever streams the blob on never hands out the bytes that complete it.
+    This costs nothing extra: the hash is taken from the bytes as they are read.
     """
 
-    def __init__(self, fd: int, digest: Digest, verify: bool) -> None:
+    def __init__(self, store: LocalStore, fd: int, digest: Digest) -> None:
         super().__init__()
+        self._store = store
         self._fd = fd
         self._digest = digest
-        self._hasher = StreamHasher() if verify else None
+        self._hasher = StreamHasher()
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         n = os.readv(self._fd, [buffer])
-        if self._hasher is not None:
-            view = memoryview(buffer)[:n]
-            self._hasher.update(view)
-            if n == 0 or self._hasher.size > self._digest.size:
-                self._hasher.verify(self._digest, "stored blob is damaged; run `mesh fsck`")
+        self._hasher.update(memoryview(buffer)[:n])
+        if n == 0 or self._hasher.size >= self._digest.size:
+            actual = self._hasher.digest()
+            if actual != self._digest:
+                raise self._store.damaged(self._digest, self._fd, actual)
         return n
 
     def close(self) -> None:

@@ -35,7 +35,7 @@ from mesh.cas.hasher import single_threaded
 from mesh.cas.snapshot import DEFAULT_WORKERS, read_node
 from mesh.cas.store import LocalStore
 from mesh.cas.tree import Entry, Kind
-from mesh.errors import CheckoutConflict, SnapshotError
+from mesh.errors import BlobDamaged, CheckoutConflict, SnapshotError
 
 Mode = Literal["copy", "link"]
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -66,9 +66,10 @@ def checkout(
     """Write snapshot ``root`` into directory ``target`` (created if absent; must be empty).
 
     Raises CheckoutConflict if something is in the way, BlobNotFound if the store
-    lacks a blob, DigestMismatch if a blob is damaged (copy mode verifies), and
-    InvalidTree for a hostile directory node. On error the partial tree is left
-    for inspection; nothing outside ``target`` is touched.
+    lacks a blob, BlobDamaged if a blob is damaged (copy mode verifies; the store
+    quarantines it, and no file keeps its bytes), and InvalidTree for a hostile
+    directory node. On error the partial tree is left for inspection; nothing
+    outside ``target`` is touched.
     """
     if mode not in ("copy", "link"):
         raise ValueError(f"checkout mode must be 'copy' or 'link', not {mode!r}")
@@ -309,6 +310,9 @@ class _Writer:
             raise self._failed(rel, exc) from None
         try:
             self.store.copy_to(entry.blob, fd, verify=self.verify)
+        except BlobDamaged:
+            os.unlink(entry.name, dir_fd=dfd)  # a large blob is checked in the copy: drop the bad bytes
+            raise
         finally:
             os.close(fd)
         self._count(entry)

@@ -3,7 +3,9 @@
 A blob is damaged when its file's BLAKE3 hash or size is not what its name says,
 when it is not a regular file, or when its name is not a hash at all. Damaged
 files go to ``quarantine/`` (kept for inspection, never served again) and the
-store's epoch changes so that no cache keeps vouching for them. A blob whose
+store's epoch changes so that no cache keeps vouching for them: the store's own
+:meth:`~mesh.cas.store.LocalStore.quarantine`, which every read that finds a
+damaged blob calls too. A blob whose
 content is right but whose mode was changed (someone made it writable) is
 reported and made read-only again.
 """
@@ -16,8 +18,9 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from mesh.cas.blobio import BLOB_MODE
 from mesh.cas.hasher import hash_fd
-from mesh.cas.store import BLOB_MODE, EXEC_MODE, LocalStore, StoredBlob
+from mesh.cas.store import EXEC_MODE, LocalStore, StoredBlob
 
 _HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -74,7 +77,7 @@ def fsck(store: LocalStore, *, workers: int = 2) -> FsckReport:
             report.bytes += blob.size
             where = store.file_of(blob)
             if problem is not None:
-                store.remove(blob, quarantine=True)
+                store.quarantine(blob)
                 report.quarantined += 1
                 report.problems.append(f"{where}: {problem}; moved to {store.quarantine_dir}")
             elif fix_mode:

@@ -13,7 +13,7 @@ LocalStore layout under its root (``$MESH_HOME/cas``)::
     exec/ab/<64 hex>    a 0555 copy of a blob, made on demand for link checkouts
                         of executable files (the mode lives in the inode)
     tmp/                named temp files, where O_TMPFILE is not available
-    quarantine/         blobs that fsck found corrupt, moved out of the way
+    quarantine/         blobs found damaged (by fsck or by a read), moved out of the way
     pins/<name>         roots that eviction must keep (one digest per file)
     epoch               changes whenever blobs are removed, so caches of "this
                         blob is stored" (the stat cache) know to forget
@@ -23,6 +23,13 @@ what was written, and only then linked under its name: a reader never sees a
 partial blob, and a crash leaves nothing but temp files, which opening the store
 removes. Blobs are written without a per-file fsync; :meth:`LocalStore.sync`
 makes a batch durable (one ``syncfs``) before its result is published.
+
+Every read verifies: a blob whose file no longer hashes to its name (changed on
+disk) is moved to ``quarantine/`` as soon as a read finds out, and the read
+raises :class:`~mesh.errors.BlobDamaged` instead of handing out the bytes that
+complete it. A full disk (ENOSPC, EDQUOT) met by any write into the store is
+translated here, once (:attr:`LocalStore.writing`), into
+:class:`~mesh.errors.StoreFull`, naming the store and the space left.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import contextlib
 import ctypes
 import errno
 import io
+import logging
 import os
 import secrets
 import stat
@@ -43,13 +51,17 @@ from typing import Protocol
 from mesh.cas.blobio import BLOB_MODE, BlobReader, BlobWriter, copy_fd, unlink_quietly, write_all
 from mesh.cas.digest import Digest
 from mesh.cas.hasher import MMAP_THRESHOLD, hash_bytes, hash_fd, read_fd
-from mesh.errors import BlobNotFound, DigestMismatch, StoreError, UnsupportedFile
+from mesh.errors import BlobDamaged, BlobNotFound, StoreError, StoreFull, UnsupportedFile
 
 EXEC_MODE = 0o555
 #: A blob's use is recorded (its mtime set) at most this often; see LocalStore._touch.
 TOUCH_INTERVAL_S = 3600
 #: A named temp file older than this is stale even if a process of its pid lives.
 STALE_TEMP_SECONDS = 24 * 3600
+#: The errors of a write that found no room: the filesystem is full, or its owner's quota is.
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+
+log = logging.getLogger("mesh.store")
 
 
 class Store(Protocol):
@@ -59,7 +71,7 @@ class Store(Protocol):
 
     def find_missing(self, digests: Iterable[Digest]) -> list[Digest]: ...
 
-    def open(self, digest: Digest, *, verify: bool = True) -> io.RawIOBase: ...
+    def open(self, digest: Digest, *, check_first: bool = False) -> io.RawIOBase: ...
 
     def get(self, digest: Digest) -> bytes: ...
 
@@ -116,6 +128,8 @@ class LocalStore:
         # worker it forked writes them (mesh.cas.forkmap): workers die with their parent, so
         # its files are stale as soon as it is gone, even while a killed worker still exits.
         self._owner = os.getpid()
+        #: ``with store.writing:`` around a write into the store turns a full disk into StoreFull.
+        self.writing = _Writing(self)
         self.remove_stale_temp_files()
 
     def __repr__(self) -> str:
@@ -171,35 +185,58 @@ class LocalStore:
         return missing
 
     def _open_fd(self, digest: Digest) -> int:
-        """Open a blob for reading and mark it used (every read path comes here)."""
+        """Open a blob for reading and mark it used (every read path comes here).
+
+        A file of the wrong size is damaged whatever it holds: BlobDamaged at once.
+        """
         try:
             fd = os.open(self._rel(digest.hex), os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._blobs_fd)
         except FileNotFoundError:
             raise BlobNotFound(digest) from None
-        self._touch(digest.hex, os.fstat(fd))
+        st = os.fstat(fd)
+        if st.st_size != digest.size:
+            try:
+                raise self.damaged(digest, fd, hash_fd(fd, st.st_size))
+            finally:
+                os.close(fd)
+        self._touch(digest.hex, st)
         return fd
 
-    def open(self, digest: Digest, *, verify: bool = True) -> BlobReader:
-        """A stream of the blob's bytes. Raises BlobNotFound; DigestMismatch at the end if damaged."""
-        return BlobReader(self._open_fd(digest), digest, verify)
+    def open(self, digest: Digest, *, check_first: bool = False) -> BlobReader:
+        """A stream of the blob's bytes, verified as they pass (see BlobReader): the read that
+        would complete a damaged blob raises BlobDamaged instead (the blob is quarantined).
+
+        ``check_first`` also hashes the whole file before returning, so that a damaged
+        blob raises before its first byte is read: for callers whose reader keeps what
+        it gets without checking it (a terminal, a file); a copy to another store, which
+        verifies, does not need it. Raises BlobNotFound.
+        """
+        fd = self._open_fd(digest)
+        try:
+            if check_first:
+                self._check(digest, fd, hash_fd(fd, os.fstat(fd).st_size))
+                os.lseek(fd, 0, os.SEEK_SET)
+            return BlobReader(self, fd, digest)
+        except BaseException:
+            os.close(fd)
+            raise
 
     def get(self, digest: Digest) -> bytes:
-        """The whole blob, verified. Raises BlobNotFound or DigestMismatch."""
+        """The whole blob, verified. Raises BlobNotFound, or BlobDamaged (it is quarantined then)."""
         fd = self._open_fd(digest)
         try:
             data = read_fd(fd, digest.size)
+            self._check(digest, fd, hash_bytes(data))
         finally:
             os.close(fd)
-        actual = hash_bytes(data)
-        if actual != digest:
-            raise DigestMismatch(digest, actual, "stored blob is damaged; run `mesh fsck`")
         return data
 
     def copy_to(self, digest: Digest, dst_fd: int, *, verify: bool = True) -> None:
         """Write the blob into ``dst_fd`` (opened read-write at offset 0).
 
         Large blobs are copied in the kernel, then hashed from the copy, so the
-        check covers exactly the bytes the destination holds.
+        check covers exactly the bytes the destination holds; on BlobDamaged the
+        destination holds the damaged bytes and the caller removes it.
         """
         if digest.size < MMAP_THRESHOLD:
             data = self.get(digest) if verify else self._read(digest)
@@ -208,12 +245,32 @@ class LocalStore:
         src = self._open_fd(digest)
         try:
             copy_fd(src, dst_fd)
+            if verify:
+                self._check(digest, src, hash_fd(dst_fd))
         finally:
             os.close(src)
-        if verify:
-            actual = hash_fd(dst_fd)
-            if actual != digest:
-                raise DigestMismatch(digest, actual, "stored blob is damaged; run `mesh fsck`")
+
+    def _check(self, digest: Digest, fd: int, actual: Digest) -> None:
+        """Raise BlobDamaged, having quarantined the file open as ``fd``, unless ``actual`` is ``digest``."""
+        if actual != digest:
+            raise self.damaged(digest, fd, actual)
+
+    def damaged(self, digest: Digest, fd: int, actual: Digest) -> BlobDamaged:
+        """The blob open as ``fd`` hashed to ``actual``, not to its name: quarantine that file
+        (not a good copy that replaced it meanwhile) and return the error to raise.
+
+        Logged at INFO, which a node's log shows; the CLI says it once, in its error.
+        """
+        st = os.fstat(fd)
+        found = StoredBlob(digest.hex, st.st_size, st.st_mtime_ns, False)
+        moved = self.quarantine(found, inode=(st.st_dev, st.st_ino))
+        log.info(
+            "blob %s is damaged (its file hashes to %s); %s",
+            digest,
+            actual,
+            f"moved to {moved}" if moved else "it was gone already",
+        )
+        return BlobDamaged(digest, actual, self.root)
 
     def _read(self, digest: Digest) -> bytes:
         fd = self._open_fd(digest)
@@ -242,7 +299,7 @@ class LocalStore:
             if not executable:
                 raise
         # The executable copy is made on demand, then linked.
-        with self._temp_file(EXEC_MODE, digest) as (fd, tmp_name):
+        with self._temp_file(EXEC_MODE, digest) as (fd, tmp_name), self.writing:
             self.copy_to(digest, fd, verify=True)
             self._publish(fd, tmp_name, digest, EXEC_MODE)
         os.link(rel, name, src_dir_fd=src_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
@@ -254,7 +311,9 @@ class LocalStore:
         digest = hash_bytes(data)
         if self._present_already(digest):
             return digest
-        with self._temp_file(near=digest) as (fd, name):
+        if digest.size >= MMAP_THRESHOLD:
+            self.check_room(digest.size)
+        with self._temp_file(near=digest) as (fd, name), self.writing:
             write_all(fd, data)
             self._publish(fd, name, digest, BLOB_MODE)
         return digest
@@ -274,8 +333,10 @@ class LocalStore:
                 raise UnsupportedFile(f"{os.fsdecode(path)}: not a regular file")
             if st.st_size < MMAP_THRESHOLD:
                 return self.put(read_fd(src, st.st_size))
+            self.check_room(st.st_size)  # before copying, not when the copy has filled the disk
             with self._temp_file() as (fd, name):
-                copy_fd(src, fd)
+                with self.writing:
+                    copy_fd(src, fd)
                 digest = hash_fd(fd)
                 if not self._present_already(digest):
                     self._publish(fd, name, digest, BLOB_MODE)
@@ -284,7 +345,13 @@ class LocalStore:
             os.close(src)
 
     def writer(self, expected: Digest | None = None) -> BlobWriter:
-        """A :class:`BlobWriter` for streaming a blob in (uploads, downloads)."""
+        """A :class:`BlobWriter` for streaming a blob in (uploads, downloads).
+
+        With ``expected``, whose size is known before a byte arrives, raises StoreFull
+        at once if it cannot fit in the free space (:meth:`check_room`).
+        """
+        if expected is not None:
+            self.check_room(expected.size)
         return BlobWriter(self, expected)
 
     def _present_already(self, digest: Digest) -> bool:
@@ -317,13 +384,15 @@ class LocalStore:
                     return os.open(where, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, mode), None
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
-                    raise StoreError(f"cannot create a temp file in {where}: {exc.strerror}") from None
+                    raise self.full(exc) or StoreError(
+                        f"cannot create a temp file in {where}: {exc.strerror}"
+                    ) from None
                 self._o_tmpfile = False
         name = os.path.join(self._tmp, f"{self._owner}-{secrets.token_hex(8)}")
         try:
             return os.open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, mode), name
         except OSError as exc:
-            raise StoreError(f"cannot create a temp file in {self._tmp}: {exc.strerror}") from None
+            raise self.full(exc) or StoreError(f"cannot create a temp file in {self._tmp}: {exc.strerror}") from None
 
     @contextlib.contextmanager
     def _temp_file(self, mode: int = BLOB_MODE, near: Digest | None = None) -> Iterator[tuple[int, str | None]]:
@@ -357,7 +426,7 @@ class LocalStore:
             self._count_present()
             return
         except OSError as exc:
-            raise StoreError(f"cannot store blob {digest} in {self.root}: {exc.strerror}") from None
+            raise self.full(exc) or StoreError(f"cannot store blob {digest} in {self.root}: {exc.strerror}") from None
         with self._counters:
             self._written += 1
             self._bytes_written += digest.size
@@ -382,6 +451,31 @@ class LocalStore:
             os.utime(self._rel(hex_), dir_fd=self._blobs_fd)
         except OSError:
             pass
+
+    def full(self, exc: OSError) -> StoreFull | None:
+        """The StoreFull that ``exc`` means if it is a full disk or quota, else None."""
+        if exc.errno not in _NO_ROOM:
+            return None
+        return StoreFull(self.root, self.free_bytes(), quota=exc.errno == errno.EDQUOT)
+
+    def check_room(self, size: int) -> None:
+        """Raise StoreFull if a blob of ``size`` bytes cannot fit in the free space.
+
+        Called before a write whose size is known (uploads, large files): a write that
+        is bound to fail would first take all the free space, and other writers on the
+        disk (the node's state database) would fail meanwhile. One ``statvfs``: ~0.6 us.
+        """
+        free = self.free_bytes()
+        if free is not None and size > free:
+            raise StoreFull(self.root, free, needed=size)
+
+    def free_bytes(self) -> int | None:
+        """Bytes an unprivileged writer may still put on the store's filesystem (None if unknown)."""
+        try:
+            st = os.statvfs(self._blobs_fd)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
 
     def sync(self) -> None:
         """Make everything written so far durable: one ``syncfs`` of the store's filesystem."""
@@ -430,16 +524,35 @@ class LocalStore:
         top = self._exec if blob.executable_copy else self._blobs
         return os.path.join(top, blob.hex[:2], blob.hex)
 
-    def remove(self, blob: StoredBlob, *, quarantine: bool = False, new_epoch: bool = True) -> None:
-        """Delete a blob file (or move it to quarantine/) and, unless told not to, change the epoch."""
-        path = self.file_of(blob)
-        if quarantine:
-            kind = "exec" if blob.executable_copy else "blob"
-            os.replace(path, os.path.join(self.quarantine_dir, f"{blob.hex}.{kind}.{time.time_ns()}"))
-        else:
-            unlink_quietly(path)
+    def remove(self, blob: StoredBlob, *, new_epoch: bool = True) -> None:
+        """Delete a blob file and, unless told not to, change the epoch."""
+        unlink_quietly(self.file_of(blob))
         if new_epoch:
             self.new_epoch()
+
+    def quarantine(self, blob: StoredBlob, *, inode: tuple[int, int] | None = None) -> str | None:
+        """Move a damaged blob file to quarantine/ (kept for inspection, never served again) and
+        change the epoch, so that no cache keeps vouching for the blob. fsck and every read
+        that finds a blob damaged come here.
+
+        ``inode`` (``st_dev``, ``st_ino``) names the file found damaged: if the blob's name
+        holds another file by now, that one stays. Returns the file's new path, or None if
+        it was gone (another reader, or fsck, moved it first).
+        """
+        path = self.file_of(blob)
+        kind = "exec" if blob.executable_copy else "blob"
+        moved = os.path.join(self.quarantine_dir, f"{blob.hex}.{kind}.{time.time_ns()}")
+        try:
+            if inode is not None:
+                st = os.lstat(path)
+                if (st.st_dev, st.st_ino) != inode:
+                    return None
+            os.replace(path, moved)
+        except FileNotFoundError:
+            return None
+        with self.writing:
+            self.new_epoch()
+        return moved
 
     def store_id(self) -> str:
         """A random id of this store, made on first use; equal ids mean one store on one disk.
@@ -569,3 +682,25 @@ def _syncfs(fd: int) -> int:
         return int(_libc.syncfs(fd))
     except (OSError, AttributeError):
         return -1
+
+
+class _Writing:
+    """``with store.writing:``: a write into the store that meets a full disk raises StoreFull.
+
+    One place that knows what a full disk looks like (ENOSPC, EDQUOT), so that every
+    write path (put, put_file, BlobWriter, executable copies) answers the same way.
+    """
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: LocalStore) -> None:
+        self._store = store
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, OSError):
+            full = self._store.full(exc)
+            if full is not None:
+                raise full from None

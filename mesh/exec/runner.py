@@ -53,10 +53,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 
+from mesh.cas.blobio import BlobWriter
 from mesh.cas.checkout import checkout
 from mesh.cas.digest import Digest
 from mesh.cas.snapshot import ingest, resolve
-from mesh.cas.store import BlobWriter, LocalStore
+from mesh.cas.store import LocalStore
 from mesh.cas.tree import Kind, encode_node
 from mesh.errors import PathNotFound, SnapshotError, SpawnFailed, UnknownExecutor
 from mesh.exec import hop
@@ -184,10 +185,12 @@ class Runner:
     async def run(self, action: Action, *, on_output: OutputFollower | None = None) -> ActionResult:
         """Run ``action`` and return its result; its output streams go live to ``on_output``.
 
-        Raises UnknownExecutor for an executor this node lacks, BlobNotFound or
-        DigestMismatch when the input snapshot is not (intact) in the store, and
-        whatever ``on_output`` raises (the task is killed then). Cancellation kills
-        the task. In every case the task directory is gone when this returns.
+        Raises UnknownExecutor for an executor this node lacks, BlobNotFound when the
+        input snapshot is not in the store (BlobDamaged, quarantined, if not intact),
+        StoreFull when the store has no room for the task's output streams or outputs
+        (the task is killed then, and nothing partial is kept), and whatever
+        ``on_output`` raises (the task is killed then). Cancellation kills the task.
+        In every case the task directory is gone when this returns.
         """
         executor = self.executors.get(action.executor)
         if executor is None:
