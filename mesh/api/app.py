@@ -41,6 +41,7 @@ from mesh.cas.digest import Digest
 from mesh.errors import MeshError
 from mesh.sched.events import PACE
 from mesh.sched.jobs import JOB_STATES, JobSpec, check_job_id, parse_job
+from mesh.urls import peer_url
 
 if TYPE_CHECKING:
     from mesh.node import Node
@@ -101,9 +102,10 @@ async def _accept_offer(request: Request, spec: JobSpec) -> None:
         raise ApiError(400, "an offer is a pinned job of one task")
     if not node.scheduler.takes_offer():
         raise ApiError(409, "no free slot: offer the task to another node")
-    source = request.query_params.get("source", "")
-    if not source.startswith(("http://", "https://")):
+    source = request.query_params.get("source")
+    if source is None:
         raise ApiError(400, "an offer names the offering node's URL in 'source'")
+    source = peer_url(source)  # InvalidUrl: 400
     task = spec.tasks[0]
     if task.input is not None and not node.peering.is_complete(task.input, node.store):
         await node.peering.fetch_tree(source, task.input, node.store)
@@ -206,7 +208,7 @@ async def steal(request: Request) -> Response:
     """``POST /v1/steal``: a peer with free slots, ``{"thief": URL, "slots": N}``, asks for
     queued tasks; they are offered to it at once; answers ``{"given": n}``."""
     fields = codec.Fields(await read_message(request, 4096), "a steal request")
-    thief, slots = fields.text("thief"), fields.integer("slots")
+    thief, slots = peer_url(fields.text("thief")), fields.integer("slots")  # InvalidUrl: 400
     fields.done()
     if not 1 <= slots <= 4096:
         raise ApiError(400, f"'slots' must be between 1 and 4096, not {slots}")

@@ -24,6 +24,7 @@ from mesh.errors import (
     DigestMismatch,
     InvalidDigest,
     InvalidJob,
+    InvalidUrl,
     JobNotFound,
     MeshError,
     PathNotFound,
@@ -50,6 +51,7 @@ _STATUS: list[tuple[type[BaseException], int]] = [
     (DigestMismatch, 400),
     (InvalidDigest, 400),
     (InvalidJob, 400),
+    (InvalidUrl, 400),
     (CodecError, 400),
     (SnapshotError, 422),
 ]

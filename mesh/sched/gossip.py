@@ -21,7 +21,8 @@ from typing import Any
 import trio
 
 from mesh.errors import CodecError, MeshError
-from mesh.sched.membership import Member, PeerTable, parse_message
+from mesh.sched.membership import Gossiped, Member, PeerTable, parse_message
+from mesh.urls import peer_url
 
 log = logging.getLogger("mesh.gossip")
 
@@ -48,24 +49,26 @@ class Gossip:
         self.round_seconds = round_seconds
         self._clock = clock
         self.heartbeat = 0
-        self.candidates: set[str] = {s.rstrip("/") for s in seeds or ()}
+        self.candidates: set[str] = {peer_url(s) for s in seeds or ()}
         self.rounds = 0
 
     def me(self) -> Member:
         return self._me(self.heartbeat)
 
     def add_candidate(self, url: str) -> None:
-        """A URL that may be a peer (mDNS found it, or it is a seed); tried every round until known."""
-        self.candidates.add(url.rstrip("/"))
+        """A URL that may be a peer (mDNS found it, or it is a seed); tried every round until known.
+        Raises InvalidUrl for one no node could have (mesh.urls)."""
+        self.candidates.add(peer_url(url))
 
     def receive(self, message: Any) -> dict[str, Any]:
         """Merge a peer's pushed table; returns ours (the answer of ``/v1/gossip``). Raises CodecError."""
-        _, members = parse_message(message)
-        self._merge(members)
+        self._merge(parse_message(message))
         return self.table.message(self.me())
 
-    def _merge(self, members: list[Member]) -> None:
-        for node in self.table.merge(members, self._clock()):
+    def _merge(self, gossiped: Gossiped) -> None:
+        for why in gossiped.dropped:
+            log.warning("gossip from %s: dropped %s", gossiped.sender[:64], why)
+        for node in self.table.merge(gossiped.members, self._clock()):
             peer = self.table.get(node)
             log.info("peer %s at %s is alive", node, peer.member.url if peer else "?")
 
@@ -99,8 +102,8 @@ class Gossip:
     async def _push(self, url: str, message: dict[str, Any]) -> None:
         try:
             reply = await self._send(url, message)
-            _, members = parse_message(reply)
+            gossiped = parse_message(reply)
         except (MeshError, CodecError) as exc:
             log.debug("gossip to %s failed: %s", url, exc)
             return
-        self._merge(members)
+        self._merge(gossiped)
