@@ -26,6 +26,7 @@ from hypercorn.trio import serve
 from mesh import __version__
 from mesh.api.app import create_app
 from mesh.api.auth import MeshKey, Verifier, load_key
+from mesh.api.authorities import NodeAuthorities
 from mesh.cas.store import LocalStore
 from mesh.config import NodeConfig
 from mesh.errors import MeshError, NodeBusy
@@ -85,7 +86,9 @@ class Node:
                 binds = await nursery.start(self._serve_http, http_stop)
                 self.url = _local_url(binds[0])
                 port = int(binds[0].rsplit(":", 1)[1])
-                await nursery.start(self.peering.run, advertised_url(self.config, port))
+                advertised = advertised_url(self.config, port)
+                self.authorities.listen_on(port, advertised)  # signed requests name this port from now on
+                await nursery.start(self.peering.run, advertised)
                 task_status.started(self.url)
                 await self._stop.wait()
                 http_stop.set()
@@ -154,7 +157,9 @@ class Node:
         key = load_key(home, key_file=self.config.key_file, create=True)
         assert key is not None  # create=True makes one
         self.key = key
-        self.verifier = Verifier(key)
+        host, port = self.config.listen
+        self.authorities = NodeAuthorities(host, port, advertised=self.config.advertise)
+        self.verifier = Verifier(key, authorities=self.authorities, nonces_path=os.path.join(home, "nonces"))
         self.store = LocalStore(self.config.store_dir)
         self.db = StateDB(state_path(home))
         self.runner = runner = Runner(
@@ -256,7 +261,8 @@ class Node:
         return {"slots": stats.slots, "busy": stats.busy, "queued": stats.queued}
 
     def _close(self) -> None:
-        for closer in (getattr(self, "runner", None), getattr(self, "db", None), getattr(self, "store", None)):
+        closers = ("runner", "db", "store", "verifier")
+        for closer in (getattr(self, name, None) for name in closers):
             if closer is not None:
                 closer.close()
         if self._lock_fd is not None:

@@ -1,8 +1,10 @@
-"""A real node refuses requests not signed with its mesh key, and changes nothing for them."""
+"""A real node refuses requests not signed with its mesh key, or for another node, or replayed, and
+changes nothing for them."""
 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import httpx
@@ -54,18 +56,18 @@ def test_unsigned_forged_replayed_and_stale_requests_are_refused(node: NodeProce
     unsigned = post(node, job, {})
     assert unsigned.status_code == 401 and "unsigned request" in codec.decode(unsigned.content)["error"]
 
-    forged = post(node, job, sign(MeshKey.generate(), "POST", "/v1/jobs", job))
+    forged = post(node, job, sign(MeshKey.generate(), "POST", "/v1/jobs", job, authority=node.addr))
     assert forged.status_code == 401 and "bad signature" in codec.decode(forged.content)["error"]
 
-    tampered = post(node, job + b"", sign(key, "POST", "/v1/jobs", b"another body"))
+    tampered = post(node, job + b"", sign(key, "POST", "/v1/jobs", b"another body", authority=node.addr))
     assert tampered.status_code == 401 and "body digest" in codec.decode(tampered.content)["error"]
 
-    stale = post(node, job, sign(key, "POST", "/v1/jobs", job, now=1_000_000))
+    stale = post(node, job, sign(key, "POST", "/v1/jobs", job, authority=node.addr, now=1_000_000))
     assert stale.status_code == 401 and "stale" in codec.decode(stale.content)["error"]
 
     assert job_count(node) == before  # nothing above caused work
 
-    headers = sign(key, "POST", "/v1/jobs", job)
+    headers = sign(key, "POST", "/v1/jobs", job, authority=node.addr)
     assert post(node, job, headers).status_code == 201
     replayed = post(node, job, headers)
     assert replayed.status_code == 401 and "replayed" in codec.decode(replayed.content)["error"]
@@ -132,3 +134,67 @@ def test_the_dashboard_is_served_and_status_has_what_it_shows(node: NodeProcess)
     assert {"default", "offered"} <= set(status["executors"]) and {"stolen", "given"} <= set(status["stealing"])
     assert b"s.executors.offered" in page.content and b"s.stealing.stolen" in page.content
     assert "recent" in status["jobs"]
+
+
+def test_a_signature_captured_for_one_node_is_refused_by_another(tmp_path: Path) -> None:
+    key = MeshKey.generate()
+    a, b = (NodeProcess(str(tmp_path / name), env={"MESH_KEY": key.text()}).start() for name in "ab")
+    try:
+        captured = {"host": a.addr, **sign(key, "GET", "/v1/jobs", b"", authority=a.addr)}
+        at_b = httpx.get(b.url + "/v1/jobs", headers=captured, trust_env=False)
+        assert at_b.status_code == 401, at_b.content
+        message = codec.decode(at_b.content)["error"]
+        assert f"addressed to {a.addr}, which is not this node" in message
+        assert "--advertise" in message
+        moved = httpx.get(b.url + "/v1/jobs", headers={**captured, "host": b.addr}, trust_env=False)
+        assert moved.status_code == 401 and "bad signature" in codec.decode(moved.content)["error"]
+        assert httpx.get(a.url + "/v1/jobs", headers=captured, trust_env=False).status_code == 200  # it was good
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_request_replayed_after_a_restart_is_refused(node: NodeProcess) -> None:
+    key = load_key(node.home)
+    assert key is not None
+    captured = {"host": node.addr, **sign(key, "GET", "/v1/jobs", b"", authority=node.addr)}
+    assert httpx.get(node.url + "/v1/jobs", headers=captured, trust_env=False).status_code == 200
+    node.kill()  # no chance to save anything on the way out
+    node.start()
+    replayed = httpx.get(node.url + "/v1/jobs", headers=captured, trust_env=False)
+    assert replayed.status_code == 401 and "replayed" in codec.decode(replayed.content)["error"]
+    fresh = {"host": node.addr, **sign(key, "GET", "/v1/jobs", b"", authority=node.addr)}
+    assert httpx.get(node.url + "/v1/jobs", headers=fresh, trust_env=False).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"x-mesh-time": "9" * 400},
+        {"x-mesh-time": "1e9"},
+        {"x-mesh-time": "-5"},
+        {"x-mesh-nonce": "AB" * 16},
+        {"x-mesh-nonce": "ab" * 2000},
+        {"x-mesh-body": "nope"},
+        {"x-mesh-signature": "zz" * 32},
+        {"x-mesh-peer": "yes"},
+        {"x-mesh-bogus": "1"},
+        {"host": "127.0.0.1:99999"},
+        {"host": "a b"},
+    ],
+)
+def test_malformed_auth_headers_get_a_4xx_before_the_body_is_read(node: NodeProcess, change: dict[str, str]) -> None:
+    """Each request announces a 10 MB body it never sends: the answer comes without it."""
+    key = load_key(node.home)
+    assert key is not None
+    for method, path in (("GET", "/v1/jobs"), ("POST", "/v1/jobs")):
+        headers = {"host": node.addr, **sign(key, method, path, b"", authority=node.addr), **change}
+        if method == "POST":
+            headers["content-length"] = str(10 << 20)
+        head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        with socket.create_connection(("127.0.0.1", node.port), timeout=10) as conn:
+            conn.sendall(head.encode("latin-1"))
+            answer = conn.recv(65536)
+        status = int(answer.split(b" ", 2)[1])
+        assert status in (400, 401), (method, path, change, answer[:500])
+    assert httpx.get(node.url + "/health", trust_env=False).status_code == 200
