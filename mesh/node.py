@@ -288,10 +288,11 @@ class Node:
             )
         return answer
 
-    def status(self) -> dict[str, Any]:
+    def status(self, *, detailed: bool = False) -> dict[str, Any]:
+        """What ``/status`` says: counts and facts of this node and its peers, open to anyone;
+        ``detailed`` (a signed request) adds the recent jobs, whose labels hold command lines."""
         sched = self.scheduler.statistics()
-        recent = [row.to_wire() for row in self.db.jobs(limit=STATUS_RECENT_JOBS)]
-        return {
+        answer: dict[str, Any] = {
             "node": self.node_id,
             "version": __version__,
             "mesh": self.key.mesh_id,
@@ -313,8 +314,11 @@ class Node:
             },
             "peers": self.peering.status(),
             "gossip": {"rounds": self.peering.gossip.rounds, "mdns": self.config.mdns},
-            "jobs": {"counts": self.db.count_jobs(), "recent": recent},
+            "jobs": {"counts": self.db.count_jobs()},
         }
+        if detailed:
+            answer["jobs"]["recent"] = [row.to_wire() for row in self.db.jobs(limit=STATUS_RECENT_JOBS)]
+        return answer
 
 
 def _node_id(home: str) -> str:

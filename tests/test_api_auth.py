@@ -1,16 +1,20 @@
 """A real node refuses requests not signed with its mesh key, or for another node, or replayed, and
-changes nothing for them."""
+changes nothing for them; what it answers without the key shows counts and node facts only."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import pytest
+from starlette.routing import Route
 
 from mesh import codec
+from mesh.api.app import create_app
 from mesh.api.auth import MeshKey, load_key, sign
 from mesh.api.client import MeshAuth, NodeClient
 from mesh.cas.snapshot import ingest
@@ -133,7 +137,41 @@ def test_the_dashboard_is_served_and_status_has_what_it_shows(node: NodeProcess)
     assert {"busy", "total"} <= set(status["slots"]) and {"entries", "hits"} <= set(status["cache"])
     assert {"default", "offered"} <= set(status["executors"]) and {"stolen", "given"} <= set(status["stealing"])
     assert b"s.executors.offered" in page.content and b"s.stealing.stolen" in page.content
-    assert "recent" in status["jobs"]
+    assert set(status["jobs"]) == {"counts"} and b"s.jobs.counts" in page.content  # recent jobs need the key
+
+
+def test_open_endpoints_show_no_argv_env_file_names_or_output(node: NodeProcess, tmp_path: Path) -> None:
+    """A secret passed in argv and env, held in a file name and printed by the task, appears in
+    no answer to an unsigned request, on any route of the app; a signed /status shows it."""
+    secret = "hunter2-" + secrets.token_hex(8)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / f"{secret}.txt").write_text(secret)
+    done = node.mesh(
+        "exec", "--env", f"TOKEN={secret}", "--", "sh", "-c", f"echo {secret}; ls; echo $TOKEN >&2", cwd=str(src)
+    )
+    assert done.returncode == 0 and secret.encode() in done.stdout, done.stderr
+    with NodeClient(node.url, key=load_key(node.home)) as client:
+        job = client.jobs()["jobs"][0]
+        status = client.job(job["id"])
+        stdout = status["tasks"][0]["result"]["stdout"]
+        assert secret in client.status()["jobs"]["recent"][0]["label"]  # signed: the details
+    answers = {}
+    for path in ("/", "/health", "/status", "/status?format=json", "/metrics"):
+        for accept in ("application/json", "application/cbor", "*/*"):
+            response = httpx.get(node.url + path, headers={"accept": accept}, trust_env=False)
+            assert response.status_code == 200, (path, response.content)
+            answers[f"GET {path} ({accept})"] = response.content
+    app = create_app(cast(Any, None))  # the routes only: every one, so a new route is looked at too
+    for route in app.routes:
+        assert isinstance(route, Route) and route.methods
+        path = route.path.replace("{job_id}", job["id"]).replace("{digest}", stdout)
+        for method in sorted(route.methods - {"HEAD"}):
+            response = httpx.request(method, node.url + path, trust_env=False)
+            assert response.status_code in (200, 401), (method, path, response.status_code)
+            answers[f"{method} {path}"] = response.content
+    leaks = [what for what, content in answers.items() if secret.encode() in content]
+    assert not leaks, leaks
 
 
 def test_a_signature_captured_for_one_node_is_refused_by_another(tmp_path: Path) -> None:
@@ -187,7 +225,7 @@ def test_malformed_auth_headers_get_a_4xx_before_the_body_is_read(node: NodeProc
     """Each request announces a 10 MB body it never sends: the answer comes without it."""
     key = load_key(node.home)
     assert key is not None
-    for method, path in (("GET", "/v1/jobs"), ("POST", "/v1/jobs")):
+    for method, path in (("GET", "/v1/jobs"), ("GET", "/status"), ("POST", "/v1/jobs")):
         headers = {"host": node.addr, **sign(key, method, path, b"", authority=node.addr), **change}
         if method == "POST":
             headers["content-length"] = str(10 << 20)

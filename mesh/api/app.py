@@ -4,7 +4,7 @@
 | --- | --- |
 | ``GET /`` | the dashboard (mesh/web/index.html, reads /status) |
 | ``GET /health`` | JSON: ok, node id, version, store id |
-| ``GET /status`` | JSON: node, uptime, slots, queue, recent jobs, peers |
+| ``GET /status`` | JSON: node, uptime, slots, queue, job counts, peers; signed: recent jobs too |
 | ``GET /metrics`` | Prometheus text: slots, queue, jobs, cache, store, peers |
 | ``POST /v1/blobs:missing`` | CBOR ``{"digests": [...]}`` -> ``{"missing": [...]}`` |
 | ``POST /v1/blobs:upload`` | batched upload (see mesh.api.wire) |
@@ -34,7 +34,16 @@ from starlette.routing import Route
 
 from mesh import codec
 from mesh.api import blobs
-from mesh.api.http import ApiError, authenticate, error_response, read_body, read_message, reply, wants_json
+from mesh.api.http import (
+    ApiError,
+    authenticate,
+    error_response,
+    read_body,
+    read_message,
+    reply,
+    signed,
+    wants_json,
+)
 from mesh.api.metrics import metrics
 from mesh.api.wire import EVENTS_CBOR, NDJSON, frame, to_json
 from mesh.cas.digest import Digest
@@ -71,7 +80,12 @@ async def health(request: Request) -> Response:
 
 
 async def status(request: Request) -> Response:
-    return JSONResponse(_node(request).status())
+    """``GET /status``: counts and node facts for anyone; a signed request (it must be a good
+    signature) also gets the recent jobs, whose labels are command lines."""
+    detailed = signed(request)
+    if detailed:
+        authenticate(request, await read_body(request, 0))
+    return JSONResponse(_node(request).status(detailed=detailed))
 
 
 async def submit_job(request: Request) -> Response:

@@ -16,7 +16,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from mesh import codec
-from mesh.api.auth import Admitted, AuthError, NotForThisNode, signed_headers
+from mesh.api.auth import HEADERS, Admitted, AuthError, NotForThisNode, signed_headers
 from mesh.api.wire import CBOR, JSON, to_json
 from mesh.errors import (
     BlobNotFound,
@@ -146,6 +146,11 @@ def _actionable(exc: AuthError) -> AuthError:
         f"{exc} (a client needs this mesh's key: run `mesh key show` on a node and set MESH_KEY, "
         "or copy it to $MESH_HOME/mesh.key)"
     )
+
+
+def signed(request: Request) -> bool:
+    """Whether a request carries a signature (then it must be a good one)."""
+    return any(name in request.headers for name in HEADERS)
 
 
 async def read_message(request: Request, limit: int) -> Any:
