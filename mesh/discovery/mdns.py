@@ -130,7 +130,7 @@ def peer_from_record(
         return None
     port = int(port_text) if port_text is not None and port_text.isascii() and port_text.isdigit() else srv_port
     if port is None or not 0 < port < 65536:
-        logger.warning("mDNS: dropped the record of node %s: port %r is not a number from 1 to 65535", node_id, port)
+        logger.info("mDNS: dropped the record of node %s: port %r is not a number from 1 to 65535", node_id, port)
         return None
     usable: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
     for text in addresses:
@@ -146,7 +146,7 @@ def peer_from_record(
     try:
         url = peer_url(_url(str(usable[0]), port))  # the one check of every URL naming a node
     except InvalidUrl as exc:
-        logger.warning("mDNS: dropped the record of node %s: %s", node_id, exc)
+        logger.info("mDNS: dropped the record of node %s: %s", node_id, exc)
         return None
     return Peer(node_id=node_id, url=url, mesh_id=mesh_id, version=version)
 

@@ -7,7 +7,9 @@ round (:data:`ROUND`, 1 s) the node counts its heartbeat up, picks up to
 not yet known as a member (``--peer`` seeds, mDNS finds, the URLs of peers that
 died), then ages its table (mesh.sched.membership has the failure detector's
 timings). A node therefore learns peers of peers from a single seed, and a peer
-that comes back is found again through its seed or its mDNS record.
+that comes back is found again through its seed or its mDNS record. A member whose
+URL no node could have (mesh.urls: a bad scheme, host or port) is dropped from what
+is merged, with a warning in the log; the rest of the message is taken.
 """
 
 from __future__ import annotations
