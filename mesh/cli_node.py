@@ -291,7 +291,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"slots {slots['busy']}/{slots['total']} busy, {status['queue']} queued, {status['running_jobs']} jobs running"
     )
     print(f"action cache: {status['cache']['entries']} entries, {status['cache']['hits']} hits since start")
-    for job in status["jobs"]["recent"]:
+    counts = status["jobs"]["counts"]
+    print("jobs: " + (", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "none"))
+    recent = status["jobs"].get("recent")
+    if recent is None:  # the node answers unsigned requests with counts only
+        print("(recent jobs need the mesh key: set MESH_KEY, or copy it to $MESH_HOME/mesh.key)", file=sys.stderr)
+    for job in recent or []:
         print(f"  {job['id']}  {job['state']:<9}  {_when(job['created_at'])}  {job['label']}")
     return 0
 

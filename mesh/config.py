@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mesh.discovery.seeds import seeds
-from mesh.errors import ConfigError, UsageError
+from mesh.errors import ConfigError, InvalidUrl, UsageError
+from mesh.urls import peer_url
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -168,7 +169,7 @@ class NodeConfig:
             seeds=seeds(peers, file.get("peers")),
             labels=tuple(sorted(_labels(labels, file).items())),
             mdns=_mdns(mdns, file),
-            advertise=advertise or os.environ.get("MESH_ADVERTISE") or file.get("advertise"),
+            advertise=_advertise(advertise or os.environ.get("MESH_ADVERTISE") or file.get("advertise")),
             executors=_executors(executors, file),
         )
 
@@ -207,6 +208,18 @@ def _executors(flags: list[str] | None, file: dict[str, Any]) -> tuple[str, ...]
     if unknown:
         raise UsageError(f"unknown executor(s) {', '.join(unknown)}: choose from {', '.join(EXECUTORS)}")
     return tuple(e for e in EXECUTORS if e in value)
+
+
+def _advertise(value: Any) -> str | None:
+    """The URL peers reach this node at, checked like every URL that names a node (mesh.urls)."""
+    if value is None:
+        return None
+    try:
+        return peer_url(str(value))
+    except InvalidUrl as exc:
+        raise UsageError(
+            f"--advertise must be the URL peers reach this node at, like http://host:7474 ({exc})"
+        ) from None
 
 
 def _mdns(flag: bool | None, file: dict[str, Any]) -> bool:

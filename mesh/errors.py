@@ -12,6 +12,7 @@ errors in exception groups, :func:`unwrap` finds the error again at that boundar
     ├── UsageError                 bad arguments from a person (CLI exit code 2)
     ├── ConfigError                mesh.toml or the mesh key is unreadable or malformed (CLI exit code 1)
     ├── InvalidDigest (ValueError) a digest's text or fields are malformed
+    ├── InvalidUrl (ValueError)    a node's URL or a request's host is malformed (mesh.urls)
     ├── CodecError (ValueError)    bytes that are not valid canonical CBOR of the schema
     │   └── InvalidTree            a directory node that breaks the snapshot rules
     ├── StoreError                 the content-addressed store failed
@@ -76,6 +77,11 @@ class ConfigError(MeshError):
 
 class InvalidDigest(MeshError, ValueError):
     """A digest's text form or fields are malformed."""
+
+
+class InvalidUrl(MeshError, ValueError):
+    """A URL naming a node (gossip, mDNS, a seed, a steal or an offer) or a request's host
+    is malformed: another scheme, no host, a port outside 1-65535 (mesh.urls says what is valid)."""
 
 
 class CodecError(MeshError, ValueError):

@@ -28,6 +28,7 @@ import trio
 from mesh import __version__
 from mesh.api.app import create_app
 from mesh.api.auth import MeshKey, Verifier, load_key
+from mesh.api.authorities import NodeAuthorities
 from mesh.api.server import listen, serve
 from mesh.cas.store import LocalStore
 from mesh.config import NodeConfig
@@ -91,7 +92,9 @@ class Node:
                 binds = await nursery.start(partial(serve, app, self._sockets, shutdown_trigger=http_stop.wait))
                 self.url = _local_url(binds[0])
                 port = int(binds[0].rsplit(":", 1)[1])
-                await nursery.start(self.peering.run, advertised_url(self.config, port))
+                advertised = advertised_url(self.config, port)
+                self.authorities.listen_on(port, advertised)  # signed requests name this port from now on
+                await nursery.start(self.peering.run, advertised)
                 task_status.started(self.url)
                 await self._stop.wait()
                 http_stop.set()
@@ -158,7 +161,10 @@ class Node:
         key = load_key(home, key_file=self.config.key_file, create=True)
         assert key is not None  # create=True makes one
         self.key = key
-        self.verifier = Verifier(key)
+        host = self.config.listen[0]
+        port = self._sockets[0].getsockname()[1]  # bound already (port 0: the one the kernel chose)
+        self.authorities = NodeAuthorities(host, port, advertised=self.config.advertise)
+        self.verifier = Verifier(key, authorities=self.authorities, nonces_path=os.path.join(home, "nonces"))
         self.store = LocalStore(self.config.store_dir)
         self.db = StateDB(state_path(home))
         self.runner = runner = Runner(
@@ -260,7 +266,8 @@ class Node:
         return {"slots": stats.slots, "busy": stats.busy, "queued": stats.queued}
 
     def _close(self) -> None:
-        for closer in (getattr(self, "runner", None), getattr(self, "db", None), getattr(self, "store", None)):
+        closers = ("runner", "db", "store", "verifier")
+        for closer in (getattr(self, name, None) for name in closers):
             if closer is not None:
                 closer.close()
         for sock in self._sockets:  # serve closes them; not if the node failed before serving
@@ -288,10 +295,11 @@ class Node:
             )
         return answer
 
-    def status(self) -> dict[str, Any]:
+    def status(self, *, detailed: bool = False) -> dict[str, Any]:
+        """What ``/status`` says: counts and facts of this node and its peers, open to anyone;
+        ``detailed`` (a signed request) adds the recent jobs, whose labels hold command lines."""
         sched = self.scheduler.statistics()
-        recent = [row.to_wire() for row in self.db.jobs(limit=STATUS_RECENT_JOBS)]
-        return {
+        answer: dict[str, Any] = {
             "node": self.node_id,
             "version": __version__,
             "mesh": self.key.mesh_id,
@@ -313,8 +321,11 @@ class Node:
             },
             "peers": self.peering.status(),
             "gossip": {"rounds": self.peering.gossip.rounds, "mdns": self.config.mdns},
-            "jobs": {"counts": self.db.count_jobs(), "recent": recent},
+            "jobs": {"counts": self.db.count_jobs()},
         }
+        if detailed:
+            answer["jobs"]["recent"] = [row.to_wire() for row in self.db.jobs(limit=STATUS_RECENT_JOBS)]
+        return answer
 
 
 def _node_id(home: str) -> str:

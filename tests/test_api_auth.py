@@ -1,14 +1,20 @@
-"""A real node refuses requests not signed with its mesh key, and changes nothing for them."""
+"""A real node refuses requests not signed with its mesh key, or for another node, or replayed, and
+changes nothing for them; what it answers without the key shows counts and node facts only."""
 
 from __future__ import annotations
 
 import os
+import secrets
+import socket
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import pytest
+from starlette.routing import Route
 
 from mesh import codec
+from mesh.api.app import create_app
 from mesh.api.auth import MeshKey, load_key, sign
 from mesh.api.client import MeshAuth, NodeClient
 from mesh.cas.snapshot import ingest
@@ -54,18 +60,18 @@ def test_unsigned_forged_replayed_and_stale_requests_are_refused(node: NodeProce
     unsigned = post(node, job, {})
     assert unsigned.status_code == 401 and "unsigned request" in codec.decode(unsigned.content)["error"]
 
-    forged = post(node, job, sign(MeshKey.generate(), "POST", "/v1/jobs", job))
+    forged = post(node, job, sign(MeshKey.generate(), "POST", "/v1/jobs", job, authority=node.addr))
     assert forged.status_code == 401 and "bad signature" in codec.decode(forged.content)["error"]
 
-    tampered = post(node, job + b"", sign(key, "POST", "/v1/jobs", b"another body"))
+    tampered = post(node, job + b"", sign(key, "POST", "/v1/jobs", b"another body", authority=node.addr))
     assert tampered.status_code == 401 and "body digest" in codec.decode(tampered.content)["error"]
 
-    stale = post(node, job, sign(key, "POST", "/v1/jobs", job, now=1_000_000))
+    stale = post(node, job, sign(key, "POST", "/v1/jobs", job, authority=node.addr, now=1_000_000))
     assert stale.status_code == 401 and "stale" in codec.decode(stale.content)["error"]
 
     assert job_count(node) == before  # nothing above caused work
 
-    headers = sign(key, "POST", "/v1/jobs", job)
+    headers = sign(key, "POST", "/v1/jobs", job, authority=node.addr)
     assert post(node, job, headers).status_code == 201
     replayed = post(node, job, headers)
     assert replayed.status_code == 401 and "replayed" in codec.decode(replayed.content)["error"]
@@ -131,4 +137,102 @@ def test_the_dashboard_is_served_and_status_has_what_it_shows(node: NodeProcess)
     assert {"busy", "total"} <= set(status["slots"]) and {"entries", "hits"} <= set(status["cache"])
     assert {"default", "offered"} <= set(status["executors"]) and {"stolen", "given"} <= set(status["stealing"])
     assert b"s.executors.offered" in page.content and b"s.stealing.stolen" in page.content
-    assert "recent" in status["jobs"]
+    assert set(status["jobs"]) == {"counts"} and b"s.jobs.counts" in page.content  # recent jobs need the key
+
+
+def test_open_endpoints_show_no_argv_env_file_names_or_output(node: NodeProcess, tmp_path: Path) -> None:
+    """A secret passed in argv and env, held in a file name and printed by the task, appears in
+    no answer to an unsigned request, on any route of the app; a signed /status shows it."""
+    secret = "hunter2-" + secrets.token_hex(8)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / f"{secret}.txt").write_text(secret)
+    done = node.mesh(
+        "exec", "--env", f"TOKEN={secret}", "--", "sh", "-c", f"echo {secret}; ls; echo $TOKEN >&2", cwd=str(src)
+    )
+    assert done.returncode == 0 and secret.encode() in done.stdout, done.stderr
+    with NodeClient(node.url, key=load_key(node.home)) as client:
+        job = client.jobs()["jobs"][0]
+        status = client.job(job["id"])
+        stdout = status["tasks"][0]["result"]["stdout"]
+        assert secret in client.status()["jobs"]["recent"][0]["label"]  # signed: the details
+    answers = {}
+    for path in ("/", "/health", "/status", "/status?format=json", "/metrics"):
+        for accept in ("application/json", "application/cbor", "*/*"):
+            response = httpx.get(node.url + path, headers={"accept": accept}, trust_env=False)
+            assert response.status_code == 200, (path, response.content)
+            answers[f"GET {path} ({accept})"] = response.content
+    app = create_app(cast(Any, None))  # the routes only: every one, so a new route is looked at too
+    for route in app.routes:
+        assert isinstance(route, Route) and route.methods
+        path = route.path.replace("{job_id}", job["id"]).replace("{digest}", stdout)
+        for method in sorted(route.methods - {"HEAD"}):
+            response = httpx.request(method, node.url + path, trust_env=False)
+            assert response.status_code in (200, 401), (method, path, response.status_code)
+            answers[f"{method} {path}"] = response.content
+    leaks = [what for what, content in answers.items() if secret.encode() in content]
+    assert not leaks, leaks
+
+
+def test_a_signature_captured_for_one_node_is_refused_by_another(tmp_path: Path) -> None:
+    key = MeshKey.generate()
+    a, b = (NodeProcess(str(tmp_path / name), env={"MESH_KEY": key.text()}).start() for name in "ab")
+    try:
+        captured = {"host": a.addr, **sign(key, "GET", "/v1/jobs", b"", authority=a.addr)}
+        at_b = httpx.get(b.url + "/v1/jobs", headers=captured, trust_env=False)
+        assert at_b.status_code == 401, at_b.content
+        message = codec.decode(at_b.content)["error"]
+        assert f"addressed to {a.addr}, which is not this node" in message
+        assert "--advertise" in message
+        moved = httpx.get(b.url + "/v1/jobs", headers={**captured, "host": b.addr}, trust_env=False)
+        assert moved.status_code == 401 and "bad signature" in codec.decode(moved.content)["error"]
+        assert httpx.get(a.url + "/v1/jobs", headers=captured, trust_env=False).status_code == 200  # it was good
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_request_replayed_after_a_restart_is_refused(node: NodeProcess) -> None:
+    key = load_key(node.home)
+    assert key is not None
+    captured = {"host": node.addr, **sign(key, "GET", "/v1/jobs", b"", authority=node.addr)}
+    assert httpx.get(node.url + "/v1/jobs", headers=captured, trust_env=False).status_code == 200
+    node.kill()  # no chance to save anything on the way out
+    node.start()
+    replayed = httpx.get(node.url + "/v1/jobs", headers=captured, trust_env=False)
+    assert replayed.status_code == 401 and "replayed" in codec.decode(replayed.content)["error"]
+    fresh = {"host": node.addr, **sign(key, "GET", "/v1/jobs", b"", authority=node.addr)}
+    assert httpx.get(node.url + "/v1/jobs", headers=fresh, trust_env=False).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"x-mesh-time": "9" * 400},
+        {"x-mesh-time": "1e9"},
+        {"x-mesh-time": "-5"},
+        {"x-mesh-nonce": "AB" * 16},
+        {"x-mesh-nonce": "ab" * 2000},
+        {"x-mesh-body": "nope"},
+        {"x-mesh-signature": "zz" * 32},
+        {"x-mesh-peer": "yes"},
+        {"x-mesh-bogus": "1"},
+        {"host": "127.0.0.1:99999"},
+        {"host": "a b"},
+    ],
+)
+def test_malformed_auth_headers_get_a_4xx_before_the_body_is_read(node: NodeProcess, change: dict[str, str]) -> None:
+    """Each request announces a 10 MB body it never sends: the answer comes without it."""
+    key = load_key(node.home)
+    assert key is not None
+    for method, path in (("GET", "/v1/jobs"), ("GET", "/status"), ("POST", "/v1/jobs")):
+        headers = {"host": node.addr, **sign(key, method, path, b"", authority=node.addr), **change}
+        if method == "POST":
+            headers["content-length"] = str(10 << 20)
+        head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        with socket.create_connection(("127.0.0.1", node.port), timeout=10) as conn:
+            conn.sendall(head.encode("latin-1"))
+            answer = conn.recv(65536)
+        status = int(answer.split(b" ", 2)[1])
+        assert status in (400, 401), (method, path, change, answer[:500])
+    assert httpx.get(node.url + "/health", trust_env=False).status_code == 200

@@ -465,8 +465,30 @@ def test_bad_steal_requests(node: NodeProcess, snapshot: str) -> None:
                 "unknown field(s): 'greedy'",
                 body=codec.encode({"thief": "http://127.0.0.1:1", "slots": 1, "greedy": True}),
             ),
+            *(
+                Case(f"thief {url}", "POST", "/v1/steal", 400, says, body=codec.encode({"thief": url, "slots": 1}))
+                for url, says in BAD_URLS
+            ),
         ],
     )
+
+
+#: URLs no node could have, and what the refusal says (mesh.urls).
+BAD_URLS = [
+    ("http://127.0.0.1:99999", "port '99999' is not a number from 1 to 65535"),
+    ("ftp://127.0.0.1:7474", "is not an http:// or https:// URL"),
+    ("http://:7474", "does not name a host"),
+    ("http://bad host:7474", "white space"),
+]
+
+
+def test_offers_naming_a_bad_source(node: NodeProcess, snapshot: str) -> None:
+    offer = job(task(), pinned=True)
+    cases = [
+        Case(f"source {url}", "POST", "/v1/jobs", 400, says, body=offer, params={"offer": "1", "source": url})
+        for url, says in BAD_URLS
+    ]
+    check_refused(node, snapshot, cases)
 
 
 def test_bad_task_graphs(node: NodeProcess, snapshot: str) -> None:

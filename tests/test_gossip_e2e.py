@@ -13,6 +13,7 @@ import pytest
 
 from mesh.api.client import NodeClient
 from mesh.cas.digest import Digest
+from mesh.errors import NodeError
 from mesh.sched.membership import DEAD_AFTER
 from tests.nodeutil import MESH, NodeProcess, free_port, node_env, wait_for
 
@@ -280,3 +281,32 @@ def test_an_idle_node_steals_queued_tasks_from_a_busy_peer(tmp_path: Path) -> No
     finally:
         a.kill()
         b.kill()
+
+
+def test_gossip_advertising_bad_peer_urls_is_dropped_and_logged(node: NodeProcess) -> None:
+    """One signed gossip names peers no node could be (port 99999, ftp, no host, a host with a
+    space) and one that could: only that one joins, each drop is logged, and a blob this node
+    lacks (whose GET asks the peers) is a 404."""
+    bad = {
+        "port99999": "http://127.0.0.1:99999",
+        "ftp": "ftp://127.0.0.1:7474",
+        "nohost": "http://:7474",
+        "spaces": "http://bad host:7474",
+    }
+    members = [{"node": name, "url": url, "incarnation": 1, "heartbeat": 1} for name, url in bad.items()]
+    members.append({"node": "fine", "url": f"http://127.0.0.1:{free_port()}", "incarnation": 1, "heartbeat": 1})
+    with NodeClient(node.url) as client:
+        client.request("POST", "/v1/gossip", body={"from": "fine", "members": members})
+        assert set(peers_of(node)) == {"fine"}
+        wait_for(
+            lambda: all(f"dropped member {name!r}" in node.log() for name in bad), timeout=10, what="the drops logged"
+        )
+        assert "port '99999' is not a number from 1 to 65535" in node.log()
+        absent = Digest.of(os.urandom(64))
+        try:
+            next(client.read_blob(absent))
+        except NodeError as exc:
+            assert exc.status == 404, exc
+        else:
+            raise AssertionError("a blob no node holds was served")
+        assert httpx.get(node.url + "/health", trust_env=False).status_code == 200

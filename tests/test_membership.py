@@ -59,7 +59,7 @@ def test_peers_of_peers_spread_from_one_seed() -> None:
     for round_ in range(len(names)):
         for n in names:
             for peer in tables[n].alive():
-                _, members = parse_message(tables[n].message(selves[n]))
+                members = parse_message(tables[n].message(selves[n])).members
                 tables[peer.node].merge(members, now=round_)
     for n in names:
         assert {m.node for m in tables[n].alive()} == set(names) - {n}
@@ -74,8 +74,8 @@ def test_wire_round_trip_and_validation() -> None:
         capabilities={"os": "linux"},
         load={"slots": 4, "busy": 1, "queued": 0},
     )
-    sender, members = parse_message(PeerTable("x").message(me))
-    assert sender == "x" and members == [me]
+    sender, members, dropped = parse_message(PeerTable("x").message(me))
+    assert sender == "x" and members == [me] and dropped == []
     for bad in (
         {"from": "x"},
         {"from": "x", "members": [{"node": "y"}]},

@@ -4,7 +4,7 @@
 | --- | --- |
 | ``GET /`` | the dashboard (mesh/web/index.html, reads /status) |
 | ``GET /health`` | JSON: ok, node id, version, store id |
-| ``GET /status`` | JSON: node, uptime, slots, queue, recent jobs, peers |
+| ``GET /status`` | JSON: node, uptime, slots, queue, job counts, peers; signed: recent jobs too |
 | ``GET /metrics`` | Prometheus text: slots, queue, jobs, cache, store, peers |
 | ``POST /v1/blobs:missing`` | CBOR ``{"digests": [...]}`` -> ``{"missing": [...]}`` |
 | ``POST /v1/blobs:upload`` | batched upload (see mesh.api.wire) |
@@ -34,13 +34,23 @@ from starlette.routing import Route
 
 from mesh import codec
 from mesh.api import blobs
-from mesh.api.http import ApiError, authenticate, error_response, read_body, read_message, reply, wants_json
+from mesh.api.http import (
+    ApiError,
+    authenticate,
+    error_response,
+    read_body,
+    read_message,
+    reply,
+    signed,
+    wants_json,
+)
 from mesh.api.metrics import metrics
 from mesh.api.wire import EVENTS_CBOR, NDJSON, frame, to_json
 from mesh.cas.digest import Digest
 from mesh.errors import MeshError
 from mesh.sched.events import PACE
 from mesh.sched.jobs import JOB_STATES, JobSpec, check_job_id, parse_job
+from mesh.urls import peer_url
 
 if TYPE_CHECKING:
     from mesh.node import Node
@@ -70,7 +80,12 @@ async def health(request: Request) -> Response:
 
 
 async def status(request: Request) -> Response:
-    return JSONResponse(_node(request).status())
+    """``GET /status``: counts and node facts for anyone; a signed request (it must be a good
+    signature) also gets the recent jobs, whose labels are command lines."""
+    detailed = signed(request)
+    if detailed:
+        authenticate(request, await read_body(request, 0))
+    return JSONResponse(_node(request).status(detailed=detailed))
 
 
 async def submit_job(request: Request) -> Response:
@@ -101,9 +116,10 @@ async def _accept_offer(request: Request, spec: JobSpec) -> None:
         raise ApiError(400, "an offer is a pinned job of one task")
     if not node.scheduler.takes_offer():
         raise ApiError(409, "no free slot: offer the task to another node")
-    source = request.query_params.get("source", "")
-    if not source.startswith(("http://", "https://")):
+    source = request.query_params.get("source")
+    if source is None:
         raise ApiError(400, "an offer names the offering node's URL in 'source'")
+    source = peer_url(source)  # InvalidUrl: 400
     task = spec.tasks[0]
     if task.input is not None and not node.peering.is_complete(task.input, node.store):
         await node.peering.fetch_tree(source, task.input, node.store)
@@ -206,7 +222,7 @@ async def steal(request: Request) -> Response:
     """``POST /v1/steal``: a peer with free slots, ``{"thief": URL, "slots": N}``, asks for
     queued tasks; they are offered to it at once; answers ``{"given": n}``."""
     fields = codec.Fields(await read_message(request, 4096), "a steal request")
-    thief, slots = fields.text("thief"), fields.integer("slots")
+    thief, slots = peer_url(fields.text("thief")), fields.integer("slots")  # InvalidUrl: 400
     fields.done()
     if not 1 <= slots <= 4096:
         raise ApiError(400, f"'slots' must be between 1 and 4096, not {slots}")

@@ -9,28 +9,37 @@ cause work or write data carries four headers:
   blob uploads, whose every byte is verified against the digests they are sent
   under anyway (so a streamed body needs no second pass);
 - ``x-mesh-signature``: BLAKE3 in keyed mode, with the mesh key, over
-  ``method \\n path?query \\n time \\n nonce \\n body`` (hex).
+  ``method \n authority \n path?query \n time \n nonce \n body`` (hex), where
+  ``authority`` is the ``Host`` the request is sent with, in the normal form of
+  :func:`mesh.urls.authority`.
 
-A node refuses (401) a request whose signature is missing or wrong, whose time
-is more than :data:`MAX_SKEW` seconds away from its own clock, or whose nonce it
-has already seen within that window (a replay). The mesh id, a fingerprint of
-the key that is safe to publish (mDNS TXT records carry it), lets nodes of
-different meshes on one LAN ignore each other.
+A node refuses (401), before any work, a request whose headers are missing,
+malformed or given twice (:func:`signed_headers`, :meth:`Verifier.admit`); that is
+addressed to another host than this node's own (mesh.api.authorities: every node
+of a mesh holds the key, so a request captured on its way to one node must not be
+accepted by another); whose time is more than :data:`MAX_SKEW` seconds away from
+its own clock; whose body digest or signature is wrong; or whose nonce it has
+already seen within that window, before or after a restart (mesh.api.nonces). The
+mesh id, a fingerprint of the key that is safe to publish (mDNS TXT records carry
+it), lets nodes of different meshes on one LAN ignore each other.
 """
 
 from __future__ import annotations
 
 import hmac
 import os
+import re
 import secrets
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import blake3
 
+from mesh.api.nonces import NonceLog
 from mesh.errors import ConfigError, MeshError, UsageError
+from mesh.urls import authority as normal_authority
 
 KEY_BYTES = 32
 #: Seconds a signed request stays valid either side of the node's clock.
@@ -40,11 +49,26 @@ CONTENT_ADDRESSED = "content-addressed"
 #: Paths (prefixes) whose PUT/POST bodies are signed as content-addressed.
 UPLOAD_PATHS = ("/v1/blobs/", "/v1/blobs:upload")
 HEADERS = ("x-mesh-time", "x-mesh-nonce", "x-mesh-body", "x-mesh-signature")
+#: The form of every ``x-mesh-*`` header a request may carry (``x-mesh-peer``: mesh.api.wire),
+#: checked before anything else: a 400-digit time once overflowed a float into a 500.
+FORMS = {
+    "x-mesh-time": (re.compile(r"[0-9]{1,12}"), "whole seconds since the epoch (at most 12 digits)"),
+    "x-mesh-nonce": (re.compile(r"[0-9a-f]{32}"), "32 lower-case hex digits"),
+    "x-mesh-body": (re.compile(r"[0-9a-f]{64}|content-addressed"), "64 lower-case hex digits or content-addressed"),
+    "x-mesh-signature": (re.compile(r"[0-9a-f]{64}"), "64 lower-case hex digits"),
+    "x-mesh-peer": (re.compile(r"1"), "1"),
+}
+#: Seconds a nonce is remembered past the end of its signature's validity (clock steps).
+NONCE_MARGIN = 5
 _ID_CONTEXT = b"mesh id v1"
 
 
 class AuthError(MeshError):
     """A request is not signed with this mesh's key, or is stale or replayed (HTTP 401)."""
+
+
+class NotForThisNode(AuthError):
+    """A signed request is addressed to another host than this node (mesh.api.authorities)."""
 
 
 @dataclass(frozen=True)
@@ -138,74 +162,144 @@ def _parse_key(text: str, source: str, fix: str) -> MeshKey:
         ) from None
 
 
-def _message(method: str, target: str, timestamp: str, nonce: str, body: str) -> bytes:
-    return "\n".join((method.upper(), target, timestamp, nonce, body)).encode()
+def _message(method: str, authority: str, target: str, timestamp: str, nonce: str, body: str) -> bytes:
+    return "\n".join((method.upper(), authority, target, timestamp, nonce, body)).encode()
 
 
 def body_digest(body: bytes) -> str:
     return blake3.blake3(body).hexdigest()
 
 
-def sign(key: MeshKey, method: str, target: str, body: bytes | str, *, now: float | None = None) -> dict[str, str]:
-    """The headers that sign a request. ``target`` is the path with its query string;
-    ``body`` the bytes, or :data:`CONTENT_ADDRESSED` for blob uploads."""
+def sign(
+    key: MeshKey, method: str, target: str, body: bytes | str, *, authority: str, now: float | None = None
+) -> dict[str, str]:
+    """The headers that sign a request. ``target`` is the path with its query string; ``body``
+    the bytes, or :data:`CONTENT_ADDRESSED` for blob uploads; ``authority`` the ``Host`` header
+    the request is sent with (``host:port``): only the node addressed so accepts it.
+    Raises InvalidUrl for a malformed ``authority``."""
     timestamp = str(int(time.time() if now is None else now))
     nonce = secrets.token_hex(16)
     digest = body if isinstance(body, str) else body_digest(body)
+    message = _message(method, normal_authority(authority), target, timestamp, nonce, digest)
     return {
         "x-mesh-time": timestamp,
         "x-mesh-nonce": nonce,
         "x-mesh-body": digest,
-        "x-mesh-signature": key.mac(_message(method, target, timestamp, nonce, digest)),
+        "x-mesh-signature": key.mac(message),
     }
 
 
-class Verifier:
-    """Checks signed requests for one node: signature, freshness, and replays (nonces seen)."""
+def signed_headers(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The ``host`` and ``x-mesh-*`` headers of a request (names in lower case), refusing
+    (AuthError) one given twice or an ``x-mesh-*`` header mesh does not know."""
+    found: dict[str, str] = {}
+    for name, value in pairs:
+        name = name.lower()
+        if name != "host" and not name.startswith("x-mesh-"):
+            continue
+        if name not in FORMS and name != "host":
+            raise AuthError(f"unknown header {name[:40]}: mesh sends only {', '.join(FORMS)}")
+        if name in found:
+            raise AuthError(f"header {name} is given twice")
+        found[name] = value
+    return found
 
-    def __init__(self, key: MeshKey, *, max_skew: int = MAX_SKEW, clock: Callable[[], float] = time.time) -> None:
+
+@dataclass(frozen=True)
+class Admitted:
+    """The signature headers of a request that passed :meth:`Verifier.admit`."""
+
+    authority: str
+    timestamp: str
+    nonce: str
+    digest: str
+    signature: str
+
+
+class Verifier:
+    """Checks signed requests for one node: form, host, freshness, signature, replays.
+
+    ``authorities`` decides which ``Host`` names this node (mesh.api.authorities);
+    the nonces seen are kept in ``nonces_path`` too (mesh.api.nonces; None: in memory
+    only). Close it to close that file.
+    """
+
+    def __init__(
+        self,
+        key: MeshKey,
+        *,
+        authorities: Authorities,
+        nonces_path: str | None = None,
+        max_skew: int = MAX_SKEW,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.key = key
+        self.authorities = authorities
         self.max_skew = max_skew
         self._clock = clock
-        self._seen: OrderedDict[str, float] = OrderedDict()
+        # A record lives at most 2 * max_skew + NONCE_MARGIN after it is written (signed up to
+        # max_skew ahead of this clock): a file rotated that often holds none still needed.
+        self.nonces = NonceLog(nonces_path, rotate=2 * max_skew + NONCE_MARGIN + 1, now=self._now())
+
+    def close(self) -> None:
+        self.nonces.close()
 
     def check(
         self, method: str, target: str, headers: Mapping[str, str], body: bytes | None, *, content_addressed: bool
     ) -> None:
-        """Raise AuthError unless the request is signed with this mesh's key, fresh and new.
+        """Raise AuthError unless the request is signed with this mesh's key, for this node, fresh
+        and new. ``headers``: its ``host`` and ``x-mesh-*`` headers (see :func:`signed_headers`);
+        ``body`` its bytes, or None for a content-addressed upload (then the signed body marker
+        must say so)."""
+        self.verify(self.admit(headers), method, target, body, content_addressed=content_addressed)
 
-        ``body`` is the request's bytes, or None for a content-addressed upload
-        (then the signed body marker must say so).
-        """
+    def admit(self, headers: Mapping[str, str]) -> Admitted:
+        """What can be checked before the body is read: every header's form, the host, the time.
+        Raises AuthError."""
         missing = [h for h in HEADERS if not headers.get(h)]
         if missing:
             raise AuthError(f"unsigned request (missing {', '.join(missing)}): sign it with the mesh key")
+        for name, (form, what) in FORMS.items():
+            value = headers.get(name)
+            if value is not None and not form.fullmatch(value):
+                raise AuthError(f"malformed {name} header: it must be {what}")
+        host = headers.get("host")
+        if not host:
+            raise AuthError("no Host header: a signed request names the node it is for")
+        authority = self.authorities.check(host)  # NotForThisNode
         timestamp, nonce, digest, signature = (headers[h] for h in HEADERS)
-        if not timestamp.isdigit() or len(nonce) != 32:
-            raise AuthError("malformed signature headers")
         now = self._now()
         if abs(now - int(timestamp)) > self.max_skew:
             raise AuthError(
                 f"stale request: signed at {timestamp}, {abs(now - int(timestamp)):.0f} s from this node's clock "
                 f"(at most {self.max_skew} s); check the clocks"
             )
+        return Admitted(authority, timestamp, nonce, digest, signature)
+
+    def verify(
+        self, admitted: Admitted, method: str, target: str, body: bytes | None, *, content_addressed: bool
+    ) -> None:
+        """The rest of :meth:`check`, once the body is read: its digest, the signature, the nonce."""
         expected_digest = CONTENT_ADDRESSED if content_addressed else body_digest(body or b"")
-        if not hmac.compare_digest(digest, expected_digest):
+        if not hmac.compare_digest(admitted.digest, expected_digest):
             raise AuthError("the signed body digest does not match the body")
-        expected = self.key.mac(_message(method, target, timestamp, nonce, digest))
-        if not hmac.compare_digest(signature, expected):
-            raise AuthError("bad signature: this request was not signed with this mesh's key")
-        self._remember(nonce, now)
+        message = _message(method, admitted.authority, target, admitted.timestamp, admitted.nonce, admitted.digest)
+        if not hmac.compare_digest(admitted.signature, self.key.mac(message)):
+            raise AuthError(
+                "bad signature: this request was not signed with this mesh's key "
+                f"(or not for {admitted.authority}: a proxy in between must keep the Host header)"
+            )
+        expiry = int(admitted.timestamp) + self.max_skew + NONCE_MARGIN
+        if not self.nonces.add(bytes.fromhex(admitted.nonce), expiry, self._now()):
+            raise AuthError("replayed request: this nonce was used already")
 
     def _now(self) -> float:
         return float(self._clock())
 
-    def _remember(self, nonce: str, now: float) -> None:
-        while self._seen:
-            oldest, seen_at = next(iter(self._seen.items()))
-            if now - seen_at <= 2 * self.max_skew:
-                break
-            del self._seen[oldest]
-        if nonce in self._seen:
-            raise AuthError("replayed request: this nonce was used already")
-        self._seen[nonce] = now
+
+class Authorities(Protocol):
+    """What a Verifier asks about hosts (mesh.api.authorities.NodeAuthorities is the node's)."""
+
+    def check(self, host: str) -> str:
+        """The normal form of ``host`` (a ``Host`` header: mesh.urls.authority) if it names this
+        node; else raise NotForThisNode, saying why."""

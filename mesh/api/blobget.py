@@ -29,6 +29,7 @@ from mesh.api.wire import CBOR, PEER_HEADER
 from mesh.cas.digest import Digest
 from mesh.cas.store import LocalStore
 from mesh.errors import DigestMismatch, NodeError, NodeUnreachable
+from mesh.urls import address
 
 #: Bytes asked of the socket per read of the response head.
 READ_SIZE = 1 << 20
@@ -48,10 +49,10 @@ async def get_blob(key: MeshKey, base_url: str, digest: Digest, store: LocalStor
     NodeError for other refusals, DigestMismatch (from the store) for wrong bytes.
     """
     parts = urlsplit(base_url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    host, port, authority = address(base_url)
     target = f"{parts.path.rstrip('/')}/v1/blobs/{digest}"
-    headers = [("host", f"{host}:{port}"), ("accept", "application/octet-stream"), (PEER_HEADER, "1")]
-    headers += list(sign(key, "GET", target, b"").items())
+    headers = [("host", authority), ("accept", "application/octet-stream"), (PEER_HEADER, "1")]
+    headers += list(sign(key, "GET", target, b"", authority=authority).items())
     connection = h11.Connection(our_role=h11.CLIENT)
     stream = await _connect(host, port, base_url)
     async with stream:
@@ -90,16 +91,16 @@ async def get_blobs(key: MeshKey, base_url: str, digests: list[Digest], store: L
     NodeError for a refusal or an answer that breaks the format or the digests.
     """
     parts = urlsplit(base_url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    host, port, authority = address(base_url)
     target = f"{parts.path.rstrip('/')}/v1/blobs:download"
     body = codec.encode({"digests": [str(d) for d in digests]})
     headers = [
-        ("host", f"{host}:{port}"),
+        ("host", authority),
         ("content-type", CBOR),
         ("content-length", str(len(body))),
         ("accept", "application/octet-stream"),
         (PEER_HEADER, "1"),
-        *sign(key, "POST", target, body).items(),
+        *sign(key, "POST", target, body, authority=authority).items(),
     ]
     wanted = set(digests)
 

@@ -74,7 +74,8 @@ class MeshAuth(httpx.Auth):
 
     Blob uploads are signed as content-addressed (their bytes are verified against
     their digests), so a streamed upload is never read twice; every other body is
-    small and signed by its digest.
+    small and signed by its digest. The signature covers the ``Host`` the request is
+    sent with, so only the node it is addressed to accepts it.
     """
 
     def __init__(self, key: MeshKey) -> None:
@@ -86,7 +87,7 @@ class MeshAuth(httpx.Auth):
             body: bytes | str = CONTENT_ADDRESSED
         else:
             body = request.read()
-        request.headers.update(sign(self.key, request.method, target, body))
+        request.headers.update(sign(self.key, request.method, target, body, authority=request.headers["host"]))
         yield request
 
 

@@ -16,7 +16,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from mesh import codec
-from mesh.api.auth import AuthError
+from mesh.api.auth import HEADERS, Admitted, AuthError, NotForThisNode, signed_headers
 from mesh.api.wire import CBOR, JSON, to_json
 from mesh.errors import (
     BlobNotFound,
@@ -24,6 +24,7 @@ from mesh.errors import (
     DigestMismatch,
     InvalidDigest,
     InvalidJob,
+    InvalidUrl,
     JobNotFound,
     MeshError,
     PathNotFound,
@@ -51,6 +52,7 @@ _STATUS: list[tuple[type[BaseException], int]] = [
     (DigestMismatch, 400),
     (InvalidDigest, 400),
     (InvalidJob, 400),
+    (InvalidUrl, 400),
     (CodecError, 400),
     (SnapshotError, 422),
     (StoreFull, 507),  # Insufficient Storage: the message names the store and its free space
@@ -106,32 +108,59 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def authenticate(request: Request, body: bytes | None, *, content_addressed: bool = False) -> None:
-    """Refuse (401) a request not signed with the mesh key, stale or replayed (mesh.api.auth).
+def admit(request: Request) -> Admitted:
+    """What can be checked of a request's signature before its body is read (mesh.api.auth):
+    the form of its headers, its host, its time. Raises AuthError (401)."""
+    try:
+        return request.app.state.node.verifier.admit(signed_headers(request.headers.items()))  # type: ignore[no-any-return]
+    except AuthError as exc:
+        raise _actionable(exc) from None
+
+
+def authenticate(
+    request: Request, body: bytes | None, *, content_addressed: bool = False, admitted: Admitted | None = None
+) -> None:
+    """Refuse (401) a request not signed with the mesh key, for another node, stale or replayed
+    (mesh.api.auth).
 
     ``body``: the bytes the request carried (b"" for none); None with
     ``content_addressed`` for blob uploads, whose bytes are verified by digest.
+    ``admitted``: what :func:`admit` said before the body was read.
     """
+    if admitted is None:
+        admitted = admit(request)
     scope = request.scope
     target = (scope.get("raw_path") or scope["path"].encode()).decode("ascii", "replace")
     if scope.get("query_string"):
         target += "?" + scope["query_string"].decode("ascii", "replace")
     try:
-        request.app.state.node.verifier.check(
-            request.method, target, request.headers, body, content_addressed=content_addressed
+        request.app.state.node.verifier.verify(
+            admitted, request.method, target, body, content_addressed=content_addressed
         )
     except AuthError as exc:
-        raise AuthError(
-            f"{exc} (a client needs this mesh's key: run `mesh key show` on a node and set MESH_KEY, "
-            "or copy it to $MESH_HOME/mesh.key)"
-        ) from None
+        raise _actionable(exc) from None
+
+
+def _actionable(exc: AuthError) -> AuthError:
+    if isinstance(exc, NotForThisNode):
+        return exc  # the key is fine; the message says what to do
+    return AuthError(
+        f"{exc} (a client needs this mesh's key: run `mesh key show` on a node and set MESH_KEY, "
+        "or copy it to $MESH_HOME/mesh.key)"
+    )
+
+
+def signed(request: Request) -> bool:
+    """Whether a request carries a signature (then it must be a good one)."""
+    return any(name in request.headers for name in HEADERS)
 
 
 async def read_message(request: Request, limit: int) -> Any:
     """Authenticate and decode a CBOR (or, with a JSON content type, JSON) message body of at
-    most ``limit`` bytes."""
+    most ``limit`` bytes. The signature's headers are checked before the body is read."""
+    admitted = admit(request)
     body = await read_body(request, limit)
-    authenticate(request, body)
+    authenticate(request, body, admitted=admitted)
     if request.headers.get("content-type", "").startswith(JSON):
         try:
             return json.loads(body)

@@ -32,6 +32,7 @@ from mesh.api.auth import MeshKey, sign
 from mesh.api.client import FrameSplitter
 from mesh.api.wire import CBOR, PEER_HEADER
 from mesh.errors import CodecError, NodeError, NodeUnreachable, PeerDeclined
+from mesh.urls import address
 
 #: Seconds to connect before the peer counts as not answering (the task never started there).
 CONNECT_TIMEOUT = 2.0
@@ -85,15 +86,15 @@ class OfferConnections:
     async def post(self, key: MeshKey, base_url: str, target: str, body: bytes) -> AsyncIterator[dict[str, Any]]:
         """POST ``body`` (CBOR) to ``target`` on the node at ``base_url``; yield the answer's events."""
         parts = urlsplit(base_url)
-        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        host, port, authority = address(base_url)
         path = parts.path.rstrip("/") + target
         headers = [
-            ("host", f"{host}:{port}"),
+            ("host", authority),
             ("content-type", CBOR),
             ("content-length", str(len(body))),
             ("user-agent", "mesh-node"),
             (PEER_HEADER, "1"),
-            *sign(key, "POST", path, body).items(),
+            *sign(key, "POST", path, body, authority=authority).items(),
         ]
         self._sweep()
         peer = (host, port)

@@ -42,6 +42,9 @@ import trio
 from zeroconf import InterfaceChoice, IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 from zeroconf._utils.net import InterfacesType
 
+from mesh.errors import InvalidUrl
+from mesh.urls import peer_url
+
 __all__ = ["SERVICE_TYPE", "MdnsDiscovery", "Peer", "PeerChange", "local_addresses", "peer_from_record"]
 
 SERVICE_TYPE = "_mesh._tcp.local."
@@ -125,8 +128,9 @@ def peer_from_record(
     port_text = _text(properties, b"port")
     if node_id is None or not _NODE_ID.fullmatch(node_id) or not mesh_id:
         return None
-    port = int(port_text) if port_text is not None and port_text.isdigit() else srv_port
+    port = int(port_text) if port_text is not None and port_text.isascii() and port_text.isdigit() else srv_port
     if port is None or not 0 < port < 65536:
+        logger.info("mDNS: dropped the record of node %s: port %r is not a number from 1 to 65535", node_id, port)
         return None
     usable: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
     for text in addresses:
@@ -139,7 +143,12 @@ def peer_from_record(
     if not usable:
         return None
     usable.sort(key=lambda ip: ip.version)  # IPv4 first, stable otherwise
-    return Peer(node_id=node_id, url=_url(str(usable[0]), port), mesh_id=mesh_id, version=version)
+    try:
+        url = peer_url(_url(str(usable[0]), port))  # the one check of every URL naming a node
+    except InvalidUrl as exc:
+        logger.info("mDNS: dropped the record of node %s: %s", node_id, exc)
+        return None
+    return Peer(node_id=node_id, url=url, mesh_id=mesh_id, version=version)
 
 
 class MdnsDiscovery:

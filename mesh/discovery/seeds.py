@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from mesh.errors import UsageError
+from mesh.errors import InvalidUrl, UsageError
+from mesh.urls import peer_url
 
 
 def seeds(flags: list[str] | None, configured: Any = None) -> tuple[str, ...]:
@@ -29,12 +30,16 @@ def seeds(flags: list[str] | None, configured: Any = None) -> tuple[str, ...]:
 
 
 def seed_url(text: str) -> str:
-    """``HOST:PORT`` (``[v6]:PORT`` too), or an ``http(s)://`` URL, of a seed peer, as a URL."""
-    text = text.strip().rstrip("/")
-    if text.startswith(("http://", "https://")):
-        return text
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
-        raise UsageError(f"a peer must look like HOST:PORT (e.g. 192.168.1.20:7474) or a URL, not {text!r}")
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    """``HOST:PORT`` (``[v6]:PORT`` too), or an ``http(s)://`` URL, of a seed peer, as a URL in the
+    normal form of mesh.urls (the one check of every URL that names a node)."""
+    text = text.strip()
+    try:
+        if "://" in text:
+            return peer_url(text)
+        if not text.rpartition(":")[2].isdigit():
+            raise InvalidUrl("the port is missing")
+        return peer_url("http://" + text)
+    except InvalidUrl as exc:
+        raise UsageError(
+            f"a peer must look like HOST:PORT (e.g. 192.168.1.20:7474) or a URL, not {text!r} ({exc})"
+        ) from None

@@ -7,7 +7,9 @@ round (:data:`ROUND`, 1 s) the node counts its heartbeat up, picks up to
 not yet known as a member (``--peer`` seeds, mDNS finds, the URLs of peers that
 died), then ages its table (mesh.sched.membership has the failure detector's
 timings). A node therefore learns peers of peers from a single seed, and a peer
-that comes back is found again through its seed or its mDNS record.
+that comes back is found again through its seed or its mDNS record. A member whose
+URL no node could have (mesh.urls: a bad scheme, host or port) is dropped from what
+is merged, with a warning in the log; the rest of the message is taken.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import Any
 import trio
 
 from mesh.errors import CodecError, MeshError
-from mesh.sched.membership import Member, PeerTable, parse_message
+from mesh.sched.membership import Gossiped, Member, PeerTable, parse_message
+from mesh.urls import peer_url
 
 log = logging.getLogger("mesh.gossip")
 
@@ -48,24 +51,26 @@ class Gossip:
         self.round_seconds = round_seconds
         self._clock = clock
         self.heartbeat = 0
-        self.candidates: set[str] = {s.rstrip("/") for s in seeds or ()}
+        self.candidates: set[str] = {peer_url(s) for s in seeds or ()}
         self.rounds = 0
 
     def me(self) -> Member:
         return self._me(self.heartbeat)
 
     def add_candidate(self, url: str) -> None:
-        """A URL that may be a peer (mDNS found it, or it is a seed); tried every round until known."""
-        self.candidates.add(url.rstrip("/"))
+        """A URL that may be a peer (mDNS found it, or it is a seed); tried every round until known.
+        Raises InvalidUrl for one no node could have (mesh.urls)."""
+        self.candidates.add(peer_url(url))
 
     def receive(self, message: Any) -> dict[str, Any]:
         """Merge a peer's pushed table; returns ours (the answer of ``/v1/gossip``). Raises CodecError."""
-        _, members = parse_message(message)
-        self._merge(members)
+        self._merge(parse_message(message))
         return self.table.message(self.me())
 
-    def _merge(self, members: list[Member]) -> None:
-        for node in self.table.merge(members, self._clock()):
+    def _merge(self, gossiped: Gossiped) -> None:
+        for why in gossiped.dropped:
+            log.warning("gossip from %s: dropped %s", gossiped.sender[:64], why)
+        for node in self.table.merge(gossiped.members, self._clock()):
             peer = self.table.get(node)
             log.info("peer %s at %s is alive", node, peer.member.url if peer else "?")
 
@@ -99,8 +104,8 @@ class Gossip:
     async def _push(self, url: str, message: dict[str, Any]) -> None:
         try:
             reply = await self._send(url, message)
-            _, members = parse_message(reply)
+            gossiped = parse_message(reply)
         except (MeshError, CodecError) as exc:
             log.debug("gossip to %s failed: %s", url, exc)
             return
-        self._merge(members)
+        self._merge(gossiped)

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from mesh import codec
-from mesh.errors import CodecError
+from mesh.errors import CodecError, InvalidUrl
+from mesh.urls import peer_url
 
 SUSPECT_AFTER = 3.0
 DEAD_AFTER = 8.0
@@ -62,6 +63,8 @@ class Member:
 
     @classmethod
     def from_wire(cls, value: Any) -> Member:
+        """A member from gossip. Raises CodecError for a malformed one, InvalidUrl (after every
+        other check) for one whose URL no node could have (mesh.urls)."""
         fields = codec.Fields(value, "gossip member")
         load = fields.mapping("load", {})
         if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in load.items()):
@@ -75,7 +78,7 @@ class Member:
             load=load,
         )
         fields.done()
-        return member
+        return replace(member, url=peer_url(member.url))
 
 
 @dataclass(frozen=True)
@@ -139,12 +142,29 @@ class PeerTable:
         return {"from": me.node, "members": [m.to_wire() for m in members[:MAX_MEMBERS]]}
 
 
-def parse_message(value: Any) -> tuple[str, list[Member]]:
-    """Validate a gossip message: (sender id, members). Raises CodecError."""
+class Gossiped(NamedTuple):
+    """A gossip message, validated: its sender, its members, and why members were dropped."""
+
+    sender: str
+    members: list[Member]
+    dropped: list[str]
+
+
+def parse_message(value: Any) -> Gossiped:
+    """Validate a gossip message. Raises CodecError when it is malformed; a member whose URL
+    is not one a node could have (a bad scheme, host or port) is left out, and ``dropped``
+    says which and why, for the caller's log."""
     fields = codec.Fields(value, "gossip message")
     sender = fields.text("from")
     raw = fields.sequence("members")
     fields.done()
     if len(raw) > MAX_MEMBERS:
         raise CodecError(f"a gossip message may list at most {MAX_MEMBERS} members")
-    return sender, [Member.from_wire(item) for item in raw]
+    members, dropped = [], []
+    for item in raw:
+        try:
+            members.append(Member.from_wire(item))
+        except InvalidUrl as exc:
+            node = item.get("node") if isinstance(item, dict) else None
+            dropped.append(f"member {str(node)[:64]!r}: {exc}")
+    return Gossiped(sender, members, dropped)
