@@ -27,7 +27,7 @@ from mesh.api.auth import (
 )
 from mesh.api.authorities import REFRESH, NodeAuthorities
 from mesh.api.nonces import RECORD
-from mesh.errors import ConfigError, UsageError
+from mesh.errors import ConfigError
 
 KEY = MeshKey(bytes(range(32)))
 HOST = "127.0.0.1:7474"
