@@ -1,4 +1,5 @@
-"""The scheduler moves jobs of any shape and size on without recursion (fake runner)."""
+"""The scheduler moves jobs of any shape and size on without recursion and keeps submissions
+all or nothing (fake runner)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import pytest
 import trio
 
+from mesh.errors import JobNotFound
 from mesh.sched import scheduler as scheduler_module
 from mesh.sched.jobs import MAX_TASKS, JobSpec, decide
 from mesh.sched.scheduler import Scheduler
@@ -190,3 +192,43 @@ async def test_a_task_made_ready_behind_a_cache_hit_at_submit_runs_once(tmp_path
     assert status["state"] == "succeeded"
     assert runner.ran == [("ok", "a"), ("ok", "b")]
     assert status["tasks"][1]["attempts"] == 1
+
+
+class BrokenStore:
+    """A store whose ``has`` raises on its ``fails_at``-th call: a bug met halfway through a submit."""
+
+    def __init__(self, fails_at: int) -> None:
+        self.calls = 0
+        self.fails_at = fails_at
+
+    def has(self, digest: Any) -> bool:
+        self.calls += 1
+        if self.calls == self.fails_at:
+            raise RuntimeError("the store broke")
+        return True
+
+
+async def test_a_submit_that_fails_halfway_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = BrokenStore(fails_at=3 * 50 + 1)  # 50 cache hits in (3 blobs checked per hit), then it breaks
+    db = StateDB(str(tmp_path / "state.db"))
+    scheduler = Scheduler(db, FakeRunner(), store, node_id="n", slots=1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(scheduler.run)
+        fill = scheduler.submit(job(t("x", ["ok", "x"])))  # a miss: no blob is checked
+        assert (await finished(scheduler, fill))["state"] == "succeeded"
+        monkeypatch.setattr(scheduler_module, "new_job_id", lambda: "0" * 20)
+        with pytest.raises(RuntimeError, match="the store broke"):
+            scheduler.submit(chain(100, ["ok", "x"], ["ok", "x"]))
+        assert scheduler.events("0" * 20) is None
+        with pytest.raises(JobNotFound):
+            scheduler.job_status("0" * 20)
+        assert [row.id for row in db.jobs(limit=10)] == [fill]
+        stats = scheduler.statistics()
+        assert (stats.running_jobs, stats.queued, stats.cache_hits) == (0, 0, 0)
+
+        monkeypatch.setattr(scheduler_module, "new_job_id", lambda: "1" * 20)
+        assert (await finished(scheduler, scheduler.submit(job(t("a", ["ok", "a"])))))["state"] == "succeeded"
+        assert [row.id for row in db.jobs(limit=10)] == ["1" * 20, fill]
+        nursery.cancel_scope.cancel()

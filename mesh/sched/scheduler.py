@@ -291,10 +291,19 @@ class Scheduler:
 
         Tasks whose every dependency is met are looked up in the action cache
         straight away, so a job that is all cache hits is finished on return.
+        All or nothing: when anything raises on the way, the job's writes are rolled
+        back and nothing of it stays in memory either, so no job lives here without
+        its row (the exception goes on to the caller).
         """
         job_id = new_job_id()
-        with self.db.batch():  # one commit for the job, its tasks and any cache hits
-            self._submit(job_id, spec)
+        cache_hits = self._cache_hits
+        try:
+            with self.db.batch():  # one commit for the job, its tasks and any cache hits
+                self._submit(job_id, spec)
+        except BaseException:
+            self._forget(job_id)
+            self._cache_hits = cache_hits
+            raise
         return job_id
 
     def _submit(self, job_id: str, spec: JobSpec) -> None:
@@ -308,6 +317,13 @@ class Scheduler:
         self._live[job_id] = live
         live.events.emit("job_submitted", job=job_id, tasks=[t.name for t in spec.tasks])
         self._advance_all(live, _as_they_are(records.values()))
+
+    def _forget(self, job_id: str) -> None:
+        """Drop every trace of a job from memory (when its database writes were rolled back)."""
+        self._live.pop(job_id, None)
+        self._recent.pop(job_id, None)
+        self.logs.forget(job_id)
+        self._ready = deque(key for key in self._ready if key[0] != job_id)
 
     def _make_ready(self, live: LiveJob, task: TaskRecord) -> bool:
         """A task whose dependencies are met: answer it from the cache or queue it for a slot.

@@ -131,10 +131,11 @@ class StateDB:
         try:
             yield
             self._write_marks()
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # also when COMMIT failed: no later batch may join this one
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     def mark_running(self, task: TaskRecord) -> None:
         """Note that ``task`` started: written with the next commit, or by :meth:`flush`."""
