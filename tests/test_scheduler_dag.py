@@ -1,14 +1,17 @@
-"""The scheduler moves jobs of any shape and size on without recursion and keeps submissions
-all or nothing (fake runner)."""
+"""The scheduler moves jobs of any shape and size on without recursion, keeps submissions all
+or nothing, and fails a job it cannot resume instead of dying on it (fake runner)."""
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
+from mesh import codec
 from mesh.errors import JobNotFound
 from mesh.sched import scheduler as scheduler_module
 from mesh.sched.jobs import MAX_TASKS, JobSpec, decide
@@ -232,3 +235,113 @@ async def test_a_submit_that_fails_halfway_leaves_nothing_behind(
         assert (await finished(scheduler, scheduler.submit(job(t("a", ["ok", "a"])))))["state"] == "succeeded"
         assert [row.id for row in db.jobs(limit=10)] == ["1" * 20, fill]
         nursery.cancel_scope.cancel()
+
+
+def write_job(db: StateDB, job_id: str, spec: JobSpec, states: dict[str, str]) -> None:
+    db.add_job(job_id, spec, {task.name: states.get(task.name, "waiting") for task in spec.tasks})
+    for record in db.tasks(job_id, spec):
+        if record.state == "failed":
+            record.reason = "exit code 1"
+            db.set_task_state(record)
+
+
+async def test_resuming_a_chain_of_max_tasks_behind_a_failed_head_ends_it(tmp_path: Path) -> None:
+    """The node died after the head failed (on cec0609 it died of the skipping itself, and again
+    at every start): resuming skips the rest and the job ends failed."""
+    path = str(tmp_path / "state.db")
+    spec = chain(MAX_TASKS, ["fail", "head"], ["ok", "link"])
+    write_job(StateDB(path), "a" * 20, spec, {"t0": "failed"})
+    scheduler = Scheduler(StateDB(path), FakeRunner(), AllPresent(), node_id="n", slots=1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(scheduler.run)
+        status = scheduler.job_status("a" * 20)
+        nursery.cancel_scope.cancel()
+    assert status["state"] == "failed"
+    assert list(states(status).values()) == ["failed"] + ["skipped"] * (MAX_TASKS - 1)
+
+
+async def test_a_job_that_cannot_be_resumed_is_failed_and_the_others_go_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One job's spec no longer parses, another's stored result is damaged, a third resumes
+    raising a bug: each is failed with the reason, in one log line each, and the healthy job
+    between them runs."""
+    path = str(tmp_path / "state.db")
+    db = StateDB(path)
+    spec = job(t("a", ["ok", "a"]), t("b", ["ok", "b"], after=["a"]))
+    for job_id in ("1" * 20, "2" * 20, "3" * 20, "4" * 20):
+        write_job(db, job_id, spec, {"a": "queued"})
+    raw = sqlite3.connect(path)
+    with raw:
+        retired = {"tasks": [{"name": "a", "argv": ["ok"], "input": spec.tasks[0].wire["input"], "retired": 1}]}
+        raw.execute("UPDATE jobs SET spec = ? WHERE id = ?", (codec.encode(retired), "1" * 20))
+        raw.execute(
+            "UPDATE tasks SET state = 'succeeded', result = ? WHERE job = ? AND name = 'a'", (b"\xff", "2" * 20)
+        )
+        raw.execute("UPDATE tasks SET name = 'renamed' WHERE job = ? AND name = 'b'", ("4" * 20,))
+    raw.close()
+
+    runner = FakeRunner()
+    scheduler = Scheduler(StateDB(path), runner, AllPresent(), node_id="n", slots=1)
+    with caplog.at_level(logging.ERROR, logger="mesh.sched"):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(scheduler.run)
+            healthy = await finished(scheduler, "3" * 20)
+            nursery.cancel_scope.cancel()
+    assert healthy["state"] == "succeeded"
+    assert [argv[-1] for argv in runner.ran] == ["a", "b"]
+
+    why = {
+        "1" * 20: "unknown field(s): 'retired'",
+        "2" * 20: "a stored result cannot be read",
+        "4" * 20: "has a task 'renamed' that its spec does not name",
+    }
+    for job_id, words in why.items():
+        status = scheduler.job_status(job_id)
+        assert status["state"] == "failed", status
+        assert status["reason"].startswith("the node could not resume this job: ")
+        assert words in status["reason"], status["reason"]
+        assert status["finished_at"] is not None
+    assert [len(scheduler.job_status(j)["tasks"]) for j in why] == [0, 0, 0]  # their rows cannot be read
+    states_left = sqlite3.connect(path).execute("SELECT job, state FROM tasks WHERE job != ?", ("3" * 20,)).fetchall()
+    assert {state for _, state in states_left} == {"failed", "succeeded"}  # none of them is left waiting
+    lines = [r.getMessage() for r in caplog.records if r.name == "mesh.sched"]
+    assert len(lines) == 3 and all("could not resume" in line for line in lines)
+    assert StateDB(path).count_jobs() == {"failed": 3, "succeeded": 1}
+
+
+async def test_a_bug_while_resuming_a_job_fails_that_job_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = str(tmp_path / "state.db")
+    db = StateDB(path)
+    spec = job(t("a", ["ok", "a"]), t("b", ["ok", "b"], after=["a"]))
+    write_job(db, "1" * 20, spec, {"a": "succeeded"})
+    write_job(db, "2" * 20, job(t("a", ["ok", "other"])), {"a": "queued"})
+
+    def buggy(when: str, dep_states: list[str]) -> str | None:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(scheduler_module, "decide", buggy)
+    scheduler = Scheduler(StateDB(path), FakeRunner(), AllPresent(), node_id="n", slots=1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(scheduler.run)
+        monkeypatch.setattr(scheduler_module, "decide", decide)
+        other = await finished(scheduler, "2" * 20)
+        nursery.cancel_scope.cancel()
+    assert other["state"] == "succeeded"
+    failed = scheduler.job_status("1" * 20)
+    assert failed["state"] == "failed"
+    assert failed["reason"] == "the node could not resume this job: ZeroDivisionError: a bug"
+    assert states(failed) == {"a": "succeeded", "b": "failed"}  # the savepoint undid nothing it should keep
+
+
+def test_a_database_made_before_job_reasons_gains_the_column(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.db")
+    StateDB(path).add_job("1" * 20, job(t("a", ["ok", "a"])), {"a": "queued"})
+    raw = sqlite3.connect(path)
+    raw.execute("ALTER TABLE jobs DROP COLUMN reason")  # as version 1 made it
+    raw.close()
+    db = StateDB(path)
+    assert db.job("1" * 20).reason is None
+    db.fail_job("1" * 20, "why")
+    assert db.job("1" * 20).reason == "why"
+    assert db.job("1" * 20).state == "failed"

@@ -1,4 +1,4 @@
-"""End to end: long chains against a real ``mesh up`` on loopback.
+"""End to end: long chains and jobs that cannot be resumed, against a real ``mesh up`` on loopback.
 
 A job of a 600-task chain behind a failing task ended the node on cec0609 (the skipping
 recursed once per task), and again at every start after, when the node resumed the job; a
@@ -7,13 +7,16 @@ recursed once per task), and again at every start after, when the node resumed t
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from mesh import codec
 from mesh.api.client import NodeClient
 from mesh.api.wire import CBOR
-from mesh.sched.jobs import MAX_TASKS
+from mesh.sched.jobs import MAX_TASKS, parse_job
+from mesh.sched.scheduler import new_job_id
+from mesh.sched.statedb import StateDB, state_path
 from tests.nodeutil import NodeProcess, wait_for
 from tests.test_durability import make_snapshot
 
@@ -72,5 +75,46 @@ def test_a_chain_of_10000_cache_hits_is_answered_201_finished(home: Path, tmp_pa
         assert shown.returncode == 0, shown.stderr
         assert shown.stdout.decode().count(" cached\n") == MAX_TASKS
         assert node.answers()
+    finally:
+        assert node.stop() == 0
+
+
+def test_a_job_that_cannot_be_resumed_is_failed_and_the_node_starts(home: Path, tmp_path: Path) -> None:
+    """The state database holds a running job whose spec this version no longer reads (it
+    names a field the job rules do not know): the node starts, serves, shows the job failed
+    with the reason, and starts again without trying it a second time."""
+    snapshot = make_snapshot(home, tmp_path)
+    node = NodeProcess(str(home)).start()
+    assert node.stop() == 0  # the node made its state database and key
+
+    job_id = new_job_id()
+    spec = parse_job({"tasks": [{"name": "old", "argv": ["true"], "input": snapshot}], "label": "from before"})
+    StateDB(state_path(str(home))).add_job(job_id, spec, {"old": "queued"})
+    unreadable = {"tasks": [{"name": "old", "argv": ["true"], "input": snapshot, "priority": 9}]}
+    with sqlite3.connect(state_path(str(home))) as db:
+        db.execute("UPDATE jobs SET spec = ? WHERE id = ?", (codec.encode(unreadable), job_id))
+
+    node.start()
+    try:
+        with NodeClient(node.url) as client:
+            status = client.job(job_id)
+            assert status["state"] == "failed", status
+            assert status["reason"].startswith("the node could not resume this job: ")
+            assert "unknown field(s): 'priority'" in status["reason"]
+            fresh = client.submit({"tasks": [{"name": "new", "argv": ["true"], "input": snapshot}]})
+            assert finished(client, fresh["id"])["state"] == "succeeded"
+        shown = node.mesh("job", job_id)
+        assert shown.returncode == 0, shown.stderr
+        assert b"could not resume this job" in shown.stdout
+        assert [line for line in node.log().splitlines() if job_id in line and "could not resume" in line]
+    finally:
+        assert node.stop() == 0
+    logged = node.log().count("could not resume")
+
+    node.start()  # the job is failed for good: not tried again
+    try:
+        with NodeClient(node.url) as client:
+            assert client.job(job_id)["state"] == "failed"
+        assert node.log().count("could not resume") == logged
     finally:
         assert node.stop() == 0

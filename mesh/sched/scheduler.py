@@ -22,6 +22,7 @@ it is idle, not a gossip round later, when its peers learn of its free slots.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -38,7 +39,9 @@ from mesh.exec.action import Action, ActionResult
 from mesh.sched.events import EventLogs, JobEvents
 from mesh.sched.jobs import FINAL_TASK_STATES, JobSpec, TaskRecord, decide, job_state
 from mesh.sched.placement import NodeView, Unplaceable, rank, unmet
-from mesh.sched.statedb import JobRow, StateDB
+from mesh.sched.statedb import JobRow, StateDB, StateError
+
+log = logging.getLogger("mesh.sched")
 
 OutputSink = Callable[[str, bytes], Any]
 #: Times a task is started (here or on peers) before a lost peer fails it instead of retrying.
@@ -264,10 +267,23 @@ class Scheduler:
             self.db.flush()
 
     def _resume(self) -> None:
-        """Load the jobs a previous run of this node left unfinished and carry on with them."""
+        """Load the jobs a previous run of this node left unfinished and carry on with them.
+
+        A job that cannot be resumed (a spec this version no longer reads, a damaged row,
+        a bug) is failed in the database with the reason and logged in one line, and the
+        others go on: the node starts and serves whatever its state holds, and never dies
+        again on the next start over the same job.
+        """
         with self.db.batch():
             for row in self.db.unfinished_jobs():
-                self._resume_job(row)
+                try:
+                    with self.db.savepoint():  # undoes this job's writes, and only them, if it raises
+                        self._resume_job(row)
+                except Exception as exc:
+                    self._forget(row.id)
+                    reason = f"the node could not resume this job: {_describe(exc)}"
+                    self.db.fail_job(row.id, reason)
+                    log.error("job %s failed: %s", row.id, reason)
 
     def _resume_job(self, row: JobRow) -> None:
         spec = self.db.job_spec(row.id)
@@ -694,7 +710,12 @@ class Scheduler:
             row, tasks = live.row, sorted(live.tasks.values(), key=lambda t: t.index)
         else:
             row = self.db.job(job_id)
-            tasks = self.db.tasks(job_id, self.db.job_spec(job_id))
+            try:
+                tasks = self.db.tasks(job_id, self.db.job_spec(job_id))
+            except StateError:
+                if row.reason is None:
+                    raise
+                tasks = []  # the node failed the job because it could not read them: its reason says so
         status = row.to_wire()
         status["tasks"] = [t.to_wire() for t in tasks]
         return status
@@ -744,6 +765,11 @@ def _as_they_are(tasks: Iterable[TaskRecord]) -> Iterator[TaskRecord]:
     earlier one on may make it ready or settle it, and it must not be made ready twice."""
     states = [(task, task.state) for task in tasks]
     return (task for task, state in states if task.state == state)
+
+
+def _describe(exc: Exception) -> str:
+    """An exception in a few words: mesh's own say it all; others (a bug) are named too."""
+    return str(exc) if isinstance(exc, MeshError) else f"{type(exc).__name__}: {exc}"
 
 
 def _why(result: ActionResult) -> str | None:
