@@ -239,6 +239,8 @@ def cmd_job(args: argparse.Namespace) -> int:
         return 0
     print(f"job {job['id']}  {job['state']}  {job['label']}")
     print(f"created {_when(job['created_at'])}  finished {_when(job['finished_at'])}")
+    if job.get("reason"):
+        print(f"  {job['reason']}")
     for task in job["tasks"]:
         result = task.get("result") or {}
         took = f"{result['finished_at'] - result['started_at']:.3f}s" if result else "-"

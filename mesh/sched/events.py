@@ -106,6 +106,11 @@ class EventLogs:
     def get(self, job_id: str) -> JobEvents | None:
         return self._live.get(job_id) or self._finished.get(job_id)
 
+    def forget(self, job_id: str) -> None:
+        """Drop a job's log, live or finished (a job whose submission was rolled back)."""
+        self._live.pop(job_id, None)
+        self._finished.pop(job_id, None)
+
     def finish(self, job_id: str) -> None:
         """Move a job's log to the finished ones, forgetting the oldest beyond the limit."""
         log = self._live.pop(job_id, None)

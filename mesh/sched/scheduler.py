@@ -22,11 +22,12 @@ it is idle, not a gossip round later, when its peers learn of its free slots.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -38,7 +39,9 @@ from mesh.exec.action import Action, ActionResult
 from mesh.sched.events import EventLogs, JobEvents
 from mesh.sched.jobs import FINAL_TASK_STATES, JobSpec, TaskRecord, decide, job_state
 from mesh.sched.placement import NodeView, Unplaceable, rank, unmet
-from mesh.sched.statedb import JobRow, StateDB
+from mesh.sched.statedb import JobRow, StateDB, StateError
+
+log = logging.getLogger("mesh.sched")
 
 OutputSink = Callable[[str, bytes], Any]
 #: Times a task is started (here or on peers) before a lost peer fails it instead of retrying.
@@ -135,14 +138,20 @@ class LiveJob:
     events: JobEvents
     scopes: dict[str, trio.CancelScope] = field(default_factory=dict)
     dependents: dict[str, list[str]] = field(default_factory=dict)
+    #: Per task, its dependencies not yet final: a waiting task is decided when it reaches 0, so
+    #: a task behind 10,000 others is looked at once, not once per dependency that finishes.
+    pending: dict[str, int] = field(default_factory=dict)
 
     open_tasks: int = 0  # tasks not yet in a final state: the job ends when it reaches 0
 
     def __post_init__(self) -> None:
         self.open_tasks = sum(1 for t in self.tasks.values() if t.state not in FINAL_TASK_STATES)
         for task in self.spec.tasks:
+            self.pending[task.name] = 0
             for dep in task.depends_on:
                 self.dependents.setdefault(dep, []).append(task.name)
+                if self.tasks[dep].state not in FINAL_TASK_STATES:
+                    self.pending[task.name] += 1
 
 
 def new_job_id() -> str:
@@ -258,10 +267,23 @@ class Scheduler:
             self.db.flush()
 
     def _resume(self) -> None:
-        """Load the jobs a previous run of this node left unfinished and carry on with them."""
+        """Load the jobs a previous run of this node left unfinished and carry on with them.
+
+        A job that cannot be resumed (a spec this version no longer reads, a damaged row,
+        a bug) is failed in the database with the reason and logged in one line, and the
+        others go on: the node starts and serves whatever its state holds, and never dies
+        again on the next start over the same job.
+        """
         with self.db.batch():
             for row in self.db.unfinished_jobs():
-                self._resume_job(row)
+                try:
+                    with self.db.savepoint():  # undoes this job's writes, and only them, if it raises
+                        self._resume_job(row)
+                except Exception as exc:
+                    self._forget(row.id)
+                    reason = f"the node could not resume this job: {_describe(exc)}"
+                    self.db.fail_job(row.id, reason)
+                    log.error("job %s failed: %s", row.id, reason)
 
     def _resume_job(self, row: JobRow) -> None:
         spec = self.db.job_spec(row.id)
@@ -276,12 +298,7 @@ class Scheduler:
         if row.cancelled:
             self._cancel_live(live)
             return
-        for task in records:
-            if task.state == "queued":
-                self._make_ready(live, task)
-            elif task.state == "waiting":
-                self._reconsider(live, task)
-        self._maybe_finish(live)
+        self._advance_all(live, _as_they_are(records))
 
     # -- submission -------------------------------------------------------------
 
@@ -290,12 +307,22 @@ class Scheduler:
 
         Tasks whose every dependency is met are looked up in the action cache
         straight away, so a job that is all cache hits is finished on return.
+        All or nothing: when anything raises on the way, the job's writes are rolled
+        back and nothing of it stays in memory either, so no job lives here without
+        its row (the exception goes on to the caller).
         """
-        with self.db.batch():  # one commit for the job, its tasks and any cache hits
-            return self._submit(spec)
-
-    def _submit(self, spec: JobSpec) -> str:
         job_id = new_job_id()
+        cache_hits = self._cache_hits
+        try:
+            with self.db.batch():  # one commit for the job, its tasks and any cache hits
+                self._submit(job_id, spec)
+        except BaseException:
+            self._forget(job_id)
+            self._cache_hits = cache_hits
+            raise
+        return job_id
+
+    def _submit(self, job_id: str, spec: JobSpec) -> None:
         initial = {t.name: ("waiting" if t.depends_on else "queued") for t in spec.tasks}
         row = self.db.add_job(job_id, spec, initial)
         records = {
@@ -305,36 +332,44 @@ class Scheduler:
         live = LiveJob(row, spec, records, self.logs.open(job_id))
         self._live[job_id] = live
         live.events.emit("job_submitted", job=job_id, tasks=[t.name for t in spec.tasks])
-        for task in list(records.values()):
-            if task.state == "queued":
-                self._make_ready(live, task)
-        self._maybe_finish(live)
-        return job_id
+        self._advance_all(live, _as_they_are(records.values()))
 
-    def _make_ready(self, live: LiveJob, task: TaskRecord) -> None:
-        """A task whose dependencies are met: answer it from the cache or queue it for a slot."""
+    def _forget(self, job_id: str) -> None:
+        """Drop every trace of a job from memory (when its database writes were rolled back)."""
+        self._live.pop(job_id, None)
+        self._recent.pop(job_id, None)
+        self.logs.forget(job_id)
+        self._ready = deque(key for key in self._ready if key[0] != job_id)
+
+    def _make_ready(self, live: LiveJob, task: TaskRecord) -> bool:
+        """A task whose dependencies are met: answer it from the cache or queue it for a slot.
+
+        Returns True when that settled it (a cache hit, or a task that cannot run here):
+        its dependents are then the caller's to move on (_advance_all).
+        """
         try:
             action = self._action(live, task)
         except (InvalidJob, CodecError) as exc:
-            self._finish(live, task, "failed", reason=str(exc))
-            return
+            self._finish(live, task, "failed", reason=str(exc), move_on=False)
+            return True
         if action.executor not in self.runner.executors and (self.remote is None or live.spec.pinned):
             have = ", ".join(sorted(self.runner.executors)) or "none"
             reason = f"this node has no {action.executor!r} executor (it has: {have})"
-            self._finish(live, task, "failed", reason=reason)
-            return
+            self._finish(live, task, "failed", reason=reason, move_on=False)
+            return True
         task.action = action
         if not live.spec.no_cache:
             hit = self._cache_lookup(action)
             if hit is not None:
                 self._cache_hits += 1
-                self._finish(live, task, "succeeded", result=hit)
-                return
+                self._finish(live, task, "succeeded", result=hit, move_on=False)
+                return True
         if task.state != "queued":
             task.state = "queued"
             self.db.set_task_state(task)
         self._ready.append((live.row.id, task.name))
         self._wake()
+        return False
 
     def _action(self, live: LiveJob, task: TaskRecord) -> Action:
         source = task.spec.input_task
@@ -570,10 +605,14 @@ class Scheduler:
         *,
         result: ActionResult | None = None,
         reason: str | None = None,
+        move_on: bool = True,
     ) -> None:
-        """Record a task's final state, announce it, and move its dependents on."""
+        """Record a task's final state, announce it, and move on what waited for it; without
+        ``move_on`` that is the caller's (_advance_all), who is already moving tasks on."""
         if task.state not in FINAL_TASK_STATES:
             live.open_tasks -= 1
+            for name in live.dependents.get(task.name, ()):
+                live.pending[name] -= 1
         task.state, task.result, task.reason = state, result, reason
         task.finished_at = time.time()
         self.db.set_task_state(task)
@@ -584,18 +623,51 @@ class Scheduler:
             reason=reason,
             result=None if result is None else result.to_wire(),
         )
-        for name in live.dependents.get(task.name, ()):
-            dependent = live.tasks[name]
-            if dependent.state == "waiting":
-                self._reconsider(live, dependent)
+        if move_on:
+            self._advance_all(live, self._unblocked(live, task))
+
+    def _advance_all(self, live: LiveJob, tasks: Iterable[TaskRecord]) -> None:
+        """Move ``tasks`` on (:meth:`_advance`), and the dependents of each one that this
+        settles, depth first, before the next of ``tasks``; then end the job if nothing of it
+        is left open.
+
+        A loop over a stack of iterators, one entry per settled task whose dependents are
+        being moved on, not recursion: a failed head skips a whole chain at once, and a
+        chain of cache hits finishes at once, so a chain of MAX_TASKS tasks is that deep.
+        As recursion (two or three Python frames per task) it overflowed the interpreter's
+        stack at a few hundred tasks and took the node down, at submit or at every restart.
+        Depth first, so tasks settle and their events come in the order the recursion made.
+        """
+        stack: list[Iterator[TaskRecord]] = [iter(tasks)]
+        while stack:
+            task = next(stack[-1], None)
+            if task is None:
+                stack.pop()
+            elif self._advance(live, task):
+                stack.append(self._unblocked(live, task))
         self._maybe_finish(live)
 
-    def _reconsider(self, live: LiveJob, task: TaskRecord) -> None:
-        verdict = decide(task.spec.when, [live.tasks[d].state for d in task.spec.depends_on])
-        if verdict == "queued":
-            self._make_ready(live, task)
-        elif verdict == "skipped":
-            self._finish(live, task, "skipped", reason=f"'when: {task.spec.when}' does not hold")
+    def _advance(self, live: LiveJob, task: TaskRecord) -> bool:
+        """A queued task is made ready; a waiting one whose dependencies are all final is made
+        ready or skipped, as its ``when`` says. True when that settled the task."""
+        if task.state == "waiting":
+            if live.pending[task.name]:
+                return False
+            verdict = decide(task.spec.when, [live.tasks[d].state for d in task.spec.depends_on])
+            if verdict == "skipped":
+                self._finish(live, task, "skipped", reason=f"'when: {task.spec.when}' does not hold", move_on=False)
+                return True
+        elif task.state != "queued":
+            return False
+        return self._make_ready(live, task)
+
+    def _unblocked(self, live: LiveJob, task: TaskRecord) -> Iterator[TaskRecord]:
+        """The dependents of a settled ``task`` that wait for nothing more, each looked at when
+        its turn comes (an earlier one's dependents may have settled it meanwhile)."""
+        for name in live.dependents.get(task.name, ()):
+            dependent = live.tasks[name]
+            if dependent.state == "waiting" and not live.pending[name]:
+                yield dependent
 
     def _maybe_finish(self, live: LiveJob) -> None:
         if live.open_tasks or live.row.id not in self._live:
@@ -626,10 +698,7 @@ class Scheduler:
         live.row = replace(live.row, cancelled=True)
         for task in live.tasks.values():
             if task.state in ("waiting", "queued"):
-                live.open_tasks -= 1
-                task.state, task.reason, task.finished_at = "cancelled", "cancelled", time.time()
-                self.db.set_task_state(task)
-                live.events.emit("task_finished", task=task.name, state="cancelled", reason="cancelled", result=None)
+                self._finish(live, task, "cancelled", reason="cancelled", move_on=False)  # so are its dependents
             elif task.state == "running" and task.name in live.scopes:
                 live.scopes[task.name].cancel()  # _run_task records "cancelled" once the runner cleaned up
         self._maybe_finish(live)
@@ -641,7 +710,12 @@ class Scheduler:
             row, tasks = live.row, sorted(live.tasks.values(), key=lambda t: t.index)
         else:
             row = self.db.job(job_id)
-            tasks = self.db.tasks(job_id, self.db.job_spec(job_id))
+            try:
+                tasks = self.db.tasks(job_id, self.db.job_spec(job_id))
+            except StateError:
+                if row.reason is None:
+                    raise
+                tasks = []  # the node failed the job because it could not read them: its reason says so
         status = row.to_wire()
         status["tasks"] = [t.to_wire() for t in tasks]
         return status
@@ -684,6 +758,18 @@ def requirements_of(action: Action) -> dict[str, str]:
     requirements = dict(action.requirements)
     requirements[f"executor.{action.executor}"] = "1"
     return requirements
+
+
+def _as_they_are(tasks: Iterable[TaskRecord]) -> Iterator[TaskRecord]:
+    """``tasks`` one by one, leaving out each whose state changed since this call: moving an
+    earlier one on may make it ready or settle it, and it must not be made ready twice."""
+    states = [(task, task.state) for task in tasks]
+    return (task for task, state in states if task.state == state)
+
+
+def _describe(exc: Exception) -> str:
+    """An exception in a few words: mesh's own say it all; others (a bug) are named too."""
+    return str(exc) if isinstance(exc, MeshError) else f"{type(exc).__name__}: {exc}"
 
 
 def _why(result: ActionResult) -> str | None:

@@ -13,6 +13,11 @@ keeps the mark, and the next commit writes it along (the scheduler commits what
 nothing took along within a tenth of a second). Half as many commits per task;
 at worst, a task that started just before a crash resumes as "queued" rather
 than "running" (it runs again either way).
+
+A job's ``reason`` (why the node failed the job itself: it could not resume it) is a
+column that schema version 1 gained later: opening a database made before adds it, and
+versions that do not know it still read and write the rest (they name their columns),
+so the schema version stays 1.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from dataclasses import dataclass
 from mesh import codec
 from mesh.errors import CodecError, JobNotFound, MeshError
 from mesh.exec.action import ActionResult
-from mesh.sched.jobs import JobSpec, TaskRecord, parse_job
+from mesh.sched.jobs import FINAL_TASK_STATES, JobSpec, TaskRecord, parse_job
 
 SCHEMA_VERSION = 1
 
@@ -40,7 +45,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancelled INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     finished_at REAL,
-    spec BLOB NOT NULL
+    spec BLOB NOT NULL,
+    reason TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs(state) WHERE state = 'running';
 CREATE TABLE IF NOT EXISTS tasks (
@@ -82,6 +88,7 @@ class JobRow:
     cancelled: bool
     created_at: float
     finished_at: float | None
+    reason: str | None = None  # why the node failed the job itself (it could not resume it)
 
     def to_wire(self) -> dict[str, object]:
         return {
@@ -90,6 +97,7 @@ class JobRow:
             "state": self.state,
             "created_at": self.created_at,
             "finished_at": self.finished_at,
+            "reason": self.reason,
         }
 
 
@@ -108,6 +116,8 @@ class StateDB:
                 self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             elif row[0] != str(SCHEMA_VERSION):
                 raise StateError(f"{path} has schema version {row[0]}; this mesh reads version {SCHEMA_VERSION}")
+            if "reason" not in {column[1] for column in self._db.execute("PRAGMA table_info(jobs)")}:
+                self._db.execute("ALTER TABLE jobs ADD COLUMN reason TEXT")  # made by an earlier version
         except sqlite3.Error as exc:
             raise StateError(f"cannot open the state database {path}: {exc}") from None
         self.path = path
@@ -131,10 +141,24 @@ class StateDB:
         try:
             yield
             self._write_marks()
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # also when COMMIT failed: no later batch may join this one
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Undo the writes inside the ``with`` block, and only them, when it raises; inside a
+        batch, the rest of the batch still commits."""
+        self._db.execute("SAVEPOINT part")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK TO part")
+            raise
+        finally:
+            self._db.execute("RELEASE part")
 
     def mark_running(self, task: TaskRecord) -> None:
         """Note that ``task`` started: written with the next commit, or by :meth:`flush`."""
@@ -179,7 +203,7 @@ class StateDB:
 
     def job(self, job_id: str) -> JobRow:
         row = self._db.execute(
-            "SELECT seq, id, label, state, cancelled, created_at, finished_at FROM jobs WHERE id = ?", (job_id,)
+            "SELECT seq, id, label, state, cancelled, created_at, finished_at, reason FROM jobs WHERE id = ?", (job_id,)
         ).fetchone()
         if row is None:
             raise JobNotFound(job_id)
@@ -196,7 +220,7 @@ class StateDB:
 
     def jobs(self, *, limit: int, before: int | None = None, state: str | None = None) -> list[JobRow]:
         """Jobs newest first; ``before`` is the ``seq`` to page back from."""
-        query = "SELECT seq, id, label, state, cancelled, created_at, finished_at FROM jobs"
+        query = "SELECT seq, id, label, state, cancelled, created_at, finished_at, reason FROM jobs"
         clauses: list[str] = []
         args: list[object] = []
         if before is not None:
@@ -212,7 +236,7 @@ class StateDB:
 
     def unfinished_jobs(self) -> list[JobRow]:
         rows = self._db.execute(
-            "SELECT seq, id, label, state, cancelled, created_at, finished_at FROM jobs"
+            "SELECT seq, id, label, state, cancelled, created_at, finished_at, reason FROM jobs"
             " WHERE state = 'running' ORDER BY seq"
         )
         return [_job_row(r) for r in rows]
@@ -225,6 +249,20 @@ class StateDB:
         now = time.time()
         self._db.execute("UPDATE jobs SET state = ?, finished_at = ? WHERE id = ?", (state, now, job_id))
         return now
+
+    def fail_job(self, job_id: str, reason: str) -> None:
+        """Fail a job for ``reason``, with each of its tasks not yet final (none of them will run)."""
+        now = time.time()
+        final = tuple(sorted(FINAL_TASK_STATES))
+        with self.batch():
+            self._db.execute(
+                f"UPDATE tasks SET state = 'failed', reason = ?, finished_at = ?"
+                f" WHERE job = ? AND state NOT IN ({', '.join('?' * len(final))})",
+                (reason, now, job_id, *final),
+            )
+            self._db.execute(
+                "UPDATE jobs SET state = 'failed', finished_at = ?, reason = ? WHERE id = ?", (now, reason, job_id)
+            )
 
     def mark_cancelled(self, job_id: str) -> None:
         self._db.execute("UPDATE jobs SET cancelled = 1 WHERE id = ?", (job_id,))
@@ -239,6 +277,8 @@ class StateDB:
         ).fetchall()
         records = []
         for name, idx, state, result, reason, attempts, started_at, finished_at in rows:
+            if name not in spec.by_name:
+                raise StateError(f"job {job_id} in {self.path} has a task {name!r} that its spec does not name")
             records.append(
                 TaskRecord(
                     job=job_id,
@@ -307,7 +347,7 @@ class StateDB:
 
 
 def _job_row(row: tuple[object, ...]) -> JobRow:
-    seq, id_, label, state, cancelled, created_at, finished_at = row
+    seq, id_, label, state, cancelled, created_at, finished_at, reason = row
     return JobRow(
         seq=int(seq),  # type: ignore[call-overload]
         id=str(id_),
@@ -316,6 +356,7 @@ def _job_row(row: tuple[object, ...]) -> JobRow:
         cancelled=bool(cancelled),
         created_at=float(created_at),  # type: ignore[arg-type]
         finished_at=None if finished_at is None else float(finished_at),  # type: ignore[arg-type]
+        reason=None if reason is None else str(reason),
     )
 
 
