@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -83,7 +83,7 @@ class OfferConnections:
             for conn in conns:
                 await conn.stream.aclose()
 
-    async def post(self, key: MeshKey, base_url: str, target: str, body: bytes) -> AsyncIterator[dict[str, Any]]:
+    async def post(self, key: MeshKey, base_url: str, target: str, body: bytes) -> AsyncGenerator[dict[str, Any]]:
         """POST ``body`` (CBOR) to ``target`` on the node at ``base_url``; yield the answer's events."""
         parts = urlsplit(base_url)
         host, port, authority = address(base_url)
@@ -157,7 +157,7 @@ class OfferConnections:
         base_url: str,
         *,
         reused: bool,
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any]]:
         """One request and its answer on ``conn``; keeps the connection if both ended cleanly."""
         connection, stream = conn.connection, conn.stream
         answer = _Answer()
@@ -200,7 +200,7 @@ class _Answer:
 
 async def _events(
     stream: trio.SocketStream, connection: h11.Connection, base_url: str, answer: _Answer
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any]]:
     splitter = FrameSplitter(f"peer {base_url}")
     status = 0
     error = bytearray()

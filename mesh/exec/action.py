@@ -90,11 +90,11 @@ class Action:
             raise CodecError("the docker executor needs an image")
         if self.executor != "docker" and self.image is not None:
             raise CodecError(f"an image is only meaningful with the docker executor, not {self.executor!r}")
-        for name, value in self.limits:
+        for name, amount in self.limits:
             if name not in LIMIT_NAMES:
                 raise CodecError(f"unknown limit {name!r}; choose from {', '.join(LIMIT_NAMES)}")
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise CodecError(f"limit {name!r} must be a whole number of at least 1, not {value!r}")
+            if isinstance(amount, bool) or not isinstance(amount, int) or amount < 1:
+                raise CodecError(f"limit {name!r} must be a whole number of at least 1, not {amount!r}")
         if self.limits and self.executor != "sandbox":
             raise CodecError(f"limits apply to the sandbox executor, not {self.executor!r}")
         object.__setattr__(self, "limits", tuple(sorted(dict(self.limits).items())))
