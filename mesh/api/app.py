@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
@@ -101,13 +102,34 @@ async def _accept_offer(request: Request, spec: JobSpec) -> None:
         raise ApiError(400, "an offer is a pinned job of one task")
     if not node.scheduler.takes_offer():
         raise ApiError(409, "no free slot: offer the task to another node")
-    source = request.query_params.get("source", "")
-    if not source.startswith(("http://", "https://")):
-        raise ApiError(400, "an offer names the offering node's URL in 'source'")
+    source = _source_url(request.query_params.get("source", ""))
     task = spec.tasks[0]
     if task.input is not None and not node.peering.is_complete(task.input, node.store):
         await node.peering.fetch_tree(source, task.input, node.store)
     node.scheduler.offer_arrived()  # submitted next: the task is in the queue from now on
+
+
+def _source_url(text: str) -> str:
+    """The offering node's URL, ``source`` of an offer: http(s), a host, a port in range, in
+    ASCII without spaces. Checked here, where it enters: the fetch that uses it parses it with
+    urlsplit, whose ValueError for a port like 99999 or ``1\\x00`` answered 500."""
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or port == 0
+        or not text.isascii()
+        or any(ch <= " " or ch == "\x7f" for ch in text)
+    ):
+        raise ApiError(
+            400, f"an offer names the offering node's URL in 'source' (http://HOST:PORT), not {text[:200]!r}"
+        )
+    return text
 
 
 def _int_param(request: Request, name: str, default: int | None, minimum: int, maximum: int) -> int | None:
