@@ -62,10 +62,9 @@ def signed_headers(key: MeshKey, method: str, target: str, body: bytes | str, *,
     """The x-mesh-* headers that sign a request to the node at ``authority`` (host:port).
 
     The one place the fuzz suite signs: when the signed material changes (issue 13
-    item 5 adds the authority to it), only this call changes.
+    item 5 adds the authority to it), only the call below changes.
     """
-    del authority  # not yet part of the signed material
-    return sign(key, method, target, body)
+    return sign(key, method, target, body)  # the authority is not yet part of the signed material
 
 
 @dataclass(frozen=True)
