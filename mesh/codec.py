@@ -11,6 +11,7 @@ that says what was wrong; schema checks on the decoded value are the caller's.
 from __future__ import annotations
 
 import io
+import sys
 from typing import Any
 
 import cbor2
@@ -92,6 +93,7 @@ def _check_plain(value: Any, depth: int) -> None:
 
 
 _MISSING: Any = object()
+_FLOAT_MAX = sys.float_info.max
 
 
 class Fields:
@@ -141,7 +143,11 @@ class Fields:
         return item
 
     def number(self, key: str, default: Any = _MISSING, *, minimum: float = 0.0) -> Any:
+        """A number a float can hold (callers compute with floats): an integer JSON allows
+        beyond 1.8e308 is refused here rather than overflowing where it is used."""
         item = self._get(key, (int, float), default, "a number")
+        if isinstance(item, int) and not isinstance(item, bool) and abs(item) > _FLOAT_MAX:
+            raise CodecError(f"field {key!r} of {self.what} must be a number of at most {_FLOAT_MAX:g}")
         if isinstance(item, int | float) and not item >= minimum:  # also refuses NaN
             raise CodecError(f"field {key!r} of {self.what} must be a number of at least {minimum}, not {item}")
         return item

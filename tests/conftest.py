@@ -78,3 +78,21 @@ def docker_host() -> Iterator[str]:
     podmanutil.require_podman("the docker executor tests")
     with podmanutil.podman_service() as host:  # in /tmp: short paths for podman's sockets
         yield host
+
+
+#: Lines tests print in pytest's terminal summary (the fuzz suite's figures), through ``summary``.
+SUMMARY = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def summary(request: pytest.FixtureRequest) -> list[str]:
+    """A list whose lines are printed in the terminal summary, after every test has run."""
+    return request.config.stash.setdefault(SUMMARY, [])
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    lines = config.stash.get(SUMMARY, [])
+    if lines:
+        terminalreporter.section("figures")
+        for line in lines:
+            terminalreporter.write_line(line)

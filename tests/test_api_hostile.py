@@ -491,6 +491,31 @@ def test_offers_naming_a_bad_source(node: NodeProcess, snapshot: str) -> None:
     check_refused(node, snapshot, cases)
 
 
+def test_an_offer_with_a_malformed_source_is_refused(node: NodeProcess, snapshot: str) -> None:
+    """A peer's offer names its own URL in ``source``, where the node fetches the task's input;
+    a port out of range or a malformed URL answered 500 (a ValueError of urlsplit) before."""
+    absent = str(Digest.of(b"an input this node lacks"))
+    offer = job(task(input=absent), pinned=True)
+    sources = ["http://127.0.0.1:99999", "http://[::1", "http://127.0.0.1:1\x00", "http://127.0.0.1:-1", "http://"]
+    sources += ["http://127.0.0.1:1 /", "ftp://127.0.0.1:1", "http://127.0.0.1:1/\u00e9"]
+    check_refused(
+        node,
+        snapshot,
+        [
+            Case(
+                f"source {source!r}",
+                "POST",
+                "/v1/jobs",
+                400,
+                "an offer names the offering node's URL in 'source'",
+                body=offer,
+                params={"offer": "1", "source": source},
+            )
+            for source in sources
+        ],
+    )
+
+
 def test_bad_task_graphs(node: NodeProcess, snapshot: str) -> None:
     check_refused(
         node,

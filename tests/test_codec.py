@@ -63,3 +63,16 @@ def test_depth_limit() -> None:
 def test_size_limit_checked_before_parsing() -> None:
     with pytest.raises(CodecError, match="exceeds the limit"):
         codec.decode(cbor2.dumps(b"x" * 100), max_size=50)
+
+
+@pytest.mark.parametrize("value", [10**400, -(10**400), 2**1024], ids=["1e400", "-1e400", "2**1024"])
+def test_a_number_field_refuses_an_integer_no_float_can_hold(value: int) -> None:
+    """JSON carries integers of any size; a number field is used as a float (a task's timeout),
+    so one beyond 1.8e308 is a CodecError (a 400), not an OverflowError (a 500) later."""
+    fields = codec.Fields({"timeout": value}, "task 't'")
+    with pytest.raises(CodecError, match="field 'timeout' of task 't' must be a number of at most 1.79769e"):
+        fields.number("timeout", minimum=-1e400)
+
+
+def test_a_number_field_takes_large_integers_a_float_can_hold() -> None:
+    assert codec.Fields({"n": 10**300}, "m").number("n") == 10**300

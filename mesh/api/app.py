@@ -47,7 +47,7 @@ from mesh.api.http import (
 from mesh.api.metrics import metrics
 from mesh.api.wire import EVENTS_CBOR, NDJSON, frame, to_json
 from mesh.cas.digest import Digest
-from mesh.errors import MeshError
+from mesh.errors import InvalidUrl, MeshError
 from mesh.sched.events import PACE
 from mesh.sched.jobs import JOB_STATES, JobSpec, check_job_id, parse_job
 from mesh.urls import peer_url
@@ -119,7 +119,10 @@ async def _accept_offer(request: Request, spec: JobSpec) -> None:
     source = request.query_params.get("source")
     if source is None:
         raise ApiError(400, "an offer names the offering node's URL in 'source'")
-    source = peer_url(source)  # InvalidUrl: 400
+    try:
+        source = peer_url(source)
+    except InvalidUrl as exc:
+        raise ApiError(400, f"an offer names the offering node's URL in 'source': {exc}") from None
     task = spec.tasks[0]
     if task.input is not None and not node.peering.is_complete(task.input, node.store):
         await node.peering.fetch_tree(source, task.input, node.store)
