@@ -427,3 +427,73 @@ async def test_an_offer_is_taken_with_a_free_slot_or_room_in_the_prefetch(tmp_pa
             await wait_state(scheduler, job_id, "succeeded")
         assert scheduler.takes_offer()
         nursery.cancel_scope.cancel()
+
+
+class CancelsOnDispatch(FakeRemote):
+    """No peers; once a slot is taken (the first task dispatched, not yet begun), the next
+    look at the peers cancels the job: a cancel landing in the same tick as a dispatch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scheduler: Scheduler | None = None
+        self.job_id = ""
+
+    def candidates(self) -> list[NodeView]:
+        assert self.scheduler is not None
+        if self.job_id and self.scheduler.statistics().busy:
+            self.scheduler.cancel(self.job_id)
+            self.job_id = ""
+        return []
+
+
+async def test_a_task_cancelled_between_its_dispatch_and_its_start_never_runs(tmp_path: Path) -> None:
+    """On cec0609 the dispatched tasks ran after their job was recorded cancelled, overwrote
+    their rows with results, and drove the job's count of open tasks below zero."""
+    remote = CancelsOnDispatch()
+    runner = FakeRunner()
+    db = StateDB(str(tmp_path / "state.db"))
+    scheduler = Scheduler(db, runner, AllPresent(), node_id="n", slots=2, remote=remote)
+    remote.scheduler = scheduler
+    async with trio.open_nursery() as nursery:
+        await nursery.start(scheduler.run)
+        spec = job(t("a", ["ok", "a"]), t("b", ["ok", "b"]), no_cache=True)
+        job_id = scheduler.submit(spec)
+        remote.job_id = job_id  # no checkpoint since the submit: the run loop has not looked yet
+        await wait_state(scheduler, job_id, "cancelled")
+        await trio.testing.wait_all_tasks_blocked()
+        assert remote.job_id == ""  # the cancel came while the first task was dispatched
+        assert runner.ran == []
+        status = scheduler.job_status(job_id)
+        assert [task["state"] for task in status["tasks"]] == ["cancelled", "cancelled"]
+        assert [task["attempts"] for task in status["tasks"]] == [0, 0]
+        assert scheduler.statistics().busy == 0
+        nursery.cancel_scope.cancel()
+    assert db.job(job_id).state == "cancelled"
+    assert [task.state for task in StateDB(str(tmp_path / "state.db")).tasks(job_id, spec)] == ["cancelled"] * 2
+
+
+async def test_a_stolen_task_cancelled_before_its_offer_begins_is_not_offered(tmp_path: Path) -> None:
+    remote = FakeRemote(NodeView(node=THIEF, capabilities={"executor.process": "1"}, slots=2, busy=2))
+    runner = FakeRunner()
+    runner.hold = True
+    scheduler = Scheduler(
+        StateDB(str(tmp_path / "state.db")), runner, AllPresent(), node_id="n", slots=1, remote=remote
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(scheduler.run)
+        busy = scheduler.submit(job(t("busy", ["ok", "busy"])))
+        with trio.fail_after(5):
+            while runner.running < 1:
+                await trio.sleep(0.001)
+        queued = scheduler.submit(job(t("q", ["ok", "q"])))
+        await trio.testing.wait_all_tasks_blocked()
+        assert scheduler.give(THIEF, 1) == 1
+        scheduler.cancel(queued)  # the same tick: its offer to the thief has not begun
+        await trio.testing.wait_all_tasks_blocked()
+        assert remote.ran_on == []
+        assert [task["state"] for task in scheduler.job_status(queued)["tasks"]] == ["cancelled"]
+        assert scheduler.job_status(queued)["state"] == "cancelled"
+        runner.hold = False
+        runner.release.set()
+        await wait_state(scheduler, busy, "succeeded")
+        nursery.cancel_scope.cancel()

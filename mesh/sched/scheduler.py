@@ -519,8 +519,14 @@ class Scheduler:
 
     async def _run_task(self, live: LiveJob, task: TaskRecord, where: str | None = None, stolen: bool = False) -> None:
         """Run one queued task in a slot here (``where`` None) or on the peer at ``where``
-        (``stolen``: that peer asked for it)."""
+        (``stolen``: that peer asked for it).
+
+        A task no longer queued when this begins does not run: it was cancelled after its
+        dispatch and before this began (the same tick), and is recorded so already.
+        """
         try:
+            if task.state != "queued":
+                return  # the slot (or the offer) it was dispatched with is released below
             task.state, task.started_at, task.reason = "running", time.time(), None
             task.attempts += 1
             self.db.mark_running(task)  # committed with the next commit, or by _flush_marks
