@@ -171,7 +171,7 @@ async def test_a_restarted_scheduler_resumes_interrupted_work(tmp_path: Path) ->
             job(t("a", ["ok", "a"]), t("b", ["hang", "b"], after=["a"]), t("c", ["ok", "c"], after=["b"]))
         )
         with trio.fail_after(5):
-            while scheduler.job_status(job_id)["tasks"][1]["state"] != "running" or scheduler.db.marks_waiting:
+            while scheduler.job_status(job_id)["tasks"][1]["state"] != "running" or scheduler.db.waiting:
                 await trio.sleep(0.001)
         nursery.cancel_scope.cancel()  # the node dies: b stays "running" in the database
 
@@ -192,7 +192,7 @@ async def test_a_task_that_started_just_before_a_crash_runs_again(tmp_path: Path
         with trio.fail_after(5):
             while scheduler.job_status(job_id)["tasks"][0]["state"] != "running":
                 await trio.sleep(0.001)
-        assert scheduler.db.marks_waiting
+        assert scheduler.db.waiting
         nursery.cancel_scope.cancel()  # dies within MARK_DELAY: the mark was never committed
     status, ran = await run_restarted(path, job_id)
     assert ran == [("hang", "a")]
@@ -208,17 +208,17 @@ def test_running_marks_are_written_by_the_next_commit_or_a_flush(tmp_path: Path)
     for task in (a, b, c):
         task.state, task.attempts = "running", 1
         db.mark_running(task)
+    assert db.waiting == 3
+    assert [x.state for x in StateDB(path).tasks("j", spec)] == ["queued", "queued", "queued"]  # not yet
     c.state = "succeeded"
-    db.set_task_state(c)  # a later write of the same task replaces its mark
-    assert [x.state for x in StateDB(path).tasks("j", spec)] == ["queued", "queued", "succeeded"]
-    with db.batch():
-        db.finish_job("j", "running")  # any commit takes the marks along
+    db.set_task_state(c)  # a later write of the same task replaces its mark; its commit takes the marks along
     assert [x.state for x in StateDB(path).tasks("j", spec)] == ["running", "running", "succeeded"]
+    assert not db.waiting
     b.attempts = 2  # b started again
     db.mark_running(b)
-    assert db.marks_waiting
+    assert db.waiting
     db.flush()  # what the scheduler does when no other commit came within MARK_DELAY
-    assert not db.marks_waiting
+    assert not db.waiting
     assert [x.attempts for x in StateDB(path).tasks("j", spec)] == [1, 2, 1]
 
 
