@@ -5,6 +5,8 @@ Every error that mesh raises on purpose derives from :class:`MeshError`, so call
 status with a message a person can act on. Errors from the OS or from libraries are
 translated at the boundary of the module that meets them. Where trio's nurseries wrap
 errors in exception groups, :func:`unwrap` finds the error again at that boundary.
+A background loop of the node that meets an unexpected error handling one item (a task,
+a peer, a message) ends that item only, and logs it in one line (:func:`describe`).
 
 ::
 

@@ -30,6 +30,11 @@ when that begins and one when they go in. Until then a job's status says
 what a node restarted meanwhile resumes: tasks whose end was not recorded run again (at
 least once, as after a crash). Failing the task instead was not chosen: the failure could
 not be recorded either, and the task did run.
+
+**One item fails alone.** An unexpected error (a bug, ours or a library's) while placing
+or running one task fails that task with the error as its reason; one met while moving its
+job on gives that job up (failed, with the reason); one while looking for tasks to steal
+ends that look. Each is one log line, and the node goes on with the rest.
 """
 
 from __future__ import annotations
@@ -243,34 +248,12 @@ class Scheduler:
             task_status.started()
             while True:
                 while self._ready and not self._draining:
-                    job_id, name = self._ready[0]
-                    live = self._live.get(job_id)
-                    if live is None or live.tasks[name].state != "queued":
-                        self._ready.popleft()  # cancelled while it waited
-                        continue
-                    task = live.tasks[name]
-                    local: dict[str, int] = {}
-                    if self.remote is not None and not live.spec.pinned and task.action is not None:
-                        if self.remote.candidates():
-                            local = await self.remote.locality(task.action.input, self.store)
-                            if not self._ready or self._ready[0] != (job_id, name) or task.state != "queued":
-                                continue  # the queue changed while we asked
+                    head = self._ready[0]
                     try:
-                        placed, where = self._place(task, pinned=live.spec.pinned, local=local)
-                    except Unplaceable as exc:
-                        self._ready.popleft()
-                        with self._recording():
-                            self._finish(live, task, "failed", reason=str(exc))
-                        continue
-                    if not placed:
-                        break  # nowhere has room: wait for a slot here or news of a peer
-                    self._ready.popleft()
-                    if where is None:
-                        self._busy += 1
-                    else:
-                        self._offered[where] = self._offered.get(where, 0) + 1
-                        self._offer_changed[where] = time.monotonic()
-                    nursery.start_soon(self._run_task, live, task, where)
+                        if not await self._dispatch_head(nursery):
+                            break  # nowhere has room: wait for a slot here or news of a peer
+                    except Exception as exc:  # a bug placing one task fails that task, not the node
+                        self._cannot_dispatch(head, exc)
                 with trio.move_on_after(DECLINE_COOLDOWN if self._ready and self.remote else math.inf):
                     await self._changed.wait()
                 self._changed = trio.Event()
@@ -280,6 +263,59 @@ class Scheduler:
         self._draining = True
         while self._busy:
             await self._task_done.wait()
+
+    async def _dispatch_head(self, nursery: trio.Nursery) -> bool:
+        """Start the task at the head of the queue where placement puts it (here, or offered to
+        a peer); False when no node has room for it now."""
+        job_id, name = self._ready[0]
+        live = self._live.get(job_id)
+        if live is None or live.tasks[name].state != "queued":
+            self._ready.popleft()  # cancelled while it waited
+            return True
+        task = live.tasks[name]
+        local: dict[str, int] = {}
+        if self.remote is not None and not live.spec.pinned and task.action is not None:
+            if self.remote.candidates():
+                local = await self.remote.locality(task.action.input, self.store)
+                if not self._ready or self._ready[0] != (job_id, name) or task.state != "queued":
+                    return True  # the queue changed while we asked
+        try:
+            placed, where = self._place(task, pinned=live.spec.pinned, local=local)
+        except Unplaceable as exc:
+            self._ready.popleft()
+            with self._recording():
+                self._finish(live, task, "failed", reason=str(exc))
+            return True
+        if not placed:
+            return False
+        self._ready.popleft()
+        if where is None:
+            self._busy += 1
+        else:
+            self._offered[where] = self._offered.get(where, 0) + 1
+            self._offer_changed[where] = time.monotonic()
+        nursery.start_soon(self._run_task, live, task, where)
+        return True
+
+    def _cannot_dispatch(self, head: tuple[str, str], exc: Exception) -> None:
+        """A bug met placing the task ``head`` (job, name): the task fails with it, in one log
+        line; if the bug struck while its end was being recorded, its job is given up."""
+        if self._ready and self._ready[0] == head:
+            self._ready.popleft()
+        live = self._live.get(head[0])
+        if live is None:
+            return
+        task = live.tasks[head[1]]
+        if task.state != "queued":
+            self._give_up(live, exc)
+            return
+        reason = f"the node could not place the task: {describe(exc)}"
+        log.error("task %s of job %s failed: %s", task.name, live.row.id, reason)
+        try:
+            with self._recording():
+                self._finish(live, task, "failed", reason=reason)
+        except Exception as again:
+            self._give_up(live, again)
 
     def _wake(self) -> None:
         self._changed.set()
@@ -294,7 +330,7 @@ class Scheduler:
             await trio.sleep(MARK_DELAY if self._failing is None else RECORD_RETRY)
             try:
                 self.db.flush()
-            except StateError as exc:  # a full disk (StateFull): tried again, the node goes on
+            except Exception as exc:  # a full disk (StateFull), or a bug: tried again, the node goes on
                 self._not_recorded(exc)
                 continue
             if self._failing is not None and self.db.failure is None:
@@ -554,31 +590,38 @@ class Scheduler:
 
     async def _steal_loop(self) -> None:
         """While this node has free slots and an empty queue, take queued tasks from the peer
-        with the longest queue (as gossip says), one peer at a time."""
-        assert self.remote is not None
+        with the longest queue (as gossip says), one peer at a time. A look that fails on a
+        bug is logged in one line and the next one is made as usual."""
         while True:
             with trio.move_on_after(STEAL_INTERVAL):
                 await self._task_done.wait()
-            room = self._room_to_steal()
-            if room <= 0 or self._draining:
+            try:
+                await self._steal()
+            except Exception as exc:
+                log.error("looking for tasks to steal failed: %s", describe(exc))
+
+    async def _steal(self) -> None:
+        assert self.remote is not None
+        room = self._room_to_steal()
+        if room <= 0 or self._draining:
+            return
+        now = time.monotonic()
+        victims = sorted(
+            (p for p in self.remote.candidates() if p.queued > 0 and self._steal_backoff.get(p.node, 0) <= now),
+            key=lambda p: (-p.queued, p.node),
+        )
+        for victim in victims:
+            try:
+                got = await self.remote.steal(victim.node, room)
+            except MeshError:
+                got = 0
+            if got <= 0:
+                self._steal_backoff[victim.node] = time.monotonic() + STEAL_BACKOFF
                 continue
-            now = time.monotonic()
-            victims = sorted(
-                (p for p in self.remote.candidates() if p.queued > 0 and self._steal_backoff.get(p.node, 0) <= now),
-                key=lambda p: (-p.queued, p.node),
-            )
-            for victim in victims:
-                try:
-                    got = await self.remote.steal(victim.node, room)
-                except MeshError:
-                    got = 0
-                if got <= 0:
-                    self._steal_backoff[victim.node] = time.monotonic() + STEAL_BACKOFF
-                    continue
-                self._tasks_stolen += got
-                self._promised += got
-                self._promised_until = time.monotonic() + STEAL_HOLD
-                break
+            self._tasks_stolen += got
+            self._promised += got
+            self._promised_until = time.monotonic() + STEAL_HOLD
+            break
 
     def offer_arrived(self) -> None:
         """An offered task was accepted here: one promised slot is taken by it."""
@@ -589,7 +632,9 @@ class Scheduler:
         (``stolen``: that peer asked for it), and record how it ended.
 
         A task no longer queued when this begins does not run: it was cancelled after its
-        dispatch and before this began (the same tick), and is recorded so already.
+        dispatch and before this began (the same tick), and is recorded so already. An
+        unexpected error running the task fails it with that reason (logged in one line); one
+        met while recording it gives its job up (:meth:`_give_up`). The node goes on.
         """
         try:
             if task.state != "queued":
@@ -637,15 +682,19 @@ class Scheduler:
                     reason = str(exc)
                 except OSError as exc:
                     reason = f"the node could not run the task: {exc}"
+                except Exception as exc:  # a bug, ours or a library's: this task fails, not the node
+                    reason = f"the node could not run the task: {describe(exc)}"
+                    log.error("task %s of job %s failed: %s", task.name, live.row.id, reason)
             live.scopes.pop(task.name, None)
+            if task.state != "running":
+                return  # its job was given up meanwhile
             with self._recording():
                 if requeue and not scope.cancelled_caught:
                     self._requeue(live, task, reason)
                     return
                 self._tasks_run += 1
                 if scope.cancelled_caught:
-                    if task.state == "running":
-                        self._finish(live, task, "cancelled", reason="cancelled")
+                    self._finish(live, task, "cancelled", reason="cancelled")
                 elif result is None:
                     self._finish(live, task, "failed", reason=reason)
                 else:
@@ -653,6 +702,8 @@ class Scheduler:
                         self.db.cache_result(str(action.digest()), result)
                     state = "succeeded" if result.success else "failed"
                     self._finish(live, task, state, result=result, reason=_why(result))
+        except Exception as exc:  # a bug recording the task: its job is given up, not the node
+            self._give_up(live, exc)
         finally:
             if where is None:
                 self._busy -= 1
@@ -747,14 +798,44 @@ class Scheduler:
         if live.open_tasks or live.row.id not in self._live:
             return
         state = job_state([t.state for t in live.tasks.values()], live.row.cancelled)
-        finished_at = self.db.finish_job(live.row.id, state)
-        del self._live[live.row.id]
-        live.row = replace(live.row, state=state, finished_at=finished_at)
+        self._retire(live, state, self.db.finish_job(live.row.id, state))
+
+    def _retire(self, live: LiveJob, state: str, finished_at: float, reason: str | None = None) -> None:
+        """A job ended: from the live jobs to the recent ones, and its followers are told."""
+        self._live.pop(live.row.id, None)
+        live.row = replace(live.row, state=state, finished_at=finished_at, reason=reason)
         self._recent[live.row.id] = live
         while len(self._recent) > RECENT_JOBS:
             self._recent.popitem(last=False)
-        live.events.emit("job_finished", job=live.row.id, state=state)
+        live.events.emit("job_finished", job=live.row.id, state=state, **({"reason": reason} if reason else {}))
         self.logs.finish(live.row.id)
+
+    def _give_up(self, live: LiveJob, exc: Exception) -> None:
+        """A bug met moving a job on, whose state in memory may now be half moved: the job fails
+        with it as the reason (in memory, in one log line, and in the database in a commit of
+        its own, with each task as it stands), its running tasks are stopped, and nothing more
+        of it is decided. The node and the other jobs go on. Should that commit fail too, its
+        writes wait like any others, and a node restarted meanwhile resumes the job."""
+        reason = f"the node failed while moving this job on: {describe(exc)}"
+        if live.row.id not in self._live:
+            log.error("job %s, which had ended, met a failure: %s", live.row.id, reason)
+            return
+        log.error("job %s failed: %s", live.row.id, reason)
+        now = time.time()
+        for scope in live.scopes.values():
+            scope.cancel()
+        for task in live.tasks.values():
+            if task.state not in FINAL_TASK_STATES:
+                task.state, task.reason, task.finished_at = "failed", reason, now
+        live.open_tasks = 0
+        self._ready = deque(key for key in self._ready if key[0] != live.row.id)
+        self._retire(live, "failed", now, reason)
+        try:
+            with self.db.batch():
+                self.db.fail_job(live.row.id, reason)
+                self.db.set_task_states(live.tasks.values())  # each task as it stands here
+        except StateError as error:
+            self._not_recorded(error)
 
     # -- cancel and queries -------------------------------------------------------
 
