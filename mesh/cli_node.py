@@ -241,6 +241,8 @@ def cmd_job(args: argparse.Namespace) -> int:
     print(f"created {_when(job['created_at'])}  finished {_when(job['finished_at'])}")
     if job.get("reason"):
         print(f"  {job['reason']}")
+    if job.get("recorded") is False:
+        print("  not recorded yet: the node's state database takes no writes (its log says why)")
     for task in job["tasks"]:
         result = task.get("result") or {}
         took = f"{result['finished_at'] - result['started_at']:.3f}s" if result else "-"

@@ -5,6 +5,8 @@ Every error that mesh raises on purpose derives from :class:`MeshError`, so call
 status with a message a person can act on. Errors from the OS or from libraries are
 translated at the boundary of the module that meets them. Where trio's nurseries wrap
 errors in exception groups, :func:`unwrap` finds the error again at that boundary.
+A background loop of the node that meets an unexpected error handling one item (a task,
+a peer, a message) ends that item only, and logs it in one line (:func:`describe`).
 
 ::
 
@@ -15,12 +17,18 @@ errors in exception groups, :func:`unwrap` finds the error again at that boundar
     ├── InvalidUrl (ValueError)    a node's URL or a request's host is malformed (mesh.urls)
     ├── CodecError (ValueError)    bytes that are not valid canonical CBOR of the schema
     │   └── InvalidTree            a directory node that breaks the snapshot rules
+    ├── DiskFull                   a filesystem mesh writes to is full (ENOSPC, EDQUOT); HTTP 507
+    │   ├── StoreFull              ... the store's (also a StoreError)
+    │   └── StateFull              ... the state database's (also a StateError)
     ├── StoreError                 the content-addressed store failed
     │   ├── BlobNotFound           the store does not hold the blob (decorators branch on it)
     │   │   └── BlobDamaged        ... because its file was damaged on disk: now in quarantine
     │   │                          (also a DigestMismatch)
     │   ├── DigestMismatch         bytes do not hash to the digest they claim
-    │   └── StoreFull              the store's filesystem is full (ENOSPC, EDQUOT); HTTP 507
+    │   └── StoreFull              (above)
+    ├── StateError                 the node's state database failed, or holds what this version
+    │   │                          cannot read (mesh.sched.statedb translates SQLite's errors)
+    │   └── StateFull              (above)
     ├── SnapshotError              a tree could not be ingested or checked out
     │   ├── UnsupportedFile        ingest met a FIFO, socket or device
     │   ├── CheckoutConflict       checkout found something in the way (never written through)
@@ -137,7 +145,30 @@ class BlobDamaged(BlobNotFound, DigestMismatch):
         self.actual = actual
 
 
-class StoreFull(StoreError):
+class DiskFull(MeshError):
+    """A filesystem mesh writes to has no room (ENOSPC, or EDQUOT: its owner's quota).
+
+    One class for every full disk, so that the API answers each the same way (507,
+    Insufficient Storage) and a person reads the same kind of message: what could not
+    be written, where, and the space left. Its subclasses say whose disk it is.
+    ``free`` is the bytes left to unprivileged writers (None if unknown).
+    """
+
+    def __init__(
+        self, what: str, free: int | None, *, needed: int | None = None, quota: bool = False, remedy: str
+    ) -> None:
+        left = "an unknown amount" if free is None else _size(free)
+        if needed is not None:
+            why = f"no room for {_size(needed)}: {left} free on its filesystem"
+        elif quota:
+            why = f"no room: its owner's disk quota is used up ({left} free on its filesystem)"
+        else:
+            why = f"no room: its filesystem is full ({left} free)"
+        super().__init__(f"{what} has {why}; {remedy}")
+        self.free = free
+
+
+class StoreFull(StoreError, DiskFull):
     """The store's filesystem has no room (ENOSPC, or EDQUOT: the owner's quota).
 
     Raised by the store where it meets the error, whatever was being written
@@ -147,18 +178,32 @@ class StoreFull(StoreError):
     """
 
     def __init__(self, store: str, free: int | None, *, needed: int | None = None, quota: bool = False) -> None:
-        left = "an unknown amount" if free is None else _size(free)
-        if needed is not None:
-            why = f"no room for {_size(needed)}: {left} free on its filesystem"
-        elif quota:
-            why = f"no room: its owner's disk quota is used up ({left} free on its filesystem)"
-        else:
-            why = f"no room: its filesystem is full ({left} free)"
-        super().__init__(
-            f"the store at {store} has {why}; free space there, or run `mesh gc --max-size SIZE` on its node"
-        )
+        remedy = "free space there, or run `mesh gc --max-size SIZE` on its node"
+        DiskFull.__init__(self, f"the store at {store}", free, needed=needed, quota=quota, remedy=remedy)
         self.store = store
-        self.free = free
+
+
+class StateError(MeshError):
+    """The node's state database (jobs, tasks, the action cache) failed a read or a write, cannot
+    be opened, or holds something this version cannot read.
+
+    mesh.sched.statedb raises it, translating SQLite's errors where it meets them; the
+    message names the database file.
+    """
+
+
+class StateFull(StateError, DiskFull):
+    """The state database's filesystem has no room: a commit met SQLITE_FULL (ENOSPC).
+
+    Nothing of the commit was written (SQLite rolled it back). A request whose change
+    must be recorded before it is answered (a submission, a cancel) is refused with it;
+    the scheduler's own writes wait and are retried (mesh.sched.scheduler).
+    """
+
+    def __init__(self, path: str, free: int | None) -> None:
+        remedy = "free space on it"
+        DiskFull.__init__(self, f"the state database {path}", free, remedy=remedy)
+        self.path = path
 
 
 def _size(n: int) -> str:
@@ -272,6 +317,12 @@ class NodeUnreachable(NodeError):
 
 class PeerDeclined(NodeError):
     """A peer declined an offered task: it has no free slot (the coordinator offers it elsewhere)."""
+
+
+def describe(error: BaseException) -> str:
+    """An error in one line for a log or a reason: mesh's own say it all; any other (a bug, or
+    a library's error that was not translated) is named by its type too."""
+    return str(error) if isinstance(error, MeshError) else f"{type(error).__name__}: {error}"
 
 
 def unwrap(error: BaseException, *, expected: Iterable[type[BaseException]] = (MeshError,)) -> BaseException:

@@ -32,7 +32,7 @@ from mesh.api.authorities import NodeAuthorities
 from mesh.api.server import listen, serve
 from mesh.cas.store import LocalStore
 from mesh.config import NodeConfig
-from mesh.errors import MeshError, NodeBusy
+from mesh.errors import MeshError, NodeBusy, describe
 from mesh.exec.process import Executor, ProcessExecutor
 from mesh.exec.runner import Runner
 from mesh.exec.workpool import KEEP_DIRS, WorkdirPool
@@ -41,6 +41,7 @@ from mesh.sched.scheduler import Scheduler
 from mesh.sched.statedb import StateDB, state_path
 
 if TYPE_CHECKING:
+    from mesh.exec.docker import DockerExecutor
     from mesh.exec.engine import DockerStatus
 
 log = logging.getLogger("mesh.node")
@@ -216,7 +217,10 @@ class Node:
         """Offer the ``docker`` executor while a Docker engine answers at DOCKER_HOST, and
         advertise the images it holds; looked at on start and every DOCKER_REFRESH seconds.
 
-        On start, the containers a previous run of this node left behind are removed.
+        On start, the containers a previous run of this node left behind are removed. A later
+        look that fails on an unexpected error is logged in one line; the node goes on without
+        changing what it offers, and looks again DOCKER_REFRESH seconds later (the first one
+        fails the start: a bug there is not hidden).
         """
         from mesh.exec.docker import DockerExecutor
 
@@ -231,29 +235,38 @@ class Node:
             return
         first, cleaned = True, False
         while True:
-            state = await executor.status()
-            if state.available and not cleaned:  # the first time the engine answers
-                cleaned = True
-                try:
-                    removed = await executor.remove_leftovers()
-                except MeshError as exc:
-                    log.warning("could not remove the containers a previous run left: %s", exc)
+            try:
+                state = await executor.status()
+                if state.available and not cleaned:  # the first time the engine answers
+                    cleaned = True
+                    await self._remove_docker_leftovers(executor)
+                had = "docker" in self.runner.executors
+                if state.available:
+                    self.runner.executors["docker"] = executor
                 else:
-                    if removed:
-                        log.warning("removed %d container(s) a previous run of this node left", removed)
-            had = "docker" in self.runner.executors
-            if state.available:
-                self.runner.executors["docker"] = executor
-            else:
-                self.runner.executors.pop("docker", None)
-                if had or first:
-                    log.info("no docker executor: %s", state.reason)
-            self.docker = state
-            self._advertise(state.images)
+                    self.runner.executors.pop("docker", None)
+                    if had or first:
+                        log.info("no docker executor: %s", state.reason)
+                self.docker = state
+                self._advertise(state.images)
+            except Exception as exc:  # a later look that fails (a bug, an answer not understood): the next one comes
+                if first:
+                    raise  # at start-up, a bug fails the start loudly
+                log.error("looking at the Docker engine failed: %s", describe(exc))
             if first:
                 task_status.started()
                 first = False
             await trio.sleep(DOCKER_REFRESH)
+
+    @staticmethod
+    async def _remove_docker_leftovers(executor: DockerExecutor) -> None:
+        try:
+            removed = await executor.remove_leftovers()
+        except MeshError as exc:
+            log.warning("could not remove the containers a previous run left: %s", exc)
+        else:
+            if removed:
+                log.warning("removed %d container(s) a previous run of this node left", removed)
 
     def _advertise(self, images: tuple[str, ...] = ()) -> None:
         """Recompute this node's capabilities (executors, labels, images) for gossip and placement."""

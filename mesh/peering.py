@@ -26,7 +26,7 @@ from mesh.cas.snapshot import children, read_node
 from mesh.cas.store import LocalStore
 from mesh.cas.tree import Kind
 from mesh.config import NodeConfig
-from mesh.errors import BlobNotFound, MeshError, NodeError
+from mesh.errors import BlobNotFound, MeshError, NodeError, describe
 from mesh.exec.action import Action, ActionResult
 from mesh.peerstore import PeerStore
 from mesh.sched.gossip import Gossip
@@ -299,9 +299,13 @@ class Peering:
             task_status.started()
             async with receive:
                 async for change in receive:
-                    if change.kind in ("added", "updated"):
-                        log.info("mDNS found %s at %s", change.peer.node_id, change.peer.url)
+                    if change.kind not in ("added", "updated"):
+                        continue
+                    log.info("mDNS found %s at %s", change.peer.node_id, change.peer.url)
+                    try:
                         self.gossip.add_candidate(change.peer.url)
+                    except Exception as exc:  # one record's failure drops that record only
+                        log.warning("mDNS record of %s dropped: %s", change.peer.node_id, describe(exc))
 
     def status(self, now: float | None = None) -> list[dict[str, Any]]:
         """The peers for ``/status``: health, load, capabilities, seconds since last heard."""

@@ -11,11 +11,13 @@ partial blob, no temp file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
 import socket
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,13 +220,7 @@ def test_a_task_whose_output_does_not_fit_fails_with_that_reason(node_on_small_f
     tree.mkdir()
     (tree / "input.txt").write_text("in\n")
     with NodeClient(node.url, key=load_key(node.home)) as client:
-        snapshot = (
-            subprocess.run(
-                [*MESH, "snapshot", "-q", str(tree)], env=node_env(node.home), capture_output=True, check=True
-            )
-            .stdout.decode()
-            .strip()
-        )
+        snapshot = snapshot_of(node, tree)
         job: dict[str, Any] = {
             "tasks": [{"name": "loud", "argv": ["sh", "-c", "head -c 20000000 /dev/zero"], "input": snapshot}],
             "no_cache": True,
@@ -265,3 +261,171 @@ def test_the_cli_says_the_store_is_full_in_one_line(node_on_small_fs: NodeProces
     assert run.stderr.startswith(b"mesh: error: ") and run.stderr.count(b"\n") == 1, run.stderr
     assert_names_the_store(run.stderr.decode(), node)
     assert_clean_and_serving(node)
+
+
+# -- the state database -------------------------------------------------------------------
+
+
+def fill(mount: Path) -> Path:
+    """Take every free byte of the filesystem at ``mount`` with a file of its own; returns it."""
+    filler = mount / f"filler-{secrets.token_hex(4)}"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        for chunk in (MIB, 4096, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * chunk)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+    assert free_bytes(mount) == 0
+    return filler
+
+
+class Gate:
+    """A task that notes each run in a file, then waits until the test opens its gate (a FIFO);
+    with ``once``, it waits on its first run only. It writes nothing into the store (no output,
+    its workdir untouched), so it succeeds on a full disk."""
+
+    def __init__(self, where: Path, name: str, *, once: bool = False) -> None:
+        self.fifo = where / f"{name}.gate"
+        self.runs = where / f"{name}.runs"
+        os.mkfifo(self.fifo)
+        script = f"echo run >> {self.runs}; read line < {self.fifo}"
+        if once:
+            script = f"if [ -e {self.runs} ]; then echo again >> {self.runs}; exit 0; fi; {script}"
+        self.task = {"name": name, "argv": ["sh", "-c", script]}
+
+    def started(self) -> bool:
+        return self.runs.exists()
+
+    def open(self) -> None:
+        wait_for(self.started, what=f"{self.runs.name} to start")
+        with open(self.fifo, "w") as f:  # blocks until the task opens its end
+            f.write("go\n")
+
+
+def job_of(snapshot: str, *tasks: dict[str, Any]) -> dict[str, Any]:
+    return {"tasks": [{**task, "input": snapshot, "executor": "process"} for task in tasks], "no_cache": True}
+
+
+def gated_node(small_fs: Path, tmp_path: Path) -> tuple[NodeProcess, str]:
+    """A node on ``small_fs`` and the snapshot of a small tree stored in it (with the empty
+    blob, which the gated tasks' empty output streams are)."""
+    node = start_node(small_fs)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "input.txt").write_text("in\n")
+    with signed(node) as http:
+        assert http.put(f"/v1/blobs/{Digest.of(b'')}", content=b"").status_code in (200, 201)
+    return node, snapshot_of(node, tree)
+
+
+def snapshot_of(node: NodeProcess, tree: Path) -> str:
+    run = subprocess.run([*MESH, "snapshot", "-q", str(tree)], env=node_env(node.home), capture_output=True, check=True)
+    return run.stdout.decode().strip()
+
+
+def listed(client: NodeClient) -> dict[str, str]:
+    """The jobs as the node's database lists them (GET /v1/jobs reads it): id -> state."""
+    return {job["id"]: job["state"] for job in client.jobs()["jobs"]}
+
+
+def task_states(node: NodeProcess) -> list[str]:
+    """The states of the tasks as the node's state.db holds them, read beside the node (WAL allows it)."""
+    uri = f"file:{os.path.join(node.home, 'state.db')}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
+        return [str(row[0]) for row in db.execute("SELECT state FROM tasks ORDER BY job, idx")]
+
+
+def ended(client: NodeClient, job_id: str) -> dict[str, Any]:
+    wait_for(lambda: client.job(job_id)["state"] != "running", what=f"job {job_id} to end", timeout=60)
+    return client.job(job_id)
+
+
+def test_a_full_disk_under_the_state_database_stops_no_node(small_fs: Path, tmp_path: Path) -> None:
+    """Something else fills the disk while tasks run: the end of one cannot be written to the
+    state database. The node serves on and says so in one line; the job says it is not recorded
+    yet; a submit and a cancel are refused with 507 naming the database and its free space, and
+    change nothing. Once space is freed the end is recorded, a new job runs, and after a
+    restart the state is whole: no job lost, none left running."""
+    node, snapshot = gated_node(small_fs, tmp_path)
+    first, other = Gate(tmp_path, "first"), Gate(tmp_path, "other")
+    try:
+        with signed(node) as http, NodeClient(node.url, key=load_key(node.home)) as client:
+            gated = client.submit(job_of(snapshot, first.task))["id"]
+            kept = client.submit(job_of(snapshot, other.task))["id"]
+            wait_for(lambda: first.started() and other.started(), what="both tasks to start")
+
+            filler = fill(small_fs)
+            first.open()
+            status = ended(client, gated)
+            assert status["state"] == "succeeded" and status["recorded"] is False, status
+            assert listed(client)[gated] == "running"  # what the database holds meanwhile
+            assert "not recorded yet" in node.mesh("job", gated).stdout.decode()
+            assert httpx.get(node.url + "/health", trust_env=False).status_code == 200
+            lines = [line for line in node.log().splitlines() if "state database" in line]
+            assert len(lines) == 1 and "cannot record" in lines[0] and "tried again" in lines[0], node.log()
+
+            later = job_of(snapshot, {"name": "later", "argv": ["true"]})
+            refused = [
+                http.post("/v1/jobs", content=codec.encode(later), headers={"content-type": "application/cbor"}),
+                http.post(f"/v1/jobs/{kept}/cancel"),
+            ]
+            for response in refused:
+                assert response.status_code == 507, response.content
+                message = error_of(response)
+                assert os.path.join(node.home, "state.db") in message, message
+                assert "no room" in message and "0 bytes free" in message, message
+            assert client.job(kept)["state"] == "running"  # the cancel that could not be recorded did nothing
+            assert set(listed(client)) == {gated, kept}  # the refused job left nothing
+            assert node.answers() and "Traceback" not in node.log()
+
+            filler.unlink()
+            wait_for(lambda: client.job(gated)["recorded"], what="the first job's end to be recorded")
+            assert listed(client)[gated] == "succeeded"
+            second = client.submit(later)["id"]
+            assert ended(client, second)["state"] == "succeeded"
+            other.open()
+            assert ended(client, kept)["state"] == "succeeded"
+        assert node.stop() == 0, node.log()
+        node.start()
+        with NodeClient(node.url, key=load_key(node.home)) as client:
+            assert listed(client) == {gated: "succeeded", kept: "succeeded", second: "succeeded"}
+            for job_id in (gated, kept):
+                [task] = client.job(job_id)["tasks"]
+                assert task["state"] == "succeeded" and task["attempts"] == 1, task
+        assert_clean_and_serving(node)
+    finally:
+        node.stop()
+
+
+def test_a_node_stopped_before_it_could_record_runs_the_task_again(small_fs: Path, tmp_path: Path) -> None:
+    """The node stops while a task's end waits to be recorded (the disk is full): it says so
+    and exits 0; the next start resumes the job from what the database holds, and the task
+    runs again (at least once, as after a crash)."""
+    node, snapshot = gated_node(small_fs, tmp_path)
+    gate = Gate(tmp_path, "gated", once=True)
+    try:
+        with NodeClient(node.url, key=load_key(node.home)) as client:
+            job_id = client.submit(job_of(snapshot, gate.task))["id"]
+            wait_for(lambda: task_states(node) == ["running"], what="the task's start to be recorded")
+            filler = fill(small_fs)
+            gate.open()
+            assert ended(client, job_id)["recorded"] is False
+        assert node.stop() == 0, node.log()
+        assert "could not be recorded before the node stopped" in node.log()
+        assert task_states(node) == ["running"]
+        filler.unlink()
+        node.start()
+        with NodeClient(node.url, key=load_key(node.home)) as client:
+            status = ended(client, job_id)
+            [task] = status["tasks"]
+            assert status["state"] == "succeeded" and status["recorded"], status
+            assert task["attempts"] == 2, task
+            assert gate.runs.read_text() == "run\nagain\n"
+            assert listed(client) == {job_id: "succeeded"}
+        assert_clean_and_serving(node)
+    finally:
+        node.stop()

@@ -171,7 +171,7 @@ async def test_a_restarted_scheduler_resumes_interrupted_work(tmp_path: Path) ->
             job(t("a", ["ok", "a"]), t("b", ["hang", "b"], after=["a"]), t("c", ["ok", "c"], after=["b"]))
         )
         with trio.fail_after(5):
-            while scheduler.job_status(job_id)["tasks"][1]["state"] != "running" or scheduler.db.marks_waiting:
+            while scheduler.job_status(job_id)["tasks"][1]["state"] != "running" or scheduler.db.waiting:
                 await trio.sleep(0.001)
         nursery.cancel_scope.cancel()  # the node dies: b stays "running" in the database
 
@@ -192,7 +192,7 @@ async def test_a_task_that_started_just_before_a_crash_runs_again(tmp_path: Path
         with trio.fail_after(5):
             while scheduler.job_status(job_id)["tasks"][0]["state"] != "running":
                 await trio.sleep(0.001)
-        assert scheduler.db.marks_waiting
+        assert scheduler.db.waiting
         nursery.cancel_scope.cancel()  # dies within MARK_DELAY: the mark was never committed
     status, ran = await run_restarted(path, job_id)
     assert ran == [("hang", "a")]
@@ -208,17 +208,17 @@ def test_running_marks_are_written_by_the_next_commit_or_a_flush(tmp_path: Path)
     for task in (a, b, c):
         task.state, task.attempts = "running", 1
         db.mark_running(task)
+    assert db.waiting == 3
+    assert [x.state for x in StateDB(path).tasks("j", spec)] == ["queued", "queued", "queued"]  # not yet
     c.state = "succeeded"
-    db.set_task_state(c)  # a later write of the same task replaces its mark
-    assert [x.state for x in StateDB(path).tasks("j", spec)] == ["queued", "queued", "succeeded"]
-    with db.batch():
-        db.finish_job("j", "running")  # any commit takes the marks along
+    db.set_task_state(c)  # a later write of the same task replaces its mark; its commit takes the marks along
     assert [x.state for x in StateDB(path).tasks("j", spec)] == ["running", "running", "succeeded"]
+    assert not db.waiting
     b.attempts = 2  # b started again
     db.mark_running(b)
-    assert db.marks_waiting
+    assert db.waiting
     db.flush()  # what the scheduler does when no other commit came within MARK_DELAY
-    assert not db.marks_waiting
+    assert not db.waiting
     assert [x.attempts for x in StateDB(path).tasks("j", spec)] == [1, 2, 1]
 
 
@@ -426,4 +426,74 @@ async def test_an_offer_is_taken_with_a_free_slot_or_room_in_the_prefetch(tmp_pa
         for job_id in offers:
             await wait_state(scheduler, job_id, "succeeded")
         assert scheduler.takes_offer()
+        nursery.cancel_scope.cancel()
+
+
+class CancelsOnDispatch(FakeRemote):
+    """No peers; once a slot is taken (the first task dispatched, not yet begun), the next
+    look at the peers cancels the job: a cancel landing in the same tick as a dispatch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scheduler: Scheduler | None = None
+        self.job_id = ""
+
+    def candidates(self) -> list[NodeView]:
+        assert self.scheduler is not None
+        if self.job_id and self.scheduler.statistics().busy:
+            self.scheduler.cancel(self.job_id)
+            self.job_id = ""
+        return []
+
+
+async def test_a_task_cancelled_between_its_dispatch_and_its_start_never_runs(tmp_path: Path) -> None:
+    """On cec0609 the dispatched tasks ran after their job was recorded cancelled, overwrote
+    their rows with results, and drove the job's count of open tasks below zero."""
+    remote = CancelsOnDispatch()
+    runner = FakeRunner()
+    db = StateDB(str(tmp_path / "state.db"))
+    scheduler = Scheduler(db, runner, AllPresent(), node_id="n", slots=2, remote=remote)
+    remote.scheduler = scheduler
+    async with trio.open_nursery() as nursery:
+        await nursery.start(scheduler.run)
+        spec = job(t("a", ["ok", "a"]), t("b", ["ok", "b"]), no_cache=True)
+        job_id = scheduler.submit(spec)
+        remote.job_id = job_id  # no checkpoint since the submit: the run loop has not looked yet
+        await wait_state(scheduler, job_id, "cancelled")
+        await trio.testing.wait_all_tasks_blocked()
+        assert remote.job_id == ""  # the cancel came while the first task was dispatched
+        assert runner.ran == []
+        status = scheduler.job_status(job_id)
+        assert [task["state"] for task in status["tasks"]] == ["cancelled", "cancelled"]
+        assert [task["attempts"] for task in status["tasks"]] == [0, 0]
+        assert scheduler.statistics().busy == 0
+        nursery.cancel_scope.cancel()
+    assert db.job(job_id).state == "cancelled"
+    assert [task.state for task in StateDB(str(tmp_path / "state.db")).tasks(job_id, spec)] == ["cancelled"] * 2
+
+
+async def test_a_stolen_task_cancelled_before_its_offer_begins_is_not_offered(tmp_path: Path) -> None:
+    remote = FakeRemote(NodeView(node=THIEF, capabilities={"executor.process": "1"}, slots=2, busy=2))
+    runner = FakeRunner()
+    runner.hold = True
+    scheduler = Scheduler(
+        StateDB(str(tmp_path / "state.db")), runner, AllPresent(), node_id="n", slots=1, remote=remote
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(scheduler.run)
+        busy = scheduler.submit(job(t("busy", ["ok", "busy"])))
+        with trio.fail_after(5):
+            while runner.running < 1:
+                await trio.sleep(0.001)
+        queued = scheduler.submit(job(t("q", ["ok", "q"])))
+        await trio.testing.wait_all_tasks_blocked()
+        assert scheduler.give(THIEF, 1) == 1
+        scheduler.cancel(queued)  # the same tick: its offer to the thief has not begun
+        await trio.testing.wait_all_tasks_blocked()
+        assert remote.ran_on == []
+        assert [task["state"] for task in scheduler.job_status(queued)["tasks"]] == ["cancelled"]
+        assert scheduler.job_status(queued)["state"] == "cancelled"
+        runner.hold = False
+        runner.release.set()
+        await wait_state(scheduler, busy, "succeeded")
         nursery.cancel_scope.cancel()

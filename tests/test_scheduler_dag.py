@@ -345,3 +345,56 @@ def test_a_database_made_before_job_reasons_gains_the_column(tmp_path: Path) -> 
     db.fail_job("1" * 20, "why")
     assert db.job("1" * 20).reason == "why"
     assert db.job("1" * 20).state == "failed"
+
+
+class BuggyRunner(FakeRunner):
+    """A runner with a bug that a task whose argv[0] is "bug" meets."""
+
+    async def run(self, action: Any, *, on_output: Any = None) -> Any:
+        if action.argv[0] == "bug":
+            raise RuntimeError("a bug in the runner")
+        return await super().run(action, on_output=on_output)
+
+
+async def test_a_bug_running_one_task_fails_that_task_only(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """On cec0609 the error left the scheduler's nursery, and with it the node."""
+    scheduler = Scheduler(StateDB(str(tmp_path / "state.db")), BuggyRunner(), AllPresent(), node_id="n", slots=1)
+    with caplog.at_level(logging.ERROR, logger="mesh.sched"):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(scheduler.run)
+            broken = scheduler.submit(job(t("x", ["bug", "x"]), t("y", ["ok", "y"], after=["x"])))
+            fine = scheduler.submit(job(t("z", ["ok", "z"])))
+            assert (await finished(scheduler, fine))["state"] == "succeeded"
+            status = await finished(scheduler, broken)
+            nursery.cancel_scope.cancel()
+    assert states(status) == {"x": "failed", "y": "skipped"}
+    reason = "the node could not run the task: RuntimeError: a bug in the runner"
+    assert status["tasks"][0]["reason"] == reason
+    assert [r.getMessage() for r in caplog.records] == [f"task x of job {broken} failed: {reason}"]
+
+
+async def test_a_bug_moving_a_job_on_gives_that_job_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bug strikes after a task ended, while its dependents are decided: the job fails
+    with the reason, in memory and in the database alike, and the node goes on."""
+    path = str(tmp_path / "state.db")
+    scheduler = Scheduler(StateDB(path), FakeRunner(), AllPresent(), node_id="n", slots=1)
+    spec = job(t("a", ["ok", "a"]), t("b", ["ok", "b"], after=["a"]))
+
+    def buggy(when: str, dep_states: list[str]) -> str | None:
+        raise ZeroDivisionError("a bug")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(scheduler.run)
+        monkeypatch.setattr(scheduler_module, "decide", buggy)
+        given_up = scheduler.submit(spec)
+        status = await finished(scheduler, given_up)
+        monkeypatch.setattr(scheduler_module, "decide", decide)
+        after = await finished(scheduler, scheduler.submit(job(t("c", ["ok", "c"]), t("d", ["ok", "d"], after=["c"]))))
+        nursery.cancel_scope.cancel()
+    assert after["state"] == "succeeded"
+    reason = "the node failed while moving this job on: ZeroDivisionError: a bug"
+    assert status["state"] == "failed" and status["reason"] == reason and status["recorded"]
+    assert states(status) == {"a": "succeeded", "b": "failed"}
+    db = StateDB(path)
+    assert db.job(given_up).state == "failed" and db.job(given_up).reason == reason
+    assert [(task.state, task.reason) for task in db.tasks(given_up, spec)] == [("succeeded", None), ("failed", reason)]

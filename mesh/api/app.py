@@ -9,10 +9,10 @@
 | ``POST /v1/blobs:missing`` | CBOR ``{"digests": [...]}`` -> ``{"missing": [...]}`` |
 | ``POST /v1/blobs:upload`` | batched upload (see mesh.api.wire) |
 | ``PUT/GET /v1/blobs/{digest}`` | one blob's raw bytes, verified on the way in |
-| ``POST /v1/jobs`` | submit a job (mesh.sched.jobs); ``?follow=1`` streams its events |
+| ``POST /v1/jobs`` | submit a job (mesh.sched.jobs); ``?follow=1`` streams its events; 507 if it cannot be recorded |
 | ``GET /v1/jobs`` | jobs newest first: ``?limit=&before=&state=``; ``next`` pages on |
-| ``GET /v1/jobs/{id}`` | a job with its tasks, states, results |
-| ``POST /v1/jobs/{id}/cancel`` | cancel a job (kills its running tasks) |
+| ``GET /v1/jobs/{id}`` | a job with its tasks, states, results; ``recorded``: false while changes wait to be written |
+| ``POST /v1/jobs/{id}/cancel`` | cancel a job (kills its running tasks); 507 if it cannot be recorded |
 | ``GET /v1/jobs/{id}/events`` | its events from ``?from=N``, live until it finishes |
 | ``POST /v1/gossip`` | a peer's membership table in, ours out (mesh.sched.gossip) |
 | ``POST /v1/steal`` | an idle peer asks for queued tasks (mesh.sched.scheduler: work stealing) |

@@ -3,7 +3,9 @@
 Every failure a request can cause comes back as a status and ``{"error": ...}``
 that says what was wrong: mesh's own exceptions are mapped here, in one place
 (:func:`error_response`), and anything unexpected is logged on the node and
-answered with a 500 that carries no traceback.
+answered with a 500 that carries no traceback. A full disk, under the store or
+under the state database (a submission or a cancel that cannot be recorded), is a
+507 naming it and its free space.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from mesh.errors import (
     BlobNotFound,
     CodecError,
     DigestMismatch,
+    DiskFull,
     InvalidDigest,
     InvalidJob,
     InvalidUrl,
@@ -29,7 +32,6 @@ from mesh.errors import (
     MeshError,
     PathNotFound,
     SnapshotError,
-    StoreFull,
 )
 
 log = logging.getLogger("mesh.api")
@@ -55,7 +57,7 @@ _STATUS: list[tuple[type[BaseException], int]] = [
     (InvalidUrl, 400),
     (CodecError, 400),
     (SnapshotError, 422),
-    (StoreFull, 507),  # Insufficient Storage: the message names the store and its free space
+    (DiskFull, 507),  # Insufficient Storage: the store's or the state database's, named with its free space
 ]
 
 

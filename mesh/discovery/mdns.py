@@ -42,7 +42,7 @@ import trio
 from zeroconf import InterfaceChoice, IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 from zeroconf._utils.net import InterfacesType
 
-from mesh.errors import InvalidUrl
+from mesh.errors import InvalidUrl, describe
 from mesh.urls import peer_url
 
 __all__ = ["SERVICE_TYPE", "MdnsDiscovery", "Peer", "PeerChange", "local_addresses", "peer_from_record"]
@@ -229,7 +229,12 @@ class MdnsDiscovery:
             logger.info("mDNS: registered %s, browsing %s", info.name, SERVICE_TYPE)
             task_status.started()
             async for event in receive:
-                for change in self._apply(event):
+                try:
+                    changes = self._apply(event)
+                except Exception as exc:  # one record's failure drops that record only
+                    logger.error("mDNS: handling %s failed: %s", event.name, describe(exc))
+                    continue
+                for change in changes:
                     if self._changes is not None:
                         await self._changes.send(change)
         finally:

@@ -9,7 +9,9 @@ died), then ages its table (mesh.sched.membership has the failure detector's
 timings). A node therefore learns peers of peers from a single seed, and a peer
 that comes back is found again through its seed or its mDNS record. A member whose
 URL no node could have (mesh.urls: a bad scheme, host or port) is dropped from what
-is merged, with a warning in the log; the rest of the message is taken.
+is merged, with a warning in the log; the rest of the message is taken. An unexpected
+error in one exchange ends that exchange, and one in a round that round, each logged in
+one line: gossip goes on.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 import trio
 
-from mesh.errors import CodecError, MeshError
+from mesh.errors import CodecError, MeshError, describe
 from mesh.sched.membership import Gossiped, Member, PeerTable, parse_message
 from mesh.urls import peer_url
 
@@ -75,10 +77,14 @@ class Gossip:
             log.info("peer %s at %s is alive", node, peer.member.url if peer else "?")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Gossip every round until cancelled."""
+        """Gossip every round until cancelled. A round that fails on an unexpected error is
+        logged in one line, and the next one comes as usual."""
         task_status.started()
         while True:
-            await self.round()
+            try:
+                await self.round()
+            except Exception as exc:
+                log.error("a gossip round failed: %s", describe(exc))
             await trio.sleep(self.round_seconds)
 
     async def round(self) -> None:
@@ -102,10 +108,14 @@ class Gossip:
         return chosen + sorted(self.candidates - known - set(chosen) - {self.me().url})
 
     async def _push(self, url: str, message: dict[str, Any]) -> None:
+        """Push to one peer and merge its answer. Whatever goes wrong ends this exchange only:
+        a peer that does not answer or answers nonsense (debug: it happens all the time), or
+        an unexpected error (logged in one line)."""
         try:
             reply = await self._send(url, message)
             gossiped = parse_message(reply)
+            self._merge(gossiped)
         except (MeshError, CodecError) as exc:
             log.debug("gossip to %s failed: %s", url, exc)
-            return
-        self._merge(gossiped)
+        except Exception as exc:
+            log.error("gossip with %s failed: %s", url, describe(exc))

@@ -18,10 +18,28 @@ whose requirements the thief meets and offers them to it at once through the
 ordinary offer path, so the job's coordinator keeps its record, its events and
 the failover of every task it gave away. An idle node thus gets work as soon as
 it is idle, not a gossip round later, when its peers learn of its free slots.
+
+**A database that takes no commit** (its disk is full) does not stop the node. A request
+whose change must be recorded before it is answered, a submission or a cancel, is refused
+(StateFull: HTTP 507 naming the database and its free space) and changes nothing. The
+scheduler's own steps (a task started or ended, a job ended, a job resumed) happened
+already and cannot be refused: each stands in memory, and its writes wait in the state
+database (mesh.sched.statedb), tried again every RECORD_RETRY seconds, with one log line
+when that begins and one when they go in. Until then a job's status says
+``recorded: false``, and the database holds an earlier state of the job, whole, which is
+what a node restarted meanwhile resumes: tasks whose end was not recorded run again (at
+least once, as after a crash). Failing the task instead was not chosen: the failure could
+not be recorded either, and the task did run.
+
+**One item fails alone.** An unexpected error (a bug, ours or a library's) while placing
+or running one task fails that task with the error as its reason; one met while moving its
+job on gives that job up (failed, with the reason); one while looking for tasks to steal
+ends that look. Each is one log line, and the node goes on with the rest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -34,12 +52,21 @@ from typing import Any, Protocol
 import trio
 
 from mesh.cas.digest import Digest
-from mesh.errors import CodecError, InvalidJob, JobNotFound, MeshError, NodeError, PeerDeclined
+from mesh.errors import (
+    CodecError,
+    InvalidJob,
+    JobNotFound,
+    MeshError,
+    NodeError,
+    PeerDeclined,
+    StateError,
+    describe,
+)
 from mesh.exec.action import Action, ActionResult
 from mesh.sched.events import EventLogs, JobEvents
 from mesh.sched.jobs import FINAL_TASK_STATES, JobSpec, TaskRecord, decide, job_state
 from mesh.sched.placement import NodeView, Unplaceable, rank, unmet
-from mesh.sched.statedb import JobRow, StateDB, StateError
+from mesh.sched.statedb import JobRow, StateDB
 
 log = logging.getLogger("mesh.sched")
 
@@ -57,6 +84,9 @@ LOST_COOLDOWN = 10.0
 RECENT_JOBS = 256
 #: Seconds a task's running mark may wait for another commit to take it along (StateDB.mark_running).
 MARK_DELAY = 0.1
+#: Seconds between tries to commit the writes that a failed commit (a full disk) left waiting.
+#: A try on a disk still full costs one failed commit; space freed is used within a second.
+RECORD_RETRY = 1.0
 #: Seconds between an idle node's looks for a peer with queued tasks to steal from.
 STEAL_INTERVAL = 0.2
 #: Seconds a peer that had nothing to give is not asked again.
@@ -196,7 +226,8 @@ class Scheduler:
         self._offer_changed: dict[str, float] = {}  # peer url -> when an offer to it started or ended
         self._draining = False
         self._task_done = trio.Event()  # set (and replaced) whenever a running task ends
-        self._marked = trio.Event()  # set (and replaced) when a task's running mark waits for a commit
+        self._unwritten = trio.Event()  # set (and replaced) when writes wait for a commit (_write_waiting)
+        self._failing: StateError | None = None  # why the state database takes no commit, while it does not
         self._nursery: trio.Nursery | None = None
         self._promised = 0  # offers stolen tasks are on their way here as
         self._promised_until = 0.0  # ... until this time (monotonic), when the promise lapses
@@ -211,39 +242,18 @@ class Scheduler:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self._resume()
-            nursery.start_soon(self._flush_marks)
+            nursery.start_soon(self._write_waiting)
             if self.remote is not None:
                 nursery.start_soon(self._steal_loop)
             task_status.started()
             while True:
                 while self._ready and not self._draining:
-                    job_id, name = self._ready[0]
-                    live = self._live.get(job_id)
-                    if live is None or live.tasks[name].state != "queued":
-                        self._ready.popleft()  # cancelled while it waited
-                        continue
-                    task = live.tasks[name]
-                    local: dict[str, int] = {}
-                    if self.remote is not None and not live.spec.pinned and task.action is not None:
-                        if self.remote.candidates():
-                            local = await self.remote.locality(task.action.input, self.store)
-                            if not self._ready or self._ready[0] != (job_id, name) or task.state != "queued":
-                                continue  # the queue changed while we asked
+                    head = self._ready[0]
                     try:
-                        placed, where = self._place(task, pinned=live.spec.pinned, local=local)
-                    except Unplaceable as exc:
-                        self._ready.popleft()
-                        self._finish(live, task, "failed", reason=str(exc))
-                        continue
-                    if not placed:
-                        break  # nowhere has room: wait for a slot here or news of a peer
-                    self._ready.popleft()
-                    if where is None:
-                        self._busy += 1
-                    else:
-                        self._offered[where] = self._offered.get(where, 0) + 1
-                        self._offer_changed[where] = time.monotonic()
-                    nursery.start_soon(self._run_task, live, task, where)
+                        if not await self._dispatch_head(nursery):
+                            break  # nowhere has room: wait for a slot here or news of a peer
+                    except Exception as exc:  # a bug placing one task fails that task, not the node
+                        self._cannot_dispatch(head, exc)
                 with trio.move_on_after(DECLINE_COOLDOWN if self._ready and self.remote else math.inf):
                     await self._changed.wait()
                 self._changed = trio.Event()
@@ -254,17 +264,101 @@ class Scheduler:
         while self._busy:
             await self._task_done.wait()
 
+    async def _dispatch_head(self, nursery: trio.Nursery) -> bool:
+        """Start the task at the head of the queue where placement puts it (here, or offered to
+        a peer); False when no node has room for it now."""
+        job_id, name = self._ready[0]
+        live = self._live.get(job_id)
+        if live is None or live.tasks[name].state != "queued":
+            self._ready.popleft()  # cancelled while it waited
+            return True
+        task = live.tasks[name]
+        local: dict[str, int] = {}
+        if self.remote is not None and not live.spec.pinned and task.action is not None:
+            if self.remote.candidates():
+                local = await self.remote.locality(task.action.input, self.store)
+                if not self._ready or self._ready[0] != (job_id, name) or task.state != "queued":
+                    return True  # the queue changed while we asked
+        try:
+            placed, where = self._place(task, pinned=live.spec.pinned, local=local)
+        except Unplaceable as exc:
+            self._ready.popleft()
+            with self._recording():
+                self._finish(live, task, "failed", reason=str(exc))
+            return True
+        if not placed:
+            return False
+        self._ready.popleft()
+        if where is None:
+            self._busy += 1
+        else:
+            self._offered[where] = self._offered.get(where, 0) + 1
+            self._offer_changed[where] = time.monotonic()
+        nursery.start_soon(self._run_task, live, task, where)
+        return True
+
+    def _cannot_dispatch(self, head: tuple[str, str], exc: Exception) -> None:
+        """A bug met placing the task ``head`` (job, name): the task fails with it, in one log
+        line; if the bug struck while its end was being recorded, its job is given up."""
+        if self._ready and self._ready[0] == head:
+            self._ready.popleft()
+        live = self._live.get(head[0])
+        if live is None:
+            return
+        task = live.tasks[head[1]]
+        if task.state != "queued":
+            self._give_up(live, exc)
+            return
+        reason = f"the node could not place the task: {describe(exc)}"
+        log.error("task %s of job %s failed: %s", task.name, live.row.id, reason)
+        try:
+            with self._recording():
+                self._finish(live, task, "failed", reason=reason)
+        except Exception as again:
+            self._give_up(live, again)
+
     def _wake(self) -> None:
         self._changed.set()
 
-    async def _flush_marks(self) -> None:
-        """Commit the running marks (StateDB.mark_running) that no other commit took along
-        within MARK_DELAY seconds of being made."""
+    async def _write_waiting(self) -> None:
+        """Commit the writes that wait in the state database: running marks (StateDB.mark_running)
+        that no other commit took along within MARK_DELAY seconds of being made, and the writes
+        that a failed commit left, tried again every RECORD_RETRY seconds until they go in."""
         while True:
-            await self._marked.wait()
-            self._marked = trio.Event()
-            await trio.sleep(MARK_DELAY)
-            self.db.flush()
+            await self._unwritten.wait()
+            self._unwritten = trio.Event()
+            await trio.sleep(MARK_DELAY if self._failing is None else RECORD_RETRY)
+            try:
+                self.db.flush()
+            except Exception as exc:  # a full disk (StateFull), or a bug: tried again, the node goes on
+                self._not_recorded(exc)
+                continue
+            if self._failing is not None and self.db.failure is None:
+                self._failing = None
+                log.warning("the state database takes commits again: the changes that waited are recorded")
+
+    @contextlib.contextmanager
+    def _recording(self) -> Iterator[None]:
+        """One step of the scheduler's own (a task started or ended, a job resumed): its writes in
+        one commit. If the commit fails (a full disk), the step stands in memory and its writes
+        wait in the state database, retried by :meth:`_write_waiting`; nothing raises."""
+        with self.db.batch(raising=False):
+            yield
+        if self.db.failure is not None:
+            self._not_recorded(self.db.failure)
+
+    def _not_recorded(self, exc: Exception) -> None:
+        """A commit failed: say so once (until one goes in again), and try again later."""
+        if self._failing is None:
+            log.error(
+                "cannot record the state of jobs: %s; the node goes on, and the %d change(s) waiting are"
+                " tried again every %g s (a node restarted before they are recorded runs their tasks again)",
+                describe(exc),
+                self.db.waiting,
+                RECORD_RETRY,
+            )
+        self._failing = exc if isinstance(exc, StateError) else StateError(describe(exc))
+        self._unwritten.set()
 
     def _resume(self) -> None:
         """Load the jobs a previous run of this node left unfinished and carry on with them.
@@ -272,16 +366,19 @@ class Scheduler:
         A job that cannot be resumed (a spec this version no longer reads, a damaged row,
         a bug) is failed in the database with the reason and logged in one line, and the
         others go on: the node starts and serves whatever its state holds, and never dies
-        again on the next start over the same job.
+        again on the next start over the same job. A database that takes no commit (a full
+        disk) does not stop the start either: the resumed jobs go on, their writes wait
+        (:meth:`_recording`); a job that could not be resumed stays unfinished in the
+        database, and the next start tries it again.
         """
-        with self.db.batch():
+        with self._recording():
             for row in self.db.unfinished_jobs():
                 try:
                     with self.db.savepoint():  # undoes this job's writes, and only them, if it raises
                         self._resume_job(row)
                 except Exception as exc:
                     self._forget(row.id)
-                    reason = f"the node could not resume this job: {_describe(exc)}"
+                    reason = f"the node could not resume this job: {describe(exc)}"
                     self.db.fail_job(row.id, reason)
                     log.error("job %s failed: %s", row.id, reason)
 
@@ -335,7 +432,9 @@ class Scheduler:
         self._advance_all(live, _as_they_are(records.values()))
 
     def _forget(self, job_id: str) -> None:
-        """Drop every trace of a job from memory (when its database writes were rolled back)."""
+        """Drop every trace of a job from memory (when its database writes were rolled back),
+        and its writes that wait for a commit."""
+        self.db.forget(job_id)
         self._live.pop(job_id, None)
         self._recent.pop(job_id, None)
         self.logs.forget(job_id)
@@ -382,12 +481,16 @@ class Scheduler:
 
     def _cache_lookup(self, action: Action) -> ActionResult | None:
         key = str(action.digest())
-        hit = self.db.cached_result(key)
-        if hit is None:
-            return None
-        needed = [hit.stdout, hit.stderr] + ([hit.output] if hit.output is not None else [])
-        if not all(self.store.has(d) for d in needed):
-            self.db.forget_cached(key)  # its blobs were evicted: run it again
+        try:
+            hit = self.db.cached_result(key)
+            if hit is None:
+                return None
+            needed = [hit.stdout, hit.stderr] + ([hit.output] if hit.output is not None else [])
+            if not all(self.store.has(d) for d in needed):
+                self.db.forget_cached(key)  # its blobs were evicted: run it again
+                return None
+        except StateError as exc:  # the cache is only a shortcut: an entry that cannot be read is a miss
+            log.warning("the action cache could not be read: %s", exc)
             return None
         return replace(hit, cached=True)
 
@@ -487,31 +590,38 @@ class Scheduler:
 
     async def _steal_loop(self) -> None:
         """While this node has free slots and an empty queue, take queued tasks from the peer
-        with the longest queue (as gossip says), one peer at a time."""
-        assert self.remote is not None
+        with the longest queue (as gossip says), one peer at a time. A look that fails on a
+        bug is logged in one line and the next one is made as usual."""
         while True:
             with trio.move_on_after(STEAL_INTERVAL):
                 await self._task_done.wait()
-            room = self._room_to_steal()
-            if room <= 0 or self._draining:
+            try:
+                await self._steal()
+            except Exception as exc:
+                log.error("looking for tasks to steal failed: %s", describe(exc))
+
+    async def _steal(self) -> None:
+        assert self.remote is not None
+        room = self._room_to_steal()
+        if room <= 0 or self._draining:
+            return
+        now = time.monotonic()
+        victims = sorted(
+            (p for p in self.remote.candidates() if p.queued > 0 and self._steal_backoff.get(p.node, 0) <= now),
+            key=lambda p: (-p.queued, p.node),
+        )
+        for victim in victims:
+            try:
+                got = await self.remote.steal(victim.node, room)
+            except MeshError:
+                got = 0
+            if got <= 0:
+                self._steal_backoff[victim.node] = time.monotonic() + STEAL_BACKOFF
                 continue
-            now = time.monotonic()
-            victims = sorted(
-                (p for p in self.remote.candidates() if p.queued > 0 and self._steal_backoff.get(p.node, 0) <= now),
-                key=lambda p: (-p.queued, p.node),
-            )
-            for victim in victims:
-                try:
-                    got = await self.remote.steal(victim.node, room)
-                except MeshError:
-                    got = 0
-                if got <= 0:
-                    self._steal_backoff[victim.node] = time.monotonic() + STEAL_BACKOFF
-                    continue
-                self._tasks_stolen += got
-                self._promised += got
-                self._promised_until = time.monotonic() + STEAL_HOLD
-                break
+            self._tasks_stolen += got
+            self._promised += got
+            self._promised_until = time.monotonic() + STEAL_HOLD
+            break
 
     def offer_arrived(self) -> None:
         """An offered task was accepted here: one promised slot is taken by it."""
@@ -519,12 +629,20 @@ class Scheduler:
 
     async def _run_task(self, live: LiveJob, task: TaskRecord, where: str | None = None, stolen: bool = False) -> None:
         """Run one queued task in a slot here (``where`` None) or on the peer at ``where``
-        (``stolen``: that peer asked for it)."""
+        (``stolen``: that peer asked for it), and record how it ended.
+
+        A task no longer queued when this begins does not run: it was cancelled after its
+        dispatch and before this began (the same tick), and is recorded so already. An
+        unexpected error running the task fails it with that reason (logged in one line); one
+        met while recording it gives its job up (:meth:`_give_up`). The node goes on.
+        """
         try:
+            if task.state != "queued":
+                return  # the slot (or the offer) it was dispatched with is released below
             task.state, task.started_at, task.reason = "running", time.time(), None
             task.attempts += 1
-            self.db.mark_running(task)  # committed with the next commit, or by _flush_marks
-            self._marked.set()
+            self.db.mark_running(task)  # committed with the next commit, or by _write_waiting
+            self._unwritten.set()
             extra = {"stolen": True} if stolen else {}
             live.events.emit("task_started", task=task.name, node=where or self.node_id, attempt=task.attempts, **extra)
 
@@ -536,6 +654,7 @@ class Scheduler:
 
             result: ActionResult | None = None
             reason: str | None = None
+            requeue = False
             with trio.CancelScope() as scope:
                 live.scopes[task.name] = scope
                 try:
@@ -551,34 +670,40 @@ class Scheduler:
                 except PeerDeclined:
                     self._declined[where or ""] = time.monotonic() + DECLINE_COOLDOWN
                     task.attempts -= 1
-                    self._requeue(live, task, None)
-                    return
+                    requeue = True
                 except NodeError as exc:
                     if where is not None:
                         self._declined[where] = time.monotonic() + LOST_COOLDOWN
                     if where is not None and task.attempts < MAX_ATTEMPTS:
-                        self._requeue(live, task, f"peer {where} was lost ({exc}); placing it again")
-                        return
-                    reason = str(exc)
+                        requeue, reason = True, f"peer {where} was lost ({exc}); placing it again"
+                    else:
+                        reason = str(exc)
                 except MeshError as exc:
                     reason = str(exc)
                 except OSError as exc:
                     reason = f"the node could not run the task: {exc}"
+                except Exception as exc:  # a bug, ours or a library's: this task fails, not the node
+                    reason = f"the node could not run the task: {describe(exc)}"
+                    log.error("task %s of job %s failed: %s", task.name, live.row.id, reason)
             live.scopes.pop(task.name, None)
-            self._tasks_run += 1
-            if scope.cancelled_caught:
-                if task.state == "running":
+            if task.state != "running":
+                return  # its job was given up meanwhile
+            with self._recording():
+                if requeue and not scope.cancelled_caught:
+                    self._requeue(live, task, reason)
+                    return
+                self._tasks_run += 1
+                if scope.cancelled_caught:
                     self._finish(live, task, "cancelled", reason="cancelled")
-                return
-            if result is None:
-                self._finish(live, task, "failed", reason=reason)
-                return
-            with self.db.batch():
-                if result.success and not live.spec.no_cache:
-                    self.db.cache_result(str(action.digest()), result)
-                self._finish(
-                    live, task, "succeeded" if result.success else "failed", result=result, reason=_why(result)
-                )
+                elif result is None:
+                    self._finish(live, task, "failed", reason=reason)
+                else:
+                    if result.success and not live.spec.no_cache:
+                        self.db.cache_result(str(action.digest()), result)
+                    state = "succeeded" if result.success else "failed"
+                    self._finish(live, task, state, result=result, reason=_why(result))
+        except Exception as exc:  # a bug recording the task: its job is given up, not the node
+            self._give_up(live, exc)
         finally:
             if where is None:
                 self._busy -= 1
@@ -673,25 +798,58 @@ class Scheduler:
         if live.open_tasks or live.row.id not in self._live:
             return
         state = job_state([t.state for t in live.tasks.values()], live.row.cancelled)
-        finished_at = self.db.finish_job(live.row.id, state)
-        del self._live[live.row.id]
-        live.row = replace(live.row, state=state, finished_at=finished_at)
+        self._retire(live, state, self.db.finish_job(live.row.id, state))
+
+    def _retire(self, live: LiveJob, state: str, finished_at: float, reason: str | None = None) -> None:
+        """A job ended: from the live jobs to the recent ones, and its followers are told."""
+        self._live.pop(live.row.id, None)
+        live.row = replace(live.row, state=state, finished_at=finished_at, reason=reason)
         self._recent[live.row.id] = live
         while len(self._recent) > RECENT_JOBS:
             self._recent.popitem(last=False)
-        live.events.emit("job_finished", job=live.row.id, state=state)
+        live.events.emit("job_finished", job=live.row.id, state=state, **({"reason": reason} if reason else {}))
         self.logs.finish(live.row.id)
+
+    def _give_up(self, live: LiveJob, exc: Exception) -> None:
+        """A bug met moving a job on, whose state in memory may now be half moved: the job fails
+        with it as the reason (in memory, in one log line, and in the database in a commit of
+        its own, with each task as it stands), its running tasks are stopped, and nothing more
+        of it is decided. The node and the other jobs go on. Should that commit fail too, its
+        writes wait like any others, and a node restarted meanwhile resumes the job."""
+        reason = f"the node failed while moving this job on: {describe(exc)}"
+        if live.row.id not in self._live:
+            log.error("job %s, which had ended, met a failure: %s", live.row.id, reason)
+            return
+        log.error("job %s failed: %s", live.row.id, reason)
+        now = time.time()
+        for scope in live.scopes.values():
+            scope.cancel()
+        for task in live.tasks.values():
+            if task.state not in FINAL_TASK_STATES:
+                task.state, task.reason, task.finished_at = "failed", reason, now
+        live.open_tasks = 0
+        self._ready = deque(key for key in self._ready if key[0] != live.row.id)
+        self._retire(live, "failed", now, reason)
+        try:
+            with self.db.batch():
+                self.db.fail_job(live.row.id, reason)
+                self.db.set_task_states(live.tasks.values())  # each task as it stands here
+        except StateError as error:
+            self._not_recorded(error)
 
     # -- cancel and queries -------------------------------------------------------
 
     def cancel(self, job_id: str) -> None:
-        """Cancel a job: unstarted tasks are cancelled, running ones killed. Idempotent."""
+        """Cancel a job: unstarted tasks are cancelled, running ones killed. Idempotent.
+
+        Raises JobNotFound, and StateError (StateFull) when the cancel cannot be recorded:
+        then nothing is cancelled."""
         live = self._live.get(job_id)
         if live is None:
             self.db.job(job_id)  # raises JobNotFound for an unknown id; a finished job stays as it is
             return
-        with self.db.batch():
-            self.db.mark_cancelled(job_id)
+        self.db.mark_cancelled(job_id)  # its own commit first: a cancel that cannot be recorded (507) does nothing
+        with self._recording():
             self._cancel_live(live)
 
     def _cancel_live(self, live: LiveJob) -> None:
@@ -717,6 +875,7 @@ class Scheduler:
                     raise
                 tasks = []  # the node failed the job because it could not read them: its reason says so
         status = row.to_wire()
+        status["recorded"] = not self.db.unrecorded(job_id)
         status["tasks"] = [t.to_wire() for t in tasks]
         return status
 
@@ -765,11 +924,6 @@ def _as_they_are(tasks: Iterable[TaskRecord]) -> Iterator[TaskRecord]:
     earlier one on may make it ready or settle it, and it must not be made ready twice."""
     states = [(task, task.state) for task in tasks]
     return (task for task, state in states if task.state == state)
-
-
-def _describe(exc: Exception) -> str:
-    """An exception in a few words: mesh's own say it all; others (a bug) are named too."""
-    return str(exc) if isinstance(exc, MeshError) else f"{type(exc).__name__}: {exc}"
 
 
 def _why(result: ActionResult) -> str | None:

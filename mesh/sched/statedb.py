@@ -8,11 +8,31 @@ last commits, never consistency. Every stored message is canonical CBOR.
 Only the node's trio thread uses the connection; each call is a short local
 transaction, so calls are made directly rather than through a worker thread.
 
+The scheduler's writes wait for a commit. A task's state, a job's end and an action-cache
+entry are kept in memory (the latest of each task, job and key) and written, all of them,
+just before a commit: at the end of a :meth:`StateDB.batch`, or at once outside one. So:
+
+- A commit that fails (a full disk: SQLITE_FULL, raised as StateFull) loses none of them:
+  they wait, whole, for the next commit, and the database keeps the state of the last
+  commit that went in, which is consistent (every commit writes the latest form of every
+  row that changed). :meth:`StateDB.unrecorded` says which jobs have changes waiting since
+  then; the scheduler retries (mesh.sched.scheduler).
+- A write never raises halfway through the scheduler moving a job on: only a commit does,
+  where a step is complete. ``cache_spill`` is off for the same reason: the pages of a
+  transaction stay in memory until its commit (a few MiB for a 10,000-task submission)
+  instead of spilling into the WAL in the middle of a statement, where a full disk would
+  fail the statement and SQLite might roll the transaction back under its caller.
+
 That a task started is not worth a commit of its own: :meth:`StateDB.mark_running`
-keeps the mark, and the next commit writes it along (the scheduler commits what
-nothing took along within a tenth of a second). Half as many commits per task;
-at worst, a task that started just before a crash resumes as "queued" rather
+keeps the mark without committing, and the next commit writes it along (the scheduler
+commits what nothing took along within a tenth of a second). Half as many commits per
+task; at worst, a task that started just before a crash resumes as "queued" rather
 than "running" (it runs again either way).
+
+Every call into SQLite goes through :meth:`StateDB._sql`, which translates sqlite3's errors
+into StateError naming the file (StateFull, with the free space, for a full disk); no other
+code meets them. SQLite reports a full disk as SQLITE_FULL when a write meets ENOSPC; a
+disk quota (EDQUOT) comes back as SQLITE_IOERR_WRITE, a StateError that names it.
 
 A job's ``reason`` (why the node failed the job itself: it could not resume it) is a
 column that schema version 1 gained later: opening a database made before adds it, and
@@ -23,16 +43,20 @@ so the schema version stays 1.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from mesh import codec
-from mesh.errors import CodecError, JobNotFound, MeshError
+from mesh.errors import CodecError, JobNotFound, StateError, StateFull
 from mesh.exec.action import ActionResult
 from mesh.sched.jobs import FINAL_TASK_STATES, JobSpec, TaskRecord, parse_job
+
+log = logging.getLogger("mesh.state")
 
 SCHEMA_VERSION = 1
 
@@ -73,10 +97,6 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
-class StateError(MeshError):
-    """The state database cannot be opened or holds something this version cannot read."""
-
-
 @dataclass(frozen=True, kw_only=True)
 class JobRow:
     """A job's own row (without its tasks)."""
@@ -105,81 +125,175 @@ class StateDB:
     """Jobs, tasks and the action cache of one node. Not thread-safe: one owner."""
 
     def __init__(self, path: str) -> None:
+        self.path = path
+        #: Why the last commit failed, if it did (None once one goes in).
+        self.failure: StateError | None = None
+        self._tasks: dict[str, dict[str, TaskRecord]] = {}  # job -> name -> task, waiting for a commit
+        self._ends: dict[str, tuple[str, float]] = {}  # job -> (final state, when), waiting for a commit
+        self._cache: dict[str, tuple[ActionResult, float]] = {}  # key -> (result, when), waiting for a commit
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
-            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if row is None:
-                self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            elif row[0] != str(SCHEMA_VERSION):
-                raise StateError(f"{path} has schema version {row[0]}; this mesh reads version {SCHEMA_VERSION}")
-            if "reason" not in {column[1] for column in self._db.execute("PRAGMA table_info(jobs)")}:
-                self._db.execute("ALTER TABLE jobs ADD COLUMN reason TEXT")  # made by an earlier version
         except sqlite3.Error as exc:
-            raise StateError(f"cannot open the state database {path}: {exc}") from None
-        self.path = path
-        self._marks: dict[tuple[str, str], TaskRecord] = {}  # running marks waiting for a commit
+            raise self._translate(exc, "cannot open it") from None
+        self._sql("PRAGMA journal_mode=WAL")
+        self._sql("PRAGMA synchronous=NORMAL")
+        self._sql("PRAGMA busy_timeout=5000")
+        self._sql("PRAGMA cache_spill=OFF")  # a transaction's pages meet the disk at its commit only
+        with self.batch():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._sql(statement)
+            row = self._sql("SELECT value FROM meta WHERE key='schema'")
+            if not row:
+                self._sql("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif row[0][0] != str(SCHEMA_VERSION):
+                raise StateError(f"{path} has schema version {row[0][0]}; this mesh reads version {SCHEMA_VERSION}")
+            if "reason" not in {column[1] for column in self._sql("PRAGMA table_info(jobs)")}:
+                self._sql("ALTER TABLE jobs ADD COLUMN reason TEXT")  # made by an earlier version
 
     def close(self) -> None:
-        self.flush()
-        self._db.close()
+        """Commit what waits and close. What cannot be committed (a full disk) is logged and
+        left to the next start, which resumes those jobs from their last recorded state."""
+        try:
+            self.flush()
+        except StateError as exc:
+            log.error(
+                "%d change(s) of jobs could not be recorded before the node stopped (%s); "
+                "the next start runs their tasks again",
+                self.waiting,
+                exc,
+            )
+        finally:
+            self._db.close()
+
+    def _sql(self, sql: str, args: Iterable[object] = ()) -> list[Any]:
+        """Run one statement and fetch its rows: the one place that calls SQLite, so that its
+        errors are translated here, once (:meth:`_translate`)."""
+        try:
+            return self._db.execute(sql, tuple(args)).fetchall()
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from None
+
+    def _sql_many(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
+        try:
+            self._db.executemany(sql, rows)
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from None
+
+    def _translate(self, exc: sqlite3.Error, what: str = "failed") -> StateError:
+        """The StateError that a sqlite3 error means: StateFull for a full disk, naming the
+        database and its free space; otherwise the error and SQLite's name for it."""
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF == sqlite3.SQLITE_FULL:
+            return StateFull(self.path, _free_bytes(self.path))
+        name = getattr(exc, "sqlite_errorname", type(exc).__name__)
+        return StateError(f"the state database {self.path} {what}: {exc} ({name})")
 
     @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, *, raising: bool = True) -> Iterator[None]:
         """Group the writes inside the ``with`` block into one commit (nesting joins the outer one).
 
-        Outside a batch every write commits on its own. Running marks that wait
-        (:meth:`mark_running`) are written with the commit.
+        Outside a batch every write commits on its own. The writes that wait (all of the
+        scheduler's, and running marks) are written with the commit; if the commit fails,
+        :attr:`failure` says why, they wait for the next one, the statements made directly
+        inside the block are undone, and the error (StateFull for a full disk) is raised
+        unless ``raising`` is False.
         """
         if self._db.in_transaction:
             yield
             return
-        self._db.execute("BEGIN")
+        self._sql("BEGIN")
         try:
             yield
-            self._write_marks()
-            self._db.execute("COMMIT")
         except BaseException:
-            if self._db.in_transaction:  # also when COMMIT failed: no later batch may join this one
-                self._db.execute("ROLLBACK")
+            self._rollback()
             raise
+        try:
+            self._write_waiting()
+            self._sql("COMMIT")
+        except StateError as exc:
+            self._rollback()  # SQLite has mostly done it already: no later batch may join this one
+            self.failure = exc
+            if raising:
+                raise
+            return
+        self._tasks, self._ends, self._cache = {}, {}, {}
+        self.failure = None
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            self._sql("ROLLBACK")
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
-        """Undo the writes inside the ``with`` block, and only them, when it raises; inside a
-        batch, the rest of the batch still commits."""
-        self._db.execute("SAVEPOINT part")
+        """Undo the statements made inside the ``with`` block, and only them, when it raises;
+        inside a batch, the rest of the batch still commits. (Writes that wait for the commit
+        are not statements yet: :meth:`forget` drops a job's.)"""
+        self._sql("SAVEPOINT part")
         try:
             yield
         except BaseException:
-            self._db.execute("ROLLBACK TO part")
+            self._sql("ROLLBACK TO part")
             raise
         finally:
-            self._db.execute("RELEASE part")
+            self._sql("RELEASE part")
 
     def mark_running(self, task: TaskRecord) -> None:
         """Note that ``task`` started: written with the next commit, or by :meth:`flush`."""
-        self._marks[(task.job, task.name)] = task
+        self._tasks.setdefault(task.job, {})[task.name] = task
 
     @property
-    def marks_waiting(self) -> bool:
-        """Whether running marks wait for a commit."""
-        return bool(self._marks)
+    def waiting(self) -> int:
+        """How many writes wait for a commit (running marks, and what a failed commit left)."""
+        return sum(len(tasks) for tasks in self._tasks.values()) + len(self._ends) + len(self._cache)
+
+    def unrecorded(self, job_id: str) -> bool:
+        """Whether changes of the job wait since a commit failed: the database holds an earlier
+        state of it than the node's (running marks waiting as usual do not count)."""
+        return self.failure is not None and (job_id in self._tasks or job_id in self._ends)
+
+    def forget(self, job_id: str) -> None:
+        """Drop the writes of a job that wait (its submission or resumption was undone)."""
+        self._tasks.pop(job_id, None)
+        self._ends.pop(job_id, None)
 
     def flush(self) -> None:
-        """Commit the running marks that wait (nothing to do if none)."""
-        if self._marks:
+        """Commit the writes that wait (nothing to do if none). Raises StateError (StateFull)."""
+        if self.waiting:
             with self.batch():
                 pass
 
-    def _write_marks(self) -> None:
-        marks, self._marks = self._marks, {}
-        for task in marks.values():
-            if task.state == "running":  # not since requeued or finished (those wrote their state)
-                self._write_task(task)
+    def _commit_unless_batched(self) -> None:
+        if not self._db.in_transaction:
+            self.flush()
+
+    def _write_waiting(self) -> None:
+        self._sql_many(
+            "UPDATE tasks SET state = ?, result = ?, reason = ?, attempts = ?, started_at = ?, finished_at = ?"
+            " WHERE job = ? AND name = ?",
+            (
+                (
+                    task.state,
+                    None if task.result is None else codec.encode(task.result.to_wire()),
+                    task.reason,
+                    task.attempts,
+                    task.started_at,
+                    task.finished_at,
+                    task.job,
+                    task.name,
+                )
+                for tasks in self._tasks.values()
+                for task in tasks.values()
+            ),
+        )
+        self._sql_many(
+            "UPDATE jobs SET state = ?, finished_at = ? WHERE id = ?",
+            ((state, at, job_id) for job_id, (state, at) in self._ends.items()),
+        )
+        self._sql_many(
+            "INSERT OR REPLACE INTO action_cache (key, result, created_at) VALUES (?, ?, ?)",
+            ((key, codec.encode(result.to_wire()), at) for key, (result, at) in self._cache.items()),
+        )
 
     # -- jobs ---------------------------------------------------------------------
 
@@ -187,34 +301,33 @@ class StateDB:
         """Persist a new job and its tasks in the given initial states, in one commit."""
         now = time.time()
         with self.batch():
-            cur = self._db.execute(
+            self._sql(
                 "INSERT INTO jobs (id, label, state, created_at, spec) VALUES (?, ?, 'running', ?, ?)",
                 (job_id, spec.label, now, codec.encode(spec.to_wire())),
             )
-            self._db.executemany(
+            seq = int(self._sql("SELECT last_insert_rowid()")[0][0])
+            self._sql_many(
                 "INSERT INTO tasks (job, name, idx, state) VALUES (?, ?, ?, ?)",
                 [(job_id, t.name, i, states[t.name]) for i, t in enumerate(spec.tasks)],
             )
-        seq = cur.lastrowid
-        assert seq is not None
         return JobRow(
             seq=seq, id=job_id, label=spec.label, state="running", cancelled=False, created_at=now, finished_at=None
         )
 
     def job(self, job_id: str) -> JobRow:
-        row = self._db.execute(
+        rows = self._sql(
             "SELECT seq, id, label, state, cancelled, created_at, finished_at, reason FROM jobs WHERE id = ?", (job_id,)
-        ).fetchone()
-        if row is None:
+        )
+        if not rows:
             raise JobNotFound(job_id)
-        return _job_row(row)
+        return _job_row(rows[0])
 
     def job_spec(self, job_id: str) -> JobSpec:
-        row = self._db.execute("SELECT spec FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
+        rows = self._sql("SELECT spec FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
             raise JobNotFound(job_id)
         try:
-            return parse_job(codec.decode(row[0]))
+            return parse_job(codec.decode(rows[0][0]))
         except (CodecError, ValueError) as exc:
             raise StateError(f"job {job_id} in {self.path} cannot be read: {exc}") from None
 
@@ -232,49 +345,51 @@ class StateDB:
         if clauses:
             query += " WHERE " + " AND ".join(clauses)
         query += " ORDER BY seq DESC LIMIT ?"
-        return [_job_row(r) for r in self._db.execute(query, (*args, limit))]
+        return [_job_row(r) for r in self._sql(query, (*args, limit))]
 
     def unfinished_jobs(self) -> list[JobRow]:
-        rows = self._db.execute(
+        rows = self._sql(
             "SELECT seq, id, label, state, cancelled, created_at, finished_at, reason FROM jobs"
             " WHERE state = 'running' ORDER BY seq"
         )
         return [_job_row(r) for r in rows]
 
     def count_jobs(self) -> dict[str, int]:
-        return dict(self._db.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())
+        return dict(self._sql("SELECT state, count(*) FROM jobs GROUP BY state"))
 
     def finish_job(self, job_id: str, state: str) -> float:
-        """Record a job's final state; returns the time it finished."""
+        """Record a job's final state (a write that waits for the commit); returns the time it finished."""
         now = time.time()
-        self._db.execute("UPDATE jobs SET state = ?, finished_at = ? WHERE id = ?", (state, now, job_id))
+        self._ends[job_id] = (state, now)
+        self._commit_unless_batched()
         return now
 
     def fail_job(self, job_id: str, reason: str) -> None:
         """Fail a job for ``reason``, with each of its tasks not yet final (none of them will run)."""
         now = time.time()
         final = tuple(sorted(FINAL_TASK_STATES))
+        self.forget(job_id)  # what waits of it would undo this at the commit
         with self.batch():
-            self._db.execute(
+            self._sql(
                 f"UPDATE tasks SET state = 'failed', reason = ?, finished_at = ?"
                 f" WHERE job = ? AND state NOT IN ({', '.join('?' * len(final))})",
                 (reason, now, job_id, *final),
             )
-            self._db.execute(
+            self._sql(
                 "UPDATE jobs SET state = 'failed', finished_at = ?, reason = ? WHERE id = ?", (now, reason, job_id)
             )
 
     def mark_cancelled(self, job_id: str) -> None:
-        self._db.execute("UPDATE jobs SET cancelled = 1 WHERE id = ?", (job_id,))
+        self._sql("UPDATE jobs SET cancelled = 1 WHERE id = ?", (job_id,))
 
     # -- tasks --------------------------------------------------------------------
 
     def tasks(self, job_id: str, spec: JobSpec) -> list[TaskRecord]:
-        rows = self._db.execute(
+        rows = self._sql(
             "SELECT name, idx, state, result, reason, attempts, started_at, finished_at"
             " FROM tasks WHERE job = ? ORDER BY idx",
             (job_id,),
-        ).fetchall()
+        )
         records = []
         for name, idx, state, result, reason, attempts, started_at, finished_at in rows:
             if name not in spec.by_name:
@@ -296,54 +411,42 @@ class StateDB:
         return records
 
     def set_task_state(self, task: TaskRecord) -> None:
-        """Write a task's state, result, reason, attempts and times."""
-        self._marks.pop((task.job, task.name), None)  # this write says more
-        self._write_task(task)
-
-    def _write_task(self, task: TaskRecord) -> None:
-        self._db.execute(
-            "UPDATE tasks SET state = ?, result = ?, reason = ?, attempts = ?, started_at = ?, finished_at = ?"
-            " WHERE job = ? AND name = ?",
-            (
-                task.state,
-                None if task.result is None else codec.encode(task.result.to_wire()),
-                task.reason,
-                task.attempts,
-                task.started_at,
-                task.finished_at,
-                task.job,
-                task.name,
-            ),
-        )
+        """Write a task's state, result, reason, attempts and times (a write that waits for the
+        commit: at once outside a batch)."""
+        self._tasks.setdefault(task.job, {})[task.name] = task
+        self._commit_unless_batched()
 
     def set_task_states(self, tasks: Iterable[TaskRecord]) -> None:
-        with self.batch():
-            for task in tasks:
-                self.set_task_state(task)
+        for task in tasks:
+            self._tasks.setdefault(task.job, {})[task.name] = task
+        self._commit_unless_batched()
 
     # -- action cache ---------------------------------------------------------------
 
     def cached_result(self, key: str) -> ActionResult | None:
-        row = self._db.execute("SELECT result FROM action_cache WHERE key = ?", (key,)).fetchone()
-        if row is None:
+        waiting = self._cache.get(key)
+        if waiting is not None:
+            return waiting[0]
+        rows = self._sql("SELECT result FROM action_cache WHERE key = ?", (key,))
+        if not rows:
             return None
         try:
-            return _result(row[0])
+            return _result(rows[0][0])
         except StateError:
-            self._db.execute("DELETE FROM action_cache WHERE key = ?", (key,))
+            self._sql("DELETE FROM action_cache WHERE key = ?", (key,))
             return None
 
     def cache_result(self, key: str, result: ActionResult) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO action_cache (key, result, created_at) VALUES (?, ?, ?)",
-            (key, codec.encode(result.to_wire()), time.time()),
-        )
+        """Keep ``result`` for ``key`` (a write that waits for the commit: at once outside a batch)."""
+        self._cache[key] = (result, time.time())
+        self._commit_unless_batched()
 
     def forget_cached(self, key: str) -> None:
-        self._db.execute("DELETE FROM action_cache WHERE key = ?", (key,))
+        self._cache.pop(key, None)
+        self._sql("DELETE FROM action_cache WHERE key = ?", (key,))
 
     def cache_size(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM action_cache").fetchone()[0])
+        return int(self._sql("SELECT count(*) FROM action_cache")[0][0])
 
 
 def _job_row(row: tuple[object, ...]) -> JobRow:
@@ -365,6 +468,15 @@ def _result(blob: bytes) -> ActionResult:
         return ActionResult.from_wire(codec.decode(blob))
     except (CodecError, ValueError) as exc:
         raise StateError(f"a stored result cannot be read: {exc}") from None
+
+
+def _free_bytes(path: str) -> int | None:
+    """Bytes an unprivileged writer may still put on the filesystem of ``path`` (None if unknown)."""
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def state_path(home: str) -> str:
