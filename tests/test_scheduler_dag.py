@@ -13,6 +13,7 @@ import trio
 
 from mesh import codec
 from mesh.errors import JobNotFound
+from mesh.sched import events as events_module
 from mesh.sched import scheduler as scheduler_module
 from mesh.sched.jobs import MAX_TASKS, JobSpec, decide
 from mesh.sched.scheduler import Scheduler
@@ -398,3 +399,27 @@ async def test_a_bug_moving_a_job_on_gives_that_job_up(tmp_path: Path, monkeypat
     db = StateDB(path)
     assert db.job(given_up).state == "failed" and db.job(given_up).reason == reason
     assert [(task.state, task.reason) for task in db.tasks(given_up, spec)] == [("succeeded", None), ("failed", reason)]
+
+
+async def test_finished_jobs_in_memory_are_bounded_by_their_tasks_and_events(tmp_path: Path) -> None:
+    """Finished jobs stay in memory for quick answers, bounded by tasks and events, not only by
+    count: 30 jobs of 10,000 tasks grew a node by 660 MB when only their number was bounded.
+    The jobs let go are answered from the database, and their followers get a summary."""
+    db = StateDB(str(tmp_path / "state.db"))
+    scheduler = Scheduler(db, FakeRunner(), AllPresent(), node_id="n", slots=2)
+    size = 4_000
+    async with trio.open_nursery() as nursery:
+        await nursery.start(scheduler.run)
+        ids = []
+        for _ in range(16):  # 64,000 tasks and events in 16 jobs: far fewer than RECENT_JOBS
+            ids.append(scheduler.submit(chain(size, ["fail", "head"], ["ok", "link"])))
+            await finished(scheduler, ids[-1])
+        held = [job_id for job_id in ids if job_id in scheduler._recent]
+        assert ids[-1] in held and len(held) * size <= scheduler_module.RECENT_TASKS
+        logs = [scheduler.events(job_id) for job_id in ids]
+        kept = [log for log in logs if log is not None]
+        assert logs[-1] is not None and sum(len(log.events) for log in kept) <= events_module.RETAINED_FINISHED_EVENTS
+        assert scheduler.events(ids[0]) is None  # let go: the API summarises it from the database
+        status = scheduler.job_status(ids[0])  # from the database
+        assert status["state"] == "failed" and len(status["tasks"]) == size
+        nursery.cancel_scope.cancel()

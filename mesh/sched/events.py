@@ -21,8 +21,14 @@ import trio
 
 #: Output bytes a job's log keeps for late followers before dropping the oldest.
 MAX_RETAINED_OUTPUT = 32 << 20
-#: Finished jobs whose logs are kept in memory for late followers.
+#: Finished jobs whose logs are kept in memory for late followers, at most; fewer when their
+#: events or output pass the bounds below (a 10,000-task job logs ~20,000 events, ~10 MB).
+#: A follower of a job whose log is gone gets a summary from the database.
 RETAINED_FINISHED_JOBS = 64
+#: Events the logs of finished jobs may hold together.
+RETAINED_FINISHED_EVENTS = 50_000
+#: Output bytes the logs of finished jobs may hold together.
+RETAINED_FINISHED_OUTPUT = 64 << 20
 #: Seconds a follower lets pass between two batches while events come fast (see follow).
 PACE = 0.01
 
@@ -52,6 +58,11 @@ class JobEvents:
             self._closing.set()
         self._grew.set()
         self._grew = trio.Event()
+
+    @property
+    def output_bytes(self) -> int:
+        """Output bytes the log holds (at most MAX_RETAINED_OUTPUT)."""
+        return self._output_bytes
 
     def _shed(self) -> None:
         while self._output_bytes > MAX_RETAINED_OUTPUT and self._oldest_output < len(self.events):
@@ -96,6 +107,8 @@ class EventLogs:
     def __init__(self) -> None:
         self._live: dict[str, JobEvents] = {}
         self._finished: OrderedDict[str, JobEvents] = OrderedDict()
+        self._finished_events = 0  # events of the logs in _finished
+        self._finished_output = 0  # their output bytes
 
     def open(self, job_id: str) -> JobEvents:
         log = self._live.get(job_id)
@@ -109,13 +122,26 @@ class EventLogs:
     def forget(self, job_id: str) -> None:
         """Drop a job's log, live or finished (a job whose submission was rolled back)."""
         self._live.pop(job_id, None)
-        self._finished.pop(job_id, None)
+        self._drop_finished(job_id)
 
     def finish(self, job_id: str) -> None:
-        """Move a job's log to the finished ones, forgetting the oldest beyond the limit."""
+        """Move a job's log to the finished ones, forgetting the oldest beyond the bounds (the
+        newest is kept whatever its size)."""
         log = self._live.pop(job_id, None)
         if log is None:
             return
         self._finished[job_id] = log
-        while len(self._finished) > RETAINED_FINISHED_JOBS:
-            self._finished.popitem(last=False)
+        self._finished_events += len(log.events)
+        self._finished_output += log.output_bytes
+        while len(self._finished) > 1 and (
+            len(self._finished) > RETAINED_FINISHED_JOBS
+            or self._finished_events > RETAINED_FINISHED_EVENTS
+            or self._finished_output > RETAINED_FINISHED_OUTPUT
+        ):
+            self._drop_finished(next(iter(self._finished)))
+
+    def _drop_finished(self, job_id: str) -> None:
+        log = self._finished.pop(job_id, None)
+        if log is not None:
+            self._finished_events -= len(log.events)
+            self._finished_output -= log.output_bytes
