@@ -99,11 +99,9 @@ namespace counts its own processes.
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
-import re
 import resource
 import select
 import shutil
@@ -112,6 +110,7 @@ import stat
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
+from typing import Literal
 
 from mesh.cas.checkout import Mode
 from mesh.errors import ExecError, SpawnFailed
@@ -122,10 +121,12 @@ from mesh.exec.process import (
     Cancel,
     Command,
     ExitStatus,
+    LaunchWatch,
     NoCancel,
     OutputSink,
     ProcessExecutor,
     _Child,
+    setpriv_command,
 )
 from mesh.exec.seccomp import filter_pipe, seccomp_unavailable
 
@@ -144,11 +145,6 @@ _SETPRIV_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
 #: glibc's get_nprocs and get_nprocs_conf read (``nproc``, ``getconf``, ``os.cpu_count``
 #: also fall back to /proc/stat without them, but some runtimes read these files).
 SYS_SHOWN = ("/sys/devices/system/cpu/online", "/sys/devices/system/cpu/possible", "/sys/devices/system/cpu/present")
-#: Bytes of stderr kept to recognise a launcher's failed exec.
-_LAUNCH_MESSAGE_MAX = 1024
-#: The one line of a failed exec of the command: setpriv's (root mode), bwrap's (otherwise).
-_SETPRIV_FAILED = re.compile(rb"setpriv: failed to execute (.+): ([^\n]+)\n")
-_BWRAP_FAILED = re.compile(rb"bwrap: execvp (.+): ([^\n]+)\n")
 #: Bytes of bwrap's --info-fd report read at most (a small JSON object).
 _INFO_MAX = 1 << 16
 #: Seconds the sandbox's first process may take to die after bwrap (it is SIGKILLed by
@@ -325,16 +321,7 @@ class SandboxExecutor(ProcessExecutor):
         launcher: list[str] = []
         if self.privileged:
             assert self._setpriv is not None
-            launcher = [
-                self._setpriv,
-                f"--reuid={self.uid}",
-                f"--regid={self.gid}",
-                "--clear-groups",
-                "--inh-caps=-all",
-                "--bounding-set=-all",
-                "--no-new-privs",
-                "--",
-            ]
+            launcher = setpriv_command(self._setpriv, self.uid, self.gid)
         isolation = self.isolation(command)
         return [*isolation[:-1], *sync, "--", *launcher, *command.argv]
 
@@ -425,9 +412,10 @@ class SandboxExecutor(ProcessExecutor):
 
     def run(self, command: Command, on_output: OutputSink, cancel: Cancel) -> ExitStatus:
         """See :meth:`mesh.exec.process.Executor.run`; raises SpawnFailed when the command cannot be started."""
-        watch = _LaunchWatch(on_output)
+        watch = LaunchWatch(on_output)
         status = super().run(command, watch, cancel)
-        failure = watch.failure(status, command.argv[0], privileged=self.privileged)
+        launcher: Literal["setpriv", "bwrap"] = "setpriv" if self.privileged else "bwrap"
+        failure = watch.failure(status, command.argv[0], launcher, " in the sandbox", "; the node's home is hidden")
         if failure is not None:
             raise failure
         return status
@@ -521,50 +509,6 @@ def _wait_gone(pidfd: int, grace: float = SANDBOX_GRACE) -> None:
         except ProcessLookupError:
             pass
         poller.poll()
-
-
-class _LaunchWatch:
-    """Passes output on, keeping the start of stderr and whether there was stdout, to tell
-    a launcher's failed exec (the only output then) from the command's own failure."""
-
-    def __init__(self, on_output: OutputSink) -> None:
-        self.on_output = on_output
-        self.stderr_head = b""
-        self.stderr_long = False
-        self.stdout = False
-
-    def __call__(self, stream: str, chunk: bytes) -> bool:
-        if stream == "stdout":
-            self.stdout = True
-        elif not self.stderr_long:
-            self.stderr_head += chunk
-            if len(self.stderr_head) > _LAUNCH_MESSAGE_MAX:
-                self.stderr_long = True
-                self.stderr_head = b""
-        return self.on_output(stream, chunk)
-
-    def failure(self, status: ExitStatus, program: str, *, privileged: bool) -> SpawnFailed | None:
-        """The SpawnFailed that ``status`` and the output mean, or None if the command ran.
-
-        ``privileged``: setpriv started the command (exit 127 or 126), else bwrap (exit 1).
-        """
-        codes, pattern = ((126, 127), _SETPRIV_FAILED) if privileged else ((1,), _BWRAP_FAILED)
-        if status.exit_code not in codes or status.timed_out or self.stdout or self.stderr_long:
-            return None
-        match = pattern.fullmatch(self.stderr_head)
-        if match is None:
-            return None
-        why = match.group(2).decode(errors="replace")
-        not_found = status.exit_code == 127 if privileged else why == os.strerror(errno.ENOENT)
-        if not_found:
-            return SpawnFailed(
-                f"command not found in the sandbox: {program!r} (argv[0] is looked up on the action's PATH, "
-                "or relative to its cwd when it contains a '/'; the node's home is hidden)",
-                127,
-            )
-        if why == os.strerror(errno.EAGAIN):
-            why += " (the task uid has as many processes as the sandbox's limit allows)"
-        return SpawnFailed(f"cannot execute {program!r} in the sandbox: {why}", 126)
 
 
 def _sandbox_pid(info: int) -> int | None:
