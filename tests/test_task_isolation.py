@@ -227,6 +227,9 @@ def test_a_node_that_is_not_root_offers_process_only_when_named(nobody_home: Pat
         have = ", ".join(offered_executors(node))
         assert b"executor.process=1" in refused.stderr, refused.stderr  # what it asked for, and what there is
         assert f"the executors offered: {have}\n".encode() in refused.stderr, refused.stderr
+        if "sandbox" in have:  # the sandbox of a node that is not root makes no user namespace either
+            inside = node.mesh("exec", "--executor", "sandbox", "-C", str(tree), "--", "unshare", "-Ur", "true")
+            assert inside.returncode == 1 and b"Operation not permitted" in inside.stderr, inside.stderr
     finally:
         node.stop()
     named = nobody_node(nobody_home, "--executors", "process,sandbox").start()

@@ -4,8 +4,10 @@ An executor runs one command in a directory the runner prepared and reports how
 it ended (:class:`ExitStatus`); the runner does everything else (workdir, CAS,
 limits, outputs). Executors differ in how they isolate the task and therefore in
 the checkout mode they need: ``process`` runs the task as the node's own user,
-who could chmod and rewrite a hardlinked blob, so its inputs are copies;
-``sandbox`` and ``docker`` (issue 5) run under a uid that cannot, and may link.
+or on a root node as a task uid that owns its copy of the input
+(:mod:`mesh.exec.taskusers`); either could chmod and rewrite a hardlinked blob it
+owned, so its inputs are copies; the ``sandbox`` runs under a uid that owns none
+of the store's files, and may link.
 
 An executor runs on a worker thread, with blocking calls: the runner does a
 task's whole life (prepare, run, capture, remove) in one hop to a thread, since
@@ -37,8 +39,9 @@ The group is signalled only while its leader is an unreaped zombie or alive (its
 exit is watched through the pidfd; only the thread that runs the command reaps
 and signals), so its id can never have been reused by an unrelated group. A task
 that makes a new session or process group of its own escapes the kill; the
-sandbox executor's pid namespace closes that gap. Needs Linux 5.3 or later
-(``pidfd_open``).
+sandbox executor's pid namespace closes that gap, and on a root node so does the
+task uid, every process of which the runner kills once the command is done
+(:mod:`mesh.exec.leftovers`). Needs Linux 5.3 or later (``pidfd_open``).
 """
 
 from __future__ import annotations
