@@ -145,8 +145,10 @@ def test_process_tasks_run_as_task_uids_and_leave_nothing_running(home: Path, tr
     try:
         mark = f"1000.{secrets.randbelow(10**9):09d}"
         planted = f"/tmp/mesh-test-left-{secrets.token_hex(4)}"
+        shm = f"/dev/shm/mesh-test-left-{secrets.token_hex(4)}"
+        segment = "import ctypes; print(ctypes.CDLL(None).shmget(0, 4096, 0o1600))"  # IPC_PRIVATE, IPC_CREAT
         script = (
-            f"id -u; id -G; echo left > {planted}; "
+            f"id -u; id -G; echo left > {planted}; echo left > {shm}; python3 -c '{segment}' >&2; "
             f"setsid sh -c 'exec sleep {mark}' </dev/null >/dev/null 2>&1 & "  # a daemon: its own session
             "sleep 0.2; echo started"
         )
@@ -158,6 +160,11 @@ def test_process_tasks_run_as_task_uids_and_leave_nothing_running(home: Path, tr
         assert int(uid) >= 2_100_000_000  # the default task_uids
         assert not host_processes(mark), "a daemon of the task outlived it"
         assert not os.path.exists(planted), "what the task left in /tmp is still there"
+        assert not os.path.exists(shm), "what the task left in /dev/shm is still there"
+        shmid = done.stderr.decode().split()[0]
+        with open("/proc/sysvipc/shm") as f:
+            segments = [line.split() for line in f.read().splitlines()[1:]]
+        assert shmid.isdigit() and all(fields[1] != shmid for fields in segments), (shmid, segments)
         again = node.mesh("exec", *process, "sh", "-c", f"id -u; ls {planted}")
         assert again.stdout.decode().splitlines() == [uid], again.stdout  # same uid (one slot), clean
         assert b"No such file" in again.stderr
