@@ -18,9 +18,11 @@ mdns               MESH_MDNS=0 turns    mdns = false                    on
                    it off
 slots              MESH_SLOTS           slots = 8                       the number of cores
 executors          MESH_EXECUTORS       executors = ["process"]         every one that works here:
-                   (process,sandbox)                                    process; sandbox where
-                                                                        bubblewrap works; docker
-                                                                        while DOCKER_HOST answers
+                   (process,sandbox)                                    process (as task uids; not
+                                                                        root: only when named);
+                                                                        sandbox where bubblewrap
+                                                                        works; docker while
+                                                                        DOCKER_HOST answers
 task_uids          MESH_TASK_UIDS       task_uids = "FIRST-LAST"        2100000000-2100009999 (a root node's
                    (--task-uids)                                        process tasks: one uid per slot)
 node (client)      MESH_NODE            node = "http://host:7474"       http://127.0.0.1:7474
