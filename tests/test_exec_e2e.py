@@ -363,16 +363,19 @@ def test_task_directories_are_reused_and_removed_at_shutdown(home: Path, tree: P
     which /metrics counts; a node that stops leaves no task directory behind. (On a root
     node, process tasks run as task uids, whose task directories are not in the home.)"""
     node = NodeProcess(str(home)).start()  # two slots, two task uids: the owner of the kept one is chosen
-    workroot = Path(task_workroot(home) or home / "work")
-    process = ("--executor", "process", "--no-cache", "-C", str(tree), "--")
-    for _ in range(2):
-        assert node.mesh("exec", *process, "cat", "a.txt").stdout == b"alpha\n"
-    metrics = httpx.get(node.url + "/metrics", trust_env=False).text
-    assert "mesh_task_dirs_reused_total 1\n" in metrics, metrics
-    assert "mesh_task_dirs_idle 1\n" in metrics
-    assert len(os.listdir(workroot)) == 1
-    assert node.stop() == 0
-    assert not workroot.exists() or os.listdir(workroot) == []
+    try:
+        workroot = Path(task_workroot(home) or home / "work")
+        process = ("--executor", "process", "--no-cache", "-C", str(tree), "--")
+        for _ in range(2):
+            assert node.mesh("exec", *process, "cat", "a.txt").stdout == b"alpha\n"
+        metrics = httpx.get(node.url + "/metrics", trust_env=False).text
+        assert "mesh_task_dirs_reused_total 1\n" in metrics, metrics
+        assert "mesh_task_dirs_idle 1\n" in metrics
+        assert len(os.listdir(workroot)) == 1
+        assert node.stop() == 0
+        assert not workroot.exists() or os.listdir(workroot) == []
+    finally:
+        node.kill()
 
 
 def test_remote_node_gets_only_missing_blobs_uploaded(node: NodeProcess, tree: Path, tmp_path: Path) -> None:

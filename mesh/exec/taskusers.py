@@ -19,9 +19,9 @@ stays 0700. ``/var/tmp`` rather than ``/tmp``: it is on disk where ``/tmp`` may 
 memory, and builds are large. A random name, so no local user can make it first.
 
 Claiming uids. Nodes on one machine share the range: a node claims a uid by locking
-the byte at offset uid of ``/run/mesh/task-uids.lock`` (a POSIX record lock, which
-the kernel drops when the node dies), taking the first uids no other live node
-holds. A uid that has a passwd or group entry stops the start with one line (the
+the byte at offset uid of ``/run/mesh/task-uids.lock`` (an open file description
+lock, which the kernel drops when the node closes it or dies), taking the first uids
+no other live node holds. A uid that has a passwd or group entry stops the start with one line (the
 range belongs to someone), and so does a uid that runs processes nobody holds it
 for, unless this node's own previous run held it (recorded in ``$MESH_HOME/task-users``,
 with the previous task directory): those processes are what a killed node left, and
@@ -44,6 +44,7 @@ import json
 import logging
 import os
 import pwd
+import struct
 import tempfile
 import threading
 from collections.abc import Collection
@@ -62,6 +63,10 @@ LOCK_PATH = "/run/mesh/task-uids.lock"
 #: Where the directory of the task directories is made.
 WORK_PARENT = "/var/tmp"
 _WORK_PREFIX = "mesh-tasks-"
+#: struct flock (l_type, l_whence, l_start, l_len, l_pid, padding), for open file
+#: description locks: held by this node's descriptor, not by its process, so that two
+#: nodes in one process (tests, benchmarks) cannot both take a uid.
+_FLOCK = struct.Struct("hhqqi4x")
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +187,7 @@ def _claim(fd: int, first: int, last: int, count: int, previous: list[int]) -> l
         if len(claimed) == count:
             break
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, uid)
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, uid, 1, 0))
         except OSError as exc:
             if exc.errno in (errno.EACCES, errno.EAGAIN):
                 continue  # another live node holds it
