@@ -269,3 +269,24 @@ def test_the_task_uids_directory_is_not_in_the_home_and_goes_with_the_node(home:
     finally:
         node.stop()
     assert not os.path.exists(workroot)
+
+
+def test_a_killed_nodes_task_directories_go_when_another_node_starts(tmp_path: Path) -> None:
+    """A node killed and never started again leaves its task uids' directory in /var/tmp; the
+    next node to start removes it once it is old enough not to be a node still starting."""
+    killed = NodeProcess(str(tmp_path / "killed")).start()
+    left = task_workroot(killed.home)
+    killed.kill()
+    assert left is not None and os.path.isdir(left)
+    alive = NodeProcess(str(tmp_path / "alive")).start()
+    try:
+        assert os.path.isdir(left)  # too young to tell from a node that has not locked it yet
+        held = str(task_workroot(alive.home))
+        for path in (left, held):
+            os.utime(path, (1, 1))
+        other = NodeProcess(str(tmp_path / "other")).start()
+        other.stop()
+        assert not os.path.exists(left)
+        assert os.path.isdir(held)  # old, but a live node holds it
+    finally:
+        alive.stop()

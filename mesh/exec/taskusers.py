@@ -16,7 +16,9 @@ task directories of task uids therefore live in a directory of their own,
 0711: traversable, not listable), which each task directory (0700) inside belongs to
 the task's uid while it runs and to root again as soon as it ends. The node's home
 stays 0700. ``/var/tmp`` rather than ``/tmp``: it is on disk where ``/tmp`` may be
-memory, and builds are large. A random name, so no local user can make it first.
+memory, and builds are large. A random name, so no local user can make it first. A
+node holds a flock on its directory while it lives; a node that starts removes those
+of dead nodes (killed and never restarted), and its own previous one.
 
 Claiming uids. Nodes on one machine share the range: a node claims a uid by locking
 the byte at offset uid of ``/run/mesh/task-uids.lock`` (an open file description
@@ -44,9 +46,11 @@ import json
 import logging
 import os
 import pwd
+import stat
 import struct
 import tempfile
 import threading
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -63,6 +67,8 @@ LOCK_PATH = "/run/mesh/task-uids.lock"
 #: Where the directory of the task directories is made.
 WORK_PARENT = "/var/tmp"
 _WORK_PREFIX = "mesh-tasks-"
+#: Seconds after which an unlocked task directories' directory is a dead node's.
+_DEAD_AFTER = 60.0
 #: struct flock (l_type, l_whence, l_start, l_len, l_pid, padding), for open file
 #: description locks: held by this node's descriptor, not by its process, so that two
 #: nodes in one process (tests, benchmarks) cannot both take a uid.
@@ -88,11 +94,12 @@ class TaskUsers:
     :meth:`close` gives the uids back.
     """
 
-    def __init__(self, uids: list[int], workroot: str, lock_fd: int, shared: SharedDirs) -> None:
+    def __init__(self, uids: list[int], workroot: str, lock_fd: int, shared: SharedDirs, root_fd: int) -> None:
         self.uids = tuple(uids)
         self.workroot = workroot
         self.shared = shared
         self._lock_fd = lock_fd
+        self._root_fd = root_fd
         self._free = list(uids)
         self._cond = threading.Condition()
 
@@ -127,13 +134,16 @@ class TaskUsers:
                 remove_ipc(uid)
             if previous_root is not None:
                 _remove_previous(previous_root, parent)
+            _remove_dead(parent)
             workroot = tempfile.mkdtemp(prefix=_WORK_PREFIX, dir=parent)
+            root_fd = os.open(workroot, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fcntl.flock(root_fd, fcntl.LOCK_EX)  # held while this node lives: see _remove_dead
             os.chmod(workroot, 0o711)
             _write_record(record, workroot, uids)
         except BaseException:
             os.close(fd)  # drops every lock taken
             raise
-        return cls(uids, workroot, fd, shared)
+        return cls(uids, workroot, fd, shared, root_fd)
 
     def lease(self, prefer: Collection[int] = ()) -> Lease:
         """A free uid, one of ``prefer`` if one is free; waits while all are leased.
@@ -176,6 +186,7 @@ class TaskUsers:
             os.rmdir(self.workroot)
         except OSError:
             remove_tree(self.workroot)
+        os.close(self._root_fd)
         os.close(self._lock_fd)
 
 
@@ -258,6 +269,35 @@ def _write_record(path: str, workroot: str, uids: list[int]) -> None:
         json.dump({"workroot": workroot, "uids": uids}, f)
         f.write("\n")
     os.replace(tmp, path)
+
+
+def _remove_dead(parent: str) -> None:
+    """Remove the task directories' directories of nodes that died (killed, never restarted).
+
+    A live node holds a flock on its own; one older than :data:`_DEAD_AFTER` seconds
+    (a node starting takes its lock right after making it) that can be locked is a dead
+    node's, and goes with what is left in it.
+    """
+    now = time.time()
+    for name in os.listdir(parent):
+        if not name.startswith(_WORK_PREFIX):
+            continue
+        path = os.path.join(parent, name)
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or now - st.st_mtime < _DEAD_AFTER:
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live node's
+        else:
+            remove_tree(path)
+        finally:
+            os.close(fd)
 
 
 def _remove_previous(root: str, parent: str) -> None:
