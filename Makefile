@@ -13,6 +13,9 @@ BIN    := $(VENV)/bin
 # the docker executor's tests, which start a private `podman system service` with a test image
 # made from busybox for the session and stop it afterwards (tests/podmanutil.py).
 SYSTEM_PACKAGES := b3sum:b3sum ip:iproute2 bwrap:bubblewrap podman:podman runc:runc busybox:busybox-static
+# Libraries, as SONAME:PACKAGE, looked for with ldconfig. libseccomp.so.2: the sandbox's seccomp
+# filter (mesh/exec/seccomp.py loads it through pyseccomp; apt itself depends on it on Debian).
+SYSTEM_LIBRARIES := libseccomp.so.2:libseccomp2
 
 .PHONY: up test venv test-deps system-deps bench clean
 
@@ -33,6 +36,7 @@ up: venv
 
 system-deps:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	for pair in $(SYSTEM_LIBRARIES); do /sbin/ldconfig -p 2>/dev/null | grep -q "$${pair%%:*} " || missing="$$missing $${pair#*:}"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing system packages:$$missing"; \

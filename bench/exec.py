@@ -102,25 +102,59 @@ def spawn_loop(argv: list[str], n: int, **kwargs: object) -> float:
 
 
 def process_rows(bench: Bench) -> list[c.Row]:
+    """The process executor as the node's own user, and (as root) as a root node runs it: each
+    task as a task uid (setpriv, its directory handed over, its uid's processes and leftovers
+    looked for afterwards), measured in the same rounds against the same bare loop."""
     measurement = f"`process`: {bench.tasks} trivial tasks through a Runner, one at a time"
     reference = "`subprocess.run(['/bin/true'])` loop"
     runner = runner_for(bench, ProcessExecutor())
+    users = None
+    if os.geteuid() == 0:
+        from mesh.config import DEFAULT_TASK_UIDS
+        from mesh.exec.taskusers import TaskUsers
+
+        users = TaskUsers.claim(*DEFAULT_TASK_UIDS, 1, record=os.path.join(bench.home, "task-users"))
     series = {
         "mesh": Series(f"process: {bench.tasks} tasks through a Runner", "tasks/s"),
         "ref": Series(f"process: {bench.tasks} x subprocess.run(['/bin/true'])", "runs/s"),
     }
+    if users is not None:
+        series["uids"] = Series(f"process, task uids: {bench.tasks} tasks through a Runner", "tasks/s")
+        as_uids = runner_for(bench, ProcessExecutor(users=users))
     n = bench.tasks
     through_runner(runner, bench, "process", min(n, 20))  # warm-up
+    if users is not None:
+        through_runner(as_uids, bench, "process", min(n, 20))
 
     def one_round() -> dict[str, float]:
         ref = spawn_loop(["/bin/true"], n)
         mesh = through_runner(runner, bench, "process", n)
-        return {"ref": n / ref, "mesh": n / mesh}
+        figures = {"ref": n / ref, "mesh": n / mesh}
+        if users is not None:
+            figures["uids"] = n / through_runner(as_uids, bench, "process", n)
+        return figures
 
     c.note(f"process: {bench.rounds} rounds of {n} tasks and {n} bare spawns")
-    run_rounds("process", bench.rounds, one_round, series, exclude=set(), quiet_limit=bench.quiet)
+    try:
+        run_rounds("process", bench.rounds, one_round, series, exclude=set(), quiet_limit=bench.quiet)
+    finally:
+        if users is not None:
+            as_uids.close()
+            users.close()
     bench.series += series.values()
-    return [ratio_row(measurement, series["mesh"], reference, series["ref"], higher_better=True, target=None)]
+    rows = [ratio_row(measurement, series["mesh"], reference, series["ref"], higher_better=True, target=None)]
+    if users is not None:
+        rows.append(
+            ratio_row(
+                f"`process` as a root node runs it (task uids): {bench.tasks} tasks through a Runner",
+                series["uids"],
+                reference,
+                series["ref"],
+                higher_better=True,
+                target=None,
+            )
+        )
+    return rows
 
 
 def sandbox_rows(bench: Bench) -> list[c.Row]:

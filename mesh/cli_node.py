@@ -42,6 +42,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         mdns=False if args.no_mdns else None,
         advertise=args.advertise,
         executors=None if args.executors is None else args.executors.split(","),
+        task_uids=args.task_uids,
     )
     node = Node(config, grace=args.grace)
 
@@ -336,7 +337,15 @@ def add_parsers(add: Add) -> None:
     p.add_argument(
         "--executors",
         metavar="LIST",
-        help="the executors to offer, of process,sandbox,docker (default: each that works here; MESH_EXECUTORS)",
+        help=(
+            "the executors to offer, of process,sandbox,docker (default: each that works here, but process "
+            "on a node that is not root only when named; MESH_EXECUTORS)"
+        ),
+    )
+    p.add_argument(
+        "--task-uids",
+        metavar="FIRST-LAST",
+        help="the uids a root node runs process tasks as, one per slot (default 2100000000-2100009999; MESH_TASK_UIDS)",
     )
 
     p = add(

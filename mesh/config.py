@@ -18,12 +18,31 @@ mdns               MESH_MDNS=0 turns    mdns = false                    on
                    it off
 slots              MESH_SLOTS           slots = 8                       the number of cores
 executors          MESH_EXECUTORS       executors = ["process"]         every one that works here:
-                   (process,sandbox)                                    process; sandbox where
-                                                                        bubblewrap works; docker
-                                                                        while DOCKER_HOST answers
+                   (process,sandbox)                                    process (as task uids; not
+                                                                        root: only when named);
+                                                                        sandbox where bubblewrap
+                                                                        works; docker while
+                                                                        DOCKER_HOST answers
+task_uids          MESH_TASK_UIDS       task_uids = "FIRST-LAST"        2100000000-2100009999 (a root node's
+                   (--task-uids)                                        process tasks: one uid per slot)
 node (client)      MESH_NODE            node = "http://host:7474"       http://127.0.0.1:7474
 mesh key           MESH_KEY (hex)       (--key-file FILE)               $MESH_HOME/mesh.key
 =================  ===================  ==============================  ==========================
+
+Executors: a node that is not root offers ``process`` only when the operator names it
+(its tasks would run as the node's user, who can read the key), and says so in its log;
+the others where they work. ``executors_named`` records whether they were named.
+
+Task uids (``task_uids``): a root node runs each task of the ``process`` executor as an
+unprivileged uid of its own, taken from this range (one per slot, shared with the other
+nodes of the machine; see :mod:`mesh.exec.taskusers`). The default range,
+:data:`DEFAULT_TASK_UIDS`, keeps clear of what else hands out uids: regular and system
+accounts (below 60000), systemd's dynamic users (61184-65519) and container ranges
+(524288-1879048191), Debian's subordinate uids (100000 + 65536 per user), SSSD's default
+mapping of directory users (200000-2000200000), Nix's automatic build users (from
+872415232) and systemd's "foreign" range (from 2147352576); it stays below 2^31, which
+some tools mishandle. A node refuses to start, in one line, when a uid it would take has
+an account or a group, or runs processes that no node holds it for.
 """
 
 from __future__ import annotations
@@ -96,6 +115,9 @@ def _read_toml(path: str) -> dict[str, Any]:
             raise ConfigError(f"{path} is not valid TOML ({exc}); {fix}") from None
 
 
+#: The task uids of a root node's process tasks, first and last (see the module docstring).
+DEFAULT_TASK_UIDS = (2_100_000_000, 2_100_009_999)
+
 #: The port a node listens on unless told otherwise, and where clients look for one.
 DEFAULT_PORT = 7474
 DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
@@ -125,6 +147,9 @@ class NodeConfig:
     mdns: bool = True
     advertise: str | None = None  # the URL peers reach this node at (None: derived from listen)
     executors: tuple[str, ...] = ("process", "sandbox", "docker")  # offered where they work here
+    executors_named: bool = False  # named by the operator (flag, MESH_EXECUTORS, mesh.toml): see above
+    own_user: bool = False  # the submitter is the node's user (mesh exec's in-process node)
+    task_uids: tuple[int, int] = DEFAULT_TASK_UIDS
 
     @property
     def docker(self) -> bool:
@@ -148,6 +173,7 @@ class NodeConfig:
         mdns: bool | None = None,
         advertise: str | None = None,
         executors: list[str] | None = None,
+        task_uids: str | None = None,
     ) -> NodeConfig:
         """Resolve from flags (the arguments), environment, ``mesh.toml`` and defaults."""
         base = Settings.load(home=home, store_max=store_max)
@@ -171,6 +197,8 @@ class NodeConfig:
             mdns=_mdns(mdns, file),
             advertise=_advertise(advertise or os.environ.get("MESH_ADVERTISE") or file.get("advertise")),
             executors=_executors(executors, file),
+            executors_named=executors is not None or bool(os.environ.get("MESH_EXECUTORS")) or "executors" in file,
+            task_uids=parse_uid_range(task_uids or os.environ.get("MESH_TASK_UIDS") or file.get("task_uids")),
         )
 
 
@@ -220,6 +248,20 @@ def _advertise(value: Any) -> str | None:
         raise UsageError(
             f"--advertise must be the URL peers reach this node at, like http://host:7474 ({exc})"
         ) from None
+
+
+def parse_uid_range(value: object) -> tuple[int, int]:
+    """``FIRST-LAST`` (both whole numbers, 1 <= FIRST <= LAST < 2^32 - 1); None is the default."""
+    if value is None:
+        return DEFAULT_TASK_UIDS
+    m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", value) if isinstance(value, str) else None
+    first, last = (int(m.group(1)), int(m.group(2))) if m else (0, -1)
+    if not 1 <= first <= last < 2**32 - 1:
+        raise UsageError(
+            f"task_uids must be a range of uids FIRST-LAST (1 <= FIRST <= LAST), e.g. "
+            f"{DEFAULT_TASK_UIDS[0]}-{DEFAULT_TASK_UIDS[1]}, not {value!r}"
+        )
+    return first, last
 
 
 def _mdns(flag: bool | None, file: dict[str, Any]) -> bool:

@@ -32,7 +32,9 @@ def embedded_node(config: NodeConfig) -> Iterator[str]:
 
     restore_async_backends()
 
-    node = Node(replace(config, listen=("127.0.0.1", 0)), grace=_GRACE)
+    # The submitter is the node's own user, running its own command: the process
+    # executor is offered even where the node is not root (a root node uses task uids).
+    node = Node(replace(config, listen=("127.0.0.1", 0), own_user=True), grace=_GRACE)
     ready = threading.Event()
     box: dict[str, object] = {}
 

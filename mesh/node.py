@@ -43,6 +43,7 @@ from mesh.sched.statedb import StateDB, state_path
 if TYPE_CHECKING:
     from mesh.exec.docker import DockerExecutor
     from mesh.exec.engine import DockerStatus
+    from mesh.exec.taskusers import TaskUsers
 
 log = logging.getLogger("mesh.node")
 
@@ -71,6 +72,7 @@ class Node:
         self.peering: Peering
         self.runner: Runner
         self.docker: DockerStatus | None = None
+        self.task_users: TaskUsers | None = None  # a root node's process tasks' uids
         self._stop = trio.Event()
 
     def __repr__(self) -> str:
@@ -81,6 +83,9 @@ class Node:
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled or :meth:`stop`; ``task_status.started(url)`` once serving."""
         os.makedirs(self.config.home, mode=0o700, exist_ok=True)
+        # Private whoever made it: it holds the key, and the store and the state database
+        # (every job's command line and environment) are readable files inside.
+        os.chmod(self.config.home, 0o700)
         self._lock()
         try:
             self._listen()
@@ -190,10 +195,17 @@ class Node:
         )
 
     def _local_executors(self) -> dict[str, Executor]:
-        """The executors of this node that need no service: process, and sandbox where it works."""
+        """The executors of this node that need no service: process, and sandbox where it works.
+
+        A root node runs process tasks as task uids (:mod:`mesh.exec.taskusers`), which it
+        claims here: ExecError, in one line, when it cannot. A node that is not root offers
+        process only when the operator named it, or runs for its own user (``mesh exec``).
+        """
         executors: dict[str, Executor] = {}
         if "process" in self.config.executors:
-            executors["process"] = ProcessExecutor()
+            process = self._process_executor()
+            if process is not None:
+                executors["process"] = process
         if "sandbox" in self.config.executors:
             from mesh.exec.sandbox import SandboxExecutor, sandbox_unavailable
 
@@ -206,6 +218,31 @@ class Node:
         if not executors and not self.config.docker:
             raise MeshError("this node would have no executor: allow process, sandbox or docker")
         return executors
+
+    def _process_executor(self) -> ProcessExecutor | None:
+        config = self.config
+        if os.geteuid() == 0:
+            from mesh.exec.taskusers import TaskUsers
+
+            first, last = config.task_uids
+            record = os.path.join(config.home, "task-users")
+            self.task_users = TaskUsers.claim(first, last, config.slots, record=record)
+            return ProcessExecutor(users=self.task_users)
+        if config.own_user:
+            return ProcessExecutor()
+        if config.executors_named:
+            log.warning(
+                "the process executor's tasks run as this node's user (uid %d) and can read the node's home %s "
+                "(its key, store and state): offered because the operator named it",
+                os.geteuid(),
+                config.home,
+            )
+            return ProcessExecutor()
+        log.info(
+            "no process executor: this node is not root, so its tasks would run as its user and could read its "
+            "key; name it (--executors, MESH_EXECUTORS or executors in mesh.toml) to offer it anyway"
+        )
+        return None
 
     @property
     def default_executor(self) -> str:
@@ -279,8 +316,9 @@ class Node:
         return {"slots": stats.slots, "busy": stats.busy, "queued": stats.queued}
 
     def _close(self) -> None:
-        closers = ("runner", "db", "store", "verifier")
-        for closer in (getattr(self, name, None) for name in closers):
+        closers = (getattr(self, "runner", None), self.task_users, getattr(self, "db", None))
+        closers += (getattr(self, "store", None), getattr(self, "verifier", None))
+        for closer in closers:
             if closer is not None:
                 closer.close()
         for sock in self._sockets:  # serve closes them; not if the node failed before serving

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from mesh.cas.store import LocalStore
+from mesh.exec.removal import remove_tree
 from tests import podmanutil
 from tests.nodeutil import NodeProcess
 
@@ -66,6 +68,25 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "--lazy", str(mount)], check=True)
+
+
+@pytest.fixture
+def shared(tmp_path: Path) -> Iterator[Path]:
+    """A directory that tasks of any uid may write (0777), for tests that watch a task from outside.
+
+    Not below the test's own temporary directory (root's, 0700: a task uid cannot reach it)
+    and not inside a world-writable one (what a task uid leaves there is removed after the
+    task): in a root-owned 0711 directory of /var/tmp, as an operator would make one.
+    """
+    top = Path(tempfile.mkdtemp(prefix="mesh-test-shared-", dir="/var/tmp"))
+    try:
+        top.chmod(0o711)
+        path = top / "shared"
+        path.mkdir()
+        path.chmod(0o777)
+        yield path
+    finally:
+        remove_tree(str(top))
 
 
 @pytest.fixture(scope="session")

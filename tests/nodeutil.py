@@ -7,6 +7,7 @@ stderr goes to a file in the home so a failing test can show it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -77,6 +78,15 @@ def host_processes(marker: str) -> list[int]:
     return found
 
 
+def task_workroot(home: str | os.PathLike[str]) -> str | None:
+    """Where a root node keeps the task directories of its task uids (named in its home), or None."""
+    try:
+        with open(os.path.join(home, "task-users"), encoding="utf-8") as f:
+            return str(json.load(f)["workroot"])
+    except FileNotFoundError:
+        return None
+
+
 def node_env(home: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
     env["MESH_HOME"] = home
@@ -102,6 +112,7 @@ class NodeProcess:
     process: subprocess.Popen[bytes] | None = None
     log_name: str = "node-test.log"
     spawned_at: float = 0.0  # time.perf_counter() at spawn
+    launcher: list[str] = field(default_factory=list)  # runs `mesh up` (setpriv to another user, say)
 
     @property
     def url(self) -> str:
@@ -127,16 +138,20 @@ class NodeProcess:
         os.makedirs(self.home, exist_ok=True)
         if not self.port:
             self.port = free_port()
-        argv = MESH + [
-            "up",
-            "--listen",
-            self.addr,
-            "--slots",
-            str(self.slots),
-            "--grace",
-            str(self.grace),
-            *self.extra_args,
-        ]
+        argv = (
+            self.launcher
+            + MESH
+            + [
+                "up",
+                "--listen",
+                self.addr,
+                "--slots",
+                str(self.slots),
+                "--grace",
+                str(self.grace),
+                *self.extra_args,
+            ]
+        )
         with open(self.log_path, "ab") as log:
             self.spawned_at = time.perf_counter()
             self.process = subprocess.Popen(argv, env=node_env(self.home, **self.env), stdout=log, stderr=log)

@@ -3,10 +3,11 @@
 Real ``mesh up`` processes on one ``$MESH_HOME``: 50 jobs in flight, SIGKILL,
 restart on the same home and port, and every job completes exactly once in the
 listing with the right output; SIGTERM with a short grace exits 0 and the
-interrupted task runs again after the restart. Tasks that leave marks for the test in its
-temporary directory, or report their host pid, run with the process executor (the sandbox
-hides the host's /tmp and has a pid namespace of its own); the 50 jobs run in the node's
-default executor.
+interrupted task runs again after the restart. Tasks that leave marks for the test, or
+report their host pid, run with the process executor (the sandbox hides the host's /tmp and
+has a pid namespace of its own); as task uids (the node is root), they write their marks in
+a directory every uid may write (the ``shared`` fixture): the test's own temporary directory
+is root's. The 50 jobs run in the node's default executor.
 """
 
 from __future__ import annotations
@@ -152,15 +153,15 @@ def test_sigkill_mid_run_then_restart_finishes_every_job_once(home: Path, tmp_pa
         node.kill()
 
 
-def test_sigterm_with_a_running_task_and_short_grace(home: Path, tmp_path: Path) -> None:
+def test_sigterm_with_a_running_task_and_short_grace(home: Path, tmp_path: Path, shared: Path) -> None:
     """The node exits 0 once the grace runs out, the task is killed, and it runs again after a restart.
 
     The first attempt records its pid and blocks; the second finds the record and finishes at once
-    (the marker lives outside the task's workdir, which the process executor allows).
+    (the marker lives outside the task's workdir, in a directory the test made writable for
+    task uids, which the process executor allows).
     """
     snapshot = make_snapshot(home, tmp_path)
-    marks = tmp_path / "marks"
-    marks.mkdir()
+    marks = shared
     script = (
         f'if [ -e {marks}/first ]; then echo "second attempt"; exit 0; fi; '
         f"echo $$ > {marks}/first.tmp; mv {marks}/first.tmp {marks}/first; exec sleep 300"
@@ -196,12 +197,11 @@ def test_sigterm_with_a_running_task_and_short_grace(home: Path, tmp_path: Path)
         node.kill()
 
 
-def test_sigterm_within_grace_lets_the_running_task_finish(home: Path, tmp_path: Path) -> None:
+def test_sigterm_within_grace_lets_the_running_task_finish(home: Path, tmp_path: Path, shared: Path) -> None:
     """A task that finishes within the grace is recorded before the node exits; the task that
     depends on it, never started, runs after the restart."""
     snapshot = make_snapshot(home, tmp_path)
-    marks = tmp_path / "marks"
-    marks.mkdir()
+    marks = shared
     first = f"touch {marks}/started; sleep 1; echo first > out.txt; echo first"
     job = {
         "tasks": [
@@ -240,12 +240,11 @@ def _task_states(home: Path, job_id: str | None = None) -> list[str]:
         return [str(row[0]) for row in db.execute(query, args)]
 
 
-def test_sigkill_with_a_task_still_writing_then_restart(home: Path, tmp_path: Path) -> None:
+def test_sigkill_with_a_task_still_writing_then_restart(home: Path, tmp_path: Path, shared: Path) -> None:
     """After a SIGKILL the interrupted attempt must not keep running, nor keep the node from
     restarting; the job then completes on its second attempt."""
     snapshot = make_snapshot(home, tmp_path)
-    marks = tmp_path / "marks"
-    marks.mkdir()
+    marks = shared
     script = (
         f'if [ -e {marks}/first ]; then echo "second attempt"; exit 0; fi; '
         f"echo $$ > {marks}/first.tmp; mv {marks}/first.tmp {marks}/first; "

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from mesh.api.client import NodeClient
-from tests.nodeutil import MESH, NodeProcess, free_port, host_processes, node_env, wait_for
+from tests.nodeutil import MESH, NodeProcess, free_port, host_processes, node_env, task_workroot, wait_for
 
 
 @pytest.fixture
@@ -128,7 +128,8 @@ def require_sandbox() -> None:
 
 
 def test_tasks_cannot_damage_the_store(node: NodeProcess, tree: Path) -> None:
-    """The process executor's task owns its copies: it may change them, never the store."""
+    """The process executor's task owns its copies: it may change them, never the store.
+    (On a root node the task is a task uid, which owns its copies; the store is root's.)"""
     vandal = (
         "chmod -R u+w . && echo vandal > a.txt && rm sub/b.txt && echo new > sub/b.txt"
         " && chmod 777 run.sh && echo 'echo replaced' > run.sh && mv a.txt moved"
@@ -359,17 +360,22 @@ def test_sigterm_stops_the_node_cleanly(home: Path) -> None:
 
 def test_task_directories_are_reused_and_removed_at_shutdown(home: Path, tree: Path) -> None:
     """A second task with the same input runs in the first one's directory (no checkout),
-    which /metrics counts; a node that stops leaves no task directory behind."""
-    node = NodeProcess(str(home)).start()
-    process = ("--executor", "process", "--no-cache", "-C", str(tree), "--")
-    for _ in range(2):
-        assert node.mesh("exec", *process, "cat", "a.txt").stdout == b"alpha\n"
-    metrics = httpx.get(node.url + "/metrics", trust_env=False).text
-    assert "mesh_task_dirs_reused_total 1\n" in metrics, metrics
-    assert "mesh_task_dirs_idle 1\n" in metrics
-    assert len(os.listdir(home / "work")) == 1
-    assert node.stop() == 0
-    assert os.listdir(home / "work") == []
+    which /metrics counts; a node that stops leaves no task directory behind. (On a root
+    node, process tasks run as task uids, whose task directories are not in the home.)"""
+    node = NodeProcess(str(home)).start()  # two slots, two task uids: the owner of the kept one is chosen
+    try:
+        workroot = Path(task_workroot(home) or home / "work")
+        process = ("--executor", "process", "--no-cache", "-C", str(tree), "--")
+        for _ in range(2):
+            assert node.mesh("exec", *process, "cat", "a.txt").stdout == b"alpha\n"
+        metrics = httpx.get(node.url + "/metrics", trust_env=False).text
+        assert "mesh_task_dirs_reused_total 1\n" in metrics, metrics
+        assert "mesh_task_dirs_idle 1\n" in metrics
+        assert len(os.listdir(workroot)) == 1
+        assert node.stop() == 0
+        assert not workroot.exists() or os.listdir(workroot) == []
+    finally:
+        node.kill()
 
 
 def test_remote_node_gets_only_missing_blobs_uploaded(node: NodeProcess, tree: Path, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from mesh.api.client import NodeClient
 from mesh.cas.digest import Digest
 from mesh.errors import NodeError
 from mesh.sched.membership import DEAD_AFTER
-from tests.nodeutil import MESH, NodeProcess, free_port, node_env, wait_for
+from tests.nodeutil import MESH, NodeProcess, free_port, node_env, task_workroot, wait_for
 
 
 def peers_of(node: NodeProcess) -> dict[str, dict[str, object]]:
@@ -184,14 +184,17 @@ def test_a_job_spreads_over_the_mesh_and_requirements_hold(trio_of_nodes: list[N
     assert "label.gpu=1" in status["impossible"]["reason"]
 
 
-def test_a_task_whose_peer_dies_completes_elsewhere(trio_of_nodes: list[NodeProcess], tmp_path: Path) -> None:
+def test_a_task_whose_peer_dies_completes_elsewhere(
+    trio_of_nodes: list[NodeProcess], tmp_path: Path, shared: Path
+) -> None:
     """Three long tasks on a coordinator with two slots: one runs on a peer. Kill that peer:
-    the task runs again elsewhere and the job succeeds."""
+    the task runs again elsewhere and the job succeeds. (The tasks write where they run in a
+    directory every task uid may write; a task directory is under the node's home, or, on a
+    root node, under the directory of its task uids' task directories.)"""
     a, b, c = trio_of_nodes
     _mesh_formed(trio_of_nodes)
     snapshot = _snapshot(a, tmp_path)
-    marks = tmp_path / "marks"
-    marks.mkdir()
+    marks = shared
     script = f'echo "$MESH_TASK_DIR" > {marks}/$1.$$; sleep 5; echo done'
     tasks = [
         {"name": f"long{i}", "argv": ["sh", "-c", script, "sh", f"long{i}"], "input": snapshot, "executor": "process"}
@@ -200,7 +203,7 @@ def test_a_task_whose_peer_dies_completes_elsewhere(trio_of_nodes: list[NodeProc
     with _client(a) as client:
         job_id = client.submit({"tasks": tasks, "no_cache": True})["id"]
         wait_for(lambda: len(list(marks.iterdir())) >= 3, timeout=30, what="the three tasks to start")
-        homes = {str(n.home): n for n in (b, c)}
+        homes = {task_workroot(n.home) or str(n.home): n for n in (b, c)}
         remote = [
             (m.name.split(".")[0], m.read_text())
             for m in marks.iterdir()

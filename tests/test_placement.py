@@ -22,6 +22,15 @@ def test_requirements_must_all_hold() -> None:
         rank({"label.gpu": "1"}, nodes)
 
 
+def test_an_executor_no_node_offers_is_refused_naming_those_offered() -> None:
+    nodes = [
+        NodeView(node="a", capabilities={**LINUX, "executor.sandbox": "1"}),
+        NodeView(node="b", capabilities={**LINUX, "executor.sandbox": "1", "executor.docker": "1"}),
+    ]
+    with pytest.raises(Unplaceable, match=r"lacks executor.process=1; the executors offered: docker, sandbox$"):
+        rank({"executor.process": "1"}, nodes)
+
+
 def test_dead_nodes_are_not_candidates() -> None:
     nodes = [NodeView(node="a", alive=False), NodeView(node="b")]
     assert [c.node for c in rank({}, nodes)] == ["b"]

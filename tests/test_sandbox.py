@@ -333,6 +333,105 @@ def test_the_sandbox_is_killed_when_its_limits_cannot_be_set(tmp_path: Path, mon
     assert os.listdir(work) == []  # the command never ran
 
 
+# -- the kernel's doors ------------------------------------------------------------------------
+
+
+async def test_no_user_namespace_can_be_made_inside(node: Node) -> None:
+    """``unshare -Ur`` (a user namespace: root over its own mounts and network) fails, and so does
+    any other namespace, by unshare or clone."""
+    script = (
+        "unshare -Ur true; echo status $?; "
+        "python3 -c 'import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "for flag in (0x10000000, 0x20000, 0x40000000):  # CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWNET\n"
+        "  print(libc.unshare(flag), os.strerror(ctypes.get_errno()))'"
+    )
+    result, out = await run_sh(node, script)
+    assert out.splitlines() == [
+        "unshare: unshare failed: Operation not permitted",
+        "status 1",
+        *["-1 Operation not permitted"] * 3,
+    ], out
+    node.assert_healthy()
+
+
+async def test_sys_shows_only_the_cpu_counts(node: Node) -> None:
+    result, out = await run_sh(node, "find /sys | sort; cat /sys/devices/system/cpu/online; touch /sys/x")
+    cpu = "/sys/devices/system/cpu"
+    with open(f"{cpu}/online") as f:
+        online = f.read()
+    assert out == (
+        f"/sys\n/sys/devices\n/sys/devices/system\n{cpu}\n{cpu}/online\n{cpu}/possible\n{cpu}/present\n"
+        f"{online}touch: cannot touch '/sys/x': Read-only file system\n"
+    ), out
+
+
+#: Each denied call made through ctypes: what it is, then syscall number and arguments (x86_64).
+DENIED_CALLS = {
+    "keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_USER_KEYRING)": (250, 0, -4, 0),
+    "add_key": (248, 0, 0, 0),
+    "bpf(BPF_PROG_LOAD)": (321, 5, 0, 0),
+    "perf_event_open": (298, 0, 0, -1),
+    "userfaultfd": (323, 0, 0, 0),
+    "io_uring_setup": (425, 1, 0, 0),
+    "mount": (165, 0, 0, 0),
+    "setns": (308, 0, 0, 0),
+}
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the syscall numbers below are x86_64's")
+async def test_denied_system_calls_fail_with_eperm(node: Node) -> None:
+    calls = ", ".join(f"({name!r}, {args!r})" for name, args in DENIED_CALLS.items())
+    script = f"""
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+for name, (nr, *args) in [{calls}]:
+    ctypes.set_errno(0)
+    result = libc.syscall(ctypes.c_long(nr), *(ctypes.c_long(a) for a in args))
+    print(name, result, os.strerror(ctypes.get_errno()))
+ctypes.set_errno(0)
+print("clone3", libc.syscall(ctypes.c_long(435), None, ctypes.c_long(0)), os.strerror(ctypes.get_errno()))
+"""
+    result = await node.runner.run(Action(argv=("python3", "-c", script), input=node.snap, executor="sandbox"))
+    out = node.store.get(result.stdout).decode()
+    assert result.success, node.store.get(result.stderr)
+    expected = [f"{name} -1 Operation not permitted" for name in DENIED_CALLS]
+    # clone3 answers ENOSYS, on which glibc falls back to clone (whose flags the filter reads)
+    assert out.splitlines() == [*expected, "clone3 -1 Function not implemented"], out
+
+
+C_PROGRAM = b"""#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(void) {
+    long r = syscall(SYS_keyctl, 0, -4, 0);
+    printf("keyctl %ld %s\\n", r, strerror(errno));
+    return 0;
+}
+"""
+
+
+async def test_ordinary_builds_still_work(node: Node) -> None:
+    """sh, python3, gcc (compile, link, run) and the CPU counts (nproc, getconf, os.cpu_count)
+    under the filter and the hidden /sys; the count is the host's."""
+    script = (
+        "cat > k.c <<'EOF'\n" + C_PROGRAM.decode() + "EOF\n"
+        "gcc -O2 -o k k.c && ./k && "
+        "nproc && getconf _NPROCESSORS_ONLN && getconf _NPROCESSORS_CONF && "
+        "python3 -c 'import os, threading; t = threading.Thread(target=print, args=(os.cpu_count(),)); "
+        "t.start(); t.join()' && sh -c 'echo $((6 * 7))'"
+    )
+    result, out = await run_sh(node, script, outputs=("k",))
+    cores = str(len(os.sched_getaffinity(0)))
+    online = str(os.cpu_count())
+    assert result.success, out
+    assert out.splitlines() == ["keyctl -1 Operation not permitted", cores, online, online, online, "42"], out
+    assert listing(node.store, result.output)["k"][:4] == b"\x7fELF"  # type: ignore[index]
+    node.assert_healthy()
+
+
 # -- processes ------------------------------------------------------------------------------
 
 

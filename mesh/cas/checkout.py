@@ -62,8 +62,13 @@ def checkout(
     mode: Mode = "copy",
     verify: bool = True,
     workers: int = DEFAULT_WORKERS,
+    owner: tuple[int, int] | None = None,
 ) -> CheckoutStatistics:
     """Write snapshot ``root`` into directory ``target`` (created if absent; must be empty).
+
+    ``owner`` (uid, gid), copy mode only: every directory, file and symlink written, and
+    ``target``, is given to it as it is made (the node, as root, checks a tree out for a
+    task uid, which then owns its copies as any user owns a checkout of its own).
 
     Raises CheckoutConflict if something is in the way, BlobNotFound if the store
     lacks a blob, BlobDamaged if a blob is damaged (copy mode verifies; the store
@@ -73,6 +78,8 @@ def checkout(
     """
     if mode not in ("copy", "link"):
         raise ValueError(f"checkout mode must be 'copy' or 'link', not {mode!r}")
+    if owner is not None and mode != "copy":
+        raise ValueError("a link-mode checkout's files are the store's: they cannot be given to an owner")
     path = os.fspath(target)
     try:
         os.mkdir(path, 0o755)
@@ -87,7 +94,9 @@ def checkout(
     try:
         if os.listdir(top):
             raise CheckoutConflict(f"cannot check out into {path}: the directory is not empty")
-        writer = _Writer(store, mode, verify, path)
+        if owner is not None:
+            os.fchown(top, *owner)
+        writer = _Writer(store, mode, verify, path, owner)
         if workers > 1 and can_fork():
             return writer.run_forked(root, top, workers)
         return writer.run(root, top, workers)
@@ -152,11 +161,14 @@ def _settle(future: Future[None], handle: _Handle) -> None:
 class _Writer:
     """One checkout: walks the nodes on this thread, writes files on a pool."""
 
-    def __init__(self, store: LocalStore, mode: Mode, verify: bool, target: str) -> None:
+    def __init__(
+        self, store: LocalStore, mode: Mode, verify: bool, target: str, owner: tuple[int, int] | None = None
+    ) -> None:
         self.store = store
         self.mode = mode
         self.verify = verify
         self.target = target
+        self.owner = owner
         self.files = self.dirs = self.links = self.bytes = 0
         self._counting = threading.Lock()  # files are counted on the pool's threads
 
@@ -255,7 +267,7 @@ class _Writer:
     def _subtree(self, item: tuple[Digest, _Handle, bytes]) -> CheckoutStatistics:
         """In a worker: write the contents of one directory the parent made."""
         digest, here, rel = item
-        return _Writer(self.store, self.mode, self.verify, self.target).run(digest, here.fd, 1, None, rel)
+        return _Writer(self.store, self.mode, self.verify, self.target, self.owner).run(digest, here.fd, 1, None, rel)
 
     def _where(self, rel: bytes) -> str:
         return os.path.join(self.target, os.fsdecode(rel))
@@ -268,12 +280,20 @@ class _Writer:
             raise CheckoutConflict(f"{self._where(rel)} already exists; checkout does not overwrite") from None
         except OSError as exc:
             raise self._failed(rel, exc) from None
+        if self.owner is not None:
+            try:
+                os.fchown(fd, *self.owner)
+            except OSError as exc:
+                os.close(fd)
+                raise self._failed(rel, exc) from None
         self.dirs += 1
         return fd
 
     def _symlink(self, dfd: int, entry: Entry, rel: bytes) -> None:
         try:
             os.symlink(entry.link, entry.name, dir_fd=dfd)
+            if self.owner is not None:
+                os.chown(entry.name, *self.owner, dir_fd=dfd, follow_symlinks=False)
         except FileExistsError:
             raise CheckoutConflict(f"{self._where(rel)} already exists; checkout does not overwrite") from None
         except OSError as exc:
@@ -309,6 +329,8 @@ class _Writer:
         except OSError as exc:
             raise self._failed(rel, exc) from None
         try:
+            if self.owner is not None:
+                os.fchown(fd, *self.owner)
             self.store.copy_to(entry.blob, fd, verify=self.verify)
         except BlobDamaged:
             os.unlink(entry.name, dir_fd=dfd)  # a large blob is checked in the copy: drop the bad bytes

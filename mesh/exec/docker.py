@@ -59,7 +59,7 @@ import posixpath
 import signal
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import trio
 
@@ -68,6 +68,9 @@ from mesh.errors import DockerError, SpawnFailed
 from mesh.exec.engine import Attachment, DockerStatus, Engine, docker_status, socket_path, valid_reference
 from mesh.exec.hop import RunCancelled
 from mesh.exec.process import Cancel, Command, ExitStatus, OutputSink
+
+if TYPE_CHECKING:
+    from mesh.exec.taskusers import TaskUsers
 
 __all__ = ["DockerExecutor", "DockerStatus", "docker_status"]
 
@@ -124,6 +127,7 @@ class DockerExecutor:
 
     name = "docker"
     checkout_mode: Mode = "copy"
+    users: TaskUsers | None = None  # the task runs as the node's uid, in the container's namespaces
 
     def __init__(
         self,

@@ -11,6 +11,11 @@ workroot::
 
 lets the executor prepare them if it has a ``prepare(command)`` hook (the
 sandbox gives the directories, not the files, to the uid its task runs as),
+or, for an executor with task uids (the ``process`` executor of a root node,
+:mod:`mesh.exec.taskusers`), leases the task a uid of its own, makes the task
+directory in the task uids' directory and gives it, checkout and all, to that
+uid; once the command is done, the directory is the node's again and every
+process of the uid is killed before anything of the directory is read;
 then runs the command through the executor with ``env = BASE_ENV + HOME +
 TMPDIR + action.env`` in ``work/<action.cwd>``, writes stdout and stderr into
 the CAS as they come (and passes them to a follower), snapshots the outputs,
@@ -46,7 +51,6 @@ from __future__ import annotations
 import errno
 import functools
 import os
-import shutil
 import stat
 import tempfile
 import time
@@ -64,6 +68,8 @@ from mesh.exec import hop
 from mesh.exec.action import BASE_ENV, Action, ActionResult
 from mesh.exec.process import Command, Executor, ExitStatus
 from mesh.exec.reaper import MARKER, kill_task_processes
+from mesh.exec.removal import remove_tree as remove_tree  # also known as the runner's
+from mesh.exec.taskusers import Lease, TaskUsers
 from mesh.exec.workpool import Manifest, PoolStatistics, Verdict, WorkdirPool
 
 OutputFollower = Callable[[str, bytes], Awaitable[None]]
@@ -213,8 +219,12 @@ class Runner:
         streams = _Streams(self.store, self.limits.stream_bytes, forward)
         task: _TaskDir | None = None
         keep: Verdict | None = None
+        users = executor.users
+        lease: Lease | None = None
         try:
-            prepared = self._prepare(action, executor)
+            if users is not None:
+                lease = users.lease(prefer=self.workdirs.owners(action.input))
+            prepared = self._prepare(action, executor, lease)
             if isinstance(prepared, str):
                 return self._result(ExitStatus(NOT_STARTED), streams.commit(self._empty), None, started_at, prepared)
             task = prepared
@@ -229,6 +239,7 @@ class Runner:
                 network=action.network,
                 image=action.image,
                 limits=action.limits,
+                user=None if lease is None else lease.uid,
             )
             prepare = getattr(executor, "prepare", None)
             if prepare is not None:  # e.g. the sandbox hands the directories to its task's uid
@@ -238,6 +249,10 @@ class Runner:
             except SpawnFailed as exc:
                 digests = streams.commit(self._empty)
                 return self._result(ExitStatus(exc.exit_code), digests, None, started_at, str(exc))
+            finally:
+                if users is not None and lease is not None:
+                    ended, lease = lease, None
+                    self._end(users, ended, task)
             digests = streams.commit(self._empty)
             keep, output, capture_error = self._capture(action, task)
             if self.store.statistics().blobs_written != written_before:
@@ -245,9 +260,24 @@ class Runner:
             return self._result(status, digests, output, started_at, streams.error or capture_error)
         finally:
             streams.abort()
+            try:
+                if users is not None and lease is not None:  # the task never ran
+                    ended, lease = lease, None
+                    self._end(users, ended, task)
+            finally:
+                if task is not None:
+                    if keep is None or not self._keep(task, keep):
+                        remove_tree(task.root)
+
+    @staticmethod
+    def _end(users: TaskUsers, lease: Lease, task: _TaskDir | None) -> None:
+        """The task's uid ran its last: its task directory is the node's again (so no task uid
+        reaches it), then every process of the uid is killed and what it left elsewhere removed."""
+        try:
             if task is not None:
-                if keep is None or not self._keep(task, keep):
-                    remove_tree(task.root)
+                os.chown(task.root, os.geteuid(), os.getegid())
+        finally:
+            users.end(lease)
 
     def _capture(self, action: Action, task: _TaskDir) -> tuple[Verdict | None, Digest | None, str | None]:
         """Snapshot the outputs; also whether the task directory may be kept (a Verdict) or not (None).
@@ -289,11 +319,13 @@ class Runner:
                 else:
                     os.unlink(path)
             remove_tree(task.out)
+            owner = verdict.manifest.owner  # the task uid's, or the node's
             home = os.lstat(task.tmp)
-            if not _private_dir(home) or os.listdir(task.tmp):
+            if not _private_dir(home, owner) or os.listdir(task.tmp):
                 remove_tree(task.tmp)
                 os.mkdir(task.tmp, 0o700)
-            if not _private_dir(os.lstat(task.root)) or sorted(os.listdir(task.root)) != ["tmp", "work"]:
+                os.chown(task.tmp, owner, owner if owner != os.geteuid() else os.getegid())
+            if not _private_dir(os.lstat(task.root), os.geteuid()) or sorted(os.listdir(task.root)) != ["tmp", "work"]:
                 return False
         except OSError:
             return False
@@ -324,39 +356,50 @@ class Runner:
 
     # -- blocking filesystem work (on the task's worker thread) -------------------
 
-    def _prepare(self, action: Action, executor: Executor) -> _TaskDir | str:
+    def _prepare(self, action: Action, executor: Executor, lease: Lease | None) -> _TaskDir | str:
         """A task directory with the input checked out; or why the task cannot start.
 
         A directory kept from an earlier task with the same input is taken when there
-        is one. The checkout runs on the calling thread (``workers=1``): a task's input
-        is written by one thread, so the store's pool stays free for other tasks.
+        is one (made for the same task uid, with ``lease``). The checkout runs on the
+        calling thread (``workers=1``): a task's input is written by one thread, so the
+        store's pool stays free for other tasks. With ``lease``, the task directory is
+        in the task uids' directory and everything in it belongs to the leased uid.
         """
         error = _check_cwd(self.store, action)
         if error is not None:
             return error
         mode = executor.checkout_mode
         reusable = mode == "copy" and not hasattr(executor, "prepare")
+        owner = None if lease is None else (lease.uid, lease.gid)
         if reusable:
-            kept = self.workdirs.take(action.input)
+            kept = self.workdirs.take(action.input, None if lease is None else lease.uid)
             if kept is not None:
-                return _TaskDir.at(*kept)
-        task = _TaskDir.at(tempfile.mkdtemp(prefix=_TASK_PREFIX, dir=self.workroot))  # 0700
+                task = _TaskDir.at(*kept)
+                if owner is not None:
+                    os.chown(task.root, *owner)
+                return task
+        workroot = self.workroot if executor.users is None else executor.users.workroot
+        task = _TaskDir.at(tempfile.mkdtemp(prefix=_TASK_PREFIX, dir=workroot))  # 0700
         try:
             os.mkdir(task.tmp, 0o700)
+            if owner is not None:
+                os.chown(task.tmp, *owner)
             epoch = self.store.epoch() if reusable else ""
-            checked_out = checkout(self.store, action.input, task.work, mode=mode, workers=1)
+            checked_out = checkout(self.store, action.input, task.work, mode=mode, workers=1, owner=owner)
             if reusable and self.workdirs.fits(checked_out.bytes):
                 manifest = Manifest.record(self.store, action.input, task.work, epoch=epoch)
                 task = replace(task, manifest=manifest)
+            if owner is not None:
+                os.chown(task.root, *owner)
         except BaseException:
             remove_tree(task.root)
             raise
         return task
 
 
-def _private_dir(st: os.stat_result) -> bool:
-    """A directory of the node's user, mode 0700: what a task directory and its HOME are made as."""
-    return stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.geteuid()
+def _private_dir(st: os.stat_result, uid: int) -> bool:
+    """A directory of ``uid``, mode 0700: what a task directory and its HOME are made as."""
+    return stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == uid
 
 
 def _environment(action: Action, task: _TaskDir) -> dict[str, str]:
@@ -555,40 +598,3 @@ def _tree_bytes(root: str, limit: int) -> int:
                 elif entry.is_file(follow_symlinks=False):
                     total += entry.stat(follow_symlinks=False).st_size
     return total
-
-
-# -- removal ------------------------------------------------------------------------
-
-
-def remove_tree(path: str) -> None:
-    """Remove the tree at ``path`` entirely, never following a symlink; no error if absent.
-
-    A task may have left directories without write or search permission for its
-    owner: when a plain removal fails, every directory is given u+rwx on the way
-    down (parent before child) and the removal is tried again.
-    """
-    try:
-        shutil.rmtree(path)
-        return
-    except FileNotFoundError:
-        return
-    except PermissionError:
-        pass
-    _grant_owner_access(path)
-    shutil.rmtree(path)
-
-
-def _grant_owner_access(path: str) -> None:
-    stack = [path]
-    while stack:
-        here = stack.pop()
-        try:
-            st = os.lstat(here)
-            if not stat.S_ISDIR(st.st_mode):
-                continue
-            if st.st_mode & 0o700 != 0o700:
-                os.chmod(here, stat.S_IMODE(st.st_mode) | 0o700)
-            with os.scandir(here) as entries:
-                stack.extend(entry.path for entry in entries if entry.is_dir(follow_symlinks=False))
-        except FileNotFoundError:
-            continue

@@ -5,6 +5,14 @@ Tasks from other machines are untrusted code. Inside the sandbox a task sees:
 * the host's filesystem read-only (``--ro-bind / /``), its own ``/dev`` (with a
   private ``/dev/shm``), its own ``/proc`` (of its own pid namespace: no host
   process is visible or can be signalled) and a private, empty, writable ``/tmp``;
+* of ``/sys``, only the CPU counts glibc reads (:data:`SYS_SHOWN`): the rest of the
+  host's devices, kernel settings and cgroups is an empty read-only directory;
+* a seccomp filter (:mod:`mesh.exec.seccomp`, compiled once per node) that refuses
+  with EPERM what sandboxes commonly deny: keyrings, bpf, perf events, userfaultfd,
+  io_uring, kernel modules, mounts and every new namespace, so no user namespace
+  (which would make the task root over mounts and networks of its own) can be made:
+  in root mode no user namespace exists and the filter is what refuses one; in
+  non-root mode bwrap's ``--disable-userns`` does too;
 * writable: its workdir and its HOME/TMPDIR directory, bind-mounted at the same
   paths as on the host (so paths mean the same as with the ``process`` executor);
 * hidden: the node's home (key, store, ``state.db``) and every other path given
@@ -91,11 +99,9 @@ namespace counts its own processes.
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
-import re
 import resource
 import select
 import shutil
@@ -104,6 +110,7 @@ import stat
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
+from typing import Literal
 
 from mesh.cas.checkout import Mode
 from mesh.errors import ExecError, SpawnFailed
@@ -114,11 +121,14 @@ from mesh.exec.process import (
     Cancel,
     Command,
     ExitStatus,
+    LaunchWatch,
     NoCancel,
     OutputSink,
     ProcessExecutor,
     _Child,
+    setpriv_command,
 )
+from mesh.exec.seccomp import filter_pipe, seccomp_unavailable
 
 __all__ = ["NOBODY", "NOGROUP", "SandboxExecutor", "SandboxLimits", "sandbox_unavailable"]
 
@@ -131,11 +141,10 @@ UMASK = 0o022
 #: Capabilities bwrap keeps (root mode) so that setpriv can switch uid and gid and
 #: empty the bounding set; setpriv then drops them too.
 _SETPRIV_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
-#: Bytes of stderr kept to recognise a launcher's failed exec.
-_LAUNCH_MESSAGE_MAX = 1024
-#: The one line of a failed exec of the command: setpriv's (root mode), bwrap's (otherwise).
-_SETPRIV_FAILED = re.compile(rb"setpriv: failed to execute (.+): ([^\n]+)\n")
-_BWRAP_FAILED = re.compile(rb"bwrap: execvp (.+): ([^\n]+)\n")
+#: What the task sees of /sys (all else of it is an empty directory): the CPU counts that
+#: glibc's get_nprocs and get_nprocs_conf read (``nproc``, ``getconf``, ``os.cpu_count``
+#: also fall back to /proc/stat without them, but some runtimes read these files).
+SYS_SHOWN = ("/sys/devices/system/cpu/online", "/sys/devices/system/cpu/possible", "/sys/devices/system/cpu/present")
 #: Bytes of bwrap's --info-fd report read at most (a small JSON object).
 _INFO_MAX = 1 << 16
 #: Seconds the sandbox's first process may take to die after bwrap (it is SIGKILLed by
@@ -250,6 +259,9 @@ class SandboxExecutor(ProcessExecutor):
             raise ExecError(f"the sandbox executor needs {' and '.join(missing)}, not found on PATH")
         self._bwrap = str(tools["bwrap"])
         self._setpriv = tools.get("setpriv")
+        why_not = seccomp_unavailable()  # compiles the filter now, once for every task
+        if why_not is not None:
+            raise ExecError(f"the sandbox executor needs its seccomp filter: {why_not}")
 
     def __repr__(self) -> str:
         who = (
@@ -284,31 +296,32 @@ class SandboxExecutor(ProcessExecutor):
 
     # -- the command line -------------------------------------------------------------
 
-    def command_line(self, command: Command, *, info_fd: int | None = None, block_fd: int | None = None) -> list[str]:
+    def command_line(
+        self,
+        command: Command,
+        *,
+        info_fd: int | None = None,
+        block_fd: int | None = None,
+        seccomp_fd: int | None = None,
+    ) -> list[str]:
         """The whole argv: bwrap with the sandbox's options, setpriv in root mode, the command.
 
         ``info_fd`` and ``block_fd`` are bwrap's ``--info-fd`` and ``--block-fd``, through
         which the rlimits are set (see the module docstring); without them the command
-        runs with the node's limits.
+        runs with the node's limits. ``seccomp_fd`` holds the seccomp filter
+        (:func:`mesh.exec.seccomp.filter_pipe`); without it the command runs unfiltered.
         """
         sync: list[str] = []
         if info_fd is not None:
             sync += ["--info-fd", str(info_fd)]
         if block_fd is not None:
             sync += ["--block-fd", str(block_fd)]
+        if seccomp_fd is not None:
+            sync += ["--seccomp", str(seccomp_fd)]
         launcher: list[str] = []
         if self.privileged:
             assert self._setpriv is not None
-            launcher = [
-                self._setpriv,
-                f"--reuid={self.uid}",
-                f"--regid={self.gid}",
-                "--clear-groups",
-                "--inh-caps=-all",
-                "--bounding-set=-all",
-                "--no-new-privs",
-                "--",
-            ]
+            launcher = setpriv_command(self._setpriv, self.uid, self.gid)
         isolation = self.isolation(command)
         return [*isolation[:-1], *sync, "--", *launcher, *command.argv]
 
@@ -332,7 +345,7 @@ class SandboxExecutor(ProcessExecutor):
             except FileNotFoundError:
                 continue
             (hidden_dirs if is_dir else hidden_files).append(real)
-        empty = [*hidden_dirs, self._blind_spot(holder)]
+        empty = [*hidden_dirs, self._blind_spot(holder), "/sys"]
         if not command.network:
             empty.append("/run")
 
@@ -352,6 +365,11 @@ class SandboxExecutor(ProcessExecutor):
             args += ["--perms", "0755", "--dir", parent]  # traversable mount points
         for path in own:
             args += ["--bind", path, path]
+        shown = [path for path in SYS_SHOWN if os.path.exists(path)]
+        for parent in dict.fromkeys(os.path.dirname(p) for p in shown):
+            args += ["--perms", "0755", "--dir", parent]  # else made 0700 (root mode)
+        for path in shown:
+            args += ["--ro-bind", path, path]
         for path in emptied:
             args += ["--remount-ro", path]
         if self.privileged:
@@ -362,7 +380,7 @@ class SandboxExecutor(ProcessExecutor):
             for cap in _SETPRIV_CAPS:
                 args += ["--cap-add", cap]
         else:
-            args.append("--unshare-all")
+            args += ["--unshare-all", "--unshare-user", "--disable-userns"]
             if command.network:
                 args.append("--share-net")
         cwd = os.path.join(own[0], command.cwd) if command.cwd else own[0]
@@ -394,9 +412,10 @@ class SandboxExecutor(ProcessExecutor):
 
     def run(self, command: Command, on_output: OutputSink, cancel: Cancel) -> ExitStatus:
         """See :meth:`mesh.exec.process.Executor.run`; raises SpawnFailed when the command cannot be started."""
-        watch = _LaunchWatch(on_output)
+        watch = LaunchWatch(on_output)
         status = super().run(command, watch, cancel)
-        failure = watch.failure(status, command.argv[0], privileged=self.privileged)
+        launcher: Literal["setpriv", "bwrap"] = "setpriv" if self.privileged else "bwrap"
+        failure = watch.failure(status, command.argv[0], launcher, " in the sandbox", "; the node's home is hidden")
         if failure is not None:
             raise failure
         return status
@@ -418,11 +437,13 @@ class SandboxExecutor(ProcessExecutor):
     def _spawn(self, command: Command) -> _Bwrap:
         """Start bwrap; set the rlimits on the sandbox's first process while it waits; let it go."""
         limits = self.limits_for(command)
+        seccomp_r = filter_pipe()
         info_r, info_w = os.pipe2(os.O_CLOEXEC)
         block_r, block_w = os.pipe2(os.O_CLOEXEC)
         try:
-            argv = self.command_line(command, info_fd=info_w, block_fd=block_r)
-            child = _Bwrap.start(argv, cwd="/", env=command.env, pass_fds=(info_w, block_r), umask=UMASK)
+            argv = self.command_line(command, info_fd=info_w, block_fd=block_r, seccomp_fd=seccomp_r)
+            passed = (info_w, block_r, seccomp_r)
+            child = _Bwrap.start(argv, cwd="/", env=command.env, pass_fds=passed, umask=UMASK)
         except BaseException as exc:
             os.close(info_r)
             os.close(block_w)
@@ -432,6 +453,7 @@ class SandboxExecutor(ProcessExecutor):
         finally:
             os.close(info_w)
             os.close(block_r)
+            os.close(seccomp_r)
         try:
             try:
                 pid = _sandbox_pid(info_r)
@@ -487,50 +509,6 @@ def _wait_gone(pidfd: int, grace: float = SANDBOX_GRACE) -> None:
         except ProcessLookupError:
             pass
         poller.poll()
-
-
-class _LaunchWatch:
-    """Passes output on, keeping the start of stderr and whether there was stdout, to tell
-    a launcher's failed exec (the only output then) from the command's own failure."""
-
-    def __init__(self, on_output: OutputSink) -> None:
-        self.on_output = on_output
-        self.stderr_head = b""
-        self.stderr_long = False
-        self.stdout = False
-
-    def __call__(self, stream: str, chunk: bytes) -> bool:
-        if stream == "stdout":
-            self.stdout = True
-        elif not self.stderr_long:
-            self.stderr_head += chunk
-            if len(self.stderr_head) > _LAUNCH_MESSAGE_MAX:
-                self.stderr_long = True
-                self.stderr_head = b""
-        return self.on_output(stream, chunk)
-
-    def failure(self, status: ExitStatus, program: str, *, privileged: bool) -> SpawnFailed | None:
-        """The SpawnFailed that ``status`` and the output mean, or None if the command ran.
-
-        ``privileged``: setpriv started the command (exit 127 or 126), else bwrap (exit 1).
-        """
-        codes, pattern = ((126, 127), _SETPRIV_FAILED) if privileged else ((1,), _BWRAP_FAILED)
-        if status.exit_code not in codes or status.timed_out or self.stdout or self.stderr_long:
-            return None
-        match = pattern.fullmatch(self.stderr_head)
-        if match is None:
-            return None
-        why = match.group(2).decode(errors="replace")
-        not_found = status.exit_code == 127 if privileged else why == os.strerror(errno.ENOENT)
-        if not_found:
-            return SpawnFailed(
-                f"command not found in the sandbox: {program!r} (argv[0] is looked up on the action's PATH, "
-                "or relative to its cwd when it contains a '/'; the node's home is hidden)",
-                127,
-            )
-        if why == os.strerror(errno.EAGAIN):
-            why += " (the task uid has as many processes as the sandbox's limit allows)"
-        return SpawnFailed(f"cannot execute {program!r} in the sandbox: {why}", 126)
 
 
 def _sandbox_pid(info: int) -> int | None:
@@ -598,6 +576,9 @@ def sandbox_unavailable() -> str | None:
         reason = _user_namespaces_disabled()
         if reason is not None:
             return reason
+    reason = seccomp_unavailable()
+    if reason is not None:
+        return reason
     try:
         return _trial()
     except (OSError, ExecError) as exc:

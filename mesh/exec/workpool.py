@@ -26,12 +26,17 @@ task, :meth:`Manifest.verify` walks the workdir again:
   is kept. Directories' mtimes are not compared (adding and removing extras changes
   them); their names are.
 
-The runner keeps only copy-mode checkouts of executors that do not hand the
-directories to another uid (the ``process`` and ``docker`` executors): in a link-mode
-checkout the files are the store's own, whose link counts change with every other
-checkout. A process that escaped the task's process group could change a kept
-workdir after its check, just as it could change anything else of the node's user:
-the ``process`` executor isolates nothing (see :mod:`mesh.exec.process`).
+The runner keeps only copy-mode checkouts, of executors that have no ``prepare``
+hook (the ``process`` and ``docker`` executors): in a link-mode checkout the files are
+the store's own, whose link counts change with every other checkout. A checkout made
+for a task uid (the ``process`` executor of a root node, :mod:`mesh.exec.taskusers`)
+belongs to that uid, files and directories, and goes only to a later task that leased
+the same uid (:meth:`WorkdirPool.take` with ``owner``): handing it to another uid
+would change every entry's owner and ctime. Such a task is checked only once every
+process of its uid is gone, and while it waits idle its task directory is root's
+(0700), so no task uid can reach it. Without task uids (a node that is not root), a
+process that escaped the task's process group could change a kept workdir after its
+check, just as it could change anything else of the node's user.
 """
 
 from __future__ import annotations
@@ -88,6 +93,11 @@ class Manifest:
     checked_at_ns: int
     bytes: int
     epoch: str
+
+    @property
+    def owner(self) -> int:
+        """The uid the checkout's directories and files belong to (its top directory's)."""
+        return self.entries[b""].record[1]
 
     @classmethod
     def record(cls, store: LocalStore, root: Digest, workdir: str, *, epoch: str) -> Manifest:
@@ -235,11 +245,17 @@ class WorkdirPool:
         """Whether a checkout of ``size`` bytes may be kept at all."""
         return self.dirs > 0 and size <= self.max_bytes
 
-    def take(self, input: Digest) -> tuple[str, Manifest] | None:
-        """An idle task root holding a checkout of ``input``, and its manifest; None if there is none."""
+    def owners(self, input: Digest) -> set[int]:
+        """The uids that own an idle checkout of ``input``."""
+        with self._lock:
+            return {manifest.owner for manifest in self._idle.values() if manifest.input == input}
+
+    def take(self, input: Digest, owner: int | None = None) -> tuple[str, Manifest] | None:
+        """An idle task root holding a checkout of ``input`` (owned by ``owner``, if given), and
+        its manifest; None if there is none."""
         with self._lock:
             for root, manifest in reversed(self._idle.items()):  # the most recently kept
-                if manifest.input == input:
+                if manifest.input == input and owner in (None, manifest.owner):
                     del self._idle[root]
                     self._bytes -= manifest.bytes
                     self._reused += 1

@@ -81,8 +81,22 @@ def _why_not(requirements: Mapping[str, str], live: list[NodeView]) -> str:
         return "no live node is known"
     wanted = ", ".join(f"{k}={v}" for k, v in sorted(requirements.items()))
     closest = min(live, key=lambda n: (len(unmet(requirements, n.capabilities)), n.node))
-    missing = ", ".join(unmet(requirements, closest.capabilities))
-    return (
+    missing = unmet(requirements, closest.capabilities)
+    why = (
         f"no node meets the requirements {wanted}: of {len(live)} live node(s), the closest "
-        f"({closest.node}) lacks {missing}"
+        f"({closest.node}) lacks {', '.join(missing)}"
     )
+    if any(m.startswith(_EXECUTOR) for m in missing):
+        offered = sorted(
+            {
+                k[len(_EXECUTOR) :]
+                for n in live
+                for k, v in n.capabilities.items()
+                if k.startswith(_EXECUTOR) and v == "1"
+            }
+        )
+        why += f"; the executors offered: {', '.join(offered) or 'none'}"
+    return why
+
+
+_EXECUTOR = "executor."
