@@ -316,9 +316,13 @@ class Node:
         return {"slots": stats.slots, "busy": stats.busy, "queued": stats.queued}
 
     def _close(self) -> None:
-        closers = (getattr(self, "runner", None), self.task_users, getattr(self, "db", None))
-        closers += (getattr(self, "store", None), getattr(self, "verifier", None))
-        for closer in closers:
+        for closer in (
+            getattr(self, "runner", None),
+            self.task_users,
+            getattr(self, "db", None),
+            getattr(self, "store", None),
+            getattr(self, "verifier", None),
+        ):
             if closer is not None:
                 closer.close()
         for sock in self._sockets:  # serve closes them; not if the node failed before serving

@@ -344,14 +344,14 @@ def ended(client: NodeClient, job_id: str) -> dict[str, Any]:
     return client.job(job_id)
 
 
-def test_a_full_disk_under_the_state_database_stops_no_node(small_fs: Path, tmp_path: Path) -> None:
+def test_a_full_disk_under_the_state_database_stops_no_node(small_fs: Path, tmp_path: Path, shared: Path) -> None:
     """Something else fills the disk while tasks run: the end of one cannot be written to the
     state database. The node serves on and says so in one line; the job says it is not recorded
     yet; a submit and a cancel are refused with 507 naming the database and its free space, and
     change nothing. Once space is freed the end is recorded, a new job runs, and after a
     restart the state is whole: no job lost, none left running."""
     node, snapshot = gated_node(small_fs, tmp_path)
-    first, other = Gate(tmp_path, "first"), Gate(tmp_path, "other")
+    first, other = Gate(shared, "first"), Gate(shared, "other")  # where a task uid reaches them
     try:
         with signed(node) as http, NodeClient(node.url, key=load_key(node.home)) as client:
             gated = client.submit(job_of(snapshot, first.task))["id"]
@@ -401,12 +401,14 @@ def test_a_full_disk_under_the_state_database_stops_no_node(small_fs: Path, tmp_
         node.stop()
 
 
-def test_a_node_stopped_before_it_could_record_runs_the_task_again(small_fs: Path, tmp_path: Path) -> None:
+def test_a_node_stopped_before_it_could_record_runs_the_task_again(
+    small_fs: Path, tmp_path: Path, shared: Path
+) -> None:
     """The node stops while a task's end waits to be recorded (the disk is full): it says so
     and exits 0; the next start resumes the job from what the database holds, and the task
     runs again (at least once, as after a crash)."""
     node, snapshot = gated_node(small_fs, tmp_path)
-    gate = Gate(tmp_path, "gated", once=True)
+    gate = Gate(shared, "gated", once=True)  # where a task uid reaches it
     try:
         with NodeClient(node.url, key=load_key(node.home)) as client:
             job_id = client.submit(job_of(snapshot, gate.task))["id"]
