@@ -191,11 +191,38 @@ def test_task_uids_that_belong_to_someone_are_refused_at_start(home: Path) -> No
             [*up, "--task-uids", f"{busy_uid}-{busy_uid}"], env=node_env(str(home)), capture_output=True, timeout=60
         )
         assert busy.returncode == 1, busy.stderr
-        assert f"task uid {busy_uid}".encode() in busy.stderr and b"runs processes" in busy.stderr, busy.stderr
+        assert f"task uid(s) {busy_uid}".encode() in busy.stderr and b"run processes" in busy.stderr, busy.stderr
         assert sleeper.poll() is None  # not killed: it is not the node's
+        node = NodeProcess(str(home), slots=1, extra_args=["--task-uids", f"{busy_uid}-{busy_uid + 1}"]).start()
+        try:  # with a uid to spare, the node does without the busy one, and says so
+            assert f"task uid(s) {busy_uid}" in node.log() and "does without them" in node.log()
+            assert sleeper.poll() is None
+        finally:
+            node.stop()
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_what_a_killed_nodes_task_left_running_is_killed_by_the_next_node_that_takes_its_uid(home: Path) -> None:
+    """A process of a task uid that no live node holds, started by a task of a node killed since
+    (its environment carries a task's marker), does not keep the uid from any node: the next
+    one to take the uid kills it (the node killed may never start again, its home gone)."""
+    orphan_uid = 2_100_009_980
+    env = {**os.environ, "MESH_TASK_DIR": "/var/tmp/mesh-tasks-gone/1/work"}
+    orphan = subprocess.Popen(
+        ["setpriv", f"--reuid={orphan_uid}", f"--regid={orphan_uid}", "--clear-groups", "sleep", "60"], env=env
+    )
+    node = NodeProcess(str(home), slots=1, extra_args=["--task-uids", f"{orphan_uid}-{orphan_uid}"])
+    try:
+        node.start()
+        assert orphan.wait(timeout=10) == -9
+        assert f"left running as uid {orphan_uid}" in node.log()
+    finally:
+        node.stop()
+        if orphan.poll() is None:
+            orphan.kill()
+            orphan.wait()
 
 
 NOBODY = 65534

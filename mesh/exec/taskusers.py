@@ -23,11 +23,14 @@ of dead nodes (killed and never restarted), and its own previous one.
 Claiming uids. Nodes on one machine share the range: a node claims a uid by locking
 the byte at offset uid of ``/run/mesh/task-uids.lock`` (an open file description
 lock, which the kernel drops when the node closes it or dies), taking the first uids
-no other live node holds. A uid that has a passwd or group entry stops the start with one line (the
-range belongs to someone), and so does a uid that runs processes nobody holds it
-for, unless this node's own previous run held it (recorded in ``$MESH_HOME/task-users``,
-with the previous task directory): those processes are what a killed node left, and
-are killed, and that directory is removed.
+no other live node holds. A uid that has a passwd or group entry stops the start with
+one line (the range belongs to someone). A uid that runs processes although no live node
+holds it ran them for a node that was killed, if they carry a task's marker
+(mesh.exec.reaper) or this node's own previous run held it (recorded in
+``$MESH_HOME/task-users``, with the previous task directory, which is removed): they are
+killed and the uid is taken. Any other process makes the node leave that uid alone (a
+log line says which, and how to kill them); only when too few uids are left does that
+stop the start.
 
 Each task: :meth:`TaskUsers.lease` a uid (preferring one that owns a kept directory
 of the same input, so that :mod:`mesh.exec.workpool` can hand it over), run, then
@@ -56,6 +59,7 @@ from dataclasses import dataclass
 
 from mesh.errors import ExecError
 from mesh.exec.leftovers import Mark, SharedDirs, all_pids, kill_processes, process_uids, remove_ipc
+from mesh.exec.reaper import MARKER
 from mesh.exec.removal import remove_tree
 
 __all__ = ["Lease", "TaskUsers"]
@@ -193,6 +197,7 @@ class TaskUsers:
 def _claim(fd: int, first: int, last: int, count: int, previous: list[int]) -> list[int]:
     running = _uids_running()
     claimed: list[int] = []
+    foreign: dict[int, list[int]] = {}
     ours = [u for u in previous if first <= u <= last]
     for uid in itertools.chain(ours, (u for u in range(first, last + 1) if u not in ours)):
         if len(claimed) == count:
@@ -210,21 +215,42 @@ def _claim(fd: int, first: int, last: int, count: int, previous: list[int]) -> l
                 "that no account uses (task_uids in mesh.toml, MESH_TASK_UIDS or --task-uids)"
             )
         if uid in running:
-            if uid not in previous:
-                raise ExecError(
-                    f"task uid {uid} (of task_uids {first}-{last}) runs processes that no node holds it for "
-                    f"(pids {', '.join(map(str, sorted(running[uid])[:5]))}): a node killed earlier left them "
-                    f"(kill them: pkill -KILL -U {uid}), or the range is another program's (choose another)"
-                )
+            if uid not in previous and not all(_left_by_a_task(pid) for pid in running[uid]):
+                # Not a task's: another program's processes under this uid. Leave the uid alone.
+                fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, uid, 1, 0))
+                foreign[uid] = running[uid]
+                continue
             killed = kill_processes(uid)
-            log.warning("killed %d process(es) that tasks of this node's previous run left as uid %d", killed, uid)
+            log.warning("killed %d process(es) that tasks of a killed node left running as uid %d", killed, uid)
         claimed.append(uid)
+    if foreign:
+        busy = ", ".join(f"{uid} (pids {', '.join(map(str, sorted(pids)[:5]))})" for uid, pids in foreign.items())
+        hint = (
+            f"task uid(s) {busy} of task_uids {first}-{last} run processes that are neither a live node's "
+            f"nor a task's; kill them (pkill -KILL -U UID) or choose another range"
+        )
+        if len(claimed) < count:
+            raise ExecError(f"{hint}: this node needs {count} free task uids, one per slot, and found {len(claimed)}")
+        log.warning("%s; this node does without them", hint)
     if len(claimed) < count:
         raise ExecError(
             f"only {len(claimed)} of the {count} task uids this node needs (one per slot) are free in "
             f"task_uids {first}-{last}: other nodes hold the rest; give this node a larger range or fewer slots"
         )
     return claimed
+
+
+def _left_by_a_task(pid: int) -> bool:
+    """Whether process ``pid`` was started by a task of a root node's process executor (its
+    environment names a task directory of task uids: mesh.exec.reaper's marker). Such a process
+    of a uid no live node holds is what a killed node left: every live node holds its uids."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read()
+    except OSError:
+        return True  # gone meanwhile: nothing of it is in the way
+    prefix = f"{MARKER}={WORK_PARENT}/{_WORK_PREFIX}".encode()
+    return any(item.startswith(prefix) for item in environ.split(b"\0"))
 
 
 def _account(uid: int) -> str | None:
