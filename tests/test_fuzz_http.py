@@ -454,11 +454,12 @@ def _rounds() -> tuple[float, Iterator[tuple[int | None, int]]]:
 
 @pytest.mark.slow
 def test_the_node_survives_hostile_requests(tmp_path: Path, summary: list[str]) -> None:
-    """RSS_LIMIT, from measurements on the 2-core test machine: the node holds 43 MiB after
-    the first batch, at most 64 MiB in a CI run, and at most 197 MiB in a ten-minute run
-    (71,580 requests; jobs of 10,000 tasks are the largest things it keeps). 400 MiB is
-    twice that: room for a busier run, and still low enough to catch a leak of bodies or
-    jobs before it takes the machine."""
+    """RSS_LIMIT, from measurements on the 2-core test machine: the node holds ~45 MiB after
+    the first batch, at most 112 MiB in a CI run, and at most 252 MiB in a ten-minute run
+    (70,087 requests, no restart; jobs of 10,000 tasks are the largest things it keeps,
+    and it keeps finished ones up to RECENT_TASKS tasks). Before finished jobs were bounded
+    by their tasks, a run passed 400 MiB within two minutes and 890 MiB in five. 400 MiB
+    leaves room for a busier run and still catches such a leak."""
     fuzzer = Fuzzer(tmp_path)
     try:
         for plan in httpfuzz.known_bad(fuzzer.known):
