@@ -54,7 +54,7 @@ from typing import Any
 
 from mesh.discovery.seeds import seeds
 from mesh.errors import ConfigError, InvalidUrl, UsageError
-from mesh.urls import peer_url
+from mesh.urls import netloc, peer_url
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -291,4 +291,4 @@ def node_url(flag: str | None = None, *, home: str | None = None) -> tuple[str, 
     host, port = parse_listen(str(os.environ.get("MESH_LISTEN") or file.get("listen") or DEFAULT_LISTEN))
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
-    return (f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"), False
+    return f"http://{netloc(host, port)}", False

@@ -33,6 +33,7 @@ from mesh.sched.gossip import Gossip
 from mesh.sched.membership import Member, PeerTable
 from mesh.sched.placement import NodeView
 from mesh.sched.scheduler import OutputSink
+from mesh.urls import netloc
 
 log = logging.getLogger("mesh.peering")
 
@@ -85,7 +86,7 @@ def advertised_url(config: NodeConfig, bound_port: int) -> str:
             if ip.is_IPv4 and isinstance(ip.ip, str) and not ipaddress.IPv4Address(ip.ip).is_loopback
         ]
         host = addresses[0] if addresses else "127.0.0.1"
-    return f"http://[{host}]:{bound_port}" if ":" in host else f"http://{host}:{bound_port}"
+    return f"http://{netloc(host, bound_port)}"
 
 
 #: Seconds a locality answer is reused for tasks with the same input.

@@ -55,7 +55,8 @@ def _port(text: str | None, default: int) -> int:
     return int(text)
 
 
-def _netloc(host: str, port: int | None) -> str:
+def netloc(host: str, port: int | None) -> str:
+    """``host:port`` (``[v6]:port``; the host alone when ``port`` is None): how URLs and ``Host`` name a node."""
     shown = f"[{host}]" if ":" in host else host
     return shown if port is None else f"{shown}:{port}"
 
@@ -78,19 +79,20 @@ def peer_url(text: str) -> str:
     if not sep or scheme.lower() not in _SCHEMES:
         raise InvalidUrl(f"{text[:80]!r} is not an http:// or https:// URL")
     scheme = scheme.lower()
-    netloc, slash, path = rest.partition("/")
+    location, slash, path = rest.partition("/")
     if "?" in rest or "#" in rest:
         raise InvalidUrl(f"{text[:80]!r} has a query or fragment; a node's URL has neither")
-    if "@" in netloc:
+    if "@" in location:
         raise InvalidUrl(f"{text[:80]!r} holds a user name or password; a node's URL has none")
-    host, port = split_authority(netloc)
+    host, port = split_authority(location)
     if not _PATH.fullmatch(path):
         raise InvalidUrl(f"the path of {text[:80]!r} holds characters a node's URL does not use")
     path = (slash + path).rstrip("/")
-    return f"{scheme}://{_netloc(host, port)}{path}"
+    return f"{scheme}://{netloc(host, port)}{path}"
 
 
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def ip_of(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address ``text`` is, or None when it is a name."""
     try:
         return ipaddress.ip_address(text)
     except ValueError:
@@ -109,9 +111,9 @@ def address(url: str) -> tuple[str, int, str]:
     authority), the host without brackets, the port made explicit. Raises InvalidUrl."""
     normal = peer_url(url)
     scheme, _, rest = normal.partition("://")
-    netloc = rest.partition("/")[0]
-    host, port = split_authority(netloc)
-    return host, _DEFAULT_PORTS[scheme] if port is None else port, netloc
+    location = rest.partition("/")[0]
+    host, port = split_authority(location)
+    return host, _DEFAULT_PORTS[scheme] if port is None else port, location
 
 
 def split_authority(text: str) -> tuple[str, int | None]:
@@ -123,7 +125,7 @@ def split_authority(text: str) -> tuple[str, int | None]:
     if match is None:
         raise InvalidUrl(f"{text[:80]!r} does not name a host and port (host, host:port or [v6]:port)")
     v6 = match.group("v6")
-    if v6 is not None and not isinstance(_ip(v6), ipaddress.IPv6Address):
+    if v6 is not None and not isinstance(ip_of(v6), ipaddress.IPv6Address):
         raise InvalidUrl(f"{v6!r} in brackets is not an IPv6 address")
     host = host_name(v6 if v6 is not None else match.group("host"))
     port_text = match.group("port")
@@ -132,4 +134,4 @@ def split_authority(text: str) -> tuple[str, int | None]:
 
 def authority(text: str) -> str:
     """The normal form of a request's ``Host``: what signers sign and verifiers check. Raises InvalidUrl."""
-    return _netloc(*split_authority(text))
+    return netloc(*split_authority(text))

@@ -34,11 +34,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import blake3
 
 from mesh.api.nonces import NonceLog
 from mesh.errors import ConfigError, MeshError, UsageError
+from mesh.urls import address
 from mesh.urls import authority as normal_authority
 
 KEY_BYTES = 32
@@ -189,6 +191,19 @@ def sign(
     }
 
 
+def signed_request(
+    key: MeshKey, method: str, base_url: str, target: str, body: bytes | str, headers: list[tuple[str, str]]
+) -> tuple[str, int, str, list[tuple[str, str]]]:
+    """A request of the lean h11 clients (mesh.api.blobget, mesh.api.offerpost) to the node at
+    ``base_url``: where to connect (host, port), the request target (the base URL's path, then
+    ``target``) and its headers: ``Host``, ``headers``, then the signature for that Host.
+    Raises InvalidUrl for a malformed ``base_url``."""
+    host, port, authority = address(base_url)
+    path = urlsplit(base_url).path.rstrip("/") + target
+    signature = sign(key, method, path, body, authority=authority)
+    return host, port, path, [("host", authority), *headers, *signature.items()]
+
+
 def signed_headers(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     """The ``host`` and ``x-mesh-*`` headers of a request (names in lower case), refusing
     (AuthError) one given twice or an ``x-mesh-*`` header mesh does not know."""
@@ -289,8 +304,16 @@ class Verifier:
                 "bad signature: this request was not signed with this mesh's key "
                 f"(or not for {admitted.authority}: a proxy in between must keep the Host header)"
             )
-        expiry = int(admitted.timestamp) + self.max_skew + NONCE_MARGIN
-        if not self.nonces.add(bytes.fromhex(admitted.nonce), expiry, self._now()):
+        # Fresh still, now that its body is in: a nonce is remembered only until its signature
+        # expires, so a copy whose body was held back past that would find it forgotten.
+        now = self._now()
+        signed = int(admitted.timestamp)
+        if now - signed > self.max_skew:
+            raise AuthError(
+                f"stale request: its body arrived {now - signed:.0f} s after it was signed "
+                f"(at most {self.max_skew} s); send it again"
+            )
+        if not self.nonces.add(bytes.fromhex(admitted.nonce), signed + self.max_skew + NONCE_MARGIN, now):
             raise AuthError("replayed request: this nonce was used already")
 
     def _now(self) -> float:

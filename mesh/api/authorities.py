@@ -18,8 +18,9 @@ a node accepts only requests addressed to itself, which :class:`NodeAuthorities`
   nodes whose machines share a host name and a port are then told apart only by
   address (network namespaces on one machine share a host name: address them by IP).
 
-A host that is none of these is refused with a message that names what this node
-answers to and how to make it accept another name (``--advertise``).
+A host that is none of these is refused with a message that says how to make the node
+accept another name (``--advertise``); it does not list the names the node answers to,
+since whoever sent the request has not yet shown the key.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import ifaddr
 
 from mesh.api.auth import NotForThisNode
 from mesh.errors import InvalidUrl
-from mesh.urls import authority, host_port, split_authority
+from mesh.urls import authority, host_port, ip_of, split_authority
 
 #: Seconds between two looks at the interfaces' addresses prompted by an unknown address.
 REFRESH = 5.0
@@ -41,6 +42,8 @@ REFRESH = 5.0
 MAX_REMEMBERED = 256
 LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 _WILDCARD = frozenset({"0.0.0.0", "::", ""})
+#: The ports a URL without one means (http, https).
+DEFAULT_PORTS = frozenset({80, 443})
 
 
 def interface_addresses() -> set[str]:
@@ -80,7 +83,7 @@ class NodeAuthorities:
         self._addresses: set[str] = set()
         self._accepted: dict[str, str] = {}  # Host header -> its normal form, for hosts that name this node
         self._looked_at = -float("inf")
-        listen_ip = _ip(listen_host)
+        listen_ip = ip_of(listen_host)
         self.loopback_reaches = self.wildcard or listen_host in LOCAL_NAMES or bool(listen_ip and listen_ip.is_loopback)
         self._names = set(LOCAL_NAMES) if self.loopback_reaches else set()
         if listen_ip is not None and not self.wildcard:
@@ -119,19 +122,23 @@ class NodeAuthorities:
             name, port = split_authority(host)
         except InvalidUrl as exc:
             raise NotForThisNode(f"malformed Host header: {exc}") from None
-        if self.advertised is not None and (name, port or self.advertised[1]) == self.advertised:
-            return authority(host)
+        if self.advertised is not None and name == self.advertised[0]:
+            # A Host without a port names the default port of the scheme the client used, which
+            # a Host does not say: it names the advertised URL only if that has a default port.
+            if port == self.advertised[1] or (port is None and self.advertised[1] in DEFAULT_PORTS):
+                return authority(host)
         if (port or 80) == self.port and self._is_this_host(name):
             return authority(host)
+        # The names this node does answer to are not listed: the request is not yet known to
+        # be signed with the key, and they (a VPN's address, say) are not everyone's to learn.
         raise NotForThisNode(
-            f"this request is addressed to {host[:100]}, which is not this node (it answers to "
-            f"{', '.join(self.examples())}): a signature made for another node is not accepted here. "
-            f"If {host[:100]} does reach this node (a DNS name, a forwarded port, a proxy), "
-            f"start the node with --advertise http://{host[:100]}"
+            f"this request is addressed to {host[:100]}, which is not this node: a signature made for "
+            f"another node is not accepted here. If {host[:100]} does reach this node (a DNS name, a "
+            f"forwarded port, a proxy), start the node with --advertise http://{host[:100]}"
         )
 
     def _is_this_host(self, name: str) -> bool:
-        ip = _ip(name)
+        ip = ip_of(name)
         if ip is None:
             return name.split(".", 1)[0] == self.hostname or name in self._names
         if name in self._addresses:
@@ -144,31 +151,9 @@ class NodeAuthorities:
             self._refresh()
         return name in self._addresses
 
-    def examples(self) -> list[str]:
-        """A few of the authorities this node answers to, for messages."""
-        shown = []
-        if self.advertised is not None:
-            shown.append(_join(*self.advertised))
-        shown.append(_join(self.hostname, self.port))
-        if self.loopback_reaches:
-            shown.append(_join("localhost", self.port))
-        shown += [_join(a, self.port) for a in sorted(self._addresses, key=lambda a: (":" in a, a))[:3]]
-        return list(dict.fromkeys(shown))
-
 
 def _resolve(name: str) -> set[str]:
     try:
         return {str(ipaddress.ip_address(info[4][0])) for info in socket.getaddrinfo(name, None)}
     except (OSError, ValueError):
         return set()
-
-
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
-
-
-def _join(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

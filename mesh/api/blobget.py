@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator
-from urllib.parse import urlsplit
 
 import h11
 import trio
 
 from mesh import codec
-from mesh.api.auth import MeshKey, sign
+from mesh.api.auth import MeshKey, signed_request
 from mesh.api.records import RecordError, RecordReader
 from mesh.api.wire import CBOR, PEER_HEADER
 from mesh.cas.digest import Digest
 from mesh.cas.store import LocalStore
 from mesh.errors import DigestMismatch, NodeError, NodeUnreachable
-from mesh.urls import address
 
 #: Bytes asked of the socket per read of the response head.
 READ_SIZE = 1 << 20
@@ -48,11 +46,8 @@ async def get_blob(key: MeshKey, base_url: str, digest: Digest, store: LocalStor
     Raises NodeUnreachable when the node cannot be reached or goes away mid-transfer,
     NodeError for other refusals, DigestMismatch (from the store) for wrong bytes.
     """
-    parts = urlsplit(base_url)
-    host, port, authority = address(base_url)
-    target = f"{parts.path.rstrip('/')}/v1/blobs/{digest}"
-    headers = [("host", authority), ("accept", "application/octet-stream"), (PEER_HEADER, "1")]
-    headers += list(sign(key, "GET", target, b"", authority=authority).items())
+    own = [("accept", "application/octet-stream"), (PEER_HEADER, "1")]
+    host, port, target, headers = signed_request(key, "GET", base_url, f"/v1/blobs/{digest}", b"", own)
     connection = h11.Connection(our_role=h11.CLIENT)
     stream = await _connect(host, port, base_url)
     async with stream:
@@ -90,18 +85,14 @@ async def get_blobs(key: MeshKey, base_url: str, digests: list[Digest], store: L
     Raises NodeUnreachable when the node cannot be reached or goes away mid-answer,
     NodeError for a refusal or an answer that breaks the format or the digests.
     """
-    parts = urlsplit(base_url)
-    host, port, authority = address(base_url)
-    target = f"{parts.path.rstrip('/')}/v1/blobs:download"
     body = codec.encode({"digests": [str(d) for d in digests]})
-    headers = [
-        ("host", authority),
+    own = [
         ("content-type", CBOR),
         ("content-length", str(len(body))),
         ("accept", "application/octet-stream"),
         (PEER_HEADER, "1"),
-        *sign(key, "POST", target, body, authority=authority).items(),
     ]
+    host, port, target, headers = signed_request(key, "POST", base_url, "/v1/blobs:download", body, own)
     wanted = set(digests)
 
     def accept(digest: Digest) -> None:

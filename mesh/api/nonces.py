@@ -26,7 +26,8 @@ Files: records (expiry, nonce) go to ``nonces``; every :data:`ROTATE` seconds it
 becomes ``nonces.old`` (replacing the one before), whose records have all expired
 by the next rotation. A record torn by a kill is skipped when read. When a
 record cannot be written (disk full), the request is still accepted, replays are
-still refused until the node restarts, and the node logs it (at most once a minute).
+still refused until the node restarts, and the node logs it (at most once a minute); a
+file that could not be made is tried again every :data:`RETRY` seconds.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ log = logging.getLogger("mesh.auth")
 
 #: One record: the second after which the nonce is forgotten, then the nonce's 16 bytes.
 RECORD = struct.Struct("<q16s")
+#: Seconds between tries to make the file again after it could not be made (a full disk).
+RETRY = 5.0
 
 
 class NonceLog:
@@ -69,9 +72,13 @@ class NonceLog:
         if nonce in self._expiry:
             return False
         self._keep(nonce, expiry)
+        if self.path is None:
+            return True
+        if self._fd is not None and now - self._opened_at >= self.rotate:
+            self._rotate(now)
+        elif self._fd is None and now - self._opened_at >= RETRY:
+            self._start_file(now)  # the file could not be made before: the disk may have room again
         if self._fd is not None:
-            if now - self._opened_at >= self.rotate:
-                self._rotate(now)
             self._write(RECORD.pack(expiry, nonce), now)
         return True
 

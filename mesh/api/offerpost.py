@@ -22,17 +22,15 @@ import contextlib
 import math
 from collections.abc import AsyncGenerator
 from typing import Any
-from urllib.parse import urlsplit
 
 import h11
 import trio
 
 from mesh import codec
-from mesh.api.auth import MeshKey, sign
+from mesh.api.auth import MeshKey, signed_request
 from mesh.api.client import FrameSplitter
 from mesh.api.wire import CBOR, PEER_HEADER
 from mesh.errors import CodecError, NodeError, NodeUnreachable, PeerDeclined
-from mesh.urls import address
 
 #: Seconds to connect before the peer counts as not answering (the task never started there).
 CONNECT_TIMEOUT = 2.0
@@ -85,17 +83,13 @@ class OfferConnections:
 
     async def post(self, key: MeshKey, base_url: str, target: str, body: bytes) -> AsyncGenerator[dict[str, Any]]:
         """POST ``body`` (CBOR) to ``target`` on the node at ``base_url``; yield the answer's events."""
-        parts = urlsplit(base_url)
-        host, port, authority = address(base_url)
-        path = parts.path.rstrip("/") + target
-        headers = [
-            ("host", authority),
+        own = [
             ("content-type", CBOR),
             ("content-length", str(len(body))),
             ("user-agent", "mesh-node"),
             (PEER_HEADER, "1"),
-            *sign(key, "POST", path, body, authority=authority).items(),
         ]
+        host, port, path, headers = signed_request(key, "POST", base_url, target, body, own)
         self._sweep()
         peer = (host, port)
         conn = self._take(peer)

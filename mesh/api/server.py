@@ -48,6 +48,7 @@ from hypercorn.utils import parse_socket_addr, repr_socket_addr
 from starlette.types import ASGIApp
 
 from mesh.errors import unwrap
+from mesh.urls import netloc
 
 log = logging.getLogger("mesh.http")
 
@@ -73,7 +74,7 @@ def listen(host: str, port: int) -> list[socket.socket]:
     socket options; OSError if the address is taken or not this machine's. The caller owns them
     until it hands them to :func:`serve`."""
     config = _config()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.bind = [netloc(host, port)]
     sockets = config.create_sockets().insecure_sockets
     for sock in sockets:
         sock.listen(config.backlog)
