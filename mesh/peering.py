@@ -33,7 +33,7 @@ from mesh.sched.gossip import Gossip
 from mesh.sched.membership import Member, PeerTable
 from mesh.sched.placement import NodeView
 from mesh.sched.scheduler import OutputSink
-from mesh.urls import netloc
+from mesh.urls import netloc, peer_url
 
 log = logging.getLogger("mesh.peering")
 
@@ -86,7 +86,7 @@ def advertised_url(config: NodeConfig, bound_port: int) -> str:
             if ip.is_IPv4 and isinstance(ip.ip, str) and not ipaddress.IPv4Address(ip.ip).is_loopback
         ]
         host = addresses[0] if addresses else "127.0.0.1"
-    return f"http://{netloc(host, bound_port)}"
+    return peer_url(f"http://{netloc(host, bound_port)}")  # the normal form every peer compares
 
 
 #: Seconds a locality answer is reused for tasks with the same input.
