@@ -34,6 +34,12 @@ into StateError naming the file (StateFull, with the free space, for a full disk
 code meets them. SQLite reports a full disk as SQLITE_FULL when a write meets ENOSPC; a
 disk quota (EDQUOT) comes back as SQLITE_IOERR_WRITE, a StateError that names it.
 
+No record can keep a commit from going in: what the scheduler's writes hold is made storable
+on the way in, text :func:`~mesh.text.encodable` (a task's reason may name a file the task
+made, in any bytes), and a result that cannot be encoded even so is left out, the task's
+reason saying so. A batch that fails in any way rolls its transaction back: one left open
+would be joined by every later batch and never committed.
+
 A job's ``reason`` (why the node failed the job itself: it could not resume it) is a
 column that schema version 1 gained later: opening a database made before adds it, and
 versions that do not know it still read and write the rest (they name their columns),
@@ -52,9 +58,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from mesh import codec
-from mesh.errors import CodecError, JobNotFound, StateError, StateFull
+from mesh.errors import CodecError, JobNotFound, StateError, StateFull, describe
 from mesh.exec.action import ActionResult
 from mesh.sched.jobs import FINAL_TASK_STATES, JobSpec, TaskRecord, parse_job
+from mesh.text import encodable
 
 log = logging.getLogger("mesh.state")
 
@@ -131,6 +138,7 @@ class StateDB:
         self._tasks: dict[str, dict[str, TaskRecord]] = {}  # job -> name -> task, waiting for a commit
         self._ends: dict[str, tuple[str, float]] = {}  # job -> (final state, when), waiting for a commit
         self._cache: dict[str, tuple[ActionResult, float]] = {}  # key -> (result, when), waiting for a commit
+        self._batching = False  # inside a batch (whose transaction is open)
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
@@ -171,23 +179,29 @@ class StateDB:
         errors are translated here, once (:meth:`_translate`)."""
         try:
             return self._db.execute(sql, tuple(args)).fetchall()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError, OverflowError) as exc:
             raise self._translate(exc) from None
 
-    def _sql_many(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
+    def _sql_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         try:
             self._db.executemany(sql, rows)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError, OverflowError) as exc:
             raise self._translate(exc) from None
 
-    def _translate(self, exc: sqlite3.Error, what: str = "failed") -> StateError:
-        """The StateError that a sqlite3 error means: StateFull for a full disk, naming the
-        database and its free space; otherwise the error and SQLite's name for it."""
+    def _translate(self, exc: Exception, what: str = "failed") -> StateError:
+        """The StateError that an error of sqlite3 means: StateFull for a full disk, naming the
+        database and its free space; otherwise the error and SQLite's name for it. (sqlite3
+        raises UnicodeEncodeError for text it cannot store, OverflowError for an integer.)"""
         code = getattr(exc, "sqlite_errorcode", None)
         if code is not None and code & 0xFF == sqlite3.SQLITE_FULL:
             return StateFull(self.path, _free_bytes(self.path))
+        if not isinstance(exc, sqlite3.Error):
+            return self._failed("cannot store a value", exc)
         name = getattr(exc, "sqlite_errorname", type(exc).__name__)
         return StateError(f"the state database {self.path} {what}: {exc} ({name})")
+
+    def _failed(self, what: str, exc: BaseException) -> StateError:
+        return StateError(f"the state database {self.path} {what}: {describe(exc)}")
 
     @contextlib.contextmanager
     def batch(self, *, raising: bool = True) -> Iterator[None]:
@@ -198,25 +212,33 @@ class StateDB:
         :attr:`failure` says why, they wait for the next one, the statements made directly
         inside the block are undone, and the error (StateFull for a full disk) is raised
         unless ``raising`` is False.
+
+        Whatever is raised, in the block or by the commit (a bug included, raised as a
+        StateError that names it), the transaction is rolled back before the batch ends: a
+        transaction left open would be joined by every later batch and never committed, and
+        the node would go on answering while it recorded nothing more.
         """
-        if self._db.in_transaction:
+        if self._batching:
             yield
             return
-        self._sql("BEGIN")
-        try:
-            yield
-        except BaseException:
+        if self._db.in_transaction:  # a bug's leftover: joining it would never commit
+            log.error("the state database %s had a transaction left open; it is rolled back", self.path)
             self._rollback()
-            raise
+        self._sql("BEGIN")
+        self._batching = True
         try:
-            self._write_waiting()
-            self._sql("COMMIT")
-        except StateError as exc:
-            self._rollback()  # SQLite has mostly done it already: no later batch may join this one
-            self.failure = exc
-            if raising:
-                raise
-            return
+            yield
+            try:
+                self._write_waiting()
+                self._sql("COMMIT")
+            except Exception as exc:
+                self.failure = exc if isinstance(exc, StateError) else self._failed("could not commit", exc)
+                if raising:
+                    raise self.failure from None
+                return
+        finally:
+            self._batching = False
+            self._rollback()  # whatever was raised (a COMMIT that went in leaves nothing to undo)
         self._tasks, self._ends, self._cache = {}, {}, {}
         self.failure = None
 
@@ -264,35 +286,23 @@ class StateDB:
                 pass
 
     def _commit_unless_batched(self) -> None:
-        if not self._db.in_transaction:
+        if not self._batching:
             self.flush()
 
     def _write_waiting(self) -> None:
         self._sql_many(
             "UPDATE tasks SET state = ?, result = ?, reason = ?, attempts = ?, started_at = ?, finished_at = ?"
             " WHERE job = ? AND name = ?",
-            (
-                (
-                    task.state,
-                    None if task.result is None else codec.encode(task.result.to_wire()),
-                    task.reason,
-                    task.attempts,
-                    task.started_at,
-                    task.finished_at,
-                    task.job,
-                    task.name,
-                )
-                for tasks in self._tasks.values()
-                for task in tasks.values()
-            ),
+            [_task_row(task) for tasks in self._tasks.values() for task in tasks.values()],
         )
         self._sql_many(
             "UPDATE jobs SET state = ?, finished_at = ? WHERE id = ?",
-            ((state, at, job_id) for job_id, (state, at) in self._ends.items()),
+            [(state, at, job_id) for job_id, (state, at) in self._ends.items()],
         )
+        cached = ((key, _result_blob(result), at) for key, (result, at) in self._cache.items())
         self._sql_many(
             "INSERT OR REPLACE INTO action_cache (key, result, created_at) VALUES (?, ?, ?)",
-            ((key, codec.encode(result.to_wire()), at) for key, (result, at) in self._cache.items()),
+            [row for row in cached if row[1] is not None],  # one that cannot be encoded is not cached
         )
 
     # -- jobs ---------------------------------------------------------------------
@@ -461,6 +471,40 @@ def _job_row(row: tuple[object, ...]) -> JobRow:
         finished_at=None if finished_at is None else float(finished_at),  # type: ignore[arg-type]
         reason=None if reason is None else str(reason),
     )
+
+
+def _task_row(task: TaskRecord) -> tuple[object, ...]:
+    """The columns of a task's row. Its text is made :func:`~mesh.text.encodable` (a reason may
+    name a file the task made, which need not be UTF-8); a result that cannot be encoded even
+    so is left out, and the reason says why, so that the task's end is recorded whatever it
+    holds and one task never keeps the others' from being committed."""
+    reason, blob = task.reason, None
+    if task.result is not None:
+        blob = _result_blob(task.result)
+        if blob is None:
+            why = "its result could not be recorded"
+            reason = why if reason is None else f"{reason} ({why})"
+    return (
+        task.state,
+        blob,
+        None if reason is None else encodable(reason),
+        task.attempts,
+        task.started_at,
+        task.finished_at,
+        task.job,
+        task.name,
+    )
+
+
+def _result_blob(result: ActionResult) -> bytes | None:
+    """A result as stored: canonical CBOR of its wire form, text made encodable; None (logged)
+    for one that cannot be encoded even so (a bug: every field is a number, a flag or text)."""
+    wire = {key: encodable(value) if isinstance(value, str) else value for key, value in result.to_wire().items()}
+    try:
+        return codec.encode(wire)
+    except CodecError as exc:
+        log.error("a task's result cannot be recorded: %s", exc)
+        return None
 
 
 def _result(blob: bytes) -> ActionResult:
