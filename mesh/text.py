@@ -10,7 +10,9 @@ carry one: one such reason once kept the state database from committing anything
 
 :func:`encodable` writes each lone surrogate as an escape, as Python's ``backslashreplace``
 shows bytes: the escaped byte 0xff as ``\\xff``, any other surrogate as ``\\udXXX``.
-The state database applies it to the text of what it records (mesh.sched.statedb).
+mesh.errors applies it to every MeshError's message and to :func:`~mesh.errors.describe`;
+the scheduler to a task's reason and its result's error (a runner's text need not come from
+an error); the state database to the text of whatever it records (mesh.sched.statedb).
 """
 
 from __future__ import annotations

@@ -67,6 +67,7 @@ from mesh.sched.events import EventLogs, JobEvents
 from mesh.sched.jobs import FINAL_TASK_STATES, JobSpec, TaskRecord, decide, job_state
 from mesh.sched.placement import NodeView, Unplaceable, rank, unmet
 from mesh.sched.statedb import JobRow, StateDB
+from mesh.text import encodable
 
 log = logging.getLogger("mesh.sched")
 
@@ -740,7 +741,13 @@ class Scheduler:
         move_on: bool = True,
     ) -> None:
         """Record a task's final state, announce it, and move on what waited for it; without
-        ``move_on`` that is the caller's (_advance_all), who is already moving tasks on."""
+        ``move_on`` that is the caller's (_advance_all), who is already moving tasks on.
+
+        Its reason and its result's error are made encodable (mesh.text): they may name a file
+        the task made, in bytes that are not UTF-8, and are stored and sent as they are kept."""
+        reason = None if reason is None else encodable(reason)
+        if result is not None and result.error is not None:
+            result = replace(result, error=encodable(result.error))
         if task.state not in FINAL_TASK_STATES:
             live.open_tasks -= 1
             for name in live.dependents.get(task.name, ()):
