@@ -373,9 +373,9 @@ class Scheduler:
         a bug) is failed in the database with the reason and logged in one line, and the
         others go on: the node starts and serves whatever its state holds, and never dies
         again on the next start over the same job. A database that takes no commit (a full
-        disk) does not stop the start either: the resumed jobs go on, their writes wait
-        (:meth:`_recording`); a job that could not be resumed stays unfinished in the
-        database, and the next start tries it again.
+        disk) does not stop the start either: the resumed jobs go on, and their writes wait
+        (:meth:`_recording`), the failure of a job that could not be resumed with them; a node
+        restarted before they are recorded tries that job again.
         """
         with self._recording():
             for row in self.db.unfinished_jobs():
@@ -848,12 +848,9 @@ class Scheduler:
         live.open_tasks = 0
         self._ready = deque(key for key in self._ready if key[0] != live.row.id)
         self._retire(live, "failed", now, reason)
-        try:
-            with self.db.batch():
-                self.db.fail_job(live.row.id, reason)
-                self.db.set_task_states(live.tasks.values())  # each task as it stands here
-        except StateError as error:
-            self._not_recorded(error)
+        with self._recording():
+            self.db.fail_job(live.row.id, reason)
+            self.db.set_task_states(live.tasks.values())  # each task as it stands here
 
     # -- cancel and queries -------------------------------------------------------
 

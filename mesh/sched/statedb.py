@@ -8,9 +8,10 @@ last commits, never consistency. Every stored message is canonical CBOR.
 Only the node's trio thread uses the connection; each call is a short local
 transaction, so calls are made directly rather than through a worker thread.
 
-The scheduler's writes wait for a commit. A task's state, a job's end and an action-cache
-entry are kept in memory (the latest of each task, job and key) and written, all of them,
-just before a commit: at the end of a :meth:`StateDB.batch`, or at once outside one. So:
+The scheduler's writes wait for a commit. A task's state, a job's end (with its reason when
+the node failed the job itself) and an action-cache entry are kept in memory (the latest of
+each task, job and key) and written, all of them, just before a commit: at the end of a
+:meth:`StateDB.batch`, or at once outside one. So:
 
 - A commit that fails (a full disk: SQLITE_FULL, raised as StateFull) loses none of them:
   they wait, whole, for the next commit, and the database keeps the state of the last
@@ -66,6 +67,8 @@ from mesh.text import encodable
 log = logging.getLogger("mesh.state")
 
 SCHEMA_VERSION = 1
+#: The final task states as an SQL list (constants of mesh.sched.jobs, not input).
+_FINAL = f"({', '.join(repr(state) for state in sorted(FINAL_TASK_STATES))})"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -136,7 +139,7 @@ class StateDB:
         #: Why the last commit failed, if it did (None once one goes in).
         self.failure: StateError | None = None
         self._tasks: dict[str, dict[str, TaskRecord]] = {}  # job -> name -> task, waiting for a commit
-        self._ends: dict[str, tuple[str, float]] = {}  # job -> (final state, when), waiting for a commit
+        self._ends: dict[str, tuple[str, float, str | None]] = {}  # job -> (final state, when, reason), waiting
         self._cache: dict[str, tuple[ActionResult, float]] = {}  # key -> (result, when), waiting for a commit
         self._batching = False  # inside a batch (whose transaction is open)
         try:
@@ -295,9 +298,13 @@ class StateDB:
             " WHERE job = ? AND name = ?",
             [_task_row(task) for tasks in self._tasks.values() for task in tasks.values()],
         )
+        self._sql_many(  # a job the node failed: its tasks not yet final will not run
+            f"UPDATE tasks SET state = 'failed', reason = ?, finished_at = ? WHERE job = ? AND state NOT IN {_FINAL}",
+            [(why, at, job_id) for job_id, (_, at, why) in self._ends.items() if why is not None],
+        )
         self._sql_many(
-            "UPDATE jobs SET state = ?, finished_at = ? WHERE id = ?",
-            [(state, at, job_id) for job_id, (state, at) in self._ends.items()],
+            "UPDATE jobs SET state = ?, finished_at = ?, reason = ? WHERE id = ?",
+            [(state, at, why, job_id) for job_id, (state, at, why) in self._ends.items()],
         )
         cached = ((key, _result_blob(result), at) for key, (result, at) in self._cache.items())
         self._sql_many(
@@ -370,24 +377,20 @@ class StateDB:
     def finish_job(self, job_id: str, state: str) -> float:
         """Record a job's final state (a write that waits for the commit); returns the time it finished."""
         now = time.time()
-        self._ends[job_id] = (state, now)
+        self._ends[job_id] = (state, now, None)
         self._commit_unless_batched()
         return now
 
     def fail_job(self, job_id: str, reason: str) -> None:
-        """Fail a job for ``reason``, with each of its tasks not yet final (none of them will run)."""
-        now = time.time()
-        final = tuple(sorted(FINAL_TASK_STATES))
-        self.forget(job_id)  # what waits of it would undo this at the commit
-        with self.batch():
-            self._sql(
-                f"UPDATE tasks SET state = 'failed', reason = ?, finished_at = ?"
-                f" WHERE job = ? AND state NOT IN ({', '.join('?' * len(final))})",
-                (reason, now, job_id, *final),
-            )
-            self._sql(
-                "UPDATE jobs SET state = 'failed', finished_at = ?, reason = ? WHERE id = ?", (now, reason, job_id)
-            )
+        """Fail a job for ``reason`` (the node failed it itself), with each of its tasks not yet
+        final: none of them will run. A write that waits for the commit, as a job's every end
+        is: a commit that fails keeps it, whole, for the next one (its half as direct
+        statements would be undone while the rest waited, leaving the job "running" for good).
+        Drops the job's writes that wait (a half-done resumption); task writes made after
+        this one are written first, and the tasks they leave unfinished are failed."""
+        self.forget(job_id)
+        self._ends[job_id] = ("failed", time.time(), encodable(reason))
+        self._commit_unless_batched()
 
     def mark_cancelled(self, job_id: str) -> None:
         self._sql("UPDATE jobs SET cancelled = 1 WHERE id = ?", (job_id,))
