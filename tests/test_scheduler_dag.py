@@ -3,6 +3,7 @@ or nothing, and fails a job it cannot resume instead of dying on it (fake runner
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 import trio
 
 from mesh import codec
-from mesh.errors import JobNotFound
+from mesh.errors import JobNotFound, StateError
 from mesh.sched import events as events_module
 from mesh.sched import scheduler as scheduler_module
 from mesh.sched.jobs import MAX_TASKS, JobSpec, decide
@@ -310,6 +311,34 @@ async def test_a_job_that_cannot_be_resumed_is_failed_and_the_others_go_on(
     lines = [r.getMessage() for r in caplog.records if r.name == "mesh.sched"]
     assert len(lines) == 3 and all("could not resume" in line for line in lines)
     assert StateDB(path).count_jobs() == {"failed": 3, "succeeded": 1}
+
+
+async def test_a_damaged_job_row_is_failed_and_the_node_starts(tmp_path: Path) -> None:
+    """A running job's created_at holds text (SQLite keeps it in a REAL column). Before, every
+    unfinished row was converted before the per-job guard: the ValueError left the start, and
+    the node failed to start, every time. Now the job is failed with the reason, the others run."""
+    path = str(tmp_path / "state.db")
+    db = StateDB(path)
+    spec = job(t("a", ["ok", "a"]), t("b", ["ok", "b"], after=["a"]))
+    for job_id in ("1" * 20, "2" * 20):
+        write_job(db, job_id, spec, {"a": "queued"})
+    with contextlib.closing(sqlite3.connect(path)) as raw, raw:
+        raw.execute("UPDATE jobs SET created_at = 'yesterday' WHERE id = ?", ("1" * 20,))
+
+    scheduler = Scheduler(StateDB(path), FakeRunner(), AllPresent(), node_id="n", slots=1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(scheduler.run)
+        healthy = await finished(scheduler, "2" * 20)
+        nursery.cancel_scope.cancel()
+    assert healthy["state"] == "succeeded"
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        [(state, reason)] = raw.execute("SELECT state, reason FROM jobs WHERE id = ?", ("1" * 20,)).fetchall()
+        tasks = raw.execute("SELECT state, reason FROM tasks WHERE job = ?", ("1" * 20,)).fetchall()
+    assert state == "failed", state
+    assert reason.startswith(f"the node could not resume this job: job {'1' * 20} in {path} is damaged: ")
+    assert "'yesterday'" in reason and tasks == [("failed", reason), ("failed", reason)]
+    with pytest.raises(StateError, match="is damaged"):  # what reading it says, where the API asks
+        scheduler.job_status("1" * 20)
 
 
 async def test_a_bug_while_resuming_a_job_fails_that_job_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

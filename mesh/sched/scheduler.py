@@ -378,15 +378,15 @@ class Scheduler:
         restarted before they are recorded tries that job again.
         """
         with self._recording():
-            for row in self.db.unfinished_jobs():
+            for job_id in self.db.unfinished_job_ids():
                 try:
                     with self.db.savepoint():  # undoes this job's writes, and only them, if it raises
-                        self._resume_job(row)
+                        self._resume_job(self.db.job(job_id))  # its row is read here: it may be damaged
                 except Exception as exc:
-                    self._forget(row.id)
+                    self._forget(job_id)
                     reason = f"the node could not resume this job: {describe(exc)}"
-                    self.db.fail_job(row.id, reason)
-                    log.error("job %s failed: %s", row.id, reason)
+                    self.db.fail_job(job_id, reason)
+                    log.error("job %s failed: %s", job_id, reason)
 
     def _resume_job(self, row: JobRow) -> None:
         spec = self.db.job_spec(row.id)

@@ -337,7 +337,7 @@ class StateDB:
         )
         if not rows:
             raise JobNotFound(job_id)
-        return _job_row(rows[0])
+        return self._job_row(rows[0])
 
     def job_spec(self, job_id: str) -> JobSpec:
         rows = self._sql("SELECT spec FROM jobs WHERE id = ?", (job_id,))
@@ -362,14 +362,12 @@ class StateDB:
         if clauses:
             query += " WHERE " + " AND ".join(clauses)
         query += " ORDER BY seq DESC LIMIT ?"
-        return [_job_row(r) for r in self._sql(query, (*args, limit))]
+        return [self._job_row(r) for r in self._sql(query, (*args, limit))]
 
-    def unfinished_jobs(self) -> list[JobRow]:
-        rows = self._sql(
-            "SELECT seq, id, label, state, cancelled, created_at, finished_at, reason FROM jobs"
-            " WHERE state = 'running' ORDER BY seq"
-        )
-        return [_job_row(r) for r in rows]
+    def unfinished_job_ids(self) -> list[str]:
+        """The ids of the jobs not yet ended, oldest first: only the ids, so that a caller reads
+        each job (:meth:`job`) where it can deal with that one job being damaged."""
+        return [str(row[0]) for row in self._sql("SELECT id FROM jobs WHERE state = 'running' ORDER BY seq")]
 
     def count_jobs(self) -> dict[str, int]:
         return dict(self._sql("SELECT state, count(*) FROM jobs GROUP BY state"))
@@ -461,19 +459,23 @@ class StateDB:
     def cache_size(self) -> int:
         return int(self._sql("SELECT count(*) FROM action_cache")[0][0])
 
-
-def _job_row(row: tuple[object, ...]) -> JobRow:
-    seq, id_, label, state, cancelled, created_at, finished_at, reason = row
-    return JobRow(
-        seq=int(seq),  # type: ignore[call-overload]
-        id=str(id_),
-        label=str(label),
-        state=str(state),
-        cancelled=bool(cancelled),
-        created_at=float(created_at),  # type: ignore[arg-type]
-        finished_at=None if finished_at is None else float(finished_at),  # type: ignore[arg-type]
-        reason=None if reason is None else str(reason),
-    )
+    def _job_row(self, row: tuple[object, ...]) -> JobRow:
+        """A job's row as read; StateError naming the job when a column is not what it must be
+        (the file was changed or damaged outside mesh: SQLite keeps text in a REAL column)."""
+        seq, id_, label, state, cancelled, created_at, finished_at, reason = row
+        try:
+            return JobRow(
+                seq=int(seq),  # type: ignore[call-overload]
+                id=str(id_),
+                label=str(label),
+                state=str(state),
+                cancelled=bool(cancelled),
+                created_at=float(created_at),  # type: ignore[arg-type]
+                finished_at=None if finished_at is None else float(finished_at),  # type: ignore[arg-type]
+                reason=None if reason is None else str(reason),
+            )
+        except (TypeError, ValueError) as exc:
+            raise StateError(f"job {id_} in {self.path} is damaged: {exc}") from None
 
 
 def _task_row(task: TaskRecord) -> tuple[object, ...]:
