@@ -209,7 +209,7 @@ class StateFull(StateError, DiskFull):
 
     Nothing of the commit was written (SQLite rolled it back). A request whose change
     must be recorded before it is answered (a submission, a cancel) is refused with it;
-    the scheduler's own writes wait and are retried (mesh.sched.scheduler).
+    the scheduler's own writes wait and are retried (mesh.sched.recording).
     """
 
     def __init__(self, path: str, free: int | None) -> None:

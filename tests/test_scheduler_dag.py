@@ -460,7 +460,7 @@ async def test_a_job_given_up_while_the_disk_is_full_is_recorded_failed_once_it_
         assert status["state"] == "failed" and not status["recorded"], status
         filler.unlink()
         with trio.fail_after(10):
-            while scheduler.db.unrecorded(given_up):  # retried every RECORD_RETRY seconds
+            while scheduler.db.unrecorded(given_up):  # retried every RECORD_RETRY seconds (mesh.sched.recording)
                 await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
     reason = "the node failed while moving this job on: ZeroDivisionError: a bug"

@@ -17,7 +17,7 @@ each task, job and key) and written, all of them, just before a commit: at the e
   they wait, whole, for the next commit, and the database keeps the state of the last
   commit that went in, which is consistent (every commit writes the latest form of every
   row that changed). :meth:`StateDB.unrecorded` says which jobs have changes waiting since
-  then; the scheduler retries (mesh.sched.scheduler).
+  then; the scheduler retries (mesh.sched.recording).
 - A write never raises halfway through the scheduler moving a job on: only a commit does,
   where a step is complete. ``cache_spill`` is off for the same reason: the pages of a
   transaction stay in memory until its commit (a few MiB for a 10,000-task submission)
