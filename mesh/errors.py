@@ -7,6 +7,8 @@ translated at the boundary of the module that meets them. Where trio's nurseries
 errors in exception groups, :func:`unwrap` finds the error again at that boundary.
 A background loop of the node that meets an unexpected error handling one item (a task,
 a peer, a message) ends that item only, and logs it in one line (:func:`describe`).
+Every MeshError's message, and every :func:`describe`, is text that CBOR, JSON and SQLite
+take (mesh.text): a file name in it that is not UTF-8 is written with escapes.
 
 ::
 
@@ -50,14 +52,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from mesh.text import encodable
+
 
 class MeshError(Exception):
     """Base of every error mesh raises on purpose.
+
+    Its message is text that every encoder takes (:func:`mesh.text.encodable`): it is sent as
+    CBOR or JSON and stored as a task's reason, and a file name in it need not be UTF-8 (a
+    FIFO named b"\\xff" that a task left in its workdir), which Python holds as a lone
+    surrogate that neither takes. Such a byte is written as an escape (``\\xff``).
 
     Errors cross process boundaries (the workers of mesh.cas.forkmap send theirs back
     pickled), so each one pickles as its message and attributes, whatever arguments
     its own ``__init__`` takes.
     """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(encodable(arg) if isinstance(arg, str) else arg for arg in args))
 
     def __reduce__(self) -> tuple[object, ...]:
         return (_rebuild, (type(self), str(self), self.__dict__))
@@ -197,7 +209,7 @@ class StateFull(StateError, DiskFull):
 
     Nothing of the commit was written (SQLite rolled it back). A request whose change
     must be recorded before it is answered (a submission, a cancel) is refused with it;
-    the scheduler's own writes wait and are retried (mesh.sched.scheduler).
+    the scheduler's own writes wait and are retried (mesh.sched.recording).
     """
 
     def __init__(self, path: str, free: int | None) -> None:
@@ -321,8 +333,9 @@ class PeerDeclined(NodeError):
 
 def describe(error: BaseException) -> str:
     """An error in one line for a log or a reason: mesh's own say it all; any other (a bug, or
-    a library's error that was not translated) is named by its type too."""
-    return str(error) if isinstance(error, MeshError) else f"{type(error).__name__}: {error}"
+    a library's error that was not translated) is named by its type too, its text made
+    encodable as a MeshError's is (another library's may name a file that is not UTF-8)."""
+    return str(error) if isinstance(error, MeshError) else encodable(f"{type(error).__name__}: {error}")
 
 
 def unwrap(error: BaseException, *, expected: Iterable[type[BaseException]] = (MeshError,)) -> BaseException:

@@ -88,7 +88,7 @@ def test_sigkill_mid_run_then_restart_finishes_every_job_once(home: Path, tmp_pa
                 status = client.status()
                 if status["tasks_run"] < 3 or status["slots"]["busy"] < 1:
                     return False
-                # A start is committed within MARK_DELAY (mesh.sched.statedb); the kill must come after
+                # A start is committed within MARK_DELAY (mesh.sched.recording); the kill must come after
                 # one, or the interrupted task resumes as queued and its first attempt is not counted.
                 return "running" in _task_states(home)
 
@@ -258,7 +258,7 @@ def test_sigkill_with_a_task_still_writing_then_restart(home: Path, tmp_path: Pa
             task = {"name": "busy", "argv": ["sh", "-c", script], "input": snapshot, "executor": "process"}
             job_id = client.submit({"tasks": [task]})["id"]
             wait_for(lambda: (marks / "first").exists(), timeout=30, what="the first attempt to start")
-        # The start is committed within MARK_DELAY (mesh.sched.statedb): the kill comes after it,
+        # The start is committed within MARK_DELAY (mesh.sched.recording): the kill comes after it,
         # so that the restart counts a second attempt.
         wait_for(lambda: _task_states(home, job_id) == ["running"], timeout=10, what="the start to be committed")
         pid = int((marks / "first").read_text())

@@ -3,6 +3,7 @@ or nothing, and fails a job it cannot resume instead of dying on it (fake runner
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 from pathlib import Path
@@ -12,12 +13,13 @@ import pytest
 import trio
 
 from mesh import codec
-from mesh.errors import JobNotFound
+from mesh.errors import JobNotFound, StateError
 from mesh.sched import events as events_module
 from mesh.sched import scheduler as scheduler_module
 from mesh.sched.jobs import MAX_TASKS, JobSpec, decide
 from mesh.sched.scheduler import Scheduler
 from mesh.sched.statedb import StateDB
+from tests.test_disk_full_e2e import fill
 from tests.test_scheduler import AllPresent, FakeRunner, job, t
 
 
@@ -311,6 +313,34 @@ async def test_a_job_that_cannot_be_resumed_is_failed_and_the_others_go_on(
     assert StateDB(path).count_jobs() == {"failed": 3, "succeeded": 1}
 
 
+async def test_a_damaged_job_row_is_failed_and_the_node_starts(tmp_path: Path) -> None:
+    """A running job's created_at holds text (SQLite keeps it in a REAL column). Before, every
+    unfinished row was converted before the per-job guard: the ValueError left the start, and
+    the node failed to start, every time. Now the job is failed with the reason, the others run."""
+    path = str(tmp_path / "state.db")
+    db = StateDB(path)
+    spec = job(t("a", ["ok", "a"]), t("b", ["ok", "b"], after=["a"]))
+    for job_id in ("1" * 20, "2" * 20):
+        write_job(db, job_id, spec, {"a": "queued"})
+    with contextlib.closing(sqlite3.connect(path)) as raw, raw:
+        raw.execute("UPDATE jobs SET created_at = 'yesterday' WHERE id = ?", ("1" * 20,))
+
+    scheduler = Scheduler(StateDB(path), FakeRunner(), AllPresent(), node_id="n", slots=1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(scheduler.run)
+        healthy = await finished(scheduler, "2" * 20)
+        nursery.cancel_scope.cancel()
+    assert healthy["state"] == "succeeded"
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        [(state, reason)] = raw.execute("SELECT state, reason FROM jobs WHERE id = ?", ("1" * 20,)).fetchall()
+        tasks = raw.execute("SELECT state, reason FROM tasks WHERE job = ?", ("1" * 20,)).fetchall()
+    assert state == "failed", state
+    assert reason.startswith(f"the node could not resume this job: job {'1' * 20} in {path} is damaged: ")
+    assert "'yesterday'" in reason and tasks == [("failed", reason), ("failed", reason)]
+    with pytest.raises(StateError, match="is damaged"):  # what reading it says, where the API asks
+        scheduler.job_status("1" * 20)
+
+
 async def test_a_bug_while_resuming_a_job_fails_that_job_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = str(tmp_path / "state.db")
     db = StateDB(path)
@@ -399,6 +429,45 @@ async def test_a_bug_moving_a_job_on_gives_that_job_up(tmp_path: Path, monkeypat
     db = StateDB(path)
     assert db.job(given_up).state == "failed" and db.job(given_up).reason == reason
     assert [(task.state, task.reason) for task in db.tasks(given_up, spec)] == [("succeeded", None), ("failed", reason)]
+
+
+async def test_a_job_given_up_while_the_disk_is_full_is_recorded_failed_once_it_frees(
+    small_fs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bug strikes while nothing can be committed (the state database's disk is full): once
+    space is freed, the retried commit records the job failed with its reason, not only its
+    tasks. Before, the job's row was a direct statement that the failed commit undid, while
+    only the task writes waited: the job stayed "running" in the database for good."""
+    path = str(small_fs / "state.db")
+    runner = FakeRunner()
+    runner.hold = True
+    scheduler = Scheduler(StateDB(path), runner, AllPresent(), node_id="n", slots=1)
+    spec = job(t("a", ["ok", "a"]), t("b", ["ok", "b"], after=["a"]))
+
+    def buggy(when: str, dep_states: list[str]) -> str | None:
+        raise ZeroDivisionError("a bug")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(scheduler.run)
+        given_up = scheduler.submit(spec)
+        with trio.fail_after(10):
+            while not runner.running or scheduler.db.waiting:  # a's running mark is committed
+                await trio.sleep(0.001)
+        filler = fill(small_fs)
+        monkeypatch.setattr(scheduler_module, "decide", buggy)
+        runner.release.set()
+        status = await finished(scheduler, given_up)
+        assert status["state"] == "failed" and not status["recorded"], status
+        filler.unlink()
+        with trio.fail_after(10):
+            while scheduler.db.unrecorded(given_up):  # retried every RECORD_RETRY seconds (mesh.sched.recording)
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    reason = "the node failed while moving this job on: ZeroDivisionError: a bug"
+    db = StateDB(path)
+    assert (db.job(given_up).state, db.job(given_up).reason) == ("failed", reason)
+    assert [(task.state, task.reason) for task in db.tasks(given_up, spec)] == [("succeeded", None), ("failed", reason)]
+    assert db.count_jobs() == {"failed": 1}
 
 
 async def test_finished_jobs_in_memory_are_bounded_by_their_tasks_and_events(tmp_path: Path) -> None:

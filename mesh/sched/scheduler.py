@@ -19,17 +19,9 @@ ordinary offer path, so the job's coordinator keeps its record, its events and
 the failover of every task it gave away. An idle node thus gets work as soon as
 it is idle, not a gossip round later, when its peers learn of its free slots.
 
-**A database that takes no commit** (its disk is full) does not stop the node. A request
-whose change must be recorded before it is answered, a submission or a cancel, is refused
-(StateFull: HTTP 507 naming the database and its free space) and changes nothing. The
-scheduler's own steps (a task started or ended, a job ended, a job resumed) happened
-already and cannot be refused: each stands in memory, and its writes wait in the state
-database (mesh.sched.statedb), tried again every RECORD_RETRY seconds, with one log line
-when that begins and one when they go in. Until then a job's status says
-``recorded: false``, and the database holds an earlier state of the job, whole, which is
-what a node restarted meanwhile resumes: tasks whose end was not recorded run again (at
-least once, as after a crash). Failing the task instead was not chosen: the failure could
-not be recorded either, and the task did run.
+**A database that takes no commit** (its disk is full) does not stop the node: a submission
+or a cancel is refused (StateFull: HTTP 507) and changes nothing, while the scheduler's own
+steps stand in memory and their writes wait, retried until they go in (mesh.sched.recording).
 
 **One item fails alone.** An unexpected error (a bug, ours or a library's) while placing
 or running one task fails that task with the error as its reason; one met while moving its
@@ -39,7 +31,6 @@ ends that look. Each is one log line, and the node goes on with the rest.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -66,7 +57,9 @@ from mesh.exec.action import Action, ActionResult
 from mesh.sched.events import EventLogs, JobEvents
 from mesh.sched.jobs import FINAL_TASK_STATES, JobSpec, TaskRecord, decide, job_state
 from mesh.sched.placement import NodeView, Unplaceable, rank, unmet
+from mesh.sched.recording import Recorder
 from mesh.sched.statedb import JobRow, StateDB
+from mesh.text import encodable
 
 log = logging.getLogger("mesh.sched")
 
@@ -86,11 +79,6 @@ RECENT_JOBS = 256
 #: (measured: 30 such jobs grew a node by 660 MB), so a count of jobs alone bounds nothing.
 #: Older jobs are read from the database, as after a restart.
 RECENT_TASKS = 20_000
-#: Seconds a task's running mark may wait for another commit to take it along (StateDB.mark_running).
-MARK_DELAY = 0.1
-#: Seconds between tries to commit the writes that a failed commit (a full disk) left waiting.
-#: A try on a disk still full costs one failed commit; space freed is used within a second.
-RECORD_RETRY = 1.0
 #: Seconds between an idle node's looks for a peer with queued tasks to steal from.
 STEAL_INTERVAL = 0.2
 #: Seconds a peer that had nothing to give is not asked again.
@@ -231,8 +219,7 @@ class Scheduler:
         self._offer_changed: dict[str, float] = {}  # peer url -> when an offer to it started or ended
         self._draining = False
         self._task_done = trio.Event()  # set (and replaced) whenever a running task ends
-        self._unwritten = trio.Event()  # set (and replaced) when writes wait for a commit (_write_waiting)
-        self._failing: StateError | None = None  # why the state database takes no commit, while it does not
+        self._recorder = Recorder(db)
         self._nursery: trio.Nursery | None = None
         self._promised = 0  # offers stolen tasks are on their way here as
         self._promised_until = 0.0  # ... until this time (monotonic), when the promise lapses
@@ -247,7 +234,7 @@ class Scheduler:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self._resume()
-            nursery.start_soon(self._write_waiting)
+            nursery.start_soon(self._recorder.run)
             if self.remote is not None:
                 nursery.start_soon(self._steal_loop)
             task_status.started()
@@ -288,7 +275,7 @@ class Scheduler:
             placed, where = self._place(task, pinned=live.spec.pinned, local=local)
         except Unplaceable as exc:
             self._ready.popleft()
-            with self._recording():
+            with self._recorder.step():
                 self._finish(live, task, "failed", reason=str(exc))
             return True
         if not placed:
@@ -317,53 +304,13 @@ class Scheduler:
         reason = f"the node could not place the task: {describe(exc)}"
         log.error("task %s of job %s failed: %s", task.name, live.row.id, reason)
         try:
-            with self._recording():
+            with self._recorder.step():
                 self._finish(live, task, "failed", reason=reason)
         except Exception as again:
             self._give_up(live, again)
 
     def _wake(self) -> None:
         self._changed.set()
-
-    async def _write_waiting(self) -> None:
-        """Commit the writes that wait in the state database: running marks (StateDB.mark_running)
-        that no other commit took along within MARK_DELAY seconds of being made, and the writes
-        that a failed commit left, tried again every RECORD_RETRY seconds until they go in."""
-        while True:
-            await self._unwritten.wait()
-            self._unwritten = trio.Event()
-            await trio.sleep(MARK_DELAY if self._failing is None else RECORD_RETRY)
-            try:
-                self.db.flush()
-            except Exception as exc:  # a full disk (StateFull), or a bug: tried again, the node goes on
-                self._not_recorded(exc)
-                continue
-            if self._failing is not None and self.db.failure is None:
-                self._failing = None
-                log.warning("the state database takes commits again: the changes that waited are recorded")
-
-    @contextlib.contextmanager
-    def _recording(self) -> Iterator[None]:
-        """One step of the scheduler's own (a task started or ended, a job resumed): its writes in
-        one commit. If the commit fails (a full disk), the step stands in memory and its writes
-        wait in the state database, retried by :meth:`_write_waiting`; nothing raises."""
-        with self.db.batch(raising=False):
-            yield
-        if self.db.failure is not None:
-            self._not_recorded(self.db.failure)
-
-    def _not_recorded(self, exc: Exception) -> None:
-        """A commit failed: say so once (until one goes in again), and try again later."""
-        if self._failing is None:
-            log.error(
-                "cannot record the state of jobs: %s; the node goes on, and the %d change(s) waiting are"
-                " tried again every %g s (a node restarted before they are recorded runs their tasks again)",
-                describe(exc),
-                self.db.waiting,
-                RECORD_RETRY,
-            )
-        self._failing = exc if isinstance(exc, StateError) else StateError(describe(exc))
-        self._unwritten.set()
 
     def _resume(self) -> None:
         """Load the jobs a previous run of this node left unfinished and carry on with them.
@@ -372,20 +319,20 @@ class Scheduler:
         a bug) is failed in the database with the reason and logged in one line, and the
         others go on: the node starts and serves whatever its state holds, and never dies
         again on the next start over the same job. A database that takes no commit (a full
-        disk) does not stop the start either: the resumed jobs go on, their writes wait
-        (:meth:`_recording`); a job that could not be resumed stays unfinished in the
-        database, and the next start tries it again.
+        disk) does not stop the start either: the resumed jobs go on, and their writes wait
+        (mesh.sched.recording), the failure of a job that could not be resumed with them; a node
+        restarted before they are recorded tries that job again.
         """
-        with self._recording():
-            for row in self.db.unfinished_jobs():
+        with self._recorder.step():
+            for job_id in self.db.unfinished_job_ids():
                 try:
                     with self.db.savepoint():  # undoes this job's writes, and only them, if it raises
-                        self._resume_job(row)
+                        self._resume_job(self.db.job(job_id))  # its row is read here: it may be damaged
                 except Exception as exc:
-                    self._forget(row.id)
+                    self._forget(job_id)
                     reason = f"the node could not resume this job: {describe(exc)}"
-                    self.db.fail_job(row.id, reason)
-                    log.error("job %s failed: %s", row.id, reason)
+                    self.db.fail_job(job_id, reason)
+                    log.error("job %s failed: %s", job_id, reason)
 
     def _resume_job(self, row: JobRow) -> None:
         spec = self.db.job_spec(row.id)
@@ -648,8 +595,7 @@ class Scheduler:
                 return  # the slot (or the offer) it was dispatched with is released below
             task.state, task.started_at, task.reason = "running", time.time(), None
             task.attempts += 1
-            self.db.mark_running(task)  # committed with the next commit, or by _write_waiting
-            self._unwritten.set()
+            self._recorder.mark_running(task)
             extra = {"stolen": True} if stolen else {}
             live.events.emit("task_started", task=task.name, node=where or self.node_id, attempt=task.attempts, **extra)
 
@@ -695,7 +641,7 @@ class Scheduler:
             live.scopes.pop(task.name, None)
             if task.state != "running":
                 return  # its job was given up meanwhile
-            with self._recording():
+            with self._recorder.step():
                 if requeue and not scope.cancelled_caught:
                     self._requeue(live, task, reason)
                     return
@@ -740,7 +686,13 @@ class Scheduler:
         move_on: bool = True,
     ) -> None:
         """Record a task's final state, announce it, and move on what waited for it; without
-        ``move_on`` that is the caller's (_advance_all), who is already moving tasks on."""
+        ``move_on`` that is the caller's (_advance_all), who is already moving tasks on.
+
+        Its reason and its result's error are made encodable (mesh.text): they may name a file
+        the task made, in bytes that are not UTF-8, and are stored and sent as they are kept."""
+        reason = None if reason is None else encodable(reason)
+        if result is not None and result.error is not None:
+            result = replace(result, error=encodable(result.error))
         if task.state not in FINAL_TASK_STATES:
             live.open_tasks -= 1
             for name in live.dependents.get(task.name, ()):
@@ -841,12 +793,9 @@ class Scheduler:
         live.open_tasks = 0
         self._ready = deque(key for key in self._ready if key[0] != live.row.id)
         self._retire(live, "failed", now, reason)
-        try:
-            with self.db.batch():
-                self.db.fail_job(live.row.id, reason)
-                self.db.set_task_states(live.tasks.values())  # each task as it stands here
-        except StateError as error:
-            self._not_recorded(error)
+        with self._recorder.step():
+            self.db.fail_job(live.row.id, reason)
+            self.db.set_task_states(live.tasks.values())  # each task as it stands here
 
     # -- cancel and queries -------------------------------------------------------
 
@@ -860,7 +809,7 @@ class Scheduler:
             self.db.job(job_id)  # raises JobNotFound for an unknown id; a finished job stays as it is
             return
         self.db.mark_cancelled(job_id)  # its own commit first: a cancel that cannot be recorded (507) does nothing
-        with self._recording():
+        with self._recorder.step():
             self._cancel_live(live)
 
     def _cancel_live(self, live: LiveJob) -> None:

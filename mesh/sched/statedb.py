@@ -8,15 +8,16 @@ last commits, never consistency. Every stored message is canonical CBOR.
 Only the node's trio thread uses the connection; each call is a short local
 transaction, so calls are made directly rather than through a worker thread.
 
-The scheduler's writes wait for a commit. A task's state, a job's end and an action-cache
-entry are kept in memory (the latest of each task, job and key) and written, all of them,
-just before a commit: at the end of a :meth:`StateDB.batch`, or at once outside one. So:
+The scheduler's writes wait for a commit. A task's state, a job's end (with its reason when
+the node failed the job itself) and an action-cache entry are kept in memory (the latest of
+each task, job and key) and written, all of them, just before a commit: at the end of a
+:meth:`StateDB.batch`, or at once outside one. So:
 
 - A commit that fails (a full disk: SQLITE_FULL, raised as StateFull) loses none of them:
   they wait, whole, for the next commit, and the database keeps the state of the last
   commit that went in, which is consistent (every commit writes the latest form of every
   row that changed). :meth:`StateDB.unrecorded` says which jobs have changes waiting since
-  then; the scheduler retries (mesh.sched.scheduler).
+  then; the scheduler retries (mesh.sched.recording).
 - A write never raises halfway through the scheduler moving a job on: only a commit does,
   where a step is complete. ``cache_spill`` is off for the same reason: the pages of a
   transaction stay in memory until its commit (a few MiB for a 10,000-task submission)
@@ -33,6 +34,12 @@ Every call into SQLite goes through :meth:`StateDB._sql`, which translates sqlit
 into StateError naming the file (StateFull, with the free space, for a full disk); no other
 code meets them. SQLite reports a full disk as SQLITE_FULL when a write meets ENOSPC; a
 disk quota (EDQUOT) comes back as SQLITE_IOERR_WRITE, a StateError that names it.
+
+No record can keep a commit from going in: what the scheduler's writes hold is made storable
+on the way in, text :func:`~mesh.text.encodable` (a task's reason may name a file the task
+made, in any bytes), and a result that cannot be encoded even so is left out, the task's
+reason saying so. A batch that fails in any way rolls its transaction back: one left open
+would be joined by every later batch and never committed.
 
 A job's ``reason`` (why the node failed the job itself: it could not resume it) is a
 column that schema version 1 gained later: opening a database made before adds it, and
@@ -52,13 +59,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from mesh import codec
-from mesh.errors import CodecError, JobNotFound, StateError, StateFull
+from mesh.errors import CodecError, JobNotFound, StateError, StateFull, describe
 from mesh.exec.action import ActionResult
 from mesh.sched.jobs import FINAL_TASK_STATES, JobSpec, TaskRecord, parse_job
+from mesh.text import encodable
 
 log = logging.getLogger("mesh.state")
 
 SCHEMA_VERSION = 1
+#: The final task states as an SQL list (constants of mesh.sched.jobs, not input).
+_FINAL = f"({', '.join(repr(state) for state in sorted(FINAL_TASK_STATES))})"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -129,8 +139,9 @@ class StateDB:
         #: Why the last commit failed, if it did (None once one goes in).
         self.failure: StateError | None = None
         self._tasks: dict[str, dict[str, TaskRecord]] = {}  # job -> name -> task, waiting for a commit
-        self._ends: dict[str, tuple[str, float]] = {}  # job -> (final state, when), waiting for a commit
+        self._ends: dict[str, tuple[str, float, str | None]] = {}  # job -> (final state, when, reason), waiting
         self._cache: dict[str, tuple[ActionResult, float]] = {}  # key -> (result, when), waiting for a commit
+        self._batching = False  # inside a batch (whose transaction is open)
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
@@ -171,23 +182,29 @@ class StateDB:
         errors are translated here, once (:meth:`_translate`)."""
         try:
             return self._db.execute(sql, tuple(args)).fetchall()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError, OverflowError) as exc:
             raise self._translate(exc) from None
 
-    def _sql_many(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
+    def _sql_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         try:
             self._db.executemany(sql, rows)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError, OverflowError) as exc:
             raise self._translate(exc) from None
 
-    def _translate(self, exc: sqlite3.Error, what: str = "failed") -> StateError:
-        """The StateError that a sqlite3 error means: StateFull for a full disk, naming the
-        database and its free space; otherwise the error and SQLite's name for it."""
+    def _translate(self, exc: Exception, what: str = "failed") -> StateError:
+        """The StateError that an error of sqlite3 means: StateFull for a full disk, naming the
+        database and its free space; otherwise the error and SQLite's name for it. (sqlite3
+        raises UnicodeEncodeError for text it cannot store, OverflowError for an integer.)"""
         code = getattr(exc, "sqlite_errorcode", None)
         if code is not None and code & 0xFF == sqlite3.SQLITE_FULL:
             return StateFull(self.path, _free_bytes(self.path))
+        if not isinstance(exc, sqlite3.Error):
+            return self._failed("cannot store a value", exc)
         name = getattr(exc, "sqlite_errorname", type(exc).__name__)
         return StateError(f"the state database {self.path} {what}: {exc} ({name})")
+
+    def _failed(self, what: str, exc: BaseException) -> StateError:
+        return StateError(f"the state database {self.path} {what}: {describe(exc)}")
 
     @contextlib.contextmanager
     def batch(self, *, raising: bool = True) -> Iterator[None]:
@@ -198,25 +215,33 @@ class StateDB:
         :attr:`failure` says why, they wait for the next one, the statements made directly
         inside the block are undone, and the error (StateFull for a full disk) is raised
         unless ``raising`` is False.
+
+        Whatever is raised, in the block or by the commit (a bug included, raised as a
+        StateError that names it), the transaction is rolled back before the batch ends: a
+        transaction left open would be joined by every later batch and never committed, and
+        the node would go on answering while it recorded nothing more.
         """
-        if self._db.in_transaction:
+        if self._batching:
             yield
             return
-        self._sql("BEGIN")
-        try:
-            yield
-        except BaseException:
+        if self._db.in_transaction:  # a bug's leftover: joining it would never commit
+            log.error("the state database %s had a transaction left open; it is rolled back", self.path)
             self._rollback()
-            raise
+        self._sql("BEGIN")
+        self._batching = True
         try:
-            self._write_waiting()
-            self._sql("COMMIT")
-        except StateError as exc:
-            self._rollback()  # SQLite has mostly done it already: no later batch may join this one
-            self.failure = exc
-            if raising:
-                raise
-            return
+            yield
+            try:
+                self._write_waiting()
+                self._sql("COMMIT")
+            except Exception as exc:
+                self.failure = exc if isinstance(exc, StateError) else self._failed("could not commit", exc)
+                if raising:
+                    raise self.failure from None
+                return
+        finally:
+            self._batching = False
+            self._rollback()  # whatever was raised (a COMMIT that went in leaves nothing to undo)
         self._tasks, self._ends, self._cache = {}, {}, {}
         self.failure = None
 
@@ -264,35 +289,27 @@ class StateDB:
                 pass
 
     def _commit_unless_batched(self) -> None:
-        if not self._db.in_transaction:
+        if not self._batching:
             self.flush()
 
     def _write_waiting(self) -> None:
         self._sql_many(
             "UPDATE tasks SET state = ?, result = ?, reason = ?, attempts = ?, started_at = ?, finished_at = ?"
             " WHERE job = ? AND name = ?",
-            (
-                (
-                    task.state,
-                    None if task.result is None else codec.encode(task.result.to_wire()),
-                    task.reason,
-                    task.attempts,
-                    task.started_at,
-                    task.finished_at,
-                    task.job,
-                    task.name,
-                )
-                for tasks in self._tasks.values()
-                for task in tasks.values()
-            ),
+            [_task_row(task) for tasks in self._tasks.values() for task in tasks.values()],
+        )
+        self._sql_many(  # a job the node failed: its tasks not yet final will not run
+            f"UPDATE tasks SET state = 'failed', reason = ?, finished_at = ? WHERE job = ? AND state NOT IN {_FINAL}",
+            [(why, at, job_id) for job_id, (_, at, why) in self._ends.items() if why is not None],
         )
         self._sql_many(
-            "UPDATE jobs SET state = ?, finished_at = ? WHERE id = ?",
-            ((state, at, job_id) for job_id, (state, at) in self._ends.items()),
+            "UPDATE jobs SET state = ?, finished_at = ?, reason = ? WHERE id = ?",
+            [(state, at, why, job_id) for job_id, (state, at, why) in self._ends.items()],
         )
+        cached = ((key, _result_blob(result), at) for key, (result, at) in self._cache.items())
         self._sql_many(
             "INSERT OR REPLACE INTO action_cache (key, result, created_at) VALUES (?, ?, ?)",
-            ((key, codec.encode(result.to_wire()), at) for key, (result, at) in self._cache.items()),
+            [row for row in cached if row[1] is not None],  # one that cannot be encoded is not cached
         )
 
     # -- jobs ---------------------------------------------------------------------
@@ -320,7 +337,7 @@ class StateDB:
         )
         if not rows:
             raise JobNotFound(job_id)
-        return _job_row(rows[0])
+        return self._job_row(rows[0])
 
     def job_spec(self, job_id: str) -> JobSpec:
         rows = self._sql("SELECT spec FROM jobs WHERE id = ?", (job_id,))
@@ -345,14 +362,12 @@ class StateDB:
         if clauses:
             query += " WHERE " + " AND ".join(clauses)
         query += " ORDER BY seq DESC LIMIT ?"
-        return [_job_row(r) for r in self._sql(query, (*args, limit))]
+        return [self._job_row(r) for r in self._sql(query, (*args, limit))]
 
-    def unfinished_jobs(self) -> list[JobRow]:
-        rows = self._sql(
-            "SELECT seq, id, label, state, cancelled, created_at, finished_at, reason FROM jobs"
-            " WHERE state = 'running' ORDER BY seq"
-        )
-        return [_job_row(r) for r in rows]
+    def unfinished_job_ids(self) -> list[str]:
+        """The ids of the jobs not yet ended, oldest first: only the ids, so that a caller reads
+        each job (:meth:`job`) where it can deal with that one job being damaged."""
+        return [str(row[0]) for row in self._sql("SELECT id FROM jobs WHERE state = 'running' ORDER BY seq")]
 
     def count_jobs(self) -> dict[str, int]:
         return dict(self._sql("SELECT state, count(*) FROM jobs GROUP BY state"))
@@ -360,24 +375,20 @@ class StateDB:
     def finish_job(self, job_id: str, state: str) -> float:
         """Record a job's final state (a write that waits for the commit); returns the time it finished."""
         now = time.time()
-        self._ends[job_id] = (state, now)
+        self._ends[job_id] = (state, now, None)
         self._commit_unless_batched()
         return now
 
     def fail_job(self, job_id: str, reason: str) -> None:
-        """Fail a job for ``reason``, with each of its tasks not yet final (none of them will run)."""
-        now = time.time()
-        final = tuple(sorted(FINAL_TASK_STATES))
-        self.forget(job_id)  # what waits of it would undo this at the commit
-        with self.batch():
-            self._sql(
-                f"UPDATE tasks SET state = 'failed', reason = ?, finished_at = ?"
-                f" WHERE job = ? AND state NOT IN ({', '.join('?' * len(final))})",
-                (reason, now, job_id, *final),
-            )
-            self._sql(
-                "UPDATE jobs SET state = 'failed', finished_at = ?, reason = ? WHERE id = ?", (now, reason, job_id)
-            )
+        """Fail a job for ``reason`` (the node failed it itself), with each of its tasks not yet
+        final: none of them will run. A write that waits for the commit, as a job's every end
+        is: a commit that fails keeps it, whole, for the next one (its half as direct
+        statements would be undone while the rest waited, leaving the job "running" for good).
+        Drops the job's writes that wait (a half-done resumption); task writes made after
+        this one are written first, and the tasks they leave unfinished are failed."""
+        self.forget(job_id)
+        self._ends[job_id] = ("failed", time.time(), encodable(reason))
+        self._commit_unless_batched()
 
     def mark_cancelled(self, job_id: str) -> None:
         self._sql("UPDATE jobs SET cancelled = 1 WHERE id = ?", (job_id,))
@@ -448,19 +459,57 @@ class StateDB:
     def cache_size(self) -> int:
         return int(self._sql("SELECT count(*) FROM action_cache")[0][0])
 
+    def _job_row(self, row: tuple[object, ...]) -> JobRow:
+        """A job's row as read; StateError naming the job when a column is not what it must be
+        (the file was changed or damaged outside mesh: SQLite keeps text in a REAL column)."""
+        seq, id_, label, state, cancelled, created_at, finished_at, reason = row
+        try:
+            return JobRow(
+                seq=int(seq),  # type: ignore[call-overload]
+                id=str(id_),
+                label=str(label),
+                state=str(state),
+                cancelled=bool(cancelled),
+                created_at=float(created_at),  # type: ignore[arg-type]
+                finished_at=None if finished_at is None else float(finished_at),  # type: ignore[arg-type]
+                reason=None if reason is None else str(reason),
+            )
+        except (TypeError, ValueError) as exc:
+            raise StateError(f"job {id_} in {self.path} is damaged: {exc}") from None
 
-def _job_row(row: tuple[object, ...]) -> JobRow:
-    seq, id_, label, state, cancelled, created_at, finished_at, reason = row
-    return JobRow(
-        seq=int(seq),  # type: ignore[call-overload]
-        id=str(id_),
-        label=str(label),
-        state=str(state),
-        cancelled=bool(cancelled),
-        created_at=float(created_at),  # type: ignore[arg-type]
-        finished_at=None if finished_at is None else float(finished_at),  # type: ignore[arg-type]
-        reason=None if reason is None else str(reason),
+
+def _task_row(task: TaskRecord) -> tuple[object, ...]:
+    """The columns of a task's row. Its text is made :func:`~mesh.text.encodable` (a reason may
+    name a file the task made, which need not be UTF-8); a result that cannot be encoded even
+    so is left out, and the reason says why, so that the task's end is recorded whatever it
+    holds and one task never keeps the others' from being committed."""
+    reason, blob = task.reason, None
+    if task.result is not None:
+        blob = _result_blob(task.result)
+        if blob is None:
+            why = "its result could not be recorded"
+            reason = why if reason is None else f"{reason} ({why})"
+    return (
+        task.state,
+        blob,
+        None if reason is None else encodable(reason),
+        task.attempts,
+        task.started_at,
+        task.finished_at,
+        task.job,
+        task.name,
     )
+
+
+def _result_blob(result: ActionResult) -> bytes | None:
+    """A result as stored: canonical CBOR of its wire form, text made encodable; None (logged)
+    for one that cannot be encoded even so (a bug: every field is a number, a flag or text)."""
+    wire = {key: encodable(value) if isinstance(value, str) else value for key, value in result.to_wire().items()}
+    try:
+        return codec.encode(wire)
+    except CodecError as exc:
+        log.error("a task's result cannot be recorded: %s", exc)
+        return None
 
 
 def _result(blob: bytes) -> ActionResult:
