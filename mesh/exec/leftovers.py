@@ -23,7 +23,8 @@ last one left:
   notes their modification and change times when the task starts (a task uid can
   set neither to a value of its choosing); a directory whose times moved, or that
   changed just before the note (:data:`RACY_WINDOW_NS`), is listed at the end, and
-  every entry the uid owns in it is removed, whatever it holds. Listing costs time in
+  every entry the uid owns in it is removed with what it holds, as far as the uid could
+  remove it itself, never through a symlink (see :class:`SharedDirs`). Listing costs time in
   proportion to the directory (a /tmp of 19,000 entries: 130 ms), paid only when it
   changed during the task. A task's own TMPDIR is private anyway.
 * **System V IPC** (shared memory, semaphores, message queues): every object the
@@ -37,6 +38,7 @@ message queues where ``/dev/mqueue`` is not mounted, and the uid's kernel keyrin
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -47,8 +49,6 @@ import subprocess
 import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-
-from mesh.exec.removal import remove_tree
 
 log = logging.getLogger("mesh.exec")
 
@@ -175,6 +175,19 @@ class SharedDirs:
     for concurrent tasks of different uids: it keeps no state between :meth:`mark` and
     :meth:`sweep` but the marks it returns, and the list of writable directories it found,
     which only grows by assignment of a new tuple.
+
+    How a sweep reaches what it removes. Other uids may write the directories swept (that
+    is why they are swept), and a task running as another uid can replace any directory
+    of a path below a root with a symlink (a non-sticky world-writable directory lets it
+    rename what it likes; ``fs.protected_symlinks`` does not stop root from following
+    a link there). So a sweep never uses a path below a root: it opens each directory by
+    name relative to its parent's descriptor with ``O_NOFOLLOW | O_DIRECTORY``, stats and
+    removes entries relative to the descriptor of the directory listed, and removes only
+    what the uid could remove itself: an entry the uid owns, and inside a directory the
+    uid owns everything but the directories of other owners (left with what holds them).
+    (Removing as the uid instead, through ``setpriv``, would bound it by the kernel's own
+    checks too, but costs a process per sweep that finds something; and an entry a task
+    left where another uid has since taken its write permission away would stay.)
     """
 
     def __init__(self, roots: Iterable[str] = SHARED_ROOTS) -> None:
@@ -203,30 +216,58 @@ class SharedDirs:
         Call once no process of theirs runs. Returns how many entries were removed.
         A directory whose times are within the racy window of the moment they were read
         is listed too: a change in the same clock tick would not have moved them.
+        Raises OSError for a failure that another uid's doing does not explain.
         """
         removed = 0
         found: list[str] = []
-        stack = [p for p in self._dirs if _changed(p, marks.get(p))]
+        stack = list(self._dirs)
         while stack:
             path = stack.pop()
+            fd = self._open(path)
+            if fd is None:
+                continue  # gone, or no longer a directory: its parent changed, and is listed
             try:
-                entries = list(os.scandir(path))
-            except OSError:
-                continue
-            for entry in entries:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
+                if path in self._dirs and not _changed(os.fstat(fd), marks.get(path)):
                     continue
-                if st.st_uid in uids:
-                    remove_tree(entry.path) if stat.S_ISDIR(st.st_mode) else _unlink(entry.path)
-                    removed += 1
-                elif stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_IWOTH and entry.path not in self._dirs:
-                    found.append(entry.path)  # world-writable, made meanwhile by someone else
-                    stack.append(entry.path)
+                for name in os.listdir(fd):
+                    try:
+                        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if st.st_uid in uids:
+                        removed += _remove_owned(fd, name, uids, path)
+                    elif stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_IWOTH:
+                        child = f"{path}/{name}"
+                        if child not in self._dirs:
+                            found.append(child)  # world-writable, made meanwhile by someone else
+                            stack.append(child)
+            finally:
+                os.close(fd)
         if found:
             self._dirs = tuple(dict.fromkeys([*self._dirs, *found]))
         return removed
+
+    def _open(self, path: str) -> int | None:
+        """A descriptor of the shared directory ``path``, reached from its root one directory at a
+        time without following a symlink; None if that is not a directory now."""
+        root = next(r for r in self.roots if path == r or path.startswith(f"{r}/"))
+        try:
+            fd = os.open(root, _DIR_FLAGS)  # a root is the system's, not a task's to replace
+        except OSError:
+            return None
+        for name in path[len(root) :].split("/")[1:]:
+            try:
+                below = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in _REPLACED:
+                    os.close(fd)
+                    raise
+                below = None
+            os.close(fd)
+            if below is None:
+                return None
+            fd = below
+        return fd
 
     @staticmethod
     def _writable_below(roots: Iterable[str]) -> list[str]:
@@ -250,23 +291,91 @@ class SharedDirs:
         return found
 
 
-def _changed(path: str, mark: Mark | None) -> bool:
+#: Errors that say an entry was removed or replaced (by a task of another uid) meanwhile.
+_REPLACED = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EISDIR, errno.ENOTEMPTY})
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def _changed(st: os.stat_result, mark: Mark | None) -> bool:
     if mark is None:
         return True
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False
     if (st.st_mtime_ns, st.st_ctime_ns) != (mark.mtime_ns, mark.ctime_ns):
         return True
     return max(mark.mtime_ns, mark.ctime_ns) > mark.read_at_ns - RACY_WINDOW_NS
 
 
-def _unlink(path: str) -> None:
+def _remove_owned(parent: int, name: str, uids: Collection[int], where: str) -> int:
+    """Remove the entry ``name`` of the directory ``parent`` if one of ``uids`` owns it: a
+    directory with what is inside it, but for the directories of other owners (see
+    :class:`SharedDirs`). Returns 1 if the entry is gone, 0 if it is not (logged)."""
     try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        if st.st_uid not in uids:
+            return 0
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=parent)  # a name in a directory that only writers of it can change
+            return 1
+        fd = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=parent)
+        try:
+            if os.fstat(fd).st_uid not in uids:
+                return 0  # replaced between the stat and the open
+            _empty_owned(fd, uids)
+        finally:
+            os.close(fd)
+        os.rmdir(name, dir_fd=parent)
+        return 1
+    except OSError as exc:
+        if exc.errno not in _REPLACED:
+            raise
+        if exc.errno != errno.ENOENT:
+            log.warning("left %s/%s of task uid(s) %s: %s", where, name, sorted(uids), exc.strerror)
+        return 0
+
+
+def _empty_owned(top: int, uids: Collection[int]) -> None:
+    """Remove what is inside the directory ``top`` (of one of ``uids``), never following a
+    symlink: every entry, but subdirectories of other owners, left with the directories
+    of ``uids`` that hold them. Walks with one descriptor per level, none by path."""
+    stack = [(os.dup(top), os.listdir(top))]
+    names: list[str] = []  # the name of each directory of the stack but the first, in its parent
+    try:
+        while stack:
+            fd, entries = stack[-1]
+            if not entries:
+                stack.pop()
+                os.close(fd)
+                if stack:
+                    try:
+                        os.rmdir(names.pop(), dir_fd=stack[-1][0])
+                    except OSError as exc:
+                        if exc.errno not in _REPLACED:
+                            raise
+                continue
+            name = entries.pop()
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    os.unlink(name, dir_fd=fd)
+                    continue
+                if st.st_uid not in uids:
+                    continue
+                below = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in _REPLACED:
+                    raise
+                continue
+            try:
+                if os.fstat(below).st_uid not in uids:
+                    os.close(below)
+                    continue
+                stack.append((below, os.listdir(below)))
+            except BaseException:
+                os.close(below)
+                raise
+            names.append(name)
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
 
 
 # -- System V IPC --------------------------------------------------------------------------------

@@ -1,0 +1,103 @@
+"""What a task uid leaves behind is removed, and nothing else: mesh.exec.leftovers.
+
+The hostile states that tasks of other uids could make while a sweep runs are set up
+directly before it (a directory replaced by a symlink, say), rather than raced.
+Entries of other uids are made by chown, as root.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mesh.exec.leftovers import SharedDirs
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="files of other uids are made with chown, as root")
+
+#: Uids no account uses, as task uids (no process of theirs is started here).
+U1, U2, U3 = 2_100_009_970, 2_100_009_971, 2_100_009_972
+
+
+def make(path: Path, uid: int, mode: int, *, directory: bool = False, text: str = "x") -> Path:
+    if directory:
+        path.mkdir()
+    else:
+        path.write_text(text)
+    os.chown(path, uid, uid)
+    path.chmod(mode)
+    return path
+
+
+@pytest.fixture
+def shared(tmp_path: Path) -> Path:
+    """A directory like /tmp (sticky, world-writable), as the root of a SharedDirs."""
+    return make(tmp_path / "tmp", 0, 0o1777, directory=True)
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A directory no task uid can reach, holding a file of U1 (as a kept checkout of U1 would)."""
+    top = make(tmp_path / "outside", 0, 0o700, directory=True)
+    make(top / "passwd", U1, 0o644, text="not a task's to lose\n")
+    return top
+
+
+def test_a_sweep_removes_the_uids_entries_and_nothing_of_others(shared: Path) -> None:
+    dirs = SharedDirs([str(shared)])
+    marks = dirs.mark()
+    left = make(shared / "left", U1, 0o600)
+    tree = make(shared / "tree", U1, 0o500, directory=True)  # not even writable by its owner
+    make(tree / "inner", U1, 0o000)
+    others = make(shared / "others", U2, 0o600)
+    assert dirs.sweep((U1,), marks) == 2
+    assert not left.exists() and not tree.exists()
+    assert others.exists()
+
+
+def test_a_sweep_never_follows_a_directory_another_uid_replaced_with_a_symlink(shared: Path, outside: Path) -> None:
+    """U2 makes e/d world-writable without the sticky bit, U1 leaves e/d/passwd there, and
+    before U1 is swept U2 swaps d for a symlink to a directory outside: what is there stays,
+    and U1's file, wherever U2 moved it below the shared root, goes."""
+    e = make(shared / "e", U2, 0o777, directory=True)
+    d = make(e / "d", U2, 0o777, directory=True)
+    dirs = SharedDirs([str(shared)])
+    marks = dirs.mark()
+    make(d / "passwd", U1, 0o644)
+    d.rename(e / "moved")
+    (e / "d").symlink_to(outside)
+    assert dirs.sweep((U1,), marks) == 1
+    assert (outside / "passwd").read_text() == "not a task's to lose\n"
+    assert not (e / "moved" / "passwd").exists()
+
+
+def test_a_sweep_never_follows_an_intermediate_directory_replaced_with_a_symlink(
+    shared: Path, outside: Path, tmp_path: Path
+) -> None:
+    e = make(shared / "e", U2, 0o777, directory=True)
+    make(e / "d", U2, 0o777, directory=True)
+    dirs = SharedDirs([str(shared)])
+    marks = dirs.mark()
+    decoy = make(tmp_path / "decoy", 0, 0o700, directory=True)
+    (decoy / "d").symlink_to(outside)  # e/d resolves to outside through the symlink e
+    e.rename(shared / "e2")
+    (shared / "e").symlink_to(decoy)
+    dirs.sweep((U1,), marks)
+    assert (outside / "passwd").exists()
+
+
+def test_a_sweep_removes_no_more_in_the_uids_directory_than_the_uid_could(shared: Path) -> None:
+    """Inside a directory of U1 that others could write, another uid's files go (U1 could
+    unlink them), but another owner's directory and what it holds stay (U1 could not
+    empty it), and with it the directory of U1 that holds it."""
+    mine = make(shared / "mine", U1, 0o777, directory=True)
+    sub = make(mine / "sub", U1, 0o700, directory=True)
+    make(sub / "file", U1, 0o600)
+    theirs = make(mine / "theirs", U3, 0o755, directory=True)
+    kept = make(theirs / "file", U3, 0o644)
+    make(mine / "dropped", U2, 0o644)
+    dirs = SharedDirs([str(shared)])
+    dirs.sweep((U1,), {})
+    assert sorted(p.name for p in mine.iterdir()) == ["theirs"]
+    assert kept.exists()
