@@ -8,11 +8,12 @@ Entries of other uids are made by chown, as root.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 
-from mesh.exec.leftovers import SharedDirs
+from mesh.exec.leftovers import RACY_WINDOW_NS, SharedDirs
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="files of other uids are made with chown, as root")
 
@@ -101,3 +102,21 @@ def test_a_sweep_removes_no_more_in_the_uids_directory_than_the_uid_could(shared
     dirs.sweep((U1,), {})
     assert sorted(p.name for p in mine.iterdir()) == ["theirs"]
     assert kept.exists()
+
+
+def test_a_world_writable_directory_made_after_the_start_is_swept(shared: Path) -> None:
+    """An operator makes shared/w between two tasks: the times of shared moved before the
+    task's marks, never during the task, yet what the task leaves in w goes."""
+    dirs = SharedDirs([str(shared)])
+    w = make(shared / "w", 0, 0o777, directory=True)
+    changed = max(shared.stat().st_mtime_ns, shared.stat().st_ctime_ns)
+    while time.time_ns() < changed + RACY_WINDOW_NS:  # past the racy window: the times alone decide
+        time.sleep(0.01)
+    marks = dirs.mark()
+    secret = make(w / "secret", U1, 0o600)
+    assert dirs.sweep((U1,), marks) == 1
+    assert not secret.exists()
+    assert dirs.sweep((U1,), dirs.mark()) == 0  # and w is known from now on
+    again = make(w / "again", U1, 0o600)
+    marks = dirs.mark()
+    assert dirs.sweep((U1,), marks) == 1 and not again.exists()

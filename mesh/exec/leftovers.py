@@ -46,6 +46,7 @@ import select
 import signal
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -172,9 +173,16 @@ class SharedDirs:
     """The directories every uid may write (see the module docstring), and what a task left in them.
 
     ``roots`` are the top directories (those that do not exist are skipped). Thread-safe
-    for concurrent tasks of different uids: it keeps no state between :meth:`mark` and
-    :meth:`sweep` but the marks it returns, and the list of writable directories it found,
-    which only grows by assignment of a new tuple.
+    for concurrent tasks of different uids: between :meth:`mark` and :meth:`sweep` it keeps
+    the marks it returns and, under a lock, every shared directory it knows with its
+    times when it was last listed (a sweep merges what it found into them).
+
+    Which directories a sweep lists: those whose times moved since the task's marks (the
+    task may have written there), those found since the marks were taken (a task may
+    have written there too), and those whose times moved since they were last listed,
+    whoever moved them: a world-writable directory made after the start (by an operator,
+    say) changes its parent's times once, perhaps between two tasks; the first sweep
+    after that lists the parent, finds the new directory and lists it as new.
 
     How a sweep reaches what it removes. Other uids may write the directories swept (that
     is why they are swept), and a task running as another uid can replace any directory
@@ -192,15 +200,20 @@ class SharedDirs:
 
     def __init__(self, roots: Iterable[str] = SHARED_ROOTS) -> None:
         self.roots = tuple(r for r in roots if os.path.isdir(r))
-        self._dirs: tuple[str, ...] = tuple(self._writable_below(self.roots))
+        self._lock = threading.Lock()
+        # Every shared directory known, with its times when it was last listed (None: never).
+        self._listed: dict[str, Mark | None] = dict.fromkeys(self.roots)
+        self.sweep((), {})  # finds the world-writable directories below the roots
 
     def __repr__(self) -> str:
         return f"SharedDirs({list(self.roots)})"
 
     def mark(self) -> dict[str, Mark]:
         """Note the times of every shared directory: call before the task starts."""
+        with self._lock:
+            paths = list(self._listed)
         marks = {}
-        for path in self._dirs:
+        for path in paths:
             now = time.time_ns()
             try:
                 st = os.lstat(path)
@@ -211,7 +224,7 @@ class SharedDirs:
 
     def sweep(self, uids: Collection[int], marks: dict[str, Mark]) -> int:
         """Remove what ``uids`` own in every shared directory that changed since ``marks``
-        (every one, for empty ``marks``).
+        (every one, for empty ``marks``), or since it was last listed.
 
         Call once no process of theirs runs. Returns how many entries were removed.
         A directory whose times are within the racy window of the moment they were read
@@ -219,16 +232,25 @@ class SharedDirs:
         Raises OSError for a failure that another uid's doing does not explain.
         """
         removed = 0
-        found: list[str] = []
-        stack = list(self._dirs)
+        with self._lock:
+            known = dict(self._listed)
+        listed: dict[str, Mark] = {}  # what this sweep listed, with its times just before
+        gone: list[str] = []
+        stack = list(known)
         while stack:
             path = stack.pop()
+            if path in listed:
+                continue
             fd = self._open(path)
             if fd is None:
-                continue  # gone, or no longer a directory: its parent changed, and is listed
+                gone.append(path)  # or no longer a directory: its parent changed, and is listed
+                continue
             try:
-                if path in self._dirs and not _changed(os.fstat(fd), marks.get(path)):
+                now = time.time_ns()
+                st = os.fstat(fd)
+                if path in known and not _changed(st, marks.get(path)) and not _changed(st, known[path]):
                     continue
+                listed[path] = Mark(st.st_mtime_ns, st.st_ctime_ns, now)
                 for name in os.listdir(fd):
                     try:
                         st = os.stat(name, dir_fd=fd, follow_symlinks=False)
@@ -238,13 +260,15 @@ class SharedDirs:
                         removed += _remove_owned(fd, name, uids, path)
                     elif stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_IWOTH:
                         child = f"{path}/{name}"
-                        if child not in self._dirs:
-                            found.append(child)  # world-writable, made meanwhile by someone else
-                            stack.append(child)
+                        if child not in known:
+                            stack.append(child)  # world-writable, made meanwhile by someone else
             finally:
                 os.close(fd)
-        if found:
-            self._dirs = tuple(dict.fromkeys([*self._dirs, *found]))
+        with self._lock:
+            for path in gone:
+                if path in known and self._listed.get(path, _UNKNOWN) is known[path]:
+                    del self._listed[path]  # unless another sweep found it again meanwhile
+            self._listed.update(listed)
         return removed
 
     def _open(self, path: str) -> int | None:
@@ -269,31 +293,11 @@ class SharedDirs:
             fd = below
         return fd
 
-    @staticmethod
-    def _writable_below(roots: Iterable[str]) -> list[str]:
-        """``roots`` and the world-writable directories reached through world-writable ones."""
-        found = []
-        stack = list(roots)
-        while stack:
-            path = stack.pop()
-            found.append(path)
-            try:
-                with os.scandir(path) as entries:
-                    for entry in entries:
-                        try:
-                            st = entry.stat(follow_symlinks=False)
-                        except OSError:
-                            continue
-                        if stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_IWOTH:
-                            stack.append(entry.path)
-            except OSError:
-                continue
-        return found
-
 
 #: Errors that say an entry was removed or replaced (by a task of another uid) meanwhile.
 _REPLACED = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EISDIR, errno.ENOTEMPTY})
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_UNKNOWN = Mark(-1, -1, -1)
 
 
 def _changed(st: os.stat_result, mark: Mark | None) -> bool:
