@@ -8,17 +8,24 @@ Entries of other uids are made by chown, as root.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from mesh.exec.leftovers import RACY_WINDOW_NS, SharedDirs
+from mesh.exec import leftovers
+from mesh.exec.leftovers import RACY_WINDOW_NS, SharedDirs, kill_processes, process_uids
+from tests.nodeutil import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="files of other uids are made with chown, as root")
 
 #: Uids no account uses, as task uids (no process of theirs is started here).
 U1, U2, U3 = 2_100_009_970, 2_100_009_971, 2_100_009_972
+#: A uid whose processes tests start and kill.
+RUNNER = 2_100_009_973
 
 
 def make(path: Path, uid: int, mode: int, *, directory: bool = False, text: str = "x") -> Path:
@@ -120,3 +127,68 @@ def test_a_world_writable_directory_made_after_the_start_is_swept(shared: Path) 
     again = make(w / "again", U1, 0o600)
     marks = dirs.mark()
     assert dirs.sweep((U1,), marks) == 1 and not again.exists()
+
+
+def as_uid(uid: int, *argv: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *argv])
+
+
+def pidfd_pid(fd: int) -> int:
+    """The pid of the process a pidfd holds."""
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Pid:"))
+
+
+def spawn_with_pid(pid: int) -> subprocess.Popen[bytes]:
+    """An unrelated process (root's) that gets ``pid``, by setting the last pid allocated."""
+    for _ in range(100):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(pid - 1))
+        other = subprocess.Popen(["sleep", "60"])
+        if other.pid == pid:
+            return other
+        other.kill()
+        other.wait()
+    pytest.fail(f"could not make a process with pid {pid} (other processes kept taking it)")
+
+
+@pytest.fixture
+def reused() -> Iterator[tuple[subprocess.Popen[bytes], list[subprocess.Popen[bytes]]]]:
+    """A process of RUNNER, and a list that gets the unrelated process its pid is reused for."""
+    victim = as_uid(RUNNER, "sleep", "60")
+    wait_for(lambda: RUNNER in process_uids(victim.pid), timeout=10, what="setpriv to switch to the uid")
+    others: list[subprocess.Popen[bytes]] = []
+    try:
+        yield victim, others
+    finally:
+        for process in [victim, *others]:
+            process.kill()
+            process.wait()
+
+
+def test_a_killed_process_whose_pid_is_reused_at_once_is_neither_waited_for_nor_mistaken(
+    reused: tuple[subprocess.Popen[bytes], list[subprocess.Popen[bytes]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Right after the SIGKILL, the process is reaped and its pid given to an unrelated
+    process (the hostile state, made at the moment a kill is sent): the kill is done at
+    once, and the unrelated process is not signalled."""
+    victim, others = reused
+
+    def then_reuse(real: Callable[..., None], pid_from: Callable[[int], int]) -> Callable[..., None]:
+        def call(target: int, sig: int, *rest: object) -> None:
+            pid = pid_from(target)
+            real(target, sig, *rest)
+            if pid == victim.pid and sig == signal.SIGKILL and not others:
+                victim.wait()
+                others.append(spawn_with_pid(pid))
+
+        return call
+
+    monkeypatch.setattr(os, "kill", then_reuse(os.kill, int))
+    monkeypatch.setattr(signal, "pidfd_send_signal", then_reuse(signal.pidfd_send_signal, pidfd_pid))
+    monkeypatch.setattr(leftovers, "_GONE_TIMEOUT", 3.0)
+    started = time.monotonic()
+    assert kill_processes(RUNNER) == 1
+    assert time.monotonic() - started < 2.0
+    assert victim.returncode == -signal.SIGKILL
+    assert len(others) == 1 and others[0].poll() is None
