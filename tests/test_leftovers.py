@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from mesh.exec import leftovers
-from mesh.exec.leftovers import RACY_WINDOW_NS, SharedDirs, kill_processes, process_uids
+from mesh.exec.leftovers import RACY_WINDOW_NS, SharedDirs, kill_processes, process_uids, uid_is
 from tests.nodeutil import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="files of other uids are made with chown, as root")
@@ -188,7 +188,7 @@ def test_a_killed_process_whose_pid_is_reused_at_once_is_neither_waited_for_nor_
     monkeypatch.setattr(signal, "pidfd_send_signal", then_reuse(signal.pidfd_send_signal, pidfd_pid))
     monkeypatch.setattr(leftovers, "_GONE_TIMEOUT", 3.0)
     started = time.monotonic()
-    assert kill_processes(RUNNER) == 1
+    assert kill_processes(uid_is(RUNNER)) == 1
     assert time.monotonic() - started < 2.0
     assert victim.returncode == -signal.SIGKILL
     assert len(others) == 1 and others[0].poll() is None

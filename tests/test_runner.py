@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -500,6 +502,32 @@ def test_remove_leftovers(store: LocalStore, workroot: Path) -> None:
     (workroot / "task-left").mkdir()
     (workroot / "task-left" / "x").mkdir(mode=0)
     assert runner.remove_leftovers() == 1
+
+
+def test_remove_leftovers_kills_what_a_dead_nodes_tasks_left_and_waits_until_it_is_gone(
+    store: LocalStore, workroot: Path
+) -> None:
+    """A process that carries a task's marker is killed and gone (not just signalled) when
+    remove_leftovers returns: one holding 1 GiB takes tens of milliseconds to die. A process
+    of another directory's tasks is left alone."""
+    runner = make_runner(store, workroot)
+    (workroot / "task-left").mkdir()
+    hold = "import sys, time; b = bytearray(1 << 30); print('ready', flush=True); time.sleep(60)"
+    mine = {**os.environ, "MESH_TASK_DIR": f"{workroot}/task-left"}
+    theirs = {**os.environ, "MESH_TASK_DIR": f"{workroot}-other/task-left"}
+    left = subprocess.Popen([sys.executable, "-c", hold], env=mine, stdout=subprocess.PIPE)
+    other = subprocess.Popen([sys.executable, "-c", hold], env=theirs, stdout=subprocess.PIPE)
+    try:
+        assert left.stdout is not None and other.stdout is not None
+        assert left.stdout.readline() == other.stdout.readline() == b"ready\n"
+        assert runner.remove_leftovers() == 1
+        assert gone(left.pid), "remove_leftovers returned while the process it killed still ran"
+        assert left.wait() == -signal.SIGKILL
+        assert other.poll() is None
+    finally:
+        for process in (left, other):
+            process.kill()
+            process.wait()
 
 
 def test_limits_repr_and_validation() -> None:

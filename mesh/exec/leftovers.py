@@ -1,14 +1,15 @@
-"""What a task that ran as a task uid may leave behind, found and removed before the uid runs another.
+"""What a task may leave behind, found and removed: processes, and what a task uid left elsewhere.
 
 A task of the ``process`` executor on a root node runs as a uid of its own
 (:mod:`mesh.exec.taskusers`). When it ends, the uid must hold nothing of it before
 another task gets the uid, or the next task could be spied on or changed by what the
-last one left:
+last one left; and the tasks of a node killed meanwhile, of any executor, must not
+run on:
 
 * **Processes.** A daemon (``setsid``, a double fork) leaves the task's process
   group, so killing the group is not enough. :func:`kill_processes` kills every
-  process whose real, effective, saved or filesystem uid is the task uid, found in
-  ``/proc``. A scan of ``/proc`` visits pids in ascending order, so a process born
+  process whose real, effective, saved or filesystem uid is the task uid
+  (:func:`uid_is`), found in ``/proc``. A scan of ``/proc`` visits pids in ascending order, so a process born
   while it runs is missed only if its pid is below the scan's position: every
   process born during a scan has a pid in (last pid before, last pid after] unless
   the pid space wrapped, so those pids are looked at again, and again for what was
@@ -18,6 +19,17 @@ last one left:
   and waited for through a pidfd opened before its uid is checked, so a pid reused
   meanwhile is neither signalled nor waited for. A scan costs
   ~10 µs per process of the machine (1 ms for 100, measured here).
+* **Processes of a node that was killed.** A node killed with SIGKILL cannot take
+  its tasks' processes with it, whatever they run as: they keep running in their own
+  process groups, may still write into their task directories, and would run
+  alongside the re-run of the same task. Every task therefore carries
+  ``MESH_TASK_DIR=<its task directory>`` (:data:`MARKER`) in its environment,
+  inherited by everything it starts; :func:`kill_processes` with :func:`marked_below`
+  kills every process whose environment names a directory below a workroot (the
+  runner's, at the next start; for task uids, whichever node takes the uid next).
+  The marker is matched in ``/proc/PID/environ``, so a recycled pid of an unrelated
+  process is never hit; the same search finds what they start meanwhile, which
+  inherits the marker.
 * **Files in the places every uid may write**: ``/tmp``, ``/var/tmp``, ``/dev/shm``
   (POSIX shared memory and semaphores), ``/run/lock`` and ``/dev/mqueue`` (POSIX
   message queues, where that file system is mounted), and the world-writable
@@ -50,11 +62,13 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 log = logging.getLogger("mesh.exec")
 
+#: The environment variable that ties a process to the task directory it belongs to.
+MARKER = "MESH_TASK_DIR"
 #: The places every uid may write, swept after each task (those that exist).
 SHARED_ROOTS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")
 #: A directory whose times are this close to the moment they were noted is listed whatever
@@ -82,8 +96,37 @@ def last_pid() -> int:
         return int(f.read())
 
 
-def kill_processes(uid: int) -> int:
-    """SIGKILL every process of ``uid`` and wait until all are gone; returns how many.
+#: Which processes to kill, by pid: what :func:`uid_is` and :func:`marked_below` make. True
+#: only for a process that exists and is one of them; whatever a process of them starts
+#: must be one of them too (the search relies on it for what is born while it runs).
+Match = Callable[[int], bool]
+
+
+def uid_is(uid: int) -> Match:
+    """The processes that run as ``uid``: real, effective, saved or filesystem uid."""
+    return lambda pid: uid in process_uids(pid)
+
+
+def marked_below(directory: str) -> Match:
+    """The processes whose environment's :data:`MARKER` names a task directory in ``directory``
+    (or, if it does not end with "/", whose marker starts with it)."""
+    prefix = f"{MARKER}={directory}".encode()
+    return lambda pid: marked(pid, prefix) is True
+
+
+def marked(pid: int, prefix: bytes) -> bool | None:
+    """Whether an item of the environment process ``pid`` started with begins with ``prefix``;
+    None if it is gone or its environment cannot be read."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read()
+    except OSError:
+        return None
+    return any(item.startswith(prefix) for item in environ.split(b"\0"))
+
+
+def kill_processes(match: Match) -> int:
+    """SIGKILL every process ``match`` names and wait until all are gone; returns how many.
 
     See the module docstring for why nothing born during the search is missed.
     Raises OSError if a killed process outlives a generous timeout.
@@ -92,13 +135,13 @@ def kill_processes(uid: int) -> int:
     try:
         while True:
             before = last_pid()
-            _kill(uid, all_pids(), killed)
+            _kill(match, all_pids(), killed)
             after = last_pid()
             while before <= after and after - before <= _RANGE_MAX:
                 if after == before:
                     killed.wait_gone()
                     return killed.count
-                _kill(uid, range(before + 1, after + 1), killed)
+                _kill(match, range(before + 1, after + 1), killed)
                 before, after = after, last_pid()
             # the pid space wrapped, or many pids were allocated meanwhile: scan it all again
     finally:
@@ -112,7 +155,7 @@ def all_pids() -> list[int]:
 class _Killed:
     """The processes signalled so far, each held by a pidfd until it is gone.
 
-    A process is signalled through a pidfd opened *before* its uids are read: if its pid
+    A process is signalled through a pidfd opened *before* it is looked at: if its pid
     was reused meanwhile, the pidfd's process is gone and the signal fails (ESRCH), so
     no unrelated process is signalled or waited for. Pidfds are waited for and closed in
     batches of :data:`_PIDFDS_MAX`, so that a task with many processes cannot exhaust the
@@ -153,18 +196,18 @@ class _Killed:
         self._held.clear()
 
 
-def _kill(uid: int, pids: Iterable[int], killed: _Killed) -> None:
-    """SIGKILL the processes of ``uid`` among ``pids``, adding them to ``killed``."""
+def _kill(match: Match, pids: Iterable[int], killed: _Killed) -> None:
+    """SIGKILL the processes ``match`` names among ``pids``, adding them to ``killed``."""
     me = os.getpid()
     for pid in pids:
-        if pid == me or uid not in process_uids(pid):
+        if pid == me or not match(pid):
             continue
         try:
             fd = os.pidfd_open(pid)
         except OSError:  # gone (ESRCH)
             continue
         try:
-            ours = uid in process_uids(pid)  # again: the first look may have been at a pid's former process
+            ours = match(pid)  # again: the first look may have been at a pid's former process
             if ours:
                 signal.pidfd_send_signal(fd, signal.SIGKILL)
         except ProcessLookupError:

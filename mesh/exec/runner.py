@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import os
 import stat
 import tempfile
@@ -66,11 +67,13 @@ from mesh.cas.tree import Kind, encode_node
 from mesh.errors import PathNotFound, SnapshotError, SpawnFailed, UnknownExecutor
 from mesh.exec import hop
 from mesh.exec.action import BASE_ENV, Action, ActionResult
+from mesh.exec.leftovers import MARKER, kill_processes, marked_below
 from mesh.exec.process import Command, Executor, ExitStatus
-from mesh.exec.reaper import MARKER, kill_task_processes
 from mesh.exec.removal import remove_tree as remove_tree  # also known as the runner's
 from mesh.exec.taskusers import Lease, TaskUsers
 from mesh.exec.workpool import Manifest, PoolStatistics, Verdict, WorkdirPool
+
+log = logging.getLogger("mesh.exec")
 
 OutputFollower = Callable[[str, bytes], Awaitable[None]]
 """``await on_output(stream, chunk)``: live output for whoever follows the task."""
@@ -176,11 +179,18 @@ class Runner:
             remove_tree(root)
 
     def remove_leftovers(self) -> int:
-        """Remove task directories left by a node that died mid-task; returns how many.
+        """Kill what tasks of a node that died mid-task left running (mesh.exec.leftovers), and
+        remove their task directories; returns how many directories.
 
         Call before the first run (blocking); never while tasks run.
         """
-        kill_task_processes(self.workroot)
+        try:
+            killed = kill_processes(marked_below(self.workroot + "/"))
+        except OSError as exc:  # one outlived its SIGKILL: the directories go all the same
+            log.warning("processes left running by tasks of a previous run are not all gone: %s", exc)
+        else:
+            if killed:
+                log.warning("killed %d process(es) left running by tasks of a previous run", killed)
         removed = 0
         for name in os.listdir(self.workroot):
             if name.startswith(_TASK_PREFIX):
@@ -407,7 +417,7 @@ def _environment(action: Action, task: _TaskDir) -> dict[str, str]:
     env["HOME"] = task.home
     env["TMPDIR"] = task.tmp
     env.update(action.env)
-    env[MARKER] = task.root  # lets a restarted node find processes this task left (mesh.exec.reaper)
+    env[MARKER] = task.root  # lets a restarted node find processes this task left (mesh.exec.leftovers)
     return env
 
 

@@ -26,7 +26,7 @@ lock, which the kernel drops when the node closes it or dies), taking the first 
 no other live node holds. A uid that has a passwd or group entry stops the start with
 one line (the range belongs to someone). A uid that runs processes although no live node
 holds it ran them for a node that was killed, if they carry a task's marker
-(mesh.exec.reaper) or this node's own previous run held it (recorded in
+(mesh.exec.leftovers) or this node's own previous run held it (recorded in
 ``$MESH_HOME/task-users``, with the previous task directory, which is removed): they are
 killed and the uid is taken. Any other process makes the node leave that uid alone (a
 log line says which, and how to kill them); only when too few uids are left does that
@@ -58,8 +58,17 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from mesh.errors import ExecError
-from mesh.exec.leftovers import Mark, SharedDirs, all_pids, kill_processes, process_uids, remove_ipc
-from mesh.exec.reaper import MARKER
+from mesh.exec.leftovers import (
+    MARKER,
+    Mark,
+    SharedDirs,
+    all_pids,
+    kill_processes,
+    marked,
+    process_uids,
+    remove_ipc,
+    uid_is,
+)
 from mesh.exec.removal import remove_tree
 
 __all__ = ["Lease", "TaskUsers"]
@@ -171,7 +180,7 @@ class TaskUsers:
         again; the error is logged and raised as ExecError.
         """
         try:
-            kill_processes(lease.uid)
+            kill_processes(uid_is(lease.uid))
             self.shared.sweep((lease.uid,), lease.marks)
             remove_ipc(lease.uid)
         except OSError as exc:
@@ -220,7 +229,7 @@ def _claim(fd: int, first: int, last: int, count: int, previous: list[int]) -> l
                 fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, uid, 1, 0))
                 foreign[uid] = running[uid]
                 continue
-            killed = kill_processes(uid)
+            killed = kill_processes(uid_is(uid))
             log.warning("killed %d process(es) that tasks of a killed node left running as uid %d", killed, uid)
         claimed.append(uid)
     if foreign:
@@ -242,15 +251,10 @@ def _claim(fd: int, first: int, last: int, count: int, previous: list[int]) -> l
 
 def _left_by_a_task(pid: int) -> bool:
     """Whether process ``pid`` was started by a task of a root node's process executor (its
-    environment names a task directory of task uids: mesh.exec.reaper's marker). Such a process
-    of a uid no live node holds is what a killed node left: every live node holds its uids."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            environ = f.read()
-    except OSError:
-        return True  # gone meanwhile: nothing of it is in the way
-    prefix = f"{MARKER}={WORK_PARENT}/{_WORK_PREFIX}".encode()
-    return any(item.startswith(prefix) for item in environ.split(b"\0"))
+    environment names a task directory of task uids: mesh.exec.leftovers' marker), or is gone.
+    Such a process of a uid no live node holds is what a killed node left: every live node
+    holds its uids."""
+    return marked(pid, f"{MARKER}={WORK_PARENT}/{_WORK_PREFIX}".encode()) is not False
 
 
 def _account(uid: int) -> str | None:
