@@ -14,7 +14,7 @@ its absolute path, and the node's home usually cannot be reached (root's home is
 task directories of task uids therefore live in a directory of their own,
 ``/var/tmp/mesh-tasks-XXXXXXXX`` (made fresh by each start with a random name, root's,
 0711: traversable, not listable), which each task directory (0700) inside belongs to
-the task's uid while it runs and to root again as soon as it ends. The node's home
+the task's uid while it runs and to root again once it ends (:mod:`mesh.exec.takeback`). The node's home
 stays 0700. ``/var/tmp`` rather than ``/tmp``: it is on disk where ``/tmp`` may be
 memory, and builds are large. A random name, so no local user can make it first. A
 node holds a flock on its directory while it lives; a node that starts removes those
@@ -33,9 +33,11 @@ log line says which, and how to kill them); only when too few uids are left does
 stop the start.
 
 Each task: :meth:`TaskUsers.lease` a uid (preferring one that owns a kept directory
-of the same input, so that :mod:`mesh.exec.workpool` can hand it over), run, then
-:meth:`TaskUsers.end`: every process of the uid is killed and waited for, what it left
-in the shared writable places is removed (:mod:`mesh.exec.leftovers`), and only then
+of the same input, so that :mod:`mesh.exec.workpool` can hand it over), run,
+:meth:`TaskUsers.kill`: every process of the uid is killed and waited for, and none
+starts until the uid is freed, so the runner can take the task directory back and
+read it (:mod:`mesh.exec.takeback`); then :meth:`TaskUsers.end`: what the uid left in
+the shared writable places is removed (:mod:`mesh.exec.leftovers`), and only then
 does the uid return to the pool.
 """
 
@@ -56,6 +58,7 @@ import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Literal, NoReturn
 
 from mesh.errors import ExecError
 from mesh.exec.leftovers import (
@@ -88,12 +91,17 @@ _DEAD_AFTER = 60.0
 _FLOCK = struct.Struct("hhqqi4x")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Lease:
-    """One task's hold on a uid (and its gid, the same number), from lease to end."""
+    """One task's hold on a uid (and its gid, the same number), from lease to end.
+
+    ``state``: ``leased``; ``killed`` once no process of the uid runs (:meth:`TaskUsers.kill`);
+    ``ended`` once the uid is free again, or dropped.
+    """
 
     uid: int
     marks: dict[str, Mark]  # the shared directories' times at the start
+    state: Literal["leased", "killed", "ended"] = "leased"
 
     @property
     def gid(self) -> int:
@@ -173,25 +181,49 @@ class TaskUsers:
             self._free.remove(uid)
         return Lease(uid, self.shared.mark())
 
+    def kill(self, lease: Lease) -> None:
+        """Kill every process of the lease's uid and wait until all are gone.
+
+        None can start again until :meth:`end` has freed the uid and it is leased again: so
+        whatever the uid owns (the task's directories) changes no more, which is what lets
+        the runner read the task's directory. A uid whose process outlives SIGKILL is not
+        leased again; the error is logged and raised as ExecError.
+        """
+        if lease.state != "leased":
+            return
+        try:
+            kill_processes(uid_is(lease.uid))
+        except OSError as exc:
+            self._drop(lease, exc)
+        lease.state = "killed"
+
     def end(self, lease: Lease) -> None:
-        """Kill what runs of the task, remove what it left in shared places, free the uid.
+        """Kill what runs of the task (unless :meth:`kill` did), remove what it left in shared
+        places, free the uid. Nothing to do for a lease that ended.
 
         A uid that cannot be cleaned (a process that outlives SIGKILL) is not leased
         again; the error is logged and raised as ExecError.
         """
+        if lease.state == "ended":
+            return
+        self.kill(lease)
         try:
-            kill_processes(uid_is(lease.uid))
             self.shared.sweep((lease.uid,), lease.marks)
             remove_ipc(lease.uid)
         except OSError as exc:
-            with self._cond:
-                self.uids = tuple(u for u in self.uids if u != lease.uid)
-                self._cond.notify_all()
-            log.error("task uid %d is not used again: cleaning it after its task failed: %s", lease.uid, exc)
-            raise ExecError(f"cannot clean up after the task's uid {lease.uid}: {exc}") from None
+            self._drop(lease, exc)
+        lease.state = "ended"
         with self._cond:
             self._free.append(lease.uid)
             self._cond.notify()
+
+    def _drop(self, lease: Lease, exc: OSError) -> NoReturn:
+        lease.state = "ended"
+        with self._cond:
+            self.uids = tuple(u for u in self.uids if u != lease.uid)
+            self._cond.notify_all()
+        log.error("task uid %d is not used again: cleaning it after its task failed: %s", lease.uid, exc)
+        raise ExecError(f"cannot clean up after the task's uid {lease.uid}: {exc}") from None
 
     def close(self) -> None:
         """Give the uids back (call when no task runs); the task directories' directory goes too."""
