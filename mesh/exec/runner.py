@@ -357,6 +357,42 @@ class Runner:
             remove_tree(root)
         return True
 
+    @staticmethod
+    def _still_intact(root: str, manifest: Manifest) -> Manifest | None:
+        """A kept task directory about to be reused, looked at again: its manifest as of now,
+        or None (and the directory removed) if it changed while idle.
+
+        What was checked when it was kept may have changed since: a later task of the same
+        uid, given a descriptor of the directory by a task of another uid, could write in
+        it, and a file may have been opened for writing (by the task, then passed on to a
+        process of another uid that writes later, while the next task runs on it). So the
+        checkout must be as recorded, nothing added, no file of it open for writing
+        anywhere (:meth:`Manifest.unchanged`), and the task directory and its HOME as
+        :meth:`_keep` left them. Once it is handed over, none of that can change: no
+        process of the uid runs before the new task's, and the files and directories
+        are writable by their owner only. Costs a walk of the checkout and a read lease
+        per file, measured in process here: 1.8 ms for 200 files (1.2 of them the walk),
+        0.18 ms for 20, against 12.8 and 1.9 ms to check them out again; through a runner
+        with a task uid, a trivial task with 200 input files took 6.8 ms reusing its
+        directory with this check and 17 ms never reusing one (20 files: 3.6 and 4.8 ms).
+        """
+        task = _TaskDir.at(root, manifest)
+        checked = None
+        try:
+            if (
+                _private_dir(os.lstat(root), os.geteuid())
+                and sorted(os.listdir(root)) == ["tmp", "work"]
+                and _private_dir(os.lstat(task.tmp), manifest.owner)
+                and not os.listdir(task.tmp)
+            ):
+                checked = manifest.unchanged(task.work)
+        except OSError:
+            pass
+        if checked is None:
+            log.warning("a kept task directory changed while idle, or a file of it is open for writing: %s", root)
+            remove_tree(root)
+        return checked
+
     def _result(
         self,
         status: ExitStatus,
@@ -396,7 +432,7 @@ class Runner:
         reusable = mode == "copy" and not hasattr(executor, "prepare")
         owner = None if lease is None else (lease.uid, lease.gid)
         if reusable:
-            kept = self.workdirs.take(action.input, None if lease is None else lease.uid)
+            kept = self.workdirs.take(action.input, None if lease is None else lease.uid, self._still_intact)
             if kept is not None:
                 task = _TaskDir.at(*kept)
                 if owner is not None:
