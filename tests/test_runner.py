@@ -654,6 +654,49 @@ async def test_no_other_uid_changes_a_task_directory_once_the_task_ended(
             process.wait()
 
 
+@as_root
+async def test_a_task_waiting_for_a_task_uid_is_cancelled_at_once(
+    store: LocalStore, task_users: TaskUsers, tmp_path: Path, snap: Digest
+) -> None:
+    """More tasks than uids (as when one was dropped): the second waits for the first's uid,
+    and its cancellation ends the wait at once, while the first still runs."""
+    runner = make_task_runner(store, task_users, tmp_path)
+    said = Recorder()
+    holder = 'mkfifo "$HOME/gate" && echo "$MESH_TASK_DIR" && read x < "$HOME/gate" && rm "$HOME/gate"'
+    results: list[ActionResult] = []
+    waited: list[ActionResult | None] = []
+    async with trio.open_nursery() as nursery:
+
+        async def hold() -> None:
+            results.append(await runner.run(sh(holder, snap), on_output=said))
+
+        nursery.start_soon(hold)
+        await wait_for(lambda: said.text().endswith("\n"))
+        scope = trio.CancelScope()
+
+        async def wait_for_the_uid() -> None:
+            with scope:
+                waited.append(await runner.run(sh("echo ran", snap)))
+                return
+            waited.append(None)
+
+        nursery.start_soon(wait_for_the_uid)
+        await wait_for(lambda: runner.statistics().running == 2)
+        scope.cancel()
+        with trio.move_on_after(5):
+            while not waited:
+                await trio.sleep(0.01)
+        cancelled_while_the_first_ran = waited == [None] and not results
+
+        def open_gate() -> None:
+            with open(f"{said.text().strip()}/tmp/gate", "w") as gate:
+                gate.write("go\n")
+
+        await trio.to_thread.run_sync(open_gate)
+    assert cancelled_while_the_first_ran, (waited, results)
+    assert results[0].success
+
+
 def test_limits_repr_and_validation() -> None:
     assert "stream_bytes" in repr(Limits())
     with pytest.raises(ValueError):

@@ -236,7 +236,7 @@ class Runner:
         lease: Lease | None = None
         try:
             if users is not None:
-                lease = users.lease(prefer=self.workdirs.owners(action.input))
+                lease = users.lease(prefer=self.workdirs.owners(action.input), cancel=line)
             prepared = self._prepare(action, executor, lease)
             if isinstance(prepared, str):
                 return self._result(ExitStatus(NOT_STARTED), streams.commit(self._empty), None, started_at, prepared)

@@ -51,6 +51,7 @@ import json
 import logging
 import os
 import pwd
+import select
 import stat
 import struct
 import tempfile
@@ -61,6 +62,7 @@ from dataclasses import dataclass
 from typing import Literal, NoReturn
 
 from mesh.errors import ExecError
+from mesh.exec.hop import RunCancelled
 from mesh.exec.leftovers import (
     MARKER,
     Mark,
@@ -72,6 +74,7 @@ from mesh.exec.leftovers import (
     remove_ipc,
     uid_is,
 )
+from mesh.exec.process import Cancel
 from mesh.exec.removal import remove_tree
 
 __all__ = ["Lease", "TaskUsers"]
@@ -122,7 +125,8 @@ class TaskUsers:
         self._lock_fd = lock_fd
         self._root_fd = root_fd
         self._free = list(uids)
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._waiters: set[int] = set()  # an eventfd per lease waiting for a uid, written when one frees
 
     def __repr__(self) -> str:
         return f"TaskUsers(uids={list(self.uids)}, workroot={self.workroot!r})"
@@ -166,19 +170,44 @@ class TaskUsers:
             raise
         return cls(uids, workroot, fd, shared, root_fd)
 
-    def lease(self, prefer: Collection[int] = ()) -> Lease:
+    def lease(self, prefer: Collection[int] = (), cancel: Cancel | None = None) -> Lease:
         """A free uid, one of ``prefer`` if one is free; waits while all are leased.
 
-        Notes the shared directories' times for :meth:`end`. Raises ExecError when no
-        uid is left (each failed to be cleaned).
+        A node runs no more process tasks than it has slots, one uid each, so a task waits
+        only once a uid was dropped (see :meth:`end`), until another task frees one. The
+        wait ends with RunCancelled when ``cancel`` (the task's hop) fires. Notes the shared
+        directories' times for :meth:`end`. Raises ExecError when no uid is left (each
+        failed to be cleaned).
         """
-        with self._cond:
-            while not self._free:
-                if not self.uids:
-                    raise ExecError("no task uid is left: cleaning each after its task failed (see the log)")
-                self._cond.wait()
-            uid = next((u for u in self._free if u in prefer), self._free[0])
-            self._free.remove(uid)
+        waiter: int | None = None
+        try:
+            while True:
+                with self._lock:
+                    if self._free:
+                        uid = next((u for u in self._free if u in prefer), self._free[0])
+                        self._free.remove(uid)
+                        break
+                    if not self.uids:
+                        raise ExecError("no task uid is left: cleaning each after its task failed (see the log)")
+                    if waiter is None:
+                        waiter = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+                        self._waiters.add(waiter)
+                if cancel is not None and cancel.cancelled:
+                    raise RunCancelled
+                poller = select.poll()
+                poller.register(waiter, select.POLLIN)
+                if cancel is not None:
+                    poller.register(cancel.fileno(), select.POLLIN)
+                poller.poll()
+                try:
+                    os.eventfd_read(waiter)
+                except BlockingIOError:
+                    pass  # woken by the cancellation alone
+        finally:
+            if waiter is not None:
+                with self._lock:
+                    self._waiters.discard(waiter)
+                os.close(waiter)
         return Lease(uid, self.shared.mark())
 
     def kill(self, lease: Lease) -> None:
@@ -213,17 +242,22 @@ class TaskUsers:
         except OSError as exc:
             self._drop(lease, exc)
         lease.state = "ended"
-        with self._cond:
+        with self._lock:
             self._free.append(lease.uid)
-            self._cond.notify()
+            self._wake()
 
     def _drop(self, lease: Lease, exc: OSError) -> NoReturn:
         lease.state = "ended"
-        with self._cond:
+        with self._lock:
             self.uids = tuple(u for u in self.uids if u != lease.uid)
-            self._cond.notify_all()
+            self._wake()
         log.error("task uid %d is not used again: cleaning it after its task failed: %s", lease.uid, exc)
         raise ExecError(f"cannot clean up after the task's uid {lease.uid}: {exc}") from None
+
+    def _wake(self) -> None:
+        """Wake every lease waiting for a uid (call holding the lock)."""
+        for waiter in self._waiters:
+            os.eventfd_write(waiter, 1)
 
     def close(self) -> None:
         """Give the uids back (call when no task runs); the task directories' directory goes too."""
