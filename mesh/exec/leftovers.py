@@ -286,7 +286,7 @@ class SharedDirs:
     """
 
     def __init__(self, roots: Iterable[str] = SHARED_ROOTS) -> None:
-        self.roots = tuple(r for r in roots if os.path.isdir(r))
+        self.roots = tuple(os.path.realpath(r) for r in roots if os.path.isdir(r))  # marks lstat them
         self._lock = threading.Lock()
         # Every shared directory known, with its times when it was last listed (None: never).
         self._listed: dict[str, Mark | None] = dict.fromkeys(self.roots)
