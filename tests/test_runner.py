@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +28,7 @@ from mesh.errors import BlobNotFound, UnknownExecutor
 from mesh.exec.action import BASE_ENV, Action, ActionResult
 from mesh.exec.process import ProcessExecutor
 from mesh.exec.runner import Limits, Runner, RunnerStatistics, remove_tree
+from mesh.exec.taskusers import TaskUsers
 from mesh.exec.workpool import PoolStatistics, WorkdirPool
 from tests import treeutil
 from tests.runnerutil import check_workroot
@@ -500,6 +503,198 @@ def test_remove_leftovers(store: LocalStore, workroot: Path) -> None:
     (workroot / "task-left").mkdir()
     (workroot / "task-left" / "x").mkdir(mode=0)
     assert runner.remove_leftovers() == 1
+
+
+def test_remove_leftovers_kills_what_a_dead_nodes_tasks_left_and_waits_until_it_is_gone(
+    store: LocalStore, workroot: Path
+) -> None:
+    """A process that carries a task's marker is killed and gone (not just signalled) when
+    remove_leftovers returns: one holding 1 GiB takes tens of milliseconds to die. A process
+    of another directory's tasks is left alone."""
+    runner = make_runner(store, workroot)
+    (workroot / "task-left").mkdir()
+    hold = "import sys, time; b = bytearray(1 << 30); print('ready', flush=True); time.sleep(60)"
+    mine = {**os.environ, "MESH_TASK_DIR": f"{workroot}/task-left"}
+    theirs = {**os.environ, "MESH_TASK_DIR": f"{workroot}-other/task-left"}
+    left = subprocess.Popen([sys.executable, "-c", hold], env=mine, stdout=subprocess.PIPE)
+    other = subprocess.Popen([sys.executable, "-c", hold], env=theirs, stdout=subprocess.PIPE)
+    try:
+        assert left.stdout is not None and other.stdout is not None
+        assert left.stdout.readline() == other.stdout.readline() == b"ready\n"
+        assert runner.remove_leftovers() == 1
+        assert gone(left.pid), "remove_leftovers returned while the process it killed still ran"
+        assert left.wait() == -signal.SIGKILL
+        assert other.poll() is None
+    finally:
+        for process in (left, other):
+            process.kill()
+            process.wait()
+
+
+# -- a root node's task uids ------------------------------------------------------------------
+
+#: Task uids for these tests (the node's default range starts at 2100000000).
+TEST_UIDS = (2_100_009_950, 2_100_009_959)
+#: A uid that stands for a task of another uid running meanwhile.
+OTHER_UID = 2_100_009_969
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="task uids: a root node's process executor")
+#: Runners made on task_users by the current test, checked and closed by that fixture.
+_TASK_RUNNERS: list[Runner] = []
+
+
+@pytest.fixture
+def task_users(tmp_path: Path) -> Iterator[TaskUsers]:
+    """One task uid, as a root node with one slot holds it; at the end, its task directories'
+    directory holds nothing but the directories its runners keep."""
+    users = TaskUsers.claim(*TEST_UIDS, 1, record=str(tmp_path / "task-users"))
+    try:
+        yield users
+        check_workroot(Path(users.workroot), _TASK_RUNNERS)
+    finally:
+        for made in _TASK_RUNNERS:
+            made.close()
+        _TASK_RUNNERS.clear()
+        users.close()
+
+
+def make_task_runner(store: LocalStore, users: TaskUsers, tmp_path: Path, cls: type[Runner] = Runner) -> Runner:
+    executor = ProcessExecutor(users=users, term_grace=0.5, drain_grace=0.5)
+    made = cls(store, workroot=tmp_path / "own", node_id="node-a", executors={"process": executor})
+    _TASK_RUNNERS.append(made)
+    return made
+
+
+def as_other_uid(script: str, cwd: str) -> subprocess.Popen[bytes]:
+    """A Python process of OTHER_UID in ``cwd``, as a task of another uid that got there."""
+    argv = ["setpriv", f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups", "/usr/bin/python3", "-c"]
+    return subprocess.Popen([*argv, script], cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    """A directory only root reads (as the node's home), holding a secret file."""
+    home = tmp_path / "home-of-the-node"
+    home.mkdir(mode=0o700)
+    (home / "mesh.key").write_text("the node's key\n")
+    return home
+
+
+@as_root
+async def test_a_task_that_replaces_its_workdir_with_a_symlink_gets_no_outputs_from_there(
+    store: LocalStore, task_users: TaskUsers, tmp_path: Path, snap: Digest, secret: Path
+) -> None:
+    """The task cannot read the secret; the node, snapshotting the workdir as root, must not
+    follow the symlink the task put in its place."""
+    runner = make_task_runner(store, task_users, tmp_path)
+    script = f"cat {secret}/mesh.key; cd .. && mv work gone && ln -s {secret} work"
+    result = await runner.run(sh(script, snap))
+    assert b"Permission denied" in store.get(result.stderr)
+    assert result.output is None or "mesh.key" not in listing(store, result.output), listing(store, result.output)
+    assert result.error is not None and "replaced its working directory" in result.error
+
+
+@as_root
+async def test_no_other_uid_changes_a_task_directory_once_the_task_ended(
+    store: LocalStore, task_users: TaskUsers, tmp_path: Path, snap: Digest
+) -> None:
+    """The task opens its directory and a subdirectory to everyone; a process of another uid
+    gets into the subdirectory while the task runs, and tries to plant a symlink there once
+    the task has ended (the moment the runner's _end is done), before the node reads the
+    directory: it is refused, and the outputs hold nothing of it."""
+    other: list[subprocess.Popen[bytes]] = []
+    tried: list[str] = []
+
+    class Watched(Runner):
+        @staticmethod
+        def _end(*args: object) -> None:
+            Runner._end(*args)  # type: ignore[arg-type]
+            (spy,) = other
+            assert spy.stdin is not None and spy.stdout is not None
+            spy.stdin.write(b"go\n")
+            spy.stdin.flush()
+            tried.append(spy.stdout.readline().decode().strip())
+
+    runner = make_task_runner(store, task_users, tmp_path, Watched)
+    script = (
+        'mkdir sub && chmod 777 sub && chmod 711 "$MESH_TASK_DIR" && mkfifo gate && echo "$MESH_TASK_DIR" && '
+        "read x < gate && rm gate"
+    )
+    spy_script = (
+        "import os, sys\nprint('in', flush=True)\nsys.stdin.readline()\n"
+        "try:\n    os.symlink('/', 'planted')\n    print('planted', flush=True)\n"
+        "except OSError as exc:\n    print(exc.strerror, flush=True)\n"
+    )
+    said = Recorder()
+    try:
+        async with trio.open_nursery() as nursery:
+            results: list[ActionResult] = []
+
+            async def run() -> None:
+                results.append(await runner.run(sh(script, snap), on_output=said))
+
+            nursery.start_soon(run)
+            await wait_for(lambda: said.text().endswith("\n"))
+            task_dir = said.text().strip()
+            other.append(as_other_uid(spy_script, f"{task_dir}/work/sub"))
+            assert other[0].stdout is not None
+            assert await trio.to_thread.run_sync(other[0].stdout.readline) == b"in\n"
+
+            def open_gate() -> None:
+                with open(f"{task_dir}/work/gate", "w") as gate:
+                    gate.write("go\n")
+
+            await trio.to_thread.run_sync(open_gate)
+        (result,) = results
+        assert result.success, result
+        assert tried == ["Permission denied"], tried
+        assert "sub/planted" not in listing(store, result.output)
+    finally:
+        for process in other:
+            process.kill()
+            process.wait()
+
+
+@as_root
+async def test_a_task_waiting_for_a_task_uid_is_cancelled_at_once(
+    store: LocalStore, task_users: TaskUsers, tmp_path: Path, snap: Digest
+) -> None:
+    """More tasks than uids (as when one was dropped): the second waits for the first's uid,
+    and its cancellation ends the wait at once, while the first still runs."""
+    runner = make_task_runner(store, task_users, tmp_path)
+    said = Recorder()
+    holder = 'mkfifo "$HOME/gate" && echo "$MESH_TASK_DIR" && read x < "$HOME/gate" && rm "$HOME/gate"'
+    results: list[ActionResult] = []
+    waited: list[ActionResult | None] = []
+    async with trio.open_nursery() as nursery:
+
+        async def hold() -> None:
+            results.append(await runner.run(sh(holder, snap), on_output=said))
+
+        nursery.start_soon(hold)
+        await wait_for(lambda: said.text().endswith("\n"))
+        scope = trio.CancelScope()
+
+        async def wait_for_the_uid() -> None:
+            with scope:
+                waited.append(await runner.run(sh("echo ran", snap)))
+                return
+            waited.append(None)
+
+        nursery.start_soon(wait_for_the_uid)
+        await wait_for(lambda: runner.statistics().running == 2)
+        scope.cancel()
+        with trio.move_on_after(5):
+            while not waited:
+                await trio.sleep(0.01)
+        cancelled_while_the_first_ran = waited == [None] and not results
+
+        def open_gate() -> None:
+            with open(f"{said.text().strip()}/tmp/gate", "w") as gate:
+                gate.write("go\n")
+
+        await trio.to_thread.run_sync(open_gate)
+    assert cancelled_while_the_first_ran, (waited, results)
+    assert results[0].success
 
 
 def test_limits_repr_and_validation() -> None:

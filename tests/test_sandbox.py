@@ -333,6 +333,37 @@ def test_the_sandbox_is_killed_when_its_limits_cannot_be_set(tmp_path: Path, mon
     assert os.listdir(work) == []  # the command never ran
 
 
+@pytest.mark.parametrize("failing", [1, 2, 3], ids=["the filter's pipe", "the info pipe", "the block pipe"])
+def test_no_descriptor_leaks_when_a_pipe_cannot_be_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: int
+) -> None:
+    """The node is out of descriptors (EMFILE) when the sandbox makes its pipes: the task
+    fails with the reason, and every pipe made before is closed."""
+    work, tmp = tmp_path / "task" / "work", tmp_path / "task" / "tmp"
+    work.mkdir(parents=True)
+    tmp.mkdir()
+    env = {**BASE_ENV, "HOME": str(tmp), "TMPDIR": str(tmp)}
+    command = Command(argv=("true",), workdir=str(work), cwd="", env=env, home=str(tmp), tmpdir=str(tmp), timeout=10)
+    executor = SandboxExecutor(term_grace=0.5, drain_grace=0.5)
+    executor.prepare(command)
+    real, made = os.pipe2, [0]
+
+    def pipe2(flags: int) -> tuple[int, int]:
+        made[0] += 1
+        if made[0] == failing:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real(flags)
+
+    with NoCancel() as cancel:
+        before = sorted(os.listdir("/proc/self/fd"))
+        monkeypatch.setattr(os, "pipe2", pipe2)
+        with pytest.raises(ExecError, match="Too many open files"):
+            executor.run(command, lambda stream, chunk: True, cancel)
+        monkeypatch.undo()
+        assert sorted(os.listdir("/proc/self/fd")) == before
+    assert made[0] == failing
+
+
 # -- the kernel's doors ------------------------------------------------------------------------
 
 

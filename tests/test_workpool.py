@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,9 +23,23 @@ from mesh.cas.digest import Digest
 from mesh.cas.fsck import fsck
 from mesh.cas.store import LocalStore
 from mesh.exec.runner import Runner, remove_tree
+from mesh.exec.taskusers import TaskUsers
 from mesh.exec.workpool import Manifest, WorkdirPool
 from tests import strategies, treeutil
-from tests.test_runner import INPUT, listing, make_runner, runner, sh, snap, workroot  # noqa: F401 (fixtures)
+from tests.test_runner import (  # noqa: F401 (fixtures)
+    INPUT,
+    Recorder,
+    as_root,
+    listing,
+    make_runner,
+    make_task_runner,
+    runner,
+    sh,
+    snap,
+    task_users,
+    wait_for,
+    workroot,
+)
 
 #: What a task sees of its input: every path with its mode and content (files hashed by cat).
 SHOW = "find . -exec ls -ld {} + | awk '{print $1, $NF}' | sort; cat a.txt d/f bin/tool; ls -A \"$HOME\""
@@ -95,6 +110,49 @@ async def test_a_changed_checkout_is_not_kept_and_the_next_task_sees_the_snapsho
     assert await show(runner, snap) == expected
     report = fsck(store)
     assert report.clean, report.problems
+
+
+@as_root
+async def test_a_kept_checkout_a_file_of_which_is_open_for_writing_is_not_reused(
+    store: LocalStore,
+    task_users: TaskUsers,  # noqa: F811
+    tmp_path: Path,
+    snap: Digest,  # noqa: F811
+) -> None:
+    """A task opens a file of its checkout for writing and passes the descriptor to a task of
+    another uid (here the test holds it), which writes through it once the next task with the
+    same input has started: that task sees its input as the snapshot has it all the same."""
+    runner = make_task_runner(store, task_users, tmp_path)  # noqa: F811
+    assert (await runner.run(sh("true", snap))).success
+    (kept,) = os.listdir(task_users.workroot)
+    held = os.open(f"{task_users.workroot}/{kept}/work/a.txt", os.O_WRONLY)
+    try:
+        said = Recorder()
+        script = 'mkfifo "$HOME/gate" && echo "$MESH_TASK_DIR" && read x < "$HOME/gate" && rm "$HOME/gate" && cat a.txt'
+        async with trio.open_nursery() as nursery:
+            results = []
+
+            async def run() -> None:
+                results.append(await runner.run(sh(script, snap), on_output=said))
+
+            nursery.start_soon(run)
+            await wait_for(lambda: said.text().endswith("\n"))
+            os.pwrite(held, b"EVIL!\n", 0)  # written after every check a task's start could make
+
+            def open_gate() -> None:
+                with open(f"{said.text().strip()}/tmp/gate", "w") as gate:
+                    gate.write("go\n")
+
+            await trio.to_thread.run_sync(open_gate)
+    finally:
+        os.close(held)
+    (result,) = results
+    assert store.get(result.stdout).endswith(b"alpha\n"), store.get(result.stdout)
+    stats = runner.workdirs.statistics()
+    assert (stats.stale, stats.reused) == (1, 0)
+    again = await runner.run(sh("cat a.txt", snap))  # nothing holds a file open now: reused
+    assert store.get(again.stdout) == b"alpha\n"
+    assert runner.workdirs.statistics().reused == 1
 
 
 async def test_an_input_the_store_lost_meanwhile_is_stored_again_by_the_capture(

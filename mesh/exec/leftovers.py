@@ -1,21 +1,35 @@
-"""What a task that ran as a task uid may leave behind, found and removed before the uid runs another.
+"""What a task may leave behind, found and removed: processes, and what a task uid left elsewhere.
 
 A task of the ``process`` executor on a root node runs as a uid of its own
 (:mod:`mesh.exec.taskusers`). When it ends, the uid must hold nothing of it before
 another task gets the uid, or the next task could be spied on or changed by what the
-last one left:
+last one left; and the tasks of a node killed meanwhile, of any executor, must not
+run on:
 
 * **Processes.** A daemon (``setsid``, a double fork) leaves the task's process
   group, so killing the group is not enough. :func:`kill_processes` kills every
-  process whose real, effective, saved or filesystem uid is the task uid, found in
-  ``/proc``. A scan of ``/proc`` visits pids in ascending order, so a process born
+  process whose real, effective, saved or filesystem uid is the task uid
+  (:func:`uid_is`), found in ``/proc``. A scan of ``/proc`` visits pids in ascending order, so a process born
   while it runs is missed only if its pid is below the scan's position: every
   process born during a scan has a pid in (last pid before, last pid after] unless
   the pid space wrapped, so those pids are looked at again, and again for what was
   born meanwhile, until a look finds no pid was allocated; a wrap starts a whole
   scan over. Killed processes cannot fork any more (the kernel refuses a fork once
-  SIGKILL is pending), and the function returns once they are gone. A scan costs
+  SIGKILL is pending), and the function returns once they are gone. Each is signalled
+  and waited for through a pidfd opened before its uid is checked, so a pid reused
+  meanwhile is neither signalled nor waited for. A scan costs
   ~10 µs per process of the machine (1 ms for 100, measured here).
+* **Processes of a node that was killed.** A node killed with SIGKILL cannot take
+  its tasks' processes with it, whatever they run as: they keep running in their own
+  process groups, may still write into their task directories, and would run
+  alongside the re-run of the same task. Every task therefore carries
+  ``MESH_TASK_DIR=<its task directory>`` (:data:`MARKER`) in its environment,
+  inherited by everything it starts; :func:`kill_processes` with :func:`marked_below`
+  kills every process whose environment names a directory below a workroot (the
+  runner's, at the next start; for task uids, whichever node takes the uid next).
+  The marker is matched in ``/proc/PID/environ``, so a recycled pid of an unrelated
+  process is never hit; the same search finds what they start meanwhile, which
+  inherits the marker.
 * **Files in the places every uid may write**: ``/tmp``, ``/var/tmp``, ``/dev/shm``
   (POSIX shared memory and semaphores), ``/run/lock`` and ``/dev/mqueue`` (POSIX
   message queues, where that file system is mounted), and the world-writable
@@ -23,7 +37,8 @@ last one left:
   notes their modification and change times when the task starts (a task uid can
   set neither to a value of its choosing); a directory whose times moved, or that
   changed just before the note (:data:`RACY_WINDOW_NS`), is listed at the end, and
-  every entry the uid owns in it is removed, whatever it holds. Listing costs time in
+  every entry the uid owns in it is removed with what it holds, as far as the uid could
+  remove it itself, never through a symlink (see :class:`SharedDirs`). Listing costs time in
   proportion to the directory (a /tmp of 19,000 entries: 130 ms), paid only when it
   changed during the task. A task's own TMPDIR is private anyway.
 * **System V IPC** (shared memory, semaphores, message queues): every object the
@@ -37,6 +52,7 @@ message queues where ``/dev/mqueue`` is not mounted, and the uid's kernel keyrin
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -44,14 +60,15 @@ import select
 import signal
 import stat
 import subprocess
+import threading
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-
-from mesh.exec.removal import remove_tree
 
 log = logging.getLogger("mesh.exec")
 
+#: The environment variable that ties a process to the task directory it belongs to.
+MARKER = "MESH_TASK_DIR"
 #: The places every uid may write, swept after each task (those that exist).
 SHARED_ROOTS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")
 #: A directory whose times are this close to the moment they were noted is listed whatever
@@ -64,6 +81,8 @@ RACY_WINDOW_NS = 50_000_000
 _RANGE_MAX = 256
 #: Seconds killed processes may take to be gone before the kill is said to have failed.
 _GONE_TIMEOUT = 10.0
+#: Pidfds of killed processes held at once (waited for when there are this many).
+_PIDFDS_MAX = 256
 _LAST_PID = "/proc/sys/kernel/ns_last_pid"
 _IPC = {"shm": "-m", "sem": "-s", "msg": "-q"}
 
@@ -77,42 +96,129 @@ def last_pid() -> int:
         return int(f.read())
 
 
-def kill_processes(uid: int) -> int:
-    """SIGKILL every process of ``uid`` and wait until all are gone; returns how many.
+#: Which processes to kill, by pid: what :func:`uid_is` and :func:`marked_below` make. True
+#: only for a process that exists and is one of them; whatever a process of them starts
+#: must be one of them too (the search relies on it for what is born while it runs).
+Match = Callable[[int], bool]
+
+
+def uid_is(uid: int) -> Match:
+    """The processes that run as ``uid``: real, effective, saved or filesystem uid."""
+    return lambda pid: uid in process_uids(pid)
+
+
+def marked_below(directory: str) -> Match:
+    """The processes whose environment's :data:`MARKER` names a task directory in ``directory``
+    (or, if it does not end with "/", whose marker starts with it)."""
+    prefix = f"{MARKER}={directory}".encode()
+    return lambda pid: marked(pid, prefix) is True
+
+
+def marked(pid: int, prefix: bytes) -> bool | None:
+    """Whether an item of the environment process ``pid`` started with begins with ``prefix``;
+    None if it is gone or its environment cannot be read."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read()
+    except OSError:
+        return None
+    return any(item.startswith(prefix) for item in environ.split(b"\0"))
+
+
+def kill_processes(match: Match) -> int:
+    """SIGKILL every process ``match`` names and wait until all are gone; returns how many.
 
     See the module docstring for why nothing born during the search is missed.
     Raises OSError if a killed process outlives a generous timeout.
     """
-    killed: list[int] = []
-    while True:
-        before = last_pid()
-        killed += _kill(uid, all_pids())
-        after = last_pid()
-        while before <= after and after - before <= _RANGE_MAX:
-            if after == before:
-                _wait_gone(killed)
-                return len(killed)
-            killed += _kill(uid, range(before + 1, after + 1))
-            before, after = after, last_pid()
-        # the pid space wrapped, or many pids were allocated meanwhile: scan it all again
+    killed = _Killed()
+    try:
+        while True:
+            before = last_pid()
+            _kill(match, all_pids(), killed)
+            after = last_pid()
+            while before <= after and after - before <= _RANGE_MAX:
+                if after == before:
+                    killed.wait_gone()
+                    return killed.count
+                _kill(match, range(before + 1, after + 1), killed)
+                before, after = after, last_pid()
+            # the pid space wrapped, or many pids were allocated meanwhile: scan it all again
+    finally:
+        killed.close()
 
 
 def all_pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
-def _kill(uid: int, pids: Iterable[int]) -> list[int]:
-    """SIGKILL the processes of ``uid`` among ``pids``; returns those signalled."""
+class _Killed:
+    """The processes signalled so far, each held by a pidfd until it is gone.
+
+    A process is signalled through a pidfd opened *before* it is looked at: if its pid
+    was reused meanwhile, the pidfd's process is gone and the signal fails (ESRCH), so
+    no unrelated process is signalled or waited for. Pidfds are waited for and closed in
+    batches of :data:`_PIDFDS_MAX`, so that a task with many processes cannot exhaust the
+    node's descriptors (killed processes cannot fork, so waiting mid-search loses nothing).
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._held: list[tuple[int, int]] = []  # (pidfd, pid)
+
+    def add(self, pidfd: int, pid: int) -> None:
+        self._held.append((pidfd, pid))
+        self.count += 1
+        if len(self._held) >= _PIDFDS_MAX:
+            self.wait_gone()
+
+    def wait_gone(self) -> None:
+        """Wait until every process held has exited (a zombie counts as gone: it runs nothing)."""
+        deadline = time.monotonic() + _GONE_TIMEOUT
+        poller = select.poll()
+        waiting = dict(self._held)
+        for fd in waiting:
+            poller.register(fd, select.POLLIN)
+        while waiting:
+            left = deadline - time.monotonic()
+            ready = poller.poll(math.ceil(left * 1000)) if left > 0 else []
+            if not ready:
+                pids = ", ".join(str(pid) for pid in sorted(waiting.values())[:5])
+                raise OSError(f"process(es) {pids} outlived their SIGKILL for {_GONE_TIMEOUT:g} s")
+            for fd, _ in ready:
+                poller.unregister(fd)
+                del waiting[fd]
+        self.close()
+
+    def close(self) -> None:
+        for fd, _ in self._held:
+            os.close(fd)
+        self._held.clear()
+
+
+def _kill(match: Match, pids: Iterable[int], killed: _Killed) -> None:
+    """SIGKILL the processes ``match`` names among ``pids``, adding them to ``killed``."""
     me = os.getpid()
-    killed = []
     for pid in pids:
-        if pid != me and uid in process_uids(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                continue
-            killed.append(pid)
-    return killed
+        if pid == me or not match(pid):
+            continue
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:  # gone (ESRCH)
+            continue
+        try:
+            ours = match(pid)  # again: the first look may have been at a pid's former process
+            if ours:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+        except ProcessLookupError:
+            ours = False  # the pidfd's process is gone: what /proc showed was another's, or nothing
+        except BaseException:
+            os.close(fd)
+            raise
+        if ours:
+            killed.add(fd, pid)
+        else:
+            os.close(fd)
 
 
 def process_uids(pid: int) -> tuple[int, ...]:
@@ -138,24 +244,6 @@ def process_uids(pid: int) -> tuple[int, ...]:
     return tuple(int(field) for field in data[start + 5 : end].split())
 
 
-def _wait_gone(pids: list[int]) -> None:
-    """Wait until every process in ``pids`` has exited (a zombie counts as gone: it runs nothing)."""
-    deadline = time.monotonic() + _GONE_TIMEOUT
-    for pid in pids:
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            continue
-        try:
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            left = max(0.0, deadline - time.monotonic())
-            if not poller.poll(math.ceil(left * 1000)):
-                raise OSError(f"process {pid} outlived its SIGKILL for {_GONE_TIMEOUT:g} s")
-        finally:
-            os.close(fd)
-
-
 # -- files in shared places ------------------------------------------------------------------
 
 
@@ -172,22 +260,47 @@ class SharedDirs:
     """The directories every uid may write (see the module docstring), and what a task left in them.
 
     ``roots`` are the top directories (those that do not exist are skipped). Thread-safe
-    for concurrent tasks of different uids: it keeps no state between :meth:`mark` and
-    :meth:`sweep` but the marks it returns, and the list of writable directories it found,
-    which only grows by assignment of a new tuple.
+    for concurrent tasks of different uids: between :meth:`mark` and :meth:`sweep` it keeps
+    the marks it returns and, under a lock, every shared directory it knows with its
+    times when it was last listed (a sweep merges what it found into them).
+
+    Which directories a sweep lists: those whose times moved since the task's marks (the
+    task may have written there), those found since the marks were taken (a task may
+    have written there too), and those whose times moved since they were last listed,
+    whoever moved them: a world-writable directory made after the start (by an operator,
+    say) changes its parent's times once, perhaps between two tasks; the first sweep
+    after that lists the parent, finds the new directory and lists it as new.
+
+    How a sweep reaches what it removes. Other uids may write the directories swept (that
+    is why they are swept), and a task running as another uid can replace any directory
+    of a path below a root with a symlink (a non-sticky world-writable directory lets it
+    rename what it likes; ``fs.protected_symlinks`` does not stop root from following
+    a link there). So a sweep never uses a path below a root: it opens each directory by
+    name relative to its parent's descriptor with ``O_NOFOLLOW | O_DIRECTORY``, stats and
+    removes entries relative to the descriptor of the directory listed, and removes only
+    what the uid could remove itself: an entry the uid owns, and inside a directory the
+    uid owns everything but the directories of other owners (left with what holds them).
+    (Removing as the uid instead, through ``setpriv``, would bound it by the kernel's own
+    checks too, but costs a process per sweep that finds something; and an entry a task
+    left where another uid has since taken its write permission away would stay.)
     """
 
     def __init__(self, roots: Iterable[str] = SHARED_ROOTS) -> None:
-        self.roots = tuple(r for r in roots if os.path.isdir(r))
-        self._dirs: tuple[str, ...] = tuple(self._writable_below(self.roots))
+        self.roots = tuple(os.path.realpath(r) for r in roots if os.path.isdir(r))  # marks lstat them
+        self._lock = threading.Lock()
+        # Every shared directory known, with its times when it was last listed (None: never).
+        self._listed: dict[str, Mark | None] = dict.fromkeys(self.roots)
+        self.sweep((), {})  # finds the world-writable directories below the roots
 
     def __repr__(self) -> str:
         return f"SharedDirs({list(self.roots)})"
 
     def mark(self) -> dict[str, Mark]:
         """Note the times of every shared directory: call before the task starts."""
+        with self._lock:
+            paths = list(self._listed)
         marks = {}
-        for path in self._dirs:
+        for path in paths:
             now = time.time_ns()
             try:
                 st = os.lstat(path)
@@ -198,75 +311,162 @@ class SharedDirs:
 
     def sweep(self, uids: Collection[int], marks: dict[str, Mark]) -> int:
         """Remove what ``uids`` own in every shared directory that changed since ``marks``
-        (every one, for empty ``marks``).
+        (every one, for empty ``marks``), or since it was last listed.
 
         Call once no process of theirs runs. Returns how many entries were removed.
         A directory whose times are within the racy window of the moment they were read
         is listed too: a change in the same clock tick would not have moved them.
+        Raises OSError for a failure that another uid's doing does not explain.
         """
         removed = 0
-        found: list[str] = []
-        stack = [p for p in self._dirs if _changed(p, marks.get(p))]
+        with self._lock:
+            known = dict(self._listed)
+        listed: dict[str, Mark] = {}  # what this sweep listed, with its times just before
+        gone: list[str] = []
+        stack = list(known)
         while stack:
             path = stack.pop()
-            try:
-                entries = list(os.scandir(path))
-            except OSError:
+            if path in listed:
                 continue
-            for entry in entries:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
+            fd = self._open(path)
+            if fd is None:
+                gone.append(path)  # or no longer a directory: its parent changed, and is listed
+                continue
+            try:
+                now = time.time_ns()
+                st = os.fstat(fd)
+                if path in known and not _changed(st, marks.get(path)) and not _changed(st, known[path]):
                     continue
-                if st.st_uid in uids:
-                    remove_tree(entry.path) if stat.S_ISDIR(st.st_mode) else _unlink(entry.path)
-                    removed += 1
-                elif stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_IWOTH and entry.path not in self._dirs:
-                    found.append(entry.path)  # world-writable, made meanwhile by someone else
-                    stack.append(entry.path)
-        if found:
-            self._dirs = tuple(dict.fromkeys([*self._dirs, *found]))
+                listed[path] = Mark(st.st_mtime_ns, st.st_ctime_ns, now)
+                for name in os.listdir(fd):
+                    try:
+                        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if st.st_uid in uids:
+                        removed += _remove_owned(fd, name, uids, path)
+                    elif stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_IWOTH:
+                        child = f"{path}/{name}"
+                        if child not in known:
+                            stack.append(child)  # world-writable, made meanwhile by someone else
+            finally:
+                os.close(fd)
+        with self._lock:
+            for path in gone:
+                if path in known and self._listed.get(path, _UNKNOWN) is known[path]:
+                    del self._listed[path]  # unless another sweep found it again meanwhile
+            self._listed.update(listed)
         return removed
 
-    @staticmethod
-    def _writable_below(roots: Iterable[str]) -> list[str]:
-        """``roots`` and the world-writable directories reached through world-writable ones."""
-        found = []
-        stack = list(roots)
-        while stack:
-            path = stack.pop()
-            found.append(path)
+    def _open(self, path: str) -> int | None:
+        """A descriptor of the shared directory ``path``, reached from its root one directory at a
+        time without following a symlink; None if that is not a directory now."""
+        root = next(r for r in self.roots if path == r or path.startswith(f"{r}/"))
+        try:
+            fd = os.open(root, _DIR_FLAGS)  # a root is the system's, not a task's to replace
+        except OSError:
+            return None
+        for name in path[len(root) :].split("/")[1:]:
             try:
-                with os.scandir(path) as entries:
-                    for entry in entries:
-                        try:
-                            st = entry.stat(follow_symlinks=False)
-                        except OSError:
-                            continue
-                        if stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_IWOTH:
-                            stack.append(entry.path)
-            except OSError:
-                continue
-        return found
+                below = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in _REPLACED:
+                    os.close(fd)
+                    raise
+                below = None
+            os.close(fd)
+            if below is None:
+                return None
+            fd = below
+        return fd
 
 
-def _changed(path: str, mark: Mark | None) -> bool:
+#: Errors that say an entry was removed or replaced (by a task of another uid) meanwhile.
+_REPLACED = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EISDIR, errno.ENOTEMPTY})
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_UNKNOWN = Mark(-1, -1, -1)
+
+
+def _changed(st: os.stat_result, mark: Mark | None) -> bool:
     if mark is None:
         return True
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False
     if (st.st_mtime_ns, st.st_ctime_ns) != (mark.mtime_ns, mark.ctime_ns):
         return True
     return max(mark.mtime_ns, mark.ctime_ns) > mark.read_at_ns - RACY_WINDOW_NS
 
 
-def _unlink(path: str) -> None:
+def _remove_owned(parent: int, name: str, uids: Collection[int], where: str) -> int:
+    """Remove the entry ``name`` of the directory ``parent`` if one of ``uids`` owns it: a
+    directory with what is inside it, but for the directories of other owners (see
+    :class:`SharedDirs`). Returns 1 if the entry is gone, 0 if it is not (logged)."""
     try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        if st.st_uid not in uids:
+            return 0
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=parent)  # a name in a directory that only writers of it can change
+            return 1
+        fd = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=parent)
+        try:
+            if os.fstat(fd).st_uid not in uids:
+                return 0  # replaced between the stat and the open
+            _empty_owned(fd, uids)
+        finally:
+            os.close(fd)
+        os.rmdir(name, dir_fd=parent)
+        return 1
+    except OSError as exc:
+        if exc.errno not in _REPLACED:
+            raise
+        if exc.errno != errno.ENOENT:
+            log.warning("left %s/%s of task uid(s) %s: %s", where, name, sorted(uids), exc.strerror)
+        return 0
+
+
+def _empty_owned(top: int, uids: Collection[int]) -> None:
+    """Remove what is inside the directory ``top`` (of one of ``uids``), never following a
+    symlink: every entry, but subdirectories of other owners, left with the directories
+    of ``uids`` that hold them. Walks with one descriptor per level, none by path."""
+    stack = [(os.dup(top), os.listdir(top))]
+    names: list[str] = []  # the name of each directory of the stack but the first, in its parent
+    try:
+        while stack:
+            fd, entries = stack[-1]
+            if not entries:
+                stack.pop()
+                os.close(fd)
+                if stack:
+                    try:
+                        os.rmdir(names.pop(), dir_fd=stack[-1][0])
+                    except OSError as exc:
+                        if exc.errno not in _REPLACED:
+                            raise
+                continue
+            name = entries.pop()
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    os.unlink(name, dir_fd=fd)
+                    continue
+                if st.st_uid not in uids:
+                    continue
+                below = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in _REPLACED:
+                    raise
+                continue
+            try:
+                if os.fstat(below).st_uid not in uids:
+                    os.close(below)
+                    continue
+                stack.append((below, os.listdir(below)))
+            except BaseException:
+                os.close(below)
+                raise
+            names.append(name)
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
 
 
 # -- System V IPC --------------------------------------------------------------------------------

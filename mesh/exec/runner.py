@@ -14,12 +14,14 @@ sandbox gives the directories, not the files, to the uid its task runs as),
 or, for an executor with task uids (the ``process`` executor of a root node,
 :mod:`mesh.exec.taskusers`), leases the task a uid of its own, makes the task
 directory in the task uids' directory and gives it, checkout and all, to that
-uid; once the command is done, the directory is the node's again and every
-process of the uid is killed before anything of the directory is read;
+uid (the uid is freed only when the runner is done with the directory);
 then runs the command through the executor with ``env = BASE_ENV + HOME +
 TMPDIR + action.env`` in ``work/<action.cwd>``, writes stdout and stderr into
-the CAS as they come (and passes them to a follower), snapshots the outputs,
-and removes the whole task directory: also when the task made parts of it
+the CAS as they come (and passes them to a follower); once the command is done
+and nothing of the task runs (every process of a task uid killed), takes the task
+directory back from the uid the task ran as (:mod:`mesh.exec.takeback`: no other
+uid can change it while the node reads it), snapshots the outputs, and removes
+the whole task directory: also when the task made parts of it
 read-only, when it failed, and when the run was cancelled. The one exception:
 a copy-mode checkout the task left intact (what it added aside) is kept for the
 next task with the same input, which then skips the checkout
@@ -50,6 +52,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import os
 import stat
 import tempfile
@@ -63,14 +66,17 @@ from mesh.cas.digest import Digest
 from mesh.cas.snapshot import ingest, resolve
 from mesh.cas.store import LocalStore
 from mesh.cas.tree import Kind, encode_node
-from mesh.errors import PathNotFound, SnapshotError, SpawnFailed, UnknownExecutor
+from mesh.errors import ExecError, PathNotFound, SnapshotError, SpawnFailed, UnknownExecutor
 from mesh.exec import hop
 from mesh.exec.action import BASE_ENV, Action, ActionResult
+from mesh.exec.leftovers import MARKER, kill_processes, marked_below
 from mesh.exec.process import Command, Executor, ExitStatus
-from mesh.exec.reaper import MARKER, kill_task_processes
 from mesh.exec.removal import remove_tree as remove_tree  # also known as the runner's
-from mesh.exec.taskusers import Lease, TaskUsers
+from mesh.exec.takeback import take_back
+from mesh.exec.taskusers import Lease
 from mesh.exec.workpool import Manifest, PoolStatistics, Verdict, WorkdirPool
+
+log = logging.getLogger("mesh.exec")
 
 OutputFollower = Callable[[str, bytes], Awaitable[None]]
 """``await on_output(stream, chunk)``: live output for whoever follows the task."""
@@ -176,11 +182,18 @@ class Runner:
             remove_tree(root)
 
     def remove_leftovers(self) -> int:
-        """Remove task directories left by a node that died mid-task; returns how many.
+        """Kill what tasks of a node that died mid-task left running (mesh.exec.leftovers), and
+        remove their task directories; returns how many directories.
 
         Call before the first run (blocking); never while tasks run.
         """
-        kill_task_processes(self.workroot)
+        try:
+            killed = kill_processes(marked_below(self.workroot + "/"))
+        except OSError as exc:  # one outlived its SIGKILL: the directories go all the same
+            log.warning("processes left running by tasks of a previous run are not all gone: %s", exc)
+        else:
+            if killed:
+                log.warning("killed %d process(es) left running by tasks of a previous run", killed)
         removed = 0
         for name in os.listdir(self.workroot):
             if name.startswith(_TASK_PREFIX):
@@ -223,7 +236,7 @@ class Runner:
         lease: Lease | None = None
         try:
             if users is not None:
-                lease = users.lease(prefer=self.workdirs.owners(action.input))
+                lease = users.lease(prefer=self.workdirs.owners(action.input), cancel=line)
             prepared = self._prepare(action, executor, lease)
             if isinstance(prepared, str):
                 return self._result(ExitStatus(NOT_STARTED), streams.commit(self._empty), None, started_at, prepared)
@@ -250,9 +263,7 @@ class Runner:
                 digests = streams.commit(self._empty)
                 return self._result(ExitStatus(exc.exit_code), digests, None, started_at, str(exc))
             finally:
-                if users is not None and lease is not None:
-                    ended, lease = lease, None
-                    self._end(users, ended, task)
+                self._end(executor, lease, task)
             digests = streams.commit(self._empty)
             keep, output, capture_error = self._capture(action, task)
             if self.store.statistics().blobs_written != written_before:
@@ -261,23 +272,36 @@ class Runner:
         finally:
             streams.abort()
             try:
-                if users is not None and lease is not None:  # the task never ran
-                    ended, lease = lease, None
-                    self._end(users, ended, task)
+                if task is not None and (keep is None or not self._keep(task, keep)):
+                    remove_tree(task.root)
             finally:
-                if task is not None:
-                    if keep is None or not self._keep(task, keep):
-                        remove_tree(task.root)
+                if users is not None and lease is not None:
+                    users.end(lease)  # kills what runs of it (if the task never ran), frees the uid
 
     @staticmethod
-    def _end(users: TaskUsers, lease: Lease, task: _TaskDir | None) -> None:
-        """The task's uid ran its last: its task directory is the node's again (so no task uid
-        reaches it), then every process of the uid is killed and what it left elsewhere removed."""
+    def _end(executor: Executor, lease: Lease | None, task: _TaskDir) -> None:
+        """The command is done: once nothing of the task runs, its directory is taken back.
+
+        A task uid's processes (a daemon that left the task's process group too) are
+        killed and gone, and none starts until the runner frees the uid once done with
+        the directory; then the directory is the node's (mesh.exec.takeback), with the
+        checkout's directories left to the uid, and no other uid can change anything in it
+        while the node reads it. A sandbox's processes are gone with its pid namespace;
+        its uid is shared by every sandboxed task, so all its directories become the node's.
+        Raises ExecError if the task uid's processes cannot be killed.
+        """
+        users = executor.users
+        if users is not None and lease is not None:
+            users.kill(lease)
+            owner: int | None = lease.uid
+        elif hasattr(executor, "prepare"):
+            owner = None
+        else:
+            return  # the node's own user ran it: nothing to take back
         try:
-            if task is not None:
-                os.chown(task.root, os.geteuid(), os.getegid())
-        finally:
-            users.end(lease)
+            take_back(task.root, owner)
+        except OSError as exc:
+            raise ExecError(f"cannot take the task directory {task.root} back: {exc.strerror or exc}") from None
 
     def _capture(self, action: Action, task: _TaskDir) -> tuple[Verdict | None, Digest | None, str | None]:
         """Snapshot the outputs; also whether the task directory may be kept (a Verdict) or not (None).
@@ -333,6 +357,42 @@ class Runner:
             remove_tree(root)
         return True
 
+    @staticmethod
+    def _still_intact(root: str, manifest: Manifest) -> Manifest | None:
+        """A kept task directory about to be reused, looked at again: its manifest as of now,
+        or None (and the directory removed) if it changed while idle.
+
+        What was checked when it was kept may have changed since: a later task of the same
+        uid, given a descriptor of the directory by a task of another uid, could write in
+        it, and a file may have been opened for writing (by the task, then passed on to a
+        process of another uid that writes later, while the next task runs on it). So the
+        checkout must be as recorded, nothing added, no file of it open for writing
+        anywhere (:meth:`Manifest.unchanged`), and the task directory and its HOME as
+        :meth:`_keep` left them. Once it is handed over, none of that can change: no
+        process of the uid runs before the new task's, and the files and directories
+        are writable by their owner only. Costs a walk of the checkout and a read lease
+        per file, measured in process here: 1.8 ms for 200 files (1.2 of them the walk),
+        0.18 ms for 20, against 12.8 and 1.9 ms to check them out again; through a runner
+        with a task uid, a trivial task with 200 input files took 6.8 ms reusing its
+        directory with this check and 17 ms never reusing one (20 files: 3.6 and 4.8 ms).
+        """
+        task = _TaskDir.at(root, manifest)
+        checked = None
+        try:
+            if (
+                _private_dir(os.lstat(root), os.geteuid())
+                and sorted(os.listdir(root)) == ["tmp", "work"]
+                and _private_dir(os.lstat(task.tmp), manifest.owner)
+                and not os.listdir(task.tmp)
+            ):
+                checked = manifest.unchanged(task.work)
+        except OSError:
+            pass
+        if checked is None:
+            log.warning("a kept task directory changed while idle, or a file of it is open for writing: %s", root)
+            remove_tree(root)
+        return checked
+
     def _result(
         self,
         status: ExitStatus,
@@ -372,7 +432,7 @@ class Runner:
         reusable = mode == "copy" and not hasattr(executor, "prepare")
         owner = None if lease is None else (lease.uid, lease.gid)
         if reusable:
-            kept = self.workdirs.take(action.input, None if lease is None else lease.uid)
+            kept = self.workdirs.take(action.input, None if lease is None else lease.uid, self._still_intact)
             if kept is not None:
                 task = _TaskDir.at(*kept)
                 if owner is not None:
@@ -407,7 +467,7 @@ def _environment(action: Action, task: _TaskDir) -> dict[str, str]:
     env["HOME"] = task.home
     env["TMPDIR"] = task.tmp
     env.update(action.env)
-    env[MARKER] = task.root  # lets a restarted node find processes this task left (mesh.exec.reaper)
+    env[MARKER] = task.root  # lets a restarted node find processes this task left (mesh.exec.leftovers)
     return env
 
 
@@ -481,12 +541,14 @@ def capture_outputs(
 ) -> tuple[Digest | None, str | None]:
     """Snapshot the task's outputs: (snapshot id, None) or (None, why not).
 
-    ``outputs`` None captures the whole workdir. Else each listed path (file,
-    symlink or directory) that exists is moved, never following a symlink on the
-    way, to the same relative place under ``staging`` (which must not exist; it is
-    made when first needed), and ``staging`` is snapshotted; missing paths are
-    simply absent. Nothing is stored when the files add up to more than ``limit``
-    bytes. Does not sync the store.
+    ``outputs`` None captures the whole workdir, if it is still a directory (a task
+    may have replaced it with a symlink to somewhere it cannot read, for the node to
+    snapshot). Else each listed path (file, symlink or directory) that exists is
+    moved, never following a symlink on the way, to the same relative place under
+    ``staging`` (which must not exist; it is made when first needed), and ``staging``
+    is snapshotted; missing paths are simply absent. Nothing is stored when the files
+    add up to more than ``limit`` bytes. Does not sync the store. The tree must not
+    change meanwhile (mesh.exec.takeback): the snapshot walks it by paths.
     """
     root = workdir
     try:
@@ -497,6 +559,8 @@ def capture_outputs(
             if not stager.moved:
                 return store.put(encode_node([])), None
             root = staging
+        elif not stat.S_ISDIR(os.lstat(workdir).st_mode):
+            return None, "cannot capture the outputs: the task replaced its working directory with a non-directory"
         size = _tree_bytes(root, limit)
     except OSError as exc:  # the task left its outputs unreadable, say
         return None, f"cannot capture the outputs: {exc.strerror or exc} ({exc.filename or root})"

@@ -437,23 +437,21 @@ class SandboxExecutor(ProcessExecutor):
     def _spawn(self, command: Command) -> _Bwrap:
         """Start bwrap; set the rlimits on the sandbox's first process while it waits; let it go."""
         limits = self.limits_for(command)
-        seccomp_r = filter_pipe()
-        info_r, info_w = os.pipe2(os.O_CLOEXEC)
-        block_r, block_w = os.pipe2(os.O_CLOEXEC)
+        seccomp_r = info_r = info_w = block_r = block_w = -1  # made inside the try: none leaks if one fails
         try:
+            seccomp_r = filter_pipe()
+            info_r, info_w = os.pipe2(os.O_CLOEXEC)
+            block_r, block_w = os.pipe2(os.O_CLOEXEC)
             argv = self.command_line(command, info_fd=info_w, block_fd=block_r, seccomp_fd=seccomp_r)
             passed = (info_w, block_r, seccomp_r)
             child = _Bwrap.start(argv, cwd="/", env=command.env, pass_fds=passed, umask=UMASK)
         except BaseException as exc:
-            os.close(info_r)
-            os.close(block_w)
+            _close(info_r, block_w)
             if isinstance(exc, OSError):
                 raise ExecError(f"cannot start bubblewrap ({self._bwrap}): {exc.strerror or exc}") from None
             raise
         finally:
-            os.close(info_w)
-            os.close(block_r)
-            os.close(seccomp_r)
+            _close(info_w, block_r, seccomp_r)
         try:
             try:
                 pid = _sandbox_pid(info_r)
@@ -509,6 +507,13 @@ def _wait_gone(pidfd: int, grace: float = SANDBOX_GRACE) -> None:
         except ProcessLookupError:
             pass
         poller.poll()
+
+
+def _close(*fds: int) -> None:
+    """Close the descriptors that were made (-1: not made)."""
+    for fd in fds:
+        if fd >= 0:
+            os.close(fd)
 
 
 def _sandbox_pid(info: int) -> int | None:

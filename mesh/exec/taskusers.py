@@ -14,7 +14,7 @@ its absolute path, and the node's home usually cannot be reached (root's home is
 task directories of task uids therefore live in a directory of their own,
 ``/var/tmp/mesh-tasks-XXXXXXXX`` (made fresh by each start with a random name, root's,
 0711: traversable, not listable), which each task directory (0700) inside belongs to
-the task's uid while it runs and to root again as soon as it ends. The node's home
+the task's uid while it runs and to root again once it ends (:mod:`mesh.exec.takeback`). The node's home
 stays 0700. ``/var/tmp`` rather than ``/tmp``: it is on disk where ``/tmp`` may be
 memory, and builds are large. A random name, so no local user can make it first. A
 node holds a flock on its directory while it lives; a node that starts removes those
@@ -26,16 +26,18 @@ lock, which the kernel drops when the node closes it or dies), taking the first 
 no other live node holds. A uid that has a passwd or group entry stops the start with
 one line (the range belongs to someone). A uid that runs processes although no live node
 holds it ran them for a node that was killed, if they carry a task's marker
-(mesh.exec.reaper) or this node's own previous run held it (recorded in
+(mesh.exec.leftovers) or this node's own previous run held it (recorded in
 ``$MESH_HOME/task-users``, with the previous task directory, which is removed): they are
 killed and the uid is taken. Any other process makes the node leave that uid alone (a
 log line says which, and how to kill them); only when too few uids are left does that
 stop the start.
 
 Each task: :meth:`TaskUsers.lease` a uid (preferring one that owns a kept directory
-of the same input, so that :mod:`mesh.exec.workpool` can hand it over), run, then
-:meth:`TaskUsers.end`: every process of the uid is killed and waited for, what it left
-in the shared writable places is removed (:mod:`mesh.exec.leftovers`), and only then
+of the same input, so that :mod:`mesh.exec.workpool` can hand it over), run,
+:meth:`TaskUsers.kill`: every process of the uid is killed and waited for, and none
+starts until the uid is freed, so the runner can take the task directory back and
+read it (:mod:`mesh.exec.takeback`); then :meth:`TaskUsers.end`: what the uid left in
+the shared writable places is removed (:mod:`mesh.exec.leftovers`), and only then
 does the uid return to the pool.
 """
 
@@ -49,6 +51,7 @@ import json
 import logging
 import os
 import pwd
+import select
 import stat
 import struct
 import tempfile
@@ -56,10 +59,22 @@ import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Literal, NoReturn
 
 from mesh.errors import ExecError
-from mesh.exec.leftovers import Mark, SharedDirs, all_pids, kill_processes, process_uids, remove_ipc
-from mesh.exec.reaper import MARKER
+from mesh.exec.hop import RunCancelled
+from mesh.exec.leftovers import (
+    MARKER,
+    Mark,
+    SharedDirs,
+    all_pids,
+    kill_processes,
+    marked,
+    process_uids,
+    remove_ipc,
+    uid_is,
+)
+from mesh.exec.process import Cancel
 from mesh.exec.removal import remove_tree
 
 __all__ = ["Lease", "TaskUsers"]
@@ -79,12 +94,17 @@ _DEAD_AFTER = 60.0
 _FLOCK = struct.Struct("hhqqi4x")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Lease:
-    """One task's hold on a uid (and its gid, the same number), from lease to end."""
+    """One task's hold on a uid (and its gid, the same number), from lease to end.
+
+    ``state``: ``leased``; ``killed`` once no process of the uid runs (:meth:`TaskUsers.kill`);
+    ``ended`` once the uid is free again, or dropped.
+    """
 
     uid: int
     marks: dict[str, Mark]  # the shared directories' times at the start
+    state: Literal["leased", "killed", "ended"] = "leased"
 
     @property
     def gid(self) -> int:
@@ -105,7 +125,8 @@ class TaskUsers:
         self._lock_fd = lock_fd
         self._root_fd = root_fd
         self._free = list(uids)
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._waiters: set[int] = set()  # an eventfd per lease waiting for a uid, written when one frees
 
     def __repr__(self) -> str:
         return f"TaskUsers(uids={list(self.uids)}, workroot={self.workroot!r})"
@@ -149,40 +170,94 @@ class TaskUsers:
             raise
         return cls(uids, workroot, fd, shared, root_fd)
 
-    def lease(self, prefer: Collection[int] = ()) -> Lease:
+    def lease(self, prefer: Collection[int] = (), cancel: Cancel | None = None) -> Lease:
         """A free uid, one of ``prefer`` if one is free; waits while all are leased.
 
-        Notes the shared directories' times for :meth:`end`. Raises ExecError when no
-        uid is left (each failed to be cleaned).
+        A node runs no more process tasks than it has slots, one uid each, so a task waits
+        only once a uid was dropped (see :meth:`end`), until another task frees one. The
+        wait ends with RunCancelled when ``cancel`` (the task's hop) fires. Notes the shared
+        directories' times for :meth:`end`. Raises ExecError when no uid is left (each
+        failed to be cleaned).
         """
-        with self._cond:
-            while not self._free:
-                if not self.uids:
-                    raise ExecError("no task uid is left: cleaning each after its task failed (see the log)")
-                self._cond.wait()
-            uid = next((u for u in self._free if u in prefer), self._free[0])
-            self._free.remove(uid)
+        waiter: int | None = None
+        try:
+            while True:
+                with self._lock:
+                    if self._free:
+                        uid = next((u for u in self._free if u in prefer), self._free[0])
+                        self._free.remove(uid)
+                        break
+                    if not self.uids:
+                        raise ExecError("no task uid is left: cleaning each after its task failed (see the log)")
+                    if waiter is None:
+                        waiter = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+                        self._waiters.add(waiter)
+                if cancel is not None and cancel.cancelled:
+                    raise RunCancelled
+                poller = select.poll()
+                poller.register(waiter, select.POLLIN)
+                if cancel is not None:
+                    poller.register(cancel.fileno(), select.POLLIN)
+                poller.poll()
+                try:
+                    os.eventfd_read(waiter)
+                except BlockingIOError:
+                    pass  # woken by the cancellation alone
+        finally:
+            if waiter is not None:
+                with self._lock:
+                    self._waiters.discard(waiter)
+                os.close(waiter)
         return Lease(uid, self.shared.mark())
 
+    def kill(self, lease: Lease) -> None:
+        """Kill every process of the lease's uid and wait until all are gone.
+
+        None can start again until :meth:`end` has freed the uid and it is leased again: so
+        whatever the uid owns (the task's directories) changes no more, which is what lets
+        the runner read the task's directory. A uid whose process outlives SIGKILL is not
+        leased again; the error is logged and raised as ExecError.
+        """
+        if lease.state != "leased":
+            return
+        try:
+            kill_processes(uid_is(lease.uid))
+        except OSError as exc:
+            self._drop(lease, exc)
+        lease.state = "killed"
+
     def end(self, lease: Lease) -> None:
-        """Kill what runs of the task, remove what it left in shared places, free the uid.
+        """Kill what runs of the task (unless :meth:`kill` did), remove what it left in shared
+        places, free the uid. Nothing to do for a lease that ended.
 
         A uid that cannot be cleaned (a process that outlives SIGKILL) is not leased
         again; the error is logged and raised as ExecError.
         """
+        if lease.state == "ended":
+            return
+        self.kill(lease)
         try:
-            kill_processes(lease.uid)
             self.shared.sweep((lease.uid,), lease.marks)
             remove_ipc(lease.uid)
         except OSError as exc:
-            with self._cond:
-                self.uids = tuple(u for u in self.uids if u != lease.uid)
-                self._cond.notify_all()
-            log.error("task uid %d is not used again: cleaning it after its task failed: %s", lease.uid, exc)
-            raise ExecError(f"cannot clean up after the task's uid {lease.uid}: {exc}") from None
-        with self._cond:
+            self._drop(lease, exc)
+        lease.state = "ended"
+        with self._lock:
             self._free.append(lease.uid)
-            self._cond.notify()
+            self._wake()
+
+    def _drop(self, lease: Lease, exc: OSError) -> NoReturn:
+        lease.state = "ended"
+        with self._lock:
+            self.uids = tuple(u for u in self.uids if u != lease.uid)
+            self._wake()
+        log.error("task uid %d is not used again: cleaning it after its task failed: %s", lease.uid, exc)
+        raise ExecError(f"cannot clean up after the task's uid {lease.uid}: {exc}") from None
+
+    def _wake(self) -> None:
+        """Wake every lease waiting for a uid (call holding the lock)."""
+        for waiter in self._waiters:
+            os.eventfd_write(waiter, 1)
 
     def close(self) -> None:
         """Give the uids back (call when no task runs); the task directories' directory goes too."""
@@ -220,7 +295,7 @@ def _claim(fd: int, first: int, last: int, count: int, previous: list[int]) -> l
                 fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, uid, 1, 0))
                 foreign[uid] = running[uid]
                 continue
-            killed = kill_processes(uid)
+            killed = kill_processes(uid_is(uid))
             log.warning("killed %d process(es) that tasks of a killed node left running as uid %d", killed, uid)
         claimed.append(uid)
     if foreign:
@@ -242,15 +317,10 @@ def _claim(fd: int, first: int, last: int, count: int, previous: list[int]) -> l
 
 def _left_by_a_task(pid: int) -> bool:
     """Whether process ``pid`` was started by a task of a root node's process executor (its
-    environment names a task directory of task uids: mesh.exec.reaper's marker). Such a process
-    of a uid no live node holds is what a killed node left: every live node holds its uids."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            environ = f.read()
-    except OSError:
-        return True  # gone meanwhile: nothing of it is in the way
-    prefix = f"{MARKER}={WORK_PARENT}/{_WORK_PREFIX}".encode()
-    return any(item.startswith(prefix) for item in environ.split(b"\0"))
+    environment names a task directory of task uids: mesh.exec.leftovers' marker), or is gone.
+    Such a process of a uid no live node holds is what a killed node left: every live node
+    holds its uids."""
+    return marked(pid, f"{MARKER}={WORK_PARENT}/{_WORK_PREFIX}".encode()) is not False
 
 
 def _account(uid: int) -> str | None:

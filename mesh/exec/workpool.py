@@ -34,17 +34,33 @@ belongs to that uid, files and directories, and goes only to a later task that l
 the same uid (:meth:`WorkdirPool.take` with ``owner``): handing it to another uid
 would change every entry's owner and ctime. Such a task is checked only once every
 process of its uid is gone, and while it waits idle its task directory is root's
-(0700), so no task uid can reach it. Without task uids (a node that is not root), a
-process that escaped the task's process group could change a kept workdir after its
-check, just as it could change anything else of the node's user.
+(0700), so no task uid can reach it by its path.
+
+Checked twice. A check when the task ends is not enough: a task can open a file of
+its checkout for writing and pass the descriptor to a task of another uid (over an
+abstract unix socket), which writes through it later, while the directory is idle or
+while the next task with the same input runs on it; and a later task of the same uid,
+handed a descriptor of a directory of the checkout, could change it while it is idle.
+So :meth:`WorkdirPool.take` has its caller look again (:meth:`Manifest.unchanged`): the
+stat records must still match (any write moves a file's ctime), nothing may have been
+added, and no file may be open for writing anywhere: a read lease (``F_SETLEASE``),
+taken and given back at once, is granted only while the kernel counts no writer of the
+file, whoever holds it. Once the directory is handed to a task, no new writer can
+appear but the task's own processes: files and directories are writable by their
+owner only, and no other process of the owner's uid runs. Without task uids (a node
+that is not root), a process that escaped the task's process group could still change
+a kept workdir after its checks, just as it could change anything else of the node's
+user.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from mesh.cas.digest import Digest
@@ -169,6 +185,20 @@ class Manifest:
             return None
         return Verdict(replace(self, checked_at_ns=started), extras)
 
+    def unchanged(self, workdir: str) -> Manifest | None:
+        """Whether the checkout kept at ``workdir`` may be handed to a task: exactly as
+        recorded (nothing added) and no file of it open for writing anywhere; its manifest
+        as of this check, or None. Call before handing it over, with no process of its
+        owner running (see the module docstring)."""
+        verdict = self.verify(workdir)
+        if verdict is None or verdict.extras:
+            return None
+        base = os.fsencode(workdir)
+        for rel, entry in self.entries.items():
+            if entry.kind in (Kind.FILE, Kind.EXECUTABLE) and not _unwritten(_join(base, rel)):
+                return None
+        return verdict.manifest
+
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
@@ -194,6 +224,28 @@ def _link_record(st: os.stat_result) -> _LinkRecord:
     return (st.st_mode, st.st_uid, st.st_gid, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def _unwritten(path: bytes) -> bool:
+    """Whether no open file description anywhere can write the file at ``path``.
+
+    A read lease is granted only while none is open for writing (the kernel's count of
+    writers includes descriptors passed to other processes and shared writable
+    mappings), and root or the owner may take one; it is given back at once. Any failure
+    (leases disabled, say) counts as "cannot show it".
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
 def _intact(want: _Entry, st: os.stat_result, path: bytes, racy_after: int) -> bool:
     """Whether a recorded file or symlink still holds what it held (re-read if racily clean)."""
     if want.kind == Kind.SYMLINK:
@@ -211,12 +263,13 @@ def _intact(want: _Entry, st: os.stat_result, path: bytes, racy_after: int) -> b
 
 @dataclass(frozen=True, slots=True)
 class PoolStatistics:
-    """Counters of a WorkdirPool (for /metrics)."""
+    """Counters of a WorkdirPool (for /metrics); ``stale``: taken, but changed while idle."""
 
     idle: int
     reused: int
     kept: int
     evicted: int
+    stale: int = 0
 
 
 class WorkdirPool:
@@ -236,7 +289,7 @@ class WorkdirPool:
         self._lock = threading.Lock()
         self._idle: OrderedDict[str, Manifest] = OrderedDict()  # task root -> its checkout
         self._bytes = 0
-        self._reused = self._kept = self._evicted = 0
+        self._reused = self._kept = self._evicted = self._stale = 0
 
     def __repr__(self) -> str:
         return f"WorkdirPool(dirs={self.dirs}, max_bytes={self.max_bytes})"
@@ -250,17 +303,37 @@ class WorkdirPool:
         with self._lock:
             return {manifest.owner for manifest in self._idle.values() if manifest.input == input}
 
-    def take(self, input: Digest, owner: int | None = None) -> tuple[str, Manifest] | None:
+    def take(
+        self, input: Digest, owner: int | None, check: Callable[[str, Manifest], Manifest | None]
+    ) -> tuple[str, Manifest] | None:
         """An idle task root holding a checkout of ``input`` (owned by ``owner``, if given), and
-        its manifest; None if there is none."""
-        with self._lock:
-            for root, manifest in reversed(self._idle.items()):  # the most recently kept
-                if manifest.input == input and owner in (None, manifest.owner):
-                    del self._idle[root]
-                    self._bytes -= manifest.bytes
-                    self._reused += 1
-                    return root, manifest
-        return None
+        its manifest as of ``check``; None if there is none.
+
+        ``check(root, manifest)`` (called without the pool's lock) looks at the directory
+        again and returns its manifest as of now, or None if it changed while idle: then
+        the caller's check has disposed of it, and the next one is tried.
+        """
+        while True:
+            with self._lock:
+                found = next(
+                    (
+                        (root, manifest)
+                        for root, manifest in reversed(self._idle.items())  # the most recently kept
+                        if manifest.input == input and owner in (None, manifest.owner)
+                    ),
+                    None,
+                )
+                if found is None:
+                    return None
+                del self._idle[found[0]]
+                self._bytes -= found[1].bytes
+            checked = check(*found)
+            with self._lock:
+                if checked is None:
+                    self._stale += 1
+                    continue
+                self._reused += 1
+            return found[0], checked
 
     def keep(self, root: str, manifest: Manifest) -> list[str]:
         """Keep ``root`` for the next task with its input; returns the roots evicted to make room."""
@@ -288,4 +361,4 @@ class WorkdirPool:
 
     def statistics(self) -> PoolStatistics:
         with self._lock:
-            return PoolStatistics(len(self._idle), self._reused, self._kept, self._evicted)
+            return PoolStatistics(len(self._idle), self._reused, self._kept, self._evicted, self._stale)
