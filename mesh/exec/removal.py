@@ -61,8 +61,10 @@ def _remove_flat(path: str) -> None:
                 sub = os.open(name, _OPEN_DIR, dir_fd=top)
                 try:
                     with os.scandir(sub) as listing:
-                        inner = [entry.name for entry in listing]
-                    for child in inner:
+                        inner = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in listing]
+                    for child, child_is_dir in inner:
+                        if child_is_dir:  # moving a directory to another parent rewrites its ".."
+                            _grant(os.stat(child, dir_fd=sub, follow_symlinks=False), child, sub)
                         target = next(fresh)
                         while _exists(target, top):
                             target = next(fresh)
