@@ -124,6 +124,7 @@ class LocalStore:
         self._written = 0
         self._bytes_written = 0
         self._present = 0
+        self._unwritten_epochs = 0  # new epochs whose file could not be written (see new_epoch)
         # Named temp files carry the pid of the process that opened the store, also when a
         # worker it forked writes them (mesh.cas.forkmap): workers die with their parent, so
         # its files are stale as soon as it is gone, even while a killed worker still exits.
@@ -430,6 +431,8 @@ class LocalStore:
         with self._counters:
             self._written += 1
             self._bytes_written += digest.size
+        if self._unwritten_epochs:
+            self.new_epoch()  # the write succeeded: there may be room for the epoch file again
 
     def _count_present(self) -> None:
         with self._counters:
@@ -537,7 +540,9 @@ class LocalStore:
 
         ``inode`` (``st_dev``, ``st_ino``) names the file found damaged: if the blob's name
         holds another file by now, that one stays. Returns the file's new path, or None if
-        it was gone (another reader, or fsck, moved it first).
+        it was gone (another reader, or fsck, moved it first). Raises nothing else: a
+        file that cannot be moved (no room for quarantine/'s entry) is deleted instead, and
+        an epoch that cannot be written is written later (:meth:`new_epoch`).
         """
         path = self.file_of(blob)
         kind = "exec" if blob.executable_copy else "blob"
@@ -550,8 +555,12 @@ class LocalStore:
             os.replace(path, moved)
         except FileNotFoundError:
             return None
-        with self.writing:
-            self.new_epoch()
+        except OSError as exc:
+            log.warning("cannot move %s to %s (%s): deleting it", path, self.quarantine_dir, exc.strerror or exc)
+            if not unlink_quietly(path):
+                return None
+            moved = f"nowhere: deleted ({exc.strerror or exc} moving it to {self.quarantine_dir})"
+        self.new_epoch()
         return moved
 
     def store_id(self) -> str:
@@ -579,20 +588,53 @@ class LocalStore:
             return f.read().strip()
 
     def epoch(self) -> str:
-        """A token that changes whenever blobs are removed (see the module docstring)."""
+        """A token that changes whenever blobs are removed (see the module docstring).
+
+        While a new epoch could not be written (see :meth:`new_epoch`), this process
+        answers one that no file holds, new at each removal, so that its own caches
+        forget meanwhile.
+        """
         try:
             with open(os.path.join(self.root, "epoch"), encoding="ascii") as f:
-                return f.read().strip()
+                text = f.read().strip()
         except FileNotFoundError:
-            return ""
+            text = ""
+        unwritten = self._unwritten_epochs
+        return f"{text}+{unwritten}-unwritten" if unwritten else text
 
     def new_epoch(self) -> None:
-        """Start a new epoch: caches that remembered blobs as present must check again."""
+        """Start a new epoch: caches that remembered blobs as present must check again.
+
+        Never raises: a blob is gone already, and whoever removed it must not fail for
+        that (a read that quarantines a damaged blob raises BlobDamaged, not the full
+        disk it met here). A file that cannot be written (no room) is logged once; this
+        process's :meth:`epoch` changes all the same, and the next write into the store
+        that succeeds writes it. Other processes see the new epoch only then.
+        """
         path = os.path.join(self.root, "epoch")
         tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}"
-        with open(tmp, "w", encoding="ascii") as f:
-            f.write(secrets.token_hex(16))
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w", encoding="ascii") as f:
+                f.write(secrets.token_hex(16))
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            with self._counters:
+                self._unwritten_epochs += 1
+                first = self._unwritten_epochs == 1
+            if first:
+                log.warning(
+                    "cannot write the store's epoch file %s (%s): written with the next write into the store "
+                    "that succeeds; until then other processes' stat caches may take removed blobs for stored",
+                    path,
+                    exc.strerror or exc,
+                )
+            return
+        with self._counters:
+            was, self._unwritten_epochs = self._unwritten_epochs, 0
+        if was:
+            log.warning("the store's epoch file %s is written again", path)
 
     def usage(self) -> tuple[int, int]:
         """``(blob files, bytes)`` currently on disk. Scans the store: O(blobs)."""
