@@ -24,10 +24,13 @@ partial blob, and a crash leaves nothing but temp files, which opening the store
 removes. Blobs are written without a per-file fsync; :meth:`LocalStore.sync`
 makes a batch durable (one ``syncfs``) before its result is published.
 
-Every read verifies: a blob whose file no longer hashes to its name (changed on
-disk) is moved to ``quarantine/`` as soon as a read finds out, and the read
-raises :class:`~mesh.errors.BlobDamaged` instead of handing out the bytes that
-complete it. A full disk (ENOSPC, EDQUOT) met by any write into the store is
+Every read verifies (``get``, ``open``, ``copy_to``, and so copy checkouts): a blob
+whose file no longer hashes to its name (changed on disk) is moved to ``quarantine/``
+as soon as a read finds out, and the read raises :class:`~mesh.errors.BlobDamaged`
+instead of handing out the bytes that complete it. Link checkouts are not verified
+yet: :meth:`LocalStore.link_into` hardlinks the blob file without reading it, so a
+task whose inputs are linked (the sandbox's, on a root node) can be given a damaged
+file; ``fsck`` finds it. A full disk (ENOSPC, EDQUOT) met by any write into the store is
 translated here, once (:attr:`LocalStore.writing`), into
 :class:`~mesh.errors.StoreFull`, naming the store and the space left.
 """
