@@ -196,9 +196,9 @@ class StoreCapReached(StoreFull):
             self,
             f"the store at {store} has no room for {size_text(needed)} under its cap (MESH_STORE_MAX) of "
             f"{size_text(cap)}: it holds {size_text(held)}, of which {size_text(pinned)} are pinned (the inputs and "
-            f"outputs of live jobs, and pins) and {size_text(writing)} are uploads and outputs being written; "
-            "evicting the rest would not make room. Try again when jobs have finished, remove pins "
-            "(mesh unpin), or raise MESH_STORE_MAX",
+            f"outputs of live jobs, and pins) and {size_text(writing)} belong to uploads and tasks still at work "
+            "(reserved, or written or used since they began); evicting the rest would not make room. Try again "
+            "when jobs have finished, remove pins (mesh unpin), or raise MESH_STORE_MAX",
         )
         self.store = store
         self.free: int | None = None

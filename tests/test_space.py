@@ -205,7 +205,7 @@ def test_what_writers_wrote_since_they_began_is_not_evicted(store: LocalStore) -
             pass
         assert store.has(mine) and not store.has(old)
         store.put(os.urandom(4000))
-        with pytest.raises(StoreCapReached, match="7.8 KiB are uploads and outputs being written"):
+        with pytest.raises(StoreCapReached, match="7.8 KiB belong to uploads and tasks still at work"):
             space.reserve_blocking(4000)
     age_all(store, 1)  # an hour later
     os.utime(store.blob_path(mine), (time.time() - 7200,) * 2)  # the older of the two
