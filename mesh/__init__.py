@@ -29,6 +29,7 @@ _EXPORTS = {
     "SnapshotError": "mesh.errors",
     "StateError": "mesh.errors",
     "StateFull": "mesh.errors",
+    "StoreCapReached": "mesh.errors",
     "StoreError": "mesh.errors",
     "StoreFull": "mesh.errors",
     "UnsupportedFile": "mesh.errors",

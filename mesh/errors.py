@@ -21,13 +21,14 @@ take (mesh.text): a file name in it that is not UTF-8 is written with escapes.
     │   └── InvalidTree            a directory node that breaks the snapshot rules
     ├── DiskFull                   a filesystem mesh writes to is full (ENOSPC, EDQUOT); HTTP 507
     │   ├── StoreFull              ... the store's (also a StoreError)
+    │   │   └── StoreCapReached    ... or the store is at its cap and eviction cannot make room
     │   └── StateFull              ... the state database's (also a StateError)
     ├── StoreError                 the content-addressed store failed
     │   ├── BlobNotFound           the store does not hold the blob (decorators branch on it)
     │   │   └── BlobDamaged        ... because its file was damaged on disk: now in quarantine
     │   │                          (also a DigestMismatch)
     │   ├── DigestMismatch         bytes do not hash to the digest they claim
-    │   └── StoreFull              (above)
+    │   └── StoreFull              (above, with StoreCapReached)
     ├── StateError                 the node's state database failed, or holds what this version
     │   │                          cannot read (mesh.sched.statedb translates SQLite's errors)
     │   └── StateFull              (above)
@@ -169,9 +170,9 @@ class DiskFull(MeshError):
     def __init__(
         self, what: str, free: int | None, *, needed: int | None = None, quota: bool = False, remedy: str
     ) -> None:
-        left = "an unknown amount" if free is None else _size(free)
+        left = "an unknown amount" if free is None else size_text(free)
         if needed is not None:
-            why = f"no room for {_size(needed)}: {left} free on its filesystem"
+            why = f"no room for {size_text(needed)}: {left} free on its filesystem"
         elif quota:
             why = f"no room: its owner's disk quota is used up ({left} free on its filesystem)"
         else:
@@ -193,6 +194,27 @@ class StoreFull(StoreError, DiskFull):
         remedy = "free space there, or run `mesh gc --max-size SIZE` on its node"
         DiskFull.__init__(self, f"the store at {store}", free, needed=needed, quota=quota, remedy=remedy)
         self.store = store
+
+
+class StoreCapReached(StoreFull):
+    """The store is at its cap (MESH_STORE_MAX) and evicting every blob that may go would not
+    make room for ``needed`` more bytes: the rest is pinned (the inputs and outputs of live
+    jobs, ``mesh pin``) or being written. Raised before anything is written (mesh.cas.space);
+    a StoreFull, so answered the same way (HTTP 507, a task failed with it, one CLI line).
+    """
+
+    def __init__(self, store: str, *, cap: int, held: int, needed: int, pinned: int, writing: int) -> None:
+        MeshError.__init__(
+            self,
+            f"the store at {store} has no room for {size_text(needed)} under its cap (MESH_STORE_MAX) of "
+            f"{size_text(cap)}: it holds {size_text(held)}, of which {size_text(pinned)} are pinned (the inputs and "
+            f"outputs of live jobs, and pins) and {size_text(writing)} belong to uploads and tasks still at work "
+            "(reserved, or written or used since they began); evicting the rest would not make room. Try again "
+            "when jobs have finished, remove pins (mesh unpin), or raise MESH_STORE_MAX",
+        )
+        self.store = store
+        self.free: int | None = None
+        self.cap, self.held, self.needed, self.pinned, self.writing = cap, held, needed, pinned, writing
 
 
 class StateError(MeshError):
@@ -218,7 +240,7 @@ class StateFull(StateError, DiskFull):
         self.path = path
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
     """``n`` bytes for people: 512 bytes, 3.1 MiB."""
     if n < 1024:
         return f"{n} bytes"

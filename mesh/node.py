@@ -30,6 +30,7 @@ from mesh.api.app import create_app
 from mesh.api.auth import MeshKey, Verifier, load_key
 from mesh.api.authorities import NodeAuthorities
 from mesh.api.server import listen, serve
+from mesh.cas.space import Roots, StoreSpace
 from mesh.cas.store import LocalStore
 from mesh.config import NodeConfig
 from mesh.errors import MeshError, NodeBusy, describe
@@ -67,6 +68,7 @@ class Node:
         self._sockets: list[socket.socket] = []
         self.node_id = ""
         self.store: LocalStore
+        self.space: StoreSpace  # the store's size, kept under its cap
         self.key: MeshKey
         self.scheduler: Scheduler
         self.peering: Peering
@@ -91,6 +93,7 @@ class Node:
             self._listen()
             self._open()
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.space.run)
                 await nursery.start(self._watch_docker)
                 await nursery.start(self.scheduler.run)
                 http_stop = trio.Event()
@@ -172,6 +175,7 @@ class Node:
         self.authorities = NodeAuthorities(host, port, advertised=self.config.advertise)
         self.verifier = Verifier(key, authorities=self.authorities, nonces_path=os.path.join(home, "nonces"))
         self.store = LocalStore(self.config.store_dir)
+        self.space = space = StoreSpace(self.store, self.config.store_max_bytes, roots=self._pinned)
         self.db = StateDB(state_path(home))
         self.runner = runner = Runner(
             self.store,
@@ -179,10 +183,16 @@ class Node:
             node_id=self.node_id,
             executors=self._local_executors(),
             workdirs=WorkdirPool(dirs=max(KEEP_DIRS, 2 * self.config.slots)),
+            space=space,
         )
         runner.remove_leftovers()  # task directories of tasks a crash interrupted
         self.peering = Peering(
-            self.config, node_id=self.node_id, key=key, executors=sorted(runner.executors), load=self._load
+            self.config,
+            node_id=self.node_id,
+            key=key,
+            executors=sorted(runner.executors),
+            load=self._load,
+            room=space.reserve,
         )
         self.scheduler = Scheduler(
             self.db,
@@ -192,7 +202,14 @@ class Node:
             slots=self.config.slots,
             capabilities=self.peering.capabilities,
             remote=self.peering,
+            holds_tree=space.holds_tree,
         )
+
+    def _pinned(self) -> Roots:
+        """What eviction must keep (on the event loop): the inputs and results of the live jobs,
+        and snapshots being fetched from peers."""
+        trees, blobs = self.scheduler.live_blobs()
+        return Roots(frozenset(trees | self.peering.partial), frozenset(blobs))
 
     def _local_executors(self) -> dict[str, Executor]:
         """The executors of this node that need no service: process, and sandbox where it works.
@@ -366,6 +383,7 @@ class Node:
             "tasks_run": sched.tasks_run,
             "stealing": {"stolen": sched.tasks_stolen, "given": sched.tasks_given},
             "cache": {"hits": sched.cache_hits, "entries": self.db.cache_size()},
+            "store": self._store_status(),
             "capabilities": self.peering.capabilities,
             "executors": {
                 "default": self.default_executor,
@@ -381,6 +399,17 @@ class Node:
         if detailed:
             answer["jobs"]["recent"] = [row.to_wire() for row in self.db.jobs(limit=STATUS_RECENT_JOBS)]
         return answer
+
+    def _store_status(self) -> dict[str, int | None]:
+        space = self.space.statistics()
+        return {
+            "bytes": space.held_bytes,  # None until the store is counted
+            "blobs": space.held_blobs,
+            "cap": space.cap,
+            "evicted_blobs": space.evicted_blobs,
+            "evicted_bytes": space.evicted_bytes,
+            "refused": space.refused,
+        }
 
 
 def _node_id(home: str) -> str:

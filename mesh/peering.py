@@ -28,7 +28,7 @@ from mesh.cas.tree import Kind
 from mesh.config import NodeConfig
 from mesh.errors import BlobNotFound, MeshError, NodeError, describe
 from mesh.exec.action import Action, ActionResult
-from mesh.peerstore import PeerStore
+from mesh.peerstore import PeerStore, Room
 from mesh.sched.gossip import Gossip
 from mesh.sched.membership import Member, PeerTable
 from mesh.sched.placement import NodeView
@@ -127,8 +127,10 @@ class Peering:
         key: MeshKey,
         executors: list[str],
         load: Callable[[], dict[str, int]],
+        room: Room | None = None,
     ) -> None:
         self.config = config
+        self.room = room  # room under the store's cap for what is fetched (mesh.cas.space)
         self.node_id = node_id
         self.key = key
         self.table = PeerTable(node_id)
@@ -256,7 +258,7 @@ class Peering:
         def alive() -> list[str]:
             return [m.url for m in self.table.alive()]
 
-        return PeerStore(store, alive, self.missing_on, self.offers.fetch, self.offers.fetch_many)
+        return PeerStore(store, alive, self.missing_on, self.offers.fetch, self.offers.fetch_many, room=self.room)
 
     async def missing_on(self, url: str, digests: list[Digest]) -> list[Digest]:
         """Which of ``digests`` the peer at ``url`` lacks (``POST /v1/blobs:missing``)."""

@@ -16,12 +16,17 @@ not bring, is copied with the lean GET of :mod:`mesh.api.blobget`; if that fails
 it are tried in turn, then every peer that has not answered. A peer's own request
 is never passed on (see mesh.api.blobs), so two nodes that lack a blob cannot ask
 each other for ever.
+
+Under a cap on the store (mesh.cas.space), the bytes a fetch lacks are reserved
+before any is copied (``room``): the store evicts for them first, or the fetch
+raises StoreCapReached and copies nothing.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import trio
@@ -43,6 +48,8 @@ Copy = Callable[[str, Digest, LocalStore], Any]
 """``await copy(url, digest, store)``: copy one blob in, verified; False if the peer lacks it."""
 CopyMany = Callable[[str, list[Digest], LocalStore], Any]
 """``await copy_many(url, digests, store)``: copy many blobs in one request; returns those that came."""
+Room = Callable[[int], Awaitable[AbstractContextManager[object]]]
+"""``with await room(size):`` room in the store for ``size`` bytes while they are copied in."""
 
 #: Blobs up to this size are copied in batches (one request per holder and BATCH_COUNT
 #: blobs); larger ones each take their own pipelined GET.
@@ -61,12 +68,15 @@ class PeerStore:
         ask: Ask,
         copy: Copy,
         copy_many: CopyMany | None = None,
+        *,
+        room: Room | None = None,
     ) -> None:
         self.local = local
         self.peers = peers
         self._ask = ask
         self._copy = copy
         self._copy_many = copy_many
+        self._room = room
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.local, name)  # has, find_missing, open, get, put, writer ...
@@ -95,6 +105,15 @@ class PeerStore:
             peers = self.peers()
             holders = await self.locate(wanted, peers)
             others = peers
+        if self._room is None:
+            return await self._copy_all(wanted, holders, others)
+        size = sum(d.size for d in wanted if d in holders or others)  # not what no peer has
+        with await self._room(size):  # or StoreCapReached: nothing is copied
+            return await self._copy_all(wanted, holders, others)
+
+    async def _copy_all(
+        self, wanted: list[Digest], holders: dict[Digest, list[str]], others: list[str]
+    ) -> list[Digest]:
         if self._copy_many is not None:
             await self._copy_batches(wanted, holders)
             wanted = self.local.find_missing(wanted)  # what the batches did not bring

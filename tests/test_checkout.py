@@ -206,3 +206,26 @@ def test_reads_never_change_the_times_of_linked_checkouts(store: LocalStore, sna
     os.utime(store.blob_path(unlinked), (long_ago, long_ago))
     store.get(unlinked)
     assert os.stat(store.blob_path(unlinked)).st_mtime > long_ago
+
+
+@pytest.mark.parametrize("what", ["file", "directory", "target"])
+def test_an_owner_that_cannot_be_given_a_path_is_a_snapshot_error(
+    store: LocalStore, snap: Digest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str
+) -> None:
+    """fchown failing (EPERM: a node that may not give files away, a filesystem that refuses)
+    on a file, a directory or the target itself is a SnapshotError naming the path, as for
+    every other write that fails, not a raw OSError."""
+    real = os.fchown
+    kinds = {"file": stat.S_ISREG, "directory": stat.S_ISDIR, "target": stat.S_ISDIR}
+
+    def refuse(fd: int, uid: int, gid: int) -> None:
+        st = os.fstat(fd)
+        is_target = st.st_ino == os.stat(tmp_path / "out").st_ino
+        if kinds[what](st.st_mode) and is_target == (what == "target"):
+            raise PermissionError(1, "Operation not permitted")
+        real(fd, uid, gid)
+
+    monkeypatch.setattr(os, "fchown", refuse)
+    with pytest.raises(SnapshotError, match="Operation not permitted") as caught:
+        checkout(store, snap, tmp_path / "out", workers=1, owner=(os.getuid(), os.getgid()))
+    assert str(tmp_path / "out") in str(caught.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -9,8 +10,9 @@ import trio
 
 from mesh import peerstore
 from mesh.cas.digest import Digest
+from mesh.cas.space import Roots, StoreSpace
 from mesh.cas.store import LocalStore
-from mesh.errors import NodeUnreachable
+from mesh.errors import NodeUnreachable, StoreCapReached
 from mesh.peerstore import LOCATE_TIMEOUT, PeerStore
 
 
@@ -115,3 +117,21 @@ async def test_small_blobs_come_in_one_batch_per_holder_and_a_failed_batch_falls
     assert await blobs.fetch_many([d, e]) == []
     assert ("p", [d]) in peers.batches and peers.copied == [("p", d), ("q", d)]
     assert store.get(d) == d_bytes and store.get(e) == e_bytes
+
+
+async def test_a_fetch_past_the_cap_evicts_first_or_copies_nothing(store: LocalStore) -> None:
+    """Under a cap, what a fetch lacks is reserved before anything is copied: the store evicts
+    least recently used blobs for it, or the fetch raises StoreCapReached and copies nothing."""
+    old = store.put(b"o" * 3000)
+    os.utime(store.blob_path(old), (time.time() - 7200,) * 2)
+    (a, a_bytes), (b, b_bytes) = blob("a" * 2500), blob("b" * 2000)
+    space = StoreSpace(store, 5000, roots=lambda: Roots(blobs=frozenset({a})))
+    store.admit = None  # a node copies through the store's writer, which the fetch's reservation covers
+    space.count()
+    peers = Peers({"peer": {a: a_bytes, b: b_bytes}})
+    blobs = PeerStore(store, lambda: ["peer"], peers.ask, peers.copy, room=space.reserve)
+    assert await blobs.fetch_many([a]) == []
+    assert store.has(a) and not store.has(old)  # 3000 + 2500 > 5000: the old blob made room
+    with pytest.raises(StoreCapReached):
+        await blobs.fetch_many([b, Digest.of(b"c" * 1000)])  # 2500 pinned + 3000 > 5000
+    assert peers.copied == [("peer", a)] and not store.has(b)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -357,3 +358,57 @@ def test_a_full_quota_is_store_full_too(store: LocalStore) -> None:
     full = store.full(OSError(errno.EDQUOT, "Disk quota exceeded"))
     assert isinstance(full, StoreFull) and "quota" in str(full) and store.root in str(full)
     assert store.full(OSError(errno.EACCES, "Permission denied")) is None
+
+
+@pytest.mark.parametrize("read", ["get", "open", "open, check_first"])
+def test_a_full_disk_while_quarantining_is_still_blob_damaged(
+    small_fs: Path, read: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A read finds a blob damaged on a full disk, where the store cannot write its new epoch:
+    the read raises BlobDamaged all the same (not StoreFull), a batched download leaves such a
+    blob out, this process's epoch changes at once, and the file gets a new epoch with the
+    next write that succeeds."""
+    from mesh.api.records import write_records
+
+    with LocalStore(small_fs / "cas") as store:
+        kept, data, other = store.put(b"a neighbour"), os.urandom(MMAP_THRESHOLD + 100_000), os.urandom(3000)
+        d, e = store.put(data), store.put(other)
+        store.new_epoch()
+        on_disk = store.epoch()
+        filler = small_fs / "filler"
+        with open(filler, "wb") as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        damage(store, d, b"\xff\xfe")  # in place: no room needed
+        damage(store, e, b"\xff\xfe")
+        epoch = store.epoch()
+        with pytest.raises(BlobDamaged):
+            READS[read](store, d)
+        assert not store.has(d) and store.epoch() not in (epoch, on_disk)
+        records = b"".join(write_records(store, [kept, e]))  # a batched download's answer
+        assert str(kept).encode() in records and str(e).encode() not in records and not store.has(e)
+        with open(os.path.join(store.root, "epoch")) as f:
+            assert f.read().strip() == on_disk  # no room for it
+        assert "cannot write the store's epoch file" in caplog.text
+
+        filler.unlink()
+        store.put(b"a write that succeeds")
+        with open(os.path.join(store.root, "epoch")) as f:
+            written = f.read().strip()
+        assert written not in ("", on_disk) and store.epoch() == written
+        assert "is written again" in caplog.text
+        assert os.listdir(os.path.join(store.root, "tmp")) == []
+        assert [n for n in os.listdir(store.root) if n.startswith("epoch.")] == []  # no temp epoch file left
+        assert fsck(store).clean
+
+
+def test_a_damaged_blob_that_cannot_be_moved_to_quarantine_is_deleted(store: LocalStore) -> None:
+    d = store.put(os.urandom(5000))
+    os.rmdir(store.quarantine_dir)
+    with open(store.quarantine_dir, "w"):  # quarantine/ is a file now: nothing can be moved into it
+        pass
+    damage(store, d, b"\0\1")
+    with pytest.raises(BlobDamaged):
+        store.get(d)
+    assert not os.path.exists(store.blob_path(d)) and not store.has(d)  # never served again

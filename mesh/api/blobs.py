@@ -3,10 +3,14 @@
 Every byte that arrives is hashed as it is written (the store's BlobWriter) and
 nothing is published unless it matches the digest it was sent under; a
 mismatch is a 400 naming the digest. An upload names each blob's digest, which
-carries its size, so a blob larger than the node takes (MAX_BLOB, its store cap
-MESH_STORE_MAX) is refused with 413, and one larger than the free space of the
-store's filesystem with 507 (StoreFull, naming the store and its free space),
-before any of its bytes is read; a disk that fills up meanwhile is a 507 too.
+carries its size, so before any of a blob's bytes is read: one larger than the
+node takes (MAX_BLOB, or its whole store cap MESH_STORE_MAX) is refused with 413;
+one that would take the store past its cap gets room from the node's StoreSpace
+(mesh.cas.space), which evicts least recently used blobs that nothing pins, or
+refuses with 507 (StoreCapReached, naming the cap, what the store holds and what
+is pinned); one larger than the free space of the store's filesystem gets 507
+(StoreFull, naming the store and its free space). A disk that fills up meanwhile
+is a 507 too.
 
 Downloads stream the stored file through the store's verifying reader, which
 hashes the bytes as they are sent and raises on the read that would complete a
@@ -22,6 +26,7 @@ mmap) then sent 0.94-1.26 GB/s, with the first byte ~30 ms later.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -34,6 +39,7 @@ from mesh.api.http import ApiError, authenticate, read_body, read_message, reply
 from mesh.api.records import RecordError, RecordReader, write_records
 from mesh.api.wire import PEER_HEADER
 from mesh.cas.digest import Digest
+from mesh.cas.space import StoreSpace
 from mesh.cas.store import LocalStore
 from mesh.errors import BlobDamaged, CodecError, DigestMismatch, InvalidDigest
 from mesh.exec.action import parse_digest
@@ -62,8 +68,8 @@ def _within_limit(digest: Digest) -> None:
 
 def _upload_limit(request: Request) -> Callable[[Digest], None]:
     """The check of each blob an upload names, made before any of its bytes is read: 413
-    past MAX_BLOB or the node's store cap. (The free space is the store's own check, as it
-    opens the blob's writer: StoreFull, 507.)"""
+    past MAX_BLOB or the node's whole store cap. (Room under the cap is the StoreSpace's,
+    and the free space the store's own check, as it opens the blob's writer: 507.)"""
     cap = request.app.state.node.config.store_max_bytes
 
     def check(digest: Digest) -> None:
@@ -95,14 +101,16 @@ async def find_missing(request: Request) -> Response:
 async def put_blob(request: Request) -> Response:
     """``PUT /v1/blobs/{digest}``: store the body if it hashes to the digest."""
     authenticate(request, None, content_addressed=True)
-    store: LocalStore = request.app.state.node.store
+    node = request.app.state.node
+    store: LocalStore = node.store
     digest = _digest_param(request.path_params["digest"])
     _upload_limit(request)(digest)
     if store.has(digest):
         async for _ in request.stream():
             pass
         return reply(request, {"digest": str(digest), "stored": False}, status=200)
-    with store.writer(expected=digest) as writer:
+    room = await node.space.reserve(digest.size)  # StoreCapReached (507) if eviction cannot make room
+    with room, store.writer(expected=digest) as writer:
         async for chunk in request.stream():
             writer.write(chunk)
         writer.commit()
@@ -151,11 +159,20 @@ class BlobStream(StreamingResponse):
 async def upload_batch(request: Request) -> Response:
     """``POST /v1/blobs:upload``: many blobs in one streamed body (see mesh.api.records)."""
     authenticate(request, None, content_addressed=True)
-    records = RecordReader(request.app.state.node.store, _upload_limit(request), "upload")
+    node = request.app.state.node
+    space: StoreSpace = node.space
+    records = RecordReader(node.store, _upload_limit(request), "upload", room=space.try_reserve)
+    # Blobs this upload stored are kept through evictions until it ends (the last records
+    # must not take the room of the first).
     try:
-        async for chunk in request.stream():
-            records.feed(chunk)
-        records.close()
+        with space.protecting(since_ns=time.time_ns()):
+            async for chunk in request.stream():
+                rest = records.feed(chunk)
+                while rest is not None:  # a record the store must evict for, off the event loop
+                    assert records.waiting is not None
+                    records.admit(await space.reserve(records.waiting.size))  # or StoreCapReached: 507
+                    rest = records.feed(rest)
+            records.close()
     except (RecordError, DigestMismatch) as exc:
         raise ApiError(400, f"upload refused: {exc}") from None
     finally:

@@ -80,6 +80,17 @@ def exposition(node: Node) -> str:
     out.metric("mesh_task_dirs_idle", "gauge", "Task directories kept for reuse now.", [({}, workdirs.idle)])
     out.metric("mesh_store_blobs_written_total", "counter", "Blobs written to the store.", [({}, store.blobs_written)])
     out.metric("mesh_store_bytes_written_total", "counter", "Bytes written to the store.", [({}, store.bytes_written)])
+    space = node.space.statistics()
+    if space.held_bytes is not None:  # once the store is counted
+        out.metric("mesh_store_bytes", "gauge", "Bytes the store holds.", [({}, space.held_bytes)])
+    if space.cap is not None:
+        out.metric("mesh_store_cap_bytes", "gauge", "The store's cap (MESH_STORE_MAX).", [({}, space.cap)])
+    out.metric(
+        "mesh_store_evicted_bytes_total",
+        "counter",
+        "Bytes evicted to keep the store under its cap.",
+        [({}, space.evicted_bytes)],
+    )
     peers = node.peering.table.peers()
     states = {"alive": 0, "suspect": 0, "dead": 0}
     for peer in peers:

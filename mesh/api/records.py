@@ -9,12 +9,16 @@ tree of many small files moves in one request rather than one per file.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from mesh.api.wire import RECORD_HEADER
 from mesh.cas.blobio import BlobWriter
 from mesh.cas.digest import Digest
 from mesh.cas.store import LocalStore
 from mesh.errors import BlobDamaged, BlobNotFound, CodecError, InvalidDigest
+
+if TYPE_CHECKING:
+    from mesh.cas.space import Reservation
 
 #: Longest digest text a record header may announce (the text form is ~80 bytes).
 MAX_DIGEST_TEXT = 200
@@ -33,24 +37,44 @@ class RecordReader:
     only takes what it asked for. Blobs the store holds already are read past.
     A digest mismatch raises DigestMismatch (from the store's writer) and
     nothing of that blob is kept.
+
+    ``room(size)``, if given, reserves room for each blob to write before its writer
+    opens (mesh.cas.space's ``try_reserve``: at once, or None when the store must
+    evict first); a record it has no room for waits (:attr:`waiting`, see :meth:`feed`).
     """
 
-    def __init__(self, store: LocalStore, accept: Callable[[Digest], None], what: str = "the stream") -> None:
+    def __init__(
+        self,
+        store: LocalStore,
+        accept: Callable[[Digest], None],
+        what: str = "the stream",
+        *,
+        room: Callable[[int], Reservation | None] | None = None,
+    ) -> None:
         self.store = store
         self.accept = accept
         self.what = what  # what the stream is, for messages: "upload", "the answer"
+        self.room = room
         self.buffer = bytearray()
         self.writer: BlobWriter | None = None
+        self.reservation: Reservation | None = None
         self.digest: Digest | None = None
+        #: The record that waits for room, its header read and none of its bytes.
+        self.waiting: Digest | None = None
         self.remaining = 0
         self.stored = 0
         self.present = 0
         #: Every digest whose record ended here, in order.
         self.received: list[Digest] = []
 
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> memoryview | None:
+        """Take the next bytes of the stream. Returns None once all are taken, or the bytes not
+        taken when a record waits for room (:attr:`waiting`): reserve its size, give the
+        reservation to :meth:`admit`, then feed them again."""
         view = memoryview(data)
         while view:
+            if self.waiting is not None:
+                return view
             if self.digest is not None:
                 take = view[: self.remaining]
                 if self.writer is not None:
@@ -65,6 +89,21 @@ class RecordReader:
             rest = self._start_record()
             if rest is not None:
                 view = memoryview(rest)
+        return None
+
+    def admit(self, reservation: Reservation) -> None:
+        """Room for the waiting record: its writer opens, and :meth:`feed` takes its bytes."""
+        assert self.waiting is not None
+        self.reservation, self.waiting = reservation, None
+        self._open_writer()
+
+    def _open_writer(self) -> None:
+        assert self.digest is not None
+        try:
+            self.writer = self.store.writer(expected=self.digest)
+        except BaseException:
+            self.abort()
+            raise
 
     def _start_record(self) -> bytes | None:
         if len(self.buffer) < RECORD_HEADER.size:
@@ -86,7 +125,12 @@ class RecordReader:
         if self.store.has(digest):
             self.present += 1
         else:
-            self.writer = self.store.writer(expected=digest)
+            if self.room is not None:
+                self.reservation = self.room(digest.size)
+                if self.reservation is None:
+                    self.waiting = digest
+                    return rest
+            self._open_writer()
         if not self.remaining:
             self._end_record()
         return rest
@@ -94,7 +138,10 @@ class RecordReader:
     def _end_record(self) -> None:
         assert self.digest is not None
         if self.writer is not None:
-            self.writer.commit()  # closes the writer, published or not
+            try:
+                self.writer.commit()  # closes the writer, published or not
+            finally:
+                self.abort()
             self.stored += 1
         self.received.append(self.digest)
         self.writer, self.digest = None, None
@@ -108,10 +155,13 @@ class RecordReader:
             raise RecordError(f"{self.what} ended inside a record header ({len(self.buffer)} stray bytes)")
 
     def abort(self) -> None:
-        """Discard the blob being written, if any."""
+        """Discard the blob being written, if any, and release its room."""
         if self.writer is not None:
             self.writer.abort()
             self.writer = None
+        if self.reservation is not None:
+            self.reservation.release()
+            self.reservation = None
 
 
 def record_header(digest: Digest) -> bytes:

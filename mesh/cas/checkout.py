@@ -95,7 +95,10 @@ def checkout(
         if os.listdir(top):
             raise CheckoutConflict(f"cannot check out into {path}: the directory is not empty")
         if owner is not None:
-            os.fchown(top, *owner)
+            try:
+                os.fchown(top, *owner)
+            except OSError as exc:
+                raise SnapshotError(f"cannot give {path} to uid {owner[0]}: {exc.strerror}") from None
         writer = _Writer(store, mode, verify, path, owner)
         if workers > 1 and can_fork():
             return writer.run_forked(root, top, workers)
@@ -330,7 +333,10 @@ class _Writer:
             raise self._failed(rel, exc) from None
         try:
             if self.owner is not None:
-                os.fchown(fd, *self.owner)
+                try:
+                    os.fchown(fd, *self.owner)
+                except OSError as exc:
+                    raise self._failed(rel, exc) from None
             self.store.copy_to(entry.blob, fd, verify=self.verify)
         except BlobDamaged:
             os.unlink(entry.name, dir_fd=dfd)  # a large blob is checked in the copy: drop the bad bytes

@@ -24,12 +24,19 @@ partial blob, and a crash leaves nothing but temp files, which opening the store
 removes. Blobs are written without a per-file fsync; :meth:`LocalStore.sync`
 makes a batch durable (one ``syncfs``) before its result is published.
 
-Every read verifies: a blob whose file no longer hashes to its name (changed on
-disk) is moved to ``quarantine/`` as soon as a read finds out, and the read
-raises :class:`~mesh.errors.BlobDamaged` instead of handing out the bytes that
-complete it. A full disk (ENOSPC, EDQUOT) met by any write into the store is
+Every read verifies (``get``, ``open``, ``copy_to``, and so copy checkouts): a blob
+whose file no longer hashes to its name (changed on disk) is moved to ``quarantine/``
+as soon as a read finds out, and the read raises :class:`~mesh.errors.BlobDamaged`
+instead of handing out the bytes that complete it. Link checkouts are not verified
+yet: :meth:`LocalStore.link_into` hardlinks the blob file without reading it, so a
+task whose inputs are linked (the sandbox's, on a root node) can be given a damaged
+file; ``fsck`` finds it. A full disk (ENOSPC, EDQUOT) met by any write into the store is
 translated here, once (:attr:`LocalStore.writing`), into
 :class:`~mesh.errors.StoreFull`, naming the store and the space left.
+
+Its :attr:`~LocalStore.tally` (mesh.cas.tally) counts the blob files and bytes it
+holds, once walked (:meth:`LocalStore.walk_shards`): every link, removal and
+quarantine moves it.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from typing import Protocol
 from mesh.cas.blobio import BLOB_MODE, BlobReader, BlobWriter, copy_fd, unlink_quietly, write_all
 from mesh.cas.digest import Digest
 from mesh.cas.hasher import MMAP_THRESHOLD, hash_bytes, hash_fd, read_fd
+from mesh.cas.tally import SHARDS, Tally, shard_names
 from mesh.errors import BlobDamaged, BlobNotFound, StoreError, StoreFull, UnsupportedFile
 
 EXEC_MODE = 0o555
@@ -76,6 +84,16 @@ class Store(Protocol):
     def get(self, digest: Digest) -> bytes: ...
 
     def put(self, data: bytes | bytearray | memoryview) -> Digest: ...
+
+
+class Admission(Protocol):
+    """Room for new blobs under a cap (mesh.cas.space.StoreSpace), held while each is written."""
+
+    def try_reserve(self, size: int) -> contextlib.AbstractContextManager[object] | None:
+        """Room at once, or None if it takes eviction."""
+
+    def reserve_blocking(self, size: int) -> contextlib.AbstractContextManager[object]:
+        """Room, evicting first if need be; raises StoreCapReached."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,12 +142,18 @@ class LocalStore:
         self._written = 0
         self._bytes_written = 0
         self._present = 0
+        self._unwritten_epochs = 0  # new epochs whose file could not be written (see new_epoch)
+        #: The blob files and bytes held, once walked (mesh.cas.tally).
+        self.tally = Tally()
         # Named temp files carry the pid of the process that opened the store, also when a
         # worker it forked writes them (mesh.cas.forkmap): workers die with their parent, so
         # its files are stale as soon as it is gone, even while a killed worker still exits.
         self._owner = os.getpid()
         #: ``with store.writing:`` around a write into the store turns a full disk into StoreFull.
         self.writing = _Writing(self)
+        #: Room for each new blob that put and put_file write, when set: a node's cap
+        #: (mesh.cas.space), which may evict first or raise StoreCapReached.
+        self.admit: Admission | None = None
         self.remove_stale_temp_files()
 
     def __repr__(self) -> str:
@@ -313,7 +337,7 @@ class LocalStore:
             return digest
         if digest.size >= MMAP_THRESHOLD:
             self.check_room(digest.size)
-        with self._temp_file(near=digest) as (fd, name), self.writing:
+        with self._admitted(digest.size), self._temp_file(near=digest) as (fd, name), self.writing:
             write_all(fd, data)
             self._publish(fd, name, digest, BLOB_MODE)
         return digest
@@ -333,8 +357,18 @@ class LocalStore:
                 raise UnsupportedFile(f"{os.fsdecode(path)}: not a regular file")
             if st.st_size < MMAP_THRESHOLD:
                 return self.put(read_fd(src, st.st_size))
+            room = self._room_now(st.st_size)
+            if room is None:
+                # At the cap: a file stored already (a task's whole workdir holds its input)
+                # must not make the store evict. One more read of it, only then.
+                digest = hash_fd(src, st.st_size)
+                if self._present_already(digest):
+                    return digest
+                os.lseek(src, 0, os.SEEK_SET)
+                assert self.admit is not None
+                room = self.admit.reserve_blocking(st.st_size)
             self.check_room(st.st_size)  # before copying, not when the copy has filled the disk
-            with self._temp_file() as (fd, name):
+            with room, self._temp_file() as (fd, name):
                 with self.writing:
                     copy_fd(src, fd)
                 digest = hash_fd(fd)
@@ -353,6 +387,20 @@ class LocalStore:
         if expected is not None:
             self.check_room(expected.size)
         return BlobWriter(self, expected)
+
+    def _admitted(self, size: int) -> contextlib.AbstractContextManager[object]:
+        """Room for a new blob of ``size`` bytes under the admission hook (:attr:`admit`), if any."""
+        room = self._room_now(size)
+        if room is None:
+            assert self.admit is not None
+            return self.admit.reserve_blocking(size)
+        return room
+
+    def _room_now(self, size: int) -> contextlib.AbstractContextManager[object] | None:
+        """Room for ``size`` bytes without evicting; None when it takes eviction (or cannot be had)."""
+        if self.admit is None or not size:
+            return contextlib.nullcontext()
+        return self.admit.try_reserve(size)
 
     def _present_already(self, digest: Digest) -> bool:
         st = self._stat(digest)
@@ -410,26 +458,32 @@ class LocalStore:
         dir_fd = self._exec_fd if mode == EXEC_MODE else self._blobs_fd
         source = name if name is not None else f"/proc/self/fd/{fd}"
         rel = self._rel(digest.hex)
-        try:
+        with self.tally.shard(digest.hex, mode == EXEC_MODE) as shard:
             try:
-                os.link(source, rel, dst_dir_fd=dir_fd, follow_symlinks=True)
-            except FileNotFoundError:
-                if not os.path.exists(source):
-                    raise
-                # First blob of its shard: shard directories are made on demand.
                 try:
-                    os.mkdir(rel[:2], 0o755, dir_fd=dir_fd)
-                except FileExistsError:
-                    pass  # another writer made it first
-                os.link(source, rel, dst_dir_fd=dir_fd, follow_symlinks=True)
-        except FileExistsError:
-            self._count_present()
-            return
-        except OSError as exc:
-            raise self.full(exc) or StoreError(f"cannot store blob {digest} in {self.root}: {exc.strerror}") from None
+                    os.link(source, rel, dst_dir_fd=dir_fd, follow_symlinks=True)
+                except FileNotFoundError:
+                    if not os.path.exists(source):
+                        raise
+                    # First blob of its shard: shard directories are made on demand.
+                    try:
+                        os.mkdir(rel[:2], 0o755, dir_fd=dir_fd)
+                    except FileExistsError:
+                        pass  # another writer made it first
+                    os.link(source, rel, dst_dir_fd=dir_fd, follow_symlinks=True)
+            except FileExistsError:
+                self._count_present()
+                return
+            except OSError as exc:
+                raise self.full(exc) or StoreError(
+                    f"cannot store blob {digest} in {self.root}: {exc.strerror}"
+                ) from None
+            self.tally.add(shard, 1, digest.size)
         with self._counters:
             self._written += 1
             self._bytes_written += digest.size
+        if self._unwritten_epochs:
+            self.new_epoch()  # the write succeeded: there may be room for the epoch file again
 
     def _count_present(self) -> None:
         with self._counters:
@@ -509,26 +563,60 @@ class LocalStore:
         """Every blob file on disk (plain blobs and executable copies), unverified."""
         for top, executable in ((self._blobs, False), (self._exec, True)):
             for shard in sorted(os.listdir(top)):
-                if len(shard) != 2:
+                if len(shard) == 2:
+                    yield from self._scan(top, shard, executable)
+
+    def walk_shards(self, indices: Iterable[int]) -> list[StoredBlob]:
+        """The blob files of the shard directories ``indices`` (0-255 ``blobs/``, 256-511
+        ``exec/``: see mesh.cas.tally), each walked under its tally lock, so that the tally
+        of each is exact from then on (the first walk of them all counts the store).
+
+        A shard that cannot be read counts as empty (logged); a later walk counts it again.
+        """
+        names = shard_names()
+        found: list[StoredBlob] = []
+        for index in indices:
+            executable = index >= SHARDS
+            name = names[index % SHARDS]
+            with self.tally.shard(name, executable):
+                try:
+                    blobs = list(self._scan(self._exec if executable else self._blobs, name, executable))
+                except OSError as exc:
+                    log.warning("cannot read %s of the store %s: %s", name, self.root, exc.strerror or exc)
+                    blobs = []
+                self.tally.walked(index, len(blobs), sum(b.size for b in blobs))
+            found += blobs
+        return found
+
+    @staticmethod
+    def _scan(top: str, shard: str, executable: bool) -> Iterator[StoredBlob]:
+        """The blob files of one shard directory (none if it does not exist)."""
+        try:
+            listing = os.scandir(os.path.join(top, shard))
+        except FileNotFoundError:
+            return
+        with listing:
+            for entry in listing:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
                     continue
-                with os.scandir(os.path.join(top, shard)) as it:
-                    for entry in it:
-                        try:
-                            st = entry.stat(follow_symlinks=False)
-                        except FileNotFoundError:
-                            continue
-                        yield StoredBlob(entry.name, st.st_size, st.st_mtime_ns, executable)
+                yield StoredBlob(entry.name, st.st_size, st.st_mtime_ns, executable)
 
     def file_of(self, blob: StoredBlob) -> str:
         """The path of a blob file listed by :meth:`iter_blobs`."""
         top = self._exec if blob.executable_copy else self._blobs
         return os.path.join(top, blob.hex[:2], blob.hex)
 
-    def remove(self, blob: StoredBlob, *, new_epoch: bool = True) -> None:
-        """Delete a blob file and, unless told not to, change the epoch."""
-        unlink_quietly(self.file_of(blob))
+    def remove(self, blob: StoredBlob, *, new_epoch: bool = True) -> bool:
+        """Delete a blob file and, unless told not to, change the epoch. False if it was gone."""
+        with self.tally.shard(blob.hex, blob.executable_copy) as shard:
+            removed = unlink_quietly(self.file_of(blob))
+            if removed:
+                self.tally.add(shard, -1, -blob.size)
         if new_epoch:
             self.new_epoch()
+        return removed
 
     def quarantine(self, blob: StoredBlob, *, inode: tuple[int, int] | None = None) -> str | None:
         """Move a damaged blob file to quarantine/ (kept for inspection, never served again) and
@@ -537,21 +625,29 @@ class LocalStore:
 
         ``inode`` (``st_dev``, ``st_ino``) names the file found damaged: if the blob's name
         holds another file by now, that one stays. Returns the file's new path, or None if
-        it was gone (another reader, or fsck, moved it first).
+        it was gone (another reader, or fsck, moved it first). Raises nothing else: a
+        file that cannot be moved (no room for quarantine/'s entry) is deleted instead, and
+        an epoch that cannot be written is written later (:meth:`new_epoch`).
         """
         path = self.file_of(blob)
         kind = "exec" if blob.executable_copy else "blob"
         moved = os.path.join(self.quarantine_dir, f"{blob.hex}.{kind}.{time.time_ns()}")
-        try:
-            if inode is not None:
-                st = os.lstat(path)
-                if (st.st_dev, st.st_ino) != inode:
+        with self.tally.shard(blob.hex, blob.executable_copy) as shard:
+            try:
+                if inode is not None:
+                    st = os.lstat(path)
+                    if (st.st_dev, st.st_ino) != inode:
+                        return None
+                os.replace(path, moved)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                log.warning("cannot move %s to %s (%s): deleting it", path, self.quarantine_dir, exc.strerror or exc)
+                if not unlink_quietly(path):
                     return None
-            os.replace(path, moved)
-        except FileNotFoundError:
-            return None
-        with self.writing:
-            self.new_epoch()
+                moved = f"nowhere: deleted ({exc.strerror or exc} moving it to {self.quarantine_dir})"
+            self.tally.add(shard, -1, -blob.size)
+        self.new_epoch()
         return moved
 
     def store_id(self) -> str:
@@ -579,20 +675,53 @@ class LocalStore:
             return f.read().strip()
 
     def epoch(self) -> str:
-        """A token that changes whenever blobs are removed (see the module docstring)."""
+        """A token that changes whenever blobs are removed (see the module docstring).
+
+        While a new epoch could not be written (see :meth:`new_epoch`), this process
+        answers one that no file holds, new at each removal, so that its own caches
+        forget meanwhile.
+        """
         try:
             with open(os.path.join(self.root, "epoch"), encoding="ascii") as f:
-                return f.read().strip()
+                text = f.read().strip()
         except FileNotFoundError:
-            return ""
+            text = ""
+        unwritten = self._unwritten_epochs
+        return f"{text}+{unwritten}-unwritten" if unwritten else text
 
     def new_epoch(self) -> None:
-        """Start a new epoch: caches that remembered blobs as present must check again."""
+        """Start a new epoch: caches that remembered blobs as present must check again.
+
+        Never raises: a blob is gone already, and whoever removed it must not fail for
+        that (a read that quarantines a damaged blob raises BlobDamaged, not the full
+        disk it met here). A file that cannot be written (no room) is logged once; this
+        process's :meth:`epoch` changes all the same, and the next write into the store
+        that succeeds writes it. Other processes see the new epoch only then.
+        """
         path = os.path.join(self.root, "epoch")
         tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}"
-        with open(tmp, "w", encoding="ascii") as f:
-            f.write(secrets.token_hex(16))
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w", encoding="ascii") as f:
+                f.write(secrets.token_hex(16))
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            with self._counters:
+                self._unwritten_epochs += 1
+                first = self._unwritten_epochs == 1
+            if first:
+                log.warning(
+                    "cannot write the store's epoch file %s (%s): written with the next write into the store "
+                    "that succeeds; until then other processes' stat caches may take removed blobs for stored",
+                    path,
+                    exc.strerror or exc,
+                )
+            return
+        with self._counters:
+            was, self._unwritten_epochs = self._unwritten_epochs, 0
+        if was:
+            log.warning("the store's epoch file %s is written again", path)
 
     def usage(self) -> tuple[int, int]:
         """``(blob files, bytes)`` currently on disk. Scans the store: O(blobs)."""

@@ -50,6 +50,7 @@ the task's slot ~1 ms of wall time but not the CPU, which is the limit then.)
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -64,6 +65,7 @@ from mesh.cas.blobio import BlobWriter
 from mesh.cas.checkout import checkout
 from mesh.cas.digest import Digest
 from mesh.cas.snapshot import ingest, resolve
+from mesh.cas.space import StoreSpace
 from mesh.cas.store import LocalStore
 from mesh.cas.tree import Kind, encode_node
 from mesh.errors import ExecError, PathNotFound, SnapshotError, SpawnFailed, UnknownExecutor
@@ -145,7 +147,9 @@ class Runner:
 
     ``executors`` maps an action's executor name to the executor that serves it;
     ``workdirs`` keeps finished tasks' directories for the next task with the same
-    input (:mod:`mesh.exec.workpool`; ``WorkdirPool(dirs=0)`` keeps none).
+    input (:mod:`mesh.exec.workpool`; ``WorkdirPool(dirs=0)`` keeps none). Under a cap
+    on the store (``space``, mesh.cas.space), what a task wrote is kept through evictions
+    until its outputs are captured, and each new blob of them asks for room.
     """
 
     def __init__(
@@ -157,8 +161,10 @@ class Runner:
         executors: Mapping[str, Executor],
         limits: Limits = DEFAULT_LIMITS,
         workdirs: WorkdirPool | None = None,
+        space: StoreSpace | None = None,
     ) -> None:
         self.store = store
+        self.space = space
         self.workroot = os.path.abspath(os.fspath(workroot))
         self.node_id = node_id
         self.executors = dict(executors)
@@ -265,7 +271,8 @@ class Runner:
             finally:
                 self._end(executor, lease, task)
             digests = streams.commit(self._empty)
-            keep, output, capture_error = self._capture(action, task)
+            with self._kept_since(started_at):
+                keep, output, capture_error = self._capture(action, task)
             if self.store.statistics().blobs_written != written_before:
                 self.store.sync()
             return self._result(status, digests, output, started_at, streams.error or capture_error)
@@ -277,6 +284,13 @@ class Runner:
             finally:
                 if users is not None and lease is not None:
                     users.end(lease)  # kills what runs of it (if the task never ran), frees the uid
+
+    def _kept_since(self, started_at: float) -> contextlib.AbstractContextManager[object]:
+        """While the outputs are captured, what the task wrote since it started (its output
+        streams, its outputs) is kept through evictions for other writers."""
+        if self.space is None:
+            return contextlib.nullcontext()
+        return self.space.protecting(since_ns=int(started_at * 1e9))
 
     @staticmethod
     def _end(executor: Executor, lease: Lease | None, task: _TaskDir) -> None:

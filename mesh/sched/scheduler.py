@@ -194,12 +194,16 @@ class Scheduler:
         slots: int,
         capabilities: Mapping[str, str] | None = None,
         remote: Remote | None = None,
+        holds_tree: Callable[[Digest], bool] | None = None,
     ) -> None:
         if slots < 1:
             raise ValueError("a node needs at least one slot")
         self.db = db
         self.runner = runner
         self.store = store
+        #: Whether a snapshot is whole in the store (a cache hit's output may have lost blobs
+        #: to eviction; mesh.cas.space): by default, whether its root is.
+        self.holds_tree = store.has if holds_tree is None else holds_tree
         self.node_id = node_id
         self.slots = slots
         self.logs = EventLogs()
@@ -439,8 +443,8 @@ class Scheduler:
             hit = self.db.cached_result(key)
             if hit is None:
                 return None
-            needed = [hit.stdout, hit.stderr] + ([hit.output] if hit.output is not None else [])
-            if not all(self.store.has(d) for d in needed):
+            whole = self.store.has(hit.stdout) and self.store.has(hit.stderr)
+            if not whole or (hit.output is not None and not self.holds_tree(hit.output)):
                 self.db.forget_cached(key)  # its blobs were evicted: run it again
                 return None
         except StateError as exc:  # the cache is only a shortcut: an entry that cannot be read is a miss
@@ -842,6 +846,23 @@ class Scheduler:
     def events(self, job_id: str) -> JobEvents | None:
         """The live (or recently finished) event log of a job, or None when the node has forgotten it."""
         return self.logs.get(job_id)
+
+    def live_blobs(self) -> tuple[set[Digest], set[Digest]]:
+        """What the live jobs need kept in the store, for eviction (mesh.cas.space): the
+        snapshots their tasks read and made, and their tasks' output streams."""
+        trees: set[Digest] = set()
+        blobs: set[Digest] = set()
+        for live in self._live.values():
+            for task in live.tasks.values():
+                if task.spec.input is not None:
+                    trees.add(task.spec.input)
+                if task.action is not None:
+                    trees.add(task.action.input)
+                if task.result is not None:
+                    blobs.update((task.result.stdout, task.result.stderr))
+                    if task.result.output is not None:
+                        trees.add(task.result.output)
+        return trees, blobs
 
     def takes_offer(self) -> bool:
         """Whether a peer's offered task may be taken now: a slot is free, or the task can
