@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import trio
+from hypercorn.events import Closed, RawData
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -219,3 +220,25 @@ async def test_a_connection_whose_handling_raises_is_closed_alone(
         stop.set()
     lines = [r.getMessage() for r in caplog.records if r.name == "mesh.http"]
     assert len(lines) == 1 and "RuntimeError: injected fault" in lines[0], lines
+
+
+async def test_a_close_from_the_reading_side_waits_for_a_send_under_way() -> None:
+    """hypercorn closes a connection from its reading task (a request whose framing broke)
+    while the app's task may be sending: the close's send_eof held the stream across a
+    checkpoint without the send lock, and the app's send raised BusyResourceError (748 times
+    in a ten-minute fuzz run). Here both start in the same tick, the close first."""
+    left, right = trio.socket.socketpair()
+    stream = trio.SocketStream(left)
+    connection = server._Connection(None, server._config(), None, {}, stream)  # type: ignore[arg-type]
+    closed: list[object] = []
+
+    class Protocol:
+        async def handle(self, event: object) -> None:
+            closed.append(event)
+
+    connection.protocol = Protocol()  # type: ignore[assignment]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connection.protocol_send, Closed())
+        nursery.start_soon(connection.protocol_send, RawData(data=b"an answer"))
+    assert closed and all(isinstance(event, Closed) for event in closed)  # the send found it closed
+    right.close()
