@@ -98,6 +98,10 @@ TRACEBACK = re.compile(
 )
 
 
+#: What the node logs, in one line, when it closes a connection on an error (mesh.api.server).
+_CONNECTION_ERROR = "after an error:"
+
+
 def allowed_5xx(status: int, request: RawRequest, route: str) -> str | None:
     """Why a 5xx answer to ``request``, aimed at ``route`` ("GET /health"), is legitimate, or
     None when it is a failure."""
@@ -110,6 +114,8 @@ def allowed_5xx(status: int, request: RawRequest, route: str) -> str | None:
     ]
     if status == 501 and codings and codings != [b"chunked"]:
         return "transfer codings other than one 'chunked', which h11 does not implement (RFC 9112 6.1: 501)"
+    if status == 501 and request.method != request.method.upper():
+        return "a method not in capitals: methods are case-sensitive (RFC 9110 section 9.1), so it is unknown: 501"
     if status == 505 and not request.version.startswith((b"HTTP/1.0", b"HTTP/1.1")):
         return "an HTTP version the server does not speak (RFC 9110 section 15.6.6: 505)"
     return None
@@ -136,6 +142,7 @@ class Figures:
     streaming: int = 0  # answers left unread after their headers (live event streams)
     cut_short: int = 0  # answers that ended early with their connection (see cut_short)
     server_errors: int = 0  # 5xx answers, allowed ones included
+    connection_errors: int = 0  # connections the node closed on an error of its own, logged in one line
     restarts: int = 0
     fresh_homes: int = 0
     rss_start: int = 0
@@ -154,7 +161,9 @@ class Figures:
             f"  connections closed before every request was answered: {self.closed}; "
             f"protocol switches: {self.switched}; streams left unread: {self.streaming}; "
             f"answers cut short as their connection closed (see cut_short): {self.cut_short}",
-            f"  5xx answers: {self.server_errors}; node restarts: {self.restarts} ({self.fresh_homes} in a fresh home)",
+            f"  5xx answers: {self.server_errors}; "
+            f"node restarts: {self.restarts} ({self.fresh_homes} in a fresh home); "
+            f"connections closed on an error the node logged: {self.connection_errors}",
             f"  node RSS: {self.rss_start / mib:.0f} MiB after the first batch, "
             f"{self.rss_end / mib:.0f} MiB at the end, {self.rss_max / mib:.0f} MiB at most "
             f"(limit {RSS_LIMIT / mib:.0f} MiB)",
@@ -184,20 +193,13 @@ def cut_short(result: Exchange, raws: list[RawRequest]) -> bool:
     - An error answer to a request with a body says ``connection: close`` (mesh.api.http.reply:
       the body may be unread, and httpx must not reuse the connection). When the client has
       pipelined another request behind it, hypercorn 0.18 closes the connection on reading
-      that request while the answer's body is still being sent (``trio.BusyResourceError:
-      another task is currently sending data`` in the node's log), so the client gets the
-      head alone, or nothing. Only that connection is affected, and it was ending anyway.
-      No HTTP client in mesh pipelines.
-    - A request whose method is ``head`` in lowercase: hypercorn 0.18 hands the app ``HEAD``
-      (it uppercases methods), so the answer is a HEAD's, a head without its body, while h11
-      frames it by the method as sent, a GET's: the body never comes, and hypercorn closes.
+      that request, which may fall between the answer's head and its body, so the client
+      gets the head alone, or nothing. Only that connection is affected, and it was ending
+      anyway. No HTTP client in mesh pipelines.
     """
     if not result.answers or result.answers[-1].complete:
         return False
     if result.half_closed:
-        return True
-    last = raws[len(result.answers) - 1]
-    if last.method != b"HEAD" and last.method.upper() == b"HEAD":
         return True
     return len(result.answers) < len(raws) and result.answers[-1].header(b"connection") == b"close"
 
@@ -267,6 +269,16 @@ class Fuzzer:
         if self.alive():
             self.figures.rss_end = rss(self._pid())
         self.node.stop()
+        self.check_log(self.node.log()[self.log_start :])
+
+    def check_log(self, log: str) -> None:
+        """The node logged no traceback while it served (and stopped): an error that reached
+        the app's or hypercorn's handler is a bug even when the client saw nothing of it. A
+        connection closed on an error is logged in one line and counted (mesh.api.server)."""
+        self.figures.connection_errors += log.count(_CONNECTION_ERROR)
+        start = log.find("Traceback")
+        if start >= 0:
+            self.fail(("traceback",), "the node logged a traceback", log[max(0, start - 300) : start + 4000])
 
     def _pid(self) -> int:
         assert self.node.process is not None

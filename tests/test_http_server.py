@@ -112,6 +112,20 @@ def test_the_http2_preface_gets_505_and_its_connection_closes(node: NodeProcess)
     still_serving(node)
 
 
+def test_a_refused_head_gets_a_head_alone(node: NodeProcess) -> None:
+    """A HEAD of HTTP/2 is refused like any request of HTTP/2, with a head and no body (h11
+    raised on the body, and the node logged the connection closed on an error)."""
+    before = node.log().count("after an error")
+    with connect(node.port) as sock:
+        sock.sendall(b"HEAD /health HTTP/2.0\r\nHost: node\r\n\r\n")
+        refused = http.client.HTTPResponse(sock, method="HEAD")
+        refused.begin()
+        assert refused.status == 505 and refused.read() == b""
+        assert closed(sock)
+    still_serving(node)
+    assert node.log().count("after an error") == before, node.log()[-2000:]
+
+
 @pytest.mark.parametrize(
     ("request_bytes", "status"),
     [
@@ -123,6 +137,8 @@ def test_the_http2_preface_gets_505_and_its_connection_closes(node: NodeProcess)
         (b"GET /health HTTP/1.1\r\nHost: node\r\nContent-Length: zz\r\n\r\n" + HEALTH, 400),  # then a pipelined one
         (b"GET /health HTTP/1.1\r\n\r\n", 400),  # no Host
         (b"GET /health HTTP/3.0\r\nHost: node\r\n\r\n", 505),
+        (b"head /health HTTP/1.1\r\nHost: node\r\n\r\n", 501),  # methods are case-sensitive
+        (b"get /health HTTP/1.1\r\nHost: node\r\n\r\n" + HEALTH, 501),
     ],
     ids=[
         "garbage",
@@ -133,6 +149,8 @@ def test_the_http2_preface_gets_505_and_its_connection_closes(node: NodeProcess)
         "pipelined-after-error",
         "no-host",
         "http3",
+        "lowercase-head",
+        "lowercase-get",
     ],
 )
 def test_malformed_requests_get_one_answer_then_a_close(node: NodeProcess, request_bytes: bytes, status: int) -> None:
@@ -141,6 +159,27 @@ def test_malformed_requests_get_one_answer_then_a_close(node: NodeProcess, reque
         assert answer(sock).status == status
         assert closed(sock)  # nothing pipelined after an error is answered
     still_serving(node)
+
+
+@pytest.mark.parametrize("body", [b"", b"hello"], ids=["no-body", "with-body"])
+def test_a_websocket_upgrade_is_answered_in_http11_and_logs_no_error(node: NodeProcess, body: bytes) -> None:
+    """The node serves no WebSocket: the upgrade is ignored, as h2c's is, and the request
+    answered as a plain one. hypercorn handed the app a websocket scope, and closing it
+    raised in h11 (a traceback in the node's log, the connection cut)."""
+    before = node.log().count("Traceback")
+    upgrade = (
+        b"GET /health HTTP/1.1\r\nHost: node\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        b"Content-Length: %d\r\n\r\n%s"
+    )
+    with connect(node.port) as sock:
+        sock.sendall(upgrade % (len(body), body))
+        first = answer(sock)
+        assert (first.version, first.status) == (11, 200), first.status  # not 101, nor 403
+        sock.sendall(HEALTH)
+        assert answer(sock).status == 200
+    still_serving(node)
+    assert node.log().count("Traceback") == before, node.log()[-4000:]
 
 
 def test_expect_100_continue_and_its_oddities_get_answers(node: NodeProcess) -> None:

@@ -14,7 +14,9 @@ hypercorn's per-connection server itself:
   is ignored, as RFC 9110 §7.8 allows, and the request is answered in HTTP/1.1; a
   request of another major version (the preface) is answered 505 HTTP Version Not
   Supported (RFC 9110 §15.6.6, what Go's net/http answers when it has no HTTP/2) and
-  its connection closed.
+  its connection closed. ``Upgrade: websocket`` is ignored too: the node serves no
+  WebSocket. A method not in capitals (``head``) gets 501 Not Implemented, as an unknown
+  method does, and its connection closes: hypercorn would hand it to the app in capitals.
 - **One connection's failure ends that connection only.** hypercorn serves every
   connection in one nursery, so whatever one connection raises cancels all the others
   and ends the server. Here each connection catches what it raises, logs one line
@@ -58,6 +60,8 @@ KEEP_ALIVE = 75.0
 GRACEFUL = 1.0
 #: What a client that speaks another HTTP version than 1.x reads in the 505 it gets.
 _VERSION_REFUSED = b"this node speaks HTTP/1.1 only\n"
+#: What a client reads in the 501 for a method in other than capitals.
+_METHOD_REFUSED = b"methods are case-sensitive (RFC 9110 section 9.1): send it in capitals\n"
 
 
 def _config() -> Config:
@@ -169,26 +173,47 @@ class _Connection(TCPServer):
 
 
 class _HTTP11Protocol(H11Protocol):
-    """hypercorn's HTTP/1.1 protocol, never switching to another: ``Upgrade: h2c`` is ignored,
-    and a request of HTTP/2 or later gets a 505 and the connection closes."""
+    """hypercorn's HTTP/1.1 protocol, never switching to another: ``Upgrade`` (``h2c`` or
+    ``websocket``) is ignored, a request of HTTP/2 or later gets a 505, and one whose method
+    is not in capitals a 501; after either refusal the connection closes."""
 
     _refused = False
 
     async def _check_protocol(self, event: h11.Request) -> None:
-        if event.http_version.startswith(b"1."):
-            return
+        if not event.http_version.startswith(b"1."):
+            await self._refuse(event, 505, _VERSION_REFUSED)
+        elif event.method != event.method.upper():
+            # Methods are case-sensitive (RFC 9110 §9.1): ``head`` is not HEAD. hypercorn hands
+            # the app the method in capitals while h11 frames the answer by the method as sent,
+            # so a ``head`` got a HEAD's answer, a head without its body, framed as a GET's,
+            # and h11 raised on the body that never came (fuzzed requests did this).
+            await self._refuse(event, 501, _METHOD_REFUSED)
+
+    async def _refuse(self, event: h11.Request, status: int, body: bytes) -> None:
+        """Answer ``event`` with ``status`` without reaching the app, and close the connection.
+        The answer to a HEAD has the head alone (h11 raises on a body)."""
         self._refused = True
         headers = [
             (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", str(len(_VERSION_REFUSED)).encode()),
+            (b"content-length", str(len(body)).encode()),
             (b"connection", b"close"),
             *self.config.response_headers("h11"),
         ]
-        await self._send_h11_event(h11.Response(status_code=505, headers=headers))
-        await self._send_h11_event(h11.Data(data=_VERSION_REFUSED))
+        await self._send_h11_event(h11.Response(status_code=status, headers=headers))
+        if event.method != b"HEAD":
+            await self._send_h11_event(h11.Data(data=body))
         await self._send_h11_event(h11.EndOfMessage())
         await self.send(Closed())
 
     async def _create_stream(self, request: h11.Request) -> None:
-        if not self._refused:  # a refused request reaches no app; the next event ends the loop
-            await super()._create_stream(request)
+        if self._refused:  # a refused request reaches no app; the next event ends the loop
+            return
+        # The node serves no WebSocket: hypercorn would hand the app a websocket scope, which
+        # Starlette closes as not found, and closing it from hypercorn's WebSocket stream raised
+        # in h11 when the request had a body. Without the Upgrade header it is a plain request.
+        headers = [(name, value) for name, value in request.headers.raw_items() if name.lower() != b"upgrade"]
+        await super()._create_stream(
+            h11.Request(
+                method=request.method, target=request.target, headers=headers, http_version=request.http_version
+            )
+        )
