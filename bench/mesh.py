@@ -62,10 +62,10 @@ sys.path.insert(0, str(c.REPO_ROOT))
 import httpx  # noqa: E402
 import throughput as tp  # noqa: E402  (Series, rounds, rows: the house style of bench/throughput.py)
 
-from mesh.api.auth import key_path, load_key  # noqa: E402
-from mesh.api.client import NodeClient  # noqa: E402
 from mesh.cas.digest import Digest  # noqa: E402
 from mesh.cas.hasher import StreamHasher  # noqa: E402
+from mesh.wire.auth import key_path, load_key  # noqa: E402
+from mesh.wire.client import NodeClient  # noqa: E402
 from tests import nodeutil  # noqa: E402
 from tests.nodeutil import NodeProcess, free_port, node_env  # noqa: E402
 

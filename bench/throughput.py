@@ -50,7 +50,7 @@ c.use_repo()
 
 
 from mesh import codec  # noqa: E402
-from mesh.api.client import NodeClient  # noqa: E402
+from mesh.wire.client import NodeClient  # noqa: E402
 from tests.nodeutil import NodeProcess, node_env  # noqa: E402
 
 #: Client threads of part a (one-task jobs), and threads / tasks per job of its info row.

@@ -65,8 +65,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace, *, allow_embedded: bool = False) -> Iterator[Any]:
     """A NodeClient for ``--node``/MESH_NODE/the default; with ``allow_embedded``, an in-process node
     when nothing answers at the default address."""
-    from mesh.api.client import NodeClient
     from mesh.config import NodeConfig, node_url
+    from mesh.wire.client import NodeClient
 
     url, explicit = node_url(getattr(args, "node", None), home=args.settings.home)
     client = NodeClient(url)
@@ -189,7 +189,7 @@ def _print_json(value: Any) -> None:
 
 def cmd_key(args: argparse.Namespace) -> int:
     """Print the mesh key (made now if this home has none yet) or its public id."""
-    from mesh.api.auth import load_key
+    from mesh.wire.auth import load_key
 
     key = load_key(args.settings.home, create=True)
     assert key is not None

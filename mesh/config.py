@@ -52,8 +52,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from mesh.discovery.seeds import seeds
 from mesh.errors import ConfigError, InvalidUrl, UsageError
+from mesh.seeds import seeds
 from mesh.urls import netloc, peer_url
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

@@ -27,8 +27,8 @@ def embedded_node(config: NodeConfig) -> Iterator[str]:
     """
     import trio
 
-    from mesh.api.client import restore_async_backends
     from mesh.node import Node
+    from mesh.wire.client import restore_async_backends
 
     restore_async_backends()
 

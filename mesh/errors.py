@@ -38,7 +38,9 @@ take (mesh.text): a file name in it that is not UTF-8 is written with escapes.
     │   ├── PathNotFound           a path does not exist inside a snapshot
     │   └── TreeChanged            a file changed between hashing and uploading (snapshot again)
     ├── InvalidJob (ValueError)    a job submission breaks the job rules (names, graph, fields)
+    │   └── InputMissing           its input snapshot is on neither this node nor a live peer
     ├── JobNotFound                no job has the id asked for
+    ├── NoFreeSlot                 a peer offered a task and this node has no free slot (HTTP 409)
     ├── NodeBusy                   another node already runs on this $MESH_HOME
     ├── NodeError                  a node answered a client's request with an error
     │   ├── NodeUnreachable        no node answers at the address (connection refused, timeout)
@@ -293,6 +295,18 @@ class JobNotFound(MeshError):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"no job {job_id} on this node")
         self.job_id = job_id
+
+
+class InputMissing(InvalidJob):
+    """A job's input snapshot is neither on this node nor on any live peer."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(f"input snapshot {root} is not on this node; upload its blobs first")
+        self.root = root
+
+
+class NoFreeSlot(MeshError):
+    """A peer offered a task and this node has no free slot: the offer goes to another node."""
 
 
 class NodeBusy(MeshError):

@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from mesh.api.client import NodeClient
 from mesh.cas.digest import Digest
 from mesh.config import Settings
 from mesh.errors import MeshError, NodeError
+from mesh.wire.client import NodeClient
 
 #: Exit status when the task timed out (as GNU timeout(1)) or was cancelled (as after SIGINT).
 EXIT_TIMEOUT = 124
@@ -91,9 +91,9 @@ def snapshot_for(client: NodeClient, settings: Settings, directory: str, *, prog
 
             cache = StatCache.for_tree(settings.home, directory, store.root, store.epoch(), variant=rules.fingerprint)
             return ingest(store, directory, cache=cache, ignore=ignore)
-    from mesh.api.upload import upload
     from mesh.cas.plan import plan_cache, plan_tree
     from mesh.errors import TreeChanged
+    from mesh.wire.upload import upload
 
     for attempt in range(3):
         cache = plan_cache(settings.home, directory, rules.fingerprint)

@@ -27,19 +27,22 @@ import trio
 
 from mesh import __version__
 from mesh.api.app import create_app
-from mesh.api.auth import MeshKey, Verifier, load_key
 from mesh.api.authorities import NodeAuthorities
+from mesh.api.metrics import NodeFigures
 from mesh.api.server import listen, serve
+from mesh.cas.digest import Digest
 from mesh.cas.space import Roots, StoreSpace
 from mesh.cas.store import LocalStore
+from mesh.cluster.intake import JobIntake
+from mesh.cluster.peering import Peering, advertised_url, capabilities
 from mesh.config import NodeConfig
 from mesh.errors import MeshError, NodeBusy, describe
 from mesh.exec.process import Executor, ProcessExecutor
 from mesh.exec.runner import Runner
 from mesh.exec.workpool import KEEP_DIRS, WorkdirPool
-from mesh.peering import Peering, advertised_url, capabilities
 from mesh.sched.scheduler import Scheduler
 from mesh.sched.statedb import StateDB, state_path
+from mesh.wire.auth import MeshKey, Verifier, load_key
 
 if TYPE_CHECKING:
     from mesh.exec.docker import DockerExecutor
@@ -204,6 +207,8 @@ class Node:
             remote=self.peering,
             holds_tree=space.holds_tree,
         )
+        self.jobs = JobIntake(self.scheduler, self.store, self.peering, lambda: self.default_executor)
+        self.blobs = PeerBackedBlobs(self.store, space, self.peering)
 
     def _pinned(self) -> Roots:
         """What eviction must keep (on the event loop): the inputs and results of the live jobs,
@@ -348,7 +353,7 @@ class Node:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    # -- what /health and /status say -------------------------------------------------
+    # -- what /health, /status and /metrics say, and gossip ---------------------------------
 
     def uptime(self) -> float:
         return time.time() - self.started_at
@@ -400,6 +405,25 @@ class Node:
             answer["jobs"]["recent"] = [row.to_wire() for row in self.db.jobs(limit=STATUS_RECENT_JOBS)]
         return answer
 
+    def figures(self) -> NodeFigures:
+        """What ``/metrics`` exposes, read now."""
+        states: dict[str, int] = {}
+        for peer in self.peering.table.peers():
+            states[peer.state] = states.get(peer.state, 0) + 1
+        return NodeFigures(
+            scheduler=self.scheduler.statistics(),
+            store=self.store.statistics(),
+            space=self.space.statistics(),
+            workdirs=self.runner.workdirs.statistics(),
+            jobs=self.db.count_jobs(),
+            peers=states,
+            uptime=self.uptime(),
+        )
+
+    def gossip(self, message: Any) -> Any:
+        """Merge a peer's membership table (``POST /v1/gossip``); ours, to answer with."""
+        return self.peering.gossip.receive(message)
+
     def _store_status(self) -> dict[str, int | None]:
         space = self.space.statistics()
         return {
@@ -410,6 +434,19 @@ class Node:
             "evicted_bytes": space.evicted_bytes,
             "refused": space.refused,
         }
+
+
+class PeerBackedBlobs:
+    """The node's blob service (mesh.api.services.Blobs): its store, the room under its cap,
+    and the live peers to fetch from when the store lacks a blob."""
+
+    def __init__(self, store: LocalStore, space: StoreSpace, peering: Peering) -> None:
+        self.store = store
+        self.space = space
+        self._peering = peering
+
+    async def fetch_from_peers(self, digest: Digest) -> bool:
+        return await self._peering.fetch_from_peers(digest, self.store)
 
 
 def _node_id(home: str) -> str:

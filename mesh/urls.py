@@ -11,7 +11,7 @@ made every later blob miss answer 500, since the socket layer raises
 OverflowError, not OSError, for such a port.
 
 :func:`authority` is the same for the ``Host`` of a request (``host[:port]``): the
-signer and the verifier of mesh.api.auth both sign and check its normal form.
+signer and the verifier of mesh.wire.auth both sign and check its normal form.
 """
 
 from __future__ import annotations

@@ -43,11 +43,11 @@ import cbor2
 from hypothesis import strategies as st
 from starlette.routing import Route
 
-from mesh.api.auth import CONTENT_ADDRESSED, UPLOAD_PATHS, MeshKey, sign
-from mesh.api.wire import RECORD_HEADER
 from mesh.cas.digest import Digest
 from mesh.exec.action import LIMIT_NAMES
 from mesh.sched.jobs import JOB_STATES, WHEN
+from mesh.wire.auth import CONTENT_ADDRESSED, UPLOAD_PATHS, MeshKey, sign
+from mesh.wire.formats import RECORD_HEADER
 from tests.rawhttp import Framing, RawRequest
 
 Signing = Literal["none", "body", "content-addressed"]

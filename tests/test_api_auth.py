@@ -15,10 +15,10 @@ from starlette.routing import Route
 
 from mesh import codec
 from mesh.api.app import create_app
-from mesh.api.auth import MeshKey, load_key, sign
-from mesh.api.client import NodeClient
 from mesh.cas.snapshot import ingest
 from mesh.cas.store import LocalStore
+from mesh.wire.auth import MeshKey, load_key, sign
+from mesh.wire.client import NodeClient
 from tests.nodeutil import NodeProcess
 
 

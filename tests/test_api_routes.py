@@ -17,11 +17,11 @@ import httpx
 import pytest
 
 from mesh import codec
-from mesh.api.auth import MeshKey, load_key
-from mesh.api.client import MeshAuth, NodeClient
 from mesh.cas.digest import Digest
 from mesh.cas.snapshot import ingest
 from mesh.cas.store import LocalStore
+from mesh.wire.auth import MeshKey, load_key
+from mesh.wire.client import MeshAuth, NodeClient
 from tests.httpfuzz import AppRoute, app_routes, record
 from tests.nodeutil import NodeProcess, wait_for
 

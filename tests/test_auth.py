@@ -12,7 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh.api.auth import (
+from mesh.api.authorities import REFRESH, NodeAuthorities
+from mesh.errors import ConfigError
+from mesh.wire.auth import (
     CONTENT_ADDRESSED,
     FORMS,
     MAX_SKEW,
@@ -25,9 +27,7 @@ from mesh.api.auth import (
     sign,
     signed_headers,
 )
-from mesh.api.authorities import REFRESH, NodeAuthorities
-from mesh.api.nonces import RECORD, RETRY
-from mesh.errors import ConfigError
+from mesh.wire.nonces import RECORD, RETRY
 
 KEY = MeshKey(bytes(range(32)))
 HOST = "127.0.0.1:7474"

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from mesh.api import blobget
-from mesh.api.auth import MeshKey, load_key
-from mesh.api.blobget import get_blob, get_blobs
-from mesh.api.client import NodeClient
-from mesh.api.records import record_header
 from mesh.cas.digest import Digest
 from mesh.cas.store import LocalStore
+from mesh.cluster import blobget
+from mesh.cluster.blobget import get_blob, get_blobs
 from mesh.errors import DigestMismatch, NodeError, NodeUnreachable
+from mesh.wire.auth import MeshKey, load_key
+from mesh.wire.client import NodeClient
+from mesh.wire.records import record_header
 from tests.nodeutil import NodeProcess
 
 KEY = MeshKey(b"k" * 32)

@@ -28,10 +28,10 @@ import httpx
 import pytest
 
 from mesh import codec
-from mesh.api.auth import load_key
-from mesh.api.client import MeshAuth, NodeClient
-from mesh.api.wire import RECORD_HEADER
 from mesh.cas.digest import Digest
+from mesh.wire.auth import load_key
+from mesh.wire.client import MeshAuth, NodeClient
+from mesh.wire.formats import RECORD_HEADER
 from tests.nodeutil import MESH, NodeProcess, node_env, wait_for
 
 MIB = 1 << 20

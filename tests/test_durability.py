@@ -23,10 +23,10 @@ from typing import Any
 import httpx
 import pytest
 
-from mesh.api.client import NodeClient
 from mesh.cas.digest import Digest
 from mesh.cas.snapshot import ingest, resolve
 from mesh.cas.store import LocalStore
+from mesh.wire.client import NodeClient
 from tests.nodeutil import NodeProcess, pid_alive, wait_for
 
 pytestmark = pytest.mark.slow

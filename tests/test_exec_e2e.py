@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mesh.api.client import NodeClient
+from mesh.wire.client import NodeClient
 from tests.nodeutil import MESH, NodeProcess, free_port, host_processes, node_env, task_workroot, wait_for
 
 
@@ -420,7 +420,7 @@ def test_remote_node_gets_only_missing_blobs_uploaded(node: NodeProcess, tree: P
 def test_the_client_side_imports_neither_trio_nor_the_server() -> None:
     """mesh exec's start-up is most of a cache hit's time: the client must stay light."""
     code = (
-        "import sys, mesh.cli, mesh.cli_node, mesh.execute, mesh.api.client as c\n"
+        "import sys, mesh.cli, mesh.cli_node, mesh.execute, mesh.wire.client as c\n"
         "mesh.cli.build_parser(); c.NodeClient('http://127.0.0.1:1').close()\n"
         "heavy = sorted(m for m in ('trio', 'anyio', 'hypercorn', 'starlette', 'h2') if m in sys.modules)\n"
         "print(','.join(heavy))\n"

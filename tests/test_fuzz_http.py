@@ -65,10 +65,10 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 import mesh.errors
-from mesh.api.auth import load_key
 from mesh.cas.digest import Digest
 from mesh.cas.snapshot import ingest
 from mesh.cas.store import LocalStore
+from mesh.wire.auth import load_key
 from tests import httpfuzz
 from tests.httpfuzz import Known, NodeTarget, Plan
 from tests.nodeutil import NodeProcess

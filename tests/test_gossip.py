@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from mesh.sched.gossip import Gossip
-from mesh.sched.membership import Member, PeerTable
+from mesh.cluster.gossip import Gossip
+from mesh.cluster.membership import Member, PeerTable
 
 
 def me(heartbeat: int) -> Member:

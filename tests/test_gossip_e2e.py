@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mesh.api.client import NodeClient
 from mesh.cas.digest import Digest
+from mesh.cluster.membership import DEAD_AFTER
 from mesh.errors import NodeError
-from mesh.sched.membership import DEAD_AFTER
+from mesh.wire.client import NodeClient
 from tests.nodeutil import MESH, NodeProcess, free_port, node_env, task_workroot, wait_for
 
 
@@ -141,7 +141,7 @@ def _snapshot(node: NodeProcess, tmp_path: Path) -> str:
 
 
 def _client(node: NodeProcess) -> NodeClient:
-    from mesh.api.auth import load_key
+    from mesh.wire.auth import load_key
 
     return NodeClient(node.url, key=load_key(node.home))
 

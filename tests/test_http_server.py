@@ -24,8 +24,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from mesh.api import server
-from mesh.api.auth import load_key
-from mesh.api.client import MeshAuth
+from mesh.wire.auth import load_key
+from mesh.wire.client import MeshAuth
 from tests.nodeutil import NodeProcess
 
 #: The request that ended the node before it spoke HTTP/1.1 only: "AAAA" is 3 bytes, not a whole HTTP/2 setting.

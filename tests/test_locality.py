@@ -6,13 +6,13 @@ import os
 import time
 from pathlib import Path
 
-from mesh.api.auth import MeshKey
 from mesh.cas.digest import Digest
 from mesh.cas.snapshot import ingest
 from mesh.cas.store import LocalStore
+from mesh.cluster.membership import Member
+from mesh.cluster.peering import LOCALITY_MIN_BYTES, Peering
 from mesh.config import NodeConfig
-from mesh.peering import LOCALITY_MIN_BYTES, Peering
-from mesh.sched.membership import Member
+from mesh.wire.auth import MeshKey
 
 PEER = "http://peer:1"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.discovery.mdns import MdnsDiscovery, Peer, PeerChange, _Gone, _Seen, peer_from_record
+from mesh.cluster.mdns import MdnsDiscovery, Peer, PeerChange, _Gone, _Seen, peer_from_record
 from tests.netns import Lan, require_namespaces
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,7 +46,7 @@ def _child(node_id: str, mesh_id: str, port: int) -> None:
         def emit(self, record: logging.LogRecord) -> None:
             _emit(event="log", level=record.levelname, msg=record.getMessage())
 
-    logger = logging.getLogger("mesh.discovery.mdns")
+    logger = logging.getLogger("mesh.cluster.mdns")
     logger.addHandler(JsonLog())
     logger.setLevel(logging.INFO)
 

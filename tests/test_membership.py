@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mesh.cluster.membership import DEAD_AFTER, FORGET_AFTER, SUSPECT_AFTER, Member, PeerTable, parse_message
 from mesh.errors import CodecError
-from mesh.sched.membership import DEAD_AFTER, FORGET_AFTER, SUSPECT_AFTER, Member, PeerTable, parse_message
 
 
 def member(node: str, incarnation: int = 1, heartbeat: int = 0) -> Member:

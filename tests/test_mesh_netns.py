@@ -51,7 +51,7 @@ def test_three_namespaced_nodes_find_each_other_by_mdns(lan: Lan, tmp_path: Path
         if key is not None:
             (home / "mesh.key").write_text(key)
         else:
-            from mesh.api.auth import MeshKey
+            from mesh.wire.auth import MeshKey
 
             key = MeshKey.generate().text()
             (home / "mesh.key").write_text(key)
@@ -102,7 +102,7 @@ def test_three_namespaced_nodes_find_each_other_by_mdns(lan: Lan, tmp_path: Path
 
 SUBMIT = """
 import json, sys, time
-from mesh.api.client import NodeClient
+from mesh.wire.client import NodeClient
 snapshot, port = sys.argv[1], sys.argv[2]
 tasks = [{"name": f"t{i}", "argv": ["sh", "-c", "sleep 0.3; cat data.txt"], "input": snapshot, "env": {"I": str(i)}}
          for i in range(30)]

@@ -18,7 +18,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from mesh.api.client import NodeClient
+from mesh.wire.client import NodeClient
 from tests.nodeutil import NodeProcess, wait_for
 from tests.test_durability import make_snapshot
 

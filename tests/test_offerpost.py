@@ -11,10 +11,10 @@ import pytest
 import trio
 
 from mesh import codec
-from mesh.api import offerpost
-from mesh.api.auth import MeshKey, load_key
-from mesh.api.offerpost import OfferConnections
+from mesh.cluster import offerpost
+from mesh.cluster.offerpost import OfferConnections
 from mesh.errors import NodeError, PeerDeclined
+from mesh.wire.auth import MeshKey, load_key
 from tests.nodeutil import NodeProcess, free_port
 
 

@@ -8,12 +8,12 @@ import time
 import pytest
 import trio
 
-from mesh import peerstore
 from mesh.cas.digest import Digest
 from mesh.cas.space import Roots, StoreSpace
 from mesh.cas.store import LocalStore
+from mesh.cluster import peerstore
+from mesh.cluster.peerstore import LOCATE_TIMEOUT, PeerStore
 from mesh.errors import NodeUnreachable, StoreCapReached
-from mesh.peerstore import LOCATE_TIMEOUT, PeerStore
 
 
 class Peers:

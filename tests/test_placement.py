@@ -97,7 +97,7 @@ def test_ranking_properties(nodes: list[NodeView], requirements: dict[str, str],
 
 
 def test_capabilities_name_executors_labels_and_images() -> None:
-    from mesh.peering import capabilities
+    from mesh.cluster.peering import capabilities
 
     caps = capabilities(["docker", "process"], {"gpu": "1"}, ["localhost/tools:latest", "base:1.2"])
     assert caps["executor.docker"] == caps["docker"] == caps["executor.process"] == caps["label.gpu"] == "1"

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from mesh import codec
-from mesh.api.client import NodeClient
-from mesh.api.wire import CBOR
 from mesh.sched.jobs import MAX_TASKS, parse_job
 from mesh.sched.scheduler import new_job_id
 from mesh.sched.statedb import StateDB, state_path
+from mesh.wire.client import NodeClient
+from mesh.wire.formats import CBOR
 from tests.nodeutil import NodeProcess, wait_for
 from tests.test_durability import make_snapshot
 

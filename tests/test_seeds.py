@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from mesh.discovery.seeds import seed_url, seeds
 from mesh.errors import UsageError
+from mesh.seeds import seed_url, seeds
 
 
 def test_forms_of_a_seed() -> None:

@@ -368,7 +368,7 @@ def test_a_full_disk_while_quarantining_is_still_blob_damaged(
     the read raises BlobDamaged all the same (not StoreFull), a batched download leaves such a
     blob out, this process's epoch changes at once, and the file gets a new epoch with the
     next write that succeeds."""
-    from mesh.api.records import write_records
+    from mesh.wire.records import write_records
 
     with LocalStore(small_fs / "cas") as store:
         kept, data, other = store.put(b"a neighbour"), os.urandom(MMAP_THRESHOLD + 100_000), os.urandom(3000)

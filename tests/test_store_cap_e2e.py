@@ -24,11 +24,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mesh.api.auth import load_key
-from mesh.api.client import NodeClient
 from mesh.cas.digest import Digest
 from mesh.cas.snapshot import ingest
 from mesh.cas.store import LocalStore
+from mesh.wire.auth import load_key
+from mesh.wire.client import NodeClient
 from tests.nodeutil import MESH, NodeProcess, node_env, wait_for
 from tests.test_damage_e2e import put
 from tests.test_disk_full_e2e import announce, error_of, record, signed

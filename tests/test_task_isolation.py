@@ -22,10 +22,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mesh.api.client import NodeClient
 from mesh.cas.digest import Digest
 from mesh.cas.store import LocalStore
 from mesh.exec.removal import remove_tree
+from mesh.wire.client import NodeClient
 from tests import podmanutil
 from tests.nodeutil import MESH, NodeProcess, free_port, host_processes, node_env, task_workroot
 from tests.podmanutil import IMAGE

@@ -14,14 +14,14 @@ import pytest
 from hypothesis import given
 
 from mesh import codec
-from mesh.api import upload as upload_module
-from mesh.api.upload import find_missing, upload
 from mesh.cas.checkout import checkout
 from mesh.cas.digest import Digest
 from mesh.cas.plan import Plan, plan_tree
 from mesh.cas.snapshot import ingest
 from mesh.cas.store import LocalStore
 from mesh.errors import DigestMismatch, NodeError, NodeUnreachable, TreeChanged
+from mesh.wire import upload as upload_module
+from mesh.wire.upload import find_missing, upload
 from tests import treeutil
 from tests.strategies import trees
 

@@ -7,25 +7,26 @@
 | ``GET /status`` | JSON: node, uptime, slots, queue, job counts, peers; signed: recent jobs too |
 | ``GET /metrics`` | Prometheus text: slots, queue, jobs, cache, store, peers |
 | ``POST /v1/blobs:missing`` | CBOR ``{"digests": [...]}`` -> ``{"missing": [...]}`` |
-| ``POST /v1/blobs:upload`` | batched upload (see mesh.api.wire) |
+| ``POST /v1/blobs:upload`` | batched upload (see mesh.wire.formats) |
 | ``PUT/GET /v1/blobs/{digest}`` | one blob's raw bytes, verified on the way in |
 | ``POST /v1/jobs`` | submit a job (mesh.sched.jobs); ``?follow=1`` streams its events; 507 if it cannot be recorded |
 | ``GET /v1/jobs`` | jobs newest first: ``?limit=&before=&state=``; ``next`` pages on |
 | ``GET /v1/jobs/{id}`` | a job with its tasks, states, results; ``recorded``: false while changes wait to be written |
 | ``POST /v1/jobs/{id}/cancel`` | cancel a job (kills its running tasks); 507 if it cannot be recorded |
 | ``GET /v1/jobs/{id}/events`` | its events from ``?from=N``, live until it finishes |
-| ``POST /v1/gossip`` | a peer's membership table in, ours out (mesh.sched.gossip) |
+| ``POST /v1/gossip`` | a peer's membership table in, ours out (mesh.cluster.gossip) |
 | ``POST /v1/steal`` | an idle peer asks for queued tasks (mesh.sched.scheduler: work stealing) |
 
-Handlers only translate between HTTP and the node: validation lives in the
-model (mesh.sched.jobs), errors are mapped in mesh.api.http.
+Handlers only translate between HTTP and the node's services (mesh.api.services):
+validation lives in the model (mesh.sched.jobs), what it takes to accept a job in
+mesh.cluster.intake, and errors are mapped to statuses in mesh.api.http.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
@@ -44,26 +45,18 @@ from mesh.api.http import (
     signed,
     wants_json,
 )
-from mesh.api.metrics import metrics
-from mesh.api.wire import EVENTS_CBOR, NDJSON, frame, to_json
-from mesh.cas.digest import Digest
-from mesh.errors import InvalidUrl, MeshError
+from mesh.api.metrics import CONTENT_TYPE, exposition
+from mesh.api.services import NodeServices, services
+from mesh.errors import MeshError
 from mesh.sched.events import PACE
-from mesh.sched.jobs import JOB_STATES, JobSpec, check_job_id, parse_job
+from mesh.sched.jobs import JOB_STATES, check_job_id, parse_job
 from mesh.urls import peer_url
-
-if TYPE_CHECKING:
-    from mesh.node import Node
+from mesh.wire.formats import EVENTS_CBOR, NDJSON, frame, to_json
 
 #: Largest job submission, in bytes.
 MAX_JOB_BODY = 16 << 20
 #: Most jobs one listing returns.
 MAX_PAGE = 1000
-
-
-def _node(request: Request) -> Node:
-    node: Node = request.app.state.node
-    return node
 
 
 _DASHBOARD = Path(__file__).resolve().parent.parent / "web" / "index.html"
@@ -75,7 +68,7 @@ async def dashboard(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
-    answer = _node(request).health()
+    answer = services(request).health()
     return JSONResponse(answer, status_code=200 if answer["ok"] else 503)
 
 
@@ -85,48 +78,25 @@ async def status(request: Request) -> Response:
     detailed = signed(request)
     if detailed:
         authenticate(request, await read_body(request, 0))
-    return JSONResponse(_node(request).status(detailed=detailed))
+    return JSONResponse(services(request).status(detailed=detailed))
+
+
+async def metrics(request: Request) -> Response:
+    """``GET /metrics``: the node's counters for Prometheus (mesh.api.metrics)."""
+    return Response(exposition(services(request).figures()), media_type=CONTENT_TYPE)
 
 
 async def submit_job(request: Request) -> Response:
-    node = _node(request)
-    spec = parse_job(await read_message(request, MAX_JOB_BODY), default_executor=node.default_executor)
+    """``POST /v1/jobs``: a client's job (or, with ``?offer=1``, a task a peer offers)."""
+    jobs = services(request).jobs
+    spec = parse_job(await read_message(request, MAX_JOB_BODY), default_executor=jobs.default_executor)
     if request.query_params.get("offer") == "1":
-        await _accept_offer(request, spec)
-    inputs = {t.input for t in spec.tasks if t.input is not None}  # often one for the whole job
-    absent = sorted(str(d) for d in inputs if not node.store.has(d))
-    for text in list(absent):  # an input a peer holds (made there, say): its root node is enough here
-        root = Digest.parse(text)
-        if await node.peering.fetch_from_peers(root, node.store):
-            node.peering.partial.add(root)  # the rest is fetched if the task runs here
-            absent.remove(text)
-    if absent:
-        raise ApiError(400, f"input snapshot {absent[0]} is not on this node; upload its blobs first")
-    job_id = node.scheduler.submit(spec)
+        job_id = await jobs.take_offer(spec, request.query_params.get("source"))
+    else:
+        job_id = await jobs.submit(spec)
     if request.query_params.get("follow") in ("1", "true"):
         return _event_stream(request, job_id, 0)
-    return reply(request, node.scheduler.job_status(job_id), status=201)
-
-
-async def _accept_offer(request: Request, spec: JobSpec) -> None:
-    """A peer offers a task (mesh.api.peer.TaskOffers): take it only with a free slot, after
-    fetching the input's missing blobs from the offering node (``source``)."""
-    node = _node(request)
-    if not spec.pinned or len(spec.tasks) != 1:
-        raise ApiError(400, "an offer is a pinned job of one task")
-    if not node.scheduler.takes_offer():
-        raise ApiError(409, "no free slot: offer the task to another node")
-    source = request.query_params.get("source")
-    if source is None:
-        raise ApiError(400, "an offer names the offering node's URL in 'source'")
-    try:
-        source = peer_url(source)
-    except InvalidUrl as exc:
-        raise ApiError(400, f"an offer names the offering node's URL in 'source': {exc}") from None
-    task = spec.tasks[0]
-    if task.input is not None and not node.peering.is_complete(task.input, node.store):
-        await node.peering.fetch_tree(source, task.input, node.store)
-    node.scheduler.offer_arrived()  # submitted next: the task is in the queue from now on
+    return reply(request, jobs.status(job_id), status=201)
 
 
 def _int_param(request: Request, name: str, default: int | None, minimum: int, maximum: int) -> int | None:
@@ -143,7 +113,6 @@ def _int_param(request: Request, name: str, default: int | None, minimum: int, m
 
 
 async def list_jobs(request: Request) -> Response:
-    node = _node(request)
     limit = _int_param(request, "limit", 50, 1, MAX_PAGE)
     before = _int_param(request, "before", None, 1, 2**62)
     state = request.query_params.get("state")
@@ -151,24 +120,22 @@ async def list_jobs(request: Request) -> Response:
         raise ApiError(400, f"state must be one of {', '.join(JOB_STATES)}, not {state!r}")
     assert limit is not None
     authenticate(request, await read_body(request, 0))
-    rows = node.scheduler.db.jobs(limit=limit, before=before, state=state)
-    jobs = [row.to_wire() for row in rows]  # a job's row says "running" until it has finished
-    next_page = rows[-1].seq if len(rows) == limit else None
+    jobs, next_page = services(request).jobs.page(limit, before, state)
     return reply(request, {"jobs": jobs, "next": next_page})
 
 
 async def get_job(request: Request) -> Response:
     job_id = check_job_id(request.path_params["job_id"])
     authenticate(request, await read_body(request, 0))
-    return reply(request, _node(request).scheduler.job_status(job_id))
+    return reply(request, services(request).jobs.status(job_id))
 
 
 async def cancel_job(request: Request) -> Response:
-    node = _node(request)
+    jobs = services(request).jobs
     job_id = check_job_id(request.path_params["job_id"])
     authenticate(request, await read_body(request, 0))
-    node.scheduler.cancel(job_id)
-    return reply(request, node.scheduler.job_status(job_id))
+    jobs.cancel(job_id)
+    return reply(request, jobs.status(job_id))
 
 
 async def job_events(request: Request) -> Response:
@@ -176,14 +143,14 @@ async def job_events(request: Request) -> Response:
     start = _int_param(request, "from", 0, 0, 2**62)
     assert start is not None
     authenticate(request, await read_body(request, 0))
-    _node(request).scheduler.job_status(job_id)  # 404 for an unknown job
+    services(request).jobs.status(job_id)  # 404 for an unknown job
     return _event_stream(request, job_id, start)
 
 
 def _event_stream(request: Request, job_id: str, start: int) -> Response:
     """The job's events from ``start``: live from its log, or a summary once the log is gone."""
-    scheduler = _node(request).scheduler
-    log = scheduler.events(job_id)
+    jobs = services(request).jobs
+    log = jobs.events(job_id)
     as_json = wants_json(request)
 
     def encode(event: dict[str, Any]) -> bytes:
@@ -195,7 +162,7 @@ def _event_stream(request: Request, job_id: str, start: int) -> Response:
                 yield b"".join(encode(event) for event in batch)
             return
         # The node no longer holds this job's live log: summarise it from the database.
-        status = scheduler.job_status(job_id)
+        status = jobs.status(job_id)
         seq = 0
         for task in status["tasks"]:
             yield encode(
@@ -216,9 +183,9 @@ def _event_stream(request: Request, job_id: str, start: int) -> Response:
 
 
 async def gossip(request: Request) -> Response:
-    """``POST /v1/gossip``: merge a peer's table, answer with ours (mesh.sched.gossip)."""
+    """``POST /v1/gossip``: merge a peer's table, answer with ours (mesh.cluster.gossip)."""
     message = await read_message(request, 4 << 20)
-    return reply(request, _node(request).peering.gossip.receive(message))
+    return reply(request, services(request).gossip(message))
 
 
 async def steal(request: Request) -> Response:
@@ -229,7 +196,7 @@ async def steal(request: Request) -> Response:
     fields.done()
     if not 1 <= slots <= 4096:
         raise ApiError(400, f"'slots' must be between 1 and 4096, not {slots}")
-    return reply(request, {"given": _node(request).scheduler.give(thief, slots)})
+    return reply(request, {"given": services(request).jobs.give(thief, slots)})
 
 
 async def _on_error(request: Request, exc: Exception) -> Response:
@@ -244,8 +211,8 @@ async def _not_allowed(request: Request, exc: Exception) -> Response:
     return reply(request, {"error": f"{request.method} is not allowed on {request.url.path}"}, status=405)
 
 
-def create_app(node: Node) -> Starlette:
-    """The ASGI app of one node."""
+def create_app(node: NodeServices) -> Starlette:
+    """The ASGI app of one node, serving its ``node`` services."""
     routes = [
         Route("/", dashboard, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
@@ -274,5 +241,5 @@ def create_app(node: Node) -> Starlette:
             405: _not_allowed,
         },
     )
-    app.state.node = node
+    app.state.services = node
     return app

@@ -2,7 +2,7 @@
 
 Every node of a mesh holds the same key, so a signature alone cannot tell node A
 from node B: a request captured on its way to A would be accepted by B. Signers
-therefore sign the authority they address (the ``Host`` header, mesh.api.auth), and
+therefore sign the authority they address (the ``Host`` header, mesh.wire.auth), and
 a node accepts only requests addressed to itself, which :class:`NodeAuthorities` decides:
 
 - its advertised URL's host and port exactly (``--advertise``: what peers use, and the
@@ -32,9 +32,9 @@ from collections.abc import Callable
 
 import ifaddr
 
-from mesh.api.auth import NotForThisNode
 from mesh.errors import InvalidUrl
 from mesh.urls import authority, host_port, ip_of, split_authority
+from mesh.wire.auth import NotForThisNode
 
 #: Seconds between two looks at the interfaces' addresses prompted by an unknown address.
 REFRESH = 5.0

@@ -19,7 +19,7 @@ Content-Length and the connection is closed, so no client takes it for a
 success (:class:`BlobStream`). Hashing as we send, rather than hashing the file
 first, reads it once and leaves no time between the check and the sending;
 measured on 2 cores, a node fetching a 256 MiB blob from another over loopback
-(mesh.api.blobget, into its store; medians of 9-11 rounds, two runs): unverified
+(mesh.cluster.blobget, into its store; medians of 9-11 rounds, two runs): unverified
 1.13-1.25 GB/s, hashed as sent 0.90-1.00 GB/s, hashed first (all cores, through
 mmap) then sent 0.94-1.26 GB/s, with the first byte ~30 ms later.
 """
@@ -36,13 +36,12 @@ from starlette.types import Send
 
 from mesh import codec
 from mesh.api.http import ApiError, authenticate, read_body, read_message, reply
-from mesh.api.records import RecordError, RecordReader, write_records
-from mesh.api.wire import PEER_HEADER
+from mesh.api.services import services
 from mesh.cas.digest import Digest
-from mesh.cas.space import StoreSpace
-from mesh.cas.store import LocalStore
 from mesh.errors import BlobDamaged, CodecError, DigestMismatch, InvalidDigest
 from mesh.exec.action import parse_digest
+from mesh.wire.formats import PEER_HEADER
+from mesh.wire.records import RecordError, RecordReader, write_records
 
 #: Most digests one find-missing request may ask about.
 MAX_MISSING_QUERY = 10_000
@@ -70,7 +69,7 @@ def _upload_limit(request: Request) -> Callable[[Digest], None]:
     """The check of each blob an upload names, made before any of its bytes is read: 413
     past MAX_BLOB or the node's whole store cap. (Room under the cap is the StoreSpace's,
     and the free space the store's own check, as it opens the blob's writer: 507.)"""
-    cap = request.app.state.node.config.store_max_bytes
+    cap = services(request).blobs.space.cap
 
     def check(digest: Digest) -> None:
         _within_limit(digest)
@@ -93,7 +92,7 @@ async def _digest_list(request: Request, what: str) -> list[Digest]:
 
 
 async def find_missing(request: Request) -> Response:
-    store: LocalStore = request.app.state.node.store
+    store = services(request).blobs.store
     digests = await _digest_list(request, "find-missing request")
     return reply(request, {"missing": [str(d) for d in store.find_missing(digests)]})
 
@@ -101,15 +100,15 @@ async def find_missing(request: Request) -> Response:
 async def put_blob(request: Request) -> Response:
     """``PUT /v1/blobs/{digest}``: store the body if it hashes to the digest."""
     authenticate(request, None, content_addressed=True)
-    node = request.app.state.node
-    store: LocalStore = node.store
+    blobs = services(request).blobs
+    store = blobs.store
     digest = _digest_param(request.path_params["digest"])
     _upload_limit(request)(digest)
     if store.has(digest):
         async for _ in request.stream():
             pass
         return reply(request, {"digest": str(digest), "stored": False}, status=200)
-    room = await node.space.reserve(digest.size)  # StoreCapReached (507) if eviction cannot make room
+    room = await blobs.space.reserve(digest.size)  # StoreCapReached (507) if eviction cannot make room
     with room, store.writer(expected=digest) as writer:
         async for chunk in request.stream():
             writer.write(chunk)
@@ -120,13 +119,13 @@ async def put_blob(request: Request) -> Response:
 async def get_blob(request: Request) -> Response:
     """``GET /v1/blobs/{digest}``: the blob's bytes, streamed (404 when absent)."""
     authenticate(request, await read_body(request, 0))
-    node = request.app.state.node
-    store: LocalStore = node.store
+    blobs = services(request).blobs
+    store = blobs.store
     digest = _digest_param(request.path_params["digest"])
     if not store.has(digest) and not request.headers.get(PEER_HEADER):
         # Outputs of tasks that ran on peers. A peer's own request never fans out again,
         # or two nodes that both lack a blob would ask each other for ever.
-        await node.peering.fetch_from_peers(digest, store)
+        await blobs.fetch_from_peers(digest)
     reader = store.open(digest)  # BlobNotFound (and BlobDamaged, for a file of the wrong size) -> 404
 
     async def chunks() -> AsyncIterator[bytes]:
@@ -157,11 +156,11 @@ class BlobStream(StreamingResponse):
 
 
 async def upload_batch(request: Request) -> Response:
-    """``POST /v1/blobs:upload``: many blobs in one streamed body (see mesh.api.records)."""
+    """``POST /v1/blobs:upload``: many blobs in one streamed body (see mesh.wire.records)."""
     authenticate(request, None, content_addressed=True)
-    node = request.app.state.node
-    space: StoreSpace = node.space
-    records = RecordReader(node.store, _upload_limit(request), "upload", room=space.try_reserve)
+    blobs = services(request).blobs
+    space = blobs.space
+    records = RecordReader(blobs.store, _upload_limit(request), "upload", room=space.try_reserve)
     # Blobs this upload stored are kept through evictions until it ends (the last records
     # must not take the room of the first).
     try:
@@ -186,7 +185,7 @@ async def download_batch(request: Request) -> Response:
     order asked, in one streamed answer (blobs it lacks are left out). For nodes fetching a
     tree of many small files from a peer: one request instead of one per file."""
     digests = await _digest_list(request, "download request")
-    store: LocalStore = request.app.state.node.store
+    store = services(request).blobs.store
     # A plain iterator: Starlette reads it on a worker thread, so the file reads stay off the loop.
     return BlobStream(write_records(store, digests), media_type="application/octet-stream")
 

@@ -18,8 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from mesh import codec
-from mesh.api.auth import HEADERS, Admitted, AuthError, NotForThisNode, signed_headers
-from mesh.api.wire import CBOR, JSON, to_json
+from mesh.api.services import services
 from mesh.errors import (
     BlobNotFound,
     CodecError,
@@ -30,9 +29,12 @@ from mesh.errors import (
     InvalidUrl,
     JobNotFound,
     MeshError,
+    NoFreeSlot,
     PathNotFound,
     SnapshotError,
 )
+from mesh.wire.auth import HEADERS, Admitted, AuthError, NotForThisNode, signed_headers
+from mesh.wire.formats import CBOR, JSON, to_json
 
 log = logging.getLogger("mesh.api")
 
@@ -49,6 +51,7 @@ _STATUS: list[tuple[type[BaseException], int]] = [
     (ApiError, 0),
     (AuthError, 401),
     (JobNotFound, 404),
+    (NoFreeSlot, 409),
     (BlobNotFound, 404),  # BlobDamaged too: the store quarantined it, and holds it no more
     (PathNotFound, 404),
     (DigestMismatch, 400),
@@ -111,10 +114,10 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def admit(request: Request) -> Admitted:
-    """What can be checked of a request's signature before its body is read (mesh.api.auth):
+    """What can be checked of a request's signature before its body is read (mesh.wire.auth):
     the form of its headers, its host, its time. Raises AuthError (401)."""
     try:
-        return request.app.state.node.verifier.admit(signed_headers(request.headers.items()))  # type: ignore[no-any-return]
+        return services(request).verifier.admit(signed_headers(request.headers.items()))
     except AuthError as exc:
         raise _actionable(exc) from None
 
@@ -123,7 +126,7 @@ def authenticate(
     request: Request, body: bytes | None, *, content_addressed: bool = False, admitted: Admitted | None = None
 ) -> None:
     """Refuse (401) a request not signed with the mesh key, for another node, stale or replayed
-    (mesh.api.auth).
+    (mesh.wire.auth).
 
     ``body``: the bytes the request carried (b"" for none); None with
     ``content_addressed`` for blob uploads, whose bytes are verified by digest.
@@ -136,9 +139,7 @@ def authenticate(
     if scope.get("query_string"):
         target += "?" + scope["query_string"].decode("ascii", "replace")
     try:
-        request.app.state.node.verifier.verify(
-            admitted, request.method, target, body, content_addressed=content_addressed
-        )
+        services(request).verifier.verify(admitted, request.method, target, body, content_addressed=content_addressed)
     except AuthError as exc:
         raise _actionable(exc) from None
 

@@ -1,19 +1,18 @@
-"""``GET /metrics``: the node's counters in the Prometheus text exposition format (0.0.4).
+"""The node's counters in the Prometheus text exposition format (0.0.4), for ``GET /metrics``.
 
-Read from the ``statistics()`` of the scheduler and the store, the job counts of the
-state database, and the peer table; nothing here keeps state of its own. Open to
-everyone, like ``/health`` and ``/status``.
+The node reads them into :class:`NodeFigures` from the ``statistics()`` of the scheduler,
+the store and its space, the job counts of the state database and the peer table; nothing
+here keeps state of its own. Open to everyone, like ``/health`` and ``/status``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
-from starlette.requests import Request
-from starlette.responses import Response
-
-if TYPE_CHECKING:
-    from mesh.node import Node
+from mesh.cas.space import SpaceStatistics
+from mesh.cas.store import StoreStatistics
+from mesh.exec.workpool import PoolStatistics
+from mesh.sched.scheduler import SchedulerStatistics
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -37,10 +36,23 @@ class _Exposition:
         return "\n".join(self.lines) + "\n"
 
 
-def exposition(node: Node) -> str:
-    """The metrics of ``node`` as Prometheus text."""
-    sched = node.scheduler.statistics()
-    store = node.store.statistics()
+@dataclass(frozen=True)
+class NodeFigures:
+    """What a node counts, read at one moment: the input of :func:`exposition`."""
+
+    scheduler: SchedulerStatistics
+    store: StoreStatistics
+    space: SpaceStatistics
+    workdirs: PoolStatistics
+    jobs: dict[str, int]  # jobs in the state database, by state
+    peers: dict[str, int]  # peers known, by state (alive, suspect, dead)
+    uptime: float  # seconds since the node started
+
+
+def exposition(figures: NodeFigures) -> str:
+    """The metrics of a node, from its ``figures``, as Prometheus text."""
+    sched = figures.scheduler
+    store = figures.store
     out = _Exposition()
     out.metric("mesh_slots", "gauge", "Task slots of this node.", [({}, sched.slots)])
     out.metric("mesh_slots_busy", "gauge", "Slots running a task now.", [({}, sched.busy)])
@@ -68,9 +80,9 @@ def exposition(node: Node) -> str:
         "mesh_jobs",
         "gauge",
         "Jobs in the state database, by state.",
-        [({"state": state}, count) for state, count in sorted(node.db.count_jobs().items())],
+        [({"state": state}, count) for state, count in sorted(figures.jobs.items())],
     )
-    workdirs = node.runner.workdirs.statistics()
+    workdirs = figures.workdirs
     out.metric(
         "mesh_task_dirs_reused_total",
         "counter",
@@ -80,7 +92,7 @@ def exposition(node: Node) -> str:
     out.metric("mesh_task_dirs_idle", "gauge", "Task directories kept for reuse now.", [({}, workdirs.idle)])
     out.metric("mesh_store_blobs_written_total", "counter", "Blobs written to the store.", [({}, store.blobs_written)])
     out.metric("mesh_store_bytes_written_total", "counter", "Bytes written to the store.", [({}, store.bytes_written)])
-    space = node.space.statistics()
+    space = figures.space
     if space.held_bytes is not None:  # once the store is counted
         out.metric("mesh_store_bytes", "gauge", "Bytes the store holds.", [({}, space.held_bytes)])
     if space.cap is not None:
@@ -91,15 +103,7 @@ def exposition(node: Node) -> str:
         "Bytes evicted to keep the store under its cap.",
         [({}, space.evicted_bytes)],
     )
-    peers = node.peering.table.peers()
-    states = {"alive": 0, "suspect": 0, "dead": 0}
-    for peer in peers:
-        states[peer.state] = states.get(peer.state, 0) + 1
+    states = {"alive": 0, "suspect": 0, "dead": 0} | figures.peers
     out.metric("mesh_peers", "gauge", "Peers known, by state.", [({"state": s}, n) for s, n in sorted(states.items())])
-    out.metric("mesh_uptime_seconds", "gauge", "Seconds since the node started.", [({}, node.uptime())])
+    out.metric("mesh_uptime_seconds", "gauge", "Seconds since the node started.", [({}, figures.uptime)])
     return out.text()
-
-
-async def metrics(request: Request) -> Response:
-    node: Node = request.app.state.node
-    return Response(exposition(node), media_type=CONTENT_TYPE)

@@ -7,8 +7,8 @@ hypercorn's per-connection server itself:
 - **HTTP/1.1 only.** On plain TCP, hypercorn switches a connection to HTTP/2 when a
   request asks ``Upgrade: h2c`` (it answers 101 before it parses ``HTTP2-Settings``) or
   begins with the HTTP/2 preface ``PRI * HTTP/2.0``. Every client of a node speaks
-  HTTP/1.1 (NodeClient's httpx, the lean h11 paths of mesh.api.offerpost and
-  mesh.api.blobget, browsers on a plain ``http://`` URL), so HTTP/2 would only add a
+  HTTP/1.1 (NodeClient's httpx, the lean h11 paths of mesh.cluster.offerpost and
+  mesh.cluster.blobget, browsers on a plain ``http://`` URL), so HTTP/2 would only add a
   second protocol stack to attack: an unsigned ``HTTP2-Settings: AAAA`` (3 bytes, not a
   whole setting) made h2 raise in the upgrade and ended the node. Here ``Upgrade: h2c``
   is ignored, as RFC 9110 §7.8 allows, and the request is answered in HTTP/1.1; a

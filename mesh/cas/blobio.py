@@ -1,7 +1,9 @@
 """Streaming one blob into the store (BlobWriter) and out of it (BlobReader), verified.
 
 Split from mesh.cas.store, which owns the layout: a writer asks its store for a
-temp file and hands the bytes back to it to publish under their name.
+temp file and hands the bytes back to it to publish under their name. What the two
+need of a store is :class:`BlobFiles` (mesh.cas.store.LocalStore is one), so this
+module does not import the store.
 """
 
 from __future__ import annotations
@@ -9,14 +11,12 @@ from __future__ import annotations
 import errno
 import io
 import os
-from typing import TYPE_CHECKING
+from contextlib import AbstractContextManager
+from typing import Protocol
 
 from mesh.cas.digest import Digest
 from mesh.cas.hasher import STREAM_CHUNK, StreamHasher
-from mesh.errors import DigestMismatch
-
-if TYPE_CHECKING:
-    from mesh.cas.store import LocalStore
+from mesh.errors import BlobDamaged, DigestMismatch
 
 #: The mode of every stored blob: read-only for everyone, so checkouts may hardlink it.
 BLOB_MODE = 0o444
@@ -29,6 +29,27 @@ WRITE_CHUNK = 1 << 20
 _COPY_CHUNK = 1 << 30
 
 
+class BlobFiles(Protocol):
+    """The files of a store, as streaming a blob in or out needs them."""
+
+    @property
+    def writing(self) -> AbstractContextManager[None]:
+        """Wraps a write, so that a full disk raises StoreFull."""
+        ...
+
+    def new_temp(self) -> tuple[int, str | None]:
+        """An open temp file in the store's filesystem: (fd, its name, or None if anonymous)."""
+        ...
+
+    def publish(self, fd: int, name: str | None, digest: Digest, mode: int) -> None:
+        """Give the finished temp file its blob's name."""
+        ...
+
+    def damaged(self, digest: Digest, fd: int, actual: Digest) -> BlobDamaged:
+        """The error for a blob whose bytes hash to ``actual``, the file quarantined."""
+        ...
+
+
 class BlobWriter:
     """Streams one blob into the store, hashing as it writes.
 
@@ -37,11 +58,11 @@ class BlobWriter:
     Use as a context manager: leaving it without commit discards the bytes.
     """
 
-    def __init__(self, store: LocalStore, expected: Digest | None = None) -> None:
+    def __init__(self, store: BlobFiles, expected: Digest | None = None) -> None:
         self._store = store
         self._expected = expected
         self._hasher = StreamHasher()
-        self._fd, self._name = store._new_temp()
+        self._fd, self._name = store.new_temp()
         self._done = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -59,7 +80,7 @@ class BlobWriter:
         else:
             digest = self._hasher.digest()
         try:
-            self._store._publish(self._fd, self._name, digest, BLOB_MODE)
+            self._store.publish(self._fd, self._name, digest, BLOB_MODE)
         finally:
             self._close()
         return digest
@@ -92,7 +113,7 @@ class BlobReader(io.RawIOBase):
     This costs nothing extra: the hash is taken from the bytes as they are read.
     """
 
-    def __init__(self, store: LocalStore, fd: int, digest: Digest) -> None:
+    def __init__(self, store: BlobFiles, fd: int, digest: Digest) -> None:
         super().__init__()
         self._store = store
         self._fd = fd

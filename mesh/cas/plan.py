@@ -5,7 +5,7 @@ of every file in a local store: :func:`plan_tree` walks and hashes the tree
 exactly as :func:`~mesh.cas.snapshot.ingest` does (ingest's own walk, not a
 copy, with the same ignore rule and stat cache), and returns a :class:`Plan`: the snapshot id ingest would
 return, the encoded directory nodes (small, kept in memory), and for every file
-blob the path to read it from. :mod:`mesh.api.upload` then sends the node only
+blob the path to read it from. :mod:`mesh.wire.upload` then sends the node only
 what it misses, straight from the files, checking each one's hash again as it
 reads it (a file may change between planning and uploading).
 

@@ -325,7 +325,7 @@ class LocalStore:
         # The executable copy is made on demand, then linked.
         with self._temp_file(EXEC_MODE, digest) as (fd, tmp_name), self.writing:
             self.copy_to(digest, fd, verify=True)
-            self._publish(fd, tmp_name, digest, EXEC_MODE)
+            self.publish(fd, tmp_name, digest, EXEC_MODE)
         os.link(rel, name, src_dir_fd=src_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
 
     # -- writing -------------------------------------------------------------
@@ -339,7 +339,7 @@ class LocalStore:
             self.check_room(digest.size)
         with self._admitted(digest.size), self._temp_file(near=digest) as (fd, name), self.writing:
             write_all(fd, data)
-            self._publish(fd, name, digest, BLOB_MODE)
+            self.publish(fd, name, digest, BLOB_MODE)
         return digest
 
     def put_file(self, path: str | bytes, *, dir_fd: int | None = None) -> Digest:
@@ -373,7 +373,7 @@ class LocalStore:
                     copy_fd(src, fd)
                 digest = hash_fd(fd)
                 if not self._present_already(digest):
-                    self._publish(fd, name, digest, BLOB_MODE)
+                    self.publish(fd, name, digest, BLOB_MODE)
             return digest
         finally:
             os.close(src)
@@ -410,7 +410,7 @@ class LocalStore:
             return True
         return False
 
-    def _new_temp(self, mode: int = BLOB_MODE, near: Digest | None = None) -> tuple[int, str | None]:
+    def new_temp(self, mode: int = BLOB_MODE, near: Digest | None = None) -> tuple[int, str | None]:
         """An open read-write temp file in the store's filesystem: (fd, name or None if anonymous).
 
         With ``near`` (the digest, when it is known before writing), the anonymous
@@ -444,8 +444,8 @@ class LocalStore:
 
     @contextlib.contextmanager
     def _temp_file(self, mode: int = BLOB_MODE, near: Digest | None = None) -> Iterator[tuple[int, str | None]]:
-        """A temp file (see :meth:`_new_temp`) that is closed, and unlinked if named, on exit."""
-        fd, name = self._new_temp(mode, near)
+        """A temp file (see :meth:`new_temp`) that is closed, and unlinked if named, on exit."""
+        fd, name = self.new_temp(mode, near)
         try:
             yield fd, name
         finally:
@@ -453,7 +453,7 @@ class LocalStore:
             if name is not None:
                 unlink_quietly(name)
 
-    def _publish(self, fd: int, name: str | None, digest: Digest, mode: int) -> None:
+    def publish(self, fd: int, name: str | None, digest: Digest, mode: int) -> None:
         """Give the finished temp file its name. An existing blob of that name is kept."""
         dir_fd = self._exec_fd if mode == EXEC_MODE else self._blobs_fd
         source = name if name is not None else f"/proc/self/fd/{fd}"

@@ -381,6 +381,12 @@ class _Container:
                     )
             state = await self.engine.inspect(self.name)
         self.exit_code = int(state.get("ExitCode", -1))
+        if self.exit_code < 0:
+            # Podman can report a container "exited" before conmon has recorded its exit code
+            # (ExitCode -1): seen once after a SIGKILL on a loaded machine. Its wait endpoint
+            # answers once the code is known.
+            with trio.move_on_after(self.executor.cleanup_timeout):
+                self.exit_code = await self.engine.wait(self.name)
         self.oom = bool(state.get("OOMKilled"))
 
     async def close(self) -> None:

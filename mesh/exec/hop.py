@@ -25,12 +25,25 @@ from __future__ import annotations
 import os
 import queue
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import outcome
 import trio
 
 T = TypeVar("T")
+
+
+class Cancel(Protocol):
+    """Tells an executor's thread that its run was cancelled (:class:`Hop` is one)."""
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the run was cancelled."""
+        ...
+
+    def fileno(self) -> int:
+        """A descriptor that becomes readable when the run is cancelled."""
+        ...
 
 
 class RunCancelled(Exception):

@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, Self
 
 from mesh.cas.checkout import Mode
 from mesh.errors import ExecError, SpawnFailed
-from mesh.exec.hop import RunCancelled
+from mesh.exec.hop import Cancel, RunCancelled
 
 if TYPE_CHECKING:
     from mesh.exec.taskusers import TaskUsers
@@ -91,19 +91,6 @@ TERM_GRACE = 2.0
 DRAIN_GRACE = 2.0
 #: Seconds of the longest single poll (its timeout is an int of milliseconds).
 _LONGEST_POLL = 86400.0
-
-
-class Cancel(Protocol):
-    """Tells an executor's thread that its run was cancelled (:class:`mesh.exec.hop.Hop` is one)."""
-
-    @property
-    def cancelled(self) -> bool:
-        """Whether the run was cancelled."""
-        ...
-
-    def fileno(self) -> int:
-        """A descriptor that becomes readable when the run is cancelled."""
-        ...
 
 
 class NoCancel:

@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from typing import Literal, NoReturn
 
 from mesh.errors import ExecError
-from mesh.exec.hop import RunCancelled
+from mesh.exec.hop import Cancel, RunCancelled
 from mesh.exec.leftovers import (
     MARKER,
     Mark,
@@ -74,7 +74,6 @@ from mesh.exec.leftovers import (
     remove_ipc,
     uid_is,
 )
-from mesh.exec.process import Cancel
 from mesh.exec.removal import remove_tree
 
 __all__ = ["Lease", "TaskUsers"]

@@ -8,7 +8,7 @@ Every state change is written to the state database before it is announced,
 so a node killed at any moment resumes where it was: finished results are
 kept, queued and interrupted tasks run again (their attempt count says so).
 
-With peers (mesh.peering), a ready task goes to the best node placement finds
+With peers (mesh.cluster.peering), a ready task goes to the best node placement finds
 (mesh.sched.placement): this node, or a peer offered the task. A task no node
 has room for waits in the queue. Two things move it on: this node's own slots
 and offers ending, and **work stealing**: a node with free slots and nothing
@@ -108,7 +108,7 @@ class TaskRunner(Protocol):
 
 
 class Remote(Protocol):
-    """Running tasks on peers (mesh.peering): who may take one, and running it there."""
+    """Running tasks on peers (mesh.cluster.peering): who may take one, and running it there."""
 
     def candidates(self) -> list[NodeView]:
         """The live peers, with their capabilities and load as last heard."""
@@ -889,7 +889,7 @@ class Scheduler:
 
 
 def image_key(action: Action) -> str | None:
-    """The capability of a node that holds ``action``'s container image (mesh.peering.capabilities)."""
+    """The capability of a node that holds ``action``'s container image (mesh.cluster.peering.capabilities)."""
     return None if action.image is None else f"image.{action.image}"
 
 

@@ -1,8 +1,8 @@
 """The node's part in the mesh: who its peers are, and how they learn about it.
 
-:class:`Peering` owns the peer table (mesh.sched.membership), the gossip service
-(mesh.sched.gossip), the signed async client to peers (mesh.api.peer) and, when
-enabled, mDNS discovery (mesh.discovery.mdns, imported only then), whose finds
+:class:`Peering` owns the peer table (mesh.cluster.membership), the gossip service
+(mesh.cluster.gossip), the signed async client to peers (mesh.cluster.peer) and, when
+enabled, mDNS discovery (mesh.cluster.mdns, imported only then), whose finds
 become gossip candidates. ``await nursery.start(peering.run)`` starts them all;
 cancellation stops them (unregistering from mDNS, closing connections).
 """
@@ -19,23 +19,23 @@ from typing import Any
 import trio
 
 from mesh import __version__
-from mesh.api.auth import MeshKey
-from mesh.api.peer import PeerClient, TaskOffers
 from mesh.cas.digest import Digest
 from mesh.cas.snapshot import children, read_node
 from mesh.cas.store import LocalStore
 from mesh.cas.tree import Kind
+from mesh.cluster.gossip import Gossip
+from mesh.cluster.membership import Member, PeerTable
+from mesh.cluster.peer import PeerClient, TaskOffers
+from mesh.cluster.peerstore import PeerStore, Room
 from mesh.config import NodeConfig
 from mesh.errors import BlobNotFound, MeshError, NodeError, describe
 from mesh.exec.action import Action, ActionResult
-from mesh.peerstore import PeerStore, Room
-from mesh.sched.gossip import Gossip
-from mesh.sched.membership import Member, PeerTable
 from mesh.sched.placement import NodeView
 from mesh.sched.scheduler import OutputSink
 from mesh.urls import netloc, peer_url
+from mesh.wire.auth import MeshKey
 
-log = logging.getLogger("mesh.peering")
+log = logging.getLogger("mesh.cluster.peering")
 
 
 def capabilities(executors: list[str], labels: Mapping[str, str], images: Iterable[str] = ()) -> dict[str, str]:
@@ -176,7 +176,7 @@ class Peering:
         ]
 
     async def run_on(self, url: str, task_key: str, action: Action, on_output: OutputSink) -> ActionResult:
-        """Run a task on the peer at ``url`` (see mesh.api.peer.TaskOffers)."""
+        """Run a task on the peer at ``url`` (see mesh.cluster.peer.TaskOffers)."""
         assert self.offers is not None, "peering is not running"
         return await self.offers.run(url, task_key, action, on_output)
 
@@ -245,6 +245,15 @@ class Peering:
         if lost:
             raise BlobNotFound(lost[0])
 
+    async def fetch_root(self, root: Digest, store: LocalStore) -> bool:
+        """Copy the root node of snapshot ``root`` from whichever live peer has it (False when
+        none does), and remember that the rest of the tree is not here: :meth:`is_complete`
+        says so until :meth:`fetch_tree` completes it, when a task runs on it here."""
+        if not await self.fetch_from_peers(root, store):
+            return False
+        self.partial.add(root)
+        return True
+
     async def fetch_from_peers(self, digest: Digest, store: LocalStore) -> bool:
         """Copy a blob from whichever live peer has it; False when none does."""
         if self.offers is None:
@@ -252,7 +261,7 @@ class Peering:
         return await self.peer_store(store).fetch(digest)
 
     def peer_store(self, store: LocalStore) -> PeerStore:
-        """``store`` with the live peers behind it (mesh.peerstore)."""
+        """``store`` with the live peers behind it (mesh.cluster.peerstore)."""
         assert self.offers is not None, "peering is not running"
 
         def alive() -> list[str]:
@@ -290,7 +299,7 @@ class Peering:
     async def _discover(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from urllib.parse import urlsplit
 
-        from mesh.discovery.mdns import MdnsDiscovery, PeerChange
+        from mesh.cluster.mdns import MdnsDiscovery, PeerChange
 
         send, receive = trio.open_memory_channel[PeerChange](64)
         port = urlsplit(self.url).port or 0

@@ -9,7 +9,7 @@
 - Batched blob uploads (``POST /v1/blobs:upload``) and the answers to batched
   downloads (``POST /v1/blobs:download``) are a sequence of records, each a
   2-byte big-endian length, the digest's text form, then exactly the digest's
-  size in raw bytes (mesh.api.records).
+  size in raw bytes (mesh.wire.records).
 """
 
 from __future__ import annotations

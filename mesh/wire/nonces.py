@@ -1,6 +1,6 @@
 """The nonces of signed requests a node accepted, kept until their signatures expire, across restarts.
 
-A signed request stays valid for :data:`mesh.api.auth.MAX_SKEW` seconds either side
+A signed request stays valid for :data:`mesh.wire.auth.MAX_SKEW` seconds either side
 of the node's clock, and within that window a node refuses a nonce it has seen (a
 replay). Held in memory only, that memory died with the process: a request
 captured on its way to a node could be replayed to it after a restart, within the

@@ -19,7 +19,7 @@ addressed to another host than this node's own (mesh.api.authorities: every node
 of a mesh holds the key, so a request captured on its way to one node must not be
 accepted by another); whose time is more than :data:`MAX_SKEW` seconds away from
 its own clock; whose body digest or signature is wrong; or whose nonce it has
-already seen within that window, before or after a restart (mesh.api.nonces). The
+already seen within that window, before or after a restart (mesh.wire.nonces). The
 mesh id, a fingerprint of the key that is safe to publish (mDNS TXT records carry
 it), lets nodes of different meshes on one LAN ignore each other.
 """
@@ -38,10 +38,10 @@ from urllib.parse import urlsplit
 
 import blake3
 
-from mesh.api.nonces import NonceLog
 from mesh.errors import ConfigError, MeshError, UsageError
 from mesh.urls import address
 from mesh.urls import authority as normal_authority
+from mesh.wire.nonces import NonceLog
 
 KEY_BYTES = 32
 #: Seconds a signed request stays valid either side of the node's clock.
@@ -51,7 +51,7 @@ CONTENT_ADDRESSED = "content-addressed"
 #: Paths (prefixes) whose PUT/POST bodies are signed as content-addressed.
 UPLOAD_PATHS = ("/v1/blobs/", "/v1/blobs:upload")
 HEADERS = ("x-mesh-time", "x-mesh-nonce", "x-mesh-body", "x-mesh-signature")
-#: The form of every ``x-mesh-*`` header a request may carry (``x-mesh-peer``: mesh.api.wire),
+#: The form of every ``x-mesh-*`` header a request may carry (``x-mesh-peer``: mesh.wire.formats),
 #: checked before anything else: a 400-digit time once overflowed a float into a 500.
 FORMS = {
     "x-mesh-time": (re.compile(r"[0-9]{1,12}"), "whole seconds since the epoch (at most 12 digits)"),
@@ -194,7 +194,7 @@ def sign(
 def signed_request(
     key: MeshKey, method: str, base_url: str, target: str, body: bytes | str, headers: list[tuple[str, str]]
 ) -> tuple[str, int, str, list[tuple[str, str]]]:
-    """A request of the lean h11 clients (mesh.api.blobget, mesh.api.offerpost) to the node at
+    """A request of the lean h11 clients (mesh.cluster.blobget, mesh.cluster.offerpost) to the node at
     ``base_url``: where to connect (host, port), the request target (the base URL's path, then
     ``target``) and its headers: ``Host``, ``headers``, then the signature for that Host.
     Raises InvalidUrl for a malformed ``base_url``."""
@@ -235,7 +235,7 @@ class Verifier:
     """Checks signed requests for one node: form, host, freshness, signature, replays.
 
     ``authorities`` decides which ``Host`` names this node (mesh.api.authorities);
-    the nonces seen are kept in ``nonces_path`` too (mesh.api.nonces; None: in memory
+    the nonces seen are kept in ``nonces_path`` too (mesh.wire.nonces; None: in memory
     only). Close it to close that file.
     """
 

@@ -1,7 +1,7 @@
 """Static seeds: ``--peer HOST:PORT`` for networks without multicast (or beside mDNS).
 
 A seed is only a first address to gossip with: once the node there answers it is a
-member like any other, and the peers it knows are learnt from it (mesh.sched.gossip).
+member like any other, and the peers it knows are learnt from it (mesh.cluster.gossip).
 Seeds come from, in order of precedence, ``--peer`` (repeatable), ``MESH_PEERS``
 (comma-separated) and ``peers = ["host:7474"]`` in mesh.toml.
 """

@@ -10,7 +10,7 @@ its heartbeat grow through any peer is enough, so one seed reaches the mesh.
 ``incarnation`` is fixed at a node's start (its start time in milliseconds), so
 a restarted node outranks every entry of its previous life and rejoins at once.
 
-Timings (with the 1 s gossip round of mesh.sched.gossip): a node whose version
+Timings (with the 1 s gossip round of mesh.cluster.gossip): a node whose version
 has not grown for :data:`SUSPECT_AFTER` seconds is ``suspect`` (still listed,
 no longer given new work), after :data:`DEAD_AFTER` seconds ``dead`` (out of
 placement, shown as dead by ``/status``), and after :data:`FORGET_AFTER`

@@ -11,7 +11,7 @@ has a holder the questions still out are cancelled, so one slow or dead peer nev
 delays a fetch the others can serve. Small blobs are then copied from their holders
 in batches (one request for up to BATCH_COUNT of them: a tree of many small files
 would otherwise cost a round trip per file). Every other blob, and any a batch did
-not bring, is copied with the lean GET of :mod:`mesh.api.blobget`; if that fails
+not bring, is copied with the lean GET of :mod:`mesh.cluster.blobget`; if that fails
 (the peer vanished, it lost the blob meanwhile), the other peers that said they had
 it are tried in turn, then every peer that has not answered. A peer's own request
 is never passed on (see mesh.api.blobs), so two nodes that lack a blob cannot ask
@@ -35,7 +35,7 @@ from mesh.cas.digest import Digest
 from mesh.cas.store import LocalStore
 from mesh.errors import MeshError, NodeError
 
-log = logging.getLogger("mesh.peerstore")
+log = logging.getLogger("mesh.cluster.peerstore")
 
 #: Seconds to wait for peers to say which blobs they hold.
 LOCATE_TIMEOUT = 5.0

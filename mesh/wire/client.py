@@ -15,10 +15,10 @@ from collections.abc import Generator, Iterator
 from typing import Any
 
 from mesh import codec
-from mesh.api.auth import CONTENT_ADDRESSED, UPLOAD_PATHS, MeshKey, load_key, sign
-from mesh.api.wire import CBOR, FRAME_HEADER, MAX_FRAME
 from mesh.cas.digest import Digest
 from mesh.errors import CodecError, NodeError, NodeUnreachable
+from mesh.wire.auth import CONTENT_ADDRESSED, UPLOAD_PATHS, MeshKey, load_key, sign
+from mesh.wire.formats import CBOR, FRAME_HEADER, MAX_FRAME
 
 
 def _import_httpx_without_async_backends() -> None:
@@ -70,7 +70,7 @@ SPOOL_CHUNK = 1 << 20
 
 
 class MeshAuth(httpx.Auth):
-    """The signing layer of every request (see mesh.api.auth): client -> auth -> transport.
+    """The signing layer of every request (see mesh.wire.auth): client -> auth -> transport.
 
     Blob uploads are signed as content-addressed (their bytes are verified against
     their digests), so a streamed upload is never read twice; every other body is
@@ -280,7 +280,7 @@ def decode_response(response: httpx.Response) -> Any:
 
 
 class FrameSplitter:
-    """Splits a byte stream of length-prefixed CBOR frames (mesh.api.wire) into event maps.
+    """Splits a byte stream of length-prefixed CBOR frames (mesh.wire.formats) into event maps.
 
     Feed it chunks as they arrive; :meth:`end` checks nothing is left half-sent.
     Shared by the sync client and the async peer client.

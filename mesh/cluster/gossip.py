@@ -5,7 +5,7 @@ the receiver merges it and answers with its own, which the sender merges. Each
 round (:data:`ROUND`, 1 s) the node counts its heartbeat up, picks up to
 :data:`FANOUT` targets at random among the live peers, plus every *candidate*
 not yet known as a member (``--peer`` seeds, mDNS finds, the URLs of peers that
-died), then ages its table (mesh.sched.membership has the failure detector's
+died), then ages its table (mesh.cluster.membership has the failure detector's
 timings). A node therefore learns peers of peers from a single seed, and a peer
 that comes back is found again through its seed or its mDNS record. A member whose
 URL no node could have (mesh.urls: a bad scheme, host or port) is dropped from what
@@ -24,8 +24,8 @@ from typing import Any
 
 import trio
 
+from mesh.cluster.membership import Gossiped, Member, PeerTable, parse_message
 from mesh.errors import CodecError, MeshError, describe
-from mesh.sched.membership import Gossiped, Member, PeerTable, parse_message
 from mesh.urls import peer_url
 
 log = logging.getLogger("mesh.gossip")

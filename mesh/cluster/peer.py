@@ -1,11 +1,11 @@
 """PeerClient: the async httpx client a node uses to talk to other nodes (under trio).
 
-Layers as in httpx: this module builds the requests, :class:`~mesh.api.client.MeshAuth`
+Layers as in httpx: this module builds the requests, :class:`~mesh.wire.client.MeshAuth`
 signs them, the transport does the I/O. Transport failures and error statuses are
 translated here, once, into :class:`~mesh.errors.NodeUnreachable` and
 :class:`~mesh.errors.NodeError`. The two hot paths between nodes skip httpx for a
-lean h11 client with the same signing: task offers (mesh.api.offerpost) and blob
-fetches (mesh.api.blobget).
+lean h11 client with the same signing: task offers (mesh.cluster.offerpost) and blob
+fetches (mesh.cluster.blobget).
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from urllib.parse import quote
 import httpx
 
 from mesh import codec
-from mesh.api.auth import MeshKey
-from mesh.api.blobget import get_blob, get_blobs
-from mesh.api.client import MeshAuth, check, decode_response
-from mesh.api.offerpost import OfferConnections
-from mesh.api.wire import CBOR, PEER_HEADER
 from mesh.cas.digest import Digest
 from mesh.cas.store import LocalStore
+from mesh.cluster.blobget import get_blob, get_blobs
+from mesh.cluster.offerpost import OfferConnections
 from mesh.errors import ExecError, NodeError, NodeUnreachable
 from mesh.exec.action import Action, ActionResult
+from mesh.wire.auth import MeshKey
+from mesh.wire.client import MeshAuth, check, decode_response
+from mesh.wire.formats import CBOR, PEER_HEADER
 
 #: Seconds a gossip exchange may take before the peer counts as not answering.
 GOSSIP_TIMEOUT = 2.0

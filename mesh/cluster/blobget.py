@@ -10,7 +10,7 @@ received. One connection per blob.
 
 Trees of many small files come in batches instead (:func:`get_blobs`): one signed
 ``POST /v1/blobs:download`` names up to 10,000 blobs and the answer carries them
-all as records (mesh.api.records), where a GET each cost a round trip (~3 ms here).
+all as records (mesh.wire.records), where a GET each cost a round trip (~3 ms here).
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import h11
 import trio
 
 from mesh import codec
-from mesh.api.auth import MeshKey, signed_request
-from mesh.api.records import RecordError, RecordReader
-from mesh.api.wire import CBOR, PEER_HEADER
 from mesh.cas.digest import Digest
 from mesh.cas.store import LocalStore
 from mesh.errors import DigestMismatch, NodeError, NodeUnreachable
+from mesh.wire.auth import MeshKey, signed_request
+from mesh.wire.formats import CBOR, PEER_HEADER
+from mesh.wire.records import RecordError, RecordReader
 
 #: Bytes asked of the socket per read of the response head.
 READ_SIZE = 1 << 20

@@ -6,7 +6,7 @@ which blobs it misses and sends only those:
 
 * blobs under :data:`LARGE_BLOB` go in batches, ``POST /v1/blobs:upload``, each
   body under :data:`BATCH_BYTES` and streamed as records (see
-  :mod:`mesh.api.wire`): a 2-byte big-endian length, the digest's text, then
+  :mod:`mesh.wire.formats`): a 2-byte big-endian length, the digest's text, then
   the blob's raw bytes;
 * larger blobs go one per ``PUT /v1/blobs/{digest}``, streamed from the file in
   :data:`CHUNK`-sized reads;
@@ -38,11 +38,11 @@ from dataclasses import dataclass
 import httpx
 
 from mesh import codec
-from mesh.api.wire import CBOR, RECORD_HEADER
 from mesh.cas.digest import Digest
 from mesh.cas.hasher import StreamHasher
 from mesh.cas.plan import FileSource, Plan
 from mesh.errors import CodecError, InvalidDigest, NodeError, NodeUnreachable, SnapshotError, TreeChanged
+from mesh.wire.formats import CBOR, RECORD_HEADER
 
 #: Blobs at least this large are sent alone with PUT; smaller ones in batches.
 LARGE_BLOB = 4 << 20

@@ -1,4 +1,4 @@
-"""Blob records (mesh.api.wire): many blobs in one stream, read into a store or written out.
+"""Blob records (mesh.wire.formats): many blobs in one stream, read into a store or written out.
 
 A record is a 2-byte big-endian length, the digest's text form, then exactly the
 digest's size in raw bytes. Batched uploads (``POST /v1/blobs:upload``) and batched
@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from mesh.api.wire import RECORD_HEADER
 from mesh.cas.blobio import BlobWriter
 from mesh.cas.digest import Digest
 from mesh.cas.store import LocalStore
 from mesh.errors import BlobDamaged, BlobNotFound, CodecError, InvalidDigest
+from mesh.wire.formats import RECORD_HEADER
 
 if TYPE_CHECKING:
     from mesh.cas.space import Reservation

@@ -4,12 +4,12 @@ An offer is the coordinator's hottest request (one per task it places on a peer)
 and httpx's async client costs the coordinator's event loop more per request than
 the rest of placing the task. This speaks the same request with h11 over trio TCP
 streams and hands the answer's event frames to the caller as they arrive
-(mesh.api.wire). :class:`OfferConnections` keeps the connections of finished offers
+(mesh.wire.formats). :class:`OfferConnections` keeps the connections of finished offers
 for the next ones to the same peer: a new connection costs the peer's server
 0.5-0.8 ms of CPU per offer on this project's test machines, and offers come in
 bursts at the end of each wave of tasks.
 
-Errors are those of :class:`mesh.api.peer.TaskOffers`: PeerDeclined when the peer has
+Errors are those of :class:`mesh.cluster.peer.TaskOffers`: PeerDeclined when the peer has
 no room or does not answer the connect (the task never started there),
 NodeUnreachable when the peer is lost mid-task, NodeError for a refusal. A kept
 connection the peer closed meanwhile is noticed before any answer came, and the
@@ -27,10 +27,10 @@ import h11
 import trio
 
 from mesh import codec
-from mesh.api.auth import MeshKey, signed_request
-from mesh.api.client import FrameSplitter
-from mesh.api.wire import CBOR, PEER_HEADER
 from mesh.errors import CodecError, NodeError, NodeUnreachable, PeerDeclined
+from mesh.wire.auth import MeshKey, signed_request
+from mesh.wire.client import FrameSplitter
+from mesh.wire.formats import CBOR, PEER_HEADER
 
 #: Seconds to connect before the peer counts as not answering (the task never started there).
 CONNECT_TIMEOUT = 2.0

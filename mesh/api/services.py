@@ -1,0 +1,115 @@
+"""What the HTTP handlers call: the node's services, each a narrow interface.
+
+A handler translates a request into a call on one of these and the answer back into
+HTTP; the logic behind them lives in the layers below (mesh.cluster.intake for jobs,
+the store and its space for blobs) and the node (mesh.node) composes them. The app
+finds them with :func:`services`. Because the handlers depend on these interfaces and
+not on the node, ``mesh.api`` does not import ``mesh.node`` (the layers in
+pyproject.toml), and a test can serve the app over anything that has them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from starlette.requests import Request
+
+from mesh.api.metrics import NodeFigures
+from mesh.cas.digest import Digest
+from mesh.cas.space import StoreSpace
+from mesh.cas.store import LocalStore
+from mesh.sched.events import JobEvents
+from mesh.sched.jobs import JobSpec
+from mesh.wire.auth import Verifier
+
+
+class Jobs(Protocol):
+    """Jobs: submitted by clients, offered by peers, listed, followed, cancelled, stolen."""
+
+    @property
+    def default_executor(self) -> str:
+        """The executor of a task that names none."""
+        ...
+
+    async def submit(self, spec: JobSpec) -> str:
+        """Accept a job: its id (InputMissing when an input is nowhere in the mesh)."""
+        ...
+
+    async def take_offer(self, spec: JobSpec, source: str | None) -> str:
+        """Accept a task a peer offers (NoFreeSlot when no slot is free): its job's id."""
+        ...
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        """A job with its tasks, states and results (JobNotFound)."""
+        ...
+
+    def page(self, limit: int, before: int | None, state: str | None) -> tuple[list[dict[str, Any]], int | None]:
+        """Jobs newest first, and where the next page begins (None on the last)."""
+        ...
+
+    def cancel(self, job_id: str) -> None:
+        """Cancel a job, killing its running tasks (JobNotFound)."""
+        ...
+
+    def events(self, job_id: str) -> JobEvents | None:
+        """The job's live event log, or None once the node no longer holds it."""
+        ...
+
+    def give(self, thief: str, slots: int) -> int:
+        """Offer up to ``slots`` queued tasks to an idle peer: how many went."""
+        ...
+
+
+class Blobs(Protocol):
+    """The node's store, the room under its cap, and the peers behind it."""
+
+    @property
+    def store(self) -> LocalStore:
+        """The node's blob store."""
+        ...
+
+    @property
+    def space(self) -> StoreSpace:
+        """Room under the store's cap (MESH_STORE_MAX), evicting what nothing pins."""
+        ...
+
+    async def fetch_from_peers(self, digest: Digest) -> bool:
+        """Copy a blob here from whichever live peer has it; False when none does."""
+        ...
+
+
+class NodeServices(Protocol):
+    """Everything the app serves, as the node (mesh.node.Node) provides it."""
+
+    @property
+    def jobs(self) -> Jobs: ...
+
+    @property
+    def blobs(self) -> Blobs: ...
+
+    @property
+    def verifier(self) -> Verifier:
+        """Checks the signatures of requests (mesh.wire.auth), for mesh.api.http.authenticate."""
+        ...
+
+    def health(self) -> dict[str, Any]:
+        """What ``/health`` says; ``ok`` False when the node cannot work (503)."""
+        ...
+
+    def status(self, *, detailed: bool = False) -> dict[str, Any]:
+        """What ``/status`` says: counts and facts; ``detailed`` (signed) adds recent jobs."""
+        ...
+
+    def figures(self) -> NodeFigures:
+        """The counters ``/metrics`` exposes."""
+        ...
+
+    def gossip(self, message: Any) -> Any:
+        """Merge a peer's membership table; our table, to answer it with."""
+        ...
+
+
+def services(request: Request) -> NodeServices:
+    """The services of the node serving ``request`` (set by mesh.api.app.create_app)."""
+    node: NodeServices = request.app.state.services
+    return node
