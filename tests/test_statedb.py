@@ -106,3 +106,26 @@ def test_a_commit_that_meets_a_bug_is_rolled_back_and_the_next_goes_in(
     db.flush()
     assert db.failure is None and db.waiting == 0
     assert committed(path)[("1" * 20, "a")] == ("succeeded", None) and ("2" * 20, "a") in committed(path)
+
+
+def test_states_that_are_no_state_are_read_as_damage(tmp_path: Path) -> None:
+    """Task and job states are a closed set (mesh.sched.jobs.TaskState, JobState): a row
+    holding another (a file changed outside mesh) is a StateError naming the job, which
+    the scheduler's resume turns into a failed job, not a task in a state nothing handles."""
+    path = tmp_path / "state.db"
+    db = StateDB(str(path))
+    spec = job(t("a", ["ok"]))
+    db.add_job("1" * 20, spec, {"a": "queued"})
+    db.close()
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        raw.execute("UPDATE tasks SET state = 'half-done'")
+        raw.commit()
+    db = StateDB(str(path))
+    with pytest.raises(StateError, match="task 'a' is in state 'half-done'"):
+        db.tasks("1" * 20, spec)
+    db.close()
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        raw.execute("UPDATE jobs SET state = 'paused'")
+        raw.commit()
+    with pytest.raises(StateError, match="its state is 'paused'"):
+        StateDB(str(path)).job("1" * 20)

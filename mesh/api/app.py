@@ -49,7 +49,7 @@ from mesh.api.metrics import CONTENT_TYPE, exposition
 from mesh.api.services import NodeServices, services
 from mesh.errors import MeshError
 from mesh.sched.events import PACE
-from mesh.sched.jobs import JOB_STATES, check_job_id, parse_job
+from mesh.sched.jobs import JOB_STATES, check_job_id, is_job_state, parse_job
 from mesh.urls import peer_url
 from mesh.wire.formats import EVENTS_CBOR, NDJSON, frame, to_json
 
@@ -116,7 +116,7 @@ async def list_jobs(request: Request) -> Response:
     limit = _int_param(request, "limit", 50, 1, MAX_PAGE)
     before = _int_param(request, "before", None, 1, 2**62)
     state = request.query_params.get("state")
-    if state is not None and state not in JOB_STATES:
+    if state is not None and not is_job_state(state):
         raise ApiError(400, f"state must be one of {', '.join(JOB_STATES)}, not {state!r}")
     assert limit is not None
     authenticate(request, await read_body(request, 0))

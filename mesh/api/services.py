@@ -19,7 +19,7 @@ from mesh.cas.digest import Digest
 from mesh.cas.space import StoreSpace
 from mesh.cas.store import LocalStore
 from mesh.sched.events import JobEvents
-from mesh.sched.jobs import JobSpec
+from mesh.sched.jobs import JobSpec, JobState
 from mesh.wire.auth import Verifier
 
 
@@ -43,7 +43,7 @@ class Jobs(Protocol):
         """A job with its tasks, states and results (JobNotFound)."""
         ...
 
-    def page(self, limit: int, before: int | None, state: str | None) -> tuple[list[dict[str, Any]], int | None]:
+    def page(self, limit: int, before: int | None, state: JobState | None) -> tuple[list[dict[str, Any]], int | None]:
         """Jobs newest first, and where the next page begins (None on the last)."""
         ...
 

@@ -22,7 +22,7 @@ from mesh.cas.store import LocalStore
 from mesh.cluster.peering import Peering
 from mesh.errors import InputMissing, InvalidJob, InvalidUrl, NoFreeSlot
 from mesh.sched.events import JobEvents
-from mesh.sched.jobs import JobSpec
+from mesh.sched.jobs import JobSpec, JobState
 from mesh.sched.scheduler import Scheduler
 from mesh.urls import peer_url
 
@@ -73,7 +73,7 @@ class JobIntake:
         """A job with its tasks, states and results (JobNotFound: 404)."""
         return self.scheduler.job_status(job_id)
 
-    def page(self, limit: int, before: int | None, state: str | None) -> tuple[list[dict[str, Any]], int | None]:
+    def page(self, limit: int, before: int | None, state: JobState | None) -> tuple[list[dict[str, Any]], int | None]:
         """Jobs newest first, and the ``before`` of the next page (None on the last)."""
         rows = self.scheduler.db.jobs(limit=limit, before=before, state=state)
         jobs = [row.to_wire() for row in rows]  # a job's row says "running" until it has finished

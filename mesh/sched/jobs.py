@@ -38,17 +38,39 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypeGuard, get_args
 
 from mesh import codec
 from mesh.cas.digest import Digest
 from mesh.errors import CodecError, InvalidJob
 from mesh.exec.action import Action, ActionResult, parse_digest
 
-WHEN = ("success", "failure", "always")
-FINAL_TASK_STATES = frozenset({"succeeded", "failed", "skipped", "cancelled"})
-TASK_STATES = ("waiting", "queued", "running", *sorted(FINAL_TASK_STATES))
-JOB_STATES = ("running", "succeeded", "failed", "cancelled")
+#: When a task runs, given how its dependencies ended (Asphalt's reactions).
+When = Literal["success", "failure", "always"]
+#: A task's state: waiting for dependencies, queued for a slot, running, or one of the final four.
+TaskState = Literal["waiting", "queued", "running", "succeeded", "failed", "skipped", "cancelled"]
+#: A job's state: running until every task is final.
+JobState = Literal["running", "succeeded", "failed", "cancelled"]
+
+WHEN: tuple[When, ...] = get_args(When)
+TASK_STATES: tuple[TaskState, ...] = get_args(TaskState)
+FINAL_TASK_STATES: frozenset[TaskState] = frozenset({"succeeded", "failed", "skipped", "cancelled"})
+JOB_STATES: tuple[JobState, ...] = get_args(JobState)
+
+
+def _is_when(value: object) -> TypeGuard[When]:
+    return value in WHEN
+
+
+def is_task_state(value: object) -> TypeGuard[TaskState]:
+    """Whether ``value`` names a task state (text read back from the database or the wire)."""
+    return value in TASK_STATES
+
+
+def is_job_state(value: object) -> TypeGuard[JobState]:
+    """Whether ``value`` names a job state."""
+    return value in JOB_STATES
+
 
 #: Most tasks one job may hold.
 MAX_TASKS = 10_000
@@ -67,7 +89,7 @@ class TaskSpec:
     input: Digest | None
     input_task: str | None
     after: tuple[str, ...]
-    when: str
+    when: When
     parsed: Action | None = field(default=None, repr=False, compare=False)  # the action, when ``input`` is set
 
     @property
@@ -164,7 +186,7 @@ def _parse_task(raw: Any, index: int, default_executor: str) -> TaskSpec:
     fields.what = f"task {name!r}"
     after = tuple(fields.texts("after", []))
     when = fields.text("when", "success")
-    if when not in WHEN:
+    if not _is_when(when):
         raise InvalidJob(f"'when' of task {name!r} must be one of {', '.join(WHEN)}, not {when!r}")
     input_text = fields.text("input", None)
     input_task = fields.text("input_task", None)
@@ -213,7 +235,7 @@ def find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
     return None
 
 
-def decide(when: str, dep_states: list[str]) -> str | None:
+def decide(when: When, dep_states: list[TaskState]) -> Literal["queued", "skipped"] | None:
     """What a task becomes once its dependencies are in ``dep_states``.
 
     Returns ``"queued"`` (its condition holds), ``"skipped"`` (it can no longer hold)
@@ -229,7 +251,7 @@ def decide(when: str, dep_states: list[str]) -> str | None:
     return "queued"
 
 
-def job_state(task_states: list[str], cancelled: bool) -> str:
+def job_state(task_states: list[TaskState], cancelled: bool) -> JobState:
     """The state of a job given the states of its tasks."""
     if any(s not in FINAL_TASK_STATES for s in task_states):
         return "running"
@@ -248,7 +270,7 @@ class TaskRecord:
     name: str
     index: int
     spec: TaskSpec
-    state: str
+    state: TaskState
     result: ActionResult | None = None
     reason: str | None = None
     attempts: int = 0

@@ -55,7 +55,7 @@ from mesh.errors import (
 )
 from mesh.exec.action import Action, ActionResult
 from mesh.sched.events import EventLogs, JobEvents
-from mesh.sched.jobs import FINAL_TASK_STATES, JobSpec, TaskRecord, decide, job_state
+from mesh.sched.jobs import FINAL_TASK_STATES, JobSpec, JobState, TaskRecord, TaskState, decide, job_state
 from mesh.sched.placement import NodeView, Unplaceable, rank, unmet
 from mesh.sched.recording import Recorder
 from mesh.sched.statedb import JobRow, StateDB
@@ -376,7 +376,7 @@ class Scheduler:
         return job_id
 
     def _submit(self, job_id: str, spec: JobSpec) -> None:
-        initial = {t.name: ("waiting" if t.depends_on else "queued") for t in spec.tasks}
+        initial: dict[str, TaskState] = {t.name: ("waiting" if t.depends_on else "queued") for t in spec.tasks}
         row = self.db.add_job(job_id, spec, initial)
         records = {
             t.name: TaskRecord(job=job_id, name=t.name, index=i, spec=t, state=initial[t.name])
@@ -657,8 +657,9 @@ class Scheduler:
                 else:
                     if result.success and not live.spec.no_cache:
                         self.db.cache_result(str(action.digest()), result)
-                    state = "succeeded" if result.success else "failed"
-                    self._finish(live, task, state, result=result, reason=_why(result))
+                    self._finish(
+                        live, task, "succeeded" if result.success else "failed", result=result, reason=_why(result)
+                    )
         except Exception as exc:  # a bug recording the task: its job is given up, not the node
             self._give_up(live, exc)
         finally:
@@ -683,7 +684,7 @@ class Scheduler:
         self,
         live: LiveJob,
         task: TaskRecord,
-        state: str,
+        state: TaskState,
         *,
         result: ActionResult | None = None,
         reason: str | None = None,
@@ -763,7 +764,7 @@ class Scheduler:
         state = job_state([t.state for t in live.tasks.values()], live.row.cancelled)
         self._retire(live, state, self.db.finish_job(live.row.id, state))
 
-    def _retire(self, live: LiveJob, state: str, finished_at: float, reason: str | None = None) -> None:
+    def _retire(self, live: LiveJob, state: JobState, finished_at: float, reason: str | None = None) -> None:
         """A job ended: from the live jobs to the recent ones, and its followers are told."""
         self._live.pop(live.row.id, None)
         live.row = replace(live.row, state=state, finished_at=finished_at, reason=reason)

@@ -54,14 +54,23 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from mesh import codec
 from mesh.errors import CodecError, JobNotFound, StateError, StateFull, describe
 from mesh.exec.action import ActionResult
-from mesh.sched.jobs import FINAL_TASK_STATES, JobSpec, TaskRecord, parse_job
+from mesh.sched.jobs import (
+    FINAL_TASK_STATES,
+    JobSpec,
+    JobState,
+    TaskRecord,
+    TaskState,
+    is_job_state,
+    is_task_state,
+    parse_job,
+)
 from mesh.text import encodable
 
 log = logging.getLogger("mesh.state")
@@ -114,7 +123,7 @@ class JobRow:
     seq: int
     id: str
     label: str
-    state: str
+    state: JobState
     cancelled: bool
     created_at: float
     finished_at: float | None
@@ -139,7 +148,7 @@ class StateDB:
         #: Why the last commit failed, if it did (None once one goes in).
         self.failure: StateError | None = None
         self._tasks: dict[str, dict[str, TaskRecord]] = {}  # job -> name -> task, waiting for a commit
-        self._ends: dict[str, tuple[str, float, str | None]] = {}  # job -> (final state, when, reason), waiting
+        self._ends: dict[str, tuple[JobState, float, str | None]] = {}  # job -> (final state, when, reason), waiting
         self._cache: dict[str, tuple[ActionResult, float]] = {}  # key -> (result, when), waiting for a commit
         self._batching = False  # inside a batch (whose transaction is open)
         try:
@@ -314,7 +323,7 @@ class StateDB:
 
     # -- jobs ---------------------------------------------------------------------
 
-    def add_job(self, job_id: str, spec: JobSpec, states: dict[str, str]) -> JobRow:
+    def add_job(self, job_id: str, spec: JobSpec, states: Mapping[str, TaskState]) -> JobRow:
         """Persist a new job and its tasks in the given initial states, in one commit."""
         now = time.time()
         with self.batch():
@@ -348,7 +357,7 @@ class StateDB:
         except (CodecError, ValueError) as exc:
             raise StateError(f"job {job_id} in {self.path} cannot be read: {exc}") from None
 
-    def jobs(self, *, limit: int, before: int | None = None, state: str | None = None) -> list[JobRow]:
+    def jobs(self, *, limit: int, before: int | None = None, state: JobState | None = None) -> list[JobRow]:
         """Jobs newest first; ``before`` is the ``seq`` to page back from."""
         query = "SELECT seq, id, label, state, cancelled, created_at, finished_at, reason FROM jobs"
         clauses: list[str] = []
@@ -372,7 +381,7 @@ class StateDB:
     def count_jobs(self) -> dict[str, int]:
         return dict(self._sql("SELECT state, count(*) FROM jobs GROUP BY state"))
 
-    def finish_job(self, job_id: str, state: str) -> float:
+    def finish_job(self, job_id: str, state: JobState) -> float:
         """Record a job's final state (a write that waits for the commit); returns the time it finished."""
         now = time.time()
         self._ends[job_id] = (state, now, None)
@@ -405,6 +414,8 @@ class StateDB:
         for name, idx, state, result, reason, attempts, started_at, finished_at in rows:
             if name not in spec.by_name:
                 raise StateError(f"job {job_id} in {self.path} has a task {name!r} that its spec does not name")
+            if not is_task_state(state):
+                raise StateError(f"job {job_id} in {self.path} is damaged: task {name!r} is in state {state!r}")
             records.append(
                 TaskRecord(
                     job=job_id,
@@ -463,12 +474,14 @@ class StateDB:
         """A job's row as read; StateError naming the job when a column is not what it must be
         (the file was changed or damaged outside mesh: SQLite keeps text in a REAL column)."""
         seq, id_, label, state, cancelled, created_at, finished_at, reason = row
+        if not is_job_state(state):
+            raise StateError(f"job {id_} in {self.path} is damaged: its state is {state!r}")
         try:
             return JobRow(
                 seq=int(seq),  # type: ignore[call-overload]
                 id=str(id_),
                 label=str(label),
-                state=str(state),
+                state=state,
                 cancelled=bool(cancelled),
                 created_at=float(created_at),  # type: ignore[arg-type]
                 finished_at=None if finished_at is None else float(finished_at),  # type: ignore[arg-type]
