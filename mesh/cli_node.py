@@ -167,12 +167,10 @@ def cmd_exec(args: argparse.Namespace) -> int:
         if note:
             execute.say(note)
         if args.verbose:
-            cached = " (cached)" if outcome.result and outcome.result.get("cached") else ""
+            cached = " (cached)" if outcome.result and outcome.result.cached else ""
             execute.say(f"job {outcome.job_id} {outcome.state}{cached}")
-        if args.out is not None and outcome.result and outcome.result.get("output"):
-            from mesh.cas.digest import Digest
-
-            execute.checkout_output(client, args.settings, Digest.parse(outcome.result["output"]), args.out)
+        if args.out is not None and outcome.result and outcome.result.output:
+            execute.checkout_output(client, args.settings, outcome.result.output, args.out)
         return execute.exit_status(outcome)
 
 

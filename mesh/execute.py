@@ -19,7 +19,10 @@ from typing import IO, Any
 
 from mesh.cas.digest import Digest
 from mesh.config import Settings
-from mesh.errors import MeshError, NodeError
+from mesh.errors import CodecError, MeshError, NodeError
+from mesh.exec.action import ActionResult
+from mesh.sched.jobevents import JobEvent, JobFinished, JobSubmitted, Output, TaskFinished, from_wire
+from mesh.sched.jobs import JobState
 from mesh.wire.client import NodeClient
 
 #: Exit status when the task timed out (as GNU timeout(1)) or was cancelled (as after SIGINT).
@@ -63,8 +66,8 @@ class ExecRequest:
 @dataclass
 class ExecOutcome:
     job_id: str
-    state: str
-    result: dict[str, Any] | None
+    state: JobState
+    result: ActionResult | None
     reason: str | None
 
 
@@ -124,33 +127,30 @@ class Follower:
         self.job_id = ""
 
     def run(self, events: Iterator[dict[str, Any]]) -> ExecOutcome:
-        result: dict[str, Any] | None = None
+        result: ActionResult | None = None
         reason: str | None = None
-        for event in events:
-            kind = event.get("type")
-            if kind == "job_submitted":
-                self.job_id = str(event.get("job", ""))
-            elif kind == "output":
+        for wire in events:
+            event = decode_event(wire)
+            if isinstance(event, JobSubmitted):
+                self.job_id = event.job
+            elif isinstance(event, Output):
                 self._output(event)
-            elif kind == "task_finished":
-                result, reason = event.get("result"), event.get("reason")
-                if isinstance(result, dict):
-                    for stream in ("stdout", "stderr"):
-                        self._fill_in(Digest.parse(str(result[stream])), stream)
-            elif kind == "job_finished":
-                return ExecOutcome(self.job_id or str(event.get("job")), str(event.get("state")), result, reason)
+            elif isinstance(event, TaskFinished):
+                result, reason = event.result, event.reason
+                if result is not None:
+                    self._fill_in(result.stdout, "stdout")
+                    self._fill_in(result.stderr, "stderr")
+            elif isinstance(event, JobFinished):
+                return ExecOutcome(self.job_id or event.job, event.state, result, reason)
         raise NodeError("the node ended the job's event stream before the job finished")
 
-    def _output(self, event: dict[str, Any]) -> None:
+    def _output(self, event: Output) -> None:
         """Write a chunk if it continues the stream exactly (dropped chunks leave a gap for later)."""
-        stream, data = event.get("stream"), event.get("data")
-        if event.get("dropped") or stream not in self.sinks or not isinstance(data, bytes):
+        if event.dropped or event.offset != self.written[event.stream]:
             return
-        if event.get("offset") != self.written[str(stream)]:
-            return
-        self.sinks[str(stream)].write(data)
-        self.sinks[str(stream)].flush()
-        self.written[str(stream)] += len(data)
+        self.sinks[event.stream].write(event.data)
+        self.sinks[event.stream].flush()
+        self.written[event.stream] += len(event.data)
 
     def _fill_in(self, digest: Digest, stream: str) -> None:
         """Write what the events did not carry of a stream (a cached result, dropped chunks)."""
@@ -163,6 +163,14 @@ class Follower:
         self.written[stream] = digest.size
 
 
+def decode_event(wire: object) -> JobEvent | None:
+    """An event of the node's stream (None for a kind this version does not know)."""
+    try:
+        return from_wire(wire)
+    except CodecError as exc:
+        raise NodeError(f"the node sent a malformed job event: {exc}") from None
+
+
 def exit_status(outcome: ExecOutcome) -> int:
     """The exit status of ``mesh exec`` for how its task ended."""
     result = outcome.result
@@ -170,12 +178,11 @@ def exit_status(outcome: ExecOutcome) -> int:
         return EXIT_CANCELLED
     if result is None:
         return 1
-    if result.get("timed_out"):
+    if result.timed_out:
         return EXIT_TIMEOUT
-    code = int(result.get("exit_code", 1))
-    if result.get("error") and code == 0:
+    if result.error and result.exit_code == 0:
         return 1
-    return code
+    return result.exit_code
 
 
 def explain(outcome: ExecOutcome) -> str | None:
@@ -185,9 +192,9 @@ def explain(outcome: ExecOutcome) -> str | None:
         return f"job {outcome.job_id} was cancelled"
     if result is None:
         return f"the task could not run: {outcome.reason or 'no reason given'}"
-    if result.get("error"):
-        return str(result["error"])
-    if result.get("timed_out"):
+    if result.error:
+        return result.error
+    if result.timed_out:
         return "the command timed out and was killed"
     return None
 

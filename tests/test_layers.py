@@ -18,7 +18,9 @@ BIN = Path(sys.executable).parent
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600, env=os.environ | {"NO_COLOR": "1"})
+    return subprocess.run(
+        argv, cwd=ROOT, capture_output=True, text=True, timeout=600, env=os.environ | {"NO_COLOR": "1"}
+    )
 
 
 def test_the_layer_contracts_hold() -> None:

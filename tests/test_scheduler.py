@@ -14,6 +14,7 @@ from mesh.cas.digest import Digest
 from mesh.errors import PeerDeclined
 from mesh.exec.action import Action, ActionResult
 from mesh.sched import scheduler as scheduler_module
+from mesh.sched.jobevents import to_wire
 from mesh.sched.jobs import parse_job
 from mesh.sched.placement import NodeView
 from mesh.sched.scheduler import Scheduler
@@ -298,7 +299,7 @@ async def test_a_peer_that_asks_is_given_queued_tasks_it_can_run(
                 await trio.sleep(0.001)
         log = scheduler.events(first)
         assert log is not None
-        events = [e for e in log.events if e["type"] == "task_started"]
+        events = [e for e in map(to_wire, log.events) if e["type"] == "task_started"]
         assert {e["task"] for e in events if e.get("stolen")} == {"t1", "t2", "t3"}
 
         remote.release.set()

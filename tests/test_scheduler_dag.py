@@ -16,6 +16,7 @@ from mesh import codec
 from mesh.errors import JobNotFound, StateError
 from mesh.sched import events as events_module
 from mesh.sched import scheduler as scheduler_module
+from mesh.sched.jobevents import to_wire
 from mesh.sched.jobs import MAX_TASKS, JobSpec, decide
 from mesh.sched.scheduler import Scheduler
 from mesh.sched.statedb import StateDB
@@ -50,7 +51,7 @@ def states(status: dict[str, Any]) -> dict[str, str]:
 def finish_order(scheduler: Scheduler, job_id: str) -> list[tuple[str, str]]:
     log = scheduler.events(job_id)
     assert log is not None
-    return [(e["task"], e["state"]) for e in log.events if e["type"] == "task_finished"]
+    return [(e["task"], e["state"]) for e in map(to_wire, log.events) if e["type"] == "task_finished"]
 
 
 class CountingDecide:
@@ -164,7 +165,7 @@ async def test_reactions_and_diamonds_settle_depth_first_as_before(tmp_path: Pat
         nursery.cancel_scope.cancel()
     log = scheduler.events(job_id)
     assert log is not None
-    assert [(e["type"], e.get("task"), e.get("state")) for e in log.events if e["type"] != "output"] == [
+    assert [(e["type"], e.get("task"), e.get("state")) for e in map(to_wire, log.events) if e["type"] != "output"] == [
         ("job_submitted", None, None),
         ("task_started", "a", None),
         ("task_finished", "a", "failed"),

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
@@ -49,6 +48,7 @@ from mesh.api.metrics import CONTENT_TYPE, exposition
 from mesh.api.services import NodeServices, services
 from mesh.errors import MeshError
 from mesh.sched.events import PACE
+from mesh.sched.jobevents import JobEvent, to_wire
 from mesh.sched.jobs import JOB_STATES, check_job_id, is_job_state, parse_job
 from mesh.urls import peer_url
 from mesh.wire.formats import EVENTS_CBOR, NDJSON, frame, to_json
@@ -153,8 +153,9 @@ def _event_stream(request: Request, job_id: str, start: int) -> Response:
     log = jobs.events(job_id)
     as_json = wants_json(request)
 
-    def encode(event: dict[str, Any]) -> bytes:
-        return to_json(event) + b"\n" if as_json else frame(codec.encode(event))
+    def encode(event: JobEvent) -> bytes:
+        wire = to_wire(event)
+        return to_json(wire) + b"\n" if as_json else frame(codec.encode(wire))
 
     async def stream() -> AsyncIterator[bytes]:
         if log is not None:
@@ -162,22 +163,8 @@ def _event_stream(request: Request, job_id: str, start: int) -> Response:
                 yield b"".join(encode(event) for event in batch)
             return
         # The node no longer holds this job's live log: summarise it from the database.
-        status = jobs.status(job_id)
-        seq = 0
-        for task in status["tasks"]:
-            yield encode(
-                {
-                    "seq": seq,
-                    "type": "task_finished",
-                    "task": task["name"],
-                    "state": task["state"],
-                    "reason": task["reason"],
-                    "result": task["result"],
-                    "summary": True,
-                }
-            )
-            seq += 1
-        yield encode({"seq": seq, "type": "job_finished", "job": job_id, "state": status["state"], "summary": True})
+        for event in jobs.summary(job_id):
+            yield encode(event)
 
     return StreamingResponse(stream(), media_type=NDJSON if as_json else EVENTS_CBOR)
 

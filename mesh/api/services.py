@@ -19,6 +19,7 @@ from mesh.cas.digest import Digest
 from mesh.cas.space import StoreSpace
 from mesh.cas.store import LocalStore
 from mesh.sched.events import JobEvents
+from mesh.sched.jobevents import JobEvent
 from mesh.sched.jobs import JobSpec, JobState
 from mesh.wire.auth import Verifier
 
@@ -53,6 +54,10 @@ class Jobs(Protocol):
 
     def events(self, job_id: str) -> JobEvents | None:
         """The job's live event log, or None once the node no longer holds it."""
+        ...
+
+    def summary(self, job_id: str) -> list[JobEvent]:
+        """How the job and its tasks ended, as events, once its live log is gone."""
         ...
 
     def give(self, thief: str, slots: int) -> int:

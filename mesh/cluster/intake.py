@@ -22,6 +22,7 @@ from mesh.cas.store import LocalStore
 from mesh.cluster.peering import Peering
 from mesh.errors import InputMissing, InvalidJob, InvalidUrl, NoFreeSlot
 from mesh.sched.events import JobEvents
+from mesh.sched.jobevents import JobEvent
 from mesh.sched.jobs import JobSpec, JobState
 from mesh.sched.scheduler import Scheduler
 from mesh.urls import peer_url
@@ -85,6 +86,10 @@ class JobIntake:
     def events(self, job_id: str) -> JobEvents | None:
         """The job's live event log, or None once the node no longer holds it."""
         return self.scheduler.events(job_id)
+
+    def summary(self, job_id: str) -> list[JobEvent]:
+        """How the job and its tasks ended, as events, once its live log is gone."""
+        return self.scheduler.summary(job_id)
 
     def give(self, thief: str, slots: int) -> int:
         """Offer up to ``slots`` queued tasks to the idle peer at ``thief``: how many went."""

@@ -22,8 +22,9 @@ from mesh.cas.digest import Digest
 from mesh.cas.store import LocalStore
 from mesh.cluster.blobget import get_blob, get_blobs
 from mesh.cluster.offerpost import OfferConnections
-from mesh.errors import ExecError, NodeError, NodeUnreachable
+from mesh.errors import CodecError, ExecError, NodeError, NodeUnreachable
 from mesh.exec.action import Action, ActionResult
+from mesh.sched.jobevents import JobFinished, Output, TaskFinished, from_wire
 from mesh.wire.auth import MeshKey
 from mesh.wire.client import MeshAuth, check, decode_response
 from mesh.wire.formats import CBOR, PEER_HEADER
@@ -98,15 +99,16 @@ class TaskOffers:
         result: ActionResult | None = None
         reason: str | None = None
         async with contextlib.aclosing(self.connections.post(self._key(), url, target, codec.encode(job))) as events:
-            async for event in events:
-                kind = event.get("type")
-                if kind == "output" and isinstance(event.get("data"), bytes):
-                    await on_output(str(event.get("stream")), event["data"])
-                elif kind == "task_finished":
-                    wire = event.get("result")
-                    result = None if wire is None else ActionResult.from_wire(wire)
-                    reason = event.get("reason")
-                elif kind == "job_finished":
+            async for wire in events:
+                try:
+                    event = from_wire(wire)
+                except CodecError as exc:
+                    raise NodeError(f"peer {url} sent a malformed job event: {exc}") from None
+                if isinstance(event, Output):
+                    await on_output(event.stream, event.data)
+                elif isinstance(event, TaskFinished):
+                    result, reason = event.result, event.reason
+                elif isinstance(event, JobFinished):
                     if result is None:
                         raise ExecError(f"on peer {url}: {reason or 'the task did not run'}")
                     return result

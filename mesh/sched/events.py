@@ -11,13 +11,15 @@ blob when the task finishes, which holds every byte.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from typing import Any
 
 import trio
+
+from mesh.sched.jobevents import JobEvent, JobFinished, Output
 
 #: Output bytes a job's log keeps for late followers before dropping the oldest.
 MAX_RETAINED_OUTPUT = 32 << 20
@@ -37,23 +39,23 @@ class JobEvents:
     """The append-only event log of one job, with waiting followers."""
 
     def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
+        self.events: list[JobEvent] = []
         self.closed = False
         self._grew = trio.Event()
         self._closing = trio.Event()
         self._output_bytes = 0
         self._oldest_output = 0
 
-    def emit(self, kind: str, **fields: Any) -> None:
-        """Append an event (``type`` = kind, plus ``seq`` and ``time``) and wake followers."""
+    def emit(self, event: JobEvent) -> None:
+        """Append an event, numbered and timed here, and wake followers."""
         if self.closed:
             return
-        event = {"seq": len(self.events), "type": kind, "time": time.time(), **fields}
+        event = dataclasses.replace(event, seq=len(self.events), time=time.time())
         self.events.append(event)
-        if kind == "output":
-            self._output_bytes += len(fields["data"])
+        if isinstance(event, Output):
+            self._output_bytes += len(event.data)
             self._shed()
-        if kind == "job_finished":
+        if isinstance(event, JobFinished):
             self.closed = True
             self._closing.set()
         self._grew.set()
@@ -67,13 +69,12 @@ class JobEvents:
     def _shed(self) -> None:
         while self._output_bytes > MAX_RETAINED_OUTPUT and self._oldest_output < len(self.events):
             event = self.events[self._oldest_output]
+            if isinstance(event, Output) and not event.dropped:
+                self._output_bytes -= len(event.data)
+                self.events[self._oldest_output] = dataclasses.replace(event, data=b"", dropped=True)
             self._oldest_output += 1
-            if event["type"] == "output" and not event.get("dropped"):
-                self._output_bytes -= len(event["data"])
-                event["data"] = b""
-                event["dropped"] = True
 
-    async def follow(self, start: int = 0, *, pace: float = 0.0) -> AsyncIterator[list[dict[str, Any]]]:
+    async def follow(self, start: int = 0, *, pace: float = 0.0) -> AsyncIterator[list[JobEvent]]:
         """Yield the events from ``start`` on, in batches of those already there, waiting for
         new ones until the job finishes. (Batches let a follower send them in one write.)
 

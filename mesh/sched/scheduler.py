@@ -55,6 +55,16 @@ from mesh.errors import (
 )
 from mesh.exec.action import Action, ActionResult
 from mesh.sched.events import EventLogs, JobEvents
+from mesh.sched.jobevents import (
+    JobEvent,
+    JobFinished,
+    JobSubmitted,
+    Output,
+    TaskFinished,
+    TaskRequeued,
+    TaskStarted,
+    stream_named,
+)
 from mesh.sched.jobs import FINAL_TASK_STATES, JobSpec, JobState, TaskRecord, TaskState, decide, job_state
 from mesh.sched.placement import NodeView, Unplaceable, rank, unmet
 from mesh.sched.recording import Recorder
@@ -384,7 +394,7 @@ class Scheduler:
         }
         live = LiveJob(row, spec, records, self.logs.open(job_id))
         self._live[job_id] = live
-        live.events.emit("job_submitted", job=job_id, tasks=[t.name for t in spec.tasks])
+        live.events.emit(JobSubmitted(job=job_id, tasks=tuple(t.name for t in spec.tasks)))
         self._advance_all(live, _as_they_are(records.values()))
 
     def _forget(self, job_id: str) -> None:
@@ -600,13 +610,14 @@ class Scheduler:
             task.state, task.started_at, task.reason = "running", time.time(), None
             task.attempts += 1
             self._recorder.mark_running(task)
-            extra = {"stolen": True} if stolen else {}
-            live.events.emit("task_started", task=task.name, node=where or self.node_id, attempt=task.attempts, **extra)
+            live.events.emit(
+                TaskStarted(task=task.name, node=where or self.node_id, attempt=task.attempts, stolen=stolen)
+            )
 
             offsets = {"stdout": 0, "stderr": 0}
 
             async def on_output(stream: str, data: bytes) -> None:
-                live.events.emit("output", task=task.name, stream=stream, data=data, offset=offsets[stream])
+                live.events.emit(Output(task=task.name, stream=stream_named(stream), data=data, offset=offsets[stream]))
                 offsets[stream] += len(data)
 
             result: ActionResult | None = None
@@ -677,7 +688,7 @@ class Scheduler:
         task.state, task.reason, task.started_at = "queued", reason, None
         self.db.set_task_state(task)
         if reason:
-            live.events.emit("task_requeued", task=task.name, reason=reason)
+            live.events.emit(TaskRequeued(task=task.name, reason=reason))
         self._ready.appendleft((live.row.id, task.name))
 
     def _finish(
@@ -705,13 +716,7 @@ class Scheduler:
         task.state, task.result, task.reason = state, result, reason
         task.finished_at = time.time()
         self.db.set_task_state(task)
-        live.events.emit(
-            "task_finished",
-            task=task.name,
-            state=state,
-            reason=reason,
-            result=None if result is None else result.to_wire(),
-        )
+        live.events.emit(TaskFinished(task=task.name, state=state, reason=reason, result=result))
         if move_on:
             self._advance_all(live, self._unblocked(live, task))
 
@@ -775,7 +780,7 @@ class Scheduler:
             if self.db.unrecorded(oldest):
                 break  # its writes wait (a full disk): the database cannot answer for it yet
             self._recent_tasks -= len(self._recent.pop(oldest).tasks)
-        live.events.emit("job_finished", job=live.row.id, state=state, **({"reason": reason} if reason else {}))
+        live.events.emit(JobFinished(job=live.row.id, state=state, reason=reason or None))
         self.logs.finish(live.row.id)
 
     def _give_up(self, live: LiveJob, exc: Exception) -> None:
@@ -828,21 +833,36 @@ class Scheduler:
 
     def job_status(self, job_id: str) -> dict[str, Any]:
         """The job and its tasks, as the API returns them."""
-        live = self._live.get(job_id) or self._recent.get(job_id)
-        if live is not None:
-            row, tasks = live.row, sorted(live.tasks.values(), key=lambda t: t.index)
-        else:
-            row = self.db.job(job_id)
-            try:
-                tasks = self.db.tasks(job_id, self.db.job_spec(job_id))
-            except StateError:
-                if row.reason is None:
-                    raise
-                tasks = []  # the node failed the job because it could not read them: its reason says so
+        row, tasks = self._job(job_id)
         status = row.to_wire()
         status["recorded"] = not self.db.unrecorded(job_id)
         status["tasks"] = [t.to_wire() for t in tasks]
         return status
+
+    def summary(self, job_id: str) -> list[JobEvent]:
+        """The events that tell how a job ended, for a follower that comes after its live log
+        is gone: each task's end, then the job's, marked as a summary."""
+        row, tasks = self._job(job_id)
+        events: list[JobEvent] = [
+            TaskFinished(seq=seq, task=t.name, state=t.state, reason=t.reason, result=t.result, summary=True)
+            for seq, t in enumerate(tasks)
+        ]
+        events.append(JobFinished(seq=len(tasks), job=job_id, state=row.state, reason=row.reason, summary=True))
+        return events
+
+    def _job(self, job_id: str) -> tuple[JobRow, list[TaskRecord]]:
+        """A job's row and its tasks in their order: from memory while the node holds it, else
+        from the database (JobNotFound, or StateError for one it cannot read)."""
+        live = self._live.get(job_id) or self._recent.get(job_id)
+        if live is not None:
+            return live.row, sorted(live.tasks.values(), key=lambda t: t.index)
+        row = self.db.job(job_id)
+        try:
+            return row, self.db.tasks(job_id, self.db.job_spec(job_id))
+        except StateError:
+            if row.reason is None:
+                raise
+            return row, []  # the node failed the job because it could not read them: its reason says so
 
     def events(self, job_id: str) -> JobEvents | None:
         """The live (or recently finished) event log of a job, or None when the node has forgotten it."""
