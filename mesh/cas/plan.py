@@ -31,7 +31,7 @@ from mesh.cas.hasher import MMAP_THRESHOLD, StreamHasher, hash_bytes, read_fd
 from mesh.cas.snapshot import DEFAULT_WORKERS, Progress, digest_files
 from mesh.cas.statcache import StatCache
 from mesh.cas.tree import Entry, Kind, encode_node
-from mesh.cas.walk import DirNode, Ignore, PendingFile, walk_tree
+from mesh.cas.walk import DirNode, Ignore, PendingFile, tree_root, walk_tree
 from mesh.errors import SnapshotError, UnsupportedFile
 
 #: The epoch of every plan cache: plans never depend on a store's contents.
@@ -98,13 +98,7 @@ def plan_tree(
     unreadable paths. ``cache`` must come from :func:`plan_cache`; it is saved at
     the end. Nothing is written anywhere else.
     """
-    path = os.fsencode(os.path.abspath(os.fspath(root)))
-    try:
-        root_st = os.stat(path)
-    except OSError as exc:
-        raise SnapshotError(f"cannot snapshot {os.fsdecode(path)}: {exc.strerror}") from None
-    if not stat.S_ISDIR(root_st.st_mode):
-        raise SnapshotError(f"cannot snapshot {os.fsdecode(path)}: not a directory")
+    path, root_st = tree_root(root)
 
     listed_at = cache.now_ns() if cache is not None else 0
     # One process: a plan needs every node back from the walk, and sending them back

@@ -16,7 +16,6 @@ id is returned, so an id that was printed survives a crash.
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from mesh.cas.nogc import gc_paused
 from mesh.cas.statcache import StatCache
 from mesh.cas.store import LocalStore, StoreStatistics
 from mesh.cas.tree import Entry, Kind, check_name, decode_node, encode_node
-from mesh.cas.walk import DirNode, Ignore, PendingFile, reusable, walk_tree
+from mesh.cas.walk import DirNode, Ignore, PendingFile, reusable, tree_root, walk_tree
 from mesh.errors import InvalidTree, PathNotFound, SnapshotError
 
 #: Threads that store files during ingest (and write them during checkout).
@@ -87,13 +86,7 @@ def _ingest(
     workers: int,
     sync: bool,
 ) -> Digest:
-    path = os.fsencode(os.path.abspath(os.fspath(root)))
-    try:
-        root_st = os.stat(path)
-    except OSError as exc:
-        raise SnapshotError(f"cannot snapshot {os.fsdecode(path)}: {exc.strerror}") from None
-    if not stat.S_ISDIR(root_st.st_mode):
-        raise SnapshotError(f"cannot snapshot {os.fsdecode(path)}: not a directory")
+    path, root_st = tree_root(root)
 
     written_before = store.statistics().blobs_written
     listed_at = cache.now_ns() if cache is not None else 0

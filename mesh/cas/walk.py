@@ -67,6 +67,19 @@ _SPECIAL = (
 )
 
 
+def tree_root(root: str | os.PathLike[str]) -> tuple[bytes, os.stat_result]:
+    """The absolute path (bytes) and stat of a directory to snapshot; SnapshotError, naming
+    it, when it cannot be read or is not a directory. Ingest and plans start here."""
+    path = os.fsencode(os.path.abspath(os.fspath(root)))
+    try:
+        root_st = os.stat(path)
+    except OSError as exc:
+        raise SnapshotError(f"cannot snapshot {os.fsdecode(path)}: {exc.strerror}") from None
+    if not stat.S_ISDIR(root_st.st_mode):
+        raise SnapshotError(f"cannot snapshot {os.fsdecode(path)}: not a directory")
+    return path, root_st
+
+
 def _describe(mode: int) -> str:
     for test, text in _SPECIAL:
         if test(mode):
