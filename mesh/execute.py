@@ -202,25 +202,16 @@ def explain(outcome: ExecOutcome) -> str | None:
 def checkout_output(client: NodeClient, settings: Settings, output: Digest, target: str) -> None:
     """Write the output snapshot into ``target``, fetching what the local store misses from the node."""
     from mesh.cas.checkout import checkout
-    from mesh.cas.snapshot import children
+    from mesh.cas.snapshot import missing_levels
     from mesh.cas.store import LocalStore
 
     with LocalStore(settings.store_dir) as store:
-        pending = [output]
-        while pending:
-            missing = store.find_missing(pending)
+        for missing in missing_levels(store, output):
             for digest in missing:
                 with store.writer(expected=digest) as writer:
                     for chunk in client.stream_blob(digest):  # the writer verifies
                         writer.write(chunk)
                     writer.commit()
-            files, nodes = children(store, pending)
-            for digest in store.find_missing(files):
-                with store.writer(expected=digest) as writer:
-                    for chunk in client.stream_blob(digest):  # the writer verifies
-                        writer.write(chunk)
-                    writer.commit()
-            pending = nodes
         checkout(store, output, target)
 
 

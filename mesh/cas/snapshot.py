@@ -376,6 +376,25 @@ def children(store: LocalStore, nodes: list[Digest]) -> tuple[list[Digest], list
     return files, below
 
 
+def missing_levels(store: LocalStore, root: Digest) -> Iterator[list[Digest]]:
+    """What ``store`` lacks of snapshot ``root``, a level of the tree at a time: the one walk of
+    every path that makes a snapshot complete in a store from elsewhere (a peer's, a node's).
+
+    Yields lists of missing blobs, directory nodes before the files and nodes below them;
+    the caller must store a list's blobs before it asks for the next (the walk reads the
+    nodes it was given), or stop. A level the store holds whole yields nothing.
+    """
+    pending = [root]
+    while pending:
+        missing = store.find_missing(pending)
+        if missing:
+            yield missing
+        files, pending = children(store, pending)
+        missing = store.find_missing(files)
+        if missing:
+            yield missing
+
+
 def reachable(store: LocalStore, root: Digest) -> Iterator[Digest]:
     """Every blob digest a snapshot needs: its nodes and its files (with repeats)."""
     yield root

@@ -20,7 +20,7 @@ import trio
 
 from mesh import __version__
 from mesh.cas.digest import Digest
-from mesh.cas.snapshot import children, read_node
+from mesh.cas.snapshot import missing_levels, read_node
 from mesh.cas.store import LocalStore
 from mesh.cas.tree import Kind
 from mesh.cluster.gossip import Gossip
@@ -231,12 +231,8 @@ class Peering:
         """
         blobs = self.peer_store(store)
         self.partial.add(root)
-        pending = [root]
-        while pending:
-            await self._fetch_all(blobs, source, pending)
-            files, below = children(store, pending)
-            await self._fetch_all(blobs, source, files)
-            pending = below
+        for missing in missing_levels(store, root):
+            await self._fetch_all(blobs, source, missing)
         self.partial.discard(root)
 
     @staticmethod
