@@ -42,6 +42,7 @@ class ExecRequest:
     network: bool = False
     requirements: dict[str, str] = field(default_factory=dict)
     limits: dict[str, int] = field(default_factory=dict)
+    tools: list[str] = field(default_factory=list)  # files on the executing node whose content joins the cache key
 
     def job(self, input: Digest) -> dict[str, Any]:
         task: dict[str, Any] = {"name": "exec", "argv": self.argv, "input": str(input), "env": self.env}
@@ -57,6 +58,8 @@ class ExecRequest:
             task["network"] = True
         if self.limits:
             task["limits"] = self.limits
+        if self.tools:
+            task["tools"] = self.tools
         return {"tasks": [task], "label": "mesh exec " + shlex.join(self.argv), "no_cache": self.no_cache}
 
 
@@ -192,6 +195,21 @@ def explain(outcome: ExecOutcome) -> str | None:
     return None
 
 
+def verbose_line(outcome: ExecOutcome) -> str:
+    """What ``mesh exec -v`` says of the job: its id and end, and what the action cache said:
+    where a hit came from, or why the task was not one (and where it ran)."""
+    result = outcome.result or {}
+    line = f"job {outcome.job_id} {outcome.state}"
+    if result.get("cached"):
+        line += " (cached)"
+    note = result.get("cache_note")
+    if note:
+        line += f": {note}"
+    if result and not result.get("cached"):
+        line += f"; ran on node {result.get('node')}"
+    return line
+
+
 def checkout_output(client: NodeClient, settings: Settings, output: Digest, target: str) -> None:
     """Write the output snapshot into ``target``, fetching what the local store misses from the node."""
     from mesh.cas.checkout import checkout
@@ -221,4 +239,13 @@ def say(message: str) -> None:
     print(f"mesh: {message}", file=sys.stderr, flush=True)
 
 
-__all__ = ["ExecRequest", "snapshot_for", "Follower", "exit_status", "explain", "checkout_output", "MeshError"]
+__all__ = [
+    "ExecRequest",
+    "snapshot_for",
+    "Follower",
+    "exit_status",
+    "explain",
+    "verbose_line",
+    "checkout_output",
+    "MeshError",
+]

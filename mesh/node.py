@@ -36,6 +36,7 @@ from mesh.config import NodeConfig
 from mesh.errors import MeshError, NodeBusy, describe
 from mesh.exec.process import Executor, ProcessExecutor
 from mesh.exec.runner import Runner
+from mesh.exec.toolchain import Toolchain
 from mesh.exec.workpool import KEEP_DIRS, WorkdirPool
 from mesh.peering import Peering, advertised_url, capabilities
 from mesh.sched.scheduler import Scheduler
@@ -203,6 +204,7 @@ class Node:
             capabilities=self.peering.capabilities,
             remote=self.peering,
             holds_tree=space.holds_tree,
+            toolchain=Toolchain(image_id=self._image_id),
         )
 
     def _pinned(self) -> Roots:
@@ -260,6 +262,13 @@ class Node:
             "key; name it (--executors, MESH_EXECUTORS or executors in mesh.toml) to offer it anyway"
         )
         return None
+
+    async def _image_id(self, image: str) -> str | None:
+        """The ID of ``image`` in this node's Docker engine (None: no engine, or not there)."""
+        from mesh.exec.docker import DockerExecutor
+
+        docker = self.runner.executors.get("docker")
+        return await docker.image_id(image) if isinstance(docker, DockerExecutor) else None
 
     @property
     def default_executor(self) -> str:

@@ -255,6 +255,7 @@ class TaskRecord:
     started_at: float | None = None
     finished_at: float | None = None
     action: Action | None = None  # built when the task became ready (not stored: rebuilt from the spec)
+    cache_note: str | None = None  # why its cache lookup missed (not stored: looked up again on resume)
 
     def to_wire(self) -> dict[str, Any]:
         return {

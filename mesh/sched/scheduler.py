@@ -51,9 +51,12 @@ from mesh.errors import (
     NodeError,
     PeerDeclined,
     StateError,
+    ToolMissing,
     describe,
 )
 from mesh.exec.action import Action, ActionResult
+from mesh.exec.toolchain import Identity, Toolchain
+from mesh.sched.actioncache import ActionCache, LocalActionCache, MissReasons
 from mesh.sched.events import EventLogs, JobEvents
 from mesh.sched.jobs import FINAL_TASK_STATES, JobSpec, TaskRecord, decide, job_state
 from mesh.sched.placement import NodeView, Unplaceable, rank, unmet
@@ -95,6 +98,9 @@ STEAL_HOLD = 2.0
 #: 1 held task 2.216-2.218 s, with 2 2.199-2.200 s; 4 was no better than 2. (Before task
 #: directories were reused, when a peer's tasks cost it more CPU, 2 and 4 were slower than 1.)
 PREFETCH = 2
+#: Seconds the container engine gets to say which image ID an action's image names (its
+#: toolchain identity) before the lookup counts as a miss.
+ENGINE_TIMEOUT = 5.0
 
 
 class TaskRunner(Protocol):
@@ -195,6 +201,8 @@ class Scheduler:
         capabilities: Mapping[str, str] | None = None,
         remote: Remote | None = None,
         holds_tree: Callable[[Digest], bool] | None = None,
+        cache: ActionCache | None = None,
+        toolchain: Toolchain | None = None,
     ) -> None:
         if slots < 1:
             raise ValueError("a node needs at least one slot")
@@ -205,6 +213,13 @@ class Scheduler:
         #: to eviction; mesh.cas.space): by default, whether its root is.
         self.holds_tree = store.has if holds_tree is None else holds_tree
         self.node_id = node_id
+        #: The action cache (by default this node's alone) and what makes its keys.
+        self.cache: ActionCache = cache or LocalActionCache(
+            db, node_id=node_id, has=store.has, holds_tree=self.holds_tree
+        )
+        self.toolchain = toolchain or Toolchain()
+        self.reasons = MissReasons(db)
+        self._looking = 0  # tasks whose lookup waits for the engine or for peers
         self.slots = slots
         self.logs = EventLogs()
         self._live: dict[str, LiveJob] = {}
@@ -415,8 +430,11 @@ class Scheduler:
             self._finish(live, task, "failed", reason=reason, move_on=False)
             return True
         task.action = action
-        if not live.spec.no_cache:
-            hit = self._cache_lookup(action)
+        further = False
+        if live.spec.no_cache:
+            task.cache_note = "not looked up: the job asked for no cache"
+        else:
+            hit, further = self._look_up(live, task, action)
             if hit is not None:
                 self._cache_hits += 1
                 self._finish(live, task, "succeeded", result=hit, move_on=False)
@@ -424,6 +442,10 @@ class Scheduler:
         if task.state != "queued":
             task.state = "queued"
             self.db.set_task_state(task)
+        if further and self._nursery is not None:
+            self._looking += 1
+            self._nursery.start_soon(self._look_further, live, task, action)
+            return False
         self._ready.append((live.row.id, task.name))
         self._wake()
         return False
@@ -437,20 +459,102 @@ class Scheduler:
             raise InvalidJob(f"input task {source!r} produced no output snapshot")
         return task.spec.action(upstream.result.output)
 
-    def _cache_lookup(self, action: Action) -> ActionResult | None:
-        key = str(action.digest())
+    # -- the action cache ----------------------------------------------------------
+
+    def _look_up(self, live: LiveJob, task: TaskRecord, action: Action) -> tuple[ActionResult | None, bool]:
+        """Look ``action`` up in the local cache, with this node's toolchain identity for it:
+        (the hit or None, whether to look further before it queues). Further: a docker action,
+        whose identity the engine gives (asynchronously), and a miss that peers may answer
+        (not for a pinned job: its coordinator asked them). ``task.cache_note`` says why a
+        miss was one."""
+        further = self.cache.asks_further() and not live.spec.pinned
+        if self.toolchain.needs_engine(action):
+            return None, True
         try:
-            hit = self.db.cached_result(key)
-            if hit is None:
+            identity = self.toolchain.identity(action)
+        except ToolMissing as exc:  # the task fails with it if it runs here; a peer may have the tool
+            task.cache_note = self.reasons.note(action, None, no_identity=str(exc))
+            return None, further
+        return self._look_up_with(task, action, identity), further
+
+    def _look_up_with(self, task: TaskRecord, action: Action, identity: Identity) -> ActionResult | None:
+        hit = self.cache.get(action.cache_key(identity.digest()))
+        if hit is None:
+            task.cache_note = self.reasons.note(action, identity)
+        return hit
+
+    async def _look_further(self, live: LiveJob, task: TaskRecord, action: Action) -> None:
+        """The rest of a queued task's lookup, in its own trio task (others go on meanwhile):
+        a docker action's identity from the engine and its local lookup, then the peers. A
+        hit finishes the task; a miss puts it in the ready queue. A task cancelled meanwhile
+        stays cancelled. A bug looking it up is logged and the task runs."""
+        hit = None
+        try:
+            hit = await self._find_further(live, task, action)
+        except Exception as exc:
+            log.error(
+                "looking up task %s of job %s in the action cache failed: %s", task.name, live.row.id, describe(exc)
+            )
+        finally:
+            self._looking -= 1
+        if live.row.id not in self._live or task.state != "queued":
+            return  # cancelled (or its job given up) while it was looked up
+        try:
+            with self._recorder.step():
+                if hit is None:
+                    self._ready.append((live.row.id, task.name))
+                    self._wake()
+                else:
+                    self._cache_hits += 1
+                    self._finish(live, task, "succeeded", result=hit)
+        except Exception as exc:  # a bug recording it: its job is given up, not the node
+            self._give_up(live, exc)
+
+    async def _find_further(self, live: LiveJob, task: TaskRecord, action: Action) -> ActionResult | None:
+        if self.toolchain.needs_engine(action):
+            identity = None
+            with trio.move_on_after(ENGINE_TIMEOUT):
+                identity = await self.toolchain.of_image(action)
+            if identity is None:
+                why = f"the image {action.image} is not on this node, or its engine did not say"
+                task.cache_note = self.reasons.note(action, None, no_identity=why)
                 return None
-            whole = self.store.has(hit.stdout) and self.store.has(hit.stderr)
-            if not whole or (hit.output is not None and not self.holds_tree(hit.output)):
-                self.db.forget_cached(key)  # its blobs were evicted: run it again
-                return None
-        except StateError as exc:  # the cache is only a shortcut: an entry that cannot be read is a miss
-            log.warning("the action cache could not be read: %s", exc)
-            return None
-        return replace(hit, cached=True)
+            hit = self._look_up_with(task, action, identity)
+            if hit is not None or live.spec.pinned or not self.cache.asks_further():
+                return hit
+            key = action.cache_key(identity.digest())
+        else:
+            key = action.cache_key(self.toolchain.identity(action).digest())
+        return await self.cache.get_further(key)
+
+    async def _key_now(self, action: Action) -> Digest | None:
+        """The cache key of ``action`` with this node's identity for it now (None: it has none
+        here, the engine lacks the image). Raises ToolMissing for a declared tool not here."""
+        if self.toolchain.needs_engine(action):
+            identity = None
+            with trio.move_on_after(ENGINE_TIMEOUT):
+                identity = await self.toolchain.of_image(action)
+        else:
+            identity = self.toolchain.identity(action)
+        return None if identity is None else action.cache_key(identity.digest())
+
+    async def _run_here(self, action: Action, on_output: OutputSink, cache: bool) -> ActionResult:
+        """Run ``action`` in this node's runner. With ``cache``, the result carries the cache key
+        of this node's toolchain identity as it was before the run and still is after it (a
+        compiler replaced while the task ran: no key, so it is not cached under either)."""
+        docker = self.toolchain.needs_engine(action)
+        before = None if docker and not cache else await self._key_now(action)  # ToolMissing fails the task
+        result = await self.runner.run(action, on_output=on_output)
+        if not cache or not result.success:
+            return result
+        try:
+            after = await self._key_now(action)
+        except ToolMissing:
+            after = None
+        if before is not None and after != before:
+            log.warning("the toolchain of an action changed while it ran; its result is not cached")
+            return result
+        return replace(result, cache_key=after)
 
     # -- running ------------------------------------------------------------------
 
@@ -619,7 +723,7 @@ class Scheduler:
                     if where is None:
                         if self.remote is not None and not self.remote.is_complete(action.input, self.store):
                             await self.remote.fetch_tree(None, action.input, self.store)
-                        result = await self.runner.run(action, on_output=on_output)
+                        result = await self._run_here(action, on_output, not live.spec.no_cache)
                     else:
                         assert self.remote is not None
                         key = f"{live.row.id}/{task.name}/{task.attempts}"
@@ -655,8 +759,10 @@ class Scheduler:
                 elif result is None:
                     self._finish(live, task, "failed", reason=reason)
                 else:
-                    if result.success and not live.spec.no_cache:
-                        self.db.cache_result(str(action.digest()), result)
+                    if not result.cached:
+                        result = replace(result, cache_note=task.cache_note)
+                    if result.success and not live.spec.no_cache and result.cache_key is not None:
+                        self.cache.put(result.cache_key, result)  # under the key of the node that ran it
                     state = "succeeded" if result.success else "failed"
                     self._finish(live, task, state, result=result, reason=_why(result))
         except Exception as exc:  # a bug recording the task: its job is given up, not the node
