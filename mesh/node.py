@@ -32,6 +32,7 @@ from mesh.api.authorities import NodeAuthorities
 from mesh.api.server import listen, serve
 from mesh.cas.space import Roots, StoreSpace
 from mesh.cas.store import LocalStore
+from mesh.cluster.actioncache import MeshActionCache
 from mesh.config import NodeConfig
 from mesh.errors import MeshError, NodeBusy, describe
 from mesh.exec.process import Executor, ProcessExecutor
@@ -39,6 +40,7 @@ from mesh.exec.runner import Runner
 from mesh.exec.toolchain import Toolchain
 from mesh.exec.workpool import KEEP_DIRS, WorkdirPool
 from mesh.peering import Peering, advertised_url, capabilities
+from mesh.sched.actioncache import LocalActionCache
 from mesh.sched.scheduler import Scheduler
 from mesh.sched.statedb import StateDB, state_path
 
@@ -72,6 +74,7 @@ class Node:
         self.space: StoreSpace  # the store's size, kept under its cap
         self.key: MeshKey
         self.scheduler: Scheduler
+        self.action_cache: MeshActionCache  # this node's action cache, with its peers' behind it
         self.peering: Peering
         self.runner: Runner
         self.docker: DockerStatus | None = None
@@ -96,6 +99,7 @@ class Node:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.space.run)
                 await nursery.start(self._watch_docker)
+                await nursery.start(self.action_cache.run)
                 await nursery.start(self.scheduler.run)
                 http_stop = trio.Event()
                 app = create_app(self)
@@ -195,6 +199,8 @@ class Node:
             load=self._load,
             room=space.reserve,
         )
+        local = LocalActionCache(self.db, node_id=self.node_id, has=self.store.has, holds_tree=space.holds_tree)
+        self.action_cache = MeshActionCache(local, self.peering, node_id=self.node_id)
         self.scheduler = Scheduler(
             self.db,
             runner,
@@ -204,6 +210,7 @@ class Node:
             capabilities=self.peering.capabilities,
             remote=self.peering,
             holds_tree=space.holds_tree,
+            cache=self.action_cache,
             toolchain=Toolchain(image_id=self._image_id),
         )
 
@@ -391,7 +398,7 @@ class Node:
             "running_jobs": sched.running_jobs,
             "tasks_run": sched.tasks_run,
             "stealing": {"stolen": sched.tasks_stolen, "given": sched.tasks_given},
-            "cache": {"hits": sched.cache_hits, "entries": self.db.cache_size()},
+            "cache": {"hits": sched.cache_hits, "entries": self.db.cache_size(), "mesh": self._mesh_cache_status()},
             "store": self._store_status(),
             "capabilities": self.peering.capabilities,
             "executors": {
@@ -408,6 +415,10 @@ class Node:
         if detailed:
             answer["jobs"]["recent"] = [row.to_wire() for row in self.db.jobs(limit=STATUS_RECENT_JOBS)]
         return answer
+
+    def _mesh_cache_status(self) -> dict[str, int]:
+        mesh = self.action_cache.statistics()
+        return {"asked": mesh.asked, "found": mesh.found, "answered": mesh.answered, "served": mesh.served}
 
     def _store_status(self) -> dict[str, int | None]:
         space = self.space.statistics()

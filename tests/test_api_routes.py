@@ -80,6 +80,7 @@ def world(node: NodeProcess, home: Path, tmp_path: Path) -> dict[str, Any]:
             ("POST", "/v1/blobs:download"): codec.encode({"digests": [snapshot]}),
             ("POST", "/v1/gossip"): codec.encode({"from": "peer-unknown", "members": [member]}),
             ("POST", "/v1/steal"): codec.encode({"thief": "http://127.0.0.1:1", "slots": 1}),
+            ("POST", "/v1/cache:lookup"): codec.encode({"keys": [str(Digest.of(blob))]}),
         },
     }
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
-from tests.nodeutil import NodeProcess
+from tests.nodeutil import NodeProcess, wait_for
 from tests.treeutil import build, executable
 
 
@@ -100,3 +102,32 @@ def test_a_container_action_is_keyed_by_its_image_id(docker_host: str, home: Pat
         assert b"no toolchain identity for it (the image localhost/no-such-image:1 is not on this node" in absent.stderr
     finally:
         node.stop()
+
+
+def status(node: NodeProcess) -> dict[str, Any]:
+    answer: dict[str, Any] = httpx.get(node.url + "/status", timeout=5, trust_env=False).json()
+    return answer
+
+
+def test_a_result_made_on_one_node_is_a_hit_on_its_peer_and_its_blobs_are_fetched_there(
+    tmp_path: Path, tree: Path
+) -> None:
+    a = NodeProcess(str(tmp_path / "a")).start()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "mesh.key").write_text((tmp_path / "a" / "mesh.key").read_text())
+    b = NodeProcess(str(tmp_path / "b"), extra_args=["--peer", a.addr]).start()
+    try:
+        wait_for(lambda: [p["state"] for p in status(b)["peers"]] == ["alive"], what="b to hear of a")
+        command = ["-C", str(tree), "--", "sh", "-c", "cat a.txt; mkdir out; date +%s%N > out/when"]
+        made = a.mesh("exec", "-v", "--out", str(tmp_path / "out-a"), *command)
+        assert made.returncode == 0 and b"not in the cache: first run" in made.stderr, made.stderr
+        answered = b.mesh("exec", "-v", "--out", str(tmp_path / "out-b"), *command)
+        assert answered.returncode == 0, answered.stderr
+        assert f"(cached): from the action cache of node {status(a)['node']} (".encode() in answered.stderr
+        assert answered.stdout == made.stdout == b"alpha\n"  # fetched from a through b
+        assert (tmp_path / "out-b" / "out" / "when").read_text() == (tmp_path / "out-a" / "out" / "when").read_text()
+        assert status(b)["tasks_run"] == 0 and status(a)["tasks_run"] == 1  # it ran once, on a
+        assert status(b)["cache"]["mesh"]["found"] == 1 and status(a)["cache"]["mesh"]["served"] == 1
+    finally:
+        b.stop()
+        a.stop()

@@ -16,6 +16,7 @@
 | ``GET /v1/jobs/{id}/events`` | its events from ``?from=N``, live until it finishes |
 | ``POST /v1/gossip`` | a peer's membership table in, ours out (mesh.sched.gossip) |
 | ``POST /v1/steal`` | an idle peer asks for queued tasks (mesh.sched.scheduler: work stealing) |
+| ``POST /v1/cache:lookup`` | a peer asks for action-cache entries by key (mesh.cluster.actioncache) |
 
 Handlers only translate between HTTP and the node: validation lives in the
 model (mesh.sched.jobs), errors are mapped in mesh.api.http.
@@ -47,6 +48,7 @@ from mesh.api.http import (
 from mesh.api.metrics import metrics
 from mesh.api.wire import EVENTS_CBOR, NDJSON, frame, to_json
 from mesh.cas.digest import Digest
+from mesh.cluster.actioncache import MAX_LOOKUP_BODY
 from mesh.errors import InvalidUrl, MeshError
 from mesh.sched.events import PACE
 from mesh.sched.jobs import JOB_STATES, JobSpec, check_job_id, parse_job
@@ -232,6 +234,13 @@ async def steal(request: Request) -> Response:
     return reply(request, {"given": _node(request).scheduler.give(thief, slots)})
 
 
+async def cache_lookup(request: Request) -> Response:
+    """``POST /v1/cache:lookup``: a peer asks which of ``keys`` this node's own action cache
+    holds (mesh.cluster.actioncache); answered from the local cache only."""
+    message = await read_message(request, MAX_LOOKUP_BODY)
+    return reply(request, _node(request).action_cache.answer(message))
+
+
 async def _on_error(request: Request, exc: Exception) -> Response:
     return error_response(request, exc)
 
@@ -263,6 +272,7 @@ def create_app(node: Node) -> Starlette:
         Route("/v1/jobs/{job_id}/events", job_events, methods=["GET"]),
         Route("/v1/gossip", gossip, methods=["POST"]),
         Route("/v1/steal", steal, methods=["POST"]),
+        Route("/v1/cache:lookup", cache_lookup, methods=["POST"]),
     ]
     app = Starlette(
         routes=routes,

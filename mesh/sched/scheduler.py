@@ -430,11 +430,11 @@ class Scheduler:
             self._finish(live, task, "failed", reason=reason, move_on=False)
             return True
         task.action = action
-        further = False
+        further, key = False, None
         if live.spec.no_cache:
             task.cache_note = "not looked up: the job asked for no cache"
         else:
-            hit, further = self._look_up(live, task, action)
+            hit, key, further = self._look_up(live, task, action)
             if hit is not None:
                 self._cache_hits += 1
                 self._finish(live, task, "succeeded", result=hit, move_on=False)
@@ -444,7 +444,7 @@ class Scheduler:
             self.db.set_task_state(task)
         if further and self._nursery is not None:
             self._looking += 1
-            self._nursery.start_soon(self._look_further, live, task, action)
+            self._nursery.start_soon(self._look_further, live, task, action, key)
             return False
         self._ready.append((live.row.id, task.name))
         self._wake()
@@ -461,40 +461,41 @@ class Scheduler:
 
     # -- the action cache ----------------------------------------------------------
 
-    def _look_up(self, live: LiveJob, task: TaskRecord, action: Action) -> tuple[ActionResult | None, bool]:
-        """Look ``action`` up in the local cache, with this node's toolchain identity for it:
-        (the hit or None, whether to look further before it queues). Further: a docker action,
-        whose identity the engine gives (asynchronously), and a miss that peers may answer
-        (not for a pinned job: its coordinator asked them). ``task.cache_note`` says why a
-        miss was one."""
-        further = self.cache.asks_further() and not live.spec.pinned
+    def _look_up(
+        self, live: LiveJob, task: TaskRecord, action: Action
+    ) -> tuple[ActionResult | None, Digest | None, bool]:
+        """Look ``action`` up in the local cache with this node's toolchain identity for it:
+        (the hit or None, its key, whether to look further before it queues). Further: a
+        docker action, whose identity the engine gives (asynchronously; its key is then None
+        here), and a miss that peers may answer (not for a pinned job: its coordinator asked
+        them). ``task.cache_note`` says why a miss was one."""
         if self.toolchain.needs_engine(action):
-            return None, True
+            return None, None, True
         try:
             identity = self.toolchain.identity(action)
         except ToolMissing as exc:  # the task fails with it if it runs here; a peer may have the tool
             task.cache_note = self.reasons.note(action, None, no_identity=str(exc))
-            return None, further
-        return self._look_up_with(task, action, identity), further
+            return None, None, False
+        key = action.cache_key(identity.digest())
+        hit = self._get(task, action, identity, key)
+        return hit, key, hit is None and self.cache.asks_further() and not live.spec.pinned
 
-    def _look_up_with(self, task: TaskRecord, action: Action, identity: Identity) -> ActionResult | None:
-        hit = self.cache.get(action.cache_key(identity.digest()))
+    def _get(self, task: TaskRecord, action: Action, identity: Identity, key: Digest) -> ActionResult | None:
+        hit = self.cache.get(key)
         if hit is None:
             task.cache_note = self.reasons.note(action, identity)
         return hit
 
-    async def _look_further(self, live: LiveJob, task: TaskRecord, action: Action) -> None:
+    async def _look_further(self, live: LiveJob, task: TaskRecord, action: Action, key: Digest | None) -> None:
         """The rest of a queued task's lookup, in its own trio task (others go on meanwhile):
         a docker action's identity from the engine and its local lookup, then the peers. A
         hit finishes the task; a miss puts it in the ready queue. A task cancelled meanwhile
         stays cancelled. A bug looking it up is logged and the task runs."""
         hit = None
         try:
-            hit = await self._find_further(live, task, action)
+            hit = await self._find_further(live, task, action, key)
         except Exception as exc:
-            log.error(
-                "looking up task %s of job %s in the action cache failed: %s", task.name, live.row.id, describe(exc)
-            )
+            log.error("looking task %s of job %s up in the cache failed: %s", task.name, live.row.id, describe(exc))
         finally:
             self._looking -= 1
         if live.row.id not in self._live or task.state != "queued":
@@ -510,8 +511,10 @@ class Scheduler:
         except Exception as exc:  # a bug recording it: its job is given up, not the node
             self._give_up(live, exc)
 
-    async def _find_further(self, live: LiveJob, task: TaskRecord, action: Action) -> ActionResult | None:
-        if self.toolchain.needs_engine(action):
+    async def _find_further(
+        self, live: LiveJob, task: TaskRecord, action: Action, key: Digest | None
+    ) -> ActionResult | None:
+        if key is None:  # a docker action: the engine says which image it runs
             identity = None
             with trio.move_on_after(ENGINE_TIMEOUT):
                 identity = await self.toolchain.of_image(action)
@@ -519,12 +522,12 @@ class Scheduler:
                 why = f"the image {action.image} is not on this node, or its engine did not say"
                 task.cache_note = self.reasons.note(action, None, no_identity=why)
                 return None
-            hit = self._look_up_with(task, action, identity)
-            if hit is not None or live.spec.pinned or not self.cache.asks_further():
-                return hit
             key = action.cache_key(identity.digest())
-        else:
-            key = action.cache_key(self.toolchain.identity(action).digest())
+            hit = self._get(task, action, identity, key)
+            if hit is not None:
+                return hit
+        if live.spec.pinned or not self.cache.asks_further():
+            return None
         return await self.cache.get_further(key)
 
     async def _key_now(self, action: Action) -> Digest | None:

@@ -1,0 +1,7 @@
+"""The cluster: what a node does with its peers (the mesh-wide action cache so far).
+
+Membership, gossip, discovery and the peer clients join this package later (today in
+mesh.peering, mesh.peerstore, mesh.sched.gossip, mesh.sched.membership, mesh.discovery).
+Its layer is beside mesh.sched: it may import cas, exec and sched, never api, node or cli;
+what it needs of the network it is handed as a narrow interface (mesh.peering serves it).
+"""
