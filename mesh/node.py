@@ -33,6 +33,7 @@ from mesh.api.server import listen, serve
 from mesh.cas.space import Roots, StoreSpace
 from mesh.cas.store import LocalStore
 from mesh.cluster.actioncache import MeshActionCache
+from mesh.cluster.inflight import ClaimTable, MeshClaims
 from mesh.config import NodeConfig
 from mesh.errors import MeshError, NodeBusy, describe
 from mesh.exec.process import Executor, ProcessExecutor
@@ -75,6 +76,7 @@ class Node:
         self.key: MeshKey
         self.scheduler: Scheduler
         self.action_cache: MeshActionCache  # this node's action cache, with its peers' behind it
+        self.claims: MeshClaims  # claims of cache keys: one run for identical work in flight
         self.peering: Peering
         self.runner: Runner
         self.docker: DockerStatus | None = None
@@ -201,6 +203,7 @@ class Node:
         )
         local = LocalActionCache(self.db, node_id=self.node_id, has=self.store.has, holds_tree=space.holds_tree)
         self.action_cache = MeshActionCache(local, self.peering, node_id=self.node_id)
+        self.claims = MeshClaims(ClaimTable(self._is_live), self.peering, lambda: self.peering.url)
         self.scheduler = Scheduler(
             self.db,
             runner,
@@ -212,6 +215,7 @@ class Node:
             holds_tree=space.holds_tree,
             cache=self.action_cache,
             toolchain=Toolchain(image_id=self._image_id),
+            claims=self.claims,
         )
 
     def _pinned(self) -> Roots:
@@ -269,6 +273,10 @@ class Node:
             "key; name it (--executors, MESH_EXECUTORS or executors in mesh.toml) to offer it anyway"
         )
         return None
+
+    def _is_live(self, url: str) -> bool:
+        """Whether ``url`` is this node's or a live peer's (a claim's holder, mesh.cluster.inflight)."""
+        return url == self.peering.url or url in self.peering.alive_urls()
 
     async def _image_id(self, image: str) -> str | None:
         """The ID of ``image`` in this node's Docker engine (None: no engine, or not there)."""
@@ -418,7 +426,17 @@ class Node:
 
     def _mesh_cache_status(self) -> dict[str, int]:
         mesh = self.action_cache.statistics()
-        return {"asked": mesh.asked, "found": mesh.found, "answered": mesh.answered, "served": mesh.served}
+        claims = self.claims
+        return {
+            "asked": mesh.asked,
+            "found": mesh.found,
+            "answered": mesh.answered,
+            "served": mesh.served,
+            "claims_granted": claims.granted,
+            "claims_waited": claims.waited,
+            "claims_unanswered": claims.unanswered,
+            "claims_owned": len(claims.table),
+        }
 
     def _store_status(self) -> dict[str, int | None]:
         space = self.space.statistics()

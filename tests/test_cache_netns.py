@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from subprocess import PIPE
 from typing import Any
 
 import pytest
@@ -75,7 +77,11 @@ class Mesh:
 
     def compiler(self, i: int, version: int) -> None:
         """Put version ``version`` of ``cc`` in node ``i``'s tools (a new file, as an upgrade does)."""
-        body = f'#!/bin/sh\necho run >> {shlex.quote(str(self.runs))}\necho "built by cc {version}"; cat "$1"\n'
+        body = (
+            f"#!/bin/sh\necho run >> {shlex.quote(str(self.runs))}\n"
+            'if [ -n "$SLOW" ]; then sleep "$SLOW"; fi\n'
+            f'echo "built by cc {version}"; cat "$1"\n'
+        )
         new = self.tools.parent / f"tools{i}" / "cc.new"
         executable(new, body).replace(new.with_name("cc"))
 
@@ -86,26 +92,27 @@ class Mesh:
         done = self.mesh(i, "status", "--json", "--node", NODE)
         return json.loads(done.stdout) if done.returncode == 0 else {}
 
-    def compile(self, i: int, source: str = "a.txt") -> Any:
-        """``mesh exec -v`` of ``cc SOURCE`` through node ``i``, with the process executor (whose
-        tasks may write the runs file)."""
+    def compile_argv(self, *env: str) -> list[str]:
+        """``mesh exec -v`` of ``cc a.txt`` (with ``env``), with the process executor (whose tasks
+        may write the runs file)."""
+        extra = [arg for pair in env for arg in ("--env", pair)]
         path = f"PATH={self.tools}:/usr/bin:/bin"
-        return self.mesh(
-            i,
-            "exec",
-            "-v",
-            "--executor",
-            "process",
-            "--env",
-            path,
-            "-C",
-            str(self.tree),
-            "--node",
-            NODE,
-            "--",
-            "cc",
-            source,
-        )
+        return ["exec", "-v", "--executor", "process", "--env", path, *extra, "-C", str(self.tree), "--node", NODE]
+
+    def compile(self, i: int, *env: str) -> Any:
+        return self.mesh(i, *self.compile_argv(*env), "--", "cc", "a.txt")
+
+    def compile_at_once(self, nodes: list[int], *env: str) -> list[tuple[str, str]]:
+        """The same ``cc a.txt`` through each of ``nodes``, started at the same moment: each
+        one's (stdout, stderr)."""
+        argv = [sys.executable, "-m", "mesh", *self.compile_argv(*env), "--", "cc", "a.txt"]
+        started = [
+            subprocess.Popen(
+                self.lan.exec_argv(i, argv), env=node_env(str(self.homes[i])), stdout=PIPE, stderr=PIPE, text=True
+            )
+            for i in nodes
+        ]
+        return [p.communicate(timeout=120) for p in started]
 
     def count_runs(self) -> int:
         return len(self.runs.read_text().splitlines())
@@ -143,3 +150,12 @@ def test_one_cache_for_the_mesh_keyed_by_each_nodes_toolchain(lan: Lan, tmp_path
         again = mesh.compile(node)
         assert again.stdout == made.stdout and "(cached)" in again.stderr, again.stderr
     assert mesh.count_runs() == 2
+
+    # Two identical actions submitted at the same moment to A and B run once: one node claims
+    # the key, the other waits for its result.
+    runs = mesh.count_runs()
+    (out_a, err_a), (out_b, err_b) = mesh.compile_at_once([a, b], "SLOW=3")
+    assert out_a == out_b == "built by cc 1\nalpha\n", (err_a, err_b)
+    assert mesh.count_runs() == runs + 1, (err_a, err_b)
+    waited = [err for err in (err_a, err_b) if "(cached): waited for http://" in err]
+    assert len(waited) == 1, (err_a, err_b)

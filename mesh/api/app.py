@@ -17,6 +17,7 @@
 | ``POST /v1/gossip`` | a peer's membership table in, ours out (mesh.sched.gossip) |
 | ``POST /v1/steal`` | an idle peer asks for queued tasks (mesh.sched.scheduler: work stealing) |
 | ``POST /v1/cache:lookup`` | a peer asks for action-cache entries by key (mesh.cluster.actioncache) |
+| ``POST /v1/cache:claim``, ``:release`` | a peer claims (releases) a cache key this node owns (mesh.cluster.inflight) |
 
 Handlers only translate between HTTP and the node: validation lives in the
 model (mesh.sched.jobs), errors are mapped in mesh.api.http.
@@ -241,6 +242,19 @@ async def cache_lookup(request: Request) -> Response:
     return reply(request, _node(request).action_cache.answer(message))
 
 
+async def cache_claim(request: Request) -> Response:
+    """``POST /v1/cache:claim``: a peer about to run a cacheable action claims its key, which
+    this node owns (mesh.cluster.inflight); a waiting claim is answered within seconds."""
+    message = await read_message(request, 4096)
+    return reply(request, await _node(request).claims.table.answer_claim(message))
+
+
+async def cache_release(request: Request) -> Response:
+    """``POST /v1/cache:release``: the holder of a claim ran its action (mesh.cluster.inflight)."""
+    message = await read_message(request, 4096)
+    return reply(request, _node(request).claims.table.answer_release(message))
+
+
 async def _on_error(request: Request, exc: Exception) -> Response:
     return error_response(request, exc)
 
@@ -273,6 +287,8 @@ def create_app(node: Node) -> Starlette:
         Route("/v1/gossip", gossip, methods=["POST"]),
         Route("/v1/steal", steal, methods=["POST"]),
         Route("/v1/cache:lookup", cache_lookup, methods=["POST"]),
+        Route("/v1/cache:claim", cache_claim, methods=["POST"]),
+        Route("/v1/cache:release", cache_release, methods=["POST"]),
     ]
     app = Starlette(
         routes=routes,

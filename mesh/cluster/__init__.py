@@ -1,4 +1,5 @@
-"""The cluster: what a node does with its peers (the mesh-wide action cache so far).
+"""The cluster: what a node does with its peers. So far the mesh-wide action cache
+(``actioncache``) and the claims that make identical work in flight run once (``inflight``).
 
 Membership, gossip, discovery and the peer clients join this package later (today in
 mesh.peering, mesh.peerstore, mesh.sched.gossip, mesh.sched.membership, mesh.discovery).

@@ -38,6 +38,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Protocol
 
 import trio
@@ -51,14 +52,15 @@ from mesh.errors import (
     NodeError,
     PeerDeclined,
     StateError,
-    ToolMissing,
     describe,
 )
 from mesh.exec.action import Action, ActionResult
-from mesh.exec.toolchain import Identity, Toolchain
+from mesh.exec.toolchain import Toolchain
 from mesh.sched.actioncache import ActionCache, LocalActionCache, MissReasons
 from mesh.sched.events import EventLogs, JobEvents
+from mesh.sched.inflight import Claims, InFlight
 from mesh.sched.jobs import FINAL_TASK_STATES, JobSpec, TaskRecord, decide, job_state
+from mesh.sched.lookup import CacheLookup, Found
 from mesh.sched.placement import NodeView, Unplaceable, rank, unmet
 from mesh.sched.recording import Recorder
 from mesh.sched.statedb import JobRow, StateDB
@@ -98,9 +100,6 @@ STEAL_HOLD = 2.0
 #: 1 held task 2.216-2.218 s, with 2 2.199-2.200 s; 4 was no better than 2. (Before task
 #: directories were reused, when a peer's tasks cost it more CPU, 2 and 4 were slower than 1.)
 PREFETCH = 2
-#: Seconds the container engine gets to say which image ID an action's image names (its
-#: toolchain identity) before the lookup counts as a miss.
-ENGINE_TIMEOUT = 5.0
 
 
 class TaskRunner(Protocol):
@@ -203,6 +202,7 @@ class Scheduler:
         holds_tree: Callable[[Digest], bool] | None = None,
         cache: ActionCache | None = None,
         toolchain: Toolchain | None = None,
+        claims: Claims | None = None,
     ) -> None:
         if slots < 1:
             raise ValueError("a node needs at least one slot")
@@ -213,13 +213,17 @@ class Scheduler:
         #: to eviction; mesh.cas.space): by default, whether its root is.
         self.holds_tree = store.has if holds_tree is None else holds_tree
         self.node_id = node_id
-        #: The action cache (by default this node's alone) and what makes its keys.
-        self.cache: ActionCache = cache or LocalActionCache(
-            db, node_id=node_id, has=store.has, holds_tree=self.holds_tree
+        #: The action cache (by default this node's alone), what makes its keys, and the claims
+        #: of keys across the mesh (None: a node alone), as a task's way through them.
+        self.lookup = CacheLookup(
+            cache or LocalActionCache(db, node_id=node_id, has=store.has, holds_tree=self.holds_tree),
+            toolchain or Toolchain(),
+            MissReasons(db),
+            claims,
         )
-        self.toolchain = toolchain or Toolchain()
-        self.reasons = MissReasons(db)
         self._looking = 0  # tasks whose lookup waits for the engine or for peers
+        self._lookups: dict[tuple[str, str], trio.CancelScope] = {}  # (job, task) -> its lookup, to cancel
+        self._inflight: InFlight[tuple[str, str]] = InFlight()  # (job, task) by cache key
         self.slots = slots
         self.logs = EventLogs()
         self._live: dict[str, LiveJob] = {}
@@ -412,6 +416,7 @@ class Scheduler:
             self._recent_tasks -= len(recent.tasks)
         self.logs.forget(job_id)
         self._ready = deque(key for key in self._ready if key[0] != job_id)
+        self._inflight.forget(lambda item: item[0] != job_id)
 
     def _make_ready(self, live: LiveJob, task: TaskRecord) -> bool:
         """A task whose dependencies are met: answer it from the cache or queue it for a slot.
@@ -430,22 +435,23 @@ class Scheduler:
             self._finish(live, task, "failed", reason=reason, move_on=False)
             return True
         task.action = action
-        further, key = False, None
-        if live.spec.no_cache:
-            task.cache_note = "not looked up: the job asked for no cache"
-        else:
-            hit, key, further = self._look_up(live, task, action)
-            if hit is not None:
+        found = Found(note="not looked up: the job asked for no cache")
+        if not live.spec.no_cache:
+            found = self.lookup.here(action, pinned=live.spec.pinned)
+            if found.hit is not None:
                 self._cache_hits += 1
-                self._finish(live, task, "succeeded", result=hit, move_on=False)
+                self._finish(live, task, "succeeded", result=found.hit, move_on=False)
                 return True
+        task.cache_note = found.note
         if task.state != "queued":
             task.state = "queued"
             self.db.set_task_state(task)
-        if further and self._nursery is not None:
+        if found.further and self._nursery is not None:
             self._looking += 1
-            self._nursery.start_soon(self._look_further, live, task, action, key)
+            self._nursery.start_soon(self._look_further, live, task, action, found)
             return False
+        if found.key is not None and not self._lead(live, task, found.key):
+            return False  # it waits for the task that runs the same action
         self._ready.append((live.row.id, task.name))
         self._wake()
         return False
@@ -459,45 +465,30 @@ class Scheduler:
             raise InvalidJob(f"input task {source!r} produced no output snapshot")
         return task.spec.action(upstream.result.output)
 
-    # -- the action cache ----------------------------------------------------------
+    # -- the action cache (mesh.sched.lookup) ----------------------------------------
 
-    def _look_up(
-        self, live: LiveJob, task: TaskRecord, action: Action
-    ) -> tuple[ActionResult | None, Digest | None, bool]:
-        """Look ``action`` up in the local cache with this node's toolchain identity for it:
-        (the hit or None, its key, whether to look further before it queues). Further: a
-        docker action, whose identity the engine gives (asynchronously; its key is then None
-        here), and a miss that peers may answer (not for a pinned job: its coordinator asked
-        them). ``task.cache_note`` says why a miss was one."""
-        if self.toolchain.needs_engine(action):
-            return None, None, True
-        try:
-            identity = self.toolchain.identity(action)
-        except ToolMissing as exc:  # the task fails with it if it runs here; a peer may have the tool
-            task.cache_note = self.reasons.note(action, None, no_identity=str(exc))
-            return None, None, False
-        key = action.cache_key(identity.digest())
-        hit = self._get(task, action, identity, key)
-        return hit, key, hit is None and self.cache.asks_further() and not live.spec.pinned
-
-    def _get(self, task: TaskRecord, action: Action, identity: Identity, key: Digest) -> ActionResult | None:
-        hit = self.cache.get(key)
-        if hit is None:
-            task.cache_note = self.reasons.note(action, identity)
-        return hit
-
-    async def _look_further(self, live: LiveJob, task: TaskRecord, action: Action, key: Digest | None) -> None:
+    async def _look_further(self, live: LiveJob, task: TaskRecord, action: Action, found: Found) -> None:
         """The rest of a queued task's lookup, in its own trio task (others go on meanwhile):
-        a docker action's identity from the engine and its local lookup, then the peers. A
-        hit finishes the task; a miss puts it in the ready queue. A task cancelled meanwhile
-        stays cancelled. A bug looking it up is logged and the task runs."""
+        the engine and the peers (CacheLookup.further); on a miss, the lead of its key here
+        (or a wait for the task leading it) and the mesh's claim of it. A hit finishes the
+        task; a miss puts it in the ready queue. A cancel meanwhile ends the lookup at once.
+        A bug looking it up is logged and the task runs."""
         hit = None
-        try:
-            hit = await self._find_further(live, task, action, key)
-        except Exception as exc:
-            log.error("looking task %s of job %s up in the cache failed: %s", task.name, live.row.id, describe(exc))
-        finally:
-            self._looking -= 1
+        with trio.CancelScope() as scope:
+            self._lookups[(live.row.id, task.name)] = scope
+            try:
+                found = await self.lookup.further(action, found, pinned=live.spec.pinned)
+                task.cache_note = found.note or task.cache_note
+                hit = found.hit
+                if hit is None and found.key is not None:
+                    if not self._lead(live, task, found.key):
+                        return  # it waits for the task here that runs the same action
+                    hit, task.claimed_by = await self.lookup.claim(action, found.key, pinned=live.spec.pinned)
+            except Exception as exc:
+                log.error("looking task %s of job %s up failed: %s", task.name, live.row.id, describe(exc))
+            finally:
+                self._looking -= 1
+                self._lookups.pop((live.row.id, task.name), None)
         if live.row.id not in self._live or task.state != "queued":
             return  # cancelled (or its job given up) while it was looked up
         try:
@@ -511,53 +502,54 @@ class Scheduler:
         except Exception as exc:  # a bug recording it: its job is given up, not the node
             self._give_up(live, exc)
 
-    async def _find_further(
-        self, live: LiveJob, task: TaskRecord, action: Action, key: Digest | None
-    ) -> ActionResult | None:
-        if key is None:  # a docker action: the engine says which image it runs
-            identity = None
-            with trio.move_on_after(ENGINE_TIMEOUT):
-                identity = await self.toolchain.of_image(action)
-            if identity is None:
-                why = f"the image {action.image} is not on this node, or its engine did not say"
-                task.cache_note = self.reasons.note(action, None, no_identity=why)
-                return None
-            key = action.cache_key(identity.digest())
-            hit = self._get(task, action, identity, key)
-            if hit is not None:
-                return hit
-        if live.spec.pinned or not self.cache.asks_further():
-            return None
-        return await self.cache.get_further(key)
+    # -- one run for identical work in flight (mesh.sched.inflight) ------------------------
 
-    async def _key_now(self, action: Action) -> Digest | None:
-        """The cache key of ``action`` with this node's identity for it now (None: it has none
-        here, the engine lacks the image). Raises ToolMissing for a declared tool not here."""
-        if self.toolchain.needs_engine(action):
-            identity = None
-            with trio.move_on_after(ENGINE_TIMEOUT):
-                identity = await self.toolchain.of_image(action)
-        else:
-            identity = self.toolchain.identity(action)
-        return None if identity is None else action.cache_key(identity.digest())
+    def _lead(self, live: LiveJob, task: TaskRecord, key: Digest) -> bool:
+        """Make ``task`` the one that runs ``key`` here (True), or, when another task runs it
+        already, one that waits for its result (False; :meth:`_lead_ended` settles it)."""
+        if self._inflight.lead_or_wait(key, (live.row.id, task.name)) is None:
+            task.leads = key
+            return True
+        return False
 
-    async def _run_here(self, action: Action, on_output: OutputSink, cache: bool) -> ActionResult:
-        """Run ``action`` in this node's runner. With ``cache``, the result carries the cache key
-        of this node's toolchain identity as it was before the run and still is after it (a
-        compiler replaced while the task ran: no key, so it is not cached under either)."""
-        docker = self.toolchain.needs_engine(action)
-        before = None if docker and not cache else await self._key_now(action)  # ToolMissing fails the task
-        result = await self.runner.run(action, on_output=on_output)
-        if not cache or not result.success:
-            return result
-        try:
-            after = await self._key_now(action)
-        except ToolMissing:
-            after = None
-        if before is not None and after != before:
-            log.warning("the toolchain of an action changed while it ran; its result is not cached")
-            return result
-        return replace(result, cache_key=after)
+    def _lead_ended(self, live: LiveJob, task: TaskRecord, state: str, result: ActionResult | None) -> None:
+        """A task that led its cache key ended: the mesh's claim of it is released, and the
+        tasks waiting here take its result when it succeeded (else the first of them runs)."""
+        key, task.leads = task.leads, None
+        if key is None:
+            return
+        waiters = self._inflight.end(key, (live.row.id, task.name))
+        succeeded = state == "succeeded" and result is not None
+        if self._nursery is None:
+            return
+        if task.claimed_by is not None:
+            task.claimed_by = None
+            self._nursery.start_soon(partial(self.lookup.release, key, succeeded=succeeded))
+        if waiters:
+            shared = None
+            if succeeded and result is not None:
+                note = f"waited for task {task.name} of job {live.row.id}, which ran it at the same time"
+                shared = replace(result, cached=True, cache_note=note)
+            self._nursery.start_soon(self._settle_waiters, key, waiters, shared)
+
+    async def _settle_waiters(self, key: Digest, waiters: list[tuple[str, str]], result: ActionResult | None) -> None:
+        """The tasks that waited for ``key``'s leader take its ``result``; or, without one,
+        the first that is still queued leads (and queues), and the rest wait for it."""
+        for job_id, name in waiters:
+            live = self._live.get(job_id)
+            task = None if live is None else live.tasks[name]
+            if live is None or task is None or task.state != "queued":
+                continue  # cancelled (or its job ended) while it waited
+            try:
+                with self._recorder.step():
+                    if result is not None:
+                        self._cache_hits += 1
+                        self._finish(live, task, "succeeded", result=result)
+                    elif self._lead(live, task, key):
+                        self._ready.append((live.row.id, task.name))
+                        self._wake()
+            except Exception as exc:  # a bug recording it: that job is given up, not the node
+                self._give_up(live, exc)
 
     # -- running ------------------------------------------------------------------
 
@@ -726,7 +718,7 @@ class Scheduler:
                     if where is None:
                         if self.remote is not None and not self.remote.is_complete(action.input, self.store):
                             await self.remote.fetch_tree(None, action.input, self.store)
-                        result = await self._run_here(action, on_output, not live.spec.no_cache)
+                        result = await self.lookup.run(self.runner, action, on_output, cache=not live.spec.no_cache)
                     else:
                         assert self.remote is not None
                         key = f"{live.row.id}/{task.name}/{task.attempts}"
@@ -765,7 +757,7 @@ class Scheduler:
                     if not result.cached:
                         result = replace(result, cache_note=task.cache_note)
                     if result.success and not live.spec.no_cache and result.cache_key is not None:
-                        self.cache.put(result.cache_key, result)  # under the key of the node that ran it
+                        self.lookup.cache.put(result.cache_key, result)  # under the key of the node that ran it
                     state = "succeeded" if result.success else "failed"
                     self._finish(live, task, state, result=result, reason=_why(result))
         except Exception as exc:  # a bug recording the task: its job is given up, not the node
@@ -813,6 +805,10 @@ class Scheduler:
         task.state, task.result, task.reason = state, result, reason
         task.finished_at = time.time()
         self.db.set_task_state(task)
+        lookup = self._lookups.pop((live.row.id, task.name), None)
+        if lookup is not None:
+            lookup.cancel()  # a cancel ends its lookup (or its wait for a claim) at once
+        self._lead_ended(live, task, state, result)
         live.events.emit(
             "task_finished",
             task=task.name,
@@ -903,6 +899,7 @@ class Scheduler:
         for task in live.tasks.values():
             if task.state not in FINAL_TASK_STATES:
                 task.state, task.reason, task.finished_at = "failed", reason, now
+            self._lead_ended(live, task, "failed", None)
         live.open_tasks = 0
         self._ready = deque(key for key in self._ready if key[0] != live.row.id)
         self._retire(live, "failed", now, reason)
