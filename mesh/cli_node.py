@@ -118,6 +118,13 @@ def _limit(name: str, text: str) -> int:
     return value
 
 
+def _tool(path: str) -> str:
+    """``--tool PATH``: an absolute path (of a file on the node that runs the task)."""
+    if not path.startswith("/"):
+        raise UsageError(f"--tool {path}: give the absolute path of the file on the node, e.g. --tool /usr/bin/gcc")
+    return path
+
+
 def cmd_exec(args: argparse.Namespace) -> int:
     """Run a command on the mesh against a snapshot of a directory."""
     from mesh import execute
@@ -137,6 +144,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if args.executor == "docker" and not args.image:
         raise UsageError("--executor docker needs --image NAME (an image the node holds or can pull)")
     limits = {name: _limit(name, text) for name, text in _parse_pairs(args.limit, "--limit").items()}
+    if args.tool and (args.image is not None or args.executor == "docker"):
+        raise UsageError("--tool names files of the node, which a docker task does not see (its image is in the key)")
     if limits and args.executor not in (None, "sandbox"):
         raise UsageError(f"--limit applies to the sandbox executor, not {args.executor}")
     request = execute.ExecRequest(
@@ -151,6 +160,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         no_cache=args.no_cache,
         out=args.out,
         requirements=_parse_pairs(args.require, "--require"),
+        tools=[_tool(path) for path in args.tool],
     )
     with _client(args, allow_embedded=True) as client:
         snapshot = execute.snapshot_for(client, args.settings, directory, progress=sys.stderr.isatty())
@@ -167,8 +177,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         if note:
             execute.say(note)
         if args.verbose:
-            cached = " (cached)" if outcome.result and outcome.result.cached else ""
-            execute.say(f"job {outcome.job_id} {outcome.state}{cached}")
+            execute.say(execute.verbose_line(outcome))
         if args.out is not None and outcome.result and outcome.result.output:
             execute.checkout_output(client, args.settings, outcome.result.output, args.out)
         return execute.exit_status(outcome)
@@ -363,7 +372,9 @@ def add_parsers(add: Add) -> None:
         "Snapshot DIR (default: the current directory; .meshignore patterns and .git are left out),\n"
         "run CMD on a node against it, and stream its stdout and stderr here as it runs. The exit\n"
         "status is the command's (124 if it timed out, 130 if cancelled). The same command on the\n"
-        "same tree and env again is answered from the action cache without running.\n\n"
+        "same tree and env again is answered from the action cache without running, by any node of\n"
+        "the mesh whose toolchain is the same: the image's ID for docker; else the argv[0] binary\n"
+        "(and a script's interpreter), the system's package database and each --tool file.\n\n"
         "With no node at the default address, the job runs in an in-process node on this store\n"
         "(a note says so on stderr); a --node that does not answer is an error.\n\n"
         "The task starts from a clean environment (PATH, LANG=C.UTF-8, TZ=UTC, HOME and TMPDIR of\n"
@@ -399,8 +410,20 @@ def add_parsers(add: Add) -> None:
     )
     p.add_argument("--out", metavar="DIR", help="check the output snapshot out into DIR (absent or empty)")
     p.add_argument("--no-cache", action="store_true", help="run even if the action cache has a result")
+    p.add_argument(
+        "--tool",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a file on the node whose content joins the cache key (a compiler's helper, say; repeat)",
+    )
     p.add_argument("--node", metavar="URL", help=node_help)
-    p.add_argument("-v", "--verbose", action="store_true", help="say the job id and whether it was cached")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="say the job id, and where a cache hit came from or why the run was not one",
+    )
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command and its arguments")
 
     p = add("peers", cmd_peers, "list a node's peers", "List the peers a node knows: state, load, last heard.")

@@ -48,6 +48,7 @@ take (mesh.text): a file name in it that is not UTF-8 is written with escapes.
     └── ExecError                  this node could not run a task (not the task's own failure)
         ├── UnknownExecutor        the action asks for an executor this node does not have
         ├── SpawnFailed            the command could not be started (not found, not executable)
+        ├── ToolMissing            a tool the action declares (--tool) is not a file on this node
         └── DockerError            the Docker engine is unreachable or failed a request
 """
 
@@ -319,6 +320,11 @@ class ExecError(MeshError):
 
 class UnknownExecutor(ExecError):
     """An action names an executor (``docker`` ...) that this node does not offer."""
+
+
+class ToolMissing(ExecError):
+    """A tool the action declares (``mesh exec --tool PATH``) is not a regular file on this
+    node, so its toolchain identity (mesh.exec.toolchain) cannot be made here."""
 
 
 class SpawnFailed(ExecError):

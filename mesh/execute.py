@@ -45,6 +45,7 @@ class ExecRequest:
     network: bool = False
     requirements: dict[str, str] = field(default_factory=dict)
     limits: dict[str, int] = field(default_factory=dict)
+    tools: list[str] = field(default_factory=list)  # files on the executing node whose content joins the cache key
 
     def job(self, input: Digest) -> dict[str, Any]:
         task: dict[str, Any] = {"name": "exec", "argv": self.argv, "input": str(input), "env": self.env}
@@ -60,6 +61,8 @@ class ExecRequest:
             task["network"] = True
         if self.limits:
             task["limits"] = self.limits
+        if self.tools:
+            task["tools"] = self.tools
         return {"tasks": [task], "label": "mesh exec " + shlex.join(self.argv), "no_cache": self.no_cache}
 
 
@@ -199,6 +202,22 @@ def explain(outcome: ExecOutcome) -> str | None:
     return None
 
 
+def verbose_line(outcome: ExecOutcome) -> str:
+    """What ``mesh exec -v`` says of the job: its id and end, and what the action cache said:
+    where a hit came from, or why the task was not one (and where it ran)."""
+    result = outcome.result
+    line = f"job {outcome.job_id} {outcome.state}"
+    if result is None:
+        return line
+    if result.cached:
+        line += " (cached)"
+    if result.cache_note:
+        line += f": {result.cache_note}"
+    if not result.cached:
+        line += f"; ran on node {result.node}"
+    return line
+
+
 def checkout_output(client: NodeClient, settings: Settings, output: Digest, target: str) -> None:
     """Write the output snapshot into ``target``, fetching what the local store misses from the node."""
     from mesh.cas.checkout import checkout
@@ -219,4 +238,13 @@ def say(message: str) -> None:
     print(f"mesh: {message}", file=sys.stderr, flush=True)
 
 
-__all__ = ["ExecRequest", "snapshot_for", "Follower", "exit_status", "explain", "checkout_output", "MeshError"]
+__all__ = [
+    "ExecRequest",
+    "snapshot_for",
+    "Follower",
+    "exit_status",
+    "explain",
+    "verbose_line",
+    "checkout_output",
+    "MeshError",
+]

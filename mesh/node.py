@@ -33,13 +33,17 @@ from mesh.api.server import listen, serve
 from mesh.cas.digest import Digest
 from mesh.cas.space import Roots, StoreSpace
 from mesh.cas.store import LocalStore
+from mesh.cluster.actioncache import MeshActionCache
+from mesh.cluster.inflight import ClaimTable, MeshClaims
 from mesh.cluster.intake import JobIntake
 from mesh.cluster.peering import Peering, advertised_url, capabilities
 from mesh.config import NodeConfig
 from mesh.errors import MeshError, NodeBusy, describe
 from mesh.exec.process import Executor, ProcessExecutor
 from mesh.exec.runner import Runner
+from mesh.exec.toolchain import Toolchain
 from mesh.exec.workpool import KEEP_DIRS, WorkdirPool
+from mesh.sched.actioncache import LocalActionCache
 from mesh.sched.scheduler import Scheduler
 from mesh.sched.statedb import StateDB, state_path
 from mesh.wire.auth import MeshKey, Verifier, load_key
@@ -74,6 +78,8 @@ class Node:
         self.space: StoreSpace  # the store's size, kept under its cap
         self.key: MeshKey
         self.scheduler: Scheduler
+        self.action_cache: MeshActionCache  # this node's action cache, with its peers' behind it
+        self.claims: MeshClaims  # claims of cache keys: one run for identical work in flight
         self.peering: Peering
         self.runner: Runner
         self.docker: DockerStatus | None = None
@@ -98,6 +104,7 @@ class Node:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.space.run)
                 await nursery.start(self._watch_docker)
+                await nursery.start(self.action_cache.run)
                 await nursery.start(self.scheduler.run)
                 http_stop = trio.Event()
                 app = create_app(self)
@@ -197,6 +204,9 @@ class Node:
             load=self._load,
             room=space.reserve,
         )
+        local = LocalActionCache(self.db, node_id=self.node_id, has=self.store.has, holds_tree=space.holds_tree)
+        self.action_cache = MeshActionCache(local, self.peering, node_id=self.node_id)
+        self.claims = MeshClaims(ClaimTable(self._is_live), self.peering, lambda: self.peering.url)
         self.scheduler = Scheduler(
             self.db,
             runner,
@@ -206,9 +216,13 @@ class Node:
             capabilities=self.peering.capabilities,
             remote=self.peering,
             holds_tree=space.holds_tree,
+            cache=self.action_cache,
+            toolchain=Toolchain(image_id=self._image_id),
+            claims=self.claims,
         )
         self.jobs = JobIntake(self.scheduler, self.store, self.peering, lambda: self.default_executor)
         self.blobs = PeerBackedBlobs(self.store, space, self.peering)
+        self.cache = MeshCacheService(self.action_cache, self.claims)
 
     def _pinned(self) -> Roots:
         """What eviction must keep (on the event loop): the inputs and results of the live jobs,
@@ -265,6 +279,17 @@ class Node:
             "key; name it (--executors, MESH_EXECUTORS or executors in mesh.toml) to offer it anyway"
         )
         return None
+
+    def _is_live(self, url: str) -> bool:
+        """Whether ``url`` is this node's or a live peer's (a claim's holder, mesh.cluster.inflight)."""
+        return url == self.peering.url or url in self.peering.alive_urls()
+
+    async def _image_id(self, image: str) -> str | None:
+        """The ID of ``image`` in this node's Docker engine (None: no engine, or not there)."""
+        from mesh.exec.docker import DockerExecutor
+
+        docker = self.runner.executors.get("docker")
+        return await docker.image_id(image) if isinstance(docker, DockerExecutor) else None
 
     @property
     def default_executor(self) -> str:
@@ -387,7 +412,7 @@ class Node:
             "running_jobs": sched.running_jobs,
             "tasks_run": sched.tasks_run,
             "stealing": {"stolen": sched.tasks_stolen, "given": sched.tasks_given},
-            "cache": {"hits": sched.cache_hits, "entries": self.db.cache_size()},
+            "cache": {"hits": sched.cache_hits, "entries": self.db.cache_size(), "mesh": self._mesh_cache_status()},
             "store": self._store_status(),
             "capabilities": self.peering.capabilities,
             "executors": {
@@ -424,6 +449,20 @@ class Node:
         """Merge a peer's membership table (``POST /v1/gossip``); ours, to answer with."""
         return self.peering.gossip.receive(message)
 
+    def _mesh_cache_status(self) -> dict[str, int]:
+        mesh = self.action_cache.statistics()
+        claims = self.claims
+        return {
+            "asked": mesh.asked,
+            "found": mesh.found,
+            "answered": mesh.answered,
+            "served": mesh.served,
+            "claims_granted": claims.granted,
+            "claims_waited": claims.waited,
+            "claims_unanswered": claims.unanswered,
+            "claims_owned": len(claims.table),
+        }
+
     def _store_status(self) -> dict[str, int | None]:
         space = self.space.statistics()
         return {
@@ -447,6 +486,24 @@ class PeerBackedBlobs:
 
     async def fetch_from_peers(self, digest: Digest) -> bool:
         return await self._peering.fetch_from_peers(digest, self.store)
+
+
+class MeshCacheService:
+    """The node's side of the mesh-wide action cache (mesh.api.services.Cache): peers' lookups
+    answered from the local cache, and the claims of keys this node owns."""
+
+    def __init__(self, cache: MeshActionCache, claims: MeshClaims) -> None:
+        self._cache = cache
+        self._claims = claims
+
+    def answer_lookup(self, message: Any) -> Any:
+        return self._cache.answer(message)
+
+    async def answer_claim(self, message: Any) -> Any:
+        return await self._claims.table.answer_claim(message)
+
+    def answer_release(self, message: Any) -> Any:
+        return self._claims.table.answer_release(message)
 
 
 def _node_id(home: str) -> str:

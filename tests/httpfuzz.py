@@ -21,7 +21,7 @@ route is fuzzed without anyone adding it here):
   indefinite lengths and invalid UTF-8, and per route the messages it takes with
   hostile values in the right places: job submissions (random fields, long ``after``
   chains of item 2), blob uploads and record streams, digest lists, gossip (peer URLs
-  with bad schemes and ports, item 8), steal requests.
+  with bad schemes and ports, item 8), steal requests, action-cache lookups, claims and releases.
 
 Most requests are signed correctly with the node's key: an unsigned one stops at 401,
 so only a signed one reaches the code that parses and acts.
@@ -411,6 +411,33 @@ def _digest_lists(known: list[str], json_only: bool) -> st.SearchStrategy[Any]:
     )
 
 
+def _cache_keys(known: list[str], json_only: bool) -> st.SearchStrategy[Any]:
+    """A peer's action-cache lookup (mesh.cluster.actioncache): keys that are digests or not,
+    and lists at and past the limit of 1000."""
+    absent = st.binary(min_size=32, max_size=32).map(lambda h: f"b3:{h.hex()}:{len(h)}")
+    many = st.sampled_from([1000, 1001]).map(lambda n: [str(Digest.of(str(i).encode())) for i in range(n)])
+    return _spoilt(
+        {"keys": st.lists(st.sampled_from(known) | absent, max_size=5)},
+        {},
+        {"keys": st.lists(st.sampled_from(BAD_DIGESTS), max_size=3) | many | st.sampled_from([[1], "k", {}])},
+        json_only,
+    )
+
+
+def _claims(known: list[str], release: bool, json_only: bool) -> st.SearchStrategy[Any]:
+    """A peer's claim (or ``release``) of a cache key (mesh.cluster.inflight): holders that
+    are URLs or not, ttls and waits at and past their limits."""
+    numbers = _INTS | st.sampled_from([0, -1, 0.5, 5.0, 5.5, 8 * 24 * 3600.0, 1e300])
+    required = {"key": st.sampled_from(known), "holder": st.sampled_from(_PEER_URLS)}
+    hostile = {"key": st.sampled_from(known + BAD_DIGESTS), "holder": st.sampled_from(URLS)}
+    if release:
+        return _spoilt({**required, "succeeded": st.booleans()}, {}, {**hostile, "succeeded": _INTS}, json_only)
+    optional = {"wait": st.sampled_from([0.0, 0.01])}
+    return _spoilt(
+        {**required, "ttl": st.floats(1, 100)}, optional, {**hostile, "ttl": numbers, "wait": numbers}, json_only
+    )
+
+
 def _encoded(values: Callable[[bool], st.SearchStrategy[Any]]) -> st.SearchStrategy[tuple[bytes, bytes]]:
     """(body, content type): CBOR (canonical or not) or JSON (with NaN, huge integers, surrogates)."""
 
@@ -724,6 +751,10 @@ def _route_request(route: AppRoute, known: Known) -> st.SearchStrategy[tuple[byt
         bodies = _encoded(_gossip)
     elif route.path == "/v1/steal":
         bodies = _encoded(_steal)
+    elif route.path == "/v1/cache:lookup":
+        bodies = _encoded(lambda j: _cache_keys(texts, j))
+    elif route.path in ("/v1/cache:claim", "/v1/cache:release"):
+        bodies = _encoded(lambda j: _claims(texts, route.path.endswith("release"), j))
     elif route.path in ("/v1/blobs:missing", "/v1/blobs:download"):
         bodies = _encoded(lambda j: _digest_lists(texts, j))
     elif route.path == "/v1/blobs:upload":

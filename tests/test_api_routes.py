@@ -69,6 +69,7 @@ def world(node: NodeProcess, home: Path, tmp_path: Path) -> dict[str, Any]:
         wait_for(lambda: client.job(running)["tasks"][0]["state"] == "running", what="the sleep task to run")
     job = {"tasks": [{"name": "t", "argv": ["true"], "input": snapshot}], "no_cache": True}
     member = {"node": "peer-unknown", "url": "http://127.0.0.1:1", "incarnation": 1}
+    peer = member["url"]
     return {
         "digest": Digest.of(blob),
         "job_id": running,
@@ -80,6 +81,11 @@ def world(node: NodeProcess, home: Path, tmp_path: Path) -> dict[str, Any]:
             ("POST", "/v1/blobs:download"): codec.encode({"digests": [snapshot]}),
             ("POST", "/v1/gossip"): codec.encode({"from": "peer-unknown", "members": [member]}),
             ("POST", "/v1/steal"): codec.encode({"thief": "http://127.0.0.1:1", "slots": 1}),
+            ("POST", "/v1/cache:lookup"): codec.encode({"keys": [str(Digest.of(blob))]}),
+            ("POST", "/v1/cache:claim"): codec.encode({"key": str(Digest.of(blob)), "holder": peer, "ttl": 60.0}),
+            ("POST", "/v1/cache:release"): codec.encode(
+                {"key": str(Digest.of(blob)), "holder": peer, "succeeded": False}
+            ),
         },
     }
 

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 Tree = dict[bytes, Any]
@@ -32,6 +33,13 @@ def build(root: str | os.PathLike[str], tree: Tree, order: Any = sorted) -> None
         else:
             os.mkdir(path)
             build(path, spec[1], order)
+
+
+def executable(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` and make it executable (a test copy of a tool, say)."""
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
 
 
 def read(root: str | os.PathLike[str]) -> Tree:

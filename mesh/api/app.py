@@ -16,6 +16,8 @@
 | ``GET /v1/jobs/{id}/events`` | its events from ``?from=N``, live until it finishes |
 | ``POST /v1/gossip`` | a peer's membership table in, ours out (mesh.cluster.gossip) |
 | ``POST /v1/steal`` | an idle peer asks for queued tasks (mesh.sched.scheduler: work stealing) |
+| ``POST /v1/cache:lookup`` | a peer asks for action-cache entries by key (mesh.cluster.actioncache) |
+| ``POST /v1/cache:claim``, ``:release`` | a peer claims (releases) a cache key this node owns (mesh.cluster.inflight) |
 
 Handlers only translate between HTTP and the node's services (mesh.api.services):
 validation lives in the model (mesh.sched.jobs), what it takes to accept a job in
@@ -46,6 +48,7 @@ from mesh.api.http import (
 )
 from mesh.api.metrics import CONTENT_TYPE, exposition
 from mesh.api.services import NodeServices, services
+from mesh.cluster.actioncache import MAX_LOOKUP_BODY
 from mesh.errors import MeshError
 from mesh.sched.events import PACE
 from mesh.sched.jobevents import JobEvent, to_wire
@@ -186,6 +189,26 @@ async def steal(request: Request) -> Response:
     return reply(request, {"given": services(request).jobs.give(thief, slots)})
 
 
+async def cache_lookup(request: Request) -> Response:
+    """``POST /v1/cache:lookup``: a peer asks which of ``keys`` this node's own action cache
+    holds (mesh.cluster.actioncache); answered from the local cache only."""
+    message = await read_message(request, MAX_LOOKUP_BODY)
+    return reply(request, services(request).cache.answer_lookup(message))
+
+
+async def cache_claim(request: Request) -> Response:
+    """``POST /v1/cache:claim``: a peer about to run a cacheable action claims its key, which
+    this node owns (mesh.cluster.inflight); a waiting claim is answered within seconds."""
+    message = await read_message(request, 4096)
+    return reply(request, await services(request).cache.answer_claim(message))
+
+
+async def cache_release(request: Request) -> Response:
+    """``POST /v1/cache:release``: the holder of a claim ran its action (mesh.cluster.inflight)."""
+    message = await read_message(request, 4096)
+    return reply(request, services(request).cache.answer_release(message))
+
+
 async def _on_error(request: Request, exc: Exception) -> Response:
     return error_response(request, exc)
 
@@ -217,6 +240,9 @@ def create_app(node: NodeServices) -> Starlette:
         Route("/v1/jobs/{job_id}/events", job_events, methods=["GET"]),
         Route("/v1/gossip", gossip, methods=["POST"]),
         Route("/v1/steal", steal, methods=["POST"]),
+        Route("/v1/cache:lookup", cache_lookup, methods=["POST"]),
+        Route("/v1/cache:claim", cache_claim, methods=["POST"]),
+        Route("/v1/cache:release", cache_release, methods=["POST"]),
     ]
     app = Starlette(
         routes=routes,

@@ -83,6 +83,22 @@ class Blobs(Protocol):
         ...
 
 
+class Cache(Protocol):
+    """The node's part in the mesh-wide action cache (mesh.cluster.actioncache, .inflight)."""
+
+    def answer_lookup(self, message: Any) -> Any:
+        """Which of the keys a peer asks for this node's own cache holds, with their results."""
+        ...
+
+    async def answer_claim(self, message: Any) -> Any:
+        """A peer's claim of a key this node owns: granted, or whom to wait for."""
+        ...
+
+    def answer_release(self, message: Any) -> Any:
+        """The holder of a claim ran its action: the claim ends."""
+        ...
+
+
 class NodeServices(Protocol):
     """Everything the app serves, as the node (mesh.node.Node) provides it."""
 
@@ -91,6 +107,9 @@ class NodeServices(Protocol):
 
     @property
     def blobs(self) -> Blobs: ...
+
+    @property
+    def cache(self) -> Cache: ...
 
     @property
     def verifier(self) -> Verifier:

@@ -259,11 +259,20 @@ class Peering:
     def peer_store(self, store: LocalStore) -> PeerStore:
         """``store`` with the live peers behind it (mesh.cluster.peerstore)."""
         assert self.offers is not None, "peering is not running"
+        return PeerStore(
+            store, self.alive_urls, self.missing_on, self.offers.fetch, self.offers.fetch_many, room=self.room
+        )
 
-        def alive() -> list[str]:
-            return [m.url for m in self.table.alive()]
+    def alive_urls(self) -> list[str]:
+        """The URLs of the live peers (none before peering runs)."""
+        return [m.url for m in self.table.alive()] if self.client is not None else []
 
-        return PeerStore(store, alive, self.missing_on, self.offers.fetch, self.offers.fetch_many, room=self.room)
+    async def call(self, url: str, path: str, body: Any, *, timeout: float) -> Any:
+        """A signed request with a CBOR body to the peer at ``url``; its decoded answer
+        (NodeError, NodeUnreachable when it cannot answer). mesh.cluster's services use it."""
+        if self.client is None:
+            raise NodeError("peering is not running")
+        return await self.client.request("POST", url + path, body=body, timeout=timeout)
 
     async def missing_on(self, url: str, digests: list[Digest]) -> list[Digest]:
         """Which of ``digests`` the peer at ``url`` lacks (``POST /v1/blobs:missing``)."""

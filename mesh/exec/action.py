@@ -4,9 +4,13 @@ An :class:`Action` names everything that determines a task's outcome: argv, the
 environment it adds to the base environment, the working directory inside the
 input snapshot, the input snapshot itself, which outputs to capture, the
 timeout, and the executor (with its image and whether it may use the network).
-Its :meth:`Action.digest` over canonical CBOR is the action-cache key, so two
-actions that would do the same thing share one cached result. Requirements on
-the node (``arch=x86_64``) steer placement, and are part of the key when given.
+Its :meth:`Action.digest` over canonical CBOR names it, so two actions that would
+do the same thing share one cached result; the action-cache key
+(:meth:`Action.cache_key`) adds the toolchain identity of the node that runs it
+(mesh.exec.toolchain: the image's ID, or the node's software and the ``tools`` the
+action declares). Requirements on the node (``arch=x86_64``) steer placement, and
+are part of the key when given. :meth:`Action.shape` is the action without its
+input: what the cache remembers to say why a run was not a hit.
 
 An :class:`ActionResult` is what running it produced: the exit code, stdout and
 stderr as blobs, the output snapshot, timings, the node that ran it and whether
@@ -47,6 +51,10 @@ MAX_ARGS_BYTES = 1 << 20
 #: Resource limits an action may set for itself (the sandbox executor's rlimits: address
 #: space and file size in bytes, processes, open files), each at most what the node allows.
 LIMIT_NAMES = ("address_space", "processes", "file_size", "open_files")
+#: Most tools (``mesh exec --tool``) an action may declare.
+MAX_TOOLS = 256
+#: The version of the action-cache key's form: keys of other versions are never served.
+CACHE_KEY_VERSION = 2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +72,7 @@ class Action:
     network: bool = False
     requirements: tuple[tuple[str, str], ...] = ()
     limits: tuple[tuple[str, int], ...] = ()
+    tools: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.argv or not self.argv[0]:
@@ -98,6 +107,7 @@ class Action:
         if self.limits and self.executor != "sandbox":
             raise CodecError(f"limits apply to the sandbox executor, not {self.executor!r}")
         object.__setattr__(self, "limits", tuple(sorted(dict(self.limits).items())))
+        object.__setattr__(self, "tools", check_tools(self.tools, self.executor))
 
     def to_wire(self, *, with_requirements: bool = True) -> dict[str, Any]:
         """The CBOR/JSON map of this action (digests in text form)."""
@@ -116,6 +126,8 @@ class Action:
             wire["requirements"] = dict(self.requirements)
         if self.limits:  # only when set, so that the keys of actions without limits stay as they were
             wire["limits"] = dict(self.limits)
+        if self.tools:  # the same
+            wire["tools"] = list(self.tools)
         return wire
 
     def digest(self) -> Digest:
@@ -124,13 +136,30 @@ class Action:
         Requirements are part of it when there are any (as Bazel keys on the platform):
         a result made on any node must not answer an action that asked for a GPU node.
         """
-        known: Digest | None = self.__dict__.get("_digest")
+        return self._digest_of("_digest", with_input=True)
+
+    def cache_key(self, identity: Digest) -> Digest:
+        """The action-cache key: the action's digest with the digest of the toolchain identity
+        it runs with on the node that computes it (mesh.exec.toolchain.Identity)."""
+        return Digest.of(
+            codec.encode({"action": str(self.digest()), "toolchain": str(identity), "v": CACHE_KEY_VERSION})
+        )
+
+    def shape(self) -> Digest:
+        """The digest of the action without its input: runs of one command on changing inputs
+        share it (the cache remembers the last input and identity of each shape)."""
+        return self._digest_of("_shape", with_input=False)
+
+    def _digest_of(self, name: str, *, with_input: bool) -> Digest:
+        known: Digest | None = self.__dict__.get(name)
         if known is None:
             key = self.to_wire(with_requirements=bool(self.requirements))
+            if not with_input:
+                del key["input"]
             key["timeout"] = float(self.timeout)
             key["v"] = 1
             known = Digest.of(codec.encode(key))
-            object.__setattr__(self, "_digest", known)  # an Action never changes: computed once
+            object.__setattr__(self, name, known)  # an Action never changes: computed once
         return known
 
     @classmethod
@@ -164,6 +193,7 @@ class Action:
             network=fields.flag("network", False),
             requirements=tuple(fields.text_map("requirements", {}).items()),
             limits=tuple(fields.mapping("limits", {}).items()),
+            tools=tuple(fields.texts("tools", [])),
         )
 
     def with_input(self, input: Digest) -> Action:
@@ -192,6 +222,12 @@ class ActionResult:
     timed_out: bool = False
     error: str | None = None
     cached: bool = False
+    #: The action-cache key the result was made under (on the node that ran it): None when it
+    #: has none (its node could not make its toolchain identity) or was not made to be cached.
+    cache_key: Digest | None = None
+    #: What the action cache said of it, for ``mesh exec -v``: where a hit came from, or why
+    #: the task was not one (first run, inputs changed, toolchain changed ...).
+    cache_note: str | None = None
 
     @property
     def success(self) -> bool:
@@ -202,7 +238,7 @@ class ActionResult:
         return self.finished_at - self.started_at
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire: dict[str, Any] = {
             "exit_code": self.exit_code,
             "signal": self.signal,
             "timed_out": self.timed_out,
@@ -215,11 +251,17 @@ class ActionResult:
             "node": self.node,
             "cached": self.cached,
         }
+        if self.cache_key is not None:  # only when set: results recorded before have neither
+            wire["cache_key"] = str(self.cache_key)
+        if self.cache_note is not None:
+            wire["cache_note"] = self.cache_note
+        return wire
 
     @classmethod
     def from_wire(cls, value: Any, what: str = "action result") -> ActionResult:
         fields = codec.Fields(value, what)
         output = fields.text("output", None)
+        cache_key = fields.text("cache_key", None)
         result = cls(
             exit_code=fields.integer("exit_code"),
             signal=fields.integer("signal", None),
@@ -232,6 +274,8 @@ class ActionResult:
             finished_at=float(fields.number("finished_at")),
             node=fields.text("node"),
             cached=fields.flag("cached", False),
+            cache_key=None if cache_key is None else parse_digest(cache_key, f"cache key of {what}"),
+            cache_note=fields.text("cache_note", None),
         )
         fields.done()
         return result
@@ -243,6 +287,26 @@ def parse_digest(text: str, what: str) -> Digest:
         return Digest.parse(text)
     except InvalidDigest as exc:
         raise CodecError(f"{what}: {exc}") from None
+
+
+def check_tools(tools: tuple[str, ...], executor: str) -> tuple[str, ...]:
+    """The tools an action declares, normalised and sorted: absolute paths of files on the
+    executing node (their content joins the toolchain identity); not for docker, whose tasks
+    see the image and not the node."""
+    if not tools:
+        return ()
+    if executor == "docker":
+        raise CodecError(
+            "tools name files of the node, which a docker task does not see (its image's ID is in the key)"
+        )
+    if len(tools) > MAX_TOOLS:
+        raise CodecError(f"an action may declare at most {MAX_TOOLS} tools, not {len(tools)}")
+    normal = set()
+    for tool in tools:
+        if not isinstance(tool, str) or not tool.startswith("/") or "\0" in tool:
+            raise CodecError(f"a tool must be an absolute path on the node, not {tool!r}")
+        normal.add(posixpath.normpath(tool).replace("//", "/"))
+    return tuple(sorted(normal))
 
 
 def check_relative(path: str, what: str, *, allow_root: bool = False) -> str:

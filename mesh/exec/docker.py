@@ -169,6 +169,18 @@ class DockerExecutor:
         """:func:`docker_status` of this executor's engine."""
         return await docker_status(f"unix://{self.socket}")
 
+    async def image_id(self, image: str) -> str | None:
+        """The ID of ``image`` in this executor's engine (the toolchain identity of its tasks,
+        mesh.exec.toolchain); None when the engine lacks it or cannot be asked."""
+        if not valid_reference(image):
+            return None
+        try:
+            async with self.engine() as engine:
+                return await engine.image_id(image)
+        except (DockerError, ValueError, KeyError) as exc:
+            log.warning("the Docker engine could not say which image %s is: %s", image, exc)
+            return None
+
     async def remove_leftovers(self) -> int:
         """Remove every container of this owner (left by a node that died mid-task); returns how many.
 

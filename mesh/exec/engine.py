@@ -1,7 +1,7 @@
 """A small async client of the Docker Engine HTTP API, over its unix socket.
 
 Docker and Podman (``podman system service``) both serve this API; only what the
-``docker`` executor and the node's probe need is here: ping, list images, pull,
+``docker`` executor and the node's probe need is here: ping, list images, an image's ID, pull,
 create / attach / start / kill / inspect / wait / remove a container, list
 containers by label. Paths carry no API version (``/containers/create``, not
 ``/v1.41/...``): the engine then answers at its own current version, and engines
@@ -316,6 +316,13 @@ class Engine:
         response = await self._request("GET", "/images/json")
         tags = {tag for image in response.json() for tag in image.get("RepoTags") or () if tag != "<none>:<none>"}
         return sorted(tags)
+
+    async def image_id(self, image: str) -> str | None:
+        """The ID of the image ``image`` names (``sha256:...``), None when the engine lacks it."""
+        response = await self._request("GET", f"/images/{quote(image, safe='/:@')}/json", ok=(404,))
+        if response.status_code == 404:
+            return None
+        return str(response.json()["Id"])
 
     async def pull(self, image: str) -> None:
         """Pull ``image`` (``POST /images/create``). Raises DockerError with the engine's reason.

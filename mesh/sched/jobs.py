@@ -277,6 +277,9 @@ class TaskRecord:
     started_at: float | None = None
     finished_at: float | None = None
     action: Action | None = None  # built when the task became ready (not stored: rebuilt from the spec)
+    cache_note: str | None = None  # why its cache lookup missed (not stored: looked up again on resume)
+    leads: Digest | None = None  # the cache key it runs for the tasks waiting on it (mesh.sched.inflight)
+    claimed_by: str | None = None  # the node that granted it the mesh's claim of that key
 
     def to_wire(self) -> dict[str, Any]:
         return {

@@ -38,6 +38,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Protocol
 
 import trio
@@ -54,7 +55,10 @@ from mesh.errors import (
     describe,
 )
 from mesh.exec.action import Action, ActionResult
+from mesh.exec.toolchain import Toolchain
+from mesh.sched.actioncache import ActionCache, LocalActionCache, MissReasons
 from mesh.sched.events import EventLogs, JobEvents
+from mesh.sched.inflight import Claims, InFlight
 from mesh.sched.jobevents import (
     JobEvent,
     JobFinished,
@@ -66,6 +70,7 @@ from mesh.sched.jobevents import (
     stream_named,
 )
 from mesh.sched.jobs import FINAL_TASK_STATES, JobSpec, JobState, TaskRecord, TaskState, decide, job_state
+from mesh.sched.lookup import CacheLookup, Found
 from mesh.sched.placement import NodeView, Unplaceable, rank, unmet
 from mesh.sched.recording import Recorder
 from mesh.sched.statedb import JobRow, StateDB
@@ -205,6 +210,9 @@ class Scheduler:
         capabilities: Mapping[str, str] | None = None,
         remote: Remote | None = None,
         holds_tree: Callable[[Digest], bool] | None = None,
+        cache: ActionCache | None = None,
+        toolchain: Toolchain | None = None,
+        claims: Claims | None = None,
     ) -> None:
         if slots < 1:
             raise ValueError("a node needs at least one slot")
@@ -215,6 +223,17 @@ class Scheduler:
         #: to eviction; mesh.cas.space): by default, whether its root is.
         self.holds_tree = store.has if holds_tree is None else holds_tree
         self.node_id = node_id
+        #: The action cache (by default this node's alone), what makes its keys, and the claims
+        #: of keys across the mesh (None: a node alone), as a task's way through them.
+        self.lookup = CacheLookup(
+            cache or LocalActionCache(db, node_id=node_id, has=store.has, holds_tree=self.holds_tree),
+            toolchain or Toolchain(),
+            MissReasons(db),
+            claims,
+        )
+        self._looking = 0  # tasks whose lookup waits for the engine or for peers
+        self._lookups: dict[tuple[str, str], trio.CancelScope] = {}  # (job, task) -> its lookup, to cancel
+        self._inflight: InFlight[tuple[str, str]] = InFlight()  # (job, task) by cache key
         self.slots = slots
         self.logs = EventLogs()
         self._live: dict[str, LiveJob] = {}
@@ -407,6 +426,7 @@ class Scheduler:
             self._recent_tasks -= len(recent.tasks)
         self.logs.forget(job_id)
         self._ready = deque(key for key in self._ready if key[0] != job_id)
+        self._inflight.forget(lambda item: item[0] != job_id)
 
     def _make_ready(self, live: LiveJob, task: TaskRecord) -> bool:
         """A task whose dependencies are met: answer it from the cache or queue it for a slot.
@@ -425,15 +445,23 @@ class Scheduler:
             self._finish(live, task, "failed", reason=reason, move_on=False)
             return True
         task.action = action
+        found = Found(note="not looked up: the job asked for no cache")
         if not live.spec.no_cache:
-            hit = self._cache_lookup(action)
-            if hit is not None:
+            found = self.lookup.here(action, pinned=live.spec.pinned)
+            if found.hit is not None:
                 self._cache_hits += 1
-                self._finish(live, task, "succeeded", result=hit, move_on=False)
+                self._finish(live, task, "succeeded", result=found.hit, move_on=False)
                 return True
+        task.cache_note = found.note
         if task.state != "queued":
             task.state = "queued"
             self.db.set_task_state(task)
+        if found.further and self._nursery is not None:
+            self._looking += 1
+            self._nursery.start_soon(self._look_further, live, task, action, found)
+            return False
+        if found.key is not None and not self._lead(live, task, found.key):
+            return False  # it waits for the task that runs the same action
         self._ready.append((live.row.id, task.name))
         self._wake()
         return False
@@ -447,20 +475,91 @@ class Scheduler:
             raise InvalidJob(f"input task {source!r} produced no output snapshot")
         return task.spec.action(upstream.result.output)
 
-    def _cache_lookup(self, action: Action) -> ActionResult | None:
-        key = str(action.digest())
+    # -- the action cache (mesh.sched.lookup) ----------------------------------------
+
+    async def _look_further(self, live: LiveJob, task: TaskRecord, action: Action, found: Found) -> None:
+        """The rest of a queued task's lookup, in its own trio task (others go on meanwhile):
+        the engine and the peers (CacheLookup.further); on a miss, the lead of its key here
+        (or a wait for the task leading it) and the mesh's claim of it. A hit finishes the
+        task; a miss puts it in the ready queue. A cancel meanwhile ends the lookup at once.
+        A bug looking it up is logged and the task runs."""
+        hit = None
+        with trio.CancelScope() as scope:
+            self._lookups[(live.row.id, task.name)] = scope
+            try:
+                found = await self.lookup.further(action, found, pinned=live.spec.pinned)
+                task.cache_note = found.note or task.cache_note
+                hit = found.hit
+                if hit is None and found.key is not None:
+                    if not self._lead(live, task, found.key):
+                        return  # it waits for the task here that runs the same action
+                    hit, task.claimed_by = await self.lookup.claim(action, found.key, pinned=live.spec.pinned)
+            except Exception as exc:
+                log.error("looking task %s of job %s up failed: %s", task.name, live.row.id, describe(exc))
+            finally:
+                self._looking -= 1
+                self._lookups.pop((live.row.id, task.name), None)
+        if live.row.id not in self._live or task.state != "queued":
+            return  # cancelled (or its job given up) while it was looked up
         try:
-            hit = self.db.cached_result(key)
-            if hit is None:
-                return None
-            whole = self.store.has(hit.stdout) and self.store.has(hit.stderr)
-            if not whole or (hit.output is not None and not self.holds_tree(hit.output)):
-                self.db.forget_cached(key)  # its blobs were evicted: run it again
-                return None
-        except StateError as exc:  # the cache is only a shortcut: an entry that cannot be read is a miss
-            log.warning("the action cache could not be read: %s", exc)
-            return None
-        return replace(hit, cached=True)
+            with self._recorder.step():
+                if hit is None:
+                    self._ready.append((live.row.id, task.name))
+                    self._wake()
+                else:
+                    self._cache_hits += 1
+                    self._finish(live, task, "succeeded", result=hit)
+        except Exception as exc:  # a bug recording it: its job is given up, not the node
+            self._give_up(live, exc)
+
+    # -- one run for identical work in flight (mesh.sched.inflight) ------------------------
+
+    def _lead(self, live: LiveJob, task: TaskRecord, key: Digest) -> bool:
+        """Make ``task`` the one that runs ``key`` here (True), or, when another task runs it
+        already, one that waits for its result (False; :meth:`_lead_ended` settles it)."""
+        if self._inflight.lead_or_wait(key, (live.row.id, task.name)) is None:
+            task.leads = key
+            return True
+        return False
+
+    def _lead_ended(self, live: LiveJob, task: TaskRecord, state: str, result: ActionResult | None) -> None:
+        """A task that led its cache key ended: the mesh's claim of it is released, and the
+        tasks waiting here take its result when it succeeded (else the first of them runs)."""
+        key, task.leads = task.leads, None
+        if key is None:
+            return
+        waiters = self._inflight.end(key, (live.row.id, task.name))
+        succeeded = state == "succeeded" and result is not None
+        if self._nursery is None:
+            return
+        if task.claimed_by is not None:
+            task.claimed_by = None
+            self._nursery.start_soon(partial(self.lookup.release, key, succeeded=succeeded))
+        if waiters:
+            shared = None
+            if succeeded and result is not None:
+                note = f"waited for task {task.name} of job {live.row.id}, which ran it at the same time"
+                shared = replace(result, cached=True, cache_note=note)
+            self._nursery.start_soon(self._settle_waiters, key, waiters, shared)
+
+    async def _settle_waiters(self, key: Digest, waiters: list[tuple[str, str]], result: ActionResult | None) -> None:
+        """The tasks that waited for ``key``'s leader take its ``result``; or, without one,
+        the first that is still queued leads (and queues), and the rest wait for it."""
+        for job_id, name in waiters:
+            live = self._live.get(job_id)
+            task = None if live is None else live.tasks[name]
+            if live is None or task is None or task.state != "queued":
+                continue  # cancelled (or its job ended) while it waited
+            try:
+                with self._recorder.step():
+                    if result is not None:
+                        self._cache_hits += 1
+                        self._finish(live, task, "succeeded", result=result)
+                    elif self._lead(live, task, key):
+                        self._ready.append((live.row.id, task.name))
+                        self._wake()
+            except Exception as exc:  # a bug recording it: that job is given up, not the node
+                self._give_up(live, exc)
 
     # -- running ------------------------------------------------------------------
 
@@ -630,7 +729,7 @@ class Scheduler:
                     if where is None:
                         if self.remote is not None and not self.remote.is_complete(action.input, self.store):
                             await self.remote.fetch_tree(None, action.input, self.store)
-                        result = await self.runner.run(action, on_output=on_output)
+                        result = await self.lookup.run(self.runner, action, on_output, cache=not live.spec.no_cache)
                     else:
                         assert self.remote is not None
                         key = f"{live.row.id}/{task.name}/{task.attempts}"
@@ -666,8 +765,10 @@ class Scheduler:
                 elif result is None:
                     self._finish(live, task, "failed", reason=reason)
                 else:
-                    if result.success and not live.spec.no_cache:
-                        self.db.cache_result(str(action.digest()), result)
+                    if not result.cached:
+                        result = replace(result, cache_note=task.cache_note)
+                    if result.success and not live.spec.no_cache and result.cache_key is not None:
+                        self.lookup.cache.put(result.cache_key, result)  # under the key of the node that ran it
                     self._finish(
                         live, task, "succeeded" if result.success else "failed", result=result, reason=_why(result)
                     )
@@ -716,6 +817,10 @@ class Scheduler:
         task.state, task.result, task.reason = state, result, reason
         task.finished_at = time.time()
         self.db.set_task_state(task)
+        lookup = self._lookups.pop((live.row.id, task.name), None)
+        if lookup is not None:
+            lookup.cancel()  # a cancel ends its lookup (or its wait for a claim) at once
+        self._lead_ended(live, task, state, result)
         live.events.emit(TaskFinished(task=task.name, state=state, reason=reason, result=result))
         if move_on:
             self._advance_all(live, self._unblocked(live, task))
@@ -800,6 +905,7 @@ class Scheduler:
         for task in live.tasks.values():
             if task.state not in FINAL_TASK_STATES:
                 task.state, task.reason, task.finished_at = "failed", reason, now
+            self._lead_ended(live, task, "failed", None)
         live.open_tasks = 0
         self._ready = deque(key for key in self._ready if key[0] != live.row.id)
         self._retire(live, "failed", now, reason)

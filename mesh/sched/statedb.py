@@ -44,7 +44,12 @@ would be joined by every later batch and never committed.
 A job's ``reason`` (why the node failed the job itself: it could not resume it) is a
 column that schema version 1 gained later: opening a database made before adds it, and
 versions that do not know it still read and write the rest (they name their columns),
-so the schema version stays 1.
+so the schema version stays 1. So does the action cache's change to keys that carry the
+toolchain identity (mesh.exec.toolchain): ``meta`` notes the form of the keys its
+``action_cache`` holds (``cache_keys``), and a database whose entries were made under
+another form (before the identity, or by a later version) has them all dropped when it
+opens, so that none is ever served. ``action_shapes`` keeps, per action without its
+input, the input and identity it was last looked up with: why the next run was not a hit.
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ from typing import Any
 
 from mesh import codec
 from mesh.errors import CodecError, JobNotFound, StateError, StateFull, describe
-from mesh.exec.action import ActionResult
+from mesh.exec.action import CACHE_KEY_VERSION, ActionResult
 from mesh.sched.jobs import (
     FINAL_TASK_STATES,
     JobSpec,
@@ -109,6 +114,12 @@ CREATE TABLE IF NOT EXISTS action_cache (
     result BLOB NOT NULL,
     created_at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS action_shapes (
+    shape TEXT PRIMARY KEY,
+    input TEXT NOT NULL,
+    identity BLOB,
+    seen_at REAL NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -150,6 +161,7 @@ class StateDB:
         self._tasks: dict[str, dict[str, TaskRecord]] = {}  # job -> name -> task, waiting for a commit
         self._ends: dict[str, tuple[JobState, float, str | None]] = {}  # job -> (final state, when, reason), waiting
         self._cache: dict[str, tuple[ActionResult, float]] = {}  # key -> (result, when), waiting for a commit
+        self._shapes: dict[str, tuple[str, bytes | None, float]] = {}  # shape -> (input, identity, when), waiting
         self._batching = False  # inside a batch (whose transaction is open)
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -170,6 +182,12 @@ class StateDB:
                 raise StateError(f"{path} has schema version {row[0][0]}; this mesh reads version {SCHEMA_VERSION}")
             if "reason" not in {column[1] for column in self._sql("PRAGMA table_info(jobs)")}:
                 self._sql("ALTER TABLE jobs ADD COLUMN reason TEXT")  # made by an earlier version
+            keys = self._sql("SELECT value FROM meta WHERE key='cache_keys'")
+            if not keys or keys[0][0] != str(CACHE_KEY_VERSION):
+                # Entries keyed without the toolchain identity (made by an earlier version) could
+                # answer for another compiler: none of them is served again.
+                self._sql("DELETE FROM action_cache")
+                self._sql("INSERT OR REPLACE INTO meta VALUES ('cache_keys', ?)", (str(CACHE_KEY_VERSION),))
 
     def close(self) -> None:
         """Commit what waits and close. What cannot be committed (a full disk) is logged and
@@ -251,7 +269,7 @@ class StateDB:
         finally:
             self._batching = False
             self._rollback()  # whatever was raised (a COMMIT that went in leaves nothing to undo)
-        self._tasks, self._ends, self._cache = {}, {}, {}
+        self._tasks, self._ends, self._cache, self._shapes = {}, {}, {}, {}
         self.failure = None
 
     def _rollback(self) -> None:
@@ -279,7 +297,8 @@ class StateDB:
     @property
     def waiting(self) -> int:
         """How many writes wait for a commit (running marks, and what a failed commit left)."""
-        return sum(len(tasks) for tasks in self._tasks.values()) + len(self._ends) + len(self._cache)
+        waiting = len(self._ends) + len(self._cache) + len(self._shapes)
+        return sum(len(tasks) for tasks in self._tasks.values()) + waiting
 
     def unrecorded(self, job_id: str) -> bool:
         """Whether changes of the job wait since a commit failed: the database holds an earlier
@@ -319,6 +338,10 @@ class StateDB:
         self._sql_many(
             "INSERT OR REPLACE INTO action_cache (key, result, created_at) VALUES (?, ?, ?)",
             [row for row in cached if row[1] is not None],  # one that cannot be encoded is not cached
+        )
+        self._sql_many(
+            "INSERT OR REPLACE INTO action_shapes (shape, input, identity, seen_at) VALUES (?, ?, ?, ?)",
+            [(shape, input, identity, at) for shape, (input, identity, at) in self._shapes.items()],
         )
 
     # -- jobs ---------------------------------------------------------------------
@@ -469,6 +492,24 @@ class StateDB:
 
     def cache_size(self) -> int:
         return int(self._sql("SELECT count(*) FROM action_cache")[0][0])
+
+    def last_seen(self, shape: str) -> tuple[str, bytes | None] | None:
+        """The input and toolchain identity (as stored) an action of ``shape`` was last looked up
+        with, or None when none was (mesh.sched.actioncache explains a miss with it)."""
+        waiting = self._shapes.get(shape)
+        if waiting is not None:
+            return waiting[0], waiting[1]
+        rows = self._sql("SELECT input, identity FROM action_shapes WHERE shape = ?", (shape,))
+        if not rows:
+            return None
+        input, identity = rows[0]
+        return str(input), None if identity is None else bytes(identity)
+
+    def remember_seen(self, shape: str, input: str, identity: bytes | None) -> None:
+        """Keep the input and identity an action of ``shape`` was looked up with (a write that
+        waits for the commit: at once outside a batch)."""
+        self._shapes[shape] = (input, identity, time.time())
+        self._commit_unless_batched()
 
     def _job_row(self, row: tuple[object, ...]) -> JobRow:
         """A job's row as read; StateError naming the job when a column is not what it must be
