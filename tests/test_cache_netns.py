@@ -18,8 +18,8 @@ from subprocess import PIPE
 from typing import Any
 
 import pytest
-from mesh.wire.auth import MeshKey
 
+from mesh.wire.auth import MeshKey
 from tests.netns import Lan, require_namespaces
 from tests.nodeutil import node_env, wait_for
 from tests.treeutil import build, executable

@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 from mesh.cas.digest import Digest
+from mesh.cluster import inflight
 from mesh.cluster.inflight import CLAIM_PATH, RELEASE_PATH, ClaimTable, MeshClaims, owner
 from mesh.errors import CodecError, NodeUnreachable
 from mesh.exec.action import ActionResult
@@ -200,6 +201,21 @@ async def test_a_claim_lapses_with_its_ttl_or_its_holders_death(autojump_clock: 
     await table.claim(other, "http://a:1", 100)
     assert not (await table.claim(other, "http://c:1", 100, wait=3)).granted  # waits, then says so
     assert trio.current_time() - started == pytest.approx(3)
+
+
+async def test_an_owner_keeps_at_most_max_claims_and_grants_the_rest_unkept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Claims a signed peer makes by the million (of live holders, so no sweep frees them)
+    cannot take the node's memory: past MAX_CLAIMS a claim is granted and not kept, as an
+    owner's silence grants it."""
+    monkeypatch.setattr(inflight, "MAX_CLAIMS", 50)
+    monkeypatch.setattr(inflight, "SWEEP_AT", 40)
+    table = ClaimTable(lambda url: True)
+    for n in range(200):
+        assert (await table.claim(Digest.of(b"%d" % n), "http://a:1", 100)).granted
+    assert len(table) == 50
+    unkept = Digest.of(b"199")
+    assert (await table.claim(unkept, "http://b:1", 100)).granted  # not held by a: it was not kept
+    assert not (await table.claim(Digest.of(b"0"), "http://b:1", 100)).granted  # kept, held by a
 
 
 async def test_the_wire_forms_of_claims_are_checked() -> None:

@@ -71,6 +71,10 @@ MAX_TTL = 8 * 24 * 3600.0
 CONCURRENT_CLAIMS = 32
 #: Claims an owner keeps before it sweeps the lapsed ones.
 SWEEP_AT = 10_000
+#: Claims an owner keeps at most (~300 bytes each): past it, after a sweep, a new claim is
+#: granted without being kept, as an owner's silence grants it (a second run, at worst), so
+#: that claims signed peers make by the million cannot take the node's memory.
+MAX_CLAIMS = 100_000
 
 
 @dataclass(eq=False)
@@ -104,9 +108,10 @@ class ClaimTable:
             current.until, current.done = trio.current_time() + ttl, False
             return ClaimAnswer(True)
         if current is None:
-            self._claims[key] = _Claim(holder, trio.current_time() + ttl)
-            if len(self._claims) > SWEEP_AT:
+            if len(self._claims) >= SWEEP_AT:
                 self._sweep()
+            if len(self._claims) < MAX_CLAIMS:
+                self._claims[key] = _Claim(holder, trio.current_time() + ttl)
             return ClaimAnswer(True)
         return ClaimAnswer(False, holder=current.holder, done=current.done)
 
