@@ -192,8 +192,9 @@ def trio_receive(port: int, expected: Digest, write_to: str | None = None, *, wh
     """Receive a stream from the trio sender, hashing (and writing each piece to a new file
     ``write_to``, when given); seconds from connect to verified end.
 
-    ``whole``: write in whole CHUNK pieces at CHUNK offsets, as mesh's store does (its
-    writes are 1 MiB each), gathering what arrives (pieces of any size) until one is full.
+    ``whole``: write as mesh's store does, whole CHUNK pieces at CHUNK offsets: received
+    into one reused CHUNK buffer (``recv_into``, as node B does), hashed as it fills,
+    written once full.
     """
     import trio
 
@@ -201,29 +202,31 @@ def trio_receive(port: int, expected: Digest, write_to: str | None = None, *, wh
         start = time.perf_counter()
         hasher = StreamHasher()
         fd = None if write_to is None else os.open(write_to, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        gathered = bytearray()
         try:
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             async with stream:
-                while True:
-                    data = await stream.receive_some(CHUNK)
-                    if not data:
-                        break
+                if fd is not None and whole:
+                    await receive_whole(stream, fd, hasher)
+                while data := await stream.receive_some(CHUNK):  # as it arrives (empty after the above)
                     hasher.update(data)
-                    if fd is not None and whole:
-                        gathered += data
-                        if len(gathered) >= CHUNK:
-                            os.write(fd, gathered[:CHUNK])
-                            del gathered[:CHUNK]
-                    elif fd is not None:
+                    if fd is not None:
                         os.write(fd, data)
-            if fd is not None and gathered:
-                os.write(fd, gathered)
         finally:
             if fd is not None:
                 os.close(fd)
         hasher.verify(expected, "raw trio stream")
         return time.perf_counter() - start
+
+    async def receive_whole(stream: trio.SocketStream, fd: int, hasher: StreamHasher) -> None:
+        buffer = memoryview(bytearray(CHUNK))
+        filled = 0
+        while count := await stream.socket.recv_into(buffer[filled:]):
+            hasher.update(buffer[filled : filled + count])
+            filled += count
+            if filled == CHUNK:
+                os.write(fd, buffer)
+                filled = 0
+        os.write(fd, buffer[:filled])
 
     return trio.run(main)
 
