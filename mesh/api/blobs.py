@@ -161,7 +161,9 @@ class BlobStream(StreamingResponse):
     async def stream_response(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         ahead, sending = trio.open_memory_channel[bytes | memoryview](0)
-        failures: list[Exception] = []  # raised past the nursery, which would wrap them in a group
+        # Raised past the nursery, which would wrap them in a group.
+        read_failure: list[Exception] = []  # BlobDamaged, or the file could not be read
+        send_failure: list[Exception] = []  # the client went away
 
         async def read_ahead() -> None:
             body = self.body_iterator
@@ -170,8 +172,10 @@ class BlobStream(StreamingResponse):
                 async with ahead, closing:
                     async for piece in body:
                         await ahead.send(piece.encode(self.charset) if isinstance(piece, str) else piece)
-            except Exception as exc:  # BlobDamaged, or the file could not be read
-                failures.append(exc)
+            except trio.BrokenResourceError:
+                pass  # the sending stopped (send_failure says why)
+            except Exception as exc:
+                read_failure.append(exc)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_ahead)
@@ -179,13 +183,15 @@ class BlobStream(StreamingResponse):
                 async with sending:
                     async for piece in sending:
                         await send({"type": "http.response.body", "body": piece, "more_body": True})
-            except Exception as exc:  # the client went away
-                failures.append(exc)
+            except Exception as exc:
+                send_failure.append(exc)
                 nursery.cancel_scope.cancel()
-        if failures:
-            if isinstance(failures[0], BlobDamaged):
+        if send_failure:
+            raise send_failure[0]
+        if read_failure:
+            if isinstance(read_failure[0], BlobDamaged):
                 return
-            raise failures[0]
+            raise read_failure[0]
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
