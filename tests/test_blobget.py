@@ -5,6 +5,7 @@ left out, and a bad answer keeps the blobs that came whole before it."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -14,11 +15,12 @@ from pathlib import Path
 import pytest
 import trio
 
+from mesh.cas import blobio
 from mesh.cas.digest import Digest
 from mesh.cas.store import LocalStore
 from mesh.cluster import blobget
 from mesh.cluster.blobget import get_blob, get_blobs
-from mesh.errors import DigestMismatch, NodeError, NodeUnreachable
+from mesh.errors import DigestMismatch, NodeError, NodeUnreachable, StoreFull
 from mesh.wire.auth import MeshKey, load_key
 from mesh.wire.client import NodeClient
 from mesh.wire.records import record_header
@@ -128,6 +130,28 @@ async def test_a_peer_that_stops_sending_is_given_up_after_the_idle_timeout(
         async with fake_peer(head("200 OK", DIGEST.size) + DATA[: blobget.PIPE_BUFFER + 10], then_hang=True) as url:
             with pytest.raises(NodeUnreachable, match="TooSlowError"):
                 await get_blob(KEY, url, DIGEST, local)
+    assert stored_nothing(local, DIGEST)
+
+
+async def test_a_disk_that_fills_during_a_large_body_raises_store_full_and_stores_nothing(
+    local: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writing thread's failure ends the receiving too, and nothing waits for ever."""
+    writes = 0
+
+    def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+        nonlocal writes
+        writes += 1
+        if writes == 3:  # the second buffer (one call each), written by the thread
+            raise OSError(errno.ENOSPC, "No space left on device")
+        os.write(fd, data)
+
+    monkeypatch.setattr(blobio, "write_all", write_all)
+    with trio.fail_after(30):
+        async with fake_peer(head("200 OK", DIGEST.size) + DATA, then_hang=True) as url:
+            with pytest.raises(StoreFull):
+                await get_blob(KEY, url, DIGEST, local)
+    assert writes == 3
     assert stored_nothing(local, DIGEST)
 
 

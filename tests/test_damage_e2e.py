@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from mesh import codec
+from mesh.api.blobs import SEND_PIECE
 from mesh.cas.digest import Digest
 from mesh.cas.snapshot import ingest
 from mesh.cas.store import LocalStore
@@ -28,8 +29,8 @@ from mesh.wire.formats import RECORD_HEADER
 from tests.nodeutil import MESH, NodeProcess, node_env
 
 CBOR = "application/cbor"
-#: Sizes of the altered blobs: one read piece, and several (the node sends 1 MiB pieces).
-SIZES = {"small": 3000, "large": (3 << 20) + 12345}
+#: Sizes of the altered blobs: one read piece, and several (the node sends SEND_PIECE pieces).
+SIZES = {"small": 3000, "large": 2 * SEND_PIECE + 12345}
 #: How a blob's file is altered on disk.
 ALTERATIONS = ["same size", "shorter", "longer"]
 

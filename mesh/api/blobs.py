@@ -27,9 +27,11 @@ mmap) then sent 0.94-1.26 GB/s, with the first byte ~30 ms later.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing, nullcontext
 from typing import Any
 
+import trio
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Send
@@ -47,7 +49,11 @@ from mesh.wire.records import RecordError, RecordReader, write_records
 MAX_MISSING_QUERY = 10_000
 #: Largest single blob the node accepts, in bytes.
 MAX_BLOB = 64 << 30
-_CHUNK = 1 << 20
+#: Bytes per piece of a streamed blob (one read, one hash update, one send). Serving a
+#: 256 MiB blob to a lean client on loopback (2 cores, read ahead, medians of 5): 4 MiB
+#: pieces 1.11-1.15 GB/s, 1 MiB pieces 0.77-0.88 GB/s; every piece costs a trip through
+#: Starlette and hypercorn and a hop to a worker thread.
+SEND_PIECE = 4 << 20
 
 
 def _digest_param(text: str) -> Digest:
@@ -128,30 +134,63 @@ async def get_blob(request: Request) -> Response:
         await blobs.fetch_from_peers(digest)
     reader = store.open(digest)  # BlobNotFound (and BlobDamaged, for a file of the wrong size) -> 404
 
-    async def chunks() -> AsyncIterator[bytes]:
+    async def pieces() -> AsyncIterator[bytes]:
         with reader:
-            while data := reader.read(_CHUNK):  # BlobDamaged instead of the last piece of a damaged blob
-                yield data
+            # Read and hashed on a worker thread: a piece of a file not in the page cache
+            # would otherwise hold the node's loop while the disk reads it.
+            while data := await trio.to_thread.run_sync(reader.read, SEND_PIECE):  # BlobDamaged instead of
+                yield data  # the last piece of a damaged blob
 
-    return BlobStream(chunks(), media_type="application/octet-stream", headers={"content-length": str(digest.size)})
+    return BlobStream(pieces(), media_type="application/octet-stream", headers={"content-length": str(digest.size)})
 
 
 class BlobStream(StreamingResponse):
-    """A streamed answer that a damaged blob (BlobDamaged from its body) leaves unfinished.
+    """A streamed answer, its body read one piece ahead of the sending, that a damaged blob
+    (BlobDamaged from its body) leaves unfinished.
 
     The head went out already, so the failure cannot be a status: the answer ends
     without its last bytes and without its end, and the server closes the
     connection (hypercorn does when an HTTP/1.1 answer is left short of its
     Content-Length). The store logged and quarantined the blob.
+
+    The next piece is read (and hashed, by the store's reader) while the one before
+    is sent, so the two take turns on neither core.
     """
 
     async def stream_response(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        try:
-            async for chunk in self.body_iterator:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except BlobDamaged:
-            return
+        ahead, sending = trio.open_memory_channel[bytes | memoryview](0)
+        # Raised past the nursery, which would wrap them in a group.
+        read_failure: list[Exception] = []  # BlobDamaged, or the file could not be read
+        send_failure: list[Exception] = []  # the client went away
+
+        async def read_ahead() -> None:
+            body = self.body_iterator
+            closing = aclosing(body) if isinstance(body, AsyncGenerator) else nullcontext(body)
+            try:
+                async with ahead, closing:
+                    async for piece in body:
+                        await ahead.send(piece.encode(self.charset) if isinstance(piece, str) else piece)
+            except trio.BrokenResourceError:
+                pass  # the sending stopped (send_failure says why)
+            except Exception as exc:
+                read_failure.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_ahead)
+            try:
+                async with sending:
+                    async for piece in sending:
+                        await send({"type": "http.response.body", "body": piece, "more_body": True})
+            except Exception as exc:
+                send_failure.append(exc)
+                nursery.cancel_scope.cancel()
+        if send_failure:
+            raise send_failure[0]
+        if read_failure:
+            if isinstance(read_failure[0], BlobDamaged):
+                return
+            raise read_failure[0]
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

@@ -61,7 +61,7 @@ class BlobWriter:
     def __init__(self, store: BlobFiles, expected: Digest | None = None) -> None:
         self._store = store
         self._expected = expected
-        self._hasher = StreamHasher()
+        self._hasher = StreamHasher(inline=True)
         self._fd, self._name = store.new_temp()
         self._done = False
 
@@ -118,19 +118,34 @@ class BlobReader(io.RawIOBase):
         self._store = store
         self._fd = fd
         self._digest = digest
-        self._hasher = StreamHasher()
+        self._hasher = StreamHasher(inline=True)
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         n = os.readv(self._fd, [buffer])
-        self._hasher.update(memoryview(buffer)[:n])
-        if n == 0 or self._hasher.size >= self._digest.size:
+        self._passed(memoryview(buffer)[:n])
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (all that is left if negative), read straight into the bytes
+        returned: io.RawIOBase's read copies them once more, out of a buffer."""
+        if size < 0:
+            return self.readall()
+        if size == 0:
+            return b""
+        data = os.read(self._fd, size)
+        self._passed(data)
+        return data
+
+    def _passed(self, data: bytes | memoryview) -> None:
+        """Hash ``data``; at the end of the blob (or past it), raise BlobDamaged unless it matched."""
+        self._hasher.update(data)
+        if not data or self._hasher.size >= self._digest.size:
             actual = self._hasher.digest()
             if actual != self._digest:
                 raise self._store.damaged(self._digest, self._fd, actual)
-        return n
 
     def close(self) -> None:
         if not self.closed:
