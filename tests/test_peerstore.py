@@ -75,7 +75,7 @@ async def test_the_first_answers_win_and_slow_peers_are_not_waited_for(store: Lo
     assert sorted(peers.copied) == sorted([("fast", a), ("also", b)])
     assert store.get(a) == a_bytes and store.get(b) == b_bytes
     # Stored now: nothing is asked or copied again; PeerStore reads through to the store.
-    assert await blobs.fetch(a) and len(peers.copied) == 2 and blobs.has(b)
+    assert await blobs.fetch(a) and len(peers.copied) == 2 and store.has(b)
 
 
 async def test_a_lost_holder_is_passed_over_and_missing_blobs_are_reported(store: LocalStore) -> None:

@@ -1,9 +1,10 @@
 """PeerStore: a node's LocalStore plus its peers; what the store lacks is fetched from them.
 
-The decorator of DESIGN.md (Blob store): reads and writes go to the local store as
-they are; :meth:`PeerStore.fetch` and :meth:`PeerStore.fetch_many` copy missing
-blobs in from whichever live peer has them, verified as the bytes stream in (the
-store's writer checks the digest before anything becomes visible).
+When to use it: to make blobs present here that a peer has (a task's input, a result
+made on a peer, a blob a client asks this node for). Reads and writes go to the local
+store itself (``PeerStore.local``); :meth:`PeerStore.fetch` and :meth:`PeerStore.fetch_many`
+copy missing blobs in from whichever live peer has them, verified as the bytes stream
+in (the store's writer checks the digest before anything becomes visible).
 
 Finding a holder: every live peer is asked at once (``POST /v1/blobs:missing``,
 signed); the first answer that has a blob claims it, and once every wanted blob
@@ -77,9 +78,6 @@ class PeerStore:
         self._copy = copy
         self._copy_many = copy_many
         self._room = room
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.local, name)  # has, find_missing, open, get, put, writer ...
 
     def __repr__(self) -> str:
         return f"PeerStore({self.local!r})"
