@@ -302,7 +302,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(
         f"slots {slots['busy']}/{slots['total']} busy, {status['queue']} queued, {status['running_jobs']} jobs running"
     )
-    print(f"action cache: {status['cache']['entries']} entries, {status['cache']['hits']} hits since start")
+    cache = status["cache"]
+    print(f"action cache: {cache['entries']} entries, {cache['hits']} hits since start")
+    mesh = cache.get("mesh")
+    if mesh:  # a node of this version: what it asked its peers and they asked it
+        print(
+            f"  mesh: asked peers {mesh['asked']} times, {mesh['found']} found; answered {mesh['answered']} "
+            f"lookups, {mesh['served']} served; claims {mesh['claims_granted']} granted, "
+            f"{mesh['claims_waited']} waited"
+        )
     counts = status["jobs"]["counts"]
     print("jobs: " + (", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "none"))
     recent = status["jobs"].get("recent")

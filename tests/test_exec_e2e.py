@@ -313,7 +313,10 @@ def test_listing_status_and_json(node: NodeProcess, tree: Path) -> None:
     assert [j["id"] for j in first_page["jobs"] + rest["jobs"]] == [j["id"] for j in jobs["jobs"]]
     status = json.loads(node.mesh("status", "--json").stdout)
     assert status["slots"]["total"] == 2 and status["jobs"]["counts"]["succeeded"] == 3
-    assert node.mesh("status").returncode == 0
+    shown = node.mesh("status")
+    text = shown.stdout.decode()
+    assert shown.returncode == 0 and "action cache: " in text
+    assert "  mesh: asked peers 0 times, 0 found" in text, text  # a lone node asks no one
 
 
 def test_unreachable_node_is_an_error(home: Path, tree: Path) -> None:
