@@ -15,9 +15,9 @@ from typing import Any, Protocol
 from starlette.requests import Request
 
 from mesh.api.metrics import NodeFigures
+from mesh.cas.access import BlobAccess
 from mesh.cas.digest import Digest
 from mesh.cas.space import StoreSpace
-from mesh.cas.store import LocalStore
 from mesh.sched.events import JobEvents
 from mesh.sched.jobevents import JobEvent
 from mesh.sched.jobs import JobSpec, JobState
@@ -69,7 +69,7 @@ class Blobs(Protocol):
     """The node's store, the room under its cap, and the peers behind it."""
 
     @property
-    def store(self) -> LocalStore:
+    def store(self) -> BlobAccess:
         """The node's blob store."""
         ...
 

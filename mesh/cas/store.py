@@ -44,7 +44,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import io
 import logging
 import os
 import secrets
@@ -70,20 +69,6 @@ STALE_TEMP_SECONDS = 24 * 3600
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 
 log = logging.getLogger("mesh.store")
-
-
-class Store(Protocol):
-    """What every blob store offers. Implementations raise BlobNotFound for absent blobs."""
-
-    def has(self, digest: Digest) -> bool: ...
-
-    def find_missing(self, digests: Iterable[Digest]) -> list[Digest]: ...
-
-    def open(self, digest: Digest, *, check_first: bool = False) -> io.RawIOBase: ...
-
-    def get(self, digest: Digest) -> bytes: ...
-
-    def put(self, data: bytes | bytearray | memoryview) -> Digest: ...
 
 
 class Admission(Protocol):

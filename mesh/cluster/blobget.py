@@ -23,9 +23,9 @@ import h11
 import trio
 
 from mesh import codec
+from mesh.cas.access import BlobAccess
 from mesh.cas.blobio import BlobWriter
 from mesh.cas.digest import Digest
-from mesh.cas.store import LocalStore
 from mesh.errors import DigestMismatch, NodeError, NodeUnreachable
 from mesh.wire.auth import MeshKey, signed_request
 from mesh.wire.formats import CBOR, PEER_HEADER
@@ -42,7 +42,7 @@ CONNECT_TIMEOUT = 2.0
 IDLE_TIMEOUT = 60.0
 
 
-async def get_blob(key: MeshKey, base_url: str, digest: Digest, store: LocalStore) -> bool:
+async def get_blob(key: MeshKey, base_url: str, digest: Digest, store: BlobAccess) -> bool:
     """Copy blob ``digest`` from the node at ``base_url`` into ``store``; False if it lacks it.
 
     Raises NodeUnreachable when the node cannot be reached or goes away mid-transfer,
@@ -63,7 +63,7 @@ async def get_blob(key: MeshKey, base_url: str, digest: Digest, store: LocalStor
 
 
 async def _receive(
-    stream: trio.SocketStream, connection: h11.Connection, digest: Digest, store: LocalStore, base_url: str
+    stream: trio.SocketStream, connection: h11.Connection, digest: Digest, store: BlobAccess, base_url: str
 ) -> bool:
     response = await _head(stream, connection)
     if response.status_code == 200:
@@ -78,7 +78,7 @@ async def _receive(
     raise NodeError(f"peer {base_url} refused {digest}: HTTP {response.status_code} {error!r}")
 
 
-async def get_blobs(key: MeshKey, base_url: str, digests: list[Digest], store: LocalStore) -> list[Digest]:
+async def get_blobs(key: MeshKey, base_url: str, digests: list[Digest], store: BlobAccess) -> list[Digest]:
     """Copy ``digests`` (at most the API's 10,000) from the node at ``base_url`` into ``store``
     with one ``POST /v1/blobs:download``; returns those that arrived, each verified.
 
@@ -157,7 +157,7 @@ async def _error_body(stream: trio.SocketStream, connection: h11.Connection, bas
 
 
 async def _receive_body(
-    stream: trio.SocketStream, connection: h11.Connection, digest: Digest, store: LocalStore, base_url: str
+    stream: trio.SocketStream, connection: h11.Connection, digest: Digest, store: BlobAccess, base_url: str
 ) -> None:
     """Read the body's ``digest.size`` bytes straight off the socket into the store.
 

@@ -18,8 +18,8 @@ from urllib.parse import quote
 import httpx
 
 from mesh import codec
+from mesh.cas.access import BlobAccess
 from mesh.cas.digest import Digest
-from mesh.cas.store import LocalStore
 from mesh.cluster.blobget import get_blob, get_blobs
 from mesh.cluster.offerpost import OfferConnections
 from mesh.errors import CodecError, ExecError, NodeError, NodeUnreachable
@@ -114,11 +114,11 @@ class TaskOffers:
                     return result
         raise NodeError(f"peer {url} ended the task's event stream before the task finished")
 
-    async def fetch(self, url: str, digest: Digest, store: LocalStore) -> bool:
+    async def fetch(self, url: str, digest: Digest, store: BlobAccess) -> bool:
         """Copy one blob from the peer at ``url`` into ``store``, verified. False if it lacks it."""
         return await get_blob(self._key(), url, digest, store)
 
-    async def fetch_many(self, url: str, digests: list[Digest], store: LocalStore) -> list[Digest]:
+    async def fetch_many(self, url: str, digests: list[Digest], store: BlobAccess) -> list[Digest]:
         """Copy many blobs from the peer at ``url`` in one request; returns those that arrived."""
         return await get_blobs(self._key(), url, digests, store)
 

@@ -1,4 +1,4 @@
-"""PeerStore: a node's LocalStore plus its peers; what the store lacks is fetched from them.
+"""PeerStore: a node's store (a BlobAccess) plus its peers; what the store lacks is fetched from them.
 
 When to use it: to make blobs present here that a peer has (a task's input, a result
 made on a peer, a blob a client asks this node for). Reads and writes go to the local
@@ -32,8 +32,8 @@ from typing import Any
 
 import trio
 
+from mesh.cas.access import BlobAccess
 from mesh.cas.digest import Digest
-from mesh.cas.store import LocalStore
 from mesh.errors import MeshError, NodeError
 
 log = logging.getLogger("mesh.cluster.peerstore")
@@ -45,9 +45,9 @@ LOCATE_BATCH = 10_000
 
 Ask = Callable[[str, list[Digest]], Any]
 """``await ask(url, digests)``: the digests of ``digests`` the peer at ``url`` lacks."""
-Copy = Callable[[str, Digest, LocalStore], Any]
+Copy = Callable[[str, Digest, BlobAccess], Any]
 """``await copy(url, digest, store)``: copy one blob in, verified; False if the peer lacks it."""
-CopyMany = Callable[[str, list[Digest], LocalStore], Any]
+CopyMany = Callable[[str, list[Digest], BlobAccess], Any]
 """``await copy_many(url, digests, store)``: copy many blobs in one request; returns those that came."""
 Room = Callable[[int], Awaitable[AbstractContextManager[object]]]
 """``with await room(size):`` room in the store for ``size`` bytes while they are copied in."""
@@ -64,7 +64,7 @@ class PeerStore:
 
     def __init__(
         self,
-        local: LocalStore,
+        local: BlobAccess,
         peers: Callable[[], list[str]],
         ask: Ask,
         copy: Copy,

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from mesh.cas.access import BlobAccess
 from mesh.cas.blobio import BlobWriter
 from mesh.cas.digest import Digest
-from mesh.cas.store import LocalStore
 from mesh.errors import BlobDamaged, BlobNotFound, CodecError, InvalidDigest
 from mesh.wire.formats import RECORD_HEADER
 
@@ -45,7 +45,7 @@ class RecordReader:
 
     def __init__(
         self,
-        store: LocalStore,
+        store: BlobAccess,
         accept: Callable[[Digest], None],
         what: str = "the stream",
         *,
@@ -170,7 +170,7 @@ def record_header(digest: Digest) -> bytes:
     return RECORD_HEADER.pack(len(text)) + text
 
 
-def write_records(store: LocalStore, digests: list[Digest]) -> Iterator[bytes]:
+def write_records(store: BlobAccess, digests: list[Digest]) -> Iterator[bytes]:
     """The records of those of ``digests`` the store holds, in order, as pieces of about
     OUT_CHUNK bytes (a blob the store lacks, or loses meanwhile, is left out: the receiver
     sees which arrived).
