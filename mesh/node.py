@@ -30,13 +30,13 @@ from mesh.api.app import create_app
 from mesh.api.authorities import NodeAuthorities
 from mesh.api.metrics import NodeFigures
 from mesh.api.server import listen, serve
-from mesh.cas.digest import Digest
 from mesh.cas.space import Roots, StoreSpace
 from mesh.cas.store import LocalStore
 from mesh.cluster.actioncache import MeshActionCache
 from mesh.cluster.inflight import ClaimTable, MeshClaims
 from mesh.cluster.intake import JobIntake
 from mesh.cluster.peering import Peering, advertised_url, capabilities
+from mesh.cluster.services import MeshCacheService, PeerBackedBlobs
 from mesh.config import NodeConfig
 from mesh.errors import MeshError, NodeBusy, describe
 from mesh.exec.process import Executor, ProcessExecutor
@@ -473,37 +473,6 @@ class Node:
             "evicted_bytes": space.evicted_bytes,
             "refused": space.refused,
         }
-
-
-class PeerBackedBlobs:
-    """The node's blob service (mesh.api.services.Blobs): its store, the room under its cap,
-    and the live peers to fetch from when the store lacks a blob."""
-
-    def __init__(self, store: LocalStore, space: StoreSpace, peering: Peering) -> None:
-        self.store = store
-        self.space = space
-        self._peering = peering
-
-    async def fetch_from_peers(self, digest: Digest) -> bool:
-        return await self._peering.fetch_from_peers(digest, self.store)
-
-
-class MeshCacheService:
-    """The node's side of the mesh-wide action cache (mesh.api.services.Cache): peers' lookups
-    answered from the local cache, and the claims of keys this node owns."""
-
-    def __init__(self, cache: MeshActionCache, claims: MeshClaims) -> None:
-        self._cache = cache
-        self._claims = claims
-
-    def answer_lookup(self, message: Any) -> Any:
-        return self._cache.answer(message)
-
-    async def answer_claim(self, message: Any) -> Any:
-        return await self._claims.table.answer_claim(message)
-
-    def answer_release(self, message: Any) -> Any:
-        return self._claims.table.answer_release(message)
 
 
 def _node_id(home: str) -> str:

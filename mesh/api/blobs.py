@@ -125,14 +125,9 @@ async def put_blob(request: Request) -> Response:
 async def get_blob(request: Request) -> Response:
     """``GET /v1/blobs/{digest}``: the blob's bytes, streamed (404 when absent)."""
     authenticate(request, await read_body(request, 0))
-    blobs = services(request).blobs
-    store = blobs.store
     digest = _digest_param(request.path_params["digest"])
-    if not store.has(digest) and not request.headers.get(PEER_HEADER):
-        # Outputs of tasks that ran on peers. A peer's own request never fans out again,
-        # or two nodes that both lack a blob would ask each other for ever.
-        await blobs.fetch_from_peers(digest)
-    reader = store.open(digest)  # BlobNotFound (and BlobDamaged, for a file of the wrong size) -> 404
+    # A peer's own request is answered from this node's store alone (see Blobs.open).
+    reader = await services(request).blobs.open(digest, ask_peers=not request.headers.get(PEER_HEADER))
 
     async def pieces() -> AsyncIterator[bytes]:
         with reader:

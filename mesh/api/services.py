@@ -16,6 +16,7 @@ from starlette.requests import Request
 
 from mesh.api.metrics import NodeFigures
 from mesh.cas.access import BlobAccess
+from mesh.cas.blobio import BlobReader
 from mesh.cas.digest import Digest
 from mesh.cas.space import StoreSpace
 from mesh.sched.events import JobEvents
@@ -80,6 +81,12 @@ class Blobs(Protocol):
 
     async def fetch_from_peers(self, digest: Digest) -> bool:
         """Copy a blob here from whichever live peer has it; False when none does."""
+        ...
+
+    async def open(self, digest: Digest, *, ask_peers: bool) -> BlobReader:
+        """A verifying stream of the blob, copied here first from a live peer that has it when
+        the store lacks it and ``ask_peers`` (BlobNotFound when no one has it; BlobDamaged
+        for a file of the wrong size)."""
         ...
 
 
