@@ -210,3 +210,24 @@ def test_the_record_holds_at_most_max_records(
     checkout(store, snap, tmp_path / "out", mode="link", workers=1)
     assert store.verified.statistics().records <= 8
     assert fsck(store).clean
+
+
+def test_a_rewrite_keeps_what_another_process_appended(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two records of one file (two processes): the one that rewrites it reads the other's
+    appends first, under the file's exclusive lock."""
+    monkeypatch.setattr(verified_module, "COMPACT_SLACK", 0)
+    files = {name: tmp_path / name for name in ("x", "y")}
+    for name, path in files.items():
+        path.write_bytes(name.encode())
+    later = max(os.stat(p).st_ctime_ns for p in files.values()) + 1
+    first = VerifiedFiles(str(tmp_path / "record"), fine=True)
+    second = VerifiedFiles(str(tmp_path / "record"), fine=True)
+    first.record(os.stat(files["x"]), Digest.of(b"x"), False, later)
+    first.flush()
+    second.record(os.stat(files["y"]), Digest.of(b"y"), False, later)
+    second.flush()  # over twice its one record: rewritten
+    third = VerifiedFiles(str(tmp_path / "record"), fine=True)
+    third.refresh()
+    assert third.trusts(os.stat(files["x"]), Digest.of(b"x"), False)
+    assert third.trusts(os.stat(files["y"]), Digest.of(b"y"), False)
+    assert os.path.getsize(tmp_path / "record") == 12 + 2 * verified_module._RECORD_SIZE + 16  # one frame
