@@ -342,13 +342,18 @@ def build_parser() -> argparse.ArgumentParser:
         "or replaces anything it finds in its way, and never writes outside DIR.\n\n"
         "By default files are copies you own and may edit (each blob verified as it is copied).\n"
         "--link makes read-only hardlinks into the store instead: instant and free of space,\n"
-        "for trees that are only read. Never chmod or edit such files in place: they are the\n"
-        "store's own blobs (`mesh fsck` finds and quarantines any that were changed).",
+        "for trees that are only read, each file checked as it is linked. Never chmod or edit\n"
+        "such files in place: they are the store's own blobs (the next checkout or task that\n"
+        "uses one that was changed, and `mesh fsck`, find it and quarantine it).",
     )
     p.add_argument("id", metavar="ID")
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--link", action="store_true", help="hardlink read-only files from the store instead of copying")
-    p.add_argument("--no-verify", action="store_true", help="do not re-hash blobs while copying")
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="do not check the blobs (copy: no re-hash; --link: no check of the files linked)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
     p = add(

@@ -19,6 +19,7 @@ from mesh.cas.snapshot import ingest
 from mesh.cas.store import LocalStore
 from mesh.errors import BlobDamaged, CheckoutConflict, InvalidTree, SnapshotError
 from tests import treeutil
+from tests.damageutil import RESTORED, alter
 
 TREE: treeutil.Tree = {
     b"a.txt": ("file", b"alpha", False),
@@ -159,6 +160,20 @@ def test_damaged_blob_is_detected_by_copy_checkout_and_fsck(store: LocalStore, s
     fsck(store)  # quarantines what checkout did not meet
     assert len(os.listdir(store.quarantine_dir)) == 2
     assert fsck(store).clean
+
+
+@pytest.mark.parametrize("restore_mtime", [False, True], ids=["flipped", "flipped, mtime restored"])
+def test_a_damaged_blob_is_detected_by_a_link_checkout(
+    store: LocalStore, snap: Digest, tmp_path: Path, restore_mtime: bool
+) -> None:
+    """Also when a link checkout found the blob intact before: only the file's ctime tells then."""
+    checkout(store, snap, tmp_path / "before", mode="link")
+    inner = Digest.of(b"inner")
+    alter(store.blob_path(inner), RESTORED if restore_mtime else "same size")
+    with pytest.raises(BlobDamaged, match=str(inner)):
+        checkout(store, snap, tmp_path / "out", mode="link")
+    assert not (tmp_path / "out" / "d" / "f").exists()
+    assert os.listdir(store.quarantine_dir) and fsck(store).clean
 
 
 def test_link_mode_makes_read_only_hardlinks_and_exec_copies(store: LocalStore, snap: Digest, tmp_path: Path) -> None:

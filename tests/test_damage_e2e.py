@@ -26,30 +26,12 @@ from mesh.cas.store import LocalStore
 from mesh.wire.auth import load_key
 from mesh.wire.client import MeshAuth, NodeClient
 from mesh.wire.formats import RECORD_HEADER
+from tests.damageutil import ALTERATIONS, alter
 from tests.nodeutil import MESH, NodeProcess, node_env
 
 CBOR = "application/cbor"
 #: Sizes of the altered blobs: one read piece, and several (the node sends SEND_PIECE pieces).
 SIZES = {"small": 3000, "large": 2 * SEND_PIECE + 12345}
-#: How a blob's file is altered on disk.
-ALTERATIONS = ["same size", "shorter", "longer"]
-
-
-def alter(path: str, how: str) -> None:
-    """Change a stored blob's file in place, as someone with write access to the disk could."""
-    os.chmod(path, 0o644)
-    size = os.path.getsize(path)
-    with open(path, "r+b") as f:
-        if how == "same size":
-            f.seek(size - 1)  # the last byte: found only once everything before it was sent
-            last = f.read(1)
-            f.seek(size - 1)
-            f.write(bytes([last[0] ^ 0xFF]))
-        elif how == "shorter":
-            f.truncate(size - 1)
-        else:
-            f.seek(0, os.SEEK_END)
-            f.write(b"appended")
 
 
 def quarantined(home: Path, digest: Digest) -> bool:
@@ -196,6 +178,28 @@ def test_mesh_cat_writes_nothing_of_a_damaged_file(home: Path, tmp_path: Path, s
     assert run.stdout == b"", f"{len(run.stdout)} bytes written"
     assert b"mesh: error:" in run.stderr and b"damaged" in run.stderr and b"quarantine" in run.stderr, run.stderr
     assert run.stderr.count(b"\n") == 1, run.stderr  # one line, no traceback
+    assert quarantined(home, digest)
+    fsck_clean(home)
+
+
+@pytest.mark.parametrize("how", ALTERATIONS)
+def test_mesh_checkout_link_stops_at_a_damaged_file(home: Path, tmp_path: Path, how: str) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    data = secrets.token_bytes(SIZES["small"])
+    (tree / "file.bin").write_bytes(data)
+    with LocalStore(home / "cas") as store:
+        root = ingest(store, tree)
+        digest = Digest.of(data)
+        alter(store.blob_path(digest), how)
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [*MESH, "checkout", "--link", str(root), str(out)], env=node_env(str(home)), capture_output=True, timeout=60
+    )
+    assert run.returncode == 1
+    assert b"mesh: error:" in run.stderr and str(digest).encode() in run.stderr and b"damaged" in run.stderr
+    assert run.stderr.count(b"\n") == 1, run.stderr  # one line, no traceback
+    assert not (out / "file.bin").exists()
     assert quarantined(home, digest)
     fsck_clean(home)
 

@@ -8,7 +8,10 @@ Two modes:
   to 0555 copies kept for the purpose). Fast and free of space, and safe only for
   trees used by a uid that can neither write nor chmod the store's files (the
   sandbox and container executors): whoever owns the store could chmod a linked
-  file and so change a blob. ``fsck`` detects such damage.
+  file and so change a blob. Each file is checked as it is linked
+  (:meth:`~mesh.cas.store.LocalStore.link_into`): trusted while the store's record
+  of intact blob files vouches for it (mesh.cas.verified), hashed otherwise, so a
+  blob changed on disk is found (and quarantined) before anyone uses the tree.
 
 Safety: every path is created relative to an open descriptor of its parent
 directory, with O_EXCL / O_NOFOLLOW / mkdir semantics, so checkout never
@@ -71,10 +74,10 @@ def checkout(
     task uid, which then owns its copies as any user owns a checkout of its own).
 
     Raises CheckoutConflict if something is in the way, BlobNotFound if the store
-    lacks a blob, BlobDamaged if a blob is damaged (copy mode verifies; the store
-    quarantines it, and no file keeps its bytes), and InvalidTree for a hostile
-    directory node. On error the partial tree is left for inspection; nothing
-    outside ``target`` is touched.
+    lacks a blob, BlobDamaged if a blob is damaged (both modes check every file unless
+    not ``verify``; the store quarantines it, and no file keeps its bytes), and
+    InvalidTree for a hostile directory node. On error the partial tree is left for
+    inspection; nothing outside ``target`` is touched.
     """
     if mode not in ("copy", "link"):
         raise ValueError(f"checkout mode must be 'copy' or 'link', not {mode!r}")
@@ -100,9 +103,15 @@ def checkout(
             except OSError as exc:
                 raise SnapshotError(f"cannot give {path} to uid {owner[0]}: {exc.strerror}") from None
         writer = _Writer(store, mode, verify, path, owner)
-        if workers > 1 and can_fork():
-            return writer.run_forked(root, top, workers)
-        return writer.run(root, top, workers)
+        if mode == "link":
+            store.verified.refresh()  # what other processes found intact since the last look
+        try:
+            if workers > 1 and can_fork():
+                return writer.run_forked(root, top, workers)
+            return writer.run(root, top, workers)
+        finally:
+            if mode == "link":
+                store.verified.flush()
     finally:
         os.close(top)
 
@@ -256,7 +265,11 @@ class _Writer:
                         else:
                             self._file(here.fd, entry, child)
                 level = below
-            done = fork_map(self._subtree, level, workers, child_init=single_threaded)
+            self.store.verified.flush()  # so that no worker writes this process's records again
+            try:
+                done = fork_map(self._subtree, level, workers, child_init=single_threaded)
+            finally:
+                self.store.verified.refresh()  # the records the workers wrote
         finally:
             for handle in opened:
                 handle.close()
@@ -270,7 +283,11 @@ class _Writer:
     def _subtree(self, item: tuple[Digest, _Handle, bytes]) -> CheckoutStatistics:
         """In a worker: write the contents of one directory the parent made."""
         digest, here, rel = item
-        return _Writer(self.store, self.mode, self.verify, self.target, self.owner).run(digest, here.fd, 1, None, rel)
+        writer = _Writer(self.store, self.mode, self.verify, self.target, self.owner)
+        try:
+            return writer.run(digest, here.fd, 1, None, rel)
+        finally:
+            self.store.verified.flush()  # a worker's records reach the parent through the file
 
     def _where(self, rel: bytes) -> str:
         return os.path.join(self.target, os.fsdecode(rel))
@@ -311,7 +328,7 @@ class _Writer:
         executable = entry.kind == Kind.EXECUTABLE
         if self.mode == "link":
             try:
-                self.store.link_into(entry.blob, executable=executable, dir_fd=dfd, name=entry.name)
+                self.store.link_into(entry.blob, executable=executable, dir_fd=dfd, name=entry.name, verify=self.verify)
                 self._count(entry)
                 return
             except FileExistsError:

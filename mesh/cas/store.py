@@ -13,7 +13,8 @@ LocalStore layout under its root (``$MESH_HOME/cas``)::
     exec/ab/<64 hex>    a 0555 copy of a blob, made on demand for link checkouts
                         of executable files (the mode lives in the inode)
     tmp/                named temp files, where O_TMPFILE is not available
-    quarantine/         blobs found damaged (by fsck or by a read), moved out of the way
+    quarantine/         blobs found damaged (by fsck, a read or a link), moved out of the way
+    verified            blob files hashed and found right, with their stats (mesh.cas.verified)
     pins/<name>         roots that eviction must keep (one digest per file)
     epoch               changes whenever blobs are removed, so caches of "this
                         blob is stored" (the stat cache) know to forget
@@ -27,10 +28,11 @@ makes a batch durable (one ``syncfs``) before its result is published.
 Every read verifies (``get``, ``open``, ``copy_to``, and so copy checkouts): a blob
 whose file no longer hashes to its name (changed on disk) is moved to ``quarantine/``
 as soon as a read finds out, and the read raises :class:`~mesh.errors.BlobDamaged`
-instead of handing out the bytes that complete it. Link checkouts are not verified
-yet: :meth:`LocalStore.link_into` hardlinks the blob file without reading it, so a
-task whose inputs are linked (the sandbox's, on a root node) can be given a damaged
-file; ``fsck`` finds it. A full disk (ENOSPC, EDQUOT) met by any write into the store is
+instead of handing out the bytes that complete it. Link checkouts hand out the file
+itself: :meth:`LocalStore.link_into` checks each file it links before the tree is used,
+trusting one that :attr:`LocalStore.verified` (mesh.cas.verified: hashed once, unchanged
+since) vouches for and hashing any other; a damaged one is quarantined, its link
+removed, and BlobDamaged raised. A full disk (ENOSPC, EDQUOT) met by any write into the store is
 translated here, once (:attr:`LocalStore.writing`), into
 :class:`~mesh.errors.StoreFull`, naming the store and the space left.
 
@@ -58,6 +60,7 @@ from mesh.cas.blobio import BLOB_MODE, BlobReader, BlobWriter, copy_fd, unlink_q
 from mesh.cas.digest import Digest
 from mesh.cas.hasher import MMAP_THRESHOLD, hash_bytes, hash_fd, read_fd
 from mesh.cas.tally import SHARDS, Tally, shard_names
+from mesh.cas.verified import VerifiedFiles
 from mesh.errors import BlobDamaged, BlobNotFound, StoreError, StoreFull, UnsupportedFile
 
 EXEC_MODE = 0o555
@@ -139,6 +142,8 @@ class LocalStore:
         #: Room for each new blob that put and put_file write, when set: a node's cap
         #: (mesh.cas.space), which may evict first or raise StoreCapReached.
         self.admit: Admission | None = None
+        #: The blob files known to be intact, that link checkouts trust (mesh.cas.verified).
+        self.verified = VerifiedFiles(os.path.join(self.root, "verified"), probe_dir=self._tmp)
         self.remove_stale_temp_files()
 
     def __repr__(self) -> str:
@@ -264,14 +269,15 @@ class LocalStore:
         if actual != digest:
             raise self.damaged(digest, fd, actual)
 
-    def damaged(self, digest: Digest, fd: int, actual: Digest) -> BlobDamaged:
-        """The blob open as ``fd`` hashed to ``actual``, not to its name: quarantine that file
-        (not a good copy that replaced it meanwhile) and return the error to raise.
+    def damaged(self, digest: Digest, fd: int, actual: Digest, *, executable: bool = False) -> BlobDamaged:
+        """The blob open as ``fd`` (its 0555 copy if ``executable``) hashed to ``actual``, not to
+        its name: quarantine that file (not a good copy that replaced it meanwhile) and return
+        the error to raise.
 
         Logged at INFO, which a node's log shows; the CLI says it once, in its error.
         """
         st = os.fstat(fd)
-        found = StoredBlob(digest.hex, st.st_size, st.st_mtime_ns, False)
+        found = StoredBlob(digest.hex, st.st_size, st.st_mtime_ns, executable)
         moved = self.quarantine(found, inode=(st.st_dev, st.st_ino))
         log.info(
             "blob %s is damaged (its file hashes to %s); %s",
@@ -288,30 +294,65 @@ class LocalStore:
         finally:
             os.close(fd)
 
-    def link_into(self, digest: Digest, *, executable: bool, dir_fd: int, name: bytes) -> None:
-        """Hardlink a read-only file holding the blob as ``name`` in directory ``dir_fd``.
+    def link_into(self, digest: Digest, *, executable: bool, dir_fd: int, name: bytes, verify: bool = True) -> None:
+        """Hardlink a read-only file holding the blob as ``name`` in directory ``dir_fd``, checked.
 
-        Plain files link to the blob itself (0444); executables to a 0555 copy made
-        on first use and verified as it is made. One ``linkat`` in the common case:
-        link checkouts do not refresh the blob's LRU time (whoever uses a linked
-        tree pins it). Raises BlobNotFound, FileExistsError if ``name`` exists, and
-        OSError (EMLINK when the blob has as many links as the filesystem allows).
+        Plain files link to the blob itself (0444); executables to a 0555 copy made on
+        first use (from the blob, verified as it is copied). Link checkouts do not refresh
+        the blob's LRU time (whoever uses a linked tree pins it).
+
+        The file linked is checked before this returns (unless not ``verify``): trusted if
+        :attr:`verified` vouches for it (hashed before and unchanged since; the cost is a
+        stat before the link and one of the new name after it), else hashed through the new
+        name. A damaged file is quarantined and its new name removed: BlobDamaged, unless
+        it was an executable copy of an intact blob (then a new copy is made and linked).
+        Raises BlobNotFound, FileExistsError if ``name`` exists, and OSError (EMLINK when the
+        blob has as many links as the filesystem allows).
         """
         rel = self._rel(digest.hex)
         src_fd = self._exec_fd if executable else self._blobs_fd
+        remade = False
+        while True:
+            try:
+                before = os.stat(rel, dir_fd=src_fd, follow_symlinks=False)
+                os.link(rel, name, src_dir_fd=src_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                if not self.has(digest):
+                    raise BlobNotFound(digest) from None
+                if not executable:
+                    raise
+                # The executable copy is made on demand, then linked.
+                with self._temp_file(EXEC_MODE, digest) as (fd, tmp_name), self.writing:
+                    self.copy_to(digest, fd, verify=True)
+                    self.publish(fd, tmp_name, digest, EXEC_MODE)
+                continue
+            if not verify:
+                return
+            after = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if self.verified.linked(before, after, digest, executable):
+                return
+            try:
+                self._check_link(digest, executable, dir_fd, name)
+                return
+            except BlobDamaged:
+                if not executable or remade:
+                    raise
+                remade = True  # the copy was damaged: a new one is made from the blob (which raises if it is too)
+
+    def _check_link(self, digest: Digest, executable: bool, dir_fd: int, name: bytes) -> None:
+        """Hash the file just linked as ``name``; record it if right, else quarantine it and
+        remove ``name`` (BlobDamaged)."""
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
         try:
-            os.link(rel, name, src_dir_fd=src_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-            return
-        except FileNotFoundError:
-            if not self.has(digest):
-                raise BlobNotFound(digest) from None
-            if not executable:
-                raise
-        # The executable copy is made on demand, then linked.
-        with self._temp_file(EXEC_MODE, digest) as (fd, tmp_name), self.writing:
-            self.copy_to(digest, fd, verify=True)
-            self.publish(fd, tmp_name, digest, EXEC_MODE)
-        os.link(rel, name, src_dir_fd=src_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            st = os.fstat(fd)
+            started = self.verified.now_ns()
+            actual = hash_fd(fd, st.st_size)
+            if actual != digest:
+                os.unlink(name, dir_fd=dir_fd)
+                raise self.damaged(digest, fd, actual, executable=executable)
+            self.verified.record(st, digest, executable, started)
+        finally:
+            os.close(fd)
 
     # -- writing -------------------------------------------------------------
 

@@ -33,6 +33,19 @@ what went wrong on this *node* is raised (an input blob that is missing or
 damaged, a full disk), because a result is recorded and cached and such a
 failure says nothing about the action.
 
+**No task runs on damaged bytes, and so no result is cached from them.** Every file
+of a task's input is checked before the command starts: a copy checkout hashes what
+it copies, a link checkout trusts a file only while the store's record says it was
+hashed and is unchanged since (mesh.cas.verified), and hashes it otherwise; a damaged
+blob raises BlobDamaged here (quarantined, the task directory removed) and the
+scheduler fetches it again from a peer or fails the task. That suffices for the
+result too: once checked, a task's copy is its own (the node's blob is not what it
+reads), and a linked file is the store's, 0444 and root's, which the task's uid can
+neither write nor chmod (mesh.exec.sandbox), so what the task read is what was
+checked. What it does not cover: the store's owner changing a blob file while a
+task that linked it runs (the next checkout finds it). A kept copy-mode directory
+(mesh.exec.workpool) is used again only while it is as it was checked out.
+
 The whole life of a task (prepare the directory, run the command, capture the
 outputs, remove the directory) runs on one worker thread, in one hop
 (:mod:`mesh.exec.hop`), with blocking calls: stdout and stderr go into the CAS
@@ -240,6 +253,7 @@ class Runner:
         keep: Verdict | None = None
         users = executor.users
         lease: Lease | None = None
+        taken_back = False  # the task is over and its directory is the node's alone
         try:
             if users is not None:
                 lease = users.lease(prefer=self.workdirs.owners(action.input), cancel=line)
@@ -270,6 +284,7 @@ class Runner:
                 return self._result(ExitStatus(exc.exit_code), digests, None, started_at, str(exc))
             finally:
                 self._end(executor, lease, task)
+                taken_back = True
             digests = streams.commit(self._empty)
             with self._kept_since(started_at):
                 keep, output, capture_error = self._capture(action, task)
@@ -280,6 +295,10 @@ class Runner:
             streams.abort()
             try:
                 if task is not None and (keep is None or not self._keep(task, keep)):
+                    if taken_back and executor.checkout_mode == "link":
+                        # Unlinking a blob's name moves its ctime: the store's record follows it,
+                        # so that the next task's link checkout need not hash the blob again.
+                        self.store.verified.release(task.work)
                     remove_tree(task.root)
             finally:
                 if users is not None and lease is not None:

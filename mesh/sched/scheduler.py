@@ -45,6 +45,7 @@ import trio
 
 from mesh.cas.digest import Digest
 from mesh.errors import (
+    BlobNotFound,
     CodecError,
     InvalidJob,
     JobNotFound,
@@ -52,6 +53,7 @@ from mesh.errors import (
     NodeError,
     PeerDeclined,
     StateError,
+    StoreError,
     describe,
 )
 from mesh.exec.action import Action, ActionResult
@@ -727,9 +729,7 @@ class Scheduler:
                 try:
                     action = task.action or self._action(live, task)
                     if where is None:
-                        if self.remote is not None and not self.remote.is_complete(action.input, self.store):
-                            await self.remote.fetch_tree(None, action.input, self.store)
-                        result = await self.lookup.run(self.runner, action, on_output, cache=not live.spec.no_cache)
+                        result = await self._run_here(action, on_output, cache=not live.spec.no_cache)
                     else:
                         assert self.remote is not None
                         key = f"{live.row.id}/{task.name}/{task.attempts}"
@@ -783,6 +783,31 @@ class Scheduler:
             self._task_done.set()
             self._task_done = trio.Event()
             self._wake()
+
+    async def _run_here(self, action: Action, on_output: OutputSink, *, cache: bool) -> ActionResult:
+        """Run ``action`` in a slot of this node, its input made complete from peers first
+        (through the cache's lookup, which keys the result: mesh.sched.lookup).
+
+        An input blob that the runner finds missing or damaged before the task starts (the
+        store quarantines a damaged one: mesh.cas.store, mesh.cas.verified) is fetched again
+        from the peers that hold it, once, and the task started again; without peers, or
+        when none has it, the task fails with the runner's reason, which names the blob.
+        """
+        if self.remote is not None and not self.remote.is_complete(action.input, self.store):
+            await self.remote.fetch_tree(None, action.input, self.store)
+        try:
+            return await self.lookup.run(self.runner, action, on_output, cache=cache)
+        except BlobNotFound as exc:
+            if self.remote is None:
+                raise
+            log.info("fetching input %s again from peers: %s", action.input, exc)
+            try:
+                await self.remote.fetch_tree(None, action.input, self.store)
+            except BlobNotFound as lost:
+                raise StoreError(f"{exc}; no live peer holds {lost.digest}") from None
+            except MeshError as fetch_error:
+                raise StoreError(f"{exc}; it could not be fetched again from peers: {fetch_error}") from None
+        return await self.lookup.run(self.runner, action, on_output, cache=cache)
 
     def _requeue(self, live: LiveJob, task: TaskRecord, reason: str | None) -> None:
         """Put a task that did not run to the end back at the head of the queue."""
