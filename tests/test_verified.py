@@ -73,7 +73,7 @@ def test_a_removal_that_is_not_recorded_costs_one_hash(store: LocalStore, snap: 
     assert store.verified.statistics().hashed == 2 * FILES
 
 
-def test_a_forked_checkouts_records_reach_the_parent(store: LocalStore, snap: Digest, tmp_path: Path) -> None:
+def test_a_forked_checkouts_records_reach_the_next_checkout(store: LocalStore, snap: Digest, tmp_path: Path) -> None:
     """Workers link (and hash) subtrees in processes of their own: what they found intact
     comes back through the record's file."""
     checkout(store, snap, tmp_path / "c1", mode="link", workers=2)

@@ -266,10 +266,7 @@ class _Writer:
                             self._file(here.fd, entry, child)
                 level = below
             self.store.verified.flush()  # so that no worker writes this process's records again
-            try:
-                done = fork_map(self._subtree, level, workers, child_init=single_threaded)
-            finally:
-                self.store.verified.refresh()  # the records the workers wrote
+            done = fork_map(self._subtree, level, workers, child_init=single_threaded)
         finally:
             for handle in opened:
                 handle.close()
@@ -287,7 +284,7 @@ class _Writer:
         try:
             return writer.run(digest, here.fd, 1, None, rel)
         finally:
-            self.store.verified.flush()  # a worker's records reach the parent through the file
+            self.store.verified.flush()  # a worker's records reach other checkouts through the file
 
     def _where(self, rel: bytes) -> str:
         return os.path.join(self.target, os.fsdecode(rel))
