@@ -35,8 +35,8 @@ programs a binary loads (gcc's ``cc1``, say) when they were changed by hand rath
 package manager, files a tool reads from the node at run time (headers outside packages,
 config in /etc), the kernel, and the node's environment beyond the action's own.
 
-**Cost.** A file's digest is kept with its stat (dev, inode, size, mtime_ns, ctime_ns): a
-warm look costs a stat, not a read. Files changed within :data:`RACY_WINDOW_NS` of being
+**Cost.** A file's digest is kept with its stat (mesh.cas.statcache.file_key): a warm
+look costs a stat, not a read. Files changed within the stat cache's RACY_WINDOW_NS of being
 hashed are hashed again at the next look (git's "racily clean" rule, as mesh.cas.statcache
 does), so a compiler replaced a moment ago is never taken for the old one. Measured on the
 2-core Debian 12 test machine, with the task's default PATH: a warm identity of ``sh``,
@@ -59,6 +59,7 @@ from dataclasses import dataclass
 from mesh import codec
 from mesh.cas.digest import Digest
 from mesh.cas.hasher import hash_fd
+from mesh.cas.statcache import RACY_WINDOW_NS, file_key
 from mesh.errors import CodecError, ToolMissing
 from mesh.exec.action import BASE_ENV, Action
 
@@ -70,9 +71,6 @@ PACKAGE_DATABASES = (
     "/usr/lib/sysimage/rpm/rpmdb.sqlite",
     "/lib/apk/db/installed",
 )
-#: A file's digest is trusted from its stat only if it was last changed this long before
-#: it was hashed (as mesh.cas.statcache's RACY_WINDOW_NS).
-RACY_WINDOW_NS = 2_000_000_000
 #: Bytes of a file read for its ``#!`` line (Linux reads 256).
 SHEBANG_BYTES = 256
 #: Levels of interpreters followed (a script run by a script is rare; Linux allows 4).
@@ -136,7 +134,7 @@ def describe_part(name: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Known:
-    key: tuple[int, int, int, int, int]
+    key: tuple[int, int, int, int, int, int]  # mesh.cas.statcache.file_key
     digest: Digest
     head: bytes  # the first bytes, for a #! line
 
@@ -157,13 +155,13 @@ class FileDigests:
             return None
         if not stat.S_ISREG(st.st_mode):
             return None
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        key = file_key(st)
         known = self._known.get(path)
         if known is not None and known.key == key:
             return known
         return self._hash(path, key)
 
-    def _hash(self, path: str, key: tuple[int, int, int, int, int]) -> _Known | None:
+    def _hash(self, path: str, key: tuple[int, int, int, int, int, int]) -> _Known | None:
         began = time.time_ns()
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -177,7 +175,7 @@ class FileDigests:
             return None
         finally:
             os.close(fd)
-        known = _Known((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), digest, head)
+        known = _Known(file_key(st), digest, head)
         self._known.pop(path, None)
         if known.key == key and max(st.st_mtime_ns, st.st_ctime_ns) < began - RACY_WINDOW_NS:
             self._known[path] = known  # changed long enough ago: its stat vouches for it from now on
