@@ -79,10 +79,6 @@ class Blobs(Protocol):
         """Room under the store's cap (MESH_STORE_MAX), evicting what nothing pins."""
         ...
 
-    async def fetch_from_peers(self, digest: Digest) -> bool:
-        """Copy a blob here from whichever live peer has it; False when none does."""
-        ...
-
     async def open(self, digest: Digest, *, ask_peers: bool) -> BlobReader:
         """A verifying stream of the blob, copied here first from a live peer that has it when
         the store lacks it and ``ask_peers`` (BlobNotFound when no one has it; BlobDamaged

@@ -27,15 +27,12 @@ class PeerBackedBlobs:
         self.space = space
         self._peering = peering
 
-    async def fetch_from_peers(self, digest: Digest) -> bool:
-        return await self._peering.fetch_from_peers(digest, self.store)
-
     async def open(self, digest: Digest, *, ask_peers: bool) -> BlobReader:
         # Outputs of tasks that ran on peers are fetched on demand. A peer's own request never
         # fans out again (ask_peers False), or two nodes that both lack a blob would ask
         # each other for ever.
         if ask_peers and not self.store.has(digest):
-            await self.fetch_from_peers(digest)
+            await self._peering.fetch_from_peers(digest, self.store)
         return self.store.open(digest)
 
 
