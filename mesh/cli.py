@@ -97,13 +97,19 @@ class _ProgressLine:
 def cmd_snapshot(args: argparse.Namespace) -> int:
     """Ingest a directory into the store and print its snapshot id."""
     from mesh.cas import gc
-    from mesh.cas.snapshot import excluding, ingest
+    from mesh.cas.snapshot import ingest
     from mesh.cas.statcache import StatCache
+    from mesh.ignore import tree_rules
 
     settings = args.settings
-    ignore = excluding(args.dir, settings.home)  # never snapshot the store into itself
+    rules = tree_rules(args.dir, home=settings.home, keep_all=args.all)
+    ignore = rules.ignore
     with _store(args) as store:
-        cache = None if args.no_cache else StatCache.for_tree(settings.home, args.dir, store.root, store.epoch())
+        cache = (
+            None
+            if args.no_cache
+            else StatCache.for_tree(settings.home, args.dir, store.root, store.epoch(), variant=rules.variant)
+        )
         progress = _ProgressLine("snapshot") if sys.stderr.isatty() and not args.quiet else None
         try:
             digest = ingest(store, args.dir, cache=cache, progress=progress, ignore=ignore)
@@ -327,10 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Store DIR in the content-addressed store and print its snapshot id. The id depends only\n"
         "on names, contents, executable bits and symlink targets: the same tree gives the same id\n"
         "on any machine. Unchanged files are found by the stat cache and not read again.\n"
-        "mesh's own data directory ($MESH_HOME) is left out when it lies inside DIR.\n"
-        "FIFOs, sockets and devices are refused with an error naming them.",
+        "What `mesh exec` leaves out of its snapshot is left out here too: paths that a\n"
+        ".meshignore (gitignore syntax, in any directory) names, and .git; --all keeps them.\n"
+        "mesh's own data directory ($MESH_HOME) is always left out when it lies inside DIR.\n"
+        "FIFOs, sockets and devices are refused with an error naming them all.",
     )
     p.add_argument("dir", metavar="DIR")
+    p.add_argument("--all", action="store_true", help="keep .git and what .meshignore files leave out")
     p.add_argument("--no-cache", action="store_true", help="ignore the stat cache and read every file")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line on stderr")
 

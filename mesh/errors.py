@@ -33,7 +33,7 @@ take (mesh.text): a file name in it that is not UTF-8 is written with escapes.
     │   │                          cannot read (mesh.sched.statedb translates SQLite's errors)
     │   └── StateFull              (above)
     ├── SnapshotError              a tree could not be ingested or checked out
-    │   ├── UnsupportedFile        ingest met a FIFO, socket or device
+    │   ├── UnsupportedFile        ingest met FIFOs, sockets or devices (named all at once)
     │   ├── CheckoutConflict       checkout found something in the way (never written through)
     │   ├── PathNotFound           a path does not exist inside a snapshot
     │   └── TreeChanged            a file changed between hashing and uploading (snapshot again)
@@ -260,7 +260,7 @@ class SnapshotError(MeshError):
 
 
 class UnsupportedFile(SnapshotError):
-    """Ingest met a file that a snapshot cannot hold (FIFO, socket, device)."""
+    """Ingest met files that a snapshot cannot hold (FIFOs, sockets, devices): it names them all."""
 
 
 class CheckoutConflict(SnapshotError):

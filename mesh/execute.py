@@ -79,30 +79,26 @@ def snapshot_for(client: NodeClient, settings: Settings, directory: str, *, prog
 
     Honours ``.meshignore`` and leaves ``.git`` and ``$MESH_HOME`` out.
     """
-    from mesh.cas.snapshot import excluding
     from mesh.cas.statcache import StatCache
     from mesh.cas.store import LocalStore
-    from mesh.ignore import IgnoreRules
+    from mesh.ignore import tree_rules
 
-    rules = IgnoreRules.load(directory)
-    home_rule = excluding(directory, settings.home)
-
-    def ignore(rel: bytes, is_dir: bool) -> bool:
-        return rules.matches(rel, is_dir) or (home_rule is not None and home_rule(rel, is_dir))
+    rules = tree_rules(directory, home=settings.home)
+    ignore = rules.ignore
 
     node_store = client.health(cached=True).get("store")
     with LocalStore(settings.store_dir) as store:
         if node_store == store.store_id():
             from mesh.cas.snapshot import ingest
 
-            cache = StatCache.for_tree(settings.home, directory, store.root, store.epoch(), variant=rules.fingerprint)
+            cache = StatCache.for_tree(settings.home, directory, store.root, store.epoch(), variant=rules.variant)
             return ingest(store, directory, cache=cache, ignore=ignore)
     from mesh.cas.plan import plan_cache, plan_tree
     from mesh.errors import TreeChanged
     from mesh.wire.upload import upload
 
     for attempt in range(3):
-        cache = plan_cache(settings.home, directory, rules.fingerprint)
+        cache = plan_cache(settings.home, directory, rules.variant)
         planned = plan_tree(directory, cache=cache, ignore=ignore)
         try:
             upload(client.http, planned, show_progress=None if progress else False)

@@ -28,8 +28,9 @@ from mesh.cas.nogc import gc_paused
 from mesh.cas.statcache import StatCache
 from mesh.cas.store import LocalStore, StoreStatistics
 from mesh.cas.tree import Entry, Kind, check_name, decode_node, encode_node
-from mesh.cas.walk import DirNode, Ignore, PendingFile, reusable, tree_root, walk_tree
+from mesh.cas.walk import DirNode, PendingFile, reusable, tree_root, walk_tree
 from mesh.errors import InvalidTree, PathNotFound, SnapshotError
+from mesh.ignore import Ignore
 
 #: Threads that store files during ingest (and write them during checkout).
 #: One per core: more threads only contend for the GIL (measured: 4 on 2 cores was
@@ -38,19 +39,6 @@ DEFAULT_WORKERS = max(1, min(8, os.cpu_count() or 1))
 
 Progress = Callable[[int, int, int, int], None]
 """Called as progress(files_done, files_total, bytes_done, bytes_total)."""
-
-
-def excluding(root: str | os.PathLike[str], inside: str | os.PathLike[str]) -> Ignore | None:
-    """An ``ignore`` rule leaving out ``inside`` if it lies strictly within ``root``, else None.
-
-    Used to keep mesh's own data directory out of snapshots of a tree that holds it
-    (say, a home directory): storing the store in itself only wastes space.
-    """
-    rel = os.path.relpath(os.path.realpath(inside), os.path.realpath(root))
-    if rel == "." or rel == ".." or rel.startswith("../"):
-        return None
-    skip = os.fsencode(rel)
-    return lambda path, is_dir: path == skip
 
 
 def ingest(
