@@ -127,8 +127,8 @@ class BlobNotFound(StoreError):
     example, to fetch the blob from a peer instead).
     """
 
-    def __init__(self, digest: object) -> None:
-        super().__init__(f"blob {digest} is not in the store")
+    def __init__(self, digest: object, *, where: str = "in the store") -> None:
+        super().__init__(f"blob {digest} is not {where}")
         self.digest = digest
 
 
