@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.nodeutil import MESH, NodeProcess, node_env
+from tests import clientutil
+from tests.clientutil import client
+from tests.nodeutil import NodeProcess
 from tests.treeutil import read
 
 
@@ -34,18 +35,7 @@ def remote_snapshot(node: NodeProcess, tmp_path: Path) -> tuple[str, Path]:
 
 @pytest.fixture
 def client_home(node: NodeProcess, tmp_path: Path) -> Path:
-    home = tmp_path / "client-home"
-    home.mkdir()
-    key = node.mesh("key", "show")
-    assert key.returncode == 0, key.stderr
-    (home / "mesh.key").write_bytes(key.stdout)
-    os.chmod(home / "mesh.key", 0o600)
-    return home
-
-
-def client(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[bytes]:
-    """The real CLI on its own MESH_HOME (no MESH_NODE unless given)."""
-    return subprocess.run(MESH + list(args), env=node_env(str(home), **env), capture_output=True, timeout=120)
+    return clientutil.client_home(node, tmp_path / "client-home")
 
 
 def stored_blobs(home: Path) -> int:

@@ -101,9 +101,7 @@ def test_many_special_files_are_counted_after_the_first_ones(home: Path, project
     assert text.count("it is a FIFO") == 20 and "and 25 more" in text, text
 
 
-def test_exec_names_every_fifo_and_socket_at_once(
-    node: NodeProcess, project: Path, specials: list[str]
-) -> None:
+def test_exec_names_every_fifo_and_socket_at_once(node: NodeProcess, project: Path, specials: list[str]) -> None:
     out = node.mesh("exec", "-C", str(project), "--", "true")
     assert out.returncode == 1
     check_named_together(out.stderr, project, specials)

@@ -419,12 +419,12 @@ def diff(store: BlobAccess, a: Digest, b: Digest, prefix: bytes = b"") -> Iterat
             yield Change("M" if x.kind == y.kind else "T", path, x, y)
         else:
             if x is not None:
-                yield from _all(store, "D", path, x)
+                yield from changes_below(store, "D", path, x)
             if y is not None:
-                yield from _all(store, "A", path, y)
+                yield from changes_below(store, "A", path, y)
 
 
-def _all(store: BlobAccess, status: str, path: bytes, entry: Entry) -> Iterator[Change]:
+def changes_below(store: BlobAccess, status: str, path: bytes, entry: Entry) -> Iterator[Change]:
     """A change for ``entry`` and, for a directory, for everything below it."""
     yield Change(status, path, entry if status == "D" else None, entry if status == "A" else None)
     if entry.kind == Kind.DIRECTORY:
