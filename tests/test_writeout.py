@@ -89,3 +89,14 @@ def test_a_damaged_blob_keeps_the_old_file(store: LocalStore, tmp_path: Path) ->
         write_changes(store, before, after, target)
     assert (target / "lib" / "x").read_text() == "mine\n"
     assert not [p for p in (target / "lib").iterdir() if p.name.startswith(".mesh-out-")]
+
+
+def test_a_file_that_became_a_directory_is_replaced_not_reported_deleted(store: LocalStore, tmp_path: Path) -> None:
+    before = snap(store, tmp_path / "in", {b"obj": ("file", b"old\n", False)})
+    after = snap(store, tmp_path / "out", {b"obj": ("dir", {b"x.o": ("file", b"o\n", False)})})
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "obj").write_text("old\n")
+    report = write_changes(store, before, after, target)
+    assert treeutil.read(target) == {b"obj": ("dir", {b"x.o": ("file", b"o\n", False)})}
+    assert report.deleted == []

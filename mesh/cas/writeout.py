@@ -104,10 +104,13 @@ def write_changes(
     writer = _Writer(store, path, top)
     try:
         for change in changes(store, before, after, only):
+            deleted = writer.report.deleted
             if change.new is None:
-                writer.report.deleted.append(change.path)
-            else:
-                writer.write(change.path, change.new)
+                deleted.append(change.path)
+                continue
+            if deleted and deleted[-1] == change.path:  # not deleted: a file that became a directory
+                deleted.pop()
+            writer.write(change.path, change.new)
     finally:
         writer.close()
     return writer.report
