@@ -15,11 +15,12 @@ the commands that need them, so ``mesh --help`` starts fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from mesh import __version__
@@ -32,6 +33,25 @@ def _store(args: argparse.Namespace) -> Any:
     from mesh.cas.store import LocalStore
 
     return LocalStore(args.settings.store_dir)
+
+
+@contextlib.contextmanager
+def _reader(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
+    """(the local store, what reads snapshots): with a node named (``--node``, MESH_NODE,
+    ``node`` in mesh.toml), the local store with that node's behind it (mesh.wire.remote),
+    which fetches only the blobs the local store lacks; else the local store alone."""
+    from mesh.config import node_url
+
+    url, explicit = node_url(args.node, home=args.settings.home)
+    with _store(args) as store:
+        if not explicit:
+            yield store, store
+            return
+        from mesh.wire.client import NodeClient
+        from mesh.wire.remote import NodeBackedStore
+
+        with NodeClient(url) as client:
+            yield store, NodeBackedStore(store, client)
 
 
 def _digest(text: str) -> Any:
@@ -97,13 +117,19 @@ class _ProgressLine:
 def cmd_snapshot(args: argparse.Namespace) -> int:
     """Ingest a directory into the store and print its snapshot id."""
     from mesh.cas import gc
-    from mesh.cas.snapshot import excluding, ingest
+    from mesh.cas.snapshot import ingest
     from mesh.cas.statcache import StatCache
+    from mesh.ignore import tree_rules
 
     settings = args.settings
-    ignore = excluding(args.dir, settings.home)  # never snapshot the store into itself
+    rules = tree_rules(args.dir, home=settings.home, keep_all=args.all)
+    ignore = rules.ignore
     with _store(args) as store:
-        cache = None if args.no_cache else StatCache.for_tree(settings.home, args.dir, store.root, store.epoch())
+        cache = (
+            None
+            if args.no_cache
+            else StatCache.for_tree(settings.home, args.dir, store.root, store.epoch(), variant=rules.variant)
+        )
         progress = _ProgressLine("snapshot") if sys.stderr.isatty() and not args.quiet else None
         try:
             digest = ingest(store, args.dir, cache=cache, progress=progress, ignore=ignore)
@@ -121,7 +147,9 @@ def cmd_checkout(args: argparse.Namespace) -> int:
     from mesh.cas.checkout import checkout
 
     root = _digest(args.id)
-    with _store(args) as store:
+    with _reader(args) as (store, reader):
+        if reader is not store:
+            reader.fetch_snapshot(root)
         stats = checkout(store, root, args.dir, mode="link" if args.link else "copy", verify=not args.no_verify)
     if not args.quiet:
         print(
@@ -155,7 +183,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     from mesh.cas.tree import Kind
 
     root = _digest(args.id)
-    with _store(args) as store:
+    with _reader(args) as (_, store):
         entry = resolve(store, root, args.path)
         rows: list[tuple[bytes, Any]]
         if entry.kind != Kind.DIRECTORY:
@@ -178,7 +206,7 @@ def cmd_cat(args: argparse.Namespace) -> int:
     from mesh.cas.tree import Kind
 
     root = _digest(args.id)
-    with _store(args) as store:
+    with _reader(args) as (_, store):
         entry = resolve(store, root, args.path)
         if entry.kind == Kind.DIRECTORY:
             raise MeshError(f"{args.path} is a directory in snapshot {root}; use `mesh ls`")
@@ -282,6 +310,12 @@ def cmd_pins(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_NODE_READ_HELP = (
+    "read from this node's store what the local store lacks, verified (default: $MESH_NODE or node in "
+    "mesh.toml if set, else the local store alone)"
+)
+
+
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     pass
 
@@ -327,10 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Store DIR in the content-addressed store and print its snapshot id. The id depends only\n"
         "on names, contents, executable bits and symlink targets: the same tree gives the same id\n"
         "on any machine. Unchanged files are found by the stat cache and not read again.\n"
-        "mesh's own data directory ($MESH_HOME) is left out when it lies inside DIR.\n"
-        "FIFOs, sockets and devices are refused with an error naming them.",
+        "What `mesh exec` leaves out of its snapshot is left out here too: paths that a\n"
+        ".meshignore (gitignore syntax, in any directory) names, and .git; --all keeps them.\n"
+        "mesh's own data directory ($MESH_HOME) is always left out when it lies inside DIR.\n"
+        "FIFOs, sockets and devices are refused with an error naming them all.",
     )
     p.add_argument("dir", metavar="DIR")
+    p.add_argument("--all", action="store_true", help="keep .git and what .meshignore files leave out")
     p.add_argument("--no-cache", action="store_true", help="ignore the stat cache and read every file")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line on stderr")
 
@@ -355,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not check the blobs (copy: no re-hash; --link: no check of the files linked)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.add_argument("--node", metavar="URL", help=_NODE_READ_HELP)
 
     p = add(
         "ls",
@@ -366,10 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH", nargs="?", default="")
     p.add_argument("-r", "--recursive", action="store_true", help="list everything below PATH")
     p.add_argument("--json", action="store_true", help="print a JSON array")
+    p.add_argument("--node", metavar="URL", help=_NODE_READ_HELP)
 
     p = add("cat", cmd_cat, "print a file of a snapshot", "Write file PATH of snapshot ID to stdout (verified).")
     p.add_argument("id", metavar="ID")
     p.add_argument("path", metavar="PATH")
+    p.add_argument("--node", metavar="URL", help=_NODE_READ_HELP)
 
     p = add(
         "diff",

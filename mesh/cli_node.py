@@ -125,6 +125,19 @@ def _tool(path: str) -> str:
     return path
 
 
+def _output(path: str) -> str:
+    """``--output PATH``: a path inside the directory, checked as the API checks ``outputs``."""
+    from mesh.errors import CodecError
+    from mesh.exec.action import check_relative
+
+    try:
+        return check_relative(path, "--output")
+    except CodecError as exc:
+        raise UsageError(
+            f"{exc}: name a path inside the directory the command runs in, e.g. --output build/app"
+        ) from None
+
+
 def cmd_exec(args: argparse.Namespace) -> int:
     """Run a command on the mesh against a snapshot of a directory."""
     from mesh import execute
@@ -137,8 +150,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
     directory = os.path.abspath(args.directory)
     if not os.path.isdir(directory):
         raise UsageError(f"-C {args.directory}: not a directory")
-    if args.out is not None and os.path.lexists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out)):
-        raise UsageError(f"--out {args.out} must be absent or an empty directory")
+    if args.out is not None and os.path.lexists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is not a directory: name a directory (made if absent)")
     if args.image is not None and args.executor not in (None, "docker"):
         raise UsageError(f"--image runs the command in a container: it needs --executor docker, not {args.executor}")
     if args.executor == "docker" and not args.image:
@@ -161,6 +174,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         out=args.out,
         requirements=_parse_pairs(args.require, "--require"),
         tools=[_tool(path) for path in args.tool],
+        outputs=[_output(path) for path in args.output] if args.output else None,
     )
     with _client(args, allow_embedded=True) as client:
         snapshot = execute.snapshot_for(client, args.settings, directory, progress=sys.stderr.isatty())
@@ -179,7 +193,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         if args.verbose:
             execute.say(execute.verbose_line(outcome))
         if args.out is not None and outcome.result and outcome.result.output:
-            execute.checkout_output(client, args.settings, outcome.result.output, args.out)
+            execute.checkout_output(client, args.settings, snapshot, outcome.result.output, args.out, request.outputs)
         return execute.exit_status(outcome)
 
 
@@ -386,7 +400,8 @@ def add_parsers(add: Add) -> None:
         "With no node at the default address, the job runs in an in-process node on this store\n"
         "(a note says so on stderr); a --node that does not answer is an error.\n\n"
         "The task starts from a clean environment (PATH, LANG=C.UTF-8, TZ=UTC, HOME and TMPDIR of\n"
-        "its own) plus each --env. Its whole workdir becomes the output snapshot; --out writes it.\n\n"
+        "its own) plus each --env. Its whole workdir becomes the output snapshot (only the --output\n"
+        "paths, with --output); --out DIR writes what of it the task produced or changed.\n\n"
         "Executors: sandbox (bubblewrap: the host read-only, only the workdir writable, no network,\n"
         "an unprivileged uid; the default on nodes where bubblewrap works), process (a plain\n"
         "subprocess of the node's user; the default elsewhere), docker (a container of --image\n"
@@ -416,7 +431,19 @@ def add_parsers(add: Add) -> None:
         metavar="NAME=N",
         help="a sandbox rlimit below the node's: address_space=2G, processes=256, file_size=1G, open_files=1024",
     )
-    p.add_argument("--out", metavar="DIR", help="check the output snapshot out into DIR (absent or empty)")
+    p.add_argument(
+        "--output",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="capture only this path of the workdir (relative to -C DIR; repeat); default: the whole workdir",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write into DIR what the task produced or changed (the --output paths, else what differs from "
+        "the input); it may be the directory itself, and nothing in it is deleted",
+    )
     p.add_argument("--no-cache", action="store_true", help="run even if the action cache has a result")
     p.add_argument(
         "--tool",

@@ -33,7 +33,7 @@ take (mesh.text): a file name in it that is not UTF-8 is written with escapes.
     │   │                          cannot read (mesh.sched.statedb translates SQLite's errors)
     │   └── StateFull              (above)
     ├── SnapshotError              a tree could not be ingested or checked out
-    │   ├── UnsupportedFile        ingest met a FIFO, socket or device
+    │   ├── UnsupportedFile        ingest met FIFOs, sockets or devices (named all at once)
     │   ├── CheckoutConflict       checkout found something in the way (never written through)
     │   ├── PathNotFound           a path does not exist inside a snapshot
     │   └── TreeChanged            a file changed between hashing and uploading (snapshot again)
@@ -127,8 +127,8 @@ class BlobNotFound(StoreError):
     example, to fetch the blob from a peer instead).
     """
 
-    def __init__(self, digest: object) -> None:
-        super().__init__(f"blob {digest} is not in the store")
+    def __init__(self, digest: object, *, where: str = "in the store") -> None:
+        super().__init__(f"blob {digest} is not {where}")
         self.digest = digest
 
 
@@ -260,7 +260,7 @@ class SnapshotError(MeshError):
 
 
 class UnsupportedFile(SnapshotError):
-    """Ingest met a file that a snapshot cannot hold (FIFO, socket, device)."""
+    """Ingest met files that a snapshot cannot hold (FIFOs, sockets, devices): it names them all."""
 
 
 class CheckoutConflict(SnapshotError):

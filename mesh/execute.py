@@ -11,6 +11,7 @@ stdout/stderr blobs, so nothing printed is ever lost.
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from collections.abc import Iterator
@@ -46,6 +47,7 @@ class ExecRequest:
     requirements: dict[str, str] = field(default_factory=dict)
     limits: dict[str, int] = field(default_factory=dict)
     tools: list[str] = field(default_factory=list)  # files on the executing node whose content joins the cache key
+    outputs: list[str] | None = None  # the paths to capture (relative to the directory); None: the whole workdir
 
     def job(self, input: Digest) -> dict[str, Any]:
         task: dict[str, Any] = {"name": "exec", "argv": self.argv, "input": str(input), "env": self.env}
@@ -63,6 +65,8 @@ class ExecRequest:
             task["limits"] = self.limits
         if self.tools:
             task["tools"] = self.tools
+        if self.outputs is not None:
+            task["outputs"] = self.outputs
         return {"tasks": [task], "label": "mesh exec " + shlex.join(self.argv), "no_cache": self.no_cache}
 
 
@@ -79,30 +83,26 @@ def snapshot_for(client: NodeClient, settings: Settings, directory: str, *, prog
 
     Honours ``.meshignore`` and leaves ``.git`` and ``$MESH_HOME`` out.
     """
-    from mesh.cas.snapshot import excluding
     from mesh.cas.statcache import StatCache
     from mesh.cas.store import LocalStore
-    from mesh.ignore import IgnoreRules
+    from mesh.ignore import tree_rules
 
-    rules = IgnoreRules.load(directory)
-    home_rule = excluding(directory, settings.home)
-
-    def ignore(rel: bytes, is_dir: bool) -> bool:
-        return rules.matches(rel, is_dir) or (home_rule is not None and home_rule(rel, is_dir))
+    rules = tree_rules(directory, home=settings.home)
+    ignore = rules.ignore
 
     node_store = client.health(cached=True).get("store")
     with LocalStore(settings.store_dir) as store:
         if node_store == store.store_id():
             from mesh.cas.snapshot import ingest
 
-            cache = StatCache.for_tree(settings.home, directory, store.root, store.epoch(), variant=rules.fingerprint)
+            cache = StatCache.for_tree(settings.home, directory, store.root, store.epoch(), variant=rules.variant)
             return ingest(store, directory, cache=cache, ignore=ignore)
     from mesh.cas.plan import plan_cache, plan_tree
     from mesh.errors import TreeChanged
     from mesh.wire.upload import upload
 
     for attempt in range(3):
-        cache = plan_cache(settings.home, directory, rules.fingerprint)
+        cache = plan_cache(settings.home, directory, rules.variant)
         planned = plan_tree(directory, cache=cache, ignore=ignore)
         try:
             upload(client.http, planned, show_progress=None if progress else False)
@@ -218,20 +218,27 @@ def verbose_line(outcome: ExecOutcome) -> str:
     return line
 
 
-def checkout_output(client: NodeClient, settings: Settings, output: Digest, target: str) -> None:
-    """Write the output snapshot into ``target``, fetching what the local store misses from the node."""
-    from mesh.cas.checkout import checkout
-    from mesh.cas.snapshot import missing_levels
+def checkout_output(
+    client: NodeClient, settings: Settings, input: Digest, output: Digest, target: str, outputs: list[str] | None
+) -> None:
+    """Write into ``target`` what the task produced or changed (mesh.cas.writeout's rules): the
+    entries of ``output`` that differ from ``input``, of the declared ``outputs`` only when
+    given; what the local store misses of them is fetched from the node, and nothing else.
+
+    Measured with bench/out.py (a 100,000-file tree, a cache hit of a task that changes one
+    file; 2 cores shared with other work): ``--out`` adds 0.01-0.07 s to the 1.0 s of the
+    run, where checking the whole output snapshot out into an empty directory added 4.9 s.
+    """
     from mesh.cas.store import LocalStore
+    from mesh.cas.writeout import write_changes
+    from mesh.wire.remote import NodeBackedStore
 
     with LocalStore(settings.store_dir) as store:
-        for missing in missing_levels(store, output):
-            for digest in missing:
-                with store.writer(expected=digest) as writer:
-                    for chunk in client.stream_blob(digest):  # the writer verifies
-                        writer.write(chunk)
-                    writer.commit()
-        checkout(store, output, target)
+        report = write_changes(NodeBackedStore(store, client), input, output, target, only=outputs)
+    if report.deleted:
+        first = os.fsdecode(report.deleted[0])
+        more = f" and {len(report.deleted) - 1} more" if len(report.deleted) > 1 else ""
+        say(f"the task deleted {first}{more}; --out deletes nothing, so {target} keeps them")
 
 
 def say(message: str) -> None:

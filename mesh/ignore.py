@@ -30,6 +30,11 @@ walk that itself honours the rules found above), which gives both the matcher
 that :func:`mesh.cas.snapshot.ingest` takes and a :attr:`~IgnoreRules.fingerprint`
 of the rules for the stat cache, whose directory nodes are only valid under the
 rules they were made with. ``.git`` is always left out, like git does.
+
+:func:`tree_rules` is the one place that decides what a snapshot of a user's tree
+holds, for ``mesh snapshot`` and ``mesh exec`` alike: the tree's ``.meshignore``
+files and ``.git`` (unless ``keep_all``), and never mesh's own home when the tree
+holds it.
 """
 
 from __future__ import annotations
@@ -74,6 +79,10 @@ _ASCII_CLASSES: dict[bytes, frozenset[int]] = {
     b"xdigit": frozenset(b"0123456789ABCDEFabcdef"),
 }
 _SLASH = ord("/")
+
+
+Ignore = Callable[[bytes, bool], bool]
+"""``ignore(relative path, is_dir)``: True leaves the path out of the snapshot."""
 
 
 # -- parsing -------------------------------------------------------------------
@@ -502,3 +511,49 @@ def _read_rules(path: bytes) -> bytes | None:
         raise SnapshotError(f"cannot read ignore rules {os.fsdecode(path)}: {exc.strerror}") from None
     finally:
         os.close(fd)
+
+
+def excluding(root: str | os.PathLike[str], inside: str | os.PathLike[str]) -> Ignore | None:
+    """An ``ignore`` rule leaving out ``inside`` if it lies strictly within ``root``, else None.
+
+    Used to keep mesh's own data directory out of snapshots of a tree that holds it
+    (say, a home directory): storing the store in itself only wastes space.
+    """
+    rel = os.path.relpath(os.path.realpath(inside), os.path.realpath(root))
+    if rel == "." or rel == ".." or rel.startswith("../"):
+        return None
+    skip = os.fsencode(rel)
+    return lambda path, is_dir: path == skip
+
+
+@dataclass(frozen=True)
+class TreeRules:
+    """What a snapshot of a user's tree leaves out: ``ignore`` for the walk (None: nothing),
+    and ``variant``, which tells the stat caches of different rules apart."""
+
+    ignore: Ignore | None
+    variant: bytes
+
+
+def tree_rules(root: str | os.PathLike[str], *, home: str | os.PathLike[str], keep_all: bool = False) -> TreeRules:
+    """The rules of a snapshot of ``root`` made by ``mesh snapshot`` or ``mesh exec``.
+
+    Its ``.meshignore`` files and ``.git`` leave paths out, unless ``keep_all``; mesh's
+    ``home`` is always left out when it lies inside ``root``. Raises SnapshotError,
+    naming ``root``, when it cannot be read, and as :meth:`IgnoreRules.load` does.
+    """
+    try:
+        os.stat(root)
+    except OSError as exc:
+        raise SnapshotError(f"cannot snapshot {os.fsdecode(root)}: {exc.strerror}") from None
+    home_rule = excluding(root, home)
+    if keep_all:
+        return TreeRules(home_rule, b"")
+    rules = IgnoreRules.load(root)
+    if home_rule is None:
+        return TreeRules(rules, rules.fingerprint)
+
+    def ignore(rel: bytes, is_dir: bool) -> bool:
+        return rules.matches(rel, is_dir) or home_rule(rel, is_dir)
+
+    return TreeRules(ignore, rules.fingerprint)

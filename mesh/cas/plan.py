@@ -31,8 +31,9 @@ from mesh.cas.hasher import MMAP_THRESHOLD, StreamHasher, hash_bytes, read_fd
 from mesh.cas.snapshot import DEFAULT_WORKERS, Progress, digest_files
 from mesh.cas.statcache import StatCache
 from mesh.cas.tree import Entry, Kind, encode_node
-from mesh.cas.walk import DirNode, Ignore, PendingFile, tree_root, walk_tree
+from mesh.cas.walk import DirNode, PendingFile, tree_root, walk_tree
 from mesh.errors import SnapshotError, UnsupportedFile
+from mesh.ignore import Ignore
 
 #: The epoch of every plan cache: plans never depend on a store's contents.
 PLAN_EPOCH = "plan"

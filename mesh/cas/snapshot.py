@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
+from mesh.cas.access import BlobAccess
 from mesh.cas.digest import Digest
 from mesh.cas.forkmap import can_fork, fork_map
 from mesh.cas.hasher import hash_bytes, single_threaded
@@ -28,8 +29,9 @@ from mesh.cas.nogc import gc_paused
 from mesh.cas.statcache import StatCache
 from mesh.cas.store import LocalStore, StoreStatistics
 from mesh.cas.tree import Entry, Kind, check_name, decode_node, encode_node
-from mesh.cas.walk import DirNode, Ignore, PendingFile, reusable, tree_root, walk_tree
+from mesh.cas.walk import DirNode, PendingFile, reusable, tree_root, walk_tree
 from mesh.errors import InvalidTree, PathNotFound, SnapshotError
+from mesh.ignore import Ignore
 
 #: Threads that store files during ingest (and write them during checkout).
 #: One per core: more threads only contend for the GIL (measured: 4 on 2 cores was
@@ -38,19 +40,6 @@ DEFAULT_WORKERS = max(1, min(8, os.cpu_count() or 1))
 
 Progress = Callable[[int, int, int, int], None]
 """Called as progress(files_done, files_total, bytes_done, bytes_total)."""
-
-
-def excluding(root: str | os.PathLike[str], inside: str | os.PathLike[str]) -> Ignore | None:
-    """An ``ignore`` rule leaving out ``inside`` if it lies strictly within ``root``, else None.
-
-    Used to keep mesh's own data directory out of snapshots of a tree that holds it
-    (say, a home directory): storing the store in itself only wastes space.
-    """
-    rel = os.path.relpath(os.path.realpath(inside), os.path.realpath(root))
-    if rel == "." or rel == ".." or rel.startswith("../"):
-        return None
-    skip = os.fsencode(rel)
-    return lambda path, is_dir: path == skip
 
 
 def ingest(
@@ -297,7 +286,7 @@ def digest_files(
 # -- reading snapshots -----------------------------------------------------------
 
 
-def read_node(store: LocalStore, digest: Digest) -> list[Entry]:
+def read_node(store: BlobAccess, digest: Digest) -> list[Entry]:
     """The entries of directory node ``digest``. Raises BlobNotFound, DigestMismatch, InvalidTree."""
     return decode_node(store.get(digest))
 
@@ -319,7 +308,7 @@ def split_path(path: str | bytes) -> list[bytes]:
     return parts
 
 
-def resolve(store: LocalStore, root: Digest, path: str | bytes) -> Entry:
+def resolve(store: BlobAccess, root: Digest, path: str | bytes) -> Entry:
     """The entry at ``path`` inside snapshot ``root`` (symlinks are not followed).
 
     Raises PathNotFound if a component is missing or is not a directory.
@@ -350,7 +339,7 @@ def _find(entries: list[Entry], name: bytes) -> Entry | None:
     return None
 
 
-def walk(store: LocalStore, root: Digest, prefix: bytes = b"") -> Iterator[tuple[bytes, Entry]]:
+def walk(store: BlobAccess, root: Digest, prefix: bytes = b"") -> Iterator[tuple[bytes, Entry]]:
     """Yield ``(path, entry)`` for everything below directory node ``root``, depth first, sorted."""
     for entry in read_node(store, root):
         path = prefix + b"/" + entry.name if prefix else entry.name
@@ -359,7 +348,7 @@ def walk(store: LocalStore, root: Digest, prefix: bytes = b"") -> Iterator[tuple
             yield from walk(store, entry.blob, path)
 
 
-def children(store: LocalStore, nodes: list[Digest]) -> tuple[list[Digest], list[Digest]]:
+def children(store: BlobAccess, nodes: list[Digest]) -> tuple[list[Digest], list[Digest]]:
     """The file blobs and the directory nodes directly below ``nodes`` (which must be stored).
 
     For copying a snapshot level by level from another node: fetch a level's nodes,
@@ -376,7 +365,7 @@ def children(store: LocalStore, nodes: list[Digest]) -> tuple[list[Digest], list
     return files, below
 
 
-def missing_levels(store: LocalStore, root: Digest) -> Iterator[list[Digest]]:
+def missing_levels(store: BlobAccess, root: Digest) -> Iterator[list[Digest]]:
     """What ``store`` lacks of snapshot ``root``, a level of the tree at a time: the one walk of
     every path that makes a snapshot complete in a store from elsewhere (a peer's, a node's).
 
@@ -395,7 +384,7 @@ def missing_levels(store: LocalStore, root: Digest) -> Iterator[list[Digest]]:
             yield missing
 
 
-def reachable(store: LocalStore, root: Digest) -> Iterator[Digest]:
+def reachable(store: BlobAccess, root: Digest) -> Iterator[Digest]:
     """Every blob digest a snapshot needs: its nodes and its files (with repeats)."""
     yield root
     for _, entry in walk(store, root):
@@ -413,7 +402,7 @@ class Change:
     new: Entry | None
 
 
-def diff(store: LocalStore, a: Digest, b: Digest, prefix: bytes = b"") -> Iterator[Change]:
+def diff(store: BlobAccess, a: Digest, b: Digest, prefix: bytes = b"") -> Iterator[Change]:
     """The changes from snapshot ``a`` to ``b``, sorted by path; equal subtrees are skipped unread."""
     if a == b:
         return
@@ -430,12 +419,12 @@ def diff(store: LocalStore, a: Digest, b: Digest, prefix: bytes = b"") -> Iterat
             yield Change("M" if x.kind == y.kind else "T", path, x, y)
         else:
             if x is not None:
-                yield from _all(store, "D", path, x)
+                yield from changes_below(store, "D", path, x)
             if y is not None:
-                yield from _all(store, "A", path, y)
+                yield from changes_below(store, "A", path, y)
 
 
-def _all(store: LocalStore, status: str, path: bytes, entry: Entry) -> Iterator[Change]:
+def changes_below(store: BlobAccess, status: str, path: bytes, entry: Entry) -> Iterator[Change]:
     """A change for ``entry`` and, for a directory, for everything below it."""
     yield Change(status, path, entry if status == "D" else None, entry if status == "A" else None)
     if entry.kind == Kind.DIRECTORY:

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from mesh.cas.digest import Digest
@@ -23,9 +22,7 @@ from mesh.cas.forkmap import fork_map
 from mesh.cas.statcache import CacheUsage, StatCache
 from mesh.cas.tree import Kind
 from mesh.errors import SnapshotError, UnsupportedFile
-
-Ignore = Callable[[bytes, bool], bool]
-"""``ignore(relative path, is_dir)``: True leaves the path out of the snapshot."""
+from mesh.ignore import Ignore
 
 #: A walk shares out at least this many subtrees (when the tree has them), so that
 #: workers taking them one at a time end at about the same moment.
@@ -48,6 +45,8 @@ class DirNode:
     changed: bool = False  # a file below it (directly) was not answered by the cache
     digest: Digest | None = None
     reused: bool = False
+    # entries directly in it that a snapshot cannot hold: (path, what it is), all reported at once
+    special: list[tuple[bytes, str]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -149,14 +148,16 @@ def _list_dir(
             elif stat.S_ISLNK(mode):
                 rows.append((name, Kind.SYMLINK, os.readlink(entry.path)))
             else:
-                raise UnsupportedFile(
-                    f"cannot snapshot {os.fsdecode(entry.path)}: it is {_describe(mode)}; "
-                    "remove it or leave it out of the tree"
-                )
+                node.changed = True  # never reusable: the walk must see it to report it
+                node.special.append((entry.path, _describe(mode)))
         except FileNotFoundError:
             continue  # deleted while we walked: it is simply not in this snapshot
         except PermissionError as exc:
             raise SnapshotError(f"cannot read {os.fsdecode(entry.path)}: {exc.strerror}") from None
+
+
+#: How many of the entries a snapshot cannot hold an error names before "and N more".
+SPECIAL_NAMED = 20
 
 
 def walk_tree(
@@ -173,7 +174,33 @@ def walk_tree(
     processes, and a subdirectory whose cached node is reusable (its stat and every
     entry below it unchanged) may come back as a row holding just its Digest, its
     nodes left out of the result. Callers that need every node walk with one worker.
+
+    Raises UnsupportedFile naming every FIFO, socket and device of the tree (up to
+    :data:`SPECIAL_NAMED`, then how many more) once the whole tree is walked, so that
+    one run tells the user all that stands in the way, not one entry per attempt.
     """
+    order, pending = _walk_tree(root, root_st, cache, ignore, workers)
+    special = [item for node in order for item in node.special]
+    if special:
+        raise UnsupportedFile(special_message(special))
+    return order, pending
+
+
+def special_message(special: list[tuple[bytes, str]]) -> str:
+    """The one line that names the entries a snapshot cannot hold, and what to do about them."""
+    special = sorted(special)
+    named = "; ".join(f"{os.fsdecode(path)}: it is {what}" for path, what in special[:SPECIAL_NAMED])
+    more = f"; and {len(special) - SPECIAL_NAMED} more" if len(special) > SPECIAL_NAMED else ""
+    them = "it" if len(special) == 1 else "them"
+    return (
+        f"cannot snapshot {named}{more} (a snapshot holds only files, directories and symlinks): "
+        f"remove {them}, or leave {them} out of the tree with a .meshignore"
+    )
+
+
+def _walk_tree(
+    root: bytes, root_st: os.stat_result, cache: StatCache | None, ignore: Ignore | None, workers: int
+) -> tuple[list[DirNode], list[PendingFile]]:
     top = DirNode(b"", root_st, cache.lookup_dir(b"", root_st) if cache is not None else None, [])
     if workers <= 1 or cache is None or len(cache) < PARALLEL_MIN_FILES:
         return _walk_from(top, root, cache, ignore)
