@@ -30,8 +30,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     from mesh.config import NodeConfig
     from mesh.node import Node
+    from mesh.nodelog import configure
 
-    logging.basicConfig(level=logging.INFO, format="mesh: %(message)s", stream=sys.stderr)
+    configure(verbose=args.verbose)
+    log = logging.getLogger("mesh.node")
     config = NodeConfig.load(
         home=args.home,
         listen=args.listen,
@@ -49,15 +51,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             url = await nursery.start(node.run_until_signalled)
-            print(
-                f"mesh node {node.node_id} serving {url} ({config.slots} slots, home {config.home})\n"
-                f"status: {url}/status",
-                file=sys.stderr,
-                flush=True,
+            log.info(
+                "mesh node %s serving %s (%d slots, home %s); status: %s/status",
+                node.node_id,
+                url,
+                config.slots,
+                config.home,
+                url,
             )
 
     trio.run(main)
-    print("mesh: node stopped", file=sys.stderr)
+    log.info("node stopped")
     return 0
 
 
@@ -362,6 +366,7 @@ def add_parsers(add: Add) -> None:
         metavar="FIRST-LAST",
         help="the uids a root node runs process tasks as, one per slot (default 2100000000-2100009999; MESH_TASK_UIDS)",
     )
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug lines too: every request the node sends")
 
     p = add(
         "key",
