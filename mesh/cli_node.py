@@ -2,8 +2,9 @@
 
 Split from mesh.cli (the store commands) to keep each module small; mesh.cli
 registers these parsers. Client commands use the sync NodeClient and never
-import trio or hypercorn; only ``mesh up`` and the embedded fallback of
-``mesh exec`` start a node.
+import trio or hypercorn; only ``mesh up`` and the in-process fallback of
+``mesh exec`` (MESH_BACKGROUND=0) start a node in this process (mesh.background starts
+one as a process of its own).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         executors=None if args.executors is None else args.executors.split(","),
         task_uids=args.task_uids,
     )
-    node = Node(config, grace=args.grace)
+    node = Node(config, grace=args.grace, idle_stop=args.idle_stop or None)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -84,6 +85,15 @@ def _client(args: argparse.Namespace, *, allow_embedded: bool = False) -> Iterat
             if explicit:
                 raise
             client.close()
+            from mesh import background
+
+            if background.enabled():
+                started = background.ensure(args.settings.home, url)
+                if started.started:
+                    print(f"mesh: {started.announcement(background.idle_seconds())}", file=sys.stderr, flush=True)
+                client = NodeClient(url)
+                yield client
+                return
             from mesh.embedded import embedded_node
 
             print("mesh: no node at the default address; running in an in-process node", file=sys.stderr)
@@ -94,6 +104,14 @@ def _client(args: argparse.Namespace, *, allow_embedded: bool = False) -> Iterat
         yield client
     finally:
         client.close()
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    """Stop the background node of this home (the one ``mesh exec`` started)."""
+    from mesh import background
+
+    print(f"mesh: {background.stop(args.settings.home)}", file=sys.stderr)
+    return 0
 
 
 def _parse_pairs(items: list[str], flag: str) -> dict[str, str]:
@@ -367,6 +385,21 @@ def add_parsers(add: Add) -> None:
         help="the uids a root node runs process tasks as, one per slot (default 2100000000-2100009999; MESH_TASK_UIDS)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log debug lines too: every request the node sends")
+    p.add_argument(
+        "--idle-stop",
+        type=float,
+        metavar="S",
+        help="stop after S seconds with no job and no request (peers' gossip aside); default: never",
+    )
+
+    add(
+        "down",
+        cmd_down,
+        "stop the background node",
+        "Stop the node that `mesh exec` started in the background for this $MESH_HOME (its running\n"
+        "tasks get its grace time, as on SIGTERM) and wait until it is gone. A node started with\n"
+        "`mesh up` in the foreground is stopped where it runs (Ctrl-C).",
+    )
 
     p = add(
         "key",
@@ -388,8 +421,10 @@ def add_parsers(add: Add) -> None:
         "same tree and env again is answered from the action cache without running, by any node of\n"
         "the mesh whose toolchain is the same: the image's ID for docker; else the argv[0] binary\n"
         "(and a script's interpreter), the system's package database and each --tool file.\n\n"
-        "With no node at the default address, the job runs in an in-process node on this store\n"
-        "(a note says so on stderr); a --node that does not answer is an error.\n\n"
+        "With no node at the default address, the first mesh exec starts one in the background (as\n"
+        "mesh up would; log in $MESH_HOME/node.log) and says so; later ones use it. It stops after\n"
+        "30 min without work (MESH_BACKGROUND_IDLE=S; 0: never), or with mesh down. MESH_BACKGROUND=0\n"
+        "runs each job in an in-process node instead. A --node that does not answer is an error.\n\n"
         "The task starts from a clean environment (PATH, LANG=C.UTF-8, TZ=UTC, HOME and TMPDIR of\n"
         "its own) plus each --env. Its whole workdir becomes the output snapshot; --out writes it.\n\n"
         "Executors: sandbox (bubblewrap: the host read-only, only the workdir writable, no network,\n"
