@@ -281,8 +281,9 @@ def cmd_job(args: argparse.Namespace) -> int:
         print(
             f"  {task['name']:<20} {task['state']:<9} exit {exit_code!s:<4} {took:>9}  {result.get('node', '')}{flags}"
         )
-        if task.get("reason"):
-            print(f"      {task['reason']}")
+        for why in (task.get("reason"), result.get("hint")):
+            if why:
+                print(f"      {why}")
     return 0
 
 
