@@ -33,10 +33,9 @@ def sandbox() -> None:
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    t = tmp_path / "tree"
-    t.mkdir()
-    (t / "a.txt").write_text("alpha\n")
-    return t
+    """An empty directory to run in: these tasks read nothing of it."""
+    (tmp_path / "tree").mkdir()
+    return tmp_path / "tree"
 
 
 def run(node: NodeProcess, tree: Path, *args: str) -> tuple[int, str, str]:
