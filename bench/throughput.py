@@ -19,6 +19,11 @@ b. Node-side latency of an action-cache hit: ``POST /v1/jobs`` of a one-task job
 c. Wall time of ``mesh exec -C DIR -- true`` on a cache hit (the real CLI as a subprocess,
    MESH_NODE = the node, same MESH_HOME; run once first to fill the cache; the node's cache-hit
    counter is checked afterwards). Reference: ``.venv/bin/python -c "import httpx"``.
+   The no-node path, in rounds of three (each ``-v``, each a cache hit, on a MESH_HOME of its
+   own whose default address is a free port): ``MESH_BACKGROUND=0`` (an in-process node), the
+   first use (it starts a background node), a later use (through that node); ``mesh down``
+   after each round. Reference: part c's ``mesh exec`` through the running node; target for
+   later uses <= 2x.
 
 Each part runs in rounds, mesh and reference alternating. Before each round (untimed): ``sync``
 and a short wait for an idle machine. A round during which other processes used the CPUs
@@ -50,8 +55,9 @@ c.use_repo()
 
 
 from mesh import codec  # noqa: E402
+from mesh.background import node_pid  # noqa: E402
 from mesh.wire.client import NodeClient  # noqa: E402
-from tests.nodeutil import NodeProcess, node_env  # noqa: E402
+from tests.nodeutil import NodeProcess, free_port, node_env  # noqa: E402
 
 #: Client threads of part a (one-task jobs), and threads / tasks per job of its info row.
 CLIENT_THREADS = 4
@@ -416,6 +422,53 @@ def bench_exec(
     return series, line
 
 
+def bench_no_node(home: str, small: str, cwd: str, runs: int, exclude: set[int], quiet: float) -> dict[str, Series]:
+    """The no-node path of part c: in-process node, first use, later use (see the docstring)."""
+    series = {
+        "inproc": Series("c: no node, MESH_BACKGROUND=0: in-process node (cache hit)", "s"),
+        "first": Series("c: no node, first use: starts a background node (cache hit)", "s"),
+        "later": Series("c: no node, later use: through the background node (cache hit)", "s"),
+    }
+    env = mesh_env(home, MESH_BACKGROUND="1", MESH_LISTEN=f"127.0.0.1:{free_port()}")
+    argv = [str(c.MESH_CLI), "exec", "-v", "-C", small, "--", "true"]
+
+    def timed(**extra: str) -> tuple[float, str]:
+        start = time.perf_counter()
+        done = subprocess.run(argv, env={**env, **extra}, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        elapsed = time.perf_counter() - start
+        said = done.stderr.decode(errors="replace")
+        if done.returncode != 0 or "(cached)" not in said:
+            raise BenchFailure(f"`mesh exec -v -- true` with no node: exit {done.returncode}, {said.strip()[-400:]}")
+        return elapsed, said
+
+    def down() -> None:
+        subprocess.run([str(c.MESH_CLI), "down"], env=env, capture_output=True, check=False)
+
+    def one_round() -> dict[str, float]:
+        t_inproc, _ = timed(MESH_BACKGROUND="0")
+        t_first, said = timed()
+        if "started a background node" not in said:
+            raise BenchFailure(f"the first use with no node started no background node: {said.strip()[-400:]}")
+        pid = node_pid(home)
+        if pid is not None:
+            exclude.add(pid)  # the node is what is measured, not contention
+        t_later, said = timed()
+        if "started a background node" in said:
+            raise BenchFailure("a later use started another background node")
+        down()
+        return {"inproc": t_inproc, "first": t_first, "later": t_later}
+
+    try:
+        with contextlib.suppress(BenchFailure):
+            timed()  # fills the action cache of this home (a miss)
+        timed()
+        down()
+        run_rounds("c (no node)", runs, one_round, series, exclude=exclude, quiet_limit=quiet)
+    finally:
+        down()
+    return series
+
+
 # -- table --------------------------------------------------------------------------------
 
 
@@ -535,6 +588,7 @@ def main() -> int:
             m_c = "`mesh exec -C DIR -- true`, cache hit, CLI wall time"
             ref_c = "`.venv/bin/python -c 'import httpx'`"
             c.note(f"part c: {exec_runs} runs of `mesh exec -- true` (cache hit) and `python -c 'import httpx'`")
+            s_c: dict[str, Series] | None = None
             try:
                 s_c, line = bench_exec(node.url, home, small, scratch.root, exec_runs, exclude, quiet)
                 rows.append(ratio_row(m_c, s_c["mesh"], ref_c, s_c["ref"], higher_better=False, target=2.0))
@@ -542,6 +596,22 @@ def main() -> int:
                 notes.append(line)
             except BenchFailure as exc:
                 rows.append(failed_row(m_c, ref_c, "<= 2.00x", str(exc)))
+                ok = False
+            ref_nn = "`mesh exec` through the running node (c)"
+            m_nn = "`mesh exec -- true` with no node running, a later use (the background node), cache hit"
+            c.note(f"part c, no node: {exec_runs} rounds of in-process, first use, later use")
+            try:
+                s_nn = bench_no_node(scratch.path("home-no-node"), small, scratch.root, exec_runs, exclude, quiet)
+                if s_c is not None:
+                    rows.append(ratio_row(m_nn, s_nn["later"], ref_nn, s_c["mesh"], higher_better=False, target=2.0))
+                    for key, what in (
+                        ("first", "same, the first use (it starts the background node)"),
+                        ("inproc", "same, MESH_BACKGROUND=0 (an in-process node each time)"),
+                    ):
+                        rows.append(ratio_row(what, s_nn[key], ref_nn, s_c["mesh"], higher_better=False, target=None))
+                named += list(s_nn.values())
+            except BenchFailure as exc:
+                rows.append(failed_row(m_nn, ref_nn, "<= 2.00x", str(exc)))
                 ok = False
             node_log_errors = node.log().count("Traceback")
 

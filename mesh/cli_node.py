@@ -2,8 +2,9 @@
 
 Split from mesh.cli (the store commands) to keep each module small; mesh.cli
 registers these parsers. Client commands use the sync NodeClient and never
-import trio or hypercorn; only ``mesh up`` and the embedded fallback of
-``mesh exec`` start a node.
+import trio or hypercorn; only ``mesh up`` and the in-process fallback of
+``mesh exec`` (MESH_BACKGROUND=0) start a node in this process (mesh.background starts
+one as a process of its own).
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     from mesh.config import NodeConfig
     from mesh.node import Node
+    from mesh.nodelog import configure
 
-    logging.basicConfig(level=logging.INFO, format="mesh: %(message)s", stream=sys.stderr)
+    configure(verbose=args.verbose)
+    log = logging.getLogger("mesh.node")
     config = NodeConfig.load(
         home=args.home,
         listen=args.listen,
@@ -44,20 +47,22 @@ def cmd_up(args: argparse.Namespace) -> int:
         executors=None if args.executors is None else args.executors.split(","),
         task_uids=args.task_uids,
     )
-    node = Node(config, grace=args.grace)
+    node = Node(config, grace=args.grace, idle_stop=args.idle_stop or None)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             url = await nursery.start(node.run_until_signalled)
-            print(
-                f"mesh node {node.node_id} serving {url} ({config.slots} slots, home {config.home})\n"
-                f"status: {url}/status",
-                file=sys.stderr,
-                flush=True,
+            log.info(
+                "mesh node %s serving %s (%d slots, home %s); status: %s/status",
+                node.node_id,
+                url,
+                config.slots,
+                config.home,
+                url,
             )
 
     trio.run(main)
-    print("mesh: node stopped", file=sys.stderr)
+    log.info("node stopped")
     return 0
 
 
@@ -80,6 +85,15 @@ def _client(args: argparse.Namespace, *, allow_embedded: bool = False) -> Iterat
             if explicit:
                 raise
             client.close()
+            from mesh import background
+
+            if background.enabled():
+                started = background.ensure(args.settings.home, url)
+                if started.started:
+                    print(f"mesh: {started.announcement(background.idle_seconds())}", file=sys.stderr, flush=True)
+                client = NodeClient(url)
+                yield client
+                return
             from mesh.embedded import embedded_node
 
             print("mesh: no node at the default address; running in an in-process node", file=sys.stderr)
@@ -90,6 +104,14 @@ def _client(args: argparse.Namespace, *, allow_embedded: bool = False) -> Iterat
         yield client
     finally:
         client.close()
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    """Stop the background node of this home (the one ``mesh exec`` started)."""
+    from mesh import background
+
+    print(f"mesh: {background.stop(args.settings.home)}", file=sys.stderr)
+    return 0
 
 
 def _parse_pairs(items: list[str], flag: str) -> dict[str, str]:
@@ -273,8 +295,9 @@ def cmd_job(args: argparse.Namespace) -> int:
         print(
             f"  {task['name']:<20} {task['state']:<9} exit {exit_code!s:<4} {took:>9}  {result.get('node', '')}{flags}"
         )
-        if task.get("reason"):
-            print(f"      {task['reason']}")
+        for why in (task.get("reason"), result.get("hint")):
+            if why:
+                print(f"      {why}")
     return 0
 
 
@@ -376,6 +399,22 @@ def add_parsers(add: Add) -> None:
         metavar="FIRST-LAST",
         help="the uids a root node runs process tasks as, one per slot (default 2100000000-2100009999; MESH_TASK_UIDS)",
     )
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug lines too: every request the node sends")
+    p.add_argument(
+        "--idle-stop",
+        type=float,
+        metavar="S",
+        help="stop after S seconds with no job and no request (peers' gossip aside); default: never",
+    )
+
+    add(
+        "down",
+        cmd_down,
+        "stop the background node",
+        "Stop the node that `mesh exec` started in the background for this $MESH_HOME (its running\n"
+        "tasks get its grace time, as on SIGTERM) and wait until it is gone. A node started with\n"
+        "`mesh up` in the foreground is stopped where it runs (Ctrl-C).",
+    )
 
     p = add(
         "key",
@@ -397,8 +436,10 @@ def add_parsers(add: Add) -> None:
         "same tree and env again is answered from the action cache without running, by any node of\n"
         "the mesh whose toolchain is the same: the image's ID for docker; else the argv[0] binary\n"
         "(and a script's interpreter), the system's package database and each --tool file.\n\n"
-        "With no node at the default address, the job runs in an in-process node on this store\n"
-        "(a note says so on stderr); a --node that does not answer is an error.\n\n"
+        "With no node at the default address, the first mesh exec starts one in the background (as\n"
+        "mesh up would; log in $MESH_HOME/node.log) and says so; later ones use it. It stops after\n"
+        "30 min without work (MESH_BACKGROUND_IDLE=S; 0: never), or with mesh down. MESH_BACKGROUND=0\n"
+        "runs each job in an in-process node instead. A --node that does not answer is an error.\n\n"
         "The task starts from a clean environment (PATH, LANG=C.UTF-8, TZ=UTC, HOME and TMPDIR of\n"
         "its own) plus each --env. Its whole workdir becomes the output snapshot (only the --output\n"
         "paths, with --output); --out DIR writes what of it the task produced or changed.\n\n"

@@ -26,6 +26,10 @@ executors          MESH_EXECUTORS       executors = ["process"]         every on
 task_uids          MESH_TASK_UIDS       task_uids = "FIRST-LAST"        2100000000-2100009999 (a root node's
                    (--task-uids)                                        process tasks: one uid per slot)
 node (client)      MESH_NODE            node = "http://host:7474"       http://127.0.0.1:7474
+background (cl.)   MESH_BACKGROUND=0    (n/a)                           on: mesh exec starts a node in the
+                   turns it off                                         background when none answers
+                                                                        (mesh.background)
+background idle    MESH_BACKGROUND_IDLE (n/a)                           1800 s (0: never stops by itself)
 mesh key           MESH_KEY (hex)       (--key-file FILE)               $MESH_HOME/mesh.key
 =================  ===================  ==============================  ==========================
 

@@ -42,6 +42,7 @@ take (mesh.text): a file name in it that is not UTF-8 is written with escapes.
     ├── JobNotFound                no job has the id asked for
     ├── NoFreeSlot                 a peer offered a task and this node has no free slot (HTTP 409)
     ├── NodeBusy                   another node already runs on this $MESH_HOME
+    ├── BackgroundNodeError        the background node of mesh exec could not start or stop
     ├── NodeError                  a node answered a client's request with an error
     │   ├── NodeUnreachable        no node answers at the address (connection refused, timeout)
     │   └── PeerDeclined           a peer has no room for an offered task (offer it elsewhere)
@@ -312,6 +313,11 @@ class NoFreeSlot(MeshError):
 
 class NodeBusy(MeshError):
     """Another node already runs on this $MESH_HOME (one node per store and state)."""
+
+
+class BackgroundNodeError(MeshError):
+    """The background node that ``mesh exec`` starts on first use (mesh.background) could not
+    start, or ``mesh down`` could not stop it; the message names its log."""
 
 
 class ExecError(MeshError):

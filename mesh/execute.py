@@ -189,7 +189,7 @@ def exit_status(outcome: ExecOutcome) -> int:
 
 
 def explain(outcome: ExecOutcome) -> str | None:
-    """A line for stderr when the task did not end by itself, else None."""
+    """A line for stderr when the task did not end by itself or its executor has a hint, else None."""
     result = outcome.result
     if outcome.state == "cancelled":
         return f"job {outcome.job_id} was cancelled"
@@ -199,7 +199,7 @@ def explain(outcome: ExecOutcome) -> str | None:
         return result.error
     if result.timed_out:
         return "the command timed out and was killed"
-    return None
+    return result.hint  # the executor's word on why it failed (no network ...), if any
 
 
 def verbose_line(outcome: ExecOutcome) -> str:

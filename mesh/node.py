@@ -28,6 +28,7 @@ import trio
 from mesh import __version__
 from mesh.api.app import create_app
 from mesh.api.authorities import NodeAuthorities
+from mesh.api.idle import Activity, stop_when_idle
 from mesh.api.metrics import NodeFigures
 from mesh.api.server import listen, serve
 from mesh.cas.space import Roots, StoreSpace
@@ -66,9 +67,10 @@ DOCKER_REFRESH = 30.0
 class Node:
     """A complete mesh node on one machine. Create, then ``await nursery.start(node.run)``."""
 
-    def __init__(self, config: NodeConfig, *, grace: float = DEFAULT_GRACE) -> None:
+    def __init__(self, config: NodeConfig, *, grace: float = DEFAULT_GRACE, idle_stop: float | None = None) -> None:
         self.config = config
         self.grace = grace
+        self.idle_stop = idle_stop  # seconds idle after which the node stops (mesh.api.idle); None: never
         self.started_at = time.time()
         self.url = ""
         self._lock_fd: int | None = None
@@ -107,13 +109,15 @@ class Node:
                 await nursery.start(self.action_cache.run)
                 await nursery.start(self.scheduler.run)
                 http_stop = trio.Event()
-                app = create_app(self)
+                app = activity = Activity(create_app(self))
                 binds = await nursery.start(partial(serve, app, self._sockets, shutdown_trigger=http_stop.wait))
                 self.url = _local_url(binds[0])
                 port = int(binds[0].rsplit(":", 1)[1])
                 advertised = advertised_url(self.config, port)
                 self.authorities.listen_on(port, advertised)  # signed requests name this port from now on
                 await nursery.start(self.peering.run, advertised)
+                if self.idle_stop:
+                    await nursery.start(stop_when_idle, activity, self.idle_stop, self._busy, self.stop)
                 task_status.started(self.url)
                 await self._stop.wait()
                 http_stop.set()
@@ -357,6 +361,11 @@ class Node:
         caps = capabilities(sorted(self.runner.executors), dict(self.config.labels), images)
         self.peering.capabilities = caps
         self.scheduler.capabilities = caps
+
+    def _busy(self) -> bool:
+        """Whether a job runs or waits on this node (for the idle stop)."""
+        stats = self.scheduler.statistics()
+        return bool(stats.running_jobs or stats.busy or stats.queued)
 
     def _load(self) -> dict[str, int]:
         stats = self.scheduler.statistics()

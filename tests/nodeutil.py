@@ -91,6 +91,7 @@ def node_env(home: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
     env["MESH_HOME"] = home
     env["MESH_MDNS"] = "0"  # never multicast on the machine's real interfaces (tests/netns.py for mDNS)
+    env["MESH_BACKGROUND"] = "0"  # no test leaves a background node behind (tests/test_background_e2e.py asks for one)
     env.update(extra)
     return env
 

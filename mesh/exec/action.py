@@ -228,6 +228,9 @@ class ActionResult:
     #: What the action cache said of it, for ``mesh exec -v``: where a hit came from, or why
     #: the task was not one (first run, inputs changed, toolchain changed ...).
     cache_note: str | None = None
+    #: Why a failed task may have failed, for the person, when its executor can tell (the
+    #: sandbox: a task without network that failed on a name or a connection; mesh.exec.hints).
+    hint: str | None = None
 
     @property
     def success(self) -> bool:
@@ -255,6 +258,8 @@ class ActionResult:
             wire["cache_key"] = str(self.cache_key)
         if self.cache_note is not None:
             wire["cache_note"] = self.cache_note
+        if self.hint is not None:
+            wire["hint"] = self.hint
         return wire
 
     @classmethod
@@ -276,6 +281,7 @@ class ActionResult:
             cached=fields.flag("cached", False),
             cache_key=None if cache_key is None else parse_digest(cache_key, f"cache key of {what}"),
             cache_note=fields.text("cache_note", None),
+            hint=fields.text("hint", None),
         )
         fields.done()
         return result

@@ -114,11 +114,14 @@ class NoCancel:
 
 @dataclass(frozen=True, slots=True)
 class ExitStatus:
-    """How a command ended. ``exit_code`` is shell-style: the status, or 128 + N for signal N."""
+    """How a command ended. ``exit_code`` is shell-style: the status, or 128 + N for signal N.
+    ``hint`` is a line for the person when the executor knows why a failure may have come
+    about (the sandbox: no network)."""
 
     exit_code: int
     signal: int | None = None
     timed_out: bool = False
+    hint: str | None = None  # why it may have failed, for the person (mesh.exec.hints)
 
     @classmethod
     def from_returncode(cls, returncode: int, *, timed_out: bool = False) -> ExitStatus:

@@ -439,6 +439,7 @@ class Runner:
             signal=status.signal,
             timed_out=status.timed_out,
             error=error,
+            hint=status.hint,
             stdout=streams[0],
             stderr=streams[1],
             output=output,

@@ -115,6 +115,7 @@ from typing import Literal
 from mesh.cas.checkout import Mode
 from mesh.errors import ExecError, SpawnFailed
 from mesh.exec.action import BASE_ENV
+from mesh.exec.hints import StderrTail, find_program, hidden_program, searchable, unsearchable
 from mesh.exec.process import (
     DRAIN_GRACE,
     TERM_GRACE,
@@ -250,6 +251,7 @@ class SandboxExecutor(ProcessExecutor):
         else:
             self.uid, self.gid = os.getuid(), os.getgid()
         self.checkout_mode: Mode = "link" if self.privileged else "copy"
+        self.home = None if home is None else os.path.abspath(os.fspath(home))
         paths = ([home] if home is not None else []) + list(hide)
         self.hidden = tuple(dict.fromkeys(os.path.abspath(os.fspath(p)) for p in paths))
         self.limits = limits.within_node()
@@ -404,7 +406,7 @@ class SandboxExecutor(ProcessExecutor):
                 st = os.stat(path)
             except OSError:
                 return path
-            if not _searchable(st, self.uid, self.gid):
+            if not searchable(st, self.uid, self.gid):
                 return path
         return holder
 
@@ -412,13 +414,49 @@ class SandboxExecutor(ProcessExecutor):
 
     def run(self, command: Command, on_output: OutputSink, cancel: Cancel) -> ExitStatus:
         """See :meth:`mesh.exec.process.Executor.run`; raises SpawnFailed when the command cannot be started."""
-        watch = LaunchWatch(on_output)
+        tail = StderrTail(on_output)
+        watch = LaunchWatch(tail)
         status = super().run(command, watch, cancel)
         launcher: Literal["setpriv", "bwrap"] = "setpriv" if self.privileged else "bwrap"
         failure = watch.failure(status, command.argv[0], launcher, " in the sandbox", "; the node's home is hidden")
         if failure is not None:
-            raise failure
+            raise self._explained(failure, command)
+        if not command.network:
+            return replace(status, hint=tail.network_hint(status.exit_code))
         return status
+
+    def _explained(self, failure: SpawnFailed, command: Command) -> SpawnFailed:
+        """``failure`` said better when the program is somewhere the sandbox hides (mesh.exec.hints)."""
+        own = os.path.commonpath([os.path.realpath(p) for p in (command.workdir, command.home, command.tmpdir)])
+        candidates = [
+            path
+            for path in find_program(command.argv[0], command.env, os.path.join(command.workdir, command.cwd))
+            if os.path.commonpath([own, os.path.realpath(path)]) != own  # the task's own files it sees
+        ]
+        places = [(os.path.realpath(p), "the node keeps it from tasks") for p in self.hidden]
+        if self.home is not None:
+            places.insert(0, (os.path.realpath(self.home), "the node's home: its key, store and state"))
+        places += [
+            ("/tmp", "each task has a /tmp of its own, empty at the start"),
+            ("/dev/shm", "each task has a /dev/shm of its own"),
+            (os.path.dirname(own), "the task directories of other tasks"),
+            ("/sys", "of /sys, tasks see only the CPU counts"),
+        ]
+        if not command.network:
+            places.append(("/run", "without the network, /run is empty: its sockets lead out of the sandbox"))
+        why = hidden_program(candidates, places, self._unsearchable(candidates))
+        if why is None:
+            return failure
+        return SpawnFailed(
+            f"cannot run {command.argv[0]!r} in the sandbox: {why}; put it where tasks see it "
+            "(in the input, or under /usr/local or /opt)",
+            failure.exit_code,
+        )
+
+    def _unsearchable(self, candidates: list[str]) -> str | None:
+        """Why the task uid cannot reach a candidate (mesh.exec.hints.unsearchable); None when the
+        node is not root (its tasks keep its uid)."""
+        return unsearchable(candidates, self.uid, self.gid) if self.privileged else None
 
     def limits_for(self, command: Command) -> SandboxLimits:
         """The node's limits with the action's own laid over them; an action may ask for less
@@ -545,15 +583,6 @@ def _chown_directories(top: str, uid: int, gid: int) -> None:
                 if entry.is_dir(follow_symlinks=False):
                     os.chown(entry.path, uid, gid, follow_symlinks=False)
                     stack.append(entry.path)
-
-
-def _searchable(st: os.stat_result, uid: int, gid: int) -> bool:
-    """Whether a directory with ``st`` may be searched by ``uid``/``gid`` (no groups, no caps), by its mode."""
-    if st.st_uid == uid:
-        return bool(st.st_mode & stat.S_IXUSR)
-    if st.st_gid == gid:
-        return bool(st.st_mode & stat.S_IXGRP)
-    return bool(st.st_mode & stat.S_IXOTH)
 
 
 def _inside_any(path: str, tops: Iterable[str]) -> bool:
