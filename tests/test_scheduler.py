@@ -36,7 +36,7 @@ class FakeRunner:
         self.release = trio.Event()
         self.hold = False
 
-    async def run(self, action: Action, *, on_output: Any = None) -> ActionResult:
+    async def run(self, action: Action, *, on_output: Any = None, on_cancel: Any = None) -> ActionResult:
         self.ran.append(action.argv)
         self.running += 1
         self.most_at_once = max(self.most_at_once, self.running)

@@ -68,6 +68,7 @@ import errno
 import functools
 import logging
 import os
+import signal
 import stat
 import tempfile
 import time
@@ -81,7 +82,7 @@ from mesh.cas.snapshot import ingest, resolve
 from mesh.cas.space import StoreSpace
 from mesh.cas.store import LocalStore
 from mesh.cas.tree import Kind, encode_node
-from mesh.errors import ExecError, PathNotFound, SnapshotError, SpawnFailed, UnknownExecutor
+from mesh.errors import ExecError, MeshError, PathNotFound, SnapshotError, SpawnFailed, UnknownExecutor
 from mesh.exec import hop
 from mesh.exec.action import BASE_ENV, Action, ActionResult
 from mesh.exec.leftovers import MARKER, kill_processes, marked_below
@@ -95,9 +96,17 @@ log = logging.getLogger("mesh.exec")
 
 OutputFollower = Callable[[str, bytes], Awaitable[None]]
 """``await on_output(stream, chunk)``: live output for whoever follows the task."""
+CancelledResult = Callable[[ActionResult], None]
+"""``on_cancel(result)``: what a cancelled task wrote until it was killed (called on the task's thread)."""
+
+#: Exit code and signal recorded for a task killed by a cancel: the executors send SIGTERM (then
+#: SIGKILL after a grace; a container gets SIGKILL at once).
+CANCELLED_SIGNAL = signal.SIGTERM
 
 #: Exit code of a task the runner could not start (a shell's "command not found").
 NOT_STARTED = 127
+#: The error of a cancelled task's result.
+CANCELLED = "cancelled: the command was killed; its stdout and stderr are what it wrote until then"
 _TASK_PREFIX = "task-"
 
 
@@ -220,14 +229,23 @@ class Runner:
                 removed += 1
         return removed
 
-    async def run(self, action: Action, *, on_output: OutputFollower | None = None) -> ActionResult:
+    async def run(
+        self,
+        action: Action,
+        *,
+        on_output: OutputFollower | None = None,
+        on_cancel: CancelledResult | None = None,
+    ) -> ActionResult:
         """Run ``action`` and return its result; its output streams go live to ``on_output``.
 
         Raises UnknownExecutor for an executor this node lacks, BlobNotFound when the
         input snapshot is not in the store (BlobDamaged, quarantined, if not intact),
         StoreFull when the store has no room for the task's output streams or outputs
         (the task is killed then, and nothing partial is kept), and whatever
-        ``on_output`` raises (the task is killed then). Cancellation kills the task.
+        ``on_output`` raises (the task is killed then). Cancellation kills the task and,
+        if it had started, hands ``on_cancel`` a result whose stdout and stderr are what it
+        wrote until then (stored like a timed-out task's; no output snapshot, an ``error``
+        saying it was cancelled) before Cancelled is raised.
         In every case the task directory is gone when this returns.
         """
         executor = self.executors.get(action.executor)
@@ -236,13 +254,18 @@ class Runner:
             raise UnknownExecutor(f"this node has no {action.executor!r} executor (it has: {have})")
         self._running += 1
         try:
-            return await hop.run_sync(functools.partial(self._run_task, action, executor, on_output))
+            return await hop.run_sync(functools.partial(self._run_task, action, executor, on_output, on_cancel))
         finally:
             self._running -= 1
             self._finished += 1
 
     def _run_task(
-        self, action: Action, executor: Executor, follower: OutputFollower | None, line: hop.Hop
+        self,
+        action: Action,
+        executor: Executor,
+        follower: OutputFollower | None,
+        on_cancel: CancelledResult | None,
+        line: hop.Hop,
     ) -> ActionResult:
         """The whole task, on a worker thread; ``line`` carries the follower's output and the cancellation."""
         started_at = time.time()
@@ -282,6 +305,10 @@ class Runner:
             except SpawnFailed as exc:
                 digests = streams.commit(self._empty)
                 return self._result(ExitStatus(exc.exit_code), digests, None, started_at, str(exc))
+            except hop.RunCancelled:
+                if on_cancel is not None:  # what it wrote is kept, as a timed-out task's is
+                    self._keep_streams(streams, started_at, on_cancel)
+                raise
             finally:
                 self._end(executor, lease, task)
                 taken_back = True
@@ -303,6 +330,17 @@ class Runner:
             finally:
                 if users is not None and lease is not None:
                     users.end(lease)  # kills what runs of it (if the task never ran), frees the uid
+
+    def _keep_streams(self, streams: _Streams, started_at: float, on_cancel: CancelledResult) -> None:
+        """Store a cancelled task's streams and hand on its result; a store that cannot keep
+        them (full) loses them, and the cancel goes on."""
+        try:
+            digests = streams.commit(self._empty)
+        except (MeshError, OSError) as exc:
+            log.warning("the output of a cancelled task could not be kept: %s", exc)
+            return
+        killed = ExitStatus(128 + CANCELLED_SIGNAL, CANCELLED_SIGNAL)
+        on_cancel(self._result(killed, digests, None, started_at, CANCELLED))
 
     def _kept_since(self, started_at: float) -> contextlib.AbstractContextManager[object]:
         """While the outputs are captured, what the task wrote since it started (its output

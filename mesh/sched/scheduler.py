@@ -72,7 +72,7 @@ from mesh.sched.jobevents import (
     stream_named,
 )
 from mesh.sched.jobs import FINAL_TASK_STATES, JobSpec, JobState, TaskRecord, TaskState, decide, job_state
-from mesh.sched.lookup import CacheLookup, Found
+from mesh.sched.lookup import CacheLookup, Found, Runs
 from mesh.sched.placement import NodeView, Unplaceable, rank, unmet
 from mesh.sched.recording import Recorder
 from mesh.sched.statedb import JobRow, StateDB
@@ -114,14 +114,12 @@ STEAL_HOLD = 2.0
 PREFETCH = 2
 
 
-class TaskRunner(Protocol):
-    """What the scheduler needs of a runner (mesh.exec.runner.Runner)."""
+class TaskRunner(Runs, Protocol):
+    """What the scheduler needs of a runner (mesh.exec.runner.Runner): its run (mesh.sched.lookup.Runs)."""
 
     @property
     def executors(self) -> Mapping[str, object]:
         """The executors this node has, by the name actions use."""
-
-    async def run(self, action: Action, *, on_output: OutputSink | None = None) -> ActionResult: ...
 
 
 class Remote(Protocol):
@@ -724,12 +722,15 @@ class Scheduler:
             result: ActionResult | None = None
             reason: str | None = None
             requeue = False
+            killed: list[ActionResult] = []  # what a cancelled task wrote until the kill (the runner's)
             with trio.CancelScope() as scope:
                 live.scopes[task.name] = scope
                 try:
                     action = task.action or self._action(live, task)
                     if where is None:
-                        result = await self._run_here(action, on_output, cache=not live.spec.no_cache)
+                        result = await self._run_here(
+                            action, on_output, cache=not live.spec.no_cache, on_cancel=killed.append
+                        )
                     else:
                         assert self.remote is not None
                         key = f"{live.row.id}/{task.name}/{task.attempts}"
@@ -760,8 +761,9 @@ class Scheduler:
                     self._requeue(live, task, reason)
                     return
                 self._tasks_run += 1
-                if scope.cancelled_caught:
-                    self._finish(live, task, "cancelled", reason="cancelled")
+                if scope.cancelled_caught:  # its output until the kill is kept, as a timed-out task's
+                    partial = replace(killed[0], cache_note=task.cache_note) if killed else None
+                    self._finish(live, task, "cancelled", reason="cancelled", result=partial)
                 elif result is None:
                     self._finish(live, task, "failed", reason=reason)
                 else:
@@ -784,7 +786,14 @@ class Scheduler:
             self._task_done = trio.Event()
             self._wake()
 
-    async def _run_here(self, action: Action, on_output: OutputSink, *, cache: bool) -> ActionResult:
+    async def _run_here(
+        self,
+        action: Action,
+        on_output: OutputSink,
+        *,
+        cache: bool,
+        on_cancel: Callable[[ActionResult], None] | None = None,
+    ) -> ActionResult:
         """Run ``action`` in a slot of this node, its input made complete from peers first
         (through the cache's lookup, which keys the result: mesh.sched.lookup).
 
@@ -796,7 +805,7 @@ class Scheduler:
         if self.remote is not None and not self.remote.is_complete(action.input, self.store):
             await self.remote.fetch_tree(None, action.input, self.store)
         try:
-            return await self.lookup.run(self.runner, action, on_output, cache=cache)
+            return await self.lookup.run(self.runner, action, on_output, cache=cache, on_cancel=on_cancel)
         except BlobNotFound as exc:
             if self.remote is None:
                 raise
@@ -807,7 +816,7 @@ class Scheduler:
                 raise StoreError(f"{exc}; no live peer holds {lost.digest}") from None
             except MeshError as fetch_error:
                 raise StoreError(f"{exc}; it could not be fetched again from peers: {fetch_error}") from None
-        return await self.lookup.run(self.runner, action, on_output, cache=cache)
+        return await self.lookup.run(self.runner, action, on_output, cache=cache, on_cancel=on_cancel)
 
     def _requeue(self, live: LiveJob, task: TaskRecord, reason: str | None) -> None:
         """Put a task that did not run to the end back at the head of the queue."""
