@@ -128,6 +128,7 @@ def _tool(path: str) -> str:
 def cmd_exec(args: argparse.Namespace) -> int:
     """Run a command on the mesh against a snapshot of a directory."""
     from mesh import execute
+    from mesh.follow import reconnect_window
 
     argv = list(args.argv)
     if argv and argv[0] == "--":
@@ -162,25 +163,23 @@ def cmd_exec(args: argparse.Namespace) -> int:
         requirements=_parse_pairs(args.require, "--require"),
         tools=[_tool(path) for path in args.tool],
     )
-    with _client(args, allow_embedded=True) as client:
-        snapshot = execute.snapshot_for(client, args.settings, directory, progress=sys.stderr.isatty())
-        events = client.submit_and_follow(request.job(snapshot))
-        follower = execute.Follower(client, sys.stdout.buffer, sys.stderr.buffer)
+    window = reconnect_window(args.reconnect)
+    with _client(args, allow_embedded=True) as client, execute.Interrupts():
         try:
-            outcome = follower.run(events)
-        except KeyboardInterrupt:
-            if follower.job_id:
-                client.cancel(follower.job_id)
-                execute.say(f"interrupted: job {follower.job_id} cancelled")
-            return execute.EXIT_CANCELLED
-        note = execute.explain(outcome)
-        if note:
-            execute.say(note)
-        if args.verbose:
-            execute.say(execute.verbose_line(outcome))
-        if args.out is not None and outcome.result and outcome.result.output:
-            execute.checkout_output(client, args.settings, outcome.result.output, args.out)
-        return execute.exit_status(outcome)
+            snapshot = execute.snapshot_for(client, args.settings, directory, progress=sys.stderr.isatty())
+            outcome = execute.follow_job(client, request.job(snapshot), window=window)
+            note = execute.explain(outcome)
+            if note:
+                execute.say(note)
+            if args.verbose:
+                execute.say(execute.verbose_line(outcome))
+            if args.out is not None and outcome.result and outcome.result.output:
+                execute.checkout_output(client, args.settings, outcome.result.output, args.out)
+            return execute.exit_status(outcome)
+        except execute.Stopped as stopped:
+            return stopped.status
+        except execute.Interrupted as stop:  # before the job was submitted, or after it ended
+            return stop.status
 
 
 def _when(timestamp: float | None) -> str:
@@ -265,23 +264,27 @@ def cmd_job(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    """Print the stdout (to stdout) and stderr (to stderr) of a job's tasks."""
-    from mesh.cas.digest import Digest
+    """Print the stdout (to stdout) and stderr (to stderr) of a job's tasks; with -f, to the job's end."""
+    from mesh import execute, follow
 
+    window = follow.reconnect_window(args.reconnect)
     with _client(args) as client:
         job = client.job(args.id)
-        tasks = [t for t in job["tasks"] if args.task is None or t["name"] == args.task]
-        if args.task is not None and not tasks:
+        names = [t["name"] for t in job["tasks"]]
+        if args.task is not None and args.task not in names:
             raise UsageError(f"job {args.id} has no task {args.task!r}")
-        for task in tasks:
-            result = task.get("result")
-            if not result:
-                continue
-            for stream, sink in (("stdout", sys.stdout.buffer), ("stderr", sys.stderr.buffer)):
-                for chunk in client.read_blob(Digest.parse(result[stream])):
-                    sink.write(chunk)
-                sink.flush()
-    return 0
+        tasks = names if args.task is None else [args.task]
+        ended = frozenset(t["name"] for t in job["tasks"] if t["state"] not in ("waiting", "queued", "running"))
+        follower = follow.JobFollower(
+            client, sys.stdout.buffer, sys.stderr.buffer, job_id=args.id, tasks=tasks, prefix=len(tasks) > 1,
+            from_blobs=ended,
+        )  # fmt: skip
+        try:
+            followed = follower.follow(window=window, wait=args.follow)
+        except follow.NodeGone as gone:
+            follow.say(f"{gone}; follow it again with `mesh logs -f {args.id} --node {client.url}`")
+            return follow.EXIT_NODE_LOST
+    return execute.followed_status(followed, tasks) if args.follow else 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -324,6 +327,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def add_parsers(add: Add) -> None:
     """Register the node commands on the ``mesh`` parser."""
     node_help = "the node to talk to (default: $MESH_NODE or http://127.0.0.1:7474)"
+    reconnect_help = "seconds to wait for a lost node to come back (default 60, MESH_RECONNECT); then exit 255"
 
     p = add(
         "up",
@@ -425,6 +429,7 @@ def add_parsers(add: Add) -> None:
         metavar="PATH",
         help="a file on the node whose content joins the cache key (a compiler's helper, say; repeat)",
     )
+    p.add_argument("--reconnect", type=float, metavar="S", help=reconnect_help)
     p.add_argument("--node", metavar="URL", help=node_help)
     p.add_argument(
         "-v",
@@ -450,9 +455,19 @@ def add_parsers(add: Add) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--node", metavar="URL", help=node_help)
 
-    p = add("logs", cmd_logs, "print a job's output", "Print the stdout and stderr of job ID's finished tasks.")
+    p = add(
+        "logs",
+        cmd_logs,
+        "print a job's output",
+        "Print the stdout and stderr of job ID's tasks, as far as they ran; with -f, follow the job\n"
+        "live to its end and exit as `mesh exec` would (the status of a one-task job's command;\n"
+        "else 0 if the job succeeded, 1 if not, 130 if it was cancelled). A job of more than one\n"
+        "task has each line prefixed with its task's name.",
+    )
     p.add_argument("id", metavar="ID")
     p.add_argument("--task", metavar="NAME", help="only this task")
+    p.add_argument("-f", "--follow", action="store_true", help="follow the job live until it ends")
+    p.add_argument("--reconnect", type=float, metavar="S", help=reconnect_help)
     p.add_argument("--node", metavar="URL", help=node_help)
 
     p = add("cancel", cmd_cancel, "cancel a job", "Cancel job ID: queued tasks are dropped, running ones killed.")

@@ -44,6 +44,7 @@ take (mesh.text): a file name in it that is not UTF-8 is written with escapes.
     ├── NodeBusy                   another node already runs on this $MESH_HOME
     ├── NodeError                  a node answered a client's request with an error
     │   ├── NodeUnreachable        no node answers at the address (connection refused, timeout)
+    │   ├── NodeLost               the connection broke while the node answered (restart, network)
     │   └── PeerDeclined           a peer has no room for an offered task (offer it elsewhere)
     └── ExecError                  this node could not run a task (not the task's own failure)
         ├── UnknownExecutor        the action asks for an executor this node does not have
@@ -367,6 +368,11 @@ class NodeError(MeshError):
 
 class NodeUnreachable(NodeError):
     """No node answers at the address (refused, timed out, name not found)."""
+
+
+class NodeLost(NodeError):
+    """The connection to a node broke while it answered (it restarted, the network failed):
+    what was asked may still be under way there."""
 
 
 class PeerDeclined(NodeError):
