@@ -38,7 +38,7 @@ take (mesh.text): a file name in it that is not UTF-8 is written with escapes.
     │   ├── PathNotFound           a path does not exist inside a snapshot
     │   └── TreeChanged            a file changed between hashing and uploading (snapshot again)
     ├── InvalidJob (ValueError)    a job submission breaks the job rules (names, graph, fields)
-    │   └── InputMissing           its input snapshot is on neither this node nor a live peer
+    │   └── InputMissing           its input snapshot (or stdin) is on neither this node nor a live peer
     ├── JobNotFound                no job has the id asked for
     ├── NoFreeSlot                 a peer offered a task and this node has no free slot (HTTP 409)
     ├── NodeBusy                   another node already runs on this $MESH_HOME
@@ -300,10 +300,11 @@ class JobNotFound(MeshError):
 
 
 class InputMissing(InvalidJob):
-    """A job's input snapshot is neither on this node nor on any live peer."""
+    """A job's input snapshot (or the blob a task reads as stdin) is neither on this node nor on
+    any live peer."""
 
-    def __init__(self, root: str) -> None:
-        super().__init__(f"input snapshot {root} is not on this node; upload its blobs first")
+    def __init__(self, root: str, what: str = "input snapshot") -> None:
+        super().__init__(f"{what} {root} is not on this node; upload its blobs first")
         self.root = root
 
 

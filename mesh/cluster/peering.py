@@ -235,6 +235,11 @@ class Peering:
             await self._fetch_all(blobs, source, missing)
         self.partial.discard(root)
 
+    async def fetch_blob(self, source: str | None, digest: Digest, store: LocalStore) -> None:
+        """Copy one blob (a task's stdin), verified, from the node at ``source`` (None: from
+        whichever live peer has it). BlobNotFound when it cannot be had."""
+        await self._fetch_all(self.peer_store(store), source, [digest])
+
     @staticmethod
     async def _fetch_all(blobs: PeerStore, source: str | None, digests: list[Digest]) -> None:
         lost = await blobs.fetch_many(digests, source=source)

@@ -16,7 +16,9 @@ or, for an executor with task uids (the ``process`` executor of a root node,
 directory in the task uids' directory and gives it, checkout and all, to that
 uid (the uid is freed only when the runner is done with the directory);
 then runs the command through the executor with ``env = BASE_ENV + HOME +
-TMPDIR + action.env`` in ``work/<action.cwd>``, writes stdout and stderr into
+TMPDIR + action.env`` in ``work/<action.cwd>``, its stdin a read-only descriptor of a
+verified copy of the action's stdin blob (whose name is gone before the command starts;
+``/dev/null`` when it has none), writes stdout and stderr into
 the CAS as they come (and passes them to a follower); once the command is done
 and nothing of the task runs (every process of a task uid killed), takes the task
 directory back from the uid the task ran as (:mod:`mesh.exec.takeback`: no other
@@ -277,6 +279,7 @@ class Runner:
         users = executor.users
         lease: Lease | None = None
         taken_back = False  # the task is over and its directory is the node's alone
+        stdin: int | None = None
         try:
             if users is not None:
                 lease = users.lease(prefer=self.workdirs.owners(action.input), cancel=line)
@@ -284,6 +287,8 @@ class Runner:
             if isinstance(prepared, str):
                 return self._result(ExitStatus(NOT_STARTED), streams.commit(self._empty), None, started_at, prepared)
             task = prepared
+            if action.stdin is not None:
+                stdin = self._stdin(action.stdin, task)
             command = Command(
                 argv=action.argv,
                 workdir=task.work,
@@ -296,6 +301,7 @@ class Runner:
                 image=action.image,
                 limits=action.limits,
                 user=None if lease is None else lease.uid,
+                stdin=stdin,
             )
             prepare = getattr(executor, "prepare", None)
             if prepare is not None:  # e.g. the sandbox hands the directories to its task's uid
@@ -320,6 +326,8 @@ class Runner:
             return self._result(status, digests, output, started_at, streams.error or capture_error)
         finally:
             streams.abort()
+            if stdin is not None:
+                os.close(stdin)
             try:
                 if task is not None and (keep is None or not self._keep(task, keep)):
                     if taken_back and executor.checkout_mode == "link":
@@ -330,6 +338,23 @@ class Runner:
             finally:
                 if users is not None and lease is not None:
                     users.end(lease)  # kills what runs of it (if the task never ran), frees the uid
+
+    def _stdin(self, digest: Digest, task: _TaskDir) -> int:
+        """A read-only descriptor of a verified copy of the stdin blob, whose name is gone already.
+
+        A copy, not the store's file: a task that runs as the store's owner (a node that is
+        not root) could chmod the blob through its descriptor and reopen it for writing
+        through /proc. Costs a read and a write of it (at most MAX_STDIN). Raises BlobNotFound
+        (BlobDamaged) like the input's checkout.
+        """
+        path = os.path.join(task.root, "stdin")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o400)
+        try:
+            os.unlink(path)
+            self.store.copy_to(digest, fd)
+            return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            os.close(fd)
 
     def _keep_streams(self, streams: _Streams, started_at: float, on_cancel: CancelledResult) -> None:
         """Store a cancelled task's streams and hand on its result; a store that cannot keep

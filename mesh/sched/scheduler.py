@@ -134,6 +134,9 @@ class Remote(Protocol):
     async def fetch_tree(self, source: str | None, root: Digest, store: Any) -> None:
         """Fetch what ``store`` lacks of snapshot ``root`` from peers."""
 
+    async def fetch_blob(self, source: str | None, digest: Digest, store: Any) -> None:
+        """Fetch one blob (a task's stdin) from peers; BlobNotFound when none has it."""
+
     async def locality(self, root: Digest, store: Any) -> dict[str, int]:
         """Bytes of snapshot ``root`` each peer (by URL) and this node (by id) already hold."""
 
@@ -804,6 +807,8 @@ class Scheduler:
         """
         if self.remote is not None and not self.remote.is_complete(action.input, self.store):
             await self.remote.fetch_tree(None, action.input, self.store)
+        if self.remote is not None and action.stdin is not None and not self.store.has(action.stdin):
+            await self.remote.fetch_blob(None, action.stdin, self.store)
         try:
             return await self.lookup.run(self.runner, action, on_output, cache=cache, on_cancel=on_cancel)
         except BlobNotFound as exc:
@@ -1017,6 +1022,8 @@ class Scheduler:
             for task in live.tasks.values():
                 if task.spec.input is not None:
                     trees.add(task.spec.input)
+                if task.spec.stdin is not None:
+                    blobs.add(task.spec.stdin)
                 if task.action is not None:
                     trees.add(task.action.input)
                 if task.result is not None:
