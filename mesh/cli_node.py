@@ -129,6 +129,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     """Run a command on the mesh against a snapshot of a directory."""
     from mesh import execute
     from mesh.follow import reconnect_window
+    from mesh.stdin import stdin_blob
 
     argv = list(args.argv)
     if argv and argv[0] == "--":
@@ -167,7 +168,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
     with _client(args, allow_embedded=True) as client, execute.Interrupts():
         try:
             snapshot = execute.snapshot_for(client, args.settings, directory, progress=sys.stderr.isatty())
-            outcome = execute.follow_job(client, request.job(snapshot), window=window)
+            stdin = None if args.no_stdin else stdin_blob(client, args.settings)
+            outcome = execute.follow_job(client, request.job(snapshot, stdin), window=window)
             note = execute.explain(outcome)
             if note:
                 execute.say(note)
@@ -383,10 +385,14 @@ def add_parsers(add: Add) -> None:
         "run a command on the mesh against this directory",
         "Snapshot DIR (default: the current directory; .meshignore patterns and .git are left out),\n"
         "run CMD on a node against it, and stream its stdout and stderr here as it runs. The exit\n"
-        "status is the command's (124 if it timed out, 130 if cancelled). The same command on the\n"
-        "same tree and env again is answered from the action cache without running, by any node of\n"
-        "the mesh whose toolchain is the same: the image's ID for docker; else the argv[0] binary\n"
-        "(and a script's interpreter), the system's package database and each --tool file.\n\n"
+        "status is the command's (124 if it timed out, 130 if cancelled). A stdin that is not a\n"
+        "terminal is read to its end and given to CMD (at most 1 GiB; --no-stdin: none). SIGINT,\n"
+        "SIGTERM, SIGHUP and SIGQUIT cancel the job and exit 128+N. A lost node is reconnected\n"
+        "to for --reconnect seconds; then the job id and `mesh logs -f ID` are printed (exit 255).\n"
+        "The same command on the same tree, env and stdin again is answered from the action cache\n"
+        "without running, by any node of the mesh whose toolchain is the same: the image's ID for\n"
+        "docker; else the argv[0] binary (and a script's interpreter), the system's package\n"
+        "database and each --tool file.\n\n"
         "With no node at the default address, the job runs in an in-process node on this store\n"
         "(a note says so on stderr); a --node that does not answer is an error.\n\n"
         "The task starts from a clean environment (PATH, LANG=C.UTF-8, TZ=UTC, HOME and TMPDIR of\n"
@@ -422,6 +428,11 @@ def add_parsers(add: Add) -> None:
     )
     p.add_argument("--out", metavar="DIR", help="check the output snapshot out into DIR (absent or empty)")
     p.add_argument("--no-cache", action="store_true", help="run even if the action cache has a result")
+    p.add_argument(
+        "--no-stdin",
+        action="store_true",
+        help="give the command an empty stdin (default: stdin, read to its end unless it is a terminal)",
+    )
     p.add_argument(
         "--tool",
         action="append",

@@ -56,8 +56,10 @@ class ExecRequest:
     limits: dict[str, int] = field(default_factory=dict)
     tools: list[str] = field(default_factory=list)  # files on the executing node whose content joins the cache key
 
-    def job(self, input: Digest) -> dict[str, Any]:
+    def job(self, input: Digest, stdin: Digest | None = None) -> dict[str, Any]:
         task: dict[str, Any] = {"name": "exec", "argv": self.argv, "input": str(input), "env": self.env}
+        if stdin is not None:
+            task["stdin"] = str(stdin)
         if self.requirements:
             task["requirements"] = self.requirements
         if self.timeout is not None:

@@ -193,3 +193,98 @@ def _snapshot(node: NodeProcess, tree: Path) -> str:
     done = node.mesh("snapshot", str(tree))
     assert done.returncode == 0, done.stderr
     return done.stdout.decode().strip()
+
+
+# -- stdin -------------------------------------------------------------------------------
+
+
+def test_stdin_reaches_the_command(node: NodeProcess, tree: Path) -> None:
+    done = node.mesh("exec", "-C", str(tree), "--", "cat", input=b"hi\n")
+    assert (done.returncode, done.stdout) == (0, b"hi\n"), done.stderr
+
+
+@pytest.mark.parametrize("executor", ["process", "sandbox"])
+def test_stdin_reaches_the_command_in_each_executor(node: NodeProcess, tree: Path, executor: str) -> None:
+    data = os.urandom(3 << 20) + b"end\n"  # more than a pipe holds, and not text
+    done = node.mesh("exec", "--executor", executor, "-C", str(tree), "--", "cat", input=data)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == data
+
+
+def test_stdin_is_part_of_the_cache_key(node: NodeProcess, tree: Path) -> None:
+    def run(data: bytes) -> subprocess.CompletedProcess[bytes]:
+        done = node.mesh("exec", "-v", "-C", str(tree), "--", "sh", "-c", "cat; echo done", input=data)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    first = run(b"one\n")
+    assert first.stdout == b"one\ndone\n" and b"(cached)" not in first.stderr
+    other = run(b"two\n")  # another stdin: not the first one's result
+    assert other.stdout == b"two\ndone\n" and b"(cached)" not in other.stderr
+    again = run(b"one\n")  # the same stdin again: a hit
+    assert again.stdout == b"one\ndone\n" and b"(cached)" in again.stderr
+    empty = run(b"")  # an empty stdin is no stdin
+    assert empty.stdout == b"done\n" and b"(cached)" not in empty.stderr
+    none = node.mesh("exec", "-v", "--no-stdin", "-C", str(tree), "--", "sh", "-c", "cat; echo done", input=b"x\n")
+    assert none.stdout == b"done\n" and b"(cached)" in none.stderr, none.stderr  # the empty one's result
+
+
+def test_no_stdin_gives_an_empty_stdin(node: NodeProcess, tree: Path) -> None:
+    done = node.mesh("exec", "--no-stdin", "-C", str(tree), "--", "sh", "-c", "cat; echo end", input=b"hi\n")
+    assert (done.returncode, done.stdout) == (0, b"end\n"), done.stderr
+
+
+def test_a_terminal_stdin_gives_an_empty_stdin(node: NodeProcess, tree: Path) -> None:
+    """A terminal is not read (it would wait for the user to type and press ^D)."""
+    controller, terminal = os.openpty()
+    try:
+        done = subprocess.run(
+            [*MESH, "exec", "-C", str(tree), "--", "sh", "-c", "cat; echo end"],
+            env=node_env(node.home, MESH_NODE=node.url),
+            stdin=terminal,
+            capture_output=True,
+            timeout=60,
+        )
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert (done.returncode, done.stdout) == (0, b"end\n"), done.stderr
+
+
+def test_stdin_travels_to_the_peer_that_runs_the_task(tmp_path: Path, tree: Path) -> None:
+    a = NodeProcess(str(tmp_path / "a")).start()
+    b = None
+    try:
+        (tmp_path / "b").mkdir()
+        (tmp_path / "b" / "mesh.key").write_text((tmp_path / "a" / "mesh.key").read_text())
+        b = NodeProcess(str(tmp_path / "b"), extra_args=["--peer", a.addr, "--label", "where=b"]).start()
+
+        def b_is_a_peer_of_a() -> bool:
+            with NodeClient(a.url) as client:
+                return any(p["state"] == "alive" for p in client.status().get("peers", []))
+
+        wait_for(b_is_a_peer_of_a, timeout=30, what="b to join a's mesh")
+        data = os.urandom(1 << 20)
+        done = a.mesh("exec", "-v", "--require", "label.where=b", "-C", str(tree), "--", "cat", input=data)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == data
+        with NodeClient(b.url) as client:
+            b_id = client.health()["node"]
+        assert f"ran on node {b_id}".encode() in done.stderr, done.stderr
+    finally:
+        if b is not None:
+            b.stop()
+        a.stop()
+
+
+def test_a_stdin_over_the_limit_is_refused_with_a_clear_message(node: NodeProcess, tree: Path) -> None:
+    from mesh.errors import NodeError
+    from mesh.exec.action import MAX_STDIN
+
+    too_big = Digest.parse(f"b3:{'0' * 64}:{MAX_STDIN + 1}")
+    with NodeClient(node.url) as client:
+        job = {"tasks": [{"name": "t", "argv": ["cat"], "input": _snapshot(node, tree), "stdin": str(too_big)}]}
+        with pytest.raises(NodeError) as refused:
+            client.submit(job)
+    assert refused.value.status == 400
+    assert "stdin" in str(refused.value) and str(MAX_STDIN) in str(refused.value)

@@ -118,6 +118,8 @@ def test_mesh_exec_in_a_container_through_a_node(docker_host: str, home: Path, t
         assert IMAGE in status["executors"]["docker"]["images"]
         done = node.mesh("exec", "--image", IMAGE, "-C", str(tree), "--", "sh", "-c", "cat a.txt; echo e >&2; exit 4")
         assert (done.returncode, done.stdout, done.stderr) == (4, b"alpha\n", b"e\n")
+        piped = node.mesh("exec", "--image", IMAGE, "-C", str(tree), "--", "cat", input=b"through a container\n")
+        assert (piped.returncode, piped.stdout) == (0, b"through a container\n"), piped.stderr
         missing = node.mesh("exec", "--image", "localhost/no-such-image:1", "-C", str(tree), "--", "true")
         assert missing.returncode != 0
         assert b"localhost/no-such-image:1" in missing.stderr, missing.stderr
@@ -126,3 +128,28 @@ def test_mesh_exec_in_a_container_through_a_node(docker_host: str, home: Path, t
         assert httpx.get(node.url + "/health", timeout=5, trust_env=False).json()["ok"] is True
     finally:
         node.stop()
+
+
+@pytest.mark.parametrize("executor_name", ["process", "sandbox", "docker"])
+async def test_every_executor_gives_the_task_its_stdin(
+    executor_name: str, request: pytest.FixtureRequest, store: LocalStore, snap: Digest, home: Path, tmp_path: Path
+) -> None:
+    """The action's stdin blob is the command's stdin: read whole (more than pipes and socket
+    buffers hold, while output goes the other way), left unread, or with none at all an
+    empty stdin."""
+    executor = executor_for(executor_name, request, home)
+    runner = Runner(store, workroot=tmp_path / "w", node_id="n", executors={executor_name: executor})
+    options: dict[str, object] = {"executor": executor_name, "timeout": 60}
+    if executor_name == "docker":
+        options["image"] = IMAGE
+    data = os.urandom(5 << 20) + b"\nend\n"
+    stdin = store.put(data)
+    read = await runner.run(Action(argv=("cat",), input=snap, stdin=stdin, **options))  # type: ignore[arg-type]
+    assert (read.exit_code, read.error) == (0, None), store.get(read.stderr)
+    assert store.get(read.stdout) == data
+    unread = await runner.run(Action(argv=("true",), input=snap, stdin=stdin, **options))  # type: ignore[arg-type]
+    assert (unread.exit_code, store.get(unread.stdout)) == (0, b"")
+    empty = await runner.run(Action(argv=("sh", "-c", "cat; echo end"), input=snap, **options))  # type: ignore[arg-type]
+    assert (empty.exit_code, store.get(empty.stdout)) == (0, b"end\n")
+    runner.close()
+    assert os.listdir(tmp_path / "w") == []
