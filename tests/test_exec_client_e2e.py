@@ -10,12 +10,14 @@ import select
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mesh.cas.digest import Digest
+from mesh.wire.auth import load_key
 from mesh.wire.client import NodeClient
 from tests.nodeutil import MESH, NodeProcess, host_processes, node_env, wait_for
 
@@ -251,7 +253,9 @@ def test_a_terminal_stdin_gives_an_empty_stdin(node: NodeProcess, tree: Path) ->
     assert (done.returncode, done.stdout) == (0, b"end\n"), done.stderr
 
 
-def test_stdin_travels_to_the_peer_that_runs_the_task(tmp_path: Path, tree: Path) -> None:
+@pytest.fixture
+def two_nodes(tmp_path: Path) -> Iterator[tuple[NodeProcess, NodeProcess]]:
+    """Node a, and node b in a's mesh with the label where=b (a task that requires it runs there)."""
     a = NodeProcess(str(tmp_path / "a")).start()
     b = None
     try:
@@ -264,17 +268,43 @@ def test_stdin_travels_to_the_peer_that_runs_the_task(tmp_path: Path, tree: Path
                 return any(p["state"] == "alive" for p in client.status().get("peers", []))
 
         wait_for(b_is_a_peer_of_a, timeout=30, what="b to join a's mesh")
-        data = os.urandom(1 << 20)
-        done = a.mesh("exec", "-v", "--require", "label.where=b", "-C", str(tree), "--", "cat", input=data)
-        assert done.returncode == 0, done.stderr
-        assert done.stdout == data
-        with NodeClient(b.url) as client:
-            b_id = client.health()["node"]
-        assert f"ran on node {b_id}".encode() in done.stderr, done.stderr
+        yield a, b
     finally:
         if b is not None:
             b.stop()
         a.stop()
+
+
+def test_stdin_travels_to_the_peer_that_runs_the_task(two_nodes: tuple[NodeProcess, NodeProcess], tree: Path) -> None:
+    a, b = two_nodes
+    data = os.urandom(1 << 20)
+    done = a.mesh("exec", "-v", "--require", "label.where=b", "-C", str(tree), "--", "cat", input=data)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == data
+    with NodeClient(b.url) as client:
+        b_id = client.health()["node"]
+    assert f"ran on node {b_id}".encode() in done.stderr, done.stderr
+
+
+def test_a_signal_cancels_the_task_on_the_peer_that_runs_it(
+    two_nodes: tuple[NodeProcess, NodeProcess], tree: Path
+) -> None:
+    a, b = two_nodes
+    marker = f"{500 + os.getpid() % 1000}.{time.time_ns() % 10**6}"
+    client_process = subprocess.Popen(
+        [*MESH, "exec", "--require", "label.where=b", "-C", str(tree), "--"]
+        + ["sh", "-c", 'echo started; exec sleep "$0"', marker],
+        env=node_env(a.home, MESH_NODE=a.url),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    Reader(client_process.stdout).read_until(b"started\n")
+    client_process.send_signal(signal.SIGTERM)
+    assert client_process.wait(60) == 128 + signal.SIGTERM
+    with NodeClient(b.url, key=load_key(b.home)) as client:  # the peer's own job of the task, checked there
+        wait_for(lambda: only_job(client)["state"] == "cancelled", timeout=15, what="b to cancel its task")
+    wait_for(lambda: not host_processes(marker), timeout=15, what="the task's process on b to die")
 
 
 def test_a_stdin_over_the_limit_is_refused_with_a_clear_message(node: NodeProcess, tree: Path) -> None:
