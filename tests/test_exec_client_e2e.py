@@ -305,6 +305,10 @@ def test_a_signal_cancels_the_task_on_the_peer_that_runs_it(
     with NodeClient(b.url, key=load_key(b.home)) as client:  # the peer's own job of the task, checked there
         wait_for(lambda: only_job(client)["state"] == "cancelled", timeout=15, what="b to cancel its task")
     wait_for(lambda: not host_processes(marker), timeout=15, what="the task's process on b to die")
+    with NodeClient(a.url, key=load_key(a.home)) as client:
+        job_id = str(only_job(client)["id"])
+    logs = a.mesh("logs", job_id)  # what it wrote on b before the cancel, kept
+    assert (logs.returncode, logs.stdout) == (0, b"started\n"), logs
 
 
 def test_a_stdin_over_the_limit_is_refused_with_a_clear_message(node: NodeProcess, tree: Path) -> None:

@@ -175,10 +175,17 @@ class Peering:
             for m in self.table.alive()
         ]
 
-    async def run_on(self, url: str, task_key: str, action: Action, on_output: OutputSink) -> ActionResult:
+    async def run_on(
+        self,
+        url: str,
+        task_key: str,
+        action: Action,
+        on_output: OutputSink,
+        on_cancel: Callable[[ActionResult], None] | None = None,
+    ) -> ActionResult:
         """Run a task on the peer at ``url`` (see mesh.cluster.peer.TaskOffers)."""
         assert self.offers is not None, "peering is not running"
-        return await self.offers.run(url, task_key, action, on_output)
+        return await self.offers.run(url, task_key, action, on_output, on_cancel)
 
     async def steal(self, url: str, slots: int) -> int:
         """Ask the peer at ``url`` to offer this node up to ``slots`` queued tasks (work stealing)."""

@@ -140,8 +140,16 @@ class Remote(Protocol):
     async def locality(self, root: Digest, store: Any) -> dict[str, int]:
         """Bytes of snapshot ``root`` each peer (by URL) and this node (by id) already hold."""
 
-    async def run_on(self, url: str, task_key: str, action: Action, on_output: OutputSink) -> ActionResult:
-        """Offer the task to the peer at ``url`` and follow it to its result.
+    async def run_on(
+        self,
+        url: str,
+        task_key: str,
+        action: Action,
+        on_output: OutputSink,
+        on_cancel: Callable[[ActionResult], None] | None = None,
+    ) -> ActionResult:
+        """Offer the task to the peer at ``url`` and follow it to its result; cancelled, the
+        task is cancelled there and what it wrote until then goes to ``on_cancel``.
 
         Raises PeerDeclined when the peer has no room, NodeError/NodeUnreachable when it
         is lost; both leave the task to be placed again.
@@ -737,7 +745,7 @@ class Scheduler:
                     else:
                         assert self.remote is not None
                         key = f"{live.row.id}/{task.name}/{task.attempts}"
-                        result = await self.remote.run_on(where, key, action, on_output)
+                        result = await self.remote.run_on(where, key, action, on_output, killed.append)
                 except PeerDeclined:
                     self._declined[where or ""] = time.monotonic() + DECLINE_COOLDOWN
                     task.attempts -= 1
