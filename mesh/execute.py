@@ -179,14 +179,14 @@ def cancel(follower: JobFollower, signum: int, *, window: float) -> int:
         follower.sinks["stdout"] = open(os.devnull, "wb")  # noqa: SIM115  (closed with the process)
     try:
         follower.client.cancel(job_id)
-        follower.follow(window=window)
+        ended = follower.follow(window=window)
     except Interrupted:
         say(f"{name}: job {job_id} was asked to cancel; see `mesh job {job_id}`")
         return status
     except (MeshError, OSError) as exc:
         say(f"{name}: job {job_id} may still run (the cancel failed: {exc}); `mesh cancel {job_id}` stops it")
         return status
-    say(f"{name}: job {job_id} cancelled")
+    say(f"{name}: job {job_id} " + ("cancelled" if ended.state == "cancelled" else f"had ended: {ended.state}"))
     return status
 
 

@@ -38,21 +38,22 @@ def stdin_blob(client: NodeClient, settings: Settings, *, fd: int = 0) -> Digest
     try:
         if os.isatty(fd):
             return None
-        os.fstat(fd)
-    except OSError:  # no stdin at all (closed)
+        first = os.read(fd, READ_CHUNK)
+    except OSError:  # no stdin at all (closed), or one that cannot be read
+        return None
+    if not first:  # empty: nothing is opened or stored (the common case in scripts)
         return None
     from mesh.cas.store import LocalStore
 
     with LocalStore(settings.store_dir) as store:
         if client.health(cached=True).get("store") == store.store_id():
             with store.writer() as writer:
-                if not _copy(fd, writer.write):
-                    return None
+                _copy(fd, writer.write, first)
                 return writer.commit()
-    return _upload(client, fd)
+    return _upload(client, fd, first)
 
 
-def _upload(client: NodeClient, fd: int) -> Digest | None:
+def _upload(client: NodeClient, fd: int, first: bytes) -> Digest:
     """Spool ``fd`` to a temporary file, hashing it, and upload it if the node lacks it."""
     from mesh.cas.plan import FileSource, Plan
     from mesh.wire.upload import upload
@@ -64,8 +65,7 @@ def _upload(client: NodeClient, fd: int) -> Digest | None:
             hasher.update(data)
             spool.write(data)
 
-        if not _copy(fd, write):
-            return None
+        _copy(fd, write, first)
         spool.flush()
         digest = hasher.digest()
         files = {digest: FileSource(os.fsencode(spool.name), False)}
@@ -73,10 +73,11 @@ def _upload(client: NodeClient, fd: int) -> Digest | None:
     return digest
 
 
-def _copy(fd: int, write: Callable[[bytes], object]) -> int:
-    """Pass what ``fd`` holds to ``write`` until its end; returns how many bytes."""
+def _copy(fd: int, write: Callable[[bytes], object], first: bytes = b"") -> int:
+    """Pass ``first`` and then what ``fd`` holds to ``write`` until its end; returns how many bytes."""
     total = 0
-    while chunk := os.read(fd, READ_CHUNK):
+    chunk = first or os.read(fd, READ_CHUNK)
+    while chunk:
         total += len(chunk)
         if total > MAX_STDIN:
             raise UsageError(
@@ -85,4 +86,5 @@ def _copy(fd: int, write: Callable[[bytes], object]) -> int:
                 "or give --no-stdin"
             )
         write(chunk)
+        chunk = os.read(fd, READ_CHUNK)
     return total
