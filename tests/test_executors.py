@@ -23,6 +23,7 @@ from tests import treeutil
 from tests.nodeutil import NodeProcess
 from tests.podmanutil import IMAGE
 from tests.test_runner import listing
+from tests.test_runner import wait_for as runner_wait_for
 
 INPUT: treeutil.Tree = {
     b"a.txt": ("file", b"alpha\n", False),
@@ -151,5 +152,46 @@ async def test_every_executor_gives_the_task_its_stdin(
     assert (unread.exit_code, store.get(unread.stdout)) == (0, b"")
     empty = await runner.run(Action(argv=("sh", "-c", "cat; echo end"), input=snap, **options))  # type: ignore[arg-type]
     assert (empty.exit_code, store.get(empty.stdout)) == (0, b"end\n")
+    runner.close()
+    assert os.listdir(tmp_path / "w") == []
+
+
+@pytest.mark.parametrize("executor_name", ["process", "sandbox", "docker"])
+async def test_a_cancelled_task_keeps_what_it_wrote_under_every_executor(
+    executor_name: str, request: pytest.FixtureRequest, store: LocalStore, snap: Digest, home: Path, tmp_path: Path
+) -> None:
+    """As a timed-out task's output is kept, a cancelled one's is handed to ``on_cancel``:
+    stored, with an error saying it was cancelled, and no output snapshot."""
+    import trio
+
+    from mesh.exec.runner import CANCELLED
+
+    executor = executor_for(executor_name, request, home)
+    runner = Runner(store, workroot=tmp_path / "w", node_id="n", executors={executor_name: executor})
+    options: dict[str, object] = {"executor": executor_name, "timeout": 60}
+    if executor_name == "docker":
+        options["image"] = IMAGE
+    action = Action(argv=("sh", "-c", "echo started; echo warned >&2; exec sleep 100"), input=snap, **options)  # type: ignore[arg-type]
+    seen = bytearray()
+    kept: list[ActionResult] = []
+
+    async def follow(stream: str, chunk: bytes) -> None:
+        if stream == "stdout":
+            seen.extend(chunk)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+
+            async def run() -> None:
+                await runner.run(action, on_output=follow, on_cancel=kept.append)
+                raise AssertionError("the run should have been cancelled")
+
+            nursery.start_soon(run)
+            await runner_wait_for(lambda: b"started\n" in seen)
+            nursery.cancel_scope.cancel()
+    (result,) = kept
+    assert store.get(result.stdout) == b"started\n"
+    assert store.get(result.stderr) == b"warned\n"
+    assert (result.error, result.output) == (CANCELLED, None)
     runner.close()
     assert os.listdir(tmp_path / "w") == []
