@@ -268,6 +268,7 @@ def cmd_job(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     """Print the stdout (to stdout) and stderr (to stderr) of a job's tasks; with -f, to the job's end."""
     from mesh import execute, follow
+    from mesh.exec.action import ActionResult
 
     window = follow.reconnect_window(args.reconnect)
     with _client(args) as client:
@@ -276,11 +277,14 @@ def cmd_logs(args: argparse.Namespace) -> int:
         if args.task is not None and args.task not in names:
             raise UsageError(f"job {args.id} has no task {args.task!r}")
         tasks = names if args.task is None else [args.task]
-        ended = frozenset(t["name"] for t in job["tasks"] if t["state"] not in ("waiting", "queued", "running"))
+        ended = [t for t in job["tasks"] if t["state"] not in ("waiting", "queued", "running")]
         follower = follow.JobFollower(
             client, sys.stdout.buffer, sys.stderr.buffer, job_id=args.id, tasks=tasks, prefix=len(tasks) > 1,
-            from_blobs=ended,
+            done=frozenset(t["name"] for t in ended),
         )  # fmt: skip
+        for task in ended:  # from their stored, verified results, whatever the node's events still hold
+            if task["name"] in tasks and task.get("result"):
+                follower.write_result(task["name"], ActionResult.from_wire(task["result"]))
         try:
             followed = follower.follow(window=window, wait=args.follow)
         except follow.NodeGone as gone:

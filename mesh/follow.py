@@ -116,8 +116,9 @@ class JobFollower:
     """Writes a job's output as its events come (see the module docstring) and learns how it ended.
 
     ``tasks``: the names of the tasks to write (None: all); ``prefix``: prefix each line with
-    its task's name (for a job of more than one task); ``from_blobs``: tasks (finished ones)
-    whose output is written from its blobs, verified, and not from the events' copies.
+    its task's name (for a job of more than one task); ``done``: tasks (finished ones) whose
+    output the caller writes from their results (:meth:`write_result`: from the blobs,
+    verified), whose events are then skipped.
     ``job_id`` is known from the first event of a submission on, so that an interrupted
     follower can cancel the job.
     """
@@ -131,7 +132,7 @@ class JobFollower:
         job_id: str = "",
         tasks: list[str] | None = None,
         prefix: bool = False,
-        from_blobs: frozenset[str] = frozenset(),
+        done: frozenset[str] = frozenset(),
     ) -> None:
         self.client = client
         self.sinks = {"stdout": stdout, "stderr": stderr}
@@ -139,7 +140,7 @@ class JobFollower:
         self.tasks = tasks
         self.width = max((len(name) for name in tasks or ()), default=0)
         self.prefix = prefix
-        self.from_blobs = from_blobs  # tasks written from their blobs only (verified), not from events
+        self.done = done  # tasks written from their results already (write_result): their events are skipped
         self._lost_at: float | None = None
         self._backoff = FIRST_BACKOFF
         self.written: dict[tuple[str, str], int] = {}
@@ -198,14 +199,12 @@ class JobFollower:
             if isinstance(event, JobSubmitted):
                 self.job_id = event.job
             elif isinstance(event, Output):
-                if self._wanted(event.task) and not event.dropped and event.task not in self.from_blobs:
+                if self._wanted(event.task) and not event.dropped and event.task not in self.done:
                     self._write(event.task, event.stream, event.offset, event.data)
             elif isinstance(event, TaskFinished):
                 self._results[event.task], self._reasons[event.task] = event.result, event.reason
-                if event.result is not None and self._wanted(event.task):
-                    self._fill_in(event.task, "stdout", event.result.stdout)
-                    self._fill_in(event.task, "stderr", event.result.stderr)
-                self._end_lines(event.task)
+                if event.result is not None and self._wanted(event.task) and event.task not in self.done:
+                    self.write_result(event.task, event.result)
             elif isinstance(event, JobFinished):
                 for task in list(self._results):
                     self._end_lines(task)
@@ -225,6 +224,12 @@ class JobFollower:
         self._sink(task, stream).write(data[done - offset :])
         self.sinks[stream].flush()
         self.written[(task, stream)] = offset + len(data)
+
+    def write_result(self, task: str, result: ActionResult) -> None:
+        """Write what a finished task's stdout and stderr hold beyond what was written of them."""
+        self._fill_in(task, "stdout", result.stdout)
+        self._fill_in(task, "stderr", result.stderr)
+        self._end_lines(task)
 
     def _fill_in(self, task: str, stream: str, digest: Digest) -> None:
         """Write what the events did not carry of a stream (a cached result, dropped chunks)."""

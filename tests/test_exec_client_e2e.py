@@ -322,3 +322,44 @@ def test_a_stdin_over_the_limit_is_refused_with_a_clear_message(node: NodeProces
             client.submit(job)
     assert refused.value.status == 400
     assert "stdin" in str(refused.value) and str(MAX_STDIN) in str(refused.value)
+
+
+def test_logs_of_a_job_resumed_by_a_restarted_node_keep_its_finished_tasks(
+    home: Path, tree: Path, shared: Path
+) -> None:
+    """A restarted node's events of a resumed job start afresh: what finished before the
+    restart comes from the tasks' stored results, and the rest follows live."""
+    go = shared / "go"
+    node = NodeProcess(str(home)).start()
+    try:
+        snapshot = _snapshot(node, tree)
+        wait = f"while [ ! -e {go} ]; do sleep 0.05; done"
+        job = {
+            "tasks": [
+                {"name": "first", "argv": ["sh", "-c", "echo done before"], "input": snapshot},
+                {"name": "second", "argv": ["sh", "-c", f"echo waiting; {wait}; echo after"], "input": snapshot},
+            ]
+        }
+        with NodeClient(node.url) as client:
+            job_id = client.submit(job)["id"]
+
+            def second_runs_after_first() -> bool:
+                states = {t["name"]: t["state"] for t in client.job(job_id)["tasks"]}
+                return states == {"first": "succeeded", "second": "running"}
+
+            wait_for(second_runs_after_first, what="the first task to end and the second to run")
+        node.kill()
+        node = NodeProcess(str(home), port=node.port).start()
+        follower = subprocess.Popen(
+            [*MESH, "logs", "-f", job_id],
+            env=node_env(node.home, MESH_NODE=node.url),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        out = Reader(follower.stdout)
+        out.read_until(b"second | waiting\n")  # the second task, run again after the restart, live
+        go.touch()
+        assert follower.wait(60) == 0
+        assert out.rest() == b"first  | done before\nsecond | waiting\nsecond | after\n"
+    finally:
+        node.stop()
