@@ -29,17 +29,22 @@ def tree(tmp_path: Path) -> Path:
     return tmp_path / "src"
 
 
-def exec_process(
-    node: NodeProcess, tree: Path, *argv: str, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    """``mesh exec -C tree -- argv`` started against ``node``, stdout and stderr piped, stdin empty."""
+def mesh_process(node: NodeProcess, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``mesh ARGS`` started against ``node``, stdout and stderr piped, stdin empty."""
     return subprocess.Popen(
-        [*MESH, "exec", "-C", str(tree), "--", *argv],
+        [*MESH, *args],
         env=node_env(node.home, MESH_NODE=node.url, **(env or {})),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+
+
+def exec_process(
+    node: NodeProcess, tree: Path, *argv: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``mesh exec -C tree -- argv`` started against ``node``."""
+    return mesh_process(node, "exec", "-C", str(tree), "--", *argv, env=env)
 
 
 class Reader:
@@ -154,12 +159,7 @@ def test_logs_follow_shows_a_running_jobs_lines_as_they_are_printed(
     with NodeClient(node.url) as client:
         snapshot = _snapshot(node, tree)
         job_id = client.submit({"tasks": [{"name": "t", "argv": ["sh", "-c", script], "input": snapshot}]})["id"]
-        follower = subprocess.Popen(
-            [*MESH, "logs", "-f", job_id],
-            env=node_env(node.home, MESH_NODE=node.url),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        follower = mesh_process(node, "logs", "-f", job_id)
         out = Reader(follower.stdout)
         out.read_until(b"first\n")
         assert client.job(job_id)["state"] == "running"  # shown live, before the task ended
@@ -291,14 +291,8 @@ def test_a_signal_cancels_the_task_on_the_peer_that_runs_it(
 ) -> None:
     a, b = two_nodes
     marker = f"{500 + os.getpid() % 1000}.{time.time_ns() % 10**6}"
-    client_process = subprocess.Popen(
-        [*MESH, "exec", "--require", "label.where=b", "-C", str(tree), "--"]
-        + ["sh", "-c", 'echo started; exec sleep "$0"', marker],
-        env=node_env(a.home, MESH_NODE=a.url),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    argv = ["sh", "-c", 'echo started; exec sleep "$0"', marker]
+    client_process = mesh_process(a, "exec", "--require", "label.where=b", "-C", str(tree), "--", *argv)
     Reader(client_process.stdout).read_until(b"started\n")
     client_process.send_signal(signal.SIGTERM)
     assert client_process.wait(60) == 128 + signal.SIGTERM
@@ -350,12 +344,7 @@ def test_logs_of_a_job_resumed_by_a_restarted_node_keep_its_finished_tasks(
             wait_for(second_runs_after_first, what="the first task to end and the second to run")
         node.kill()
         node = NodeProcess(str(home), port=node.port).start()
-        follower = subprocess.Popen(
-            [*MESH, "logs", "-f", job_id],
-            env=node_env(node.home, MESH_NODE=node.url),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        follower = mesh_process(node, "logs", "-f", job_id)
         out = Reader(follower.stdout)
         out.read_until(b"second | waiting\n")  # the second task, run again after the restart, live
         go.touch()
