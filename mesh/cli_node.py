@@ -163,6 +163,8 @@ def _output(path: str) -> str:
 def cmd_exec(args: argparse.Namespace) -> int:
     """Run a command on the mesh against a snapshot of a directory."""
     from mesh import execute
+    from mesh.follow import reconnect_window
+    from mesh.stdin import stdin_blob
 
     argv = list(args.argv)
     if argv and argv[0] == "--":
@@ -198,25 +200,26 @@ def cmd_exec(args: argparse.Namespace) -> int:
         tools=[_tool(path) for path in args.tool],
         outputs=[_output(path) for path in args.output] if args.output else None,
     )
-    with _client(args, allow_embedded=True) as client:
-        snapshot = execute.snapshot_for(client, args.settings, directory, progress=sys.stderr.isatty())
-        events = client.submit_and_follow(request.job(snapshot))
-        follower = execute.Follower(client, sys.stdout.buffer, sys.stderr.buffer)
+    window = reconnect_window(args.reconnect)
+    with _client(args, allow_embedded=True) as client, execute.Interrupts():
         try:
-            outcome = follower.run(events)
-        except KeyboardInterrupt:
-            if follower.job_id:
-                client.cancel(follower.job_id)
-                execute.say(f"interrupted: job {follower.job_id} cancelled")
-            return execute.EXIT_CANCELLED
-        note = execute.explain(outcome)
-        if note:
-            execute.say(note)
-        if args.verbose:
-            execute.say(execute.verbose_line(outcome))
-        if args.out is not None and outcome.result and outcome.result.output:
-            execute.checkout_output(client, args.settings, snapshot, outcome.result.output, args.out, request.outputs)
-        return execute.exit_status(outcome)
+            snapshot = execute.snapshot_for(client, args.settings, directory, progress=sys.stderr.isatty())
+            stdin = None if args.no_stdin else stdin_blob(client, args.settings)
+            outcome = execute.follow_job(client, request.job(snapshot, stdin), window=window)
+            note = execute.explain(outcome)
+            if note:
+                execute.say(note)
+            if args.verbose:
+                execute.say(execute.verbose_line(outcome))
+            if args.out is not None and outcome.result and outcome.result.output:
+                execute.checkout_output(
+                    client, args.settings, snapshot, outcome.result.output, args.out, request.outputs
+                )
+            return execute.exit_status(outcome)
+        except execute.Stopped as stopped:
+            return stopped.status
+        except execute.Interrupted as stop:  # before the job was submitted, or after it ended
+            return stop.status
 
 
 def _when(timestamp: float | None) -> str:
@@ -302,23 +305,31 @@ def cmd_job(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    """Print the stdout (to stdout) and stderr (to stderr) of a job's tasks."""
-    from mesh.cas.digest import Digest
+    """Print the stdout (to stdout) and stderr (to stderr) of a job's tasks; with -f, to the job's end."""
+    from mesh import execute, follow
+    from mesh.exec.action import ActionResult
 
+    window = follow.reconnect_window(args.reconnect)
     with _client(args) as client:
         job = client.job(args.id)
-        tasks = [t for t in job["tasks"] if args.task is None or t["name"] == args.task]
-        if args.task is not None and not tasks:
+        names = [t["name"] for t in job["tasks"]]
+        if args.task is not None and args.task not in names:
             raise UsageError(f"job {args.id} has no task {args.task!r}")
-        for task in tasks:
-            result = task.get("result")
-            if not result:
-                continue
-            for stream, sink in (("stdout", sys.stdout.buffer), ("stderr", sys.stderr.buffer)):
-                for chunk in client.read_blob(Digest.parse(result[stream])):
-                    sink.write(chunk)
-                sink.flush()
-    return 0
+        tasks = names if args.task is None else [args.task]
+        ended = [t for t in job["tasks"] if t["state"] not in ("waiting", "queued", "running")]
+        follower = follow.JobFollower(
+            client, sys.stdout.buffer, sys.stderr.buffer, job_id=args.id, tasks=tasks, prefix=len(tasks) > 1,
+            done=frozenset(t["name"] for t in ended),
+        )  # fmt: skip
+        for task in ended:  # from their stored, verified results, whatever the node's events still hold
+            if task["name"] in tasks and task.get("result"):
+                follower.write_result(task["name"], ActionResult.from_wire(task["result"]))
+        try:
+            followed = follower.follow(window=window, wait=args.follow)
+        except follow.NodeGone as gone:
+            follow.say(f"{gone}; follow it again with `mesh logs -f {args.id} --node {client.url}`")
+            return follow.EXIT_NODE_LOST
+    return execute.followed_status(followed, tasks) if args.follow else 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -361,6 +372,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def add_parsers(add: Add) -> None:
     """Register the node commands on the ``mesh`` parser."""
     node_help = "the node to talk to (default: $MESH_NODE or http://127.0.0.1:7474)"
+    reconnect_help = "seconds to wait for a lost node to come back (default 60, MESH_RECONNECT); then exit 255"
 
     p = add(
         "up",
@@ -432,10 +444,14 @@ def add_parsers(add: Add) -> None:
         "run a command on the mesh against this directory",
         "Snapshot DIR (default: the current directory; .meshignore patterns and .git are left out),\n"
         "run CMD on a node against it, and stream its stdout and stderr here as it runs. The exit\n"
-        "status is the command's (124 if it timed out, 130 if cancelled). The same command on the\n"
-        "same tree and env again is answered from the action cache without running, by any node of\n"
-        "the mesh whose toolchain is the same: the image's ID for docker; else the argv[0] binary\n"
-        "(and a script's interpreter), the system's package database and each --tool file.\n\n"
+        "status is the command's (124 if it timed out, 130 if cancelled). A stdin that is not a\n"
+        "terminal is read to its end and given to CMD (at most 1 GiB; --no-stdin: none). SIGINT,\n"
+        "SIGTERM, SIGHUP and SIGQUIT cancel the job and exit 128+N. A lost node is reconnected\n"
+        "to for --reconnect seconds; then the job id and `mesh logs -f ID` are printed (exit 255).\n"
+        "The same command on the same tree, env and stdin again is answered from the action cache\n"
+        "without running, by any node of the mesh whose toolchain is the same: the image's ID for\n"
+        "docker; else the argv[0] binary (and a script's interpreter), the system's package\n"
+        "database and each --tool file.\n\n"
         "With no node at the default address, the first mesh exec starts one in the background (as\n"
         "mesh up would; log in $MESH_HOME/node.log) and says so; later ones use it. It stops after\n"
         "30 min without work (MESH_BACKGROUND_IDLE=S; 0: never), or with mesh down. MESH_BACKGROUND=0\n"
@@ -487,12 +503,18 @@ def add_parsers(add: Add) -> None:
     )
     p.add_argument("--no-cache", action="store_true", help="run even if the action cache has a result")
     p.add_argument(
+        "--no-stdin",
+        action="store_true",
+        help="give the command an empty stdin (default: stdin, read to its end unless it is a terminal)",
+    )
+    p.add_argument(
         "--tool",
         action="append",
         default=[],
         metavar="PATH",
         help="a file on the node whose content joins the cache key (a compiler's helper, say; repeat)",
     )
+    p.add_argument("--reconnect", type=float, metavar="S", help=reconnect_help)
     p.add_argument("--node", metavar="URL", help=node_help)
     p.add_argument(
         "-v",
@@ -518,9 +540,19 @@ def add_parsers(add: Add) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--node", metavar="URL", help=node_help)
 
-    p = add("logs", cmd_logs, "print a job's output", "Print the stdout and stderr of job ID's finished tasks.")
+    p = add(
+        "logs",
+        cmd_logs,
+        "print a job's output",
+        "Print the stdout and stderr of job ID's tasks, as far as they ran; with -f, follow the job\n"
+        "live to its end and exit as `mesh exec` would (the status of a one-task job's command;\n"
+        "else 0 if the job succeeded, 1 if not, 130 if it was cancelled). A job of more than one\n"
+        "task has each line prefixed with its task's name.",
+    )
     p.add_argument("id", metavar="ID")
     p.add_argument("--task", metavar="NAME", help="only this task")
+    p.add_argument("-f", "--follow", action="store_true", help="follow the job live until it ends")
+    p.add_argument("--reconnect", type=float, metavar="S", help=reconnect_help)
     p.add_argument("--node", metavar="URL", help=node_help)
 
     p = add("cancel", cmd_cancel, "cancel a job", "Cancel job ID: queued tasks are dropped, running ones killed.")

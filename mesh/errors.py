@@ -38,13 +38,14 @@ take (mesh.text): a file name in it that is not UTF-8 is written with escapes.
     │   ├── PathNotFound           a path does not exist inside a snapshot
     │   └── TreeChanged            a file changed between hashing and uploading (snapshot again)
     ├── InvalidJob (ValueError)    a job submission breaks the job rules (names, graph, fields)
-    │   └── InputMissing           its input snapshot is on neither this node nor a live peer
+    │   └── InputMissing           its input snapshot (or stdin) is on neither this node nor a live peer
     ├── JobNotFound                no job has the id asked for
     ├── NoFreeSlot                 a peer offered a task and this node has no free slot (HTTP 409)
     ├── NodeBusy                   another node already runs on this $MESH_HOME
     ├── BackgroundNodeError        the background node of mesh exec could not start or stop
     ├── NodeError                  a node answered a client's request with an error
     │   ├── NodeUnreachable        no node answers at the address (connection refused, timeout)
+    │   ├── NodeLost               the connection broke while the node answered (restart, network)
     │   └── PeerDeclined           a peer has no room for an offered task (offer it elsewhere)
     └── ExecError                  this node could not run a task (not the task's own failure)
         ├── UnknownExecutor        the action asks for an executor this node does not have
@@ -300,10 +301,11 @@ class JobNotFound(MeshError):
 
 
 class InputMissing(InvalidJob):
-    """A job's input snapshot is neither on this node nor on any live peer."""
+    """A job's input snapshot (or the blob a task reads as stdin) is neither on this node nor on
+    any live peer."""
 
-    def __init__(self, root: str) -> None:
-        super().__init__(f"input snapshot {root} is not on this node; upload its blobs first")
+    def __init__(self, root: str, what: str = "input snapshot") -> None:
+        super().__init__(f"{what} {root} is not on this node; upload its blobs first")
         self.root = root
 
 
@@ -373,6 +375,11 @@ class NodeError(MeshError):
 
 class NodeUnreachable(NodeError):
     """No node answers at the address (refused, timed out, name not found)."""
+
+
+class NodeLost(NodeError):
+    """The connection to a node broke while it answered (it restarted, the network failed):
+    what was asked may still be under way there."""
 
 
 class PeerDeclined(NodeError):

@@ -6,27 +6,35 @@ misses uploaded straight from the files), a one-task job is submitted and
 followed, the command's stdout and stderr are written to ours as they come,
 and the exit status is the command's. Output events the node no longer holds
 (it keeps a bounded amount) and cached results are filled in from the
-stdout/stderr blobs, so nothing printed is ever lost.
+stdout/stderr blobs, so nothing printed is ever lost (mesh.follow).
+
+It ends like the command would here: a terminating signal (SIGINT, SIGTERM, SIGHUP,
+SIGQUIT, and SIGPIPE when its output cannot be written) cancels the job on the node,
+waits until the node has ended it, and exits 128 + the signal's number. A connection
+that breaks while the job runs is made again (mesh.follow); a node that stays away
+past the reconnect window leaves the job running there, and ``mesh exec`` says how to
+follow it and exits 255.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import signal
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 from mesh.cas.digest import Digest
 from mesh.config import Settings
-from mesh.errors import CodecError, MeshError, NodeError
+from mesh.errors import MeshError
 from mesh.exec.action import ActionResult
-from mesh.sched.jobevents import JobEvent, JobFinished, JobSubmitted, Output, TaskFinished, from_wire
+from mesh.follow import EXIT_NODE_LOST, Followed, Interrupted, Interrupts, JobFollower, NodeGone, say
 from mesh.sched.jobs import JobState
 from mesh.wire.client import NodeClient
 
-#: Exit status when the task timed out (as GNU timeout(1)) or was cancelled (as after SIGINT).
+#: Exit status when the task timed out (as GNU timeout(1)) or its job was cancelled by someone
+#: else (``mesh cancel``; a signal to ``mesh exec`` itself exits 128 + its number).
 EXIT_TIMEOUT = 124
 EXIT_CANCELLED = 130
 
@@ -49,8 +57,10 @@ class ExecRequest:
     tools: list[str] = field(default_factory=list)  # files on the executing node whose content joins the cache key
     outputs: list[str] | None = None  # the paths to capture (relative to the directory); None: the whole workdir
 
-    def job(self, input: Digest) -> dict[str, Any]:
+    def job(self, input: Digest, stdin: Digest | None = None) -> dict[str, Any]:
         task: dict[str, Any] = {"name": "exec", "argv": self.argv, "input": str(input), "env": self.env}
+        if stdin is not None:
+            task["stdin"] = str(stdin)
         if self.requirements:
             task["requirements"] = self.requirements
         if self.timeout is not None:
@@ -76,6 +86,13 @@ class ExecOutcome:
     state: JobState
     result: ActionResult | None
     reason: str | None
+
+    @classmethod
+    def of(cls, followed: Followed) -> ExecOutcome:
+        """How a followed one-task job ended."""
+        (result,) = followed.results.values() or (None,)
+        (reason,) = followed.reasons.values() or (followed.reason,)
+        return cls(followed.job_id, followed.state, result, reason)
 
 
 def snapshot_for(client: NodeClient, settings: Settings, directory: str, *, progress: bool) -> Digest:
@@ -116,62 +133,70 @@ def snapshot_for(client: NodeClient, settings: Settings, directory: str, *, prog
     return root
 
 
-class Follower:
-    """Writes a one-task job's output as its events come and learns how the job ended.
+class Stopped(Exception):
+    """``mesh exec`` ends with ``status`` without the command's own (a signal, a node that stayed
+    away); what happened was said on stderr."""
 
-    ``job_id`` is known from the first event on, so an interrupted follower can
-    still cancel the job.
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def follow_job(client: NodeClient, job: dict[str, Any], *, window: float) -> ExecOutcome:
+    """Submit a one-task job and write its output here as it comes (mesh.follow), to its end.
+
+    A terminating signal, or a write of output that fails (SIGPIPE), cancels the job, waits
+    until the node has ended it (writing what the task wrote until then) and raises Stopped
+    with 128 + the signal's number; a node that stays away past ``window`` raises Stopped
+    with EXIT_NODE_LOST, having said how to follow the job.
     """
-
-    def __init__(self, client: NodeClient, stdout: IO[bytes], stderr: IO[bytes]) -> None:
-        self.client = client
-        self.sinks = {"stdout": stdout, "stderr": stderr}
-        self.written = {"stdout": 0, "stderr": 0}
-        self.job_id = ""
-
-    def run(self, events: Iterator[dict[str, Any]]) -> ExecOutcome:
-        result: ActionResult | None = None
-        reason: str | None = None
-        for wire in events:
-            event = decode_event(wire)
-            if isinstance(event, JobSubmitted):
-                self.job_id = event.job
-            elif isinstance(event, Output):
-                self._output(event)
-            elif isinstance(event, TaskFinished):
-                result, reason = event.result, event.reason
-                if result is not None:
-                    self._fill_in(result.stdout, "stdout")
-                    self._fill_in(result.stderr, "stderr")
-            elif isinstance(event, JobFinished):
-                return ExecOutcome(self.job_id or event.job, event.state, result, reason)
-        raise NodeError("the node ended the job's event stream before the job finished")
-
-    def _output(self, event: Output) -> None:
-        """Write a chunk if it continues the stream exactly (dropped chunks leave a gap for later)."""
-        if event.dropped or event.offset != self.written[event.stream]:
-            return
-        self.sinks[event.stream].write(event.data)
-        self.sinks[event.stream].flush()
-        self.written[event.stream] += len(event.data)
-
-    def _fill_in(self, digest: Digest, stream: str) -> None:
-        """Write what the events did not carry of a stream (a cached result, dropped chunks)."""
-        if self.written[stream] >= digest.size:
-            return
-        sink = self.sinks[stream]
-        for chunk in self.client.read_blob(digest, offset=self.written[stream]):
-            sink.write(chunk)
-        sink.flush()
-        self.written[stream] = digest.size
-
-
-def decode_event(wire: object) -> JobEvent | None:
-    """An event of the node's stream (None for a kind this version does not know)."""
+    follower = JobFollower(client, sys.stdout.buffer, sys.stderr.buffer)
     try:
-        return from_wire(wire)
-    except CodecError as exc:
-        raise NodeError(f"the node sent a malformed job event: {exc}") from None
+        try:
+            followed = follower.follow(client.submit_and_follow(job), window=window)
+        except BrokenPipeError:
+            raise Interrupted(signal.SIGPIPE) from None
+    except Interrupted as stop:
+        raise Stopped(cancel(follower, stop.signum, window=window)) from None
+    except NodeGone as gone:
+        say(f"{gone}; it goes on there: follow it with `mesh logs -f {gone.job_id} --node {client.url}`")
+        raise Stopped(EXIT_NODE_LOST) from None
+    return ExecOutcome.of(followed)
+
+
+def cancel(follower: JobFollower, signum: int, *, window: float) -> int:
+    """Cancel the followed job after signal ``signum`` and follow it until the node ended it;
+    the exit status for the signal (a second signal meanwhile ends this at once)."""
+    name = signal.Signals(signum).name
+    status = 128 + signum
+    job_id = follower.job_id
+    if not job_id:
+        say(f"{name}: stopped before the job was submitted")
+        return status
+    if signum == signal.SIGPIPE:  # nowhere to write: what the task wrote until the cancel is dropped
+        _discard_stdout()
+        follower.sinks["stdout"] = open(os.devnull, "wb")  # noqa: SIM115  (closed with the process)
+    try:
+        follower.client.cancel(job_id)
+        ended = follower.follow(window=window)
+    except Interrupted:
+        say(f"{name}: job {job_id} was asked to cancel; see `mesh job {job_id}`")
+        return status
+    except (MeshError, OSError) as exc:
+        say(f"{name}: job {job_id} may still run (the cancel failed: {exc}); `mesh cancel {job_id}` stops it")
+        return status
+    say(f"{name}: job {job_id} " + ("cancelled" if ended.state == "cancelled" else f"had ended: {ended.state}"))
+    return status
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush of it does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def exit_status(outcome: ExecOutcome) -> int:
@@ -186,6 +211,18 @@ def exit_status(outcome: ExecOutcome) -> int:
     if result.error and result.exit_code == 0:
         return 1
     return result.exit_code
+
+
+def followed_status(followed: Followed, tasks: list[str]) -> int:
+    """The exit status of ``mesh logs -f``: ``mesh exec``'s for one task, else the job's (0 if it
+    succeeded, EXIT_CANCELLED if it was cancelled, 1 if it failed)."""
+    if len(tasks) == 1:
+        (task,) = tasks
+        outcome = ExecOutcome(followed.job_id, followed.state, followed.results.get(task), None)
+        if followed.state != "cancelled" and outcome.result is not None:
+            outcome.state = "succeeded"  # the task's own end, whatever became of the job's others
+        return exit_status(outcome)
+    return {"succeeded": 0, "cancelled": EXIT_CANCELLED}.get(followed.state, 1)
 
 
 def explain(outcome: ExecOutcome) -> str | None:
@@ -241,14 +278,14 @@ def checkout_output(
         say(f"the task deleted {first}{more}; --out deletes nothing, so {target} keeps them")
 
 
-def say(message: str) -> None:
-    print(f"mesh: {message}", file=sys.stderr, flush=True)
-
-
 __all__ = [
     "ExecRequest",
     "snapshot_for",
-    "Follower",
+    "follow_job",
+    "Stopped",
+    "Interrupts",
+    "Interrupted",
+    "say",
     "exit_status",
     "explain",
     "verbose_line",

@@ -195,12 +195,13 @@ class NodeProcess:
     def mesh(
         self, *args: str, cwd: str | None = None, timeout: float = 120.0, input: bytes | None = None
     ) -> subprocess.CompletedProcess[bytes]:
-        """Run the real ``mesh`` CLI against this node."""
+        """Run the real ``mesh`` CLI against this node, its stdin ``input`` (default: empty,
+        never the test runner's own, which ``mesh exec`` would read to its end)."""
         return subprocess.run(
             MESH + list(args),
             env=node_env(self.home, MESH_NODE=self.url),
             cwd=cwd,
             capture_output=True,
             timeout=timeout,
-            input=input,
+            input=b"" if input is None else input,
         )

@@ -111,7 +111,7 @@ async def test_a_declared_tool_joins_the_key_and_a_missing_one_fails_the_task(tm
 
 async def test_a_toolchain_changed_while_the_task_ran_is_not_cached(tmp_path: Path, bin_dir: Path) -> None:
     class Replacing(FakeRunner):
-        async def run(self, action: Action, *, on_output: Any = None) -> ActionResult:
+        async def run(self, action: Action, *, on_output: Any = None, on_cancel: Any = None) -> ActionResult:
             executable(bin_dir / "cc.new", f"#!/bin/sh\necho {len(self.ran)}\n").replace(bin_dir / "cc")
             return await super().run(action, on_output=on_output)
 

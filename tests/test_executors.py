@@ -23,6 +23,7 @@ from tests import treeutil
 from tests.nodeutil import NodeProcess
 from tests.podmanutil import IMAGE
 from tests.test_runner import listing
+from tests.test_runner import wait_for as runner_wait_for
 
 INPUT: treeutil.Tree = {
     b"a.txt": ("file", b"alpha\n", False),
@@ -118,6 +119,8 @@ def test_mesh_exec_in_a_container_through_a_node(docker_host: str, home: Path, t
         assert IMAGE in status["executors"]["docker"]["images"]
         done = node.mesh("exec", "--image", IMAGE, "-C", str(tree), "--", "sh", "-c", "cat a.txt; echo e >&2; exit 4")
         assert (done.returncode, done.stdout, done.stderr) == (4, b"alpha\n", b"e\n")
+        piped = node.mesh("exec", "--image", IMAGE, "-C", str(tree), "--", "cat", input=b"through a container\n")
+        assert (piped.returncode, piped.stdout) == (0, b"through a container\n"), piped.stderr
         missing = node.mesh("exec", "--image", "localhost/no-such-image:1", "-C", str(tree), "--", "true")
         assert missing.returncode != 0
         assert b"localhost/no-such-image:1" in missing.stderr, missing.stderr
@@ -126,3 +129,69 @@ def test_mesh_exec_in_a_container_through_a_node(docker_host: str, home: Path, t
         assert httpx.get(node.url + "/health", timeout=5, trust_env=False).json()["ok"] is True
     finally:
         node.stop()
+
+
+@pytest.mark.parametrize("executor_name", ["process", "sandbox", "docker"])
+async def test_every_executor_gives_the_task_its_stdin(
+    executor_name: str, request: pytest.FixtureRequest, store: LocalStore, snap: Digest, home: Path, tmp_path: Path
+) -> None:
+    """The action's stdin blob is the command's stdin: read whole (more than pipes and socket
+    buffers hold, while output goes the other way), left unread, or with none at all an
+    empty stdin."""
+    executor = executor_for(executor_name, request, home)
+    runner = Runner(store, workroot=tmp_path / "w", node_id="n", executors={executor_name: executor})
+    options: dict[str, object] = {"executor": executor_name, "timeout": 60}
+    if executor_name == "docker":
+        options["image"] = IMAGE
+    data = os.urandom(5 << 20) + b"\nend\n"
+    stdin = store.put(data)
+    read = await runner.run(Action(argv=("cat",), input=snap, stdin=stdin, **options))  # type: ignore[arg-type]
+    assert (read.exit_code, read.error) == (0, None), store.get(read.stderr)
+    assert store.get(read.stdout) == data
+    unread = await runner.run(Action(argv=("true",), input=snap, stdin=stdin, **options))  # type: ignore[arg-type]
+    assert (unread.exit_code, store.get(unread.stdout)) == (0, b"")
+    empty = await runner.run(Action(argv=("sh", "-c", "cat; echo end"), input=snap, **options))  # type: ignore[arg-type]
+    assert (empty.exit_code, store.get(empty.stdout)) == (0, b"end\n")
+    runner.close()
+    assert os.listdir(tmp_path / "w") == []
+
+
+@pytest.mark.parametrize("executor_name", ["process", "sandbox", "docker"])
+async def test_a_cancelled_task_keeps_what_it_wrote_under_every_executor(
+    executor_name: str, request: pytest.FixtureRequest, store: LocalStore, snap: Digest, home: Path, tmp_path: Path
+) -> None:
+    """As a timed-out task's output is kept, a cancelled one's is handed to ``on_cancel``:
+    stored, with an error saying it was cancelled, and no output snapshot."""
+    import trio
+
+    from mesh.exec.runner import CANCELLED
+
+    executor = executor_for(executor_name, request, home)
+    runner = Runner(store, workroot=tmp_path / "w", node_id="n", executors={executor_name: executor})
+    options: dict[str, object] = {"executor": executor_name, "timeout": 60}
+    if executor_name == "docker":
+        options["image"] = IMAGE
+    action = Action(argv=("sh", "-c", "echo started; echo warned >&2; exec sleep 100"), input=snap, **options)  # type: ignore[arg-type]
+    seen = bytearray()
+    kept: list[ActionResult] = []
+
+    async def follow(stream: str, chunk: bytes) -> None:
+        if stream == "stdout":
+            seen.extend(chunk)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+
+            async def run() -> None:
+                await runner.run(action, on_output=follow, on_cancel=kept.append)
+                raise AssertionError("the run should have been cancelled")
+
+            nursery.start_soon(run)
+            await runner_wait_for(lambda: b"started\n" in seen)
+            nursery.cancel_scope.cancel()
+    (result,) = kept
+    assert store.get(result.stdout) == b"started\n"
+    assert store.get(result.stderr) == b"warned\n"
+    assert (result.error, result.output) == (CANCELLED, None)
+    runner.close()
+    assert os.listdir(tmp_path / "w") == []

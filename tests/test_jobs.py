@@ -157,3 +157,19 @@ def test_limits_of_an_action() -> None:
     for extra, message in bad:
         with pytest.raises(CodecError, match=message):
             parse_job({"tasks": [{"argv": ["true"], "input": SNAP, **extra}]})
+
+
+def test_stdin_of_an_action_is_in_its_wire_form_and_digest() -> None:
+    stdin = Digest.of(b"hi\n")
+    action = Action(argv=("cat",), input=Digest.of(b"x"), stdin=stdin)
+    assert action.to_wire()["stdin"] == str(stdin)
+    assert Action.from_wire(action.to_wire()) == action
+    plain = Action(argv=("cat",), input=Digest.of(b"x"))
+    assert "stdin" not in plain.to_wire()  # the keys of actions without stdin stay as they were
+    other = Action(argv=("cat",), input=Digest.of(b"x"), stdin=Digest.of(b"ho\n"))
+    assert len({plain.digest(), action.digest(), other.digest()}) == 3
+    spec = parse_job({"tasks": [{"argv": ["cat"], "input": str(SNAP), "stdin": str(stdin)}]})
+    assert spec.tasks[0].stdin == stdin and parse_job(spec.to_wire()).tasks[0].stdin == stdin
+    for bad, message in [("nonsense", "field 'stdin'"), (7, "stdin")]:
+        with pytest.raises(CodecError, match=message):
+            parse_job({"tasks": [{"argv": ["cat"], "input": str(SNAP), "stdin": bad}]})

@@ -36,7 +36,7 @@ class FakeRunner:
         self.release = trio.Event()
         self.hold = False
 
-    async def run(self, action: Action, *, on_output: Any = None) -> ActionResult:
+    async def run(self, action: Action, *, on_output: Any = None, on_cancel: Any = None) -> ActionResult:
         self.ran.append(action.argv)
         self.running += 1
         self.most_at_once = max(self.most_at_once, self.running)
@@ -245,7 +245,9 @@ class FakeRemote:
     async def locality(self, root: Digest, store: Any) -> dict[str, int]:
         return {}
 
-    async def run_on(self, url: str, task_key: str, action: Action, on_output: Any) -> ActionResult:
+    async def run_on(
+        self, url: str, task_key: str, action: Action, on_output: Any, on_cancel: Any = None
+    ) -> ActionResult:
         self.ran_on.append((url, action.argv))
         await self.release.wait()
         now = time.time()
@@ -343,7 +345,9 @@ async def test_a_task_only_a_declining_peer_can_run_waits_for_it(tmp_path: Path)
     waits for it instead of failing as unplaceable."""
 
     class DecliningOnce(FakeRemote):
-        async def run_on(self, url: str, task_key: str, action: Action, on_output: Any) -> ActionResult:
+        async def run_on(
+            self, url: str, task_key: str, action: Action, on_output: Any, on_cancel: Any = None
+        ) -> ActionResult:
             if not self.ran_on:
                 self.ran_on.append(("declined", action.argv))
                 raise PeerDeclined("no free slot")

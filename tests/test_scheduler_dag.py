@@ -382,7 +382,7 @@ def test_a_database_made_before_job_reasons_gains_the_column(tmp_path: Path) -> 
 class BuggyRunner(FakeRunner):
     """A runner with a bug that a task whose argv[0] is "bug" meets."""
 
-    async def run(self, action: Any, *, on_output: Any = None) -> Any:
+    async def run(self, action: Any, *, on_output: Any = None, on_cancel: Any = None) -> Any:
         if action.argv[0] == "bug":
             raise RuntimeError("a bug in the runner")
         return await super().run(action, on_output=on_output)

@@ -278,7 +278,7 @@ class OutputRunner:
     def __init__(self, store: LocalStore, tmp: Path) -> None:
         self.store, self.tmp, self.ran = store, tmp, 0
 
-    async def run(self, action: Action, *, on_output: Any = None) -> ActionResult:
+    async def run(self, action: Action, *, on_output: Any = None, on_cancel: Any = None) -> ActionResult:
         self.ran += 1
         out = self.tmp / f"out-{self.ran}"
         (out / "dir").mkdir(parents=True)

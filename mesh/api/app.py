@@ -13,7 +13,7 @@
 | ``GET /v1/jobs`` | jobs newest first: ``?limit=&before=&state=``; ``next`` pages on |
 | ``GET /v1/jobs/{id}`` | a job with its tasks, states, results; ``recorded``: false while changes wait to be written |
 | ``POST /v1/jobs/{id}/cancel`` | cancel a job (kills its running tasks); 507 if it cannot be recorded |
-| ``GET /v1/jobs/{id}/events`` | its events from ``?from=N``, live until it finishes |
+| ``GET /v1/jobs/{id}/events`` | its events from ``?from=N``, live until it finishes; ``&wait=0``: those there now |
 | ``POST /v1/gossip`` | a peer's membership table in, ours out (mesh.cluster.gossip) |
 | ``POST /v1/steal`` | an idle peer asks for queued tasks (mesh.sched.scheduler: work stealing) |
 | ``POST /v1/cache:lookup`` | a peer asks for action-cache entries by key (mesh.cluster.actioncache) |
@@ -145,12 +145,15 @@ async def job_events(request: Request) -> Response:
     job_id = check_job_id(request.path_params["job_id"])
     start = _int_param(request, "from", 0, 0, 2**62)
     assert start is not None
+    wait = request.query_params.get("wait", "1")
+    if wait not in ("0", "1"):
+        raise ApiError(400, f"query parameter 'wait' must be 0 or 1, not {wait!r}")
     authenticate(request, await read_body(request, 0))
     services(request).jobs.status(job_id)  # 404 for an unknown job
-    return _event_stream(request, job_id, start)
+    return _event_stream(request, job_id, start, wait=wait == "1")
 
 
-def _event_stream(request: Request, job_id: str, start: int) -> Response:
+def _event_stream(request: Request, job_id: str, start: int, *, wait: bool = True) -> Response:
     """The job's events from ``start``: live from its log, or a summary once the log is gone."""
     jobs = services(request).jobs
     log = jobs.events(job_id)
@@ -161,6 +164,9 @@ def _event_stream(request: Request, job_id: str, start: int) -> Response:
         return to_json(wire) + b"\n" if as_json else frame(codec.encode(wire))
 
     async def stream() -> AsyncIterator[bytes]:
+        if log is not None and not wait:  # what the log holds now (``mesh logs`` without -f)
+            yield b"".join(encode(event) for event in log.events[start:])
+            return
         if log is not None:
             async for batch in log.follow(start, pace=PACE):
                 yield b"".join(encode(event) for event in batch)

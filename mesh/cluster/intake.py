@@ -6,10 +6,11 @@ it takes to accept a job lives here, not in the handler:
 - **A submission** names input snapshots. Each must be on this node, or on a live peer:
   then its root node is copied here (enough to accept the job; the rest of the tree comes
   when a task runs here, mesh.cluster.peering.Peering.fetch_tree), else InputMissing (400).
+  The same holds for the blob a task reads as stdin, which is copied here whole.
 - **An offer** is a pinned job of one task from a peer that places work (mesh.cluster.peer
   TaskOffers). It is taken only with a free slot (else NoFreeSlot, 409: the peer offers
-  it to another node), after copying what the store lacks of its input from the offering
-  node, so the task starts as soon as a slot runs it.
+  it to another node), after copying what the store lacks of its input (and its stdin)
+  from the offering node, so the task starts as soon as a slot runs it.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ class JobIntake:
         for root in sorted(inputs, key=str):
             if not self.store.has(root) and not await self.peering.fetch_root(root, self.store):
                 raise InputMissing(str(root))
+        for stdin in sorted({task.stdin for task in spec.tasks if task.stdin is not None}, key=str):
+            if not self.store.has(stdin) and not await self.peering.fetch_from_peers(stdin, self.store):
+                raise InputMissing(str(stdin), "stdin blob")
         return self.scheduler.submit(spec)
 
     async def take_offer(self, spec: JobSpec, source: str | None) -> str:
@@ -67,6 +71,9 @@ class JobIntake:
         root: Digest | None = spec.tasks[0].input
         if root is not None and not self.peering.is_complete(root, self.store):
             await self.peering.fetch_tree(source, root, self.store)
+        stdin = spec.tasks[0].stdin
+        if stdin is not None and not self.store.has(stdin):
+            await self.peering.fetch_blob(source, stdin, self.store)
         self.scheduler.offer_arrived()  # submitted next: the task is in the queue from now on
         return self.scheduler.submit(spec)
 

@@ -11,11 +11,13 @@ fetches (mesh.cluster.blobget).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+import trio
 
 from mesh import codec
 from mesh.cas.access import BlobAccess
@@ -24,13 +26,17 @@ from mesh.cluster.blobget import get_blob, get_blobs
 from mesh.cluster.offerpost import OfferConnections
 from mesh.errors import CodecError, ExecError, NodeError, NodeUnreachable
 from mesh.exec.action import Action, ActionResult
-from mesh.sched.jobevents import JobFinished, Output, TaskFinished, from_wire
+from mesh.sched.jobevents import JobEvent, JobFinished, JobSubmitted, Output, TaskFinished, from_wire
 from mesh.wire.auth import MeshKey
-from mesh.wire.client import MeshAuth, check, decode_response
+from mesh.wire.client import FrameSplitter, MeshAuth, check, decode_response
 from mesh.wire.formats import CBOR, PEER_HEADER
+
+log = logging.getLogger("mesh.cluster.peer")
 
 #: Seconds a gossip exchange may take before the peer counts as not answering.
 GOSSIP_TIMEOUT = 2.0
+#: Seconds a peer gets to take the cancel of a task this node offered it.
+CANCEL_TIMEOUT = 5.0
 
 
 class PeerClient:
@@ -64,6 +70,28 @@ class PeerClient:
         check(response)
         return decode_response(response)
 
+    async def events(self, base_url: str, job_id: str) -> AsyncIterator[JobEvent]:
+        """The events of the peer's job ``job_id``, live until it finishes (NodeError when the
+        peer cannot be asked, or sends what is not an event)."""
+        splitter = FrameSplitter(f"peer {base_url}")
+        try:
+            async with self.http.stream(
+                "GET", f"{base_url}/v1/jobs/{job_id}/events", timeout=httpx.Timeout(None, connect=GOSSIP_TIMEOUT)
+            ) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    check(response)
+                async for chunk in response.aiter_raw():
+                    for wire in splitter.feed(chunk):
+                        try:
+                            event = from_wire(wire)
+                        except CodecError as exc:
+                            raise NodeError(f"peer {base_url} sent a malformed job event: {exc}") from None
+                        if event is not None:
+                            yield event
+        except httpx.HTTPError as exc:
+            raise NodeError(f"following job {job_id} on peer {base_url} failed: {exc}") from None
+
     async def gossip(self, base_url: str, message: dict[str, Any]) -> Any:
         """Push our table to a peer; its answer is its own table (push-pull)."""
         return await self.request("POST", base_url.rstrip("/") + "/v1/gossip", body=message)
@@ -75,7 +103,9 @@ class TaskOffers:
     The peer fetches the input's missing blobs from ``source`` (this node) before it
     accepts; it answers 409 when it has no free slot (PeerDeclined). A stream that
     ends before the job does means the peer was lost (NodeError): the coordinator
-    places the task again.
+    places the task again. A run cancelled here (its job was cancelled) cancels the
+    peer's job too, which kills the task there, and hands ``on_cancel`` what the task
+    wrote there until then.
     """
 
     def __init__(self, client: PeerClient, source: Callable[[], str]) -> None:
@@ -88,7 +118,12 @@ class TaskOffers:
         await self.connections.aclose()
 
     async def run(
-        self, url: str, task_key: str, action: Action, on_output: Callable[[str, bytes], Awaitable[None]]
+        self,
+        url: str,
+        task_key: str,
+        action: Action,
+        on_output: Callable[[str, bytes], Awaitable[None]],
+        on_cancel: Callable[[ActionResult], None] | None = None,
     ) -> ActionResult:
         job = {
             "tasks": [{"name": "offered", **action.to_wire()}],
@@ -98,21 +133,52 @@ class TaskOffers:
         target = f"/v1/jobs?follow=1&offer=1&source={quote(self.source(), safe=':/')}"
         result: ActionResult | None = None
         reason: str | None = None
-        async with contextlib.aclosing(self.connections.post(self._key(), url, target, codec.encode(job))) as events:
-            async for wire in events:
-                try:
-                    event = from_wire(wire)
-                except CodecError as exc:
-                    raise NodeError(f"peer {url} sent a malformed job event: {exc}") from None
-                if isinstance(event, Output):
-                    await on_output(event.stream, event.data)
-                elif isinstance(event, TaskFinished):
-                    result, reason = event.result, event.reason
-                elif isinstance(event, JobFinished):
-                    if result is None:
-                        raise ExecError(f"on peer {url}: {reason or 'the task did not run'}")
-                    return result
+        peer_job: str | None = None
+        try:
+            async with contextlib.aclosing(
+                self.connections.post(self._key(), url, target, codec.encode(job))
+            ) as events:
+                async for wire in events:
+                    try:
+                        event = from_wire(wire)
+                    except CodecError as exc:
+                        raise NodeError(f"peer {url} sent a malformed job event: {exc}") from None
+                    if isinstance(event, JobSubmitted):
+                        peer_job = event.job
+                    elif isinstance(event, Output):
+                        await on_output(event.stream, event.data)
+                    elif isinstance(event, TaskFinished):
+                        result, reason = event.result, event.reason
+                    elif isinstance(event, JobFinished):
+                        if result is None:
+                            raise ExecError(f"on peer {url}: {reason or 'the task did not run'}")
+                        return result
+        except trio.Cancelled:
+            if peer_job is not None:
+                killed = await self._cancel(url, peer_job)
+                if killed is not None and on_cancel is not None:
+                    on_cancel(killed)
+            raise
         raise NodeError(f"peer {url} ended the task's event stream before the task finished")
+
+    async def _cancel(self, url: str, job_id: str) -> ActionResult | None:
+        """Cancel the job of a task this node offered and no longer follows (its own job was
+        cancelled), and return what the task wrote there until the kill (the peer's result of
+        the cancelled task; its blobs stay there, fetched like any a peer holds). Shielded, for
+        at most CANCEL_TIMEOUT seconds; a peer that cannot be told is logged, and its task
+        runs to its end there."""
+        result: ActionResult | None = None
+        with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_TIMEOUT):
+            try:
+                await self.client.request("POST", f"{url}/v1/jobs/{job_id}/cancel", timeout=CANCEL_TIMEOUT)
+                async for event in self.client.events(url, job_id):
+                    if isinstance(event, TaskFinished):
+                        result = event.result
+                    elif isinstance(event, JobFinished):
+                        break
+            except NodeError as exc:
+                log.warning("job %s on peer %s could not be cancelled: %s", job_id, url, exc)
+        return result
 
     async def fetch(self, url: str, digest: Digest, store: BlobAccess) -> bool:
         """Copy one blob from the peer at ``url`` into ``store``, verified. False if it lacks it."""

@@ -175,10 +175,17 @@ class Peering:
             for m in self.table.alive()
         ]
 
-    async def run_on(self, url: str, task_key: str, action: Action, on_output: OutputSink) -> ActionResult:
+    async def run_on(
+        self,
+        url: str,
+        task_key: str,
+        action: Action,
+        on_output: OutputSink,
+        on_cancel: Callable[[ActionResult], None] | None = None,
+    ) -> ActionResult:
         """Run a task on the peer at ``url`` (see mesh.cluster.peer.TaskOffers)."""
         assert self.offers is not None, "peering is not running"
-        return await self.offers.run(url, task_key, action, on_output)
+        return await self.offers.run(url, task_key, action, on_output, on_cancel)
 
     async def steal(self, url: str, slots: int) -> int:
         """Ask the peer at ``url`` to offer this node up to ``slots`` queued tasks (work stealing)."""
@@ -234,6 +241,11 @@ class Peering:
         for missing in missing_levels(store, root):
             await self._fetch_all(blobs, source, missing)
         self.partial.discard(root)
+
+    async def fetch_blob(self, source: str | None, digest: Digest, store: LocalStore) -> None:
+        """Copy one blob (a task's stdin), verified, from the node at ``source`` (None: from
+        whichever live peer has it). BlobNotFound when it cannot be had."""
+        await self._fetch_all(self.peer_store(store), source, [digest])
 
     @staticmethod
     async def _fetch_all(blobs: PeerStore, source: str | None, digests: list[Digest]) -> None:

@@ -2,8 +2,9 @@
 
 An :class:`Action` names everything that determines a task's outcome: argv, the
 environment it adds to the base environment, the working directory inside the
-input snapshot, the input snapshot itself, which outputs to capture, the
-timeout, and the executor (with its image and whether it may use the network).
+input snapshot, the input snapshot itself, the blob it reads as stdin (if any),
+which outputs to capture, the timeout, and the executor (with its image and
+whether it may use the network).
 Its :meth:`Action.digest` over canonical CBOR names it, so two actions that would
 do the same thing share one cached result; the action-cache key
 (:meth:`Action.cache_key`) adds the toolchain identity of the node that runs it
@@ -53,8 +54,12 @@ MAX_ARGS_BYTES = 1 << 20
 LIMIT_NAMES = ("address_space", "processes", "file_size", "open_files")
 #: Most tools (``mesh exec --tool``) an action may declare.
 MAX_TOOLS = 256
+#: Largest stdin an action may name, in bytes (``mesh exec`` reads it whole into a blob before
+#: the job is submitted; larger data belongs in a file of the input).
+MAX_STDIN = 1 << 30
 #: The version of the action-cache key's form: keys of other versions are never served.
-CACHE_KEY_VERSION = 2
+#: 3: an action may name its stdin (before, every task's stdin was empty).
+CACHE_KEY_VERSION = 3
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +78,8 @@ class Action:
     requirements: tuple[tuple[str, str], ...] = ()
     limits: tuple[tuple[str, int], ...] = ()
     tools: tuple[str, ...] = ()
+    #: The blob the task reads as its stdin (None: an empty stdin, /dev/null).
+    stdin: Digest | None = None
 
     def __post_init__(self) -> None:
         if not self.argv or not self.argv[0]:
@@ -108,6 +115,11 @@ class Action:
             raise CodecError(f"limits apply to the sandbox executor, not {self.executor!r}")
         object.__setattr__(self, "limits", tuple(sorted(dict(self.limits).items())))
         object.__setattr__(self, "tools", check_tools(self.tools, self.executor))
+        if self.stdin is not None and self.stdin.size > MAX_STDIN:
+            raise CodecError(
+                f"stdin is {self.stdin.size} bytes, more than the {MAX_STDIN} an action may have; "
+                "put the data in a file of the input and redirect it in the command"
+            )
 
     def to_wire(self, *, with_requirements: bool = True) -> dict[str, Any]:
         """The CBOR/JSON map of this action (digests in text form)."""
@@ -128,6 +140,8 @@ class Action:
             wire["limits"] = dict(self.limits)
         if self.tools:  # the same
             wire["tools"] = list(self.tools)
+        if self.stdin is not None:  # the same
+            wire["stdin"] = str(self.stdin)
         return wire
 
     def digest(self) -> Digest:
@@ -181,6 +195,7 @@ class Action:
         if input is None:
             input = parse_digest(fields.text("input"), f"field 'input' of {fields.what}")
         outputs = fields.texts("outputs", None)
+        stdin = fields.text("stdin", None)
         return cls(
             argv=tuple(argv),
             input=input,
@@ -194,6 +209,7 @@ class Action:
             requirements=tuple(fields.text_map("requirements", {}).items()),
             limits=tuple(fields.mapping("limits", {}).items()),
             tools=tuple(fields.texts("tools", [])),
+            stdin=None if stdin is None else parse_digest(stdin, f"field 'stdin' of {fields.what}"),
         )
 
     def with_input(self, input: Digest) -> Action:

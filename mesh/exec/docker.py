@@ -26,6 +26,9 @@ One task, one container:
   engine does not keep the order *between* the two streams). When the runner's
   callback returns False (an output limit) the container is killed and its output
   read no further.
+* its **stdin** is empty, unless the action names one: then it is written to the
+  container on an attachment of its own, from a thread of its own
+  (:mod:`mesh.exec.stdinfeed`), while the output is read.
 * at the action's **timeout** it gets SIGKILL and the status says ``timed_out``
   (exit code 137); its output up to then is kept. The exit code is read from the
   container's state once its output ends (Podman's ``/wait`` answers only on a
@@ -68,6 +71,7 @@ from mesh.errors import DockerError, SpawnFailed
 from mesh.exec.engine import Attachment, DockerStatus, Engine, docker_status, socket_path, valid_reference
 from mesh.exec.hop import RunCancelled
 from mesh.exec.process import Cancel, Command, ExitStatus, OutputSink
+from mesh.exec.stdinfeed import StdinFeed
 
 if TYPE_CHECKING:
     from mesh.exec.taskusers import TaskUsers
@@ -208,8 +212,12 @@ class DockerExecutor:
         if cancel.cancelled:
             raise RunCancelled
         task = _Container(self, command)
+        feed: StdinFeed | None = None
         try:
             call(task.begin)
+            if command.stdin is not None:
+                feed = StdinFeed(self.socket, task.name, command.stdin, timeout=self.api_timeout)
+                feed.start()
             while not task.ended:
                 call(task.read)
                 for stream, chunk in task.pieces:
@@ -221,7 +229,11 @@ class DockerExecutor:
         except trio.Cancelled:
             raise RunCancelled from None  # after the finally below: the container is gone
         finally:
-            call(task.close)
+            try:
+                if feed is not None:
+                    feed.close()
+            finally:
+                call(task.close)
 
     def config(self, command: Command) -> dict[str, Any]:
         """The body of ``POST /containers/create`` for ``command`` (see the module docstring)."""
@@ -256,8 +268,9 @@ class DockerExecutor:
             "User": self.user,
             "Labels": {OWNER_LABEL: self.owner, "mesh.task": command.workdir},
             "Tty": False,
-            "OpenStdin": False,
-            "AttachStdin": False,
+            "OpenStdin": command.stdin is not None,  # then written by a StdinFeed (mesh.exec.stdinfeed)
+            "StdinOnce": command.stdin is not None,
+            "AttachStdin": command.stdin is not None,
             "AttachStdout": True,
             "AttachStderr": True,
             "HostConfig": host,

@@ -16,7 +16,8 @@ them) is what limits how many small tasks a node runs per second. It learns of
 a cancellation through a :class:`Cancel` it can poll with its own descriptors.
 
 The process executor starts argv in its own session and process group
-(``start_new_session``), stdin ``/dev/null``, stdout and stderr on two pipes.
+(``start_new_session``), stdin the runner's read-only descriptor of the action's stdin
+(``/dev/null`` when it has none), stdout and stderr on two pipes.
 One ``poll`` loop watches both pipes, the leader's exit (a pidfd, which does not
 reap) and the cancellation, and hands output to a callback chunk by chunk as it
 comes. The group, not just the main process, is the unit of killing:
@@ -152,6 +153,7 @@ class Command:
     image: str | None = None
     limits: tuple[tuple[str, int], ...] = ()  # the action's own resource limits (the sandbox applies them)
     user: int | None = None  # the task uid (and gid) to run as (mesh.exec.taskusers); None: the node's own
+    stdin: int | None = None  # a descriptor (read-only, the runner's) the task reads as stdin; None: /dev/null
 
 
 class Executor(Protocol):
@@ -263,7 +265,7 @@ class ProcessExecutor:
                 raise ExecError("this process executor has no task uids to run a command as another user")
             argv = [*setpriv_command(self._setpriv, command.user, command.user), *argv]
         try:
-            return _Child.start(argv, cwd=cwd, env=command.env)
+            return _Child.start(argv, cwd=cwd, env=command.env, stdin=command.stdin)
         except OSError as exc:
             if command.user is not None and exc.filename != cwd:
                 raise ExecError(f"cannot start setpriv ({self._setpriv}): {exc.strerror or exc}") from None
@@ -358,8 +360,10 @@ class _Child:
         env: Mapping[str, str],
         pass_fds: Sequence[int] = (),
         umask: int = -1,
+        stdin: int | None = None,
     ) -> Self:
-        """Start ``argv`` in its own session (blocking until it has exec'd), stdin /dev/null.
+        """Start ``argv`` in its own session (blocking until it has exec'd), stdin ``stdin`` (a
+        descriptor) or /dev/null.
 
         ``pass_fds`` stay open in the child (all others are closed); ``umask`` -1 keeps
         the node's. Raises the OSError of a failed start (ExecError if the started
@@ -370,7 +374,7 @@ class _Child:
         try:
             popen = subprocess.Popen(
                 argv,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL if stdin is None else stdin,
                 stdout=out_w,
                 stderr=err_w,
                 cwd=cwd,

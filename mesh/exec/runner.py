@@ -16,7 +16,9 @@ or, for an executor with task uids (the ``process`` executor of a root node,
 directory in the task uids' directory and gives it, checkout and all, to that
 uid (the uid is freed only when the runner is done with the directory);
 then runs the command through the executor with ``env = BASE_ENV + HOME +
-TMPDIR + action.env`` in ``work/<action.cwd>``, writes stdout and stderr into
+TMPDIR + action.env`` in ``work/<action.cwd>``, its stdin a read-only descriptor of a
+verified copy of the action's stdin blob (whose name is gone before the command starts;
+``/dev/null`` when it has none), writes stdout and stderr into
 the CAS as they come (and passes them to a follower); once the command is done
 and nothing of the task runs (every process of a task uid killed), takes the task
 directory back from the uid the task ran as (:mod:`mesh.exec.takeback`: no other
@@ -68,6 +70,7 @@ import errno
 import functools
 import logging
 import os
+import signal
 import stat
 import tempfile
 import time
@@ -81,7 +84,7 @@ from mesh.cas.snapshot import ingest, resolve
 from mesh.cas.space import StoreSpace
 from mesh.cas.store import LocalStore
 from mesh.cas.tree import Kind, encode_node
-from mesh.errors import ExecError, PathNotFound, SnapshotError, SpawnFailed, UnknownExecutor
+from mesh.errors import ExecError, MeshError, PathNotFound, SnapshotError, SpawnFailed, UnknownExecutor
 from mesh.exec import hop
 from mesh.exec.action import BASE_ENV, Action, ActionResult
 from mesh.exec.leftovers import MARKER, kill_processes, marked_below
@@ -95,9 +98,17 @@ log = logging.getLogger("mesh.exec")
 
 OutputFollower = Callable[[str, bytes], Awaitable[None]]
 """``await on_output(stream, chunk)``: live output for whoever follows the task."""
+CancelledResult = Callable[[ActionResult], None]
+"""``on_cancel(result)``: what a cancelled task wrote until it was killed (called on the task's thread)."""
+
+#: Exit code and signal recorded for a task killed by a cancel: the executors send SIGTERM (then
+#: SIGKILL after a grace; a container gets SIGKILL at once).
+CANCELLED_SIGNAL = signal.SIGTERM
 
 #: Exit code of a task the runner could not start (a shell's "command not found").
 NOT_STARTED = 127
+#: The error of a cancelled task's result.
+CANCELLED = "cancelled: the command was killed; its stdout and stderr are what it wrote until then"
 _TASK_PREFIX = "task-"
 
 
@@ -220,14 +231,23 @@ class Runner:
                 removed += 1
         return removed
 
-    async def run(self, action: Action, *, on_output: OutputFollower | None = None) -> ActionResult:
+    async def run(
+        self,
+        action: Action,
+        *,
+        on_output: OutputFollower | None = None,
+        on_cancel: CancelledResult | None = None,
+    ) -> ActionResult:
         """Run ``action`` and return its result; its output streams go live to ``on_output``.
 
         Raises UnknownExecutor for an executor this node lacks, BlobNotFound when the
         input snapshot is not in the store (BlobDamaged, quarantined, if not intact),
         StoreFull when the store has no room for the task's output streams or outputs
         (the task is killed then, and nothing partial is kept), and whatever
-        ``on_output`` raises (the task is killed then). Cancellation kills the task.
+        ``on_output`` raises (the task is killed then). Cancellation kills the task and,
+        if it had started, hands ``on_cancel`` a result whose stdout and stderr are what it
+        wrote until then (stored like a timed-out task's; no output snapshot, an ``error``
+        saying it was cancelled) before Cancelled is raised.
         In every case the task directory is gone when this returns.
         """
         executor = self.executors.get(action.executor)
@@ -236,13 +256,18 @@ class Runner:
             raise UnknownExecutor(f"this node has no {action.executor!r} executor (it has: {have})")
         self._running += 1
         try:
-            return await hop.run_sync(functools.partial(self._run_task, action, executor, on_output))
+            return await hop.run_sync(functools.partial(self._run_task, action, executor, on_output, on_cancel))
         finally:
             self._running -= 1
             self._finished += 1
 
     def _run_task(
-        self, action: Action, executor: Executor, follower: OutputFollower | None, line: hop.Hop
+        self,
+        action: Action,
+        executor: Executor,
+        follower: OutputFollower | None,
+        on_cancel: CancelledResult | None,
+        line: hop.Hop,
     ) -> ActionResult:
         """The whole task, on a worker thread; ``line`` carries the follower's output and the cancellation."""
         started_at = time.time()
@@ -254,6 +279,7 @@ class Runner:
         users = executor.users
         lease: Lease | None = None
         taken_back = False  # the task is over and its directory is the node's alone
+        stdin: int | None = None
         try:
             if users is not None:
                 lease = users.lease(prefer=self.workdirs.owners(action.input), cancel=line)
@@ -261,6 +287,8 @@ class Runner:
             if isinstance(prepared, str):
                 return self._result(ExitStatus(NOT_STARTED), streams.commit(self._empty), None, started_at, prepared)
             task = prepared
+            if action.stdin is not None:
+                stdin = self._stdin(action.stdin, task)
             command = Command(
                 argv=action.argv,
                 workdir=task.work,
@@ -273,6 +301,7 @@ class Runner:
                 image=action.image,
                 limits=action.limits,
                 user=None if lease is None else lease.uid,
+                stdin=stdin,
             )
             prepare = getattr(executor, "prepare", None)
             if prepare is not None:  # e.g. the sandbox hands the directories to its task's uid
@@ -282,6 +311,10 @@ class Runner:
             except SpawnFailed as exc:
                 digests = streams.commit(self._empty)
                 return self._result(ExitStatus(exc.exit_code), digests, None, started_at, str(exc))
+            except hop.RunCancelled:
+                if on_cancel is not None:  # what it wrote is kept, as a timed-out task's is
+                    self._keep_streams(streams, started_at, on_cancel)
+                raise
             finally:
                 self._end(executor, lease, task)
                 taken_back = True
@@ -293,6 +326,8 @@ class Runner:
             return self._result(status, digests, output, started_at, streams.error or capture_error)
         finally:
             streams.abort()
+            if stdin is not None:
+                os.close(stdin)
             try:
                 if task is not None and (keep is None or not self._keep(task, keep)):
                     if taken_back and executor.checkout_mode == "link":
@@ -303,6 +338,34 @@ class Runner:
             finally:
                 if users is not None and lease is not None:
                     users.end(lease)  # kills what runs of it (if the task never ran), frees the uid
+
+    def _stdin(self, digest: Digest, task: _TaskDir) -> int:
+        """A read-only descriptor of a verified copy of the stdin blob, whose name is gone already.
+
+        A copy, not the store's file: a task that runs as the store's owner (a node that is
+        not root) could chmod the blob through its descriptor and reopen it for writing
+        through /proc. Costs a read and a write of it (at most MAX_STDIN). Raises BlobNotFound
+        (BlobDamaged) like the input's checkout.
+        """
+        path = os.path.join(task.root, "stdin")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o400)
+        try:
+            os.unlink(path)
+            self.store.copy_to(digest, fd)
+            return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            os.close(fd)
+
+    def _keep_streams(self, streams: _Streams, started_at: float, on_cancel: CancelledResult) -> None:
+        """Store a cancelled task's streams and hand on its result; a store that cannot keep
+        them (full) loses them, and the cancel goes on."""
+        try:
+            digests = streams.commit(self._empty)
+        except (MeshError, OSError) as exc:
+            log.warning("the output of a cancelled task could not be kept: %s", exc)
+            return
+        killed = ExitStatus(128 + CANCELLED_SIGNAL, CANCELLED_SIGNAL)
+        on_cancel(self._result(killed, digests, None, started_at, CANCELLED))
 
     def _kept_since(self, started_at: float) -> contextlib.AbstractContextManager[object]:
         """While the outputs are captured, what the task wrote since it started (its output

@@ -482,7 +482,7 @@ class SandboxExecutor(ProcessExecutor):
             block_r, block_w = os.pipe2(os.O_CLOEXEC)
             argv = self.command_line(command, info_fd=info_w, block_fd=block_r, seccomp_fd=seccomp_r)
             passed = (info_w, block_r, seccomp_r)
-            child = _Bwrap.start(argv, cwd="/", env=command.env, pass_fds=passed, umask=UMASK)
+            child = _Bwrap.start(argv, cwd="/", env=command.env, pass_fds=passed, umask=UMASK, stdin=command.stdin)
         except BaseException as exc:
             _close(info_r, block_w)
             if isinstance(exc, OSError):

@@ -25,7 +25,7 @@ The wire form of a job submission (CBOR, or JSON on the API)::
     {"tasks": [{"name": str, "argv": [str], "input": "b3:..." | "input_task": name,
                 "env": {str: str}, "cwd": str, "outputs": [str] | null,
                 "timeout": seconds, "executor": "process", "image": str | null,
-                "network": bool, "requirements": {str: str},
+                "network": bool, "requirements": {str: str}, "stdin": "b3:..." (optional),
                 "after": [name], "when": "success" | "failure" | "always"}, ...],
      "label": str, "no_cache": bool, "pinned": bool}
 
@@ -91,6 +91,7 @@ class TaskSpec:
     after: tuple[str, ...]
     when: When
     parsed: Action | None = field(default=None, repr=False, compare=False)  # the action, when ``input`` is set
+    stdin: Digest | None = None  # the blob the task reads as stdin (None: empty)
 
     @property
     def depends_on(self) -> tuple[str, ...]:
@@ -205,6 +206,7 @@ def _parse_task(raw: Any, index: int, default_executor: str) -> TaskSpec:
         after=after,
         when=when,
         parsed=action if input is not None else None,
+        stdin=action.stdin,
     )
 
 

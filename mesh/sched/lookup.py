@@ -47,7 +47,13 @@ OutputSink = Callable[[str, bytes], Awaitable[None]]
 
 
 class Runs(Protocol):
-    async def run(self, action: Action, *, on_output: OutputSink | None = None) -> ActionResult: ...
+    async def run(
+        self,
+        action: Action,
+        *,
+        on_output: OutputSink | None = None,
+        on_cancel: Callable[[ActionResult], None] | None = None,
+    ) -> ActionResult: ...
 
 
 @dataclass(frozen=True)
@@ -139,14 +145,23 @@ class CacheLookup:
             identity = self.toolchain.identity(action)
         return None if identity is None else action.cache_key(identity.digest())
 
-    async def run(self, runner: Runs, action: Action, on_output: OutputSink, *, cache: bool) -> ActionResult:
+    async def run(
+        self,
+        runner: Runs,
+        action: Action,
+        on_output: OutputSink,
+        *,
+        cache: bool,
+        on_cancel: Callable[[ActionResult], None] | None = None,
+    ) -> ActionResult:
         """Step 4: run ``action`` in ``runner``. With ``cache``, the result carries the cache key
         of this node's toolchain identity as it was before the run and still is after it (a
         compiler replaced while the task ran: no key, so it is not cached under either). A
-        declared tool missing here fails the task (ToolMissing) before it runs."""
+        declared tool missing here fails the task (ToolMissing) before it runs. A cancelled run
+        hands ``on_cancel`` what it wrote until then (mesh.exec.runner.Runner.run)."""
         docker = self.toolchain.needs_engine(action)
         before = None if docker and not cache else await self.key_now(action)
-        result = await runner.run(action, on_output=on_output)
+        result = await runner.run(action, on_output=on_output, on_cancel=on_cancel)
         if not cache or not result.success:
             return result
         try:

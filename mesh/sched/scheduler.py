@@ -72,7 +72,7 @@ from mesh.sched.jobevents import (
     stream_named,
 )
 from mesh.sched.jobs import FINAL_TASK_STATES, JobSpec, JobState, TaskRecord, TaskState, decide, job_state
-from mesh.sched.lookup import CacheLookup, Found
+from mesh.sched.lookup import CacheLookup, Found, Runs
 from mesh.sched.placement import NodeView, Unplaceable, rank, unmet
 from mesh.sched.recording import Recorder
 from mesh.sched.statedb import JobRow, StateDB
@@ -114,14 +114,12 @@ STEAL_HOLD = 2.0
 PREFETCH = 2
 
 
-class TaskRunner(Protocol):
-    """What the scheduler needs of a runner (mesh.exec.runner.Runner)."""
+class TaskRunner(Runs, Protocol):
+    """What the scheduler needs of a runner (mesh.exec.runner.Runner): its run (mesh.sched.lookup.Runs)."""
 
     @property
     def executors(self) -> Mapping[str, object]:
         """The executors this node has, by the name actions use."""
-
-    async def run(self, action: Action, *, on_output: OutputSink | None = None) -> ActionResult: ...
 
 
 class Remote(Protocol):
@@ -136,11 +134,22 @@ class Remote(Protocol):
     async def fetch_tree(self, source: str | None, root: Digest, store: Any) -> None:
         """Fetch what ``store`` lacks of snapshot ``root`` from peers."""
 
+    async def fetch_blob(self, source: str | None, digest: Digest, store: Any) -> None:
+        """Fetch one blob (a task's stdin) from peers; BlobNotFound when none has it."""
+
     async def locality(self, root: Digest, store: Any) -> dict[str, int]:
         """Bytes of snapshot ``root`` each peer (by URL) and this node (by id) already hold."""
 
-    async def run_on(self, url: str, task_key: str, action: Action, on_output: OutputSink) -> ActionResult:
-        """Offer the task to the peer at ``url`` and follow it to its result.
+    async def run_on(
+        self,
+        url: str,
+        task_key: str,
+        action: Action,
+        on_output: OutputSink,
+        on_cancel: Callable[[ActionResult], None] | None = None,
+    ) -> ActionResult:
+        """Offer the task to the peer at ``url`` and follow it to its result; cancelled, the
+        task is cancelled there and what it wrote until then goes to ``on_cancel``.
 
         Raises PeerDeclined when the peer has no room, NodeError/NodeUnreachable when it
         is lost; both leave the task to be placed again.
@@ -724,16 +733,19 @@ class Scheduler:
             result: ActionResult | None = None
             reason: str | None = None
             requeue = False
+            killed: list[ActionResult] = []  # what a cancelled task wrote until the kill (the runner's)
             with trio.CancelScope() as scope:
                 live.scopes[task.name] = scope
                 try:
                     action = task.action or self._action(live, task)
                     if where is None:
-                        result = await self._run_here(action, on_output, cache=not live.spec.no_cache)
+                        result = await self._run_here(
+                            action, on_output, cache=not live.spec.no_cache, on_cancel=killed.append
+                        )
                     else:
                         assert self.remote is not None
                         key = f"{live.row.id}/{task.name}/{task.attempts}"
-                        result = await self.remote.run_on(where, key, action, on_output)
+                        result = await self.remote.run_on(where, key, action, on_output, killed.append)
                 except PeerDeclined:
                     self._declined[where or ""] = time.monotonic() + DECLINE_COOLDOWN
                     task.attempts -= 1
@@ -760,8 +772,9 @@ class Scheduler:
                     self._requeue(live, task, reason)
                     return
                 self._tasks_run += 1
-                if scope.cancelled_caught:
-                    self._finish(live, task, "cancelled", reason="cancelled")
+                if scope.cancelled_caught:  # its output until the kill is kept, as a timed-out task's
+                    partial = replace(killed[0], cache_note=task.cache_note) if killed else None
+                    self._finish(live, task, "cancelled", reason="cancelled", result=partial)
                 elif result is None:
                     self._finish(live, task, "failed", reason=reason)
                 else:
@@ -784,7 +797,14 @@ class Scheduler:
             self._task_done = trio.Event()
             self._wake()
 
-    async def _run_here(self, action: Action, on_output: OutputSink, *, cache: bool) -> ActionResult:
+    async def _run_here(
+        self,
+        action: Action,
+        on_output: OutputSink,
+        *,
+        cache: bool,
+        on_cancel: Callable[[ActionResult], None] | None = None,
+    ) -> ActionResult:
         """Run ``action`` in a slot of this node, its input made complete from peers first
         (through the cache's lookup, which keys the result: mesh.sched.lookup).
 
@@ -795,8 +815,10 @@ class Scheduler:
         """
         if self.remote is not None and not self.remote.is_complete(action.input, self.store):
             await self.remote.fetch_tree(None, action.input, self.store)
+        if self.remote is not None and action.stdin is not None and not self.store.has(action.stdin):
+            await self.remote.fetch_blob(None, action.stdin, self.store)
         try:
-            return await self.lookup.run(self.runner, action, on_output, cache=cache)
+            return await self.lookup.run(self.runner, action, on_output, cache=cache, on_cancel=on_cancel)
         except BlobNotFound as exc:
             if self.remote is None:
                 raise
@@ -807,7 +829,7 @@ class Scheduler:
                 raise StoreError(f"{exc}; no live peer holds {lost.digest}") from None
             except MeshError as fetch_error:
                 raise StoreError(f"{exc}; it could not be fetched again from peers: {fetch_error}") from None
-        return await self.lookup.run(self.runner, action, on_output, cache=cache)
+        return await self.lookup.run(self.runner, action, on_output, cache=cache, on_cancel=on_cancel)
 
     def _requeue(self, live: LiveJob, task: TaskRecord, reason: str | None) -> None:
         """Put a task that did not run to the end back at the head of the queue."""
@@ -1008,6 +1030,8 @@ class Scheduler:
             for task in live.tasks.values():
                 if task.spec.input is not None:
                     trees.add(task.spec.input)
+                if task.spec.stdin is not None:
+                    blobs.add(task.spec.stdin)
                 if task.action is not None:
                     trees.add(task.action.input)
                 if task.result is not None:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from mesh import codec
 from mesh.cas.digest import Digest
-from mesh.errors import CodecError, NodeError, NodeUnreachable
+from mesh.errors import CodecError, NodeError, NodeLost, NodeUnreachable
 from mesh.wire.auth import CONTENT_ADDRESSED, UPLOAD_PATHS, MeshKey, load_key, sign
 from mesh.wire.formats import CBOR, FRAME_HEADER, MAX_FRAME
 
@@ -158,6 +158,8 @@ class NodeClient:
     def _unreachable(self, exc: httpx.HTTPError) -> NodeError:
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
             return NodeUnreachable(f"no mesh node answers at {self.url} ({exc}); start one with `mesh up`")
+        if isinstance(exc, httpx.TransportError):  # cut mid-answer: a restart, a network failure
+            return NodeLost(f"the connection to the node at {self.url} broke: {exc or type(exc).__name__}")
         return NodeError(f"talking to the node at {self.url} failed: {exc}")
 
     # -- the API ----------------------------------------------------------------------
@@ -182,11 +184,19 @@ class NodeClient:
         """Submit a job and yield its events as they happen, until it finishes."""
         yield from self._events("POST", "/v1/jobs", params={"follow": "1"}, content=codec.encode(job))
 
-    def events(self, job_id: str, start: int = 0) -> Iterator[dict[str, Any]]:
-        """A job's events from ``start``, live until it finishes."""
-        yield from self._events("GET", f"/v1/jobs/{job_id}/events", params={"from": str(start)})
+    def events(
+        self, job_id: str, start: int = 0, *, wait: bool = True, on_open: Callable[[], None] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """A job's events from ``start``, live until it finishes; without ``wait``, only those
+        the node holds now. ``on_open`` is called once the node has answered."""
+        params = {"from": str(start)}
+        if not wait:
+            params["wait"] = "0"
+        yield from self._events("GET", f"/v1/jobs/{job_id}/events", params=params, on_open=on_open)
 
-    def _events(self, method: str, path: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    def _events(
+        self, method: str, path: str, *, on_open: Callable[[], None] | None = None, **kwargs: Any
+    ) -> Iterator[dict[str, Any]]:
         headers = {"content-type": CBOR} if "content" in kwargs else None
         timeout = httpx.Timeout(None, connect=CONNECT_TIMEOUT)
         try:
@@ -194,6 +204,8 @@ class NodeClient:
                 if response.status_code >= 400:
                     response.read()
                     check(response)
+                if on_open is not None:
+                    on_open()
                 yield from read_frames(response.iter_raw())
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from None
