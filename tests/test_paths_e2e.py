@@ -6,6 +6,9 @@ that each runs what it is given; the real CLI with ``--no-cache``, so that every
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import socket
 import subprocess
 import threading
@@ -16,6 +19,7 @@ import pytest
 
 from mesh.exec.paths import DOCKER_VIEW, PROCESS_VIEW, SANDBOX_VIEW, TaskView
 from mesh.exec.sandbox import sandbox_unavailable
+from tests.conftest import NOBODY
 from tests.nodeutil import MESH, NodeProcess, node_env
 
 VIEWS = {"process": PROCESS_VIEW, "sandbox": SANDBOX_VIEW}
@@ -163,3 +167,42 @@ def test_a_container_sees_its_workdir_at_work(docker_host: str, tmp_path: Path, 
         finally:
             node.stop()
     assert seen == [expected(DOCKER_VIEW)] * 4
+
+
+def nobody_node(home: Path, **env: str) -> NodeProcess:
+    """A node that is not root (user nobody) offering the process executor, which it must be told to."""
+    launcher = ["/usr/bin/setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
+    extra = ["--executors", "process"]
+    return NodeProcess(str(home), slots=1, launcher=launcher, extra_args=extra, env={"HOME": str(home), **env})
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="starting a node as another user needs root")
+def test_a_node_that_is_not_root_shows_process_tasks_the_same_path_through_bwrap(
+    nobody_home: Path, c_tree: Path
+) -> None:
+    if shutil.which("bwrap") is None:
+        pytest.skip(reason="bubblewrap is not installed")
+    node = nobody_node(nobody_home).start()
+    try:
+        seen = [where(node, c_tree, "process") for _ in range(2)]
+        assert seen == [expected(PROCESS_VIEW)] * 2
+        mine = node.mesh("exec", "--executor", "process", "-C", str(c_tree), "--", "sh", "-c", "id -u; stat -c %u .")
+        assert mine.stdout == f"{NOBODY}\n{NOBODY}\n".encode(), mine.stderr
+    finally:
+        node.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="starting a node as another user needs root")
+def test_where_no_mount_namespace_can_be_had_the_node_says_so_and_tasks_run_at_their_host_path(
+    nobody_home: Path, c_tree: Path
+) -> None:
+    node = nobody_node(nobody_home, PATH="/nonexistent").start()  # no bwrap to be found
+    try:
+        said = [line for line in node.log().splitlines() if "process tasks run in their host task directories" in line]
+        assert len(said) == 1 and "bwrap (bubblewrap) is not on PATH" in said[0], node.log()
+        assert "workdirs: process host directories (no stable path)" in node.mesh("status").stdout.decode()
+        pwd = node.mesh("exec", "--executor", "process", "-C", str(c_tree), "--", "pwd")
+        assert pwd.returncode == 0, pwd.stderr
+        assert re.fullmatch(rf"{re.escape(str(nobody_home))}/work/task-\w+/work\n", pwd.stdout.decode()), pwd.stdout
+    finally:
+        node.stop()

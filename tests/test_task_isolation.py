@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,9 +23,9 @@ import pytest
 from mesh.cas.digest import Digest
 from mesh.cas.store import LocalStore
 from mesh.exec.paths import PROCESS_VIEW
-from mesh.exec.removal import remove_tree
 from mesh.wire.client import NodeClient
 from tests import podmanutil
+from tests.conftest import NOBODY
 from tests.nodeutil import MESH, NodeProcess, free_port, host_processes, node_env, task_workroot
 from tests.podmanutil import IMAGE
 
@@ -223,23 +222,6 @@ def test_what_a_killed_nodes_task_left_running_is_killed_by_the_next_node_that_t
         if orphan.poll() is None:
             orphan.kill()
             orphan.wait()
-
-
-NOBODY = 65534
-
-
-@pytest.fixture
-def nobody_home() -> Iterator[Path]:
-    """A MESH_HOME that user nobody owns (outside /tmp/pytest-of-root, which nobody cannot reach)."""
-    top = Path(tempfile.mkdtemp(prefix="mesh-test-nobody-", dir="/var/tmp"))
-    try:
-        top.chmod(0o755)
-        home = top / "home"
-        home.mkdir()
-        os.chown(home, NOBODY, NOBODY)
-        yield home
-    finally:
-        remove_tree(str(top))
 
 
 def nobody_node(home: Path, *extra: str) -> NodeProcess:

@@ -23,30 +23,37 @@ workdir can be ``/work``, as in the container (the sandbox hides whatever the ho
 has at ``/work``). The ``process`` executor runs on the host's file system, where
 ``/work`` may hold what its tasks need (on this project's machines, the repositories
 and virtualenvs that tests run tools from), so its tasks' directories appear under
-``/run/mesh``, a directory of mesh's own (a root node keeps its task-uid lock there):
-each task gets a mount namespace of its own, in which a small tmpfs over ``/run/mesh``
-holds only its ``work`` and ``tmp``, bound from its host directories. The rest of the
-host is as it is; two tasks at once each see their own directories at the same
-paths. How the namespace is made (:class:`Namespaces`), measured on this project's
-machines (2 cores, ``/bin/true`` through :class:`mesh.exec.process.ProcessExecutor`):
+``/run/mesh``, a directory of mesh's own that holds nothing a task needs (a root node
+keeps its task-uid lock there): each task gets a mount namespace of its own, in
+which its task directory (``work`` and ``tmp``) is bound over ``/run/mesh``. One
+mount, so that files can be hard-linked and renamed between the workdir and TMPDIR
+as on the host; between the workdir and the rest of the host they now fail with
+EXDEV, as between two file systems (``mv`` and most tools copy then, as they do for
+a ``/tmp`` on tmpfs). The rest of the host is as it is; two tasks at once each see
+their own directories at the same paths. How the namespace is made
+(:class:`Namespaces`), measured on this project's machines (2 cores, a threaded
+Python process spawning ``/bin/true`` and waiting for it, 0.85-1.0 ms without):
 
 * **A root node** makes it in the thread that starts the task: ``unshare(CLONE_FS |
   CLONE_NEWNS)`` (allowed in a threaded process: only a user namespace needs a single
   thread), every mount made a slave (so nothing mounted here reaches the host's
-  namespace, while the host's new mounts still show), the tmpfs and the two binds,
-  then the usual spawn from that thread: the child starts in the namespace, which
-  lives as long as the task's processes do and needs no removal. A short-lived
-  thread per task carries it, since a thread cannot leave a mount namespace it made.
-  No extra program is started; it costs ~0.1-0.2 ms per task. ``/run/mesh`` is made
-  at start if missing (root's, 0755).
+  namespace, while the host's new mounts still show), the bind, then the usual
+  spawn from that thread: the child starts in the namespace, which lives as long as
+  the task's processes do and is gone with them. A short-lived thread per task
+  carries it, since a thread cannot leave a mount namespace it made (a namespace
+  kept per worker thread and re-bound for each task cost only ~0.02 ms, but would
+  show a task's leftover processes the next task's directory, and put the node's
+  own work on that thread in it). No extra program is started; it costs
+  ~0.3-0.4 ms per task (thread, namespace copy of the host's ~20 mounts, and its
+  removal when the task ends). ``/run/mesh`` is made at start if missing (root's, 0755).
 * **A node that is not root** cannot mount in a threaded process, so bubblewrap does
-  it, in an unprivileged user namespace: ``--dev-bind / /`` (the host as it is), the
-  tmpfs and the binds. That costs a bwrap start per task (~2-4 ms), and a user
-  namespace has consequences a task may see: files of uids other than the node's
-  show as owned by nobody (65534), setuid programs do not gain privileges, and
-  bwrap reports a death by signal N as exit status 128 + N, as the sandbox does.
-  Where the host has no ``/run/mesh``, ``/run`` is laid out afresh (a tmpfs with each
-  of the host's entries bound into it, :func:`mount_points`) to make one.
+  it, in an unprivileged user namespace: ``--dev-bind / /`` (the host as it is) and
+  the bind. That costs a bwrap start per task (~2.5 ms more), and a user namespace has
+  consequences a task may see: files of uids other than the node's show as owned by
+  nobody (65534), setuid programs do not gain privileges, and bwrap reports a death
+  by signal N as exit status 128 + N, as the sandbox does. Where the host has no
+  ``/run/mesh``, ``/run`` is laid out afresh (a tmpfs with each of the host's entries
+  bound into it, :func:`mount_points`) to make one.
 * **Neither** (not root and no bwrap, or user namespaces disabled): process tasks run
   in their host directories, and the node says so once at start (its log, and
   ``executors.workdirs`` in ``/status``).

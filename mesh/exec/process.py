@@ -16,7 +16,11 @@ them) is what limits how many small tasks a node runs per second. It learns of
 a cancellation through a :class:`Cancel` it can poll with its own descriptors.
 
 The process executor starts argv in its own session and process group
-(``start_new_session``), stdin ``/dev/null``, stdout and stderr on two pipes.
+(``start_new_session``), stdin ``/dev/null``, stdout and stderr on two pipes, in a
+mount namespace of its own where its task directory is at ``/run/mesh`` (workdir
+``/run/mesh/work``, HOME and TMPDIR ``/run/mesh/tmp``), the same path on every run
+and node, where the node can make one (:mod:`mesh.exec.paths`, which says how and
+what it costs; elsewhere at its host path, and the node says so at start).
 One ``poll`` loop watches both pipes, the leader's exit (a pidfd, which does not
 reap) and the cancellation, and hands output to a callback chunk by chunk as it
 comes. The group, not just the main process, is the unit of killing:

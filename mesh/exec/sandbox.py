@@ -4,7 +4,8 @@ Tasks from other machines are untrusted code. Inside the sandbox a task sees:
 
 * the host's filesystem read-only (``--ro-bind / /``), its own ``/dev`` (with a
   private ``/dev/shm``), its own ``/proc`` (of its own pid namespace: no host
-  process is visible or can be signalled) and a private, empty, writable ``/tmp``;
+  process is visible or can be signalled) and a private, empty, writable ``/tmp``
+  (its own tmp directory, on the disk of the task directories: see below);
 * of ``/sys``, only the CPU counts glibc reads (:data:`SYS_SHOWN`): the rest of the
   host's devices, kernel settings and cgroups is an empty read-only directory;
 * a seccomp filter (:mod:`mesh.exec.seccomp`, compiled once per node) that refuses
@@ -13,8 +14,15 @@ Tasks from other machines are untrusted code. Inside the sandbox a task sees:
   (which would make the task root over mounts and networks of its own) can be made:
   in root mode no user namespace exists and the filter is what refuses one; in
   non-root mode bwrap's ``--disable-userns`` does too;
-* writable: its workdir and its HOME/TMPDIR directory, bind-mounted at the same
-  paths as on the host (so paths mean the same as with the ``process`` executor);
+* writable: its workdir, bind-mounted at ``/work`` (the working directory is
+  ``/work/<cwd>``, as in a container), and its tmp directory at ``/tmp``, which is
+  its HOME and TMPDIR: the same paths on every run and node, so that what tools
+  write of them (``cc -g``'s ``DW_AT_comp_dir``) is the same (:mod:`mesh.exec.paths`).
+  What the host has at ``/work`` is not shown; where it has nothing there, the new
+  root is laid out afresh (the host's top-level entries bound into a tmpfs,
+  :func:`mesh.exec.paths.mount_points`: ~1 ms more per task) to make the mount point.
+  The two are two mounts: a hard link or rename between them fails with EXDEV, as
+  between file systems;
 * hidden: the node's home (key, store, ``state.db``) and every other path given
   in ``hide`` (a mesh key kept elsewhere, an engine's socket). A directory becomes
   an empty read-only one (reading in it: ENOENT, writing: EROFS), a file becomes
