@@ -68,14 +68,11 @@ import stat
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
 
 from mesh.errors import ExecError
-
-if TYPE_CHECKING:
-    from mesh.exec.process import Command
 
 __all__ = [
     "DOCKER_VIEW",
@@ -83,12 +80,40 @@ __all__ = [
     "RUN_MESH",
     "SANDBOX_VIEW",
     "Namespaces",
+    "TaskDirs",
     "TaskView",
     "mount_points",
 ]
 
 #: mesh's own directory of /run, where the process executor's tasks see their directories.
 RUN_MESH = "/run/mesh"
+
+
+class TaskDirs(Protocol):
+    """What a view needs of a task: its host directories, its cwd in the workdir, its environment
+    (a :class:`mesh.exec.process.Command` is one)."""
+
+    @property
+    def workdir(self) -> str: ...
+    @property
+    def cwd(self) -> str: ...
+    @property
+    def env(self) -> Mapping[str, str]: ...
+    @property
+    def home(self) -> str: ...
+    @property
+    def tmpdir(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Trial:
+    """A task's directories and environment, for the trial run."""
+
+    workdir: str
+    cwd: str
+    env: Mapping[str, str]
+    home: str
+    tmpdir: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +131,11 @@ class TaskView:
     tmp: str
     root: str | None = None
 
-    def cwd(self, command: Command) -> str:
+    def cwd(self, command: TaskDirs) -> str:
         """The directory the task starts in, as the task sees it."""
         return os.path.join(self.work, command.cwd) if command.cwd else self.work
 
-    def environment(self, command: Command) -> dict[str, str]:
+    def environment(self, command: TaskDirs) -> dict[str, str]:
         """The task's environment as it sees its directories: HOME and TMPDIR (where they are
         the runner's) moved to this view's, PWD the directory it starts in."""
         env = dict(command.env)
@@ -121,7 +146,7 @@ class TaskView:
         env["PWD"] = self.cwd(command)
         return env
 
-    def mounts(self, command: Command) -> list[tuple[str, str]]:
+    def mounts(self, command: TaskDirs) -> list[tuple[str, str]]:
         """(host directory, path in the view) of each bind that makes this view: the task
         directory (with ``root``), or the workdir, the tmp directory, and HOME where the view
         shows it elsewhere. Raises ExecError when the command's directories are not laid out
@@ -272,17 +297,14 @@ class Namespaces:
 
     def trial(self) -> None:
         """Run ``test "$PWD" = "$(pwd -P)"`` in a namespace, as a task runs; raises ExecError if it fails."""
-        from mesh.exec.process import Command
-
         with tempfile.TemporaryDirectory(prefix="mesh-paths-trial-") as top:
             work, tmp = os.path.join(top, "work"), os.path.join(top, "tmp")
             os.mkdir(work)
             os.mkdir(tmp)
             script = 'test "$PWD" = "$(pwd -P)" && test -d "$HOME"'
             env = {"PATH": "/usr/bin:/bin", "HOME": tmp, "TMPDIR": tmp}
-            argv = ("sh", "-c", script)
-            command = Command(argv=argv, workdir=work, cwd="", env=env, home=tmp, tmpdir=tmp, timeout=30)
-            wrapped, cwd, env = self.wrap(command, list(argv))
+            command = _Trial(workdir=work, cwd="", env=env, home=tmp, tmpdir=tmp)
+            wrapped, cwd, env = self.wrap(command, ["sh", "-c", script])
 
             def run() -> subprocess.CompletedProcess[bytes]:
                 return subprocess.run(wrapped, cwd=cwd, env=env, capture_output=True, timeout=30, check=False)
@@ -292,7 +314,7 @@ class Namespaces:
                 said = (done.stderr or done.stdout).decode(errors="replace").strip()[-300:]
                 raise ExecError(f"exit status {done.returncode}: {said or 'no message'}")
 
-    def wrap(self, command: Command, argv: list[str]) -> tuple[list[str], str, dict[str, str]]:
+    def wrap(self, command: TaskDirs, argv: list[str]) -> tuple[list[str], str, dict[str, str]]:
         """(argv, cwd, env) to start ``argv`` (the command, or its launcher) as the task sees it:
         through bwrap where this node needs it."""
         env = self.view.environment(command)
@@ -307,7 +329,7 @@ class Namespaces:
             args += ["--remount-ro", path]
         return [*args, "--chdir", cwd, "--", *argv], "/", env
 
-    def within(self, command: Command, start: Callable[[], T]) -> T:
+    def within(self, command: TaskDirs, start: Callable[[], T]) -> T:
         """``start()`` (which starts the task's first process) where the task's namespace is.
 
         On a root node, on a new thread that has made the namespace first: the process it
@@ -336,7 +358,7 @@ class Namespaces:
             raise result
         return result
 
-    def _enter(self, command: Command) -> None:
+    def _enter(self, command: TaskDirs) -> None:
         """On this thread: a mount namespace of its own (whose mounts the host never sees) with
         the task directory bound over /run/mesh."""
         binds = self.view.mounts(command)
