@@ -94,6 +94,7 @@ def test_a_root_nodes_task_sees_its_task_directory_over_run_mesh_and_the_host_ke
     namespaces, why_not = Namespaces.for_this_node()
     assert namespaces is not None and namespaces.bwrap is None, why_not
     before = sorted(os.listdir(RUN_MESH))
+    where = (os.readlink("/proc/thread-self/ns/mnt"), os.getcwd())
     executor = ProcessExecutor()
     cmd = command(tmp_path / "task", ("sh", "-c", 'pwd; ls -A /run/mesh; ln "$HOME/h" hard && echo linked'))
     Path(cmd.tmpdir, "h").write_text("home file\n")
@@ -101,6 +102,7 @@ def test_a_root_nodes_task_sees_its_task_directory_over_run_mesh_and_the_host_ke
     assert (code, out) == (0, "/run/mesh/work\ntmp\nwork\nlinked\n")  # one mount: a hard link across works
     assert Path(cmd.workdir, "hard").read_text() == "home file\n"
     assert sorted(os.listdir(RUN_MESH)) == before  # nothing mounted here, nothing made
+    assert (os.readlink("/proc/thread-self/ns/mnt"), os.getcwd()) == where  # the thread is back
     mounts = Path("/proc/self/mountinfo").read_text()
     assert f" {RUN_MESH} " not in mounts and str(tmp_path) not in mounts
 
