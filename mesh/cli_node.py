@@ -350,6 +350,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(
         f"slots {slots['busy']}/{slots['total']} busy, {status['queue']} queued, {status['running_jobs']} jobs running"
     )
+    workdirs = status.get("executors", {}).get("workdirs", {})
+    if workdirs:  # where tasks see their workdir (mesh.exec.paths); None: their host directory
+        shown = (f"{name} {path or 'host directories (no stable path)'}" for name, path in workdirs.items())
+        print("workdirs: " + ", ".join(shown))
     cache = status["cache"]
     print(f"action cache: {cache['entries']} entries, {cache['hits']} hits since start")
     mesh = cache.get("mesh")

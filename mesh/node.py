@@ -246,6 +246,8 @@ class Node:
             process = self._process_executor()
             if process is not None:
                 executors["process"] = process
+                if process.paths_unavailable is not None:
+                    log.warning("process tasks run in their host task directories: %s", process.paths_unavailable)
         if "sandbox" in self.config.executors:
             from mesh.exec.sandbox import SandboxExecutor, sandbox_unavailable
 
@@ -410,6 +412,7 @@ class Node:
         """What ``/status`` says: counts and facts of this node and its peers, open to anyone;
         ``detailed`` (a signed request) adds the recent jobs, whose labels hold command lines."""
         sched = self.scheduler.statistics()
+        executors = self.runner.executors
         answer: dict[str, Any] = {
             "node": self.node_id,
             "version": __version__,
@@ -427,6 +430,7 @@ class Node:
             "executors": {
                 "default": self.default_executor,
                 "offered": sorted(self.runner.executors),
+                "workdirs": {name: getattr(ex, "work_path", None) for name, ex in sorted(executors.items())},
                 "docker": None
                 if self.docker is None
                 else {"available": self.docker.available, "reason": self.docker.reason, "images": self.docker.images},

@@ -89,6 +89,24 @@ def shared(tmp_path: Path) -> Iterator[Path]:
         remove_tree(str(top))
 
 
+#: User nobody, whom tests start nodes that are not root as.
+NOBODY = 65534
+
+
+@pytest.fixture
+def nobody_home() -> Iterator[Path]:
+    """A MESH_HOME that user nobody owns (outside /tmp/pytest-of-root, which nobody cannot reach)."""
+    top = Path(tempfile.mkdtemp(prefix="mesh-test-nobody-", dir="/var/tmp"))
+    try:
+        top.chmod(0o755)
+        home = top / "home"
+        home.mkdir()
+        os.chown(home, NOBODY, NOBODY)
+        yield home
+    finally:
+        remove_tree(str(top))
+
+
 @pytest.fixture(scope="session")
 def docker_host() -> Iterator[str]:
     """The DOCKER_HOST of a private Podman service with the test image (tests.podmanutil), for the session.

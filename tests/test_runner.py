@@ -26,6 +26,7 @@ from mesh.cas.store import LocalStore
 from mesh.cas.tree import Kind
 from mesh.errors import BlobNotFound, UnknownExecutor
 from mesh.exec.action import BASE_ENV, Action, ActionResult
+from mesh.exec.paths import PROCESS_VIEW
 from mesh.exec.process import ProcessExecutor
 from mesh.exec.runner import Limits, Runner, RunnerStatistics, remove_tree
 from mesh.exec.taskusers import TaskUsers
@@ -217,10 +218,8 @@ async def test_environment_home_tmpdir_and_cwd(
     assert env["FOO"] == "bar baz" and env["LANG"] == "C"  # the action's env is laid over the base
     for key in ("PATH", "LC_ALL", "TZ", "SOURCE_DATE_EPOCH"):
         assert env[key] == BASE_ENV[key]
-    task_dir = os.path.dirname(env["HOME"])
-    assert os.path.dirname(task_dir) == str(runner.workroot)
-    assert env["TMPDIR"] == os.path.join(task_dir, "tmp") and env["HOME"] == os.path.join(task_dir, "tmp")
-    assert env["PWD"] == os.path.join(task_dir, "work", "d")
+    assert env["TMPDIR"] == env["HOME"] == PROCESS_VIEW.tmp  # the same on every run (mesh.exec.paths)
+    assert env["PWD"] == os.path.join(PROCESS_VIEW.work, "d")
 
 
 @pytest.mark.parametrize(("cwd", "why"), [("nope", "does not exist"), ("a.txt", "not a directory")])
@@ -586,7 +585,7 @@ async def test_a_task_that_replaces_its_workdir_with_a_symlink_gets_no_outputs_f
     """The task cannot read the secret; the node, snapshotting the workdir as root, must not
     follow the symlink the task put in its place."""
     runner = make_task_runner(store, task_users, tmp_path)
-    script = f"cat {secret}/mesh.key; cd .. && mv work gone && ln -s {secret} work"
+    script = f'cat {secret}/mesh.key; cd "$MESH_TASK_DIR" && mv work gone && ln -s {secret} work'  # its host path
     result = await runner.run(sh(script, snap))
     assert b"Permission denied" in store.get(result.stderr)
     assert result.output is None or "mesh.key" not in listing(store, result.output), listing(store, result.output)

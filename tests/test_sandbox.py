@@ -32,6 +32,7 @@ from mesh.cas.snapshot import ingest, reachable
 from mesh.cas.store import LocalStore
 from mesh.errors import ExecError
 from mesh.exec.action import BASE_ENV, Action, ActionResult
+from mesh.exec.paths import PROCESS_VIEW, SANDBOX_VIEW
 from mesh.exec.process import Command, NoCancel, ProcessExecutor
 from mesh.exec.runner import Limits, Runner, remove_tree
 from mesh.exec.sandbox import NOBODY, NOGROUP, SandboxExecutor, SandboxLimits, sandbox_unavailable
@@ -179,7 +180,7 @@ async def test_writes_outside_the_workdir_are_refused(node: Node) -> None:
         "/etc/mesh-escape": "Read-only file system",
         "/usr/mesh-escape": "Read-only file system",
         f"{node.home}/mesh-escape": "Read-only file system",  # the home: an empty read-only directory
-        f"{node.home}/work/mesh-escape": "Read-only file system",  # beside the task directories
+        f"{node.home}/work/mesh-escape": "Directory nonexistent",  # the task directories: not there at all
         f"{store_blobs}/mesh-escape": "Directory nonexistent",  # dash's ENOENT: the store is hidden
         f"{node.top}/mesh-escape": "Read-only file system",
     }
@@ -228,8 +229,7 @@ async def test_the_mesh_keys_cannot_be_read(node: Node) -> None:
         f"cat: {node.key}: No such file or directory",
         f"cat: {node.other_key}: Permission denied",
         f"sh: 1: cannot create {node.other_key}: Permission denied",
-        "work",  # only the way to the task's own directory
-    ]
+    ]  # and the home is empty: the task's own directories are at /work and /tmp
     assert node.key.read_text() == "the node's secret key\n"
     assert node.other_key.read_text() == "a key kept elsewhere\n"
     node.assert_healthy()
@@ -248,16 +248,22 @@ async def test_other_task_directories_are_invisible(node: Node, mode: int) -> No
     for path in (workroot, other.parent, other):
         os.chmod(path, 0o777)  # anyone could write there, were it visible
     runner = Runner(node.store, workroot=workroot, node_id="node-s", executors={"sandbox": node.sandbox})
-    script = f'basename "$(dirname "$PWD")"; ls -A {workroot}; echo x > {other}/x; echo status $?; touch "$HOME/h" x'
+    script = f'pwd; ls -A {workroot}; echo x > {other}/x; echo status $?; touch "$HOME/h" x'
     try:
         result, out = await run_sh(node, script, runner=runner)
         assert os.listdir(other) == []
     finally:
         remove_tree(str(other.parent))
-    own, *rest = out.splitlines()
-    assert own.startswith("task-") and rest == [
-        own,
-        f"sh: 1: cannot create {other}/x: Directory nonexistent",
+    # The task directories' directory is empty, or out of reach below the private one.
+    listed, why = (
+        ([], "Directory nonexistent")
+        if mode == 0o755
+        else ([f"ls: cannot access '{workroot}': Permission denied"], "Permission denied")
+    )
+    assert out.splitlines() == [
+        "/work",  # its own directory, at the same path as every other task's
+        *listed,
+        f"sh: 1: cannot create {other}/x: {why}",
         "status 2",
     ]
     assert result.success and os.listdir(workroot) == []
@@ -687,10 +693,9 @@ async def test_environment_home_tmpdir_and_cwd(node: Node, executor: str, monkey
     assert "MESH_TEST_LEAK" not in env and env["FOO"] == "bar baz"
     for key in ("PATH", "LC_ALL", "TZ", "SOURCE_DATE_EPOCH"):
         assert env[key] == BASE_ENV[key]
-    task_dir = os.path.dirname(env["HOME"])
-    assert os.path.dirname(task_dir) == node.runner.workroot
-    assert env["TMPDIR"] == env["HOME"] == os.path.join(task_dir, "tmp")
-    assert env["PWD"] == os.path.join(task_dir, "work", "d")
+    view = PROCESS_VIEW if executor == "process" else SANDBOX_VIEW  # the same on every run (mesh.exec.paths)
+    assert env["TMPDIR"] == env["HOME"] == view.tmp == view.home
+    assert env["PWD"] == os.path.join(view.work, "d")
 
 
 @pytest.mark.parametrize("executor", EXECUTORS)

@@ -103,3 +103,23 @@ def test_a_program_in_a_directory_the_task_cannot_search_is_said_so(node: NodePr
         assert f"{tool} is in {private}, which the task's uid" in stderr and "cannot search" in stderr, stderr
     finally:
         shutil.rmtree(private)
+
+
+def test_a_program_under_the_hosts_work_is_said_to_be_hidden(node: NodeProcess, tree: Path) -> None:
+    """The sandbox mounts the task's workdir at /work, so the host's /work is not seen."""
+    made = not os.path.lexists("/work")
+    if made:
+        os.mkdir("/work", 0o755)  # a host without /work (a CI runner): make one for the test
+    try:
+        where = Path(tempfile.mkdtemp(dir="/work", prefix="mesh-test-hidden-"))
+        os.chmod(where, 0o755)
+        try:
+            tool = where / "tool"
+            shutil.copy("/bin/true", tool)
+            status, _, stderr = run(node, tree, "--", str(tool))
+            assert status == 127 and f"{tool} is under /work, which the sandbox hides" in stderr, stderr
+        finally:
+            shutil.rmtree(where)
+    finally:
+        if made:
+            os.rmdir("/work")

@@ -12,10 +12,8 @@ its operator names it. A range of task uids that belongs to someone is refused a
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,9 +22,10 @@ import pytest
 
 from mesh.cas.digest import Digest
 from mesh.cas.store import LocalStore
-from mesh.exec.removal import remove_tree
+from mesh.exec.paths import PROCESS_VIEW
 from mesh.wire.client import NodeClient
 from tests import podmanutil
+from tests.conftest import NOBODY
 from tests.nodeutil import MESH, NodeProcess, free_port, host_processes, node_env, task_workroot
 from tests.podmanutil import IMAGE
 
@@ -225,23 +224,6 @@ def test_what_a_killed_nodes_task_left_running_is_killed_by_the_next_node_that_t
             orphan.wait()
 
 
-NOBODY = 65534
-
-
-@pytest.fixture
-def nobody_home() -> Iterator[Path]:
-    """A MESH_HOME that user nobody owns (outside /tmp/pytest-of-root, which nobody cannot reach)."""
-    top = Path(tempfile.mkdtemp(prefix="mesh-test-nobody-", dir="/var/tmp"))
-    try:
-        top.chmod(0o755)
-        home = top / "home"
-        home.mkdir()
-        os.chown(home, NOBODY, NOBODY)
-        yield home
-    finally:
-        remove_tree(str(top))
-
-
 def nobody_node(home: Path, *extra: str) -> NodeProcess:
     launcher = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
     return NodeProcess(str(home), slots=1, launcher=launcher, extra_args=list(extra), env={"HOME": str(home)})
@@ -292,7 +274,7 @@ def test_the_task_uids_directory_is_not_in_the_home_and_goes_with_the_node(home:
         script = f"ls {workroot}; ls {home}; cat {home}/state.db; pwd"
         done = node.mesh("exec", "--executor", "process", "-C", str(tree), "--", "sh", "-c", script)
         assert done.stderr.count(b"Permission denied") == 3, done.stderr
-        assert re.fullmatch(rf"{re.escape(workroot)}/task-\w+/work\n", done.stdout.decode()), done.stdout
+        assert done.stdout == f"{PROCESS_VIEW.work}\n".encode()  # its task directory, shown at a stable path
     finally:
         node.stop()
     assert not os.path.exists(workroot)

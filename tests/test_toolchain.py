@@ -12,6 +12,7 @@ from mesh.cas.digest import Digest
 from mesh.errors import CodecError, ToolMissing
 from mesh.exec import toolchain as toolchain_module
 from mesh.exec.action import BASE_ENV, Action, ActionResult
+from mesh.exec.paths import PROCESS_VIEW, SANDBOX_VIEW
 from mesh.exec.toolchain import FileDigests, Identity, Toolchain, interpreters, resolve
 from tests.treeutil import executable
 
@@ -40,6 +41,12 @@ def test_resolve_finds_argv0_on_the_path_as_the_executor_does(tmp_path: Path) ->
     assert resolve("absent", path) is None
     assert resolve("./build.sh", path) is None  # a file of the input: its digest covers it
     assert resolve("/bin/sh", path) == "/bin/sh"
+    # Below where the task sees its workdir: a file of the input too, and so is a PATH entry there.
+    (tmp_path / "work").mkdir()
+    executable(tmp_path / "work" / "cc", "#!/bin/sh\n")
+    inside = str(tmp_path / "work")
+    assert resolve(f"{inside}/cc", path, inside) is None and resolve(f"{inside}/cc", path) == f"{inside}/cc"
+    assert resolve("cc", f"{inside}:{second}", inside) == f"{second}/cc"
 
 
 def test_replacing_the_argv0_binary_on_path_changes_the_identity(tmp_path: Path, packages: Path) -> None:
@@ -62,6 +69,9 @@ def test_an_argv0_not_found_and_one_from_the_input_are_parts_or_left_out(package
     assert dict(missing.parts)["argv0:no-such-tool-anywhere"] == "not found"
     relative = chain.identity(action(("./build.sh",)))
     assert [name for name, _ in relative.parts] == [f"packages:{packages}"]
+    for executor, view in (("sandbox", SANDBOX_VIEW), ("process", PROCESS_VIEW)):  # mesh.exec.paths
+        inside = chain.identity(action((f"{view.work}/build.sh",), executor=executor))
+        assert [name for name, _ in inside.parts] == [f"packages:{packages}"]
 
 
 def test_a_scripts_interpreter_is_part_of_it_and_env_is_followed(tmp_path: Path, packages: Path) -> None:

@@ -58,7 +58,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import posixpath
 import signal
 import uuid
 from collections.abc import Awaitable, Callable
@@ -70,6 +69,7 @@ from mesh.cas.checkout import Mode
 from mesh.errors import DockerError, SpawnFailed
 from mesh.exec.engine import Attachment, DockerStatus, Engine, docker_status, socket_path, valid_reference
 from mesh.exec.hop import RunCancelled
+from mesh.exec.paths import DOCKER_VIEW
 from mesh.exec.process import Cancel, Command, ExitStatus, OutputSink
 from mesh.exec.stdinfeed import StdinFeed
 
@@ -82,10 +82,10 @@ log = logging.getLogger("mesh.exec")
 
 #: The label that marks a container as a mesh task's; its value is the executor's owner.
 OWNER_LABEL = "mesh.owner"
-#: Where the task's workdir, tmp directory and home are mounted in the container.
-WORK_PATH = "/work"
-TMP_PATH = "/tmp"
-HOME_PATH = "/home/mesh"
+#: Where the task's workdir, tmp directory and home are mounted in the container (mesh.exec.paths).
+WORK_PATH = DOCKER_VIEW.work
+TMP_PATH = DOCKER_VIEW.tmp
+HOME_PATH = DOCKER_VIEW.home
 #: Exit code of a task whose container could not be made or started ("docker run" says 125).
 ENGINE_FAILED = 125
 
@@ -132,6 +132,7 @@ class DockerExecutor:
     name = "docker"
     checkout_mode: Mode = "copy"
     users: TaskUsers | None = None  # the task runs as the node's uid, in the container's namespaces
+    work_path = WORK_PATH  # where tasks see their workdir
 
     def __init__(
         self,
@@ -237,15 +238,10 @@ class DockerExecutor:
 
     def config(self, command: Command) -> dict[str, Any]:
         """The body of ``POST /containers/create`` for ``command`` (see the module docstring)."""
-        env = dict(command.env)
-        if env.get("HOME") == command.home:
-            env["HOME"] = HOME_PATH
-        if env.get("TMPDIR") == command.tmpdir:
-            env["TMPDIR"] = TMP_PATH
+        env = DOCKER_VIEW.environment(command)  # HOME, TMPDIR and PWD as the container shows them
         mounts = [
-            {"Type": "bind", "Source": command.workdir, "Target": WORK_PATH, "ReadOnly": False},
-            {"Type": "bind", "Source": command.tmpdir, "Target": TMP_PATH, "ReadOnly": False},
-            {"Type": "bind", "Source": command.home, "Target": HOME_PATH, "ReadOnly": False},
+            {"Type": "bind", "Source": source, "Target": target, "ReadOnly": False}
+            for source, target in DOCKER_VIEW.mounts(command)
         ]
         host: dict[str, Any] = {
             "Mounts": mounts,
@@ -264,7 +260,7 @@ class DockerExecutor:
             "Entrypoint": [command.argv[0]],
             "Cmd": list(command.argv[1:]),
             "Env": [f"{key}={value}" for key, value in env.items()],
-            "WorkingDir": posixpath.join(WORK_PATH, command.cwd) if command.cwd else WORK_PATH,
+            "WorkingDir": DOCKER_VIEW.cwd(command),
             "User": self.user,
             "Labels": {OWNER_LABEL: self.owner, "mesh.task": command.workdir},
             "Tty": False,

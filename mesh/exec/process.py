@@ -17,7 +17,11 @@ a cancellation through a :class:`Cancel` it can poll with its own descriptors.
 
 The process executor starts argv in its own session and process group
 (``start_new_session``), stdin the runner's read-only descriptor of the action's stdin
-(``/dev/null`` when it has none), stdout and stderr on two pipes.
+(``/dev/null`` when it has none), stdout and stderr on two pipes, in a mount namespace of
+its own where its task directory is at ``/run/mesh`` (workdir ``/run/mesh/work``, HOME and
+TMPDIR ``/run/mesh/tmp``), the same path on every run and node, where the node can make
+one (:mod:`mesh.exec.paths`, which says how and what it costs; elsewhere at its host path,
+and the node says so at start).
 One ``poll`` loop watches both pipes, the leader's exit (a pidfd, which does not
 reap) and the cancellation, and hands output to a callback chunk by chunk as it
 comes. The group, not just the main process, is the unit of killing:
@@ -63,6 +67,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, Self
 from mesh.cas.checkout import Mode
 from mesh.errors import ExecError, SpawnFailed
 from mesh.exec.hop import Cancel, RunCancelled
+from mesh.exec.paths import Namespaces, namespaces_here
 
 if TYPE_CHECKING:
     from mesh.exec.taskusers import TaskUsers
@@ -214,7 +219,12 @@ class ProcessExecutor:
     checkout_mode: Mode = "copy"
 
     def __init__(
-        self, *, users: TaskUsers | None = None, term_grace: float = TERM_GRACE, drain_grace: float = DRAIN_GRACE
+        self,
+        *,
+        users: TaskUsers | None = None,
+        term_grace: float = TERM_GRACE,
+        drain_grace: float = DRAIN_GRACE,
+        stable_paths: bool = True,
     ) -> None:
         self.users = users
         self.term_grace = term_grace
@@ -224,17 +234,34 @@ class ProcessExecutor:
             self._setpriv = shutil.which("setpriv")
             if self._setpriv is None:
                 raise ExecError("the process executor runs tasks as task uids through setpriv (util-linux), not found")
+        self.namespaces: Namespaces | None = None
+        self.paths_unavailable: str | None = None
+        if stable_paths:
+            self.namespaces, self.paths_unavailable = namespaces_here()
 
     def __repr__(self) -> str:
-        return f"ProcessExecutor(users={self.users!r}, term_grace={self.term_grace}, drain_grace={self.drain_grace})"
+        return (
+            f"ProcessExecutor(users={self.users!r}, term_grace={self.term_grace}, drain_grace={self.drain_grace}, "
+            f"namespaces={self.namespaces!r})"
+        )
+
+    @property
+    def work_path(self) -> str | None:
+        """Where tasks see their workdir (mesh.exec.paths), or None: at its host path."""
+        return None if self.namespaces is None else self.namespaces.view.work
 
     def run(self, command: Command, on_output: OutputSink, cancel: Cancel) -> ExitStatus:
         """See :meth:`Executor.run`."""
-        if command.user is None:
+        launcher: Literal["setpriv", "bwrap"] | None = None
+        if command.user is not None:
+            launcher = "setpriv"
+        elif self.namespaces is not None and self.namespaces.bwrap is not None:
+            launcher = "bwrap"
+        if launcher is None:
             return self._run(command, on_output, cancel)
         watch = LaunchWatch(on_output)
         status = self._run(command, watch, cancel)
-        failure = watch.failure(status, command.argv[0], "setpriv")
+        failure = watch.failure(status, command.argv[0], launcher)
         if failure is not None:
             raise failure
         return status
@@ -258,17 +285,24 @@ class ProcessExecutor:
         The one step a wrapping executor replaces (the sandbox starts bubblewrap,
         which runs the command); the supervision below is the same for every child.
         """
-        cwd = os.path.join(command.workdir, command.cwd) if command.cwd else command.workdir
-        argv: Sequence[str] = command.argv
+        argv: list[str] = list(command.argv)
         if command.user is not None:
             if self._setpriv is None:
                 raise ExecError("this process executor has no task uids to run a command as another user")
             argv = [*setpriv_command(self._setpriv, command.user, command.user), *argv]
+        namespaces = self.namespaces
+        if namespaces is None:
+            cwd = os.path.join(command.workdir, command.cwd) if command.cwd else command.workdir
+            env = {**command.env, "PWD": cwd}
+        else:
+            argv, cwd, env = namespaces.wrap(command, argv)
         try:
-            return _Child.start(argv, cwd=cwd, env=command.env, stdin=command.stdin)
+            if namespaces is None:
+                return _Child.start(argv, cwd=cwd, env=env, stdin=command.stdin)
+            return namespaces.within(command, lambda: _Child.start(argv, cwd=cwd, env=env, stdin=command.stdin))
         except OSError as exc:
-            if command.user is not None and exc.filename != cwd:
-                raise ExecError(f"cannot start setpriv ({self._setpriv}): {exc.strerror or exc}") from None
+            if (command.user is not None or argv[0] != command.argv[0]) and exc.filename != cwd:
+                raise ExecError(f"cannot start {argv[0]}: {exc.strerror or exc}") from None
             raise _spawn_failed(command.argv[0], cwd, exc) from None
 
     def _supervise(self, child: _Child, timeout: float, on_output: OutputSink, cancel: Cancel) -> ExitStatus:

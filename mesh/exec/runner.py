@@ -16,9 +16,10 @@ or, for an executor with task uids (the ``process`` executor of a root node,
 directory in the task uids' directory and gives it, checkout and all, to that
 uid (the uid is freed only when the runner is done with the directory);
 then runs the command through the executor with ``env = BASE_ENV + HOME +
-TMPDIR + action.env`` in ``work/<action.cwd>``, its stdin a read-only descriptor of a
-verified copy of the action's stdin blob (whose name is gone before the command starts;
-``/dev/null`` when it has none), writes stdout and stderr into
+TMPDIR + action.env`` in ``work/<action.cwd>`` (which each executor shows the task
+at a path of its own, the same on every run and node: :mod:`mesh.exec.paths`), its stdin
+a read-only descriptor of a verified copy of the action's stdin blob (whose name is gone
+before the command starts; ``/dev/null`` when it has none), writes stdout and stderr into
 the CAS as they come (and passes them to a follower); once the command is done
 and nothing of the task runs (every process of a task uid killed), takes the task
 directory back from the uid the task ran as (:mod:`mesh.exec.takeback`: no other

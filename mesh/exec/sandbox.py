@@ -4,7 +4,8 @@ Tasks from other machines are untrusted code. Inside the sandbox a task sees:
 
 * the host's filesystem read-only (``--ro-bind / /``), its own ``/dev`` (with a
   private ``/dev/shm``), its own ``/proc`` (of its own pid namespace: no host
-  process is visible or can be signalled) and a private, empty, writable ``/tmp``;
+  process is visible or can be signalled) and a private, empty, writable ``/tmp``
+  (its own tmp directory, on the disk of the task directories: see below);
 * of ``/sys``, only the CPU counts glibc reads (:data:`SYS_SHOWN`): the rest of the
   host's devices, kernel settings and cgroups is an empty read-only directory;
 * a seccomp filter (:mod:`mesh.exec.seccomp`, compiled once per node) that refuses
@@ -13,8 +14,15 @@ Tasks from other machines are untrusted code. Inside the sandbox a task sees:
   (which would make the task root over mounts and networks of its own) can be made:
   in root mode no user namespace exists and the filter is what refuses one; in
   non-root mode bwrap's ``--disable-userns`` does too;
-* writable: its workdir and its HOME/TMPDIR directory, bind-mounted at the same
-  paths as on the host (so paths mean the same as with the ``process`` executor);
+* writable: its workdir, bind-mounted at ``/work`` (the working directory is
+  ``/work/<cwd>``, as in a container), and its tmp directory at ``/tmp``, which is
+  its HOME and TMPDIR: the same paths on every run and node, so that what tools
+  write of them (``cc -g``'s ``DW_AT_comp_dir``) is the same (:mod:`mesh.exec.paths`).
+  What the host has at ``/work`` is not shown; where it has nothing there, the new
+  root is laid out afresh (the host's top-level entries bound into a tmpfs,
+  :func:`mesh.exec.paths.mount_points`: ~1 ms more per task) to make the mount point.
+  The two are two mounts: a hard link or rename between them fails with EXDEV, as
+  between file systems;
 * hidden: the node's home (key, store, ``state.db``) and every other path given
   in ``hide`` (a mesh key kept elsewhere, an engine's socket). A directory becomes
   an empty read-only one (reading in it: ENOENT, writing: EROFS), a file becomes
@@ -115,7 +123,8 @@ from typing import Literal
 from mesh.cas.checkout import Mode
 from mesh.errors import ExecError, SpawnFailed
 from mesh.exec.action import BASE_ENV
-from mesh.exec.hints import StderrTail, find_program, hidden_program, searchable, unsearchable
+from mesh.exec.hints import StderrTail, find_program, hidden_program, unsearchable
+from mesh.exec.paths import SANDBOX_VIEW, mount_points
 from mesh.exec.process import (
     DRAIN_GRACE,
     TERM_GRACE,
@@ -242,7 +251,7 @@ class SandboxExecutor(ProcessExecutor):
         term_grace: float = TERM_GRACE,
         drain_grace: float = DRAIN_GRACE,
     ) -> None:
-        super().__init__(term_grace=term_grace, drain_grace=drain_grace)
+        super().__init__(term_grace=term_grace, drain_grace=drain_grace, stable_paths=False)
         self.privileged = os.geteuid() == 0
         if self.privileged:
             if uid <= 0 or gid <= 0:
@@ -275,6 +284,11 @@ class SandboxExecutor(ProcessExecutor):
             f"SandboxExecutor({who}, checkout_mode={self.checkout_mode!r}, hide={list(self.hidden)}, "
             f"{self.limits}, term_grace={self.term_grace}, drain_grace={self.drain_grace})"
         )
+
+    @property
+    def work_path(self) -> str:
+        """Where tasks see their workdir (mesh.exec.paths)."""
+        return SANDBOX_VIEW.work
 
     # -- the runner's hook ----------------------------------------------------------
 
@@ -330,10 +344,13 @@ class SandboxExecutor(ProcessExecutor):
     def isolation(self, command: Command) -> list[str]:
         """bwrap and its options for ``command``, up to and including ``--``: what the sandbox is.
 
-        Raises ExecError when the task's directories are not inside one task
-        directory below a directory that can be emptied (the runner's layout).
+        The task's workdir is bound at ``/work`` and its tmp directory at ``/tmp``
+        (:data:`mesh.exec.paths.SANDBOX_VIEW`); what the host has there is not shown.
+        Raises ExecError when the task's directories are not inside one task directory
+        below another (the runner's layout), whose holder is emptied.
         """
-        own = list(dict.fromkeys(os.path.realpath(p) for p in (command.workdir, command.home, command.tmpdir)))
+        view = SANDBOX_VIEW
+        own = list(dict.fromkeys(os.path.realpath(p) for p in (command.workdir, command.tmpdir)))
         task_root = os.path.commonpath(own)
         holder = os.path.dirname(task_root)
         if holder == task_root or holder == "/":
@@ -347,13 +364,14 @@ class SandboxExecutor(ProcessExecutor):
             except FileNotFoundError:
                 continue
             (hidden_dirs if is_dir else hidden_files).append(real)
-        empty = [*hidden_dirs, self._blind_spot(holder), "/sys"]
+        empty = [*hidden_dirs, holder, "/sys"]
         if not command.network:
             empty.append("/run")
 
-        args = [self._bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm"]
-        args += ["--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp"]
-        covered = ["/dev", "/proc", "/tmp"]
+        binds = view.mounts(command)
+        layout, laid = mount_points([target for _, target in binds], "--ro-bind")
+        args = [self._bwrap, *layout, "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm", "--proc", "/proc"]
+        covered = ["/dev", "/proc", *(target for _, target in binds)]  # the host's is not shown there
         emptied: list[str] = []
         for path in sorted(set(empty), key=lambda p: p.count("/")):  # parents before children
             if not _inside_any(path, covered):
@@ -363,16 +381,14 @@ class SandboxExecutor(ProcessExecutor):
         for path in hidden_files:
             if not _inside_any(path, covered):
                 args += ["--ro-bind", "/dev/null", path]
-        for parent in dict.fromkeys(os.path.dirname(p) for p in own):
-            args += ["--perms", "0755", "--dir", parent]  # traversable mount points
-        for path in own:
-            args += ["--bind", path, path]
+        for source, target in binds:
+            args += ["--bind", source, target]
         shown = [path for path in SYS_SHOWN if os.path.exists(path)]
         for parent in dict.fromkeys(os.path.dirname(p) for p in shown):
             args += ["--perms", "0755", "--dir", parent]  # else made 0700 (root mode)
         for path in shown:
             args += ["--ro-bind", path, path]
-        for path in emptied:
+        for path in [*laid, *emptied]:
             args += ["--remount-ro", path]
         if self.privileged:
             args += ["--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
@@ -385,30 +401,8 @@ class SandboxExecutor(ProcessExecutor):
             args += ["--unshare-all", "--unshare-user", "--disable-userns"]
             if command.network:
                 args.append("--share-net")
-        cwd = os.path.join(own[0], command.cwd) if command.cwd else own[0]
-        args += ["--die-with-parent", "--new-session", "--chdir", cwd, "--"]
+        args += ["--die-with-parent", "--new-session", "--chdir", view.cwd(command), "--"]
         return args
-
-    def _blind_spot(self, holder: str) -> str:
-        """Where to mount the empty directory that hides the other task directories.
-
-        ``holder`` (the directory of the task directories), unless one of its
-        ancestors cannot be searched by the task uid: then the highest such one,
-        so that the path to the task's directories exists in the sandbox. That hides
-        nothing the task could have reached anyway.
-        """
-        if not self.privileged:
-            return holder
-        path = "/"
-        for part in holder.strip("/").split("/"):
-            path = os.path.join(path, part)
-            try:
-                st = os.stat(path)
-            except OSError:
-                return path
-            if not searchable(st, self.uid, self.gid):
-                return path
-        return holder
 
     # -- running -----------------------------------------------------------------------
 
@@ -441,6 +435,7 @@ class SandboxExecutor(ProcessExecutor):
             ("/dev/shm", "each task has a /dev/shm of its own"),
             (os.path.dirname(own), "the task directories of other tasks"),
             ("/sys", "of /sys, tasks see only the CPU counts"),
+            (SANDBOX_VIEW.work, f"the task's own workdir is mounted at {SANDBOX_VIEW.work}"),
         ]
         if not command.network:
             places.append(("/run", "without the network, /run is empty: its sockets lead out of the sandbox"))
@@ -482,7 +477,8 @@ class SandboxExecutor(ProcessExecutor):
             block_r, block_w = os.pipe2(os.O_CLOEXEC)
             argv = self.command_line(command, info_fd=info_w, block_fd=block_r, seccomp_fd=seccomp_r)
             passed = (info_w, block_r, seccomp_r)
-            child = _Bwrap.start(argv, cwd="/", env=command.env, pass_fds=passed, umask=UMASK, stdin=command.stdin)
+            env = SANDBOX_VIEW.environment(command)
+            child = _Bwrap.start(argv, cwd="/", env=env, pass_fds=passed, umask=UMASK, stdin=command.stdin)
         except BaseException as exc:
             _close(info_r, block_w)
             if isinstance(exc, OSError):

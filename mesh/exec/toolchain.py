@@ -18,7 +18,8 @@ What the identity covers, per executor:
     laid over it); the path found and the digest of its content (a symlink is followed: a
     link retargeted to another binary changes it). A relative path (``./build.sh``)
     and a relative PATH entry name a file of the input snapshot, which the action's digest
-    covers already, so they are left out (a relative PATH entry is skipped, and the first
+    covers already, and so do a path and a PATH entry below the workdir's path in the task
+    (``/work/build.sh``, :mod:`mesh.exec.paths`), so they are left out (a relative PATH entry is skipped, and the first
     match in an absolute one is taken: a spurious miss at worst, never a wrong hit);
   * the **interpreter** of a script, from its ``#!`` line (and what ``/usr/bin/env NAME``
     runs, looked up on the same PATH), up to :data:`MAX_INTERPRETERS` levels;
@@ -62,6 +63,7 @@ from mesh.cas.hasher import hash_fd
 from mesh.cas.statcache import RACY_WINDOW_NS, file_key
 from mesh.errors import CodecError, ToolMissing
 from mesh.exec.action import BASE_ENV, Action
+from mesh.exec.paths import PROCESS_VIEW, SANDBOX_VIEW
 
 #: The package databases looked at, where present: dpkg, rpm (sqlite and Berkeley DB), apk.
 PACKAGE_DATABASES = (
@@ -184,6 +186,10 @@ class FileDigests:
         return known
 
 
+#: Where the task sees its workdir, by executor (mesh.exec.paths): what is below it is the input.
+WORKDIRS = {"sandbox": SANDBOX_VIEW.work, "process": PROCESS_VIEW.work}
+
+
 class Toolchain:
     """Computes the :class:`Identity` of actions on this node (see the module docstring).
 
@@ -213,7 +219,8 @@ class Toolchain:
         stats when warm). Raises ToolMissing for a declared tool that is not a file here."""
         parts: dict[str, str] = {}
         path = dict(BASE_ENV, **dict(action.env)).get("PATH", "")
-        self._program(parts, "argv0", action.argv[0], path, MAX_INTERPRETERS)
+        inside = WORKDIRS.get(action.executor)
+        self._program(parts, "argv0", action.argv[0], path, MAX_INTERPRETERS, inside)
         for database in self.package_databases:
             known = self.files.look(database)
             if known is not None:
@@ -244,11 +251,14 @@ class Toolchain:
         image = await self.image_id(action.image)
         return None if image is None else Identity.of({f"image:{action.image}": image})
 
-    def _program(self, parts: dict[str, str], kind: str, name: str, path: str, depth: int) -> None:
-        """Add the part for program ``name`` (run on ``path``), and its interpreters."""
-        found = resolve(name, path)
+    def _program(
+        self, parts: dict[str, str], kind: str, name: str, path: str, depth: int, inside: str | None = None
+    ) -> None:
+        """Add the part for program ``name`` (run on ``path``), and its interpreters; ``inside``
+        is where the task sees its workdir (what is below it is the input)."""
+        found = resolve(name, path, inside)
         if found is None:
-            if "/" not in name:  # run from the input (a relative path) when it has a "/"
+            if "/" not in name:  # run from the input (a relative path, or below inside) when it has a "/"
                 parts[f"{kind}:{name}"] = "not found"
             return
         known = self.files.look(found)
@@ -258,18 +268,24 @@ class Toolchain:
         parts[f"{kind}:{name}"] = f"{found} {known.digest}"
         if depth > 0:
             for interpreter in interpreters(known.head):
-                self._program(parts, "interpreter", interpreter, path, depth - 1)
+                self._program(parts, "interpreter", interpreter, path, depth - 1, inside)
 
 
-def resolve(name: str, path: str) -> str | None:
+def resolve(name: str, path: str, inside: str | None = None) -> str | None:
     """Where the executor finds program ``name`` on ``path`` (execvp's rule): the first
     absolute PATH entry holding an executable regular file of that name. None for a relative
-    path (a file of the input) or a program not found."""
+    path or one below ``inside`` (a file of the input: the task's workdir is there) or a
+    program not found."""
+
+    def of_input(where: str) -> bool:
+        below = inside is not None and (where.rstrip("/") == inside or where.startswith(inside + "/"))
+        return below or not where.startswith("/")
+
     if "/" in name:
-        return name if name.startswith("/") else None
+        return None if of_input(name) else name
     for directory in path.split(":"):
-        if not directory.startswith("/"):
-            continue  # "" and relative entries are the task's working directory: the input
+        if of_input(directory):
+            continue  # "", relative entries and those below the workdir's path: the input
         candidate = os.path.join(directory, name)
         try:
             st = os.stat(candidate)
