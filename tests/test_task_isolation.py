@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -299,3 +301,38 @@ def test_a_killed_nodes_task_directories_go_when_another_node_starts(tmp_path: P
         assert os.path.isdir(held)  # old, but a live node holds it
     finally:
         alive.stop()
+
+
+def test_a_process_task_cannot_run_a_program_its_uid_cannot_reach(home: Path, tree: Path) -> None:
+    """The command is looked up as the task uid: a program in a directory of root's (0700),
+    named by its path, on the PATH, or as a script's interpreter, is refused (126), not run
+    with the capabilities setpriv holds until its own execve."""
+    private = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="mesh-test-private-"))  # 0700, root's
+    try:
+        tool = private / "tool"
+        tool.write_text("#!/bin/sh\necho ran\n")
+        tool.chmod(0o755)
+        shutil.copy("/bin/echo", private / "echo-bin")
+        (tree / "script").write_text(f"#!{private}/echo-bin\n")
+        (tree / "script").chmod(0o755)
+        node = NodeProcess(str(home), slots=1).start()
+        try:
+            process = ("exec", "--executor", "process", "--no-cache", "-C", str(tree))
+            for command in (
+                [str(private / "echo-bin"), "ran"],
+                ["--env", f"PATH={private}:/usr/bin:/bin", "--", "tool"],
+            ):
+                args = command if command[0] == "--env" else ["--", *command]
+                done = node.mesh(*process, *args)
+                assert done.returncode == 126 and b"ran" not in done.stdout, (done.stdout, done.stderr)
+                assert b"Permission denied" in done.stderr, done.stderr
+            done = node.mesh(*process, "--", "./script")
+            assert done.returncode == 126 and done.stdout == b"", (done.stdout, done.stderr)
+            done = node.mesh(*process, "--", "sh", "-c", "echo still runs")
+            assert done.returncode == 0 and done.stdout == b"still runs\n", done.stderr
+            done = node.mesh(*process, "--", "no-such-program")
+            assert done.returncode == 127 and b"command not found" in done.stderr, done.stderr
+        finally:
+            node.stop()
+    finally:
+        shutil.rmtree(private)
