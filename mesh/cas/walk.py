@@ -15,12 +15,13 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from mesh.cas.digest import Digest
 from mesh.cas.forkmap import fork_map
 from mesh.cas.statcache import CacheUsage, StatCache
+from mesh.cas.times import Times
 from mesh.cas.tree import Kind
 from mesh.errors import SnapshotError, UnsupportedFile
 
@@ -48,6 +49,11 @@ class DirNode:
     changed: bool = False  # a file below it (directly) was not answered by the cache
     digest: Digest | None = None
     reused: bool = False
+    # (name, mtime_ns) of each file and symlink in it, from the walk's lstat (mesh.cas.times)
+    mtimes: list[tuple[bytes, int]] = field(default_factory=list)
+    # (path, mtime_ns) of every entry of subtrees below it that a worker process found reusable
+    # and sent back as a Digest only (directories included)
+    pruned: list[tuple[bytes, int]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -116,6 +122,7 @@ def _list_dir(
     """
     rel = node.rel
     rows = node.rows
+    mtimes = node.mtimes
     try:
         with os.scandir(path) as it:
             entries = list(it)
@@ -137,6 +144,7 @@ def _list_dir(
                 continue
             st = entry.stat(follow_symlinks=False)
             mode = st.st_mode
+            mtimes.append((name, st.st_mtime_ns))
             if stat.S_ISREG(mode):
                 kind = Kind.EXECUTABLE if mode & 0o100 else Kind.FILE
                 cached = cache.lookup(child_rel, st) if cache is not None else None
@@ -190,9 +198,10 @@ def walk_tree(
         return order, pending
     results = fork_map(partial(_walk_subtree, cache=cache, ignore=ignore), level, workers)
     where = {id(value): (node, i) for node in order for i, (_, _, value) in enumerate(node.rows)}
-    for (subtree, _), (sub_order, sub_pending, reused, usage) in zip(level, results, strict=True):
+    for (subtree, _), (sub_order, sub_pending, reused, usage, pruned) in zip(level, results, strict=True):
         cache.add_usage(usage)
         parent, i = where[id(subtree)]
+        parent.pruned.extend(pruned)
         name, kind, _ = parent.rows[i]
         if reused is not None:
             parent.rows[i] = (name, kind, reused)
@@ -209,8 +218,9 @@ def walk_tree(
 
 def _walk_subtree(
     item: tuple[DirNode, bytes], *, cache: StatCache, ignore: Ignore | None
-) -> tuple[list[DirNode], list[PendingFile], Digest | None, CacheUsage]:
-    """In a worker: walk one subtree; return its nodes (pruned), pending files, and cache usage.
+) -> tuple[list[DirNode], list[PendingFile], Digest | None, CacheUsage, list[tuple[bytes, int]]]:
+    """In a worker: walk one subtree; return its nodes (pruned), pending files, cache usage,
+    and the mtimes of the entries of the nodes left out.
 
     The third value is the subtree's cached node when the whole subtree is reusable;
     the nodes are then left out.
@@ -223,12 +233,13 @@ def _walk_subtree(
     for node in reversed(order):  # children before their parents
         if reusable(node):
             node.digest, node.reused = node.cached, True
+    pruned = [item for node in order if node.reused for item in node_times(node)]
     if top.reused:
-        return [], [], top.digest, usage
+        return [], [], top.digest, usage, pruned
     kept = [node for node in order if not node.reused]
     for node in kept:  # send a reused subdirectory as its digest, not as its whole subtree
         node.rows = [(n, k, v.digest if isinstance(v, DirNode) and v.reused else v) for n, k, v in node.rows]
-    return kept, pending, None, usage
+    return kept, pending, None, usage, pruned
 
 
 def reusable(node: DirNode) -> bool:
@@ -240,3 +251,20 @@ def reusable(node: DirNode) -> bool:
         and not node.changed
         and all(value.reused for _, _, value in node.rows if isinstance(value, DirNode))
     )
+
+
+def node_times(node: DirNode) -> list[tuple[bytes, int]]:
+    """``(path, mtime_ns)`` of directory ``node`` itself and of its files and symlinks."""
+    rel = node.rel
+    prefix = rel + b"/" if rel else b""
+    return [(rel, node.st.st_mtime_ns), *((prefix + name, mtime) for name, mtime in node.mtimes)]
+
+
+def tree_times(order: list[DirNode]) -> Times:
+    """The times manifest of a walked tree: every entry's mtime as the walk's lstat saw it
+    (the stat cache answers for content, never for times, so they are always current)."""
+    items: list[tuple[bytes, int]] = []
+    for node in order:
+        items.extend(node_times(node))
+        items.extend(node.pruned)
+    return Times.of(items)
