@@ -163,8 +163,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
         tools=[_tool(path) for path in args.tool],
     )
     with _client(args, allow_embedded=True) as client:
-        snapshot = execute.snapshot_for(client, args.settings, directory, progress=sys.stderr.isatty())
-        events = client.submit_and_follow(request.job(snapshot))
+        snapshot, times = execute.snapshot_for(client, args.settings, directory, progress=sys.stderr.isatty())
+        events = client.submit_and_follow(request.job(snapshot, times))
         follower = execute.Follower(client, sys.stdout.buffer, sys.stderr.buffer)
         try:
             outcome = follower.run(events)

@@ -50,6 +50,9 @@ class JobIntake:
         for root in sorted(inputs, key=str):
             if not self.store.has(root) and not await self.peering.fetch_root(root, self.store):
                 raise InputMissing(str(root))
+        for times in sorted(_times_of(spec), key=str):  # a times manifest travels with its input
+            if not self.store.has(times) and not await self.peering.fetch_from_peers(times, self.store):
+                raise InputMissing(str(times), "times manifest")
         return self.scheduler.submit(spec)
 
     async def take_offer(self, spec: JobSpec, source: str | None) -> str:
@@ -67,6 +70,7 @@ class JobIntake:
         root: Digest | None = spec.tasks[0].input
         if root is not None and not self.peering.is_complete(root, self.store):
             await self.peering.fetch_tree(source, root, self.store)
+        await self.peering.fetch_blobs(source, sorted(_times_of(spec), key=str), self.store)
         self.scheduler.offer_arrived()  # submitted next: the task is in the queue from now on
         return self.scheduler.submit(spec)
 
@@ -94,3 +98,8 @@ class JobIntake:
     def give(self, thief: str, slots: int) -> int:
         """Offer up to ``slots`` queued tasks to the idle peer at ``thief``: how many went."""
         return self.scheduler.give(thief, slots)
+
+
+def _times_of(spec: JobSpec) -> set[Digest]:
+    """The times manifests (mesh.cas.times) the job's tasks name."""
+    return {task.parsed.times for task in spec.tasks if task.parsed is not None and task.parsed.times is not None}

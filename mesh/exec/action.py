@@ -2,7 +2,8 @@
 
 An :class:`Action` names everything that determines a task's outcome: argv, the
 environment it adds to the base environment, the working directory inside the
-input snapshot, the input snapshot itself, which outputs to capture, the
+input snapshot, the input snapshot itself and its entries' modification times
+(a times manifest, mesh.cas.times), which outputs to capture, the
 timeout, and the executor (with its image and whether it may use the network).
 Its :meth:`Action.digest` over canonical CBOR names it, so two actions that would
 do the same thing share one cached result; the action-cache key
@@ -54,7 +55,8 @@ LIMIT_NAMES = ("address_space", "processes", "file_size", "open_files")
 #: Most tools (``mesh exec --tool``) an action may declare.
 MAX_TOOLS = 256
 #: The version of the action-cache key's form: keys of other versions are never served.
-CACHE_KEY_VERSION = 2
+#: 3: tasks see their input's mtimes (``times``) or a fixed one, no longer the store's.
+CACHE_KEY_VERSION = 3
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +75,10 @@ class Action:
     requirements: tuple[tuple[str, str], ...] = ()
     limits: tuple[tuple[str, int], ...] = ()
     tools: tuple[str, ...] = ()
+    #: The times manifest of the input (mesh.cas.times): the mtimes the task sees on its input's
+    #: entries, part of the key (a touched file is another action, as make would rebuild).
+    #: None: every entry gets mesh.cas.times.FIXED_MTIME_NS.
+    times: Digest | None = None
 
     def __post_init__(self) -> None:
         if not self.argv or not self.argv[0]:
@@ -128,6 +134,8 @@ class Action:
             wire["limits"] = dict(self.limits)
         if self.tools:  # the same
             wire["tools"] = list(self.tools)
+        if self.times is not None:
+            wire["times"] = str(self.times)
         return wire
 
     def digest(self) -> Digest:
@@ -146,8 +154,9 @@ class Action:
         )
 
     def shape(self) -> Digest:
-        """The digest of the action without its input: runs of one command on changing inputs
-        share it (the cache remembers the last input and identity of each shape)."""
+        """The digest of the action without its input (nor the input's times): runs of one
+        command on changing inputs share it (the cache remembers the last input and identity
+        of each shape)."""
         return self._digest_of("_shape", with_input=False)
 
     def _digest_of(self, name: str, *, with_input: bool) -> Digest:
@@ -156,6 +165,7 @@ class Action:
             key = self.to_wire(with_requirements=bool(self.requirements))
             if not with_input:
                 del key["input"]
+                key.pop("times", None)
             key["timeout"] = float(self.timeout)
             key["v"] = 1
             known = Digest.of(codec.encode(key))
@@ -181,6 +191,7 @@ class Action:
         if input is None:
             input = parse_digest(fields.text("input"), f"field 'input' of {fields.what}")
         outputs = fields.texts("outputs", None)
+        times = fields.text("times", None)
         return cls(
             argv=tuple(argv),
             input=input,
@@ -194,7 +205,12 @@ class Action:
             requirements=tuple(fields.text_map("requirements", {}).items()),
             limits=tuple(fields.mapping("limits", {}).items()),
             tools=tuple(fields.texts("tools", [])),
+            times=None if times is None else parse_digest(times, f"field 'times' of {fields.what}"),
         )
+
+    def input_key(self) -> str:
+        """The input snapshot and its times manifest, as text (what a shape's runs differ by)."""
+        return str(self.input) if self.times is None else f"{self.input} times {self.times}"
 
     def with_input(self, input: Digest) -> Action:
         return replace(self, input=input)

@@ -136,6 +136,9 @@ class Remote(Protocol):
     async def fetch_tree(self, source: str | None, root: Digest, store: Any) -> None:
         """Fetch what ``store`` lacks of snapshot ``root`` from peers."""
 
+    async def fetch_blobs(self, source: str | None, digests: list[Digest], store: Any) -> None:
+        """Fetch what ``store`` lacks of ``digests`` (plain blobs) from peers."""
+
     async def locality(self, root: Digest, store: Any) -> dict[str, int]:
         """Bytes of snapshot ``root`` each peer (by URL) and this node (by id) already hold."""
 
@@ -795,6 +798,8 @@ class Scheduler:
         """
         if self.remote is not None and not self.remote.is_complete(action.input, self.store):
             await self.remote.fetch_tree(None, action.input, self.store)
+        if self.remote is not None and action.times is not None and not self.store.has(action.times):
+            await self.remote.fetch_blobs(None, [action.times], self.store)  # it travels with the input
         try:
             return await self.lookup.run(self.runner, action, on_output, cache=cache)
         except BlobNotFound as exc:
@@ -1001,7 +1006,8 @@ class Scheduler:
 
     def live_blobs(self) -> tuple[set[Digest], set[Digest]]:
         """What the live jobs need kept in the store, for eviction (mesh.cas.space): the
-        snapshots their tasks read and made, and their tasks' output streams."""
+        snapshots their tasks read and made, their inputs' times manifests, and their tasks'
+        output streams."""
         trees: set[Digest] = set()
         blobs: set[Digest] = set()
         for live in self._live.values():
@@ -1010,6 +1016,10 @@ class Scheduler:
                     trees.add(task.spec.input)
                 if task.action is not None:
                     trees.add(task.action.input)
+                    if task.action.times is not None:
+                        blobs.add(task.action.times)
+                elif task.spec.parsed is not None and task.spec.parsed.times is not None:
+                    blobs.add(task.spec.parsed.times)
                 if task.result is not None:
                     blobs.update((task.result.stdout, task.result.stderr))
                     if task.result.output is not None:
