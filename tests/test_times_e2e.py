@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -19,6 +20,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mesh import codec
+from mesh.cas.digest import Digest
+from mesh.cas.times import Times
+from mesh.errors import NodeError
+from mesh.wire.client import NodeClient
+from mesh.wire.upload import put_blob
 from tests import test_task_isolation as isolation
 from tests.nodeutil import NodeProcess, free_port, wait_for
 
@@ -186,8 +193,6 @@ def test_a_task_without_times_sees_one_fixed_time(node: NodeProcess, tmp_path: P
     snapshot = node.mesh("snapshot", str(tree))
     assert snapshot.returncode == 0, snapshot.stderr
     root = snapshot.stdout.decode().split()[0]
-    from mesh.wire.client import NodeClient
-
     with NodeClient(node.url) as client:
         script = "import os; print(os.lstat('a.txt').st_mtime_ns, os.lstat('sub').st_mtime_ns)"
         job = client.submit(
@@ -200,10 +205,52 @@ def test_a_task_without_times_sees_one_fixed_time(node: NodeProcess, tmp_path: P
     assert out.split() == [b"315532800000000000"] * 2
 
 
-def _digest(text: str):  # type: ignore[no-untyped-def]
-    from mesh.cas.digest import Digest
-
+def _digest(text: str) -> Digest:
     return Digest.parse(text)
+
+
+def test_the_api_checks_the_times_it_is_given(node: NodeProcess, tmp_path: Path) -> None:
+    """A malformed ``times`` is a 400; a missing manifest is refused at submission; a hostile
+    one, or one that does not fit the input, fails the task saying so; the node goes on."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a.txt").write_text("alpha\n")
+    root = node.mesh("snapshot", str(tree)).stdout.decode().split()[0]
+    task = {"name": "t", "argv": ["true"], "input": root, "executor": "process"}
+    with NodeClient(node.url) as client:
+        with pytest.raises(NodeError, match="field 'times' of task 't'"):
+            client.submit({"tasks": [{**task, "times": "b3:nope"}]})
+        absent = Digest.of(b"never uploaded")
+        with pytest.raises(NodeError, match=f"times manifest {absent} is not on this node"):
+            client.submit({"tasks": [{**task, "times": str(absent)}]})
+        with pytest.raises(NodeError, match="takes its input from a task"):
+            client.submit({"tasks": [task, {**task, "name": "u", "input": None, "input_task": "t", "times": root}]})
+        hostile = put_blob(client.http, codec.encode(["times", 1, b"\0../x", bytes(16)]))
+        other = put_blob(client.http, Times.of([(b"", 1), (b"b.txt", 2)]).encode())
+        for times, says in ((hostile, "invalid path"), (other, "does not list 'a.txt'")):
+            job = client.submit({"tasks": [{**task, "times": str(times)}]})
+            wait_for(lambda job=job: client.job(job["id"])["state"] != "running", what="the job to end")
+            [record] = client.job(job["id"])["tasks"]
+            assert record["state"] == "failed" and says in record["result"]["error"], record
+    assert node.answers()
+
+
+def test_a_kept_workdir_gets_its_directories_times_back(node: NodeProcess, tmp_path: Path) -> None:
+    """A copy-mode task directory kept for the next task with the same input: what the last
+    task added (and the node removed) moved its directories' times, which are set again."""
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "a.txt").write_text("alpha\n")
+    os.utime(tree / "sub", ns=(BASE_NS, BASE_NS))
+    os.utime(tree, ns=(BASE_NS + 1, BASE_NS + 1))
+    script = "import os; print(os.lstat('sub').st_mtime_ns, os.lstat('.').st_mtime_ns); open('sub/new', 'w')"
+    argv = ["exec", "--no-cache", "--executor", "process", "-C", str(tree), "--", "python3", "-c", script]
+    for _ in range(3):
+        done = node.mesh(*argv)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == f"{BASE_NS} {BASE_NS + 1}\n".encode()
+    reused = httpx.get(node.url + "/metrics", timeout=5, trust_env=False).text
+    assert re.search(r"mesh_task_dirs_reused_total [1-9]", reused), reused
 
 
 @pytest.fixture
