@@ -27,7 +27,7 @@ from mesh.errors import NodeError
 from mesh.wire.client import NodeClient
 from mesh.wire.upload import put_blob
 from tests import test_task_isolation as isolation
-from tests.nodeutil import NodeProcess, free_port, wait_for
+from tests.nodeutil import MESH, NodeProcess, free_port, node_env, wait_for
 
 # ``rm -f`` first: GNU ar rewrites an archive that has other hard links in place (to keep the
 # links), which a link-mode checkout's read-only files refuse; removing it is what many
@@ -121,11 +121,24 @@ def test_the_task_sees_the_exact_nanosecond_times(node: NodeProcess, tmp_path: P
     assert _seen_times(node, tree, "--executor", executor) == wanted
 
 
-def _seen_times(node: NodeProcess, tree: Path, *how: str) -> dict[str, int]:
+def test_a_client_with_its_own_store_sends_the_times(node: NodeProcess, tmp_path: Path) -> None:
+    """The remote path: the tree is planned (hashed, not stored) and uploaded, times and all."""
+    tree = tmp_path / "tree"
+    wanted = _timed_tree(tree)
+    key = node.mesh("key", "show").stdout.decode().strip()
+    env = node_env(str(tmp_path / "client-home"), MESH_NODE=node.url, MESH_KEY=key)
+    assert _seen_times(node, tree, "--executor", "process", env=env) == wanted
+
+
+def _seen_times(node: NodeProcess, tree: Path, *how: str, env: dict[str, str] | None = None) -> dict[str, int]:
     """The mtimes a task run with ``how`` sees on the tree's entries."""
     paths = ["file", "tool", "dir/deep/leaf", "link", "dangling", "dir/deep", "dir", "."]
     script = "import os,sys\nfor p in sys.argv[1:]: print(p, os.lstat(p).st_mtime_ns)\n"
-    done = node.mesh("exec", *how, "-C", str(tree), "--", "python3", "-c", script, *paths)
+    argv = ["exec", *how, "-C", str(tree), "--", "python3", "-c", script, *paths]
+    if env is None:
+        done = node.mesh(*argv)
+    else:
+        done = subprocess.run(MESH + argv, env=env, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return {p: int(t) for p, t in (line.split() for line in done.stdout.decode().splitlines())}
 
