@@ -1,7 +1,9 @@
 """The walk of a directory tree that ingest and planning start with.
 
 One ``lstat`` per entry: the stat cache answers for unchanged files and
-directories, the rest are listed as pending files to hash or store. On a warm
+directories, the rest are listed as pending files to hash or store. Every entry's
+mtime is kept from that same ``lstat`` (the cache answers for content, never for
+times), for the tree's times manifest (:func:`tree_times`, mesh.cas.times). On a warm
 re-snapshot this walk is nearly all of the work, and it is Python's per-entry loop
 (holding the GIL) more than system calls, so :func:`walk_tree` spreads large trees
 over forked processes (:mod:`mesh.cas.forkmap`): the top levels are listed here

@@ -4,7 +4,9 @@ For each action the runner makes a private task directory (0700) under its
 workroot::
 
     task-XXXXXXXX/
-        work/   the input snapshot, checked out in the executor's mode
+        work/   the input snapshot, checked out in the executor's mode, each entry
+                with the mtime of the action's times manifest (mesh.cas.times), or
+                1980-01-01 for every entry when it names none
         tmp/    HOME and TMPDIR of the task (one directory: each costs a
                 mkdir and a removal, and those are slow on some disks)
         out/    declared outputs, gathered here to be snapshotted (made only if one exists)
