@@ -388,6 +388,7 @@ class LocalStore:
                 except FileNotFoundError:
                     with contextlib.suppress(FileExistsError):
                         os.mkdir(rel[:2], 0o755, dir_fd=self._timed_fd)  # shard directories are made on demand
+            raise StoreError(f"cannot make a timed copy of blob {digest} in {self._timed}: its shard keeps vanishing")
 
     def prune_timed(self, *, unused: bool) -> int:
         """Delete timed copies (see :meth:`link_into`) whose blob is gone, and with ``unused``
