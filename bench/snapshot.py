@@ -10,7 +10,10 @@ wait until disk and CPUs are idle):
   ``cp -r && sync`` (ingest ends with a syncfs) and ``git add -A`` in a fresh repo (once);
 - warm re-snapshot of the unchanged tree (StatCache loaded in the timed part) vs
   ``git status``;
-- checkout copy mode vs ``cp -r``; checkout link mode vs ``cp -al``.
+- checkout copy mode vs ``cp -r``; checkout link mode vs ``cp -al``;
+- what ``mesh exec`` adds for modification times (mesh.cas.times): a warm re-snapshot that
+  also makes and stores the times manifest, vs the plain one; checkouts that give every
+  entry its time: copy mode, link mode the first time (timed copies made) and warm (linked).
 
 Usage: python bench/snapshot.py [--tree DIR] [--work DIR] [--repeat N]
 Prints markdown tables on stdout, progress on stderr. Exit 1 if a check failed.
@@ -30,9 +33,10 @@ c.use_repo()
 
 from mesh.cas.checkout import checkout  # noqa: E402
 from mesh.cas.digest import Digest  # noqa: E402
-from mesh.cas.snapshot import ingest  # noqa: E402
+from mesh.cas.snapshot import ingest, ingest_timed  # noqa: E402
 from mesh.cas.statcache import StatCache  # noqa: E402
 from mesh.cas.store import LocalStore  # noqa: E402
+from mesh.cas.times import decode as decode_times  # noqa: E402
 
 GIT_ENV = {
     **os.environ,
@@ -46,20 +50,29 @@ GIT_ENV = {
 }
 
 
-def snapshot_once(store_dir: str, home: str, tree: str, log: list[dict[str, Any]]) -> Digest:
+def snapshot_once(store_dir: str, home: str, tree: str, log: list[dict[str, Any]], *, timed: bool = False) -> Digest:
     """What ``mesh snapshot TREE`` does in process: open the store, load the tree's stat
-    cache, ingest (which ends with a syncfs and saves the cache). Records statistics."""
+    cache, ingest (which ends with a syncfs and saves the cache). Records statistics.
+    ``timed``: what ``mesh exec`` does, which also makes and stores the times manifest."""
     with LocalStore(store_dir) as store:
         cache = StatCache.for_tree(home, tree, store.root, store.epoch())
-        digest = ingest(store, tree, cache=cache)
+        if timed:
+            digest, times = ingest_timed(store, tree, cache=cache)
+            log.append({"times": store.put(times.encode())})
+        else:
+            digest = ingest(store, tree, cache=cache)
     log.append({"digest": digest, "store": store.statistics(), "cache": cache.statistics()})
     return digest
 
 
-def checkout_once(store_dir: str, digest: Digest, target: str, mode: str, log: list[Any]) -> None:
-    """What ``mesh checkout [--link] ID DIR`` does in process."""
+def checkout_once(
+    store_dir: str, digest: Digest, target: str, mode: str, log: list[Any], times: Digest | None = None
+) -> None:
+    """What ``mesh checkout [--link] ID DIR`` does in process (with ``times``: giving every
+    entry its mtime from that manifest, as a task's checkout does)."""
     with LocalStore(store_dir) as store:
-        log.append(checkout(store, digest, target, mode=mode))  # type: ignore[arg-type]
+        given = None if times is None else decode_times(store.get(times))
+        log.append(checkout(store, digest, target, mode=mode, times=given))  # type: ignore[arg-type]
 
 
 def main() -> int:
@@ -166,8 +179,15 @@ def main() -> int:
                     "mesh warm re-snapshot", lambda: snapshot_once(store_dir, home, tree, warm_log), warm_cache_file
                 ),
                 c.Contestant("git status", lambda: git("status"), warm_git_index),
+                c.Contestant(
+                    "mesh warm re-snapshot + times",
+                    lambda: snapshot_once(store_dir, home, tree, warm_log, timed=True),
+                    warm_cache_file,
+                ),
             ],
         )
+        times: Digest = next(entry["times"] for entry in warm_log if "times" in entry)
+        warm_log = [entry for entry in warm_log if "digest" in entry]
 
         # -- checkouts vs copies, round-robin -------------------------------------------
         co_log: list[Any] = []
@@ -182,6 +202,34 @@ def main() -> int:
                     "mesh checkout link", lambda: checkout_once(store_dir, digest, dest, "link", co_log), fresh_checkout
                 ),
                 c.Contestant("cp -al", lambda: c.run(["cp", "-al", "--", tree, dest]), fresh_dest),
+            ],
+        )
+
+        # -- checkouts with times ---------------------------------------------------------
+        def no_timed_copies() -> None:
+            fresh_checkout()
+            scratch.discard(os.path.join(store_dir, "timed"))
+            os.mkdir(os.path.join(store_dir, "timed"))
+
+        c.note("timing checkouts with times: copy, link with no timed copies yet, link warm (round-robin)")
+        t |= c.compare(
+            repeat,
+            [
+                c.Contestant(
+                    "checkout copy + times",
+                    lambda: checkout_once(store_dir, digest, dest, "copy", co_log, times),
+                    fresh_checkout,
+                ),
+                c.Contestant(
+                    "checkout link + times, first",
+                    lambda: checkout_once(store_dir, digest, dest, "link", co_log, times),
+                    no_timed_copies,
+                ),
+                c.Contestant(
+                    "checkout link + times, warm",
+                    lambda: checkout_once(store_dir, digest, dest, "link", co_log, times),
+                    fresh_checkout,
+                ),
             ],
         )
         scratch.discard(dest)
@@ -245,6 +293,25 @@ def main() -> int:
                 "checkout copy mode (verified)", t["mesh checkout copy"], "cp -r TREE DEST", t["cp -r"], max_ratio=1.2
             ),
             c.time_row("checkout link mode", t["mesh checkout link"], "cp -al TREE DEST", t["cp -al"], max_ratio=1.5),
+            c.time_row(
+                "warm re-snapshot + times manifest (mesh exec)",
+                t["mesh warm re-snapshot + times"],
+                "warm re-snapshot",
+                t["mesh warm re-snapshot"],
+            ),
+            c.time_row("checkout copy + times", t["checkout copy + times"], "checkout copy", t["mesh checkout copy"]),
+            c.time_row(
+                "checkout link + times, first (timed copies made)",
+                t["checkout link + times, first"],
+                "checkout copy",
+                t["mesh checkout copy"],
+            ),
+            c.time_row(
+                "checkout link + times, warm (timed copies linked)",
+                t["checkout link + times, warm"],
+                "checkout link",
+                t["mesh checkout link"],
+            ),
         ]
         c.print_table(rows)
         c.print_runs(list(t.items()))

@@ -203,9 +203,9 @@ def cmd_exec(args: argparse.Namespace) -> int:
     window = reconnect_window(args.reconnect)
     with _client(args, allow_embedded=True) as client, execute.Interrupts():
         try:
-            snapshot = execute.snapshot_for(client, args.settings, directory, progress=sys.stderr.isatty())
+            snapshot, times = execute.snapshot_for(client, args.settings, directory, progress=sys.stderr.isatty())
             stdin = None if args.no_stdin else stdin_blob(client, args.settings)
-            outcome = execute.follow_job(client, request.job(snapshot, stdin), window=window)
+            outcome = execute.follow_job(client, request.job(snapshot, times, stdin), window=window)
             note = execute.explain(outcome)
             if note:
                 execute.say(note)

@@ -18,7 +18,8 @@ take (mesh.text): a file name in it that is not UTF-8 is written with escapes.
     ├── InvalidDigest (ValueError) a digest's text or fields are malformed
     ├── InvalidUrl (ValueError)    a node's URL or a request's host is malformed (mesh.urls)
     ├── CodecError (ValueError)    bytes that are not valid canonical CBOR of the schema
-    │   └── InvalidTree            a directory node that breaks the snapshot rules
+    │   ├── InvalidTree            a directory node that breaks the snapshot rules
+    │   └── InvalidTimes           a times manifest (mesh.cas.times) that breaks its rules
     ├── DiskFull                   a filesystem mesh writes to is full (ENOSPC, EDQUOT); HTTP 507
     │   ├── StoreFull              ... the store's (also a StoreError)
     │   │   └── StoreCapReached    ... or the store is at its cap and eviction cannot make room
@@ -116,6 +117,11 @@ class CodecError(MeshError, ValueError):
 
 class InvalidTree(CodecError):
     """A directory node breaks the snapshot rules (bad name, order, kind or reference)."""
+
+
+class InvalidTimes(CodecError):
+    """A times manifest breaks its rules (a bad path, order, length or encoding), or does
+    not list the entries of the snapshot it comes with."""
 
 
 class StoreError(MeshError):

@@ -57,8 +57,10 @@ class ExecRequest:
     tools: list[str] = field(default_factory=list)  # files on the executing node whose content joins the cache key
     outputs: list[str] | None = None  # the paths to capture (relative to the directory); None: the whole workdir
 
-    def job(self, input: Digest, stdin: Digest | None = None) -> dict[str, Any]:
+    def job(self, input: Digest, times: Digest | None = None, stdin: Digest | None = None) -> dict[str, Any]:
         task: dict[str, Any] = {"name": "exec", "argv": self.argv, "input": str(input), "env": self.env}
+        if times is not None:
+            task["times"] = str(times)
         if stdin is not None:
             task["stdin"] = str(stdin)
         if self.requirements:
@@ -95,8 +97,9 @@ class ExecOutcome:
         return cls(followed.job_id, followed.state, result, reason)
 
 
-def snapshot_for(client: NodeClient, settings: Settings, directory: str, *, progress: bool) -> Digest:
-    """The snapshot id of ``directory`` with every blob of it present on the node.
+def snapshot_for(client: NodeClient, settings: Settings, directory: str, *, progress: bool) -> tuple[Digest, Digest]:
+    """The snapshot id of ``directory`` and the digest of its times manifest (mesh.cas.times:
+    the mtimes the task will see), with every blob of both present on the node.
 
     Honours ``.meshignore`` and leaves ``.git`` and ``$MESH_HOME`` out.
     """
@@ -110,13 +113,14 @@ def snapshot_for(client: NodeClient, settings: Settings, directory: str, *, prog
     node_store = client.health(cached=True).get("store")
     with LocalStore(settings.store_dir) as store:
         if node_store == store.store_id():
-            from mesh.cas.snapshot import ingest
+            from mesh.cas.snapshot import ingest_timed
 
             cache = StatCache.for_tree(settings.home, directory, store.root, store.epoch(), variant=rules.variant)
-            return ingest(store, directory, cache=cache, ignore=ignore)
+            root, times = ingest_timed(store, directory, cache=cache, ignore=ignore)
+            return root, store.put(times.encode())
     from mesh.cas.plan import plan_cache, plan_tree
     from mesh.errors import TreeChanged
-    from mesh.wire.upload import upload
+    from mesh.wire.upload import put_blob, upload
 
     for attempt in range(3):
         cache = plan_cache(settings.home, directory, rules.variant)
@@ -129,8 +133,7 @@ def snapshot_for(client: NodeClient, settings: Settings, directory: str, *, prog
             say("files changed while they were uploaded; snapshotting again")
             continue
         break
-    root: Digest = planned.root
-    return root
+    return planned.root, put_blob(client.http, planned.times)
 
 
 class Stopped(Exception):

@@ -5,6 +5,8 @@ also with the file's mode and mtime put back so that only its ctime tells. The s
 raises BlobDamaged naming the blob before the command starts, so there is no result (to be
 cached or otherwise); the blob is quarantined and fsck is clean. Once the blob is given back
 (as a peer gives it: the scheduler fetches it again, tests/test_damaged_inputs_e2e.py), the
+task runs on the right bytes. A link checkout links a timed copy of the blob (mesh.cas.times),
+which is damaged too here: a damaged copy alone is made again from the intact blob, and the
 task runs on the right bytes. Each executor runs in the mode it picks on this node and in the
 other one, forced: the check is the checkout's, whatever then runs on the tree.
 
@@ -105,6 +107,8 @@ async def test_a_damaged_input_blob_is_found_before_the_task_runs(
 
     damaged = Digest.of(DATA)
     alter(store.blob_path(damaged), how)
+    for timed in (Path(store.root) / "timed" / damaged.hex[:2]).glob(damaged.hex + "-*"):
+        alter(str(timed), how)  # what a link checkout links (a timed copy, damaged alone, is made again)
     with pytest.raises(BlobDamaged) as caught:
         await runner.run(action(snap, name))
     assert str(damaged) in str(caught.value) and "damaged" in str(caught.value)

@@ -37,8 +37,9 @@ from mesh.cas.forkmap import can_fork, fork_map
 from mesh.cas.hasher import single_threaded
 from mesh.cas.snapshot import DEFAULT_WORKERS, read_node
 from mesh.cas.store import LocalStore
+from mesh.cas.times import Times
 from mesh.cas.tree import Entry, Kind
-from mesh.errors import BlobDamaged, CheckoutConflict, SnapshotError
+from mesh.errors import BlobDamaged, CheckoutConflict, InvalidTimes, SnapshotError
 
 Mode = Literal["copy", "link"]
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -66,8 +67,17 @@ def checkout(
     verify: bool = True,
     workers: int = DEFAULT_WORKERS,
     owner: tuple[int, int] | None = None,
+    times: Times | int | None = None,
 ) -> CheckoutStatistics:
     """Write snapshot ``root`` into directory ``target`` (created if absent; must be empty).
+
+    ``times``: the mtimes to give the entries (a task's input: mesh.cas.times), by path from
+    a manifest, which must list exactly the snapshot's entries (else InvalidTimes), or one
+    for every entry; None leaves them as the checkout makes them. Files and symlinks get
+    theirs as they are written, directories at the end, bottom-up, once they are filled, at
+    nanosecond resolution. A link checkout links *timed copies* of the blobs
+    (:meth:`~mesh.cas.store.LocalStore.link_into` with ``mtime_ns``): the blob files are
+    shared, and their times are not the checkout's to set.
 
     ``owner`` (uid, gid), copy mode only: every directory, file and symlink written, and
     ``target``, is given to it as it is made (the node, as root, checks a tree out for a
@@ -102,16 +112,22 @@ def checkout(
                 os.fchown(top, *owner)
             except OSError as exc:
                 raise SnapshotError(f"cannot give {path} to uid {owner[0]}: {exc.strerror}") from None
-        writer = _Writer(store, mode, verify, path, owner)
+        writer = _Writer(store, mode, verify, path, owner, times)
         if mode == "link":
             store.verified.refresh()  # what other processes found intact since the last look
         try:
             if workers > 1 and can_fork():
-                return writer.run_forked(root, top, workers)
-            return writer.run(root, top, workers)
+                stats = writer.run_forked(root, top, workers)
+            else:
+                stats = writer.run(root, top, workers)
         finally:
             if mode == "link":
                 store.verified.flush()
+        if times is not None:
+            set_dir_times(top, times)
+            if isinstance(times, Times) and len(times) != 1 + stats.files + stats.directories + stats.symlinks:
+                raise InvalidTimes(f"the times manifest lists {len(times)} entries; the snapshot has others")
+        return stats
     finally:
         os.close(top)
 
@@ -174,13 +190,20 @@ class _Writer:
     """One checkout: walks the nodes on this thread, writes files on a pool."""
 
     def __init__(
-        self, store: LocalStore, mode: Mode, verify: bool, target: str, owner: tuple[int, int] | None = None
+        self,
+        store: LocalStore,
+        mode: Mode,
+        verify: bool,
+        target: str,
+        owner: tuple[int, int] | None = None,
+        times: Times | int | None = None,
     ) -> None:
         self.store = store
         self.mode = mode
         self.verify = verify
         self.target = target
         self.owner = owner
+        self.times = times
         self.files = self.dirs = self.links = self.bytes = 0
         self._counting = threading.Lock()  # files are counted on the pool's threads
 
@@ -280,7 +303,7 @@ class _Writer:
     def _subtree(self, item: tuple[Digest, _Handle, bytes]) -> CheckoutStatistics:
         """In a worker: write the contents of one directory the parent made."""
         digest, here, rel = item
-        writer = _Writer(self.store, self.mode, self.verify, self.target, self.owner)
+        writer = _Writer(self.store, self.mode, self.verify, self.target, self.owner, self.times)
         try:
             return writer.run(digest, here.fd, 1, None, rel)
         finally:
@@ -311,6 +334,9 @@ class _Writer:
             os.symlink(entry.link, entry.name, dir_fd=dfd)
             if self.owner is not None:
                 os.chown(entry.name, *self.owner, dir_fd=dfd, follow_symlinks=False)
+            mtime = self._mtime(rel)
+            if mtime is not None:
+                os.utime(entry.name, ns=(mtime, mtime), dir_fd=dfd, follow_symlinks=False)
         except FileExistsError:
             raise CheckoutConflict(f"{self._where(rel)} already exists; checkout does not overwrite") from None
         except OSError as exc:
@@ -321,11 +347,24 @@ class _Writer:
         for entry, rel in files:
             self._file(dfd, entry, rel)
 
+    def _mtime(self, rel: bytes) -> int | None:
+        """The mtime the entry at ``rel`` gets, or None to leave it as made."""
+        times = self.times
+        if times is None or isinstance(times, int):
+            return times
+        mtime = times.get(rel)
+        if mtime is None:
+            raise InvalidTimes(f"the times manifest does not list {os.fsdecode(rel)!r} of the snapshot")
+        return mtime
+
     def _file(self, dfd: int, entry: Entry, rel: bytes) -> None:
         executable = entry.kind == Kind.EXECUTABLE
+        mtime = self._mtime(rel)
         if self.mode == "link":
             try:
-                self.store.link_into(entry.blob, executable=executable, dir_fd=dfd, name=entry.name, verify=self.verify)
+                self.store.link_into(
+                    entry.blob, executable=executable, dir_fd=dfd, name=entry.name, verify=self.verify, mtime_ns=mtime
+                )
                 self._count(entry)
                 return
             except FileExistsError:
@@ -352,6 +391,8 @@ class _Writer:
                 except OSError as exc:
                     raise self._failed(rel, exc) from None
             self.store.copy_to(entry.blob, fd, verify=self.verify)
+            if mtime is not None:
+                os.utime(fd, ns=(mtime, mtime))
         except BlobDamaged:
             os.unlink(entry.name, dir_fd=dfd)  # a large blob is checked in the copy: drop the bad bytes
             raise
@@ -366,3 +407,22 @@ class _Writer:
 
     def _failed(self, rel: bytes, exc: OSError) -> SnapshotError:
         return SnapshotError(f"cannot write {self._where(rel)}: {exc.strerror}")
+
+
+def set_dir_times(top: int, times: Times | int, rel: bytes = b"") -> None:
+    """Give the directory open as ``top`` (at ``rel`` in the checkout) and every directory
+    below it their mtimes, bottom-up (a directory's own time is set once nothing more is
+    made in it). No symlink is followed. Also for a kept workdir whose task added and
+    removed entries (mesh.exec.workpool)."""
+    with os.scandir(top) as listing:
+        below = [os.fsencode(item.name) for item in listing if item.is_dir(follow_symlinks=False)]
+    for name in below:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=top)
+        try:
+            set_dir_times(fd, times, rel + b"/" + name if rel else name)
+        finally:
+            os.close(fd)
+    mtime = times if isinstance(times, int) else times.get(rel)
+    if mtime is None:
+        raise InvalidTimes(f"the times manifest does not list {os.fsdecode(rel)!r} of the snapshot")
+    os.utime(top, ns=(mtime, mtime))

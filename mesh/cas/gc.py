@@ -71,6 +71,7 @@ def evict(store: LocalStore, max_bytes: int, *, extra_roots: tuple[Digest, ...] 
     total = sum(b.size for b in blobs)
     if total <= max_bytes:
         return EvictionReport(total, total, 0, 0)
+    store.prune_timed(unused=True)  # derived copies first (not counted in the cap: see LocalStore.link_into)
     keep = pinned_hashes(store, extra_roots)
     pinned = sum(b.size for b in blobs if b.hex in keep)
     removed = 0

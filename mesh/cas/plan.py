@@ -31,7 +31,7 @@ from mesh.cas.hasher import MMAP_THRESHOLD, StreamHasher, hash_bytes, read_fd
 from mesh.cas.snapshot import DEFAULT_WORKERS, Progress, digest_files
 from mesh.cas.statcache import StatCache
 from mesh.cas.tree import Entry, Kind, encode_node
-from mesh.cas.walk import DirNode, PendingFile, tree_root, walk_tree
+from mesh.cas.walk import DirNode, PendingFile, tree_root, tree_times, walk_tree
 from mesh.errors import SnapshotError, UnsupportedFile
 from mesh.ignore import Ignore
 
@@ -58,11 +58,14 @@ class Plan:
     ``nodes`` maps each directory node's digest to its bytes, children before
     parents (the root last). ``files`` maps each file blob's digest to one file
     that held those bytes when it was hashed (identical files share an entry).
+    ``times`` is the tree's times manifest (mesh.cas.times), encoded: not a blob of
+    the snapshot, but sent with it (mesh.wire.upload.put_blob).
     """
 
     root: Digest
     nodes: dict[Digest, bytes]
     files: dict[Digest, FileSource]
+    times: bytes = b""
 
     def digests(self) -> list[Digest]:
         """Every blob of the snapshot, each once: files first, then nodes bottom-up."""
@@ -139,7 +142,7 @@ def plan_tree(
     assert root_digest is not None
     if cache is not None:
         cache.save()
-    return Plan(root_digest, nodes, files)
+    return Plan(root_digest, nodes, files, tree_times(order).encode())
 
 
 def _absolute(root: bytes, rel: bytes) -> bytes:

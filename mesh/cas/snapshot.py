@@ -28,8 +28,9 @@ from mesh.cas.hasher import hash_bytes, single_threaded
 from mesh.cas.nogc import gc_paused
 from mesh.cas.statcache import StatCache
 from mesh.cas.store import LocalStore, StoreStatistics
+from mesh.cas.times import Times
 from mesh.cas.tree import Entry, Kind, check_name, decode_node, encode_node
-from mesh.cas.walk import DirNode, PendingFile, reusable, tree_root, walk_tree
+from mesh.cas.walk import DirNode, PendingFile, reusable, tree_root, tree_times, walk_tree
 from mesh.errors import InvalidTree, PathNotFound, SnapshotError
 from mesh.ignore import Ignore
 
@@ -63,7 +64,22 @@ def ingest(
     (``StatCache.for_tree(..., variant=...)``) per rule.
     """
     with gc_paused():
-        return _ingest(store, root, cache, progress, ignore, workers, sync)
+        return _ingest(store, root, cache, progress, ignore, workers, sync)[0]
+
+
+def ingest_timed(
+    store: LocalStore,
+    root: str | os.PathLike[str],
+    *,
+    cache: StatCache | None = None,
+    ignore: Ignore | None = None,
+    workers: int = DEFAULT_WORKERS,
+) -> tuple[Digest, Times]:
+    """:func:`ingest`, and the times manifest of the tree as the same walk saw it
+    (mesh.cas.times; not stored: the caller stores it if it needs it)."""
+    with gc_paused():
+        digest, order = _ingest(store, root, cache, None, ignore, workers, True)
+        return digest, tree_times(order)
 
 
 def _ingest(
@@ -74,7 +90,7 @@ def _ingest(
     ignore: Ignore | None,
     workers: int,
     sync: bool,
-) -> Digest:
+) -> tuple[Digest, list[DirNode]]:
     path, root_st = tree_root(root)
 
     written_before = store.statistics().blobs_written
@@ -114,7 +130,7 @@ def _ingest(
         store.sync()
     if cache is not None:
         cache.save()
-    return root_digest
+    return root_digest, order
 
 
 #: Files handed to a worker thread (or process) at once: large enough that the

@@ -279,6 +279,7 @@ class StoreSpace:
                 freed += blob.size
                 removed += 1
         if removed:
+            self.store.prune_timed(unused=True)  # timed copies of blobs now gone, and unused ones
             self.store.new_epoch()
             with self._lock:
                 self._evicted_blobs += removed

@@ -12,6 +12,10 @@ LocalStore layout under its root (``$MESH_HOME/cas``)::
     blobs/ab/<64 hex>   one immutable blob, mode 0444, named by its BLAKE3 hash
     exec/ab/<64 hex>    a 0555 copy of a blob, made on demand for link checkouts
                         of executable files (the mode lives in the inode)
+    timed/ab/<64 hex>-<r|x>-<mtime ns>
+                        a read-only copy of a blob (0444, or 0555: ``x``) with that mtime,
+                        made on demand for link checkouts that give files their
+                        user's mtimes (mesh.cas.times); derived, so gc may delete them
     tmp/                named temp files, where O_TMPFILE is not available
     quarantine/         blobs found damaged (by fsck, a read or a link), moved out of the way
     verified            blob files hashed and found right, with their stats (mesh.cas.verified)
@@ -115,14 +119,16 @@ class LocalStore:
         self.root = os.path.abspath(os.fspath(root))
         self._blobs = os.path.join(self.root, "blobs")
         self._exec = os.path.join(self.root, "exec")
+        self._timed = os.path.join(self.root, "timed")
         self._tmp = os.path.join(self.root, "tmp")
         self.quarantine_dir = os.path.join(self.root, "quarantine")
         self._pins = os.path.join(self.root, "pins")
         try:
-            for path in (self.root, self._blobs, self._exec, self._tmp, self.quarantine_dir, self._pins):
+            for path in (self.root, self._blobs, self._exec, self._timed, self._tmp, self.quarantine_dir, self._pins):
                 os.makedirs(path, exist_ok=True)
             self._blobs_fd = os.open(self._blobs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             self._exec_fd = os.open(self._exec, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._timed_fd = os.open(self._timed, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             raise StoreError(f"cannot use {self.root} as a blob store: {exc.strerror or exc}") from None
         self._o_tmpfile = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
@@ -151,7 +157,7 @@ class LocalStore:
 
     def close(self) -> None:
         """Release the directory handles."""
-        for fd in (self._blobs_fd, self._exec_fd):
+        for fd in (self._blobs_fd, self._exec_fd, self._timed_fd):
             try:
                 os.close(fd)
             except OSError:
@@ -294,12 +300,24 @@ class LocalStore:
         finally:
             os.close(fd)
 
-    def link_into(self, digest: Digest, *, executable: bool, dir_fd: int, name: bytes, verify: bool = True) -> None:
+    def link_into(
+        self,
+        digest: Digest,
+        *,
+        executable: bool,
+        dir_fd: int,
+        name: bytes,
+        verify: bool = True,
+        mtime_ns: int | None = None,
+    ) -> None:
         """Hardlink a read-only file holding the blob as ``name`` in directory ``dir_fd``, checked.
 
         Plain files link to the blob itself (0444); executables to a 0555 copy made on
         first use (from the blob, verified as it is copied). Link checkouts do not refresh
-        the blob's LRU time (whoever uses a linked tree pins it).
+        the blob's LRU time (whoever uses a linked tree pins it). With ``mtime_ns``, both
+        link to a *timed copy* instead (``timed/``: the blob's bytes, read-only, with that
+        mtime), made the same way on first use and linked thereafter: a task sees its
+        user's mtimes (mesh.cas.times), and the blob files' own times stay the store's.
 
         The file linked is checked before this returns (unless not ``verify``): trusted if
         :attr:`verified` vouches for it (hashed before and unchanged since; the cost is a
@@ -309,8 +327,12 @@ class LocalStore:
         Raises BlobNotFound, FileExistsError if ``name`` exists, and OSError (EMLINK when the
         blob has as many links as the filesystem allows).
         """
-        rel = self._rel(digest.hex)
-        src_fd = self._exec_fd if executable else self._blobs_fd
+        if mtime_ns is None:
+            rel = self._rel(digest.hex)
+            src_fd = self._exec_fd if executable else self._blobs_fd
+        else:
+            rel = self._timed_rel(digest, executable, mtime_ns)
+            src_fd = self._timed_fd
         remade = False
         while True:
             try:
@@ -319,6 +341,9 @@ class LocalStore:
             except FileNotFoundError:
                 if not self.has(digest):
                     raise BlobNotFound(digest) from None
+                if mtime_ns is not None:
+                    self._make_timed(digest, executable, mtime_ns, rel)
+                    continue
                 if not executable:
                     raise
                 # The executable copy is made on demand, then linked.
@@ -335,9 +360,47 @@ class LocalStore:
                 self._check_link(digest, executable, dir_fd, name)
                 return
             except BlobDamaged:
-                if not executable or remade:
+                if (not executable and mtime_ns is None) or remade:
                     raise
+                if mtime_ns is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        if os.stat(rel, dir_fd=src_fd, follow_symlinks=False).st_ino == before.st_ino:
+                            os.unlink(rel, dir_fd=src_fd)  # a damaged timed copy goes; the next is made afresh
                 remade = True  # the copy was damaged: a new one is made from the blob (which raises if it is too)
+
+    @staticmethod
+    def _timed_rel(digest: Digest, executable: bool, mtime_ns: int) -> str:
+        return f"{digest.hex[:2]}/{digest.hex}-{'x' if executable else 'r'}-{mtime_ns}"
+
+    def _make_timed(self, digest: Digest, executable: bool, mtime_ns: int, rel: str) -> None:
+        """Make the timed copy ``rel`` of ``digest`` (verified as it is copied from the blob)."""
+        mode = EXEC_MODE if executable else BLOB_MODE
+        with self._temp_file(mode) as (fd, tmp_name), self.writing:
+            self.copy_to(digest, fd, verify=True)
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+            source = tmp_name if tmp_name is not None else f"/proc/self/fd/{fd}"
+            for _ in range(2):
+                try:
+                    os.link(source, rel, dst_dir_fd=self._timed_fd, follow_symlinks=True)
+                    return
+                except FileExistsError:
+                    return  # another checkout made it first
+                except FileNotFoundError:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(rel[:2], 0o755, dir_fd=self._timed_fd)  # shard directories are made on demand
+            raise StoreError(f"cannot make a timed copy of blob {digest} in {self._timed}: its shard keeps vanishing")
+
+    def prune_timed(self, *, unused: bool) -> int:
+        """Delete timed copies (see :meth:`link_into`) whose blob is gone, and with ``unused``
+        also those no checkout links now (one name left): they are derived, and made again
+        on need. Returns how many were deleted. Eviction calls this under pressure."""
+        removed = 0
+        for shard in sorted(os.listdir(self._timed)):
+            for entry, st in _listing(self._timed, shard):
+                blob = entry.name.split("-", 1)[0]
+                if (unused and st.st_nlink == 1) or not os.path.exists(os.path.join(self._blobs, shard, blob)):
+                    removed += unlink_quietly(entry.path)
+        return removed
 
     def _check_link(self, digest: Digest, executable: bool, dir_fd: int, name: bytes) -> None:
         """Hash the file just linked as ``name``; record it if right, else quarantine it and
@@ -617,17 +680,8 @@ class LocalStore:
     @staticmethod
     def _scan(top: str, shard: str, executable: bool) -> Iterator[StoredBlob]:
         """The blob files of one shard directory (none if it does not exist)."""
-        try:
-            listing = os.scandir(os.path.join(top, shard))
-        except FileNotFoundError:
-            return
-        with listing:
-            for entry in listing:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                yield StoredBlob(entry.name, st.st_size, st.st_mtime_ns, executable)
+        for entry, st in _listing(top, shard):
+            yield StoredBlob(entry.name, st.st_size, st.st_mtime_ns, executable)
 
     def file_of(self, blob: StoredBlob) -> str:
         """The path of a blob file listed by :meth:`iter_blobs`."""
@@ -796,6 +850,20 @@ class LocalStore:
             except (OSError, ValueError):
                 continue
         return result
+
+
+def _listing(top: str, shard: str) -> Iterator[tuple[os.DirEntry[str], os.stat_result]]:
+    """The files of one shard directory with their stats (none if it does not exist)."""
+    try:
+        listing = os.scandir(os.path.join(top, shard))
+    except FileNotFoundError:
+        return
+    with listing:
+        for entry in listing:
+            try:
+                yield entry, entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
 
 
 def _check_pin_name(name: str) -> None:

@@ -1,7 +1,9 @@
 """The walk of a directory tree that ingest and planning start with.
 
 One ``lstat`` per entry: the stat cache answers for unchanged files and
-directories, the rest are listed as pending files to hash or store. On a warm
+directories, the rest are listed as pending files to hash or store. Every entry's
+mtime is kept from that same ``lstat`` (the cache answers for content, never for
+times), for the tree's times manifest (:func:`tree_times`, mesh.cas.times). On a warm
 re-snapshot this walk is nearly all of the work, and it is Python's per-entry loop
 (holding the GIL) more than system calls, so :func:`walk_tree` spreads large trees
 over forked processes (:mod:`mesh.cas.forkmap`): the top levels are listed here
@@ -20,6 +22,7 @@ from functools import partial
 from mesh.cas.digest import Digest
 from mesh.cas.forkmap import fork_map
 from mesh.cas.statcache import CacheUsage, StatCache
+from mesh.cas.times import Times
 from mesh.cas.tree import Kind
 from mesh.errors import SnapshotError, UnsupportedFile
 from mesh.ignore import Ignore
@@ -47,6 +50,11 @@ class DirNode:
     reused: bool = False
     # entries directly in it that a snapshot cannot hold: (path, what it is), all reported at once
     special: list[tuple[bytes, str]] = field(default_factory=list)
+    # (name, mtime_ns) of each file and symlink in it, from the walk's lstat (mesh.cas.times)
+    mtimes: list[tuple[bytes, int]] = field(default_factory=list)
+    # (path, mtime_ns) of every entry of subtrees below it that a worker process found reusable
+    # and sent back as a Digest only (directories included)
+    pruned: list[tuple[bytes, int]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -115,6 +123,7 @@ def _list_dir(
     """
     rel = node.rel
     rows = node.rows
+    mtimes = node.mtimes
     try:
         with os.scandir(path) as it:
             entries = list(it)
@@ -136,6 +145,7 @@ def _list_dir(
                 continue
             st = entry.stat(follow_symlinks=False)
             mode = st.st_mode
+            mtimes.append((name, st.st_mtime_ns))
             if stat.S_ISREG(mode):
                 kind = Kind.EXECUTABLE if mode & 0o100 else Kind.FILE
                 cached = cache.lookup(child_rel, st) if cache is not None else None
@@ -217,9 +227,10 @@ def _walk_tree(
         return order, pending
     results = fork_map(partial(_walk_subtree, cache=cache, ignore=ignore), level, workers)
     where = {id(value): (node, i) for node in order for i, (_, _, value) in enumerate(node.rows)}
-    for (subtree, _), (sub_order, sub_pending, reused, usage) in zip(level, results, strict=True):
+    for (subtree, _), (sub_order, sub_pending, reused, usage, pruned) in zip(level, results, strict=True):
         cache.add_usage(usage)
         parent, i = where[id(subtree)]
+        parent.pruned.extend(pruned)
         name, kind, _ = parent.rows[i]
         if reused is not None:
             parent.rows[i] = (name, kind, reused)
@@ -236,8 +247,9 @@ def _walk_tree(
 
 def _walk_subtree(
     item: tuple[DirNode, bytes], *, cache: StatCache, ignore: Ignore | None
-) -> tuple[list[DirNode], list[PendingFile], Digest | None, CacheUsage]:
-    """In a worker: walk one subtree; return its nodes (pruned), pending files, and cache usage.
+) -> tuple[list[DirNode], list[PendingFile], Digest | None, CacheUsage, list[tuple[bytes, int]]]:
+    """In a worker: walk one subtree; return its nodes (pruned), pending files, cache usage,
+    and the mtimes of the entries of the nodes left out.
 
     The third value is the subtree's cached node when the whole subtree is reusable;
     the nodes are then left out.
@@ -250,12 +262,13 @@ def _walk_subtree(
     for node in reversed(order):  # children before their parents
         if reusable(node):
             node.digest, node.reused = node.cached, True
+    pruned = [item for node in order if node.reused for item in node_times(node)]
     if top.reused:
-        return [], [], top.digest, usage
+        return [], [], top.digest, usage, pruned
     kept = [node for node in order if not node.reused]
     for node in kept:  # send a reused subdirectory as its digest, not as its whole subtree
         node.rows = [(n, k, v.digest if isinstance(v, DirNode) and v.reused else v) for n, k, v in node.rows]
-    return kept, pending, None, usage
+    return kept, pending, None, usage, pruned
 
 
 def reusable(node: DirNode) -> bool:
@@ -267,3 +280,20 @@ def reusable(node: DirNode) -> bool:
         and not node.changed
         and all(value.reused for _, _, value in node.rows if isinstance(value, DirNode))
     )
+
+
+def node_times(node: DirNode) -> list[tuple[bytes, int]]:
+    """``(path, mtime_ns)`` of directory ``node`` itself and of its files and symlinks."""
+    rel = node.rel
+    prefix = rel + b"/" if rel else b""
+    return [(rel, node.st.st_mtime_ns), *((prefix + name, mtime) for name, mtime in node.mtimes)]
+
+
+def tree_times(order: list[DirNode]) -> Times:
+    """The times manifest of a walked tree: every entry's mtime as the walk's lstat saw it
+    (the stat cache answers for content, never for times, so they are always current)."""
+    items: list[tuple[bytes, int]] = []
+    for node in order:
+        items.extend(node_times(node))
+        items.extend(node.pruned)
+    return Times.of(items)

@@ -54,6 +54,9 @@ class JobIntake:
         for stdin in sorted({task.stdin for task in spec.tasks if task.stdin is not None}, key=str):
             if not self.store.has(stdin) and not await self.peering.fetch_from_peers(stdin, self.store):
                 raise InputMissing(str(stdin), "stdin blob")
+        for times in sorted(_times_of(spec), key=str):  # a times manifest travels with its input
+            if not self.store.has(times) and not await self.peering.fetch_from_peers(times, self.store):
+                raise InputMissing(str(times), "times manifest")
         return self.scheduler.submit(spec)
 
     async def take_offer(self, spec: JobSpec, source: str | None) -> str:
@@ -71,9 +74,7 @@ class JobIntake:
         root: Digest | None = spec.tasks[0].input
         if root is not None and not self.peering.is_complete(root, self.store):
             await self.peering.fetch_tree(source, root, self.store)
-        stdin = spec.tasks[0].stdin
-        if stdin is not None and not self.store.has(stdin):
-            await self.peering.fetch_blob(source, stdin, self.store)
+        await self.peering.fetch_blobs(source, sorted(_blobs_of(spec), key=str), self.store)
         self.scheduler.offer_arrived()  # submitted next: the task is in the queue from now on
         return self.scheduler.submit(spec)
 
@@ -101,3 +102,13 @@ class JobIntake:
     def give(self, thief: str, slots: int) -> int:
         """Offer up to ``slots`` queued tasks to the idle peer at ``thief``: how many went."""
         return self.scheduler.give(thief, slots)
+
+
+def _times_of(spec: JobSpec) -> set[Digest]:
+    """The times manifests (mesh.cas.times) the job's tasks name."""
+    return {task.parsed.times for task in spec.tasks if task.parsed is not None and task.parsed.times is not None}
+
+
+def _blobs_of(spec: JobSpec) -> set[Digest]:
+    """The plain blobs that travel with the job's inputs: times manifests and stdins."""
+    return _times_of(spec) | {task.stdin for task in spec.tasks if task.stdin is not None}

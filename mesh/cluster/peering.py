@@ -242,10 +242,12 @@ class Peering:
             await self._fetch_all(blobs, source, missing)
         self.partial.discard(root)
 
-    async def fetch_blob(self, source: str | None, digest: Digest, store: LocalStore) -> None:
-        """Copy one blob (a task's stdin), verified, from the node at ``source`` (None: from
-        whichever live peer has it). BlobNotFound when it cannot be had."""
-        await self._fetch_all(self.peer_store(store), source, [digest])
+    async def fetch_blobs(self, source: str | None, digests: list[Digest], store: LocalStore) -> None:
+        """Copy what ``store`` lacks of ``digests`` (plain blobs: a task's times manifest or stdin),
+        verified, from the node at ``source`` (None: whichever live peer has each)."""
+        missing = store.find_missing(digests)
+        if missing:
+            await self._fetch_all(self.peer_store(store), source, missing)
 
     @staticmethod
     async def _fetch_all(blobs: PeerStore, source: str | None, digests: list[Digest]) -> None:

@@ -2,9 +2,10 @@
 
 An :class:`Action` names everything that determines a task's outcome: argv, the
 environment it adds to the base environment, the working directory inside the
-input snapshot, the input snapshot itself, the blob it reads as stdin (if any),
-which outputs to capture, the timeout, and the executor (with its image and
-whether it may use the network).
+input snapshot, the input snapshot itself and its entries' modification times
+(a times manifest, mesh.cas.times), the blob it reads as stdin (if any), which outputs
+to capture, the timeout, and the executor (with its image and whether it may use the
+network).
 Its :meth:`Action.digest` over canonical CBOR names it, so two actions that would
 do the same thing share one cached result; the action-cache key
 (:meth:`Action.cache_key`) adds the toolchain identity of the node that runs it
@@ -58,7 +59,8 @@ MAX_TOOLS = 256
 #: the job is submitted; larger data belongs in a file of the input).
 MAX_STDIN = 1 << 30
 #: The version of the action-cache key's form: keys of other versions are never served.
-#: 3: an action may name its stdin (before, every task's stdin was empty).
+#: 3: an action may name its stdin (before, every task's stdin was empty), and tasks see
+#: their input's mtimes (``times``) or a fixed one, no longer the store's.
 CACHE_KEY_VERSION = 3
 
 
@@ -80,6 +82,10 @@ class Action:
     tools: tuple[str, ...] = ()
     #: The blob the task reads as its stdin (None: an empty stdin, /dev/null).
     stdin: Digest | None = None
+    #: The times manifest of the input (mesh.cas.times): the mtimes the task sees on its input's
+    #: entries, part of the key (a touched file is another action, as make would rebuild).
+    #: None: every entry gets mesh.cas.times.FIXED_MTIME_NS.
+    times: Digest | None = None
 
     def __post_init__(self) -> None:
         if not self.argv or not self.argv[0]:
@@ -142,6 +148,8 @@ class Action:
             wire["tools"] = list(self.tools)
         if self.stdin is not None:  # the same
             wire["stdin"] = str(self.stdin)
+        if self.times is not None:
+            wire["times"] = str(self.times)
         return wire
 
     def digest(self) -> Digest:
@@ -160,8 +168,9 @@ class Action:
         )
 
     def shape(self) -> Digest:
-        """The digest of the action without its input: runs of one command on changing inputs
-        share it (the cache remembers the last input and identity of each shape)."""
+        """The digest of the action without its input (nor the input's times): runs of one
+        command on changing inputs share it (the cache remembers the last input and identity
+        of each shape)."""
         return self._digest_of("_shape", with_input=False)
 
     def _digest_of(self, name: str, *, with_input: bool) -> Digest:
@@ -170,6 +179,7 @@ class Action:
             key = self.to_wire(with_requirements=bool(self.requirements))
             if not with_input:
                 del key["input"]
+                key.pop("times", None)
             key["timeout"] = float(self.timeout)
             key["v"] = 1
             known = Digest.of(codec.encode(key))
@@ -196,6 +206,7 @@ class Action:
             input = parse_digest(fields.text("input"), f"field 'input' of {fields.what}")
         outputs = fields.texts("outputs", None)
         stdin = fields.text("stdin", None)
+        times = fields.text("times", None)
         return cls(
             argv=tuple(argv),
             input=input,
@@ -210,7 +221,12 @@ class Action:
             limits=tuple(fields.mapping("limits", {}).items()),
             tools=tuple(fields.texts("tools", [])),
             stdin=None if stdin is None else parse_digest(stdin, f"field 'stdin' of {fields.what}"),
+            times=None if times is None else parse_digest(times, f"field 'times' of {fields.what}"),
         )
+
+    def input_key(self) -> str:
+        """The input snapshot and its times manifest, as text (what a shape's runs differ by)."""
+        return str(self.input) if self.times is None else f"{self.input} times {self.times}"
 
     def with_input(self, input: Digest) -> Action:
         return replace(self, input=input)

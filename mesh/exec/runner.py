@@ -4,7 +4,9 @@ For each action the runner makes a private task directory (0700) under its
 workroot::
 
     task-XXXXXXXX/
-        work/   the input snapshot, checked out in the executor's mode
+        work/   the input snapshot, checked out in the executor's mode, each entry
+                with the mtime of the action's times manifest (mesh.cas.times), or
+                1980-01-01 for every entry when it names none
         tmp/    HOME and TMPDIR of the task (one directory: each costs a
                 mkdir and a removal, and those are slow on some disks)
         out/    declared outputs, gathered here to be snapshotted (made only if one exists)
@@ -79,13 +81,23 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 
 from mesh.cas.blobio import BlobWriter
-from mesh.cas.checkout import checkout
+from mesh.cas.checkout import checkout, set_dir_times
 from mesh.cas.digest import Digest
 from mesh.cas.snapshot import ingest, resolve
 from mesh.cas.space import StoreSpace
 from mesh.cas.store import LocalStore
+from mesh.cas.times import FIXED_MTIME_NS, Times
+from mesh.cas.times import decode as decode_times
 from mesh.cas.tree import Kind, encode_node
-from mesh.errors import ExecError, MeshError, PathNotFound, SnapshotError, SpawnFailed, UnknownExecutor
+from mesh.errors import (
+    ExecError,
+    InvalidTimes,
+    MeshError,
+    PathNotFound,
+    SnapshotError,
+    SpawnFailed,
+    UnknownExecutor,
+)
 from mesh.exec import hop
 from mesh.exec.action import BASE_ENV, Action, ActionResult
 from mesh.exec.leftovers import MARKER, kill_processes, marked_below
@@ -283,7 +295,7 @@ class Runner:
         stdin: int | None = None
         try:
             if users is not None:
-                lease = users.lease(prefer=self.workdirs.owners(action.input), cancel=line)
+                lease = users.lease(prefer=self.workdirs.owners(action.input, action.times), cancel=line)
             prepared = self._prepare(action, executor, lease)
             if isinstance(prepared, str):
                 return self._result(ExitStatus(NOT_STARTED), streams.commit(self._empty), None, started_at, prepared)
@@ -526,13 +538,20 @@ class Runner:
         error = _check_cwd(self.store, action)
         if error is not None:
             return error
+        try:
+            times = input_times(self.store, action)
+        except InvalidTimes as exc:
+            return f"the task's times manifest {action.times} cannot be used: {exc}"
         mode = executor.checkout_mode
         reusable = mode == "copy" and not hasattr(executor, "prepare")
         owner = None if lease is None else (lease.uid, lease.gid)
         if reusable:
-            kept = self.workdirs.take(action.input, None if lease is None else lease.uid, self._still_intact)
+            kept = self.workdirs.take(
+                action.input, None if lease is None else lease.uid, self._still_intact, action.times
+            )
             if kept is not None:
                 task = _TaskDir.at(*kept)
+                _reset_dir_times(task.work, times)  # the last task's extras, made and removed, moved them
                 if owner is not None:
                     os.chown(task.root, *owner)
                 return task
@@ -543,9 +562,15 @@ class Runner:
             if owner is not None:
                 os.chown(task.tmp, *owner)
             epoch = self.store.epoch() if reusable else ""
-            checked_out = checkout(self.store, action.input, task.work, mode=mode, workers=1, owner=owner)
+            try:
+                checked_out = checkout(
+                    self.store, action.input, task.work, mode=mode, workers=1, owner=owner, times=times
+                )
+            except InvalidTimes as exc:
+                remove_tree(task.root)
+                return f"the task's times manifest {action.times} does not fit its input: {exc}"
             if reusable and self.workdirs.fits(checked_out.bytes):
-                manifest = Manifest.record(self.store, action.input, task.work, epoch=epoch)
+                manifest = Manifest.record(self.store, action.input, task.work, epoch=epoch, times=action.times)
                 task = replace(task, manifest=manifest)
             if owner is not None:
                 os.chown(task.root, *owner)
@@ -553,6 +578,22 @@ class Runner:
             remove_tree(task.root)
             raise
         return task
+
+
+def input_times(store: LocalStore, action: Action) -> Times | int:
+    """The mtimes a task's input entries get: its times manifest (read and validated; raises
+    InvalidTimes, BlobNotFound), or one fixed time for every entry when it names none."""
+    if action.times is None:
+        return FIXED_MTIME_NS
+    return decode_times(store.get(action.times))
+
+
+def _reset_dir_times(work: str, times: Times | int) -> None:
+    fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        set_dir_times(fd, times)
+    finally:
+        os.close(fd)
 
 
 def _private_dir(st: os.stat_result, uid: int) -> bool:

@@ -24,7 +24,10 @@ task, :meth:`Manifest.verify` walks the workdir again:
 * what the task added (its outputs) are *extras*: the recorded entries alone decide
   whether the checkout is intact, and the extras are removed before the directory
   is kept. Directories' mtimes are not compared (adding and removing extras changes
-  them); their names are.
+  them); their names are. The runner sets them again from the times manifest when it
+  hands a kept directory to the next task (files' mtimes are compared: a task that
+  touched an input file leaves a directory that is not kept). Reuse is keyed by the
+  input and its times manifest.
 
 The runner keeps only copy-mode checkouts, of executors that have no ``prepare``
 hook (the ``process`` and ``docker`` executors): in a link-mode checkout the files are
@@ -109,6 +112,7 @@ class Manifest:
     checked_at_ns: int
     bytes: int
     epoch: str
+    times: Digest | None = None  # the times manifest the checkout's mtimes come from (mesh.cas.times)
 
     @property
     def owner(self) -> int:
@@ -116,7 +120,9 @@ class Manifest:
         return self.entries[b""].record[1]
 
     @classmethod
-    def record(cls, store: LocalStore, root: Digest, workdir: str, *, epoch: str) -> Manifest:
+    def record(
+        cls, store: LocalStore, root: Digest, workdir: str, *, epoch: str, times: Digest | None = None
+    ) -> Manifest:
         """Stat every entry of a fresh checkout of ``root`` at ``workdir``; ``epoch`` is the
         store's epoch read before the checkout (which read every blob of the snapshot).
 
@@ -143,7 +149,7 @@ class Manifest:
                 else:
                     entries[path] = _Entry(_file_record(st), entry.kind, digest=entry.blob)
                     total += st.st_size
-        return cls(root, entries, started, total, epoch)
+        return cls(root, entries, started, total, epoch, times)
 
     def verify(self, workdir: str) -> Verdict | None:
         """Whether the checkout at ``workdir`` is intact: a Verdict naming the extras, or None.
@@ -298,16 +304,20 @@ class WorkdirPool:
         """Whether a checkout of ``size`` bytes may be kept at all."""
         return self.dirs > 0 and size <= self.max_bytes
 
-    def owners(self, input: Digest) -> set[int]:
-        """The uids that own an idle checkout of ``input``."""
+    def owners(self, input: Digest, times: Digest | None = None) -> set[int]:
+        """The uids that own an idle checkout of ``input`` with the mtimes of ``times``."""
         with self._lock:
-            return {manifest.owner for manifest in self._idle.values() if manifest.input == input}
+            return {m.owner for m in self._idle.values() if m.input == input and m.times == times}
 
     def take(
-        self, input: Digest, owner: int | None, check: Callable[[str, Manifest], Manifest | None]
+        self,
+        input: Digest,
+        owner: int | None,
+        check: Callable[[str, Manifest], Manifest | None],
+        times: Digest | None = None,
     ) -> tuple[str, Manifest] | None:
-        """An idle task root holding a checkout of ``input`` (owned by ``owner``, if given), and
-        its manifest as of ``check``; None if there is none.
+        """An idle task root holding a checkout of ``input`` with the mtimes of ``times`` (owned by
+        ``owner``, if given), and its manifest as of ``check``; None if there is none.
 
         ``check(root, manifest)`` (called without the pool's lock) looks at the directory
         again and returns its manifest as of now, or None if it changed while idle: then
@@ -319,7 +329,7 @@ class WorkdirPool:
                     (
                         (root, manifest)
                         for root, manifest in reversed(self._idle.items())  # the most recently kept
-                        if manifest.input == input and owner in (None, manifest.owner)
+                        if manifest.input == input and manifest.times == times and owner in (None, manifest.owner)
                     ),
                     None,
                 )

@@ -114,8 +114,8 @@ class MissReasons:
         stored = None if identity is None else codec.encode(identity.to_wire())
         try:
             last = self.db.last_seen(shape)
-            if last is None or last != (str(action.input), stored):
-                self.db.remember_seen(shape, str(action.input), stored)
+            if last is None or last != (action.input_key(), stored):
+                self.db.remember_seen(shape, action.input_key(), stored)
         except StateError as exc:
             log.warning("the action cache's history could not be read: %s", exc)
             return "not in the cache"
@@ -128,7 +128,7 @@ def _why(action: Action, identity: Identity, last: tuple[str, bytes | None] | No
     if last is None:
         return "first run"
     reasons = []
-    if last[0] != str(action.input):
+    if last[0] != action.input_key():
         reasons.append("inputs changed")
     changed = _changed(identity, last[1])
     if changed:

@@ -25,9 +25,13 @@ The wire form of a job submission (CBOR, or JSON on the API)::
     {"tasks": [{"name": str, "argv": [str], "input": "b3:..." | "input_task": name,
                 "env": {str: str}, "cwd": str, "outputs": [str] | null,
                 "timeout": seconds, "executor": "process", "image": str | null,
-                "network": bool, "requirements": {str: str}, "stdin": "b3:..." (optional),
+                "network": bool, "requirements": {str: str}, "times": "b3:..." (with "input"),
+                "stdin": "b3:..." (optional),
                 "after": [name], "when": "success" | "failure" | "always"}, ...],
      "label": str, "no_cache": bool, "pinned": bool}
+
+``times`` names the times manifest (mesh.cas.times) of the input: the mtimes the task
+sees on its input's entries; it travels with the input (uploaded with it, fetched with it).
 
 ``pinned`` keeps every task on the node that accepted the job: a coordinator offering
 a task to a peer sends it as a pinned one-task job, so the peer never passes it on.
@@ -198,6 +202,8 @@ def _parse_task(raw: Any, index: int, default_executor: str) -> TaskSpec:
     probe = Digest.of(b"") if input is None else input
     action = Action.from_fields(fields, input=probe)
     fields.done()
+    if input is None and action.times is not None:
+        raise InvalidJob(f"task {name!r} takes its input from a task, whose output has no times manifest: drop 'times'")
     return TaskSpec(
         name=name,
         wire={**raw, "name": name},

@@ -134,8 +134,8 @@ class Remote(Protocol):
     async def fetch_tree(self, source: str | None, root: Digest, store: Any) -> None:
         """Fetch what ``store`` lacks of snapshot ``root`` from peers."""
 
-    async def fetch_blob(self, source: str | None, digest: Digest, store: Any) -> None:
-        """Fetch one blob (a task's stdin) from peers; BlobNotFound when none has it."""
+    async def fetch_blobs(self, source: str | None, digests: list[Digest], store: Any) -> None:
+        """Fetch what ``store`` lacks of ``digests`` (plain blobs: a times manifest, a stdin) from peers."""
 
     async def locality(self, root: Digest, store: Any) -> dict[str, int]:
         """Bytes of snapshot ``root`` each peer (by URL) and this node (by id) already hold."""
@@ -815,8 +815,10 @@ class Scheduler:
         """
         if self.remote is not None and not self.remote.is_complete(action.input, self.store):
             await self.remote.fetch_tree(None, action.input, self.store)
-        if self.remote is not None and action.stdin is not None and not self.store.has(action.stdin):
-            await self.remote.fetch_blob(None, action.stdin, self.store)
+        if self.remote is not None:  # they travel with the input
+            wanted = [blob for blob in (action.times, action.stdin) if blob is not None]
+            if wanted:
+                await self.remote.fetch_blobs(None, wanted, self.store)
         try:
             return await self.lookup.run(self.runner, action, on_output, cache=cache, on_cancel=on_cancel)
         except BlobNotFound as exc:
@@ -1023,7 +1025,8 @@ class Scheduler:
 
     def live_blobs(self) -> tuple[set[Digest], set[Digest]]:
         """What the live jobs need kept in the store, for eviction (mesh.cas.space): the
-        snapshots their tasks read and made, and their tasks' output streams."""
+        snapshots their tasks read and made, their inputs' times manifests, and their tasks'
+        output streams."""
         trees: set[Digest] = set()
         blobs: set[Digest] = set()
         for live in self._live.values():
@@ -1034,6 +1037,10 @@ class Scheduler:
                     blobs.add(task.spec.stdin)
                 if task.action is not None:
                     trees.add(task.action.input)
+                    if task.action.times is not None:
+                        blobs.add(task.action.times)
+                elif task.spec.parsed is not None and task.spec.parsed.times is not None:
+                    blobs.add(task.spec.parsed.times)
                 if task.result is not None:
                     blobs.update((task.result.stdout, task.result.stderr))
                     if task.result.output is not None:

@@ -39,7 +39,7 @@ import httpx
 
 from mesh import codec
 from mesh.cas.digest import Digest
-from mesh.cas.hasher import StreamHasher
+from mesh.cas.hasher import StreamHasher, hash_bytes
 from mesh.cas.plan import FileSource, Plan
 from mesh.errors import CodecError, InvalidDigest, NodeError, NodeUnreachable, SnapshotError, TreeChanged
 from mesh.wire.formats import CBOR, RECORD_HEADER
@@ -116,6 +116,19 @@ def upload(client: httpx.Client, plan: Plan, *, show_progress: bool | None = Non
     finally:
         progress.close()
     return UploadStats(len(blobs), len(todo), progress.sent, batches, puts)
+
+
+def put_blob(client: httpx.Client, data: bytes) -> Digest:
+    """Make the node hold the blob ``data`` (a times manifest, sent beside a plan); its digest.
+    Sent only if the node misses it. Raises NodeUnreachable or NodeError."""
+    digest = hash_bytes(data)
+    if find_missing(client, [digest]):
+        progress = _Progress(digest.size, False)
+        try:
+            _put(client, digest, data, progress)
+        finally:
+            progress.close()
+    return digest
 
 
 def find_missing(client: httpx.Client, digests: Sequence[Digest]) -> list[Digest]:
