@@ -45,7 +45,6 @@ EDITED = "int one_edited(void) { return 2; }\n"
 #: Times well apart and with odd nanoseconds, so that a lost ns or a rounded second shows.
 BASE_NS = 1_700_000_000_123_456_789
 
-nobody_home = isolation.nobody_home  # a fixture: a MESH_HOME of user nobody
 
 needs_cc = pytest.mark.skipif(
     shutil.which("cc") is None or shutil.which("make") is None or shutil.which("nm") is None,
