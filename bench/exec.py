@@ -13,7 +13,9 @@ each row is the bare spawn of the same isolation in a loop, measured in the same
   and namespaces, from :meth:`SandboxExecutor.isolation`; no uid switch, no rlimits).
   An info row gives ``SandboxExecutor.run`` of /bin/true in the same loop, without a
   runner: the executor's own cost (rlimits, setpriv, pipes and supervision) apart from
-  the runner's. Reported as not measured, with the reason, where
+  the runner's. Another gives the same tasks on a runner whose sandbox links its inputs
+  (``sandbox_inputs = "link"``; the main row is the default, copies of the task's uid).
+  Reported as not measured, with the reason, where
   :func:`sandbox_unavailable` says the sandbox cannot run.
 
 Each row is a function returning table rows (``ROWS``); another executor's row is another
@@ -165,6 +167,7 @@ def sandbox_rows(bench: Bench) -> list[c.Row]:
         return [failed_row(measurement, reference, ">= 0.50x", f"the sandbox cannot run here: {why_not}")]
     executor = SandboxExecutor(home=bench.home)
     runner = runner_for(bench, executor)
+    link_runner = runner_for(bench, SandboxExecutor(home=bench.home, inputs="link"))
     # A task directory of the runner's layout for the loops without a runner (not named
     # task-*: not the runner's).
     task = os.path.join(bench.home, "work", "bare-task")
@@ -190,9 +193,11 @@ def sandbox_rows(bench: Bench) -> list[c.Row]:
         "mesh": Series(f"sandbox: {bench.tasks} tasks through a Runner", "tasks/s"),
         "ref": Series(f"sandbox: {bench.tasks} x bwrap <same options> /bin/true", "runs/s"),
         "executor": Series(f"sandbox: {bench.tasks} x SandboxExecutor.run of /bin/true", "runs/s"),
+        "link": Series(f"sandbox, inputs linked: {bench.tasks} tasks through a Runner", "tasks/s"),
     }
     n = bench.tasks
     through_runner(runner, bench, "sandbox", min(n, 20))  # warm-up
+    through_runner(link_runner, bench, "sandbox", min(n, 20))
     spawn_loop(bare, min(n, 20), env=env, umask=UMASK)
     executor_loop(min(n, 20))
 
@@ -200,7 +205,8 @@ def sandbox_rows(bench: Bench) -> list[c.Row]:
         ref = spawn_loop(bare, n, env=env, umask=UMASK)
         alone = executor_loop(n)
         mesh = through_runner(runner, bench, "sandbox", n)
-        return {"ref": n / ref, "executor": n / alone, "mesh": n / mesh}
+        linked = through_runner(link_runner, bench, "sandbox", n)
+        return {"ref": n / ref, "executor": n / alone, "mesh": n / mesh, "link": n / linked}
 
     c.note(f"sandbox: {bench.rounds} rounds of {n} bare bwrap runs, {n} executor runs and {n} tasks")
     # pid 1 is left out of the contention check: on the project's VMs the init (process_api)
@@ -215,6 +221,14 @@ def sandbox_rows(bench: Bench) -> list[c.Row]:
         ratio_row(
             "`SandboxExecutor.run` of /bin/true, no runner (bwrap + rlimits + setpriv + supervision)",
             series["executor"],
+            reference,
+            series["ref"],
+            higher_better=True,
+            target=None,
+        ),
+        ratio_row(
+            f"`sandbox` with `sandbox_inputs = link`: {bench.tasks} trivial tasks through a Runner",
+            series["link"],
             reference,
             series["ref"],
             higher_better=True,

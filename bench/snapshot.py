@@ -13,7 +13,10 @@ wait until disk and CPUs are idle):
 - checkout copy mode vs ``cp -r``; checkout link mode vs ``cp -al``;
 - what ``mesh exec`` adds for modification times (mesh.cas.times): a warm re-snapshot that
   also makes and stores the times manifest, vs the plain one; checkouts that give every
-  entry its time: copy mode, link mode the first time (timed copies made) and warm (linked).
+  entry its time: copy mode, link mode the first time (timed copies made) and warm (linked);
+- what a root node's sandbox pays per task for each ``sandbox_inputs`` setting: a checkout
+  with times on one thread (``workers=1``, as the runner checks a task's input out), in copy
+  mode owned by uid 65534 (``copy``, the default) vs linking the warm timed copies (``link``).
 
 Usage: python bench/snapshot.py [--tree DIR] [--work DIR] [--repeat N]
 Prints markdown tables on stdout, progress on stderr. Exit 1 if a check failed.
@@ -37,6 +40,7 @@ from mesh.cas.snapshot import ingest, ingest_timed  # noqa: E402
 from mesh.cas.statcache import StatCache  # noqa: E402
 from mesh.cas.store import LocalStore  # noqa: E402
 from mesh.cas.times import decode as decode_times  # noqa: E402
+from mesh.exec.sandbox import NOBODY  # noqa: E402
 
 GIT_ENV = {
     **os.environ,
@@ -66,13 +70,20 @@ def snapshot_once(store_dir: str, home: str, tree: str, log: list[dict[str, Any]
 
 
 def checkout_once(
-    store_dir: str, digest: Digest, target: str, mode: str, log: list[Any], times: Digest | None = None
+    store_dir: str,
+    digest: Digest,
+    target: str,
+    mode: str,
+    log: list[Any],
+    times: Digest | None = None,
+    **task: Any,
 ) -> None:
     """What ``mesh checkout [--link] ID DIR`` does in process (with ``times``: giving every
-    entry its mtime from that manifest, as a task's checkout does)."""
+    entry its mtime from that manifest, as a task's checkout does; ``task``: more of
+    checkout's arguments, ``workers`` and ``owner``, as the runner gives them)."""
     with LocalStore(store_dir) as store:
         given = None if times is None else decode_times(store.get(times))
-        log.append(checkout(store, digest, target, mode=mode, times=given))  # type: ignore[arg-type]
+        log.append(checkout(store, digest, target, mode=mode, times=given, **task))  # type: ignore[arg-type]
 
 
 def main() -> int:
@@ -232,6 +243,25 @@ def main() -> int:
                 ),
             ],
         )
+        # -- a task's checkout in the sandbox of a root node: sandbox_inputs copy vs link ----
+        sandbox = {"workers": 1}
+        nobody = {**sandbox, "owner": (NOBODY, NOBODY)} if os.geteuid() == 0 else sandbox
+        c.note("timing a task's checkout (one thread, times): copy owned by 65534, link warm (round-robin)")
+        t |= c.compare(
+            repeat,
+            [
+                c.Contestant(
+                    "task checkout copy (owner 65534)",
+                    lambda: checkout_once(store_dir, digest, dest, "copy", co_log, times, **nobody),
+                    fresh_checkout,
+                ),
+                c.Contestant(
+                    "task checkout link (warm)",
+                    lambda: checkout_once(store_dir, digest, dest, "link", co_log, times, **sandbox),
+                    fresh_checkout,
+                ),
+            ],
+        )
         scratch.discard(dest)
         c.note("checking out once more (copy, untimed) and comparing with the tree (diff -r)")
         verify_log: list[Any] = []
@@ -311,6 +341,12 @@ def main() -> int:
                 t["checkout link + times, warm"],
                 "checkout link",
                 t["mesh checkout link"],
+            ),
+            c.time_row(
+                "a sandbox task's checkout, sandbox_inputs = copy (owner 65534, times, 1 thread)",
+                t["task checkout copy (owner 65534)"],
+                "sandbox_inputs = link (warm timed copies, 1 thread)",
+                t["task checkout link (warm)"],
             ),
         ]
         c.print_table(rows)

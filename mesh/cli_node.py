@@ -46,6 +46,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         advertise=args.advertise,
         executors=None if args.executors is None else args.executors.split(","),
         task_uids=args.task_uids,
+        sandbox_inputs=args.sandbox_inputs,
     )
     node = Node(config, grace=args.grace, idle_stop=args.idle_stop or None)
 
@@ -414,6 +415,14 @@ def add_parsers(add: Add) -> None:
         "--task-uids",
         metavar="FIRST-LAST",
         help="the uids a root node runs process tasks as, one per slot (default 2100000000-2100009999; MESH_TASK_UIDS)",
+    )
+    p.add_argument(
+        "--sandbox-inputs",
+        metavar="copy|link",
+        help=(
+            "how a root node's sandbox checks inputs out: copy (the task's own, default) or link (the store's "
+            "read-only files: faster for large inputs, but tasks cannot change input files; MESH_SANDBOX_INPUTS)"
+        ),
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log debug lines too: every request the node sends")
     p.add_argument(

@@ -25,6 +25,8 @@ executors          MESH_EXECUTORS       executors = ["process"]         every on
                                                                         DOCKER_HOST answers
 task_uids          MESH_TASK_UIDS       task_uids = "FIRST-LAST"        2100000000-2100009999 (a root node's
                    (--task-uids)                                        process tasks: one uid per slot)
+sandbox_inputs     MESH_SANDBOX_INPUTS  sandbox_inputs = "link"         copy: a root node's sandbox checks
+                   (--sandbox-inputs)                                   inputs out as copies of its task uid
 node (client)      MESH_NODE            node = "http://host:7474"       http://127.0.0.1:7474
 background (cl.)   MESH_BACKGROUND=0    (n/a)                           on: mesh exec starts a node in the
                    turns it off                                         background when none answers
@@ -47,6 +49,14 @@ mapping of directory users (200000-2000200000), Nix's automatic build users (fro
 872415232) and systemd's "foreign" range (from 2147352576); it stays below 2^31, which
 some tools mishandle. A node refuses to start, in one line, when a uid it would take has
 an account or a group, or runs processes that no node holds it for.
+
+Sandbox inputs (``sandbox_inputs``, ``copy`` or ``link``): how a root node's sandbox
+checks a task's input out (:mod:`mesh.exec.sandbox`). ``copy``, the default, gives the
+task copies of its own, which it may change as a local command may; ``link`` hardlinks
+the store's read-only files, faster and free of space for large inputs, but a task then
+cannot write, append to, chmod or ``touch`` an input file (GNU ``ar`` on an existing
+archive fails). A node that is not root always copies (its sandboxed tasks run as its
+own uid, which owns the store) and says in its log that it ignores ``link``.
 """
 
 from __future__ import annotations
@@ -54,7 +64,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from mesh.errors import ConfigError, InvalidUrl, UsageError
 from mesh.seeds import seeds
@@ -154,6 +164,7 @@ class NodeConfig:
     executors_named: bool = False  # named by the operator (flag, MESH_EXECUTORS, mesh.toml): see above
     own_user: bool = False  # the submitter is the node's user (mesh exec's in-process node)
     task_uids: tuple[int, int] = DEFAULT_TASK_UIDS
+    sandbox_inputs: Literal["copy", "link"] = "copy"  # how a root node's sandbox checks inputs out
 
     @property
     def docker(self) -> bool:
@@ -178,6 +189,7 @@ class NodeConfig:
         advertise: str | None = None,
         executors: list[str] | None = None,
         task_uids: str | None = None,
+        sandbox_inputs: str | None = None,
     ) -> NodeConfig:
         """Resolve from flags (the arguments), environment, ``mesh.toml`` and defaults."""
         base = Settings.load(home=home, store_max=store_max)
@@ -203,6 +215,9 @@ class NodeConfig:
             executors=_executors(executors, file),
             executors_named=executors is not None or bool(os.environ.get("MESH_EXECUTORS")) or "executors" in file,
             task_uids=parse_uid_range(task_uids or os.environ.get("MESH_TASK_UIDS") or file.get("task_uids")),
+            sandbox_inputs=parse_sandbox_inputs(
+                sandbox_inputs or os.environ.get("MESH_SANDBOX_INPUTS") or file.get("sandbox_inputs")
+            ),
         )
 
 
@@ -266,6 +281,21 @@ def parse_uid_range(value: object) -> tuple[int, int]:
             f"{DEFAULT_TASK_UIDS[0]}-{DEFAULT_TASK_UIDS[1]}, not {value!r}"
         )
     return first, last
+
+
+def parse_sandbox_inputs(value: object) -> Literal["copy", "link"]:
+    """``copy`` or ``link`` (case and surrounding blanks aside); None is the default, ``copy``."""
+    if value is None:
+        return "copy"
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text == "copy":
+        return "copy"
+    if text == "link":
+        return "link"
+    raise UsageError(
+        f"sandbox_inputs must be copy (the task's own copies, the default) or link (the store's "
+        f"read-only files: faster for large inputs, but a task cannot change an input file), not {value!r}"
+    )
 
 
 def _mdns(flag: bool | None, file: dict[str, Any]) -> bool:

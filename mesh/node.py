@@ -254,7 +254,9 @@ class Node:
             why_not = sandbox_unavailable()
             if why_not is None:
                 hide = [self.config.key_file] if self.config.key_file else []
-                executors["sandbox"] = SandboxExecutor(home=self.config.home, hide=hide)
+                executors["sandbox"] = SandboxExecutor(
+                    home=self.config.home, hide=hide, inputs=self.config.sandbox_inputs
+                )
             else:
                 log.warning("no sandbox executor: %s", why_not)
         if not executors and not self.config.docker:

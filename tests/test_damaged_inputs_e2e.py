@@ -8,8 +8,10 @@ reason naming the blob; with a peer that holds it (two nodes on loopback, ``--pe
 mDNS off), the node fetches it again and the task prints the right bytes. Either way the
 store is fsck-clean afterwards and the node keeps serving.
 
-The sandbox (link mode on a root node) runs the task once before the damage, so that the
-store's record vouches for the blob file when it is damaged. The copy-mode executors do
+The sandbox runs the task once before the damage, so that in link mode (``sandbox-link``:
+a root node with ``--sandbox-inputs link``) the store's record vouches for the blob file
+when it is damaged; in copy mode (its default) it copies, hashing, afresh for every task.
+The process and docker executors do
 not: a node keeps an intact copy of a task's input for the next task with the same input
 (mesh.exec.workpool), which that task would use instead of the damaged blob.
 """
@@ -40,11 +42,14 @@ INPUT: treeutil.Tree = {
     b"a.txt": ("file", b"alpha\n", False),
     b"d": ("dir", {b"f": ("file", DATA, False)}),
 }
-EXECUTORS = ["sandbox", "process", "docker"]
+#: ``sandbox-link``: the sandbox of a node with ``--sandbox-inputs link``.
+EXECUTORS = ["sandbox", "sandbox-link", "process", "docker"]
 
 
 def node_options(executor: str, request: pytest.FixtureRequest) -> dict[str, Any]:
     """What a node needs to offer ``executor`` (skipping, with the reason, where it cannot)."""
+    if executor == "sandbox-link":
+        return {**node_options("sandbox", request), "extra_args": ["--sandbox-inputs", "link"]}
     if executor == "sandbox":
         from mesh.exec.sandbox import sandbox_unavailable
 
@@ -69,7 +74,7 @@ def stored_input(home: Path, tmp_path: Path) -> Digest:
 def run_task(node: NodeProcess, root: Digest, executor: str) -> dict[str, Any]:
     """Run ``cat d/f a.txt`` on the input at ``node`` (and only there); the task's record."""
     task: dict[str, Any] = {"name": "t", "argv": ["sh", "-c", "cat d/f a.txt"], "input": str(root)}
-    task["executor"] = executor
+    task["executor"] = executor.removesuffix("-link")
     if executor == "docker":
         task["image"] = IMAGE
     with NodeClient(node.url, key=load_key(node.home)) as client:
@@ -105,7 +110,7 @@ def test_alone_a_node_fails_the_task_naming_the_blob(
     node = NodeProcess(str(home), **node_options(executor, request)).start()
     try:
         root = stored_input(home, tmp_path)
-        if executor == "sandbox":
+        if executor.startswith("sandbox"):
             first = run_task(node, root, executor)
             assert first["state"] == "succeeded" and first["stdout_bytes"] == DATA + b"alpha\n", first
         damaged = Digest.of(DATA)
@@ -147,7 +152,7 @@ def test_a_damaged_blob_is_fetched_again_from_a_peer(
         wait_for(lambda: _alive_peers(a) == 1 and _alive_peers(b) == 1, timeout=20, what="a mesh of two")
         root = stored_input(home_a, tmp_path)
         assert stored_input(home_b, tmp_path) == root
-        if executor == "sandbox":
+        if executor.startswith("sandbox"):
             assert run_task(a, root, executor)["state"] == "succeeded"
         damaged = Digest.of(DATA)
         damage(home_a, damaged, RESTORED)

@@ -20,7 +20,7 @@ from mesh.cluster.actioncache import LOOKUP_TIMEOUT
 from mesh.cluster.gossip import ROUND
 from mesh.cluster.inflight import CLAIM_TIMEOUT
 from mesh.cluster.membership import DEAD_AFTER, SUSPECT_AFTER
-from mesh.config import DEFAULT_LISTEN, DEFAULT_NODE_URL, DEFAULT_TASK_UIDS
+from mesh.config import DEFAULT_LISTEN, DEFAULT_NODE_URL, DEFAULT_TASK_UIDS, NodeConfig
 from mesh.exec.sandbox import DEFAULT_LIMITS
 from mesh.exec.workpool import KEEP_BYTES, KEEP_DIRS
 from mesh.sched.jobs import MAX_TASKS
@@ -81,6 +81,7 @@ def test_the_settings_table_states_the_codes_defaults() -> None:
     assert table["task uids (root node)"][3] == f"{DEFAULT_TASK_UIDS[0]}-{DEFAULT_TASK_UIDS[1]}"
     assert table["data directory"][3] == "$XDG_DATA_HOME/mesh, else ~/.local/share/mesh"
     assert table["its idle stop"][3] == f"{DEFAULT_IDLE:g} s"
+    assert table["sandbox inputs (root node)"][3].startswith(f"{NodeConfig.sandbox_inputs}:")
     # The client's default is the loopback address of the node's default port.
     assert DEFAULT_NODE_URL.rsplit(":", 1)[1] == DEFAULT_LISTEN.rsplit(":", 1)[1]
 

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import trio
 
+from mesh.cas.checkout import Mode
 from mesh.cas.digest import Digest
 from mesh.cas.fsck import fsck
 from mesh.cas.snapshot import ingest, reachable
@@ -73,10 +74,16 @@ _RUNNERS: list[Runner] = []
 
 
 def make_runner(
-    store: LocalStore, home: Path, other_key: Path, *, limits: SandboxLimits | None = None, stream_bytes: int = 64 << 20
+    store: LocalStore,
+    home: Path,
+    other_key: Path,
+    *,
+    limits: SandboxLimits | None = None,
+    stream_bytes: int = 64 << 20,
+    inputs: Mode = "copy",
 ) -> tuple[Runner, SandboxExecutor]:
     sandbox = SandboxExecutor(
-        home=home, hide=[other_key], limits=limits or SandboxLimits(), term_grace=0.5, drain_grace=0.5
+        home=home, hide=[other_key], limits=limits or SandboxLimits(), inputs=inputs, term_grace=0.5, drain_grace=0.5
     )
     executors = {"sandbox": sandbox, "process": ProcessExecutor(term_grace=0.5, drain_grace=0.5)}
     runner = Runner(
@@ -151,9 +158,14 @@ async def test_the_task_runs_as_an_unprivileged_uid_without_capabilities(node: N
         assert status["Groups"] == ""
         # bwrap's own pid 1 stays root, but without capabilities too (and the task cannot signal it).
         assert status_fields(init) == {"Uid": "0\t0\t0\t0", "CapEff": "0000000000000000"}
-        assert node.sandbox.checkout_mode == "link" and "uid=65534" in repr(node.sandbox)
+        assert node.sandbox.checkout_mode == "copy" and "uid=65534" in repr(node.sandbox)
+        assert node.sandbox.checkout_owner == (NOBODY, NOGROUP)  # copies of the task's uid
+        linking = SandboxExecutor(inputs="link")
+        assert linking.checkout_mode == "link" and linking.checkout_owner is None
     else:
         assert node.sandbox.checkout_mode == "copy" and "not root" in repr(node.sandbox)
+        assert node.sandbox.checkout_owner is None
+        assert SandboxExecutor(inputs="link").checkout_mode == "copy"  # ignored, with a log line
 
 
 def test_construction_checks() -> None:
@@ -269,7 +281,12 @@ async def test_other_task_directories_are_invisible(node: Node, mode: int) -> No
     assert result.success and os.listdir(workroot) == []
 
 
-async def test_hardlinked_inputs_cannot_be_changed(node: Node) -> None:
+@pytest.mark.parametrize("inputs", ["link", "copy"])
+async def test_hardlinked_inputs_cannot_be_changed(node: Node, inputs: Mode) -> None:
+    """Link mode (a root node's option): the store's files, which the task cannot change.
+    Copy mode: the task's own copies (of its uid on a root node), which it may change
+    as a local command may; either way the store's blobs stay intact."""
+    runner, _ = make_runner(node.store, node.home, node.other_key, inputs=inputs)
     attempts = {
         "chmod u+w a.txt": "chmod: changing permissions of 'a.txt': Operation not permitted",
         "echo evil > a.txt": "sh: 1: cannot create a.txt: Permission denied",
@@ -279,24 +296,27 @@ async def test_hardlinked_inputs_cannot_be_changed(node: Node) -> None:
         "chown 65534 a.txt": "chown: changing ownership of 'a.txt': Operation not permitted",
     }
     script = "stat -c '%h %u %a' a.txt; " + "; ".join(f"{a}; echo status $?" for a in attempts)
-    result, out = await run_sh(node, script)
+    result, out = await run_sh(node, script, runner)
     lines = out.splitlines()
-    if ROOT:  # link mode: the files are the store's own (several links, root's, read-only)
+    if ROOT and inputs == "link":  # the files are the store's own (several links, root's, read-only)
         links, owner, mode = lines[0].split()
         assert int(links) > 1 and owner == "0" and mode == "444", lines[0]
         assert lines[1::2] == list(attempts.values()), out
         assert all(status not in ("status 0", "") for status in lines[2::2]), out
     else:  # copy mode: the task may change its copies; the store must not notice
-        assert lines[0].split()[0] == "1", lines[0]
+        links, owner, mode = lines[0].split()
+        assert (int(links), int(owner), mode) == (1, NOBODY if ROOT else os.getuid(), "644"), lines[0]
+        statuses = [line for line in lines[1:] if line.startswith("status")]
+        assert statuses[:5] == ["status 0"] * 5, out  # all but chown, which only root may do
     # Replacing the files is the task's right (the directories are its own); the blobs stay intact.
     vandal = (
         "rm -f a.txt && echo replaced > a.txt && rm -rf bin && chmod -R u+w d 2>/dev/null; "
         "for f in d/*; do (: > $f) 2>/dev/null; done; true"
     )
-    result, out = await run_sh(node, vandal)
+    result, out = await run_sh(node, vandal, runner)
     assert result.success, out
     node.assert_healthy()
-    again, out = await run_sh(node, "cat a.txt bin/tool d/f; wc -c < d/big")
+    again, out = await run_sh(node, "cat a.txt bin/tool d/f; wc -c < d/big", runner)
     assert out == "alpha\n#!/bin/sh\necho tool ran\ninner\n300000\n"
     node.assert_healthy()
 

@@ -3,8 +3,10 @@
 The real ``mesh`` CLI against real ``mesh up`` processes on loopback (mDNS off). The make
 case of issue 15: a library built from an edited source, the original source restored
 (newer than the object), must be rebuilt through ``mesh exec`` as a local ``make`` would,
-in every executor (``process``; ``sandbox``, a link checkout on a root node; ``docker``
-when Podman is there), and the action-cache key must cover the times.
+in every executor (``process``; ``sandbox``, whose root node checks inputs out as copies of
+its task uid; ``docker`` when Podman is there), and the action-cache key must cover the
+times. A root node with ``--sandbox-inputs link`` links *timed copies* instead: the same
+times, but read-only files, on which GNU ``ar`` cannot update an archive in place.
 """
 
 from __future__ import annotations
@@ -29,17 +31,17 @@ from mesh.wire.upload import put_blob
 from tests import test_task_isolation as isolation
 from tests.nodeutil import MESH, NodeProcess, free_port, node_env, wait_for
 
-# ``rm -f`` first: GNU ar rewrites an archive that has other hard links in place (to keep the
-# links), which a link-mode checkout's read-only files refuse; removing it is what many
-# Makefiles do anyway. (Without it the sandbox's make fails in ar, whatever the times.)
+# A plain lib rule: ``ar`` updates the existing lib.a of the input, as a local make does.
 MAKEFILE = """\
 lib.a: one.o two.o
-\trm -f lib.a
-\tar rcs lib.a one.o two.o
+\tar rcs $@ $^
 
 %.o: %.c
 \tcc -c -o $@ $<
 """
+# ``rm -f`` first: GNU ar rewrites an archive that has other hard links in place (to keep the
+# links), which a link-mode checkout's read-only files refuse (--sandbox-inputs link).
+LINK_MAKEFILE = MAKEFILE.replace("\tar rcs", "\trm -f $@\n\tar rcs")
 ORIGINAL = "int one(void) { return 1; }\n"
 EDITED = "int one_edited(void) { return 2; }\n"
 #: Times well apart and with odd nanoseconds, so that a lost ns or a rounded second shows.
@@ -55,14 +57,30 @@ needs_cc = pytest.mark.skipif(
 def executors() -> list[str]:
     found = ["process"]
     if shutil.which("bwrap") is not None:
-        found.append("sandbox")  # on a root node: a link-mode checkout
+        found.append("sandbox")  # on a root node: copies of the task uid
     return found
 
 
-def _c_tree(root: Path) -> Path:
+needs_root_sandbox = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("bwrap") is None,
+    reason="link-mode inputs are a root node's sandbox's (run as root, with bubblewrap installed)",
+)
+
+
+@pytest.fixture
+def link_node(home: Path) -> Iterator[NodeProcess]:
+    """A node whose sandbox links its inputs (``--sandbox-inputs link``)."""
+    process = NodeProcess(str(home), extra_args=["--sandbox-inputs", "link"]).start()
+    try:
+        yield process
+    finally:
+        process.stop(timeout=30)
+
+
+def _c_tree(root: Path, makefile: str = MAKEFILE) -> Path:
     src = root / "src"
-    src.mkdir()
-    (src / "Makefile").write_text(MAKEFILE)
+    src.mkdir(parents=True)
+    (src / "Makefile").write_text(makefile)
     (src / "one.c").write_text(ORIGINAL)
     (src / "two.c").write_text("int two(void) { return 2; }\n")
     return src
@@ -75,7 +93,31 @@ def _symbols(path: Path) -> str:
 @needs_cc
 @pytest.mark.parametrize("executor", executors())
 def test_a_restored_source_is_rebuilt_as_a_local_make_would(node: NodeProcess, tmp_path: Path, executor: str) -> None:
-    src = _c_tree(tmp_path)
+    done = _make_restored(node, _c_tree(tmp_path), tmp_path / "out", executor)
+    assert done.returncode == 0, done.stderr
+    assert b"up to date" not in done.stdout, done.stdout
+    symbols = _symbols(tmp_path / "out" / "lib.a")
+    assert " T one\n" in symbols and "one_edited" not in symbols, symbols
+
+
+@needs_cc
+@needs_root_sandbox
+def test_a_link_mode_sandbox_rebuilds_with_timed_copies(link_node: NodeProcess, tmp_path: Path) -> None:
+    """Link mode: the same times (timed copies); ``ar`` must not update the read-only lib.a in
+    place, which the plain rule does (the caveat of the setting), and ``rm -f`` first avoids."""
+    plain = _make_restored(link_node, _c_tree(tmp_path / "plain"), tmp_path / "plain-out", "sandbox")
+    assert plain.returncode != 0 and b"Permission denied" in plain.stderr, plain.stderr
+    src = _c_tree(tmp_path / "rm", LINK_MAKEFILE)
+    done = _make_restored(link_node, src, tmp_path / "out", "sandbox")
+    assert done.returncode == 0, done.stderr
+    assert b"up to date" not in done.stdout, done.stdout
+    symbols = _symbols(tmp_path / "out" / "lib.a")
+    assert " T one\n" in symbols and "one_edited" not in symbols, symbols
+
+
+def _make_restored(node: NodeProcess, src: Path, out: Path, executor: str) -> subprocess.CompletedProcess[bytes]:
+    """The issue's case: lib.a built here from an edited one.c, the original one.c restored
+    (newer than one.o), then ``make lib.a`` through ``mesh exec`` into ``out``."""
     subprocess.run(["make", "-s", "lib.a"], cwd=src, check=True)
     first = node.mesh("exec", "--executor", executor, "-C", str(src), "--", "true")  # the original one.c is stored
     assert first.returncode == 0, first.stderr
@@ -89,12 +131,7 @@ def test_a_restored_source_is_rebuilt_as_a_local_make_would(node: NodeProcess, t
     local = subprocess.run(["make", "-n", "lib.a"], cwd=src, capture_output=True, text=True, check=True)
     assert "one.c" in local.stdout  # a local make would rebuild
 
-    out = tmp_path / "out"
-    done = node.mesh("exec", "--executor", executor, "-C", str(src), "--out", str(out), "--", "make", "lib.a")
-    assert done.returncode == 0, done.stderr
-    assert b"up to date" not in done.stdout, done.stdout
-    symbols = _symbols(out / "lib.a")
-    assert " T one\n" in symbols and "one_edited" not in symbols, symbols
+    return node.mesh("exec", "--executor", executor, "-C", str(src), "--out", str(out), "--", "make", "lib.a")
 
 
 def _timed_tree(tree: Path) -> dict[str, int]:
@@ -118,6 +155,14 @@ def test_the_task_sees_the_exact_nanosecond_times(node: NodeProcess, tmp_path: P
     tree = tmp_path / "tree"
     wanted = _timed_tree(tree)
     assert _seen_times(node, tree, "--executor", executor) == wanted
+
+
+@needs_root_sandbox
+def test_a_link_mode_sandbox_sees_the_exact_times(link_node: NodeProcess, tmp_path: Path) -> None:
+    """The timed copies that a link checkout links carry the tree's times."""
+    tree = tmp_path / "tree"
+    wanted = _timed_tree(tree)
+    assert _seen_times(link_node, tree, "--executor", "sandbox") == wanted
 
 
 def test_a_client_with_its_own_store_sends_the_times(node: NodeProcess, tmp_path: Path) -> None:

@@ -131,6 +131,7 @@ class DockerExecutor:
 
     name = "docker"
     checkout_mode: Mode = "copy"
+    checkout_owner: tuple[int, int] | None = None
     users: TaskUsers | None = None  # the task runs as the node's uid, in the container's namespaces
     work_path = WORK_PATH  # where tasks see their workdir
 

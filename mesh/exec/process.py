@@ -181,6 +181,13 @@ class Executor(Protocol):
         can neither write nor chmod the store's files, then ``link`` may be used."""
         ...
 
+    @property
+    def checkout_owner(self) -> tuple[int, int] | None:
+        """Whom a copy-mode checkout belongs to (uid, gid): the uid the executor runs its
+        tasks as (the sandbox of a root node), or None: the node's, or the leased task
+        uid's when the executor has ``users``."""
+        ...
+
     def run(self, command: Command, on_output: OutputSink, cancel: Cancel) -> ExitStatus:
         """Run ``command`` to its end on the calling (worker) thread, passing its output to ``on_output``.
 
@@ -239,6 +246,11 @@ class ProcessExecutor:
         self.paths_unavailable: str | None = None
         if stable_paths:
             self.namespaces, self.paths_unavailable = namespaces_here()
+
+    @property
+    def checkout_owner(self) -> tuple[int, int] | None:
+        """None: the node's; with ``users``, the runner gives the checkout to the leased task uid."""
+        return None
 
     def __repr__(self) -> str:
         return (

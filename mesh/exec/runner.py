@@ -12,7 +12,9 @@ workroot::
         out/    declared outputs, gathered here to be snapshotted (made only if one exists)
 
 lets the executor prepare them if it has a ``prepare(command)`` hook (the
-sandbox gives the directories, not the files, to the uid its task runs as),
+sandbox gives the directories to the uid its task runs as; the files of a
+copy-mode checkout are that uid's as they are written, the executor's
+``checkout_owner``, and those of a link-mode one stay the store's),
 or, for an executor with task uids (the ``process`` executor of a root node,
 :mod:`mesh.exec.taskusers`), leases the task a uid of its own, makes the task
 directory in the task uids' directory and gives it, checkout and all, to that
@@ -45,7 +47,8 @@ hashed and is unchanged since (mesh.cas.verified), and hashes it otherwise; a da
 blob raises BlobDamaged here (quarantined, the task directory removed) and the
 scheduler fetches it again from a peer or fails the task. That suffices for the
 result too: once checked, a task's copy is its own (the node's blob is not what it
-reads), and a linked file is the store's, 0444 and root's, which the task's uid can
+reads; a copy of a task uid or of the sandbox's uid is in a task directory no other
+uid can reach), and a linked file is the store's, 0444 and root's, which the task's uid can
 neither write nor chmod (mesh.exec.sandbox), so what the task read is what was
 checked. What it does not cover: the store's owner changing a blob file while a
 task that linked it runs (the next checkout finds it). A kept copy-mode directory
@@ -545,6 +548,7 @@ class Runner:
         mode = executor.checkout_mode
         reusable = mode == "copy" and not hasattr(executor, "prepare")
         owner = None if lease is None else (lease.uid, lease.gid)
+        files_owner = executor.checkout_owner if owner is None else owner  # a root node's sandbox: its uid
         if reusable:
             kept = self.workdirs.take(
                 action.input, None if lease is None else lease.uid, self._still_intact, action.times
@@ -564,7 +568,7 @@ class Runner:
             epoch = self.store.epoch() if reusable else ""
             try:
                 checked_out = checkout(
-                    self.store, action.input, task.work, mode=mode, workers=1, owner=owner, times=times
+                    self.store, action.input, task.work, mode=mode, workers=1, owner=files_owner, times=times
                 )
             except InvalidTimes as exc:
                 remove_tree(task.root)
