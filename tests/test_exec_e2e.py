@@ -142,11 +142,16 @@ def test_tasks_cannot_damage_the_store(node: NodeProcess, tree: Path) -> None:
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
 
 
-def test_sandboxed_tasks_cannot_change_their_linked_inputs(node: NodeProcess, tree: Path) -> None:
-    """The sandbox links inputs from the store and runs tasks as a uid that owns none of them:
-    each attempt on an input file fails, and replacing one (the directory is the task's) leaves
-    the store's blob alone."""
+@pytest.mark.parametrize("inputs", ["link", "copy"])
+def test_sandboxed_tasks_change_their_inputs_never_the_store(home: Path, tree: Path, inputs: str) -> None:
+    """With linked inputs (``sandbox_inputs = "link"``, a root node) the sandbox runs tasks as a
+    uid that owns none of its input files: each attempt on one fails, and replacing one (the
+    directory is the task's) leaves the store's blob alone. With copies (the default) the task
+    owns its input, as a local command does, and may change it in place. Either way the store
+    is intact and the next task sees the input as it was."""
     require_sandbox()
+    if inputs == "link" and os.geteuid() != 0:
+        pytest.skip(reason="linked sandbox inputs are a root node's: a node that is not root copies")
     sandbox = ("--executor", "sandbox", "--no-cache", "-C", str(tree), "--")
     attempts = {
         "chmod": "chmod u+w a.txt",
@@ -154,17 +159,25 @@ def test_sandboxed_tasks_cannot_change_their_linked_inputs(node: NodeProcess, tr
         "append": "echo vandal >> sub/b.txt",
         "truncate": ": > run.sh",
     }
-    for what, script in attempts.items():
-        done = node.mesh("exec", *sandbox, "sh", "-c", script)
-        assert done.returncode != 0, (what, done.stderr)
-        assert b"Operation not permitted" in done.stderr or b"Permission denied" in done.stderr, (what, done.stderr)
-    replaced = node.mesh("exec", *sandbox, "sh", "-c", "rm a.txt && echo mine > a.txt && cat a.txt")
-    assert replaced.returncode == 0 and replaced.stdout == b"mine\n", replaced.stderr
-    after = node.mesh("exec", *sandbox, "sh", "-c", "cat a.txt sub/b.txt; ./run.sh")
-    assert after.stdout == b"alpha\nbeta\nscript ran\n", after.stderr
-    fsck = node.mesh("fsck")
-    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
-    assert httpx.get(node.url + "/health", timeout=5, trust_env=False).json()["ok"] is True
+    node = NodeProcess(str(home), env={"MESH_SANDBOX_INPUTS": inputs}).start()
+    try:
+        for what, script in attempts.items():
+            done = node.mesh("exec", *sandbox, "sh", "-c", script)
+            if inputs == "link":
+                assert done.returncode != 0, (what, done.stderr)
+                said = done.stderr
+                assert b"Operation not permitted" in said or b"Permission denied" in said, (what, said)
+            else:
+                assert done.returncode == 0, (what, done.stderr)
+        replaced = node.mesh("exec", *sandbox, "sh", "-c", "rm a.txt && echo mine > a.txt && cat a.txt")
+        assert replaced.returncode == 0 and replaced.stdout == b"mine\n", replaced.stderr
+        after = node.mesh("exec", *sandbox, "sh", "-c", "cat a.txt sub/b.txt; ./run.sh")
+        assert after.stdout == b"alpha\nbeta\nscript ran\n", after.stderr
+        fsck = node.mesh("fsck")
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+        assert httpx.get(node.url + "/health", timeout=5, trust_env=False).json()["ok"] is True
+    finally:
+        node.stop(timeout=30)
 
 
 def test_a_sandboxed_task_cannot_reach_the_nodes_key_store_or_api(node: NodeProcess, tree: Path) -> None:
