@@ -11,13 +11,19 @@ BIN    := $(VENV)/bin
 # command is missing and we are root. ip (iproute2): the network namespaces of the mesh tests.
 # bwrap: the sandbox executor. podman, runc, busybox (busybox-static installs /bin/busybox):
 # the docker executor's tests, which start a private `podman system service` with a test image
-# made from busybox for the session and stop it afterwards (tests/podmanutil.py).
-SYSTEM_PACKAGES := b3sum:b3sum ip:iproute2 bwrap:bubblewrap podman:podman runc:runc busybox:busybox-static
+# made from busybox for the session and stop it afterwards (tests/podmanutil.py). npm: it
+# installs the NPM_PACKAGES below.
+SYSTEM_PACKAGES := b3sum:b3sum npm:npm ip:iproute2 bwrap:bubblewrap podman:podman runc:runc busybox:busybox-static
 # Libraries, as SONAME:PACKAGE, looked for with ldconfig. libseccomp.so.2: the sandbox's seccomp
 # filter (mesh/exec/seccomp.py loads it through pyseccomp; apt itself depends on it on Debian).
 SYSTEM_LIBRARIES := libseccomp.so.2:libseccomp2
+# npm packages the tests read as data, as NAME@VERSION, installed under tests/.npm (git-ignored)
+# when not there at that version. @octokit/webhooks-examples: GitHub's real webhook payloads,
+# which tests/test_hooks.py parses (it fails, naming this step, when they are missing).
+NPM_PACKAGES := @octokit/webhooks-examples@7.6.1
+NPM_PREFIX   := tests/.npm
 
-.PHONY: up test venv test-deps system-deps bench clean
+.PHONY: up test venv test-deps system-deps npm-deps bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,7 +52,18 @@ system-deps:
 		echo "warning: missing system packages:$$missing (not root or no apt-get); tests that need them will say so"; \
 	fi
 
-test-deps: $(BIN)/python system-deps
+npm-deps: system-deps
+	@for spec in $(NPM_PACKAGES); do name=$${spec%@*}; version=$${spec##*@}; \
+		grep -qs "\"version\": \"$$version\"" $(NPM_PREFIX)/node_modules/$$name/package.json && continue; \
+		if command -v npm >/dev/null 2>&1; then \
+			echo "installing npm package $$spec under $(NPM_PREFIX)"; \
+			npm install --prefix $(NPM_PREFIX) --no-save --no-audit --no-fund --loglevel=error $$spec >/dev/null || exit 1; \
+		else \
+			echo "warning: npm is missing: $$spec is not installed; tests that read it will fail and say so"; \
+		fi; \
+	done
+
+test-deps: $(BIN)/python system-deps npm-deps
 	$(BIN)/python -m pip install --quiet -e '.[test]' --config-settings editable_mode=compat
 	$(BIN)/python -m compileall -q mesh
 
