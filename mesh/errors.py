@@ -41,6 +41,11 @@ take (mesh.text): a file name in it that is not UTF-8 is written with escapes.
     ├── InvalidJob (ValueError)    a job submission breaks the job rules (names, graph, fields)
     │   └── InputMissing           its input snapshot (or stdin) is on neither this node nor a live peer
     ├── JobNotFound                no job has the id asked for
+    ├── HookError                  a forge's webhook delivery cannot be taken (mesh.pipelines.hooks)
+    │   ├── HookUnauthorized       its signature or token is missing or wrong, or the project has no
+    │   │                          webhook secret (HTTP 401)
+    │   └── InvalidHook (ValueError) it names no event, or its body is not the JSON it should be (HTTP 400)
+    │       └── HookTooLarge       its body is over the size limit (HTTP 413)
     ├── NoFreeSlot                 a peer offered a task and this node has no free slot (HTTP 409)
     ├── NodeBusy                   another node already runs on this $MESH_HOME
     ├── BackgroundNodeError        the background node of mesh exec could not start or stop
@@ -313,6 +318,33 @@ class InputMissing(InvalidJob):
     def __init__(self, root: str, what: str = "input snapshot") -> None:
         super().__init__(f"{what} {root} is not on this node; upload its blobs first")
         self.root = root
+
+
+class HookError(MeshError):
+    """A forge's webhook delivery cannot be taken (mesh.pipelines.hooks says what is checked)."""
+
+
+class HookUnauthorized(HookError):
+    """A webhook delivery does not prove it comes from who holds the project's webhook secret: its
+    signature (or GitLab's token) is missing or wrong, or the project has none. The hook
+    endpoint answers 401 and starts nothing."""
+
+
+class InvalidHook(HookError, ValueError):
+    """A webhook delivery names no forge's event, or its body is not the JSON it should be
+    (malformed, not UTF-8, a push without the fields it needs): the message says where. HTTP 400."""
+
+
+class HookTooLarge(InvalidHook):
+    """A webhook delivery's body is larger than the hooks read (mesh.pipelines.hooks.MAX_BODY). HTTP 413."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"the webhook body is {size_text(size)}, over the limit of {size_text(limit)} (GitHub's own cap on a "
+            "payload): a push never needs that much"
+        )
+        self.size = size
+        self.limit = limit
 
 
 class NoFreeSlot(MeshError):

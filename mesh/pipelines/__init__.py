@@ -1,0 +1,1 @@
+"""Pipelines: the pipeline file in a repository, projects and their builds, webhook triggers, notifications."""
