@@ -1,4 +1,4 @@
-"""Webhook deliveries (mesh.pipelines.hooks).
+"""Webhook deliveries (mesh.pipelines.hooks) and the log of those taken (mesh.pipelines.deliveries).
 
 GitHub's payloads are the real ones of the ``@octokit/webhooks-examples`` npm package,
 which ``make test-deps`` installs under ``tests/.npm``: every push and ping example of
@@ -23,6 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mesh.errors import HookTooLarge, HookUnauthorized, InvalidHook, MeshError
+from mesh.pipelines.deliveries import DeliveryLog, RecentDeliveries
 from mesh.pipelines.hooks import (
     MAX_BODY,
     Ignored,
@@ -505,3 +506,31 @@ def test_hook_errors_are_meshs_own() -> None:
     assert issubclass(HookUnauthorized, MeshError) and issubclass(InvalidHook, MeshError)
     assert issubclass(InvalidHook, ValueError) and issubclass(HookTooLarge, InvalidHook)
     assert not issubclass(HookUnauthorized, InvalidHook)
+
+
+def test_a_delivery_is_taken_once_per_project_and_again_once_forgotten() -> None:
+    log: DeliveryLog = RecentDeliveries()
+    assert log.remember("app", DELIVERY)
+    assert not log.remember("app", DELIVERY)
+    assert log.remember("docs", DELIVERY)  # one organisation webhook, two projects
+    log.forget("app", DELIVERY)
+    assert log.remember("app", DELIVERY)
+    log.forget("app", "never seen")
+
+
+@given(keys=st.lists(st.sampled_from("abcdefgh"), max_size=60), limit=st.integers(1, 5))
+def test_the_delivery_log_keeps_the_most_recently_seen_up_to_its_limit(keys: list[str], limit: int) -> None:
+    log = RecentDeliveries(limit=limit)
+    model: list[str] = []  # least recently seen first
+    for key in keys:
+        assert log.remember("p", key) is (key not in model)
+        if key in model:
+            model.remove(key)
+        model = (model + [key])[-limit:]
+        assert len(log) == len(model) <= limit
+
+
+def test_a_delivery_log_keeps_at_least_one() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        RecentDeliveries(limit=0)
+    assert repr(RecentDeliveries(limit=3)) == "RecentDeliveries(limit=3, held=0)"
