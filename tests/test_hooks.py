@@ -534,3 +534,8 @@ def test_a_delivery_log_keeps_at_least_one() -> None:
     with pytest.raises(ValueError, match="at least one"):
         RecentDeliveries(limit=0)
     assert repr(RecentDeliveries(limit=3)) == "RecentDeliveries(limit=3, held=0)"
+
+
+def test_the_readme_states_the_body_limit() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert f"A body is at most {MAX_BODY // 2**20} MiB" in readme
