@@ -9,12 +9,16 @@ the receivers got is known when it returns: nothing waits on a clock.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -301,18 +305,56 @@ class Mailbox:
         return AuthResult(success=data.password == b"s3cret", handled=False)  # False: aiosmtpd answers 535
 
 
-@pytest.fixture
-def smtp_server() -> Iterator[tuple[Mailbox, int]]:
+@contextlib.contextmanager
+def smtp_on_loopback(**options: Any) -> Iterator[tuple[Mailbox, int]]:
+    """An aiosmtpd server on a free loopback port, with ``options`` for its Controller."""
     mailbox = Mailbox()
     port = free_port()
-    controller = Controller(
-        mailbox, hostname="127.0.0.1", port=port, authenticator=mailbox.authenticate, auth_require_tls=False
-    )
+    controller = Controller(mailbox, hostname="127.0.0.1", port=port, authenticator=mailbox.authenticate, **options)
     controller.start()
     try:
         yield mailbox, port
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[tuple[Mailbox, int]]:
+    with smtp_on_loopback(auth_require_tls=False) as server:
+        yield server
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, made by openssl (make test installs it)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+async def test_starttls_verifies_the_servers_certificate_before_logging_in(
+    certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = certificate
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    target = Email(address="t@example.com", on=ALWAYS)
+    with smtp_on_loopback(tls_context=server_tls, require_starttls=True) as (mailbox, port):
+        smtp = SmtpSettings(
+            host="127.0.0.1", port=port, sender="ci@example.com", starttls=True, user="ci", password="s3cret"
+        )
+        [failure] = await Notifier(smtp=smtp, policy=FAST).send_all(end(), [target])
+        assert failure.attempts == 1 and "certificate does not verify" in failure.error
+        assert mailbox.logins == [] and mailbox.messages == []
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the system's CAs, as OpenSSL finds them
+        assert await Notifier(smtp=smtp, policy=FAST).send_all(end(), [target]) == []
+        assert mailbox.logins == [("ci", b"s3cret")] and len(mailbox.messages) == 1
 
 
 async def test_an_email_reaches_the_smtp_server_with_subject_and_body(smtp_server: tuple[Mailbox, int]) -> None:
