@@ -417,6 +417,21 @@ async def test_an_email_without_an_smtp_server_is_a_failure_that_names_the_setti
     assert len(hook.bodies) == 1  # the others are sent all the same
 
 
+async def test_an_email_that_cannot_be_written_is_a_failure_and_the_others_are_sent(
+    smtp_server: tuple[Mailbox, int],
+) -> None:
+    mailbox, port = smtp_server
+    smtp = SmtpSettings(host="127.0.0.1", port=port, sender="ci@example.com")
+    targets: list[Target] = [
+        Email(address="t@example.com\nBcc: someone@example.com", on=ALWAYS),
+        Email(address="t@example.com", on=ALWAYS),
+    ]
+    [failure] = await Notifier(smtp=smtp, policy=FAST).send_all(end(), targets)
+    assert failure.attempts == 0 and "linefeed" in failure.error
+    [(envelope, _)] = mailbox.messages
+    assert envelope.rcpt_tos == ["t@example.com"]
+
+
 def test_the_default_policy_waits_2_8_and_32_seconds_between_four_attempts() -> None:
     policy = RetryPolicy()
     assert (policy.attempts, policy.timeout) == (4, 10)

@@ -249,7 +249,12 @@ class Notifier:
         async with httpx.AsyncClient(timeout=self.policy.timeout, follow_redirects=False) as http:
 
             async def deliver(index: int, target: Target) -> None:
-                results[index] = await self._deliver(http, end, target)
+                try:
+                    results[index] = await self._deliver(http, end, target)
+                except Exception as exc:  # what could not even be written (a newline in an address): recorded
+                    error = describe(exc)
+                    log.warning("%s #%d: %s not sent: %s", end.project, end.number, describe_target(target), error)
+                    results[index] = NotifyFailure(target=describe_target(target), attempts=0, error=error)
 
             async with trio.open_nursery() as nursery:
                 for index, target in enumerate(chosen):
