@@ -33,6 +33,13 @@ background (cl.)   MESH_BACKGROUND=0    (n/a)                           on: mesh
                                                                         (mesh.background)
 background idle    MESH_BACKGROUND_IDLE (n/a)                           1800 s (0: never stops by itself)
 mesh key           MESH_KEY (hex)       (--key-file FILE)               $MESH_HOME/mesh.key
+smtp_host          MESH_SMTP_HOST       smtp_host = "mail.example"      none: email notifications fail
+                                                                        (recorded on the build)
+smtp_port          MESH_SMTP_PORT       smtp_port = 587                 587 with STARTTLS, else 25
+smtp_from          MESH_SMTP_FROM       smtp_from = "ci@example.com"    mesh@<this host's name>
+smtp_starttls      MESH_SMTP_STARTTLS=1 smtp_starttls = true            off
+smtp_user          MESH_SMTP_USER       smtp_user = "ci"                none: no login
+smtp_password      MESH_SMTP_PASSWORD   smtp_password = "..."           none (required with smtp_user)
 =================  ===================  ==============================  ==========================
 
 Executors: a node that is not root offers ``process`` only when the operator names it
@@ -50,6 +57,12 @@ mapping of directory users (200000-2000200000), Nix's automatic build users (fro
 some tools mishandle. A node refuses to start, in one line, when a uid it would take has
 an account or a group, or runs processes that no node holds it for.
 
+SMTP (``smtp_*``): the server a node sends a pipeline's email notifications through
+(:mod:`mesh.pipelines.notify`). Without ``smtp_host`` a node sends none, and each email
+notification due is recorded on its build as failed, with the setting to add. STARTTLS
+checks the server's certificate against the system's CAs. A login without STARTTLS sends
+the password in the clear: use one only with a server on loopback or a trusted network.
+
 Sandbox inputs (``sandbox_inputs``, ``copy`` or ``link``): how a root node's sandbox
 checks a task's input out (:mod:`mesh.exec.sandbox`). ``copy``, the default, gives the
 task copies of its own, which it may change as a local command may; ``link`` hardlinks
@@ -63,7 +76,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+import socket
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from mesh.errors import ConfigError, InvalidUrl, UsageError
@@ -148,6 +162,74 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SmtpSettings:
+    """The SMTP server a node sends email notifications through (see the module docstring)."""
+
+    host: str
+    port: int = 25
+    sender: str  # the From address (smtp_from)
+    starttls: bool = False
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a repr, a log or a record
+
+    @classmethod
+    def load(cls, file: dict[str, Any]) -> SmtpSettings | None:
+        """From ``MESH_SMTP_*`` and ``smtp_*`` in mesh.toml (the environment first); None without a host."""
+
+        def get(name: str) -> Any:
+            env = os.environ.get(f"MESH_SMTP_{name.upper()}")
+            return env if env is not None and env != "" else file.get(f"smtp_{name}")
+
+        host = get("host")
+        if host is None:
+            return None
+        if not isinstance(host, str) or not host.strip():
+            raise UsageError(
+                f'smtp_host must be the name or address of an SMTP server, like "mail.example", not {host!r}'
+            )
+        starttls = _flag("smtp_starttls", get("starttls"))
+        port_value = get("port")
+        try:
+            port = int(port_value) if port_value is not None else (587 if starttls else 25)
+        except (TypeError, ValueError):
+            port = -1
+        if not 1 <= port <= 65535:
+            raise UsageError(
+                f"smtp_port must be a port number (587 for STARTTLS, 25 for plain SMTP), not {port_value!r}"
+            )
+        sender = get("from") or f"mesh@{socket.gethostname()}"
+        if not isinstance(sender, str) or "@" not in sender:
+            raise UsageError(f'smtp_from must be an email address like "ci@example.com", not {sender!r}')
+        user, password = get("user"), get("password")
+        if (user is None) != (password is None):
+            raise UsageError(
+                "smtp_user and smtp_password go together: set both (MESH_SMTP_USER, MESH_SMTP_PASSWORD) or neither"
+            )
+        return cls(
+            host=host.strip(),
+            port=port,
+            sender=sender,
+            starttls=starttls,
+            user=None if user is None else str(user),
+            password=None if password is None else str(password),
+        )
+
+
+def _flag(name: str, value: Any) -> bool:
+    """A boolean setting: true/false in mesh.toml, or 1/0, yes/no, on/off, true/false as text."""
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise UsageError(f"{name} must be true or false (1 or 0), not {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class NodeConfig:
     """Settings of a node (``mesh up``): where it keeps things, where it listens, how much it runs."""
 
@@ -165,6 +247,7 @@ class NodeConfig:
     own_user: bool = False  # the submitter is the node's user (mesh exec's in-process node)
     task_uids: tuple[int, int] = DEFAULT_TASK_UIDS
     sandbox_inputs: Literal["copy", "link"] = "copy"  # how a root node's sandbox checks inputs out
+    smtp: SmtpSettings | None = None  # where email notifications go (None: no server, none are sent)
 
     @property
     def docker(self) -> bool:
@@ -218,6 +301,7 @@ class NodeConfig:
             sandbox_inputs=parse_sandbox_inputs(
                 sandbox_inputs or os.environ.get("MESH_SANDBOX_INPUTS") or file.get("sandbox_inputs")
             ),
+            smtp=SmtpSettings.load(file),
         )
 
 

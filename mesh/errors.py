@@ -49,6 +49,8 @@ take (mesh.text): a file name in it that is not UTF-8 is written with escapes.
     ├── NoFreeSlot                 a peer offered a task and this node has no free slot (HTTP 409)
     ├── NodeBusy                   another node already runs on this $MESH_HOME
     ├── BackgroundNodeError        the background node of mesh exec could not start or stop
+    ├── NotificationFailed         one attempt at a build's notification failed (retried, then
+    │                              recorded on the build: mesh.pipelines.notify never raises it)
     ├── NodeError                  a node answered a client's request with an error
     │   ├── NodeUnreachable        no node answers at the address (connection refused, timeout)
     │   ├── NodeLost               the connection broke while the node answered (restart, network)
@@ -358,6 +360,19 @@ class NodeBusy(MeshError):
 class BackgroundNodeError(MeshError):
     """The background node that ``mesh exec`` starts on first use (mesh.background) could not
     start, or ``mesh down`` could not stop it; the message names its log."""
+
+
+class NotificationFailed(MeshError):
+    """One attempt to deliver a build's notification (a webhook's POST, an email) failed.
+
+    ``permanent`` says that trying again cannot help (an HTTP 404, an address the SMTP
+    server refuses with a 5xx): mesh.pipelines.notify then stops retrying. It catches
+    this error itself and records the last one on the build; its caller never sees it.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class ExecError(MeshError):

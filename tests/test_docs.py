@@ -23,6 +23,7 @@ from mesh.cluster.membership import DEAD_AFTER, SUSPECT_AFTER
 from mesh.config import DEFAULT_LISTEN, DEFAULT_NODE_URL, DEFAULT_TASK_UIDS, NodeConfig
 from mesh.exec.sandbox import DEFAULT_LIMITS
 from mesh.exec.workpool import KEEP_BYTES, KEEP_DIRS
+from mesh.pipelines.notify import RetryPolicy
 from mesh.sched.jobs import MAX_TASKS
 from mesh.wire.auth import MAX_SKEW
 
@@ -100,6 +101,8 @@ def test_the_readme_states_the_codes_figures() -> None:
     limits = DEFAULT_LIMITS
     assert limits.address_space is not None and limits.file_size is not None
     gib = 1 << 30
+    retry = RetryPolicy()
+    assert retry.attempts == 4  # the sentence below names three waits
     stated = [
         f"a silent peer is suspect after {SUSPECT_AFTER:g} s and dead after {DEAD_AFTER:g} s",
         f"load every {'second' if ROUND == 1.0 else f'{ROUND:g} s'}",
@@ -111,6 +114,8 @@ def test_the_readme_states_the_codes_figures() -> None:
         f"address space {limits.address_space // gib}G, processes {limits.processes}, "
         f"file size {limits.file_size // gib}G, open files {limits.open_files}",
         f"for about {'a minute' if MAX_SKEW == 60 else f'{MAX_SKEW} s'}",
+        f"Each attempt may take {retry.timeout:g} s; a failed one is tried again after "
+        f"{retry.delay(1):g} s, {retry.delay(2):g} s and {retry.delay(3):g} s ({retry.attempts} attempts in all)",
     ]
     for sentence in stated:
         assert sentence in text, f"the README should say {sentence!r} (the code's figure)"

@@ -1,1 +1,5 @@
-"""Pipelines: the pipeline file in a repository, projects and their builds, webhook triggers, notifications."""
+"""Pipelines: the ``.mesh.yml`` of a repository, its projects, builds, webhooks and notifications.
+
+A layer above the cluster and the scheduler and below the API: it turns a repository's
+pipeline into jobs and announces their end; the API's handlers call it.
+"""
