@@ -13,8 +13,9 @@ BIN    := $(VENV)/bin
 # the docker executor's tests, which start a private `podman system service` with a test image
 # made from busybox for the session and stop it afterwards (tests/podmanutil.py). npm: it
 # installs the NPM_PACKAGES below. openssl: the certificate of the STARTTLS test of email
-# notifications (tests/test_notify.py).
-SYSTEM_PACKAGES := b3sum:b3sum npm:npm ip:iproute2 bwrap:bubblewrap podman:podman runc:runc busybox:busybox-static openssl:openssl
+# notifications (tests/test_notify.py). promtool, prometheus (Debian's prometheus): /metrics
+# is linted and scraped by a real Prometheus (tests/test_metrics.py, test_metrics_prometheus.py).
+SYSTEM_PACKAGES := b3sum:b3sum npm:npm ip:iproute2 bwrap:bubblewrap podman:podman runc:runc busybox:busybox-static openssl:openssl promtool:prometheus
 # Libraries, as SONAME:PACKAGE, looked for with ldconfig. libseccomp.so.2: the sandbox's seccomp
 # filter (mesh/exec/seccomp.py loads it through pyseccomp; apt itself depends on it on Debian).
 SYSTEM_LIBRARIES := libseccomp.so.2:libseccomp2

@@ -29,7 +29,7 @@ from mesh import __version__
 from mesh.api.app import create_app
 from mesh.api.authorities import NodeAuthorities
 from mesh.api.idle import Activity, stop_when_idle
-from mesh.api.metrics import NodeFigures
+from mesh.api.metrics import NodeCollector, NodeFigures, node_registry
 from mesh.api.server import listen, serve
 from mesh.cas.space import Roots, StoreSpace
 from mesh.cas.store import LocalStore
@@ -44,6 +44,7 @@ from mesh.exec.process import Executor, ProcessExecutor
 from mesh.exec.runner import Runner
 from mesh.exec.toolchain import Toolchain
 from mesh.exec.workpool import KEEP_DIRS, WorkdirPool
+from mesh.pipelines.buildmetrics import BuildMetrics
 from mesh.sched.actioncache import LocalActionCache
 from mesh.sched.scheduler import Scheduler
 from mesh.sched.statedb import StateDB, state_path
@@ -86,6 +87,8 @@ class Node:
         self.runner: Runner
         self.docker: DockerStatus | None = None
         self.task_users: TaskUsers | None = None  # a root node's process tasks' uids
+        self.build_metrics = BuildMetrics()  # the pipelines count their builds here
+        self.metrics = node_registry(NodeCollector(self.figures), self.build_metrics)  # what /metrics reads
         self._stop = trio.Event()
 
     def __repr__(self) -> str:

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from mesh.wire.client import NodeClient
+from tests.metricsutil import scrape
 from tests.nodeutil import MESH, NodeProcess, free_port, host_processes, node_env, task_workroot, wait_for
 
 
@@ -384,9 +385,9 @@ def test_task_directories_are_reused_and_removed_at_shutdown(home: Path, tree: P
         process = ("--executor", "process", "--no-cache", "-C", str(tree), "--")
         for _ in range(2):
             assert node.mesh("exec", *process, "cat", "a.txt").stdout == b"alpha\n"
-        metrics = httpx.get(node.url + "/metrics", trust_env=False).text
-        assert "mesh_task_dirs_reused_total 1\n" in metrics, metrics
-        assert "mesh_task_dirs_idle 1\n" in metrics
+        metrics = scrape(node.url)
+        assert metrics["mesh_task_dirs_reused_total"] == 1, metrics
+        assert metrics["mesh_task_dirs_idle"] == 1
         assert len(os.listdir(workroot)) == 1
         assert node.stop() == 0
         assert not workroot.exists() or os.listdir(workroot) == []

@@ -5,7 +5,7 @@
 | ``GET /`` | the dashboard (mesh/web/index.html, reads /status) |
 | ``GET /health`` | JSON: ok, node id, version, store id |
 | ``GET /status`` | JSON: node, uptime, slots, queue, job counts, peers; signed: recent jobs too |
-| ``GET /metrics`` | Prometheus text: slots, queue, jobs, cache, store, peers |
+| ``GET /metrics`` | Prometheus text: slots, queue, jobs, cache, store, peers, builds |
 | ``POST /v1/blobs:missing`` | CBOR ``{"digests": [...]}`` -> ``{"missing": [...]}`` |
 | ``POST /v1/blobs:upload`` | batched upload (see mesh.wire.formats) |
 | ``PUT/GET /v1/blobs/{digest}`` | one blob's raw bytes, verified on the way in |
@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -46,7 +47,6 @@ from mesh.api.http import (
     signed,
     wants_json,
 )
-from mesh.api.metrics import CONTENT_TYPE, exposition
 from mesh.api.services import NodeServices, services
 from mesh.cluster.actioncache import MAX_LOOKUP_BODY
 from mesh.errors import MeshError
@@ -86,7 +86,7 @@ async def status(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     """``GET /metrics``: the node's counters for Prometheus (mesh.api.metrics)."""
-    return Response(exposition(services(request).figures()), media_type=CONTENT_TYPE)
+    return Response(generate_latest(services(request).metrics), media_type=CONTENT_TYPE_LATEST)
 
 
 async def submit_job(request: Request) -> Response:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from prometheus_client import CollectorRegistry
 from starlette.requests import Request
 
-from mesh.api.metrics import NodeFigures
 from mesh.cas.access import BlobAccess
 from mesh.cas.blobio import BlobReader
 from mesh.cas.digest import Digest
@@ -127,8 +127,9 @@ class NodeServices(Protocol):
         """What ``/status`` says: counts and facts; ``detailed`` (signed) adds recent jobs."""
         ...
 
-    def figures(self) -> NodeFigures:
-        """The counters ``/metrics`` exposes."""
+    @property
+    def metrics(self) -> CollectorRegistry:
+        """What ``/metrics`` exposes: the node's own registry (mesh.api.metrics.node_registry)."""
         ...
 
     def gossip(self, message: Any) -> Any:
