@@ -73,9 +73,11 @@ def test_a_branch_filter_leaves_the_step_and_what_depends_on_it_out_elsewhere() 
     assert list(compiled(text, branch=None)) == ["a"]
 
 
-def test_cache_false_runs_the_job_without_the_cache_and_labels_become_requirements() -> None:
-    job = compile_job(parse("steps:\n  - name: a\n    run: x\n    cache: false\n    requires: {gpu: 1}\n"), input=SNAP)
-    assert job.wire["no_cache"] is True
+def test_cache_false_runs_that_step_without_the_cache_and_labels_become_requirements() -> None:
+    text = "steps:\n  - name: a\n    run: x\n    cache: false\n    requires: {gpu: 1}\n  - name: b\n    run: y\n"
+    job = compile_job(parse(text), input=SNAP)
+    a, b = parse_job(job.wire).tasks
+    assert a.no_cache and not b.no_cache
     assert job.wire["tasks"][0]["requirements"] == {"label.gpu": "1"}
 
 

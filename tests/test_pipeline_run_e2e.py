@@ -148,3 +148,20 @@ def test_a_directory_without_a_pipeline_is_told_so(node: NodeProcess, tmp_path: 
     assert done.returncode == 2
     assert b".mesh.yml: no such file" in done.stderr
     assert jobs_of(node) == []
+
+
+def test_a_step_with_cache_false_runs_every_time_and_the_others_come_from_the_cache(
+    node: NodeProcess, tmp_path: Path
+) -> None:
+    tree = tmp_path / "repo"
+    tree.mkdir()
+    text = "steps:\n  - name: cached\n    run: echo same\n  - name: fresh\n    run: echo again\n    cache: false\n"
+    (tree / ".mesh.yml").write_text(text)
+    first = node.mesh("run", "-C", str(tree))
+    assert first.returncode == 0, first.stderr
+    second = node.mesh("run", "-C", str(tree))
+    assert second.returncode == 0, second.stderr
+    stderr = second.stderr.decode()
+    assert row(stderr, "cached").split()[2] == "yes", stderr
+    assert row(stderr, "fresh").split()[2] == "no", stderr
+    assert "fresh  | again" in second.stdout.decode()

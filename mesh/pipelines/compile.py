@@ -6,8 +6,7 @@ holds a character a task name may not), each with its values in its env. ``depen
 becomes the tasks' ``after`` (every task of a matrix step it names); without any
 ``depends_on`` in the file each step comes after the one before it. ``when.status``
 is the task's ``when``; ``when.branch`` leaves the step out on other branches, and with
-it every step that depends on it. ``cache: false`` on any step runs the whole job with
-``no_cache`` (the job model has no per-task switch yet).
+it every step that depends on it. ``cache: false`` is the task's ``no_cache``.
 
 What a step sees. The issue asks for the repository's snapshot overlaid with the declared
 outputs of the steps it depends on. The job model gives a task one input: a snapshot, or
@@ -107,8 +106,7 @@ def compile_job(
                 task["outputs"] = list(step.outputs)
             tasks.append(task)
             order.append((name, step.name))
-    no_cache = any(not step.cache for step in kept)
-    return CompiledJob(wire={"tasks": tasks, "label": label, "no_cache": no_cache}, tasks=tuple(order))
+    return CompiledJob(wire={"tasks": tasks, "label": label}, tasks=tuple(order))
 
 
 def effective_deps(pipeline: Pipeline) -> dict[str, tuple[str, ...]]:
@@ -167,6 +165,7 @@ def _task(
         "executor": step.executor,
         "timeout": step.timeout,
         "network": True if step.network else None,
+        "no_cache": None if step.cache else True,
         "requirements": {f"label.{key}": value for key, value in step.requires} or None,
     }
     task.update((key, value) for key, value in optional.items() if value is not None)
