@@ -45,9 +45,17 @@ def read_pipeline(directory: str) -> Pipeline:
 
 
 def current_branch(directory: str) -> str | None:
-    """The branch checked out in ``directory`` (from ``.git/HEAD``), or None (no git, a detached HEAD)."""
+    """The branch checked out in ``directory`` (its ``.git/HEAD``; a worktree's ``.git`` file names
+    the directory that holds it), or None (no git, a detached HEAD)."""
+    git = os.path.join(directory, ".git")
     try:
-        with open(os.path.join(directory, ".git", "HEAD"), encoding="utf-8", errors="replace") as f:
+        if os.path.isfile(git):
+            with open(git, encoding="utf-8", errors="replace") as f:
+                pointer = f.read().strip()
+            if not pointer.startswith("gitdir: "):
+                return None
+            git = os.path.join(directory, pointer[len("gitdir: ") :])
+        with open(os.path.join(git, "HEAD"), encoding="utf-8", errors="replace") as f:
             head = f.read().strip()
     except OSError:
         return None
