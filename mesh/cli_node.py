@@ -1,4 +1,4 @@
-"""The node commands of the ``mesh`` CLI: up, exec, jobs, job, logs, cancel, status.
+"""The node commands of the ``mesh`` CLI: up, exec, run, jobs, job, logs, cancel, status.
 
 Split from mesh.cli (the store commands) to keep each module small; mesh.cli
 registers these parsers. Client commands use the sync NodeClient and never
@@ -220,6 +220,26 @@ def cmd_exec(args: argparse.Namespace) -> int:
         except execute.Stopped as stopped:
             return stopped.status
         except execute.Interrupted as stop:  # before the job was submitted, or after it ended
+            return stop.status
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the pipeline (.mesh.yml) of a directory on the mesh."""
+    from mesh import execute, pipeline_run
+    from mesh.follow import reconnect_window
+
+    directory = os.path.abspath(args.directory)
+    if not os.path.isdir(directory):
+        raise UsageError(f"-C {args.directory}: not a directory")
+    request = pipeline_run.RunRequest(directory=directory, steps=args.steps, env=_parse_pairs(args.set, "--set"))
+    pipeline_run.read_pipeline(directory)  # a malformed file fails here, before a node is asked anything
+    window = reconnect_window(args.reconnect)
+    with _client(args, allow_embedded=True) as client, execute.Interrupts():
+        try:
+            return pipeline_run.run(client, args.settings, request, window=window)
+        except execute.Stopped as stopped:
+            return stopped.status
+        except execute.Interrupted as stop:
             return stop.status
 
 
@@ -539,6 +559,26 @@ def add_parsers(add: Add) -> None:
         help="say the job id, and where a cache hit came from or why the run was not one",
     )
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command and its arguments")
+
+    p = add(
+        "run",
+        cmd_run,
+        "run the pipeline (.mesh.yml) of this directory",
+        "Read DIR/.mesh.yml (see README, Pipelines), snapshot DIR as mesh exec does and run the\n"
+        "pipeline as one job: each step a task, a matrix step one task per combination. Each line\n"
+        "of output is prefixed with its step; a table at the end gives each step's node, whether it\n"
+        "was cached, its time and its status. Exit status: 0 if the pipeline succeeded, 1 if a step\n"
+        "failed, 2 if .mesh.yml is malformed (the message names its line; nothing is submitted),\n"
+        "130 if it was cancelled, 128+N after signal N (the job is cancelled), 255 if the node\n"
+        "stayed away.",
+    )
+    p.add_argument("-C", dest="directory", default=".", metavar="DIR", help="the directory to snapshot and run in")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="K=V", help="set an environment variable in every step (repeat)"
+    )
+    p.add_argument("--reconnect", type=float, metavar="S", help=reconnect_help)
+    p.add_argument("--node", metavar="URL", help=node_help)
+    p.add_argument("steps", nargs="*", metavar="STEP", help="run only these steps and the steps they depend on")
 
     p = add("peers", cmd_peers, "list a node's peers", "List the peers a node knows: state, load, last heard.")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -14,6 +14,7 @@ take (mesh.text): a file name in it that is not UTF-8 is written with escapes.
 
     MeshError
     ├── UsageError                 bad arguments from a person (CLI exit code 2)
+    │   └── PipelineError          a .mesh.yml that breaks the pipeline rules (names its line)
     ├── ConfigError                mesh.toml or the mesh key is unreadable or malformed (CLI exit code 1)
     ├── InvalidDigest (ValueError) a digest's text or fields are malformed
     ├── InvalidUrl (ValueError)    a node's URL or a request's host is malformed (mesh.urls)
@@ -99,6 +100,12 @@ def _rebuild(cls: type[MeshError], message: str, state: dict[str, object]) -> Me
 
 class UsageError(MeshError):
     """A person gave arguments that cannot work; the CLI exits with status 2."""
+
+
+class PipelineError(UsageError):
+    """A pipeline file (``.mesh.yml``, mesh.pipelines) that is not valid YAML or breaks the
+    pipeline schema: the message names the file, the line and the key. A usage error (exit
+    2): the file is the person's input to ``mesh run``, and nothing was submitted."""
 
 
 class ConfigError(MeshError):

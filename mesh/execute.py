@@ -154,9 +154,16 @@ def follow_job(client: NodeClient, job: dict[str, Any], *, window: float) -> Exe
     with EXIT_NODE_LOST, having said how to follow the job.
     """
     follower = JobFollower(client, sys.stdout.buffer, sys.stderr.buffer)
+    return ExecOutcome.of(follow_job_with(follower, job, window=window))
+
+
+def follow_job_with(follower: JobFollower, job: dict[str, Any], *, window: float) -> Followed:
+    """Submit ``job`` and follow it with ``follower`` to its end, as :func:`follow_job` does
+    (``mesh run`` passes a follower that prefixes each task's lines)."""
+    client = follower.client
     try:
         try:
-            followed = follower.follow(client.submit_and_follow(job), window=window)
+            return follower.follow(client.submit_and_follow(job), window=window)
         except BrokenPipeError:
             raise Interrupted(signal.SIGPIPE) from None
     except Interrupted as stop:
@@ -164,7 +171,6 @@ def follow_job(client: NodeClient, job: dict[str, Any], *, window: float) -> Exe
     except NodeGone as gone:
         say(f"{gone}; it goes on there: follow it with `mesh logs -f {gone.job_id} --node {client.url}`")
         raise Stopped(EXIT_NODE_LOST) from None
-    return ExecOutcome.of(followed)
 
 
 def cancel(follower: JobFollower, signum: int, *, window: float) -> int:
@@ -285,6 +291,7 @@ __all__ = [
     "ExecRequest",
     "snapshot_for",
     "follow_job",
+    "follow_job_with",
     "Stopped",
     "Interrupts",
     "Interrupted",

@@ -35,7 +35,7 @@ from mesh.cas.digest import Digest
 from mesh.errors import CodecError, MeshError, NodeError, NodeLost, NodeUnreachable, UsageError
 from mesh.exec.action import ActionResult
 from mesh.sched.jobevents import JobEvent, JobFinished, JobSubmitted, Output, TaskFinished, from_wire
-from mesh.sched.jobs import JobState
+from mesh.sched.jobs import JobState, TaskState
 from mesh.wire.client import NodeClient
 
 #: Seconds the node may stay away while a job is followed before the follower gives up.
@@ -89,6 +89,7 @@ class Followed:
     reason: str | None
     results: dict[str, ActionResult | None] = field(default_factory=dict)
     reasons: dict[str, str | None] = field(default_factory=dict)
+    states: dict[str, TaskState] = field(default_factory=dict)  # each finished task's final state
 
 
 class _Lines:
@@ -147,6 +148,7 @@ class JobFollower:
         self._lines: dict[tuple[str, str], _Lines] = {}
         self._results: dict[str, ActionResult | None] = {}
         self._reasons: dict[str, str | None] = {}
+        self._states: dict[str, TaskState] = {}
 
     # -- reading events --------------------------------------------------------------
 
@@ -187,7 +189,7 @@ class JobFollower:
     def _so_far(self) -> Followed:
         for task in {task for task, _ in self._lines}:
             self._end_lines(task)
-        return Followed(self.job_id, "running", None, self._results, self._reasons)
+        return Followed(self.job_id, "running", None, self._results, self._reasons, self._states)
 
     def _open(self, wait: bool) -> Iterator[dict[str, Any]]:
         return self.client.events(self.job_id, 0, wait=wait, on_open=self._back)
@@ -203,12 +205,15 @@ class JobFollower:
                     self._write(event.task, event.stream, event.offset, event.data)
             elif isinstance(event, TaskFinished):
                 self._results[event.task], self._reasons[event.task] = event.result, event.reason
+                self._states[event.task] = event.state
                 if event.result is not None and self._wanted(event.task) and event.task not in self.done:
                     self.write_result(event.task, event.result)
             elif isinstance(event, JobFinished):
                 for task in list(self._results):
                     self._end_lines(task)
-                return Followed(self.job_id or event.job, event.state, event.reason, self._results, self._reasons)
+                return Followed(
+                    self.job_id or event.job, event.state, event.reason, self._results, self._reasons, self._states
+                )
         return None
 
     # -- writing output -----------------------------------------------------------------

@@ -173,3 +173,11 @@ def test_stdin_of_an_action_is_in_its_wire_form_and_digest() -> None:
     for bad, message in [("nonsense", "field 'stdin'"), (7, "stdin")]:
         with pytest.raises(CodecError, match=message):
             parse_job({"tasks": [{"argv": ["cat"], "input": str(SNAP), "stdin": bad}]})
+
+
+def test_a_task_may_ask_for_no_cache_alone() -> None:
+    spec = parse_job({"tasks": [task("a", no_cache=True), task("b")]})
+    assert [t.no_cache for t in spec.tasks] == [True, False]
+    assert not spec.no_cache
+    with pytest.raises(CodecError):
+        parse_job({"tasks": [task("a", no_cache="yes")]})

@@ -1,5 +1,14 @@
-"""Pipelines: the ``.mesh.yml`` of a repository, its projects, builds, webhooks, notifications and build metrics.
+"""Pipelines: ``.mesh.yml`` in a repository, turned into one job of the node (mesh.sched.jobs),
+and what a build's end sets off.
 
-A layer above the cluster and the scheduler and below the API: it turns a repository's
-pipeline into jobs and announces their end; the API's handlers call it.
+- :mod:`mesh.pipelines.pipefile`: parse and validate the file into a typed :class:`Pipeline`;
+- :mod:`mesh.pipelines.compile`: a pipeline (and a repository snapshot) to a job's wire form;
+- :mod:`mesh.pipelines.hooks`, :mod:`mesh.pipelines.deliveries`: a forge's webhook delivery
+  checked with the project's secret and read; the delivery ids taken;
+- :mod:`mesh.pipelines.notify`: which notifications a build's end sends, and sending them;
+- :mod:`mesh.pipelines.buildmetrics`: builds by project and result, for /metrics.
+
+Projects and build numbers join here later; each keeps a module of its own with a narrow
+interface. The layer sits above mesh.cluster and mesh.sched, below mesh.api: nothing here
+serves HTTP or runs a task.
 """

@@ -26,12 +26,15 @@ The wire form of a job submission (CBOR, or JSON on the API)::
                 "env": {str: str}, "cwd": str, "outputs": [str] | null,
                 "timeout": seconds, "executor": "process", "image": str | null,
                 "network": bool, "requirements": {str: str}, "times": "b3:..." (with "input"),
-                "stdin": "b3:..." (optional),
+                "stdin": "b3:..." (optional), "no_cache": bool (optional),
                 "after": [name], "when": "success" | "failure" | "always"}, ...],
      "label": str, "no_cache": bool, "pinned": bool}
 
 ``times`` names the times manifest (mesh.cas.times) of the input: the mtimes the task
 sees on its input's entries; it travels with the input (uploaded with it, fetched with it).
+
+A task's ``no_cache`` runs it without the action cache (neither answered from it nor
+recorded in it), as the job's does for every task (a pipeline step's ``cache: false``).
 
 ``pinned`` keeps every task on the node that accepted the job: a coordinator offering
 a task to a peer sends it as a pinned one-task job, so the peer never passes it on.
@@ -96,6 +99,7 @@ class TaskSpec:
     when: When
     parsed: Action | None = field(default=None, repr=False, compare=False)  # the action, when ``input`` is set
     stdin: Digest | None = None  # the blob the task reads as stdin (None: empty)
+    no_cache: bool = False  # this task runs without the action cache (the job's no_cache: every task)
 
     @property
     def depends_on(self) -> tuple[str, ...]:
@@ -201,6 +205,7 @@ def _parse_task(raw: Any, index: int, default_executor: str) -> TaskSpec:
     # Validate the action now (with a placeholder input when it comes from a task).
     probe = Digest.of(b"") if input is None else input
     action = Action.from_fields(fields, input=probe)
+    no_cache = fields.flag("no_cache", False)
     fields.done()
     if input is None and action.times is not None:
         raise InvalidJob(f"task {name!r} takes its input from a task, whose output has no times manifest: drop 'times'")
@@ -213,6 +218,7 @@ def _parse_task(raw: Any, index: int, default_executor: str) -> TaskSpec:
         when=when,
         parsed=action if input is not None else None,
         stdin=action.stdin,
+        no_cache=no_cache,
     )
 
 

@@ -201,6 +201,10 @@ class LiveJob:
                 if self.tasks[dep].state not in FINAL_TASK_STATES:
                     self.pending[task.name] += 1
 
+    def uncached(self, task: TaskRecord) -> bool:
+        """Whether ``task`` runs without the action cache: its job's ``no_cache``, or its own."""
+        return self.spec.no_cache or task.spec.no_cache
+
 
 def new_job_id() -> str:
     """20 hex digits: milliseconds since the epoch, then randomness (sortable, unguessable enough)."""
@@ -457,7 +461,7 @@ class Scheduler:
             return True
         task.action = action
         found = Found(note="not looked up: the job asked for no cache")
-        if not live.spec.no_cache:
+        if not live.uncached(task):
             found = self.lookup.here(action, pinned=live.spec.pinned)
             if found.hit is not None:
                 self._cache_hits += 1
@@ -740,7 +744,7 @@ class Scheduler:
                     action = task.action or self._action(live, task)
                     if where is None:
                         result = await self._run_here(
-                            action, on_output, cache=not live.spec.no_cache, on_cancel=killed.append
+                            action, on_output, cache=not live.uncached(task), on_cancel=killed.append
                         )
                     else:
                         assert self.remote is not None
@@ -780,7 +784,7 @@ class Scheduler:
                 else:
                     if not result.cached:
                         result = replace(result, cache_note=task.cache_note)
-                    if result.success and not live.spec.no_cache and result.cache_key is not None:
+                    if result.success and not live.uncached(task) and result.cache_key is not None:
                         self.lookup.cache.put(result.cache_key, result)  # under the key of the node that ran it
                     self._finish(
                         live, task, "succeeded" if result.success else "failed", result=result, reason=_why(result)
