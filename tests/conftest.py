@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, settings
 
 from mesh.cas.store import LocalStore
 from mesh.exec.removal import remove_tree
+from mesh.wire.client import NodeClient
 from tests import podmanutil
-from tests.nodeutil import NodeProcess
+from tests.nodeutil import NodeProcess, wait_for
 
 #: The size of the ``small_fs`` fixture's filesystem.
 SMALL_FS_BYTES = 8 << 20
@@ -54,6 +55,28 @@ def node(home: Path) -> Iterator[NodeProcess]:
         yield process
     finally:
         process.stop(timeout=30)
+
+
+@pytest.fixture
+def two_nodes(tmp_path: Path) -> Iterator[tuple[NodeProcess, NodeProcess]]:
+    """Node a, and node b in a's mesh with the label where=b (a task that requires it runs there)."""
+    a = NodeProcess(str(tmp_path / "a")).start()
+    b = None
+    try:
+        (tmp_path / "b").mkdir()
+        (tmp_path / "b" / "mesh.key").write_text((tmp_path / "a" / "mesh.key").read_text())
+        b = NodeProcess(str(tmp_path / "b"), extra_args=["--peer", a.addr, "--label", "where=b"]).start()
+
+        def b_is_a_peer_of_a() -> bool:
+            with NodeClient(a.url) as client:
+                return any(p["state"] == "alive" for p in client.status().get("peers", []))
+
+        wait_for(b_is_a_peer_of_a, timeout=30, what="b to join a's mesh")
+        yield a, b
+    finally:
+        if b is not None:
+            b.stop()
+        a.stop()
 
 
 @pytest.fixture

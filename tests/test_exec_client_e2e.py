@@ -10,7 +10,6 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -251,28 +250,6 @@ def test_a_terminal_stdin_gives_an_empty_stdin(node: NodeProcess, tree: Path) ->
         os.close(terminal)
         os.close(controller)
     assert (done.returncode, done.stdout) == (0, b"end\n"), done.stderr
-
-
-@pytest.fixture
-def two_nodes(tmp_path: Path) -> Iterator[tuple[NodeProcess, NodeProcess]]:
-    """Node a, and node b in a's mesh with the label where=b (a task that requires it runs there)."""
-    a = NodeProcess(str(tmp_path / "a")).start()
-    b = None
-    try:
-        (tmp_path / "b").mkdir()
-        (tmp_path / "b" / "mesh.key").write_text((tmp_path / "a" / "mesh.key").read_text())
-        b = NodeProcess(str(tmp_path / "b"), extra_args=["--peer", a.addr, "--label", "where=b"]).start()
-
-        def b_is_a_peer_of_a() -> bool:
-            with NodeClient(a.url) as client:
-                return any(p["state"] == "alive" for p in client.status().get("peers", []))
-
-        wait_for(b_is_a_peer_of_a, timeout=30, what="b to join a's mesh")
-        yield a, b
-    finally:
-        if b is not None:
-            b.stop()
-        a.stop()
 
 
 def test_stdin_travels_to_the_peer_that_runs_the_task(two_nodes: tuple[NodeProcess, NodeProcess], tree: Path) -> None:

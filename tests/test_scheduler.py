@@ -230,6 +230,7 @@ class FakeRemote:
         self.peers = list(peers)
         self.give = give
         self.ran_on: list[tuple[str, tuple[str, ...]]] = []
+        self.uncached: set[tuple[str, ...]] = set()  # the argv of tasks offered with no_cache
         self.steals: list[tuple[str, int]] = []
         self.release = trio.Event()
 
@@ -246,9 +247,11 @@ class FakeRemote:
         return {}
 
     async def run_on(
-        self, url: str, task_key: str, action: Action, on_output: Any, on_cancel: Any = None
+        self, url: str, task_key: str, action: Action, on_output: Any, on_cancel: Any = None, *, no_cache: bool = False
     ) -> ActionResult:
         self.ran_on.append((url, action.argv))
+        if no_cache:
+            self.uncached.add(action.argv)
         await self.release.wait()
         now = time.time()
         return ActionResult(
@@ -346,7 +349,14 @@ async def test_a_task_only_a_declining_peer_can_run_waits_for_it(tmp_path: Path)
 
     class DecliningOnce(FakeRemote):
         async def run_on(
-            self, url: str, task_key: str, action: Action, on_output: Any, on_cancel: Any = None
+            self,
+            url: str,
+            task_key: str,
+            action: Action,
+            on_output: Any,
+            on_cancel: Any = None,
+            *,
+            no_cache: bool = False,
         ) -> ActionResult:
             if not self.ran_on:
                 self.ran_on.append(("declined", action.argv))
@@ -477,19 +487,51 @@ async def test_a_task_cancelled_between_its_dispatch_and_its_start_never_runs(tm
     assert [task.state for task in StateDB(str(tmp_path / "state.db")).tasks(job_id, spec)] == ["cancelled"] * 2
 
 
-async def test_a_stolen_task_cancelled_before_its_offer_begins_is_not_offered(tmp_path: Path) -> None:
-    remote = FakeRemote(NodeView(node=THIEF, capabilities={"executor.process": "1"}, slots=2, busy=2))
+async def start_busy(
+    tmp_path: Path, nursery: trio.Nursery, thief_slots: int
+) -> tuple[FakeRemote, FakeRunner, Scheduler, str]:
+    """A one-slot scheduler whose slot a held job ("busy") fills, and a full THIEF of
+    ``thief_slots`` slots: what is submitted next waits in the queue, to be given away."""
+    remote = FakeRemote(
+        NodeView(node=THIEF, capabilities={"executor.process": "1"}, slots=thief_slots, busy=thief_slots)
+    )
     runner = FakeRunner()
     runner.hold = True
     scheduler = Scheduler(
         StateDB(str(tmp_path / "state.db")), runner, AllPresent(), node_id="n", slots=1, remote=remote
     )
+    await nursery.start(scheduler.run)
+    busy = scheduler.submit(job(t("busy", ["ok", "busy"])))
+    with trio.fail_after(5):
+        while runner.running < 1:
+            await trio.sleep(0.001)
+    return remote, runner, scheduler, busy
+
+
+async def test_a_stolen_task_keeps_its_jobs_and_its_own_no_cache(tmp_path: Path) -> None:
+    """A task given to a thief is offered with no_cache when its job or the task itself has it
+    (a pipeline step's ``cache: false``), so the thief neither answers nor records it."""
     async with trio.open_nursery() as nursery:
-        await nursery.start(scheduler.run)
-        busy = scheduler.submit(job(t("busy", ["ok", "busy"])))
+        remote, runner, scheduler, busy = await start_busy(tmp_path, nursery, 3)
+        whole = scheduler.submit(job(t("w", ["ok", "w"]), no_cache=True))
+        mixed = scheduler.submit(job(t("own", ["ok", "own"], no_cache=True), t("cached", ["ok", "cached"])))
+        await trio.testing.wait_all_tasks_blocked()
+        assert scheduler.give(THIEF, 3) == 3
         with trio.fail_after(5):
-            while runner.running < 1:
+            while len(remote.ran_on) < 3:
                 await trio.sleep(0.001)
+        assert remote.uncached == {("ok", "w"), ("ok", "own")}
+        remote.release.set()
+        runner.hold = False
+        runner.release.set()
+        for job_id in (busy, whole, mixed):
+            await wait_state(scheduler, job_id, "succeeded")
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_stolen_task_cancelled_before_its_offer_begins_is_not_offered(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        remote, runner, scheduler, busy = await start_busy(tmp_path, nursery, 2)
         queued = scheduler.submit(job(t("q", ["ok", "q"])))
         await trio.testing.wait_all_tasks_blocked()
         assert scheduler.give(THIEF, 1) == 1

@@ -100,6 +100,10 @@ class PeerClient:
 class TaskOffers:
     """Running a task on a peer: offer it as a pinned one-task job and follow its events.
 
+    A task that runs without the action cache (its job's ``no_cache``, or its own: a
+    pipeline step's ``cache: false``) is offered as a ``no_cache`` job: the peer neither
+    answers it from its cache nor records its result there, as this node would not.
+
     The peer fetches the input's missing blobs from ``source`` (this node) before it
     accepts; it answers 409 when it has no free slot (PeerDeclined). A stream that
     ends before the job does means the peer was lost (NodeError): the coordinator
@@ -124,11 +128,14 @@ class TaskOffers:
         action: Action,
         on_output: Callable[[str, bytes], Awaitable[None]],
         on_cancel: Callable[[ActionResult], None] | None = None,
+        *,
+        no_cache: bool = False,
     ) -> ActionResult:
         job = {
             "tasks": [{"name": "offered", **action.to_wire()}],
             "label": f"offered {task_key}",
             "pinned": True,
+            "no_cache": no_cache,
         }
         target = f"/v1/jobs?follow=1&offer=1&source={quote(self.source(), safe=':/')}"
         result: ActionResult | None = None

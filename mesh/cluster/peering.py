@@ -182,10 +182,12 @@ class Peering:
         action: Action,
         on_output: OutputSink,
         on_cancel: Callable[[ActionResult], None] | None = None,
+        *,
+        no_cache: bool = False,
     ) -> ActionResult:
         """Run a task on the peer at ``url`` (see mesh.cluster.peer.TaskOffers)."""
         assert self.offers is not None, "peering is not running"
-        return await self.offers.run(url, task_key, action, on_output, on_cancel)
+        return await self.offers.run(url, task_key, action, on_output, on_cancel, no_cache=no_cache)
 
     async def steal(self, url: str, slots: int) -> int:
         """Ask the peer at ``url`` to offer this node up to ``slots`` queued tasks (work stealing)."""

@@ -37,7 +37,8 @@ A task's ``no_cache`` runs it without the action cache (neither answered from it
 recorded in it), as the job's does for every task (a pipeline step's ``cache: false``).
 
 ``pinned`` keeps every task on the node that accepted the job: a coordinator offering
-a task to a peer sends it as a pinned one-task job, so the peer never passes it on.
+a task to a peer sends it as a pinned one-task job, so the peer never passes it on,
+with the job's ``no_cache`` set when the task runs without the cache (its job's or its own).
 """
 
 from __future__ import annotations

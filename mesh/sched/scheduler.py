@@ -147,9 +147,12 @@ class Remote(Protocol):
         action: Action,
         on_output: OutputSink,
         on_cancel: Callable[[ActionResult], None] | None = None,
+        *,
+        no_cache: bool = False,
     ) -> ActionResult:
         """Offer the task to the peer at ``url`` and follow it to its result; cancelled, the
         task is cancelled there and what it wrote until then goes to ``on_cancel``.
+        ``no_cache``: the peer neither answers it from its action cache nor records it there.
 
         Raises PeerDeclined when the peer has no room, NodeError/NodeUnreachable when it
         is lost; both leave the task to be placed again.
@@ -749,7 +752,9 @@ class Scheduler:
                     else:
                         assert self.remote is not None
                         key = f"{live.row.id}/{task.name}/{task.attempts}"
-                        result = await self.remote.run_on(where, key, action, on_output, killed.append)
+                        result = await self.remote.run_on(
+                            where, key, action, on_output, killed.append, no_cache=live.uncached(task)
+                        )
                 except PeerDeclined:
                     self._declined[where or ""] = time.monotonic() + DECLINE_COOLDOWN
                     task.attempts -= 1
