@@ -49,3 +49,26 @@ def test_a_no_cache_task_on_a_peer_is_neither_answered_from_nor_recorded_in_its_
     assert f"ran on node {b_id}".encode() in third, third
     cached = run()  # without --no-cache the recorded result answers (the test can fail)
     assert b"(cached)" in cached and runs.read_text() == "ran\n" * 3, cached
+
+
+def test_a_cache_false_step_on_a_peer_runs_every_time(
+    two_nodes: tuple[NodeProcess, NodeProcess], tmp_path: Path, shared: Path
+) -> None:
+    """A pipeline step's ``cache: false`` (the task's own no_cache, its job's is not set)
+    holds on the peer too: `mesh run` twice runs the step twice there."""
+    a, b = two_nodes
+    runs = shared / "runs"
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / ".mesh.yml").write_text(
+        "steps:\n"
+        "  - name: once-more\n"
+        f"    run: echo ran >> {runs}\n"
+        "    executor: process\n"
+        "    requires: {where: b}\n"
+        "    cache: false\n"
+    )
+    for count in (1, 2):
+        done = a.mesh("run", "-C", str(repo))
+        assert done.returncode == 0, done.stderr
+        assert runs.read_text() == "ran\n" * count, done.stderr
