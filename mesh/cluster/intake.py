@@ -10,7 +10,9 @@ it takes to accept a job lives here, not in the handler:
 - **An offer** is a pinned job of one task from a peer that places work (mesh.cluster.peer
   TaskOffers). It is taken only with a free slot (else NoFreeSlot, 409: the peer offers
   it to another node), after copying what the store lacks of its input (and its stdin)
-  from the offering node, so the task starts as soon as a slot runs it.
+  from the offering node, so the task starts as soon as a slot runs it. Its ``no_cache``
+  (set when the task runs without the cache on the offering node) holds here too: the
+  task is neither answered from this node's action cache nor recorded in it.
 """
 
 from __future__ import annotations
