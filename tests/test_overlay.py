@@ -129,7 +129,7 @@ def test_the_base_keeps_its_times_and_the_layers_get_the_fixed_one(tmp_path: Pat
     base_times = Times.of([(b"", 1), (b"build", 2), (b"gone", 3), (b"gone/inner", 4), (b"main.c", 5)])
     layer = _snap(store, tmp_path, {b"build": ("dir", {b"app": ("file", b"a", False)}), b"gone": ("file", b"g", False)})
     result = overlay_tree(store, base, [layer])
-    times = overlay_times(store, base_times, result)
+    times = overlay_times(base_times, result)
     assert dict(zip(times.paths, times.mtimes, strict=True)) == {
         b"": 1,
         b"build": 2,  # merged into: the base's

@@ -31,12 +31,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from mesh.cas.digest import Digest
-from mesh.cas.store import LocalStore
 from mesh.cas.times import FIXED_MTIME_NS, Times
 from mesh.cas.tree import Entry, Kind, decode_node, encode_node
 from mesh.errors import OverlayConflict
+
+
+class Blobs(Protocol):
+    """What an overlay needs of a store (mesh.cas.store.LocalStore): reading and putting blobs."""
+
+    def get(self, digest: Digest) -> bytes: ...
+
+    def put(self, data: bytes | bytearray | memoryview) -> Digest: ...
 
 
 @dataclass(kw_only=True)
@@ -52,14 +60,14 @@ class Overlaid:
     replaced: set[bytes] = field(default_factory=set)
 
 
-def overlay(store: LocalStore, base: Digest, layers: Sequence[Digest], names: Sequence[str] = ()) -> Digest:
+def overlay(store: Blobs, base: Digest, layers: Sequence[Digest], names: Sequence[str] = ()) -> Digest:
     """The snapshot ``base`` with each of ``layers`` laid over it (module docstring); its nodes are
     put in ``store``, which must hold the base's and the layers' trees (BlobNotFound otherwise).
     ``names`` names the layers in a conflict's message (default: their digests)."""
     return overlay_tree(store, base, layers, names).root
 
 
-def overlay_tree(store: LocalStore, base: Digest, layers: Sequence[Digest], names: Sequence[str] = ()) -> Overlaid:
+def overlay_tree(store: Blobs, base: Digest, layers: Sequence[Digest], names: Sequence[str] = ()) -> Overlaid:
     """:func:`overlay`, with the paths that came from the layers (:class:`Overlaid`)."""
     labels = list(names) or [str(layer) for layer in layers]
     if len(labels) != len(layers):
@@ -70,7 +78,7 @@ def overlay_tree(store: LocalStore, base: Digest, layers: Sequence[Digest], name
     return result
 
 
-def overlay_times(store: LocalStore, base_times: Times, overlaid: Overlaid) -> Times:
+def overlay_times(base_times: Times, overlaid: Overlaid) -> Times:
     """The times manifest of an overlay whose base had ``base_times`` (module docstring)."""
     replaced = overlaid.replaced
 
@@ -86,7 +94,7 @@ def overlay_times(store: LocalStore, base_times: Times, overlaid: Overlaid) -> T
     return Times.of(pairs.items())
 
 
-def tree_paths(store: LocalStore, root: Digest, prefix: bytes = b"") -> Iterator[bytes]:
+def tree_paths(store: Blobs, root: Digest, prefix: bytes = b"") -> Iterator[bytes]:
     """Every entry's path under the directory node ``root`` (joined to ``prefix``), depth first."""
     for entry in _read(store, root):
         path = _join(prefix, entry.name)
@@ -95,7 +103,7 @@ def tree_paths(store: LocalStore, root: Digest, prefix: bytes = b"") -> Iterator
             yield from tree_paths(store, entry.blob, path)
 
 
-def _read(store: LocalStore, digest: Digest) -> list[Entry]:
+def _read(store: Blobs, digest: Digest) -> list[Entry]:
     return decode_node(store.get(digest))
 
 
@@ -104,7 +112,7 @@ def _join(prefix: bytes, name: bytes) -> bytes:
 
 
 def _lay(
-    store: LocalStore, base: list[Entry], layers: list[tuple[str, list[Entry]]], prefix: bytes, out: Overlaid
+    store: Blobs, base: list[Entry], layers: list[tuple[str, list[Entry]]], prefix: bytes, out: Overlaid
 ) -> Digest:
     """Lay the directory entries of ``layers`` over ``base`` (the directory at ``prefix``); put
     the merged node in the store and return its digest."""
