@@ -38,7 +38,8 @@ take (mesh.text): a file name in it that is not UTF-8 is written with escapes.
     │   ├── UnsupportedFile        ingest met FIFOs, sockets or devices (named all at once)
     │   ├── CheckoutConflict       checkout found something in the way (never written through)
     │   ├── PathNotFound           a path does not exist inside a snapshot
-    │   └── TreeChanged            a file changed between hashing and uploading (snapshot again)
+    │   ├── TreeChanged            a file changed between hashing and uploading (snapshot again)
+    │   └── OverlayConflict        two layers of a snapshot overlay write the same path (mesh.cas.overlay)
     ├── InvalidJob (ValueError)    a job submission breaks the job rules (names, graph, fields)
     │   └── InputMissing           its input snapshot (or stdin) is on neither this node nor a live peer
     ├── JobNotFound                no job has the id asked for
@@ -306,6 +307,11 @@ class TreeChanged(SnapshotError):
     def __init__(self, path: str, why: str) -> None:
         super().__init__(f"{path} changed since the tree was hashed ({why}); snapshot the tree again")
         self.path = path
+
+
+class OverlayConflict(SnapshotError):
+    """Two layers of a snapshot overlay (mesh.cas.overlay) write the same path: the message
+    names the path and both layers' producers."""
 
 
 class InvalidJob(MeshError, ValueError):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from mesh.cas.digest import Digest
 from mesh.errors import CodecError, InvalidJob
 from mesh.exec.action import Action
-from mesh.sched.jobs import FINAL_TASK_STATES, decide, find_cycle, job_state, parse_job
+from mesh.sched.jobs import FINAL_TASK_STATES, MAX_OVERLAY, decide, find_cycle, job_state, parse_job
 
 SNAP = str(Digest.of(b"snapshot"))
 
@@ -34,6 +34,16 @@ def test_a_valid_job_round_trips() -> None:
     assert parse_job(spec.to_wire()).to_wire() == spec.to_wire()
     action = spec.by_name["a"].action()
     assert action.env == (("X", "1"),) and action.outputs == ("out",) and action.timeout == 5.0
+
+
+def test_a_task_may_overlay_the_outputs_of_tasks_it_runs_after() -> None:
+    spec = parse_job({"tasks": [task("a"), task("m:1"), task("c", after=["a", "m:1"], overlay=["m:1", "a"])]})
+    assert spec.by_name["c"].overlay == ("m:1", "a") and spec.by_name["c"].depends_on == ("a", "m:1")
+    assert parse_job(spec.to_wire()).by_name["c"].overlay == ("m:1", "a")
+    too_many = [task(f"t{i}") for i in range(MAX_OVERLAY + 1)]
+    names = [t["name"] for t in too_many]
+    with pytest.raises(InvalidJob, match=f"at most {MAX_OVERLAY}"):
+        parse_job({"tasks": [*too_many, task("c", after=names, overlay=names)]})
 
 
 @pytest.mark.parametrize(
@@ -60,6 +70,10 @@ def test_a_valid_job_round_trips() -> None:
         ({"tasks": [task("a", outputs=["/etc"])]}, "relative"),
         ({"tasks": [task("a", executor="vm")]}, "unknown executor"),
         ({"tasks": [task("a", input="b3:zz")]}, "field 'input'"),
+        ({"tasks": [task("a"), task("b", overlay=["a"])]}, "which it does not run after: add to 'after'"),
+        ({"tasks": [task("a"), task("b", after=["a"], overlay=["a", "a"])]}, "names a more than once"),
+        ({"tasks": [task("a"), {"name": "b", "argv": ["x"], "input_task": "a", "overlay": ["a"]}]}, "needs 'input'"),
+        ({"tasks": [task("a"), task("b", after=["a"], overlay="a")]}, "'overlay'"),
         ({"tasks": "a"}, "'tasks'"),
         ([1, 2], "must be a map"),
     ],

@@ -32,10 +32,11 @@ def test_the_issues_example_becomes_a_dag_with_a_matrix_and_a_reaction() -> None
     assert list(tasks) == ["build", "test:1", "test:2", "test:3", "test:4", "on-failure"]
     build = tasks["build"]
     assert build["input"] == str(SNAP) and build["times"] == str(TIMES) and build["image"] == "localhost/builder:1"
-    assert "outputs" not in build  # its whole workdir: the steps after it see the repository and build/
+    assert build["outputs"] == ["build"]  # only what it declared: what the steps after it see
     for shard in "1234":
         test = tasks[f"test:{shard}"]
-        assert test["input_task"] == "build" and "input" not in test and "times" not in test
+        assert test["input"] == str(SNAP) and test["times"] == str(TIMES) and test["overlay"] == ["build"]
+        assert "input_task" not in test
         assert test["env"]["SHARD"] == shard and test["argv"] == ["sh", "-c", "make test SHARD=$SHARD"]
     reaction = tasks["on-failure"]
     assert reaction["when"] == "failure" and reaction["after"] == ["test:1", "test:2", "test:3", "test:4"]
@@ -87,15 +88,16 @@ def test_a_matrix_value_a_task_name_cannot_hold_is_numbered() -> None:
     assert tasks["t:1"]["env"] == {"OS": "debian 12", "N": "1"}
 
 
-def test_a_step_that_would_need_several_outputs_overlaid_is_refused_with_its_line() -> None:
+def test_a_step_overlays_the_outputs_of_every_task_of_the_steps_it_depends_on() -> None:
     text = "steps:\n  - name: a\n    run: x\n    outputs: [a/]\n  - name: b\n    run: y\n    outputs: [b/]\n"
-    text += "  - name: c\n    run: z\n    depends_on: [a, b]\n"
-    with pytest.raises(PipelineError, match=r"^\.mesh\.yml:8: step 'c' would see the outputs of a, b"):
-        compiled(text)
-    matrix = "steps:\n  - name: a\n    run: x\n    outputs: [o/]\n    matrix: {N: [1, 2]}\n"
-    matrix += "  - name: c\n    run: z\n    depends_on: [a]\n"
-    with pytest.raises(PipelineError, match="outputs of a:1, a:2"):
-        compiled(matrix)
+    text += "  - name: m\n    run: x\n    outputs: [o/]\n    matrix: {N: [1, 2]}\n  - name: n\n    run: n\n"
+    text += "  - name: c\n    run: z\n    depends_on: [a, b, m, n]\n"
+    tasks = compiled(text)
+    c = tasks["c"]
+    assert c["overlay"] == ["a", "b", "m:1", "m:2"]  # n declares no outputs: nothing to see of it
+    assert c["after"] == ["a", "b", "m:1", "m:2", "n"]
+    assert c["input"] == str(SNAP) and c["times"] == str(TIMES)
+    assert tasks["m:1"]["outputs"] == ["o"] and "overlay" not in tasks["a"]
 
 
 @given(pipelines())

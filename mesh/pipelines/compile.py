@@ -8,21 +8,14 @@ becomes the tasks' ``after`` (every task of a matrix step it names); without any
 is the task's ``when``; ``when.branch`` leaves the step out on other branches, and with
 it every step that depends on it. ``cache: false`` is the task's ``no_cache``.
 
-What a step sees. The issue asks for the repository's snapshot overlaid with the declared
-outputs of the steps it depends on. The job model gives a task one input: a snapshot, or
-the output snapshot of one task (``input_task``); it cannot say "snapshot + outputs of
-tasks X and Y", which needs the scheduler to merge trees when the dependencies finish
-(mesh.sched.scheduler ``_action`` and a tree overlay in mesh.cas: neither exists). So:
-
-- a step whose dependencies declare no outputs gets the repository snapshot (with its
-  times manifest: the mtimes of the working tree, as ``mesh exec``);
-- a step that depends on exactly one task with declared ``outputs`` takes that task's
-  output as its input, and that task captures its whole workdir (the repository as it
-  left it, its declared outputs included) rather than only the declared paths: the step
-  sees the repository plus what the dependency wrote (more than its declared outputs, and
-  the files' mtimes are the store's fixed one, since a task's output has no times manifest);
-- a step that would need the outputs of several tasks (two steps, or a matrix step) is
-  refused with its line, saying what is missing.
+What a step sees: the repository's snapshot (with its times manifest: the mtimes of the
+working tree, as ``mesh exec``) with the declared ``outputs`` of the steps it depends on laid
+over it at their paths (the task's ``overlay``: every task of those steps, a matrix step's
+included; mesh.sched.jobs, mesh.cas.overlay). A step with ``outputs`` captures only those
+paths (its task's ``outputs``), so what a step sees is the repository plus what its
+dependencies declared, not whatever else they wrote; the repository's files keep their
+times, the outputs' files have the fixed one. Two tasks whose outputs hold the same path
+fail the step that overlays them, naming the path and both tasks.
 """
 
 from __future__ import annotations
@@ -61,8 +54,7 @@ def compile_job(
     """The job that runs ``pipeline`` on the snapshot ``input``: ``only`` those steps and what
     they depend on (default: all), with ``env`` set for every step (over the file's), the steps
     whose ``when.branch`` does not match ``branch`` left out (None: no branch known, so every
-    step with a branch filter is). PipelineError for an unknown step or an input the job model
-    cannot express (module docstring)."""
+    step with a branch filter is). PipelineError for an unknown step."""
     deps = effective_deps(pipeline)
     chosen = select(pipeline, deps, only)
     kept = [s for s in pipeline.steps if s.name in chosen and _on_branch(s, branch)]
@@ -78,31 +70,23 @@ def compile_job(
     if not kept:
         raise PipelineError(f"{pipeline.filename}: no step runs on branch {branch or '(unknown)'}")
     names = {step.name: task_names(step) for step in kept}
-    consumed = {d for step in kept for d in deps[step.name] if pipeline.step(d).outputs}
     tasks: list[dict[str, Any]] = []
     order: list[tuple[str, str]] = []
     for step in kept:
         after = [t for d in deps[step.name] for t in names[d]]
         sources = [t for d in deps[step.name] if pipeline.step(d).outputs for t in names[d]]
-        if len(sources) > 1:
-            raise PipelineError(
-                f"{pipeline.filename}:{step.line}: step {step.name!r} would see the outputs of "
-                f"{', '.join(sources)}: a task's input can be the snapshot or one task's output, and "
-                "the node cannot overlay several yet; declare outputs on one of them only"
-            )
         for name, combination in zip(names[step.name], step.combinations(), strict=True):
             task = _task(pipeline, step, name, combination, env or {})
+            task["input"] = str(input)
+            if times is not None:
+                task["times"] = str(times)
             if sources:
-                task["input_task"] = sources[0]
-            else:
-                task["input"] = str(input)
-                if times is not None:
-                    task["times"] = str(times)
+                task["overlay"] = sources
             if after:
                 task["after"] = after
             if step.when.status != "success" and after:  # ``always`` with nothing before: a plain step
                 task["when"] = step.when.status
-            if step.outputs and step.name not in consumed:
+            if step.outputs:
                 task["outputs"] = list(step.outputs)
             tasks.append(task)
             order.append((name, step.name))

@@ -11,6 +11,15 @@ input is a snapshot or the output snapshot of another task (``input_task``),
 A task whose condition can no longer hold is ``skipped``. A task whose input
 comes from another task depends on it like an ``after`` entry.
 
+``overlay`` names tasks of ``after`` whose output snapshots are laid over the task's
+``input`` (mesh.cas.overlay) once they have finished: the task runs on the base snapshot
+with their outputs at their paths (a pipeline step sees the repository plus the declared
+outputs of the steps it depends on). The scheduler makes the overlay when the task becomes
+ready (mesh.sched.scheduler); a named task that ended with no output (it failed, or was
+skipped, before a ``failure`` or ``always`` reaction) adds nothing; two of them with an
+entry at the same path fail the task, naming the path and both. With ``times``, the base's
+entries keep their times and the outputs' entries get the fixed one (mesh.cas.times).
+
 Task states::
 
     waiting ──> queued ──> running ──> succeeded | failed
@@ -27,7 +36,8 @@ The wire form of a job submission (CBOR, or JSON on the API)::
                 "timeout": seconds, "executor": "process", "image": str | null,
                 "network": bool, "requirements": {str: str}, "times": "b3:..." (with "input"),
                 "stdin": "b3:..." (optional), "no_cache": bool (optional),
-                "after": [name], "when": "success" | "failure" | "always"}, ...],
+                "after": [name], "when": "success" | "failure" | "always",
+                "overlay": [name] (optional, with "input", each also in "after")}, ...],
      "label": str, "no_cache": bool, "pinned": bool}
 
 ``times`` names the times manifest (mesh.cas.times) of the input: the mtimes the task
@@ -82,6 +92,8 @@ def is_job_state(value: object) -> TypeGuard[JobState]:
 
 #: Most tasks one job may hold.
 MAX_TASKS = 10_000
+#: Most tasks whose outputs one task's input may overlay (a step after a matrix of 256, and more).
+MAX_OVERLAY = 1024
 #: Longest label of a job, in characters.
 MAX_LABEL = 500
 
@@ -101,6 +113,7 @@ class TaskSpec:
     parsed: Action | None = field(default=None, repr=False, compare=False)  # the action, when ``input`` is set
     stdin: Digest | None = None  # the blob the task reads as stdin (None: empty)
     no_cache: bool = False  # this task runs without the action cache (the job's no_cache: every task)
+    overlay: tuple[str, ...] = ()  # tasks of ``after`` whose outputs are laid over ``input``
 
     @property
     def depends_on(self) -> tuple[str, ...]:
@@ -207,7 +220,9 @@ def _parse_task(raw: Any, index: int, default_executor: str) -> TaskSpec:
     probe = Digest.of(b"") if input is None else input
     action = Action.from_fields(fields, input=probe)
     no_cache = fields.flag("no_cache", False)
+    overlay = tuple(fields.texts("overlay", []))
     fields.done()
+    _check_overlay(name, overlay, after, input)
     if input is None and action.times is not None:
         raise InvalidJob(f"task {name!r} takes its input from a task, whose output has no times manifest: drop 'times'")
     return TaskSpec(
@@ -220,7 +235,27 @@ def _parse_task(raw: Any, index: int, default_executor: str) -> TaskSpec:
         parsed=action if input is not None else None,
         stdin=action.stdin,
         no_cache=no_cache,
+        overlay=overlay,
     )
+
+
+def _check_overlay(name: str, overlay: tuple[str, ...], after: tuple[str, ...], input: Digest | None) -> None:
+    """Refuse an ``overlay`` that cannot be made: over no snapshot, too long, repeated, or naming
+    a task the task does not run after."""
+    if not overlay:
+        return
+    if input is None:
+        raise InvalidJob(f"task {name!r} overlays task outputs, which needs 'input' (a snapshot to lay them over)")
+    if len(overlay) > MAX_OVERLAY:
+        raise InvalidJob(f"task {name!r} overlays {len(overlay)} tasks' outputs; at most {MAX_OVERLAY}")
+    repeated = sorted(n for n, count in Counter(overlay).items() if count > 1)
+    if repeated:
+        raise InvalidJob(f"task {name!r} names {', '.join(repeated)} more than once in 'overlay'")
+    missing = [n for n in overlay if n not in after]
+    if missing:
+        raise InvalidJob(
+            f"task {name!r} overlays the output of {', '.join(missing)}, which it does not run after: add to 'after'"
+        )
 
 
 def find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:

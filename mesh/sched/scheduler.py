@@ -44,6 +44,7 @@ from typing import Any, Protocol
 import trio
 
 from mesh.cas.digest import Digest
+from mesh.cas.overlay import Blobs
 from mesh.errors import (
     BlobNotFound,
     CodecError,
@@ -51,6 +52,7 @@ from mesh.errors import (
     JobNotFound,
     MeshError,
     NodeError,
+    OverlayConflict,
     PeerDeclined,
     StateError,
     StoreError,
@@ -58,6 +60,7 @@ from mesh.errors import (
 )
 from mesh.exec.action import Action, ActionResult
 from mesh.exec.toolchain import Toolchain
+from mesh.sched import overlays
 from mesh.sched.actioncache import ActionCache, LocalActionCache, MissReasons
 from mesh.sched.events import EventLogs, JobEvents
 from mesh.sched.inflight import Claims, InFlight
@@ -163,7 +166,10 @@ class Remote(Protocol):
         returns how many it is offering. Raises NodeError when the peer cannot be asked."""
 
 
-class BlobCheck(Protocol):
+class BlobCheck(Blobs, Protocol):
+    """What the scheduler needs of the store: whether it holds a blob (the overlays of task
+    outputs also read and put blobs: mesh.sched.overlays)."""
+
     def has(self, digest: Digest) -> bool: ...
 
 
@@ -446,15 +452,21 @@ class Scheduler:
         self._ready = deque(key for key in self._ready if key[0] != job_id)
         self._inflight.forget(lambda item: item[0] != job_id)
 
-    def _make_ready(self, live: LiveJob, task: TaskRecord) -> bool:
+    def _make_ready(self, live: LiveJob, task: TaskRecord, *, fetched: bool = False) -> bool:
         """A task whose dependencies are met: answer it from the cache or queue it for a slot.
 
         Returns True when that settled it (a cache hit, or a task that cannot run here):
-        its dependents are then the caller's to move on (_advance_all).
+        its dependents are then the caller's to move on (_advance_all). A task that overlays
+        outputs this node lacks fetches them first (:meth:`_fetch_layers`), queued meanwhile.
         """
         try:
             action = self._action(live, task)
-        except (InvalidJob, CodecError) as exc:
+            if task.spec.overlay:
+                laid = overlays.layers(task, live.tasks)
+                if not fetched and self._fetch_first(live, task, action, laid):
+                    return False
+                action = overlays.overlaid(self.store, action, laid)
+        except (InvalidJob, CodecError, OverlayConflict, BlobNotFound) as exc:
             self._finish(live, task, "failed", reason=str(exc), move_on=False)
             return True
         if action.executor not in self.runner.executors and (self.remote is None or live.spec.pinned):
@@ -483,6 +495,45 @@ class Scheduler:
         self._ready.append((live.row.id, task.name))
         self._wake()
         return False
+
+    def _fetch_first(self, live: LiveJob, task: TaskRecord, action: Action, laid: list[tuple[str, Digest]]) -> bool:
+        """Start fetching what the overlay of ``task`` needs and this node lacks, from peers
+        (True: the task is queued meanwhile; :meth:`_fetch_layers` makes it ready after)."""
+        if self.remote is None or self._nursery is None:
+            return False
+        remote = self.remote
+        trees = [tree for tree in overlays.trees(action, laid) if not remote.is_complete(tree, self.store)]
+        blobs = [blob for blob in (action.times,) if blob is not None and not self.store.has(blob)]
+        if not trees and not blobs:
+            return False
+        if task.state != "queued":
+            task.state = "queued"
+            self.db.set_task_state(task)
+        self._nursery.start_soon(self._fetch_layers, live, task, trees, blobs)
+        return True
+
+    async def _fetch_layers(self, live: LiveJob, task: TaskRecord, trees: list[Digest], blobs: list[Digest]) -> None:
+        """Fetch the snapshots (and times manifest) a task's overlay needs from peers, then make
+        it ready; a fetch that fails fails the task, saying which."""
+        assert self.remote is not None
+        failure = None
+        try:
+            for tree in trees:
+                await self.remote.fetch_tree(None, tree, self.store)
+            if blobs:
+                await self.remote.fetch_blobs(None, blobs, self.store)
+        except MeshError as exc:
+            failure = f"fetching the snapshots to overlay from peers failed: {exc}"
+        if live.row.id not in self._live or task.state != "queued":
+            return  # cancelled meanwhile
+        try:
+            with self._recorder.step():
+                if failure is not None:
+                    self._finish(live, task, "failed", reason=failure)
+                elif self._make_ready(live, task, fetched=True):
+                    self._advance_all(live, self._unblocked(live, task))
+        except Exception as exc:  # a bug recording it: its job is given up, not the node
+            self._give_up(live, exc)
 
     def _action(self, live: LiveJob, task: TaskRecord) -> Action:
         source = task.spec.input_task
