@@ -14,7 +14,6 @@ from pathlib import Path
 
 from mesh.cas.times import FIXED_MTIME_NS
 from tests.nodeutil import NodeProcess
-from tests.test_exec_client_e2e import two_nodes  # noqa: F401 - the fixture
 from tests.test_pipeline_run_e2e import row
 
 REPO_MTIME = 1_600_000_000
@@ -68,7 +67,7 @@ def test_a_step_sees_the_repository_and_only_the_declared_outputs_of_its_produce
         assert row(stderr, task).split()[-1] == "succeeded", stderr
 
 
-def test_outputs_made_on_a_peer_are_overlaid_too(two_nodes: tuple[NodeProcess, NodeProcess], tmp_path: Path) -> None:  # noqa: F811
+def test_outputs_made_on_a_peer_are_overlaid_too(two_nodes: tuple[NodeProcess, NodeProcess], tmp_path: Path) -> None:
     a, b = two_nodes
     tree = _repo(tmp_path / "repo", requires="requires: {where: b}")
     done = a.mesh("run", "-C", str(tree))
