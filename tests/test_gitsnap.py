@@ -279,3 +279,28 @@ def test_an_executable_mode_is_kept_whatever_the_checkouts_umask(repo: Path, sto
     root, _ = gitsnap.snapshot_commit(store, mirror, commit)
     assert dict(walk(store, root))[b"tool"].kind == Kind.EXECUTABLE
     assert stat.S_IMODE((repo / "tool").stat().st_mode) & 0o100 == 0  # the work tree's file was not
+
+
+def test_blobs_an_earlier_snapshot_stored_are_not_read_again_unless_the_store_lost_them(
+    repo: Path, store: LocalStore, home: Path, tmp_path: Path
+) -> None:
+    fill(repo)
+    commit = commit_all(repo, "first")
+    mirror = gitsnap.fetch(str(repo), commit, home / "git")
+    root, _ = gitsnap.snapshot_commit(store, mirror, commit)
+    (repo / "README").write_text("changed\n")
+    second = commit_all(repo, "second")
+    gitsnap.fetch(str(repo), second, home / "git")
+    before = store.statistics().blobs_already_present
+
+    gitsnap.snapshot_commit(store, mirror, second)
+
+    # No file was offered to the store again: only the directory nodes that did not change
+    # (a, a/b, a/b/c) were, as every node is.
+    assert store.statistics().blobs_already_present == before + 3
+    # Another store (or one whose blobs were evicted) gets every blob again from git.
+    with LocalStore(tmp_path / "other") as other:
+        assert gitsnap.snapshot_commit(other, mirror, commit)[0] == root
+        for _, entry in walk(other, root):
+            if entry.digest is not None:
+                assert other.has(entry.digest)

@@ -19,6 +19,16 @@ that this module does not fetch, and refusing would leave any repository with a
 submodule unbuildable. A git tree has no mtimes, so there is no times manifest: the
 action then sees :data:`mesh.cas.times.FIXED_MTIME_NS` on every entry.
 
+Cost. Each blob's store digest is remembered in the mirror (``mesh-digests.sqlite``: git's
+blob id to the digest of the same bytes, checked against the store before use), so a later
+commit reads from git only the blobs that changed. Measured on a commit of 2,261 files (55 MB,
+a copy of CPython's stdlib) on 2 loaded cores, median of 5: the first snapshot of it 830 ms
+(git's output is read in 250 ms; the rest is storing 2,206 blobs on two threads), the same
+commit or a commit changing a few files again 30 ms; ``git archive | tar -x`` alone 340 ms,
+and with ``mesh snapshot`` of the result 560 ms cold (its forked workers store faster than
+these threads) and 560 ms warm. A working copy would also need a directory per build and its
+removal; this needs neither.
+
 Hostile input. Only the transports https, http, ssh (also ``user@host:path``), git and
 file (also a plain path) are taken; ``ext::`` (which runs a command) and every other
 ``transport::address`` form are refused (:class:`InvalidGitUrl`), and git itself is told
@@ -43,17 +53,21 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import tempfile
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO
 
 from mesh.cas.digest import Digest
 from mesh.cas.hasher import hash_bytes
+from mesh.cas.snapshot import DEFAULT_WORKERS
 from mesh.cas.store import LocalStore
-from mesh.cas.tree import Entry, Kind, check_name, encode_node
-from mesh.errors import CommitNotFound, GitError, InvalidCommit, InvalidGitUrl, InvalidTree
+from mesh.cas.tree import MAX_LINK_TARGET, Entry, Kind, check_name, encode_node
+from mesh.errors import CommitNotFound, GitError, InvalidCommit, InvalidDigest, InvalidGitUrl, InvalidTree
 from mesh.ignore import FILE_NAME, MAX_FILE_BYTES, IgnoreRules
 
 #: Transports taken, by URL scheme (``user@host:path`` is ssh, a plain path is file).
@@ -66,6 +80,8 @@ READ_TIMEOUT = 300.0
 STDERR_TAIL = 2000
 #: Blobs at least this large are streamed into the store in chunks, not held whole.
 STREAM_THRESHOLD = 8 << 20
+#: Bytes of blobs read from git and not yet stored, at most (memory held by a snapshot).
+IN_FLIGHT = 64 << 20
 _CHUNK = 1 << 20
 
 _COMMIT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
@@ -202,8 +218,12 @@ def snapshot_commit(store: LocalStore, mirror: str, commit: str) -> tuple[Digest
     rules = IgnoreRules(_rule_files(mirror, dirs))
     kept: list[tuple[bytes, _Dir]] = []
     _keep(root, b"", rules, kept)
-    wanted = sorted({oid for _, d in kept for _, oid in d.blobs.values()})
-    contents = _store_blobs(store, mirror, wanted)
+    blobs = [blob for _, d in kept for blob in d.blobs.values()]
+    files = {oid for kind, oid in blobs if kind != Kind.SYMLINK}
+    known = _known_digests(store, mirror, files)
+    contents = _store_blobs(store, mirror, files - known.keys(), {oid for kind, oid in blobs if kind == Kind.SYMLINK})
+    _remember_digests(mirror, contents.files)
+    contents.files.update(known)
     written_before = store.statistics().blobs_written
     for _rel, d in reversed(kept):  # children before their parents
         entries = [Entry(check_name(name), Kind.DIRECTORY, sub.digest) for name, sub in d.dirs.items()]
@@ -211,7 +231,7 @@ def snapshot_commit(store: LocalStore, mirror: str, commit: str) -> tuple[Digest
             check_name(name)
             if kind == Kind.SYMLINK:
                 target = contents.links[oid]
-                if not target or b"\0" in target:
+                if not target or len(target) > MAX_LINK_TARGET or b"\0" in target:
                     raise InvalidTree(f"symlink {os.fsdecode(name)!r} of commit {commit} has an invalid target")
                 entries.append(Entry(name, kind, None, target))
             else:
@@ -287,27 +307,85 @@ class _Contents:
     written: bool = False
 
 
-def _store_blobs(store: LocalStore, mirror: str, oids: list[bytes]) -> _Contents:
-    """Stream every blob of ``oids`` from ``git cat-file --batch`` into the store.
+def _store_blobs(store: LocalStore, mirror: str, files: set[bytes], links: set[bytes]) -> _Contents:
+    """Stream the blobs ``files`` (into the store) and ``links`` (symlink targets, kept in
+    memory) from one ``git cat-file --batch``.
 
-    Each blob is both a file's content (stored) and, for a symlink, its target (kept in
-    memory when small enough to be one).
+    The stores run on a thread pool while this thread reads git's output (BLAKE3 and the
+    writes release the GIL), with at most :data:`IN_FLIGHT` bytes read and not yet stored.
     """
     out = _Contents()
     before = store.statistics().blobs_written
-    for oid, size, chunks in _batch(mirror, oids):
-        if size < STREAM_THRESHOLD:
-            data = b"".join(chunks)
-            out.files[oid] = store.put(data)
-            if size <= 4096:
-                out.links[oid] = data
-        else:
-            with store.writer() as writer:
-                for chunk in chunks:
-                    writer.write(chunk)
-                out.files[oid] = writer.commit()
+    pending: deque[tuple[bytes, int, Future[Digest]]] = deque()
+    held = 0
+    with ThreadPoolExecutor(max_workers=DEFAULT_WORKERS) as pool:
+        for oid, size, chunks in _batch(mirror, sorted(files | links)):
+            if oid not in files:
+                data = b"".join(chunks)
+                out.links[oid] = data if size <= MAX_LINK_TARGET else b""
+            elif size < STREAM_THRESHOLD:
+                data = b"".join(chunks)
+                if oid in links:
+                    out.links[oid] = data if size <= MAX_LINK_TARGET else b""
+                pending.append((oid, size, pool.submit(store.put, data)))
+                held += size
+                while held > IN_FLIGHT:
+                    done, done_size, future = pending.popleft()
+                    out.files[done] = future.result()
+                    held -= done_size
+            else:
+                with store.writer() as writer:
+                    for chunk in chunks:
+                        writer.write(chunk)
+                    out.files[oid] = writer.commit()
+        for oid, _, future in pending:
+            out.files[oid] = future.result()
     out.written = store.statistics().blobs_written != before
     return out
+
+
+#: The file in a mirror that maps git's blob ids to the store's digests of the same bytes.
+DIGESTS_FILE = "mesh-digests.sqlite"
+
+
+def _digests_db(mirror: str) -> sqlite3.Connection:
+    db = sqlite3.connect(os.path.join(mirror, DIGESTS_FILE), timeout=30, isolation_level=None)
+    db.execute("PRAGMA synchronous=OFF")  # a cache: a map lost in a crash is made again
+    db.execute("CREATE TABLE IF NOT EXISTS blobs (oid BLOB PRIMARY KEY, hash BLOB NOT NULL, size INTEGER NOT NULL)")
+    return db
+
+
+def _known_digests(store: LocalStore, mirror: str, oids: set[bytes]) -> dict[bytes, Digest]:
+    """The digests of the blobs ``oids`` that an earlier snapshot stored and the store still holds.
+
+    A push changes a few files: the rest need not be read from git and hashed again (measured
+    on 2,261 files of 55 MB, in the module's docstring). Any failure to read the map only
+    means reading the blobs.
+    """
+    try:
+        with contextlib.closing(_digests_db(mirror)) as db:
+            rows = db.execute("SELECT oid, hash, size FROM blobs").fetchall()
+    except sqlite3.Error:
+        return {}
+    known: dict[bytes, Digest] = {}
+    for oid, hash_, size in rows:
+        if oid in oids:
+            with contextlib.suppress(InvalidDigest, TypeError):
+                known[oid] = Digest(hash_, size)
+    missing = set(store.find_missing(known.values()))
+    return {oid: d for oid, d in known.items() if d not in missing}
+
+
+def _remember_digests(mirror: str, digests: dict[bytes, Digest]) -> None:
+    """Add ``digests`` (git blob id to store digest) to the mirror's map (a cache: failures pass)."""
+    if not digests:
+        return
+    with contextlib.suppress(sqlite3.Error), contextlib.closing(_digests_db(mirror)) as db:
+        db.execute("BEGIN")  # one transaction: one write, not one per blob (2,261 took 20 s)
+        db.executemany(
+            "INSERT OR REPLACE INTO blobs VALUES (?, ?, ?)", [(oid, d.hash, d.size) for oid, d in digests.items()]
+        )
+        db.execute("COMMIT")
 
 
 def _cat_blobs(mirror: str, oids: list[bytes]) -> dict[bytes, bytes]:
@@ -328,6 +406,7 @@ def _batch(mirror: str, oids: list[bytes]) -> Iterator[tuple[bytes, int, Iterato
         ids.seek(0)
         proc = subprocess.Popen(
             ["git", *_GIT_CONFIG, "-C", mirror, "cat-file", "--batch"],
+            bufsize=_CHUNK,
             stdin=ids,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
