@@ -18,6 +18,7 @@ from mesh.cas.tree import Kind
 from mesh.errors import CommitNotFound, GitError, InvalidCommit, InvalidGitUrl
 from mesh.ignore import tree_rules
 from mesh.pipelines import gitsnap
+from tests.nodeutil import wait_for
 from tests.treeutil import mesh
 
 GIT_ENV = {
@@ -304,3 +305,29 @@ def test_blobs_an_earlier_snapshot_stored_are_not_read_again_unless_the_store_lo
         for _, entry in walk(other, root):
             if entry.digest is not None:
                 assert other.has(entry.digest)
+
+
+def test_a_fetch_that_hangs_is_stopped_with_what_it_started(repo: Path, home: Path, tmp_path: Path) -> None:
+    first = commit_all(repo, "first")
+    url = f"file://{repo}"
+    mirror = gitsnap.fetch(url, first, home / "git")
+    second = commit_all(repo, "second")
+    pidfile = tmp_path / "upload-pack.pid"
+    script = tmp_path / "upload-pack"
+    script.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nexec sleep 300\n")
+    script.chmod(0o755)
+    git(Path(mirror), "config", "remote.origin.uploadpack", str(script))
+
+    with pytest.raises(GitError, match="took more than 1 s and was stopped"):
+        gitsnap.fetch(url, second, home / "git", timeout=1)
+
+    pid = int(pidfile.read_text())
+    wait_for(lambda: not _alive(pid), timeout=10, what="the hung upload-pack to be killed")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False

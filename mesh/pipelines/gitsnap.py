@@ -132,13 +132,21 @@ def mirror_path(url: str, cache_dir: str | os.PathLike[str]) -> str:
     return os.path.join(os.fspath(cache_dir), f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{suffix}")
 
 
-def fetch(url: str, commit: str, cache_dir: str | os.PathLike[str], *, ref: str | None = None) -> str:
+def fetch(
+    url: str,
+    commit: str,
+    cache_dir: str | os.PathLike[str],
+    *,
+    ref: str | None = None,
+    timeout: float = FETCH_TIMEOUT,
+) -> str:
     """Bring ``commit`` of the repository at ``url`` into its mirror in ``cache_dir``; return the mirror's path.
 
     A commit the mirror holds already is not fetched again (a commit never changes). Else
     the commit is fetched by id, and, where the server does not hand out commits by id,
     ``ref`` (the pushed ref) or else every branch. The commit is then kept by a ref of its
-    own (``refs/mesh/<id>``), so that a re-run finds it. Raises InvalidGitUrl, InvalidCommit,
+    own (``refs/mesh/<id>``), so that a re-run finds it. Each ``git fetch`` is stopped, with
+    what it started (ssh, a remote helper), after ``timeout`` seconds. Raises InvalidGitUrl, InvalidCommit,
     CommitNotFound (the repository does not have it), GitError (git failed: its stderr's tail).
     """
     check_url(url)
@@ -154,18 +162,16 @@ def fetch(url: str, commit: str, cache_dir: str | os.PathLike[str], *, ref: str 
             return mirror
         attempts = [[f"+{commit}:refs/mesh/{commit}"]]
         attempts.append([f"+{ref}:refs/mesh/ref"] if ref is not None else ["+refs/heads/*:refs/heads/*"])
-        failure: GitError | None = None
         for refspecs in attempts:
             try:
-                _git(mirror, ["fetch", "--no-tags", "--no-write-fetch-head", "origin", *refspecs], FETCH_TIMEOUT)
+                _git(mirror, ["fetch", "--no-tags", "--no-write-fetch-head", "origin", *refspecs], timeout)
             except GitError as exc:
-                failure = exc
+                if not _is_missing_object(str(exc)):
+                    raise  # unreachable, refused, too slow: another refspec would fare no better
                 continue
             if _has_commit(mirror, commit):
                 _git(mirror, ["update-ref", f"refs/mesh/{commit}", commit], READ_TIMEOUT)
                 return mirror
-        if failure is not None and not _is_missing_object(str(failure)):
-            raise failure
         raise CommitNotFound(f"{url} has no commit {commit}" + (f" (fetched {ref})" if ref else ""))
 
 
