@@ -16,8 +16,11 @@ working tree (one set of rules, whether a build starts from ``mesh run`` in a ch
 from a push). A submodule (160000, a gitlink) becomes an empty directory, as in a checkout
 that did not run ``git submodule update``: the commit it names is in another repository
 that this module does not fetch, and refusing would leave any repository with a
-submodule unbuildable. A git tree has no mtimes, so there is no times manifest: the
-action then sees :data:`mesh.cas.times.FIXED_MTIME_NS` on every entry.
+submodule unbuildable. Files are the blobs as committed: ``.gitattributes`` conversions and
+filters (``eol``, ``export-subst``, a Git LFS smudge: LFS files stay pointers) are not applied,
+so the equality holds for a checkout without them (git's default on Linux). A git tree has no
+mtimes, so there is no times manifest: the action then sees
+:data:`mesh.cas.times.FIXED_MTIME_NS` on every entry.
 
 Cost. Each blob's store digest is remembered in the mirror (``mesh-digests.sqlite``: git's
 blob id to the digest of the same bytes, checked against the store before use), so a later
@@ -39,8 +42,8 @@ no system or user configuration, and is killed (with what it started) after a ti
 Every failure of git is a :class:`GitError` that ends with the tail of git's stderr.
 
 Fetches of one repository are serialized by an exclusive ``flock`` on a lock file next to
-its mirror, across threads and processes (several nodes may share a ``$MESH_HOME`` cache
-only through this). Everything here blocks: the node calls it from a worker thread
+its mirror, across threads and processes (a webhook's build and a re-run may fetch at
+once). Everything here blocks: the node calls it from a worker thread
 (``trio.to_thread.run_sync``).
 """
 
