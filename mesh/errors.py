@@ -48,6 +48,11 @@ take (mesh.text): a file name in it that is not UTF-8 is written with escapes.
     │   │                          webhook secret (HTTP 401)
     │   └── InvalidHook (ValueError) it names no event, or its body is not the JSON it should be (HTTP 400)
     │       └── HookTooLarge       its body is over the size limit (HTTP 413)
+    ├── GitError                   git failed to fetch or read a repository (mesh.pipelines.gitsnap;
+    │   │                          the message ends with git's stderr)
+    │   ├── InvalidGitUrl (ValueError) a repository URL of a refused transport (ext::, ...)
+    │   ├── InvalidCommit (ValueError) a commit id that is not 40 or 64 hex digits
+    │   └── CommitNotFound         the repository (or the node's mirror of it) has no such commit
     ├── NoFreeSlot                 a peer offered a task and this node has no free slot (HTTP 409)
     ├── NodeBusy                   another node already runs on this $MESH_HOME
     ├── BackgroundNodeError        the background node of mesh exec could not start or stop
@@ -333,6 +338,24 @@ class InputMissing(InvalidJob):
     def __init__(self, root: str, what: str = "input snapshot") -> None:
         super().__init__(f"{what} {root} is not on this node; upload its blobs first")
         self.root = root
+
+
+class GitError(MeshError):
+    """git could not fetch or read a repository (mesh.pipelines.gitsnap): the message says what it
+    ran and ends with the tail of git's stderr."""
+
+
+class InvalidGitUrl(GitError, ValueError):
+    """A repository URL whose transport mesh refuses (``ext::`` and every ``transport::address``
+    form; any scheme but https, http, ssh, git and file)."""
+
+
+class InvalidCommit(GitError, ValueError):
+    """A commit id that is not a full one: 40 (SHA-1) or 64 (SHA-256) lowercase hex digits."""
+
+
+class CommitNotFound(GitError):
+    """The repository, or the node's mirror of it, has no commit of that id."""
 
 
 class HookError(MeshError):

@@ -7,6 +7,8 @@ and what a build's end sets off.
   checked with the project's secret and read; the delivery ids taken;
 - :mod:`mesh.pipelines.notify`: which notifications a build's end sends, and sending them;
 - :mod:`mesh.pipelines.buildmetrics`: builds by project and result, for /metrics.
+- :mod:`mesh.pipelines.gitsnap`: a commit of a git repository fetched into the node's mirror
+  (``$MESH_HOME/git/``) and snapshotted from git's objects, with no working copy.
 
 Projects and build numbers join here later; each keeps a module of its own with a narrow
 interface. The layer sits above mesh.cluster and mesh.sched, below mesh.api: nothing here
