@@ -46,6 +46,7 @@ from mesh.exec.toolchain import Toolchain
 from mesh.exec.workpool import KEEP_DIRS, WorkdirPool
 from mesh.pipelines.buildmetrics import BuildMetrics
 from mesh.pipelines.builds import Builds
+from mesh.pipelines.notify import Notifier
 from mesh.pipelines.projects import ProjectStore
 from mesh.sched.actioncache import LocalActionCache
 from mesh.sched.scheduler import Scheduler
@@ -233,7 +234,10 @@ class Node:
         self.jobs = JobIntake(self.scheduler, self.store, self.peering, lambda: self.default_executor)
         self.blobs = PeerBackedBlobs(self.store, space, self.peering)
         self.cache = MeshCacheService(self.action_cache, self.claims)
-        self.projects = Builds(ProjectStore(self.db), self.jobs, self.build_metrics)
+        notifier = Notifier(smtp=self.config.smtp)
+        self.projects = Builds(
+            ProjectStore(self.db), self.jobs, self.build_metrics, notifier, lambda: self.peering.url or self.url
+        )
 
     def _pinned(self) -> Roots:
         """What eviction must keep (on the event loop): the inputs and results of the live jobs,

@@ -10,7 +10,8 @@ whether it was cached, its time and its status.
 
 With ``--project NAME`` the job is submitted as the project's next build instead
 (mesh.project_cli.start, with the directory's git HEAD as its commit): the node gives it its
-number, which is printed with the URL of the build's page at the start and after the table.
+number, which is printed with the URL of the build's page at the start and after the table;
+the node sends the pipeline's ``notify`` entries when the build ends.
 
 Exit status: 0 when the job succeeded (every step that ran succeeded; a failure reaction
 that was skipped is fine), 1 when it failed (the failing step is ``failed`` in the table),
@@ -90,7 +91,10 @@ def run(client: NodeClient, settings: Settings, request: RunRequest, *, window: 
     )
     announced = ""
     if request.project is not None:
-        build = project_cli.start(client, request.project, job.wire, project_cli.head_commit(request.directory), "run")
+        commit = project_cli.head_commit(request.directory)
+        build = project_cli.start(
+            client, request.project, job.wire, commit=commit, branch=branch, notify=pipeline.notify, trigger="run"
+        )
         follower.job_id = build["job"]
         announced = f"build #{build['number']} of {request.project}: {client.url}{build['path']}"
         print(announced, file=sys.stderr, flush=True)

@@ -10,8 +10,10 @@ routes refuse what is not signed with the node's key.
 
 from __future__ import annotations
 
+import http.server
 import json
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -180,3 +182,46 @@ def test_the_project_routes_but_the_badge_refuse_what_is_not_signed(node: NodePr
         assert [p["name"] for p in client.request("GET", "/v1/projects")["projects"]] == ["p"]
     assert "no builds" in badge(node, "p")
     assert httpx.get(f"{node.url}/v1/projects/nope/badge.svg", trust_env=False).status_code == 404
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    received: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:  # noqa: N802  (http.server's name)
+        body = self.rfile.read(int(self.headers["content-length"]))
+        self.received.append(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_builds_end_is_announced_to_its_pipelines_webhook_and_a_failed_one_recorded(
+    node: NodeProcess, tmp_path: Path
+) -> None:
+    """The pipeline's ``notify`` goes with ``mesh run --project``: at the build's end the node
+    posts to the webhook (a real HTTP server here), and an email it cannot send (this node has
+    no SMTP server) is recorded on the build, whose state it does not change."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        tree = tmp_path / "repo"
+        commit = repository(tree, "good")
+        hook = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        notify = f"notify:\n  - webhook: {hook}\n    on: [always]\n  - email: team@example.com\n    on: [success]\n"
+        (tree / ".mesh.yml").write_text(PIPELINE + notify)
+        assert node.mesh("project", "add", "told", str(tree)).returncode == 0
+        done = node.mesh("run", "-C", str(tree), "--project", "told")
+        assert done.returncode == 0, done.stderr.decode()
+        wait_for(lambda: _Receiver.received, what="the build's webhook notification")
+        (sent,) = _Receiver.received
+        assert (sent["project"], sent["number"], sent["status"], sent["commit"]) == ("told", 1, "succeeded", commit)
+        assert sent["branch"] == "main" and sent["url"].endswith("/v1/projects/told/builds/1") and sent["text"]
+        wait_for(lambda: mesh_json(node, "build", "told", "1")["finished_at"], what="build #1's end to be noted")
+        build = mesh_json(node, "build", "told", "1")
+        assert build["state"] == "succeeded"
+        (failure,) = build["notification_failures"]
+        assert failure["target"] == "email team@example.com" and "smtp" in failure["error"].lower()
+    finally:
+        server.shutdown()

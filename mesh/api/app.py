@@ -211,14 +211,15 @@ async def remove_project(request: Request) -> Response:
 
 
 async def start_build(request: Request) -> Response:
-    """``POST /v1/projects/NAME/builds``: ``{"job": JOB, "commit"?, "trigger"}``: the job runs as
-    the project's next build; answers its number, job id and path."""
+    """``POST /v1/projects/NAME/builds``: ``{"job": JOB, "commit"?, "trigger", "branch"?,
+    "notify"?}``: the job runs as the project's next build; answers its number, job id and path."""
     fields = codec.Fields(await read_message(request, MAX_JOB_BODY), "a build")
     projects = services(request).projects
     job, commit, trigger = fields.mapping("job"), fields.text("commit", None), fields.text("trigger")
+    branch, notify = fields.text("branch", None), fields.sequence("notify", [])
     fields.done()
     spec = parse_job(job, default_executor=services(request).jobs.default_executor)
-    build = await projects.start(request.path_params["name"], spec, commit, trigger)
+    build = await projects.start(request.path_params["name"], spec, commit, trigger, branch=branch, notify=notify)
     return reply(request, build, status=201)
 
 

@@ -117,8 +117,18 @@ class Projects(Protocol):
         """Remove a project and its builds (ProjectNotFound: 404)."""
         ...
 
-    async def start(self, name: str, spec: JobSpec, commit: str | None, trigger: str) -> dict[str, Any]:
-        """Submit ``spec`` as the project's next build: its number, job id and path."""
+    async def start(
+        self,
+        name: str,
+        spec: JobSpec,
+        commit: str | None,
+        trigger: str,
+        *,
+        branch: str | None = None,
+        notify: list[Any] | None = None,
+    ) -> dict[str, Any]:
+        """Submit ``spec`` as the project's next build: its number, job id and path; ``notify``:
+        the pipeline's notify entries, sent when it ends."""
         ...
 
     def page(self, name: str, limit: int, before: int | None) -> tuple[list[dict[str, Any]], int | None]:

@@ -10,22 +10,30 @@ so that nothing runs without a number.
 A build's state is its job's state (running, succeeded, failed, cancelled), read from the
 job's status, as are its steps (node, cached, timings, exit codes): the job is the one
 record of what ran. :meth:`Builds.run` (a task in the node's nursery) watches each build's
-job to its end, notes when it finished and counts it in ``/metrics``
-(mesh.pipelines.buildmetrics); on start it watches the builds a restart left unfinished.
+job to its end, counts it in ``/metrics`` (mesh.pipelines.buildmetrics), sends the
+notifications its pipeline's ``notify`` asks for (mesh.pipelines.notify: retried, and those
+that finally fail recorded on the build, whose state they never change) and notes when it
+finished; on start it watches the builds a restart left unfinished (their notifications
+are sent then, once the job has ended).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import trio
 
+from mesh import codec
 from mesh.errors import JobNotFound, MeshError, ProjectRefused, describe
 from mesh.pipelines.badge import badge
 from mesh.pipelines.buildmetrics import BuildMetrics
-from mesh.pipelines.projects import TRIGGERS, Build, Project, ProjectStore, Trigger, check_name
+from mesh.pipelines.notify import EVENTS, BuildEnd, Email, Notifier, Status, Target, Webhook
+from mesh.pipelines.projects import TRIGGERS, Build, Project, ProjectStore, Trigger, build_path, check_name
 from mesh.sched.events import JobEvents
 from mesh.sched.jobs import JobSpec
 
@@ -33,6 +41,8 @@ log = logging.getLogger("mesh.builds")
 
 #: Longest commit id taken (a SHA-256 git object id is 64 hex digits).
 MAX_COMMIT = 100
+#: Most notify entries a build takes.
+MAX_TARGETS = 64
 #: Seconds between looks at a job whose live event log the node no longer holds.
 POLL = 1.0
 
@@ -52,10 +62,19 @@ class JobsIntake(Protocol):
 class Builds:
     """Projects and their builds on one node."""
 
-    def __init__(self, store: ProjectStore, jobs: JobsIntake, metrics: BuildMetrics) -> None:
+    def __init__(
+        self,
+        store: ProjectStore,
+        jobs: JobsIntake,
+        metrics: BuildMetrics,
+        notifier: Notifier,
+        base_url: Callable[[], str],
+    ) -> None:
         self.store = store
         self.jobs = jobs
         self.metrics = metrics
+        self.notifier = notifier
+        self.base_url = base_url  # the node's URL, for the build's page in its notifications
         self._send, self._receive = trio.open_memory_channel[Build](1000)
 
     # -- projects ------------------------------------------------------------------
@@ -74,15 +93,29 @@ class Builds:
 
     # -- builds --------------------------------------------------------------------
 
-    async def start(self, name: str, spec: JobSpec, commit: str | None, trigger: str) -> dict[str, Any]:
-        """Run ``spec`` as ``name``'s next build: its number, job id and path."""
+    async def start(
+        self,
+        name: str,
+        spec: JobSpec,
+        commit: str | None,
+        trigger: str,
+        *,
+        branch: str | None = None,
+        notify: list[Any] | None = None,
+    ) -> dict[str, Any]:
+        """Run ``spec`` as ``name``'s next build: its number, job id and path. ``notify``: the
+        pipeline's notify entries (``{"webhook"|"email": ..., "on": [...]}``), sent at its end."""
         self.project(name)
         kind = _trigger(trigger)
         if commit is not None and not 1 <= len(commit) <= MAX_COMMIT:
             raise ProjectRefused(f"a commit id is 1 to {MAX_COMMIT} characters")
+        if branch is not None and not 1 <= len(branch) <= MAX_COMMIT:
+            raise ProjectRefused(f"a branch name is 1 to {MAX_COMMIT} characters")
+        wire = notify or []
+        targets(wire)  # refused before anything runs
         job_id = await self.jobs.submit(spec)
         try:
-            build = self.store.record(name, job_id, commit, kind)
+            build = self.store.record(name, job_id, commit, kind, branch=branch, notify=wire)
         except MeshError:
             self.jobs.cancel(job_id)  # nothing runs without a number
             raise
@@ -137,10 +170,49 @@ class Builds:
                     break
                 await trio.sleep(POLL)
             finished = job.get("finished_at") or time.time()
-            self.store.finished(build.project, build.number, finished)
-            self.metrics.observe(build.project, job["state"], max(0.0, finished - build.created_at))
+            duration = max(0.0, finished - build.created_at)
+            self.metrics.observe(build.project, job["state"], duration)
+            failures = await self.notifier.send_all(self._end(build, job["state"], duration), targets(build.notify))
+            self.store.finished(build.project, build.number, finished, [asdict(failure) for failure in failures])
         except MeshError as exc:
             log.error("build %d of %s: its end could not be noted: %s", build.number, build.project, describe(exc))
+
+    def _end(self, build: Build, state: Status, duration: float) -> BuildEnd:
+        """What the notifications of ``build``'s end say (mesh.pipelines.notify)."""
+        earlier = self.store.builds(build.project, limit=1, before=build.number)
+        previous = self._job(earlier[0]).get("state") if earlier else None
+        return BuildEnd(
+            project=build.project,
+            number=build.number,
+            status=state,
+            previous=previous if previous in ("succeeded", "failed", "cancelled") else None,
+            commit=build.commit or "",
+            branch=build.branch or "",
+            duration=duration,
+            url=self.base_url() + build_path(build.project, build.number),
+        )
+
+
+def targets(wire: list[Any]) -> list[Target]:
+    """The notification targets of a build's ``notify`` entries (ProjectRefused for a bad one)."""
+    found: list[Target] = []
+    if not isinstance(wire, list) or len(wire) > MAX_TARGETS:
+        raise ProjectRefused(f"a build's notify is a list of at most {MAX_TARGETS} entries")
+    for index, entry in enumerate(wire):
+        fields = codec.Fields(entry, f"notify[{index}]")
+        on = fields.texts("on")
+        webhook, email = fields.text("webhook", None), fields.text("email", None)
+        fields.done()
+        if not on or any(event not in EVENTS for event in on):
+            raise ProjectRefused(f"notify[{index}].on names events among {', '.join(EVENTS)}")
+        wanted = frozenset(event for event in EVENTS if event in on)
+        if webhook is not None and email is None and urlsplit(webhook).scheme in ("http", "https"):
+            found.append(Webhook(url=webhook, on=wanted))
+        elif email is not None and webhook is None and "@" in email:
+            found.append(Email(address=email, on=wanted))
+        else:
+            raise ProjectRefused(f"notify[{index}] is one http(s) webhook URL or one email address")
+    return found
 
 
 def _trigger(text: str) -> Trigger:

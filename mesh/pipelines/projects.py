@@ -13,7 +13,9 @@ is the same StateError (StateFull: HTTP 507) as for the scheduler's tables:
   number, so that a number (in a chat message, a link, a badge's history) never names two
   builds. Its builds are removed with it.
 - ``builds``: ``(project, number)`` is the key; ``finished_at`` is filled when the build's
-  job ends (mesh.pipelines.builds watches it).
+  job ends (mesh.pipelines.builds watches it), with ``notified``, the notifications that
+  finally failed; ``notify`` holds the pipeline's ``notify`` entries (their wire form, CBOR)
+  and ``branch`` the branch built, for the notifications of its end.
 
 A number is given and its build recorded in one transaction (:meth:`ProjectStore.record`):
 monotonic per project, never reused, kept across restarts (it is in the database before the
@@ -26,9 +28,10 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mesh import codec
 from mesh.errors import ProjectExists, ProjectNotFound, ProjectRefused
 from mesh.sched.statedb import StateDB
 
@@ -61,6 +64,9 @@ CREATE TABLE IF NOT EXISTS builds (
     trigger TEXT NOT NULL,
     created_at REAL NOT NULL,
     finished_at REAL,
+    branch TEXT,
+    notify BLOB NOT NULL,
+    notified BLOB,
     PRIMARY KEY (project, number)
 ) WITHOUT ROWID;
 """
@@ -108,10 +114,15 @@ class Build:
     trigger: Trigger
     created_at: float
     finished_at: float | None
+    branch: str | None = None
+    notify: list[dict[str, Any]] = field(default_factory=list)  # the pipeline's notify entries (wire form)
+    notified: list[dict[str, Any]] = field(default_factory=list)  # the notifications that finally failed
 
     def to_wire(self) -> dict[str, Any]:
         return {
             "project": self.project,
+            "branch": self.branch,
+            "notification_failures": self.notified,
             "number": self.number,
             "job": self.job,
             "commit": self.commit,
@@ -173,7 +184,16 @@ class ProjectStore:
             self.db.execute("DELETE FROM builds WHERE project = ?", (name,))
             self.db.execute("DELETE FROM projects WHERE name = ?", (name,))
 
-    def record(self, name: str, job: str, commit: str | None, trigger: Trigger) -> Build:
+    def record(
+        self,
+        name: str,
+        job: str,
+        commit: str | None,
+        trigger: Trigger,
+        *,
+        branch: str | None = None,
+        notify: list[dict[str, Any]] | None = None,
+    ) -> Build:
         """Give ``name``'s next number to the build that ``job`` runs, in one transaction."""
         self.get(name)
         now = time.time()
@@ -183,15 +203,27 @@ class ProjectStore:
             )
             number = int(self.db.execute("SELECT last FROM project_numbers WHERE name = ?", (name,))[0][0])
             self.db.execute(
-                "INSERT INTO builds VALUES (?, ?, ?, ?, ?, ?, NULL)", (name, number, job, commit, trigger, now)
+                "INSERT INTO builds VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, NULL)",
+                (name, number, job, commit, trigger, now, branch, codec.encode(notify or [])),
             )
         return Build(
-            project=name, number=number, job=job, commit=commit, trigger=trigger, created_at=now, finished_at=None
+            project=name,
+            number=number,
+            job=job,
+            commit=commit,
+            trigger=trigger,
+            created_at=now,
+            finished_at=None,
+            branch=branch,
+            notify=notify or [],
         )
 
-    def finished(self, name: str, number: int, when: float) -> None:
-        """Note when a build's job ended."""
-        self.db.execute("UPDATE builds SET finished_at = ? WHERE project = ? AND number = ?", (when, name, number))
+    def finished(self, name: str, number: int, when: float, failures: list[dict[str, Any]]) -> None:
+        """Note when a build's job ended, and the notifications of its end that finally failed."""
+        self.db.execute(
+            "UPDATE builds SET finished_at = ?, notified = ? WHERE project = ? AND number = ?",
+            (when, codec.encode(failures), name, number),
+        )
 
     def build(self, name: str, number: int) -> Build:
         """Build ``number`` of ``name`` (ProjectNotFound for either)."""
@@ -216,7 +248,7 @@ class ProjectStore:
         return [_build(row) for row in rows]
 
 
-_COLUMNS = "project, number, job, commit_id, trigger, created_at, finished_at"
+_COLUMNS = "project, number, job, commit_id, trigger, created_at, finished_at, branch, notify, notified"
 
 
 def _build(row: list[Any]) -> Build:
@@ -228,4 +260,7 @@ def _build(row: list[Any]) -> Build:
         trigger=row[4],
         created_at=row[5],
         finished_at=row[6],
+        branch=row[7],
+        notify=codec.decode(row[8]),
+        notified=[] if row[9] is None else codec.decode(row[9]),
     )
