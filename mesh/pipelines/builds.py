@@ -20,6 +20,7 @@ are sent then, once the job has ended).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -75,7 +76,8 @@ class Builds:
         self.metrics = metrics
         self.notifier = notifier
         self.base_url = base_url  # the node's URL, for the build's page in its notifications
-        self._send, self._receive = trio.open_memory_channel[Build](1000)
+        # Unbounded: a build recorded must be watched, and each is taken off at once by run().
+        self._send, self._receive = trio.open_memory_channel[Build](math.inf)
 
     # -- projects ------------------------------------------------------------------
 
