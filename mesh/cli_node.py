@@ -1,4 +1,5 @@
-"""The node commands of the ``mesh`` CLI: up, exec, run, jobs, job, logs, cancel, status.
+"""The node commands of the ``mesh`` CLI: up, exec, run, jobs, job, logs, cancel, status, and
+project, builds, build (their logic in mesh.project_cli).
 
 Split from mesh.cli (the store commands) to keep each module small; mesh.cli
 registers these parsers. Client commands use the sync NodeClient and never
@@ -11,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import json
 import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from mesh.clifmt import print_json as _print_json
+from mesh.clifmt import when as _when
 from mesh.errors import NodeUnreachable, UsageError
 
 Add = Callable[[str, Callable[[argparse.Namespace], int], str, str], argparse.ArgumentParser]
@@ -231,7 +232,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     directory = os.path.abspath(args.directory)
     if not os.path.isdir(directory):
         raise UsageError(f"-C {args.directory}: not a directory")
-    request = pipeline_run.RunRequest(directory=directory, steps=args.steps, env=_parse_pairs(args.set, "--set"))
+    request = pipeline_run.RunRequest(
+        directory=directory, steps=args.steps, env=_parse_pairs(args.set, "--set"), project=args.project
+    )
     pipeline_run.read_pipeline(directory)  # a malformed file fails here, before a node is asked anything
     window = reconnect_window(args.reconnect)
     with _client(args, allow_embedded=True) as client, execute.Interrupts():
@@ -243,15 +246,52 @@ def cmd_run(args: argparse.Namespace) -> int:
             return stop.status
 
 
-def _when(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "-"
-    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+def cmd_project(args: argparse.Namespace) -> int:
+    """``mesh project add|ls|rm``: a node's projects."""
+    from mesh import project_cli
+
+    if args.action != "ls" and not args.name:
+        raise UsageError(f"mesh project {args.action} needs the project's NAME")
+    if args.action == "add" and not args.url:
+        raise UsageError("mesh project add needs NAME and GIT_URL")
+    with _client(args) as client:
+        if args.action == "add":
+            added = project_cli.add(client, args.name, args.url, args.branch, args.webhook_secret_file)
+            print(f"project {added['name']} added: {added['url']} (branch {added['branch']})", file=sys.stderr)
+        elif args.action == "rm":
+            project_cli.remove(client, args.name)
+            print(f"project {args.name} removed", file=sys.stderr)
+        elif args.json:
+            _print_json(project_cli.projects(client))
+        else:
+            project_cli.print_projects(project_cli.projects(client))
+    return 0
 
 
-def _print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
+def cmd_builds(args: argparse.Namespace) -> int:
+    """``mesh builds NAME``: a project's builds, newest first."""
+    from mesh import project_cli
+
+    with _client(args) as client:
+        page = project_cli.builds(client, args.name, limit=args.limit, before=args.before)
+    if args.json:
+        _print_json(page)
+    else:
+        project_cli.print_builds(args.name, page)
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    """``mesh build NAME N``: one build's state, commit and steps."""
+    from mesh import project_cli
+
+    with _client(args) as client:
+        build = project_cli.build(client, args.name, args.number)
+    if args.json:
+        _print_json(build)
+    else:
+        project_cli.print_build(build)
+    return 0
 
 
 def cmd_key(args: argparse.Namespace) -> int:
@@ -578,7 +618,38 @@ def add_parsers(add: Add) -> None:
     )
     p.add_argument("--reconnect", type=float, metavar="S", help=reconnect_help)
     p.add_argument("--node", metavar="URL", help=node_help)
+    p.add_argument("--project", metavar="NAME", help="record the run as project NAME's next build (its number)")
     p.add_argument("steps", nargs="*", metavar="STEP", help="run only these steps and the steps they depend on")
+
+    p = add(
+        "project",
+        cmd_project,
+        "add, list or remove a node's projects",
+        "Projects are kept by the node (per node, for now): each run of one (mesh run --project)\n"
+        "gets its next build number. add NAME GIT_URL [--branch GLOB] [--webhook-secret-file F]\n"
+        "(the secret is sent once and never shown again), ls [--json], rm NAME (its numbers are\n"
+        "never given again: a project added again goes on from its last number).",
+    )
+    p.add_argument("action", choices=("add", "ls", "rm"))
+    p.add_argument("name", nargs="?", metavar="NAME")
+    p.add_argument("url", nargs="?", metavar="GIT_URL")
+    p.add_argument("--branch", default="*", metavar="GLOB", help="the branches pushes build (default: all)")
+    p.add_argument("--webhook-secret-file", metavar="F", help="a file holding the project's webhook secret")
+    p.add_argument("--json", action="store_true", help="print JSON (ls)")
+    p.add_argument("--node", metavar="URL", help=node_help)
+
+    p = add("builds", cmd_builds, "list a project's builds", "List project NAME's builds, newest first.")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N builds (default 50)")
+    p.add_argument("--before", type=int, metavar="N", help="page on from an earlier listing's 'more' hint")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--node", metavar="URL", help=node_help)
+
+    p = add("build", cmd_build, "show a build", "Show build N of project NAME: state, commit, trigger, steps.")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("number", type=int, metavar="N")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--node", metavar="URL", help=node_help)
 
     p = add("peers", cmd_peers, "list a node's peers", "List the peers a node knows: state, load, last heard.")
     p.add_argument("--json", action="store_true", help="print JSON")

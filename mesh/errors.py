@@ -53,6 +53,10 @@ take (mesh.text): a file name in it that is not UTF-8 is written with escapes.
     │   ├── InvalidGitUrl (ValueError) a repository URL of a refused transport (ext::, ...)
     │   ├── InvalidCommit (ValueError) a commit id that is not 40 or 64 hex digits
     │   └── CommitNotFound         the repository (or the node's mirror of it) has no such commit
+    ├── ProjectError               a project or build request cannot be done (mesh.pipelines.projects)
+    │   ├── ProjectRefused (ValueError) a bad name, URL, branch glob, secret or trigger (HTTP 400)
+    │   ├── ProjectNotFound        no such project on this node, or no such build of it (HTTP 404)
+    │   └── ProjectExists          a project of that name exists already (HTTP 409)
     ├── NoFreeSlot                 a peer offered a task and this node has no free slot (HTTP 409)
     ├── NodeBusy                   another node already runs on this $MESH_HOME
     ├── BackgroundNodeError        the background node of mesh exec could not start or stop
@@ -383,6 +387,23 @@ class HookTooLarge(InvalidHook):
         )
         self.size = size
         self.limit = limit
+
+
+class ProjectError(MeshError):
+    """A project or build request cannot be done (mesh.pipelines.projects)."""
+
+
+class ProjectRefused(ProjectError, ValueError):
+    """A project's name, git URL, branch glob or webhook secret, or a build's trigger, breaks
+    the rules (the message names the rule). HTTP 400."""
+
+
+class ProjectNotFound(ProjectError):
+    """No project of that name on this node (projects are per node), or no such build of it. HTTP 404."""
+
+
+class ProjectExists(ProjectError):
+    """A project of that name exists already. HTTP 409."""
 
 
 class NoFreeSlot(MeshError):

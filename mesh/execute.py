@@ -157,13 +157,14 @@ def follow_job(client: NodeClient, job: dict[str, Any], *, window: float) -> Exe
     return ExecOutcome.of(follow_job_with(follower, job, window=window))
 
 
-def follow_job_with(follower: JobFollower, job: dict[str, Any], *, window: float) -> Followed:
+def follow_job_with(follower: JobFollower, job: dict[str, Any] | None, *, window: float) -> Followed:
     """Submit ``job`` and follow it with ``follower`` to its end, as :func:`follow_job` does
-    (``mesh run`` passes a follower that prefixes each task's lines)."""
+    (``mesh run`` passes a follower that prefixes each task's lines); ``job`` None: follow the
+    job submitted already, ``follower.job_id`` (a project's build)."""
     client = follower.client
     try:
         try:
-            return follower.follow(client.submit_and_follow(job), window=window)
+            return follower.follow(None if job is None else client.submit_and_follow(job), window=window)
         except BrokenPipeError:
             raise Interrupted(signal.SIGPIPE) from None
     except Interrupted as stop:

@@ -45,6 +45,9 @@ from mesh.exec.runner import Runner
 from mesh.exec.toolchain import Toolchain
 from mesh.exec.workpool import KEEP_DIRS, WorkdirPool
 from mesh.pipelines.buildmetrics import BuildMetrics
+from mesh.pipelines.builds import Builds
+from mesh.pipelines.notify import Notifier
+from mesh.pipelines.projects import ProjectStore
 from mesh.sched.actioncache import LocalActionCache
 from mesh.sched.scheduler import Scheduler
 from mesh.sched.statedb import StateDB, state_path
@@ -111,6 +114,7 @@ class Node:
                 await nursery.start(self._watch_docker)
                 await nursery.start(self.action_cache.run)
                 await nursery.start(self.scheduler.run)
+                await nursery.start(self.projects.run)
                 http_stop = trio.Event()
                 app = activity = Activity(create_app(self))
                 binds = await nursery.start(partial(serve, app, self._sockets, shutdown_trigger=http_stop.wait))
@@ -230,6 +234,10 @@ class Node:
         self.jobs = JobIntake(self.scheduler, self.store, self.peering, lambda: self.default_executor)
         self.blobs = PeerBackedBlobs(self.store, space, self.peering)
         self.cache = MeshCacheService(self.action_cache, self.claims)
+        notifier = Notifier(smtp=self.config.smtp)
+        self.projects = Builds(
+            ProjectStore(self.db), self.jobs, self.build_metrics, notifier, lambda: self.peering.url or self.url
+        )
 
     def _pinned(self) -> Roots:
         """What eviction must keep (on the event loop): the inputs and results of the live jobs,

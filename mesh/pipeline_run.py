@@ -8,6 +8,11 @@ followed with mesh.follow's JobFollower, which prefixes each line with its task'
 reconnects to a node that went away. At the end a table gives each task's step, node,
 whether it was cached, its time and its status.
 
+With ``--project NAME`` the job is submitted as the project's next build instead
+(mesh.project_cli.start, with the directory's git HEAD as its commit): the node gives it its
+number, which is printed with the URL of the build's page at the start and after the table;
+the node sends the pipeline's ``notify`` entries when the build ends.
+
 Exit status: 0 when the job succeeded (every step that ran succeeded; a failure reaction
 that was skipped is fine), 1 when it failed (the failing step is ``failed`` in the table),
 130 when it was cancelled, 128+N after signal N, 255 when the node stayed away.
@@ -19,6 +24,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+from mesh import project_cli
 from mesh.cas.digest import Digest
 from mesh.config import Settings
 from mesh.exec.action import ActionResult
@@ -37,6 +43,7 @@ class RunRequest:
     directory: str
     steps: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    project: str | None = None  # record the run as this project's next build
 
 
 def read_pipeline(directory: str) -> Pipeline:
@@ -82,9 +89,20 @@ def run(client: NodeClient, settings: Settings, request: RunRequest, *, window: 
     follower = JobFollower(
         client, sys.stdout.buffer, sys.stderr.buffer, tasks=[name for name, _ in job.tasks], prefix=True
     )
-    followed = follow_job_with(follower, job.wire, window=window)
+    announced = ""
+    if request.project is not None:
+        commit = project_cli.head_commit(request.directory)
+        build = project_cli.start(
+            client, request.project, job.wire, commit=commit, branch=branch, notify=pipeline.notify, trigger="run"
+        )
+        follower.job_id = build["job"]
+        announced = f"build #{build['number']} of {request.project}: {client.url}{build['path']}"
+        print(announced, file=sys.stderr, flush=True)
+    followed = follow_job_with(follower, None if announced else job.wire, window=window)
     sys.stdout.flush()
     print(summary(job, followed), file=sys.stderr, flush=True)
+    if announced:
+        print(announced, file=sys.stderr, flush=True)
     return {"succeeded": 0, "cancelled": EXIT_CANCELLED}.get(followed.state, 1)
 
 

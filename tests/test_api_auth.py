@@ -114,8 +114,8 @@ def test_the_dashboard_is_served_and_status_has_what_it_shows(node: NodeProcess)
 
 
 def test_open_endpoints_show_no_argv_env_file_names_or_output(node: NodeProcess, tmp_path: Path) -> None:
-    """A secret passed in argv and env, held in a file name and printed by the task, appears in
-    no answer to an unsigned request, on any route of the app; a signed /status shows it."""
+    """A secret passed in argv and env, held in a file name, printed by the task and in a project's
+    URL and webhook secret, appears in no answer to an unsigned request, on any route of the app; a signed /status shows it."""
     secret = "hunter2-" + secrets.token_hex(8)
     src = tmp_path / "src"
     src.mkdir()
@@ -129,6 +129,8 @@ def test_open_endpoints_show_no_argv_env_file_names_or_output(node: NodeProcess,
         status = client.job(job["id"])
         stdout = status["tasks"][0]["result"]["stdout"]
         assert secret in client.status()["jobs"]["recent"][0]["label"]  # signed: the details
+        project = {"name": "demo", "url": f"https://git.example/{secret}.git", "secret": secret}
+        client.request("POST", "/v1/projects", body=project)  # its badge is open; its URL and secret are not
     answers = {}
     for path in ("/", "/health", "/status", "/status?format=json", "/metrics"):
         for accept in ("application/json", "application/cbor", "*/*"):
@@ -138,7 +140,7 @@ def test_open_endpoints_show_no_argv_env_file_names_or_output(node: NodeProcess,
     app = create_app(cast(Any, None))  # the routes only: every one, so a new route is looked at too
     for route in app.routes:
         assert isinstance(route, Route) and route.methods
-        path = route.path.replace("{job_id}", job["id"]).replace("{digest}", stdout)
+        path = route.path.replace("{job_id}", job["id"]).replace("{digest}", stdout).replace("{name}", "demo")
         for method in sorted(route.methods - {"HEAD"}):
             response = httpx.request(method, node.url + path, trust_env=False)
             assert response.status_code in (200, 401), (method, path, response.status_code)

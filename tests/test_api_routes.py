@@ -31,6 +31,7 @@ OPEN = {
     "/health": "liveness, for `mesh up`'s own readiness wait, clients and load balancers",
     "/status": "node facts and counts for the dashboard (details stay behind the key: issue 13 item 4)",
     "/metrics": "Prometheus scrapes it without the key: counts only",
+    "/v1/projects/{name}/badge.svg": "a project's badge, embedded in READMEs: only its latest build's state",
 }
 #: Metrics that move only when something is done: stored, run, given, learnt.
 WATCHED = (
@@ -43,11 +44,14 @@ WATCHED = (
 
 
 def test_the_open_routes_are_open(node: NodeProcess) -> None:
-    """Each open route is a route of the app, and answers 200 without the key."""
+    """Each open route is a route of the app, and answers 200 without the key (a project's
+    badge: once the project exists, which takes the key)."""
     served = {(r.method, r.path) for r in app_routes()}
+    with NodeClient(node.url, key=load_key(node.home)) as client:
+        client.request("POST", "/v1/projects", body={"name": "demo", "url": "https://git.example/demo.git"})
     for path in OPEN:
         assert ("GET", path) in served, f"{path} is listed as open but the app has no GET route for it"
-        response = httpx.get(node.url + path, trust_env=False)
+        response = httpx.get(node.url + path.replace("{name}", "demo"), trust_env=False)
         assert response.status_code == 200, (path, response.status_code, response.text[:300])
 
 

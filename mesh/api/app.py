@@ -14,6 +14,12 @@
 | ``GET /v1/jobs/{id}`` | a job with its tasks, states, results; ``recorded``: false while changes wait to be written |
 | ``POST /v1/jobs/{id}/cancel`` | cancel a job (kills its running tasks); 507 if it cannot be recorded |
 | ``GET /v1/jobs/{id}/events`` | its events from ``?from=N``, live until it finishes; ``&wait=0``: those there now |
+| ``POST /v1/projects``, ``GET /v1/projects`` | add a project (name, git URL, branch glob, webhook secret), list them |
+| ``DELETE /v1/projects/{name}`` | remove a project and its builds (its numbers are never given again) |
+| ``POST /v1/projects/{name}/builds`` | ``{"job", "commit", "trigger"}``: the next build (its number, job, path) |
+| ``GET /v1/projects/{name}/builds`` | builds newest first with their states: ``?limit=&before=``; ``next`` pages on |
+| ``GET /v1/projects/{name}/builds/{n}`` | a build: state, commit, trigger, steps (node, cached, timings, exit codes) |
+| ``GET /v1/projects/{name}/badge.svg`` | open: an SVG badge of the latest build's state, to embed |
 | ``POST /v1/gossip`` | a peer's membership table in, ours out (mesh.cluster.gossip) |
 | ``POST /v1/steal`` | an idle peer asks for queued tasks (mesh.sched.scheduler: work stealing) |
 | ``POST /v1/cache:lookup`` | a peer asks for action-cache entries by key (mesh.cluster.actioncache) |
@@ -178,6 +184,69 @@ def _event_stream(request: Request, job_id: str, start: int, *, wait: bool = Tru
     return StreamingResponse(stream(), media_type=NDJSON if as_json else EVENTS_CBOR)
 
 
+#: Largest project registration, in bytes (a URL, a glob and a webhook secret).
+MAX_PROJECT_BODY = 16 << 10
+
+
+async def add_project(request: Request) -> Response:
+    """``POST /v1/projects``: ``{"name", "url", "branch"?, "secret"?}`` (the webhook secret's text);
+    answers the project as listed (the secret never comes back)."""
+    fields = codec.Fields(await read_message(request, MAX_PROJECT_BODY), "a project")
+    name, url = fields.text("name"), fields.text("url")
+    branch, secret = fields.text("branch", "*"), fields.text("secret", None)
+    fields.done()
+    added = services(request).projects.add(name, url, branch, None if secret is None else secret.encode())
+    return reply(request, added, status=201)
+
+
+async def list_projects(request: Request) -> Response:
+    authenticate(request, await read_body(request, 0))
+    return reply(request, {"projects": services(request).projects.all()})
+
+
+async def remove_project(request: Request) -> Response:
+    authenticate(request, await read_body(request, 0))
+    services(request).projects.remove(request.path_params["name"])
+    return reply(request, {"removed": request.path_params["name"]})
+
+
+async def start_build(request: Request) -> Response:
+    """``POST /v1/projects/NAME/builds``: ``{"job": JOB, "commit"?, "trigger", "branch"?,
+    "notify"?}``: the job runs as the project's next build; answers its number, job id and path."""
+    fields = codec.Fields(await read_message(request, MAX_JOB_BODY), "a build")
+    projects = services(request).projects
+    job, commit, trigger = fields.mapping("job"), fields.text("commit", None), fields.text("trigger")
+    branch, notify = fields.text("branch", None), fields.sequence("notify", [])
+    fields.done()
+    spec = parse_job(job, default_executor=services(request).jobs.default_executor)
+    build = await projects.start(request.path_params["name"], spec, commit, trigger, branch=branch, notify=notify)
+    return reply(request, build, status=201)
+
+
+async def list_builds(request: Request) -> Response:
+    limit = _int_param(request, "limit", 50, 1, MAX_PAGE)
+    before = _int_param(request, "before", None, 1, 2**62)
+    assert limit is not None
+    authenticate(request, await read_body(request, 0))
+    builds, next_page = services(request).projects.page(request.path_params["name"], limit, before)
+    return reply(request, {"builds": builds, "next": next_page})
+
+
+async def get_build(request: Request) -> Response:
+    authenticate(request, await read_body(request, 0))
+    number = request.path_params["number"]
+    if not number.isdigit() or not 1 <= int(number) < 2**62:
+        raise ApiError(400, f"a build number is a whole number from 1, not {number[:40]!r}")
+    return reply(request, services(request).projects.build(request.path_params["name"], int(number)))
+
+
+async def project_badge(request: Request) -> Response:
+    """``GET /v1/projects/NAME/badge.svg``: open (no key), to be embedded; it shows only the
+    latest build's state (mesh.pipelines.badge). Not cached by browsers: it changes per build."""
+    svg = services(request).projects.badge(request.path_params["name"])
+    return Response(svg, media_type="image/svg+xml", headers={"cache-control": "no-cache"})
+
+
 async def gossip(request: Request) -> Response:
     """``POST /v1/gossip``: merge a peer's table, answer with ours (mesh.cluster.gossip)."""
     message = await read_message(request, 4 << 20)
@@ -244,6 +313,13 @@ def create_app(node: NodeServices) -> Starlette:
         Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
         Route("/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
         Route("/v1/jobs/{job_id}/events", job_events, methods=["GET"]),
+        Route("/v1/projects", add_project, methods=["POST"]),
+        Route("/v1/projects", list_projects, methods=["GET"]),
+        Route("/v1/projects/{name}", remove_project, methods=["DELETE"]),
+        Route("/v1/projects/{name}/builds", start_build, methods=["POST"]),
+        Route("/v1/projects/{name}/builds", list_builds, methods=["GET"]),
+        Route("/v1/projects/{name}/builds/{number}", get_build, methods=["GET"]),
+        Route("/v1/projects/{name}/badge.svg", project_badge, methods=["GET"]),
         Route("/v1/gossip", gossip, methods=["POST"]),
         Route("/v1/steal", steal, methods=["POST"]),
         Route("/v1/cache:lookup", cache_lookup, methods=["POST"]),

@@ -31,6 +31,9 @@ from mesh.errors import (
     MeshError,
     NoFreeSlot,
     PathNotFound,
+    ProjectExists,
+    ProjectNotFound,
+    ProjectRefused,
     SnapshotError,
 )
 from mesh.wire.auth import HEADERS, Admitted, AuthError, NotForThisNode, signed_headers
@@ -52,6 +55,9 @@ _STATUS: list[tuple[type[BaseException], int]] = [
     (AuthError, 401),
     (JobNotFound, 404),
     (NoFreeSlot, 409),
+    (ProjectNotFound, 404),
+    (ProjectExists, 409),
+    (ProjectRefused, 400),
     (BlobNotFound, 404),  # BlobDamaged too: the store quarantined it, and holds it no more
     (PathNotFound, 404),
     (DigestMismatch, 400),

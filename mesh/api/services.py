@@ -102,6 +102,48 @@ class Cache(Protocol):
         ...
 
 
+class Projects(Protocol):
+    """Projects and their builds (mesh.pipelines.builds.Builds)."""
+
+    def add(self, name: str, url: str, branch: str, secret: bytes | None) -> dict[str, Any]:
+        """Add a project (ProjectRefused: 400, ProjectExists: 409); what the API shows of it."""
+        ...
+
+    def all(self) -> list[dict[str, Any]]:
+        """The projects, by name, without their secrets."""
+        ...
+
+    def remove(self, name: str) -> None:
+        """Remove a project and its builds (ProjectNotFound: 404)."""
+        ...
+
+    async def start(
+        self,
+        name: str,
+        spec: JobSpec,
+        commit: str | None,
+        trigger: str,
+        *,
+        branch: str | None = None,
+        notify: list[Any] | None = None,
+    ) -> dict[str, Any]:
+        """Submit ``spec`` as the project's next build: its number, job id and path; ``notify``:
+        the pipeline's notify entries, sent when it ends."""
+        ...
+
+    def page(self, name: str, limit: int, before: int | None) -> tuple[list[dict[str, Any]], int | None]:
+        """The project's builds newest first, and where the next page begins (None on the last)."""
+        ...
+
+    def build(self, name: str, number: int) -> dict[str, Any]:
+        """One build: number, commit, trigger, state and steps (ProjectNotFound: 404)."""
+        ...
+
+    def badge(self, name: str) -> str:
+        """The SVG badge of the project's latest build."""
+        ...
+
+
 class NodeServices(Protocol):
     """Everything the app serves, as the node (mesh.node.Node) provides it."""
 
@@ -113,6 +155,9 @@ class NodeServices(Protocol):
 
     @property
     def cache(self) -> Cache: ...
+
+    @property
+    def projects(self) -> Projects: ...
 
     @property
     def verifier(self) -> Verifier:

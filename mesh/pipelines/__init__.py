@@ -6,11 +6,13 @@ and what a build's end sets off.
 - :mod:`mesh.pipelines.hooks`, :mod:`mesh.pipelines.deliveries`: a forge's webhook delivery
   checked with the project's secret and read; the delivery ids taken;
 - :mod:`mesh.pipelines.notify`: which notifications a build's end sends, and sending them;
-- :mod:`mesh.pipelines.buildmetrics`: builds by project and result, for /metrics.
+- :mod:`mesh.pipelines.buildmetrics`: builds by project and result, for /metrics;
 - :mod:`mesh.pipelines.gitsnap`: a commit of a git repository fetched into the node's mirror
-  (``$MESH_HOME/git/``) and snapshotted from git's objects, with no working copy.
+  (``$MESH_HOME/git/``) and snapshotted from git's objects, with no working copy;
+- :mod:`mesh.pipelines.projects`: projects and numbered builds in the node's state database;
+- :mod:`mesh.pipelines.builds`: a project's builds started, read and watched to their end;
+- :mod:`mesh.pipelines.badge`: the SVG badge of a project's latest build.
 
-Projects and build numbers join here later; each keeps a module of its own with a narrow
-interface. The layer sits above mesh.cluster and mesh.sched, below mesh.api: nothing here
-serves HTTP or runs a task.
+Each keeps a module of its own with a narrow interface. The layer sits above mesh.cluster
+and mesh.sched, below mesh.api: nothing here serves HTTP or runs a task.
 """

@@ -276,6 +276,13 @@ class StateDB:
         if self._db.in_transaction:
             self._sql("ROLLBACK")
 
+    def execute(self, sql: str, args: Iterable[object] = ()) -> list[Any]:
+        """Run one statement of a table family that a layer above keeps in this database
+        (mesh.pipelines.projects: projects and their builds), and fetch its rows; its errors
+        are translated as every other's (StateFull for a full disk). Outside a :meth:`batch`
+        it commits on its own; inside one it joins the batch's commit."""
+        return self._sql(sql, args)
+
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
         """Undo the statements made inside the ``with`` block, and only them, when it raises;
