@@ -115,7 +115,8 @@ def test_the_dashboard_is_served_and_status_has_what_it_shows(node: NodeProcess)
 
 def test_open_endpoints_show_no_argv_env_file_names_or_output(node: NodeProcess, tmp_path: Path) -> None:
     """A secret passed in argv and env, held in a file name, printed by the task and in a project's
-    URL and webhook secret, appears in no answer to an unsigned request, on any route of the app; a signed /status shows it."""
+    URL and webhook secret, appears in no answer to an unsigned request, on any route of the app;
+    a signed /status shows it."""
     secret = "hunter2-" + secrets.token_hex(8)
     src = tmp_path / "src"
     src.mkdir()
