@@ -46,6 +46,8 @@ from mesh.exec.toolchain import Toolchain
 from mesh.exec.workpool import KEEP_DIRS, WorkdirPool
 from mesh.pipelines.buildmetrics import BuildMetrics
 from mesh.pipelines.builds import Builds
+from mesh.pipelines.deliveries import RecentDeliveries
+from mesh.pipelines.hookintake import HookIntake
 from mesh.pipelines.notify import Notifier
 from mesh.pipelines.projects import ProjectStore
 from mesh.sched.actioncache import LocalActionCache
@@ -237,6 +239,13 @@ class Node:
         notifier = Notifier(smtp=self.config.smtp)
         self.projects = Builds(
             ProjectStore(self.db), self.jobs, self.build_metrics, notifier, lambda: self.peering.url or self.url
+        )
+        self.hooks = HookIntake(
+            self.projects,
+            self.store,
+            os.path.join(home, "git"),  # the git mirrors of the projects' repositories
+            RecentDeliveries(),
+            lambda: self.default_executor,
         )
 
     def _pinned(self) -> Roots:

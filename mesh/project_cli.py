@@ -78,22 +78,13 @@ def start(
 ) -> dict[str, Any]:
     """Submit ``job`` as ``name``'s next build, with its pipeline's ``notify`` entries (the node
     sends them when the build ends): the node's answer (number, job, path)."""
-    body: dict[str, Any] = {"job": job, "trigger": trigger, "notify": [_notify_wire(entry) for entry in notify]}
+    body: dict[str, Any] = {"job": job, "trigger": trigger, "notify": [entry.to_wire() for entry in notify]}
     if commit is not None:
         body["commit"] = commit
     if branch is not None:
         body["branch"] = branch
     result: dict[str, Any] = client.request("POST", _path(name, "builds"), body=body)
     return result
-
-
-def _notify_wire(entry: Notify) -> dict[str, Any]:
-    wire: dict[str, Any] = {"on": list(entry.on)}
-    if entry.webhook is not None:
-        wire["webhook"] = entry.webhook
-    if entry.email is not None:
-        wire["email"] = entry.email
-    return wire
 
 
 def head_commit(directory: str) -> str | None:

@@ -9,6 +9,8 @@ open route that is gone or needs a key fails :func:`test_the_open_routes_are_ope
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,10 @@ OPEN = {
     "/status": "node facts and counts for the dashboard (details stay behind the key: issue 13 item 4)",
     "/metrics": "Prometheus scrapes it without the key: counts only",
     "/v1/projects/{name}/badge.svg": "a project's badge, embedded in READMEs: only its latest build's state",
+    "/v1/hooks/{name}": "a forge's webhook: it cannot sign with the mesh key; the project's webhook secret checks it",
 }
+#: The open routes that take a POST (every other open route is a GET).
+OPEN_POST = {"/v1/hooks/{name}"}
 #: Metrics that move only when something is done: stored, run, given, learnt.
 WATCHED = (
     "mesh_store_blobs_written_total",
@@ -45,13 +50,27 @@ WATCHED = (
 
 def test_the_open_routes_are_open(node: NodeProcess) -> None:
     """Each open route is a route of the app, and answers 200 without the key (a project's
-    badge: once the project exists, which takes the key)."""
+    badge and hook: once the project exists, which takes the key; the hook to a ping signed
+    with the project's webhook secret)."""
     served = {(r.method, r.path) for r in app_routes()}
+    secret = b"the webhook secret"
     with NodeClient(node.url, key=load_key(node.home)) as client:
-        client.request("POST", "/v1/projects", body={"name": "demo", "url": "https://git.example/demo.git"})
+        project = {"name": "demo", "url": "https://git.example/demo.git", "secret": secret.decode()}
+        client.request("POST", "/v1/projects", body=project)
+    ping = b'{"zen": "Design for failure.", "hook_id": 1}'
+    hook_headers = {
+        "x-github-event": "ping",
+        "x-github-delivery": "d-1",
+        "x-hub-signature-256": "sha256=" + hmac.new(secret, ping, hashlib.sha256).hexdigest(),
+    }
     for path in OPEN:
-        assert ("GET", path) in served, f"{path} is listed as open but the app has no GET route for it"
-        response = httpx.get(node.url + path.replace("{name}", "demo"), trust_env=False)
+        method = "POST" if path in OPEN_POST else "GET"
+        assert (method, path) in served, f"{path} is listed as open but the app has no {method} route for it"
+        url = node.url + path.replace("{name}", "demo")
+        if method == "POST":
+            response = httpx.post(url, content=ping, headers=hook_headers, trust_env=False)
+        else:
+            response = httpx.get(url, trust_env=False)
         assert response.status_code == 200, (path, response.status_code, response.text[:300])
 
 

@@ -20,6 +20,7 @@
 | ``GET /v1/projects/{name}/builds`` | builds newest first with their states: ``?limit=&before=``; ``next`` pages on |
 | ``GET /v1/projects/{name}/builds/{n}`` | a build: state, commit, trigger, steps (node, cached, timings, exit codes) |
 | ``GET /v1/projects/{name}/badge.svg`` | open: an SVG badge of the latest build's state, to embed |
+| ``POST /v1/hooks/{name}`` | open: a forge's push, checked with the project's webhook secret, starts a build |
 | ``POST /v1/gossip`` | a peer's membership table in, ours out (mesh.cluster.gossip) |
 | ``POST /v1/steal`` | an idle peer asks for queued tasks (mesh.sched.scheduler: work stealing) |
 | ``POST /v1/cache:lookup`` | a peer asks for action-cache entries by key (mesh.cluster.actioncache) |
@@ -56,6 +57,7 @@ from mesh.api.http import (
 from mesh.api.services import NodeServices, services
 from mesh.cluster.actioncache import MAX_LOOKUP_BODY
 from mesh.errors import MeshError
+from mesh.pipelines.hooks import MAX_BODY
 from mesh.sched.events import PACE
 from mesh.sched.jobevents import JobEvent, to_wire
 from mesh.sched.jobs import JOB_STATES, check_job_id, is_job_state, parse_job
@@ -66,6 +68,8 @@ from mesh.wire.formats import EVENTS_CBOR, NDJSON, frame, to_json
 MAX_JOB_BODY = 16 << 20
 #: Most jobs one listing returns.
 MAX_PAGE = 1000
+#: Largest webhook delivery read (413 above): mesh.pipelines.hooks refuses larger ones itself.
+MAX_HOOK_BODY = MAX_BODY
 
 
 _DASHBOARD = Path(__file__).resolve().parent.parent / "web" / "index.html"
@@ -247,6 +251,18 @@ async def project_badge(request: Request) -> Response:
     return Response(svg, media_type="image/svg+xml", headers={"cache-control": "no-cache"})
 
 
+async def hook(request: Request) -> Response:
+    """``POST /v1/hooks/NAME``: a forge's webhook delivery (mesh.pipelines.hookintake). Open:
+    the forge cannot sign with the mesh key; the project's webhook secret authenticates it.
+    Answers are JSON, errors too: a forge shows them to a person as they are."""
+    try:
+        body = await read_body(request, MAX_HOOK_BODY)
+        answer = await services(request).hooks.receive(request.path_params["name"], request.headers, body)
+    except MeshError as exc:
+        return error_response(request, exc, as_json=True)
+    return JSONResponse(answer.body, status_code=answer.status)
+
+
 async def gossip(request: Request) -> Response:
     """``POST /v1/gossip``: merge a peer's table, answer with ours (mesh.cluster.gossip)."""
     message = await read_message(request, 4 << 20)
@@ -320,6 +336,7 @@ def create_app(node: NodeServices) -> Starlette:
         Route("/v1/projects/{name}/builds", list_builds, methods=["GET"]),
         Route("/v1/projects/{name}/builds/{number}", get_build, methods=["GET"]),
         Route("/v1/projects/{name}/badge.svg", project_badge, methods=["GET"]),
+        Route("/v1/hooks/{name}", hook, methods=["POST"]),
         Route("/v1/gossip", gossip, methods=["POST"]),
         Route("/v1/steal", steal, methods=["POST"]),
         Route("/v1/cache:lookup", cache_lookup, methods=["POST"]),

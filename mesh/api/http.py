@@ -22,15 +22,21 @@ from mesh.api.services import services
 from mesh.errors import (
     BlobNotFound,
     CodecError,
+    CommitNotFound,
     DigestMismatch,
     DiskFull,
+    GitError,
+    HookTooLarge,
+    HookUnauthorized,
     InvalidDigest,
+    InvalidHook,
     InvalidJob,
     InvalidUrl,
     JobNotFound,
     MeshError,
     NoFreeSlot,
     PathNotFound,
+    PipelineError,
     ProjectExists,
     ProjectNotFound,
     ProjectRefused,
@@ -66,6 +72,12 @@ _STATUS: list[tuple[type[BaseException], int]] = [
     (InvalidUrl, 400),
     (CodecError, 400),
     (SnapshotError, 422),
+    (HookUnauthorized, 401),  # the forge's signature or token, under the project's webhook secret
+    (HookTooLarge, 413),  # before InvalidHook, of which it is a kind
+    (InvalidHook, 400),
+    (PipelineError, 422),  # a pushed commit's .mesh.yml is missing or malformed: nothing started
+    (CommitNotFound, 422),  # a pushed commit the project's repository does not have
+    (GitError, 502),  # the project's repository could not be fetched: git's stderr says why
     (DiskFull, 507),  # Insufficient Storage: the store's or the state database's, named with its free space
 ]
 
@@ -74,13 +86,14 @@ def wants_json(request: Request) -> bool:
     return request.query_params.get("format") == "json" or JSON in request.headers.get("accept", "")
 
 
-def reply(request: Request, value: Any, *, status: int = 200) -> Response:
+def reply(request: Request, value: Any, *, status: int = 200, as_json: bool = False) -> Response:
     """Answer with ``value`` as CBOR, or JSON when the client asked for it.
 
     An error answer to a request that carries a body closes the connection: the
-    body may be unread (refused early), so the client must not reuse it.
+    body may be unread (refused early), so the client must not reuse it. ``as_json``: JSON
+    whatever the request asked (a forge's webhook delivery, which shows the answer to a person).
     """
-    if wants_json(request):
+    if as_json or wants_json(request):
         response = Response(to_json(value), status_code=status, media_type=JSON)
     else:
         response = Response(codec.encode(value), status_code=status, media_type=CBOR)
@@ -89,17 +102,18 @@ def reply(request: Request, value: Any, *, status: int = 200) -> Response:
     return response
 
 
-def error_response(request: Request, exc: BaseException) -> Response:
-    """The response for an exception raised while handling ``request``."""
+def error_response(request: Request, exc: BaseException, *, as_json: bool = False) -> Response:
+    """The response for an exception raised while handling ``request`` (JSON if ``as_json``)."""
     if isinstance(exc, ClientDisconnect):
-        return reply(request, {"error": "the client went away before the request body was complete"}, status=400)
+        message = "the client went away before the request body was complete"
+        return reply(request, {"error": message}, status=400, as_json=as_json)
     for kind, status in _STATUS:
         if isinstance(exc, kind):
             code = exc.status if isinstance(exc, ApiError) else status
-            return reply(request, {"error": str(exc)}, status=code)
+            return reply(request, {"error": str(exc)}, status=code, as_json=as_json)
     log.exception("internal error handling %s %s", request.method, request.url.path, exc_info=exc)
     message = f"internal error ({type(exc).__name__}); the node logged the details"
-    return reply(request, {"error": message}, status=500)
+    return reply(request, {"error": message}, status=500, as_json=as_json)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

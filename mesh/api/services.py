@@ -10,6 +10,7 @@ pyproject.toml), and a test can serve the app over anything that has them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
@@ -144,6 +145,25 @@ class Projects(Protocol):
         ...
 
 
+class HookAnswer(Protocol):
+    """What a forge is answered (mesh.pipelines.hookintake.HookAnswer)."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def body(self) -> dict[str, Any]: ...
+
+
+class Hooks(Protocol):
+    """Webhook deliveries of forges (mesh.pipelines.hookintake.HookIntake)."""
+
+    async def receive(self, name: str, headers: Mapping[str, str], body: bytes) -> HookAnswer:
+        """Take one delivery for project ``name`` (ProjectNotFound: 404, HookUnauthorized: 401,
+        InvalidHook: 400, HookTooLarge: 413, PipelineError: 422); the status and JSON to answer."""
+        ...
+
+
 class NodeServices(Protocol):
     """Everything the app serves, as the node (mesh.node.Node) provides it."""
 
@@ -158,6 +178,9 @@ class NodeServices(Protocol):
 
     @property
     def projects(self) -> Projects: ...
+
+    @property
+    def hooks(self) -> Hooks: ...
 
     @property
     def verifier(self) -> Verifier:

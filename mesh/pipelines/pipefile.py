@@ -39,7 +39,7 @@ import itertools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, TypeVar, get_args
+from typing import Any, Literal, TypeVar, get_args
 from urllib.parse import urlsplit
 
 import yaml
@@ -113,6 +113,15 @@ class Notify:
     on: tuple[NotifyOn, ...]
     webhook: str | None = None
     email: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The entry as a build carries it (mesh.pipelines.builds.targets reads it back)."""
+        wire: dict[str, Any] = {"on": list(self.on)}
+        if self.webhook is not None:
+            wire["webhook"] = self.webhook
+        if self.email is not None:
+            wire["email"] = self.email
+        return wire
 
 
 @dataclass(frozen=True, kw_only=True)
