@@ -14,7 +14,7 @@ take (mesh.text): a file name in it that is not UTF-8 is written with escapes.
 
     MeshError
     ├── UsageError                 bad arguments from a person (CLI exit code 2)
-    │   └── PipelineError          a .mesh.yml that breaks the pipeline rules (names its line)
+    │   └── PipelineError          a .mesh.yml that breaks the pipeline rules (names its line; HTTP 422)
     ├── ConfigError                mesh.toml or the mesh key is unreadable or malformed (CLI exit code 1)
     ├── InvalidDigest (ValueError) a digest's text or fields are malformed
     ├── InvalidUrl (ValueError)    a node's URL or a request's host is malformed (mesh.urls)
@@ -49,10 +49,10 @@ take (mesh.text): a file name in it that is not UTF-8 is written with escapes.
     │   └── InvalidHook (ValueError) it names no event, or its body is not the JSON it should be (HTTP 400)
     │       └── HookTooLarge       its body is over the size limit (HTTP 413)
     ├── GitError                   git failed to fetch or read a repository (mesh.pipelines.gitsnap;
-    │   │                          the message ends with git's stderr)
+    │   │                          the message ends with git's stderr; HTTP 502 at the hook)
     │   ├── InvalidGitUrl (ValueError) a repository URL of a refused transport (ext::, ...)
     │   ├── InvalidCommit (ValueError) a commit id that is not 40 or 64 hex digits
-    │   └── CommitNotFound         the repository (or the node's mirror of it) has no such commit
+    │   └── CommitNotFound         the repository (or the node's mirror of it) has no such commit (HTTP 422)
     ├── ProjectError               a project or build request cannot be done (mesh.pipelines.projects)
     │   ├── ProjectRefused (ValueError) a bad name, URL, branch glob, secret or trigger (HTTP 400)
     │   ├── ProjectNotFound        no such project on this node, or no such build of it (HTTP 404)

@@ -12,6 +12,8 @@ and what a build's end sets off.
 - :mod:`mesh.pipelines.projects`: projects and numbered builds in the node's state database;
 - :mod:`mesh.pipelines.builds`: a project's builds started, read and watched to their end;
 - :mod:`mesh.pipelines.badge`: the SVG badge of a project's latest build.
+- :mod:`mesh.pipelines.hookintake`: a push delivered to ``POST /v1/hooks/NAME`` fetched,
+  read, snapshotted and started as the project's next build.
 
 Each keeps a module of its own with a narrow interface. The layer sits above mesh.cluster
 and mesh.sched, below mesh.api: nothing here serves HTTP or runs a task.
