@@ -170,3 +170,20 @@ def test_a_commit_without_a_pipeline_is_refused_and_its_fixed_redelivery_taken(
     answer = deliver(node, "push", push_payload(fixed, malformed, "fixed"), "delivery-2")
     assert answer.status_code == 201, answer.text
     assert ended(node, 1)["state"] == "succeeded"
+
+
+def test_other_branches_and_events_are_answered_202_and_start_nothing(node: NodeProcess, tmp_path: Path) -> None:
+    repo = Repository(tmp_path)
+    commit = repo.push({".mesh.yml": PIPELINE, "src.txt": "good\n"}, "a good commit")
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    done = node.mesh("project", "add", "demo", str(repo.bare), "--branch", "main", "--webhook-secret-file", str(secret))
+    assert done.returncode == 0, done.stderr.decode()
+    payload = {**push_payload(commit, "0" * 40, "a good commit"), "ref": "refs/heads/feature"}
+    other = deliver(node, "push", payload, "delivery-1")
+    assert other.status_code == 202 and "'feature' does not match" in other.json()["ignored"], other.text
+    issue = deliver(node, "issues", {"action": "opened"}, "delivery-2")
+    assert issue.status_code == 202 and "'issues' event is not a push" in issue.json()["ignored"], issue.text
+    skipped = deliver(node, "push", push_payload(commit, "0" * 40, "docs only [skip ci]"), "delivery-3")
+    assert skipped.status_code == 202 and "[skip ci]" in skipped.json()["ignored"], skipped.text
+    assert mesh_json(node, "builds", "demo")["builds"] == []
