@@ -24,8 +24,10 @@ forge waits a while for its answer (GitHub 10 s, GitLab 10 s, Gitea 5 s by defau
 fetch of a commit the mirror lacks is one ``git fetch`` of what changed, and a snapshot of
 a commit reads only the blobs that changed (mesh.pipelines.gitsnap measures 30 ms for a
 commit changing a few files of 2,261). The first delivery of a large repository (a whole
-clone) can take longer than the forge waits: the forge then records a timeout, but the
-request goes on and the build starts; its redelivery is answered "already taken". Answering
+clone) can take longer than the forge waits: the forge then records a timeout. If the
+request goes on, the build starts and a redelivery is answered "already taken"; if the
+server cancels it when the forge hangs up, the delivery is forgotten (as for any failure
+here) and a redelivery is taken. Answering
 early and building in the node's nursery is later work: it needs the build's number before
 the fetch, which Builds gives only with the job.
 
