@@ -188,6 +188,10 @@ def test_a_node_that_is_not_root_shows_process_tasks_the_same_path_through_bwrap
         assert seen == [expected(PROCESS_VIEW)] * 2
         mine = node.mesh("exec", "--executor", "process", "-C", str(c_tree), "--", "sh", "-c", "id -u; stat -c %u .")
         assert mine.stdout == f"{NOBODY}\n{NOBODY}\n".encode(), mine.stderr
+        # The CLI (root) shares the node's $MESH_HOME but not its user: it uploads rather than
+        # write into the node's store, where a directory of root's would fail the node's writes.
+        roots = [p for p in (nobody_home / "cas").rglob("*") if p.lstat().st_uid != NOBODY]
+        assert not roots, roots
     finally:
         node.stop()
 

@@ -730,6 +730,17 @@ class LocalStore:
         self.new_epoch()
         return moved
 
+    def is_own(self) -> bool:
+        """Whether this process's user owns the store. A client shares a node's store only then:
+        root writing into a store of another user (a node run as that user, on the same
+        $MESH_HOME) would leave directories the node cannot write to (found on 2026-12-04: a
+        root ``mesh exec`` against a node of user nobody made shard directories that then failed
+        the node's own stores with EACCES); it uploads instead."""
+        try:
+            return os.stat(self.root).st_uid == os.geteuid()
+        except OSError:
+            return False
+
     def store_id(self) -> str:
         """A random id of this store, made on first use; equal ids mean one store on one disk.
 
