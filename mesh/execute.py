@@ -112,7 +112,7 @@ def snapshot_for(client: NodeClient, settings: Settings, directory: str, *, prog
 
     node_store = client.health(cached=True).get("store")
     with LocalStore(settings.store_dir) as store:
-        if node_store == store.store_id() and store.is_own():
+        if store.shared_with(node_store):
             from mesh.cas.snapshot import ingest_timed
 
             cache = StatCache.for_tree(settings.home, directory, store.root, store.epoch(), variant=rules.variant)

@@ -46,7 +46,7 @@ def stdin_blob(client: NodeClient, settings: Settings, *, fd: int = 0) -> Digest
     from mesh.cas.store import LocalStore
 
     with LocalStore(settings.store_dir) as store:
-        if client.health(cached=True).get("store") == store.store_id() and store.is_own():
+        if store.shared_with(client.health(cached=True).get("store")):
             with store.writer() as writer:
                 _copy(fd, writer.write, first)
                 return writer.commit()

@@ -730,12 +730,15 @@ class LocalStore:
         self.new_epoch()
         return moved
 
-    def is_own(self) -> bool:
-        """Whether this process's user owns the store. A client shares a node's store only then:
-        root writing into a store of another user (a node run as that user, on the same
+    def shared_with(self, node_store: object) -> bool:
+        """Whether a client may write a node's blobs into this store directly: the node's
+        ``store`` (from its /health) is this store's id, and this process's user owns the store.
+        Root writing into a store of another user (a node run as that user, on the same
         $MESH_HOME) would leave directories the node cannot write to (found on 2026-12-04: a
         root ``mesh exec`` against a node of user nobody made shard directories that then failed
-        the node's own stores with EACCES); it uploads instead."""
+        the node's own stores with EACCES); such a client uploads instead."""
+        if node_store != self.store_id():
+            return False
         try:
             return os.stat(self.root).st_uid == os.geteuid()
         except OSError:

@@ -53,12 +53,12 @@ class JobIntake:
         for root in sorted(inputs, key=str):
             if not self.store.has(root) and not await self.peering.fetch_root(root, self.store):
                 raise InputMissing(str(root))
-        for stdin in sorted({task.stdin for task in spec.tasks if task.stdin is not None}, key=str):
-            if not self.store.has(stdin) and not await self.peering.fetch_from_peers(stdin, self.store):
-                raise InputMissing(str(stdin), "stdin blob")
-        for times in sorted(_times_of(spec), key=str):  # a times manifest travels with its input
-            if not self.store.has(times) and not await self.peering.fetch_from_peers(times, self.store):
-                raise InputMissing(str(times), "times manifest")
+        stdins = {task.stdin for task in spec.tasks if task.stdin is not None}
+        blobs = [(d, "stdin blob") for d in sorted(stdins, key=str)]
+        blobs += [(d, "times manifest") for d in sorted(_times_of(spec), key=str)]  # they travel with the input
+        for digest, what in blobs:
+            if not self.store.has(digest) and not await self.peering.fetch_from_peers(digest, self.store):
+                raise InputMissing(str(digest), what)
         return self.scheduler.submit(spec)
 
     async def take_offer(self, spec: JobSpec, source: str | None) -> str:
