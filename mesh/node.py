@@ -46,7 +46,7 @@ from mesh.exec.toolchain import Toolchain
 from mesh.exec.workpool import KEEP_DIRS, WorkdirPool
 from mesh.pipelines.buildmetrics import BuildMetrics
 from mesh.pipelines.builds import Builds
-from mesh.pipelines.deliveries import RecentDeliveries
+from mesh.pipelines.deliveries import StoredDeliveries
 from mesh.pipelines.hookintake import HookIntake
 from mesh.pipelines.notify import Notifier
 from mesh.pipelines.projects import ProjectStore
@@ -244,7 +244,7 @@ class Node:
             self.projects,
             self.store,
             os.path.join(home, "git"),  # the git mirrors of the projects' repositories
-            RecentDeliveries(),
+            StoredDeliveries(self.db),
             lambda: self.default_executor,
         )
 

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from mesh.pipelines.badge import COLOURS
+from mesh.pipelines.hooks import MAX_BODY
 from tests.nodeutil import NodeProcess, wait_for
 from tests.test_hooks import _github, _octokit, _present
 
@@ -145,8 +146,20 @@ def test_pushes_to_the_hook_build_numbered_commits(node: NodeProcess, tmp_path: 
     assert replayed.status_code == 202 and "already taken" in replayed.json()["ignored"], replayed.text
     unknown = httpx.post(f"{node.url}/v1/hooks/nope", content=b"{}", trust_env=False)
     assert unknown.status_code == 404, unknown.text
+    headers, _ = _github("push", push_payload(third, second, "good again"), SECRET)
+    huge = httpx.post(
+        f"{node.url}/v1/hooks/demo", content=b" " * (MAX_BODY + 1), headers=headers, trust_env=False, timeout=60
+    )
+    assert huge.status_code == 413 and "exceeds the limit" in huge.json()["error"], huge.text[:500]
     assert [b["number"] for b in mesh_json(node, "builds", "demo")["builds"]] == [2, 1]
     assert node.mesh("build", "demo", "3", "--json").returncode != 0
+
+    # The node remembers the deliveries it took across a restart: a replay still starts nothing.
+    node.stop()
+    node.start()
+    replayed = deliver(node, "push", push_payload(third, second, "good again"), "delivery-2")
+    assert replayed.status_code == 202 and "already taken" in replayed.json()["ignored"], replayed.text
+    assert [b["number"] for b in mesh_json(node, "builds", "demo")["builds"]] == [2, 1]
 
 
 def test_a_commit_without_a_pipeline_is_refused_and_its_fixed_redelivery_taken(
