@@ -117,6 +117,7 @@ class Node:
                 await nursery.start(self.action_cache.run)
                 await nursery.start(self.scheduler.run)
                 await nursery.start(self.projects.run)
+                await nursery.start(self.hooks.run)
                 http_stop = trio.Event()
                 app = activity = Activity(create_app(self))
                 binds = await nursery.start(partial(serve, app, self._sockets, shutdown_trigger=http_stop.wait))
@@ -246,6 +247,7 @@ class Node:
             os.path.join(home, "git"),  # the git mirrors of the projects' repositories
             StoredDeliveries(self.db),
             lambda: self.default_executor,
+            wait=self.config.hook_wait,
         )
 
     def _pinned(self) -> Roots:

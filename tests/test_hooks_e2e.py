@@ -200,3 +200,31 @@ def test_other_branches_and_events_are_answered_202_and_start_nothing(node: Node
     skipped = deliver(node, "push", push_payload(commit, "0" * 40, "docs only [skip ci]"), "delivery-3")
     assert skipped.status_code == 202 and "[skip ci]" in skipped.json()["ignored"], skipped.text
     assert mesh_json(node, "builds", "demo")["builds"] == []
+
+
+def test_a_build_that_does_not_start_within_the_wait_is_answered_202_and_goes_on(tmp_path: Path) -> None:
+    """MESH_HOOK_WAIT=0 stands for a first clone slower than the forge waits."""
+    node = NodeProcess(str(tmp_path / "home"), env={"MESH_HOOK_WAIT": "0"}).start()
+    try:
+        repo = Repository(tmp_path)
+        bare = repo.push({"src.txt": "good\n"}, "no pipeline yet")
+        secret = tmp_path / "secret"
+        secret.write_bytes(SECRET)
+        done = node.mesh("project", "add", "demo", str(repo.bare), "--webhook-secret-file", str(secret))
+        assert done.returncode == 0, done.stderr.decode()
+
+        # Answered at once; the work that then fails is logged and the delivery forgotten.
+        early = deliver(node, "push", push_payload(bare, "0" * 40, "no pipeline yet"), "delivery-1")
+        assert early.status_code == 202 and "starts once the repository is fetched" in early.json()["accepted"]
+        wait_for(lambda: "could not start" in node.log(), what="the failure in the node's log")
+        assert f"commit {bare} of {repo.bare} has no .mesh.yml" in node.log()
+
+        fixed = repo.push({".mesh.yml": PIPELINE}, "fixed")
+        again = deliver(node, "push", push_payload(fixed, bare, "fixed"), "delivery-1")  # taken again
+        assert again.status_code == 202, again.text
+        one = ended(node, 1)
+        assert (one["state"], one["commit"], one["trigger"]) == ("succeeded", fixed, "hook")
+        replayed = deliver(node, "push", push_payload(fixed, bare, "fixed"), "delivery-1")
+        assert replayed.status_code == 202 and "already taken" in replayed.json()["ignored"], replayed.text
+    finally:
+        node.stop()
