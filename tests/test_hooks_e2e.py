@@ -162,15 +162,21 @@ def test_pushes_to_the_hook_build_numbered_commits(node: NodeProcess, tmp_path: 
     assert [b["number"] for b in mesh_json(node, "builds", "demo")["builds"]] == [2, 1]
 
 
-def test_a_commit_without_a_pipeline_is_refused_and_its_fixed_redelivery_taken(
-    node: NodeProcess, tmp_path: Path
-) -> None:
+def without_pipeline(node: NodeProcess, tmp_path: Path) -> tuple[Repository, str]:
+    """Project demo of a repository whose one commit (returned) has no .mesh.yml."""
     repo = Repository(tmp_path)
     bare = repo.push({"src.txt": "good\n"}, "no pipeline yet")
     secret = tmp_path / "secret"
     secret.write_bytes(SECRET)
     done = node.mesh("project", "add", "demo", str(repo.bare), "--webhook-secret-file", str(secret))
     assert done.returncode == 0, done.stderr.decode()
+    return repo, bare
+
+
+def test_a_commit_without_a_pipeline_is_refused_and_its_fixed_redelivery_taken(
+    node: NodeProcess, tmp_path: Path
+) -> None:
+    repo, bare = without_pipeline(node, tmp_path)
     refused = deliver(node, "push", push_payload(bare, "0" * 40, "no pipeline yet"), "delivery-1")
     assert refused.status_code == 422 and ".mesh.yml" in refused.json()["error"], refused.text
     assert mesh_json(node, "builds", "demo")["builds"] == []
@@ -206,12 +212,7 @@ def test_a_build_that_does_not_start_within_the_wait_is_answered_202_and_goes_on
     """MESH_HOOK_WAIT=0 stands for a first clone slower than the forge waits."""
     node = NodeProcess(str(tmp_path / "home"), env={"MESH_HOOK_WAIT": "0"}).start()
     try:
-        repo = Repository(tmp_path)
-        bare = repo.push({"src.txt": "good\n"}, "no pipeline yet")
-        secret = tmp_path / "secret"
-        secret.write_bytes(SECRET)
-        done = node.mesh("project", "add", "demo", str(repo.bare), "--webhook-secret-file", str(secret))
-        assert done.returncode == 0, done.stderr.decode()
+        repo, bare = without_pipeline(node, tmp_path)
 
         # Answered at once; the work that then fails is logged and the delivery forgotten.
         early = deliver(node, "push", push_payload(bare, "0" * 40, "no pipeline yet"), "delivery-1")
