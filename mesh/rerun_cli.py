@@ -1,7 +1,8 @@
 """``mesh rerun``: run an earlier job, or a project's build, again, and follow it as ``mesh run`` does.
 
 ``mesh rerun NAME N`` builds build N of project NAME again as the project's next number (the
-same commit, branch and notifications); ``mesh rerun JOB`` runs a job again as a new job.
+same commit, branch and notifications); ``mesh rerun JOB`` runs a job again as a new job (a
+job that ran a build, as that build: the project's next number).
 With ``--task T`` only task T runs again, with the inputs it had, and what depends on it
 (mesh.sched.rerun, on the node). The new job is followed like ``mesh run``'s: each line
 prefixed with its task, a table at the end, the same exit statuses; ``--detach`` prints the
@@ -43,13 +44,18 @@ def start(client: NodeClient, request: RerunRequest) -> tuple[str, str]:
         job_id = check_job_id(request.target)
         answer = client.request("POST", f"/v1/jobs/{job_id}/rerun", body=body)
         what = f" of task {request.task}" if request.task else ""
+        build = answer.get("build")
+        if build is not None:  # the job ran a build: so does its re-run
+            return answer["job"], _announce(client, build) + f", job {answer['job']}"
         return answer["job"], f"job {answer['job']}: re-run{what} of job {job_id}"
     path = f"/v1/projects/{quote(request.target, safe='')}/builds/{request.number}/rerun"
     build = client.request("POST", path, body=body)
-    announced = (
-        f"build #{build['number']} of {request.target} (re-run of #{request.number}): {client.url}{build['path']}"
-    )
-    return build["job"], announced
+    return build["job"], _announce(client, build)
+
+
+def _announce(client: NodeClient, build: dict[str, Any]) -> str:
+    earlier = build.get("rerun_of")
+    return f"build #{build['number']} of {build['project']} (re-run of #{earlier}): {client.url}{build['path']}"
 
 
 def rerun(client: NodeClient, request: RerunRequest, *, window: float) -> int:

@@ -154,5 +154,13 @@ def test_a_build_runs_again_as_the_projects_next_number_of_the_same_commit(node:
     assert build["steps"][0]["result"]["cached"] is False
     assert [b["number"] for b in mesh_json(node, "builds", "app")["builds"]] == [3, 2, 1]
 
+    # A build's job re-run by its id is a build too: every run of a project has a number.
+    job = mesh_json(node, "build", "app", "1")["job"]
+    by_job = node.mesh("rerun", job, "--task", "check")
+    assert by_job.returncode == 0, by_job.stderr.decode()
+    assert "build #4 of app (re-run of #1)" in by_job.stderr.decode()
+    build = mesh_json(node, "build", "app", "4")
+    assert (build["commit"], build["rerun_of"], [s["name"] for s in build["steps"]]) == (commit, 1, ["check"])
+
     absent = node.mesh("rerun", "app", "9")
     assert absent.returncode != 0 and "project app has no build 9" in absent.stderr.decode()

@@ -154,12 +154,12 @@ async def cancel_job(request: Request) -> Response:
 
 async def rerun_job(request: Request) -> Response:
     """``POST /v1/jobs/ID/rerun``: ``{"task"?: NAME, "no_cache"?: bool}``: the job again, as a new
-    job (every task, or that task with the inputs it had and what depends on it): 201, its status."""
-    jobs = services(request).jobs
+    job (every task, or that task with the inputs it had and what depends on it), and as its
+    project's next build when it ran one: 201, ``{"job": NEW_ID, "build": BUILD | null}``."""
     job_id = check_job_id(request.path_params["job_id"])
     task, no_cache = _rerun_request(await read_message(request, MAX_RERUN_BODY, empty={}))
-    new = await jobs.rerun(job_id, task, no_cache=no_cache)
-    return reply(request, {**jobs.status(new), "job": new}, status=201)
+    answer = await services(request).projects.rerun_job(job_id, task, no_cache=no_cache)
+    return reply(request, answer, status=201)
 
 
 def _rerun_request(message: Any) -> tuple[str | None, bool]:

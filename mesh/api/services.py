@@ -42,11 +42,6 @@ class Jobs(Protocol):
         """Accept a task a peer offers (NoFreeSlot when no slot is free): its job's id."""
         ...
 
-    async def rerun(self, job_id: str, task: str | None, *, no_cache: bool = False) -> str:
-        """Run a job again as a new one (every task, or ``task`` and what depends on it): its id
-        (JobNotFound, RerunRefused)."""
-        ...
-
     def status(self, job_id: str) -> dict[str, Any]:
         """A job with its tasks, states and results (JobNotFound)."""
         ...
@@ -140,6 +135,12 @@ class Projects(Protocol):
     async def rerun(self, name: str, number: int, task: str | None, *, no_cache: bool = False) -> dict[str, Any]:
         """Build ``number`` again as the project's next build (every step, or ``task`` and what
         depends on it): the new build's number, job id and path (ProjectNotFound, RerunRefused)."""
+        ...
+
+    async def rerun_job(self, job_id: str, task: str | None, *, no_cache: bool = False) -> dict[str, Any]:
+        """Run a job again as a new one (every task, or ``task`` and what depends on it), as its
+        project's next build when it ran one: ``{"job": ID, "build": BUILD | None}``
+        (JobNotFound, RerunRefused)."""
         ...
 
     def page(self, name: str, limit: int, before: int | None) -> tuple[list[dict[str, Any]], int | None]:

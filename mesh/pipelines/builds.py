@@ -59,6 +59,8 @@ class JobsIntake(Protocol):
 
     def rerun_spec(self, job_id: str, task: str | None, *, no_cache: bool = False) -> JobSpec: ...
 
+    async def rerun(self, job_id: str, task: str | None, *, no_cache: bool = False) -> str: ...
+
     def events(self, job_id: str) -> JobEvents | None: ...
 
 
@@ -136,6 +138,16 @@ class Builds:
         return await self.start(
             name, spec, earlier.commit, "rerun", branch=earlier.branch, notify=earlier.notify, rerun_of=number
         )
+
+    async def rerun_job(self, job_id: str, task: str | None, *, no_cache: bool = False) -> dict[str, Any]:
+        """Job ``job_id`` again (mesh.sched.rerun): ``{"job": NEW, "build": ...}``. A job that ran a
+        build is re-run as its project's next build (every run of a project has a number), the
+        others as a job alone (``build`` None)."""
+        earlier = self.store.build_of(job_id)
+        if earlier is None:
+            return {"job": await self.jobs.rerun(job_id, task, no_cache=no_cache), "build": None}
+        build = await self.rerun(earlier.project, earlier.number, task, no_cache=no_cache)
+        return {"job": build["job"], "build": build}
 
     def page(self, name: str, limit: int, before: int | None) -> tuple[list[dict[str, Any]], int | None]:
         """``name``'s builds newest first, with their states; where the next page begins."""

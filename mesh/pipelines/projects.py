@@ -70,6 +70,7 @@ CREATE TABLE IF NOT EXISTS builds (
     rerun_of INTEGER,
     PRIMARY KEY (project, number)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS builds_job ON builds (job);
 """
 #: Columns added to ``builds`` after it was first made, with their types: added on open.
 _ADDED = {"rerun_of": "INTEGER"}
@@ -243,6 +244,11 @@ class ProjectStore:
         if not rows:
             raise ProjectNotFound(f"project {name} has no build {number}")
         return _build(rows[0])
+
+    def build_of(self, job: str) -> Build | None:
+        """The build that job ``job`` runs, if it runs one."""
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM builds WHERE job = ?", (job,))
+        return _build(rows[0]) if rows else None
 
     def builds(self, name: str, *, limit: int, before: int | None = None) -> list[Build]:
         """``name``'s builds, newest first, numbered below ``before`` when given."""
