@@ -272,8 +272,8 @@ def _build_number(request: Request) -> int:
 async def rerun_build(request: Request) -> Response:
     """``POST /v1/projects/NAME/builds/N/rerun``: ``{"task"?: NAME, "no_cache"?: bool}``: build N
     again as the project's next build: 201, its number, job id and path."""
-    number = _build_number(request)
     task, no_cache = _rerun_request(await read_message(request, MAX_RERUN_BODY, empty={}))
+    number = _build_number(request)
     build = await services(request).projects.rerun(request.path_params["name"], number, task, no_cache=no_cache)
     return reply(request, build, status=201)
 
