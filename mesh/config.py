@@ -33,6 +33,8 @@ background (cl.)   MESH_BACKGROUND=0    (n/a)                           on: mesh
                                                                         (mesh.background)
 background idle    MESH_BACKGROUND_IDLE (n/a)                           1800 s (0: never stops by itself)
 mesh key           MESH_KEY (hex)       (--key-file FILE)               $MESH_HOME/mesh.key
+watch_timeout      MESH_WATCH_TIMEOUT   watch_timeout = 15              15 s: a watcher silent this long is
+                                                                        unhealthy and dropped (mesh.watch)
 smtp_host          MESH_SMTP_HOST       smtp_host = "mail.example"      none: email notifications fail
                                                                         (recorded on the build)
 smtp_port          MESH_SMTP_PORT       smtp_port = 587                 587 with STARTTLS, else 25
@@ -248,6 +250,7 @@ class NodeConfig:
     task_uids: tuple[int, int] = DEFAULT_TASK_UIDS
     sandbox_inputs: Literal["copy", "link"] = "copy"  # how a root node's sandbox checks inputs out
     smtp: SmtpSettings | None = None  # where email notifications go (None: no server, none are sent)
+    watch_timeout: float = 15.0  # seconds after which a silent watcher is dropped (mesh.watch.registry)
 
     @property
     def docker(self) -> bool:
@@ -302,7 +305,21 @@ class NodeConfig:
                 sandbox_inputs or os.environ.get("MESH_SANDBOX_INPUTS") or file.get("sandbox_inputs")
             ),
             smtp=SmtpSettings.load(file),
+            watch_timeout=_watch_timeout(os.environ.get("MESH_WATCH_TIMEOUT") or file.get("watch_timeout")),
         )
+
+
+def _watch_timeout(value: Any) -> float:
+    """MESH_WATCH_TIMEOUT or ``watch_timeout``: seconds, above 0 and at most 300."""
+    if value is None:
+        return 15.0
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not 0 < seconds <= 300:
+        raise UsageError(f"watch_timeout must be a number of seconds above 0 and at most 300, not {value!r}")
+    return seconds
 
 
 def _labels(flags: list[str] | None, file: dict[str, Any]) -> dict[str, str]:
