@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from mesh.cas.digest import Digest
+from mesh.cas.space import MTIME_SLACK_NS
+from mesh.cas.store import LocalStore
 from mesh.wire.auth import load_key
 from mesh.wire.client import NodeClient
 from tests.nodeutil import MESH, NodeProcess, free_port, node_env, wait_for
@@ -68,6 +73,10 @@ def test_files_follows_creates_edits_renames_and_deletes(node: NodeProcess, tmp_
         rows = [r for r in listed_rows(node) if r["directory"] == str(directory)]
         assert [r["path"] for r in rows] == sorted(r["path"] for r in rows)
         assert all(r["node"] == node_id(node) for r in rows)
+        printed = node.mesh("files", "--node", node.url)
+        assert printed.returncode == 0, printed.stderr
+        where = f"{node_id(node)}\t{socket.gethostname()}:{directory}"
+        assert f"sub/c.txt\t{where}\nsub/renamed.txt\t{where}\n".encode() in printed.stdout
     finally:
         status = watcher.stop()
     assert status == 0, watcher.stderr()
@@ -196,3 +205,39 @@ def test_run_on_change_cancels_the_stale_run_and_runs_the_latest_state(node: Nod
     with NodeClient(node.url, key=load_key(node.home)) as client:
         jobs = [j for j in client.jobs()["jobs"] if str(j["label"]).endswith("project")]
     assert [j["state"] for j in jobs] == ["succeeded", "cancelled"], jobs
+
+
+def test_a_watched_snapshot_is_kept_through_eviction_while_watched(tmp_path: Path) -> None:
+    """A node at its store cap evicts its least recently used blobs, but not those of a live
+    watcher's snapshot: the watched file, older, stays; a newer unwatched blob goes."""
+    node = NodeProcess(str(tmp_path / "home"), env={"MESH_STORE_MAX": "2M"}).start()
+    directory = tmp_path / "watched"
+    directory.mkdir()
+    (directory / "big").write_bytes(os.urandom(500_000))
+    key = load_key(node.home)
+    assert key is not None
+    # A client home of its own: the watcher uploads through the node, whose cap sees every byte.
+    client_env = {"MESH_KEY": key.text()}
+    watcher = WatchProcess.start(node, directory, *FAST, home=str(tmp_path / "client"), env=client_env)
+    try:
+        with NodeClient(node.url, key=key) as client, LocalStore(os.path.join(node.home, "cas")) as store:
+
+            def put(data: bytes) -> Digest:
+                digest = Digest.of(data)
+                answer = client.http.put(f"/v1/blobs/{digest}", content=data)
+                assert answer.status_code in (200, 201), answer.content.decode(errors="replace")
+                return digest
+
+            def settled(digest: Digest) -> bool:  # older than what the cap counts as still being written
+                return time.time_ns() - os.stat(store.blob_path(digest)).st_mtime_ns > 2 * MTIME_SLACK_NS
+
+            wait_listed(node, directory, ["big"], timeout=30)
+            watched = Digest.parse(listed(node, directory)["big"])
+            unwatched = put(os.urandom(500_000))
+            wait_for(lambda: settled(watched) and settled(unwatched), timeout=5, what="the blobs to settle")
+            put(os.urandom(1_200_000))  # over the 2 MiB cap: the least recently used blob that may go, goes
+            assert client.http.get(f"/v1/blobs/{unwatched}").status_code == 404
+            assert client.http.get(f"/v1/blobs/{watched}").status_code == 200
+    finally:
+        assert watcher.stop() == 0
+        node.stop()

@@ -26,12 +26,21 @@ class WatchProcess:
     err: Path
 
     @classmethod
-    def start(cls, node: NodeProcess, directory: Path, *args: str, url: str | None = None) -> WatchProcess:
+    def start(
+        cls,
+        node: NodeProcess,
+        directory: Path,
+        *args: str,
+        url: str | None = None,
+        home: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> WatchProcess:
+        """``mesh watch DIR --node URL ARGS`` (the node's own home and key unless ``home``)."""
         out, err = Path(f"{directory}.watch.out"), Path(f"{directory}.watch.err")
         with open(out, "ab") as o, open(err, "ab") as e:
             process = subprocess.Popen(
                 [*MESH, "watch", str(directory), "--node", url or node.url, *args],
-                env=node_env(node.home),
+                env=node_env(home or node.home, **(env or {})),
                 stdin=subprocess.DEVNULL,
                 stdout=o,
                 stderr=e,
