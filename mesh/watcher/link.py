@@ -35,13 +35,19 @@ class NodeLink:
 
     def __init__(self, client: NodeClient, directory: str) -> None:
         self.client = client
+        # The beats between changes go on while a snapshot is made, on a connection of their own.
+        self._beats = NodeClient(client.url, key=client.key)
         self.directory = directory
         self.watcher_id: str | None = None
         self.beat_every = 5.0  # until the node says
 
-    async def _call(self, method: str, path: str, body: Any = None) -> Any:
+    def close(self) -> None:
+        self._beats.close()
+
+    async def _call(self, method: str, path: str, body: Any = None, *, client: NodeClient | None = None) -> Any:
+        use = client or self.client
         try:
-            return await trio.to_thread.run_sync(lambda: self.client.request(method, path, body=body))
+            return await trio.to_thread.run_sync(lambda: use.request(method, path, body=body))
         except NodeUnreachable as exc:
             raise NotServing(str(exc)) from None
         except NodeError as exc:
@@ -72,11 +78,12 @@ class NodeLink:
         if self.watcher_id is None:
             raise Forgotten("not registered")
         body = {} if snapshot is None else {"snapshot": str(snapshot)}
-        try:
-            await self._call("POST", f"/v1/watches/{self.watcher_id}", body)
-        except Forgotten:
-            self.watcher_id = None
-            raise
+        await self._call("POST", f"/v1/watches/{self.watcher_id}", body)
+
+    async def keep_alive(self) -> None:
+        """A beat with no snapshot, on the beats' own connection (NotServing, Forgotten)."""
+        if self.watcher_id is not None:
+            await self._call("POST", f"/v1/watches/{self.watcher_id}", {}, client=self._beats)
 
     async def stop(self) -> None:
         """Deregister, if registered; a node that cannot be told forgets the watcher by its timeout."""

@@ -23,6 +23,7 @@ Then the first snapshot is sent, and from then on:
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -96,18 +97,17 @@ class Watcher:
             raise NotServing(str(exc)) from None
         return self.snapshot
 
-    async def start(self) -> None:
-        """Register and send the first snapshot (the errors that end the watcher: see the module)."""
-        await self.link.register()
-        root, _ = await self.scan()
-        await self.link.beat(root)
-        self.sent = root
-        say(f"watching {self.options.directory} through {self.client.url}: {root}")
-
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Keep the node's snapshot of the directory live until cancelled (see the module)."""
-        await self.start()
+        """Keep the node's snapshot of the directory live until cancelled (see the module).
+        Registers and sends the first snapshot before it reports started; the errors that end
+        the watcher then (no node, a refused registration) are raised."""
+        await self.link.register()
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._beat)  # during the first snapshot too, however long it takes
+            root, _ = await self.scan()
+            await self.link.beat(root)
+            self.sent = root
+            say(f"watching {self.options.directory} through {self.client.url}: {root}")
             if self.options.notify:
                 nursery.start_soon(notify, self.options.directory, self.settings.home, self.wakeup, self.stopping)
             nursery.start_soon(poll, self.options.poll, self.wakeup)
@@ -116,11 +116,22 @@ class Watcher:
             task_status.started()
             await self._keep()
 
+    async def _beat(self) -> None:
+        """Beat every ``beat_every`` seconds while registered and not holding; a beat that fails
+        wakes the loop, which meets the failure again and holds or resyncs (see the module)."""
+        while True:
+            await trio.sleep(self.link.beat_every)
+            if self.holding:
+                continue
+            try:
+                await self.link.keep_alive()
+            except (NotServing, Forgotten):
+                self.wakeup.raise_("beat failed")
+
     async def _keep(self) -> None:
         resync = False
         while True:
-            wait = RETRY if self.holding else self.link.beat_every
-            with trio.move_on_after(wait):
+            with trio.move_on_after(RETRY if self.holding else math.inf):
                 await self.wakeup.wait()
             reason = self.wakeup.reason
             if reason == "change":
@@ -135,8 +146,7 @@ class Watcher:
                 if resync or self.link.watcher_id is None:
                     await self.link.register()
                     self.sent, resync = None, False
-                if reason or self.sent is None:
-                    await self.scan()
+                await self.scan()
                 await self._send()
             except NotServing as exc:
                 if not self.holding:
@@ -188,5 +198,6 @@ async def watch(client: NodeClient, settings: Settings, options: WatchOptions, r
         finally:
             with trio.CancelScope(shield=True):
                 await watcher.link.stop()
+            watcher.link.close()
     sys.stderr.flush()
     return 0
