@@ -21,6 +21,7 @@ import pytest
 from mesh.cas.digest import Digest
 from mesh.cas.space import MTIME_SLACK_NS
 from mesh.cas.store import LocalStore
+from mesh.errors import NodeError
 from mesh.wire.auth import load_key
 from mesh.wire.client import NodeClient
 from tests.nodeutil import MESH, NodeProcess, free_port, node_env, wait_for
@@ -241,3 +242,47 @@ def test_a_watched_snapshot_is_kept_through_eviction_while_watched(tmp_path: Pat
     finally:
         assert watcher.stop() == 0
         node.stop()
+
+
+def test_a_watcher_the_node_dropped_registers_again_when_it_comes_back(node: NodeProcess, tmp_path: Path) -> None:
+    """A watcher stopped (SIGSTOP) past the node's timeout is dropped; once it runs again its
+    next beat is refused and it registers again and resyncs in full."""
+    directory = tree(tmp_path)
+    watcher = WatchProcess.start(node, directory, *FAST)
+    try:
+        wait_listed(node, directory, ["a.txt", "b.txt"], timeout=30)
+        watcher.process.send_signal(signal.SIGSTOP)
+        wait_listed(node, directory, [], timeout=WATCH_TIMEOUT + SETTLE, what="a silent watcher to be dropped")
+        (directory / "c.txt").write_text("made while it was stopped\n")
+        watcher.process.send_signal(signal.SIGCONT)
+        wait_listed(node, directory, ["a.txt", "b.txt", "c.txt"], timeout=SETTLE, what="the watcher to come back")
+        assert "forgot this watcher: registering again" in watcher.stderr()
+    finally:
+        watcher.process.send_signal(signal.SIGCONT)
+        assert watcher.stop() == 0
+
+
+def test_bad_watcher_requests_get_clear_errors(node: NodeProcess) -> None:
+    with NodeClient(node.url, key=load_key(node.home)) as client:
+
+        def refused(method: str, path: str, body: object = None) -> tuple[int | None, str]:
+            with pytest.raises(NodeError) as caught:
+                client.request(method, path, body=body)
+            return caught.value.status, str(caught.value)
+
+        assert refused("POST", "/v1/watches", {"dir": "relative", "host": "h", "pid": 1}) == (
+            400,
+            "a watched directory is an absolute path of at most 4096 characters",
+        )
+        status, message = refused("POST", "/v1/watches/" + "0" * 20, {})
+        assert status == 404 and "register again" in message
+        watcher = client.request("POST", "/v1/watches", body={"dir": "/nowhere", "host": "h", "pid": 1})
+        assert watcher["beat"] == pytest.approx(WATCH_TIMEOUT / 3)
+        beat = f"/v1/watches/{watcher['id']}"
+        assert refused("POST", beat, {"snapshot": "b3:nonsense"})[0] == 400
+        status, message = refused("POST", beat, {"snapshot": str(Digest.of(b"never uploaded"))})
+        assert status == 422 and "upload its blobs first" in message
+        assert refused("POST", "/v1/watches/not-an-id", {})[0] == 400
+        assert refused("GET", "/files?limit=x")[0] == 400
+        client.request("DELETE", beat)
+        assert refused("DELETE", beat)[0] == 404
