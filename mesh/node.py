@@ -91,6 +91,8 @@ class Node:
         self.action_cache: MeshActionCache  # this node's action cache, with its peers' behind it
         self.claims: MeshClaims  # claims of cache keys: one run for identical work in flight
         self.peering: Peering
+        self.watch_registry: WatchRegistry  # the watchers of this node (mesh watch)
+        self.watches: Watches  # ... and the mesh-wide /files
         self.runner: Runner
         self.docker: DockerStatus | None = None
         self.task_users: TaskUsers | None = None  # a root node's process tasks' uids

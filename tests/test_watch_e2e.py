@@ -201,11 +201,15 @@ def test_run_on_change_cancels_the_stale_run_and_runs_the_latest_state(node: Nod
         assert "made job" in err and "stale: cancelling it" in err, err
         assert "state is second" in watcher.stdout()
         assert "state is zero" not in watcher.stdout()  # no run before the first change
+        # A watcher that stops cancels its run under way, as mesh run does.
+        (directory / "state.txt").write_text("first again\n")
+        wait_for(lambda: "state is first again" in watcher.stdout(), timeout=60, what="a third run to start")
     finally:
         assert watcher.stop() == 0
+    assert "the run under way" in watcher.stderr()
     with NodeClient(node.url, key=load_key(node.home)) as client:
         jobs = [j for j in client.jobs()["jobs"] if str(j["label"]).endswith("project")]
-    assert [j["state"] for j in jobs] == ["succeeded", "cancelled"], jobs
+        assert [j["state"] for j in jobs] == ["cancelled", "succeeded", "cancelled"], jobs
 
 
 def test_a_watched_snapshot_is_kept_through_eviction_while_watched(tmp_path: Path) -> None:

@@ -18,7 +18,8 @@ Then the first snapshot is sent, and from then on:
   the whole directory, sent as new;
 * a beat refused because the node forgot the watcher (its timeout, a restart) is the same
   resync, without the hold;
-* SIGINT or SIGTERM deregisters the watcher and ends it with status 0.
+* SIGINT or SIGTERM cancels the ``--run`` under way, deregisters the watcher and ends it
+  with status 0.
 """
 
 from __future__ import annotations
@@ -197,6 +198,8 @@ async def watch(client: NodeClient, settings: Settings, options: WatchOptions, r
                 await nursery.start(watcher.run)
         finally:
             with trio.CancelScope(shield=True):
+                if runs is not None:
+                    await runs.stop()
                 await watcher.link.stop()
             watcher.link.close()
     sys.stderr.flush()

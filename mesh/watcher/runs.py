@@ -88,6 +88,19 @@ class PipelineRuns:
                 break
             await trio.sleep(0.05)  # submitted, not yet taken: its id comes with its first event
         say(f"a newer change made job {job_id} stale: cancelling it")
+        await self._cancel_job(job_id)
+
+    async def stop(self) -> None:
+        """The watcher stops: cancel the run under way, if its job has an id (as ``mesh run``
+        cancels its job on SIGINT); a cancel that fails is reported and the job runs on."""
+        with self._lock:
+            job_id = self._follower.job_id if self._follower is not None else ""
+        if not job_id:
+            return
+        say(f"cancelling job {job_id}, the run under way")
+        await self._cancel_job(job_id)
+
+    async def _cancel_job(self, job_id: str) -> None:
         try:
             await trio.to_thread.run_sync(self._cancel, job_id)
         except MeshError as exc:
