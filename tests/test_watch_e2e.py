@@ -250,17 +250,23 @@ def test_a_watched_snapshot_is_kept_through_eviction_while_watched(tmp_path: Pat
 
 def test_a_watcher_the_node_dropped_registers_again_when_it_comes_back(node: NodeProcess, tmp_path: Path) -> None:
     """A watcher stopped (SIGSTOP) past the node's timeout is dropped; once it runs again its
-    next beat is refused and it registers again and resyncs in full."""
+    next beat is refused and it registers again and resyncs in full. With --run, a resync of
+    a tree that did not change runs nothing; the next change runs once."""
     directory = tree(tmp_path)
-    watcher = WatchProcess.start(node, directory, *FAST)
+    (directory / ".mesh.yml").write_text("steps:\n  - name: list\n    run: ls\n")
+    files = [".mesh.yml", "a.txt", "b.txt"]
+    watcher = WatchProcess.start(node, directory, *FAST, "--run")
     try:
-        wait_listed(node, directory, ["a.txt", "b.txt"], timeout=30)
+        wait_listed(node, directory, files, timeout=30)
         watcher.process.send_signal(signal.SIGSTOP)
         wait_listed(node, directory, [], timeout=WATCH_TIMEOUT + SETTLE, what="a silent watcher to be dropped")
-        (directory / "c.txt").write_text("made while it was stopped\n")
         watcher.process.send_signal(signal.SIGCONT)
-        wait_listed(node, directory, ["a.txt", "b.txt", "c.txt"], timeout=SETTLE, what="the watcher to come back")
+        wait_listed(node, directory, files, timeout=SETTLE, what="the watcher to come back")
         assert "forgot this watcher: registering again" in watcher.stderr()
+        (directory / "c.txt").write_text("a change\n")
+        watcher.said("pipeline succeeded", timeout=60)
+        assert watcher.stderr().count("running the pipeline") == 1, watcher.stderr()
+        assert "c.txt" in watcher.stdout()
     finally:
         watcher.process.send_signal(signal.SIGCONT)
         assert watcher.stop() == 0

@@ -34,7 +34,7 @@ import trio
 
 from mesh.cas.digest import Digest
 from mesh.config import Settings
-from mesh.errors import MeshError, SnapshotError, UsageError
+from mesh.errors import MeshError, NodeError, SnapshotError, UsageError
 from mesh.watcher.changes import DEFAULT_DEBOUNCE, DEFAULT_POLL, Wakeup, notify, poll, settle
 from mesh.watcher.link import Forgotten, NodeLink, NotServing
 from mesh.watcher.runs import PipelineRuns, say
@@ -77,6 +77,7 @@ class Watcher:
         self.link = NodeLink(client, options.directory)
         self.wakeup = Wakeup()
         self.sent: Digest | None = None  # what the node has now
+        self.latest: Digest | None = None  # the last snapshot of the directory: a new one is a change
         self.snapshot: tuple[Digest, Digest] | None = None  # the latest (root, times manifest)
         self.holding = False
         self.stopping = trio.Event()  # set before the watcher is cancelled (mesh.watcher.changes.notify)
@@ -107,7 +108,7 @@ class Watcher:
             nursery.start_soon(self._beat)  # during the first snapshot too, however long it takes
             root, _ = await self.scan()
             await self.link.beat(root)
-            self.sent = root
+            self.sent = self.latest = root
             say(f"watching {self.options.directory} through {self.client.url}: {root}")
             if self.options.notify:
                 nursery.start_soon(notify, self.options.directory, self.settings.home, self.wakeup, self.stopping)
@@ -164,10 +165,10 @@ class Watcher:
         """A beat, carrying the latest snapshot when the node does not have it yet."""
         assert self.snapshot is not None
         root, times = self.snapshot
-        new = root != self.sent
-        await self.link.beat(root if new else None)
-        if new:
-            self.sent = root
+        await self.link.beat(root if root != self.sent else None)
+        self.sent = root
+        if root != self.latest:  # a change (a resync of the same tree runs nothing)
+            self.latest = root
             say(f"{self.options.directory} is now {root}")
             if self.runs is not None:
                 self.runs.offer(root, times)
@@ -175,8 +176,6 @@ class Watcher:
 
 def _node_failed(exc: MeshError) -> bool:
     """Whether a snapshot failed because of the node (not of the directory)."""
-    from mesh.errors import NodeError
-
     return isinstance(exc, NodeError) and (exc.status is None or exc.status >= 500)
 
 
