@@ -96,6 +96,35 @@ def node_id(node: NodeProcess) -> str:
         return str(client.health()["node"])
 
 
+#: Runs its arguments in a user namespace of its own that allows no inotify instance: the
+#: notifier fails as it does when the user's inotify limit is reached.
+NO_INOTIFY = [
+    "unshare",
+    "--user",
+    "--map-root-user",
+    "sh",
+    "-c",
+    'echo 0 > /proc/sys/user/max_inotify_instances && exec "$@"',
+    "-",
+]
+
+
+def test_a_failed_notifier_leaves_the_rescans_to_follow_changes(node: NodeProcess, tmp_path: Path) -> None:
+    probe = subprocess.run([*NO_INOTIFY, "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a user namespace without inotify here: {probe.stderr.strip()}")
+    directory = tree(tmp_path)
+    watcher = WatchProcess.start(node, directory, *FAST, "--poll", "0.3", launcher=NO_INOTIFY)
+    try:
+        watcher.said("OS notifications of")
+        assert "failed" in watcher.stderr() and "rescanning every poll interval instead" in watcher.stderr()
+        wait_listed(node, directory, ["a.txt", "b.txt"], timeout=30)
+        (directory / "c.txt").write_text("gamma\n")
+        wait_listed(node, directory, ["a.txt", "b.txt", "c.txt"], timeout=SETTLE, what="a file made after the failure")
+    finally:
+        assert watcher.stop() == 0
+
+
 def test_a_second_watcher_of_a_directory_is_refused_and_a_killed_one_times_out(
     node: NodeProcess, tmp_path: Path
 ) -> None:

@@ -34,12 +34,14 @@ class WatchProcess:
         url: str | None = None,
         home: str | None = None,
         env: dict[str, str] | None = None,
+        launcher: Sequence[str] = (),
     ) -> WatchProcess:
-        """``mesh watch DIR --node URL ARGS`` (the node's own home and key unless ``home``)."""
+        """``mesh watch DIR --node URL ARGS`` (the node's own home and key unless ``home``),
+        run by ``launcher`` if given (a command that ends by running its arguments)."""
         out, err = Path(f"{directory}.watch.out"), Path(f"{directory}.watch.err")
         with open(out, "ab") as o, open(err, "ab") as e:
             process = subprocess.Popen(
-                [*MESH, "watch", str(directory), "--node", url or node.url, *args],
+                [*launcher, *MESH, "watch", str(directory), "--node", url or node.url, *args],
                 env=node_env(home or node.home, **(env or {})),
                 stdin=subprocess.DEVNULL,
                 stdout=o,
