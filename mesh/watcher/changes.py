@@ -1,8 +1,11 @@
 """What wakes the watcher: OS notifications (watchfiles), and a full rescan every
 ``poll`` seconds, since a notifier can drop events.
 
-watchfiles (inotify through Rust's notify) drops notify's overflow ("rescan") events
-without a word, so the periodic rescan is what bounds how stale the snapshot can be.
+A notification only says *that* something changed: every wake-up rescans the whole
+directory (the stat cache finds what changed), so events lost in a burst cost nothing as
+long as one of them arrives. watchfiles (inotify through Rust's notify) drops notify's
+overflow ("rescan") events without a word, though, so an overflow that delivers nothing
+is seen only by the periodic rescan, which bounds how stale the snapshot can be.
 A notifier that fails (too many watches, a directory it cannot read) is logged in one
 line and the watcher goes on by rescans alone, starting with one at once. A rescan is
 cheap: the stat cache (mesh.cas.statcache) reads only files whose stat changed.
