@@ -448,8 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("pins", cmd_pins, "list pins", "List the pins, 'NAME<TAB>ID' per line.")
 
     from mesh.cli_node import add_parsers
+    from mesh.watcher.cli import add_parsers as add_watch_parsers
 
     add_parsers(add)
+    add_watch_parsers(add)
     return parser
 
 

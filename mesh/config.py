@@ -33,6 +33,8 @@ background (cl.)   MESH_BACKGROUND=0    (n/a)                           on: mesh
                                                                         (mesh.background)
 background idle    MESH_BACKGROUND_IDLE (n/a)                           1800 s (0: never stops by itself)
 mesh key           MESH_KEY (hex)       (--key-file FILE)               $MESH_HOME/mesh.key
+watch_timeout      MESH_WATCH_TIMEOUT   watch_timeout = 15              15 s: a watcher silent this long is
+                                                                        unhealthy and dropped (mesh.watch)
 smtp_host          MESH_SMTP_HOST       smtp_host = "mail.example"      none: email notifications fail
                                                                         (recorded on the build)
 smtp_port          MESH_SMTP_PORT       smtp_port = 587                 587 with STARTTLS, else 25
@@ -156,6 +158,8 @@ DEFAULT_NODE_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 #: build goes on): below the shortest wait of a forge (Gitea's and Forgejo's 5 s; GitHub and
 #: GitLab wait 10 s).
 DEFAULT_HOOK_WAIT = 4.0
+#: Seconds without a beat after which a node drops a watcher (mesh.watch.registry).
+DEFAULT_WATCH_TIMEOUT = 15.0
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -255,6 +259,9 @@ class NodeConfig:
     sandbox_inputs: Literal["copy", "link"] = "copy"  # how a root node's sandbox checks inputs out
     smtp: SmtpSettings | None = None  # where email notifications go (None: no server, none are sent)
     hook_wait: float = DEFAULT_HOOK_WAIT  # seconds a webhook delivery waits for its build to start
+    watch_timeout: float = (
+        DEFAULT_WATCH_TIMEOUT  # seconds after which a silent watcher is dropped (mesh.watch.registry)
+    )
 
     @property
     def docker(self) -> bool:
@@ -309,7 +316,16 @@ class NodeConfig:
                 sandbox_inputs or os.environ.get("MESH_SANDBOX_INPUTS") or file.get("sandbox_inputs")
             ),
             smtp=SmtpSettings.load(file),
-            hook_wait=parse_seconds("hook_wait", os.environ.get("MESH_HOOK_WAIT") or file.get("hook_wait")),
+            hook_wait=parse_seconds(
+                "hook_wait", os.environ.get("MESH_HOOK_WAIT") or file.get("hook_wait"), default=DEFAULT_HOOK_WAIT
+            ),
+            watch_timeout=parse_seconds(
+                "watch_timeout",
+                os.environ.get("MESH_WATCH_TIMEOUT") or file.get("watch_timeout"),
+                default=DEFAULT_WATCH_TIMEOUT,
+                maximum=300,
+                positive=True,
+            ),
         )
 
 
@@ -361,16 +377,18 @@ def _advertise(value: Any) -> str | None:
         ) from None
 
 
-def parse_seconds(name: str, value: object, default: float = DEFAULT_HOOK_WAIT) -> float:
-    """A number of seconds, 0 or more, from the environment or ``mesh.toml`` (None: ``default``)."""
+def parse_seconds(name: str, value: object, *, default: float, maximum: float = 3600, positive: bool = False) -> float:
+    """A number of seconds from the environment or ``mesh.toml``, 0 (above 0 if ``positive``) to
+    ``maximum`` (None: ``default``); UsageError naming the setting otherwise."""
     if value is None:
         return default
     try:
         seconds = float(str(value))
     except ValueError:
         seconds = -1.0
-    if not 0 <= seconds <= 3600:
-        raise UsageError(f"{name} is a number of seconds from 0 to 3600, not {value!r}")
+    if not (0 < seconds if positive else 0 <= seconds) or not seconds <= maximum:
+        low = "above 0" if positive else "from 0"
+        raise UsageError(f"{name} is a number of seconds {low} to {maximum:g}, not {value!r}")
     return seconds
 
 

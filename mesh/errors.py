@@ -59,6 +59,10 @@ take (mesh.text): a file name in it that is not UTF-8 is written with escapes.
     │   ├── ProjectRefused (ValueError) a bad name, URL, branch glob, secret or trigger (HTTP 400)
     │   ├── ProjectNotFound        no such project on this node, or no such build of it (HTTP 404)
     │   └── ProjectExists          a project of that name exists already (HTTP 409)
+    ├── WatchError                 a watcher's request cannot be done (mesh.watch.registry)
+    │   ├── WatchConflict          another live watcher claims that directory on the node (HTTP 409)
+    │   └── WatchNotFound          the node holds no such watcher (it timed out or the node
+    │                              restarted: the watcher registers again; HTTP 404)
     ├── NoFreeSlot                 a peer offered a task and this node has no free slot (HTTP 409)
     ├── NodeBusy                   another node already runs on this $MESH_HOME
     ├── BackgroundNodeError        the background node of mesh exec could not start or stop
@@ -411,6 +415,18 @@ class ProjectNotFound(ProjectError):
 
 class ProjectExists(ProjectError):
     """A project of that name exists already. HTTP 409."""
+
+
+class WatchError(MeshError):
+    """A watcher's request cannot be done (mesh.watch.registry)."""
+
+
+class WatchConflict(WatchError):
+    """Another live watcher already claims that directory on the node. HTTP 409."""
+
+
+class WatchNotFound(WatchError):
+    """The node holds no such watcher: it timed out, stopped, or the node restarted. HTTP 404."""
 
 
 class NoFreeSlot(MeshError):

@@ -53,6 +53,8 @@ from mesh.pipelines.projects import ProjectStore
 from mesh.sched.actioncache import LocalActionCache
 from mesh.sched.scheduler import Scheduler
 from mesh.sched.statedb import StateDB, state_path
+from mesh.watch.registry import WatchRegistry
+from mesh.watch.service import Watches
 from mesh.wire.auth import MeshKey, Verifier, load_key
 
 if TYPE_CHECKING:
@@ -89,6 +91,8 @@ class Node:
         self.action_cache: MeshActionCache  # this node's action cache, with its peers' behind it
         self.claims: MeshClaims  # claims of cache keys: one run for identical work in flight
         self.peering: Peering
+        self.watch_registry: WatchRegistry  # the watchers of this node (mesh watch)
+        self.watches: Watches  # ... and the mesh-wide /files
         self.runner: Runner
         self.docker: DockerStatus | None = None
         self.task_users: TaskUsers | None = None  # a root node's process tasks' uids
@@ -199,6 +203,7 @@ class Node:
         self.authorities = NodeAuthorities(host, port, advertised=self.config.advertise)
         self.verifier = Verifier(key, authorities=self.authorities, nonces_path=os.path.join(home, "nonces"))
         self.store = LocalStore(self.config.store_dir)
+        self.watch_registry = WatchRegistry(self.config.watch_timeout)
         self.space = space = StoreSpace(self.store, self.config.store_max_bytes, roots=self._pinned)
         self.db = StateDB(state_path(home))
         self.runner = runner = Runner(
@@ -217,7 +222,9 @@ class Node:
             executors=sorted(runner.executors),
             load=self._load,
             room=space.reserve,
+            watches=self.watch_registry.watched,
         )
+        self.watches = Watches(self.watch_registry, self.store, self.peering)
         local = LocalActionCache(self.db, node_id=self.node_id, has=self.store.has, holds_tree=space.holds_tree)
         self.action_cache = MeshActionCache(local, self.peering, node_id=self.node_id)
         self.claims = MeshClaims(ClaimTable(self._is_live), self.peering, lambda: self.peering.url)
@@ -252,9 +259,9 @@ class Node:
 
     def _pinned(self) -> Roots:
         """What eviction must keep (on the event loop): the inputs and results of the live jobs,
-        and snapshots being fetched from peers."""
+        snapshots being fetched from peers, and the live snapshots of watched directories."""
         trees, blobs = self.scheduler.live_blobs()
-        return Roots(frozenset(trees | self.peering.partial), frozenset(blobs))
+        return Roots(frozenset(trees | self.peering.partial | self.watch_registry.roots()), frozenset(blobs))
 
     def _local_executors(self) -> dict[str, Executor]:
         """The executors of this node that need no service: process, and sandbox where it works.

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mesh import project_cli
@@ -77,6 +78,23 @@ def run(client: NodeClient, settings: Settings, request: RunRequest, *, window: 
     # Compiled against a placeholder first, so that a bad selection fails before the snapshot.
     compile_job(pipeline, input=Digest.of(b""), only=request.steps, env=request.env, branch=branch)
     snapshot, times = snapshot_for(client, settings, request.directory, progress=sys.stderr.isatty())
+    return run_on(client, request, pipeline, snapshot, times, window=window)
+
+
+def run_on(
+    client: NodeClient,
+    request: RunRequest,
+    pipeline: Pipeline,
+    snapshot: Digest,
+    times: Digest | None,
+    *,
+    window: float,
+    on_follow: Callable[[JobFollower], None] | None = None,
+) -> int:
+    """Run ``pipeline`` on ``snapshot`` of ``request.directory`` (its blobs on the node already:
+    ``mesh watch`` snapshots as it watches); the exit status. ``on_follow`` is given the
+    follower before the job is submitted (its ``job_id`` is set once the node took it)."""
+    branch = current_branch(request.directory)
     job = compile_job(
         pipeline,
         input=snapshot,
@@ -89,6 +107,8 @@ def run(client: NodeClient, settings: Settings, request: RunRequest, *, window: 
     follower = JobFollower(
         client, sys.stdout.buffer, sys.stderr.buffer, tasks=[name for name, _ in job.tasks], prefix=True
     )
+    if on_follow is not None:
+        on_follow(follower)
     announced = ""
     if request.project is not None:
         commit = project_cli.head_commit(request.directory)
@@ -140,4 +160,4 @@ def _status(state: TaskState | None, result: ActionResult | None, reason: str | 
     return f"failed (exit {result.exit_code})"
 
 
-__all__ = ["RunRequest", "run", "read_pipeline", "summary", "current_branch", "Stopped"]
+__all__ = ["RunRequest", "run", "run_on", "read_pipeline", "summary", "current_branch", "Stopped"]

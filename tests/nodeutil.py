@@ -50,6 +50,20 @@ def wait_for(
         delay = min(delay * 2, longest)
 
 
+def stop_process(process: subprocess.Popen[bytes], sig: int, timeout: float, *, what: str, log: str = "") -> int:
+    """Signal ``process`` (unless it has exited) and wait for it; its exit status. After ``timeout``
+    seconds it is killed and AssertionError names ``what`` (with ``log``, what it wrote)."""
+    if process.poll() is not None:
+        return process.returncode
+    process.send_signal(sig)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise AssertionError(f"{what} did not stop within {timeout}s after {signal.Signals(sig).name}{log}") from None
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process ``pid`` exists (one of another user counts as alive)."""
     try:
@@ -176,15 +190,9 @@ class NodeProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Signal the node and wait for it to exit; returns its exit status."""
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else 0
-        self.process.send_signal(sig)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError(f"node did not stop within {timeout}s after {signal.Signals(sig).name}") from None
+        if self.process is None:
+            return 0
+        return stop_process(self.process, sig, timeout, what="node")
 
     def kill(self) -> None:
         """SIGKILL the node (a crash) and reap it."""

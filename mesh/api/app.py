@@ -21,6 +21,8 @@
 | ``GET /v1/projects/{name}/builds/{n}`` | a build: state, commit, trigger, steps (node, cached, timings, exit codes) |
 | ``GET /v1/projects/{name}/badge.svg`` | open: an SVG badge of the latest build's state, to embed |
 | ``POST /v1/hooks/{name}`` | open: a forge's push, checked with the project's webhook secret, starts a build |
+| ``POST /v1/watches``, ``POST/DELETE /v1/watches/{id}`` | a watcher registers, beats, stops (mesh.api.watches) |
+| ``GET /files`` | signed: the sorted files of every healthy watcher of the mesh (mesh.api.watches) |
 | ``POST /v1/gossip`` | a peer's membership table in, ours out (mesh.cluster.gossip) |
 | ``POST /v1/steal`` | an idle peer asks for queued tasks (mesh.sched.scheduler: work stealing) |
 | ``POST /v1/cache:lookup`` | a peer asks for action-cache entries by key (mesh.cluster.actioncache) |
@@ -44,7 +46,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from mesh import codec
-from mesh.api import blobs
+from mesh.api import blobs, watches
 from mesh.api.http import (
     ApiError,
     authenticate,
@@ -373,6 +375,10 @@ def create_app(node: NodeServices) -> Starlette:
         Route("/v1/projects/{name}/builds/{number}/rerun", rerun_build, methods=["POST"]),
         Route("/v1/projects/{name}/badge.svg", project_badge, methods=["GET"]),
         Route("/v1/hooks/{name}", hook, methods=["POST"]),
+        Route("/v1/watches", watches.register, methods=["POST"]),
+        Route("/v1/watches/{watcher_id}", watches.beat, methods=["POST"]),
+        Route("/v1/watches/{watcher_id}", watches.stop, methods=["DELETE"]),
+        Route("/files", watches.files, methods=["GET"]),
         Route("/v1/gossip", gossip, methods=["POST"]),
         Route("/v1/steal", steal, methods=["POST"]),
         Route("/v1/cache:lookup", cache_lookup, methods=["POST"]),

@@ -42,6 +42,9 @@ from mesh.errors import (
     ProjectRefused,
     RerunRefused,
     SnapshotError,
+    WatchConflict,
+    WatchError,
+    WatchNotFound,
 )
 from mesh.wire.auth import HEADERS, Admitted, AuthError, NotForThisNode, signed_headers
 from mesh.wire.formats import CBOR, JSON, to_json
@@ -80,6 +83,9 @@ _STATUS: list[tuple[type[BaseException], int]] = [
     (PipelineError, 422),  # a pushed commit's .mesh.yml is missing or malformed: nothing started
     (CommitNotFound, 422),  # a pushed commit the project's repository does not have
     (GitError, 502),  # the project's repository could not be fetched: git's stderr says why
+    (WatchConflict, 409),  # another live watcher claims the directory
+    (WatchNotFound, 404),  # the watcher timed out or the node restarted: it registers again
+    (WatchError, 409),  # the node has as many watchers as it takes
     (DiskFull, 507),  # Insufficient Storage: the store's or the state database's, named with its free space
 ]
 

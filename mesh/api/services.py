@@ -175,6 +175,26 @@ class Hooks(Protocol):
         ...
 
 
+class WatchService(Protocol):
+    """Watchers of this node and the files of the mesh's watchers (mesh.watch.service.Watches)."""
+
+    def register(self, directory: str, host: str, pid: int) -> dict[str, Any]:
+        """A new watcher (WatchConflict: 409): its id and how often it must beat."""
+        ...
+
+    def beat(self, watcher_id: str, snapshot: Digest | None) -> dict[str, Any]:
+        """A watcher's beat with its new snapshot, if any (WatchNotFound: 404; SnapshotError: 422)."""
+        ...
+
+    def remove(self, watcher_id: str) -> None:
+        """A watcher stops (WatchNotFound: 404)."""
+        ...
+
+    async def files(self) -> list[dict[str, Any]]:
+        """The files of every healthy watcher of the mesh, sorted."""
+        ...
+
+
 class NodeServices(Protocol):
     """Everything the app serves, as the node (mesh.node.Node) provides it."""
 
@@ -192,6 +212,9 @@ class NodeServices(Protocol):
 
     @property
     def hooks(self) -> Hooks: ...
+
+    @property
+    def watches(self) -> WatchService: ...
 
     @property
     def verifier(self) -> Verifier:

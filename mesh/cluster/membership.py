@@ -16,6 +16,10 @@ no longer given new work), after :data:`DEAD_AFTER` seconds ``dead`` (out of
 placement, shown as dead by ``/status``), and after :data:`FORGET_AFTER`
 seconds it is forgotten. Any newer version makes it ``alive`` again.
 
+A member also carries the directories watched through it (``mesh watch``), each with the
+snapshot it has now (:class:`Watched`): this is how every node learns every healthy
+watcher of the mesh, and a dead member's watches leave with it (mesh.watch.files).
+
 Pure: the clock is passed in, nothing here does I/O.
 """
 
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from mesh import codec
+from mesh.cas.digest import Digest
 from mesh.errors import CodecError, InvalidUrl
 from mesh.urls import peer_url
 
@@ -34,6 +39,32 @@ DEAD_AFTER = 8.0
 FORGET_AFTER = 60.0
 #: Most members one gossip message may list.
 MAX_MEMBERS = 1000
+#: Most watched directories one member may carry (a node refuses more watchers).
+MAX_WATCHES = 256
+
+
+@dataclass(frozen=True, kw_only=True)
+class Watched:
+    """A directory watched through a node (``mesh watch``) and the snapshot it has now."""
+
+    directory: str  # the absolute path on the watcher's host
+    host: str  # the watcher's host name
+    snapshot: Digest
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"dir": self.directory, "host": self.host, "snapshot": str(self.snapshot)}
+
+    @classmethod
+    def from_wire(cls, value: Any) -> Watched:
+        """Raises CodecError for a malformed one (InvalidDigest is one)."""
+        fields = codec.Fields(value, "watched directory")
+        directory, host, snapshot = fields.text("dir"), fields.text("host"), fields.text("snapshot")
+        fields.done()
+        try:
+            digest = Digest.parse(snapshot)
+        except ValueError as exc:
+            raise CodecError(f"watched directory {directory[:200]!r}: {exc}") from None
+        return cls(directory=directory, host=host, snapshot=digest)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +77,7 @@ class Member:
     heartbeat: int = 0
     capabilities: Mapping[str, str] = field(default_factory=dict)
     load: Mapping[str, int] = field(default_factory=dict)  # slots, busy, queued
+    watches: tuple[Watched, ...] = ()
 
     @property
     def version(self) -> tuple[int, int]:
@@ -59,6 +91,7 @@ class Member:
             "heartbeat": self.heartbeat,
             "capabilities": dict(self.capabilities),
             "load": dict(self.load),
+            "watches": [w.to_wire() for w in self.watches],
         }
 
     @classmethod
@@ -69,6 +102,9 @@ class Member:
         load = fields.mapping("load", {})
         if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in load.items()):
             raise CodecError("field 'load' of a gossip member must map names to integers")
+        watches = fields.sequence("watches", [])
+        if len(watches) > MAX_WATCHES:
+            raise CodecError(f"a gossip member may carry at most {MAX_WATCHES} watched directories")
         member = cls(
             node=fields.text("node"),
             url=fields.text("url"),
@@ -76,6 +112,7 @@ class Member:
             heartbeat=fields.integer("heartbeat", 0, minimum=0),
             capabilities=fields.text_map("capabilities", {}),
             load=load,
+            watches=tuple(Watched.from_wire(w) for w in watches),
         )
         fields.done()
         return replace(member, url=peer_url(member.url))

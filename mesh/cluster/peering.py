@@ -24,7 +24,7 @@ from mesh.cas.snapshot import missing_levels, read_node
 from mesh.cas.store import LocalStore
 from mesh.cas.tree import Kind
 from mesh.cluster.gossip import Gossip
-from mesh.cluster.membership import Member, PeerTable
+from mesh.cluster.membership import Member, PeerTable, Watched
 from mesh.cluster.peer import PeerClient, TaskOffers
 from mesh.cluster.peerstore import PeerStore, Room
 from mesh.config import NodeConfig
@@ -128,8 +128,10 @@ class Peering:
         executors: list[str],
         load: Callable[[], dict[str, int]],
         room: Room | None = None,
+        watches: Callable[[], tuple[Watched, ...]] = tuple,
     ) -> None:
         self.config = config
+        self._watches = watches  # the directories watched through this node now, for gossip
         self.room = room  # room under the store's cap for what is fetched (mesh.cas.space)
         self.node_id = node_id
         self.key = key
@@ -154,6 +156,7 @@ class Peering:
             heartbeat=heartbeat,
             capabilities=self.capabilities,
             load=self._load(),
+            watches=self._watches(),
         )
 
     async def _send(self, url: str, message: dict[str, Any]) -> Any:
