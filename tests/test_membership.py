@@ -6,8 +6,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh.cluster.membership import DEAD_AFTER, FORGET_AFTER, SUSPECT_AFTER, Member, PeerTable, parse_message
+from mesh.cas.digest import Digest
+from mesh.cluster.membership import (
+    DEAD_AFTER,
+    FORGET_AFTER,
+    SUSPECT_AFTER,
+    Member,
+    PeerTable,
+    Watched,
+    parse_message,
+)
 from mesh.errors import CodecError
+
+SNAP = Digest.of(b"watched")
 
 
 def member(node: str, incarnation: int = 1, heartbeat: int = 0) -> Member:
@@ -80,10 +91,20 @@ def test_wire_round_trip_and_validation() -> None:
         {"from": "x"},
         {"from": "x", "members": [{"node": "y"}]},
         {"from": "x", "members": [{**me.to_wire(), "load": {"slots": "4"}}]},
-        {"from": "x", "members": [], "extra": 1},
     ):
         with pytest.raises(CodecError):
             parse_message(bad)
+
+
+def test_fields_of_a_later_version_are_ignored_not_refused() -> None:
+    """A mesh upgraded one node at a time still merges its members (the module's Versions)."""
+    me = Member(node="x", url="http://x:1", incarnation=5, watches=(Watched(directory="/d", host="h", snapshot=SNAP),))
+    wire = me.to_wire()
+    wire["later"] = {"anything": [1, 2]}
+    wire["watches"][0]["later"] = True
+    sender, members, dropped = parse_message({"from": "x", "members": [wire], "later": 1})
+    assert (sender, members, dropped) == ("x", [me], [])
+    assert "later" not in members[0].to_wire()  # passed on without it
 
 
 @given(st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 3), st.integers(0, 5)), max_size=30))

@@ -20,6 +20,13 @@ A member also carries the directories watched through it (``mesh watch``), each 
 snapshot it has now (:class:`Watched`): this is how every node learns every healthy
 watcher of the mesh, and a dead member's watches leave with it (mesh.watch.files).
 
+Versions: a field this version does not know, in a message, a member or a watched
+directory, is ignored rather than refused, so that a node of a later version and one of
+this version still merge each other's members while a mesh is upgraded one node at a time
+(what they know of each other is what both know; a member passed on by this node loses the
+fields it did not know). Jobs and actions stay strict: an unknown field there could change
+what a task computes.
+
 Pure: the clock is passed in, nothing here does I/O.
 """
 
@@ -59,7 +66,7 @@ class Watched:
         """Raises CodecError for a malformed one (InvalidDigest is one)."""
         fields = codec.Fields(value, "watched directory")
         directory, host, snapshot = fields.text("dir"), fields.text("host"), fields.text("snapshot")
-        fields.done()
+        # no fields.done(): fields of a later version are left for it (see the module)
         try:
             digest = Digest.parse(snapshot)
         except ValueError as exc:
@@ -114,7 +121,7 @@ class Member:
             load=load,
             watches=tuple(Watched.from_wire(w) for w in watches),
         )
-        fields.done()
+        # no fields.done(): fields of a later version are left for it (see the module)
         return replace(member, url=peer_url(member.url))
 
 
@@ -194,7 +201,7 @@ def parse_message(value: Any) -> Gossiped:
     fields = codec.Fields(value, "gossip message")
     sender = fields.text("from")
     raw = fields.sequence("members")
-    fields.done()
+    # no fields.done(): fields of a later version are left for it (see the module)
     if len(raw) > MAX_MEMBERS:
         raise CodecError(f"a gossip message may list at most {MAX_MEMBERS} members")
     members, dropped = [], []
