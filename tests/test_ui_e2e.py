@@ -1,0 +1,311 @@
+"""The web UI in a real browser: Debian's Chromium driven by Playwright against a real node on loopback.
+
+One node and one browser serve the whole module (tests/browser.py keeps the browser inside a
+loopback-only network namespace). A person logs in through ``mesh ui``'s one-time link, watches
+a job's lines arrive while it runs, cancels it and re-runs a finished task from the page, opens a
+build's page by its URL, reads a log of 100,000 lines; without a session the detailed pages and
+actions are refused. Screenshots of the main pages are saved under the pytest temporary
+directory (the path is printed).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mesh.cas.snapshot import ingest
+from mesh.cas.store import LocalStore
+from mesh.wire.auth import load_key
+from mesh.wire.client import NodeClient
+from tests.browser import ARGS, Forwarder, chromium_in, loopback_namespace, unavailable
+from tests.nodeutil import NodeProcess, wait_for
+
+WHY_NOT = unavailable()
+if WHY_NOT is None:
+    from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"no browser tests: {WHY_NOT}")
+
+#: How long a page may take to show what the node did (the node and the browser share 2 cores).
+SHOWN = 20_000
+PIPELINE = """\
+steps:
+  - name: build
+    run: echo building; cat src.txt
+  - name: check
+    depends_on: [build]
+    run: test "$(cat src.txt)" = good
+"""
+
+
+@pytest.fixture(scope="module")
+def ui_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    node = NodeProcess(str(tmp_path_factory.mktemp("ui") / "home"), slots=4).start()
+    try:
+        yield node
+    finally:
+        node.stop(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser(ui_node: NodeProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    with loopback_namespace() as namespace:
+        forwarder = Forwarder(namespace, ui_node.port)
+        try:
+            with sync_playwright() as playwright:
+                executable = chromium_in(namespace, tmp_path_factory.mktemp("chromium"))
+                launched = playwright.chromium.launch(executable_path=executable, args=ARGS)
+                try:
+                    yield launched
+                finally:
+                    launched.close()
+        finally:
+            forwarder.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("screenshots")
+    print(f"screenshots of the UI: {directory}")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def snapshot(ui_node: NodeProcess, tmp_path_factory: pytest.TempPathFactory) -> str:
+    src = tmp_path_factory.mktemp("input")
+    (src / "f").write_text("x\n")
+    with LocalStore(Path(ui_node.home) / "cas") as store:
+        return str(ingest(store, src))
+
+
+def login_url(node: NodeProcess) -> str:
+    done = node.mesh("ui", "--no-open")
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout.decode().strip()
+
+
+@pytest.fixture
+def page(browser: Browser, ui_node: NodeProcess) -> Iterator[Page]:
+    """A page of a browser context that logged in through the one-time link."""
+    context = browser.new_context(viewport={"width": 1280, "height": 820})
+    try:
+        opened = context.new_page()
+        opened.goto(login_url(ui_node))
+        expect(opened.get_by_role("heading", name="Overview")).to_be_visible()
+        yield opened
+    finally:
+        context.close()
+
+
+def client(node: NodeProcess) -> NodeClient:
+    return NodeClient(node.url, key=load_key(node.home))
+
+
+def submit(node: NodeProcess, snapshot: str, label: str, *tasks: dict[str, Any]) -> str:
+    with client(node) as c:
+        job = {"tasks": [{"input": snapshot, **task} for task in tasks], "no_cache": True, "label": label}
+        return str(c.submit(job)["id"])
+
+
+def state(node: NodeProcess, job: str) -> str:
+    with client(node) as c:
+        return str(c.job(job)["state"])
+
+
+def test_logging_in_through_the_one_time_link(browser: Browser, ui_node: NodeProcess, shots: Path) -> None:
+    url = login_url(ui_node)
+    context = browser.new_context(viewport={"width": 1280, "height": 820})
+    try:
+        page = context.new_page()
+        page.goto(url)
+        expect(page).to_have_url(ui_node.url + "/")
+        expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+        expect(page.get_by_role("button", name="Log out")).to_be_visible()
+        (cookie,) = context.cookies()
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["expires"] > 0
+        assert page.evaluate("document.cookie") == ""  # HttpOnly: no script reads it
+        page.screenshot(path=shots / "overview.png", full_page=True)
+    finally:
+        context.close()
+    other = browser.new_context()
+    try:
+        again = other.new_page()
+        response = again.goto(url)  # the link works once
+        assert response is not None and response.status == 401
+        expect(again.get_by_text("used already or has expired")).to_be_visible()
+        assert other.cookies() == []
+    finally:
+        other.close()
+
+
+def test_a_running_jobs_lines_appear_live_and_it_is_cancelled_from_the_page(
+    page: Page, ui_node: NodeProcess, snapshot: str, shots: Path
+) -> None:
+    script = (
+        r"printf '\033[32mgreen\033[0m plain\n'; echo oops >&2; "
+        r'i=0; while [ $i -lt 600 ]; do i=$((i+1)); echo "tick $i"; sleep 1; done'
+    )
+    job = submit(ui_node, snapshot, "ticking", {"name": "tick", "argv": ["sh", "-c", script]})
+    page.goto(f"{ui_node.url}/ui/jobs/{job}")
+    log = page.get_by_role("log")
+    expect(log).to_contain_text("tick 1", timeout=SHOWN)
+    page.evaluate("window.stayed = true")  # gone if the page were loaded again
+    expect(log).to_contain_text("tick 3", timeout=SHOWN)
+    assert state(ui_node, job) == "running"  # the lines came while it ran
+    assert page.evaluate("window.stayed === true")
+    expect(log.locator("span.f2")).to_have_text("green")  # ANSI colours rendered, not shown as codes
+    expect(log.locator(".ln.err")).to_have_text("oops")  # stderr told apart from stdout
+    assert "\x1b" not in log.inner_text()
+    page.screenshot(path=shots / "job-running.png", full_page=True)
+
+    page.get_by_role("button", name="Cancel job").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text(f"Cancel job {job}?")
+    assert state(ui_node, job) == "running"  # nothing before the confirmation
+    dialog.get_by_role("button", name="Confirm").click()
+    wait_for(lambda: state(ui_node, job) == "cancelled", what="the job cancelled from the page")
+    expect(page.get_by_role("heading", level=1)).to_contain_text("cancelled", timeout=SHOWN)
+    expect(page.get_by_role("button", name="Cancel job")).to_be_hidden()
+
+
+def test_a_finished_task_is_rerun_from_the_page(page: Page, ui_node: NodeProcess, snapshot: str) -> None:
+    job = submit(
+        ui_node,
+        snapshot,
+        "two steps",
+        {"name": "first", "argv": ["sh", "-c", "echo first-ran-$RANDOM"]},
+        {"name": "second", "argv": ["echo", "second-ran"], "after": ["first"]},
+    )
+    wait_for(lambda: state(ui_node, job) == "succeeded", what="the two-task job to end")
+    page.goto(f"{ui_node.url}/ui/jobs/{job}")
+    rows = page.locator("tbody tr")
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0)).to_contain_text("first")  # by dependency: first, then what runs after it
+    expect(rows.nth(1)).to_contain_text("second")
+    rows.nth(0).get_by_role("button", name="Re-run").click()
+    page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
+    expect(page).to_have_url(re.compile(r"/ui/jobs/(?!" + job + r")[^/]+/tasks/first$"), timeout=SHOWN)
+    again = page.url.split("/ui/jobs/")[1].split("/")[0]
+    wait_for(lambda: state(ui_node, again) == "succeeded", what="the re-run to end")
+    expect(page.get_by_role("log")).to_contain_text("first-ran-", timeout=SHOWN)
+    expect(page.get_by_role("heading", level=1)).to_contain_text("succeeded", timeout=SHOWN)
+
+
+def repository(tree: Path) -> str:
+    tree.mkdir()
+    (tree / ".mesh.yml").write_text(PIPELINE)
+    (tree / "src.txt").write_text("good\n")
+    git = ["git", "-C", str(tree), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "good"], check=True)
+    return subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def build(ui_node: NodeProcess, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Build #1 of project demo, finished."""
+    tree = tmp_path_factory.mktemp("project") / "repo"
+    commit = repository(tree)
+    assert ui_node.mesh("project", "add", "demo", str(tree)).returncode == 0
+    done = ui_node.mesh("run", "-C", str(tree), "--project", "demo")
+    assert done.returncode == 0, done.stderr.decode()
+    return {"commit": commit, "tree": str(tree)}
+
+
+def test_a_builds_page_opens_by_its_url(page: Page, ui_node: NodeProcess, build: dict[str, str], shots: Path) -> None:
+    page.goto(f"{ui_node.url}/ui/builds/demo/1")
+    expect(page.get_by_role("heading", level=1)).to_contain_text("demo #1")
+    facts = page.locator(".facts").first
+    expect(facts).to_contain_text(build["commit"])
+    expect(facts).to_contain_text("trigger run")
+    rows = page.locator("tbody tr")
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0)).to_contain_text("build")
+    expect(rows.nth(1)).to_contain_text("check")
+    expect(rows.nth(1)).to_contain_text("succeeded")
+    expect(rows.nth(1)).to_contain_text("ran")  # cached or not
+    page.screenshot(path=shots / "build.png", full_page=True)
+    rows.nth(0).get_by_role("link", name="build").click()
+    expect(page).to_have_url(f"{ui_node.url}/ui/builds/demo/1/tasks/build")
+    expect(page.get_by_role("log")).to_contain_text("building")
+    page.goto(ui_node.url + "/")
+    project = page.locator("tr", has=page.get_by_role("link", name="demo", exact=True))
+    expect(project).to_contain_text("#1")
+    expect(project.get_by_role("img")).to_have_attribute("src", "/v1/projects/demo/badge.svg")
+    page.goto(f"{ui_node.url}/ui/mesh")
+    expect(page.get_by_text("cache hit rate")).to_be_visible()
+    page.screenshot(path=shots / "mesh.png", full_page=True)
+
+
+def test_a_build_is_rerun_from_its_page(page: Page, ui_node: NodeProcess, build: dict[str, str]) -> None:
+    page.goto(f"{ui_node.url}/ui/builds/demo/1")
+    page.get_by_role("button", name="Re-run build").click()
+    page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
+    expect(page).to_have_url(re.compile(r"/ui/builds/demo/([2-9]|\d\d+)$"), timeout=SHOWN)
+    expect(page.get_by_role("heading", level=1)).to_contain_text("succeeded", timeout=SHOWN)
+    expect(page.locator(".facts").first).to_contain_text(build["commit"])
+
+
+def test_a_log_of_100000_lines_shows_its_tail_and_the_whole_on_request(
+    page: Page, ui_node: NodeProcess, snapshot: str, shots: Path
+) -> None:
+    job = submit(ui_node, snapshot, "long", {"name": "long", "argv": ["seq", "1", "100000"]})
+    wait_for(lambda: state(ui_node, job) == "succeeded", what="seq to end")
+    page.goto(f"{ui_node.url}/ui/jobs/{job}")
+    expect(page.locator(".logbar")).to_contain_text("100,000 lines · showing the last 1,000", timeout=SHOWN)
+    log = page.get_by_role("log")
+    expect(log.locator('.ln[data-n="100000"]')).to_have_text("100000")
+    assert log.locator(".ln").count() < 300  # only the lines in view are in the page
+    page.get_by_role("button", name="Show the whole log").click()
+    expect(page.locator(".logbar")).not_to_contain_text("showing the last")
+    log.evaluate("box => { box.scrollTop = 0; }")
+    expect(log.locator('.ln[data-n="1"]')).to_have_text("1")
+    log.evaluate("box => { box.scrollTop = box.scrollHeight / 2; }")
+    expect(log.locator('.ln[data-n="50000"]')).to_have_text("50000")
+    assert log.locator(".ln").count() < 300
+    page.screenshot(path=shots / "long-log.png")
+
+
+def test_without_a_session_details_and_actions_are_refused(
+    browser: Browser, page: Page, ui_node: NodeProcess, snapshot: str
+) -> None:
+    secret = "secret-command-line-7d1f"
+    job = submit(ui_node, snapshot, secret, {"name": "sleep", "argv": ["sh", "-c", f"sleep 600 # {secret}"]})
+    wait_for(lambda: state(ui_node, job) == "running", what="the job to run")
+    anonymous = browser.new_context()
+    try:
+        stranger = anonymous.new_page()
+        response = stranger.goto(f"{ui_node.url}/ui/jobs/{job}")
+        assert response is not None and response.status == 401
+        expect(stranger.get_by_role("heading", name="mesh: not logged in")).to_be_visible()
+        stranger.goto(ui_node.url + "/")
+        expect(stranger.get_by_role("heading", name="mesh node")).to_be_visible()
+        expect(stranger.locator("main")).to_contain_text("running")  # the counts
+        assert secret not in stranger.content()
+        refused = stranger.evaluate(
+            """async (job) => {
+                const cancel = await fetch(`/v1/jobs/${job}/cancel`, {method: "POST"});
+                const read = await fetch(`/v1/jobs/${job}`, {headers: {accept: "application/json"}});
+                return [cancel.status, read.status];
+            }""",
+            job,
+        )
+        assert refused == [401, 401]
+        assert state(ui_node, job) == "running"
+    finally:
+        anonymous.close()
+    # A session without its CSRF token cannot act either; then it logs out, and is refused.
+    status = page.evaluate(f"fetch('/v1/jobs/{job}/cancel', {{method: 'POST'}}).then(r => r.status)")
+    assert status == 401 and state(ui_node, job) == "running"
+    page.get_by_role("button", name="Log out").click()
+    expect(page.get_by_role("heading", name="mesh node")).to_be_visible()
+    response = page.goto(f"{ui_node.url}/ui/jobs/{job}")
+    assert response is not None and response.status == 401
+    with client(ui_node) as c:
+        c.cancel(job)
