@@ -1,5 +1,5 @@
 """The node commands of the ``mesh`` CLI: up, exec, run, jobs, job, logs, cancel, status, and
-project, builds, build (their logic in mesh.project_cli).
+project, builds, build (their logic in mesh.project_cli), rerun (mesh.rerun_cli).
 
 Split from mesh.cli (the store commands) to keep each module small; mesh.cli
 registers these parsers. Client commands use the sync NodeClient and never
@@ -240,6 +240,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     with _client(args, allow_embedded=True) as client, execute.Interrupts():
         try:
             return pipeline_run.run(client, args.settings, request, window=window)
+        except execute.Stopped as stopped:
+            return stopped.status
+        except execute.Interrupted as stop:
+            return stop.status
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    """``mesh rerun NAME N`` or ``mesh rerun JOB``, optionally ``--task T``: run it again."""
+    from mesh import execute, rerun_cli
+    from mesh.follow import reconnect_window
+
+    request = rerun_cli.RerunRequest(
+        target=args.target, number=args.number, task=args.task, no_cache=args.no_cache, detach=args.detach
+    )
+    window = reconnect_window(args.reconnect)
+    with _client(args) as client, execute.Interrupts():
+        try:
+            return rerun_cli.rerun(client, request, window=window)
         except execute.Stopped as stopped:
             return stopped.status
         except execute.Interrupted as stop:
@@ -633,6 +651,25 @@ def add_parsers(add: Add) -> None:
     p.add_argument("--node", metavar="URL", help=node_help)
     p.add_argument("--project", metavar="NAME", help="record the run as project NAME's next build (its number)")
     p.add_argument("steps", nargs="*", metavar="STEP", help="run only these steps and the steps they depend on")
+
+    p = add(
+        "rerun",
+        cmd_rerun,
+        "run a project's build, or a job, again",
+        "mesh rerun NAME N builds build N of project NAME again, as its next number: the same\n"
+        "commit and pipeline. mesh rerun JOB runs job JOB again as a new job. Steps that\n"
+        "succeeded before are answered from the action cache (the same inputs give the same\n"
+        "result); --no-cache runs every one. With --task T only T runs again, with the inputs it\n"
+        "had (the outputs of the steps before it, as they were), and every step that depends on\n"
+        "it. The new job is followed as mesh run follows one, with the same exit statuses.",
+    )
+    p.add_argument("target", metavar="NAME|JOB", help="a project's name (with N), or a job id")
+    p.add_argument("number", nargs="?", type=int, metavar="N", help="the build of project NAME to run again")
+    p.add_argument("--task", metavar="T", help="run only task (step) T again, and what depends on it")
+    p.add_argument("--no-cache", action="store_true", help="run every task again, none answered from the cache")
+    p.add_argument("--detach", action="store_true", help="print the new job's id and return at once")
+    p.add_argument("--reconnect", type=float, metavar="S", help=reconnect_help)
+    p.add_argument("--node", metavar="URL", help=node_help)
 
     p = add(
         "project",

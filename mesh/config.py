@@ -40,6 +40,8 @@ smtp_from          MESH_SMTP_FROM       smtp_from = "ci@example.com"    mesh@<th
 smtp_starttls      MESH_SMTP_STARTTLS=1 smtp_starttls = true            off
 smtp_user          MESH_SMTP_USER       smtp_user = "ci"                none: no login
 smtp_password      MESH_SMTP_PASSWORD   smtp_password = "..."           none (required with smtp_user)
+hook_wait          MESH_HOOK_WAIT       hook_wait = 4                   4 s: a webhook's build that is not
+                                                                        started by then is answered 202
 =================  ===================  ==============================  ==========================
 
 Executors: a node that is not root offers ``process`` only when the operator names it
@@ -150,6 +152,10 @@ DEFAULT_TASK_UIDS = (2_100_000_000, 2_100_009_999)
 DEFAULT_PORT = 7474
 DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
 DEFAULT_NODE_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+#: Seconds a webhook delivery waits for its build to start before it is answered 202 (the
+#: build goes on): below the shortest wait of a forge (Gitea's and Forgejo's 5 s; GitHub and
+#: GitLab wait 10 s).
+DEFAULT_HOOK_WAIT = 4.0
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -248,6 +254,7 @@ class NodeConfig:
     task_uids: tuple[int, int] = DEFAULT_TASK_UIDS
     sandbox_inputs: Literal["copy", "link"] = "copy"  # how a root node's sandbox checks inputs out
     smtp: SmtpSettings | None = None  # where email notifications go (None: no server, none are sent)
+    hook_wait: float = DEFAULT_HOOK_WAIT  # seconds a webhook delivery waits for its build to start
 
     @property
     def docker(self) -> bool:
@@ -302,6 +309,7 @@ class NodeConfig:
                 sandbox_inputs or os.environ.get("MESH_SANDBOX_INPUTS") or file.get("sandbox_inputs")
             ),
             smtp=SmtpSettings.load(file),
+            hook_wait=parse_seconds("hook_wait", os.environ.get("MESH_HOOK_WAIT") or file.get("hook_wait")),
         )
 
 
@@ -351,6 +359,19 @@ def _advertise(value: Any) -> str | None:
         raise UsageError(
             f"--advertise must be the URL peers reach this node at, like http://host:7474 ({exc})"
         ) from None
+
+
+def parse_seconds(name: str, value: object, default: float = DEFAULT_HOOK_WAIT) -> float:
+    """A number of seconds, 0 or more, from the environment or ``mesh.toml`` (None: ``default``)."""
+    if value is None:
+        return default
+    try:
+        seconds = float(str(value))
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 3600:
+        raise UsageError(f"{name} is a number of seconds from 0 to 3600, not {value!r}")
+    return seconds
 
 
 def parse_uid_range(value: object) -> tuple[int, int]:

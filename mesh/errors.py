@@ -41,7 +41,9 @@ take (mesh.text): a file name in it that is not UTF-8 is written with escapes.
     │   ├── TreeChanged            a file changed between hashing and uploading (snapshot again)
     │   └── OverlayConflict        two layers of a snapshot overlay write the same path (mesh.cas.overlay)
     ├── InvalidJob (ValueError)    a job submission breaks the job rules (names, graph, fields)
-    │   └── InputMissing           its input snapshot (or stdin) is on neither this node nor a live peer
+    │   ├── InputMissing           its input snapshot (or stdin) is on neither this node nor a live peer
+    │   └── RerunRefused           a re-run that cannot be made: an unknown task, or one whose inputs
+    │                              are not there (mesh.sched.rerun; HTTP 409)
     ├── JobNotFound                no job has the id asked for
     ├── HookError                  a forge's webhook delivery cannot be taken (mesh.pipelines.hooks)
     │   ├── HookUnauthorized       its signature or token is missing or wrong, or the project has no
@@ -325,6 +327,11 @@ class OverlayConflict(SnapshotError):
 
 class InvalidJob(MeshError, ValueError):
     """A job submission breaks the rules of jobs: names, dependencies, a cycle, a field."""
+
+
+class RerunRefused(InvalidJob):
+    """A re-run (mesh.sched.rerun) that cannot be made: the task is not in the job, or a task it
+    needs an output of has not finished or left none. HTTP 409: the job's state decides it."""
 
 
 class JobNotFound(MeshError):

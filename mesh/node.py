@@ -47,7 +47,7 @@ from mesh.exec.toolchain import Toolchain
 from mesh.exec.workpool import KEEP_DIRS, WorkdirPool
 from mesh.pipelines.buildmetrics import BuildMetrics
 from mesh.pipelines.builds import Builds
-from mesh.pipelines.deliveries import RecentDeliveries
+from mesh.pipelines.deliveries import StoredDeliveries
 from mesh.pipelines.hookintake import HookIntake
 from mesh.pipelines.notify import Notifier
 from mesh.pipelines.projects import ProjectStore
@@ -118,6 +118,7 @@ class Node:
                 await nursery.start(self.action_cache.run)
                 await nursery.start(self.scheduler.run)
                 await nursery.start(self.projects.run)
+                await nursery.start(self.hooks.run)
                 http_stop = trio.Event()
                 app = activity = Activity(create_app(self))
                 binds = await nursery.start(partial(serve, app, self._sockets, shutdown_trigger=http_stop.wait))
@@ -246,8 +247,9 @@ class Node:
             self.projects,
             self.store,
             os.path.join(home, "git"),  # the git mirrors of the projects' repositories
-            RecentDeliveries(),
+            StoredDeliveries(self.db),
             lambda: self.default_executor,
+            wait=self.config.hook_wait,
         )
 
     def _pinned(self) -> Roots:

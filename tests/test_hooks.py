@@ -8,22 +8,25 @@ GitLab's push bodies in ``tests/data/hooks`` follow those forges' documented exa
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import glob
 import hashlib
 import hmac
 import json
-from collections.abc import Callable
+import os
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh.errors import HookTooLarge, HookUnauthorized, InvalidHook, MeshError
-from mesh.pipelines.deliveries import DeliveryLog, RecentDeliveries
+from mesh.pipelines.deliveries import DEFAULT_LIMIT, DeliveryLog, RecentDeliveries, StoredDeliveries
 from mesh.pipelines.hooks import (
     MAX_BODY,
     Ignored,
@@ -34,6 +37,7 @@ from mesh.pipelines.hooks import (
     signature,
     within_branches,
 )
+from mesh.sched.statedb import StateDB
 
 ROOT = Path(__file__).resolve().parent.parent
 OCTOKIT = ROOT / "tests" / ".npm" / "node_modules" / "@octokit" / "webhooks-examples"
@@ -508,32 +512,70 @@ def test_hook_errors_are_meshs_own() -> None:
     assert not issubclass(HookUnauthorized, InvalidHook)
 
 
-def test_a_delivery_is_taken_once_per_project_and_again_once_forgotten() -> None:
-    log: DeliveryLog = RecentDeliveries()
-    assert log.remember("app", DELIVERY)
-    assert not log.remember("app", DELIVERY)
-    assert log.remember("docs", DELIVERY)  # one organisation webhook, two projects
-    log.forget("app", DELIVERY)
-    assert log.remember("app", DELIVERY)
-    log.forget("app", "never seen")
+@contextlib.contextmanager
+def _delivery_log(kind: str, limit: int = DEFAULT_LIMIT) -> Iterator[Any]:
+    """A delivery log of ``kind``: in memory, or in a state database of its own."""
+    if kind == "memory":
+        yield RecentDeliveries(limit=limit)
+        return
+    with tempfile.TemporaryDirectory() as home:
+        db = StateDB(os.path.join(home, "state.db"))
+        try:
+            yield StoredDeliveries(db, limit=limit)
+        finally:
+            db.close()
 
 
+@pytest.mark.parametrize("kind", ["memory", "stored"])
+def test_a_delivery_is_taken_once_per_project_and_again_once_forgotten(kind: str) -> None:
+    log: DeliveryLog
+    with _delivery_log(kind) as log:
+        assert log.remember("app", DELIVERY)
+        assert not log.remember("app", DELIVERY)
+        assert log.remember("docs", DELIVERY)  # one organisation webhook, two projects
+        log.forget("app", DELIVERY)
+        assert log.remember("app", DELIVERY)
+        log.forget("app", "never seen")
+
+
+@pytest.mark.parametrize("kind", ["memory", "stored"])
+@settings(max_examples=40, deadline=None)
 @given(keys=st.lists(st.sampled_from("abcdefgh"), max_size=60), limit=st.integers(1, 5))
-def test_the_delivery_log_keeps_the_most_recently_seen_up_to_its_limit(keys: list[str], limit: int) -> None:
-    log = RecentDeliveries(limit=limit)
-    model: list[str] = []  # least recently seen first
-    for key in keys:
-        assert log.remember("p", key) is (key not in model)
-        if key in model:
-            model.remove(key)
-        model = (model + [key])[-limit:]
-        assert len(log) == len(model) <= limit
+def test_the_delivery_log_keeps_the_most_recently_seen_up_to_its_limit(kind: str, keys: list[str], limit: int) -> None:
+    with _delivery_log(kind, limit) as log:
+        model: list[str] = []  # least recently seen first
+        for key in keys:
+            assert log.remember("p", key) is (key not in model)
+            if key in model:
+                model.remove(key)
+            model = (model + [key])[-limit:]
+            assert len(log) == len(model) <= limit
 
 
-def test_a_delivery_log_keeps_at_least_one() -> None:
+def test_the_nodes_delivery_log_outlives_a_restart(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.db")
+    db = StateDB(path)
+    StoredDeliveries(db).remember("app", DELIVERY)
+    db.close()
+    db = StateDB(path)  # the node again
+    try:
+        log = StoredDeliveries(db)
+        assert not log.remember("app", DELIVERY)
+        assert repr(log) == "StoredDeliveries(limit=10000, held=1)"
+    finally:
+        db.close()
+
+
+def test_a_delivery_log_keeps_at_least_one(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least one"):
         RecentDeliveries(limit=0)
     assert repr(RecentDeliveries(limit=3)) == "RecentDeliveries(limit=3, held=0)"
+    db = StateDB(str(tmp_path / "state.db"))
+    try:
+        with pytest.raises(ValueError, match="at least one"):
+            StoredDeliveries(db, limit=0)
+    finally:
+        db.close()
 
 
 def test_the_readme_states_the_body_limit() -> None:

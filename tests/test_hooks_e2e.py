@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from mesh.pipelines.badge import COLOURS
+from mesh.pipelines.hooks import MAX_BODY
 from tests.nodeutil import NodeProcess, wait_for
 from tests.test_hooks import _github, _octokit, _present
 
@@ -145,19 +146,37 @@ def test_pushes_to_the_hook_build_numbered_commits(node: NodeProcess, tmp_path: 
     assert replayed.status_code == 202 and "already taken" in replayed.json()["ignored"], replayed.text
     unknown = httpx.post(f"{node.url}/v1/hooks/nope", content=b"{}", trust_env=False)
     assert unknown.status_code == 404, unknown.text
+    headers, _ = _github("push", push_payload(third, second, "good again"), SECRET)
+    huge = httpx.post(
+        f"{node.url}/v1/hooks/demo", content=b" " * (MAX_BODY + 1), headers=headers, trust_env=False, timeout=60
+    )
+    assert huge.status_code == 413 and "exceeds the limit" in huge.json()["error"], huge.text[:500]
     assert [b["number"] for b in mesh_json(node, "builds", "demo")["builds"]] == [2, 1]
     assert node.mesh("build", "demo", "3", "--json").returncode != 0
 
+    # The node remembers the deliveries it took across a restart: a replay still starts nothing.
+    node.stop()
+    node.start()
+    replayed = deliver(node, "push", push_payload(third, second, "good again"), "delivery-2")
+    assert replayed.status_code == 202 and "already taken" in replayed.json()["ignored"], replayed.text
+    assert [b["number"] for b in mesh_json(node, "builds", "demo")["builds"]] == [2, 1]
 
-def test_a_commit_without_a_pipeline_is_refused_and_its_fixed_redelivery_taken(
-    node: NodeProcess, tmp_path: Path
-) -> None:
+
+def without_pipeline(node: NodeProcess, tmp_path: Path) -> tuple[Repository, str]:
+    """Project demo of a repository whose one commit (returned) has no .mesh.yml."""
     repo = Repository(tmp_path)
     bare = repo.push({"src.txt": "good\n"}, "no pipeline yet")
     secret = tmp_path / "secret"
     secret.write_bytes(SECRET)
     done = node.mesh("project", "add", "demo", str(repo.bare), "--webhook-secret-file", str(secret))
     assert done.returncode == 0, done.stderr.decode()
+    return repo, bare
+
+
+def test_a_commit_without_a_pipeline_is_refused_and_its_fixed_redelivery_taken(
+    node: NodeProcess, tmp_path: Path
+) -> None:
+    repo, bare = without_pipeline(node, tmp_path)
     refused = deliver(node, "push", push_payload(bare, "0" * 40, "no pipeline yet"), "delivery-1")
     assert refused.status_code == 422 and ".mesh.yml" in refused.json()["error"], refused.text
     assert mesh_json(node, "builds", "demo")["builds"] == []
@@ -187,3 +206,26 @@ def test_other_branches_and_events_are_answered_202_and_start_nothing(node: Node
     skipped = deliver(node, "push", push_payload(commit, "0" * 40, "docs only [skip ci]"), "delivery-3")
     assert skipped.status_code == 202 and "[skip ci]" in skipped.json()["ignored"], skipped.text
     assert mesh_json(node, "builds", "demo")["builds"] == []
+
+
+def test_a_build_that_does_not_start_within_the_wait_is_answered_202_and_goes_on(tmp_path: Path) -> None:
+    """MESH_HOOK_WAIT=0 stands for a first clone slower than the forge waits."""
+    node = NodeProcess(str(tmp_path / "home"), env={"MESH_HOOK_WAIT": "0"}).start()
+    try:
+        repo, bare = without_pipeline(node, tmp_path)
+
+        # Answered at once; the work that then fails is logged and the delivery forgotten.
+        early = deliver(node, "push", push_payload(bare, "0" * 40, "no pipeline yet"), "delivery-1")
+        assert early.status_code == 202 and "starts once the repository is fetched" in early.json()["accepted"]
+        wait_for(lambda: "could not start" in node.log(), what="the failure in the node's log")
+        assert f"commit {bare} of {repo.bare} has no .mesh.yml" in node.log()
+
+        fixed = repo.push({".mesh.yml": PIPELINE}, "fixed")
+        again = deliver(node, "push", push_payload(fixed, bare, "fixed"), "delivery-1")  # taken again
+        assert again.status_code == 202, again.text
+        one = ended(node, 1)
+        assert (one["state"], one["commit"], one["trigger"]) == ("succeeded", fixed, "hook")
+        replayed = deliver(node, "push", push_payload(fixed, bare, "fixed"), "delivery-1")
+        assert replayed.status_code == 202 and "already taken" in replayed.json()["ignored"], replayed.text
+    finally:
+        node.stop()

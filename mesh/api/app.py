@@ -37,6 +37,7 @@ mesh.cluster.intake, and errors are mapped to statuses in mesh.api.http.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -152,6 +153,25 @@ async def cancel_job(request: Request) -> Response:
 
 
 @for_people
+async def rerun_job(request: Request) -> Response:
+    """``POST /v1/jobs/ID/rerun``: ``{"task"?: NAME, "no_cache"?: bool}``: the job again, as a new
+    job (every task, or that task with the inputs it had and what depends on it), and as its
+    project's next build when it ran one: 201, ``{"job": NEW_ID, "build": BUILD | null}``."""
+    job_id = check_job_id(request.path_params["job_id"])
+    task, no_cache = _rerun_request(await read_message(request, MAX_RERUN_BODY, empty={}))
+    answer = await services(request).projects.rerun_job(job_id, task, no_cache=no_cache)
+    return reply(request, answer, status=201)
+
+
+def _rerun_request(message: Any) -> tuple[str | None, bool]:
+    """The task and no_cache of a re-run's body (an empty map: the whole job, with the cache)."""
+    fields = codec.Fields(message, "a re-run")
+    task, no_cache = fields.text("task", None), fields.flag("no_cache", False)
+    fields.done()
+    return task, no_cache
+
+
+@for_people
 async def job_events(request: Request) -> Response:
     job_id = check_job_id(request.path_params["job_id"])
     start = _int_param(request, "from", 0, 0, 2**62)
@@ -191,6 +211,8 @@ def _event_stream(request: Request, job_id: str, start: int, *, wait: bool = Tru
 
 #: Largest project registration, in bytes (a URL, a glob and a webhook secret).
 MAX_PROJECT_BODY = 16 << 10
+#: Largest body of a re-run request (a task name and a flag).
+MAX_RERUN_BODY = 4 << 10
 
 
 async def add_project(request: Request) -> Response:
@@ -242,10 +264,24 @@ async def list_builds(request: Request) -> Response:
 @for_people
 async def get_build(request: Request) -> Response:
     authenticate(request, await read_body(request, 0))
-    number = request.path_params["number"]
+    return reply(request, services(request).projects.build(request.path_params["name"], _build_number(request)))
+
+
+def _build_number(request: Request) -> int:
+    number: str = request.path_params["number"]
     if not number.isdigit() or not 1 <= int(number) < 2**62:
         raise ApiError(400, f"a build number is a whole number from 1, not {number[:40]!r}")
-    return reply(request, services(request).projects.build(request.path_params["name"], int(number)))
+    return int(number)
+
+
+@for_people
+async def rerun_build(request: Request) -> Response:
+    """``POST /v1/projects/NAME/builds/N/rerun``: ``{"task"?: NAME, "no_cache"?: bool}``: build N
+    again as the project's next build: 201, its number, job id and path."""
+    task, no_cache = _rerun_request(await read_message(request, MAX_RERUN_BODY, empty={}))
+    number = _build_number(request)
+    build = await services(request).projects.rerun(request.path_params["name"], number, task, no_cache=no_cache)
+    return reply(request, build, status=201)
 
 
 async def project_badge(request: Request) -> Response:
@@ -338,12 +374,14 @@ def create_app(node: NodeServices) -> Starlette:
         Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
         Route("/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
         Route("/v1/jobs/{job_id}/events", job_events, methods=["GET"]),
+        Route("/v1/jobs/{job_id}/rerun", rerun_job, methods=["POST"]),
         Route("/v1/projects", add_project, methods=["POST"]),
         Route("/v1/projects", list_projects, methods=["GET"]),
         Route("/v1/projects/{name}", remove_project, methods=["DELETE"]),
         Route("/v1/projects/{name}/builds", start_build, methods=["POST"]),
         Route("/v1/projects/{name}/builds", list_builds, methods=["GET"]),
         Route("/v1/projects/{name}/builds/{number}", get_build, methods=["GET"]),
+        Route("/v1/projects/{name}/builds/{number}/rerun", rerun_build, methods=["POST"]),
         Route("/v1/projects/{name}/badge.svg", project_badge, methods=["GET"]),
         Route("/v1/hooks/{name}", hook, methods=["POST"]),
         Route("/v1/gossip", gossip, methods=["POST"]),

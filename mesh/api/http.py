@@ -41,6 +41,7 @@ from mesh.errors import (
     ProjectExists,
     ProjectNotFound,
     ProjectRefused,
+    RerunRefused,
     SnapshotError,
 )
 from mesh.wire.auth import HEADERS, Admitted, AuthError, NotForThisNode, signed_headers
@@ -69,6 +70,7 @@ _STATUS: list[tuple[type[BaseException], int]] = [
     (PathNotFound, 404),
     (DigestMismatch, 400),
     (InvalidDigest, 400),
+    (RerunRefused, 409),  # before InvalidJob, of which it is a kind
     (InvalidJob, 400),
     (InvalidUrl, 400),
     (CodecError, 400),
@@ -202,12 +204,15 @@ def signed(request: Request) -> bool:
     return any(name in request.headers for name in HEADERS)
 
 
-async def read_message(request: Request, limit: int) -> Any:
+async def read_message(request: Request, limit: int, *, empty: Any = None) -> Any:
     """Authenticate and decode a CBOR (or, with a JSON content type, JSON) message body of at
-    most ``limit`` bytes. The signature's headers are checked before the body is read."""
+    most ``limit`` bytes. The signature's headers are checked before the body is read.
+    ``empty``: what an empty body stands for (None: it is refused as malformed)."""
     admitted = admit(request)
     body = await read_body(request, limit)
     authenticate(request, body, admitted=admitted)
+    if not body and empty is not None:
+        return empty
     if request.headers.get("content-type", "").startswith(JSON):
         try:
             return json.loads(body)

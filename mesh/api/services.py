@@ -133,6 +133,17 @@ class Projects(Protocol):
         the pipeline's notify entries, sent when it ends."""
         ...
 
+    async def rerun(self, name: str, number: int, task: str | None, *, no_cache: bool = False) -> dict[str, Any]:
+        """Build ``number`` again as the project's next build (every step, or ``task`` and what
+        depends on it): the new build's number, job id and path (ProjectNotFound, RerunRefused)."""
+        ...
+
+    async def rerun_job(self, job_id: str, task: str | None, *, no_cache: bool = False) -> dict[str, Any]:
+        """Run a job again as a new one (every task, or ``task`` and what depends on it), as its
+        project's next build when it ran one: ``{"job": ID, "build": BUILD | None}``
+        (JobNotFound, RerunRefused)."""
+        ...
+
     def page(self, name: str, limit: int, before: int | None) -> tuple[list[dict[str, Any]], int | None]:
         """The project's builds newest first, and where the next page begins (None on the last)."""
         ...

@@ -26,7 +26,7 @@ from mesh.cluster.peering import Peering
 from mesh.errors import InputMissing, InvalidJob, InvalidUrl, NoFreeSlot
 from mesh.sched.events import JobEvents
 from mesh.sched.jobevents import JobEvent
-from mesh.sched.jobs import JobSpec, JobState
+from mesh.sched.jobs import JobSpec, JobState, parse_job
 from mesh.sched.scheduler import Scheduler
 from mesh.urls import peer_url
 
@@ -79,6 +79,16 @@ class JobIntake:
         await self.peering.fetch_blobs(source, sorted(_blobs_of(spec), key=str), self.store)
         self.scheduler.offer_arrived()  # submitted next: the task is in the queue from now on
         return self.scheduler.submit(spec)
+
+    async def rerun(self, job_id: str, task: str | None, *, no_cache: bool = False) -> str:
+        """Run job ``job_id`` again as a new job (every task, or ``task`` and what depends on it:
+        mesh.sched.rerun): the new job's id. JobNotFound, RerunRefused, InputMissing."""
+        return await self.submit(self.rerun_spec(job_id, task, no_cache=no_cache))
+
+    def rerun_spec(self, job_id: str, task: str | None, *, no_cache: bool = False) -> JobSpec:
+        """The job that re-runs job ``job_id`` (not submitted: a project's build submits it)."""
+        wire = self.scheduler.rerun_wire(job_id, task, no_cache=no_cache)
+        return parse_job(wire, default_executor=self.default_executor)
 
     def status(self, job_id: str) -> dict[str, Any]:
         """A job with its tasks, states and results (JobNotFound: 404)."""

@@ -57,6 +57,10 @@ class JobsIntake(Protocol):
 
     def cancel(self, job_id: str) -> None: ...
 
+    def rerun_spec(self, job_id: str, task: str | None, *, no_cache: bool = False) -> JobSpec: ...
+
+    async def rerun(self, job_id: str, task: str | None, *, no_cache: bool = False) -> str: ...
+
     def events(self, job_id: str) -> JobEvents | None: ...
 
 
@@ -104,6 +108,7 @@ class Builds:
         *,
         branch: str | None = None,
         notify: list[Any] | None = None,
+        rerun_of: int | None = None,
     ) -> dict[str, Any]:
         """Run ``spec`` as ``name``'s next build: its number, job id and path. ``notify``: the
         pipeline's notify entries (``{"webhook"|"email": ..., "on": [...]}``), sent at its end."""
@@ -117,12 +122,32 @@ class Builds:
         targets(wire)  # refused before anything runs
         job_id = await self.jobs.submit(spec)
         try:
-            build = self.store.record(name, job_id, commit, kind, branch=branch, notify=wire)
+            build = self.store.record(name, job_id, commit, kind, branch=branch, notify=wire, rerun_of=rerun_of)
         except MeshError:
             self.jobs.cancel(job_id)  # nothing runs without a number
             raise
         self._send.send_nowait(build)
         return build.to_wire()
+
+    async def rerun(self, name: str, number: int, task: str | None, *, no_cache: bool = False) -> dict[str, Any]:
+        """Build ``number`` of ``name`` again as its next build, trigger ``rerun``: the same commit,
+        branch and notifications; every step (those that succeeded answered from the action
+        cache unless ``no_cache``), or ``task`` and what depends on it (mesh.sched.rerun)."""
+        earlier = self.store.build(check_name(name), number)
+        spec = self.jobs.rerun_spec(earlier.job, task, no_cache=no_cache)
+        return await self.start(
+            name, spec, earlier.commit, "rerun", branch=earlier.branch, notify=earlier.notify, rerun_of=number
+        )
+
+    async def rerun_job(self, job_id: str, task: str | None, *, no_cache: bool = False) -> dict[str, Any]:
+        """Job ``job_id`` again (mesh.sched.rerun): ``{"job": NEW, "build": ...}``. A job that ran a
+        build is re-run as its project's next build (every run of a project has a number), the
+        others as a job alone (``build`` None)."""
+        earlier = self.store.build_of(job_id)
+        if earlier is None:
+            return {"job": await self.jobs.rerun(job_id, task, no_cache=no_cache), "build": None}
+        build = await self.rerun(earlier.project, earlier.number, task, no_cache=no_cache)
+        return {"job": build["job"], "build": build}
 
     def page(self, name: str, limit: int, before: int | None) -> tuple[list[dict[str, Any]], int | None]:
         """``name``'s builds newest first, with their states; where the next page begins."""

@@ -7,10 +7,11 @@ signature is checked (so that nobody without the secret can fill the log) and bu
 when it answers True; if starting the build then fails, it calls
 :meth:`DeliveryLog.forget`, so that the forge's retry is taken.
 
-:class:`RecentDeliveries` keeps the ids in memory, the most recently seen ``limit`` of them;
-a log in the node's state database, which outlives a restart, implements the same
-interface. Ids are kept per project: two projects may take the same delivery (one webhook
-of an organisation, pointed at both).
+:class:`StoredDeliveries`, the node's, keeps the most recently seen ``limit`` of them in the
+node's state database (mesh.sched.statedb), so that a replay is refused after a restart too;
+:class:`RecentDeliveries` keeps them in memory (for an embedded node or a test). Ids are kept
+per project: two projects may take the same delivery (one webhook of an organisation,
+pointed at both).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from __future__ import annotations
 import collections
 from typing import Protocol
 
+from mesh.sched.statedb import StateDB
+
 DEFAULT_LIMIT = 10_000
-"""How many deliveries :class:`RecentDeliveries` keeps. Measured with tracemalloc on the
+"""How many deliveries a log keeps. Measured with tracemalloc on the
 project's test machine: 10,000 ids (36-character UUIDs, with a project name) hold 2.2 MB.
 GitHub retries nothing by itself and lets a person redeliver for three days; 10,000
 deliveries is three days of a push every 26 seconds, day and night."""
@@ -68,3 +71,57 @@ class RecentDeliveries:
 
     def forget(self, project: str, delivery: str) -> None:
         self._seen.pop((project, delivery), None)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS hook_deliveries (
+    project TEXT NOT NULL,
+    delivery TEXT NOT NULL,
+    seen INTEGER NOT NULL,
+    PRIMARY KEY (project, delivery)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS hook_deliveries_seen ON hook_deliveries (seen);
+"""
+
+
+class StoredDeliveries:
+    """A DeliveryLog in the node's state database, bounded like :class:`RecentDeliveries`.
+
+    ``seen`` orders the deliveries by when they were last seen (a counter, not a clock: two
+    deliveries in one clock tick stay ordered). Each call is one transaction; a full disk is
+    the database's StateError (StateFull: 507), and the forge's retry is then taken.
+    """
+
+    def __init__(self, db: StateDB, *, limit: int = DEFAULT_LIMIT) -> None:
+        if limit < 1:
+            raise ValueError(f"a delivery log keeps at least one delivery, not {limit}")
+        self._db = db
+        self._limit = limit
+        with db.batch():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+
+    def __repr__(self) -> str:
+        return f"StoredDeliveries(limit={self._limit}, held={len(self)})"
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM hook_deliveries")[0][0])
+
+    def remember(self, project: str, delivery: str) -> bool:
+        with self._db.batch():
+            seen = int(self._db.execute("SELECT COALESCE(MAX(seen), 0) + 1 FROM hook_deliveries")[0][0])
+            key = (project, delivery)
+            if self._db.execute("SELECT 1 FROM hook_deliveries WHERE project = ? AND delivery = ?", key):
+                self._db.execute("UPDATE hook_deliveries SET seen = ? WHERE project = ? AND delivery = ?", (seen, *key))
+                return False
+            self._db.execute("INSERT INTO hook_deliveries VALUES (?, ?, ?)", (*key, seen))
+            self._db.execute(
+                "DELETE FROM hook_deliveries WHERE seen <= (SELECT seen FROM hook_deliveries ORDER BY seen DESC"
+                " LIMIT 1 OFFSET ?)",
+                (self._limit,),
+            )
+        return True
+
+    def forget(self, project: str, delivery: str) -> None:
+        self._db.execute("DELETE FROM hook_deliveries WHERE project = ? AND delivery = ?", (project, delivery))

@@ -19,17 +19,17 @@ If anything in step 3 fails (no or a malformed ``.mesh.yml``: PipelineError, 422
 that fails: GitError), no build is started and the delivery is forgotten, so that the
 forge's redelivery, once the pipeline file or the repository is fixed, is taken.
 
-The work is done inside the request, not in a background task after an early answer. A
-forge waits a while for its answer (GitHub 10 s, GitLab 10 s, Gitea 5 s by default); a
-fetch of a commit the mirror lacks is one ``git fetch`` of what changed, and a snapshot of
-a commit reads only the blobs that changed (mesh.pipelines.gitsnap measures 30 ms for a
-commit changing a few files of 2,261). The first delivery of a large repository (a whole
-clone) can take longer than the forge waits: the forge then records a timeout. If the
-request goes on, the build starts and a redelivery is answered "already taken"; if the
-server cancels it when the forge hangs up, the delivery is forgotten (as for any failure
-here) and a redelivery is taken. Answering
-early and building in the node's nursery is later work: it needs the build's number before
-the fetch, which Builds gives only with the job.
+The work runs in the node's nursery (:meth:`HookIntake.run`), and the request waits for it
+at most ``wait`` seconds (the node's ``hook_wait``, 4 s by default: a forge waits a while for
+its answer, Gitea and Forgejo 5 s by default, GitHub and GitLab 10 s). A fetch of a commit the
+mirror lacks is one ``git fetch`` of what changed, and a snapshot of a commit reads only the
+blobs that changed (mesh.pipelines.gitsnap measures 30 ms for a commit changing a few files of
+2,261), so a push is answered 201 with its number well within that. The first delivery of a
+large repository (a whole clone) can take longer: it is answered 202 ``{"accepted": ...}`` once
+the wait is over, and the build starts when the fetch is done, with the next number then (a
+number is given only to a build that starts). If that later work fails, the node logs why and
+forgets the delivery, so that a redelivery is taken; a redelivery while it goes on is answered
+"already taken". A forge that hangs up first changes nothing: the work goes on.
 
 The blocking git and store work runs in worker threads (``trio.to_thread.run_sync``), so
 the node's event loop goes on serving while a repository is fetched.
@@ -47,7 +47,8 @@ import trio
 
 from mesh.cas.digest import Digest
 from mesh.cas.store import LocalStore
-from mesh.errors import PipelineError
+from mesh.config import DEFAULT_HOOK_WAIT
+from mesh.errors import PipelineError, describe
 from mesh.pipelines import gitsnap, hooks
 from mesh.pipelines.builds import Builds
 from mesh.pipelines.compile import compile_job
@@ -77,12 +78,23 @@ class HookIntake:
         cache_dir: str,
         deliveries: DeliveryLog,
         default_executor: Callable[[], str],
+        *,
+        wait: float = DEFAULT_HOOK_WAIT,
     ) -> None:
         self.builds = builds
         self.store = store
         self.cache_dir = cache_dir  # the git mirrors: $MESH_HOME/git
         self.deliveries = deliveries
         self.default_executor = default_executor
+        self.wait = wait  # seconds a delivery waits for its build to start (module docstring)
+        self._nursery: trio.Nursery | None = None  # the node's, for builds that outlast their request
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the nursery that builds from deliveries run in (a task of the node's nursery)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
 
     async def receive(self, name: str, headers: Mapping[str, str], body: bytes) -> HookAnswer:
         """Take one delivery for project ``name``: the answer for the forge (module docstring)."""
@@ -95,14 +107,53 @@ class HookIntake:
             return HookAnswer(202, {"ignored": event.reason})
         if event.delivery is not None and not self.deliveries.remember(name, event.delivery):
             return HookAnswer(202, {"ignored": f"delivery {event.delivery} was already taken: it starts nothing"})
+        if self._nursery is None:  # no nursery to outlast the request in: the request does it all
+            return _started(await self._started(project, event, late=None))
+        late = trio.Event()  # set when the request stopped waiting
+        outcome: list[dict[str, Any] | Exception] = []
+        done = trio.Event()
+
+        async def work() -> None:
+            try:
+                outcome.append(await self._started(project, event, late=late))
+            except Exception as exc:
+                outcome.append(exc)
+            finally:
+                done.set()
+
+        self._nursery.start_soon(work)
         try:
-            build = await self._build(project, event)
-        except BaseException:
-            if event.delivery is not None:
-                self.deliveries.forget(name, event.delivery)  # a fixed redelivery is taken
+            with trio.move_on_after(self.wait):
+                await done.wait()
+        finally:
+            late.set()
+        if not outcome:
+            log.info(
+                "project %s: delivery %s accepted; its build starts once %s is fetched",
+                name,
+                event.delivery,
+                event.after,
+            )
+            accepted = f"the build of {event.after} starts once the repository is fetched"
+            return HookAnswer(202, {"accepted": accepted, "commit": event.after})
+        if isinstance(outcome[0], Exception):
+            raise outcome[0]
+        return _started(outcome[0])
+
+    async def _started(self, project: Project, push: hooks.Push, *, late: trio.Event | None) -> dict[str, Any]:
+        """:meth:`_build`, the delivery forgotten if it fails (a fixed redelivery is then taken);
+        logged when the request answered already (``late`` set)."""
+        try:
+            build = await self._build(project, push)
+        except BaseException as exc:
+            if push.delivery is not None:
+                self.deliveries.forget(project.name, push.delivery)
+            if late is not None and late.is_set() and isinstance(exc, Exception):
+                log.error("project %s: the build of %s could not start: %s", project.name, push.after, describe(exc))
             raise
-        log.info("project %s: build %d of %s at %s (%s)", name, build["number"], event.branch, event.after, event.forge)
-        return HookAnswer(201, {"number": build["number"], "path": build["path"], "commit": event.after})
+        number, branch = build["number"], push.branch
+        log.info("project %s: build %d of %s at %s (%s)", project.name, number, branch, push.after, push.forge)
+        return build
 
     async def _build(self, project: Project, push: hooks.Push) -> dict[str, Any]:
         """Fetch, read, snapshot, compile and start the build of ``push``; the build as Builds answers it."""
@@ -129,3 +180,7 @@ class HookIntake:
         spec = parse_job(job.wire, default_executor=self.default_executor())
         notify = [entry.to_wire() for entry in pipeline.notify]
         return await self.builds.start(project.name, spec, push.after, "hook", branch=push.branch, notify=notify)
+
+
+def _started(build: dict[str, Any]) -> HookAnswer:
+    return HookAnswer(201, {"number": build["number"], "path": build["path"], "commit": build["commit"]})

@@ -67,9 +67,13 @@ CREATE TABLE IF NOT EXISTS builds (
     branch TEXT,
     notify BLOB NOT NULL,
     notified BLOB,
+    rerun_of INTEGER,
     PRIMARY KEY (project, number)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS builds_job ON builds (job);
 """
+#: Columns added to ``builds`` after it was first made, with their types: added on open.
+_ADDED = {"rerun_of": "INTEGER"}
 
 
 def check_name(name: str) -> str:
@@ -117,6 +121,7 @@ class Build:
     branch: str | None = None
     notify: list[dict[str, Any]] = field(default_factory=list)  # the pipeline's notify entries (wire form)
     notified: list[dict[str, Any]] = field(default_factory=list)  # the notifications that finally failed
+    rerun_of: int | None = None  # the build this one re-runs (trigger ``rerun``)
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -127,6 +132,7 @@ class Build:
             "job": self.job,
             "commit": self.commit,
             "trigger": self.trigger,
+            "rerun_of": self.rerun_of,
             "created_at": self.created_at,
             "finished_at": self.finished_at,
             "path": build_path(self.project, self.number),
@@ -147,6 +153,10 @@ class ProjectStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            have = {row[1] for row in db.execute("PRAGMA table_info(builds)")}
+            for column, kind in _ADDED.items():
+                if column not in have:  # a database of an earlier version
+                    db.execute(f"ALTER TABLE builds ADD COLUMN {column} {kind}")
 
     def add(self, name: str, url: str, branch: str, secret: bytes | None) -> Project:
         """Add a project (ProjectRefused for a bad field, ProjectExists if the name is taken)."""
@@ -193,6 +203,7 @@ class ProjectStore:
         *,
         branch: str | None = None,
         notify: list[dict[str, Any]] | None = None,
+        rerun_of: int | None = None,
     ) -> Build:
         """Give ``name``'s next number to the build that ``job`` runs, in one transaction."""
         self.get(name)
@@ -203,8 +214,8 @@ class ProjectStore:
             )
             number = int(self.db.execute("SELECT last FROM project_numbers WHERE name = ?", (name,))[0][0])
             self.db.execute(
-                "INSERT INTO builds VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, NULL)",
-                (name, number, job, commit, trigger, now, branch, codec.encode(notify or [])),
+                f"INSERT INTO builds ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, NULL, ?)",
+                (name, number, job, commit, trigger, now, branch, codec.encode(notify or []), rerun_of),
             )
         return Build(
             project=name,
@@ -216,6 +227,7 @@ class ProjectStore:
             finished_at=None,
             branch=branch,
             notify=notify or [],
+            rerun_of=rerun_of,
         )
 
     def finished(self, name: str, number: int, when: float, failures: list[dict[str, Any]]) -> None:
@@ -233,6 +245,11 @@ class ProjectStore:
             raise ProjectNotFound(f"project {name} has no build {number}")
         return _build(rows[0])
 
+    def build_of(self, job: str) -> Build | None:
+        """The build that job ``job`` runs, if it runs one."""
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM builds WHERE job = ?", (job,))
+        return _build(rows[0]) if rows else None
+
     def builds(self, name: str, *, limit: int, before: int | None = None) -> list[Build]:
         """``name``'s builds, newest first, numbered below ``before`` when given."""
         self.get(name)
@@ -248,7 +265,7 @@ class ProjectStore:
         return [_build(row) for row in rows]
 
 
-_COLUMNS = "project, number, job, commit_id, trigger, created_at, finished_at, branch, notify, notified"
+_COLUMNS = "project, number, job, commit_id, trigger, created_at, finished_at, branch, notify, notified, rerun_of"
 
 
 def _build(row: list[Any]) -> Build:
@@ -263,4 +280,5 @@ def _build(row: list[Any]) -> Build:
         branch=row[7],
         notify=codec.decode(row[8]),
         notified=[] if row[9] is None else codec.decode(row[9]),
+        rerun_of=row[10],
     )

@@ -20,6 +20,11 @@ skipped, before a ``failure`` or ``always`` reaction) adds nothing; two of them 
 entry at the same path fail the task, naming the path and both. With ``times``, the base's
 entries keep their times and the outputs' entries get the fixed one (mesh.cas.times).
 
+``prior`` gives the output snapshots of tasks of an earlier job, by name, for ``overlay`` to
+name as well: a re-run (mesh.sched.rerun) runs a task again with the inputs it had, and the
+tasks whose outputs it saw are not run again; their outputs are laid over its input as they
+were, in the order ``overlay`` names them.
+
 Task states::
 
     waiting ──> queued ──> running ──> succeeded | failed
@@ -37,7 +42,8 @@ The wire form of a job submission (CBOR, or JSON on the API)::
                 "network": bool, "requirements": {str: str}, "times": "b3:..." (with "input"),
                 "stdin": "b3:..." (optional), "no_cache": bool (optional),
                 "after": [name], "when": "success" | "failure" | "always",
-                "overlay": [name] (optional, with "input", each also in "after")}, ...],
+                "overlay": [name] (optional, with "input", each also in "after" or "prior"),
+                "prior": {name: "b3:..."} (optional: outputs of an earlier job's tasks)}, ...],
      "label": str, "no_cache": bool, "pinned": bool}
 
 ``times`` names the times manifest (mesh.cas.times) of the input: the mtimes the task
@@ -113,7 +119,8 @@ class TaskSpec:
     parsed: Action | None = field(default=None, repr=False, compare=False)  # the action, when ``input`` is set
     stdin: Digest | None = None  # the blob the task reads as stdin (None: empty)
     no_cache: bool = False  # this task runs without the action cache (the job's no_cache: every task)
-    overlay: tuple[str, ...] = ()  # tasks of ``after`` whose outputs are laid over ``input``
+    overlay: tuple[str, ...] = ()  # tasks of ``after`` (or ``prior``) whose outputs are laid over ``input``
+    prior: dict[str, Digest] = field(default_factory=dict)  # outputs of an earlier job's tasks (a re-run's)
 
     @property
     def depends_on(self) -> tuple[str, ...]:
@@ -221,8 +228,9 @@ def _parse_task(raw: Any, index: int, default_executor: str) -> TaskSpec:
     action = Action.from_fields(fields, input=probe)
     no_cache = fields.flag("no_cache", False)
     overlay = tuple(fields.texts("overlay", []))
+    prior = _prior(name, fields.mapping("prior", {}))
     fields.done()
-    _check_overlay(name, overlay, after, input)
+    _check_overlay(name, overlay, after, input, prior)
     if input is None and action.times is not None:
         raise InvalidJob(f"task {name!r} takes its input from a task, whose output has no times manifest: drop 'times'")
     return TaskSpec(
@@ -236,12 +244,34 @@ def _parse_task(raw: Any, index: int, default_executor: str) -> TaskSpec:
         stdin=action.stdin,
         no_cache=no_cache,
         overlay=overlay,
+        prior=prior,
     )
 
 
-def _check_overlay(name: str, overlay: tuple[str, ...], after: tuple[str, ...], input: Digest | None) -> None:
+def _prior(name: str, raw: dict[Any, Any]) -> dict[str, Digest]:
+    """A task's ``prior``: task names to output snapshots (InvalidJob for a malformed one)."""
+    if len(raw) > MAX_OVERLAY:
+        raise InvalidJob(f"task {name!r} names {len(raw)} prior outputs; at most {MAX_OVERLAY}")
+    prior = {}
+    for key, value in raw.items():
+        if not isinstance(key, str) or not _NAME.fullmatch(key) or not isinstance(value, str):
+            raise InvalidJob(f"'prior' of task {name!r} maps task names to snapshot ids")
+        prior[key] = parse_digest(value, f"prior output {key!r} of task {name!r}")
+    return prior
+
+
+def _check_overlay(
+    name: str, overlay: tuple[str, ...], after: tuple[str, ...], input: Digest | None, prior: dict[str, Digest]
+) -> None:
     """Refuse an ``overlay`` that cannot be made: over no snapshot, too long, repeated, or naming
-    a task the task does not run after."""
+    a task the task does not run after (nor has a prior output of); and a ``prior`` that no
+    ``overlay`` entry names, or that names a task the task also runs after."""
+    unused = sorted(set(prior) - set(overlay))
+    if unused:
+        raise InvalidJob(f"task {name!r} has prior outputs of {', '.join(unused)}, which 'overlay' does not name")
+    both = sorted(set(prior) & set(after))
+    if both:
+        raise InvalidJob(f"task {name!r} both runs after {', '.join(both)} and has a prior output of it")
     if not overlay:
         return
     if input is None:
@@ -251,7 +281,7 @@ def _check_overlay(name: str, overlay: tuple[str, ...], after: tuple[str, ...], 
     repeated = sorted(n for n, count in Counter(overlay).items() if count > 1)
     if repeated:
         raise InvalidJob(f"task {name!r} names {', '.join(repeated)} more than once in 'overlay'")
-    missing = [n for n in overlay if n not in after]
+    missing = [n for n in overlay if n not in after and n not in prior]
     if missing:
         raise InvalidJob(
             f"task {name!r} overlays the output of {', '.join(missing)}, which it does not run after: add to 'after'"

@@ -26,9 +26,13 @@ from mesh.sched.jobs import TaskRecord
 
 
 def layers(task: TaskRecord, tasks: Mapping[str, TaskRecord]) -> list[tuple[str, Digest]]:
-    """The (name, output snapshot) of each task ``task`` overlays that succeeded with an output."""
+    """The (name, output snapshot) of each task ``task`` overlays that succeeded with an output
+    (a prior output, from the job a re-run came from, is taken as it is)."""
     found = []
     for name in task.spec.overlay:
+        if name in task.spec.prior:
+            found.append((name, task.spec.prior[name]))
+            continue
         upstream = tasks[name]
         if upstream.state == "succeeded" and upstream.result is not None and upstream.result.output is not None:
             found.append((name, upstream.result.output))

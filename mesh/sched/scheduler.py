@@ -60,7 +60,7 @@ from mesh.errors import (
 )
 from mesh.exec.action import Action, ActionResult
 from mesh.exec.toolchain import Toolchain
-from mesh.sched import overlays
+from mesh.sched import overlays, rerun
 from mesh.sched.actioncache import ActionCache, LocalActionCache, MissReasons
 from mesh.sched.events import EventLogs, JobEvents
 from mesh.sched.inflight import Claims, InFlight
@@ -1045,6 +1045,16 @@ class Scheduler:
             elif task.state == "running" and task.name in live.scopes:
                 live.scopes[task.name].cancel()  # _run_task records "cancelled" once the runner cleaned up
         self._maybe_finish(live)
+
+    def rerun_wire(self, job_id: str, task: str | None, *, no_cache: bool = False) -> dict[str, Any]:
+        """The wire form of a job that runs job ``job_id`` again: every task, or ``task`` and what
+        depends on it with the inputs it had (mesh.sched.rerun). JobNotFound, RerunRefused."""
+        live = self._live.get(job_id) or self._recent.get(job_id)
+        spec = live.spec if live is not None else self.db.job_spec(job_id)
+        if task is None:
+            return rerun.rerun_job(job_id, spec, no_cache=no_cache)
+        _, tasks = self._job(job_id)
+        return rerun.rerun_task(job_id, spec, tasks, task, no_cache=no_cache)
 
     def job_status(self, job_id: str) -> dict[str, Any]:
         """The job and its tasks, as the API returns them."""

@@ -1,0 +1,130 @@
+"""A re-run: a new job that runs an earlier job's tasks again (``mesh rerun``).
+
+Two kinds, both a new job (a new id, and for a project's build a new number), the earlier
+job left as it was:
+
+- **The whole job** (:func:`rerun_job`): the same tasks with the same inputs. A task that
+  succeeded before is answered from the action cache (the same action: the same result, by
+  the cache's rule), so a re-run after a flaky failure runs what failed and what came after
+  it; ``no_cache`` runs every task again.
+- **One task and what depends on it** (:func:`rerun_task`): the task runs again with the
+  inputs it had, and every task that depends on it, directly or not, runs after it on its
+  new result. The tasks it depended on are not run again: a task whose input was another
+  task's output gets that output as its input; one that overlaid their outputs gets them as
+  ``prior`` outputs (mesh.sched.jobs), laid over its input in the same order; its ``after``
+  and ``when`` go (it runs whatever they did before, as asked). A dependent keeps only its
+  dependencies among the re-run tasks. The task asked for runs without the action cache
+  (it *runs* again, even when it succeeded); its dependents use the cache as before.
+
+Refused (RerunRefused) when the task is unknown, when a task it depends on has not finished,
+or when a task whose output it needs (its input, or a layer it overlays) ended without one (it
+failed, or was skipped): that task never ran with those inputs; re-run the one that failed.
+A reaction (``when: failure|always``) never saw the outputs of the tasks that failed, and
+runs without them again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mesh.errors import RerunRefused
+from mesh.sched.jobs import MAX_LABEL, JobSpec, TaskRecord
+
+#: What a re-run's label adds to the earlier job's.
+_SUFFIX = " (re-run{what} of job {job})"
+
+
+def rerun_job(job_id: str, spec: JobSpec, *, no_cache: bool = False) -> dict[str, Any]:
+    """The wire form of a job running every task of ``spec`` (job ``job_id``) again."""
+    wire = spec.to_wire()
+    wire.pop("pinned", None)
+    wire["label"] = _label(spec.label, "", job_id)
+    wire["no_cache"] = no_cache or spec.no_cache
+    return wire
+
+
+def rerun_task(
+    job_id: str, spec: JobSpec, tasks: Sequence[TaskRecord], name: str, *, no_cache: bool = False
+) -> dict[str, Any]:
+    """The wire form of a job running task ``name`` of job ``job_id`` again with the inputs it
+    had, and what depends on it (module docstring). RerunRefused when that cannot be done."""
+    by_name = {task.name: task for task in tasks}
+    if name not in by_name:
+        known = ", ".join(sorted(by_name)[:20])
+        raise RerunRefused(f"job {job_id} has no task {name!r} (its tasks: {known})")
+    chosen = _dependents(spec, name)
+    wires = []
+    for task in spec.tasks:
+        if task.name not in chosen:
+            continue
+        wire = dict(task.wire)
+        outside = [dep for dep in task.depends_on if dep not in chosen]
+        _check_finished(by_name, task.name, outside)
+        source = task.input_task
+        if source is not None and source not in chosen:
+            wire.pop("input_task")
+            wire["input"] = str(_output(by_name, task.name, source, "its input"))
+        prior = {}
+        for layer in task.overlay:
+            if layer in task.prior:  # a re-run's re-run
+                prior[layer] = str(task.prior[layer])
+            elif layer not in chosen and (task.when == "success" or _succeeded(by_name[layer])):
+                # a reaction never had the output of a task that failed: it adds nothing, as then
+                prior[layer] = str(_output(by_name, task.name, layer, "the outputs it overlays"))
+        wire["overlay"] = [layer for layer in task.overlay if layer in chosen or layer in prior]
+        wire["prior"] = prior
+        wire["after"] = [dep for dep in task.after if dep in chosen]
+        if task.name == name:
+            wire["when"] = "success"  # it runs, whatever its dependencies did
+            wire["no_cache"] = True
+        for key in ("overlay", "prior"):
+            if not wire.get(key):
+                wire.pop(key, None)
+        wires.append(wire)
+    return {
+        "tasks": wires,
+        "label": _label(spec.label, f" of task {name}", job_id),
+        "no_cache": no_cache or spec.no_cache,
+    }
+
+
+def _dependents(spec: JobSpec, name: str) -> set[str]:
+    """``name`` and every task of ``spec`` that depends on it, directly or not."""
+    chosen = {name}
+    changed = True
+    while changed:  # tasks come in any order: repeat until nothing is added
+        changed = False
+        for task in spec.tasks:
+            if task.name not in chosen and any(dep in chosen for dep in task.depends_on):
+                chosen.add(task.name)
+                changed = True
+    return chosen
+
+
+def _check_finished(tasks: Mapping[str, TaskRecord], name: str, needed: list[str]) -> None:
+    unfinished = [dep for dep in needed if tasks[dep].state in ("waiting", "queued", "running")]
+    if unfinished:
+        raise RerunRefused(
+            f"task {name!r} needs {', '.join(unfinished)}, which has not finished yet: wait for the job, or"
+            " re-run the whole job"
+        )
+
+
+def _succeeded(task: TaskRecord) -> bool:
+    return task.state == "succeeded" and task.result is not None and task.result.output is not None
+
+
+def _output(tasks: Mapping[str, TaskRecord], name: str, source: str, what: str) -> Any:
+    upstream = tasks[source]
+    if not _succeeded(upstream) or upstream.result is None or upstream.result.output is None:
+        raise RerunRefused(
+            f"task {name!r} takes {what} from task {source!r}, which ended {upstream.state} without an output:"
+            f" re-run {source!r} instead"
+        )
+    return upstream.result.output
+
+
+def _label(label: str, what: str, job_id: str) -> str:
+    suffix = _SUFFIX.format(what=what, job=job_id)
+    return label[: MAX_LABEL - len(suffix)] + suffix
