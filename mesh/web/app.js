@@ -378,6 +378,12 @@ async function jobView(signal, id, selected, base, build) {
   const logArea = el("div");
   main.append(title, build ? build.facts : "", facts, actions, section("Tasks", tasks), logArea);
   if (build) actions.append(build.action);
+  else {
+    actions.append(el("button", {type: "button", onclick: async () => {
+      if (!(await ask(`Run job ${id} again, every task, as a new job?`))) return;
+      try { go(`/ui/jobs/${enc((await post(`/v1/jobs/${enc(id)}/rerun`, {})).job)}`); } catch (error) { actions.append(problem(error)); }
+    }}, "Re-run job"));
+  }
   let job = await get(`/v1/jobs/${enc(id)}`, signal);
   const startedOn = new Map();
   if (!selected && job.tasks.length === 1) selected = job.tasks[0].name;
@@ -393,7 +399,8 @@ async function jobView(signal, id, selected, base, build) {
     if (!(await ask(`Run task ${name} again, with the inputs it had, and what depends on it?`))) return;
     try {
       const again = await post(`/v1/jobs/${enc(id)}/rerun`, {task: name});
-      go(`/ui/jobs/${enc(again.job)}/tasks/${enc(name)}`);
+      const at = again.build ? `/ui/builds/${enc(again.build.project)}/${again.build.number}` : `/ui/jobs/${enc(again.job)}`;
+      go(`${at}/tasks/${enc(name)}`);
     } catch (error) { actions.append(problem(error)); }
   }
 
