@@ -122,9 +122,14 @@ def test_logging_in_through_the_one_time_link(browser: Browser, ui_node: NodePro
     context = browser.new_context(viewport={"width": 1280, "height": 820})
     try:
         page = context.new_page()
+        loaded: list[tuple[str, int]] = []
+        page.on("requestfinished", lambda r: loaded.append((r.url, r.sizes()["responseBodySize"])))
         page.goto(url)
         expect(page).to_have_url(ui_node.url + "/")
         expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+        page.wait_for_load_state("networkidle")
+        assert all(where.startswith(ui_node.url + "/") for where, _ in loaded), loaded  # nothing from elsewhere
+        assert 0 < sum(size for _, size in loaded) < 200_000, loaded  # the first page is light
         expect(page.get_by_role("button", name="Log out")).to_be_visible()
         (cookie,) = context.cookies()
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["expires"] > 0
@@ -234,11 +239,19 @@ def test_a_builds_page_opens_by_its_url(page: Page, ui_node: NodeProcess, build:
     rows.nth(0).get_by_role("link", name="build").click()
     expect(page).to_have_url(f"{ui_node.url}/ui/builds/demo/1/tasks/build")
     expect(page.get_by_role("log")).to_contain_text("building")
+    page.screenshot(path=shots / "build-task.png", full_page=True)  # README.md shows it, as docs/ui.png
     page.goto(ui_node.url + "/")
     project = page.locator("tr", has=page.get_by_role("link", name="demo", exact=True))
     expect(project).to_contain_text("#1")
     expect(project.get_by_role("img")).to_have_attribute("src", "/v1/projects/demo/badge.svg")
-    page.goto(f"{ui_node.url}/ui/mesh")
+    page.keyboard.press("j")  # the keyboard: j to the first row, Enter opens it; g m: the mesh
+    expect(page.get_by_role("link", name="demo", exact=True)).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(f"{ui_node.url}/ui/projects/demo")
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Project demo")
+    page.keyboard.press("g")
+    page.keyboard.press("m")
+    expect(page).to_have_url(f"{ui_node.url}/ui/mesh")
     expect(page.get_by_text("cache hit rate")).to_be_visible()
     page.screenshot(path=shots / "mesh.png", full_page=True)
 
