@@ -332,8 +332,7 @@ async function buildPage(signal, name, number, task) {
   const build = await get(`/v1/projects/${enc(name)}/builds/${number}`, signal);
   const head = el("div", {class: "facts"},
     el("span", {}, "commit ", el("code", {}, build.commit || "none")), el("span", {}, "trigger ", el("b", {}, build.trigger)),
-    build.branch ? el("span", {}, "branch ", el("b", {}, build.branch)) : "", el("span", {}, "started ", when(build.created_at)),
-    el("span", {}, "job ", link(`/ui/jobs/${enc(build.job)}`, el("code", {}, build.job))));
+    build.branch ? el("span", {}, "branch ", el("b", {}, build.branch)) : "", el("span", {}, "job ", link(`/ui/jobs/${enc(build.job)}`, el("code", {}, build.job))));
   const rerun = el("button", {type: "button", onclick: async () => {
     if (!(await ask(`Run build #${number} of ${name} again, as a new build?`))) return;
     try {
