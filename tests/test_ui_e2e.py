@@ -322,3 +322,22 @@ def test_without_a_session_details_and_actions_are_refused(
     assert response is not None and response.status == 401
     with client(ui_node) as c:
         c.cancel(job)
+
+
+def test_the_mesh_page_shows_a_peer_as_it_joins(page: Page, ui_node: NodeProcess, tmp_path: Path, shots: Path) -> None:
+    page.goto(f"{ui_node.url}/ui/mesh")
+    expect(page.get_by_text("No peers")).to_be_visible()
+    key = load_key(ui_node.home)
+    assert key is not None
+    peer = NodeProcess(
+        str(tmp_path / "peer"), env={"MESH_KEY": key.text()}, extra_args=["--peer", ui_node.addr, "--label", "rack=b7"]
+    ).start()
+    try:
+        row = page.locator("tr", has=page.get_by_text(peer.url, exact=True))
+        expect(row).to_contain_text("alive", timeout=SHOWN)  # without a reload
+        expect(row).to_contain_text("labels rack=b7")
+        expect(row).to_contain_text(re.compile(r"\d+/2"))  # slots busy of total
+        expect(row).to_contain_text(re.compile(r"\d+\.\d s ago"))
+        page.screenshot(path=shots / "mesh.png", full_page=True)
+    finally:
+        peer.stop()
