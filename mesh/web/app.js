@@ -304,7 +304,7 @@ async function meshPage(signal) {
       row("slots busy", `${s.slots.busy}/${s.slots.total}`), row("queued", s.queue),
       row("executors", `${s.executors.offered.join(", ")} (default ${s.executors.default})`),
       row("capabilities", capabilities(s.capabilities || {})),
-      row("store use", `${bytes(store.bytes)} in ${store.blobs ?? "?"} blobs` + (store.cap ? ` of a cap of ${bytes(store.cap)}` : " (no cap)")
+      row("store use", `${bytes(store.bytes)} in ${store.blobs ?? "?"} blob${store.blobs === 1 ? "" : "s"}` + (store.cap ? ` of a cap of ${bytes(store.cap)}` : " (no cap)")
         + (store.evicted_blobs ? `; evicted ${store.evicted_blobs} blobs, ${bytes(store.evicted_bytes)}` : "")),
       row("cache hit rate", rate),
       row("action cache", `${s.cache.entries} entries here; asked peers ${s.cache.mesh.asked} times, found ${s.cache.mesh.found}`),
