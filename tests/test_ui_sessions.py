@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -21,7 +22,10 @@ from mesh.cas.snapshot import ingest
 from mesh.cas.store import LocalStore
 from mesh.wire.auth import AuthError, MeshKey, load_key
 from mesh.wire.client import MeshAuth, NodeClient
-from tests.nodeutil import NodeProcess, wait_for
+from tests.nodeutil import MESH, NodeProcess, node_env, wait_for
+
+#: What tells mesh ui that a desktop browser is there to open its link.
+DESKTOP = ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER")
 
 
 class Clock:
@@ -219,3 +223,27 @@ def test_sessions_survive_a_restart_and_a_logout_ends_one_for_good(node: NodePro
     assert kept.get(node.url + "/ui/mesh").status_code == 200
     again = httpx.get(node.url + "/ui/mesh", cookies={COOKIE: stale}, trust_env=False)  # a copy kept
     assert again.status_code == 401 and "logged out" in again.text
+
+
+def _mesh_ui(node: NodeProcess, **env: str) -> subprocess.CompletedProcess[bytes]:
+    """``mesh ui`` against ``node`` with only ``env`` of the desktop variables."""
+    base = {k: v for k, v in node_env(node.home, MESH_NODE=node.url).items() if k not in DESKTOP}
+    return subprocess.run([*MESH, "ui"], env={**base, **env}, capture_output=True, timeout=60)
+
+
+def test_mesh_ui_opens_the_link_only_where_a_browser_is(node: NodeProcess, tmp_path: Path) -> None:
+    headless = _mesh_ui(node)
+    assert headless.returncode == 0 and b"open it in a browser" in headless.stderr
+    opened = tmp_path / "opened"
+    browser = tmp_path / "browser"
+    browser.write_text(f'#!/bin/sh\nprintf %s "$1" > {opened}\n')
+    browser.chmod(0o755)
+    done = _mesh_ui(node, BROWSER=str(browser))
+    assert done.returncode == 0 and b"opened in your browser" in done.stderr, done.stderr
+    url = done.stdout.decode().strip()
+    assert opened.read_text() == url
+    assert httpx.get(url, trust_env=False).status_code == 303  # the browser was given a good link
+    elsewhere = subprocess.run(
+        [*MESH, "ui", "--node", "http://127.0.0.1:9"], env=node_env(node.home), capture_output=True, timeout=60
+    )
+    assert elsewhere.returncode == 1 and b"no mesh node answers at http://127.0.0.1:9" in elsewhere.stderr
