@@ -106,9 +106,9 @@ def client(node: NodeProcess) -> NodeClient:
     return NodeClient(node.url, key=load_key(node.home))
 
 
-def submit(node: NodeProcess, snapshot: str, label: str, *tasks: dict[str, Any]) -> str:
+def submit(node: NodeProcess, snapshot: str, label: str, *tasks: dict[str, Any], cache: bool = False) -> str:
     with client(node) as c:
-        job = {"tasks": [{"input": snapshot, **task} for task in tasks], "no_cache": True, "label": label}
+        job = {"tasks": [{"input": snapshot, **task} for task in tasks], "no_cache": not cache, "label": label}
         return str(c.submit(job)["id"])
 
 
@@ -283,6 +283,22 @@ def test_a_log_of_100000_lines_shows_its_tail_and_the_whole_on_request(
     expect(log.locator('.ln[data-n="50000"]')).to_have_text("50000")
     assert log.locator(".ln").count() < 300
     page.screenshot(path=shots / "long-log.png")
+
+
+def test_a_cached_tasks_log_is_read_from_the_store(page: Page, ui_node: NodeProcess, snapshot: str) -> None:
+    """A result from the action cache ran nowhere: its job's events carry no output, the page
+    reads the task's stdout and stderr blobs."""
+    task = {"name": "echo", "argv": ["sh", "-c", "echo from-the-cache; echo to-stderr >&2"]}
+    first = submit(ui_node, snapshot, "first", task, cache=True)
+    wait_for(lambda: state(ui_node, first) == "succeeded", what="the first run")
+    second = submit(ui_node, snapshot, "second", task, cache=True)
+    wait_for(lambda: state(ui_node, second) == "succeeded", what="the cached run")
+    page.goto(f"{ui_node.url}/ui/jobs/{second}")
+    expect(page.locator("tbody tr").first).to_contain_text("cached")
+    log = page.get_by_role("log")
+    expect(log.locator(".ln").first).to_have_text("from-the-cache")
+    expect(log.locator(".ln.err")).to_have_text("to-stderr")
+    expect(page.locator(".logbar")).to_contain_text("read from the store")
 
 
 def test_without_a_session_details_and_actions_are_refused(

@@ -450,6 +450,7 @@ async function jobView(signal, id, selected, base, build) {
         return;
       }
       if (event.type === "task_started") startedOn.set(event.task, event.node);
+      if (event.type === "task_finished" && log && event.task === selected) log.finish(event, signal).catch(shown);
       reread();
     });
   } finally {
@@ -459,6 +460,11 @@ async function jobView(signal, id, selected, base, build) {
   job = await get(`/v1/jobs/${enc(id)}`, signal);
   draw();
   if (log) await log.finish(job.tasks.find((t) => t.name === selected), signal);
+}
+
+function shown(error) {
+  const what = problem(error);
+  if (what) main.append(what);
 }
 
 async function followEvents(id, signal, onEvent) {
@@ -579,6 +585,9 @@ class LogView {
     if (event.dropped || event.offset > this.next[s]) this.gap[s] = true;
     if (event.dropped) return;
     this.next[s] = event.offset + new TextEncoder().encode(event.data).length;
+    // A multi-byte character cut between two chunks arrives as U+FFFD (the node's JSON
+    // replaces bytes that are not UTF-8 in each chunk): the blobs will say it right.
+    if (event.data.includes("\ufffd")) this.lossy = true;
     this.add(s, event.data);
   }
   add(s, text) {
@@ -599,12 +608,13 @@ class LogView {
   // The task ended: what the events lacked (dropped chunks, a cached result, a log the node
   // no longer holds) is read from its stdout and stderr blobs, which hold every byte.
   async finish(task, signal) {
-    this.flush();
     const result = task && task.result;
-    if (!result) return;
+    if (this.finished || !result) return;
+    this.finished = true;
+    this.flush();
     const sizes = [blobSize(result.stdout), blobSize(result.stderr)];
     const short = [0, 1].some((s) => sizes[s] > 0 && (this.gap[s] || this.next[s] < sizes[s]));
-    if (!short) return;
+    if (!short && !this.lossy) return;
     this.info.textContent = "reading the whole output from the store…";
     const texts = await Promise.all([result.stdout, result.stderr].map((d, s) => (sizes[s]
       ? fetch(`/v1/blobs/${d}`, {signal, credentials: "same-origin"}).then((r) => (r.ok ? r.text() : answer(r)))
