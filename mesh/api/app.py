@@ -51,11 +51,11 @@ from mesh.api.http import (
     ApiError,
     authenticate,
     error_response,
+    good_session,
     read_body,
     read_message,
     reply,
     signed,
-    ui_session,
     wants_json,
 )
 from mesh.api.services import NodeServices, services
@@ -86,7 +86,7 @@ async def health(request: Request) -> Response:
 async def status(request: Request) -> Response:
     """``GET /status``: counts and node facts for anyone; a signed request (it must be a good
     signature) or a UI session also gets the recent jobs, whose labels are command lines."""
-    detailed = signed(request) or ui_session(request) is not None
+    detailed = signed(request) or good_session(request) is not None
     if detailed:
         authenticate(request, await read_body(request, 0))
     return JSONResponse(services(request).status(detailed=detailed))

@@ -199,6 +199,15 @@ def ui_session(request: Request) -> Session | None:
     return None if cookie is None else services(request).sessions.check(cookie)
 
 
+def good_session(request: Request) -> Session | None:
+    """The request's UI session if it carries a good one; None without one or with one that is
+    forged, expired or logged out (for the open pages, which then show what anyone sees)."""
+    try:
+        return ui_session(request)
+    except AuthError:
+        return None
+
+
 def signed(request: Request) -> bool:
     """Whether a request carries a signature (then it must be a good one)."""
     return any(name in request.headers for name in HEADERS)

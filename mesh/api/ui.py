@@ -6,7 +6,7 @@
 | ``GET /ui/{page}`` | the detailed pages (a session, or a signed request): see below |
 | ``GET /ui/assets/app.js``, ``app.css`` | open: the UI's script and style (no data in them) |
 | ``POST /v1/ui/logins`` | signed (``mesh ui``): a one-time login path, ``/ui/login?token=T`` |
-| ``GET /ui/login?token=T`` | redeems a login token for a session cookie, then goes to ``/`` |
+| ``GET /ui/login?token=T`` | redeems a login token for a session cookie, then goes on to ``/`` |
 | ``POST /ui/logout`` | ends the session (CSRF token needed) and clears its cookie |
 
 Every page is the one HTML file mesh/web/app.html, which routes on its URL in the
@@ -26,9 +26,9 @@ import json
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, Response
 
-from mesh.api.http import ApiError, authenticate, read_body, reply, signed, ui_session
+from mesh.api.http import ApiError, authenticate, good_session, read_body, reply, signed, ui_session
 from mesh.api.services import services
 from mesh.api.sessions import COOKIE, CSRF_HEADER, LOGIN_SECONDS, SESSION_SECONDS, Session
 from mesh.wire.auth import AuthError
@@ -44,6 +44,11 @@ _REFUSED = """<!doctype html><html lang="en"><meta charset="utf-8"><title>mesh: 
 <p><a href="/">The open overview</a> shows this node's counts without logging in.</p></main></html>
 """
 
+_WELCOME = """<!doctype html><html lang="en"><meta charset="utf-8"><title>mesh: logged in</title>
+<meta http-equiv="refresh" content="0; url=/"><link rel="stylesheet" href="/ui/assets/app.css">
+<main class="refused"><h1>Logged in</h1><p><a href="/">Go on to the overview</a>.</p></main></html>
+"""
+
 
 def _shell(request: Request, session: Session | None) -> Response:
     """The UI's page, with the session's CSRF token and end (or none: the open overview)."""
@@ -57,17 +62,9 @@ def _shell(request: Request, session: Session | None) -> Response:
     return HTMLResponse(page, headers=headers)
 
 
-def _session_or_none(request: Request) -> Session | None:
-    """The request's session; None without one or with one that is no longer good."""
-    try:
-        return ui_session(request)
-    except AuthError:
-        return None
-
-
 async def overview(request: Request) -> Response:
     """``GET /``: the overview; open, and detailed for a session."""
-    return _shell(request, _session_or_none(request))
+    return _shell(request, good_session(request))
 
 
 async def page(request: Request) -> Response:
@@ -109,7 +106,10 @@ async def login(request: Request) -> Response:
         cookie = services(request).sessions.redeem(token)
     except AuthError as exc:
         return HTMLResponse(_REFUSED.format(message=html.escape(str(exc))), 401)
-    response = RedirectResponse("/", status_code=303)
+    # A page that goes on to / rather than a redirect: a SameSite=Strict cookie set in a
+    # navigation that came from another site (a link in a web mail) would not be sent on
+    # its redirect, and the person would land logged out; a navigation the page starts is ours.
+    response = HTMLResponse(_WELCOME, headers={"cache-control": "no-store", "referrer-policy": "no-referrer"})
     response.set_cookie(
         COOKIE,
         cookie,
