@@ -167,6 +167,13 @@ def test_a_running_jobs_lines_appear_live_and_it_is_cancelled_from_the_page(
     expect(log.locator(".ln.err")).to_have_text("oops")  # stderr told apart from stdout
     assert "\x1b" not in log.inner_text()
     page.screenshot(path=shots / "job-running.png", full_page=True)
+    page.keyboard.press("j")  # the row cursor and the focus stay on the task across the table's redraws
+    task_link = page.get_by_role("link", name="tick", exact=True)
+    expect(task_link).to_be_focused()
+    took = page.locator("tbody tr").first.locator("td").nth(5)
+    expect(took).not_to_have_text(took.inner_text(), timeout=SHOWN)  # the running duration ticked: redrawn
+    expect(task_link).to_be_focused()
+    expect(page.locator("tbody tr.cursor")).to_have_count(1)
 
     page.get_by_role("button", name="Cancel job").click()
     dialog = page.get_by_role("dialog")

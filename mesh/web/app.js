@@ -125,8 +125,21 @@ function table(headings, rows, empty) {
   return el("table", {}, el("thead", {}, el("tr", {}, headings.map((h) => el("th", {scope: "col"}, h)))),
     el("tbody", {}, rows));
 }
+// Put `node` in `holder` in place of what it held, unless that looks the same; the focus and
+// the keyboard's row cursor stay on the same link (or button of the same row) across the swap.
 function swap(holder, node) {
+  const old = holder.firstElementChild;
+  if (old && old.outerHTML === node.outerHTML) return;
+  const focused = holder.contains(document.activeElement) ? document.activeElement : null;
+  const cursor = holder.querySelector("tr.cursor a");
+  const where = (e) => e && (e.getAttribute("href") || `${e.closest("tr")?.querySelector("a")?.getAttribute("href")}#${e.textContent}`);
+  const [focusAt, cursorAt] = [where(focused), where(cursor)];
   holder.replaceChildren(node);
+  for (const e of node.querySelectorAll("a, button")) {
+    const at = where(e);
+    if (cursorAt && at === cursorAt) e.closest("tr")?.classList.add("cursor");
+    if (focusAt && at === focusAt) e.focus({preventScroll: true});
+  }
 }
 
 // -- the router -----------------------------------------------------------------------
