@@ -308,6 +308,53 @@ def test_a_cached_tasks_log_is_read_from_the_store(page: Page, ui_node: NodeProc
     expect(page.locator(".logbar")).to_contain_text("read from the store")
 
 
+#: The contrast of every text on its background (WCAG 2's formula), computed in the page.
+CONTRASTS = """() => {
+  const rgb = (c) => (c.match(/[\\d.]+/g) || []).map(Number);
+  const linear = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+  const lum = ([r, g, b]) => 0.2126 * linear(r) + 0.7152 * linear(g) + 0.0722 * linear(b);
+  const background = (e) => {
+    for (; e; e = e.parentElement) {
+      const c = rgb(getComputedStyle(e).backgroundColor);
+      if (c.length === 3 || c[3] > 0) return c.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  const found = [];
+  for (const e of document.querySelectorAll("body *")) {
+    const own = [...e.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    if (!own || !e.getClientRects().length) continue;
+    const [a, b] = [lum(rgb(getComputedStyle(e).color)), lum(background(e))];
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    found.push([Math.round(100 * ratio) / 100, e.textContent.trim().slice(0, 30)]);
+  }
+  return found;
+}"""
+
+
+def test_every_text_is_readable_against_its_background(
+    browser: Browser, page: Page, ui_node: NodeProcess, snapshot: str
+) -> None:
+    """WCAG AA: a contrast of 4.5:1 at least, on the overview, a job's page with a coloured log and
+    a failed task, the mesh page and the open overview."""
+    script = r"printf '\033[31mred\033[0m \033[1;33mbold yellow\033[0m\n'; echo warning >&2; exit 1"
+    job = submit(ui_node, snapshot, "colours", {"name": "colours", "argv": ["sh", "-c", script]})
+    wait_for(lambda: state(ui_node, job) == "failed", what="the job to fail")
+    anonymous = browser.new_context()
+    try:
+        for seen, path in ((page, "/"), (page, f"/ui/jobs/{job}"), (page, "/ui/mesh"), (anonymous.new_page(), "/")):
+            seen.goto(ui_node.url + path)
+            seen.wait_for_load_state("networkidle")
+            if "jobs" in path:
+                expect(seen.get_by_role("log")).to_contain_text("bold yellow")
+            texts = seen.evaluate(CONTRASTS)
+            assert len(texts) > 15, texts  # the page's texts were found
+            poor = [(ratio, text) for ratio, text in texts if ratio < 4.5]
+            assert not poor, (path, poor)
+    finally:
+        anonymous.close()
+
+
 def test_without_a_session_details_and_actions_are_refused(
     browser: Browser, page: Page, ui_node: NodeProcess, snapshot: str
 ) -> None:
