@@ -91,15 +91,20 @@ def login_url(node: NodeProcess) -> str:
 
 @pytest.fixture
 def page(browser: Browser, ui_node: NodeProcess) -> Iterator[Page]:
-    """A page of a browser context that logged in through the one-time link."""
+    """A page of a browser context that logged in through the one-time link; the test fails if
+    the page's script threw, or a content security policy refused something."""
     context = browser.new_context(viewport={"width": 1280, "height": 820})
+    errors: list[str] = []
     try:
         opened = context.new_page()
+        opened.on("pageerror", lambda error: errors.append(str(error)))
+        opened.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
         opened.goto(login_url(ui_node))
         expect(opened.get_by_role("heading", name="Overview")).to_be_visible()
         yield opened
     finally:
         context.close()
+    assert not errors, errors
 
 
 def client(node: NodeProcess) -> NodeClient:

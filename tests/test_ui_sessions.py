@@ -197,6 +197,7 @@ def test_without_a_session_the_pages_and_the_api_refuse(node: NodeProcess, tmp_p
     assert page.status_code == 401 and "mesh ui" in page.text and "secret-label-2" not in page.text
     overview = anonymous.get(node.url + "/")
     assert overview.status_code == 200 and 'name="mesh-session"' not in overview.text
+    assert "script-src 'self'" in overview.headers["content-security-policy"]  # only the node's own script
     for method, path in (
         ("GET", f"/v1/jobs/{job}"),
         ("GET", f"/v1/jobs/{job}/events"),

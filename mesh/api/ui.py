@@ -37,6 +37,11 @@ _WEB = Path(__file__).resolve().parent.parent / "web"
 #: The static files the pages load, by name, with their media types.
 ASSETS = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
 _MARK = "<!--SESSION-->"
+#: What the pages may load and run: only what the node serves.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
 _REFUSED = """<!doctype html><html lang="en"><meta charset="utf-8"><title>mesh: log in</title>
 <link rel="stylesheet" href="/ui/assets/app.css"><main class="refused"><h1>mesh: not logged in</h1>
 <p>{message}</p><p>On a machine that holds the mesh key, run <code>mesh ui</code> (add
@@ -57,8 +62,14 @@ def _shell(request: Request, session: Session | None) -> Response:
         facts = {"csrf": services(request).sessions.csrf_token(session), "expires": session.expires}
         meta = f'<meta name="mesh-session" content="{html.escape(json.dumps(facts))}">'
         page = page.replace(_MARK, meta, 1)
-    # The page is made per session: never kept by a cache, never framed by another site.
-    headers = {"cache-control": "no-store", "x-frame-options": "DENY", "referrer-policy": "same-origin"}
+    # The page is made per session: never kept by a cache, never framed by another site, and it
+    # runs only the node's own script (the log's colours are inline styles).
+    headers = {
+        "cache-control": "no-store",
+        "x-frame-options": "DENY",
+        "referrer-policy": "same-origin",
+        "content-security-policy": CSP,
+    }
     return HTMLResponse(page, headers=headers)
 
 
