@@ -87,9 +87,10 @@ async def page(request: Request) -> Response:
     except AuthError as exc:
         if "text/html" not in request.headers.get("accept", "") or signed(request):
             raise
-        response = HTMLResponse(_REFUSED.format(message=html.escape(str(exc).split(" (a client")[0])), 401)
-        if COOKIE in request.cookies:
-            response.delete_cookie(COOKIE, path="/")
+        if COOKIE not in request.cookies:
+            return HTMLResponse(_REFUSED.format(message="This page shows jobs, builds and logs: log in first."), 401)
+        response = HTMLResponse(_REFUSED.format(message=html.escape(str(exc))), 401)
+        response.delete_cookie(COOKIE, path="/")  # forged, expired or logged out: of no more use
         return response
     return _shell(request, session)
 
