@@ -126,7 +126,8 @@ def print_builds(name: str, page: dict[str, Any]) -> None:
 
 
 def print_build(b: dict[str, Any]) -> None:
-    print(f"build #{b['number']} of {b['project']}  {b['state']}  commit {b.get('commit') or '-'}  ({b['trigger']})")
+    trigger = b["trigger"] + (f" of #{b['rerun_of']}" if b.get("rerun_of") else "")
+    print(f"build #{b['number']} of {b['project']}  {b['state']}  commit {b.get('commit') or '-'}  ({trigger})")
     print(f"created {_when(b['created_at'])}  finished {_when(b['finished_at'])}  job {b['job']}")
     for step in b["steps"]:
         result = step.get("result") or {}

@@ -209,7 +209,7 @@ def test_random_bodies_are_refused_with_4xx(node: NodeProcess, snapshot: str) ->
     @settings(max_examples=60, deadline=None)
     @given(
         body=hostile_bodies,
-        path=st.sampled_from(["/v1/jobs", "/v1/blobs:missing"]),
+        path=st.sampled_from(["/v1/jobs", "/v1/blobs:missing", "/v1/jobs/" + "0" * 20 + "/rerun"]),
         content_type=st.sampled_from([CBOR, CBOR, JSON]),
     )
     def post(body: bytes, path: str, content_type: str) -> None:
@@ -564,6 +564,46 @@ def test_bad_task_graphs(node: NodeProcess, snapshot: str) -> None:
                 "the task graph has a cycle",
                 body=job(task(name="a", after=["b"]), task(name="b", after=["a"])),
                 params={"follow": "1"},
+            ),
+        ],
+    )
+
+
+def test_re_runs_refuse_what_they_cannot_do(node: NodeProcess, snapshot: str) -> None:
+    """The re-run routes (mesh.sched.rerun) and the ``prior`` of a task they submit."""
+    none = "/v1/jobs/" + "0" * 20 + "/rerun"
+    digest = str(Digest.of(b"out"))
+    check_refused(
+        node,
+        snapshot,
+        [
+            Case("no such job", "POST", none, 404, "no job 00000000000000000000", body=codec.encode({})),
+            Case("an empty body is the whole job", "POST", none, 404, "no job", body=b""),
+            Case("not a job id", "POST", "/v1/jobs/nope/rerun", 400, "is not a job id", body=b""),
+            Case("a task that is not text", "POST", none, 400, "task", body=codec.encode({"task": 5})),
+            Case("an unknown field", "POST", none, 400, "bogus", body=codec.encode({"bogus": True})),
+            Case("malformed JSON", "POST", none, 400, "malformed JSON", body=b"{", content_type=JSON),
+            Case("a body that is not a map", "POST", none, 400, "a re-run", body=codec.encode([1])),
+            Case("no such project", "POST", "/v1/projects/nope/builds/1/rerun", 404, "no project nope", body=b""),
+            Case("not a build number", "POST", "/v1/projects/nope/builds/x/rerun", 400, "a build number", body=b""),
+            job_case(
+                "a prior output no overlay names",
+                "which 'overlay' does not name",
+                task(name="a", prior={"gone": digest}),
+            ),
+            job_case(
+                "a prior output that is no text",
+                "maps task names to snapshot ids",
+                task(overlay=["gone"], prior={"gone": 1}),
+            ),
+            job_case(
+                "a prior output that is no digest", "prior output 'gone'", task(overlay=["gone"], prior={"gone": "b3"})
+            ),
+            job_case(
+                "a prior output of a task it runs after",
+                "both runs after a and has a prior output of it",
+                task(name="a"),
+                task(name="b", after=["a"], overlay=["a"], prior={"a": digest}),
             ),
         ],
     )

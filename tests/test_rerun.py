@@ -19,7 +19,7 @@ from mesh.sched.jobs import JobSpec, TaskRecord, TaskState, parse_job
 from mesh.sched.rerun import rerun_job, rerun_task
 
 BASE = Digest.of(b"base")
-OUT = {name: Digest.of(name.encode()) for name in ("make", "gen", "pack")}
+OUT = {name: Digest.of(name.encode()) for name in ("make", "gen", "pack", "lint")}
 
 
 def _task(name: str, **extra: Any) -> dict[str, Any]:
@@ -155,3 +155,22 @@ def test_a_prior_output_of_a_task_it_also_runs_after_is_refused() -> None:
     ]
     with pytest.raises(InvalidJob, match="both runs after gen and has a prior output of it"):
         parse_job({"tasks": tasks})
+
+
+def test_a_dependent_that_would_be_skipped_is_left_out() -> None:
+    spec = parse_job(
+        {
+            "tasks": [
+                _task("lint", input=str(BASE), outputs=["lint"]),
+                _task("make", input=str(BASE), outputs=["out"]),
+                _task("ship", input=str(BASE), after=["lint", "make"], overlay=["lint", "make"]),
+                _task("tell", input=str(BASE), after=["ship"]),
+                _task("react", input=str(BASE), after=["ship"], when="always"),
+            ]
+        }
+    )
+    records = _records(spec, {"lint": "failed", "ship": "skipped", "tell": "skipped"})
+    tasks = _by_name(rerun_task("j" * 20, spec, records, "make"))
+    assert list(tasks) == ["make"]  # ship needs lint, which failed: ship (and tell) would be skipped
+    tasks = _by_name(rerun_task("j" * 20, spec, _records(spec, {}), "make"))
+    assert list(tasks) == ["make", "ship", "tell", "react"]

@@ -162,5 +162,7 @@ def test_a_build_runs_again_as_the_projects_next_number_of_the_same_commit(node:
     build = mesh_json(node, "build", "app", "4")
     assert (build["commit"], build["rerun_of"], [s["name"] for s in build["steps"]]) == (commit, 1, ["check"])
 
+    shown = node.mesh("build", "app", "4")
+    assert f"build #4 of app  succeeded  commit {commit}  (rerun of #1)" in shown.stdout.decode()
     absent = node.mesh("rerun", "app", "9")
     assert absent.returncode != 0 and "project app has no build 9" in absent.stderr.decode()

@@ -9,7 +9,8 @@ job left as it was:
   it; ``no_cache`` runs every task again.
 - **One task and what depends on it** (:func:`rerun_task`): the task runs again with the
   inputs it had, and every task that depends on it, directly or not, runs after it on its
-  new result. The tasks it depended on are not run again: a task whose input was another
+  new result (but for a dependent that would be skipped: one that also depends on a task left
+  out that did not succeed). The tasks it depended on are not run again: a task whose input was another
   task's output gets that output as its input; one that overlaid their outputs gets them as
   ``prior`` outputs (mesh.sched.jobs), laid over its input in the same order; its ``after``
   and ``when`` go (it runs whatever they did before, as asked). A dependent keeps only its
@@ -53,7 +54,7 @@ def rerun_task(
     if name not in by_name:
         known = ", ".join(sorted(by_name)[:20])
         raise RerunRefused(f"job {job_id} has no task {name!r} (its tasks: {known})")
-    chosen = _dependents(spec, name)
+    chosen = _dependents(spec, name, by_name)
     wires = []
     for task in spec.tasks:
         if task.name not in chosen:
@@ -69,9 +70,14 @@ def rerun_task(
         for layer in task.overlay:
             if layer in task.prior:  # a re-run's re-run
                 prior[layer] = str(task.prior[layer])
-            elif layer not in chosen and (task.when == "success" or _succeeded(by_name[layer])):
-                # a reaction never had the output of a task that failed: it adds nothing, as then
-                prior[layer] = str(_output(by_name, task.name, layer, "the outputs it overlays"))
+            elif layer in chosen:
+                continue
+            elif by_name[layer].state == "succeeded":  # one that made no output adds nothing, as then
+                output = by_name[layer].result
+                if output is not None and output.output is not None:
+                    prior[layer] = str(output.output)
+            elif task.when == "success":  # a reaction never saw it: it adds nothing, as then
+                _output(by_name, task.name, layer, "the outputs it overlays")  # refused, saying so
         wire["overlay"] = [layer for layer in task.overlay if layer in chosen or layer in prior]
         wire["prior"] = prior
         wire["after"] = [dep for dep in task.after if dep in chosen]
@@ -89,8 +95,10 @@ def rerun_task(
     }
 
 
-def _dependents(spec: JobSpec, name: str) -> set[str]:
-    """``name`` and every task of ``spec`` that depends on it, directly or not."""
+def _dependents(spec: JobSpec, name: str, tasks: Mapping[str, TaskRecord]) -> set[str]:
+    """``name`` and every task of ``spec`` that depends on it, directly or not, but for those
+    that would be skipped: a dependent (``when: success``) of a task left out that did not
+    succeed, and what depended on the re-run only through such a task."""
     chosen = {name}
     changed = True
     while changed:  # tasks come in any order: repeat until nothing is added
@@ -98,6 +106,17 @@ def _dependents(spec: JobSpec, name: str) -> set[str]:
         for task in spec.tasks:
             if task.name not in chosen and any(dep in chosen for dep in task.depends_on):
                 chosen.add(task.name)
+                changed = True
+    changed = True
+    while changed:  # and until nothing more is taken out
+        changed = False
+        for task in spec.tasks:
+            if task.name == name or task.name not in chosen:
+                continue
+            outside = [dep for dep in task.depends_on if dep not in chosen]
+            skipped = task.when == "success" and any(tasks[dep].state != "succeeded" for dep in outside)
+            if skipped or len(outside) == len(task.depends_on):  # it no longer depends on the re-run
+                chosen.discard(task.name)
                 changed = True
     return chosen
 
@@ -111,13 +130,10 @@ def _check_finished(tasks: Mapping[str, TaskRecord], name: str, needed: list[str
         )
 
 
-def _succeeded(task: TaskRecord) -> bool:
-    return task.state == "succeeded" and task.result is not None and task.result.output is not None
-
-
 def _output(tasks: Mapping[str, TaskRecord], name: str, source: str, what: str) -> Any:
+    """The output snapshot of ``source``, which ``name`` needs (RerunRefused if there is none)."""
     upstream = tasks[source]
-    if not _succeeded(upstream) or upstream.result is None or upstream.result.output is None:
+    if upstream.state != "succeeded" or upstream.result is None or upstream.result.output is None:
         raise RerunRefused(
             f"task {name!r} takes {what} from task {source!r}, which ended {upstream.state} without an output:"
             f" re-run {source!r} instead"
