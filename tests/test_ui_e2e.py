@@ -275,6 +275,9 @@ def test_a_build_is_rerun_from_its_page(page: Page, ui_node: NodeProcess, build:
     expect(page).to_have_url(re.compile(r"/ui/builds/demo/([2-9]|\d\d+)$"), timeout=SHOWN)
     expect(page.get_by_role("heading", level=1)).to_contain_text("succeeded", timeout=SHOWN)
     expect(page.locator(".facts").first).to_contain_text(build["commit"])
+    expect(page.locator(".facts").first).to_contain_text("trigger rerun")
+    page.locator(".facts").first.get_by_role("link", name="#1").click()  # the build it re-ran
+    expect(page).to_have_url(f"{ui_node.url}/ui/builds/demo/1")
 
 
 def test_a_log_of_100000_lines_shows_its_tail_and_the_whole_on_request(

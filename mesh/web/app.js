@@ -336,7 +336,8 @@ async function projectPage(signal, name) {
     const page = await get(`/v1/projects/${enc(name)}/builds?limit=100`, signal);
     swap(list, table(["build", "state", "commit", "trigger", "branch", "started", "duration"], page.builds.map((b) =>
       el("tr", {}, el("td", {}, link(`/ui/builds/${enc(name)}/${b.number}`, `#${b.number}`)), el("td", {}, stateEl(b.state)),
-        el("td", {}, el("code", {}, (b.commit || "").slice(0, 12))), el("td", {}, b.trigger), el("td", {}, b.branch || ""),
+        el("td", {}, el("code", {}, (b.commit || "").slice(0, 12))),
+        el("td", {}, b.trigger, b.rerun_of ? [" of ", link(`/ui/builds/${enc(name)}/${b.rerun_of}`, `#${b.rerun_of}`)] : ""), el("td", {}, b.branch || ""),
         el("td", {}, when(b.created_at)), el("td", {}, duration(b.created_at, b.finished_at)))), "No builds yet."));
   });
 }
@@ -345,6 +346,7 @@ async function buildPage(signal, name, number, task) {
   const build = await get(`/v1/projects/${enc(name)}/builds/${number}`, signal);
   const head = el("div", {class: "facts"},
     el("span", {}, "commit ", el("code", {}, build.commit || "none")), el("span", {}, "trigger ", el("b", {}, build.trigger)),
+    build.rerun_of ? el("span", {}, "re-run of ", link(`/ui/builds/${enc(name)}/${build.rerun_of}`, `#${build.rerun_of}`)) : "",
     build.branch ? el("span", {}, "branch ", el("b", {}, build.branch)) : "", el("span", {}, "job ", link(`/ui/jobs/${enc(build.job)}`, el("code", {}, build.job))));
   const rerun = el("button", {type: "button", onclick: async () => {
     if (!(await ask(`Run build #${number} of ${name} again, as a new build?`))) return;
