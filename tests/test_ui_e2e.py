@@ -180,6 +180,7 @@ def test_a_running_jobs_lines_appear_live_and_it_is_cancelled_from_the_page(
     expect(task_link).to_be_focused()
     expect(page.locator("tbody tr.cursor")).to_have_count(1)
 
+    expect(page.get_by_role("button", name="Re-run job")).to_be_hidden()  # not while it runs
     page.get_by_role("button", name="Cancel job").click()
     dialog = page.get_by_role("dialog")
     expect(dialog).to_contain_text(f"Cancel job {job}?")
@@ -188,6 +189,7 @@ def test_a_running_jobs_lines_appear_live_and_it_is_cancelled_from_the_page(
     wait_for(lambda: state(ui_node, job) == "cancelled", what="the job cancelled from the page")
     expect(page.get_by_role("heading", level=1)).to_contain_text("cancelled", timeout=SHOWN)
     expect(page.get_by_role("button", name="Cancel job")).to_be_hidden()
+    expect(page.get_by_role("button", name="Re-run job")).to_be_visible()  # once it has ended
 
 
 def test_a_finished_task_is_rerun_from_the_page(page: Page, ui_node: NodeProcess, snapshot: str) -> None:

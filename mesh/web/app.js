@@ -391,13 +391,11 @@ async function jobView(signal, id, selected, base, build) {
   const tasks = el("div");
   const logArea = el("div");
   main.append(title, build ? build.facts : "", facts, actions, section("Tasks", tasks), logArea);
-  if (build) actions.append(build.action);
-  else {
-    actions.append(el("button", {type: "button", onclick: async () => {
-      if (!(await ask(`Run job ${id} again, every task, as a new job?`))) return;
-      try { go(`/ui/jobs/${enc((await post(`/v1/jobs/${enc(id)}/rerun`, {})).job)}`); } catch (error) { actions.append(problem(error)); }
-    }}, "Re-run job"));
-  }
+  const again = build ? build.action : el("button", {type: "button", onclick: async () => {
+    if (!(await ask(`Run job ${id} again, every task, as a new job?`))) return;
+    try { go(`/ui/jobs/${enc((await post(`/v1/jobs/${enc(id)}/rerun`, {})).job)}`); } catch (error) { actions.append(problem(error)); }
+  }}, "Re-run job");
+  actions.append(again);
   let job = await get(`/v1/jobs/${enc(id)}`, signal);
   const startedOn = new Map();
   if (!selected && job.tasks.length === 1) selected = job.tasks[0].name;
@@ -426,10 +424,11 @@ async function jobView(signal, id, selected, base, build) {
       el("span", {}, "duration ", duration(job.created_at, job.finished_at)),
       job.reason ? el("span", {class: "error"}, job.reason) : "");
     cancel.hidden = job.state !== "running";
+    again.hidden = !cancel.hidden; // a job is re-run once it has ended
     if (!actions.contains(cancel)) actions.prepend(cancel);
     const rows = byDependency(job.tasks).map((t) => {
       const r = t.result || {};
-      const finished = !["running", "queued", "waiting", "pending"].includes(t.state) && t.finished_at;
+      const finished = !["running", "queued", "waiting"].includes(t.state) && t.finished_at;
       const deps = [...(t.after || []), t.input_task].filter(Boolean);
       return el("tr", {class: t.name === selected ? "selected" : null},
         el("td", {}, link(`${base}/tasks/${enc(t.name)}`, t.name), deps.length ? el("span", {class: "muted"}, ` ← ${deps.join(", ")}`) : ""),
