@@ -60,6 +60,7 @@ def browser(ui_node: NodeProcess, tmp_path_factory: pytest.TempPathFactory) -> I
             with sync_playwright() as playwright:
                 executable = chromium_in(namespace, tmp_path_factory.mktemp("chromium"))
                 launched = playwright.chromium.launch(executable_path=executable, args=ARGS)
+                expect.set_options(timeout=SHOWN)  # every wait for the page, on a machine shared by many tests
                 try:
                     yield launched
                 finally:
