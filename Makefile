@@ -15,7 +15,9 @@ BIN    := $(VENV)/bin
 # installs the NPM_PACKAGES below. openssl: the certificate of the STARTTLS test of email
 # notifications (tests/test_notify.py). promtool, prometheus (Debian's prometheus): /metrics
 # is linted and scraped by a real Prometheus (tests/test_metrics.py, test_metrics_prometheus.py).
-SYSTEM_PACKAGES := b3sum:b3sum npm:npm ip:iproute2 bwrap:bubblewrap podman:podman runc:runc busybox:busybox-static openssl:openssl promtool:prometheus
+# chromium: the web UI's browser tests (tests/test_ui_e2e.py), driven by the playwright Python
+# package of the test extra, which never downloads a browser of its own.
+SYSTEM_PACKAGES := b3sum:b3sum npm:npm ip:iproute2 bwrap:bubblewrap podman:podman runc:runc busybox:busybox-static openssl:openssl promtool:prometheus chromium:chromium
 # Libraries, as SONAME:PACKAGE, looked for with ldconfig. libseccomp.so.2: the sandbox's seccomp
 # filter (mesh/exec/seccomp.py loads it through pyseccomp; apt itself depends on it on Debian).
 SYSTEM_LIBRARIES := libseccomp.so.2:libseccomp2

@@ -286,6 +286,19 @@ def cmd_project(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    """``mesh ui``: print (and open, where a browser is) a one-time login link to the web UI."""
+    from mesh import ui_cli
+
+    with _client(args) as client:
+        url = ui_cli.login_url(client)
+    print(url, flush=True)
+    opened = not args.no_open and ui_cli.open_in_browser(url)
+    where = "opened in your browser" if opened else "open it in a browser"
+    print(f"mesh: a login link to the node's web UI ({where}): it works once, within 5 minutes", file=sys.stderr)
+    return 0
+
+
 def cmd_builds(args: argparse.Namespace) -> int:
     """``mesh builds NAME``: a project's builds, newest first."""
     from mesh import project_cli
@@ -673,6 +686,18 @@ def add_parsers(add: Add) -> None:
     p.add_argument("--branch", default="*", metavar="GLOB", help="the branches pushes build (default: all)")
     p.add_argument("--webhook-secret-file", metavar="F", help="a file holding the project's webhook secret")
     p.add_argument("--json", action="store_true", help="print JSON (ls)")
+    p.add_argument("--node", metavar="URL", help=node_help)
+
+    p = add(
+        "ui",
+        cmd_ui,
+        "log in to the node's web UI",
+        "Print a one-time login link to the node's web UI (builds, jobs, live logs, cancel, re-run,\n"
+        "peers) and open it where a desktop browser is (DISPLAY, WAYLAND_DISPLAY or BROWSER set).\n"
+        "The link works once, within 5 minutes, and gives the browser a session of 12 hours;\n"
+        "asking for it takes the mesh key. The overview at / is open and shows counts only.",
+    )
+    p.add_argument("--no-open", action="store_true", help="print the link only, never start a browser")
     p.add_argument("--node", metavar="URL", help=node_help)
 
     p = add("builds", cmd_builds, "list a project's builds", "List project NAME's builds, newest first.")

@@ -31,6 +31,7 @@ from mesh.api.authorities import NodeAuthorities
 from mesh.api.idle import Activity, stop_when_idle
 from mesh.api.metrics import NodeCollector, NodeFigures, node_registry
 from mesh.api.server import listen, serve
+from mesh.api.sessions import Sessions
 from mesh.cas.space import Roots, StoreSpace
 from mesh.cas.store import LocalStore
 from mesh.cluster.actioncache import MeshActionCache
@@ -202,6 +203,7 @@ class Node:
         port = self._sockets[0].getsockname()[1]  # bound already (port 0: the one the kernel chose)
         self.authorities = NodeAuthorities(host, port, advertised=self.config.advertise)
         self.verifier = Verifier(key, authorities=self.authorities, nonces_path=os.path.join(home, "nonces"))
+        self.sessions = Sessions(key, os.path.join(home, "ui-logouts"))  # people's logins to the UI
         self.store = LocalStore(self.config.store_dir)
         self.watch_registry = WatchRegistry(self.config.watch_timeout)
         self.space = space = StoreSpace(self.store, self.config.store_max_bytes, roots=self._pinned)

@@ -102,15 +102,17 @@ def test_metrics_are_open_and_in_prometheus_text_format(node: NodeProcess, job: 
 def test_the_dashboard_is_served_and_status_has_what_it_shows(node: NodeProcess) -> None:
     page = httpx.get(node.url + "/", trust_env=False)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert b"<title>mesh node</title>" in page.content and b'fetch("/status"' in page.content
+    assert b"<title>mesh</title>" in page.content and b'src="/ui/assets/app.js"' in page.content
+    script = httpx.get(node.url + "/ui/assets/app.js", trust_env=False)  # the page's script reads /status
+    assert script.status_code == 200 and b'get("/status"' in script.content
     status = httpx.get(node.url + "/status", trust_env=False).json()
     fields = ("node", "version", "mesh", "uptime", "slots", "queue", "running_jobs", "cache", "peers", "jobs")
     for field in (*fields, "executors", "stealing"):
         assert field in status, field
     assert {"busy", "total"} <= set(status["slots"]) and {"entries", "hits"} <= set(status["cache"])
     assert {"default", "offered"} <= set(status["executors"]) and {"stolen", "given"} <= set(status["stealing"])
-    assert b"s.executors.offered" in page.content and b"s.stealing.stolen" in page.content
-    assert set(status["jobs"]) == {"counts"} and b"s.jobs.counts" in page.content  # recent jobs need the key
+    assert b"s.executors.offered" in script.content and b"s.stealing.stolen" in script.content
+    assert set(status["jobs"]) == {"counts"} and b"s.jobs.counts" in script.content  # recent jobs need the key
 
 
 def test_open_endpoints_show_no_argv_env_file_names_or_output(node: NodeProcess, tmp_path: Path) -> None:

@@ -29,7 +29,9 @@ from tests.nodeutil import NodeProcess, wait_for
 
 #: The routes anyone may call, and why each is open. Nothing else is.
 OPEN = {
-    "/": "the dashboard: a static page, which reads /status",
+    "/": "the UI's overview: open, it reads /status (counts); with a session (mesh ui) the details",
+    "/ui/assets/app.js": "the UI's script: static, no data",
+    "/ui/assets/app.css": "the UI's style: static, no data",
     "/health": "liveness, for `mesh up`'s own readiness wait, clients and load balancers",
     "/status": "node facts and counts for the dashboard (details stay behind the key: issue 13 item 4)",
     "/metrics": "Prometheus scrapes it without the key: counts only",

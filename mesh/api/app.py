@@ -2,9 +2,9 @@
 
 | path | what |
 | --- | --- |
-| ``GET /`` | the dashboard (mesh/web/index.html, reads /status) |
+| ``GET /``, ``/ui/...`` | the web UI (mesh.api.ui; its login, ``POST /v1/ui/logins``, and logout too) |
 | ``GET /health`` | JSON: ok, node id, version, store id |
-| ``GET /status`` | JSON: node, uptime, slots, queue, job counts, peers; signed: recent jobs too |
+| ``GET /status`` | JSON: node, uptime, slots, queue, job counts, peers; signed (or a UI session): recent jobs too |
 | ``GET /metrics`` | Prometheus text: slots, queue, jobs, cache, store, peers, builds |
 | ``POST /v1/blobs:missing`` | CBOR ``{"digests": [...]}`` -> ``{"missing": [...]}`` |
 | ``POST /v1/blobs:upload`` | batched upload (see mesh.wire.formats) |
@@ -28,6 +28,9 @@
 | ``POST /v1/cache:lookup`` | a peer asks for action-cache entries by key (mesh.cluster.actioncache) |
 | ``POST /v1/cache:claim``, ``:release`` | a peer claims (releases) a cache key this node owns (mesh.cluster.inflight) |
 
+The handlers marked ``@for_people`` also take a UI session instead of a signature
+(mesh.api.sessions): the UI's reads, its log streams and its actions.
+
 Handlers only translate between HTTP and the node's services (mesh.api.services):
 validation lives in the model (mesh.sched.jobs), what it takes to accept a job in
 mesh.cluster.intake, and errors are mapped to statuses in mesh.api.http.
@@ -36,21 +39,21 @@ mesh.cluster.intake, and errors are mapped to statuses in mesh.api.http.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from mesh import codec
-from mesh.api import blobs, watches
+from mesh.api import blobs, ui, watches
 from mesh.api.http import (
     ApiError,
     authenticate,
     error_response,
+    good_session,
     read_body,
     read_message,
     reply,
@@ -58,6 +61,7 @@ from mesh.api.http import (
     wants_json,
 )
 from mesh.api.services import NodeServices, services
+from mesh.api.sessions import for_people
 from mesh.cluster.actioncache import MAX_LOOKUP_BODY
 from mesh.errors import MeshError
 from mesh.pipelines.hooks import MAX_BODY
@@ -75,23 +79,16 @@ MAX_PAGE = 1000
 MAX_HOOK_BODY = MAX_BODY
 
 
-_DASHBOARD = Path(__file__).resolve().parent.parent / "web" / "index.html"
-
-
-async def dashboard(request: Request) -> Response:
-    """``GET /``: the status dashboard (a static page that reads /status)."""
-    return HTMLResponse(_DASHBOARD.read_bytes())
-
-
 async def health(request: Request) -> Response:
     answer = services(request).health()
     return JSONResponse(answer, status_code=200 if answer["ok"] else 503)
 
 
+@for_people
 async def status(request: Request) -> Response:
     """``GET /status``: counts and node facts for anyone; a signed request (it must be a good
-    signature) also gets the recent jobs, whose labels are command lines."""
-    detailed = signed(request)
+    signature) or a UI session also gets the recent jobs, whose labels are command lines."""
+    detailed = signed(request) or good_session(request) is not None
     if detailed:
         authenticate(request, await read_body(request, 0))
     return JSONResponse(services(request).status(detailed=detailed))
@@ -128,6 +125,7 @@ def _int_param(request: Request, name: str, default: int | None, minimum: int, m
     return value
 
 
+@for_people
 async def list_jobs(request: Request) -> Response:
     limit = _int_param(request, "limit", 50, 1, MAX_PAGE)
     before = _int_param(request, "before", None, 1, 2**62)
@@ -140,12 +138,14 @@ async def list_jobs(request: Request) -> Response:
     return reply(request, {"jobs": jobs, "next": next_page})
 
 
+@for_people
 async def get_job(request: Request) -> Response:
     job_id = check_job_id(request.path_params["job_id"])
     authenticate(request, await read_body(request, 0))
     return reply(request, services(request).jobs.status(job_id))
 
 
+@for_people
 async def cancel_job(request: Request) -> Response:
     jobs = services(request).jobs
     job_id = check_job_id(request.path_params["job_id"])
@@ -154,6 +154,7 @@ async def cancel_job(request: Request) -> Response:
     return reply(request, jobs.status(job_id))
 
 
+@for_people
 async def rerun_job(request: Request) -> Response:
     """``POST /v1/jobs/ID/rerun``: ``{"task"?: NAME, "no_cache"?: bool}``: the job again, as a new
     job (every task, or that task with the inputs it had and what depends on it), and as its
@@ -172,6 +173,7 @@ def _rerun_request(message: Any) -> tuple[str | None, bool]:
     return task, no_cache
 
 
+@for_people
 async def job_events(request: Request) -> Response:
     job_id = check_job_id(request.path_params["job_id"])
     start = _int_param(request, "from", 0, 0, 2**62)
@@ -226,6 +228,7 @@ async def add_project(request: Request) -> Response:
     return reply(request, added, status=201)
 
 
+@for_people
 async def list_projects(request: Request) -> Response:
     authenticate(request, await read_body(request, 0))
     return reply(request, {"projects": services(request).projects.all()})
@@ -250,6 +253,7 @@ async def start_build(request: Request) -> Response:
     return reply(request, build, status=201)
 
 
+@for_people
 async def list_builds(request: Request) -> Response:
     limit = _int_param(request, "limit", 50, 1, MAX_PAGE)
     before = _int_param(request, "before", None, 1, 2**62)
@@ -259,6 +263,7 @@ async def list_builds(request: Request) -> Response:
     return reply(request, {"builds": builds, "next": next_page})
 
 
+@for_people
 async def get_build(request: Request) -> Response:
     authenticate(request, await read_body(request, 0))
     return reply(request, services(request).projects.build(request.path_params["name"], _build_number(request)))
@@ -271,6 +276,7 @@ def _build_number(request: Request) -> int:
     return int(number)
 
 
+@for_people
 async def rerun_build(request: Request) -> Response:
     """``POST /v1/projects/NAME/builds/N/rerun``: ``{"task"?: NAME, "no_cache"?: bool}``: build N
     again as the project's next build: 201, its number, job id and path."""
@@ -351,7 +357,12 @@ async def _not_allowed(request: Request, exc: Exception) -> Response:
 def create_app(node: NodeServices) -> Starlette:
     """The ASGI app of one node, serving its ``node`` services."""
     routes = [
-        Route("/", dashboard, methods=["GET"]),
+        Route("/", ui.overview, methods=["GET"]),
+        *(Route(f"/ui/assets/{name}", ui.asset, methods=["GET"]) for name in ui.ASSETS),
+        Route("/ui/login", ui.login, methods=["GET"]),
+        Route("/ui/logout", ui.logout, methods=["POST"]),
+        Route("/ui/{page:path}", ui.page, methods=["GET"]),
+        Route("/v1/ui/logins", ui.new_login, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         Route("/status", status, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

@@ -39,6 +39,7 @@ from starlette.types import Send
 from mesh import codec
 from mesh.api.http import ApiError, authenticate, read_body, read_message, reply
 from mesh.api.services import services
+from mesh.api.sessions import for_people
 from mesh.cas.digest import Digest
 from mesh.errors import BlobDamaged, CodecError, DigestMismatch, InvalidDigest
 from mesh.exec.action import parse_digest
@@ -122,8 +123,10 @@ async def put_blob(request: Request) -> Response:
     return reply(request, {"digest": str(digest), "stored": True}, status=201)
 
 
+@for_people
 async def get_blob(request: Request) -> Response:
-    """``GET /v1/blobs/{digest}``: the blob's bytes, streamed (404 when absent)."""
+    """``GET /v1/blobs/{digest}``: the blob's bytes, streamed (404 when absent); a UI session
+    may read them too (a task's whole log is its stdout and stderr blobs)."""
     authenticate(request, await read_body(request, 0))
     digest = _digest_param(request.path_params["digest"])
     # A peer's own request is answered from this node's store alone (see Blobs.open).

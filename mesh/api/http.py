@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from mesh import codec
 from mesh.api.services import services
+from mesh.api.sessions import COOKIE, CSRF_HEADER, SAFE_METHODS, Session, takes_sessions
 from mesh.errors import (
     BlobNotFound,
     CodecError,
@@ -141,9 +142,18 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def admit(request: Request) -> Admitted:
+def admit(request: Request) -> Admitted | Session:
     """What can be checked of a request's signature before its body is read (mesh.wire.auth):
-    the form of its headers, its host, its time. Raises AuthError (401)."""
+    the form of its headers, its host, its time. Raises AuthError (401).
+
+    An unsigned request to a handler a person may call (mesh.api.sessions.for_people) may come
+    with a UI session instead: its cookie, and its CSRF token unless it is a GET."""
+    if not signed(request) and COOKIE in request.cookies and takes_sessions(request.scope.get("endpoint")):
+        session = ui_session(request)
+        assert session is not None
+        if request.method not in SAFE_METHODS:
+            services(request).sessions.check_csrf(session, request.headers.get(CSRF_HEADER))
+        return session
     try:
         return services(request).verifier.admit(signed_headers(request.headers.items()))
     except AuthError as exc:
@@ -151,17 +161,24 @@ def admit(request: Request) -> Admitted:
 
 
 def authenticate(
-    request: Request, body: bytes | None, *, content_addressed: bool = False, admitted: Admitted | None = None
+    request: Request,
+    body: bytes | None,
+    *,
+    content_addressed: bool = False,
+    admitted: Admitted | Session | None = None,
 ) -> None:
     """Refuse (401) a request not signed with the mesh key, for another node, stale or replayed
     (mesh.wire.auth).
 
     ``body``: the bytes the request carried (b"" for none); None with
     ``content_addressed`` for blob uploads, whose bytes are verified by digest.
-    ``admitted``: what :func:`admit` said before the body was read.
+    ``admitted``: what :func:`admit` said before the body was read (a UI session: nothing
+    more to check).
     """
     if admitted is None:
         admitted = admit(request)
+    if isinstance(admitted, Session):
+        return
     scope = request.scope
     target = (scope.get("raw_path") or scope["path"].encode()).decode("ascii", "replace")
     if scope.get("query_string"):
@@ -179,6 +196,22 @@ def _actionable(exc: AuthError) -> AuthError:
         f"{exc} (a client needs this mesh's key: run `mesh key show` on a node and set MESH_KEY, "
         "or copy it to $MESH_HOME/mesh.key)"
     )
+
+
+def ui_session(request: Request) -> Session | None:
+    """The UI session whose cookie the request carries, None without one; AuthError (401) for
+    a cookie that is forged, expired or logged out (mesh.api.sessions)."""
+    cookie = request.cookies.get(COOKIE)
+    return None if cookie is None else services(request).sessions.check(cookie)
+
+
+def good_session(request: Request) -> Session | None:
+    """The request's UI session if it carries a good one; None without one or with one that is
+    forged, expired or logged out (for the open pages, which then show what anyone sees)."""
+    try:
+        return ui_session(request)
+    except AuthError:
+        return None
 
 
 def signed(request: Request) -> bool:

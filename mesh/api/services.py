@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry
 from starlette.requests import Request
 
+from mesh.api.sessions import Sessions
 from mesh.cas.access import BlobAccess
 from mesh.cas.blobio import BlobReader
 from mesh.cas.digest import Digest
@@ -219,6 +220,11 @@ class NodeServices(Protocol):
     @property
     def verifier(self) -> Verifier:
         """Checks the signatures of requests (mesh.wire.auth), for mesh.api.http.authenticate."""
+        ...
+
+    @property
+    def sessions(self) -> Sessions:
+        """People's sessions in the UI (mesh.api.sessions): their login tokens and cookies."""
         ...
 
     def health(self) -> dict[str, Any]:
