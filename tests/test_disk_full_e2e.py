@@ -12,6 +12,7 @@ partial blob, no temp file.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import secrets
@@ -158,20 +159,20 @@ def test_a_disk_that_fills_during_an_upload_is_a_507(node_on_small_fs: NodeProce
     filler = small_fs / "filler"
     before = free_bytes(small_fs)
 
-    def body() -> Iterator[bytes]:
+    def body(f: io.FileIO) -> Iterator[bytes]:
         yield data[:MIB]
         wait_for(lambda: free_bytes(small_fs) <= before - MIB, what="the node to write the first MiB")
-        with open(filler, "wb") as f:  # take the rest of the disk
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass
+        try:  # take the rest of the disk
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
         yield data[MIB:]
 
-    with signed(node) as http:
-        response = http.put(f"/v1/blobs/{digest}", content=body(), headers={"content-length": str(len(data))})
+    # Made before the upload: once the disk is full, not even an empty file can be made on it.
+    with open(filler, "wb", buffering=0) as f, signed(node) as http:
+        response = http.put(f"/v1/blobs/{digest}", content=body(f), headers={"content-length": str(len(data))})
     assert response.status_code == 507, response.content
     assert_names_the_store(error_of(response), node)
     assert not os.path.exists(os.path.join(node.home, "cas", "blobs", digest.hex[:2], digest.hex))
