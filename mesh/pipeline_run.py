@@ -116,7 +116,7 @@ def run_on(
             client, request.project, job.wire, commit=commit, branch=branch, notify=pipeline.notify, trigger="run"
         )
         follower.job_id = build["job"]
-        announced = f"build #{build['number']} of {request.project}: {client.url}{build['path']}"
+        announced = f"build #{build['number']} of {request.project}: {client.url}{build['page']}"
         print(announced, file=sys.stderr, flush=True)
     followed = follow_job_with(follower, None if announced else job.wire, window=window)
     sys.stdout.flush()

@@ -55,7 +55,7 @@ def start(client: NodeClient, request: RerunRequest) -> tuple[str, str]:
 
 def _announce(client: NodeClient, build: dict[str, Any]) -> str:
     earlier = build.get("rerun_of")
-    return f"build #{build['number']} of {build['project']} (re-run of #{earlier}): {client.url}{build['path']}"
+    return f"build #{build['number']} of {build['project']} (re-run of #{earlier}): {client.url}{build['page']}"
 
 
 def rerun(client: NodeClient, request: RerunRequest, *, window: float) -> int:

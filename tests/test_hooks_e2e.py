@@ -120,6 +120,7 @@ def test_pushes_to_the_hook_build_numbered_commits(node: NodeProcess, tmp_path: 
     answer = deliver(node, "push", push_payload(first, "0" * 40, "a good commit"), "delivery-1")
     assert answer.status_code == 201, answer.text
     assert answer.json()["number"] == 1 and answer.json()["path"] == "/v1/projects/demo/builds/1"
+    assert answer.json()["page"] == "/ui/builds/demo/1"
     one = ended(node, 1)
     assert (one["state"], one["commit"], one["trigger"], one["branch"]) == ("succeeded", first, "hook", "main")
     assert sorted(step["name"] for step in one["steps"] if step["state"] == "succeeded") == ["build", "test"]

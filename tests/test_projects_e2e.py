@@ -112,13 +112,15 @@ def test_runs_of_a_project_are_numbered_remembered_and_badged(node: NodeProcess,
     assert "no builds" in badge(node, "demo")
     one = node.mesh("run", "-C", str(tree), "--project", "demo")
     assert one.returncode == 0, one.stderr.decode()
-    url = f"{node.url}/v1/projects/demo/builds/1"
+    url = f"{node.url}/ui/builds/demo/1"  # its page in the web UI
     assert one.stderr.decode().count(f"build #1 of demo: {url}") == 2  # at the start and after the table
+    page = httpx.get(url, headers={"accept": "text/html"}, trust_env=False)  # a person without a session
+    assert page.status_code == 401 and "run <code>mesh ui</code>" in page.text, page.text[:300]
     wait_for(lambda: COLOURS["succeeded"] in badge(node, "demo"), what="a green badge after build #1")
     second = repository(tree, "bad")
     two = node.mesh("run", "-C", str(tree), "--project", "demo")
     assert two.returncode == 1, two.stderr.decode()  # the check step fails
-    assert f"build #2 of demo: {node.url}/v1/projects/demo/builds/2" in two.stderr.decode()
+    assert f"build #2 of demo: {node.url}/ui/builds/demo/2" in two.stderr.decode()
     wait_for(lambda: COLOURS["failed"] in badge(node, "demo"), what="a red badge after build #2")
 
     listed = mesh_json(node, "builds", "demo")["builds"]
@@ -217,7 +219,7 @@ def test_a_builds_end_is_announced_to_its_pipelines_webhook_and_a_failed_one_rec
         wait_for(lambda: _Receiver.received, what="the build's webhook notification")
         (sent,) = _Receiver.received
         assert (sent["project"], sent["number"], sent["status"], sent["commit"]) == ("told", 1, "succeeded", commit)
-        assert sent["branch"] == "main" and sent["url"].endswith("/v1/projects/told/builds/1") and sent["text"]
+        assert sent["branch"] == "main" and sent["url"].endswith("/ui/builds/told/1") and sent["text"]
         wait_for(lambda: mesh_json(node, "build", "told", "1")["finished_at"], what="build #1's end to be noted")
         build = mesh_json(node, "build", "told", "1")
         assert build["state"] == "succeeded"

@@ -34,7 +34,7 @@ from mesh.errors import JobNotFound, MeshError, ProjectRefused, describe
 from mesh.pipelines.badge import badge
 from mesh.pipelines.buildmetrics import BuildMetrics
 from mesh.pipelines.notify import EVENTS, BuildEnd, Email, Notifier, Status, Target, Webhook
-from mesh.pipelines.projects import TRIGGERS, Build, Project, ProjectStore, Trigger, build_path, check_name
+from mesh.pipelines.projects import TRIGGERS, Build, Project, ProjectStore, Trigger, build_page, check_name
 from mesh.sched.events import JobEvents
 from mesh.sched.jobs import JobSpec
 
@@ -216,7 +216,7 @@ class Builds:
             commit=build.commit or "",
             branch=build.branch or "",
             duration=duration,
-            url=self.base_url() + build_path(build.project, build.number),
+            url=self.base_url() + build_page(build.project, build.number),
         )
 
 

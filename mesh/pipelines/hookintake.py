@@ -183,4 +183,5 @@ class HookIntake:
 
 
 def _started(build: dict[str, Any]) -> HookAnswer:
-    return HookAnswer(201, {"number": build["number"], "path": build["path"], "commit": build["commit"]})
+    answer = {key: build[key] for key in ("number", "path", "page", "commit")}
+    return HookAnswer(201, answer)

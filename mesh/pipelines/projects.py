@@ -136,12 +136,18 @@ class Build:
             "created_at": self.created_at,
             "finished_at": self.finished_at,
             "path": build_path(self.project, self.number),
+            "page": build_page(self.project, self.number),
         }
 
 
 def build_path(project: str, number: int) -> str:
-    """The URL path of a build's page (its API resource, for now)."""
+    """The URL path of a build's API resource (``GET``: its state and steps)."""
     return f"/v1/projects/{project}/builds/{number}"
+
+
+def build_page(project: str, number: int) -> str:
+    """The URL path of a build's page in the node's web UI (mesh.api.ui): the one to give people."""
+    return f"/ui/builds/{project}/{number}"
 
 
 class ProjectStore:
