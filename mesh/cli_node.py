@@ -291,7 +291,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from mesh import ui_cli
 
     with _client(args) as client:
-        url = ui_cli.login_url(client)
+        url = ui_cli.login_url(client, args.page)
     print(url, flush=True)
     opened = not args.no_open and ui_cli.open_in_browser(url)
     where = "opened in your browser" if opened else "open it in a browser"
@@ -696,6 +696,9 @@ def add_parsers(add: Add) -> None:
         "peers) and open it where a desktop browser is (DISPLAY, WAYLAND_DISPLAY or BROWSER set).\n"
         "The link works once, within 5 minutes, and gives the browser a session of 12 hours;\n"
         "asking for it takes the mesh key. The overview at / is open and shows counts only.",
+    )
+    p.add_argument(
+        "page", nargs="?", metavar="PAGE", help="go on to this page after logging in (its URL or path, e.g. a build's)"
     )
     p.add_argument("--no-open", action="store_true", help="print the link only, never start a browser")
     p.add_argument("--node", metavar="URL", help=node_help)

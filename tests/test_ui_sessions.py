@@ -12,6 +12,7 @@ import json
 import re
 import subprocess
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -250,3 +251,47 @@ def test_mesh_ui_opens_the_link_only_where_a_browser_is(node: NodeProcess, tmp_p
         [*MESH, "ui", "--node", "http://127.0.0.1:9"], env=node_env(node.home), capture_output=True, timeout=60
     )
     assert elsewhere.returncode == 1 and b"no mesh node answers at http://127.0.0.1:9" in elsewhere.stderr
+
+
+def _lands(url: str) -> str:
+    """Where the login page at ``url`` goes on to (it is redeemed: a link works once)."""
+    first = httpx.get(url, trust_env=False)
+    assert first.status_code == 200, first.text
+    (target,) = re.findall(r'content="0; url=([^"]*)"', first.text)
+    assert f'href="{target}"' in first.text
+    return html.unescape(target)
+
+
+@pytest.mark.parametrize(
+    ("page", "lands"),
+    [
+        (None, "/"),
+        ("/ui/builds/web/2", "/ui/builds/web/2"),
+        (
+            "http://elsewhere.example:7474/ui/jobs/0123456789abcdef0123/tasks/t:2",
+            "/ui/jobs/0123456789abcdef0123/tasks/t:2",
+        ),
+    ],
+)
+def test_mesh_ui_page_gives_a_link_that_goes_on_to_that_page(node: NodeProcess, page: str | None, lands: str) -> None:
+    """``mesh ui PAGE``: a link shared in a chat is reached after logging in."""
+    done = node.mesh("ui", "--no-open", *([page] if page else []))
+    assert done.returncode == 0, done.stderr.decode()
+    assert _lands(done.stdout.decode().strip()) == lands
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["//evil.example/ui/x", "https://evil.example/ui/x", "/ui//evil.example", "/elsewhere", "/ui/x\\y", "/ui/x?y"],
+)
+def test_a_login_link_goes_on_only_to_a_page_of_the_ui(node: NodeProcess, hostile: str) -> None:
+    """``next`` is in a URL anyone can edit: one made to send a person to another site, or
+    anywhere but the UI, goes to the overview."""
+    done = node.mesh("ui", "--no-open")
+    assert done.returncode == 0, done.stderr.decode()
+    assert _lands(done.stdout.decode().strip() + "&" + urlencode({"next": hostile})) == "/"
+
+
+def test_a_page_refused_for_want_of_a_session_says_how_to_reach_it(node: NodeProcess) -> None:
+    refused = httpx.get(node.url + "/ui/builds/web/2", headers={"accept": "text/html"}, trust_env=False)
+    assert refused.status_code == 401 and "mesh ui\n/ui/builds/web/2" in refused.text, refused.text

@@ -6,7 +6,7 @@
 | ``GET /ui/{page}`` | the detailed pages (a session, or a signed request): see below |
 | ``GET /ui/assets/app.js``, ``app.css`` | open: the UI's script and style (no data in them) |
 | ``POST /v1/ui/logins`` | signed (``mesh ui``): a one-time login path, ``/ui/login?token=T`` |
-| ``GET /ui/login?token=T`` | redeems a login token for a session cookie, then goes on to ``/`` |
+| ``GET /ui/login?token=T[&next=P]`` | redeems a login token for a session cookie; goes on to ``/`` (or P, a UI page) |
 | ``POST /ui/logout`` | ends the session (CSRF token needed) and clears its cookie |
 
 Every page is the one HTML file mesh/web/app.html, which routes on its URL in the
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 
 from starlette.requests import Request
@@ -45,14 +46,23 @@ CSP = (
 _REFUSED = """<!doctype html><html lang="en"><meta charset="utf-8"><title>mesh: log in</title>
 <link rel="stylesheet" href="/ui/assets/app.css"><main class="refused"><h1>mesh: not logged in</h1>
 <p>{message}</p><p>On a machine that holds the mesh key, run <code>mesh ui</code> (add
-<code>--node URL</code> for another node) and open the login link it prints.</p>
+<code>--node URL</code> for another node) and open the login link it prints; <code>mesh ui
+{here}</code> gives a link that goes on to this page.</p>
 <p><a href="/">The open overview</a> shows this node's counts without logging in.</p></main></html>
 """
 
 _WELCOME = """<!doctype html><html lang="en"><meta charset="utf-8"><title>mesh: logged in</title>
-<meta http-equiv="refresh" content="0; url=/"><link rel="stylesheet" href="/ui/assets/app.css">
-<main class="refused"><h1>Logged in</h1><p><a href="/">Go on to the overview</a>.</p></main></html>
+<meta http-equiv="refresh" content="0; url={next}"><link rel="stylesheet" href="/ui/assets/app.css">
+<main class="refused"><h1>Logged in</h1><p><a href="{next}">Go on</a>.</p></main></html>
 """
+#: A page a login may go on to: the overview or a page of the UI, nothing of another site
+#: (no ``//host``, no scheme, no backslash, no query), so a login link cannot send a person away.
+_NEXT = re.compile(r"/(ui/[A-Za-z0-9._~:@+%-][A-Za-z0-9._~:@+%/-]*)?")
+
+
+def next_page(text: str | None) -> str:
+    """Where a login goes on to: ``text`` if it is a page of the UI (:data:`_NEXT`), else ``/``."""
+    return text if text is not None and _NEXT.fullmatch(text) and "//" not in text else "/"
 
 
 def _shell(request: Request, session: Session | None) -> Response:
@@ -88,11 +98,17 @@ async def page(request: Request) -> Response:
         if "text/html" not in request.headers.get("accept", "") or signed(request):
             raise
         if COOKIE not in request.cookies:
-            return HTMLResponse(_REFUSED.format(message="This page shows jobs, builds and logs: log in first."), 401)
-        response = HTMLResponse(_REFUSED.format(message=html.escape(str(exc))), 401)
+            message = "This page shows jobs, builds and logs: log in first."
+            return HTMLResponse(_REFUSED.format(message=message, here=_here(request)), 401)
+        response = HTMLResponse(_REFUSED.format(message=html.escape(str(exc)), here=_here(request)), 401)
         response.delete_cookie(COOKIE, path="/")  # forged, expired or logged out: of no more use
         return response
     return _shell(request, session)
+
+
+def _here(request: Request) -> str:
+    """The page asked for, as ``mesh ui`` takes it (escaped for the page)."""
+    return html.escape(next_page(request.url.path))
 
 
 async def asset(request: Request) -> Response:
@@ -117,11 +133,12 @@ async def login(request: Request) -> Response:
     try:
         cookie = services(request).sessions.redeem(token)
     except AuthError as exc:
-        return HTMLResponse(_REFUSED.format(message=html.escape(str(exc))), 401)
+        return HTMLResponse(_REFUSED.format(message=html.escape(str(exc)), here="/"), 401)
     # A page that goes on to / rather than a redirect: a SameSite=Strict cookie set in a
     # navigation that came from another site (a link in a web mail) would not be sent on
     # its redirect, and the person would land logged out; a navigation the page starts is ours.
-    response = HTMLResponse(_WELCOME, headers={"cache-control": "no-store", "referrer-policy": "no-referrer"})
+    welcome = _WELCOME.format(next=html.escape(next_page(request.query_params.get("next"))))
+    response = HTMLResponse(welcome, headers={"cache-control": "no-store", "referrer-policy": "no-referrer"})
     response.set_cookie(
         COOKIE,
         cookie,
