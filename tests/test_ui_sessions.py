@@ -100,6 +100,21 @@ def test_a_logout_outlives_a_restart_and_expired_ones_are_forgotten(tmp_path: Pa
     assert Path(path).read_text() == ""  # rewritten without the expired entry
 
 
+def test_a_logouts_file_that_cannot_be_read_or_written_costs_no_session(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A directory where the file should be (unreadable, unwritable): the node starts, a logout
+    holds until a restart, and the log says what is not kept."""
+    path = tmp_path / "ui-logouts"
+    path.mkdir()
+    sessions = Sessions(MeshKey.generate(), str(path), clock=Clock())
+    cookie = sessions.redeem(sessions.login_token())
+    sessions.end(sessions.check(cookie))
+    with pytest.raises(AuthError, match="logged out"):
+        sessions.check(cookie)
+    assert "cannot be read" in caplog.text and "holds until a restart" in caplog.text
+
+
 # -- end to end --------------------------------------------------------------------------------
 
 

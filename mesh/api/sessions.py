@@ -26,6 +26,7 @@ one in a fraction of a second), for :data:`LOGIN_SECONDS`, and work once.
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import secrets
 import time
@@ -52,6 +53,8 @@ SAFE_METHODS = frozenset({"GET", "HEAD"})
 _SESSION_CONTEXT = "mesh ui session v1"
 _CSRF_CONTEXT = "mesh ui csrf v1"
 _LOGIN_AGAIN = "run `mesh ui` for a new login link"
+
+log = logging.getLogger("mesh.ui")
 
 Handler = Callable[..., Any]
 _FOR_PEOPLE: set[Handler] = set()
@@ -152,8 +155,11 @@ class Sessions:
         """Log ``session`` out, here and after a restart."""
         self._ended[session.sid] = session.expires
         if self._logouts_path is not None:
-            with open(self._logouts_path, "a", encoding="ascii") as f:
-                f.write(f"{session.sid} {session.expires}\n")
+            try:
+                with open(self._logouts_path, "a", encoding="ascii") as f:
+                    f.write(f"{session.sid} {session.expires}\n")
+            except OSError as exc:  # a full disk: the logout holds until the node restarts
+                log.error("a logout could not be written to %s (%s): it holds until a restart", self._logouts_path, exc)
 
     def _mac(self, sid: str, expires: int) -> str:
         return blake3.blake3(f"{sid}.{expires}".encode(), key=self._session_key).hexdigest()
@@ -172,8 +178,18 @@ class Sessions:
                         ended[sid] = int(expires)
         except FileNotFoundError:
             return {}
+        except OSError as exc:  # unreadable: sessions logged out before could be used again until they expire
+            log.error(
+                "the logouts in %s cannot be read (%s): sessions logged out earlier are not refused",
+                self._logouts_path,
+                exc,
+            )
+            return {}
         tmp = f"{self._logouts_path}.tmp"
-        with open(tmp, "w", encoding="ascii") as f:
-            f.writelines(f"{sid} {expires}\n" for sid, expires in ended.items())
-        os.replace(tmp, self._logouts_path)
+        try:
+            with open(tmp, "w", encoding="ascii") as f:
+                f.writelines(f"{sid} {expires}\n" for sid, expires in ended.items())
+            os.replace(tmp, self._logouts_path)
+        except OSError as exc:  # a full disk: the file keeps its expired lines until the next start
+            log.warning("%s could not be rewritten without its expired lines: %s", self._logouts_path, exc)
         return ended
