@@ -430,7 +430,21 @@ def test_the_mesh_page_shows_a_peer_as_it_joins(page: Page, ui_node: NodeProcess
         expect(row).to_contain_text("labels rack=b7")
         expect(row).to_contain_text(re.compile(r"\d+/2"))  # slots busy of total
         expect(row).to_contain_text(re.compile(r"\d+\.\d s ago"))
-        page.screenshot(path=shots / "mesh.png", full_page=True)
+        expect(row.locator("td").nth(6)).to_have_text("0")  # no directory watched through it yet
+        directory = tmp_path / "on-the-peer"
+        directory.mkdir()
+        (directory / "far.txt").write_text("far\n")
+        watcher = WatchProcess.start(peer, directory, *FAST, home=ui_node.home)  # the mesh key is in its home
+        try:
+            expect(row.locator("td").nth(6)).to_have_text("1")  # gossip says a directory is watched through it
+            page.screenshot(path=shots / "mesh.png", full_page=True)
+            peer_id = row.locator("td").first.inner_text()
+            page.get_by_role("link", name="Files", exact=True).click()  # the mesh's files: the peer's too
+            where = f"{socket.gethostname()}:{os.path.realpath(directory)}"
+            expect(page.locator("tr", has=page.get_by_role("link", name=where, exact=True))).to_contain_text(peer_id)
+            expect(page.locator("tr", has=page.get_by_text("far.txt", exact=True))).to_contain_text(where)
+        finally:
+            watcher.stop()
     finally:
         peer.stop()
 
@@ -491,5 +505,8 @@ def test_the_files_page_shows_a_watched_directorys_files_come_and_go(
                 where,
             )
             assert read[0] == 401 and "a-new.txt" not in read[1], read
+        page.keyboard.press("g")
+        page.keyboard.press("m")
+        expect(page.locator("table.kv")).to_contain_text("1 directory through this node")  # the mesh page counts them
     finally:
         watcher.stop()

@@ -4,7 +4,7 @@
 | --- | --- |
 | ``GET /``, ``/ui/...`` | the web UI (mesh.api.ui; its login, ``POST /v1/ui/logins``, and logout too) |
 | ``GET /health`` | JSON: ok, node id, version, store id |
-| ``GET /status`` | JSON: node, uptime, slots, queue, job counts, peers; signed (or a UI session): recent jobs too |
+| ``GET /status`` | JSON: node, uptime, slots, queue, job counts, watches, peers; signed or a session: recent jobs too |
 | ``GET /metrics`` | Prometheus text: slots, queue, jobs, cache, store, peers, builds |
 | ``POST /v1/blobs:missing`` | CBOR ``{"digests": [...]}`` -> ``{"missing": [...]}`` |
 | ``POST /v1/blobs:upload`` | batched upload (see mesh.wire.formats) |

@@ -299,10 +299,11 @@ function capabilities(caps) {
   return parts.filter(Boolean).join(" · ");
 }
 function peerTable(peers) {
-  return table(["node", "state", "url", "slots busy", "queued", "last heard", "capabilities"], peers.map((p) =>
+  return table(["node", "state", "url", "slots busy", "queued", "last heard", "watched", "capabilities"], peers.map((p) =>
     el("tr", {}, el("td", {}, el("code", {}, p.node)), el("td", {}, stateEl(p.state)), el("td", {}, p.url),
       el("td", {}, `${p.load.busy ?? 0}/${p.load.slots ?? 0}`), el("td", {}, p.load.queued ?? 0),
-      el("td", {}, `${Number(p.last_heard).toFixed(1)} s ago`), el("td", {}, capabilities(p.capabilities || {})))),
+      el("td", {}, `${Number(p.last_heard).toFixed(1)} s ago`), el("td", {}, p.watches ?? 0),
+      el("td", {}, capabilities(p.capabilities || {})))),
   "No peers: this node works alone. Start others with `mesh up --peer HOST:PORT` (or mDNS on a LAN).");
 }
 
@@ -326,7 +327,8 @@ async function meshPage(signal) {
         + (store.evicted_blobs ? `; evicted ${store.evicted_blobs} blobs, ${bytes(store.evicted_bytes)}` : "")),
       row("cache hit rate", rate),
       row("action cache", `${s.cache.entries} entries here; asked peers ${s.cache.mesh.asked} times, found ${s.cache.mesh.found}`),
-      row("work stealing", `stolen ${s.stealing.stolen}, given ${s.stealing.given}`))));
+      row("work stealing", `stolen ${s.stealing.stolen}, given ${s.stealing.given}`),
+      row("watched", link("/ui/files", `${s.watches ?? 0} director${s.watches === 1 ? "y" : "ies"} through this node`)))));
     swap(peers, peerTable(s.peers));
   });
 }
