@@ -469,6 +469,7 @@ class Node:
                 else {"available": self.docker.available, "reason": self.docker.reason, "images": self.docker.images},
             },
             "peers": self.peering.status(),
+            "watches": len(self.watch_registry.watched()),  # directories watched through this node
             "gossip": {"rounds": self.peering.gossip.rounds, "mdns": self.config.mdns},
             "jobs": {"counts": self.db.count_jobs()},
         }

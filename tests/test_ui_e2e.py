@@ -3,16 +3,19 @@
 One node and one browser serve the whole module (tests/browser.py keeps the browser inside a
 loopback-only network namespace). A person logs in through ``mesh ui``'s one-time link, watches
 a job's lines arrive while it runs, cancels it and re-runs a finished task from the page, opens a
-build's page by its URL, reads a log of 100,000 lines; without a session the detailed pages and
-actions are refused. Screenshots of the main pages are saved under the pytest temporary
-directory (the path is printed).
+build's page by its URL, reads a log of 100,000 lines, sees a real ``mesh watch``'s files come
+and go; without a session the detailed pages, the files and actions are refused. Screenshots
+of the main pages are saved under the pytest temporary directory (the path is printed).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from mesh.wire.auth import load_key
 from mesh.wire.client import NodeClient
 from tests.browser import ARGS, Forwarder, chromium_in, loopback_namespace, unavailable
 from tests.nodeutil import NodeProcess, wait_for
+from tests.watchutil import FAST, WatchProcess
 
 WHY_NOT = unavailable()
 if WHY_NOT is None:
@@ -106,6 +110,20 @@ def page(browser: Browser, ui_node: NodeProcess) -> Iterator[Page]:
     finally:
         context.close()
     assert not errors, errors
+
+
+@contextmanager
+def refused_page(browser: Browser, url: str) -> Iterator[Page]:
+    """A page of a browser context without a session, at ``url``, which the node refused (401)."""
+    anonymous = browser.new_context()
+    try:
+        stranger = anonymous.new_page()
+        response = stranger.goto(url)
+        assert response is not None and response.status == 401
+        expect(stranger.get_by_role("heading", name="mesh: not logged in")).to_be_visible()
+        yield stranger
+    finally:
+        anonymous.close()
 
 
 def client(node: NodeProcess) -> NodeClient:
@@ -372,12 +390,7 @@ def test_without_a_session_details_and_actions_are_refused(
     secret = "secret-command-line-7d1f"
     job = submit(ui_node, snapshot, secret, {"name": "sleep", "argv": ["sh", "-c", f"sleep 600 # {secret}"]})
     wait_for(lambda: state(ui_node, job) == "running", what="the job to run")
-    anonymous = browser.new_context()
-    try:
-        stranger = anonymous.new_page()
-        response = stranger.goto(f"{ui_node.url}/ui/jobs/{job}")
-        assert response is not None and response.status == 401
-        expect(stranger.get_by_role("heading", name="mesh: not logged in")).to_be_visible()
+    with refused_page(browser, f"{ui_node.url}/ui/jobs/{job}") as stranger:
         stranger.goto(ui_node.url + "/")
         expect(stranger.get_by_role("heading", name="mesh node")).to_be_visible()
         expect(stranger.locator("main")).to_contain_text("running")  # the counts
@@ -392,8 +405,6 @@ def test_without_a_session_details_and_actions_are_refused(
         )
         assert refused == [401, 401]
         assert state(ui_node, job) == "running"
-    finally:
-        anonymous.close()
     # A session without its CSRF token cannot act either; then it logs out, and is refused.
     status = page.evaluate(f"fetch('/v1/jobs/{job}/cancel', {{method: 'POST'}}).then(r => r.status)")
     assert status == 401 and state(ui_node, job) == "running"
@@ -419,6 +430,83 @@ def test_the_mesh_page_shows_a_peer_as_it_joins(page: Page, ui_node: NodeProcess
         expect(row).to_contain_text("labels rack=b7")
         expect(row).to_contain_text(re.compile(r"\d+/2"))  # slots busy of total
         expect(row).to_contain_text(re.compile(r"\d+\.\d s ago"))
-        page.screenshot(path=shots / "mesh.png", full_page=True)
+        expect(row.locator("td").nth(6)).to_have_text("0")  # no directory watched through it yet
+        directory = tmp_path / "on-the-peer"
+        directory.mkdir()
+        (directory / "far.txt").write_text("far\n")
+        watcher = WatchProcess.start(peer, directory, *FAST, home=ui_node.home)  # the mesh key is in its home
+        try:
+            expect(row.locator("td").nth(6)).to_have_text("1")  # gossip says a directory is watched through it
+            page.screenshot(path=shots / "mesh.png", full_page=True)
+            peer_id = row.locator("td").first.inner_text()
+            page.get_by_role("link", name="Files", exact=True).click()  # the mesh's files: the peer's too
+            where = f"{socket.gethostname()}:{os.path.realpath(directory)}"
+            expect(page.locator("tr", has=page.get_by_role("link", name=where, exact=True))).to_contain_text(peer_id)
+            expect(page.locator("tr", has=page.get_by_text("far.txt", exact=True))).to_contain_text(where)
+        finally:
+            watcher.stop()
     finally:
         peer.stop()
+
+
+def test_the_files_page_shows_a_watched_directorys_files_come_and_go(
+    browser: Browser, page: Page, ui_node: NodeProcess, tmp_path: Path, shots: Path
+) -> None:
+    """A real ``mesh watch`` of 252 files: the files page (``g f``) lists its directory, and its
+    files a page of 100 at a time; a new file appears and a deleted one leaves without a reload.
+    Without a session, the page and /files are refused."""
+    directory = tmp_path / "watched"
+    (directory / "many").mkdir(parents=True)
+    (directory / "a.txt").write_text("alpha\n")
+    (directory / "b.txt").write_text("beta\n")
+    for i in range(250):
+        (directory / "many" / f"{i:04}.txt").write_text(f"{i}\n")
+    where = f"{socket.gethostname()}:{os.path.realpath(directory)}"
+    watcher = WatchProcess.start(ui_node, directory, *FAST)
+    try:
+        page.keyboard.press("g")
+        page.keyboard.press("f")
+        expect(page).to_have_url(f"{ui_node.url}/ui/files")
+        expect(page.get_by_role("link", name="Files", exact=True)).to_have_attribute("aria-current", "page")
+        directory_link = page.get_by_role("link", name=where, exact=True)
+        expect(page.locator("tr", has=directory_link)).to_contain_text("252")  # its node and count
+        page.keyboard.press("j")  # the keyboard: the directory's row, Enter keeps only its files
+        expect(directory_link).to_be_focused()
+        page.keyboard.press("Enter")
+        expect(page).to_have_url(re.compile(r"/ui/files\?dir="))
+        files = page.locator("table").nth(1).locator("tbody tr")
+        expect(files).to_have_count(100)  # a page at a time
+        expect(page.locator("main")).to_contain_text("files 1–100 of 252")
+        expect(page.get_by_role("heading", level=2, name=f"Files of {where}")).to_be_visible()
+        expect(files.first).to_contain_text("a.txt")
+        with client(ui_node) as c:
+            expect(files.first).to_contain_text(str(c.health()["node"]))
+        page.evaluate("window.stayed = true")  # gone if the page were loaded again
+        (directory / "a-new.txt").write_text("new\n")
+        (directory / "b.txt").unlink()
+        paths = page.locator("table").nth(1).locator("tbody td:first-child > code")
+        expect(paths.filter(has_text=re.compile(r"^a-new\.txt$"))).to_have_count(1)
+        expect(paths.filter(has_text=re.compile(r"^b\.txt$"))).to_have_count(0)
+        expect(page.locator("main")).to_contain_text("files 1–100 of 252")
+        assert page.evaluate("window.stayed === true")
+        poor = [(ratio, text) for ratio, text in page.evaluate(CONTRASTS) if ratio < 4.5]
+        assert not poor, poor
+        page.screenshot(path=shots / "files.png")
+        page.get_by_role("link", name="next page →").click()
+        expect(page.locator("main")).to_contain_text("files 101–200 of 252")
+        expect(files).to_have_count(100)
+        expect(files.first).to_contain_text("many/0098.txt")  # after a-new.txt, a.txt and 98 of many/
+        expect(page.get_by_role("link", name="← previous page")).to_be_visible()
+        assert page.evaluate("fetch('/files?limit=1').then(r => r.status)") == 200  # the session reads /files
+        with refused_page(browser, f"{ui_node.url}/ui/files") as stranger:
+            read = stranger.evaluate(
+                """(where) => fetch(`/files?dir=${encodeURIComponent(where)}`, {headers: {accept: "application/json"}})
+                    .then(async (r) => [r.status, await r.text()])""",
+                where,
+            )
+            assert read[0] == 401 and "a-new.txt" not in read[1], read
+        page.keyboard.press("g")
+        page.keyboard.press("m")
+        expect(page.locator("table.kv")).to_contain_text("1 directory through this node")  # the mesh page counts them
+    finally:
+        watcher.stop()

@@ -181,6 +181,10 @@ def test_a_session_reads_and_acts_with_its_csrf_token_and_nothing_else(node: Nod
     assert listed.status_code == 200 and listed.json()["jobs"][0]["id"] == job
     assert "secret-label-1" in browser.get(node.url + "/status", headers=json_accept).text  # the details
     assert "secret-label-1" not in httpx.get(node.url + "/status", trust_env=False).text  # open: counts only
+    files = browser.get(node.url + "/files", headers=json_accept)  # the UI's files page reads it
+    assert files.status_code == 200 and files.json() == {"files": [], "total": 0, "next": None, "directories": []}
+    bad = browser.get(node.url + "/files?dir=no-colon", headers=json_accept)
+    assert bad.status_code == 400 and "HOST:DIRECTORY" in error(bad)
     token = csrf(browser, node)
     cancel = node.url + f"/v1/jobs/{job}/cancel"
     refused = browser.post(cancel, headers=json_accept)
@@ -218,6 +222,7 @@ def test_without_a_session_the_pages_and_the_api_refuse(node: NodeProcess, tmp_p
         ("GET", f"/v1/jobs/{job}"),
         ("GET", f"/v1/jobs/{job}/events"),
         ("POST", f"/v1/jobs/{job}/cancel"),
+        ("GET", "/files"),
     ):
         response = anonymous.request(method, node.url + path, headers={"accept": "application/json"})
         assert response.status_code == 401, (method, path)
@@ -225,6 +230,7 @@ def test_without_a_session_the_pages_and_the_api_refuse(node: NodeProcess, tmp_p
     forged = httpx.get(node.url + "/ui/mesh", cookies=forged_cookie, headers={"accept": "text/html"}, trust_env=False)
     assert forged.status_code == 401 and "not made by a node of this mesh" in forged.text
     assert "max-age=0" in forged.headers["set-cookie"].lower()  # the bad cookie is cleared
+    assert httpx.get(node.url + "/files", cookies=forged_cookie, trust_env=False).status_code == 401
     counts = httpx.get(node.url + "/status", cookies=forged_cookie, trust_env=False)  # the open answer
     assert counts.status_code == 200 and "secret-label-2" not in counts.text and "running" in counts.text
     signed = httpx.get(node.url + "/ui/mesh", auth=MeshAuth(load_key(node.home)), trust_env=False)

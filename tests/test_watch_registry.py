@@ -7,7 +7,7 @@ import pytest
 from mesh.cas.digest import Digest
 from mesh.cluster.membership import Member, Watched
 from mesh.errors import CodecError, WatchConflict, WatchNotFound
-from mesh.watch.files import page
+from mesh.watch.files import directories, in_directory, page
 from mesh.watch.registry import WatchRegistry
 
 
@@ -77,3 +77,21 @@ def test_files_are_served_a_page_at_a_time() -> None:
     assert page(rows, 0, 2) == {"files": rows[:2], "total": 5, "next": 2}
     assert page(rows, 4, 2) == {"files": rows[4:], "total": 5, "next": None}
     assert page(rows, 9, 2) == {"files": [], "total": 5, "next": None}
+
+
+def test_files_are_grouped_and_kept_by_watched_directory() -> None:
+    """The web UI's files page: each watched directory with its node and count; one directory's
+    files by ``HOST:DIRECTORY`` (a directory may hold a colon; the host must match too)."""
+    rows = [
+        {"path": "a", "node": "n1", "host": "h", "directory": "/w:x"},
+        {"path": "b", "node": "n2", "host": "g", "directory": "/w:x"},
+        {"path": "c", "node": "n1", "host": "h", "directory": "/w:x"},
+        {"path": "d", "node": "n1", "host": "h", "directory": "/v"},
+    ]
+    assert directories(rows) == [
+        {"host": "g", "directory": "/w:x", "node": "n2", "files": 1},
+        {"host": "h", "directory": "/v", "node": "n1", "files": 1},
+        {"host": "h", "directory": "/w:x", "node": "n1", "files": 2},
+    ]
+    assert [r["path"] for r in in_directory(rows, "h:/w:x")] == ["a", "c"]
+    assert in_directory(rows, "h:/w") == [] and directories([]) == []

@@ -4,7 +4,7 @@
 | --- | --- |
 | ``GET /``, ``/ui/...`` | the web UI (mesh.api.ui; its login, ``POST /v1/ui/logins``, and logout too) |
 | ``GET /health`` | JSON: ok, node id, version, store id |
-| ``GET /status`` | JSON: node, uptime, slots, queue, job counts, peers; signed (or a UI session): recent jobs too |
+| ``GET /status`` | JSON: node, uptime, slots, queue, job counts, watches, peers; signed or a session: recent jobs too |
 | ``GET /metrics`` | Prometheus text: slots, queue, jobs, cache, store, peers, builds |
 | ``POST /v1/blobs:missing`` | CBOR ``{"digests": [...]}`` -> ``{"missing": [...]}`` |
 | ``POST /v1/blobs:upload`` | batched upload (see mesh.wire.formats) |
@@ -22,7 +22,7 @@
 | ``GET /v1/projects/{name}/badge.svg`` | open: an SVG badge of the latest build's state, to embed |
 | ``POST /v1/hooks/{name}`` | open: a forge's push, checked with the project's webhook secret, starts a build |
 | ``POST /v1/watches``, ``POST/DELETE /v1/watches/{id}`` | a watcher registers, beats, stops (mesh.api.watches) |
-| ``GET /files`` | signed: the sorted files of every healthy watcher of the mesh (mesh.api.watches) |
+| ``GET /files`` | signed or a UI session: the sorted files of every healthy watcher of the mesh (mesh.api.watches) |
 | ``POST /v1/gossip`` | a peer's membership table in, ours out (mesh.cluster.gossip) |
 | ``POST /v1/steal`` | an idle peer asks for queued tasks (mesh.sched.scheduler: work stealing) |
 | ``POST /v1/cache:lookup`` | a peer asks for action-cache entries by key (mesh.cluster.actioncache) |

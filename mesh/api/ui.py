@@ -10,10 +10,11 @@
 | ``POST /ui/logout`` | ends the session (CSRF token needed) and clears its cookie |
 
 Every page is the one HTML file mesh/web/app.html, which routes on its URL in the
-browser (mesh/web/app.js) and reads the API (``/v1/...``, ``/status``) with the session
-(mesh.api.sessions). The pages' URLs are stable, to share: ``/ui/jobs/ID``,
+browser (mesh/web/app.js) and reads the API (``/v1/...``, ``/status``, ``/files``) with
+the session (mesh.api.sessions). The pages' URLs are stable, to share: ``/ui/jobs/ID``,
 ``/ui/jobs/ID/tasks/NAME`` (a task's log), ``/ui/projects/NAME``,
-``/ui/builds/NAME/N``, ``/ui/mesh``. A page is served with its session's CSRF
+``/ui/builds/NAME/N``, ``/ui/mesh``, ``/ui/files`` (``?dir=HOST:DIR&from=N``: the
+watched files, one directory's, a page at a time). A page is served with its session's CSRF
 token in a ``<meta>`` element, which its script sends with every action.
 Without a session the detailed pages answer 401: a short page saying to run
 ``mesh ui`` to a browser, the API's error message to anything else.

@@ -5,10 +5,12 @@
 | ``POST /v1/watches`` | ``{"dir", "host", "pid"}``: register a watcher -> ``{"id", "beat", "timeout"}`` (409: taken) |
 | ``POST /v1/watches/{id}`` | a beat, ``{"snapshot"?}`` with the directory's snapshot (404: register again) |
 | ``DELETE /v1/watches/{id}`` | the watcher stops |
-| ``GET /files`` | signed: ``?from=&limit=`` -> ``{"files", "total", "next"}``, JSON (mesh.watch.files) |
+| ``GET /files`` | signed or a session: ``?from=&limit=&dir=`` -> ``{"files", "total", "next", "directories"}`` |
 
 Every one needs the mesh key: file names can be sensitive, and a watcher changes what the
-node pins and gossips. The node's logic is mesh.watch.service; these only translate.
+node pins and gossips. ``/files`` is also the web UI's (``/ui/files``), so a person's
+session may read it instead (mesh.api.sessions.for_people). The node's logic is
+mesh.watch.service; these only translate.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from starlette.responses import Response
 from mesh import codec
 from mesh.api.http import ApiError, authenticate, read_body, read_message, reply
 from mesh.api.services import services
+from mesh.api.sessions import for_people
 from mesh.cas.digest import Digest
 from mesh.errors import CodecError
-from mesh.watch.files import page
+from mesh.watch.files import directories, in_directory, page
 
 #: Most files one ``/files`` answer lists (and its default page); ``next`` says where the rest begins.
 MAX_FILES_PAGE = 10_000
@@ -66,10 +69,17 @@ def _count(request: Request, name: str, default: int, maximum: int) -> int:
     return int(text)
 
 
+@for_people
 async def files(request: Request) -> Response:
-    """``GET /files``: the sorted files of every healthy watcher of the mesh, a page at a time."""
+    """``GET /files``: the sorted files of every healthy watcher of the mesh, a page at a time;
+    ``?dir=HOST:DIRECTORY`` keeps one watched directory's. ``directories`` lists every watched
+    directory with its node and how many files it has (the whole mesh's, whatever ``dir``)."""
     start = _count(request, "from", 0, 2**62)
     limit = max(1, _count(request, "limit", MAX_FILES_PAGE, MAX_FILES_PAGE))
+    where = request.query_params.get("dir")
+    if where is not None and ":" not in where:
+        raise ApiError(400, f"query parameter 'dir' is HOST:DIRECTORY, as `mesh files` prints it, not {where[:200]!r}")
     authenticate(request, await read_body(request, 0))
     rows = await services(request).watches.files()
-    return reply(request, page(rows, start, limit), as_json=True)
+    chosen = rows if where is None else in_directory(rows, where)
+    return reply(request, {**page(chosen, start, limit), "directories": directories(rows)}, as_json=True)

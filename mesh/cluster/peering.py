@@ -344,7 +344,8 @@ class Peering:
                         log.warning("mDNS record of %s dropped: %s", change.peer.node_id, describe(exc))
 
     def status(self, now: float | None = None) -> list[dict[str, Any]]:
-        """The peers for ``/status``: health, load, capabilities, seconds since last heard."""
+        """The peers for ``/status``: health, load, capabilities, seconds since last heard, and how
+        many directories are watched through each (``mesh watch``; gossip carries them)."""
         now = time.monotonic() if now is None else now
         return [
             {
@@ -354,6 +355,7 @@ class Peering:
                 "last_heard": round(now - p.changed_at, 3),
                 "load": dict(p.member.load),
                 "capabilities": dict(p.member.capabilities),
+                "watches": len(p.member.watches),
             }
             for p in self.table.peers()
         ]

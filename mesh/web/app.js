@@ -4,6 +4,7 @@
 // Pages and their stable URLs:
 //   /                         overview: projects with their latest builds, recent jobs (open: counts only)
 //   /ui/mesh                  this node and its peers: state, load, capabilities, store, cache
+//   /ui/files[?dir=H:D&from=N]  the mesh's watched files (`mesh watch`), one directory's, a page at a time
 //   /ui/projects/NAME         a project's builds
 //   /ui/builds/NAME/N[/tasks/T]   a build: commit, trigger, its tasks, a task's log
 //   /ui/jobs/ID[/tasks/T]     a job: its tasks by dependency, a task's log streamed live
@@ -18,6 +19,8 @@ const main = document.getElementById("main");
 const TAIL = 1000;
 //: Milliseconds between two reads of a page's data (lists, the mesh) while it is open.
 const POLL = 2000;
+//: Files in one page of the files table: /files is read a page at a time, whatever the mesh holds.
+const FILES_PAGE = 100;
 let page = null; // {abort: AbortController} of the page shown
 
 // -- small helpers --------------------------------------------------------------------
@@ -147,6 +150,7 @@ function swap(holder, node) {
 const ROUTES = [
   [/^\/$/, overview],
   [/^\/ui\/mesh\/?$/, meshPage],
+  [/^\/ui\/files\/?$/, filesPage],
   [/^\/ui\/projects\/([^/]+)\/?$/, projectPage],
   [/^\/ui\/builds\/([^/]+)\/(\d+)(?:\/tasks\/([^/]+))?\/?$/, buildPage],
   [/^\/ui\/jobs\/([0-9A-Za-z_-]+)(?:\/tasks\/([^/]+))?\/?$/, jobPage],
@@ -156,9 +160,9 @@ function show() {
   if (page) page.abort.abort();
   page = {abort: new AbortController()};
   const path = location.pathname;
+  const at = path === "/" ? "overview" : (/^\/ui\/(mesh|files)\b/.exec(path) || [])[1];
   for (const a of document.querySelectorAll("nav a[data-nav]")) {
-    const current = (a.dataset.nav === "mesh") === path.startsWith("/ui/mesh") && (a.dataset.nav !== "overview" || path === "/");
-    if (current) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
+    if (a.dataset.nav === at) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
   }
   for (const [pattern, render] of ROUTES) {
     const match = pattern.exec(path);
@@ -191,7 +195,7 @@ document.addEventListener("click", (event) => {
 });
 window.addEventListener("popstate", show);
 
-// Keys: g o / g m go to a page; j and k move a cursor over the rows of the page's tables,
+// Keys: g o / g m / g f go to a page; j and k move a cursor over the rows of the page's tables,
 // Enter opens the cursor row's first link.
 let pendingG = false;
 document.addEventListener("keydown", (event) => {
@@ -201,6 +205,7 @@ document.addEventListener("keydown", (event) => {
     pendingG = false;
     if (event.key === "o") go("/");
     else if (event.key === "m") go("/ui/mesh");
+    else if (event.key === "f") go("/ui/files");
     return;
   }
   if (event.key === "g") { pendingG = true; return; }
@@ -294,10 +299,11 @@ function capabilities(caps) {
   return parts.filter(Boolean).join(" · ");
 }
 function peerTable(peers) {
-  return table(["node", "state", "url", "slots busy", "queued", "last heard", "capabilities"], peers.map((p) =>
+  return table(["node", "state", "url", "slots busy", "queued", "last heard", "watched", "capabilities"], peers.map((p) =>
     el("tr", {}, el("td", {}, el("code", {}, p.node)), el("td", {}, stateEl(p.state)), el("td", {}, p.url),
       el("td", {}, `${p.load.busy ?? 0}/${p.load.slots ?? 0}`), el("td", {}, p.load.queued ?? 0),
-      el("td", {}, `${Number(p.last_heard).toFixed(1)} s ago`), el("td", {}, capabilities(p.capabilities || {})))),
+      el("td", {}, `${Number(p.last_heard).toFixed(1)} s ago`), el("td", {}, p.watches ?? 0),
+      el("td", {}, capabilities(p.capabilities || {})))),
   "No peers: this node works alone. Start others with `mesh up --peer HOST:PORT` (or mDNS on a LAN).");
 }
 
@@ -321,8 +327,64 @@ async function meshPage(signal) {
         + (store.evicted_blobs ? `; evicted ${store.evicted_blobs} blobs, ${bytes(store.evicted_bytes)}` : "")),
       row("cache hit rate", rate),
       row("action cache", `${s.cache.entries} entries here; asked peers ${s.cache.mesh.asked} times, found ${s.cache.mesh.found}`),
-      row("work stealing", `stolen ${s.stealing.stolen}, given ${s.stealing.given}`))));
+      row("work stealing", `stolen ${s.stealing.stolen}, given ${s.stealing.given}`),
+      row("watched", link("/ui/files", `${s.watches ?? 0} director${s.watches === 1 ? "y" : "ies"} through this node`)))));
     swap(peers, peerTable(s.peers));
+  });
+}
+
+// -- the watched files ------------------------------------------------------------------
+
+// The files of the mesh's watchers (`mesh watch`, GET /files): the watched directories with
+// their nodes and counts, each a link that keeps only its files; the files a page of
+// FILES_PAGE at a time (?from=N), so only that page is read and drawn however many there are.
+// Both are read again every POLL: files come and go without a reload.
+async function filesPage(signal) {
+  const query = new URLSearchParams(location.search);
+  const dir = query.get("dir");
+  const from = Math.max(0, Math.floor(Number(query.get("from")) || 0));
+  const address = (f) => `${f.host}:${f.directory}`;
+  const here = (at, start) => {
+    const q = new URLSearchParams();
+    if (at) q.set("dir", at);
+    if (start) q.set("from", start);
+    return `/ui/files${q.toString() ? `?${q}` : ""}`;
+  };
+  const facts = el("div", {class: "facts"});
+  const dirs = el("div");
+  const heading = el("h2", {}, dir ? ["Files of ", el("code", {}, dir)] : "Files");
+  const pager = el("div", {class: "pager"});
+  const list = el("div");
+  main.append(el("h1", {}, "Watched files"), facts, section("Watched directories", dirs),
+    el("section", {}, heading, pager, list));
+  every(POLL, signal, async () => {
+    const q = new URLSearchParams({from, limit: FILES_PAGE});
+    if (dir) q.set("dir", dir);
+    const answer = await get(`/files?${q}`, signal);
+    const nodes = new Set(answer.directories.map((d) => d.node));
+    const all = answer.directories.reduce((n, d) => n + d.files, 0);
+    facts.replaceChildren(el("span", {}, el("b", {}, all.toLocaleString()), ` file${all === 1 ? "" : "s"} in `,
+      el("b", {}, answer.directories.length), ` watched director${answer.directories.length === 1 ? "y" : "ies"} on `,
+      el("b", {}, nodes.size), ` node${nodes.size === 1 ? "" : "s"}`));
+    swap(dirs, table(["directory", "node", "files"], answer.directories.map((d) =>
+      el("tr", {class: address(d) === dir ? "selected" : null},
+        el("td", {}, link(here(address(d)), el("code", {}, address(d)))),
+        el("td", {}, el("code", {}, d.node)), el("td", {}, d.files.toLocaleString()))),
+    "No watched directories: run `mesh watch DIR` to list a directory's files here."));
+    const shown = answer.files.length;
+    swap(pager, el("p", {class: "actions"},
+      el("span", {}, shown ? `files ${(from + 1).toLocaleString()}–${(from + shown).toLocaleString()} of ${answer.total.toLocaleString()}`
+        : `no files here of ${answer.total.toLocaleString()}`),
+      from > 0 ? link(here(dir, Math.max(0, from - FILES_PAGE)), "← previous page") : "",
+      answer.next !== null ? link(here(dir, answer.next), "next page →") : "",
+      dir ? link(here(null), "every directory") : ""));
+    // One directory's files: its address is in the heading, not on every row.
+    swap(list, table(["path", dir ? null : "directory", "node", "kind", "size"].filter(Boolean), answer.files.map((f) =>
+      el("tr", {},
+        el("td", {}, el("code", {}, f.path), f.target !== undefined ? el("span", {class: "muted"}, " → ", f.target) : ""),
+        dir ? null : el("td", {}, el("code", {}, address(f))), el("td", {}, el("code", {}, f.node)),
+        el("td", {}, f.kind), el("td", {}, f.kind === "link" ? "" : bytes(f.size)))),
+    dir ? "No files in this directory (or it is no longer watched)." : "No files."));
   });
 }
 
@@ -672,7 +734,7 @@ class LogView {
 
 // -- logging out ------------------------------------------------------------------------
 
-if (!SESSION) document.querySelector('nav a[data-nav="mesh"]').hidden = true;
+if (!SESSION) for (const a of document.querySelectorAll('nav a[data-nav]:not([data-nav="overview"])')) a.hidden = true;
 if (SESSION) {
   const out = document.getElementById("logout");
   out.hidden = false;
