@@ -44,6 +44,7 @@ def test_a_single_source_compile_to_an_object_is_distributed_and_split_into_two_
         "-Wall",
         "-std=c11",
         "-fPIC",
+        "-fdirectives-only",
         "-E",
         "src/a.c",
     ]
@@ -119,16 +120,18 @@ def test_the_dependency_file_s_name_and_target_are_made_explicit_as_gcc_s_driver
         "sub/x.d",
         "-MQ",
         "sub/x.o",
+        "-fdirectives-only",
         "-E",
         "x.c",
     ]
-    assert plan("-c", "-MMD", "src/x.c").preprocess == ["-MMD", "-MF", "x.d", "-E", "src/x.c"]
+    assert plan("-c", "-MMD", "src/x.c").preprocess == ["-MMD", "-MF", "x.d", "-fdirectives-only", "-E", "src/x.c"]
     assert plan("-c", "-MD", "-MF", "d/x.dep", "-MT", "t", "x.c", "-o", "x.o").preprocess == [
         "-MD",
         "-MF",
         "d/x.dep",
         "-MT",
         "t",
+        "-fdirectives-only",
         "-E",
         "x.c",
     ]

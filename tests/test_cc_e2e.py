@@ -86,27 +86,46 @@ def test_a_make_build_through_mesh_cc_gives_the_local_objects_and_dependency_fil
     cc_node: NodeProcess, tmp_path: Path
 ) -> None:
     root = make_project(tmp_path / "p")
-    done = make(root, cc_node.home, "CFLAGS=-O1 -Wall")
+    done = make(root, cc_node.home, "CFLAGS=-O1 -g -Wall")
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("ran on node") == 4, done.stderr
     meshed = build_files(root)
     subprocess.run(["make", "-s", "clean"], cwd=root, check=True)
-    subprocess.run(["make", "-s", "-j2", "CFLAGS=-O1 -Wall"], cwd=root, check=True)
+    subprocess.run(["make", "-s", "-j2", "CFLAGS=-O1 -g -Wall"], cwd=root, check=True)
     assert build_files(root) == meshed
     assert sorted(meshed) == sorted(["main.o", "main.d", "util.o", "util.d", "list.o", "list.d", "extra.o", "extra.d"])
     # Again after make clean: every compile is answered by the action cache.
     subprocess.run(["make", "-s", "clean"], cwd=root, check=True)
-    again = make(root, cc_node.home, "CFLAGS=-O1 -Wall")
+    again = make(root, cc_node.home, "CFLAGS=-O1 -g -Wall")
     assert again.returncode == 0, again.stderr
     assert again.stderr.count("from the action cache") == 4, again.stderr
     assert build_files(root) == meshed
     # make's rebuild decisions read the dependency files: touching a header recompiles its includers.
     os.utime(root / "include" / "list.h")
-    third = make(root, cc_node.home, "CFLAGS=-O1 -Wall")
+    third = make(root, cc_node.home, "CFLAGS=-O1 -g -Wall")
     assert sorted(line.split(":")[1].strip() for line in third.stderr.splitlines() if line.startswith("mesh cc:")) == [
         "src/list.c",
         "src/main.c",
     ], third.stderr
+
+
+@pytest.mark.parametrize("where", ["absolute", "parent"])
+def test_a_source_named_by_an_absolute_path_or_through_a_parent_gives_the_local_object_with_g(
+    cc_node: NodeProcess, tmp_path: Path, where: str
+) -> None:
+    root = make_project(tmp_path / "p")
+    work = root / "build"
+    work.mkdir()
+    source = str(root / "src" / "util.c") if where == "absolute" else "../src/util.c"
+    args = ["-c", "-g", "-O1", f"-I{root / 'include'}", source, "-o", "util.o"]
+    subprocess.run(["gcc", *args], cwd=work, check=True)
+    local = (work / "util.o").read_bytes()
+    done = subprocess.run(
+        [*MESH, "cc", "-v", "gcc", *args], cwd=work, capture_output=True, text=True, env=node_env(cc_node.home)
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ran on node" in done.stderr, done.stderr
+    assert (work / "util.o").read_bytes() == local
 
 
 def test_a_compile_that_says_anything_says_exactly_what_gcc_says_with_its_exit_status(

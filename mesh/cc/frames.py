@@ -7,8 +7,10 @@ UTF-8). Not CBOR nor even JSON, because the wrapper pays for every import once p
 compile: cbor2 brought ``typing`` along (~8 ms of start-up measured with ``python -X
 importtime`` on the test machine) and ``json`` brings ``re`` (~3 ms); this costs none.
 
-A request: the texts ``[COMPILER, LANGUAGE, SOURCE, FLAG...]`` (``c`` or ``c++``) and
-one byte string, the preprocessed source. An answer: ``["ok", EXIT, NODE, NOTE]`` and
+A request: the texts ``[COMPILER, LANGUAGE, SOURCE, CWD, FLAG...]`` (``c`` or ``c++``;
+the source as the command names it, and the wrapper's working directory) and one byte
+string, the source as ``gcc -E -fdirectives-only`` gives it, from its command-line part on
+(mesh.cc.args). An answer: ``["ok", EXIT, NODE, NOTE]`` and
 three byte strings (stdout, stderr, the object, empty when the compile failed), or
 ``["error", WHY]`` and none, when the mesh could not compile it (the wrapper then
 compiles locally).

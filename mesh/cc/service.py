@@ -6,16 +6,21 @@ connect, as only they can read the mesh key there; each connection's peer is che
 (SO_PEERCRED) to be one of them as well. This is the trust of a client on the node's
 home (README: a client on the same ``$MESH_HOME`` finds the key there).
 
-One connection carries one compile (mesh.cc.frames): the preprocessed source and the
-compile's flags. The service stores the source as a one-file snapshot (``in.i`` or
-``in.ii``) and submits a one-task job through the node's intake, so the compile takes
-the way of every task: the action cache first (this node's, then every live peer's),
-placement on a node that meets the task's requirements, the run, the result recorded in
-the cache of the node that ran it and of this one. The task:
+One connection carries one compile (mesh.cc.frames): the source with its headers and
+macros resolved but not expanded (mesh.cc.args says why), and the compile's flags. The
+service stores it as a snapshot of one file and submits a one-task job through the
+node's intake, so the compile takes the way of every task: the action cache first (this
+node's, then every live peer's), placement on a node that meets the task's requirements,
+the run, the result recorded in the cache of the node that ran it and of this one. The
+task:
 
-- runs ``COMPILER FLAGS -c in.i -o out.o`` and captures ``out.o``, in the workdir every
-  run on every node sees at the same path, so its action (and cache key) is the same
-  wherever the wrapper ran and whichever node runs it;
+- runs ``COMPILER FLAGS -c SOURCE -o out.o`` and captures ``out.o``, in the workdir every
+  run on every node sees at the same path. A relative source (``c/enc/encode.c``, no
+  ``..``) is at that path in the snapshot: its action (and cache key) is the same
+  wherever the wrapper ran; another one is at ``root/`` and its absolute path. With
+  ``-g``, ``-fdebug-prefix-map`` maps the workdir to the wrapper's (and ``root/DIR`` to
+  the source's directory as named), so the debug information names the files a local
+  compile names; such a compile's key then holds the wrapper's directory;
 - requires ``cc:COMPILER=FINGERPRINT`` (mesh.cc.compilers), so only a node with the same
   compiler at the same path is chosen, and declares the compiler proper (cc1) as a tool,
   which joins the toolchain identity of its cache key;
@@ -39,6 +44,7 @@ from typing import Any
 
 import trio
 
+from mesh.cas.digest import Digest
 from mesh.cas.tree import Entry, Kind, decode_node, encode_node
 from mesh.cc import frames
 from mesh.cc.compilers import Compilers
@@ -46,6 +52,7 @@ from mesh.cluster.intake import JobIntake
 from mesh.cluster.services import PeerBackedBlobs
 from mesh.errors import MeshError, describe
 from mesh.exec.action import ActionResult
+from mesh.exec.toolchain import WORKDIRS
 from mesh.sched.jobevents import JobFinished, TaskFinished
 from mesh.sched.jobs import parse_job
 
@@ -59,7 +66,7 @@ MAX_SOCKET_PATH = 107
 COMPILE_TIMEOUT = 3600.0
 #: Exit statuses that say the compiler could not be run where the task ran.
 NOT_RUN = (126, 127)
-_INPUT = {"c": b"in.i", "c++": b"in.ii"}
+LANGUAGES = ("c", "c++")
 
 
 class BadRequest(MeshError):
@@ -150,24 +157,21 @@ class CompileService:
 
     async def compile(self, texts: list[str], blobs: list[bytes]) -> tuple[list[str], list[bytes]]:
         """Run one compile on the mesh: the answer's texts and byte strings (mesh.cc.frames)."""
-        compiler, args, language, source = _request(texts, blobs)
+        compiler, args, language, source, cwd = _request(texts, blobs)
         requirement = await trio.to_thread.run_sync(self.compilers.requirement, compiler, language)
         if requirement is None:
             raise BadRequest(f"{compiler} is not an executable file on the node")
         self._advertise()  # a compiler known here from now on, if it was not
         proper = self.compilers.proper_of(compiler, language)
-        store = self.blobs.store
-        name = _INPUT[language]
-        text = store.put(blobs[0])
-        root = store.put(encode_node([Entry(name, Kind.FILE, text)]))
-        executors = self._executors()
+        executor = "process" if "process" in self._executors() else "sandbox"
+        name, root, maps = self._input(source, cwd, blobs[0], WORKDIRS[executor], debug=_debug(args))
         task: dict[str, Any] = {
             "name": "cc",
-            "argv": [compiler, *args, "-c", name.decode(), "-o", "out.o"],
+            "argv": [compiler, *args, *maps, "-c", name, "-o", "out.o"],
             "input": str(root),
             "outputs": ["out.o"],
             "timeout": COMPILE_TIMEOUT,
-            "executor": "process" if "process" in executors else "sandbox",
+            "executor": executor,
             "requirements": requirement,
             "tools": [proper] if proper is not None else [],
         }
@@ -189,6 +193,32 @@ class CompileService:
             else "; ".join(filter(None, [result.cache_note, ran]))
         )
         return ["ok", str(result.exit_code), result.node, f"job {job}: {note}"], [stdout, stderr, obj]
+
+    def _input(self, source: str, cwd: str, text: bytes, workdir: str, *, debug: bool) -> tuple[str, Digest, list[str]]:
+        """The snapshot of the one file the task compiles: the source's name in the task,
+        the snapshot, and the flags that map the task's paths to the wrapper's (``-g``)."""
+        parts = source.split("/")
+        relative = not os.path.isabs(source) and ".." not in parts
+        if relative:  # at the same relative path, named as the command names it
+            where, name = [p for p in parts if p not in ("", ".")], source
+        else:
+            absolute = os.path.normpath(os.path.join(cwd, source))
+            where = ["root", *absolute.strip("/").split("/")]
+            name = f"{workdir}/{'/'.join(where)}"
+        store = self.blobs.store
+        digest = store.put(text)
+        entry = Entry(where[-1].encode(errors="surrogateescape"), Kind.FILE, digest)
+        for directory in reversed(where[:-1]):
+            node = store.put(encode_node([entry]))
+            entry = Entry(directory.encode(errors="surrogateescape"), Kind.DIRECTORY, node)
+        root = store.put(encode_node([entry]))
+        maps: list[str] = []
+        if debug:
+            maps.append(f"-fdebug-prefix-map={workdir}={cwd}")
+            if not relative:  # the source's directory as named: the later map wins
+                named = os.path.dirname(source) or "."
+                maps.append(f"-fdebug-prefix-map={os.path.dirname(name)}={named}")
+        return name, root, maps
 
     async def _wait(self, job: str) -> tuple[ActionResult | None, str | None]:
         """The task's result, and why the mesh could not compile it (None: it did)."""
@@ -249,14 +279,22 @@ async def _read_frame(stream: trio.SocketStream) -> tuple[list[str], list[bytes]
     return frames.unpack(take)
 
 
-def _request(texts: list[str], blobs: list[bytes]) -> tuple[str, list[str], str, str]:
-    if len(texts) < 3:
-        raise BadRequest("a compile request names the compiler, the language and the source")
-    compiler, language, source, *args = texts
+def _debug(args: list[str]) -> bool:
+    return any(a.startswith("-g") and a != "-g0" for a in args)
+
+
+def _request(texts: list[str], blobs: list[bytes]) -> tuple[str, list[str], str, str, str]:
+    if len(texts) < 4:
+        raise BadRequest("a compile request names the compiler, the language, the source and the directory")
+    compiler, language, source, cwd, *args = texts
     if not os.path.isabs(compiler):
         raise BadRequest("the compiler is not an absolute path")
-    if language not in _INPUT:
+    if language not in LANGUAGES:
         raise BadRequest("the language is neither c nor c++")
+    if not os.path.isabs(cwd):
+        raise BadRequest("the working directory is not an absolute path")
+    if not source or source.endswith("/") or "\0" in source:
+        raise BadRequest("the source is not a file name")
     if len(blobs) != 1:
-        raise BadRequest("a compile request carries one byte string, the preprocessed source")
-    return compiler, args, language, source
+        raise BadRequest("a compile request carries one byte string, the source")
+    return compiler, args, language, source, cwd

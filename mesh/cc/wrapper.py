@@ -141,10 +141,14 @@ def distribute(compiler: str, args: list[str], plan: Plan, verbose: bool) -> int
         if verbose:
             sys.stderr.write(f"mesh cc: here: {plan.source}: the preprocessor had something to say\n")
         return run_here(compiler, args)
+    start = _after_builtins(text)
+    if start < 0:
+        if verbose:
+            sys.stderr.write(f"mesh cc: here: {plan.source}: the preprocessor's output has no command-line part\n")
+        return run_here(compiler, args)
     try:
-        answer, (stdout, stderr, obj) = ask(
-            socket_path(), [compiler, plan.language, plan.source, *plan.compile], [text]
-        )
+        request = [compiler, plan.language, plan.source, os.getcwd(), *plan.compile]
+        answer, (stdout, stderr, obj) = ask(socket_path(), request, [text[start:]])
     except MeshUnavailable as exc:
         if os.environ.get("MESH_CC_FALLBACK", "1") == "0":
             sys.stderr.write(f"mesh cc: error: {plan.source}: {exc} (MESH_CC_FALLBACK=0: not compiled here)\n")
@@ -163,8 +167,20 @@ def distribute(compiler: str, args: list[str], plan: Plan, verbose: bool) -> int
     return 0
 
 
+def _after_builtins(text: bytes) -> int:
+    """Where the command line's part of ``gcc -E -fdirectives-only``'s output starts (the
+    built-in macros before it are dropped), or -1."""
+    for marker in (b'# 0 "<command-line>"', b'# 1 "<command-line>"'):
+        if text.startswith(marker):
+            return 0
+        at = text.find(b"\n" + marker)
+        if at >= 0:
+            return at + 1
+    return -1
+
+
 def preprocess(compiler: str, plan: Plan) -> tuple[int, bytes, bool]:
-    """Run ``COMPILER PREPROCESS-FLAGS -E SOURCE`` here: (exit status, preprocessed text,
+    """Run ``COMPILER PREPROCESS-FLAGS -fdirectives-only -E SOURCE`` here: (exit status, preprocessed text,
     whether it wrote to stderr). Its stderr goes to an unnamed file, dropped: a compile
     whose preprocessing says anything is compiled here, which says it again."""
     read, write = os.pipe()
