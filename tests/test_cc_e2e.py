@@ -208,3 +208,26 @@ def test_the_socket_lets_only_the_node_s_user_in(cc_node: NodeProcess) -> None:
         text=True,
     )
     assert done.returncode != 0 and "PermissionError" in done.stderr, done.stderr
+
+
+def test_a_compile_the_mesh_cannot_run_is_compiled_here(cc_node: NodeProcess, tmp_path: Path) -> None:
+    """A compiler in root's 0700 test directory: the task's uid cannot run it, a failure of
+    the mesh, not of the code (the runner's error): the wrapper compiles here; with
+    MESH_CC_FALLBACK=0 it says so and fails."""
+    if os.geteuid() != 0:
+        pytest.skip("needs a root node, whose tasks run as task uids")
+    (tmp_path / "bin").mkdir()
+    private = tmp_path / "bin" / "gcc"
+    private.symlink_to(os.path.realpath(shutil.which("gcc") or "gcc"))
+    (tmp_path / "a.c").write_text("int a(void) { return 1; }\n")
+    argv = [*MESH, "cc", "-v", str(private), "-c", "-O1", "a.c", "-o", "a.o"]
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, env=node_env(cc_node.home))
+    assert done.returncode == 0, done.stderr
+    assert f"mesh cc: here: a.c: cannot execute '{private}': Permission denied" in done.stderr, done.stderr
+    meshed = (tmp_path / "a.o").read_bytes()
+    subprocess.run(["gcc", "-c", "-O1", "a.c", "-o", "a.o"], cwd=tmp_path, check=True)
+    assert (tmp_path / "a.o").read_bytes() == meshed
+    strict = subprocess.run(
+        argv, cwd=tmp_path, capture_output=True, text=True, env=node_env(cc_node.home, MESH_CC_FALLBACK="0")
+    )
+    assert strict.returncode == 1 and "MESH_CC_FALLBACK=0" in strict.stderr, strict.stderr

@@ -98,7 +98,7 @@ def compiles(lines: list[str]) -> dict[str, str]:
 
 
 def test_a_brotli_build_through_mesh_cc_spreads_over_three_nodes_and_stays_byte_identical(
-    lan: Lan, tmp_path: Path
+    lan: Lan, tmp_path: Path, shared: Path
 ) -> None:
     root = unpack(tmp_path)
     sources = sorted(str(p.relative_to(root)) for p in root.glob("c/*/*.c") if p.parent.name != "include")
@@ -147,6 +147,18 @@ def test_a_brotli_build_through_mesh_cc_spreads_over_three_nodes_and_stays_byte_
     touched = build("-O0 -g")
     assert sorted(touched) == includers
     assert outputs(root) == reference
+
+    # A compiler only node 0 advertises (gcc through a link at a path of the test's): its compiles
+    # stay on node 0, even with its two slots busy and the peers idle.
+    private = shared / "gcc"  # where the task's uid may run it
+    private.symlink_to(os.path.realpath(shutil.which("gcc") or "gcc"))
+    subprocess.run(["make", "-s", "clean"], cwd=root, check=True)
+    targets = [f"build/{s.removeprefix('c/').removesuffix('.c')}.o" for s in sources[:8]]
+    wrapper = " ".join([*MESH, "cc", "-v", str(private)])
+    done = lan.run(0, ["make", "-j6", f"CC={wrapper}", "CFLAGS=-O0 -g", *targets], cwd=root, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    own = compiles(done.stderr.splitlines())
+    assert len(own) == 8 and all(f"ran on node {ids[0]}" in said for said in own.values()), own
 
     # A node killed mid-build: the build finishes, with the right objects.
     subprocess.run(["make", "-s", "clean"], cwd=root, check=True)
