@@ -43,6 +43,8 @@ take (mesh.text): a file name in it that is not UTF-8 is written with escapes.
     ├── InvalidJob (ValueError)    a job submission breaks the job rules (names, graph, fields)
     │   └── InputMissing           its input snapshot (or stdin) is on neither this node nor a live peer
     ├── JobNotFound                no job has the id asked for
+    ├── InvalidCompile (ValueError) a mesh cc request the node's compile service cannot take
+    │                              (mesh.cc.service; the wrapper then compiles locally)
     ├── HookError                  a forge's webhook delivery cannot be taken (mesh.pipelines.hooks)
     │   ├── HookUnauthorized       its signature or token is missing or wrong, or the project has no
     │   │                          webhook secret (HTTP 401)
@@ -325,6 +327,11 @@ class OverlayConflict(SnapshotError):
 
 class InvalidJob(MeshError, ValueError):
     """A job submission breaks the rules of jobs: names, dependencies, a cycle, a field."""
+
+
+class InvalidCompile(MeshError, ValueError):
+    """A request to the node's compile service (``mesh cc``) that it cannot take: a frame not
+    understood, a compiler that is not a file on the node, a user other than the node's."""
 
 
 class JobNotFound(MeshError):

@@ -38,8 +38,10 @@ def test_a_fingerprint_is_the_same_each_time_and_another_binary_has_another(tmp_
 
 def test_placement_leaves_out_nodes_whose_compiler_differs_or_is_missing() -> None:
     compilers = Compilers()
-    requirement = compilers.requirement("/usr/bin/gcc", "c")
-    assert requirement is not None
+    found = compilers.requirement("/usr/bin/gcc", "c")
+    assert found is not None
+    requirement, proper = found
+    assert proper is not None and proper.endswith("/cc1")
     key, fingerprint = next(iter(requirement.items()))
     nodes = [
         NodeView(node="same", capabilities={key: fingerprint}, slots=2, busy=2),

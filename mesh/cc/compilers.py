@@ -40,7 +40,8 @@ PROG_NAME_TIMEOUT = 10.0
 
 
 class Compilers:
-    """Fingerprints of this node's compilers (on a worker thread: they read and run files)."""
+    """Fingerprints of this node's compilers (on one worker thread at a time: they read and
+    run files, and FileDigests is not thread-safe)."""
 
     def __init__(self, files: FileDigests | None = None) -> None:
         self.files = files or FileDigests()
@@ -92,13 +93,13 @@ class Compilers:
         driver = self.files.look(path)
         return None if driver is None else self.proper(path, language, driver.digest)
 
-    def requirement(self, path: str, language: str) -> dict[str, str] | None:
-        """The requirement a compile with this compiler places on a node, or None when it is
-        not a compiler here."""
+    def requirement(self, path: str, language: str) -> tuple[dict[str, str], str | None] | None:
+        """The requirement a compile with this compiler places on a node, and its compiler
+        proper for ``language`` (a tool of the task); None when it is not a compiler here."""
         fingerprint = self.fingerprint(path, "c")
         if fingerprint is None:
             return None
-        return {PREFIX + path: fingerprint}
+        return {PREFIX + path: fingerprint}, self.proper_of(path, language)
 
 
 def _prog_name(driver: str, program: str) -> str | None:

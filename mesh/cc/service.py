@@ -29,8 +29,8 @@ task:
 
 The answer: the compile's stdout, stderr, exit status and object. A task that could not
 run for reasons of the mesh (no node with the compiler, a runner's error, a timeout, a
-signal, a compiler not found where it ran) is answered ``ok: false``, and the wrapper
-compiles locally.
+signal, a compiler not found where it ran) is answered ``["error", WHY]``, and the
+wrapper compiles locally.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from mesh.cc import frames
 from mesh.cc.compilers import Compilers
 from mesh.cluster.intake import JobIntake
 from mesh.cluster.services import PeerBackedBlobs
-from mesh.errors import MeshError, describe
+from mesh.errors import InvalidCompile, MeshError, describe
 from mesh.exec.action import ActionResult
 from mesh.exec.toolchain import WORKDIRS
 from mesh.sched.jobevents import JobFinished, TaskFinished
@@ -67,10 +67,6 @@ COMPILE_TIMEOUT = 3600.0
 #: Exit statuses that say the compiler could not be run where the task ran.
 NOT_RUN = (126, 127)
 LANGUAGES = ("c", "c++")
-
-
-class BadRequest(MeshError):
-    """A compile request that is not one: the message says what is wrong."""
 
 
 class CompileService:
@@ -95,6 +91,7 @@ class CompileService:
         self.compilers = compilers or Compilers()
         self._executors = executors
         self._advertise = advertise
+        self._one = trio.CapacityLimiter(1)  # the compilers are looked at on one thread at a time
         self.compiles = 0  # compiles answered by the mesh
         self.refused = 0  # answered ok: false
 
@@ -132,7 +129,7 @@ class CompileService:
                 pass
 
     async def _scan(self) -> None:
-        await trio.to_thread.run_sync(self.compilers.scan)
+        await trio.to_thread.run_sync(self.compilers.scan, limiter=self._one)
         self._advertise()
 
     async def _serve(self, stream: trio.SocketStream) -> None:
@@ -141,7 +138,7 @@ class CompileService:
                 _check_peer(stream.socket)
                 texts, blobs = await _read_frame(stream)
                 answer, out = await self.compile(texts, blobs)
-            except (frames.FrameError, BadRequest) as exc:
+            except (frames.FrameError, InvalidCompile) as exc:
                 answer, out = ["error", str(exc)], []
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
@@ -158,11 +155,13 @@ class CompileService:
     async def compile(self, texts: list[str], blobs: list[bytes]) -> tuple[list[str], list[bytes]]:
         """Run one compile on the mesh: the answer's texts and byte strings (mesh.cc.frames)."""
         compiler, args, language, source, cwd = _request(texts, blobs)
-        requirement = await trio.to_thread.run_sync(self.compilers.requirement, compiler, language)
-        if requirement is None:
-            raise BadRequest(f"{compiler} is not an executable file on the node")
-        self._advertise()  # a compiler known here from now on, if it was not
-        proper = self.compilers.proper_of(compiler, language)
+        known = compiler in self.compilers.known
+        found = await trio.to_thread.run_sync(self.compilers.requirement, compiler, language, limiter=self._one)
+        if found is None:
+            raise InvalidCompile(f"{compiler} is not an executable file on the node")
+        requirement, proper = found
+        if not known:
+            self._advertise()  # a compiler known here from now on
         executor = "process" if "process" in self._executors() else "sandbox"
         name, root, maps = self._input(source, cwd, blobs[0], WORKDIRS[executor], debug=_debug(args))
         task: dict[str, Any] = {
@@ -257,7 +256,7 @@ def _check_peer(sock: trio.socket.SocketType) -> None:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
     if uid not in (0, os.geteuid()):
-        raise BadRequest(f"uid {uid} may not use this node's compile service")
+        raise InvalidCompile(f"uid {uid} may not use this node's compile service")
 
 
 async def _read_frame(stream: trio.SocketStream) -> tuple[list[str], list[bytes]]:
@@ -285,16 +284,16 @@ def _debug(args: list[str]) -> bool:
 
 def _request(texts: list[str], blobs: list[bytes]) -> tuple[str, list[str], str, str, str]:
     if len(texts) < 4:
-        raise BadRequest("a compile request names the compiler, the language, the source and the directory")
+        raise InvalidCompile("a compile request names the compiler, the language, the source and the directory")
     compiler, language, source, cwd, *args = texts
     if not os.path.isabs(compiler):
-        raise BadRequest("the compiler is not an absolute path")
+        raise InvalidCompile("the compiler is not an absolute path")
     if language not in LANGUAGES:
-        raise BadRequest("the language is neither c nor c++")
+        raise InvalidCompile("the language is neither c nor c++")
     if not os.path.isabs(cwd):
-        raise BadRequest("the working directory is not an absolute path")
+        raise InvalidCompile("the working directory is not an absolute path")
     if not source or source.endswith("/") or "\0" in source:
-        raise BadRequest("the source is not a file name")
+        raise InvalidCompile("the source is not a file name")
     if len(blobs) != 1:
-        raise BadRequest("a compile request carries one byte string, the source")
+        raise InvalidCompile("a compile request carries one byte string, the source")
     return compiler, args, language, source, cwd

@@ -76,7 +76,7 @@ def find_compiler(name: str) -> str | None:
     """The compiler ``name`` runs: a path as given, else the first executable of that name on
     PATH that is not this wrapper (a link made by ``--links`` is skipped)."""
     if "/" in name:
-        return name if os.access(name, os.X_OK) else None
+        return os.path.abspath(name) if os.access(name, os.X_OK) else None
     me = _wrapper_files()
     for directory in os.environ.get("PATH", "").split(os.pathsep):
         candidate = os.path.join(directory or ".", name)
