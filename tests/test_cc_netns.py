@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns import Lan, require_namespaces
+from tests.netns import Lan, NsProcess, require_namespaces
 from tests.nodeutil import MESH, node_env, wait_for
 from tests.test_mesh_netns import PORT, start_mesh
 
@@ -97,15 +97,10 @@ def compiles(lines: list[str]) -> dict[str, str]:
     return found
 
 
-def test_a_brotli_build_through_mesh_cc_spreads_over_three_nodes_and_stays_byte_identical(
-    lan: Lan, tmp_path: Path, shared: Path
-) -> None:
-    root = unpack(tmp_path)
-    sources = sorted(str(p.relative_to(root)) for p in root.glob("c/*/*.c") if p.parent.name != "include")
-    assert len(sources) == 35
-    reference = local_build(root, "-O0 -g")
-    killed_reference = local_build(root, "-O0 -g -fno-inline")
-    homes, nodes, ids = start_mesh(lan, tmp_path, {})
+def start_cc_mesh(lan: Lan, at: Path) -> tuple[list[Path], list[NsProcess], list[str]]:
+    """A node in each namespace (tests/test_mesh_netns.py), once node 0 has heard that both
+    of its peers have gcc (their compilers are advertised after they start)."""
+    homes, nodes, ids = start_mesh(lan, at, {})
     env = node_env(str(homes[0]), PATH=os.environ["PATH"])
 
     def peers_know_gcc() -> bool:
@@ -114,6 +109,19 @@ def test_a_brotli_build_through_mesh_cc_spreads_over_three_nodes_and_stays_byte_
         return len(peers) == 2 and all("cc:/usr/bin/gcc" in p.get("capabilities", {}) for p in peers)
 
     wait_for(peers_know_gcc, timeout=30, what="node 0 to hear that its peers have gcc")
+    return homes, nodes, ids
+
+
+def test_a_brotli_build_through_mesh_cc_spreads_over_three_nodes_and_stays_byte_identical(
+    lan: Lan, tmp_path: Path, shared: Path
+) -> None:
+    root = unpack(tmp_path)
+    sources = sorted(str(p.relative_to(root)) for p in root.glob("c/*/*.c") if p.parent.name != "include")
+    assert len(sources) == 35
+    reference = local_build(root, "-O0 -g")
+    killed_reference = local_build(root, "-O0 -g -fno-inline")
+    homes, nodes, ids = start_cc_mesh(lan, tmp_path)
+    env = node_env(str(homes[0]), PATH=os.environ["PATH"])
 
     def build(cflags: str) -> dict[str, str]:
         done = lan.run(0, make_command(cflags), cwd=root, env=env, timeout=300)
