@@ -231,3 +231,25 @@ def test_a_compile_the_mesh_cannot_run_is_compiled_here(cc_node: NodeProcess, tm
         argv, cwd=tmp_path, capture_output=True, text=True, env=node_env(cc_node.home, MESH_CC_FALLBACK="0")
     )
     assert strict.returncode == 1 and "MESH_CC_FALLBACK=0" in strict.stderr, strict.stderr
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
+def test_a_cxx_compile_with_g_gives_the_local_object(cc_node: NodeProcess, tmp_path: Path) -> None:
+    (tmp_path / "inc").mkdir()
+    (tmp_path / "inc" / "shape.hh").write_text(
+        "#pragma once\n#include <string>\n#define AREA(w, h) ((w) * (h))\n"
+        "struct Shape { virtual ~Shape() = default; virtual int area() const = 0; };\n"
+    )
+    (tmp_path / "box.cc").write_text(
+        '#include "shape.hh"\nnamespace { struct Box : Shape { int w = 2, h = 3; int area() const override {\n'
+        "  return AREA(w, h); } }; }\nstd::string describe() { Box b; return std::to_string(b.area()) + __FILE__; }\n"
+    )
+    args = ["-c", "-g", "-O1", "-Iinc", "-MMD", "box.cc", "-o", "box.o"]
+    subprocess.run(["g++", *args], cwd=tmp_path, check=True)
+    local = {name: (tmp_path / name).read_bytes() for name in ("box.o", "box.d")}
+    done = subprocess.run(
+        [*MESH, "cc", "-v", "g++", *args], cwd=tmp_path, capture_output=True, text=True, env=node_env(cc_node.home)
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ran on node" in done.stderr, done.stderr
+    assert {name: (tmp_path / name).read_bytes() for name in local} == local
