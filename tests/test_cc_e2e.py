@@ -101,7 +101,9 @@ def test_a_make_build_through_mesh_cc_gives_the_local_objects_and_dependency_fil
     assert again.stderr.count("from the action cache") == 4, again.stderr
     assert build_files(root) == meshed
     # make's rebuild decisions read the dependency files: touching a header recompiles its includers.
-    os.utime(root / "include" / "list.h")
+    # Newer than every object for certain: the file system's clock ticks coarser than make's view.
+    newest = max(o.stat().st_mtime_ns for o in (root / "build").rglob("*.o"))
+    os.utime(root / "include" / "list.h", ns=(newest + 1_000_000_000, newest + 1_000_000_000))
     third = make(root, cc_node.home, "CFLAGS=-O1 -g -Wall")
     assert sorted(line.split(":")[1].strip() for line in third.stderr.splitlines() if line.startswith("mesh cc:")) == [
         "src/list.c",
@@ -253,3 +255,12 @@ def test_a_cxx_compile_with_g_gives_the_local_object(cc_node: NodeProcess, tmp_p
     assert done.returncode == 0, done.stderr
     assert "ran on node" in done.stderr, done.stderr
     assert {name: (tmp_path / name).read_bytes() for name in local} == local
+
+
+def test_an_object_that_cannot_be_written_fails_as_gcc_fails(cc_node: NodeProcess, tmp_path: Path) -> None:
+    (tmp_path / "a.c").write_text("int a(void) { return 1; }\n")
+    args = ["-c", "a.c", "-o", "no/such/dir/a.o"]
+    local = subprocess.run(["gcc", *args], cwd=tmp_path, capture_output=True)
+    meshed = subprocess.run([*MESH, "cc", "gcc", *args], cwd=tmp_path, capture_output=True, env=node_env(cc_node.home))
+    assert local.returncode != 0
+    assert (meshed.returncode, meshed.stdout, meshed.stderr) == (local.returncode, local.stdout, local.stderr)

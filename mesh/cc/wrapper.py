@@ -45,8 +45,15 @@ class MeshUnavailable(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     """The wrapper's entry point: ``argv`` without the program name (``mesh cc``'s words
-    after ``cc``). A link named after a compiler (``--links``) calls it with that name first."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    after ``cc``). A link named after a compiler (``--links``) calls it with that name first.
+    Interrupted (make stopped by Ctrl-C), it exits 130 without a traceback."""
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _main(args: list[str]) -> int:
     verbose = os.environ.get("MESH_CC_VERBOSE", "") not in ("", "0")
     while args and args[0] in ("-v", "--verbose"):
         verbose = True
@@ -147,7 +154,11 @@ def distribute(compiler: str, args: list[str], plan: Plan, verbose: bool) -> int
             sys.stderr.write(f"mesh cc: here: {plan.source}: the preprocessor's output has no command-line part\n")
         return run_here(compiler, args)
     try:
-        request = [compiler, plan.language, plan.source, os.getcwd(), *plan.compile]
+        cwd = os.getcwd()
+    except OSError:  # the working directory was removed: gcc says what that does
+        return run_here(compiler, args)
+    try:
+        request = [compiler, plan.language, plan.source, cwd, *plan.compile]
         answer, (stdout, stderr, obj) = ask(socket_path(), request, [text[start:]])
     except MeshUnavailable as exc:
         if os.environ.get("MESH_CC_FALLBACK", "1") == "0":
@@ -161,7 +172,12 @@ def distribute(compiler: str, args: list[str], plan: Plan, verbose: bool) -> int
         if verbose:
             sys.stderr.write(f"mesh cc: here: {plan.source}: the compile had something to say ({note})\n")
         return run_here(compiler, args)
-    write_object(plan.object, obj)
+    try:
+        write_object(plan.object, obj)
+    except OSError as exc:  # gcc says it in its own words: no directory there, no room ...
+        if verbose:
+            sys.stderr.write(f"mesh cc: here: {plan.object}: {exc.strerror or exc}\n")
+        return run_here(compiler, args)
     if verbose:
         sys.stderr.write(f"mesh cc: {plan.source}: {note}\n")
     return 0
