@@ -123,8 +123,10 @@ def test_a_brotli_build_through_mesh_cc_spreads_over_three_nodes_and_stays_byte_
     homes, nodes, ids = start_cc_mesh(lan, tmp_path)
     env = node_env(str(homes[0]), PATH=os.environ["PATH"])
 
-    def build(cflags: str) -> dict[str, str]:
-        done = lan.run(0, make_command(cflags), cwd=root, env=env, timeout=300)
+    def build(cflags: str, node: int = 0) -> dict[str, str]:
+        """A build in namespace ``node``, its wrapper talking to that node's compile service."""
+        here = node_env(str(homes[node]), PATH=os.environ["PATH"])
+        done = lan.run(node, make_command(cflags), cwd=root, env=here, timeout=300)
         assert done.returncode == 0, done.stderr[-4000:]
         return compiles(done.stderr.splitlines())
 
@@ -141,6 +143,13 @@ def test_a_brotli_build_through_mesh_cc_spreads_over_three_nodes_and_stays_byte_
     warm = build("-O0 -g")
     assert sorted(warm) == sources
     assert all("from the action cache" in said for said in warm.values()), warm
+    assert outputs(root) == reference
+
+    # The same build in namespace 2, through node 2: hits too, of whichever node holds them.
+    subprocess.run(["make", "-s", "clean"], cwd=root, check=True)
+    elsewhere = build("-O0 -g", node=2)
+    assert sorted(elsewhere) == sources
+    assert all("from the action cache" in said for said in elsewhere.values()), elsewhere
     assert outputs(root) == reference
 
     # A touched header: make recompiles exactly the objects whose dependency files name it.
