@@ -469,6 +469,7 @@ class Node:
             },
             "peers": self.peering.status(),
             "gossip": {"rounds": self.peering.gossip.rounds, "mdns": self.config.mdns},
+            "cc": self.cc.status(),
             "jobs": {"counts": self.db.count_jobs()},
         }
         if detailed:

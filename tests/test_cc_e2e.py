@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.nodeutil import MESH, NodeProcess, node_env, wait_for
@@ -100,6 +101,9 @@ def test_a_make_build_through_mesh_cc_gives_the_local_objects_and_dependency_fil
     assert again.returncode == 0, again.stderr
     assert again.stderr.count("from the action cache") == 4, again.stderr
     assert build_files(root) == meshed
+    # /status counts them (open to anyone: counts only).
+    status = httpx.get(cc_node.url + "/status", timeout=10, trust_env=False).json()["cc"]
+    assert status["serving"] is True and status["compilers"] >= 1 and status["compiles"] >= 8, status
     # make's rebuild decisions read the dependency files: touching a header recompiles its includers.
     # Newer than every object for certain: the file system's clock ticks coarser than make's view.
     newest = max(o.stat().st_mtime_ns for o in (root / "build").rglob("*.o"))

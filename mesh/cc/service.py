@@ -92,11 +92,22 @@ class CompileService:
         self._executors = executors
         self._advertise = advertise
         self._one = trio.CapacityLimiter(1)  # the compilers are looked at on one thread at a time
-        self.compiles = 0  # compiles answered by the mesh
-        self.refused = 0  # answered ok: false
+        self.serving = False  # listening on the socket
+        self.compiles = 0  # compiles the mesh answered (run, or from the cache)
+        self.refused = 0  # requests answered with an error: the wrapper compiled them itself
 
     def capabilities(self) -> dict[str, str]:
         return self.compilers.capabilities()
+
+    def status(self) -> dict[str, Any]:
+        """What ``/status`` says of it (under ``cc``): whether it listens, and counts (no paths:
+        an unsigned ``/status`` names no file)."""
+        return {
+            "serving": self.serving,
+            "compilers": len(self.compilers.known),
+            "compiles": self.compiles,
+            "refused": self.refused,
+        }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, then serve until cancelled; compilers are looked for after ``started``."""
@@ -116,12 +127,14 @@ class CompileService:
             os.umask(old)
         os.chmod(self.path, 0o600)
         listener.listen(128)
+        self.serving = True
         try:
             async with trio.open_nursery() as nursery:
                 task_status.started()
                 nursery.start_soon(self._scan)
                 await trio.serve_listeners(self._serve, [trio.SocketListener(listener)], handler_nursery=nursery)
         finally:
+            self.serving = False
             listener.close()
             try:
                 os.unlink(self.path)
