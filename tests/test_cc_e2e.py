@@ -178,6 +178,10 @@ def test_with_no_node_the_build_finishes_here_and_fallback_0_makes_it_an_error(t
     subprocess.run(["make", "-s", "-j2"], cwd=root, check=True)
     assert build_files(root) == meshed
     subprocess.run(["make", "-s", "clean"], cwd=root, check=True)
+    # A TMPDIR that is not there (gcc goes on without it) does not stop the wrapper either.
+    odd = make(root, nowhere, TMPDIR=str(tmp_path / "no-such-tmp"))
+    assert odd.returncode == 0 and "Traceback" not in odd.stderr, odd.stderr
+    subprocess.run(["make", "-s", "clean"], cwd=root, check=True)
     failed = make(root, nowhere, MESH_CC_FALLBACK="0")
     assert failed.returncode != 0
     assert "mesh cc: error: src/" in failed.stderr and "MESH_CC_FALLBACK=0" in failed.stderr

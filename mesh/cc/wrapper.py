@@ -195,12 +195,25 @@ def _after_builtins(text: bytes) -> int:
     return -1
 
 
+def _unnamed_file() -> int | None:
+    """An unnamed file (O_TMPFILE) in TMPDIR, else /tmp or /dev/shm; None where none can be made."""
+    for where in (os.environ.get("TMPDIR"), "/tmp", "/dev/shm"):
+        if where:
+            try:
+                return os.open(where, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            except OSError:
+                continue
+    return None
+
+
 def preprocess(compiler: str, plan: Plan) -> tuple[int, bytes, bool]:
     """Run ``COMPILER PREPROCESS-FLAGS -fdirectives-only -E SOURCE`` here: (exit status, preprocessed text,
     whether it wrote to stderr). Its stderr goes to an unnamed file, dropped: a compile
     whose preprocessing says anything is compiled here, which says it again."""
+    errors = _unnamed_file()
+    if errors is None:
+        return 127, b"", True  # nowhere to put its stderr: compiled here
     read, write = os.pipe()
-    errors = os.open(os.environ.get("TMPDIR") or "/tmp", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
     actions = [(os.POSIX_SPAWN_DUP2, write, 1), (os.POSIX_SPAWN_DUP2, errors, 2), (os.POSIX_SPAWN_CLOSE, read)]
     try:
         pid = os.posix_spawn(compiler, [compiler, *plan.preprocess], os.environ, file_actions=actions)
