@@ -17,7 +17,8 @@ BIN    := $(VENV)/bin
 # is linted and scraped by a real Prometheus (tests/test_metrics.py, test_metrics_prometheus.py).
 # chromium: the web UI's browser tests (tests/test_ui_e2e.py), driven by the playwright Python
 # package of the test extra, which never downloads a browser of its own.
-SYSTEM_PACKAGES := b3sum:b3sum npm:npm ip:iproute2 bwrap:bubblewrap podman:podman runc:runc busybox:busybox-static openssl:openssl promtool:prometheus chromium:chromium
+# gcc, make: the C project mesh cc's tests build (tests/test_cc_*.py).
+SYSTEM_PACKAGES := b3sum:b3sum npm:npm ip:iproute2 bwrap:bubblewrap podman:podman runc:runc busybox:busybox-static openssl:openssl promtool:prometheus chromium:chromium gcc:gcc make:make
 # Libraries, as SONAME:PACKAGE, looked for with ldconfig. libseccomp.so.2: the sandbox's seccomp
 # filter (mesh/exec/seccomp.py loads it through pyseccomp; apt itself depends on it on Debian).
 SYSTEM_LIBRARIES := libseccomp.so.2:libseccomp2
@@ -27,7 +28,11 @@ SYSTEM_LIBRARIES := libseccomp.so.2:libseccomp2
 NPM_PACKAGES := @octokit/webhooks-examples@7.6.1
 NPM_PREFIX   := tests/.npm
 
-.PHONY: up test venv test-deps system-deps npm-deps bench clean
+# A real C project for mesh cc's mesh test and bench/cc.py: brotli's source distribution
+# from PyPI (its 35 C files under c/), fetched once into tests/.data (git-ignored).
+BROTLI_SDIST := tests/.data/brotli-1.2.1.tar.gz
+
+.PHONY: up test venv test-deps system-deps npm-deps cc-deps bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -67,7 +72,11 @@ npm-deps: system-deps
 		fi; \
 	done
 
-test-deps: $(BIN)/python system-deps npm-deps
+cc-deps: $(BIN)/python
+	@test -f $(BROTLI_SDIST) || $(BIN)/python -m pip download --quiet --no-deps --no-binary :all: \
+		-d tests/.data brotli==1.2.1 || echo "warning: $(BROTLI_SDIST) could not be fetched; tests/test_cc_netns.py will say so"
+
+test-deps: $(BIN)/python system-deps npm-deps cc-deps
 	$(BIN)/python -m pip install --quiet -e '.[test]' --config-settings editable_mode=compat
 	$(BIN)/python -m compileall -q mesh
 

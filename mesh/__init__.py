@@ -8,7 +8,6 @@ what the command it runs needs.
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
 __version__ = "0.1.0"
 
@@ -39,7 +38,7 @@ _EXPORTS = {
 __all__ = [*sorted(_EXPORTS), "__version__"]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:  # not typing.Any: importing typing costs mesh cc ~2-9 ms
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'mesh' has no attribute {name!r}")

@@ -1,5 +1,5 @@
 """``python -m mesh``: the same as the ``mesh`` command."""
 
-from mesh.cli import run
+from mesh.launch import run
 
 run()

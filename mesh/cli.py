@@ -447,12 +447,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME")
     add("pins", cmd_pins, "list pins", "List the pins, 'NAME<TAB>ID' per line.")
 
+    p = add(
+        "cc",
+        cmd_cc,
+        "compile on the mesh: make CC='mesh cc gcc'",
+        "Run one compiler command: a single-source compile to an object (-c) is preprocessed here\n"
+        "and compiled on a node of the mesh with the same compiler (or answered from the action\n"
+        "cache); anything else runs here. -v says where each compile ran and why.\n"
+        "'mesh cc --links DIR' makes DIR/gcc, DIR/cc, ... that do the same (put DIR first on PATH).\n"
+        "MESH_CC_FALLBACK=0: fail rather than compile here when the mesh cannot.",
+    )
+    p.add_argument("words", nargs=argparse.REMAINDER, metavar="COMPILER ARGS")
+
     from mesh.cli_node import add_parsers
     from mesh.watcher.cli import add_parsers as add_watch_parsers
 
     add_parsers(add)
     add_watch_parsers(add)
     return parser
+
+
+def cmd_cc(args: argparse.Namespace) -> int:
+    """``mesh cc`` reached through the parser (``mesh --home DIR cc ...``): the wrapper."""
+    from mesh.cc.wrapper import main as wrapper
+
+    if args.home:
+        os.environ["MESH_HOME"] = args.home
+    return wrapper(list(args.words))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,6 +45,8 @@ take (mesh.text): a file name in it that is not UTF-8 is written with escapes.
     │   └── RerunRefused           a re-run that cannot be made: an unknown task, or one whose inputs
     │                              are not there (mesh.sched.rerun; HTTP 409)
     ├── JobNotFound                no job has the id asked for
+    ├── InvalidCompile (ValueError) a mesh cc request the node's compile service cannot take
+    │                              (mesh.cc.service; the wrapper then compiles locally)
     ├── HookError                  a forge's webhook delivery cannot be taken (mesh.pipelines.hooks)
     │   ├── HookUnauthorized       its signature or token is missing or wrong, or the project has no
     │   │                          webhook secret (HTTP 401)
@@ -336,6 +338,11 @@ class InvalidJob(MeshError, ValueError):
 class RerunRefused(InvalidJob):
     """A re-run (mesh.sched.rerun) that cannot be made: the task is not in the job, or a task it
     needs an output of has not finished or left none. HTTP 409: the job's state decides it."""
+
+
+class InvalidCompile(MeshError, ValueError):
+    """A request to the node's compile service (``mesh cc``) that it cannot take: a frame not
+    understood, a compiler that is not a file on the node, a user other than the node's."""
 
 
 class JobNotFound(MeshError):

@@ -34,6 +34,7 @@ from mesh.api.server import listen, serve
 from mesh.api.sessions import Sessions
 from mesh.cas.space import Roots, StoreSpace
 from mesh.cas.store import LocalStore
+from mesh.cc.service import CompileService
 from mesh.cluster.actioncache import MeshActionCache
 from mesh.cluster.inflight import ClaimTable, MeshClaims
 from mesh.cluster.intake import JobIntake
@@ -123,6 +124,7 @@ class Node:
                 await nursery.start(self.scheduler.run)
                 await nursery.start(self.projects.run)
                 await nursery.start(self.hooks.run)
+                await nursery.start(self.cc.run)
                 http_stop = trio.Event()
                 app = activity = Activity(create_app(self))
                 binds = await nursery.start(partial(serve, app, self._sockets, shutdown_trigger=http_stop.wait))
@@ -246,6 +248,9 @@ class Node:
         self.jobs = JobIntake(self.scheduler, self.store, self.peering, lambda: self.default_executor)
         self.blobs = PeerBackedBlobs(self.store, space, self.peering)
         self.cache = MeshCacheService(self.action_cache, self.claims)
+        self.cc = CompileService(
+            home, self.jobs, self.blobs, lambda: sorted(self.runner.executors), self._advertise_again
+        )
         notifier = Notifier(smtp=self.config.smtp)
         self.projects = Builds(
             ProjectStore(self.db), self.jobs, self.build_metrics, notifier, lambda: self.peering.url or self.url
@@ -394,8 +399,13 @@ class Node:
     def _advertise(self, images: tuple[str, ...] = ()) -> None:
         """Recompute this node's capabilities (executors, labels, images) for gossip and placement."""
         caps = capabilities(sorted(self.runner.executors), dict(self.config.labels), images)
+        caps.update(self.cc.capabilities())  # the compilers mesh cc may place compiles on
         self.peering.capabilities = caps
         self.scheduler.capabilities = caps
+
+    def _advertise_again(self) -> None:
+        """:meth:`_advertise` with what is known now (mesh cc found a compiler, say)."""
+        self._advertise(self.docker.images if self.docker is not None else ())
 
     def _busy(self) -> bool:
         """Whether a job runs or waits on this node (for the idle stop)."""
@@ -471,6 +481,7 @@ class Node:
             "peers": self.peering.status(),
             "watches": len(self.watch_registry.watched()),  # directories watched through this node
             "gossip": {"rounds": self.peering.gossip.rounds, "mdns": self.config.mdns},
+            "cc": self.cc.status(),
             "jobs": {"counts": self.db.count_jobs()},
         }
         if detailed:

@@ -1,0 +1,14 @@
+"""``mesh cc``: compiles spread over the mesh, answered by its action cache.
+
+Two halves that share only :mod:`mesh.cc.frames`:
+
+- the **wrapper** (:mod:`mesh.cc.wrapper`, with :mod:`mesh.cc.args` and
+  :mod:`mesh.cc.frames`), run once per compile: the standard library only, so that its
+  start-up is the only overhead a local compile pays;
+- the node's **service** (:mod:`mesh.cc.service`, :mod:`mesh.cc.compilers`), which turns
+  a compile into a one-task job on the node's scheduler: placed on a node with the same
+  compiler, answered from the mesh-wide action cache when any node compiled it before.
+
+Nothing in this package may import trio, httpx or the node at module level except the
+service modules, which only the node imports.
+"""

@@ -1,0 +1,225 @@
+"""mesh cc's classification of compiler commands, its frames, and its dependency files
+against gcc's own (mesh.cc.args, mesh.cc.frames)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mesh.cc import frames
+from mesh.cc.args import Plan, classify
+
+
+def plan(*args: str, compiler: str = "gcc", env: dict[str, str] | None = None) -> Plan:
+    got = classify(compiler, list(args), env or {})
+    assert isinstance(got, Plan), got
+    return got
+
+
+def why(*args: str, env: dict[str, str] | None = None) -> str:
+    got = classify("gcc", list(args), env or {})
+    assert isinstance(got, str), got
+    return got
+
+
+def test_a_single_source_compile_to_an_object_is_distributed_and_split_into_two_command_lines() -> None:
+    p = plan(
+        "-c", "-Iinc", "-DX=1", "-include", "cfg.h", "-O2", "-g", "-Wall", "-std=c11", "-fPIC", "src/a.c", "-o", "o/a.o"
+    )
+    assert (p.source, p.object, p.language) == ("src/a.c", "o/a.o", "c")
+    assert p.preprocess == [
+        "-Iinc",
+        "-DX=1",
+        "-include",
+        "cfg.h",
+        "-O2",
+        "-g",
+        "-Wall",
+        "-std=c11",
+        "-fPIC",
+        "-fdirectives-only",
+        "-E",
+        "src/a.c",
+    ]
+    assert p.compile == ["-O2", "-g", "-Wall", "-std=c11", "-fPIC"]  # the preprocessor's flags stay here
+
+
+def test_without_o_the_object_is_the_source_s_base_name_in_the_working_directory() -> None:
+    assert plan("-c", "src/a.c").object == "a.o"
+    assert plan("-c", "src/a.c", "-obuild/a.o").object == "build/a.o"
+
+
+@pytest.mark.parametrize(
+    ("compiler", "source", "language"),
+    [
+        ("gcc", "a.c", "c"),
+        ("g++", "a.cc", "c++"),
+        ("gcc", "a.cpp", "c++"),
+        ("g++", "a.c", "c++"),
+        ("c++", "a.c", "c++"),
+    ],
+)
+def test_the_language_follows_the_suffix_and_a_cxx_driver(compiler: str, source: str, language: str) -> None:
+    assert plan("-c", source, compiler=compiler).language == language
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["a.c", "-o", "a"], "no -c"),
+        (["a.o", "b.o", "-o", "prog"], "no -c"),
+        (["-E", "a.c"], "-E preprocesses only"),
+        (["-M", "a.c"], "-M lists dependencies only"),
+        (["-MM", "-c", "a.c"], "-MM lists dependencies only"),
+        (["-S", "a.c"], "-S makes assembly"),
+        (["-c", "a.c", "b.c"], "2 sources in one command"),
+        (["-c"], "no source file"),
+        (["-c", "a.s"], "not a C or C++ source"),
+        (["-c", "-x", "c", "a.txt"], "-x"),
+        (["-c", "a.c", "--frobnicate"], "a flag mesh cc does not know"),
+        (["-c", "a.c", "-march=native"], "this machine's processor"),
+        (["-c", "a.c", "-fprofile-generate"], "profiling"),
+        (["-c", "a.c", "--coverage"], "--coverage"),
+        (["-c", "a.c", "-save-temps"], "-save-temps"),
+        (["-c", "a.c", "-gsplit-dwarf"], ".dwo"),
+        (["-c", "a.c", "-flto"], "LTO"),
+        (["-c", "a.c", "-frecord-gcc-switches"], "command line"),
+        (["-c", "a.c", "-B/opt/x"], "-B"),
+        (["-c", "@flags"], "response file"),
+        (["-c", "a.c", "-Wa,-adhln=a.lst"], "assembler option"),
+        (["-c", "a.c", "-o"], "-o without a file"),
+        (["-c", "a.c", "-o", "-"], "stdout"),
+        (["-v", "-c", "a.c"], "-v"),
+    ],
+)
+def test_everything_else_runs_here_with_a_reason(args: list[str], reason: str) -> None:
+    assert reason in why(*args)
+
+
+def test_an_environment_that_changes_the_compile_here_keeps_it_here() -> None:
+    assert why("-c", "a.c", env={"DEPENDENCIES_OUTPUT": "a.d"}) == "DEPENDENCIES_OUTPUT is set"
+    assert isinstance(classify("gcc", ["-c", "a.c"], {"DEPENDENCIES_OUTPUT": ""}), Plan)
+
+
+def test_known_safe_assembler_and_param_flags_go_to_both_runs() -> None:
+    p = plan("-c", "a.c", "-Wa,--noexecstack", "--param", "max-inline-insns-single=10")
+    assert p.compile == ["-Wa,--noexecstack", "--param", "max-inline-insns-single=10"]
+
+
+def test_the_dependency_file_s_name_and_target_are_made_explicit_as_gcc_s_driver_derives_them() -> None:
+    assert plan("-c", "-MD", "x.c", "-o", "sub/x.o").preprocess == [
+        "-MD",
+        "-MF",
+        "sub/x.d",
+        "-MQ",
+        "sub/x.o",
+        "-fdirectives-only",
+        "-E",
+        "x.c",
+    ]
+    assert plan("-c", "-MMD", "src/x.c").preprocess == ["-MMD", "-MF", "x.d", "-fdirectives-only", "-E", "src/x.c"]
+    assert plan("-c", "-MD", "-MF", "d/x.dep", "-MT", "t", "x.c", "-o", "x.o").preprocess == [
+        "-MD",
+        "-MF",
+        "d/x.dep",
+        "-MT",
+        "t",
+        "-fdirectives-only",
+        "-E",
+        "x.c",
+    ]
+
+
+DEP_FLAGS = [
+    ["-MD"],
+    ["-MMD"],
+    ["-MD", "-MP"],
+    ["-MMD", "-MF", "deps/x.dep"],
+    ["-MD", "-MT", "custom-target"],
+    ["-MD", "-MQ", "$(odd) target"],
+    ["-MMD", "-MP", "-MF", "deps/y.d", "-MT", "a", "-MT", "b"],
+    ["-Wp,-MD,deps/wp.d"],
+]
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
+@pytest.mark.parametrize("flags", DEP_FLAGS, ids=[" ".join(f) for f in DEP_FLAGS])
+@pytest.mark.parametrize("output", [None, "sub/x.o", "sub/x"])
+def test_the_preprocessing_writes_the_dependency_file_a_local_compile_writes(
+    tmp_path: Path, flags: list[str], output: str | None
+) -> None:
+    for side in ("local", "mesh"):
+        work = tmp_path / side
+        (work / "inc").mkdir(parents=True)
+        (work / "sub").mkdir()
+        (work / "deps").mkdir()
+        (work / "inc" / "h.h").write_text("#define H 1\n")
+        (work / "x.c").write_text('#include "h.h"\n#include <stdio.h>\nint f(void) { return H; }\n')
+    args = ["-c", "-Iinc", *flags, "x.c", *(["-o", output] if output else [])]
+    subprocess.run(["gcc", *args], cwd=tmp_path / "local", check=True)
+    p = plan(*args)
+    subprocess.run(["gcc", *p.preprocess], cwd=tmp_path / "mesh", check=True, stdout=subprocess.DEVNULL)
+    made = {
+        str(path.relative_to(tmp_path / "local")): path.read_bytes()
+        for path in (tmp_path / "local").rglob("*")
+        if path.suffix in (".d", ".dep")
+    }
+    assert made, "gcc wrote no dependency file"
+    for name, content in made.items():
+        assert (tmp_path / "mesh" / name).read_bytes() == content, name
+
+
+@given(
+    st.lists(st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=30), max_size=20),
+    st.lists(st.binary(max_size=200), max_size=4),
+)
+def test_a_frame_reads_back_as_it_was_packed(texts: list[str], blobs: list[bytes]) -> None:
+    data = b"".join(frames.pack(texts, blobs))
+    at = 0
+
+    def take(n: int) -> bytes:
+        nonlocal at
+        at += n
+        return data[at - n : at]
+
+    assert frames.unpack(take) == (texts, blobs)
+    assert at == len(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [(b"XXXX", "does not start with MCC1"), (b"MCC1\x00\x00", "ended early"), (b"MCC1\xff\xff\xff\xff", "items")],
+)
+def test_a_frame_that_is_not_one_is_refused_saying_why(data: bytes, message: str) -> None:
+    at = 0
+
+    def take(n: int) -> bytes:
+        nonlocal at
+        at += n
+        return data[at - n : at]
+
+    with pytest.raises(frames.FrameError, match=message):
+        frames.unpack(take)
+
+
+def test_the_wrapper_imports_neither_trio_nor_httpx_nor_hypercorn_nor_typing() -> None:
+    """``mesh cc`` (through ``python -m mesh``, as the ``mesh`` script runs it) loads only
+    the standard library's cheapest modules: its start-up is every compile's overhead."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "mesh", "cc", "--help"],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MESH_")},
+        check=True,
+    )
+    assert "mesh cc" in done.stdout
+    loaded = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "|" in line}
+    assert "mesh" in loaded
+    assert not loaded & {"trio", "httpx", "hypercorn", "cbor2", "blake3", "typing", "json", "argparse"}, loaded

@@ -1,0 +1,274 @@
+"""``mesh cc`` against a real ``mesh up`` on loopback: a small C project of real files built
+with make, compared byte for byte with a local build (mesh.cc)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.nodeutil import MESH, NodeProcess, node_env, wait_for
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("gcc") is None or shutil.which("make") is None, reason="mesh cc's tests need gcc and make"
+)
+
+MAKEFILE = """\
+CC ?= gcc
+CFLAGS ?= -O1 -g -Wall
+OBJS := build/main.o build/util.o build/list.o build/extra.o
+all: $(OBJS)
+-include $(OBJS:.o=.d)
+build/%.o: src/%.c | build
+\t$(CC) $(CFLAGS) -Iinclude -DVERSION=3 -MMD -MP -c $< -o $@
+build:
+\tmkdir -p build
+clean:
+\trm -rf build
+"""
+
+SOURCES = {
+    "include/util.h": "#pragma once\n#define SQUARE(x) ((x) * (x))\nint util(int);\nextern const char *where;\n",
+    "include/list.h": "#pragma once\nstruct node { struct node *next; int v; };\nint length(const struct node *);\n",
+    "src/main.c": '#include <stdio.h>\n#include "util.h"\n#include "list.h"\nint main(void) {\n'
+    '  struct node n = {0, SQUARE(VERSION)};\n  printf("%d %s\\n", util(length(&n)), __FILE__);\n  return 0;\n}\n',
+    "src/util.c": '#include "util.h"\nconst char *where = __FILE__;\n'
+    "int util(int x) { return SQUARE(x) + __LINE__; }\n",
+    "src/list.c": '#include "list.h"\n'
+    "int length(const struct node *n) { int k = 0; for (; n; n = n->next) k++; return k; }\n",
+    "src/extra.c": "static int table[64];\nint extra(int i) { return table[i & 63] += i; }\n",
+}
+
+
+def make_project(root: Path) -> Path:
+    for name, text in SOURCES.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    (root / "Makefile").write_text(MAKEFILE)
+    return root
+
+
+def build_files(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((root / "build").iterdir())}
+
+
+@pytest.fixture(scope="module")
+def cc_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """One node for the module's tests: a short home path (a unix socket's path is short)."""
+    home = tmp_path_factory.mktemp("cc") / "h"
+    node = NodeProcess(str(home)).start()
+    try:
+        wait_for(lambda: (home / "cc.sock").exists(), timeout=10, what="the compile service's socket")
+        yield node
+    finally:
+        node.stop(timeout=30)
+
+
+def make(root: Path, home: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    cc = " ".join([*MESH, "cc", "-v", "gcc"])
+    return subprocess.run(
+        ["make", "-j2", f"CC={cc}", *args],
+        cwd=root,
+        env=node_env(home, **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_make_build_through_mesh_cc_gives_the_local_objects_and_dependency_files_byte_for_byte(
+    cc_node: NodeProcess, tmp_path: Path
+) -> None:
+    root = make_project(tmp_path / "p")
+    done = make(root, cc_node.home, "CFLAGS=-O1 -g -Wall")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("ran on node") == 4, done.stderr
+    meshed = build_files(root)
+    subprocess.run(["make", "-s", "clean"], cwd=root, check=True)
+    subprocess.run(["make", "-s", "-j2", "CFLAGS=-O1 -g -Wall"], cwd=root, check=True)
+    assert build_files(root) == meshed
+    assert sorted(meshed) == sorted(["main.o", "main.d", "util.o", "util.d", "list.o", "list.d", "extra.o", "extra.d"])
+    # Again after make clean: every compile is answered by the action cache.
+    subprocess.run(["make", "-s", "clean"], cwd=root, check=True)
+    again = make(root, cc_node.home, "CFLAGS=-O1 -g -Wall")
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("from the action cache") == 4, again.stderr
+    assert build_files(root) == meshed
+    # /status counts them (open to anyone: counts only).
+    status = httpx.get(cc_node.url + "/status", timeout=10, trust_env=False).json()["cc"]
+    assert status["serving"] is True and status["compilers"] >= 1 and status["compiles"] >= 8, status
+    # make's rebuild decisions read the dependency files: touching a header recompiles its includers.
+    # Newer than every object for certain: the file system's clock ticks coarser than make's view.
+    newest = max(o.stat().st_mtime_ns for o in (root / "build").rglob("*.o"))
+    os.utime(root / "include" / "list.h", ns=(newest + 1_000_000_000, newest + 1_000_000_000))
+    third = make(root, cc_node.home, "CFLAGS=-O1 -g -Wall")
+    assert sorted(line.split(":")[1].strip() for line in third.stderr.splitlines() if line.startswith("mesh cc:")) == [
+        "src/list.c",
+        "src/main.c",
+    ], third.stderr
+
+
+@pytest.mark.parametrize("where", ["absolute", "parent"])
+def test_a_source_named_by_an_absolute_path_or_through_a_parent_gives_the_local_object_with_g(
+    cc_node: NodeProcess, tmp_path: Path, where: str
+) -> None:
+    root = make_project(tmp_path / "p")
+    work = root / "build"
+    work.mkdir()
+    source = str(root / "src" / "util.c") if where == "absolute" else "../src/util.c"
+    args = ["-c", "-g", "-O1", f"-I{root / 'include'}", source, "-o", "util.o"]
+    subprocess.run(["gcc", *args], cwd=work, check=True)
+    local = (work / "util.o").read_bytes()
+    done = subprocess.run(
+        [*MESH, "cc", "-v", "gcc", *args], cwd=work, capture_output=True, text=True, env=node_env(cc_node.home)
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ran on node" in done.stderr, done.stderr
+    assert (work / "util.o").read_bytes() == local
+
+
+def test_a_compile_that_says_anything_says_exactly_what_gcc_says_with_its_exit_status(
+    cc_node: NodeProcess, tmp_path: Path
+) -> None:
+    (tmp_path / "warn.c").write_text("int f(int x) { int unused; return x; }\n#warning careful\n")
+    (tmp_path / "bad.c").write_text("int main(void) { return undefined_thing; }\n")
+    for source in ("warn.c", "bad.c"):
+        args = ["-c", "-Wall", source, "-o", source.replace(".c", ".o")]
+        local = subprocess.run(["gcc", *args], cwd=tmp_path, capture_output=True)
+        local_object = (tmp_path / args[-1]).read_bytes() if local.returncode == 0 else None
+        meshed = subprocess.run(
+            [*MESH, "cc", "gcc", *args], cwd=tmp_path, capture_output=True, env=node_env(cc_node.home)
+        )
+        assert (meshed.returncode, meshed.stdout, meshed.stderr) == (local.returncode, local.stdout, local.stderr)
+        if local_object is not None:
+            assert (tmp_path / args[-1]).read_bytes() == local_object
+        else:
+            assert not (tmp_path / args[-1]).exists()
+
+
+def test_what_is_not_a_single_compile_runs_here_and_v_says_why(cc_node: NodeProcess, tmp_path: Path) -> None:
+    (tmp_path / "a.c").write_text("int main(void) { return 0; }\n")
+    done = subprocess.run(
+        [*MESH, "cc", "-v", "gcc", "a.c", "-o", "a"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=node_env(cc_node.home),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "mesh cc: here: not a compile to an object (no -c)" in done.stderr
+    assert subprocess.run([str(tmp_path / "a")]).returncode == 0
+
+
+def test_with_no_node_the_build_finishes_here_and_fallback_0_makes_it_an_error(tmp_path: Path) -> None:
+    root = make_project(tmp_path / "p")
+    nowhere = str(tmp_path / "no-node")
+    done = make(root, nowhere)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("no node's compile service") == 4, done.stderr
+    meshed = build_files(root)
+    subprocess.run(["make", "-s", "clean"], cwd=root, check=True)
+    subprocess.run(["make", "-s", "-j2"], cwd=root, check=True)
+    assert build_files(root) == meshed
+    subprocess.run(["make", "-s", "clean"], cwd=root, check=True)
+    # A TMPDIR that is not there (gcc goes on without it) does not stop the wrapper either.
+    odd = make(root, nowhere, TMPDIR=str(tmp_path / "no-such-tmp"))
+    assert odd.returncode == 0 and "Traceback" not in odd.stderr, odd.stderr
+    subprocess.run(["make", "-s", "clean"], cwd=root, check=True)
+    failed = make(root, nowhere, MESH_CC_FALLBACK="0")
+    assert failed.returncode != 0
+    assert "mesh cc: error: src/" in failed.stderr and "MESH_CC_FALLBACK=0" in failed.stderr
+
+
+def test_links_named_after_compilers_run_mesh_cc_for_a_build_that_calls_gcc_by_name(
+    cc_node: NodeProcess, tmp_path: Path
+) -> None:
+    links = tmp_path / "bin"
+    made = subprocess.run([*MESH, "cc", "--links", str(links)], capture_output=True, text=True, check=True)
+    assert "gcc" in made.stdout
+    assert {"cc", "gcc", "g++", "c++", "clang", "clang++"} <= set(os.listdir(links))
+    root = make_project(tmp_path / "p")
+    env = node_env(cc_node.home, PATH=f"{links}:{os.environ['PATH']}", MESH_CC_VERBOSE="1")
+    done = subprocess.run(["make", "-j2", "CC=gcc", "CFLAGS=-O1"], cwd=root, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("mesh cc: src/") == 4, done.stderr  # each compiled on the mesh (or its cache)
+    meshed = build_files(root)
+    subprocess.run(["make", "-s", "clean"], cwd=root, check=True)
+    subprocess.run(["make", "-s", "-j2", "CFLAGS=-O1"], cwd=root, check=True)
+    assert build_files(root) == meshed
+
+
+def test_the_socket_lets_only_the_node_s_user_in(cc_node: NodeProcess) -> None:
+    sock = Path(cc_node.home) / "cc.sock"
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+    assert stat.S_IMODE(Path(cc_node.home).stat().st_mode) == 0o700
+    if os.geteuid() != 0:
+        pytest.skip("another user's refusal needs root to become that user (the modes above hold)")
+    connect = f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(sock)!r})"
+    done = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", connect],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0 and "PermissionError" in done.stderr, done.stderr
+
+
+def test_a_compile_the_mesh_cannot_run_is_compiled_here(cc_node: NodeProcess, tmp_path: Path) -> None:
+    """A compiler in root's 0700 test directory: the task's uid cannot run it, a failure of
+    the mesh, not of the code (the runner's error): the wrapper compiles here; with
+    MESH_CC_FALLBACK=0 it says so and fails."""
+    if os.geteuid() != 0:
+        pytest.skip("needs a root node, whose tasks run as task uids")
+    (tmp_path / "bin").mkdir()
+    private = tmp_path / "bin" / "gcc"
+    private.symlink_to(os.path.realpath(shutil.which("gcc") or "gcc"))
+    (tmp_path / "a.c").write_text("int a(void) { return 1; }\n")
+    argv = [*MESH, "cc", "-v", str(private), "-c", "-O1", "a.c", "-o", "a.o"]
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, env=node_env(cc_node.home))
+    assert done.returncode == 0, done.stderr
+    assert f"mesh cc: here: a.c: cannot execute '{private}': Permission denied" in done.stderr, done.stderr
+    meshed = (tmp_path / "a.o").read_bytes()
+    subprocess.run(["gcc", "-c", "-O1", "a.c", "-o", "a.o"], cwd=tmp_path, check=True)
+    assert (tmp_path / "a.o").read_bytes() == meshed
+    strict = subprocess.run(
+        argv, cwd=tmp_path, capture_output=True, text=True, env=node_env(cc_node.home, MESH_CC_FALLBACK="0")
+    )
+    assert strict.returncode == 1 and "MESH_CC_FALLBACK=0" in strict.stderr, strict.stderr
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
+def test_a_cxx_compile_with_g_gives_the_local_object(cc_node: NodeProcess, tmp_path: Path) -> None:
+    (tmp_path / "inc").mkdir()
+    (tmp_path / "inc" / "shape.hh").write_text(
+        "#pragma once\n#include <string>\n#define AREA(w, h) ((w) * (h))\n"
+        "struct Shape { virtual ~Shape() = default; virtual int area() const = 0; };\n"
+    )
+    (tmp_path / "box.cc").write_text(
+        '#include "shape.hh"\nnamespace { struct Box : Shape { int w = 2, h = 3; int area() const override {\n'
+        "  return AREA(w, h); } }; }\nstd::string describe() { Box b; return std::to_string(b.area()) + __FILE__; }\n"
+    )
+    args = ["-c", "-g", "-O1", "-Iinc", "-MMD", "box.cc", "-o", "box.o"]
+    subprocess.run(["g++", *args], cwd=tmp_path, check=True)
+    local = {name: (tmp_path / name).read_bytes() for name in ("box.o", "box.d")}
+    done = subprocess.run(
+        [*MESH, "cc", "-v", "g++", *args], cwd=tmp_path, capture_output=True, text=True, env=node_env(cc_node.home)
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ran on node" in done.stderr, done.stderr
+    assert {name: (tmp_path / name).read_bytes() for name in local} == local
+
+
+def test_an_object_that_cannot_be_written_fails_as_gcc_fails(cc_node: NodeProcess, tmp_path: Path) -> None:
+    (tmp_path / "a.c").write_text("int a(void) { return 1; }\n")
+    args = ["-c", "a.c", "-o", "no/such/dir/a.o"]
+    local = subprocess.run(["gcc", *args], cwd=tmp_path, capture_output=True)
+    meshed = subprocess.run([*MESH, "cc", "gcc", *args], cwd=tmp_path, capture_output=True, env=node_env(cc_node.home))
+    assert local.returncode != 0
+    assert (meshed.returncode, meshed.stdout, meshed.stderr) == (local.returncode, local.stdout, local.stderr)
