@@ -123,7 +123,8 @@ def test_the_client_reconnects_to_a_restarted_node_and_ends_with_the_commands_st
         out.read_until(b"one\n")
         node.kill()  # mid-job, the client attached
         node = NodeProcess(str(home), port=node.port).start()  # the same home and port: it resumes the job
-        assert client_process.wait(120) == 7
+        status = client_process.wait(120)
+        assert status == 7, (client_process.stderr.read(), node.log()[-3000:])  # type: ignore[union-attr]
         assert out.rest() == b"one\ntwo\n"  # nothing twice, nothing lost
         stderr = client_process.stderr.read()  # type: ignore[union-attr]
         assert stderr.startswith(b"err\n"), stderr

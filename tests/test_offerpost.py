@@ -4,6 +4,7 @@ connections kept for the next offer and replaced when the peer closed them."""
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 import h11
@@ -28,7 +29,13 @@ async def events_of(
 
 
 def offered(node: NodeProcess, script: str = "echo hi") -> tuple[dict[str, Any], MeshKey]:
-    snapshot = node.mesh("snapshot", str(node.home)).stdout.decode().strip()  # any tree the node holds
+    tree = os.path.join(os.path.dirname(node.home), "offered-tree")  # any tree the node holds
+    os.makedirs(tree, exist_ok=True)
+    with open(os.path.join(tree, "file"), "w") as f:
+        f.write("offered\n")
+    done = node.mesh("snapshot", tree)
+    assert done.returncode == 0, done.stderr.decode()
+    snapshot = done.stdout.decode().strip()
     task = {"name": "offered", "argv": ["sh", "-c", script], "input": snapshot, "executor": "process"}
     key = load_key(node.home)
     assert key is not None

@@ -120,11 +120,10 @@ class CompileService:
             os.unlink(self.path)  # a node that died left it; the node's lock says this node owns the home
         except FileNotFoundError:
             pass
-        old = os.umask(0o177)
-        try:
-            await listener.bind(self.path)
-        finally:
-            os.umask(old)
+        # Not under a narrowed umask: the umask is the process's, and the scheduler's threads
+        # make task directories meanwhile (a umask of 0o177 made them 0600: bwrap could not
+        # enter them). Until the chmod, the home's 0700 keeps other users from the socket.
+        await listener.bind(self.path)
         os.chmod(self.path, 0o600)
         listener.listen(128)
         self.serving = True
