@@ -246,3 +246,21 @@ async def test_a_hit_too_big_for_the_budget_stays_a_reference(tmp_path: Path) ->
     assert len(small.answer({"keys": [str(key(1))], "inline": 1 << 20})["blobs"]) == 3  # stderr, root, object
     with pytest.raises(CodecError):
         small.answer({"keys": [], "inline": -1})
+
+
+async def test_a_hit_counts_when_keeping_its_blobs_outlasts_the_lookup(tmp_path: Path) -> None:
+    """Blobs that cannot be kept in the lookup's time (a slow disk, eviction for room) leave
+    the hit a reference, fetched later, but still a hit."""
+
+    class Stuck(ResultBlobs):
+        async def keep(self, sent: Any, budget: int, roots: Any, source: str) -> None:
+            await trio.sleep_forever()
+
+    holder, _, made = holder_with_a_compile(tmp_path, b"object")
+    here = LocalStore(tmp_path / "here")
+    cache = MeshActionCache(
+        local_cache(tmp_path), Linked({"http://h": holder}), node_id="n", timeout=0.2, blobs=Stuck(here)
+    )
+    with trio.fail_after(3):
+        hit = await cache.get_further(key(1))
+    assert hit is not None and hit.output == made.output

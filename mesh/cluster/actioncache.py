@@ -204,14 +204,16 @@ class MeshActionCache:
                 body["inline"] = self.budget
             reply = await self.peers.call(url, LOOKUP_PATH, body, timeout=self.timeout)
             hits = list(self._hits(url, reply, batch))
-            if self.blobs is not None and hits and isinstance(reply, dict):
-                roots = [r.output for _, r in hits if r.output is not None]
-                await self.blobs.keep(reply.get("blobs"), self.budget, roots, url)
-            for key, result in hits:
-                if not batch[key].done.is_set():
-                    batch[key].result = result
-                    batch[key].done.set()
-                    self._found += 1
+            try:
+                if self.blobs is not None and hits and isinstance(reply, dict):
+                    roots = [r.output for _, r in hits if r.output is not None]
+                    await self.blobs.keep(reply.get("blobs"), self.budget, roots, url)
+            finally:  # the hits count even when keeping their blobs was cut short (the timeout)
+                for key, result in hits:
+                    if not batch[key].done.is_set():
+                        batch[key].result = result
+                        batch[key].done.set()
+                        self._found += 1
         except MeshError as exc:
             log.info("peer %s could not answer a cache lookup: %s", url, exc)
         except Exception as exc:  # a bug reading one peer's answer: a miss there, not a failed node
