@@ -346,35 +346,3 @@ async def test_claims_go_to_the_keys_owner_and_an_owner_that_does_not_answer_let
     await claims.release(remote, succeeded=True)  # never raises
     assert claims.unanswered == 1
     assert not MeshClaims(mine, Peers({}), lambda: me).enabled()
-
-
-async def test_a_hit_does_not_wait_for_its_claim_which_is_released_once_answered(tmp_path: Path) -> None:
-    """The claim a hit made unneeded ends in the background: the task is finished with the
-    hit at once, and the claim, granted later, is released as done, never left held."""
-
-    class SlowClaims(Together):
-        def __init__(self, local: Any) -> None:
-            super().__init__(local, hit=True)
-            self.answer = trio.Event()
-
-        async def get_further(self, key: Digest) -> ActionResult | None:
-            self.claiming.set()  # the hit comes at once
-            return await super().get_further(key)
-
-        async def claim(self, key: Digest, ttl: float, *, wait: bool) -> ClaimAnswer:
-            self.looking.set()
-            await self.answer.wait()
-            return ClaimAnswer(True, by="http://owner:1")
-
-    runner = FakeRunner()
-    slow = SlowClaims(None)
-    async with running(tmp_path, runner, claims=slow) as scheduler:
-        slow.local = scheduler.lookup.cache
-        scheduler.lookup.cache = slow
-        with trio.fail_after(5):
-            status = await wait_state(scheduler, scheduler.submit(job(t("a", ["ok", "a"]))), "succeeded")
-            assert status["tasks"][0]["result"]["cached"] and slow.released == []
-            slow.answer.set()
-            while not slow.released:
-                await trio.sleep(0.001)
-        assert [succeeded for _, succeeded in slow.released] == [True] and runner.ran == []

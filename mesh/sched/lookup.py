@@ -124,35 +124,29 @@ class CacheLookup:
         answer = await self.claims.claim(key, action.timeout + CLAIM_SLACK, wait=False)
         return await self._claimed(action, key, answer)
 
-    async def further_and_claim(
-        self, action: Action, found: Found, *, pinned: bool, background: trio.Nursery
-    ) -> tuple[Found, str | None]:
+    async def further_and_claim(self, action: Action, found: Found, *, pinned: bool) -> tuple[Found, str | None]:
         """Steps 2 and 3 at once, for a ``found`` with a key (the caller leads it here): the
         peers' lookup and the first claim go out together. Returns what was found (a hit: the
         peers', or the result of the node that held the claim) and the node that granted the
-        claim (None: none did, or a hit made it unneeded).
-
-        A hit does not wait for the claim: the claim's request ends in ``background`` and, if
-        granted, is released there as done (the result is in the mesh's cache). Measured with
-        ``bench/cc.py --warm-rounds 8``: a hit that waited for its claim made a warm rebuild
-        from another node 1.37x the same node's, against 1.23x without the claim. The claim
-        is never cancelled: one granted but never heard of would hold the key at its owner
-        for the action's timeout."""
+        claim (None: none did). A hit may come with a granted claim: the caller releases it.
+        The first claim is always answered, never cancelled for a hit: a claim granted but
+        never heard of would hold the key at its owner for the action's timeout."""
         key = found.key
         assert key is not None, "a key is needed to claim it"
         if self.claims is None or pinned or not self.claims.enabled():
             return await self.further(action, found, pinned=pinned), None
-        claim = _Claim(self, key, action.timeout + CLAIM_SLACK)
-        background.start_soon(claim.ask)
-        looked: Found | None = None
-        try:
+        claims, ttl = self.claims, action.timeout + CLAIM_SLACK
+        first = ClaimAnswer(True)
+
+        async def claim() -> None:
+            nonlocal first
+            first = await claims.claim(key, ttl, wait=False)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(claim)
             looked = await self.further(action, found, pinned=pinned)
-        finally:
-            if looked is None or looked.hit is not None:  # cancelled, or a hit
-                claim.drop(background, succeeded=looked is not None)
         if looked.hit is not None:
-            return looked, None
-        first = await claim.answer()
+            return looked, first.by if first.granted else None
         hit, by = await self._claimed(action, key, first)
         return (looked if hit is None else Found(hit, key)), by
 
@@ -215,43 +209,6 @@ class CacheLookup:
             log.warning("the toolchain of an action changed while it ran; its result is not cached")
             return result
         return replace(result, cache_key=after)
-
-
-class _Claim:
-    """The first claim of :meth:`CacheLookup.further_and_claim`, asked in the background:
-    awaited by the caller after a miss, or dropped (a hit: released as done; a cancel: as
-    not done), then released once granted. Exactly one of :meth:`ask` and :meth:`drop`
-    releases it (no await between the answer's arrival and the check)."""
-
-    def __init__(self, lookup: CacheLookup, key: Digest, ttl: float) -> None:
-        self.lookup = lookup
-        self.key = key
-        self.ttl = ttl
-        self.first: ClaimAnswer | None = None
-        self.arrived = trio.Event()
-        self.dropped = False
-        self.succeeded = False
-
-    async def ask(self) -> None:
-        assert self.lookup.claims is not None
-        self.first = await self.lookup.claims.claim(self.key, self.ttl, wait=False)
-        self.arrived.set()
-        if self.dropped:
-            await self._release()
-
-    def drop(self, background: trio.Nursery, *, succeeded: bool) -> None:
-        self.dropped, self.succeeded = True, succeeded
-        if self.arrived.is_set():
-            background.start_soon(self._release)
-
-    async def answer(self) -> ClaimAnswer:
-        await self.arrived.wait()
-        assert self.first is not None
-        return self.first
-
-    async def _release(self) -> None:
-        if self.first is not None and self.first.granted:
-            await self.lookup.release(self.key, succeeded=self.succeeded)
 
 
 __all__ = ["CacheLookup", "Found", "ENGINE_TIMEOUT", "CLAIM_SLACK"]

@@ -556,12 +556,10 @@ class Scheduler:
         with trio.CancelScope() as scope:
             self._lookups[(live.row.id, task.name)] = scope
             try:
-                if found.key is not None and self._nursery is not None:  # the lookup and the claim at once
+                if found.key is not None:  # known now: the peers' lookup and the claim at once
                     if not self._lead(live, task, found.key):
                         return  # it waits for the task here that runs the same action
-                    found, task.claimed_by = await self.lookup.further_and_claim(
-                        action, found, pinned=live.spec.pinned, background=self._nursery
-                    )
+                    found, task.claimed_by = await self.lookup.further_and_claim(action, found, pinned=live.spec.pinned)
                     task.cache_note = found.note or task.cache_note
                     hit = found.hit
                 else:  # a docker action: the engine's identity first, then the key's claim
