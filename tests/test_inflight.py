@@ -160,59 +160,6 @@ async def test_a_task_whose_key_another_node_holds_waits_for_its_result(tmp_path
         assert runner.ran == [] and claims.released == []  # it held no claim
 
 
-class Together(PeerCache):
-    """A peer cache and claims that each answer only once the other has been asked: a
-    scheduler that looks up, then claims (one after the other) never finishes a task."""
-
-    def __init__(self, local: Any, hit: bool) -> None:
-        super().__init__(local)
-        self.hit = hit
-        self.looking = trio.Event()
-        self.claiming = trio.Event()
-        self.released: list[tuple[Digest, bool]] = []
-
-    async def get_further(self, key: Digest) -> ActionResult | None:
-        self.looking.set()
-        await self.claiming.wait()
-        if not self.hit:
-            return None
-        now = time.time()
-        made = ActionResult(exit_code=0, stdout=KEY, stderr=KEY, output=None, started_at=now, finished_at=now, node="x")
-        return ActionResult.from_wire({**made.to_wire(), "cached": True, "cache_note": "from a peer"})
-
-    def enabled(self) -> bool:
-        return True
-
-    async def claim(self, key: Digest, ttl: float, *, wait: bool) -> ClaimAnswer:
-        self.claiming.set()
-        await self.looking.wait()
-        return ClaimAnswer(True, by="http://owner:1")
-
-    async def release(self, key: Digest, *, succeeded: bool) -> None:
-        self.released.append((key, succeeded))
-
-
-@pytest.mark.parametrize("hit", [False, True])
-async def test_a_miss_here_asks_the_peers_and_claims_the_key_at_the_same_time(tmp_path: Path, hit: bool) -> None:
-    """The peers' lookup and the claim go out together (a cold task pays one round trip, not
-    two). A miss runs under the claim and releases it as done; a hit releases the claim it
-    took as done too (the result is in the mesh's cache), and runs nothing."""
-    runner = FakeRunner()
-    both = Together(None, hit)
-    async with running(tmp_path, runner, claims=both) as scheduler:
-        both.local = scheduler.lookup.cache
-        scheduler.lookup.cache = both
-        runner.hold = False
-        runner.release.set()
-        with trio.fail_after(5):
-            status = await wait_state(scheduler, scheduler.submit(job(t("a", ["ok", "a"]))), "succeeded")
-            while not both.released:
-                await trio.sleep(0.001)
-        result = status["tasks"][0]["result"]
-        assert result["cached"] is hit and runner.ran == ([] if hit else [("ok", "a")])
-        assert [succeeded for _, succeeded in both.released] == [True]
-
-
 # -- across nodes: the claim table and the claimant ----------------------------------------
 
 

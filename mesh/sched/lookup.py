@@ -9,11 +9,7 @@ task's state (queued, waiting, finished), this module what the cache answers:
 2. :meth:`CacheLookup.further`: the engine (docker), then the other caches (the peers:
    mesh.cluster.actioncache), asynchronously and bounded in time.
 3. :meth:`CacheLookup.claim`: the mesh's claim of the key before its run (mesh.sched.inflight),
-   which may end in another node's result. :meth:`CacheLookup.further_and_claim` does 2 and 3
-   at once when the key is known before 2 (all but docker actions): a miss then costs the
-   slower of the peers' lookups and the claim, not their sum (one HTTP round trip, ~4 ms
-   on loopback and 10-25 ms on this project's busy 2-core machine, measured for ``mesh cc``
-   in bench/RESULTS.md); a hit releases the claim it did not need as done.
+   which may end in another node's result.
 4. :meth:`CacheLookup.run`: the run, keyed with the identity as it was before it and still
    is after it, so that a result is cached only under the toolchain that made it.
 
@@ -35,7 +31,7 @@ from mesh.errors import ToolMissing
 from mesh.exec.action import Action, ActionResult
 from mesh.exec.toolchain import Identity, Toolchain
 from mesh.sched.actioncache import ActionCache, MissReasons
-from mesh.sched.inflight import ClaimAnswer, Claims
+from mesh.sched.inflight import Claims
 
 log = logging.getLogger("mesh.sched")
 
@@ -121,41 +117,8 @@ class CacheLookup:
         it here unclaimed)."""
         if self.claims is None or pinned or not self.claims.enabled():
             return None, None
-        answer = await self.claims.claim(key, action.timeout + CLAIM_SLACK, wait=False)
-        return await self._claimed(action, key, answer)
-
-    async def further_and_claim(self, action: Action, found: Found, *, pinned: bool) -> tuple[Found, str | None]:
-        """Steps 2 and 3 at once, for a ``found`` with a key (the caller leads it here): the
-        peers' lookup and the first claim go out together. Returns what was found (a hit: the
-        peers', or the result of the node that held the claim) and the node that granted the
-        claim (None: none did). A hit may come with a granted claim: the caller releases it.
-        The first claim is always answered, never cancelled for a hit: a claim granted but
-        never heard of would hold the key at its owner for the action's timeout."""
-        key = found.key
-        assert key is not None, "a key is needed to claim it"
-        if self.claims is None or pinned or not self.claims.enabled():
-            return await self.further(action, found, pinned=pinned), None
-        claims, ttl = self.claims, action.timeout + CLAIM_SLACK
-        first = ClaimAnswer(True)
-
-        async def claim() -> None:
-            nonlocal first
-            first = await claims.claim(key, ttl, wait=False)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(claim)
-            looked = await self.further(action, found, pinned=pinned)
-        if looked.hit is not None:
-            return looked, first.by if first.granted else None
-        hit, by = await self._claimed(action, key, first)
-        return (looked if hit is None else Found(hit, key)), by
-
-    async def _claimed(
-        self, action: Action, key: Digest, answer: ClaimAnswer
-    ) -> tuple[ActionResult | None, str | None]:
-        """The rest of a claim after its first ``answer`` (:meth:`claim`)."""
-        assert self.claims is not None
         ttl = action.timeout + CLAIM_SLACK
+        answer = await self.claims.claim(key, ttl, wait=False)
         while not answer.granted:
             if answer.done:
                 hit = await self.cache.get_further(key)

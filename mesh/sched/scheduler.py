@@ -556,20 +556,13 @@ class Scheduler:
         with trio.CancelScope() as scope:
             self._lookups[(live.row.id, task.name)] = scope
             try:
-                if found.key is not None:  # known now: the peers' lookup and the claim at once
+                found = await self.lookup.further(action, found, pinned=live.spec.pinned)
+                task.cache_note = found.note or task.cache_note
+                hit = found.hit
+                if hit is None and found.key is not None:
                     if not self._lead(live, task, found.key):
                         return  # it waits for the task here that runs the same action
-                    found, task.claimed_by = await self.lookup.further_and_claim(action, found, pinned=live.spec.pinned)
-                    task.cache_note = found.note or task.cache_note
-                    hit = found.hit
-                else:  # a docker action: the engine's identity first, then the key's claim
-                    found = await self.lookup.further(action, found, pinned=live.spec.pinned)
-                    task.cache_note = found.note or task.cache_note
-                    hit = found.hit
-                    if hit is None and found.key is not None:
-                        if not self._lead(live, task, found.key):
-                            return  # it waits for the task here that runs the same action
-                        hit, task.claimed_by = await self.lookup.claim(action, found.key, pinned=live.spec.pinned)
+                    hit, task.claimed_by = await self.lookup.claim(action, found.key, pinned=live.spec.pinned)
             except Exception as exc:
                 log.error("looking task %s of job %s up failed: %s", task.name, live.row.id, describe(exc))
             finally:
