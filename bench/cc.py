@@ -33,7 +33,11 @@ times round-robin with distcc and a fresh mesh both up: local ``-j1``, distcc ``
 the targets' ratios of medians follows: one build of each is too noisy on this machine
 to tell 30 ms a compile (1 s a build) from the load of others.
 
-Usage: python bench/cc.py [--work DIR] [--tools LIST] [--rounds N]
+``--warm-rounds N`` then repeats only the warm pair N times (each round after an untimed
+cold ``-j2`` build on node 0 with a ``-D`` of its own): warm on node 0, warm from node 1,
+and their ratio each round, for the one target whose builds are short.
+
+Usage: python bench/cc.py [--work DIR] [--tools LIST] [--rounds N] [--warm-rounds N]
 Prints a markdown table on stdout, progress on stderr. Needs root (namespaces), gcc, make,
 distcc, icecc and ccache (``apt-get install distcc icecc ccache``).
 """
@@ -221,6 +225,7 @@ def main() -> int:
     parser.add_argument("--work", default="/var/tmp/mesh-bench-cc", help="scratch directory (kept short)")
     parser.add_argument("--tools", default="distcc,icecream,ccache,mesh", help="which contestants (all by default)")
     parser.add_argument("--rounds", type=int, default=0, help="repeat the targets' builds N times (see above)")
+    parser.add_argument("--warm-rounds", type=int, default=0, help="repeat the warm pair N times (see above)")
     args = parser.parse_args()
     tools = set(args.tools.split(","))
     for tool in ("gcc", "make", "distcc", "distccd", "icecc", "iceccd", "icecc-scheduler", "ccache"):
@@ -258,11 +263,12 @@ def main() -> int:
             bench.build("ccache -j2 warm", 2, "ccache gcc", env)
         if "mesh" not in tools:
             return report(bench)
-        if args.rounds:
+        if args.rounds or args.warm_rounds:
             with ExitStack() as stack:
-                denv = stack.enter_context(distcc(lan, work)) if "distcc" in tools else None
+                denv = stack.enter_context(distcc(lan, work)) if "distcc" in tools and args.rounds else None
                 homes, _ids, gcc = stack.enter_context(mesh(lan, work))
-                repeated = repeat(bench, args.rounds, homes, gcc, denv)
+                repeated = repeat(bench, args.rounds, homes, gcc, denv) if args.rounds else {}
+                pairs = warm_pairs(bench, args.warm_rounds, homes, gcc)
         with mesh(lan, work) as (homes, ids, gcc):
             env0 = node_env(str(homes[0]), PATH=os.environ["PATH"], MESH_CC_VERBOSE="1")
             env1 = node_env(str(homes[1]), PATH=os.environ["PATH"], MESH_CC_VERBOSE="1")
@@ -279,7 +285,36 @@ def main() -> int:
     report(bench)
     if args.rounds:
         report_rounds(repeated, args.rounds)
+    if args.warm_rounds:
+        print()
+        print(f"{args.warm_rounds} warm pairs (s): same node, from another node, ratio")
+        print()
+        for same, other in pairs:
+            print(f"- {same:.2f} {other:.2f} {other / same:.2f}x")
+        ratios = [other / same for same, other in pairs]
+        print(f"- median ratio {statistics.median(ratios):.2f}x, best {min(ratios):.2f}x, worst {max(ratios):.2f}x")
     return 0
+
+
+def warm_pairs(bench: Bench, rounds: int, homes: list[Path], gcc: str) -> list[tuple[float, float]]:
+    """The warm pair ``rounds`` times, each after an untimed cold -j2 build on node 0."""
+    rep = Bench(bench.lan, bench.root, bench.work)
+    rep.reference = bench.reference
+    env0 = node_env(str(homes[0]), PATH=os.environ["PATH"], MESH_CC_VERBOSE="1")
+    env1 = node_env(str(homes[1]), PATH=os.environ["PATH"], MESH_CC_VERBOSE="1")
+    pairs = []
+    for r in range(rounds):
+        flags = f"{CFLAGS} -DMESH_BENCH_PAIR={os.getpid()}{r}"
+        rep.build("cold", 2, gcc, env0, cflags=flags)
+        rep.build("same", 2, gcc, env0, cflags=flags)
+        said = rep.build("other", 2, gcc, env1, cflags=flags)
+        pairs.append((rep.times["same"], rep.times["other"]))
+        peers = sum(" (http" in line for line in said.splitlines() if "from the action cache of node" in line)
+        log(f"  {peers}/{SOURCES} of the build on node 1 were hits from a peer's cache")
+    for what, _took, identical, _note in rep.rows:
+        if identical != "35/35 .o, 35/35 .d":
+            print(f"NOT IDENTICAL: {what}: {identical}")
+    return pairs
 
 
 def repeat(
