@@ -26,7 +26,18 @@ Per-compile overhead = (distributed build time - local build time) / 35, at ``-j
 ``-j2``. Byte identity: every object and dependency file of every build against the
 reference build's, with ``cmp``'s rule (equal bytes).
 
-Usage: python bench/cc.py [--work DIR]
+With ``--rounds N`` (N > 0), the builds the issue's targets compare are then repeated N
+times round-robin with distcc and a fresh mesh both up: local ``-j1``, distcc ``-j1``,
+``mesh cc`` cold ``-j1`` on node 0, warm on node 0, warm from node 1 (each round with a
+``-D`` of its own, so node 1 has none of it), and a table of best and median times and
+the targets' ratios of medians follows: one build of each is too noisy on this machine
+to tell 30 ms a compile (1 s a build) from the load of others.
+
+``--warm-rounds N`` then repeats only the warm pair N times (each round after an untimed
+cold ``-j2`` build on node 0 with a ``-D`` of its own): warm on node 0, warm from node 1,
+and their ratio each round, for the one target whose builds are short.
+
+Usage: python bench/cc.py [--work DIR] [--tools LIST] [--rounds N] [--warm-rounds N]
 Prints a markdown table on stdout, progress on stderr. Needs root (namespaces), gcc, make,
 distcc, icecc and ccache (``apt-get install distcc icecc ccache``).
 """
@@ -37,12 +48,13 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -212,6 +224,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--work", default="/var/tmp/mesh-bench-cc", help="scratch directory (kept short)")
     parser.add_argument("--tools", default="distcc,icecream,ccache,mesh", help="which contestants (all by default)")
+    parser.add_argument("--rounds", type=int, default=0, help="repeat the targets' builds N times (see above)")
+    parser.add_argument("--warm-rounds", type=int, default=0, help="repeat the warm pair N times (see above)")
     args = parser.parse_args()
     tools = set(args.tools.split(","))
     for tool in ("gcc", "make", "distcc", "distccd", "icecc", "iceccd", "icecc-scheduler", "ccache"):
@@ -249,6 +263,12 @@ def main() -> int:
             bench.build("ccache -j2 warm", 2, "ccache gcc", env)
         if "mesh" not in tools:
             return report(bench)
+        if args.rounds or args.warm_rounds:
+            with ExitStack() as stack:
+                denv = stack.enter_context(distcc(lan, work)) if "distcc" in tools and args.rounds else None
+                homes, _ids, gcc = stack.enter_context(mesh(lan, work))
+                repeated = repeat(bench, args.rounds, homes, gcc, denv) if args.rounds else {}
+                pairs = warm_pairs(bench, args.warm_rounds, homes, gcc)
         with mesh(lan, work) as (homes, ids, gcc):
             env0 = node_env(str(homes[0]), PATH=os.environ["PATH"], MESH_CC_VERBOSE="1")
             env1 = node_env(str(homes[1]), PATH=os.environ["PATH"], MESH_CC_VERBOSE="1")
@@ -262,7 +282,88 @@ def main() -> int:
             bench.note(where(said))
             said = bench.build("mesh cc -j2 warm, from another node", 2, gcc, env1, cflags=flags)
             bench.note(where(said))
-    return report(bench)
+    report(bench)
+    if args.rounds:
+        report_rounds(repeated, args.rounds)
+    if args.warm_rounds:
+        print()
+        print(f"{args.warm_rounds} warm pairs (s): same node, from another node, ratio")
+        print()
+        for same, other in pairs:
+            print(f"- {same:.2f} {other:.2f} {other / same:.2f}x")
+        ratios = [other / same for same, other in pairs]
+        print(f"- median ratio {statistics.median(ratios):.2f}x, best {min(ratios):.2f}x, worst {max(ratios):.2f}x")
+    return 0
+
+
+def warm_pairs(bench: Bench, rounds: int, homes: list[Path], gcc: str) -> list[tuple[float, float]]:
+    """The warm pair ``rounds`` times, each after an untimed cold -j2 build on node 0."""
+    rep = Bench(bench.lan, bench.root, bench.work)
+    rep.reference = bench.reference
+    env0 = node_env(str(homes[0]), PATH=os.environ["PATH"], MESH_CC_VERBOSE="1")
+    env1 = node_env(str(homes[1]), PATH=os.environ["PATH"], MESH_CC_VERBOSE="1")
+    pairs = []
+    for r in range(rounds):
+        flags = f"{CFLAGS} -DMESH_BENCH_PAIR={os.getpid()}{r}"
+        rep.build("cold", 2, gcc, env0, cflags=flags)
+        rep.build("same", 2, gcc, env0, cflags=flags)
+        said = rep.build("other", 2, gcc, env1, cflags=flags)
+        pairs.append((rep.times["same"], rep.times["other"]))
+        peers = sum(" (http" in line for line in said.splitlines() if "from the action cache of node" in line)
+        log(f"  {peers}/{SOURCES} of the build on node 1 were hits from a peer's cache")
+    for what, _took, identical, _note in rep.rows:
+        if identical != "35/35 .o, 35/35 .d":
+            print(f"NOT IDENTICAL: {what}: {identical}")
+    return pairs
+
+
+def repeat(
+    bench: Bench, rounds: int, homes: list[Path], gcc: str, denv: dict[str, str] | None
+) -> dict[str, list[float]]:
+    """The targets' builds ``rounds`` times round-robin (see the module docstring): times by build."""
+    rep = Bench(bench.lan, bench.root, bench.work)
+    rep.reference = bench.reference
+    env0 = node_env(str(homes[0]), PATH=os.environ["PATH"], MESH_CC_VERBOSE="1")
+    env1 = node_env(str(homes[1]), PATH=os.environ["PATH"], MESH_CC_VERBOSE="1")
+    times: dict[str, list[float]] = {}
+    for r in range(rounds):
+        flags = f"{CFLAGS} -DMESH_BENCH_ROUND={os.getpid()}{r}"
+        builds = [("local make -j1", 1, "gcc", plain_env(), CFLAGS)]
+        if denv is not None:
+            builds.append(("distcc -j1 (3 hosts)", 1, "distcc gcc", denv, CFLAGS))
+        builds += [
+            ("mesh cc -j1 cold", 1, gcc, env0, flags),
+            ("mesh cc -j2 warm, same node", 2, gcc, env0, flags),
+            ("mesh cc -j2 warm, from another node", 2, gcc, env1, flags),
+        ]
+        for what, jobs, cc, env, cflags in builds:
+            said = rep.build(what, jobs, cc, env, cflags=cflags)
+            times.setdefault(what, []).append(rep.times[what])
+            if cc == gcc:
+                rep.note(where(said))
+    for what, _took, identical, note in rep.rows:
+        if identical != "35/35 .o, 35/35 .d" and not what.startswith("distcc"):
+            print(f"NOT IDENTICAL: {what}: {identical} ({note})")
+    return times
+
+
+def report_rounds(times: dict[str, list[float]], rounds: int) -> None:
+    print()
+    print(f"{rounds} rounds, round-robin:")
+    print()
+    print("| build | best s | median s | all |")
+    print("| --- | --- | --- | --- |")
+    for what, took in times.items():
+        every = " ".join(f"{t:.2f}" for t in took)
+        print(f"| {what} | {min(took):.2f} | {statistics.median(took):.2f} | {every} |")
+    med = {what: statistics.median(took) for what, took in times.items()}
+    print()
+    local = med["local make -j1"]
+    for name in ("distcc -j1 (3 hosts)", "mesh cc -j1 cold"):
+        if name in med:
+            print(f"- {name}: per-compile overhead at -j1 (medians) {(med[name] - local) / SOURCES * 1000:+.1f} ms")
+    other = med["mesh cc -j2 warm, from another node"] / med["mesh cc -j2 warm, same node"]
+    print(f"- warm from another node / warm on the same node (medians): {other:.2f}x (target <= 1.5)")
 
 
 def report(bench: Bench) -> int:

@@ -37,6 +37,7 @@ from mesh.cas.store import LocalStore
 from mesh.cc.service import CompileService
 from mesh.cluster.actioncache import MeshActionCache
 from mesh.cluster.inflight import ClaimTable, MeshClaims
+from mesh.cluster.inline import ResultBlobs
 from mesh.cluster.intake import JobIntake
 from mesh.cluster.peering import Peering, advertised_url, capabilities
 from mesh.cluster.services import MeshCacheService, PeerBackedBlobs
@@ -230,7 +231,8 @@ class Node:
         )
         self.watches = Watches(self.watch_registry, self.store, self.peering)
         local = LocalActionCache(self.db, node_id=self.node_id, has=self.store.has, holds_tree=space.holds_tree)
-        self.action_cache = MeshActionCache(local, self.peering, node_id=self.node_id)
+        inline = ResultBlobs(self.store, space.reserve)  # a hit's small blobs come with its lookup
+        self.action_cache = MeshActionCache(local, self.peering, node_id=self.node_id, blobs=inline)
         self.claims = MeshClaims(ClaimTable(self._is_live), self.peering, lambda: self.peering.url)
         self.scheduler = Scheduler(
             self.db,

@@ -9,8 +9,12 @@ from typing import Any
 import pytest
 import trio
 
+from mesh import codec
 from mesh.cas.digest import Digest
+from mesh.cas.store import LocalStore
+from mesh.cas.tree import Entry, Kind, decode_node, encode_node
 from mesh.cluster.actioncache import LOOKUP_PATH, MAX_KEYS, MeshActionCache
+from mesh.cluster.inline import HIT_BUDGET, ResultBlobs
 from mesh.errors import CodecError, NodeUnreachable
 from mesh.exec.action import ActionResult
 from mesh.sched.actioncache import LocalActionCache
@@ -163,3 +167,100 @@ async def test_a_task_missing_here_is_answered_by_a_peer_without_running(tmp_pat
                 await trio.sleep(0.01)
         assert scheduler.job_status(waiting)["state"] == "cancelled" and ("ok", "b") not in runner.ran
         nursery.cancel_scope.cancel()
+
+
+class Linked:
+    """Peers that are real caches: a lookup is answered by the peer's own ``answer`` (its
+    blobs go through CBOR, as on the wire), after ``tamper`` may change the answer."""
+
+    def __init__(self, caches: dict[str, MeshActionCache]) -> None:
+        self.caches = caches
+        self.bodies: list[Any] = []
+        self.tamper: Any = None
+
+    def alive_urls(self) -> list[str]:
+        return sorted(self.caches)
+
+    async def call(self, url: str, path: str, body: Any, *, timeout: float) -> Any:
+        assert path == LOOKUP_PATH
+        self.bodies.append(body)
+        answer = codec.decode(codec.encode(self.caches[url].answer(codec.decode(codec.encode(body)))))
+        return answer if self.tamper is None else self.tamper(answer)
+
+
+def holder_with_a_compile(tmp_path: Path, obj: bytes) -> tuple[MeshActionCache, LocalStore, ActionResult]:
+    """A node's cache and store holding one compile's result: a warning on stderr, an empty
+    stdout, an output snapshot of one object."""
+    store = LocalStore(tmp_path / "holder")
+    empty, said = store.put(b""), store.put(b"warning: this\n")
+    root = store.put(encode_node([Entry(b"out.o", Kind.FILE, store.put(obj))]))
+    made = ActionResult(
+        exit_code=0, stdout=empty, stderr=said, output=root, started_at=NOW, finished_at=NOW, node="holder"
+    )
+    local = LocalActionCache(
+        StateDB(str(tmp_path / "holder.db")), node_id="holder", has=store.has, holds_tree=store.has
+    )
+    local.put(key(1), made)
+    return MeshActionCache(local, Peers({}), node_id="holder", blobs=ResultBlobs(store)), store, made
+
+
+async def test_a_peers_hit_brings_its_small_blobs_with_it_each_checked(tmp_path: Path) -> None:
+    """A hit found at a peer comes with its stderr and output snapshot (root node and object),
+    stored here verified, so reading them costs no further request; an answer with one blob
+    whose bytes are not its digest's has none of its blobs kept (the hit still counts)."""
+    holder, _, made = holder_with_a_compile(tmp_path, b"\x7fELF object" * 1000)
+    assert made.output is not None
+    peers = Linked({"http://holder": holder})
+    here = LocalStore(tmp_path / "here")
+    cache = MeshActionCache(local_cache(tmp_path), peers, node_id="n", blobs=ResultBlobs(here))
+    hit = await cache.get_further(key(1))
+    assert hit is not None and hit.output == made.output
+    assert peers.bodies[-1]["inline"] > 0
+    assert here.has(made.stderr) and here.get(made.stderr) == b"warning: this\n"
+    (entry,) = decode_node(here.get(made.output))
+    assert here.get(entry.blob) == b"\x7fELF object" * 1000
+
+    def swap_bytes(answer: dict[str, Any]) -> dict[str, Any]:
+        blobs = answer["blobs"]
+        first = next(iter(blobs))
+        blobs[first] = blobs[first][:-1] + b"?"
+        return answer
+
+    elsewhere = LocalStore(tmp_path / "elsewhere")
+    peers.tamper = swap_bytes
+    other = MeshActionCache(local_cache(tmp_path, "o"), peers, node_id="o", blobs=ResultBlobs(elsewhere))
+    assert await other.get_further(key(1)) is not None
+    assert elsewhere.find_missing([made.stderr, made.output, entry.blob]) == [made.stderr, made.output, entry.blob]
+
+
+async def test_a_hit_too_big_for_the_budget_stays_a_reference(tmp_path: Path) -> None:
+    holder, _, made = holder_with_a_compile(tmp_path, b"x" * (HIT_BUDGET + 1))
+    assert made.output is not None
+    here = LocalStore(tmp_path / "here")
+    cache = MeshActionCache(local_cache(tmp_path), Linked({"http://h": holder}), node_id="n", blobs=ResultBlobs(here))
+    assert await cache.get_further(key(1)) is not None
+    assert not here.has(made.output) and not here.has(made.stderr)
+    small, _, _ = holder_with_a_compile(tmp_path / "small", b"y")
+    assert "blobs" not in small.answer({"keys": [str(key(1))]})  # a lookup that offers no budget gets none
+    assert "blobs" not in small.answer({"keys": [str(key(1))], "inline": 0})
+    assert len(small.answer({"keys": [str(key(1))], "inline": 1 << 20})["blobs"]) == 3  # stderr, root, object
+    with pytest.raises(CodecError):
+        small.answer({"keys": [], "inline": -1})
+
+
+async def test_a_hit_counts_when_keeping_its_blobs_outlasts_the_lookup(tmp_path: Path) -> None:
+    """Blobs that cannot be kept in the lookup's time (a slow disk, eviction for room) leave
+    the hit a reference, fetched later, but still a hit."""
+
+    class Stuck(ResultBlobs):
+        async def keep(self, sent: Any, budget: int, roots: Any, source: str) -> None:
+            await trio.sleep_forever()
+
+    holder, _, made = holder_with_a_compile(tmp_path, b"object")
+    here = LocalStore(tmp_path / "here")
+    cache = MeshActionCache(
+        local_cache(tmp_path), Linked({"http://h": holder}), node_id="n", timeout=0.2, blobs=Stuck(here)
+    )
+    with trio.fail_after(3):
+        hit = await cache.get_further(key(1))
+    assert hit is not None and hit.output == made.output

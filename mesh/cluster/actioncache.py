@@ -13,6 +13,10 @@ A hit from a peer is a reference: its stdout, stderr and output snapshot stay on
 until they are needed here, and are then fetched as any blob a peer holds (a blob GET on
 this node falls back to its peers; a task that takes the output as its input fetches the
 tree, mesh.cluster.peering.Peering.fetch_tree). A peer answers only with entries whose blobs it holds whole.
+With :class:`~mesh.cluster.inline.ResultBlobs` (a node has one), a lookup offers a budget
+(``"inline"``, bytes) and the peer sends the blobs of its small hits with the answer
+(``"blobs"``), each checked against its digest before it is stored here: a hit found on a
+peer then costs this one round trip, not four more (mesh.cluster.inline says why).
 
 Lookups are batched: the keys asked while a batch is out go together in the next one (one
 request per peer for a job of many tasks, not one per task), at most :data:`MAX_KEYS` a
@@ -31,6 +35,7 @@ import trio
 
 from mesh import codec
 from mesh.cas.digest import Digest
+from mesh.cluster.inline import ANSWER_BUDGET, ResultBlobs
 from mesh.errors import CodecError, InvalidDigest, MeshError, describe
 from mesh.exec.action import ActionResult, parse_digest
 from mesh.sched.actioncache import ActionCache, ran_on
@@ -84,11 +89,22 @@ class MeshActionCache:
     module docstring). ``await nursery.start(cache.run)`` starts its batching; without it,
     each :meth:`get_further` asks at once, alone."""
 
-    def __init__(self, local: ActionCache, peers: CachePeers, *, node_id: str, timeout: float = LOOKUP_TIMEOUT) -> None:
+    def __init__(
+        self,
+        local: ActionCache,
+        peers: CachePeers,
+        *,
+        node_id: str,
+        timeout: float = LOOKUP_TIMEOUT,
+        blobs: ResultBlobs | None = None,
+        budget: int = ANSWER_BUDGET,
+    ) -> None:
         self.local = local
         self.peers = peers
         self.node_id = node_id
         self.timeout = timeout
+        self.blobs = blobs  # None: hits stay references, and peers are sent none
+        self.budget = budget if blobs is not None else 0
         self._pending: dict[Digest, _Wanted] = {}  # asked for, not yet sent
         self._out: dict[Digest, _Wanted] = {}  # sent, answers awaited: a new caller joins
         self._wake = trio.Event()
@@ -131,21 +147,32 @@ class MeshActionCache:
                 wanted.done.set()  # a miss for whoever still waits
 
     def answer(self, message: Any) -> dict[str, Any]:
-        """A peer's lookup (``{"keys": [...]}``) answered from the local cache: ``{"node": id,
-        "results": {key: result}}``. Raises CodecError for a malformed one (HTTP 400)."""
+        """A peer's lookup (``{"keys": [...], "inline": BYTES}``) answered from the local cache:
+        ``{"node": id, "results": {key: result}, "blobs": {digest: bytes}}``, the blobs of the
+        hits that fit in ``inline`` (mesh.cluster.inline). Raises CodecError for a malformed
+        one (HTTP 400)."""
         fields = codec.Fields(message, "a cache lookup")
         keys = fields.texts("keys")
+        left = min(fields.integer("inline", 0, minimum=0), ANSWER_BUDGET)
         fields.done()
         if len(keys) > MAX_KEYS:
             raise CodecError(f"a cache lookup may ask for at most {MAX_KEYS} keys, not {len(keys)}")
         results = {}
+        blobs: dict[str, bytes] = {}
         for text in keys:
             hit = self.local.get(parse_digest(text, "a key of a cache lookup"))
             if hit is not None:
                 results[text] = hit.to_wire()
+                sent = None if self.blobs is None or left <= 0 else self.blobs.gather(hit, left)
+                if sent:
+                    left -= sum(len(data) for digest, data in sent.items() if digest not in blobs)
+                    blobs.update(sent)
         self._answered += len(keys)
         self._served += len(results)
-        return {"node": self.node_id, "results": results}
+        answer: dict[str, Any] = {"node": self.node_id, "results": results}
+        if blobs:
+            answer["blobs"] = blobs
+        return answer
 
     def statistics(self) -> MeshCacheStatistics:
         return MeshCacheStatistics(self._asked, self._found, self._answered, self._served)
@@ -172,12 +199,21 @@ class MeshActionCache:
 
     async def _ask_one(self, url: str, batch: dict[Digest, _Wanted], scope: trio.CancelScope) -> None:
         try:
-            reply = await self.peers.call(url, LOOKUP_PATH, {"keys": [str(k) for k in batch]}, timeout=self.timeout)
-            for key, result in self._hits(url, reply, batch):
-                if not batch[key].done.is_set():
-                    batch[key].result = result
-                    batch[key].done.set()
-                    self._found += 1
+            body: dict[str, Any] = {"keys": [str(k) for k in batch]}
+            if self.blobs is not None:
+                body["inline"] = self.budget
+            reply = await self.peers.call(url, LOOKUP_PATH, body, timeout=self.timeout)
+            hits = list(self._hits(url, reply, batch))
+            try:
+                if self.blobs is not None and hits and isinstance(reply, dict):
+                    roots = [r.output for _, r in hits if r.output is not None]
+                    await self.blobs.keep(reply.get("blobs"), self.budget, roots, url)
+            finally:  # the hits count even when keeping their blobs was cut short (the timeout)
+                for key, result in hits:
+                    if not batch[key].done.is_set():
+                        batch[key].result = result
+                        batch[key].done.set()
+                        self._found += 1
         except MeshError as exc:
             log.info("peer %s could not answer a cache lookup: %s", url, exc)
         except Exception as exc:  # a bug reading one peer's answer: a miss there, not a failed node
@@ -191,6 +227,7 @@ class MeshActionCache:
         fields = codec.Fields(reply, f"the cache lookup answer of peer {url}")
         node = fields.text("node")
         results = fields.mapping("results")
+        fields.mapping("blobs", None)  # kept by _ask_one (mesh.cluster.inline)
         for text, wire in results.items():
             try:
                 key = Digest.parse(text)
