@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from mesh.errors import CodecError, UsageError
 from mesh.execute import EXIT_CANCELLED, follow_job_with
 from mesh.follow import JobFollower
 from mesh.pipeline_run import summary
@@ -41,7 +42,13 @@ def start(client: NodeClient, request: RerunRequest) -> tuple[str, str]:
     if request.task is not None:
         body["task"] = request.task
     if request.number is None:
-        job_id = check_job_id(request.target)
+        try:
+            job_id = check_job_id(request.target)
+        except CodecError:
+            raise UsageError(
+                f"{request.target!r} is not a job id (20 hex digits): to re-run a project's build, give its"
+                f" number too (mesh rerun {request.target} N)"
+            ) from None
         answer = client.request("POST", f"/v1/jobs/{job_id}/rerun", body=body)
         what = f" of task {request.task}" if request.task else ""
         build = answer.get("build")

@@ -164,5 +164,7 @@ def test_a_build_runs_again_as_the_projects_next_number_of_the_same_commit(node:
 
     shown = node.mesh("build", "app", "4")
     assert f"build #4 of app  succeeded  commit {commit}  (rerun of #1)" in shown.stdout.decode()
+    forgot = node.mesh("rerun", "app")
+    assert forgot.returncode == 2 and "give its number too (mesh rerun app N)" in forgot.stderr.decode()
     absent = node.mesh("rerun", "app", "9")
     assert absent.returncode != 0 and "project app has no build 9" in absent.stderr.decode()
