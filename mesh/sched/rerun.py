@@ -29,7 +29,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mesh.cas.digest import Digest
 from mesh.errors import RerunRefused
+from mesh.sched import overlays
 from mesh.sched.jobs import MAX_LABEL, JobSpec, TaskRecord
 
 #: What a re-run's label adds to the earlier job's.
@@ -66,18 +68,14 @@ def rerun_task(
         if source is not None and source not in chosen:
             wire.pop("input_task")
             wire["input"] = str(_output(by_name, task.name, source, "its input"))
-        prior = {}
-        for layer in task.overlay:
-            if layer in task.prior:  # a re-run's re-run
-                prior[layer] = str(task.prior[layer])
-            elif layer in chosen:
-                continue
-            elif by_name[layer].state == "succeeded":  # one that made no output adds nothing, as then
-                output = by_name[layer].result
-                if output is not None and output.output is not None:
-                    prior[layer] = str(output.output)
-            elif task.when == "success":  # a reaction never saw it: it adds nothing, as then
-                _output(by_name, task.name, layer, "the outputs it overlays")  # refused, saying so
+        for layer in task.overlay:  # a reaction never saw a failed task's output: it adds nothing, as then
+            if layer not in chosen and layer not in task.prior and task.when == "success":
+                if by_name[layer].state != "succeeded":
+                    raise _refused(task.name, by_name[layer], "the outputs it overlays")
+        # what it laid over its input then (mesh.sched.overlays), but for the tasks that run again
+        prior = {
+            layer: str(digest) for layer, digest in overlays.layers(by_name[task.name], by_name) if layer not in chosen
+        }
         wire["overlay"] = [layer for layer in task.overlay if layer in chosen or layer in prior]
         wire["prior"] = prior
         wire["after"] = [dep for dep in task.after if dep in chosen]
@@ -130,15 +128,19 @@ def _check_finished(tasks: Mapping[str, TaskRecord], name: str, needed: list[str
         )
 
 
-def _output(tasks: Mapping[str, TaskRecord], name: str, source: str, what: str) -> Any:
+def _output(tasks: Mapping[str, TaskRecord], name: str, source: str, what: str) -> Digest:
     """The output snapshot of ``source``, which ``name`` needs (RerunRefused if there is none)."""
     upstream = tasks[source]
     if upstream.state != "succeeded" or upstream.result is None or upstream.result.output is None:
-        raise RerunRefused(
-            f"task {name!r} takes {what} from task {source!r}, which ended {upstream.state} without an output:"
-            f" re-run {source!r} instead"
-        )
+        raise _refused(name, upstream, what)
     return upstream.result.output
+
+
+def _refused(name: str, upstream: TaskRecord, what: str) -> RerunRefused:
+    return RerunRefused(
+        f"task {name!r} takes {what} from task {upstream.name!r}, which ended {upstream.state} without an output:"
+        f" re-run {upstream.name!r} instead"
+    )
 
 
 def _label(label: str, what: str, job_id: str) -> str:
