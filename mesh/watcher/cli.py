@@ -11,17 +11,18 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from mesh.config import parse_seconds
+from mesh.errors import UsageError
+
 Add = Callable[[str, Callable[[argparse.Namespace], int], str, str], argparse.ArgumentParser]
 
 
 def _seconds(text: str) -> float:
+    """``--debounce`` and ``--poll``: seconds above 0, at most a day (mesh.config.parse_seconds)."""
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value <= 86400:
-        raise argparse.ArgumentTypeError(f"{text!r}: give seconds above 0 and at most 86400")
-    return value
+        return parse_seconds("the value", text, default=0.0, maximum=86400, positive=True)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
