@@ -26,7 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh.errors import HookTooLarge, HookUnauthorized, InvalidHook, MeshError
-from mesh.pipelines.deliveries import DEFAULT_LIMIT, DeliveryLog, RecentDeliveries, StoredDeliveries
+from mesh.pipelines.deliveries import DEFAULT_LIMIT, DeliveryLog, StoredDeliveries
 from mesh.pipelines.hooks import (
     MAX_BODY,
     Ignored,
@@ -513,11 +513,8 @@ def test_hook_errors_are_meshs_own() -> None:
 
 
 @contextlib.contextmanager
-def _delivery_log(kind: str, limit: int = DEFAULT_LIMIT) -> Iterator[Any]:
-    """A delivery log of ``kind``: in memory, or in a state database of its own."""
-    if kind == "memory":
-        yield RecentDeliveries(limit=limit)
-        return
+def _delivery_log(limit: int = DEFAULT_LIMIT) -> Iterator[StoredDeliveries]:
+    """A delivery log in a state database of its own."""
     with tempfile.TemporaryDirectory() as home:
         db = StateDB(os.path.join(home, "state.db"))
         try:
@@ -526,10 +523,9 @@ def _delivery_log(kind: str, limit: int = DEFAULT_LIMIT) -> Iterator[Any]:
             db.close()
 
 
-@pytest.mark.parametrize("kind", ["memory", "stored"])
-def test_a_delivery_is_taken_once_per_project_and_again_once_forgotten(kind: str) -> None:
+def test_a_delivery_is_taken_once_per_project_and_again_once_forgotten() -> None:
     log: DeliveryLog
-    with _delivery_log(kind) as log:
+    with _delivery_log() as log:
         assert log.remember("app", DELIVERY)
         assert not log.remember("app", DELIVERY)
         assert log.remember("docs", DELIVERY)  # one organisation webhook, two projects
@@ -538,11 +534,10 @@ def test_a_delivery_is_taken_once_per_project_and_again_once_forgotten(kind: str
         log.forget("app", "never seen")
 
 
-@pytest.mark.parametrize("kind", ["memory", "stored"])
 @settings(max_examples=40, deadline=None)
 @given(keys=st.lists(st.sampled_from("abcdefgh"), max_size=60), limit=st.integers(1, 5))
-def test_the_delivery_log_keeps_the_most_recently_seen_up_to_its_limit(kind: str, keys: list[str], limit: int) -> None:
-    with _delivery_log(kind, limit) as log:
+def test_the_delivery_log_keeps_the_most_recently_seen_up_to_its_limit(keys: list[str], limit: int) -> None:
+    with _delivery_log(limit) as log:
         model: list[str] = []  # least recently seen first
         for key in keys:
             assert log.remember("p", key) is (key not in model)
@@ -567,9 +562,6 @@ def test_the_nodes_delivery_log_outlives_a_restart(tmp_path: Path) -> None:
 
 
 def test_a_delivery_log_keeps_at_least_one(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="at least one"):
-        RecentDeliveries(limit=0)
-    assert repr(RecentDeliveries(limit=3)) == "RecentDeliveries(limit=3, held=0)"
     db = StateDB(str(tmp_path / "state.db"))
     try:
         with pytest.raises(ValueError, match="at least one"):

@@ -107,8 +107,7 @@ class HookIntake:
             return HookAnswer(202, {"ignored": event.reason})
         if event.delivery is not None and not self.deliveries.remember(name, event.delivery):
             return HookAnswer(202, {"ignored": f"delivery {event.delivery} was already taken: it starts nothing"})
-        if self._nursery is None:  # no nursery to outlast the request in: the request does it all
-            return _started(await self._started(project, event, late=None))
+        assert self._nursery is not None, "HookIntake.run is started before the node serves"
         late = trio.Event()  # set when the request stopped waiting
         outcome: list[dict[str, Any] | Exception] = []
         done = trio.Event()
@@ -140,7 +139,7 @@ class HookIntake:
             raise outcome[0]
         return _started(outcome[0])
 
-    async def _started(self, project: Project, push: hooks.Push, *, late: trio.Event | None) -> dict[str, Any]:
+    async def _started(self, project: Project, push: hooks.Push, *, late: trio.Event) -> dict[str, Any]:
         """:meth:`_build`, the delivery forgotten if it fails (a fixed redelivery is then taken);
         logged when the request answered already (``late`` set)."""
         try:
@@ -148,7 +147,7 @@ class HookIntake:
         except BaseException as exc:
             if push.delivery is not None:
                 self.deliveries.forget(project.name, push.delivery)
-            if late is not None and late.is_set() and isinstance(exc, Exception):
+            if late.is_set() and isinstance(exc, Exception):
                 log.error("project %s: the build of %s could not start: %s", project.name, push.after, describe(exc))
             raise
         number, branch = build["number"], push.branch
