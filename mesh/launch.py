@@ -12,9 +12,9 @@ import sys
 def run() -> None:
     """Console-script entry point of ``mesh``."""
     if sys.argv[1:2] == ["cc"]:
-        from mesh.cc.wrapper import main
+        from mesh.cc.wrapper import run as wrapper
 
-        sys.exit(main(sys.argv[2:]))
+        wrapper(sys.argv[2:])
     from mesh.cli import run as cli
 
     cli()
