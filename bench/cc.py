@@ -31,7 +31,11 @@ times round-robin with distcc and a fresh mesh both up: local ``-j1``, distcc ``
 ``mesh cc`` cold ``-j1`` on node 0, warm on node 0, warm from node 1 (each round with a
 ``-D`` of its own, so node 1 has none of it), and a table of best and median times and
 the targets' ratios of medians follows: one build of each is too noisy on this machine
-to tell 30 ms a compile (1 s a build) from the load of others.
+to tell 30 ms a compile (1 s a build) from the load of others. Each round also times the
+floor of a compiler wrapper written in Python that preprocesses, one compile after the
+other as at ``-j1``: 35 starts of ``python -I -S`` and 35 runs of ``gcc -E
+-fdirectives-only`` (the per-compile sum is what such a wrapper pays before any node is
+asked, to set beside distcc's whole overhead).
 
 ``--warm-rounds N`` then repeats only the warm pair N times (each round after an untimed
 cold ``-j2`` build on node 0 with a ``-D`` of its own): warm on node 0, warm from node 1,
@@ -341,10 +345,35 @@ def repeat(
             times.setdefault(what, []).append(rep.times[what])
             if cc == gcc:
                 rep.note(where(said))
+        for what, took in floors(bench.root, flags).items():
+            times.setdefault(what, []).append(took)
     for what, _took, identical, note in rep.rows:
         if identical != "35/35 .o, 35/35 .d" and not what.startswith("distcc"):
             print(f"NOT IDENTICAL: {what}: {identical} ({note})")
     return times
+
+
+#: The floor's parts: what a compiler wrapper written in Python pays before it can ask
+#: anyone (its interpreter's start) and what it pays to know the compile's input (the
+#: preprocessing distcc's plain mode and mesh cc both run), one compile after the other.
+FLOOR_START = "floor: python -I -S starts, 35 one after the other"
+FLOOR_CPP = "floor: gcc -E -fdirectives-only, 35 one after the other"
+
+
+def floors(root: Path, cflags: str) -> dict[str, float]:
+    """Seconds for the floor's parts over the 35 sources (see FLOOR_START, FLOOR_CPP)."""
+    sources = sorted(str(p.relative_to(root)) for p in root.glob("c/*/*.c") if p.parent.name != "include")
+    commands = {
+        FLOOR_START: lambda _source: [sys.executable, "-I", "-S", "-c", "pass"],
+        FLOOR_CPP: lambda source: ["gcc", *cflags.split(), "-Ic/include", "-E", "-fdirectives-only", source],
+    }
+    took = {}
+    for what, command in commands.items():
+        began = time.perf_counter()
+        for source in sources:
+            subprocess.run(command(source), cwd=root, check=True, stdout=subprocess.DEVNULL)
+        took[what] = time.perf_counter() - began
+    return took
 
 
 def report_rounds(times: dict[str, list[float]], rounds: int) -> None:
@@ -362,6 +391,12 @@ def report_rounds(times: dict[str, list[float]], rounds: int) -> None:
     for name in ("distcc -j1 (3 hosts)", "mesh cc -j1 cold"):
         if name in med:
             print(f"- {name}: per-compile overhead at -j1 (medians) {(med[name] - local) / SOURCES * 1000:+.1f} ms")
+    if FLOOR_START in med and FLOOR_CPP in med:
+        start, cpp = (med[f] / SOURCES * 1000 for f in (FLOOR_START, FLOOR_CPP))
+        print(
+            f"- the floor of a Python wrapper that preprocesses (medians): start {start:.1f} ms + "
+            f"gcc -E {cpp:.1f} ms = {start + cpp:.1f} ms a compile, before any node is asked"
+        )
     other = med["mesh cc -j2 warm, from another node"] / med["mesh cc -j2 warm, same node"]
     print(f"- warm from another node / warm on the same node (medians): {other:.2f}x (target <= 1.5)")
 
