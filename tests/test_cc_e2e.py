@@ -135,21 +135,73 @@ def test_a_source_named_by_an_absolute_path_or_through_a_parent_gives_the_local_
     assert (work / "util.o").read_bytes() == local
 
 
-def test_an_optimised_compile_with_g_runs_here_and_gives_the_local_object(cc_node: NodeProcess, tmp_path: Path) -> None:
-    """brotli's block_splitter.c at -O2 -g: compiled from its preprocessed text, its line
-    table has one row more (a location view) than gcc's own compile of the files gives."""
-    if not SDIST.exists():
-        pytest.fail(f"{SDIST} is missing: make test-deps fetches brotli's sdist from PyPI (make cc-deps)")
-    root = unpack(tmp_path)
-    args = ["-c", "-O2", "-g", "-Ic/include", "c/enc/block_splitter.c", "-o", "block_splitter.o"]
+#: A header included three times with other macros (as brotli's block_splitter.c does):
+#: at -O3 -g, gcc's compile of its -fdirectives-only text has one more line-table row
+#: (inc.h:7) than its compile of the files (gcc 12.2).
+THRICE = {
+    "inc.h": """static void FN(Refine)(const DataType* data, unsigned n, unsigned* hist, unsigned k) {
+  unsigned i, j;
+  for (i = 0; i < n; ++i) {
+    unsigned best = 0;
+    double cost = 1e99;
+    for (j = 0; j < k; ++j) {
+      double c = (double)hist[j * 256 + data[i] % 256] * 0.5 + j;
+      if (c < cost) { cost = c; best = j; }
+    }
+    hist[best * 256 + data[i] % 256]++;
+  }
+}
+""",
+    "thrice.c": """#include <stdint.h>
+#define FN(X) X ## A
+#define DataType uint8_t
+#include "inc.h"
+#undef DataType
+#undef FN
+#define FN(X) X ## B
+#define DataType uint16_t
+#include "inc.h"
+#undef FN
+#define FN(X) X ## C
+#include "inc.h"
+#undef DataType
+#undef FN
+void run(const uint8_t* a, const uint16_t* b, unsigned n, unsigned* h) {
+  RefineA(a, n, h, 3); RefineB(b, n, h, 4); RefineC(b, n, h, 5);
+}
+""",
+}
+
+
+@pytest.mark.parametrize(
+    ("case", "args"),
+    [
+        ("thrice", ["-c", "-O3", "-g", "thrice.c", "-o", "thrice.o"]),
+        ("brotli", ["-c", "-O2", "-g", "-Ic/include", "c/enc/block_splitter.c", "-o", "block_splitter.o"]),
+    ],
+)
+def test_an_optimised_compile_with_g_runs_here_and_gives_the_local_object(
+    cc_node: NodeProcess, tmp_path: Path, case: str, args: list[str]
+) -> None:
+    """Two sources whose objects at -O3 -g (THRICE) and -O2 -g (brotli's block_splitter.c)
+    differ when compiled from their preprocessed text: mesh cc compiles them here."""
+    if case == "brotli":
+        if not SDIST.exists():
+            pytest.fail(f"{SDIST} is missing: make test-deps fetches brotli's sdist from PyPI (make cc-deps)")
+        root = unpack(tmp_path)
+    else:
+        root = tmp_path
+        for name, text in THRICE.items():
+            (root / name).write_text(text)
+    obj = root / args[-1]
     subprocess.run(["gcc", *args], cwd=root, check=True)
-    local = (root / "block_splitter.o").read_bytes()
-    (root / "block_splitter.o").unlink()
+    local = obj.read_bytes()
+    obj.unlink()
     done = subprocess.run(
         [*MESH, "cc", "-v", "gcc", *args], cwd=root, capture_output=True, text=True, env=node_env(cc_node.home)
     )
     assert done.returncode == 0, done.stderr
-    assert (root / "block_splitter.o").read_bytes() == local, done.stderr
+    assert obj.read_bytes() == local, done.stderr
     assert done.stderr == (
         "mesh cc: here: with -g and optimisation gcc's debug information can differ when the source is"
         " compiled from its preprocessed text (measured: 1 of 35 brotli objects at -O2 -g); compiled here\n"

@@ -45,7 +45,9 @@ the preprocessor's flags. With ``-g``, the remote compile maps its directory to 
 together with optimisation ever gave another object: gcc's source locations
 (``location_t``) are laid out as the compiler reads its input, one preprocessed file
 there against the real files here, and with optimisation the line table can show it
-(one location view more in block_splitter.c). That cannot be shown safe for every
+(one location view more in block_splitter.c; a 30-line file that includes one header
+three times with other macros gets one more line-table row at ``-O3 -g``, with
+``-fno-var-tracking`` too: tests/test_cc_e2e.py). That cannot be shown safe for every
 source, so a compile that writes debug information (:func:`debug_info`: the last debug
 level wins, ``-g0`` turns it off) and optimises (:func:`optimises`: the last ``-O``
 other than ``-O0``; ``-O`` is ``-O1``, none is ``-O0``) runs here, and ``-v`` says why.
