@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mesh.cc import frames
-from mesh.cc.args import Plan, classify
+from mesh.cc.args import Plan, classify, debug_info, optimises
 
 
 def plan(*args: str, compiler: str = "gcc", env: dict[str, str] | None = None) -> Plan:
@@ -31,7 +31,7 @@ def why(*args: str, env: dict[str, str] | None = None) -> str:
 
 def test_a_single_source_compile_to_an_object_is_distributed_and_split_into_two_command_lines() -> None:
     p = plan(
-        "-c", "-Iinc", "-DX=1", "-include", "cfg.h", "-O2", "-g", "-Wall", "-std=c11", "-fPIC", "src/a.c", "-o", "o/a.o"
+        "-c", "-Iinc", "-DX=1", "-include", "cfg.h", "-O0", "-g", "-Wall", "-std=c11", "-fPIC", "src/a.c", "-o", "o/a.o"
     )
     assert (p.source, p.object, p.language) == ("src/a.c", "o/a.o", "c")
     assert p.preprocess == [
@@ -39,7 +39,7 @@ def test_a_single_source_compile_to_an_object_is_distributed_and_split_into_two_
         "-DX=1",
         "-include",
         "cfg.h",
-        "-O2",
+        "-O0",
         "-g",
         "-Wall",
         "-std=c11",
@@ -48,7 +48,7 @@ def test_a_single_source_compile_to_an_object_is_distributed_and_split_into_two_
         "-E",
         "src/a.c",
     ]
-    assert p.compile == ["-O2", "-g", "-Wall", "-std=c11", "-fPIC"]  # the preprocessor's flags stay here
+    assert p.compile == ["-O0", "-g", "-Wall", "-std=c11", "-fPIC"]  # the preprocessor's flags stay here
 
 
 def test_without_o_the_object_is_the_source_s_base_name_in_the_working_directory() -> None:
@@ -223,3 +223,63 @@ def test_the_wrapper_imports_neither_trio_nor_httpx_nor_hypercorn_nor_typing() -
     loaded = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "|" in line}
     assert "mesh" in loaded
     assert not loaded & {"trio", "httpx", "hypercorn", "cbor2", "blake3", "typing", "json", "argparse"}, loaded
+
+
+DEBUG_OPTIMISED = [
+    ["-O2", "-g"],
+    ["-g", "-O2"],
+    ["-O", "-g"],
+    ["-Os", "-g3"],
+    ["-Og", "-g"],
+    ["-O3", "-ggdb"],
+    ["-O2", "-gdwarf-4"],
+    ["-g0", "-O2", "-g"],
+    ["-O2", "-g0", "-gdwarf-5"],
+    ["-O0", "-g", "-O1"],
+    ["-O2", "-g", "-gno-statement-frontiers"],
+    ["-O2", "-gz", "-g"],
+    ["-O2", "-gtoggle"],
+    ["-O2", "-gbtf"],
+    ["-O2", "-gctf", "-g0"],
+]
+NOT_BOTH = [
+    ["-O0", "-g"],
+    ["-g"],
+    ["-g", "-O0"],
+    ["-O2", "-g", "-O0"],
+    ["-O2"],
+    ["-O2", "-g0"],
+    ["-O2", "-g", "-g0"],
+    ["-O2", "-ggdb", "-ggdb0"],
+    ["-O2", "-g", "-gtoggle"],
+    ["-O2", "-gz", "-gstrict-dwarf", "-gdwarf32", "-gno-record-gcc-switches", "-gcolumn-info"],
+    ["-O2", "-gvariable-location-views=incompat5"],
+    ["-O3", "-ggdb", "-O00"],
+]
+
+
+@pytest.mark.parametrize("flags", DEBUG_OPTIMISED, ids=" ".join)
+def test_debug_information_with_optimisation_runs_here_saying_why(flags: list[str]) -> None:
+    assert why("-c", "a.c", *flags) == (
+        "with -g and optimisation gcc's debug information can differ when the source is compiled"
+        " from its preprocessed text (measured: 1 of 35 brotli objects at -O2 -g); compiled here"
+    )
+
+
+@pytest.mark.parametrize("flags", NOT_BOTH, ids=" ".join)
+def test_debug_information_without_optimisation_or_optimisation_without_it_is_distributed(flags: list[str]) -> None:
+    assert plan("-c", "a.c", *flags).compile == flags
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("readelf") is None, reason="gcc and readelf needed")
+@pytest.mark.parametrize("flags", DEBUG_OPTIMISED + NOT_BOTH, ids=" ".join)
+def test_whether_a_compile_writes_debug_information_is_what_gcc_does(tmp_path: Path, flags: list[str]) -> None:
+    (tmp_path / "a.c").write_text("int twice(int x) { return x * 2; }\n")
+    subprocess.run(["gcc", "-c", *flags, "a.c", "-o", "a.o"], cwd=tmp_path, check=True)
+    sections = subprocess.run(
+        ["readelf", "-S", "--wide", "a.o"], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout
+    written = any(name in sections for name in (".debug_info", ".ctf", ".BTF"))
+    assert debug_info(flags) == written
+    macros = subprocess.run(["gcc", *flags, "-dM", "-E", "a.c"], cwd=tmp_path, capture_output=True, text=True).stdout
+    assert optimises(flags) == ("#define __OPTIMIZE__ 1" in macros)

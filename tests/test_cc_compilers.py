@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,77 @@ def test_placement_leaves_out_nodes_whose_compiler_differs_or_is_missing() -> No
     assert [c.node for c in rank(requirement, nodes)] == ["same"]
     with pytest.raises(Unplaceable, match="cc:/usr/bin/gcc"):
         rank(requirement, nodes[1:])
+
+
+#: A driver that names its compiler proper and its assembler as gcc does: an absolute file
+#: of its own program directory, else the bare name, which the compile's PATH resolves.
+DRIVER = """#!/bin/sh
+here=${0%/*}
+case "$1" in
+  -print-prog-name=cc1) echo "$here/cc1" ;;
+  -print-prog-name=as) if [ -x "$here/as" ]; then echo "$here/as"; else echo as; fi ;;
+esac
+"""
+
+
+def toolchain(where: Path, assembler: str | None, cc1: str = "#!/bin/sh\n# cc1 12.2\n") -> str:
+    """A toolchain directory: the driver (the same file in each), cc1, and ``as`` when given."""
+    where.mkdir(parents=True)
+    files = {"gcc": DRIVER, "cc1": cc1, **({"as": assembler} if assembler is not None else {})}
+    for name, text in files.items():
+        (where / name).write_text(text)
+        (where / name).chmod(0o755)
+    return str(where / "gcc")
+
+
+def test_toolchains_that_differ_only_in_their_assembler_have_other_fingerprints(tmp_path: Path) -> None:
+    compilers = Compilers()
+    one = toolchain(tmp_path / "one", "#!/bin/sh\n# as 2.40\n")
+    same = toolchain(tmp_path / "same", "#!/bin/sh\n# as 2.40\n")
+    other = toolchain(tmp_path / "other", "#!/bin/sh\n# as 2.41\n")
+    assert compilers.fingerprint(one, "c") == compilers.fingerprint(same, "c") == Compilers().fingerprint(one, "c")
+    assert compilers.fingerprint(other, "c") not in (None, compilers.fingerprint(one, "c"))
+    (tmp_path / "one" / "as").write_text("#!/bin/sh\n# as 2.41, installed over 2.40\n")
+    assert compilers.fingerprint(one, "c") not in (None, compilers.fingerprint(same, "c"))
+
+
+def test_an_assembler_named_without_a_directory_is_the_one_on_the_compile_s_path(tmp_path: Path) -> None:
+    driver = toolchain(tmp_path / "tc", None)
+    for name, text in {"old": "#!/bin/sh\n# as 2.40\n", "new": "#!/bin/sh\n# as 2.41\n"}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "as").write_text(text)
+        (tmp_path / name / "as").chmod(0o755)
+    (tmp_path / "none").mkdir()
+    found = {name: Compilers(path=f"{tmp_path / name}:/usr/bin").fingerprint(driver, "c") for name in ("old", "new")}
+    again = Compilers(path=f"{tmp_path / 'old'}:{tmp_path / 'new'}").fingerprint(driver, "c")
+    missing = Compilers(path=str(tmp_path / "none")).fingerprint(driver, "c")  # "missing", not a crash
+    assert None not in (found["old"], found["new"], missing)
+    assert len({found["old"], found["new"], missing}) == 3
+    assert again == found["old"]  # the first on PATH, as execvp takes it
+
+
+def build(where: Path, *args: str) -> None:
+    subprocess.run(["gcc", *args], cwd=where, check=True, capture_output=True)
+
+
+def test_a_shared_library_of_the_compiler_proper_joins_the_fingerprint(tmp_path: Path) -> None:
+    """A real cc1 (an ELF program) loading a real libfold.so through its RUNPATH: the
+    library changed (constant folding in libmpfr, say) changes the fingerprint, and the
+    library gone is "missing", not a crash."""
+    tc = tmp_path / "tc"
+    driver = toolchain(tc, "#!/bin/sh\n# as 2.40\n")
+    (tc / "fold.c").write_text("int fold(int x) { return x + 1; }\n")
+    (tc / "main.c").write_text("int fold(int);\nint main(void) { return fold(41); }\n")
+    build(tc, "-shared", "-fPIC", "fold.c", "-o", "libfold.so")
+    build(tc, "main.c", "-L.", "-lfold", f"-Wl,-rpath,{tc}", "-o", "cc1")
+    assert subprocess.run([str(tc / "cc1")]).returncode == 42  # it does load the library
+    compilers = Compilers()
+    first = compilers.fingerprint(driver, "c")
+    assert compilers.fingerprint(driver, "c") == first
+    (tc / "fold.c").write_text("int fold(int x) { return x + 2; }\n")
+    build(tc, "-shared", "-fPIC", "fold.c", "-o", "libfold.so")
+    assert subprocess.run([str(tc / "cc1")]).returncode == 43
+    changed = compilers.fingerprint(driver, "c")
+    assert changed not in (None, first)
+    (tc / "libfold.so").unlink()
+    assert compilers.fingerprint(driver, "c") not in (None, first, changed)
