@@ -8,8 +8,10 @@ it has, and a compile requires the one of the node its wrapper talked to; placem
 The **fingerprint** is a digest of the files a compile runs, each by its content:
 
 - the driver (the file its path resolves to);
-- its compiler proper (gcc's ``cc1`` or ``cc1plus``, where ``-print-prog-name`` names an
-  absolute file; clang is its own), which turns preprocessed text into assembly;
+- its compilers proper, both gcc's ``cc1`` and ``cc1plus`` (where ``-print-prog-name``
+  names an absolute file; clang is its own), which turn preprocessed text into assembly:
+  one fingerprint for C and C++ compiles, so that a C++ compile is never placed on a node
+  whose ``cc1plus`` differs because its ``cc1`` is the same;
 - the assembler the driver runs, which turns that into the object (binutils' version
   changes objects): ``-print-prog-name=as`` names an absolute file when the driver finds
   one in its own program directories (its install tree, ``-B``, ``COMPILER_PATH``: the
@@ -59,6 +61,8 @@ from mesh.exec.toolchain import FileDigests, resolve
 SEARCHED = ("/usr/bin", "/usr/local/bin")
 #: Compiler names advertised (a target prefix and a version allowed).
 NAMES = re.compile(r"^(?:[A-Za-z0-9_]+-[A-Za-z0-9_-]*-)?(?:gcc|g\+\+|cc|c\+\+|clang|clang\+\+)(?:-[0-9.]+)?$")
+#: The languages whose compilers proper join a driver's fingerprint.
+LANGUAGES = ("c", "c++")
 #: The capability key prefix: ``cc:/usr/bin/gcc``.
 PREFIX = "cc:"
 #: Seconds a driver may take to name a program it runs, and ldd to list libraries.
@@ -99,10 +103,10 @@ class Compilers:
                 continue
             for name in names:
                 if NAMES.match(name):
-                    self.fingerprint(os.path.join(directory, name), "c")
+                    self.fingerprint(os.path.join(directory, name))
 
-    def fingerprint(self, path: str, language: str) -> str | None:
-        """The fingerprint of the compiler at ``path`` for ``language`` (``c`` or ``c++``), or
+    def fingerprint(self, path: str) -> str | None:
+        """The fingerprint of the compiler at ``path``, for its C and C++ compiles alike, or
         None when it is not an executable file here. Remembered for :meth:`capabilities`."""
         driver = self.files.look(path)
         if driver is None or not os.access(path, os.X_OK):
@@ -110,12 +114,13 @@ class Compilers:
             return None
         parts = [str(driver.digest)]
         libraries = set(self._libraries_of(path, driver.digest))
-        proper = self.proper(path, language, driver.digest)
-        if proper is not None:
-            known = self.files.look(proper)
-            parts.append(str(known.digest) if known is not None else "missing")
-            if known is not None:
-                libraries.update(self._libraries_of(proper, known.digest))
+        for tongue in LANGUAGES:
+            proper = self.proper(path, tongue, driver.digest)
+            if proper is not None:
+                known = self.files.look(proper)
+                parts.append(f"{tongue} {known.digest if known is not None else 'missing'}")
+                if known is not None:
+                    libraries.update(self._libraries_of(proper, known.digest))
         assembler = resolve(self.assembler(path, driver.digest), self.path)
         known = self.files.look(assembler) if assembler is not None else None
         parts.append(f"as {known.digest}" if known is not None else "as missing")
@@ -125,8 +130,7 @@ class Compilers:
             library = self.files.look(where) if where else None
             parts.append(f"lib {name} {library.digest if library is not None else 'missing'}")
         fingerprint = Digest.of(" ".join(parts).encode()).hash.hex()[:32]
-        if language == "c":
-            self.known[path] = fingerprint
+        self.known[path] = fingerprint
         return fingerprint
 
     def proper(self, path: str, language: str, digest: Digest) -> str | None:
@@ -163,7 +167,7 @@ class Compilers:
     def requirement(self, path: str, language: str) -> tuple[dict[str, str], str | None] | None:
         """The requirement a compile with this compiler places on a node, and its compiler
         proper for ``language`` (a tool of the task); None when it is not a compiler here."""
-        fingerprint = self.fingerprint(path, "c")
+        fingerprint = self.fingerprint(path)
         if fingerprint is None:
             return None
         return {PREFIX + path: fingerprint}, self.proper_of(path, language)
