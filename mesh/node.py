@@ -250,9 +250,7 @@ class Node:
         self.jobs = JobIntake(self.scheduler, self.store, self.peering, lambda: self.default_executor)
         self.blobs = PeerBackedBlobs(self.store, space, self.peering)
         self.cache = MeshCacheService(self.action_cache, self.claims)
-        self.cc = CompileService(
-            home, self.jobs, self.blobs, lambda: sorted(self.runner.executors), self._advertise_again
-        )
+        self.cc = CompileService(home, self.jobs, self.blobs, self._workdirs, self._advertise_again)
         notifier = Notifier(smtp=self.config.smtp)
         self.projects = Builds(
             ProjectStore(self.db), self.jobs, self.build_metrics, notifier, lambda: self.peering.url or self.url
@@ -400,10 +398,14 @@ class Node:
 
     def _advertise(self, images: tuple[str, ...] = ()) -> None:
         """Recompute this node's capabilities (executors, labels, images) for gossip and placement."""
-        caps = capabilities(sorted(self.runner.executors), dict(self.config.labels), images)
+        caps = capabilities(sorted(self.runner.executors), dict(self.config.labels), images, self._workdirs())
         caps.update(self.cc.capabilities())  # the compilers mesh cc may place compiles on
         self.peering.capabilities = caps
         self.scheduler.capabilities = caps
+
+    def _workdirs(self) -> dict[str, str | None]:
+        """Where each executor of this node shows its tasks their workdir (None: at its host path)."""
+        return {name: getattr(ex, "work_path", None) for name, ex in sorted(self.runner.executors.items())}
 
     def _advertise_again(self) -> None:
         """:meth:`_advertise` with what is known now (mesh cc found a compiler, say)."""
@@ -457,7 +459,6 @@ class Node:
         """What ``/status`` says: counts and facts of this node and its peers, open to anyone;
         ``detailed`` (a signed request) adds the recent jobs, whose labels hold command lines."""
         sched = self.scheduler.statistics()
-        executors = self.runner.executors
         answer: dict[str, Any] = {
             "node": self.node_id,
             "version": __version__,
@@ -475,7 +476,7 @@ class Node:
             "executors": {
                 "default": self.default_executor,
                 "offered": sorted(self.runner.executors),
-                "workdirs": {name: getattr(ex, "work_path", None) for name, ex in sorted(executors.items())},
+                "workdirs": self._workdirs(),
                 "docker": None
                 if self.docker is None
                 else {"available": self.docker.available, "reason": self.docker.reason, "images": self.docker.images},

@@ -24,8 +24,14 @@ task:
 - requires ``cc:COMPILER=FINGERPRINT`` (mesh.cc.compilers), so only a node with the same
   compiler at the same path is chosen, and declares the compiler proper (cc1) as a tool,
   which joins the toolchain identity of its cache key;
-- runs with the ``process`` executor where this node offers it (a root node runs it as a
-  task uid of its own: ~0.3 ms a task, against ~3.7 ms for bubblewrap), else ``sandbox``.
+- runs with the ``process`` executor where this node's shows its tasks a stable workdir
+  (a root node runs it as a task uid of its own: ~0.3 ms a task, against ~3.7 ms for
+  bubblewrap), else ``sandbox`` where this node has it, else ``process`` at host paths;
+- when its command names that workdir (``-g``, whose debug information holds it, and a
+  source outside the working directory, named at ``root/``), requires
+  ``workdir.EXECUTOR=PATH`` (mesh.cluster.peering.capabilities): a node that runs such
+  tasks at their host directories would write another path into the object, so it is
+  not chosen (and when no node qualifies, the wrapper compiles here).
 
 The answer: the compile's stdout, stderr, exit status and object. A task that could not
 run for reasons of the mesh (no node with the compiler, a runner's error, a timeout, a
@@ -39,7 +45,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import trio
@@ -81,7 +87,7 @@ class CompileService:
         home: str,
         jobs: JobIntake,
         blobs: PeerBackedBlobs,
-        executors: Callable[[], list[str]],
+        workdirs: Callable[[], Mapping[str, str | None]],
         advertise: Callable[[], None],
         compilers: Compilers | None = None,
     ) -> None:
@@ -89,7 +95,7 @@ class CompileService:
         self.jobs = jobs
         self.blobs = blobs
         self.compilers = compilers or Compilers()
-        self._executors = executors
+        self._workdirs = workdirs
         self._advertise = advertise
         self._one = trio.CapacityLimiter(1)  # the compilers are looked at on one thread at a time
         self.serving = False  # listening on the socket
@@ -174,8 +180,11 @@ class CompileService:
         requirement, proper = found
         if not known:
             self._advertise()  # a compiler known here from now on
-        executor = "process" if "process" in self._executors() else "sandbox"
-        name, root, maps = self._input(source, cwd, blobs[0], WORKDIRS[executor], debug=_debug(args))
+        executor = choose_executor(self._workdirs())
+        debug = _debug(args)
+        name, root, maps = self._input(source, cwd, blobs[0], WORKDIRS[executor], debug=debug)
+        if debug or name.startswith(f"{WORKDIRS[executor]}/"):  # the command names the workdir
+            requirement = {**requirement, f"workdir.{executor}": WORKDIRS[executor]}
         task: dict[str, Any] = {
             "name": "cc",
             "argv": [compiler, *args, *maps, "-c", name, "-o", "out.o"],
@@ -266,6 +275,15 @@ class CompileService:
             if entry.name == b"out.o" and entry.kind == Kind.FILE:
                 return await self._read(entry.blob)
         raise MeshError("the compile succeeded but made no object")
+
+
+def choose_executor(workdirs: Mapping[str, str | None]) -> str:
+    """The executor of a compile task, from this node's (name -> where it shows tasks their
+    workdir, None: at their host path): ``process`` at a stable path, else ``sandbox``, else
+    ``process`` anyway (its debug builds then go to nodes whose path is stable)."""
+    if workdirs.get("process"):
+        return "process"
+    return "sandbox" if "sandbox" in workdirs else "process"
 
 
 def _check_peer(sock: trio.socket.SocketType) -> None:

@@ -38,11 +38,21 @@ from mesh.wire.auth import MeshKey
 log = logging.getLogger("mesh.cluster.peering")
 
 
-def capabilities(executors: list[str], labels: Mapping[str, str], images: Iterable[str] = ()) -> dict[str, str]:
+def capabilities(
+    executors: list[str],
+    labels: Mapping[str, str],
+    images: Iterable[str] = (),
+    workdirs: Mapping[str, str | None] | None = None,
+) -> dict[str, str]:
     """What this node offers, as the flat ``key=value`` map placement matches requirements on.
 
     ``images``: the container images its Docker engine holds, as ``image.NAME:TAG=1``
     (and ``image.NAME=1`` for a ``latest`` tag, which is what a bare name means).
+    ``workdirs``: where each executor shows its tasks their workdir (mesh.exec.paths), as
+    ``workdir.NAME=PATH``; an executor that runs them at their host directories (None: a
+    ``process`` executor with no mount namespace) has none. A task whose command names
+    that path (``mesh cc``'s debug builds) requires it, so that it never runs where the
+    path is another.
     """
     caps = {
         "os": platform.system().lower(),
@@ -53,6 +63,7 @@ def capabilities(executors: list[str], labels: Mapping[str, str], images: Iterab
     caps.update({f"executor.{name}": "1" for name in executors})
     if "docker" in executors:
         caps["docker"] = "1"  # the short form: a container engine answers here
+    caps.update({f"workdir.{name}": path for name, path in sorted((workdirs or {}).items()) if path})
     caps.update({f"label.{k}": v for k, v in labels.items()})
     for image in images:
         caps[f"image.{image}"] = "1"
