@@ -270,12 +270,20 @@ def cmd_fsck(args: argparse.Namespace) -> int:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     """Evict least recently used, unpinned blobs down to a size cap."""
+    from mesh.background import node_pid
     from mesh.cas import gc
     from mesh.config import parse_size
 
     cap = parse_size(args.max_size) if args.max_size else args.settings.store_max_bytes
     if cap is None:
         raise UsageError("no size cap: pass --max-size SIZE, or set MESH_STORE_MAX or store_max in mesh.toml")
+    pid = node_pid(args.settings.home)
+    if pid is not None:  # its live jobs and watches keep blobs no pin names: gc would take them
+        raise MeshError(
+            f"a node (pid {pid}) runs on {args.settings.home}: it keeps the blobs of its live jobs and watched "
+            "directories, which mesh gc cannot see, and keeps its store under its own cap (MESH_STORE_MAX, "
+            "store_max); stop it first (mesh down) to evict by hand"
+        )
     with _store(args) as store:
         report = gc.evict(store, cap)
     print(
@@ -436,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_gc,
         "evict least recently used blobs down to a size cap",
         "Remove least recently used blobs until the store fits the cap. Blobs reachable from a pin\n"
-        "(see `mesh pin`) are never removed.",
+        "(see `mesh pin`) are never removed. Refused while a node runs on this home: it keeps blobs\n"
+        "of its live jobs and watched directories that no pin names, and evicts to its own cap.",
     )
     p.add_argument("--max-size", metavar="SIZE", help="the cap, e.g. 20G (default: MESH_STORE_MAX / store_max)")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests import treeutil
+from tests.nodeutil import NodeProcess
 from tests.treeutil import mesh
 
 COMMANDS = ["hash", "snapshot", "checkout", "ls", "cat", "diff", "fsck", "gc", "pin", "unpin", "pins"]
@@ -131,6 +132,22 @@ def test_gc_pins_and_store_cap(home: Path, src: Path, tmp_path: Path) -> None:
     assert mesh("unpin", "keep").returncode == 0
     assert mesh("pin", "x", "b3:" + "1" * 64 + ":3").returncode == 1
     assert mesh("gc", "--max-size", "lots").returncode == 2
+
+
+def test_gc_is_refused_while_a_node_runs_on_the_home(home: Path, src: Path) -> None:
+    """A running node keeps blobs no pin names (a live job's input, a watched directory's
+    snapshot): mesh gc beside it would take them, so it refuses and evicts nothing."""
+    snap = snapshot(src)
+    node = NodeProcess(str(home)).start()
+    try:
+        out = mesh("gc", "--max-size", "0")
+        assert out.returncode == 1 and f"pid {node.process.pid}".encode() in out.stderr, out.stderr  # type: ignore[union-attr]
+        assert b"mesh down" in out.stderr and b"Traceback" not in out.stderr
+        assert mesh("ls", snap).returncode == 0
+    finally:
+        node.stop()
+    assert mesh("gc", "--max-size", "0").returncode == 0
+    assert mesh("ls", snap).returncode == 1
 
 
 def test_store_cap_from_environment_applies_after_snapshot(home: Path, tmp_path: Path) -> None:
