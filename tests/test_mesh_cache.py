@@ -121,10 +121,13 @@ def test_a_peers_lookup_is_answered_from_the_local_cache_only(tmp_path: Path) ->
     assert answer["node"] == "me" and list(answer["results"]) == [str(key(1))]
     assert ActionResult.from_wire(answer["results"][str(key(1))]).cached
     assert not cache.asks_further()
+    # A field of a later version is ignored: its lookup is answered all the same.
+    later = cache.answer({"keys": [str(key(1))], "inline": 0, "claim": {"holder": "http://x:1"}})
+    assert list(later["results"]) == [str(key(1))]
     for bad in (
         {"keys": ["nope"]},
         {"keys": "x"},
-        {"keys": [], "more": 1},
+        {"keys": [], "inline": "lots"},
         [1],
         {"keys": [str(key(1))] * (MAX_KEYS + 1)},
     ):

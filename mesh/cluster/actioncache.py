@@ -150,11 +150,13 @@ class MeshActionCache:
         """A peer's lookup (``{"keys": [...], "inline": BYTES}``) answered from the local cache:
         ``{"node": id, "results": {key: result}, "blobs": {digest: bytes}}``, the blobs of the
         hits that fit in ``inline`` (mesh.cluster.inline). Raises CodecError for a malformed
-        one (HTTP 400)."""
+        one (HTTP 400). A field this version does not know is ignored, as gossip ignores one
+        (mesh.cluster.membership): a lookup only asks, so a node of a later version that
+        offers more (as ``inline`` was once new) still gets this one's hits while a mesh is
+        upgraded one node at a time."""
         fields = codec.Fields(message, "a cache lookup")
         keys = fields.texts("keys")
         left = min(fields.integer("inline", 0, minimum=0), ANSWER_BUDGET)
-        fields.done()
         if len(keys) > MAX_KEYS:
             raise CodecError(f"a cache lookup may ask for at most {MAX_KEYS} keys, not {len(keys)}")
         results = {}
