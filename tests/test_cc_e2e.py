@@ -244,6 +244,32 @@ def test_what_is_not_a_single_compile_runs_here_and_v_says_why(cc_node: NodeProc
     assert subprocess.run([str(tmp_path / "a")]).returncode == 0
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ('const char *built = __DATE__ " " __TIME__;\n', "__DATE__"),
+        ('#include <time.h>\n#include "stamp.h"\nconst char *built = STAMP;\n', "__TIMESTAMP__"),
+    ],
+)
+def test_a_compile_that_names_the_time_of_the_compile_runs_here(
+    cc_node: NodeProcess, tmp_path: Path, text: str, said: str
+) -> None:
+    """The macros stay unexpanded in what would be sent: the cache would keep the time of the
+    first compile, and another node would expand its own time; a compile here gives now."""
+    (tmp_path / "stamp.h").write_text("#define STAMP __TIMESTAMP__\n")
+    (tmp_path / "t.c").write_text(text)
+    done = subprocess.run(
+        [*MESH, "cc", "-v", "gcc", "-O2", "-c", "t.c", "-o", "t.o"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=node_env(cc_node.home),
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"mesh cc: here: t.c: {said} is the time of the compile that expands it" in done.stderr
+    assert (tmp_path / "t.o").exists()
+
+
 def test_with_no_node_the_build_finishes_here_and_fallback_0_makes_it_an_error(tmp_path: Path) -> None:
     root = make_project(tmp_path / "p")
     nowhere = str(tmp_path / "no-node")

@@ -177,6 +177,11 @@ def distribute(compiler: str, args: list[str], plan: Plan, verbose: bool) -> int
         if verbose:
             sys.stderr.write(f"mesh cc: here: {plan.source}: the preprocessor's output has no command-line part\n")
         return run_here(compiler, args)
+    clock = _clock_macro(text, start)
+    if clock is not None:
+        if verbose:
+            sys.stderr.write(f"mesh cc: here: {plan.source}: {clock} is the time of the compile that expands it\n")
+        return run_here(compiler, args)
     try:
         cwd = os.getcwd()
     except OSError:  # the working directory was removed: gcc says what that does
@@ -217,6 +222,26 @@ def _after_builtins(text: bytes) -> int:
         if at >= 0:
             return at + 1
     return -1
+
+
+#: Macros gcc expands to the time of the compile (``__TIMESTAMP__``: the source's mtime).
+CLOCK_MACROS = ("__DATE__", "__TIME__", "__TIMESTAMP__")
+
+
+def _clock_macro(text: bytes, start: int) -> str | None:
+    """The first macro of the moment the source or its headers name (None: none).
+
+    ``-fdirectives-only`` leaves macros unexpanded, so the key of such a compile would not
+    change with the time: a hit would carry the time of whichever compile ran first, and a
+    compile elsewhere the time (and ``SOURCE_DATE_EPOCH``) of that node, where a compile
+    here gives now. So it is compiled here. A name in a comment or a string counts too:
+    compiled here, which is never wrong. (ccache leaves such sources out of its direct mode
+    for the same reason.) glibc's headers name ``__TIMESIZE`` and ``__TIME_T_TYPE``, never
+    these. The three searches take ~0.6 ms over the 450 KB of brotli's largest text."""
+    for name in CLOCK_MACROS:
+        if text.find(name.encode(), start) >= 0:
+            return name
+    return None
 
 
 def _unnamed_file() -> int | None:
