@@ -211,6 +211,43 @@ def test_an_optimised_compile_with_g_runs_here_and_gives_the_local_object(
     )
 
 
+@pytest.mark.parametrize(
+    "maps",
+    [
+        ["-fdebug-prefix-map={top}=/src"],
+        ["-ffile-prefix-map={top}=."],
+        ["-ffile-prefix-map={top}/p=/P", "-ffile-prefix-map={top}=/A"],  # the last matching map wins
+        ["-ffile-prefix-map={top}=/A", "-ffile-prefix-map={top}/p/src=/S"],
+        ["-ffile-prefix-map={short}=/Q"],  # a string prefix, not a directory, is what gcc matches
+        ["-ffile-prefix-map=/usr/include=/I"],
+    ],
+)
+def test_the_command_s_own_prefix_maps_give_the_local_object(
+    cc_node: NodeProcess, tmp_path: Path, maps: list[str]
+) -> None:
+    """Reproducible builds map the build directory away (-ffile-prefix-map=$PWD=.): gcc takes
+    the last matching map, so mesh's own map of the task's directory must be followed by the
+    command's maps of the local directory, translated."""
+    top = str(tmp_path)
+    root = tmp_path / "p"
+    (root / "src").mkdir(parents=True)
+    (root / "include").mkdir()
+    (root / "include" / "h.h").write_text("static inline int twice(int x) { return 2 * x; }\n")
+    (root / "src" / "a.c").write_text('#include <stdio.h>\n#include "h.h"\nint f(int x) { return twice(x); }\n')
+    flags = ["-O0", "-g", "-Iinclude", *(m.format(top=top, short=top[:-3]) for m in maps)]
+    for cwd, source in ((root, "src/a.c"), (root, str(root / "src" / "a.c")), (root / "src", "a.c")):
+        include = ["-I../include"] if cwd.name == "src" else []
+        command = ["gcc", *flags, *include, "-c", source, "-o", str(tmp_path / "local.o")]
+        subprocess.run(command, cwd=cwd, check=True)
+        command[-1] = str(tmp_path / "mesh.o")
+        done = subprocess.run(
+            [*MESH, "cc", "-v", *command], cwd=cwd, capture_output=True, text=True, env=node_env(cc_node.home)
+        )
+        assert done.returncode == 0 and "ran on node" in done.stderr + "cache", done.stderr
+        assert "here:" not in done.stderr, done.stderr
+        assert (tmp_path / "mesh.o").read_bytes() == (tmp_path / "local.o").read_bytes(), (cwd, source)
+
+
 def test_a_compile_that_says_anything_says_exactly_what_gcc_says_with_its_exit_status(
     cc_node: NodeProcess, tmp_path: Path
 ) -> None:

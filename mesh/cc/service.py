@@ -182,7 +182,7 @@ class CompileService:
             self._advertise()  # a compiler known here from now on
         executor = choose_executor(self._workdirs())
         debug = _debug(args)
-        name, root, maps = self._input(source, cwd, blobs[0], WORKDIRS[executor], debug=debug)
+        name, root, maps = self._input(source, cwd, blobs[0], WORKDIRS[executor], debug=debug, args=args)
         if debug or name.startswith(f"{WORKDIRS[executor]}/"):  # the command names the workdir
             requirement = {**requirement, f"workdir.{executor}": WORKDIRS[executor]}
         task: dict[str, Any] = {
@@ -214,7 +214,9 @@ class CompileService:
         )
         return ["ok", str(result.exit_code), result.node, f"job {job}: {note}"], [stdout, stderr, obj]
 
-    def _input(self, source: str, cwd: str, text: bytes, workdir: str, *, debug: bool) -> tuple[str, Digest, list[str]]:
+    def _input(
+        self, source: str, cwd: str, text: bytes, workdir: str, *, debug: bool, args: list[str]
+    ) -> tuple[str, Digest, list[str]]:
         """The snapshot of the one file the task compiles: the source's name in the task,
         the snapshot, and the flags that map the task's paths to the wrapper's (``-g``)."""
         parts = source.split("/")
@@ -232,13 +234,12 @@ class CompileService:
             node = store.put(encode_node([entry]))
             entry = Entry(directory.encode(errors="surrogateescape"), Kind.DIRECTORY, node)
         root = store.put(encode_node([entry]))
-        maps: list[str] = []
+        bases = []
         if debug:
-            maps.append(f"-fdebug-prefix-map={workdir}={cwd}")
+            bases.append((workdir, cwd))
             if not relative:  # the source's directory as named: the later map wins
-                named = os.path.dirname(source) or "."
-                maps.append(f"-fdebug-prefix-map={os.path.dirname(name)}={named}")
-        return name, root, maps
+                bases.append((os.path.dirname(name), os.path.dirname(source) or "."))
+        return name, root, prefix_maps(bases, args)
 
     async def _wait(self, job: str) -> tuple[ActionResult | None, str | None]:
         """The task's result, and why the mesh could not compile it (None: it did)."""
@@ -311,6 +312,41 @@ async def _read_frame(stream: trio.SocketStream) -> tuple[list[str], list[bytes]
         return piece
 
     return frames.unpack(take)
+
+
+#: The flags whose maps gcc applies to the paths of debug information, in one list.
+_DEBUG_MAPS = ("-fdebug-prefix-map=", "-ffile-prefix-map=")
+
+
+def prefix_maps(bases: list[tuple[str, str]], args: list[str]) -> list[str]:
+    """The ``-fdebug-prefix-map`` flags, after the command's own, that make the task's paths
+    (each base: a prefix there, and the path it stands for here) come out of the debug
+    information as a local compile's do.
+
+    gcc rewrites a path by the **last** map whose old prefix it starts with (a string
+    prefix, not a directory: measured, both orders). The task's paths under a base's prefix
+    are rewritten by the base's map, after the command's maps, so a command's own map for a
+    local directory (``-ffile-prefix-map=$PWD=.``, for reproducible builds) would never
+    apply there: each of them that would have rewritten the base's local path is repeated
+    for its prefix in the task, in the command's order, after the base (a map of a prefix
+    of the local path: the whole base; one of a path below it: that part of the base).
+    Paths elsewhere (system headers, named as here) are rewritten by the command's maps.
+    """
+    own = []
+    for arg in args:
+        for flag in _DEBUG_MAPS:
+            if arg.startswith(flag) and "=" in arg[len(flag) :]:
+                old, new = arg[len(flag) :].split("=", 1)
+                own.append((old, new))
+    maps = []
+    for there, here in bases:
+        maps.append(f"-fdebug-prefix-map={there}={here}")
+        for old, new in own:
+            if here.startswith(old):  # the whole base, as the command's map would have it
+                maps.append(f"-fdebug-prefix-map={there}={new}{here[len(old) :]}")
+            elif old.startswith(here):  # a part of it below
+                maps.append(f"-fdebug-prefix-map={there}{old[len(here) :]}={new}")
+    return maps
 
 
 def _debug(args: list[str]) -> bool:
