@@ -152,7 +152,7 @@ class TaskUsers:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             uids = _claim(fd, first, last, count, previous)
-            shared = SharedDirs()
+            shared = SharedDirs(task_uids=uids)
             shared.sweep(uids, {})  # what previous holders of the uids may have left
             for uid in uids:
                 remove_ipc(uid)
@@ -266,6 +266,7 @@ class TaskUsers:
             remove_tree(self.workroot)
         os.close(self._root_fd)
         os.close(self._lock_fd)
+        self.shared.close()
 
 
 def _claim(fd: int, first: int, last: int, count: int, previous: list[int]) -> list[int]:
