@@ -1,6 +1,7 @@
 """``mesh cc``: compiles spread over the mesh, answered by its action cache.
 
-Two halves that share only :mod:`mesh.cc.frames`:
+Two halves that share only :mod:`mesh.cc.frames` (the wire) and :mod:`mesh.cc.args` (what
+a compile's flags mean: the service reads whether one writes debug information):
 
 - the **wrapper** (:mod:`mesh.cc.wrapper`, with :mod:`mesh.cc.args` and
   :mod:`mesh.cc.frames`), run once per compile: the standard library only, so that its

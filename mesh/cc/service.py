@@ -53,6 +53,7 @@ import trio
 from mesh.cas.digest import Digest
 from mesh.cas.tree import Entry, Kind, decode_node, encode_node
 from mesh.cc import frames
+from mesh.cc.args import debug_info
 from mesh.cc.compilers import Compilers
 from mesh.cluster.intake import JobIntake
 from mesh.cluster.services import PeerBackedBlobs
@@ -181,7 +182,7 @@ class CompileService:
         if not known:
             self._advertise()  # a compiler known here from now on
         executor = choose_executor(self._workdirs())
-        debug = _debug(args)
+        debug = debug_info(args)
         name, root, maps = self._input(source, cwd, blobs[0], WORKDIRS[executor], debug=debug, args=args)
         if debug or name.startswith(f"{WORKDIRS[executor]}/"):  # the command names the workdir
             requirement = {**requirement, f"workdir.{executor}": WORKDIRS[executor]}
@@ -347,10 +348,6 @@ def prefix_maps(bases: list[tuple[str, str]], args: list[str]) -> list[str]:
             elif old.startswith(here):  # a part of it below
                 maps.append(f"-fdebug-prefix-map={there}{old[len(here) :]}={new}")
     return maps
-
-
-def _debug(args: list[str]) -> bool:
-    return any(a.startswith("-g") and a != "-g0" for a in args)
 
 
 def _request(texts: list[str], blobs: list[bytes]) -> tuple[str, list[str], str, str, str]:
