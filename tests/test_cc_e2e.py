@@ -248,6 +248,31 @@ def test_the_command_s_own_prefix_maps_give_the_local_object(
         assert (tmp_path / "mesh.o").read_bytes() == (tmp_path / "local.o").read_bytes(), (cwd, source)
 
 
+def test_a_directory_reached_through_a_symlink_is_named_as_gcc_names_it(cc_node: NodeProcess, tmp_path: Path) -> None:
+    """gcc writes $PWD into the debug information when it is this directory (the path the
+    shell reached it by), else the physical path: the mesh's object must say the same."""
+    real = tmp_path / "real"
+    (real / "src").mkdir(parents=True)
+    (real / "src" / "a.c").write_text("int f(int x) { return x + 1; }\n")
+    (tmp_path / "link").symlink_to(real)
+    for pwd in (str(tmp_path / "link"), str(real), "/"):  # through the link, the real path, a stale $PWD
+        local = subprocess.run(
+            ["gcc", "-O0", "-g", "-c", "src/a.c", "-o", str(tmp_path / "local.o")],
+            cwd=tmp_path / "link",
+            env={**os.environ, "PWD": pwd},
+        )
+        assert local.returncode == 0
+        done = subprocess.run(
+            [*MESH, "cc", "-v", "gcc", "-O0", "-g", "-c", "src/a.c", "-o", str(tmp_path / "mesh.o")],
+            cwd=tmp_path / "link",
+            capture_output=True,
+            text=True,
+            env=node_env(cc_node.home, PWD=pwd),
+        )
+        assert done.returncode == 0 and "here:" not in done.stderr, done.stderr
+        assert (tmp_path / "mesh.o").read_bytes() == (tmp_path / "local.o").read_bytes(), pwd
+
+
 def test_a_compile_that_says_anything_says_exactly_what_gcc_says_with_its_exit_status(
     cc_node: NodeProcess, tmp_path: Path
 ) -> None:

@@ -183,7 +183,7 @@ def distribute(compiler: str, args: list[str], plan: Plan, verbose: bool) -> int
             sys.stderr.write(f"mesh cc: here: {plan.source}: {clock} is the time of the compile that expands it\n")
         return run_here(compiler, args)
     try:
-        cwd = os.getcwd()
+        cwd = gcc_cwd()
     except OSError:  # the working directory was removed: gcc says what that does
         return run_here(compiler, args)
     try:
@@ -210,6 +210,23 @@ def distribute(compiler: str, args: list[str], plan: Plan, verbose: bool) -> int
     if verbose:
         sys.stderr.write(f"mesh cc: {plan.source}: {note}\n")
     return 0
+
+
+def gcc_cwd() -> str:
+    """The working directory as gcc names it in debug information (libiberty's ``getpwd``):
+    ``$PWD`` when it is absolute and is this directory (a shell keeps the path it was
+    reached by there, symlinks and all), else the physical path. A build in a directory
+    reached through a symlink writes the path through the link; so must the mesh's."""
+    logical = os.environ.get("PWD", "")
+    if logical.startswith("/"):
+        try:
+            there, here = os.stat(logical), os.stat(".")
+        except OSError:
+            pass
+        else:
+            if (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino):
+                return logical
+    return os.getcwd()
 
 
 def _after_builtins(text: bytes) -> int:
