@@ -248,6 +248,32 @@ def test_the_command_s_own_prefix_maps_give_the_local_object(
         assert (tmp_path / "mesh.o").read_bytes() == (tmp_path / "local.o").read_bytes(), (cwd, source)
 
 
+@pytest.mark.parametrize("maps", [[], ["-fmacro-prefix-map={top}=/M"], ["-ffile-prefix-map={top}/p/src=/S"]])
+def test_base_file_names_the_source_as_the_command_names_it(
+    cc_node: NodeProcess, tmp_path: Path, maps: list[str]
+) -> None:
+    """__BASE_FILE__ is the source's name on the command line: for a source outside the
+    directory, the task's name would show, unless it is mapped back (with the command's
+    own maps after it, as gcc takes the last that matches)."""
+    root = tmp_path / "p"
+    (root / "src").mkdir(parents=True)
+    (root / "inc").mkdir()
+    (root / "inc" / "l.h").write_text("static const char *base = __BASE_FILE__, *file = __FILE__;\n")
+    (root / "src" / "b.c").write_text('#include "l.h"\nconst char *f(int i) { return i ? base : file; }\n')
+    flags = ["-O2", "-Iinc", *(m.format(top=tmp_path) for m in maps)]
+    for source in ("src/b.c", str(root / "src" / "b.c"), "../p/src/b.c"):
+        subprocess.run(["gcc", *flags, "-c", source, "-o", str(tmp_path / "local.o")], cwd=root, check=True)
+        done = subprocess.run(
+            [*MESH, "cc", "-v", "gcc", *flags, "-c", source, "-o", str(tmp_path / "mesh.o")],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            env=node_env(cc_node.home),
+        )
+        assert done.returncode == 0 and "here:" not in done.stderr, done.stderr
+        assert (tmp_path / "mesh.o").read_bytes() == (tmp_path / "local.o").read_bytes(), source
+
+
 def test_a_directory_reached_through_a_symlink_is_named_as_gcc_names_it(cc_node: NodeProcess, tmp_path: Path) -> None:
     """gcc writes $PWD into the debug information when it is this directory (the path the
     shell reached it by), else the physical path: the mesh's object must say the same."""

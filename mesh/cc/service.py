@@ -20,7 +20,10 @@ task:
   wherever the wrapper ran; another one is at ``root/`` and its absolute path. With
   ``-g``, ``-fdebug-prefix-map`` maps the workdir to the wrapper's (and ``root/DIR`` to
   the source's directory as named), so the debug information names the files a local
-  compile names; such a compile's key then holds the wrapper's directory;
+  compile names; such a compile's key then holds the wrapper's directory. A source at
+  ``root/`` also gets ``-fmacro-prefix-map`` of its directory to the one named, so that
+  ``__BASE_FILE__`` expands to the name the command gives. The command's own maps
+  (``-ffile-prefix-map=$PWD=.``) are honoured: :func:`prefix_maps`;
 - requires ``cc:COMPILER=FINGERPRINT`` (mesh.cc.compilers), so only a node with the same
   compiler at the same path is chosen, and declares the compiler proper (cc1) as a tool,
   which joins the toolchain identity of its cache key;
@@ -235,12 +238,11 @@ class CompileService:
             node = store.put(encode_node([entry]))
             entry = Entry(directory.encode(errors="surrogateescape"), Kind.DIRECTORY, node)
         root = store.put(encode_node([entry]))
-        bases = []
-        if debug:
-            bases.append((workdir, cwd))
-            if not relative:  # the source's directory as named: the later map wins
-                bases.append((os.path.dirname(name), os.path.dirname(source) or "."))
-        return name, root, prefix_maps(bases, args)
+        named = [] if relative else [(os.path.dirname(name), os.path.dirname(source) or ".")]
+        maps = prefix_maps(named, args, MACRO_MAPS)  # __BASE_FILE__ is the name the command gives
+        if debug:  # the source's directory as named after the workdir: the later map wins
+            maps += prefix_maps([(workdir, cwd), *named], args, DEBUG_MAPS)
+        return name, root, maps
 
     async def _wait(self, job: str) -> tuple[ActionResult | None, str | None]:
         """The task's result, and why the mesh could not compile it (None: it did)."""
@@ -315,14 +317,19 @@ async def _read_frame(stream: trio.SocketStream) -> tuple[list[str], list[bytes]
     return frames.unpack(take)
 
 
-#: The flags whose maps gcc applies to the paths of debug information, in one list.
-_DEBUG_MAPS = ("-fdebug-prefix-map=", "-ffile-prefix-map=")
+#: The flag that maps the paths of debug information, and the command's flags that add to
+#: the same list (gcc keeps all three ``-f*-prefix-map`` out of ``DW_AT_producer``).
+DEBUG_MAPS = ("-fdebug-prefix-map=", ("-fdebug-prefix-map=", "-ffile-prefix-map="))
+#: The same for the paths ``__FILE__`` and ``__BASE_FILE__`` expand to (``__FILE__`` follows
+#: the line markers of the text, which name the files as here; ``__BASE_FILE__`` is the name
+#: the command gives the source, which is the task's for one outside the directory).
+MACRO_MAPS = ("-fmacro-prefix-map=", ("-fmacro-prefix-map=", "-ffile-prefix-map="))
 
 
-def prefix_maps(bases: list[tuple[str, str]], args: list[str]) -> list[str]:
-    """The ``-fdebug-prefix-map`` flags, after the command's own, that make the task's paths
-    (each base: a prefix there, and the path it stands for here) come out of the debug
-    information as a local compile's do.
+def prefix_maps(bases: list[tuple[str, str]], args: list[str], kind: tuple[str, tuple[str, ...]]) -> list[str]:
+    """The flags of ``kind`` (:data:`DEBUG_MAPS`, :data:`MACRO_MAPS`), after the command's
+    own, that make the task's paths (each base: a prefix there, and the path it stands for
+    here) come out as a local compile's do.
 
     gcc rewrites a path by the **last** map whose old prefix it starts with (a string
     prefix, not a directory: measured, both orders). The task's paths under a base's prefix
@@ -333,20 +340,21 @@ def prefix_maps(bases: list[tuple[str, str]], args: list[str]) -> list[str]:
     of the local path: the whole base; one of a path below it: that part of the base).
     Paths elsewhere (system headers, named as here) are rewritten by the command's maps.
     """
+    flag, flags = kind
     own = []
     for arg in args:
-        for flag in _DEBUG_MAPS:
-            if arg.startswith(flag) and "=" in arg[len(flag) :]:
-                old, new = arg[len(flag) :].split("=", 1)
+        for given in flags:
+            if arg.startswith(given) and "=" in arg[len(given) :]:
+                old, new = arg[len(given) :].split("=", 1)
                 own.append((old, new))
     maps = []
     for there, here in bases:
-        maps.append(f"-fdebug-prefix-map={there}={here}")
+        maps.append(f"{flag}{there}={here}")
         for old, new in own:
             if here.startswith(old):  # the whole base, as the command's map would have it
-                maps.append(f"-fdebug-prefix-map={there}={new}{here[len(old) :]}")
+                maps.append(f"{flag}{there}={new}{here[len(old) :]}")
             elif old.startswith(here):  # a part of it below
-                maps.append(f"-fdebug-prefix-map={there}{old[len(here) :]}={new}")
+                maps.append(f"{flag}{there}{old[len(here) :]}={new}")
     return maps
 
 
