@@ -250,7 +250,15 @@ class Node:
         self.jobs = JobIntake(self.scheduler, self.store, self.peering, lambda: self.default_executor)
         self.blobs = PeerBackedBlobs(self.store, space, self.peering)
         self.cache = MeshCacheService(self.action_cache, self.claims)
-        self.cc = CompileService(home, self.jobs, self.blobs, self._workdirs, self._advertise_again)
+        self.cc = CompileService(
+            home,
+            self.jobs,
+            self.blobs,
+            self._workdirs,
+            self._advertise_again,
+            cache=self.action_cache,
+            node_id=self.node_id,
+        )
         notifier = Notifier(smtp=self.config.smtp)
         self.projects = Builds(
             ProjectStore(self.db), self.jobs, self.build_metrics, notifier, lambda: self.peering.url or self.url

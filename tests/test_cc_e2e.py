@@ -8,12 +8,14 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from mesh.cc.keptcompiles import CLOCK_SLACK_NS
 from tests.nodeutil import MESH, NodeProcess, node_env, wait_for
 from tests.test_cc_netns import SDIST, unpack
 
@@ -70,6 +72,13 @@ def cc_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
         yield node
     finally:
         node.stop(timeout=30)
+
+
+def settled(root: Path) -> None:
+    """Wait until every file below ``root`` was written longer ago than the clock's slack
+    (mesh.cc.keptcompiles.CLOCK_SLACK_NS): a compile that begins then may be kept."""
+    newest = max(p.stat().st_ctime_ns for p in root.rglob("*"))
+    wait_for(lambda: time.time_ns() > newest + 2 * CLOCK_SLACK_NS, timeout=5, what="the files to settle")
 
 
 def make(root: Path, home: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -187,7 +196,8 @@ def test_an_optimised_compile_with_g_runs_here_and_gives_the_local_object(
     cc_node: NodeProcess, tmp_path: Path, case: str, args: list[str]
 ) -> None:
     """Two sources whose objects at -O3 -g (THRICE) and -O2 -g (brotli's block_splitter.c)
-    differ when compiled from their preprocessed text: mesh cc compiles them here."""
+    differ when compiled from their preprocessed text: mesh cc compiles them here, and keeps
+    the object in the mesh's cache, whence the same compile again takes it."""
     if case == "brotli":
         if not SDIST.exists():
             pytest.fail(f"{SDIST} is missing: make test-deps fetches brotli's sdist from PyPI (make cc-deps)")
@@ -200,15 +210,84 @@ def test_an_optimised_compile_with_g_runs_here_and_gives_the_local_object(
     subprocess.run(["gcc", *args], cwd=root, check=True)
     local = obj.read_bytes()
     obj.unlink()
+    settled(root)
     done = subprocess.run(
         [*MESH, "cc", "-v", "gcc", *args], cwd=root, capture_output=True, text=True, env=node_env(cc_node.home)
     )
     assert done.returncode == 0, done.stderr
     assert obj.read_bytes() == local, done.stderr
-    assert done.stderr == (
-        "mesh cc: here: with -g and optimisation gcc's debug information can differ when the source is"
-        " compiled from its preprocessed text (measured: 1 of 35 brotli objects at -O2 -g); compiled here\n"
+    source = next(arg for arg in args if arg.endswith(".c"))
+    reason = (
+        f"mesh cc: here: {source}: with -g and optimisation gcc's debug information can differ when the source is"
+        " compiled from its preprocessed text (measured: 1 of 35 brotli objects at -O2 -g); compiled here"
     )
+    assert done.stderr == f"{reason}; kept in the mesh's cache\n"
+    obj.unlink()
+    again = subprocess.run(
+        [*MESH, "cc", "-v", "gcc", *args], cwd=root, capture_output=True, text=True, env=node_env(cc_node.home)
+    )
+    assert again.returncode == 0 and again.stderr.startswith(f"{reason}; from the action cache"), again.stderr
+    assert obj.read_bytes() == local
+
+
+def kept_compile(home: str, root: Path, *args: str) -> str:
+    """``mesh cc -v gcc -O2 -g ARGS`` in ``root`` through the node of ``home``: what -v said."""
+    done = subprocess.run(
+        [*MESH, "cc", "-v", "gcc", "-O2", "-g", *args], cwd=root, capture_output=True, text=True, env=node_env(home)
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+def test_a_kept_compile_follows_its_headers_and_a_noisy_one_is_not_kept(cc_node: NodeProcess, tmp_path: Path) -> None:
+    """-O2 -g compiles run here; the mesh's cache keeps their objects under a key of the
+    files they read: a header changed is a miss, the header changed back a hit again, and
+    every object is the one gcc makes of the files as they are."""
+    root = tmp_path / "k"
+    (root / "inc").mkdir(parents=True)
+    header = root / "inc" / "k.h"
+    (root / "k.c").write_text('#include "k.h"\nint f(int x) { return SCALE * x; }\n')
+    args = ["-Iinc", "-c", "k.c", "-o", "k.o"]
+    objects = {}
+    for scale in ("2", "3", "2"):
+        header.write_text(f"#define SCALE {scale}\n")
+        subprocess.run(["gcc", "-O2", "-g", *args], cwd=root, check=True)
+        local = (root / "k.o").read_bytes()
+        (root / "k.o").unlink()
+        settled(root)
+        said = kept_compile(cc_node.home, root, *args)
+        assert (root / "k.o").read_bytes() == local
+        objects.setdefault(scale, []).append(said.rstrip().rsplit("; ", 1)[-1])
+    assert objects["2"][0] == objects["3"][0] == "kept in the mesh's cache", objects
+    assert objects["2"][1].startswith("from the action cache"), objects
+    # A compile that warns is not kept: gcc's own warning, and a miss the next time too.
+    (root / "w.c").write_text("int g(int x) { int unused; return x; }\n")
+    settled(root)
+    for _ in range(2):
+        done = subprocess.run(
+            [*MESH, "cc", "-v", "gcc", "-O2", "-g", "-Wall", "-c", "w.c", "-o", "w.o"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            env=node_env(cc_node.home),
+        )
+        assert done.returncode == 0 and "unused variable" in done.stderr and "cache" not in done.stderr, done.stderr
+
+
+def test_a_kept_compile_is_a_hit_on_another_node_of_the_mesh(
+    two_nodes: tuple[NodeProcess, NodeProcess], tmp_path: Path
+) -> None:
+    a, b = two_nodes
+    root = tmp_path / "k"
+    root.mkdir()
+    (root / "k.c").write_text("int f(int x) { return 5 * x; }\n")
+    settled(root)
+    assert kept_compile(a.home, root, "-c", "k.c", "-o", "k.o").endswith("; kept in the mesh's cache\n")
+    first = (root / "k.o").read_bytes()
+    (root / "k.o").unlink()
+    said = kept_compile(b.home, root, "-c", "k.c", "-o", "k.o")
+    assert "from the action cache of node" in said and f"({a.url})" in said, said  # b asked its peer
+    assert (root / "k.o").read_bytes() == first
 
 
 @pytest.mark.parametrize(

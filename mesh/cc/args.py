@@ -50,8 +50,11 @@ three times with other macros gets one more line-table row at ``-O3 -g``, with
 ``-fno-var-tracking`` too: tests/test_cc_e2e.py). That cannot be shown safe for every
 source, so a compile that writes debug information (:func:`debug_info`: the last debug
 level wins, ``-g0`` turns it off) and optimises (:func:`optimises`: the last ``-O``
-other than ``-O0``; ``-O`` is ``-O1``, none is ``-O0``) runs here, and ``-v`` says why.
-``-O0 -g`` (the usual debug build) and optimised builds without ``-g`` are distributed.
+other than ``-O0``; ``-O`` is ``-O1``, none is ``-O0``) runs here (:attr:`Plan.here`), and
+``-v`` says why. It is still preprocessed here first: its text and the files the text
+names make its key in the mesh's cache, where its object is kept (mesh.cc.keptcompiles),
+so a rebuild, here or on any node of the mesh, is a hit. ``-O0 -g`` (the usual debug
+build) and optimised builds without ``-g`` are distributed.
 
 **Dependency files** (``-MD``, ``-MMD``, ``-MF``, ``-MT``, ``-MQ``, ``-MP``) are made by
 the preprocessing here, so they name the same files as a local compile does. gcc's
@@ -164,7 +167,8 @@ _G_OPTIONS = frozenset(
         "-gstrict-dwarf",
     }
 )
-#: Why a compile with debug information and optimisation runs here (module docstring).
+#: Why a compile with debug information and optimisation runs here (module docstring): it is
+#: not sent, but kept in the mesh's cache (mesh.cc.keptcompiles), which ``-v`` says after it.
 DEBUG_OPTIMISED = (
     "with -g and optimisation gcc's debug information can differ when the source is compiled"
     " from its preprocessed text (measured: 1 of 35 brotli objects at -O2 -g); compiled here"
@@ -183,14 +187,18 @@ class Plan:
     runs it).
     """
 
-    __slots__ = ("source", "object", "language", "preprocess", "compile")
+    __slots__ = ("source", "object", "language", "preprocess", "compile", "here")
 
-    def __init__(self, source: str, object: str, language: str, preprocess: list[str], compile: list[str]) -> None:
+    def __init__(
+        self, source: str, object: str, language: str, preprocess: list[str], compile: list[str], *, here: bool = False
+    ) -> None:
         self.source = source
         self.object = object
         self.language = language
         self.preprocess = preprocess
         self.compile = compile
+        #: Compiled here, by the wrapper, and kept in the mesh's cache (:data:`DEBUG_OPTIMISED`).
+        self.here = here
 
     @property
     def debug(self) -> bool:
@@ -324,8 +332,6 @@ def classify(compiler: str, args: list[str], environ: dict[str, str] | os._Envir
     obj = output if output is not None else os.path.splitext(os.path.basename(source))[0] + ".o"
     if output == "-":
         return "-o -: the object on stdout"
-    if debug_info(remote) and optimises(remote):
-        return DEBUG_OPTIMISED
     preprocess = list(keep)
     if deps and not explicit_depfile:  # gcc's driver: %{!o:%b.d}%{o*:%.d%*}
         base = os.path.splitext(output)[0] if output is not None else os.path.splitext(os.path.basename(source))[0]
@@ -333,4 +339,4 @@ def classify(compiler: str, args: list[str], environ: dict[str, str] | os._Envir
     if deps and not explicit_target and output is not None:  # gcc's driver: %{MD|MMD:%{o*:-MQ %*}}
         preprocess += ["-MQ", output]
     preprocess += ["-fdirectives-only", "-E", source]
-    return Plan(source, obj, language, preprocess, remote)
+    return Plan(source, obj, language, preprocess, remote, here=debug_info(remote) and optimises(remote))

@@ -14,6 +14,11 @@ string, the source as ``gcc -E -fdirectives-only`` gives it, from its command-li
 three byte strings (stdout, stderr, the object, empty when the compile failed), or
 ``["error", WHY]`` and none, when the mesh could not compile it (the wrapper then
 compiles locally).
+
+A compile the wrapper runs itself (mesh.cc.keptcompiles) takes two requests: ``["lookup",
+COMPILER, CWD, BEGAN_NS, N, NAME=VALUE * N, ARG...]`` with the text, answered ``["hit",
+NODE, NOTE]`` with the object or ``["miss", TOKEN]``; then, after a silent compile,
+``["record", TOKEN]`` with the object, answered ``["ok", NOTE]``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from __future__ import annotations
 from _collections_abc import Callable  # collections.abc's own source: collections costs ~0.7 ms more
 
 MAGIC = b"MCC1"
+#: The first text of a lookup of a compile the wrapper runs itself, and of its record
+#: (mesh.cc.keptcompiles); a compile to run names its compiler there, an absolute path.
+LOOKUP, RECORD = "lookup", "record"
 #: Most items one list may hold.
 MAX_ITEMS = 1 << 16
 #: Most bytes a frame may hold (a preprocessed source, an object).

@@ -58,11 +58,12 @@ from mesh.cas.tree import Entry, Kind, decode_node, encode_node
 from mesh.cc import frames
 from mesh.cc.args import debug_info
 from mesh.cc.compilers import Compilers
+from mesh.cc.keptcompiles import Cache, KeptCompiles
 from mesh.cluster.intake import JobIntake
 from mesh.cluster.services import PeerBackedBlobs
 from mesh.errors import InvalidCompile, MeshError, describe
 from mesh.exec.action import ActionResult
-from mesh.exec.toolchain import WORKDIRS
+from mesh.exec.toolchain import WORKDIRS, FileDigests
 from mesh.sched.jobevents import JobFinished, TaskFinished
 from mesh.sched.jobs import parse_job
 
@@ -77,6 +78,8 @@ COMPILE_TIMEOUT = 3600.0
 #: Exit statuses that say the compiler could not be run where the task ran.
 NOT_RUN = (126, 127)
 LANGUAGES = ("c", "c++")
+#: The first text of the two requests of a compile the wrapper runs itself (frames).
+LOOKUP, RECORD = frames.LOOKUP, frames.RECORD
 
 
 class CompileService:
@@ -94,6 +97,9 @@ class CompileService:
         workdirs: Callable[[], Mapping[str, str | None]],
         advertise: Callable[[], None],
         compilers: Compilers | None = None,
+        *,
+        cache: Cache | None = None,
+        node_id: str = "",
     ) -> None:
         self.path = os.path.join(home, SOCKET_NAME)
         self.jobs = jobs
@@ -102,6 +108,17 @@ class CompileService:
         self._workdirs = workdirs
         self._advertise = advertise
         self._one = trio.CapacityLimiter(1)  # the compilers are looked at on one thread at a time
+        #: Compiles the wrapper runs itself, kept in the mesh's cache (None: not offered).
+        self.kept: KeptCompiles | None = None
+        if cache is not None:
+            self.kept = KeptCompiles(
+                blobs.store,
+                cache,
+                node_id,
+                files=FileDigests(),
+                on_thread=self._on_thread,
+                fingerprint=self._fingerprint,
+            )
         self.serving = False  # listening on the socket
         self.compiles = 0  # compiles the mesh answered (run, or from the cache)
         self.refused = 0  # requests answered with an error: the wrapper compiled them itself
@@ -159,20 +176,50 @@ class CompileService:
             try:
                 _check_peer(stream.socket)
                 texts, blobs = await _read_frame(stream)
-                answer, out = await self.compile(texts, blobs)
+                if texts[:1] == [LOOKUP]:
+                    answer, out = await self.lookup_kept(texts[1:], blobs)
+                elif texts[:1] == [RECORD]:
+                    answer, out = await self.record_kept(texts[1:], blobs)
+                else:
+                    answer, out = await self.compile(texts, blobs)
             except (frames.FrameError, InvalidCompile) as exc:
                 answer, out = ["error", str(exc)], []
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             except MeshError as exc:
                 answer, out = ["error", describe(exc)], []
-            if answer[0] != "ok":
+            if answer[0] == "error":
                 self.refused += 1
             try:
                 for piece in frames.pack(answer, out):
                     await stream.send_all(piece)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the wrapper went away (make was interrupted)
+
+    async def lookup_kept(self, texts: list[str], blobs: list[bytes]) -> tuple[list[str], list[bytes]]:
+        """A compile the wrapper runs itself, looked up (mesh.cc.keptcompiles): ``["hit", NODE,
+        NOTE]`` and its object, or ``["miss", TOKEN]`` for its record."""
+        if self.kept is None:
+            raise InvalidCompile("this node keeps no compiles run by the wrapper")
+        compiler, cwd, began_ns, env, args = _kept_request(texts, blobs)
+        hit, note = await self.kept.lookup(compiler, cwd, began_ns, args, env, blobs[0])
+        if hit is None:
+            return ["miss", note], []
+        return ["hit", hit.node, note], [await self._object(hit)]
+
+    async def record_kept(self, texts: list[str], blobs: list[bytes]) -> tuple[list[str], list[bytes]]:
+        """The object of a compile the wrapper ran after a miss: ``["ok", NOTE]``."""
+        if self.kept is None:
+            raise InvalidCompile("this node keeps no compiles run by the wrapper")
+        if len(texts) != 1 or len(blobs) != 1:
+            raise InvalidCompile("a record names its lookup's token and carries one object")
+        return ["ok", await self.kept.record(texts[0], blobs[0])], []
+
+    async def _on_thread(self, work: Callable[[], object]) -> object:
+        return await trio.to_thread.run_sync(work, limiter=self._one)
+
+    async def _fingerprint(self, compiler: str) -> str | None:
+        return await trio.to_thread.run_sync(self.compilers.fingerprint, compiler, limiter=self._one)
 
     async def compile(self, texts: list[str], blobs: list[bytes]) -> tuple[list[str], list[bytes]]:
         """Run one compile on the mesh: the answer's texts and byte strings (mesh.cc.frames)."""
@@ -356,6 +403,18 @@ def prefix_maps(bases: list[tuple[str, str]], args: list[str], kind: tuple[str, 
             elif old.startswith(here):  # a part of it below
                 maps.append(f"{flag}{there}{old[len(here) :]}={new}")
     return maps
+
+
+def _kept_request(texts: list[str], blobs: list[bytes]) -> tuple[str, str, int, list[str], list[str]]:
+    """A lookup's ``[COMPILER, CWD, BEGAN_NS, N, ENV * N, ARG...]`` and its one text."""
+    if len(texts) < 4 or len(blobs) != 1:
+        raise InvalidCompile("a lookup names the compiler, the directory, a time and its environment, with one text")
+    compiler, cwd, began, count, *rest = texts
+    if not os.path.isabs(compiler) or not os.path.isabs(cwd):
+        raise InvalidCompile("the compiler and the working directory are absolute paths")
+    if not began.isdigit() or not count.isdigit() or int(count) > len(rest):
+        raise InvalidCompile("a lookup's time and count of variables are numbers")
+    return compiler, cwd, int(began), rest[: int(count)], rest[int(count) :]
 
 
 def _request(texts: list[str], blobs: list[bytes]) -> tuple[str, list[str], str, str, str]:

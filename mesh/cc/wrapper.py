@@ -26,9 +26,10 @@ from __future__ import annotations
 import _socket
 import os
 import sys
+import time
 
 from mesh.cc import frames
-from mesh.cc.args import Plan, classify
+from mesh.cc.args import DEBUG_OPTIMISED, Plan, classify
 
 #: ``typing`` costs ~7 ms to import: the wrapper names it for the type checker only.
 TYPE_CHECKING = False
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
 
 #: The names ``mesh cc --links`` makes: compilers build systems call by name.
 LINK_NAMES = ("cc", "c++", "gcc", "g++", "clang", "clang++")
+#: The environment that joins the key of a compile kept in the cache (mesh.cc.keptcompiles):
+#: the locale, which the input character set follows.
+KEY_ENVIRONMENT = ("LANG", "LC_ALL", "LC_CTYPE")
 #: Seconds the wrapper waits for the node's answer (a compile may take long).
 ANSWER_TIMEOUT = 3600.0
 USAGE = """usage: mesh cc [-v] COMPILER ARGS...   compile on the mesh (make CC="mesh cc gcc")
@@ -167,6 +171,7 @@ def distribute(compiler: str, args: list[str], plan: Plan, verbose: bool) -> int
     machine has, and prints the preprocessor's and the compiler's diagnostics in source
     order. A clean build pays nothing for it; a build full of warnings compiles here.
     """
+    began = time.time_ns()  # a file changed from now on may not be in what is preprocessed
     status, text, said = preprocess(compiler, plan)
     if status != 0 or said:
         if verbose:
@@ -186,6 +191,8 @@ def distribute(compiler: str, args: list[str], plan: Plan, verbose: bool) -> int
         cwd = gcc_cwd()
     except OSError:  # the working directory was removed: gcc says what that does
         return run_here(compiler, args)
+    if plan.here:
+        return compile_kept(compiler, args, plan, text[start:], cwd, began, verbose)
     try:
         request = [compiler, plan.language, plan.source, cwd, *plan.compile]
         answer, (stdout, stderr, obj) = ask(socket_path(), request, [text[start:]])
@@ -210,6 +217,67 @@ def distribute(compiler: str, args: list[str], plan: Plan, verbose: bool) -> int
     if verbose:
         sys.stderr.write(f"mesh cc: {plan.source}: {note}\n")
     return 0
+
+
+def compile_kept(compiler: str, args: list[str], plan: Plan, text: bytes, cwd: str, began: int, verbose: bool) -> int:
+    """A compile that runs here (:attr:`Plan.here`), kept in the mesh's cache: the object of
+    the same compile done before anywhere in the mesh, else this compile, whose object the
+    node keeps when it was silent (mesh.cc.keptcompiles). One that says anything is
+    compiled again by ``exec``, so its diagnostics are gcc's own, colours and all."""
+    env = [f"{name}={os.environ[name]}" for name in KEY_ENVIRONMENT if name in os.environ]
+    request = [frames.LOOKUP, compiler, cwd, str(began), str(len(env)), *env, *args]
+    try:
+        answer, got = exchange(socket_path(), request, [text])
+        if answer[:1] == ["hit"] and len(answer) == 3 and len(got) == 1:
+            write_object(plan.object, got[0])
+            if verbose:
+                sys.stderr.write(f"mesh cc: here: {plan.source}: {DEBUG_OPTIMISED}; {answer[2]}\n")
+            return 0
+        if answer[:1] != ["miss"] or len(answer) != 2:
+            raise MeshUnavailable("the node's answer was not understood")
+    except (MeshUnavailable, OSError) as exc:
+        if isinstance(exc, MeshUnavailable) and os.environ.get("MESH_CC_FALLBACK", "1") == "0":
+            sys.stderr.write(f"mesh cc: error: {plan.source}: {exc} (MESH_CC_FALLBACK=0: not compiled here)\n")
+            return 1
+        if verbose:
+            why = exc if isinstance(exc, MeshUnavailable) else exc.strerror or exc
+            sys.stderr.write(f"mesh cc: here: {plan.source}: {DEBUG_OPTIMISED}; not cached: {why}\n")
+        return run_here(compiler, args)
+    status, said = run_captured(compiler, args)
+    if status != 0 or said:
+        if verbose:
+            sys.stderr.write(f"mesh cc: here: {plan.source}: the compile had something to say: compiled again\n")
+        return run_here(compiler, args)
+    try:
+        with open(plan.object, "rb") as f:
+            obj = f.read()
+        said_back, _ = exchange(socket_path(), [frames.RECORD, answer[1]], [obj])
+        note = said_back[1] if said_back[:1] == ["ok"] and len(said_back) == 2 else "not kept: an answer not understood"
+    except (MeshUnavailable, OSError) as exc:
+        note = f"not kept: {exc}"
+    if verbose:
+        sys.stderr.write(f"mesh cc: here: {plan.source}: {DEBUG_OPTIMISED}; {note}\n")
+    return 0
+
+
+def run_captured(compiler: str, args: list[str]) -> tuple[int, bool]:
+    """Run the compile here with its stdout and stderr in unnamed files: (exit status, whether
+    it wrote anything). 127 when it cannot be started."""
+    streams = [_unnamed_file(), _unnamed_file()]
+    if None in streams:
+        return 127, True
+    out, err = (fd for fd in streams if fd is not None)
+    try:
+        actions = [(os.POSIX_SPAWN_DUP2, out, 1), (os.POSIX_SPAWN_DUP2, err, 2)]
+        try:
+            pid = os.posix_spawn(compiler, [compiler, *args], os.environ, file_actions=actions)
+        except OSError:
+            return 127, True
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        return (128 - code if code < 0 else code), os.fstat(out).st_size + os.fstat(err).st_size > 0
+    finally:
+        os.close(out)
+        os.close(err)
 
 
 def gcc_cwd() -> str:
@@ -313,9 +381,18 @@ def socket_path() -> str:
 
 
 def ask(path: str, texts: list[str], blobs: list[bytes]) -> tuple[list[str], list[bytes]]:
-    """One request to the compile service and its answer (``["ok", EXIT, NODE, NOTE]`` and
-    stdout, stderr, object); MeshUnavailable when there is none (no socket, a node that went
-    away, a frame not understood) or it says the mesh could not compile it."""
+    """One compile request to the compile service and its answer (``["ok", EXIT, NODE,
+    NOTE]`` and stdout, stderr, object); MeshUnavailable as :func:`exchange` says, or when
+    the answer is not one."""
+    answer, got = exchange(path, texts, blobs)
+    if answer[:1] != ["ok"] or len(answer) != 4 or not answer[1].lstrip("-").isdigit() or len(got) != 3:
+        raise MeshUnavailable("the node's answer was not understood")
+    return answer, got
+
+
+def exchange(path: str, texts: list[str], blobs: list[bytes]) -> tuple[list[str], list[bytes]]:
+    """One request to the compile service and its answer; MeshUnavailable when there is none
+    (no socket, a node that went away, a frame not understood) or it is ``["error", WHY]``."""
     try:
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
@@ -334,8 +411,6 @@ def ask(path: str, texts: list[str], blobs: list[bytes]) -> tuple[list[str], lis
         raise MeshUnavailable(f"the node's answer was not understood: {exc}") from None
     if answer[:1] == ["error"] and len(answer) == 2:
         raise MeshUnavailable(answer[1])
-    if answer[:1] != ["ok"] or len(answer) != 4 or not answer[1].lstrip("-").isdigit() or len(got) != 3:
-        raise MeshUnavailable("the node's answer was not understood")
     return answer, got
 
 
