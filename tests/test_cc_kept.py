@@ -137,6 +137,8 @@ def test_what_a_text_cannot_show_is_not_kept(tmp_path: Path) -> None:
 
     with pytest.raises(InvalidCompile, match="incbin"):
         trio.run(lookup, text(root) + b'__asm__(".incbin \\"blob.bin\\"");\n')
+    with pytest.raises(InvalidCompile, match="include"):
+        trio.run(lookup, text(root) + b'__asm__(".include \\"macros.s\\"");\n')
     with pytest.raises(InvalidCompile, match="precompiled header"):
         trio.run(lookup, b'#pragma GCC pch_preprocess "h.h.gch"\n' + text(root))
     with pytest.raises(InvalidCompile, match="gone.h is not a file"):

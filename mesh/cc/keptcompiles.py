@@ -21,8 +21,9 @@ real files, each part by content:
   ``-imacros`` files), by path and by the digest of its content now. Files not named
   there are not read by a compile of this text: ``__has_include`` and the search of the
   include path are resolved in the text. What the text cannot show makes the compile
-  uncacheable (:data:`UNKEPT`): a precompiled header, ``.incbin`` (the assembler reads a
-  file).
+  uncacheable (:data:`UNKEPT`): a precompiled header, ``.incbin`` or ``.include`` in
+  inline assembly (the assembler reads a file; the words anywhere in the text count, which
+  at worst leaves a compile uncached).
 
 A hit (this node's cache, then every live peer's) answers the object. A miss answers a
 token; the wrapper compiles, and when the compile was silent and succeeded it sends the
@@ -62,6 +63,7 @@ NOT_FILES = frozenset({"<built-in>", "<command-line>", "<stdin>"})
 UNKEPT = {
     b"#pragma GCC pch_preprocess": "a precompiled header stands for its text",
     b"incbin": "the assembler may read a file (.incbin)",
+    b".include": "the assembler may read a file (.include)",
 }
 #: Nanoseconds a file's change time may lag the clock: Linux stamps file times from a clock
 #: that ticks every 1-10 ms (HZ 1000-100); twice the coarsest, so a change made after the
