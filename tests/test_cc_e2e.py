@@ -437,6 +437,29 @@ def test_a_compile_that_names_the_time_of_the_compile_runs_here(
     assert (tmp_path / "t.o").exists()
 
 
+@pytest.mark.parametrize("flags", [["-O2"], ["-O2", "-g"]])
+def test_a_compile_whose_assembly_reads_a_file_runs_here(
+    cc_node: NodeProcess, tmp_path: Path, flags: list[str]
+) -> None:
+    """.incbin of an absolute path: another node would read its own file of that name, and
+    the cache could not tell the file's versions apart. Compiled here, uncached."""
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(b"one")
+    (tmp_path / "t.c").write_text(f'__asm__(".section .rodata\\n.incbin \\"{blob}\\"\\n.text");\nint x;\n')
+    for content in (b"one", b"two"):
+        blob.write_bytes(content)
+        done = subprocess.run(
+            [*MESH, "cc", "-v", "gcc", *flags, "-c", "t.c", "-o", "t.o"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=node_env(cc_node.home),
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == "mesh cc: here: t.c: the assembler may read a file (.incbin)\n", done.stderr
+        assert content in (tmp_path / "t.o").read_bytes()
+
+
 def test_with_no_node_the_build_finishes_here_and_fallback_0_makes_it_an_error(tmp_path: Path) -> None:
     root = make_project(tmp_path / "p")
     nowhere = str(tmp_path / "no-node")

@@ -173,6 +173,15 @@ DEBUG_OPTIMISED = (
     "with -g and optimisation gcc's debug information can differ when the source is compiled"
     " from its preprocessed text (measured: 1 of 35 brotli objects at -O2 -g); compiled here"
 )
+#: What in a preprocessed text shows that its compile reads a file the text does not hold:
+#: the same compile elsewhere would read that node's file (an absolute path) or fail, and the
+#: cache could not tell its versions apart. Then it runs here, uncached. The words anywhere in
+#: the text count (a comment, a string), which at worst compiles here.
+READS_MORE = {
+    b"#pragma GCC pch_preprocess": "a precompiled header stands for its text",
+    b"incbin": "the assembler may read a file (.incbin)",
+    b".include": "the assembler may read a file (.include)",
+}
 #: What a node's environment may hold that changes a compile here: then it stays here.
 UNSAFE_ENV = ("DEPENDENCIES_OUTPUT", "SUNPRO_DEPENDENCIES", "GCC_EXEC_PREFIX", "COMPILER_PATH")
 

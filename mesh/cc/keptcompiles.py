@@ -21,7 +21,7 @@ real files, each part by content:
   ``-imacros`` files), by path and by the digest of its content now. Files not named
   there are not read by a compile of this text: ``__has_include`` and the search of the
   include path are resolved in the text. What the text cannot show makes the compile
-  uncacheable (:data:`UNKEPT`): a precompiled header, ``.incbin`` or ``.include`` in
+  uncacheable (mesh.cc.args.READS_MORE): a precompiled header, ``.incbin`` or ``.include`` in
   inline assembly (the assembler reads a file; the words anywhere in the text count, which
   at worst leaves a compile uncached).
 
@@ -51,6 +51,7 @@ from mesh import codec
 from mesh.cas.digest import Digest
 from mesh.cas.store import LocalStore
 from mesh.cas.tree import Entry, Kind, encode_node
+from mesh.cc.args import READS_MORE
 from mesh.errors import InvalidCompile
 from mesh.exec.action import ActionResult
 from mesh.exec.toolchain import FileDigests
@@ -59,12 +60,6 @@ from mesh.exec.toolchain import FileDigests
 MARKER = re.compile(rb'^# \d+ "((?:[^"\\\n]|\\.)*)"', re.MULTILINE)
 #: Names of markers that are not files.
 NOT_FILES = frozenset({"<built-in>", "<command-line>", "<stdin>"})
-#: What in a text shows that its compile reads a file its markers do not name.
-UNKEPT = {
-    b"#pragma GCC pch_preprocess": "a precompiled header stands for its text",
-    b"incbin": "the assembler may read a file (.incbin)",
-    b".include": "the assembler may read a file (.include)",
-}
 #: Nanoseconds a file's change time may lag the clock: Linux stamps file times from a clock
 #: that ticks every 1-10 ms (HZ 1000-100); twice the coarsest, so a change made after the
 #: preprocessing began is never taken for one made before.
@@ -135,7 +130,7 @@ class KeptCompiles:
         """The cached result of this compile (and a note), or None and the token of its record.
         Raises InvalidCompile when it cannot be kept (a file it read is not readable here, a
         text that shows a file it does not name): the wrapper then compiles uncached."""
-        for sign, why in UNKEPT.items():
+        for sign, why in READS_MORE.items():  # the wrapper compiles those uncached: a request can still say it
             if sign in text:
                 raise InvalidCompile(f"not kept in the cache: {why}")
         fingerprint = await self._fingerprint(compiler)

@@ -29,7 +29,7 @@ import sys
 import time
 
 from mesh.cc import frames
-from mesh.cc.args import DEBUG_OPTIMISED, Plan, classify
+from mesh.cc.args import DEBUG_OPTIMISED, READS_MORE, Plan, classify
 
 #: ``typing`` costs ~7 ms to import: the wrapper names it for the type checker only.
 TYPE_CHECKING = False
@@ -187,6 +187,11 @@ def distribute(compiler: str, args: list[str], plan: Plan, verbose: bool) -> int
         if verbose:
             sys.stderr.write(f"mesh cc: here: {plan.source}: {clock} is the time of the compile that expands it\n")
         return run_here(compiler, args)
+    for sign, why in READS_MORE.items():
+        if text.find(sign, start) >= 0:
+            if verbose:
+                sys.stderr.write(f"mesh cc: here: {plan.source}: {why}\n")
+            return run_here(compiler, args)
     try:
         cwd = gcc_cwd()
     except OSError:  # the working directory was removed: gcc says what that does
