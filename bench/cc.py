@@ -37,6 +37,11 @@ other as at ``-j1``: 35 starts of ``python -I -S`` and 35 runs of ``gcc -E
 -fdirectives-only`` (the per-compile sum is what such a wrapper pays before any node is
 asked, to set beside distcc's whole overhead).
 
+``--debug-optimised`` then builds at ``-O2 -g``, which ``mesh cc`` compiles where the
+wrapper runs and keeps in the mesh's cache (mesh.cc.keptcompiles): local ``-j2`` (the
+reference of that table), ccache cold and warm, ``mesh cc`` cold, warm on the same node
+and warm from another node.
+
 ``--warm-rounds N`` then repeats only the warm pair N times (each round after an untimed
 cold ``-j2`` build on node 0 with a ``-D`` of its own): warm on node 0, warm from node 1,
 and their ratio each round, for the one target whose builds are short.
@@ -217,6 +222,8 @@ def where(stderr: str) -> str:
     for line in said:
         if "from the action cache" in line:
             counts["cache hits"] += 1
+        elif "kept in the mesh's cache" in line:
+            counts["here, kept"] += 1
         elif m := re.search(r"ran on node (\w+)", line):
             counts[f"ran on {m.group(1)[:6]}"] += 1
         else:
@@ -230,6 +237,9 @@ def main() -> int:
     parser.add_argument("--tools", default="distcc,icecream,ccache,mesh", help="which contestants (all by default)")
     parser.add_argument("--rounds", type=int, default=0, help="repeat the targets' builds N times (see above)")
     parser.add_argument("--warm-rounds", type=int, default=0, help="repeat the warm pair N times (see above)")
+    parser.add_argument(
+        "--debug-optimised", action="store_true", help="then -O2 -g builds: local, ccache, mesh cc kept (see above)"
+    )
     args = parser.parse_args()
     tools = set(args.tools.split(","))
     for tool in ("gcc", "make", "distcc", "distccd", "icecc", "iceccd", "icecc-scheduler", "ccache"):
@@ -286,7 +296,14 @@ def main() -> int:
             bench.note(where(said))
             said = bench.build("mesh cc -j2 warm, from another node", 2, gcc, env1, cflags=flags)
             bench.note(where(said))
+        if args.debug_optimised:
+            debug = debug_optimised(lan, root, work, "ccache" in tools)
     report(bench)
+    if args.debug_optimised:
+        print()
+        print(f"`{DEBUG_CFLAGS}`: compiled here, kept in the mesh's cache")
+        print()
+        report(debug)
     if args.rounds:
         report_rounds(repeated, args.rounds)
     if args.warm_rounds:
@@ -298,6 +315,31 @@ def main() -> int:
         ratios = [other / same for same, other in pairs]
         print(f"- median ratio {statistics.median(ratios):.2f}x, best {min(ratios):.2f}x, worst {max(ratios):.2f}x")
     return 0
+
+
+#: The flags of the builds that mesh cc compiles here and keeps in the cache (--debug-optimised).
+DEBUG_CFLAGS = "-O2 -g"
+
+
+def debug_optimised(lan: Lan, root: Path, work: Path, ccache: bool) -> Bench:
+    """``-O2 -g`` builds, which mesh cc compiles here and keeps in the mesh's cache: local
+    ``-j2`` (the reference), ccache cold and warm, ``mesh cc`` cold, warm on the same node
+    and warm from another node (a fresh mesh)."""
+    debug = Bench(lan, root, work)
+    debug.build(f"local make -j2 {DEBUG_CFLAGS} (reference)", 2, "gcc", plain_env(), cflags=DEBUG_CFLAGS)
+    if ccache:
+        cache = work / "ccache-debug"
+        shutil.rmtree(cache, ignore_errors=True)
+        env = dict(plain_env(), CCACHE_DIR=str(cache))
+        debug.build("ccache -j2 cold", 2, "ccache gcc", env, cflags=DEBUG_CFLAGS)
+        debug.build("ccache -j2 warm", 2, "ccache gcc", env, cflags=DEBUG_CFLAGS)
+    with mesh(lan, work) as (homes, _ids, gcc):
+        env0 = node_env(str(homes[0]), PATH=os.environ["PATH"], MESH_CC_VERBOSE="1")
+        env1 = node_env(str(homes[1]), PATH=os.environ["PATH"], MESH_CC_VERBOSE="1")
+        for what, env in (("cold", env0), ("warm, same node", env0), ("warm, from another node", env1)):
+            said = debug.build(f"mesh cc -j2 {what}", 2, gcc, env, cflags=DEBUG_CFLAGS)
+            debug.note(where(said))
+    return debug
 
 
 def warm_pairs(bench: Bench, rounds: int, homes: list[Path], gcc: str) -> list[tuple[float, float]]:
