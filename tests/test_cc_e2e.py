@@ -260,6 +260,8 @@ def test_a_kept_compile_follows_its_headers_and_a_noisy_one_is_not_kept(cc_node:
         objects.setdefault(scale, []).append(said.rstrip().rsplit("; ", 1)[-1])
     assert objects["2"][0] == objects["3"][0] == "kept in the mesh's cache", objects
     assert objects["2"][1].startswith("from the action cache"), objects
+    kept = httpx.get(cc_node.url + "/status", timeout=10, trust_env=False).json()["cc"]["kept"]
+    assert kept["kept"] >= 2 and kept["hits"] >= 1 and kept["misses"] >= 2, kept
     # A compile that warns is not kept: gcc's own warning, and a miss the next time too.
     (root / "w.c").write_text("int g(int x) { int unused; return x; }\n")
     settled(root)

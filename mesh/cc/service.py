@@ -129,12 +129,15 @@ class CompileService:
     def status(self) -> dict[str, Any]:
         """What ``/status`` says of it (under ``cc``): whether it listens, and counts (no paths:
         an unsigned ``/status`` names no file)."""
-        return {
+        answer: dict[str, Any] = {
             "serving": self.serving,
             "compilers": len(self.compilers.known),
             "compiles": self.compiles,
             "refused": self.refused,
         }
+        if self.kept is not None:  # compiles the wrappers ran themselves (-O2 -g)
+            answer["kept"] = {"hits": self.kept.hits, "misses": self.kept.misses, "kept": self.kept.kept}
+        return answer
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, then serve until cancelled; compilers are looked for after ``started``."""
