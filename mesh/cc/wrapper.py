@@ -7,8 +7,11 @@ working directory and the user's flags (which also writes the dependency file), 
 preprocessed text goes to the node's compile service over the unix socket
 ``$MESH_HOME/cc.sock`` (``MESH_CC_SOCKET`` names another). A compile the mesh did silently
 gives its object, written to the ``-o`` path (through a temporary file in the same
-directory, renamed); one that says anything is compiled here (see :func:`distribute`). Anything else runs the
-compiler itself, by ``exec``: no process stays between make and the compiler.
+directory, renamed); one that says anything is compiled here (see :func:`distribute`). A
+compile that must run here to give the local object (``-g`` with optimisation:
+mesh.cc.args) is preprocessed all the same and looked up in the mesh's cache; on a miss the
+wrapper compiles it and the node keeps its object (:func:`compile_kept`). Anything else
+runs the compiler itself, by ``exec``: no process stays between make and the compiler.
 
 When the socket does not answer or the node says the mesh could not compile it (no
 node with this compiler, a node lost, a task that failed for the mesh's reasons rather
@@ -17,7 +20,7 @@ than the code's), the wrapper compiles here and the build goes on;
 ``MESH_CC_VERBOSE=1``) prints on stderr, per compile, where it ran and why.
 
 Start-up is the overhead a compile pays: this module imports the standard library's
-``os``, ``sys`` and ``_socket`` (no trio, httpx, cbor2 or json, nor the rest of mesh),
+``os``, ``sys``, ``time`` and ``_socket`` (no trio, httpx, cbor2 or json, nor the rest of mesh),
 and ``mesh`` runs it before importing anything of its own command line (mesh.launch).
 """
 
