@@ -101,8 +101,9 @@ class _Pending:
 class KeptCompiles:
     """Keys, lookups and records of compiles run by the wrapper (see the module docstring).
 
-    ``hash_files`` runs a function on the thread that may use ``files`` (FileDigests is not
-    thread-safe); ``fingerprint(compiler)`` is the compiler's, None when it is none here.
+    ``on_thread`` runs a function on the one thread that may use ``files`` (FileDigests is
+    not thread-safe); ``fingerprint(compiler)`` is the compiler's (mesh.cc.compilers), None
+    when it is none here.
     """
 
     def __init__(
