@@ -462,6 +462,23 @@ def test_a_compile_whose_assembly_reads_a_file_runs_here(
         assert content in (tmp_path / "t.o").read_bytes()
 
 
+def test_undef_runs_here_where_its_compile_fails_as_gcc_s_does(cc_node: NodeProcess, tmp_path: Path) -> None:
+    """-undef leaves gcc's own macros undefined; sent unexpanded, a compile on a node would
+    predefine them and succeed where the local compile fails."""
+    (tmp_path / "u.c").write_text("int v = __GNUC__;\n")
+    local = subprocess.run(["gcc", "-undef", "-c", "u.c", "-o", "l.o"], cwd=tmp_path, capture_output=True, text=True)
+    done = subprocess.run(
+        [*MESH, "cc", "gcc", "-undef", "-c", "u.c", "-o", "m.o"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=node_env(cc_node.home),
+    )
+    assert local.returncode == done.returncode == 1
+    assert done.stderr == local.stderr
+    assert not (tmp_path / "m.o").exists()
+
+
 def test_with_no_node_the_build_finishes_here_and_fallback_0_makes_it_an_error(tmp_path: Path) -> None:
     root = make_project(tmp_path / "p")
     nowhere = str(tmp_path / "no-node")

@@ -99,7 +99,7 @@ _CPP_WITH_ARG = frozenset(
 #: Joined preprocessor flags (prefixes): used here only.
 _CPP_JOINED = ("-I", "-D", "-U", "-Wp,", "-isystem", "-iquote", "-idirafter", "-isysroot", "-include", "-imacros")
 #: Preprocessor flags alone: used here only.
-_CPP_ALONE = frozenset({"-MD", "-MMD", "-MP", "-MG", "-nostdinc", "-nostdinc++", "-undef", "-H", "-P", "-C", "-CC"})
+_CPP_ALONE = frozenset({"-MD", "-MMD", "-MP", "-MG", "-nostdinc", "-nostdinc++", "-H", "-P", "-C", "-CC"})
 #: Flags that make this only a preprocessing or a dependency listing, or another step.
 _NOT_A_COMPILE = {
     "-E": "-E preprocesses only",
@@ -119,6 +119,9 @@ _NOT_A_COMPILE = {
     "-frecord-gcc-switches": "-frecord-gcc-switches puts the command line into the object",
     "-time": "-time times the compiler's own steps",
     "-Q": "-Q prints the compiler's own progress",
+    # The text sent leaves macros unexpanded, and the compile there predefines gcc's own:
+    # `int v = __GNUC__;` fails here with -undef and would compile there.
+    "-undef": "-undef: the compile there would predefine the macros it leaves out",
 }
 #: Prefixes of flags that write other files, depend on this machine, or change the compiler.
 _LOCAL_PREFIXES = {
