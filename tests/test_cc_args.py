@@ -283,3 +283,15 @@ def test_whether_a_compile_writes_debug_information_is_what_gcc_does(tmp_path: P
     assert debug_info(flags) == written
     macros = subprocess.run(["gcc", *flags, "-dM", "-E", "a.c"], cwd=tmp_path, capture_output=True, text=True).stdout
     assert optimises(flags) == ("#define __OPTIMIZE__ 1" in macros)
+
+
+@pytest.mark.parametrize("flag", [["-undef"], ["-Wp,-undef"], ["-Wp,-MD,x.d,-undef"], ["-finput-charset=latin1"]])
+def test_what_the_text_sent_cannot_carry_runs_here(flag: list[str]) -> None:
+    """-undef (the compile there would predefine gcc's macros) and a source charset other than
+    UTF-8 (the text sent is converted already)."""
+    assert why("-c", "a.c", *flag)
+
+
+@pytest.mark.parametrize("flag", [["-Wp,-MD,x.d"], ["-finput-charset=UTF-8"], ["-finput-charset=utf8"]])
+def test_what_the_text_carries_is_distributed(flag: list[str]) -> None:
+    assert plan("-c", "a.c", *flag)

@@ -479,6 +479,26 @@ def test_undef_runs_here_where_its_compile_fails_as_gcc_s_does(cc_node: NodeProc
     assert not (tmp_path / "m.o").exists()
 
 
+@pytest.mark.parametrize("charset", ["iso-8859-1", "UTF-8"])
+def test_a_source_in_another_charset_gives_the_local_object(cc_node: NodeProcess, tmp_path: Path, charset: str) -> None:
+    """The preprocessing converts the source to UTF-8: sent with -finput-charset=iso-8859-1,
+    the compile there would convert it a second time."""
+    text = 'const char *s = "caf\u00e9";\n'.encode("latin-1" if charset != "UTF-8" else "utf-8")
+    (tmp_path / "s.c").write_bytes(text)
+    args = [f"-finput-charset={charset}", "-O2", "-c", "s.c"]
+    subprocess.run(["gcc", *args, "-o", "l.o"], cwd=tmp_path, check=True)
+    done = subprocess.run(
+        [*MESH, "cc", "-v", "gcc", *args, "-o", "m.o"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=node_env(cc_node.home),
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "m.o").read_bytes() == (tmp_path / "l.o").read_bytes()
+    assert ("here:" in done.stderr) == (charset != "UTF-8"), done.stderr
+
+
 def test_with_no_node_the_build_finishes_here_and_fallback_0_makes_it_an_error(tmp_path: Path) -> None:
     root = make_project(tmp_path / "p")
     nowhere = str(tmp_path / "no-node")

@@ -305,6 +305,8 @@ def classify(compiler: str, args: list[str], environ: dict[str, str] | os._Envir
             explicit_depfile |= arg.startswith("-MF")
             explicit_target |= not arg.startswith("-MF")
             keep.append(arg)
+        elif arg.startswith("-Wp,") and "-undef" in arg.split(","):
+            return _NOT_A_COMPILE["-undef"]
         elif arg.startswith(_CPP_JOINED):
             keep.append(arg)
         elif (why := _local_prefix(arg)) is not None:
@@ -316,6 +318,10 @@ def classify(compiler: str, args: list[str], environ: dict[str, str] | os._Envir
             remote.append(arg)
         elif arg.endswith("=native") and arg.startswith("-m"):
             return f"{arg}: the result depends on this machine's processor"
+        elif arg.startswith("-finput-charset=") and arg.split("=", 1)[1].lower().replace("-", "") != "utf8":
+            # The preprocessing here converts the source to UTF-8: a compile there told the
+            # source is in this charset would convert it again (measured: "café" in Latin-1).
+            return f"{arg}: the text sent is UTF-8 already"
         elif arg == "--param":
             if i >= len(args):
                 return "--param without its argument"
