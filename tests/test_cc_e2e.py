@@ -276,6 +276,27 @@ def test_a_kept_compile_follows_its_headers_and_a_noisy_one_is_not_kept(cc_node:
         assert done.returncode == 0 and "unused variable" in done.stderr and "cache" not in done.stderr, done.stderr
 
 
+def test_macro_debug_information_gives_the_local_object_and_is_kept(cc_node: NodeProcess, tmp_path: Path) -> None:
+    """-g3 records each macro where it is defined: sent, the command line's macros and gcc's
+    own came out elsewhere in .debug_macro. Compiled here, kept, then a hit."""
+    (tmp_path / "m.h").write_text("#define TWICE(x) (2 * (x))\n")
+    (tmp_path / "m.c").write_text('#include "m.h"\nint f(int x) { return TWICE(x) + LEVEL; }\n')
+    args = ["-O0", "-g3", "-DLEVEL=4", "-c", "m.c", "-o", "m.o"]
+    subprocess.run(["gcc", *args], cwd=tmp_path, check=True)
+    local = (tmp_path / "m.o").read_bytes()
+    settled(tmp_path)
+    notes = []
+    for _ in range(2):
+        (tmp_path / "m.o").unlink()
+        done = subprocess.run(
+            [*MESH, "cc", "-v", "gcc", *args], cwd=tmp_path, capture_output=True, text=True, env=node_env(cc_node.home)
+        )
+        assert done.returncode == 0 and "with -g3" in done.stderr, done.stderr
+        assert (tmp_path / "m.o").read_bytes() == local
+        notes.append(done.stderr.rstrip().rsplit("; ", 1)[-1])
+    assert notes[0] == "kept in the mesh's cache" and notes[1].startswith("from the action cache"), notes
+
+
 def test_a_kept_compile_is_a_hit_on_another_node_of_the_mesh(
     two_nodes: tuple[NodeProcess, NodeProcess], tmp_path: Path
 ) -> None:

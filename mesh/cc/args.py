@@ -54,7 +54,8 @@ other than ``-O0``; ``-O`` is ``-O1``, none is ``-O0``) runs here (:attr:`Plan.h
 ``-v`` says why. It is still preprocessed here first: its text and the files the text
 names make its key in the mesh's cache, where its object is kept (mesh.cc.keptcompiles),
 so a rebuild, here or on any node of the mesh, is a hit. ``-O0 -g`` (the usual debug
-build) and optimised builds without ``-g`` are distributed.
+build) and optimised builds without ``-g`` are distributed; ``-g3`` (macro information)
+runs here too (:data:`DEBUG_MACROS`).
 
 **Dependency files** (``-MD``, ``-MMD``, ``-MF``, ``-MT``, ``-MQ``, ``-MP``) are made by
 the preprocessing here, so they name the same files as a local compile does. gcc's
@@ -176,6 +177,10 @@ DEBUG_OPTIMISED = (
     "with -g and optimisation gcc's debug information can differ when the source is compiled"
     " from its preprocessed text (measured: 1 of 35 brotli objects at -O2 -g); compiled here"
 )
+#: Why a compile with a debug level of 3 runs here: gcc records each macro's definition with
+#: where it is, and the text sent holds the macros of the command line and of gcc itself in
+#: other places (measured: 12 of 12 brotli objects differ at ``-O0 -g3``).
+DEBUG_MACROS = "with -g3 gcc records where each macro is defined, which the text sent moves; compiled here"
 #: What in a preprocessed text shows that its compile reads a file the text does not hold:
 #: the same compile elsewhere would read that node's file (an absolute path) or fail, and the
 #: cache could not tell its versions apart. Then it runs here, uncached. The words anywhere in
@@ -202,14 +207,22 @@ class Plan:
     __slots__ = ("source", "object", "language", "preprocess", "compile", "here")
 
     def __init__(
-        self, source: str, object: str, language: str, preprocess: list[str], compile: list[str], *, here: bool = False
+        self,
+        source: str,
+        object: str,
+        language: str,
+        preprocess: list[str],
+        compile: list[str],
+        *,
+        here: str | None = None,
     ) -> None:
         self.source = source
         self.object = object
         self.language = language
         self.preprocess = preprocess
         self.compile = compile
-        #: Compiled here, by the wrapper, and kept in the mesh's cache (:data:`DEBUG_OPTIMISED`).
+        #: Why it is compiled here, by the wrapper, and kept in the mesh's cache (None: it is
+        #: sent): :data:`DEBUG_OPTIMISED`, :data:`DEBUG_MACROS`.
         self.here = here
 
     @property
@@ -244,6 +257,18 @@ def debug_info(flags: list[str]) -> bool:
         else:
             level = on
     return types or level != toggle
+
+
+def macro_info(flags: list[str]) -> bool:
+    """Whether a debug level of 3 is asked for (``-g3``, ``-ggdb3``), which records every
+    macro with the file and line that defines it. Any such option counts, whatever follows
+    it: at worst such a compile runs here."""
+    for arg in flags:
+        if arg.startswith("-g") and not arg.startswith(("-gdwarf", "-gz", "-gno-", "-gctf", "-gbtf")):
+            body = arg[2:]
+            if body[len(body.rstrip("0123456789")) :] == "3":
+                return True
+    return False
 
 
 def optimises(flags: list[str]) -> bool:
@@ -357,4 +382,7 @@ def classify(compiler: str, args: list[str], environ: dict[str, str] | os._Envir
     if deps and not explicit_target and output is not None:  # gcc's driver: %{MD|MMD:%{o*:-MQ %*}}
         preprocess += ["-MQ", output]
     preprocess += ["-fdirectives-only", "-E", source]
-    return Plan(source, obj, language, preprocess, remote, here=debug_info(remote) and optimises(remote))
+    here = None
+    if debug_info(remote):
+        here = DEBUG_OPTIMISED if optimises(remote) else DEBUG_MACROS if macro_info(remote) else None
+    return Plan(source, obj, language, preprocess, remote, here=here)

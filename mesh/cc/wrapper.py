@@ -32,7 +32,7 @@ import sys
 import time
 
 from mesh.cc import frames
-from mesh.cc.args import DEBUG_OPTIMISED, READS_MORE, Plan, classify
+from mesh.cc.args import READS_MORE, Plan, classify
 
 #: ``typing`` costs ~7 ms to import: the wrapper names it for the type checker only.
 TYPE_CHECKING = False
@@ -239,7 +239,7 @@ def compile_kept(compiler: str, args: list[str], plan: Plan, text: bytes, cwd: s
         if answer[:1] == ["hit"] and len(answer) == 3 and len(got) == 1:
             write_object(plan.object, got[0])
             if verbose:
-                sys.stderr.write(f"mesh cc: here: {plan.source}: {DEBUG_OPTIMISED}; {answer[2]}\n")
+                sys.stderr.write(f"mesh cc: here: {plan.source}: {plan.here}; {answer[2]}\n")
             return 0
         if answer[:1] != ["miss"] or len(answer) != 2:
             raise MeshUnavailable("the node's answer was not understood")
@@ -249,7 +249,7 @@ def compile_kept(compiler: str, args: list[str], plan: Plan, text: bytes, cwd: s
             return 1
         if verbose:
             why = exc if isinstance(exc, MeshUnavailable) else exc.strerror or exc
-            sys.stderr.write(f"mesh cc: here: {plan.source}: {DEBUG_OPTIMISED}; not cached: {why}\n")
+            sys.stderr.write(f"mesh cc: here: {plan.source}: {plan.here}; not cached: {why}\n")
         return run_here(compiler, args)
     status, said = run_captured(compiler, args)
     if status != 0 or said:
@@ -264,7 +264,7 @@ def compile_kept(compiler: str, args: list[str], plan: Plan, text: bytes, cwd: s
     except (MeshUnavailable, OSError) as exc:
         note = f"not kept: {exc}"
     if verbose:
-        sys.stderr.write(f"mesh cc: here: {plan.source}: {DEBUG_OPTIMISED}; {note}\n")
+        sys.stderr.write(f"mesh cc: here: {plan.source}: {plan.here}; {note}\n")
     return 0
 
 
