@@ -286,7 +286,17 @@ def test_whether_a_compile_writes_debug_information_is_what_gcc_does(tmp_path: P
     assert optimises(flags) == ("#define __OPTIMIZE__ 1" in macros)
 
 
-@pytest.mark.parametrize("flag", [["-undef"], ["-Wp,-undef"], ["-Wp,-MD,x.d,-undef"], ["-finput-charset=latin1"]])
+@pytest.mark.parametrize(
+    "flag",
+    [
+        ["-undef"],
+        ["-Wp,-undef"],
+        ["-Wp,-MD,x.d,-undef"],
+        ["-finput-charset=latin1"],
+        ["-fmodules-ts"],
+        ["-fmodule-mapper=x"],
+    ],
+)
 def test_what_the_text_sent_cannot_carry_runs_here(flag: list[str]) -> None:
     """-undef (the compile there would predefine gcc's macros) and a source charset other than
     UTF-8 (the text sent is converted already)."""

@@ -131,6 +131,7 @@ _LOCAL_PREFIXES = {
     "-fdump-": "-fdump-* writes files here",
     "-fplugin": "a plugin is a file of this machine",
     "-flto": "LTO objects are not plain objects",
+    "-fmodule": "modules read and write interface files here",
     "-fsave-optimization-record": "it writes a record beside the object",
     "-B": "-B changes where the compiler finds its parts",
     "-specs": "-specs changes the compiler's rules",
