@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mesh.cc import frames
-from mesh.cc.args import DEBUG_MACROS, Plan, classify, debug_info, optimises
+from mesh.cc.args import DEBUG_CLANG, DEBUG_MACROS, Plan, classify, debug_info, optimises
 from mesh.cc.args import DEBUG_OPTIMISED as OPTIMISED_HERE
 
 
@@ -324,3 +324,13 @@ def test_macro_debug_information_runs_here_kept_in_the_cache(flags: list[str], h
     """-g3 records each macro with where it is defined; the text sent moves the command
     line's and gcc's own (12 of 12 brotli objects differed at -O0 -g3)."""
     assert plan("-c", "a.c", *flags).here == here
+
+
+def test_clang_sends_its_rewritten_text_with_the_command_line_s_macros() -> None:
+    got = plan("-O2", "-DA=1", "-U", "B", "-Iinc", "-include", "pre.h", "-c", "a.c", compiler="/usr/bin/clang-14")
+    assert got.preprocess[-3:] == ["-E", "-frewrite-includes", "a.c"] and got.rewritten
+    assert got.compile == ["-O2", "-DA=1", "-U", "B"]  # -I and -include are in the text
+    assert got.here is None
+    assert plan("-O0", "-g", "-c", "a.c", compiler="clang").here == DEBUG_CLANG
+    assert plan("-imacros", "m.h", "-c", "a.c")  # gcc's text holds what -imacros defines
+    assert "imacros" in str(classify("clang++", ["-imacros", "m.h", "-c", "a.cc"], {}))

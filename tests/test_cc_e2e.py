@@ -520,6 +520,32 @@ def test_a_source_in_another_charset_gives_the_local_object(cc_node: NodeProcess
     assert ("here:" in done.stderr) == (charset != "UTF-8"), done.stderr
 
 
+@pytest.mark.skipif(shutil.which("clang") is None, reason="clang is not installed (make test installs it)")
+def test_a_clang_build_is_sent_rewritten_and_a_debug_build_is_kept(cc_node: NodeProcess, tmp_path: Path) -> None:
+    """clang has no -fdirectives-only: its -frewrite-includes text (headers included, macros
+    as written) is sent with the command line's -D/-U. With -g, clang writes each file's MD5
+    into the line table, so a debug build is compiled here and kept."""
+    root = make_project(tmp_path / "p")
+    for cflags, where in (("-O2 -Wall", "ran on node"), ("-O0 -g", "compiled here; kept in the mesh's cache")):
+        subprocess.run(["make", "-s", "clean"], cwd=root, check=True)
+        subprocess.run(["make", "-s", "-j2", "CC=clang", f"CFLAGS={cflags}"], cwd=root, check=True)
+        local = build_files(root)
+        subprocess.run(["make", "-s", "clean"], cwd=root, check=True)
+        subprocess.run(["mkdir", "-p", "build"], cwd=root, check=True)
+        settled(root)
+        cc = " ".join([*MESH, "cc", "-v", "clang"])
+        done = subprocess.run(
+            ["make", "-j2", f"CC={cc}", f"CFLAGS={cflags}"],
+            cwd=root,
+            env=node_env(cc_node.home),
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.count(where) == 4, done.stderr
+        assert build_files(root) == local, cflags
+
+
 def test_with_no_node_the_build_finishes_here_and_fallback_0_makes_it_an_error(tmp_path: Path) -> None:
     root = make_project(tmp_path / "p")
     nowhere = str(tmp_path / "no-node")

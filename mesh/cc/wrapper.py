@@ -180,7 +180,7 @@ def distribute(compiler: str, args: list[str], plan: Plan, verbose: bool) -> int
         if verbose:
             sys.stderr.write(f"mesh cc: here: {plan.source}: the preprocessor had something to say\n")
         return run_here(compiler, args)
-    start = _after_builtins(text)
+    start = 0 if plan.rewritten else _after_builtins(text)
     if start < 0:
         if verbose:
             sys.stderr.write(f"mesh cc: here: {plan.source}: the preprocessor's output has no command-line part\n")
