@@ -58,8 +58,8 @@ from mesh.exec.toolchain import FileDigests
 
 #: A line marker of gcc's preprocessed output: ``# 12 "path" 1 3``, the path in C's quoting.
 MARKER = re.compile(rb'^# \d+ "((?:[^"\\\n]|\\.)*)"', re.MULTILINE)
-#: Names of markers that are not files.
-NOT_FILES = frozenset({"<built-in>", "<command-line>", "<stdin>"})
+#: Names of markers that are not files (gcc's, and clang's spelling of the command line).
+NOT_FILES = frozenset({"<built-in>", "<command-line>", "<command line>", "<stdin>"})
 #: Nanoseconds a file's change time may lag the clock: Linux stamps file times from a clock
 #: that ticks every 1-10 ms (HZ 1000-100); twice the coarsest, so a change made after the
 #: preprocessing began is never taken for one made before.
