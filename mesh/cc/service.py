@@ -23,7 +23,7 @@ task:
   compile names; such a compile's key then holds the wrapper's directory. A source at
   ``root/`` also gets ``-fmacro-prefix-map`` of its directory to the one named, so that
   ``__BASE_FILE__`` expands to the name the command gives. The command's own maps
-  (``-ffile-prefix-map=$PWD=.``) are honoured: :func:`prefix_maps`;
+  (``-ffile-prefix-map=$PWD=.``) are honoured: mesh.cc.prefixmaps;
 - requires ``cc:COMPILER=FINGERPRINT`` (mesh.cc.compilers), so only a node with the same
   compiler at the same path is chosen, and declares the compiler proper (cc1) as a tool,
   which joins the toolchain identity of its cache key;
@@ -59,6 +59,7 @@ from mesh.cc import frames
 from mesh.cc.args import debug_info
 from mesh.cc.compilers import Compilers
 from mesh.cc.keptcompiles import Cache, KeptCompiles
+from mesh.cc.prefixmaps import DEBUG_MAPS, MACRO_MAPS, prefix_maps
 from mesh.cluster.intake import JobIntake
 from mesh.cluster.services import PeerBackedBlobs
 from mesh.errors import InvalidCompile, MeshError, describe
@@ -365,47 +366,6 @@ async def _read_frame(stream: trio.SocketStream) -> tuple[list[str], list[bytes]
         return piece
 
     return frames.unpack(take)
-
-
-#: The flag that maps the paths of debug information, and the command's flags that add to
-#: the same list (gcc keeps all three ``-f*-prefix-map`` out of ``DW_AT_producer``).
-DEBUG_MAPS = ("-fdebug-prefix-map=", ("-fdebug-prefix-map=", "-ffile-prefix-map="))
-#: The same for the paths ``__FILE__`` and ``__BASE_FILE__`` expand to (``__FILE__`` follows
-#: the line markers of the text, which name the files as here; ``__BASE_FILE__`` is the name
-#: the command gives the source, which is the task's for one outside the directory).
-MACRO_MAPS = ("-fmacro-prefix-map=", ("-fmacro-prefix-map=", "-ffile-prefix-map="))
-
-
-def prefix_maps(bases: list[tuple[str, str]], args: list[str], kind: tuple[str, tuple[str, ...]]) -> list[str]:
-    """The flags of ``kind`` (:data:`DEBUG_MAPS`, :data:`MACRO_MAPS`), after the command's
-    own, that make the task's paths (each base: a prefix there, and the path it stands for
-    here) come out as a local compile's do.
-
-    gcc rewrites a path by the **last** map whose old prefix it starts with (a string
-    prefix, not a directory: measured, both orders). The task's paths under a base's prefix
-    are rewritten by the base's map, after the command's maps, so a command's own map for a
-    local directory (``-ffile-prefix-map=$PWD=.``, for reproducible builds) would never
-    apply there: each of them that would have rewritten the base's local path is repeated
-    for its prefix in the task, in the command's order, after the base (a map of a prefix
-    of the local path: the whole base; one of a path below it: that part of the base).
-    Paths elsewhere (system headers, named as here) are rewritten by the command's maps.
-    """
-    flag, flags = kind
-    own = []
-    for arg in args:
-        for given in flags:
-            if arg.startswith(given) and "=" in arg[len(given) :]:
-                old, new = arg[len(given) :].split("=", 1)
-                own.append((old, new))
-    maps = []
-    for there, here in bases:
-        maps.append(f"{flag}{there}={here}")
-        for old, new in own:
-            if here.startswith(old):  # the whole base, as the command's map would have it
-                maps.append(f"{flag}{there}={new}{here[len(old) :]}")
-            elif old.startswith(here):  # a part of it below
-                maps.append(f"{flag}{there}{old[len(here) :]}={new}")
-    return maps
 
 
 def _kept_request(texts: list[str], blobs: list[bytes]) -> tuple[str, str, int, list[str], list[str]]:
