@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from mesh.cc import frames
 from mesh.cc.args import DEBUG_CLANG, DEBUG_MACROS, Plan, classify, debug_info, optimises
 from mesh.cc.args import DEBUG_OPTIMISED as OPTIMISED_HERE
+from mesh.cc.wrapper import driver_name
 
 
 def plan(*args: str, compiler: str = "gcc", env: dict[str, str] | None = None) -> Plan:
@@ -334,3 +335,15 @@ def test_clang_sends_its_rewritten_text_with_the_command_line_s_macros() -> None
     assert plan("-O0", "-g", "-c", "a.c", compiler="clang").here == DEBUG_CLANG
     assert plan("-imacros", "m.h", "-c", "a.c")  # gcc's text holds what -imacros defines
     assert "imacros" in str(classify("clang++", ["-imacros", "m.h", "-c", "a.cc"], {}))
+    assert "-Wp,-DX" in str(classify("clang", ["-Wp,-DX", "-c", "a.c"], {}))
+
+
+def test_cc_and_cxx_are_known_by_the_driver_they_resolve_to(tmp_path: Path) -> None:
+    """Debian's cc and c++ are links (alternatives) to gcc or clang: the wrapper tells them by
+    the file they resolve to; a name that says it is taken as it is (ccache's g++ link)."""
+    target = tmp_path / "clang++-14"
+    target.write_text("")
+    (tmp_path / "c++").symlink_to(target)
+    assert driver_name("c++", str(tmp_path / "c++")) == str(target)
+    assert driver_name("g++", "/usr/lib/ccache/g++") == "g++"
+    assert classify(driver_name("c++", str(tmp_path / "c++")), ["-O2", "-c", "a.c"], {}).rewritten  # type: ignore[union-attr]

@@ -235,7 +235,7 @@ class Plan:
         self.preprocess = preprocess
         self.compile = compile
         #: Why it is compiled here, by the wrapper, and kept in the mesh's cache (None: it is
-        #: sent): :data:`DEBUG_OPTIMISED`, :data:`DEBUG_MACROS`.
+        #: sent): :data:`DEBUG_OPTIMISED`, :data:`DEBUG_MACROS`, :data:`DEBUG_CLANG`.
         self.here = here
         #: The text is clang's ``-frewrite-includes`` output (whole), not gcc's ``-fdirectives-only``.
         self.rewritten = rewritten
@@ -303,7 +303,9 @@ def _local_prefix(arg: str) -> str | None:
 
 
 def classify(compiler: str, args: list[str], environ: dict[str, str] | os._Environ[str]) -> Plan | str:
-    """The :class:`Plan` of a compile to distribute, or why it runs locally (a short text)."""
+    """The :class:`Plan` of a compile to distribute, or why it runs locally (a short text).
+    ``compiler``'s name says which driver it is (``g++``, ``clang``): for ``cc`` and ``c++``
+    the wrapper gives the file they resolve to (mesh.cc.wrapper.driver_name)."""
     for name in UNSAFE_ENV:
         if environ.get(name):
             return f"{name} is set"
@@ -352,6 +354,8 @@ def classify(compiler: str, args: list[str], environ: dict[str, str] | os._Envir
             keep.append(arg)
         elif arg.startswith("-Wp,") and "-undef" in arg.split(","):
             return _NOT_A_COMPILE["-undef"]
+        elif clang and arg.startswith("-Wp,"):
+            return f"{arg}: clang's rewritten text does not hold what the preprocessor is told"
         elif arg.startswith(_CPP_JOINED):
             keep.append(arg)
             if clang and arg.startswith(("-D", "-U")):

@@ -102,12 +102,21 @@ def _main(args: list[str]) -> int:
     if compiler is None:
         sys.stderr.write(f"mesh cc: error: no compiler {name!r} on PATH\n")
         return 127
-    plan = classify(name, rest, os.environ)
+    plan = classify(driver_name(name, compiler), rest, os.environ)
     if isinstance(plan, str):
         if verbose:
             sys.stderr.write(f"mesh cc: here: {plan}\n")
         return run_here(compiler, rest)
     return distribute(compiler, rest, plan, verbose)
+
+
+def driver_name(name: str, compiler: str) -> str:
+    """The name that says which driver runs (gcc or clang, C or C++): the one the command
+    gives, unless it names neither (``cc``, ``c++``: Debian's alternatives), then that of
+    the file it resolves to (``x86_64-linux-gnu-gcc-12``, ``clang++-14``)."""
+    if any(word in os.path.basename(name) for word in ("gcc", "g++", "clang")):
+        return name
+    return os.path.realpath(compiler)
 
 
 def find_compiler(name: str) -> str | None:
