@@ -44,6 +44,8 @@ smtp_user          MESH_SMTP_USER       smtp_user = "ci"                none: no
 smtp_password      MESH_SMTP_PASSWORD   smtp_password = "..."           none (required with smtp_user)
 hook_wait          MESH_HOOK_WAIT       hook_wait = 4                   4 s: a webhook's build that is not
                                                                         started by then is answered 202
+keep_jobs          MESH_KEEP_JOBS       keep_jobs = 10000               10,000: finished jobs kept in the state
+                                                                        database beyond a build's (mesh.sched.retention)
 =================  ===================  ==============================  ==========================
 
 Executors: a node that is not root offers ``process`` only when the operator names it
@@ -160,6 +162,8 @@ DEFAULT_NODE_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 DEFAULT_HOOK_WAIT = 4.0
 #: Seconds without a beat after which a node drops a watcher (mesh.watch.registry).
 DEFAULT_WATCH_TIMEOUT = 15.0
+#: Finished jobs a node keeps in its state database (mesh.sched.retention says why this many).
+DEFAULT_KEEP_JOBS = 10_000
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -262,6 +266,7 @@ class NodeConfig:
     watch_timeout: float = (
         DEFAULT_WATCH_TIMEOUT  # seconds after which a silent watcher is dropped (mesh.watch.registry)
     )
+    keep_jobs: int = DEFAULT_KEEP_JOBS  # finished jobs kept in the state database (mesh.sched.retention)
 
     @property
     def docker(self) -> bool:
@@ -326,6 +331,7 @@ class NodeConfig:
                 maximum=300,
                 positive=True,
             ),
+            keep_jobs=parse_keep_jobs(os.environ.get("MESH_KEEP_JOBS") or file.get("keep_jobs")),
         )
 
 
@@ -390,6 +396,25 @@ def parse_seconds(name: str, value: object, *, default: float, maximum: float = 
         low = "above 0" if positive else "from 0"
         raise UsageError(f"{name} is a number of seconds {low} to {maximum:g}, not {value!r}")
     return seconds
+
+
+#: The most finished jobs ``keep_jobs`` may keep: a billion rows is past what a node's
+#: state database should hold (~2.6 KB each, mesh.sched.retention), and bounds the setting.
+MAX_KEEP_JOBS = 1_000_000_000
+
+
+def parse_keep_jobs(value: object) -> int:
+    """How many finished jobs a node keeps: a whole number from 1 to MAX_KEEP_JOBS (None is the
+    default, DEFAULT_KEEP_JOBS); UsageError naming the setting otherwise. (TOML's true is not 1.)"""
+    if value is None:
+        return DEFAULT_KEEP_JOBS
+    text = str(value).strip().replace("_", "") if isinstance(value, str | int) and not isinstance(value, bool) else ""
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_KEEP_JOBS:
+        raise UsageError(
+            f"keep_jobs is the number of finished jobs a node keeps, a whole number from 1 to "
+            f"{MAX_KEEP_JOBS:,} (default {DEFAULT_KEEP_JOBS:,}), not {value!r}"
+        )
+    return int(text)
 
 
 def parse_uid_range(value: object) -> tuple[int, int]:
