@@ -346,10 +346,12 @@ class InvalidCompile(MeshError, ValueError):
 
 
 class JobNotFound(MeshError):
-    """No job has the id asked for."""
+    """No job has the id asked for: it never was on this node, or it finished and was forgotten,
+    being older than the ``kept`` newest finished jobs that the node keeps (mesh.sched.retention)."""
 
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"no job {job_id} on this node")
+    def __init__(self, job_id: str, *, kept: int | None = None) -> None:
+        forgotten = "" if kept is None else f" (finished jobs beyond the newest {kept:,} are forgotten)"
+        super().__init__(f"no job {job_id} on this node{forgotten}")
         self.job_id = job_id
 
 

@@ -210,7 +210,7 @@ class Node:
         self.store = LocalStore(self.config.store_dir)
         self.watch_registry = WatchRegistry(self.config.watch_timeout)
         self.space = space = StoreSpace(self.store, self.config.store_max_bytes, roots=self._pinned)
-        self.db = StateDB(state_path(home))
+        self.db = StateDB(state_path(home), keep_jobs=self.config.keep_jobs)
         self.runner = runner = Runner(
             self.store,
             workroot=os.path.join(home, "work"),

@@ -163,6 +163,7 @@ class ProjectStore:
             for column, kind in _ADDED.items():
                 if column not in have:  # a database of an earlier version
                     db.execute(f"ALTER TABLE builds ADD COLUMN {column} {kind}")
+        db.keep_referenced("builds", "job")  # a build's history keeps its job (mesh.sched.retention)
 
     def add(self, name: str, url: str, branch: str, secret: bytes | None) -> Project:
         """Add a project (ProjectRefused for a bad field, ProjectExists if the name is taken)."""

@@ -78,6 +78,7 @@ from mesh.sched.jobs import FINAL_TASK_STATES, JobSpec, JobState, TaskRecord, Ta
 from mesh.sched.lookup import CacheLookup, Found, Runs
 from mesh.sched.placement import NodeView, Unplaceable, rank, unmet
 from mesh.sched.recording import Recorder
+from mesh.sched.retention import Retention
 from mesh.sched.statedb import JobRow, StateDB
 from mesh.text import encodable
 
@@ -277,6 +278,7 @@ class Scheduler:
         self._draining = False
         self._task_done = trio.Event()  # set (and replaced) whenever a running task ends
         self._recorder = Recorder(db)
+        self._retention = Retention(db, self._forgotten)  # the finished jobs the database keeps
         self._nursery: trio.Nursery | None = None
         self._promised = 0  # offers stolen tasks are on their way here as
         self._promised_until = 0.0  # ... until this time (monotonic), when the promise lapses
@@ -292,6 +294,7 @@ class Scheduler:
             self._nursery = nursery
             self._resume()
             nursery.start_soon(self._recorder.run)
+            nursery.start_soon(self._retention.run)
             if self.remote is not None:
                 nursery.start_soon(self._steal_loop)
             task_status.started()
@@ -996,6 +999,16 @@ class Scheduler:
             self._recent_tasks -= len(self._recent.pop(oldest).tasks)
         live.events.emit(JobFinished(job=live.row.id, state=state, reason=reason or None))
         self.logs.finish(live.row.id)
+        self._retention.job_ended()
+
+    def _forgotten(self, job_ids: list[str]) -> None:
+        """Jobs deleted from the database (mesh.sched.retention): what memory holds of them goes
+        too, so that they are unknown here as there (a node keeping fewer than RECENT_JOBS)."""
+        for job_id in job_ids:
+            recent = self._recent.pop(job_id, None)
+            if recent is not None:
+                self._recent_tasks -= len(recent.tasks)
+            self.logs.forget(job_id)
 
     def _give_up(self, live: LiveJob, exc: Exception) -> None:
         """A bug met moving a job on, whose state in memory may now be half moved: the job fails

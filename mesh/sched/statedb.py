@@ -50,6 +50,12 @@ toolchain identity (mesh.exec.toolchain): ``meta`` notes the form of the keys it
 another form (before the identity, or by a later version) has them all dropped when it
 opens, so that none is ever served. ``action_shapes`` keeps, per action without its
 input, the input and identity it was last looked up with: why the next run was not a hit.
+
+**A bounded history.** Finished jobs beyond the newest ``keep_jobs`` are deleted with their
+tasks, a few at a time (:meth:`StateDB.prune_jobs`, called by mesh.sched.retention, which says
+when and why that many), except the jobs that a table of a layer above refers to
+(:meth:`StateDB.keep_referenced`: a project's builds). A deleted job is unknown as any id
+never seen is (JobNotFound, which says that finished jobs beyond the bound are forgotten).
 """
 
 from __future__ import annotations
@@ -64,10 +70,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from mesh import codec
+from mesh.config import DEFAULT_KEEP_JOBS
 from mesh.errors import CodecError, JobNotFound, StateError, StateFull, describe
 from mesh.exec.action import CACHE_KEY_VERSION, ActionResult
 from mesh.sched.jobs import (
     FINAL_TASK_STATES,
+    JOB_STATES,
     JobSpec,
     JobState,
     TaskRecord,
@@ -83,6 +91,8 @@ log = logging.getLogger("mesh.state")
 SCHEMA_VERSION = 1
 #: The final task states as an SQL list (constants of mesh.sched.jobs, not input).
 _FINAL = f"({', '.join(repr(state) for state in sorted(FINAL_TASK_STATES))})"
+#: The states of a job that ended, as an SQL list: the jobs that :meth:`StateDB.prune_jobs` may delete.
+_ENDED = f"({', '.join(repr(state) for state in JOB_STATES if state != 'running')})"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -154,8 +164,11 @@ class JobRow:
 class StateDB:
     """Jobs, tasks and the action cache of one node. Not thread-safe: one owner."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, keep_jobs: int = DEFAULT_KEEP_JOBS) -> None:
         self.path = path
+        #: Finished jobs kept (:meth:`prune_jobs`), besides those a layer above refers to.
+        self.keep_jobs = keep_jobs
+        self._references: list[tuple[str, str]] = []  # (table, column) naming jobs that are kept
         #: Why the last commit failed, if it did (None once one goes in).
         self.failure: StateError | None = None
         self._tasks: dict[str, dict[str, TaskRecord]] = {}  # job -> name -> task, waiting for a commit
@@ -375,13 +388,13 @@ class StateDB:
             "SELECT seq, id, label, state, cancelled, created_at, finished_at, reason FROM jobs WHERE id = ?", (job_id,)
         )
         if not rows:
-            raise JobNotFound(job_id)
+            raise JobNotFound(job_id, kept=self.keep_jobs)
         return self._job_row(rows[0])
 
     def job_spec(self, job_id: str) -> JobSpec:
         rows = self._sql("SELECT spec FROM jobs WHERE id = ?", (job_id,))
         if not rows:
-            raise JobNotFound(job_id)
+            raise JobNotFound(job_id, kept=self.keep_jobs)
         try:
             return parse_job(codec.decode(rows[0][0]))
         except (CodecError, ValueError) as exc:
@@ -431,6 +444,53 @@ class StateDB:
 
     def mark_cancelled(self, job_id: str) -> None:
         self._sql("UPDATE jobs SET cancelled = 1 WHERE id = ?", (job_id,))
+
+    # -- retention ----------------------------------------------------------------
+
+    def keep_referenced(self, table: str, column: str) -> None:
+        """Never delete a job whose id is in ``column`` of ``table`` (a table that a layer above
+        keeps here, made before the call: a project's ``builds``, whose history needs its jobs).
+        Names given by code, never by input."""
+        self._references.append((table, column))
+
+    def prune_jobs(self, *, most_jobs: int, most_tasks: int) -> list[str]:
+        """Delete the oldest of the finished jobs beyond the newest :attr:`keep_jobs`, with their
+        tasks, in one commit, and return their ids (none: nothing is left to delete). "Newest"
+        is by submission (``seq``). A job that is running, has a task not yet final or is
+        referred to (:meth:`keep_referenced`) is never deleted; one whose end waits for a
+        commit is still "running" here. One call deletes at most ``most_jobs`` jobs and, but for
+        a single job that holds more, ``most_tasks`` tasks, so that it holds the database
+        briefly (mesh.sched.retention measures it); call again for the rest. Raises
+        StateError (StateFull) when the commit fails, and then deletes nothing."""
+        cutoff = self._sql(
+            f"SELECT seq FROM jobs WHERE state IN {_ENDED} ORDER BY seq DESC LIMIT 1 OFFSET ?", (self.keep_jobs,)
+        )
+        if not cutoff:
+            return []
+        kept = "".join(
+            f" AND j.id NOT IN (SELECT {column} FROM {table} WHERE {column} IS NOT NULL)"
+            for table, column in self._references
+        )
+        rows = self._sql(
+            "SELECT j.id, (SELECT count(*) FROM tasks WHERE job = j.id) FROM jobs AS j"
+            f" WHERE j.seq <= ? AND j.state IN {_ENDED}{kept}"
+            f" AND NOT EXISTS (SELECT 1 FROM tasks WHERE job = j.id AND state NOT IN {_FINAL})"
+            " ORDER BY j.seq LIMIT ?",
+            (cutoff[0][0], most_jobs),
+        )
+        ids: list[str] = []
+        tasks = 0
+        for job_id, count in rows:
+            if ids and tasks + count > most_tasks:
+                break
+            ids.append(str(job_id))
+            tasks += count
+        if ids:
+            marks = ", ".join("?" * len(ids))
+            with self.batch():
+                self._sql(f"DELETE FROM tasks WHERE job IN ({marks})", ids)
+                self._sql(f"DELETE FROM jobs WHERE id IN ({marks})", ids)
+        return ids
 
     # -- tasks --------------------------------------------------------------------
 
