@@ -44,7 +44,8 @@ take (mesh.text): a file name in it that is not UTF-8 is written with escapes.
     │   ├── InputMissing           its input snapshot (or stdin) is on neither this node nor a live peer
     │   └── RerunRefused           a re-run that cannot be made: an unknown task, or one whose inputs
     │                              are not there (mesh.sched.rerun; HTTP 409)
-    ├── JobNotFound                no job has the id asked for
+    ├── JobNotFound                no job has the id asked for (never here, or finished and forgotten:
+    │                              mesh.sched.retention)
     ├── InvalidCompile (ValueError) a mesh cc request the node's compile service cannot take
     │                              (mesh.cc.service; the wrapper then compiles locally)
     ├── HookError                  a forge's webhook delivery cannot be taken (mesh.pipelines.hooks)

@@ -15,7 +15,10 @@ is the same StateError (StateFull: HTTP 507) as for the scheduler's tables:
 - ``builds``: ``(project, number)`` is the key; ``finished_at`` is filled when the build's
   job ends (mesh.pipelines.builds watches it), with ``notified``, the notifications that
   finally failed; ``notify`` holds the pipeline's ``notify`` entries (their wire form, CBOR)
-  and ``branch`` the branch built, for the notifications of its end.
+  and ``branch`` the branch built, for the notifications of its end. A build's job is
+  never forgotten (mesh.sched.retention deletes old finished jobs, never one a build
+  refers to: its page and ``mesh rerun NAME N`` need it); once its project is removed
+  with its builds, the job is old history like any other.
 
 A number is given and its build recorded in one transaction (:meth:`ProjectStore.record`):
 monotonic per project, never reused, kept across restarts (it is in the database before the
