@@ -240,11 +240,6 @@ class Plan:
         #: The text is clang's ``-frewrite-includes`` output (whole), not gcc's ``-fdirectives-only``.
         self.rewritten = rewritten
 
-    @property
-    def debug(self) -> bool:
-        """Whether the compile writes debug information (:func:`debug_info`)."""
-        return debug_info(self.compile)
-
     def __repr__(self) -> str:
         return f"Plan(source={self.source!r}, object={self.object!r}, language={self.language!r})"
 
@@ -265,7 +260,7 @@ def debug_info(flags: list[str]) -> bool:
             toggle = True
             continue
         body = arg[2:]
-        digits = body[len(body.rstrip("0123456789")) :]
+        digits = _level(body)
         on = body.startswith("dwarf") or not digits or int(digits) > 0
         if body.startswith(("ctf", "btf")):
             types |= on
@@ -280,10 +275,14 @@ def macro_info(flags: list[str]) -> bool:
     it: at worst such a compile runs here."""
     for arg in flags:
         if arg.startswith("-g") and not arg.startswith(("-gdwarf", "-gz", "-gno-", "-gctf", "-gbtf")):
-            body = arg[2:]
-            if body[len(body.rstrip("0123456789")) :] == "3":
+            if _level(arg[2:]) == "3":
                 return True
     return False
+
+
+def _level(body: str) -> str:
+    """The digits that end a ``-g`` option's body (its level: ``3`` of ``-ggdb3``), or ``""``."""
+    return body[len(body.rstrip("0123456789")) :]
 
 
 def optimises(flags: list[str]) -> bool:
@@ -334,7 +333,7 @@ def classify(compiler: str, args: list[str], environ: dict[str, str] | os._Envir
                 output = arg[2:]
         elif arg in _NOT_A_COMPILE:
             return _NOT_A_COMPILE[arg]
-        elif clang and (arg == "-imacros" or arg.startswith("-imacros")):
+        elif clang and arg.startswith("-imacros"):
             return "-imacros: clang's rewritten text does not hold the macros it defines"
         elif arg in _CPP_WITH_ARG:
             if i >= len(args):

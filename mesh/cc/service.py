@@ -203,21 +203,22 @@ class CompileService:
     async def lookup_kept(self, texts: list[str], blobs: list[bytes]) -> tuple[list[str], list[bytes]]:
         """A compile the wrapper runs itself, looked up (mesh.cc.keptcompiles): ``["hit", NODE,
         NOTE]`` and its object, or ``["miss", TOKEN]`` for its record."""
-        if self.kept is None:
-            raise InvalidCompile("this node keeps no compiles run by the wrapper")
         compiler, cwd, began_ns, env, args = _kept_request(texts, blobs)
-        hit, note = await self.kept.lookup(compiler, cwd, began_ns, args, env, blobs[0])
+        hit, note = await self._keeping().lookup(compiler, cwd, began_ns, args, env, blobs[0])
         if hit is None:
             return ["miss", note], []
         return ["hit", hit.node, note], [await self._object(hit)]
 
     async def record_kept(self, texts: list[str], blobs: list[bytes]) -> tuple[list[str], list[bytes]]:
         """The object of a compile the wrapper ran after a miss: ``["ok", NOTE]``."""
-        if self.kept is None:
-            raise InvalidCompile("this node keeps no compiles run by the wrapper")
         if len(texts) != 1 or len(blobs) != 1:
             raise InvalidCompile("a record names its lookup's token and carries one object")
-        return ["ok", await self.kept.record(texts[0], blobs[0])], []
+        return ["ok", await self._keeping().record(texts[0], blobs[0])], []
+
+    def _keeping(self) -> KeptCompiles:
+        if self.kept is None:
+            raise InvalidCompile("this node keeps no compiles run by the wrapper")
+        return self.kept
 
     async def _on_thread(self, work: Callable[[], object]) -> object:
         return await trio.to_thread.run_sync(work, limiter=self._one)
