@@ -36,7 +36,9 @@ COMMANDS = {
     "outputs and both streams": "echo out; echo err >&2; mkdir -p o/p; echo made > o/p/f; cat a.txt > copy; exit 3",
     "success": "cat d/f; ./run.sh",
     "failure": "false",
-    "a child killed by a signal": "sleep 30 & kill -9 $!; wait $!",
+    # The shell's own "Killed" report is not part of the comparison: whether busybox's sh prints
+    # it depends on when it reaps the child (once in 1,612 tests, in CI, it did not).
+    "a child killed by a signal": "(sleep 30 & kill -9 $!; wait $!) 2>/dev/null",
     "cwd and a relative read": "cd d && cat f ../a.txt",
     "replace an input file": "rm a.txt && echo mine > a.txt && cat a.txt",
     "an environment variable": 'echo "$GREETING"',
