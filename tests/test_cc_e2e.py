@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mesh.cc import stats
 from mesh.cc.keptcompiles import CLOCK_SLACK_NS
 from tests.nodeutil import MESH, NodeProcess, node_env, wait_for
 from tests.test_cc_netns import SDIST, unpack
@@ -651,3 +652,52 @@ def test_an_object_that_cannot_be_written_fails_as_gcc_fails(cc_node: NodeProces
     meshed = subprocess.run([*MESH, "cc", "gcc", *args], cwd=tmp_path, capture_output=True, env=node_env(cc_node.home))
     assert local.returncode != 0
     assert (meshed.returncode, meshed.stdout, meshed.stderr) == (local.returncode, local.stdout, local.stderr)
+
+
+def test_stats_count_what_became_of_every_call_and_zero_starts_again(cc_node: NodeProcess, tmp_path: Path) -> None:
+    """``mesh cc --stats`` after a build, its rebuild, a link, a kept -O2 -g compile (a miss,
+    then a hit), a compile with a warning and a file that is not C: each call counted once,
+    in its place; ``--zero-stats`` starts again. (ccache's -s and -z.)"""
+
+    def mesh_cc(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*MESH, "cc", *args], cwd=root, capture_output=True, text=True, env=node_env(cc_node.home), timeout=60
+        )
+
+    root = make_project(tmp_path / "p")
+    zeroed = mesh_cc("--zero-stats")
+    assert zeroed.returncode == 0 and "statistics zeroed" in zeroed.stdout, zeroed.stderr
+    assert make(root, cc_node.home).returncode == 0
+    subprocess.run(["make", "-s", "clean"], cwd=root, check=True)
+    assert make(root, cc_node.home).returncode == 0
+    objects = [f"build/{name}.o" for name in ("main", "util", "list", "extra")]
+    assert mesh_cc("gcc", *objects, "-o", "prog").returncode == 0
+    settled(root)
+    for _ in range(2):
+        assert mesh_cc("gcc", "-O2", "-g", "-Iinclude", "-c", "src/util.c", "-o", "util2.o").returncode == 0
+    (root / "warn.c").write_text("int f(int x) { int unused; return x; }\n")
+    assert "unused" in mesh_cc("gcc", "-Wall", "-c", "warn.c").stderr
+    (root / "a.s").write_text(".text\n")
+    assert mesh_cc("gcc", "-c", "a.s").returncode == 0
+
+    since, counts = stats.read(str(Path(cc_node.home) / "cc-stats"))
+    node = httpx.get(cc_node.url + "/status", timeout=10, trust_env=False).json()["node"]
+    assert since > 0
+    assert counts == {
+        ("mesh", f"compiled on node {node}"): 4,
+        ("mesh", "from the mesh's cache"): 4,
+        ("here", "not a compile to an object (no -c): linking, or another step"): 1,
+        ("kept", "compiled here, kept"): 1,
+        ("kept", "from the mesh's cache"): 1,
+        ("said", "the compile had something to say"): 1,
+        ("here", "*.s: not a C or C++ source"): 1,
+    }
+    shown = mesh_cc("-s")
+    assert shown.returncode == 0, shown.stderr
+    assert "       8   61.5  compiles the mesh answered\n" in shown.stdout, shown.stdout
+    assert f"       4           compiled on node {node}\n" in shown.stdout, shown.stdout
+    assert "13 calls in all" in shown.stdout
+    assert mesh_cc("-z").returncode == 0
+    assert stats.read(str(Path(cc_node.home) / "cc-stats"))[1] == {}
+    usage = mesh_cc("--stats", "extra")
+    assert usage.returncode == 2 and "usage: mesh cc" in usage.stderr

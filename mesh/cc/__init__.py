@@ -3,8 +3,9 @@
 Two halves that share only :mod:`mesh.cc.frames` (the wire) and :mod:`mesh.cc.args` (what
 a compile's flags mean: the service reads whether one writes debug information):
 
-- the **wrapper** (:mod:`mesh.cc.wrapper`, with :mod:`mesh.cc.args` and
-  :mod:`mesh.cc.frames`), run once per compile: the standard library only, so that its
+- the **wrapper** (:mod:`mesh.cc.wrapper`, with :mod:`mesh.cc.args`,
+  :mod:`mesh.cc.frames` and :mod:`mesh.cc.stats`, which counts what became of each call
+  for ``mesh cc --stats``), run once per compile: the standard library only, so that its
   start-up is the only overhead a local compile pays;
 - the node's **service** (:mod:`mesh.cc.service`, :mod:`mesh.cc.compilers`,
   :mod:`mesh.cc.prefixmaps`), which turns a compile into a one-task job on the node's

@@ -10,15 +10,16 @@ importtime`` on the test machine) and ``json`` brings ``re`` (~3 ms); this costs
 A request: the texts ``[COMPILER, LANGUAGE, SOURCE, CWD, FLAG...]`` (``c`` or ``c++``;
 the source as the command names it, and the wrapper's working directory) and one byte
 string, the source as ``gcc -E -fdirectives-only`` gives it, from its command-line part on
-(mesh.cc.args). An answer: ``["ok", EXIT, NODE, NOTE]`` and
-three byte strings (stdout, stderr, the object, empty when the compile failed), or
-``["error", WHY]`` and none, when the mesh could not compile it (the wrapper then
-compiles locally).
+(mesh.cc.args). An answer: ``["ok", EXIT, NODE, NOTE, HOW]`` (HOW: :data:`CACHED` or
+:data:`RAN`; nodes before it was added answer without it) and three byte strings
+(stdout, stderr, the object, empty when the compile failed), or ``["error", WHY]`` and
+none, when the mesh could not compile it (the wrapper then compiles locally).
 
 A compile the wrapper runs itself (mesh.cc.keptcompiles) takes two requests: ``["lookup",
 COMPILER, CWD, BEGAN_NS, N, NAME=VALUE * N, ARG...]`` with the text, answered ``["hit",
 NODE, NOTE]`` with the object or ``["miss", TOKEN]``; then, after a silent compile,
-``["record", TOKEN]`` with the object, answered ``["ok", NOTE]``.
+``["record", TOKEN]`` with the object, answered ``["ok", NOTE]`` (NOTE is :data:`KEPT` when
+the node kept it, else why not).
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ MAGIC = b"MCC1"
 #: The first text of a lookup of a compile the wrapper runs itself, and of its record
 #: (mesh.cc.keptcompiles); a compile to run names its compiler there, an absolute path.
 LOOKUP, RECORD = "lookup", "record"
+#: How the mesh answered a compile: from the action cache, or by running it on a node.
+CACHED, RAN = "cached", "ran"
+#: The note of a record the node kept in the mesh's cache.
+KEPT = "kept in the mesh's cache"
 #: Most items one list may hold.
 MAX_ITEMS = 1 << 16
 #: Most bytes a frame may hold (a preprocessed source, an object).

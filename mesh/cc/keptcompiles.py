@@ -52,6 +52,7 @@ from mesh.cas.digest import Digest
 from mesh.cas.store import LocalStore
 from mesh.cas.tree import Entry, Kind, encode_node
 from mesh.cc.args import READS_MORE
+from mesh.cc.frames import KEPT
 from mesh.errors import InvalidCompile
 from mesh.exec.action import ActionResult
 from mesh.exec.toolchain import FileDigests
@@ -190,7 +191,7 @@ class KeptCompiles:
         )
         self.cache.put(pending.key, result)
         self.kept += 1
-        return "kept in the mesh's cache"
+        return KEPT
 
     def _read(self, named: list[str], cwd: str) -> list[Read]:
         read = []

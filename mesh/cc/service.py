@@ -268,7 +268,8 @@ class CompileService:
             if result.cached and result.cache_note
             else "; ".join(filter(None, [result.cache_note, ran]))
         )
-        return ["ok", str(result.exit_code), result.node, f"job {job}: {note}"], [stdout, stderr, obj]
+        how = frames.CACHED if result.cached else frames.RAN
+        return ["ok", str(result.exit_code), result.node, f"job {job}: {note}", how], [stdout, stderr, obj]
 
     def _input(
         self, source: str, cwd: str, text: bytes, workdir: str, *, debug: bool, args: list[str]

@@ -17,7 +17,8 @@ When the socket does not answer or the node says the mesh could not compile it (
 node with this compiler, a node lost, a task that failed for the mesh's reasons rather
 than the code's), the wrapper compiles here and the build goes on;
 ``MESH_CC_FALLBACK=0`` makes that an error instead, to debug the mesh. ``-v`` (or
-``MESH_CC_VERBOSE=1``) prints on stderr, per compile, where it ran and why.
+``MESH_CC_VERBOSE=1``) prints on stderr, per compile, where it ran and why, and every call
+is counted by what became of it (:mod:`mesh.cc.stats`; ``mesh cc --stats``).
 
 Start-up is the overhead a compile pays: this module imports the standard library's
 ``os``, ``sys``, ``time`` and ``_socket`` (no trio, httpx, cbor2 or json, nor the rest of mesh),
@@ -31,7 +32,7 @@ import os
 import sys
 import time
 
-from mesh.cc import frames
+from mesh.cc import frames, stats
 from mesh.cc.args import READS_MORE, Plan, classify
 
 #: ``typing`` costs ~7 ms to import: the wrapper names it for the type checker only.
@@ -48,7 +49,34 @@ KEY_ENVIRONMENT = ("LANG", "LC_ALL", "LC_CTYPE")
 ANSWER_TIMEOUT = 3600.0
 USAGE = """usage: mesh cc [-v] COMPILER ARGS...   compile on the mesh (make CC="mesh cc gcc")
        mesh cc --links DIR              make DIR/gcc, DIR/cc, ... that run mesh cc (PATH=DIR:$PATH)
+       mesh cc --stats | -s             what became of the calls: the mesh's, here, and why
+       mesh cc --zero-stats | -z        count from zero again
 """
+HELP = (
+    USAGE
+    + """
+A compile of one C or C++ source to an object (-c) is preprocessed here and compiled
+on a node of the mesh with the same compiler, or taken from the mesh-wide cache; its
+object, dependency file, diagnostics and exit status are those of a local compile.
+Everything else runs here: linking, -E, several sources, flags mesh cc does not know.
+-g with optimisation, -g3 and clang's -g run here too (their debug information would
+differ), but are looked up and kept in the mesh's cache. A compile that prints anything
+is compiled here again, so its warnings are the compiler's own.
+
+When no node answers, or the mesh fails for its own reasons, the compile runs here and
+the build goes on.
+
+  -v, --verbose    say on stderr, for each call, where it ran and why
+
+Environment:
+  MESH_HOME            the node's home, whose compile socket (cc.sock) mesh cc uses
+  MESH_CC_SOCKET       another socket than $MESH_HOME/cc.sock
+  MESH_CC_VERBOSE=1    as -v
+  MESH_CC_FALLBACK=0   fail a compile the mesh could not do, instead of compiling it here
+
+The counts of --stats are kept in cc-stats beside the socket.
+"""
+)
 
 
 class MeshUnavailable(Exception):
@@ -90,8 +118,13 @@ def _main(args: list[str]) -> int:
         verbose = True
         args.pop(0)
     if not args or args[0] in ("-h", "--help"):
-        (sys.stdout if args else sys.stderr).write(USAGE)
+        (sys.stdout if args else sys.stderr).write(HELP if args else USAGE)
         return 0 if args else 2
+    if args[0] in ("-s", "--stats", "-z", "--zero-stats"):
+        if len(args) != 1:
+            sys.stderr.write(USAGE)
+            return 2
+        return show_stats(zero=args[0] in ("-z", "--zero-stats"))
     if args[0] == "--links":
         if len(args) != 2:
             sys.stderr.write(USAGE)
@@ -104,10 +137,32 @@ def _main(args: list[str]) -> int:
         return 127
     plan = classify(driver_name(name, compiler), rest, os.environ)
     if isinstance(plan, str):
-        if verbose:
-            sys.stderr.write(f"mesh cc: here: {plan}\n")
+        tell(verbose, "here", plan, f"here: {plan}")
         return run_here(compiler, rest)
     return distribute(compiler, rest, plan, verbose)
+
+
+def tell(verbose: bool, category: str, detail: str, message: str) -> None:
+    """Count what became of this call (mesh.cc.stats: ``detail`` without file names) and,
+    with -v, say ``message``."""
+    stats.count(stats.path_beside(socket_path()), category, stats.general(detail))
+    if verbose:
+        sys.stderr.write(f"mesh cc: {message}\n")
+
+
+def show_stats(*, zero: bool) -> int:
+    """``--stats``: the counts of the calls through this socket's node; ``--zero-stats``: none."""
+    path = stats.path_beside(socket_path())
+    try:
+        if zero:
+            stats.reset(path)
+            sys.stdout.write(f"mesh cc: statistics zeroed ({path})\n")
+        else:
+            sys.stdout.write(stats.render(path, *stats.read(path)))
+    except OSError as exc:
+        sys.stderr.write(f"mesh cc: error: {path}: {exc.strerror or exc}\n")
+        return 1
+    return 0
 
 
 def driver_name(name: str, compiler: str) -> str:
@@ -186,22 +241,23 @@ def distribute(compiler: str, args: list[str], plan: Plan, verbose: bool) -> int
     began = time.time_ns()  # a file changed from now on may not be in what is preprocessed
     status, text, said = preprocess(compiler, plan)
     if status != 0 or said:
-        if verbose:
-            sys.stderr.write(f"mesh cc: here: {plan.source}: the preprocessor had something to say\n")
+        why = "the preprocessor had something to say"
+        tell(verbose, "said", why, f"here: {plan.source}: {why}")
         return run_here(compiler, args)
     start = 0 if plan.rewritten else _after_builtins(text)
     if start < 0:
-        if verbose:
-            sys.stderr.write(f"mesh cc: here: {plan.source}: the preprocessor's output has no command-line part\n")
+        why = "the preprocessor's output has no command-line part"
+        tell(verbose, "here", why, f"here: {plan.source}: {why}")
         return run_here(compiler, args)
     unsent = _not_sent(text, start)
     if unsent is not None:
-        if verbose:
-            sys.stderr.write(f"mesh cc: here: {plan.source}: {unsent}\n")
+        tell(verbose, "here", unsent, f"here: {plan.source}: {unsent}")
         return run_here(compiler, args)
     try:
         cwd = gcc_cwd()
     except OSError:  # the working directory was removed: gcc says what that does
+        why = "the working directory is gone"
+        tell(verbose, "here", why, f"here: {plan.source}: {why}")
         return run_here(compiler, args)
     if plan.here:
         return compile_kept(compiler, args, plan, text[start:], cwd, began, verbose)
@@ -209,24 +265,22 @@ def distribute(compiler: str, args: list[str], plan: Plan, verbose: bool) -> int
         request = [compiler, plan.language, plan.source, cwd, *plan.compile]
         answer, (stdout, stderr, obj) = ask(socket_path(), request, [text[start:]])
     except MeshUnavailable as exc:
-        if _fallback_off(plan, exc):
-            return 1
-        if verbose:
-            sys.stderr.write(f"mesh cc: here: {plan.source}: {exc}\n")
-        return run_here(compiler, args)
-    _ok, exit_code, _node, note = answer
+        off = _fallback_off(plan, exc)
+        tell(verbose and not off, "fallback", str(exc), f"here: {plan.source}: {exc}")
+        return 1 if off else run_here(compiler, args)
+    exit_code, node, note = answer[1:4]
     if exit_code != "0" or stdout or stderr:
-        if verbose:
-            sys.stderr.write(f"mesh cc: here: {plan.source}: the compile had something to say ({note})\n")
+        why = "the compile had something to say"
+        tell(verbose, "said", why, f"here: {plan.source}: {why} ({note})")
         return run_here(compiler, args)
     try:
         write_object(plan.object, obj)
     except OSError as exc:  # gcc says it in its own words: no directory there, no room ...
-        if verbose:
-            sys.stderr.write(f"mesh cc: here: {plan.object}: {exc.strerror or exc}\n")
+        why = f"the object could not be written: {exc.strerror or exc}"
+        tell(verbose, "here", why, f"here: {plan.object}: {exc.strerror or exc}")
         return run_here(compiler, args)
-    if verbose:
-        sys.stderr.write(f"mesh cc: {plan.source}: {note}\n")
+    cached = answer[4:] == [frames.CACHED] or (len(answer) == 4 and "from the action cache" in note)
+    tell(verbose, "mesh", "from the mesh's cache" if cached else f"compiled on node {node}", f"{plan.source}: {note}")
     return 0
 
 
@@ -241,22 +295,19 @@ def compile_kept(compiler: str, args: list[str], plan: Plan, text: bytes, cwd: s
         answer, got = exchange(socket_path(), request, [text])
         if answer[:1] == ["hit"] and len(answer) == 3 and len(got) == 1:
             write_object(plan.object, got[0])
-            if verbose:
-                sys.stderr.write(f"mesh cc: here: {plan.source}: {plan.here}; {answer[2]}\n")
+            tell(verbose, "kept", "from the mesh's cache", f"here: {plan.source}: {plan.here}; {answer[2]}")
             return 0
         if answer[:1] != ["miss"] or len(answer) != 2:
             raise MeshUnavailable("the node's answer was not understood")
     except (MeshUnavailable, OSError) as exc:
-        if isinstance(exc, MeshUnavailable) and _fallback_off(plan, exc):
-            return 1
-        if verbose:
-            why = exc if isinstance(exc, MeshUnavailable) else exc.strerror or exc
-            sys.stderr.write(f"mesh cc: here: {plan.source}: {plan.here}; not cached: {why}\n")
-        return run_here(compiler, args)
+        why = str(exc) if isinstance(exc, MeshUnavailable) else exc.strerror or str(exc)
+        off = isinstance(exc, MeshUnavailable) and _fallback_off(plan, exc)
+        tell(verbose and not off, "fallback", why, f"here: {plan.source}: {plan.here}; not cached: {why}")
+        return 1 if off else run_here(compiler, args)
     status, said = run_captured(compiler, args)
     if status != 0 or said:
-        if verbose:
-            sys.stderr.write(f"mesh cc: here: {plan.source}: the compile had something to say: compiled again\n")
+        why = "the compile had something to say"
+        tell(verbose, "said", why, f"here: {plan.source}: {why}: compiled again")
         return run_here(compiler, args)
     try:
         with open(plan.object, "rb") as f:
@@ -265,8 +316,8 @@ def compile_kept(compiler: str, args: list[str], plan: Plan, text: bytes, cwd: s
         note = said_back[1] if said_back[:1] == ["ok"] and len(said_back) == 2 else "not kept: an answer not understood"
     except (MeshUnavailable, OSError) as exc:
         note = f"not kept: {exc}"
-    if verbose:
-        sys.stderr.write(f"mesh cc: here: {plan.source}: {plan.here}; {note}\n")
+    outcome = "compiled here, kept" if note == frames.KEPT else "compiled here, not kept"
+    tell(verbose, "kept", outcome, f"here: {plan.source}: {plan.here}; {note}")
     return 0
 
 
@@ -409,11 +460,11 @@ def socket_path() -> str:
 
 
 def ask(path: str, texts: list[str], blobs: list[bytes]) -> tuple[list[str], list[bytes]]:
-    """One compile request to the compile service and its answer (``["ok", EXIT, NODE,
-    NOTE]`` and stdout, stderr, object); MeshUnavailable as :func:`exchange` says, or when
-    the answer is not one."""
+    """One compile request to the compile service and its answer (``["ok", EXIT, NODE, NOTE,
+    HOW]``, or without HOW from an older node, and stdout, stderr, object); MeshUnavailable
+    as :func:`exchange` says, or when the answer is not one."""
     answer, got = exchange(path, texts, blobs)
-    if answer[:1] != ["ok"] or len(answer) != 4 or not answer[1].lstrip("-").isdigit() or len(got) != 3:
+    if answer[:1] != ["ok"] or len(answer) not in (4, 5) or not answer[1].lstrip("-").isdigit() or len(got) != 3:
         raise MeshUnavailable("the node's answer was not understood")
     return answer, got
 
