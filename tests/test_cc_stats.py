@@ -145,3 +145,13 @@ def test_a_node_answering_without_how_is_still_counted_by_its_note(tmp_path: Pat
         ("mesh", "from the mesh's cache"): 1,
         ("mesh", "compiled on node n2"): 1,
     }
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root makes the file in another user's home (CI runs as root)")
+def test_a_file_root_makes_in_another_user_s_home_is_that_user_s(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chown(home, 65534, 65534)
+    stats.count(str(home / "cc-stats"), "mesh", "from the mesh's cache")
+    stats.reset(str(home / "cc-stats"))
+    assert (home / "cc-stats").stat().st_uid == 65534

@@ -73,6 +73,7 @@ def count(path: str, category: str, detail: str) -> None:
     except OSError:
         return
     try:
+        _owned_by_home(fd, path)
         os.lockf(fd, os.F_LOCK, 0)  # released when the descriptor is closed
         since, counts = _parse(os.pread(fd, MAX_BYTES, 0))
         key = (category, detail)
@@ -84,6 +85,15 @@ def count(path: str, category: str, detail: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _owned_by_home(fd: int, path: str) -> None:
+    """Give a file root made in another user's home to that user: root's build through a
+    user's node must not leave the user's wrappers a file they cannot count in."""
+    if os.geteuid() == 0:
+        owner = os.stat(os.path.dirname(path) or ".").st_uid
+        if os.fstat(fd).st_uid != owner:
+            os.fchown(fd, owner, -1)
 
 
 def read(path: str) -> tuple[int, dict[Key, int]]:
@@ -102,6 +112,7 @@ def reset(path: str) -> None:
     """Zero every count (``--zero-stats``), from now."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
+        _owned_by_home(fd, path)
         os.lockf(fd, os.F_LOCK, 0)
         _write(fd, time.time_ns(), {})
     finally:
