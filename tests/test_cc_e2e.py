@@ -701,3 +701,24 @@ def test_stats_count_what_became_of_every_call_and_zero_starts_again(cc_node: No
     assert stats.read(str(Path(cc_node.home) / "cc-stats"))[1] == {}
     usage = mesh_cc("--stats", "extra")
     assert usage.returncode == 2 and "usage: mesh cc" in usage.stderr
+
+
+@pytest.mark.skipif(shutil.which("clang") is None, reason="needs clang (make test installs it)")
+def test_clang_s_override_options_in_the_environment_give_the_local_object(
+    cc_node: NodeProcess, tmp_path: Path
+) -> None:
+    """CCC_OVERRIDE_OPTIONS edits clang's command line (``+-O2`` adds -O2): a node's clang
+    never sees it, so such a compile runs here, at once, and gives the local object. (It
+    ran here before only because clang's "### Adding argument" lines on stderr made the
+    preprocessing noisy.)"""
+    (tmp_path / "f.c").write_text("int f(int x) { int s = 0; for (int i = 0; i < x; i++) s += i * i; return s; }\n")
+    args = ["-c", "-O0", "f.c", "-o", "f.o"]
+    env = node_env(cc_node.home, CCC_OVERRIDE_OPTIONS="+-O2")
+    said = subprocess.run(["clang", *args], cwd=tmp_path, check=True, env=env, capture_output=True, text=True).stderr
+    local = (tmp_path / "f.o").read_bytes()
+    subprocess.run(["clang", *args], cwd=tmp_path, check=True)
+    assert (tmp_path / "f.o").read_bytes() != local  # the variable changes the object
+    done = subprocess.run([*MESH, "cc", "-v", "clang", *args], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "f.o").read_bytes() == local, done.stderr
+    assert done.stderr == f"mesh cc: here: CCC_OVERRIDE_OPTIONS is set\n{said}"  # and clang's own "###" lines

@@ -202,8 +202,10 @@ READS_MORE = {
     b"incbin": "the assembler may read a file (.incbin)",
     b".include": "the assembler may read a file (.include)",
 }
-#: What a node's environment may hold that changes a compile here: then it stays here.
-UNSAFE_ENV = ("DEPENDENCIES_OUTPUT", "SUNPRO_DEPENDENCIES", "GCC_EXEC_PREFIX", "COMPILER_PATH")
+#: What the wrapper's environment may hold that changes a compile here, and that a node's
+#: compile would not see: then it stays here. (clang's CCC_OVERRIDE_OPTIONS edits its
+#: command line: ``+-O2`` adds -O2.)
+UNSAFE_ENV = ("DEPENDENCIES_OUTPUT", "SUNPRO_DEPENDENCIES", "GCC_EXEC_PREFIX", "COMPILER_PATH", "CCC_OVERRIDE_OPTIONS")
 
 
 class Plan:
