@@ -352,3 +352,39 @@ def test_an_environment_that_changes_the_compile_here_keeps_it_here(name: str) -
     for driver in ("gcc", "clang"):
         assert classify(driver, args, {name: "1"}) == f"{name} is set"
         assert isinstance(classify(driver, args, {name: ""}), Plan)
+
+
+@pytest.mark.parametrize(
+    ("flag", "reason"),
+    [
+        ("-fopt-info-all=opt.txt", "optimisation notes go to a file or the terminal here"),
+        ("-fopt-info-vec", "optimisation notes go to a file or the terminal here"),
+        ("-ftime-trace", "it writes a trace beside the object"),
+        ("-ftime-trace=t.json", "it writes a trace beside the object"),
+        ("-foptimization-record-file=r.yaml", "it writes a record here"),
+        ("-fproc-stat-report=r.csv", "it writes a report here"),
+        ("-fdiagnostics-format=sarif-file", "diagnostics are written to a file here"),
+        ("-fdiagnostics-add-output=sarif", "diagnostics are written to a file here"),
+        ("-fbranch-probabilities", "profiling reads files here"),
+        ("-fcs-profile-generate", "profiling writes or reads files here"),
+        ("-fmemory-profile-use=m.prof", "profiling writes or reads files here"),
+        ("-fsanitize-ignorelist=ignore.txt", "the compile reads a list here"),
+        ("-fsanitize-blacklist=ignore.txt", "the compile reads a list here"),
+        ("-fsanitize-coverage-allowlist=allow.txt", "the compile reads a list here"),
+        ("-fxray-attr-list=attrs.txt", "the compile reads a list here"),
+        ("-fbasic-block-sections=list=bbs.txt", "the compile reads a list here"),
+        ("-fprebuilt-module-path=mods", "modules read interface files here"),
+        ("-fthinlto-index=a.thinlto.bc", "the compile reads a file here"),
+    ],
+)
+def test_flags_that_write_or_read_files_of_their_own_run_here(flag: str, reason: str) -> None:
+    """A flag whose compile writes a file beside the object (a node's would stay there) or
+    reads one the text does not hold (a node's file of that name, and the cache would not
+    see it change) keeps the compile here, with either driver."""
+    for driver in ("gcc", "clang"):
+        assert classify(driver, ["-c", "-O2", flag, "a.c"], {}) == f"{flag}: {reason}"
+
+
+def test_clang_s_include_pch_is_a_file_of_this_machine() -> None:
+    got = classify("clang", ["-c", "-include-pch", "all.pch", "a.c"], {})
+    assert got == "-include-pch: a precompiled header is a file of this machine"

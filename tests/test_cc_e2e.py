@@ -722,3 +722,51 @@ def test_clang_s_override_options_in_the_environment_give_the_local_object(
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "f.o").read_bytes() == local, done.stderr
     assert done.stderr == f"mesh cc: here: CCC_OVERRIDE_OPTIONS is set\n{said}"  # and clang's own "###" lines
+
+
+LOOP = "int f(int x) { int s = 0; for (int i = 0; i < x; i++) s += i * i; return s; }\nint h(int *p) { return p[1]; }\n"
+
+
+def test_a_compile_that_writes_or_reads_a_file_of_its_own_runs_here(cc_node: NodeProcess, tmp_path: Path) -> None:
+    """gcc's -fopt-info-all=FILE writes its notes here, as a local compile does; clang's
+    -ftime-trace writes its trace beside the object; clang's -fsanitize-ignorelist=FILE
+    reads a list the text does not hold, and editing the list changes the object here (a
+    cached or remote compile would not have seen it change)."""
+    (tmp_path / "f.c").write_text(LOOP)
+    (tmp_path / "ignore.txt").write_text("fun:nothing\n")
+    cases: list[tuple[list[str], str | None]] = [(["gcc", "-O2", "-fopt-info-all=opt.txt"], "opt.txt")]
+    if shutil.which("clang") is not None:
+        cases += [
+            (["clang", "-O1", "-ftime-trace"], "f.json"),
+            (["clang", "-O1", "-fsanitize=address", "-fsanitize-ignorelist=ignore.txt"], None),
+        ]
+    for command, written in cases:
+        args = [*command[1:], "-c", "f.c", "-o", "f.o"]
+        subprocess.run([command[0], *args], cwd=tmp_path, check=True)
+        local = (tmp_path / "f.o").read_bytes()
+        local_written = (tmp_path / written).read_bytes() if written else None
+        for leftover in ("f.o", written):
+            if leftover:
+                (tmp_path / leftover).unlink()
+        done = subprocess.run(
+            [*MESH, "cc", "-v", *command[:1], *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=node_env(cc_node.home),
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.startswith(f"mesh cc: here: {command[-1]}: "), done.stderr
+        if written == "opt.txt":
+            assert (tmp_path / written).read_bytes() == local_written
+            assert (tmp_path / "f.o").read_bytes() == local
+        elif written is not None:
+            assert (tmp_path / written).stat().st_size > 0  # a trace: its times are this run's
+        else:
+            assert (tmp_path / "f.o").read_bytes() == local
+            (tmp_path / "ignore.txt").write_text("fun:h\n")
+            subprocess.run([command[0], *args], cwd=tmp_path, check=True)
+            edited = (tmp_path / "f.o").read_bytes()
+            assert edited != local
+            subprocess.run([*MESH, "cc", *command[:1], *args], cwd=tmp_path, check=True, env=node_env(cc_node.home))
+            assert (tmp_path / "f.o").read_bytes() == edited

@@ -140,6 +140,32 @@ _LOCAL_PREFIXES = {
     "-flto": "LTO objects are not plain objects",
     "-fmodule": "modules read and write interface files here",
     "-fsave-optimization-record": "it writes a record beside the object",
+    "-foptimization-record-file": "it writes a record here",
+    "-fopt-info": "optimisation notes go to a file or the terminal here",
+    "-ftime-trace": "it writes a trace beside the object",
+    "-fproc-stat-report": "it writes a report here",
+    "-fdiagnostics-format=sarif-file": "diagnostics are written to a file here",
+    "-fdiagnostics-format=json-file": "diagnostics are written to a file here",
+    "-fdiagnostics-add-output": "diagnostics are written to a file here",
+    "-fdiagnostics-set-output": "diagnostics are written to a file here",
+    "-fbranch-probabilities": "profiling reads files here",
+    "-fcs-profile-generate": "profiling writes or reads files here",
+    "-fmemory-profile": "profiling writes or reads files here",
+    "-fsanitize-blacklist": "the compile reads a list here",
+    "-fsanitize-ignorelist": "the compile reads a list here",
+    "-fsanitize-system-ignorelist": "the compile reads a list here",
+    "-fsanitize-coverage-allowlist": "the compile reads a list here",
+    "-fsanitize-coverage-ignorelist": "the compile reads a list here",
+    "-fsanitize-coverage-whitelist": "the compile reads a list here",
+    "-fsanitize-coverage-blacklist": "the compile reads a list here",
+    "-fxray-attr-list": "the compile reads a list here",
+    "-fxray-always-instrument": "the compile reads a list here",
+    "-fxray-never-instrument": "the compile reads a list here",
+    "-fbasic-block-sections=list=": "the compile reads a list here",
+    "-fprebuilt-module-path": "modules read interface files here",
+    "-fembed-offload-object": "the compile reads a file here",
+    "-fthinlto-index": "the compile reads a file here",
+    "-fcuda-include-gpubinary": "the compile reads a file here",
     "-B": "-B changes where the compiler finds its parts",
     "-specs": "-specs changes the compiler's rules",
     "-save-temps": "-save-temps writes intermediate files here",
@@ -335,6 +361,8 @@ def classify(compiler: str, args: list[str], environ: dict[str, str] | os._Envir
                 output = arg[2:]
         elif arg in _NOT_A_COMPILE:
             return _NOT_A_COMPILE[arg]
+        elif clang and arg == "-include-pch":
+            return "-include-pch: a precompiled header is a file of this machine"
         elif clang and arg.startswith("-imacros"):
             return "-imacros: clang's rewritten text does not hold the macros it defines"
         elif arg in _CPP_WITH_ARG:
