@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -727,18 +728,26 @@ def test_clang_s_override_options_in_the_environment_give_the_local_object(
 LOOP = "int f(int x) { int s = 0; for (int i = 0; i < x; i++) s += i * i; return s; }\nint h(int *p) { return p[1]; }\n"
 
 
-def test_a_compile_that_writes_or_reads_a_file_of_its_own_runs_here(cc_node: NodeProcess, tmp_path: Path) -> None:
+def test_a_compile_that_writes_or_reads_a_file_of_its_own_runs_here(
+    cc_node: NodeProcess, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """gcc's -fopt-info-all=FILE writes its notes here, as a local compile does; clang's
     -ftime-trace writes its trace beside the object; clang's -fsanitize-ignorelist=FILE
-    reads a list the text does not hold, and editing the list changes the object here (a
-    cached or remote compile would not have seen it change)."""
+    reads a list the text does not hold, and editing the list changes the object here.
+    Sent, the list (at a path every node's task can read) was read there, and after an
+    edit the same text was a cache hit on the old object."""
     (tmp_path / "f.c").write_text(LOOP)
-    (tmp_path / "ignore.txt").write_text("fun:nothing\n")
+    shared = Path(tempfile.mkdtemp(prefix="mesh-test-cc-list-", dir="/var/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(shared))
+    shared.chmod(0o755)
+    ignore = shared / "ignore.txt"
+    ignore.write_text("fun:nothing\n")
+    ignore.chmod(0o644)
     cases: list[tuple[list[str], str | None]] = [(["gcc", "-O2", "-fopt-info-all=opt.txt"], "opt.txt")]
     if shutil.which("clang") is not None:
         cases += [
             (["clang", "-O1", "-ftime-trace"], "f.json"),
-            (["clang", "-O1", "-fsanitize=address", "-fsanitize-ignorelist=ignore.txt"], None),
+            (["clang", "-O1", "-fsanitize=address", f"-fsanitize-ignorelist={ignore}"], None),
         ]
     for command, written in cases:
         args = [*command[1:], "-c", "f.c", "-o", "f.o"]
@@ -764,7 +773,7 @@ def test_a_compile_that_writes_or_reads_a_file_of_its_own_runs_here(cc_node: Nod
             assert (tmp_path / written).stat().st_size > 0  # a trace: its times are this run's
         else:
             assert (tmp_path / "f.o").read_bytes() == local
-            (tmp_path / "ignore.txt").write_text("fun:h\n")
+            ignore.write_text("fun:h\n")
             subprocess.run([command[0], *args], cwd=tmp_path, check=True)
             edited = (tmp_path / "f.o").read_bytes()
             assert edited != local
