@@ -375,6 +375,9 @@ def test_an_environment_that_changes_the_compile_here_keeps_it_here(name: str) -
         ("-fbasic-block-sections=list=bbs.txt", "the compile reads a list here"),
         ("-fprebuilt-module-path=mods", "modules read interface files here"),
         ("-fthinlto-index=a.thinlto.bc", "the compile reads a file here"),
+        ("-fdeps-file=a.ddi", "it writes a module dependency file here"),
+        ("-fpass-plugin=pass.so", "a plugin is a file of this machine"),
+        ("-fsyntax-only", "it checks the source and makes no object"),
     ],
 )
 def test_flags_that_write_or_read_files_of_their_own_run_here(flag: str, reason: str) -> None:
