@@ -655,6 +655,73 @@ def test_an_object_that_cannot_be_written_fails_as_gcc_fails(cc_node: NodeProces
     assert (meshed.returncode, meshed.stdout, meshed.stderr) == (local.returncode, local.stdout, local.stderr)
 
 
+#: What may stand at the object's path before the compile: gcc's assembler (BFD) unlinks a
+#: regular file or symlink whose target is not empty and makes a new file; it writes into
+#: anything else (an empty file, through a symlink to one, a device, a dangling symlink).
+OBJECT_PATHS = ["nothing", "a file", "a hard link", "a symlink", "an empty file", "a symlink to an empty file",
+                "a dangling symlink", "a device"]  # fmt: skip
+
+
+@pytest.mark.parametrize("there", OBJECT_PATHS)
+def test_an_object_is_left_as_gcc_leaves_it_whatever_stood_at_its_path(
+    cc_node: NodeProcess, tmp_path: Path, there: str
+) -> None:
+    """Whatever stands at ``-o``'s path, mesh cc leaves what gcc leaves: the same kinds of
+    file, contents, modes and links (a device stays a device: a root build's ``-o
+    /dev/null`` must not put a file in place of /dev/null)."""
+    if there == "a device" and os.geteuid() != 0:
+        pytest.skip("making a device node needs root (CI runs as root)")
+    (tmp_path / "a.c").write_text("int a(void) { return 1; }\n")
+    names = ["a.o", "real", "other.o", "missing"]
+
+    def arrange() -> None:
+        for name in names:
+            path = tmp_path / name
+            if path.is_symlink() or path.is_file() or path.is_char_device():
+                path.unlink()
+        (tmp_path / "real").write_bytes(b"" if "empty" in there else b"old object")
+        (tmp_path / "real").chmod(0o600)
+        if there in ("a file", "an empty file"):
+            os.rename(tmp_path / "real", tmp_path / "a.o")
+        elif there == "a hard link":
+            os.link(tmp_path / "real", tmp_path / "other.o")
+            os.rename(tmp_path / "real", tmp_path / "a.o")
+        elif "symlink" in there:
+            (tmp_path / "a.o").symlink_to("real" if there != "a dangling symlink" else "missing")
+        elif there == "a device":
+            os.mknod(tmp_path / "a.o", 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # as /dev/null
+
+    def outcome() -> dict[str, tuple[object, ...]]:
+        seen: dict[str, tuple[object, ...]] = {}
+        for name in sorted(os.listdir(tmp_path)):
+            info = os.lstat(tmp_path / name)
+            kind = stat.S_IFMT(info.st_mode)
+            body = (
+                (tmp_path / name).read_bytes()
+                if stat.S_ISREG(info.st_mode)
+                else os.readlink(tmp_path / name)
+                if stat.S_ISLNK(info.st_mode)
+                else None
+            )
+            seen[name] = (kind, stat.S_IMODE(info.st_mode), info.st_nlink, body)
+        return seen
+
+    args = ["-c", "a.c", "-o", "a.o"]
+    arrange()
+    subprocess.run(["gcc", *args], cwd=tmp_path, check=True)
+    local = outcome()
+    arrange()
+    done = subprocess.run(
+        [*MESH, "cc", "-v", "gcc", *args], cwd=tmp_path, capture_output=True, text=True, env=node_env(cc_node.home)
+    )
+    assert done.returncode == 0, done.stderr
+    assert outcome() == local, done.stderr
+    if there in ("nothing", "a file", "a hard link", "a symlink"):  # what gcc replaces: sent
+        assert "ran on node" in done.stderr or "from the action cache" in done.stderr, done.stderr
+    else:
+        assert done.stderr.startswith("mesh cc: here: a.o: "), done.stderr
+
+
 def test_stats_count_what_became_of_every_call_and_zero_starts_again(cc_node: NodeProcess, tmp_path: Path) -> None:
     """``mesh cc --stats`` after a build, its rebuild, a link, a kept -O2 -g compile (a miss,
     then a hit), a compile with a warning and a file that is not C: each call counted once,

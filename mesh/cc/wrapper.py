@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import _socket
 import os
+import stat
 import sys
 import time
 
@@ -238,6 +239,10 @@ def distribute(compiler: str, args: list[str], plan: Plan, verbose: bool) -> int
     machine has, and prints the preprocessor's and the compiler's diagnostics in source
     order. A clean build pays nothing for it; a build full of warnings compiles here.
     """
+    if not replaceable(plan.object):
+        why = "-o names what gcc's assembler writes into rather than replaces (a device, an empty file)"
+        tell(verbose, "here", why, f"here: {plan.object}: {why}")
+        return run_here(compiler, args)
     began = time.time_ns()  # a file changed from now on may not be in what is preprocessed
     status, text, said = preprocess(compiler, plan)
     if status != 0 or said:
@@ -510,15 +515,46 @@ class _Reader:
         return b"".join(parts)
 
 
+def replaceable(path: str) -> bool:
+    """Whether a new file renamed onto ``path`` leaves what gcc's assembler leaves there.
+
+    The assembler (binutils' BFD, ``bfd_open_file``) unlinks what is at the path when it
+    is a regular file or a symlink and the file it names is not empty, then creates a new
+    file: that is a rename's outcome, and so is a path where nothing is. Otherwise it
+    opens what is there and writes into it: an empty file keeps its mode and its other
+    hard links, a symlink to one or a dangling one is written through, and a device
+    stays a device (a root build's ``-o /dev/null`` must never put a file in its place).
+    Those compiles run here."""
+    try:
+        there = os.lstat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # gcc says what is wrong with it
+    if stat.S_ISLNK(there.st_mode):
+        try:
+            there = os.stat(path)
+        except OSError:
+            return False
+        return stat.S_ISREG(there.st_mode) and there.st_size != 0
+    return stat.S_ISREG(there.st_mode) and there.st_size != 0
+
+
 def write_object(path: str, data: bytes) -> None:
-    """Write the object through a temporary file beside it, renamed: make never sees half of it."""
+    """Write the object through a temporary file beside it, renamed (only where
+    :func:`replaceable` says that is what gcc leaves): make never sees half of it. A file
+    that could not be written whole (a full disk) is removed again."""
     tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.mesh-cc.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
     try:
-        _write_all(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        _remove(tmp)
+        raise
 
 
 def _write_all(fd: int, data: bytes) -> None:
