@@ -512,6 +512,7 @@ class Node:
             jobs=self.db.count_jobs(),
             peers=states,
             uptime=self.uptime(),
+            cc_calls=self.cc.calls(),
         )
 
     def gossip(self, message: Any) -> Any:

@@ -765,6 +765,15 @@ def test_stats_count_what_became_of_every_call_and_zero_starts_again(cc_node: No
     assert "       8   61.5  compiles the mesh answered\n" in shown.stdout, shown.stdout
     assert f"       4           compiled on node {node}\n" in shown.stdout, shown.stdout
     assert "13 calls in all" in shown.stdout
+    # The node shows the totals by section, in /status and to Prometheus.
+    assert httpx.get(cc_node.url + "/status", timeout=10, trust_env=False).json()["cc"]["calls"] == {
+        "mesh": 8,
+        "here": 2,
+        "kept": 2,
+        "said": 1,
+    }
+    metrics = httpx.get(cc_node.url + "/metrics", timeout=10, trust_env=False).text
+    assert 'mesh_cc_calls{outcome="mesh"} 8.0' in metrics and 'mesh_cc_calls{outcome="fallback"} 0.0' in metrics
     assert mesh_cc("-z").returncode == 0
     assert stats.read(str(Path(cc_node.home) / "cc-stats"))[1] == {}
     usage = mesh_cc("--stats", "extra")

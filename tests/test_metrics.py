@@ -53,6 +53,7 @@ def figures(*, tasks_run: int = 0) -> NodeFigures:
         jobs={"succeeded": 4, "failed": 1},
         peers={"alive": 2},
         uptime=12.5,
+        cc_calls={"mesh": 7, "here": 2},
     )
 
 
@@ -71,6 +72,8 @@ def test_the_node_figures_keep_their_names_and_labels() -> None:
     assert samples['mesh_peers{state="alive"}'] == 2 and samples['mesh_peers{state="dead"}'] == 0
     assert samples["mesh_store_bytes"] == 10 and "mesh_store_cap_bytes" not in samples  # no cap, no gauge
     assert samples["mesh_uptime_seconds"] == 12.5
+    assert samples['mesh_cc_calls{outcome="mesh"}'] == 7 and samples['mesh_cc_calls{outcome="here"}'] == 2
+    assert samples['mesh_cc_calls{outcome="kept"}'] == 0  # every outcome, counted or not
     for counter in ("tasks_run", "tasks_stolen", "tasks_given", "cache_hits", "task_dirs_reused"):
         assert f"mesh_{counter}_total" in samples, counter
     for counter in ("store_blobs_written", "store_bytes_written", "store_evicted_bytes"):

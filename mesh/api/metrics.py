@@ -21,7 +21,7 @@ environment, a file name or an output.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from mesh.cas.space import SpaceStatistics
 from mesh.cas.store import StoreStatistics
+from mesh.cc.stats import CATEGORIES
 from mesh.exec.workpool import PoolStatistics
 from mesh.sched.scheduler import SchedulerStatistics
 
@@ -44,6 +45,7 @@ class NodeFigures:
     jobs: dict[str, int]  # jobs in the state database, by state
     peers: dict[str, int]  # peers known, by state (alive, suspect, dead)
     uptime: float  # seconds since the node started
+    cc_calls: dict[str, int] = field(default_factory=dict)  # mesh cc's calls by outcome (mesh.cc.stats)
 
 
 def _by_state(family: GaugeMetricFamily, counts: dict[str, int]) -> GaugeMetricFamily:
@@ -107,6 +109,14 @@ class NodeCollector:
         peers = {"alive": 0, "suspect": 0, "dead": 0} | figures.peers
         yield _by_state(GaugeMetricFamily("mesh_peers", "Peers known, by state.", labels=["state"]), peers)
         yield GaugeMetricFamily("mesh_uptime_seconds", "Seconds since the node started.", value=figures.uptime)
+        calls = GaugeMetricFamily(
+            "mesh_cc_calls",
+            "Calls of mesh cc through this node's socket since mesh cc --zero-stats, by outcome: answered by the"
+            " mesh, run here and kept in its cache, compiled here because the mesh could not or it had something"
+            " to say, or not a compile mesh cc sends.",
+            labels=["outcome"],
+        )
+        yield _by_state(calls, dict.fromkeys(CATEGORIES, 0) | figures.cc_calls)
 
 
 def node_registry(*collectors: Collector) -> CollectorRegistry:

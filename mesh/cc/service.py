@@ -55,7 +55,7 @@ import trio
 
 from mesh.cas.digest import Digest
 from mesh.cas.tree import Entry, Kind, decode_node, encode_node
-from mesh.cc import frames
+from mesh.cc import frames, stats
 from mesh.cc.args import debug_info
 from mesh.cc.compilers import Compilers
 from mesh.cc.keptcompiles import Cache, KeptCompiles
@@ -127,6 +127,19 @@ class CompileService:
     def capabilities(self) -> dict[str, str]:
         return self.compilers.capabilities()
 
+    def calls(self) -> dict[str, int]:
+        """The wrappers' calls through this socket by outcome (mesh.cc.stats' categories), as
+        counted since the last ``mesh cc --zero-stats``; none when they cannot be read."""
+        try:
+            _, counts = stats.read(stats.path_beside(self.path))
+        except OSError as exc:
+            log.warning("mesh cc's statistics could not be read: %s", exc)
+            return {}
+        totals: dict[str, int] = {}
+        for (category, _detail), n in counts.items():
+            totals[category] = totals.get(category, 0) + n
+        return totals
+
     def status(self) -> dict[str, Any]:
         """What ``/status`` says of it (under ``cc``): whether it listens, and counts (no paths:
         an unsigned ``/status`` names no file)."""
@@ -135,6 +148,7 @@ class CompileService:
             "compilers": len(self.compilers.known),
             "compiles": self.compiles,
             "refused": self.refused,
+            "calls": self.calls(),  # the wrappers' own counts, by outcome (mesh cc --stats)
         }
         if self.kept is not None:  # compiles the wrappers ran themselves (-O2 -g)
             answer["kept"] = {"hits": self.kept.hits, "misses": self.kept.misses, "kept": self.kept.kept}
