@@ -533,10 +533,9 @@ def replaceable(path: str) -> bool:
         return False  # gcc says what is wrong with it
     if stat.S_ISLNK(there.st_mode):
         try:
-            there = os.stat(path)
+            there = os.stat(path)  # what it names
         except OSError:
-            return False
-        return stat.S_ISREG(there.st_mode) and there.st_size != 0
+            return False  # dangling: the assembler makes the file it names
     return stat.S_ISREG(there.st_mode) and there.st_size != 0
 
 
