@@ -97,12 +97,19 @@ def _owned_by_home(fd: int, path: str) -> None:
 
 
 def read(path: str) -> tuple[int, dict[Key, int]]:
-    """(reset time in ns since the epoch, or 0 when never counted; the counts) of ``path``."""
+    """(reset time in ns since the epoch, or 0 when never counted; the counts) of ``path``,
+    read under the writers' lock (a rewrite is not atomic), or without it where this user
+    may only read the file."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        locked = True
+    except PermissionError:
+        fd, locked = os.open(path, os.O_RDONLY | os.O_CLOEXEC), False
     except FileNotFoundError:
         return 0, {}
     try:
+        if locked:
+            os.lockf(fd, os.F_LOCK, 0)
         return _parse(os.pread(fd, MAX_BYTES, 0))
     finally:
         os.close(fd)
