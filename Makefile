@@ -17,8 +17,9 @@ BIN    := $(VENV)/bin
 # is linted and scraped by a real Prometheus (tests/test_metrics.py, test_metrics_prometheus.py).
 # chromium: the web UI's browser tests (tests/test_ui_e2e.py), driven by the playwright Python
 # package of the test extra, which never downloads a browser of its own.
-# gcc, make: the C project mesh cc's tests build (tests/test_cc_*.py); clang: the same with clang.
-SYSTEM_PACKAGES := b3sum:b3sum npm:npm ip:iproute2 bwrap:bubblewrap podman:podman runc:runc busybox:busybox-static openssl:openssl promtool:prometheus chromium:chromium gcc:gcc make:make clang:clang
+# gcc, g++, make: the C and C++ projects mesh cc's tests build (tests/test_cc_*.py); clang: the same with
+# clang; cmake and ninja (ninja-build): a CMake project built with mesh cc as its compiler launcher.
+SYSTEM_PACKAGES := b3sum:b3sum npm:npm ip:iproute2 bwrap:bubblewrap podman:podman runc:runc busybox:busybox-static openssl:openssl promtool:prometheus chromium:chromium gcc:gcc make:make clang:clang g++:g++ cmake:cmake ninja:ninja-build
 # Libraries, as SONAME:PACKAGE, looked for with ldconfig. libseccomp.so.2: the sandbox's seccomp
 # filter (mesh/exec/seccomp.py loads it through pyseccomp; apt itself depends on it on Debian).
 SYSTEM_LIBRARIES := libseccomp.so.2:libseccomp2

@@ -855,3 +855,63 @@ def test_a_compile_that_writes_or_reads_a_file_of_its_own_runs_here(
             assert edited != local
             subprocess.run([*MESH, "cc", *command[:1], *args], cwd=tmp_path, check=True, env=node_env(cc_node.home))
             assert (tmp_path / "f.o").read_bytes() == edited
+
+
+#: A CMake project with a separate build directory (CMake names sources by absolute paths),
+#: a static library, C and C++, and compile definitions.
+CMAKE_PROJECT = {
+    "CMakeLists.txt": "cmake_minimum_required(VERSION 3.13)\nproject(demo C CXX)\n"
+    "add_library(util STATIC src/lib/util.c src/lib/list.c)\n"
+    "target_include_directories(util PUBLIC include)\n"
+    "target_compile_definitions(util PRIVATE VERSION=3)\n"
+    "add_executable(app src/main.c src/extra.cpp)\ntarget_link_libraries(app util)\n",
+    "include/util.h": "#pragma once\nint util(int);\nint length(int);\n",
+    "src/lib/util.c": '#include "util.h"\nconst char *where = __FILE__;\n'
+    "int util(int x) { return x * VERSION + __LINE__; }\n",
+    "src/lib/list.c": '#include "util.h"\n'
+    "int length(int n) { int k = 0; for (int i = 0; i < n; i++) k += i; return k; }\n",
+    "src/main.c": '#include <stdio.h>\n#include "util.h"\nint extra(int);\n'
+    'int main(void) { printf("%d\\n", util(length(3)) + extra(2)); return 0; }\n',
+    "src/extra.cpp": "#include <vector>\n"
+    'extern "C" int extra(int n) { std::vector<int> v(n, 2); int s = 0; for (int x : v) s += x; return s; }\n',
+}
+
+
+@pytest.mark.skipif(
+    shutil.which("cmake") is None or shutil.which("ninja") is None or shutil.which("g++") is None,
+    reason="needs cmake, ninja and g++ (make test installs them)",
+)
+@pytest.mark.parametrize(("build_type", "sent"), [("Debug", 4), ("Release", 4), ("RelWithDebInfo", 0)])
+def test_a_cmake_ninja_build_with_mesh_cc_as_its_compiler_launcher_gives_the_local_build(
+    cc_node: NodeProcess, tmp_path: Path, build_type: str, sent: int
+) -> None:
+    """CMake's compiler launcher (as for ccache) with Ninja: every object and the linked
+    program are the local build's, byte for byte; Debug and Release compiles are sent,
+    RelWithDebInfo's (-O2 -g) run here and are kept."""
+    root = tmp_path / "project"
+    for name, text in CMAKE_PROJECT.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    build = root / "build"
+
+    def built(*launcher: str) -> dict[str, bytes]:
+        shutil.rmtree(build, ignore_errors=True)
+        configure = ["cmake", "-S", str(root), "-B", str(build), "-G", "Ninja", f"-DCMAKE_BUILD_TYPE={build_type}"]
+        for language in ("C", "CXX") if launcher else ():
+            configure.append(f"-DCMAKE_{language}_COMPILER_LAUNCHER={';'.join(launcher)}")
+        subprocess.run(configure, check=True, capture_output=True, timeout=120)
+        done = subprocess.run(
+            ["ninja", "-C", str(build)], capture_output=True, text=True, env=node_env(cc_node.home), timeout=120
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        outcomes.append(done.stdout)
+        files = [*build.rglob("*.o"), build / "app"]
+        return {str(path.relative_to(build)): path.read_bytes() for path in files}
+
+    outcomes: list[str] = []
+    local = built()
+    assert len(local) == 5
+    assert built(*MESH, "cc", "-v") == local
+    said = outcomes[-1]
+    assert said.count("ran on node") == sent, said
+    assert said.count("kept in the mesh's cache") == 4 - sent, said
