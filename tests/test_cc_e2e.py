@@ -915,3 +915,21 @@ def test_a_cmake_ninja_build_with_mesh_cc_as_its_compiler_launcher_gives_the_loc
     said = outcomes[-1]
     assert said.count("ran on node") == sent, said
     assert said.count("kept in the mesh's cache") == 4 - sent, said
+
+
+def test_a_source_whose_name_is_not_utf8_is_compiled_here(cc_node: NodeProcess, tmp_path: Path) -> None:
+    """A file name in Latin-1 cannot go into the mesh's jobs (their texts are UTF-8): it
+    compiles here, says so, and gives the local object (it said a CBOR error before)."""
+    name = os.fsdecode(b"lat\xe9.c")
+    (tmp_path / name).write_text("int g(void) { return 2; }\n")
+    for flags in (["-O2"], ["-O2", "-g"]):
+        args = [*flags, "-c", name, "-o", "g.o"]
+        subprocess.run(["gcc", *args], cwd=tmp_path, check=True)
+        local = (tmp_path / "g.o").read_bytes()
+        (tmp_path / "g.o").unlink()
+        done = subprocess.run(
+            [*MESH, "cc", "-v", "gcc", *args], cwd=tmp_path, capture_output=True, env=node_env(cc_node.home)
+        )
+        assert done.returncode == 0, done.stderr
+        assert b"a path or flag that is not UTF-8" in done.stderr, done.stderr
+        assert (tmp_path / "g.o").read_bytes() == local

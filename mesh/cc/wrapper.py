@@ -264,10 +264,14 @@ def distribute(compiler: str, args: list[str], plan: Plan, verbose: bool) -> int
         why = "the working directory is gone"
         tell(verbose, "here", why, f"here: {plan.source}: {why}")
         return run_here(compiler, args)
+    if not all(_utf8(word) for word in [compiler, cwd, *args]):
+        why = "a path or flag that is not UTF-8 (the mesh's jobs and keys are)"
+        tell(verbose, "here", why, f"here: {plan.source}: {why}")
+        return run_here(compiler, args)
     if plan.here:
         return compile_kept(compiler, args, plan, text[start:], cwd, began, verbose)
+    request = [compiler, plan.language, plan.source, cwd, *plan.compile]
     try:
-        request = [compiler, plan.language, plan.source, cwd, *plan.compile]
         answer, (stdout, stderr, obj) = ask(socket_path(), request, [text[start:]])
     except MeshUnavailable as exc:
         off = _fallback_off(plan, exc)
@@ -324,6 +328,16 @@ def compile_kept(compiler: str, args: list[str], plan: Plan, text: bytes, cwd: s
     outcome = "compiled here, kept" if note == frames.KEPT else "compiled here, not kept"
     tell(verbose, "kept", outcome, f"here: {plan.source}: {plan.here}; {note}")
     return 0
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` (from the command line or a path: bytes that are not UTF-8 come as
+    surrogates) is UTF-8."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _fallback_off(plan: Plan, exc: MeshUnavailable) -> bool:
