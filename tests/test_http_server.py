@@ -17,7 +17,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import trio
+import trio.testing
 from hypercorn.events import Closed, RawData
+from hypercorn.trio.task_group import TaskGroup
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -26,7 +28,7 @@ from starlette.routing import Route
 from mesh.api import server
 from mesh.wire.auth import load_key
 from mesh.wire.client import MeshAuth
-from tests.nodeutil import NodeProcess
+from tests.nodeutil import NodeProcess, wait_for
 
 #: The request that ended the node before it spoke HTTP/1.1 only: "AAAA" is 3 bytes, not a whole HTTP/2 setting.
 H2C_UPGRADE = (
@@ -217,6 +219,46 @@ def test_clients_that_vanish_mid_body_end_only_their_connection(node: NodeProces
     still_serving(node)
 
 
+#: TCP states of tcp_info's first byte (linux/tcp_states.h): the peer reset the connection
+#: (TCP_CLOSE), or sent its end of the stream after everything else (TCP_CLOSE_WAIT).
+TCP_CLOSE, TCP_CLOSE_WAIT = 7, 8
+
+
+def test_an_answer_is_whole_when_a_bad_request_pipelined_behind_it_ends_the_connection(node: NodeProcess) -> None:
+    """A client pipelines a request for the stylesheet and, behind it, one the node cannot
+    parse (HTTP/0.9) with a body the node never reads, and does not read yet: its receive
+    buffer is small, so the stylesheet's end is still in the node's socket when the node
+    closes. A close with unread input made the kernel reset the connection, which threw
+    that end away (4,259 bytes of 5,107 arrived; a fuzz run lost the last 43,666 bytes of an
+    8 MB answer so). The node now lingers: it sends its end of the stream after everything
+    and reads what still comes, so the client reads the whole answer, then the 505."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(15)
+        sock.connect(("127.0.0.1", node.port))
+        junk = b"x" * 200_000
+        sock.sendall(
+            b"GET /ui/assets/app.css HTTP/1.1\r\nHost: node\r\n\r\n"
+            + b"POST /v1/jobs HTTP/0.9\r\nHost: node\r\ncontent-length: %d\r\n\r\n" % len(junk)
+            + junk
+        )
+
+        def state() -> int:
+            return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+
+        wait_for(lambda: state() in (TCP_CLOSE, TCP_CLOSE_WAIT), timeout=15, what="the node to end the connection")
+        assert state() == TCP_CLOSE_WAIT, "the node reset the connection"
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, rest = received.partition(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+    assert head.startswith(b"HTTP/1.1 200 ") and length > 4096, head
+    assert len(rest) >= length, f"{len(rest)} of the answer's {length} bytes"
+    assert rest[length:].startswith(b"HTTP/1.1 505 "), rest[length:]
+    still_serving(node)
+
+
 async def test_a_connection_whose_handling_raises_is_closed_alone(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -281,3 +323,44 @@ async def test_a_close_from_the_reading_side_waits_for_a_send_under_way() -> Non
         nursery.start_soon(connection.protocol_send, RawData(data=b"an answer"))
     assert closed and all(isinstance(event, Closed) for event in closed)  # the send found it closed
     right.close()
+
+
+async def test_a_close_while_the_reader_reads_leaves_the_draining_to_it() -> None:
+    """A connection the app ends while its reader waits for more of the request (an answer
+    that made the body needless): the close sends the end of the stream, the reader goes
+    on taking what the client sends, and the stream closes when the reader stops (the
+    client closed), not before, so the client's data never meets a closed socket."""
+    left, right = trio.socket.socketpair()
+    stream = trio.SocketStream(left)
+    connection = server._Connection(None, server._config(), None, {}, stream)  # type: ignore[arg-type]
+    connection._read_ended = trio.Event()
+    drained: list[bytes] = []
+
+    async def reader() -> None:
+        try:
+            while chunk := await stream.receive_some(65536):
+                drained.append(chunk)
+        finally:
+            connection._read_ended.set()
+
+    async with TaskGroup() as group:
+        connection._task_group = group
+        group.spawn(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        await connection._close()  # the reader is receiving: it drains, the close comes later
+        assert await right.recv(10) == b""  # the end of the stream came
+        assert left.fileno() != -1
+        await right.send(b"the rest of a body")
+        right.close()
+    assert b"".join(drained) == b"the rest of a body" and left.fileno() == -1
+
+
+async def test_a_close_reads_what_the_client_still_sends_until_it_closes() -> None:
+    left, right = trio.socket.socketpair()
+    connection = server._Connection(None, server._config(), None, {}, trio.SocketStream(left))  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connection._close)
+        assert await right.recv(10) == b""  # the node's end of the stream
+        await right.send(b"x" * 100_000)  # read and dropped, not refused
+        right.close()
+    assert left.fileno() == -1
