@@ -86,7 +86,7 @@ def test_a_damaged_or_foreign_file_is_counted_afresh_and_no_home_counts_nothing(
     path.write_bytes(b"\x00\xffnot ours\n")
     stats.count(str(path), "mesh", "from the mesh's cache")
     assert stats.read(str(path))[1] == {("mesh", "from the mesh's cache"): 1}
-    with path.open("ab") as f:  # a wrapper killed mid-write leaves a line that does not parse
+    with path.open("ab") as f:  # a wrapper killed mid-write: a last line without its newline
         f.write(b"12\tmesh\tcompiled on")
     stats.count(str(path), "mesh", "from the mesh's cache")
     assert stats.read(str(path))[1] == {("mesh", "from the mesh's cache"): 2}
