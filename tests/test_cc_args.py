@@ -14,7 +14,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mesh.cc import frames
-from mesh.cc.args import DEBUG_CLANG, DEBUG_MACROS, UNSAFE_ENV, Plan, classify, debug_info, optimises
+from mesh.cc.args import (
+    DEBUG_CLANG,
+    DEBUG_MACROS,
+    SANITIZE_ADDRESS,
+    SANITIZE_THREAD,
+    UNSAFE_ENV,
+    Plan,
+    classify,
+    debug_info,
+    optimises,
+    sanitizers,
+)
 from mesh.cc.args import DEBUG_OPTIMISED as OPTIMISED_HERE
 from mesh.cc.wrapper import driver_name
 
@@ -391,3 +402,31 @@ def test_flags_that_write_or_read_files_of_their_own_run_here(flag: str, reason:
 def test_clang_s_include_pch_is_a_file_of_this_machine() -> None:
     got = classify("clang", ["-c", "-include-pch", "all.pch", "a.c"], {})
     assert got == "-include-pch: a precompiled header is a file of this machine"
+
+
+def test_the_sanitizers_on_are_the_last_word_of_each_flag() -> None:
+    assert sanitizers(["-fsanitize=address,undefined", "-fsanitize=thread"]) == {"address", "undefined", "thread"}
+    assert sanitizers(["-fsanitize=address,undefined", "-fno-sanitize=address"]) == {"undefined"}
+    assert sanitizers(["-fsanitize=address", "-fno-sanitize=all", "-fsanitize=leak"]) == {"leak"}
+    assert sanitizers(["-O2", "-fsanitize-recover=address"]) == set()
+
+
+@pytest.mark.parametrize(
+    ("flags", "gcc_here"),
+    [
+        (["-O0", "-fsanitize=address"], SANITIZE_ADDRESS),
+        (["-O2", "-fsanitize=undefined,address"], SANITIZE_ADDRESS),
+        (["-O0", "-g", "-fsanitize=thread"], SANITIZE_THREAD),
+        (["-O2", "-fsanitize=thread"], None),
+        (["-O0", "-fsanitize=address", "-fno-sanitize=address"], None),
+        (["-O2", "-fsanitize=undefined"], None),
+    ],
+)
+def test_gcc_s_address_and_thread_sanitizers_run_here_and_clang_s_are_sent(
+    flags: list[str], gcc_here: str | None
+) -> None:
+    """gcc's AddressSanitizer, and its ThreadSanitizer with -g, give other objects from the
+    preprocessed text (measured on brotli); clang's gave the same objects, so they are sent."""
+    assert plan("-c", *flags, "a.c").here == gcc_here
+    assert plan("-c", *flags, "a.c", compiler="g++").here == gcc_here
+    assert plan("-c", *flags, "a.c", compiler="clang").here == (DEBUG_CLANG if "-g" in flags else None)

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from mesh.cc import stats
+from mesh.cc.args import DEBUG_OPTIMISED, SANITIZE_ADDRESS, SANITIZE_THREAD
 from mesh.cc.keptcompiles import CLOCK_SLACK_NS
 from tests.nodeutil import MESH, NodeProcess, node_env, wait_for
 from tests.test_cc_netns import SDIST, unpack
@@ -188,18 +189,26 @@ void run(const uint8_t* a, const uint16_t* b, unsigned n, unsigned* h) {
 
 
 @pytest.mark.parametrize(
-    ("case", "args"),
+    ("case", "args", "why"),
     [
-        ("thrice", ["-c", "-O3", "-g", "thrice.c", "-o", "thrice.o"]),
-        ("brotli", ["-c", "-O2", "-g", "-Ic/include", "c/enc/block_splitter.c", "-o", "block_splitter.o"]),
+        ("thrice", ["-c", "-O3", "-g", "thrice.c", "-o", "thrice.o"], DEBUG_OPTIMISED),
+        ("brotli", ["-c", "-O2", "-g", "-Ic/include", "c/enc/block_splitter.c", "-o", "b.o"], DEBUG_OPTIMISED),
+        ("brotli", ["-c", "-O0", "-fsanitize=address", "-Ic/include", "c/dec/decode.c", "-o", "d.o"], SANITIZE_ADDRESS),
+        (
+            "brotli",
+            ["-c", "-O0", "-g", "-fsanitize=thread", "-Ic/include", "c/dec/decode.c", "-o", "d.o"],
+            SANITIZE_THREAD,
+        ),
     ],
 )
-def test_an_optimised_compile_with_g_runs_here_and_gives_the_local_object(
-    cc_node: NodeProcess, tmp_path: Path, case: str, args: list[str]
+def test_a_compile_whose_object_depends_on_how_gcc_read_its_input_runs_here_and_gives_the_local_object(
+    cc_node: NodeProcess, tmp_path: Path, case: str, args: list[str], why: str
 ) -> None:
-    """Two sources whose objects at -O3 -g (THRICE) and -O2 -g (brotli's block_splitter.c)
-    differ when compiled from their preprocessed text: mesh cc compiles them here, and keeps
-    the object in the mesh's cache, whence the same compile again takes it."""
+    """Sources whose objects differ when compiled from their preprocessed text: at -O3 -g
+    (THRICE) and -O2 -g (brotli's block_splitter.c), and brotli's decode.c with gcc's
+    AddressSanitizer (the stack variables' descriptions) or ThreadSanitizer and -g (sent,
+    both gave another object). mesh cc compiles them here, and keeps the object in the
+    mesh's cache, whence the same compile again takes it."""
     if case == "brotli":
         if not SDIST.exists():
             pytest.fail(f"{SDIST} is missing: make test-deps fetches brotli's sdist from PyPI (make cc-deps)")
@@ -219,10 +228,7 @@ def test_an_optimised_compile_with_g_runs_here_and_gives_the_local_object(
     assert done.returncode == 0, done.stderr
     assert obj.read_bytes() == local, done.stderr
     source = next(arg for arg in args if arg.endswith(".c"))
-    reason = (
-        f"mesh cc: here: {source}: with -g and optimisation gcc's debug information can differ when the source is"
-        " compiled from its preprocessed text (measured: 1 of 35 brotli objects at -O2 -g); compiled here"
-    )
+    reason = f"mesh cc: here: {source}: {why}"
     assert done.stderr == f"{reason}; kept in the mesh's cache\n"
     obj.unlink()
     again = subprocess.run(

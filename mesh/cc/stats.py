@@ -37,7 +37,7 @@ OTHERS = "others"
 #: The categories in the order ``--stats`` shows them, with their headings.
 CATEGORIES = {
     "mesh": "compiles the mesh answered",
-    "kept": "compiles run here and cached mesh-wide (-g with optimisation, -g3, clang's -g)",
+    "kept": "compiles run here and cached mesh-wide (-g with optimisation, -g3, clang's -g, gcc's ASan)",
     "fallback": "compiled here: the mesh could not",
     "said": "compiled here: they had something to say (shown as the compiler gives it)",
     "here": "run here: not a compile mesh cc sends",

@@ -60,9 +60,10 @@ A compile of one C or C++ source to an object (-c) is preprocessed here and comp
 on a node of the mesh with the same compiler, or taken from the mesh-wide cache; its
 object, dependency file, diagnostics and exit status are those of a local compile.
 Everything else runs here: linking, -E, several sources, flags mesh cc does not know.
--g with optimisation, -g3 and clang's -g run here too (their debug information would
-differ), but are looked up and kept in the mesh's cache. A compile that prints anything
-is compiled here again, so its warnings are the compiler's own.
+-g with optimisation, -g3, clang's -g and gcc's -fsanitize=address (or thread with -g)
+run here too (their objects would differ), but are looked up and kept in the mesh's
+cache. A compile that prints anything is compiled here again, so its warnings are the
+compiler's own.
 
 When no node answers, or the mesh fails for its own reasons, the compile runs here and
 the build goes on.
