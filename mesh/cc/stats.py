@@ -69,12 +69,10 @@ def count(path: str, category: str, detail: str) -> None:
     file cannot be made or written (see the module's docstring)."""
     detail = " ".join(detail.split())  # no tab or newline in a line
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fd = _open_locked(path)
     except OSError:
         return
     try:
-        _owned_by_home(fd, path)
-        os.lockf(fd, os.F_LOCK, 0)  # released when the descriptor is closed
         since, counts = _parse(os.pread(fd, MAX_BYTES, 0))
         key = (category, detail)
         if key not in counts and sum(1 for c, _ in counts if c == category) >= MAX_DETAILS:
@@ -85,6 +83,19 @@ def count(path: str, category: str, detail: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _open_locked(path: str) -> int:
+    """The statistics at ``path`` opened for a rewrite (made if absent, and given to the
+    home's owner) and locked; the lock goes with the descriptor's close."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        _owned_by_home(fd, path)
+        os.lockf(fd, os.F_LOCK, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _owned_by_home(fd: int, path: str) -> None:
@@ -117,10 +128,8 @@ def read(path: str) -> tuple[int, dict[Key, int]]:
 
 def reset(path: str) -> None:
     """Zero every count (``--zero-stats``), from now."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    fd = _open_locked(path)
     try:
-        _owned_by_home(fd, path)
-        os.lockf(fd, os.F_LOCK, 0)
         _write(fd, time.time_ns(), {})
     finally:
         os.close(fd)
