@@ -155,3 +155,20 @@ def test_a_file_root_makes_in_another_user_s_home_is_that_user_s(tmp_path: Path)
     stats.count(str(home / "cc-stats"), "mesh", "from the mesh's cache")
     stats.reset(str(home / "cc-stats"))
     assert (home / "cc-stats").stat().st_uid == 65534
+
+
+def test_a_reader_that_must_not_wait_reads_past_a_held_lock(tmp_path: Path) -> None:
+    """The node reads the counts in its event loop: a wrapper stopped while it holds the
+    lock (make suspended by Ctrl-Z) must not hold the node; the CLI's read waits."""
+    path = str(tmp_path / "cc-stats")
+    stats.count(path, "mesh", "from the mesh's cache")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys; fd = os.open(sys.argv[1], os.O_RDWR); os.lockf(fd, os.F_LOCK, 0);"
+         " print('held', flush=True); sys.stdin.read()", path],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        assert stats.read(path, wait=False)[1] == {("mesh", "from the mesh's cache"): 1}
+    finally:
+        holder.communicate("", timeout=30)

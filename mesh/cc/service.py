@@ -131,7 +131,7 @@ class CompileService:
         """The wrappers' calls through this socket by outcome (mesh.cc.stats' categories), as
         counted since the last ``mesh cc --zero-stats``; none when they cannot be read."""
         try:
-            _, counts = stats.read(stats.path_beside(self.path))
+            _, counts = stats.read(stats.path_beside(self.path), wait=False)  # in the event loop
         except OSError as exc:
             log.warning("mesh cc's statistics could not be read: %s", exc)
             return {}

@@ -107,10 +107,12 @@ def _owned_by_home(fd: int, path: str) -> None:
             os.fchown(fd, owner, -1)
 
 
-def read(path: str) -> tuple[int, dict[Key, int]]:
+def read(path: str, *, wait: bool = True) -> tuple[int, dict[Key, int]]:
     """(reset time in ns since the epoch, or 0 when never counted; the counts) of ``path``,
     read under the writers' lock (a rewrite is not atomic), or without it where this user
-    may only read the file."""
+    may only read the file. ``wait=False`` (the node, in its event loop) never waits for
+    the lock: a wrapper stopped while it holds it (make suspended by Ctrl-Z) would hold
+    the node too; then the file is read as it is, a rewrite perhaps half done."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         locked = True
@@ -120,7 +122,10 @@ def read(path: str) -> tuple[int, dict[Key, int]]:
         return 0, {}
     try:
         if locked:
-            os.lockf(fd, os.F_LOCK, 0)
+            try:
+                os.lockf(fd, os.F_LOCK if wait else os.F_TLOCK, 0)
+            except (BlockingIOError, PermissionError):  # F_TLOCK: held by another process
+                pass
         return _parse(os.pread(fd, MAX_BYTES, 0))
     finally:
         os.close(fd)
