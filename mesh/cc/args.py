@@ -290,7 +290,8 @@ class Plan:
         self.preprocess = preprocess
         self.compile = compile
         #: Why it is compiled here, by the wrapper, and kept in the mesh's cache (None: it is
-        #: sent): :data:`DEBUG_OPTIMISED`, :data:`DEBUG_MACROS`, :data:`DEBUG_CLANG`.
+        #: sent): :data:`DEBUG_OPTIMISED`, :data:`DEBUG_MACROS`, :data:`DEBUG_CLANG`,
+        #: :data:`SANITIZE_ADDRESS`, :data:`SANITIZE_THREAD`.
         self.here = here
         #: The text is clang's ``-frewrite-includes`` output (whole), not gcc's ``-fdirectives-only``.
         self.rewritten = rewritten

@@ -240,35 +240,33 @@ def distribute(compiler: str, args: list[str], plan: Plan, verbose: bool) -> int
     machine has, and prints the preprocessor's and the compiler's diagnostics in source
     order. A clean build pays nothing for it; a build full of warnings compiles here.
     """
-    if not replaceable(plan.object):
-        why = "-o names what gcc's assembler writes into rather than replaces (a device, an empty file)"
-        tell(verbose, "here", why, f"here: {plan.object}: {why}")
+
+    def here(category: str, where: str, why: str) -> int:
+        tell(verbose, category, why, f"here: {where}: {why}")
         return run_here(compiler, args)
+
+    if not replaceable(plan.object):
+        return here(
+            "here",
+            plan.object,
+            "-o names what gcc's assembler writes into rather than replaces (a device, an empty file)",
+        )
     began = time.time_ns()  # a file changed from now on may not be in what is preprocessed
     status, text, said = preprocess(compiler, plan)
     if status != 0 or said:
-        why = "the preprocessor had something to say"
-        tell(verbose, "said", why, f"here: {plan.source}: {why}")
-        return run_here(compiler, args)
+        return here("said", plan.source, "the preprocessor had something to say")
     start = 0 if plan.rewritten else _after_builtins(text)
     if start < 0:
-        why = "the preprocessor's output has no command-line part"
-        tell(verbose, "here", why, f"here: {plan.source}: {why}")
-        return run_here(compiler, args)
+        return here("here", plan.source, "the preprocessor's output has no command-line part")
     unsent = _not_sent(text, start)
     if unsent is not None:
-        tell(verbose, "here", unsent, f"here: {plan.source}: {unsent}")
-        return run_here(compiler, args)
+        return here("here", plan.source, unsent)
     try:
         cwd = gcc_cwd()
     except OSError:  # the working directory was removed: gcc says what that does
-        why = "the working directory is gone"
-        tell(verbose, "here", why, f"here: {plan.source}: {why}")
-        return run_here(compiler, args)
+        return here("here", plan.source, "the working directory is gone")
     if not all(_utf8(word) for word in [compiler, cwd, *args]):
-        why = "a path or flag that is not UTF-8 (the mesh's jobs and keys are)"
-        tell(verbose, "here", why, f"here: {plan.source}: {why}")
-        return run_here(compiler, args)
+        return here("here", plan.source, "a path or flag that is not UTF-8 (the mesh's jobs and keys are)")
     if plan.here:
         return compile_kept(compiler, args, plan, text[start:], cwd, began, verbose)
     request = [compiler, plan.language, plan.source, cwd, *plan.compile]
