@@ -116,9 +116,30 @@ def shared(tmp_path: Path) -> Iterator[Path]:
 NOBODY = 65534
 
 
+def _closed_to_others(path: Path) -> Path | None:
+    """The first directory from / down to ``path`` that users other than its owner and group
+    cannot pass through (no o+x), or None."""
+    for directory in [*reversed(path.parents), path]:
+        if not directory.stat().st_mode & 0o001:
+            return directory
+    return None
+
+
 @pytest.fixture
 def nobody_home() -> Iterator[Path]:
-    """A MESH_HOME that user nobody owns (outside /tmp/pytest-of-root, which nobody cannot reach)."""
+    """A MESH_HOME that user nobody owns (outside /tmp/pytest-of-root, which nobody cannot reach).
+
+    The node runs as nobody from this checkout's virtualenv, so nobody must be able to reach
+    it: a clone made in ``mktemp -d`` (0700) made such a node exit with "No module named
+    mesh"; the test now fails saying which directory to open."""
+    checkout = Path(__file__).resolve().parent.parent
+    closed = _closed_to_others(checkout)
+    if closed is not None:
+        pytest.fail(
+            f"user nobody cannot reach this checkout ({checkout}): {closed} is closed to other users"
+            f" (mode {closed.stat().st_mode & 0o777:o}); chmod o+x it (mktemp -d makes 0700 directories)",
+            pytrace=False,
+        )
     top = Path(tempfile.mkdtemp(prefix="mesh-test-nobody-", dir="/var/tmp"))
     try:
         top.chmod(0o755)
